@@ -1,0 +1,12 @@
+//! kproxy: the node service proxy. It loads the eBPF programs built from `kproxy-ebpf`
+//! (embedded in this binary), attaches them, pins their maps under bpffs so the datapath
+//! state outlives a kproxy restart, and reads their counters.
+
+pub mod datapath;
+pub mod ebpf_log;
+pub mod pinned;
+
+pub use datapath::{Datapath, XdpAttachMode};
+
+/// Default directory under bpffs where kproxy pins its maps.
+pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/kproxy";

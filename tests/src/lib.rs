@@ -1,0 +1,264 @@
+//! Harness for privileged end-to-end tests: network namespaces and processes that clean up
+//! after themselves (also when a test panics), the workspace binaries, and a patient
+//! `eventually` instead of bare sleeps.
+//!
+//! Tests shell out to `ip` and `nsenter` here on purpose: the product itself uses netlink, and
+//! the tests check it against the standard tools.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU32, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+/// Whether privileged tests can run. Without root they are skipped with a loud message,
+/// except under `CI=true`, where a missing privilege fails the test.
+#[must_use]
+pub fn privileged(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if root {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{test}: needs root (netns, eBPF) and CI=true forbids skipping"
+    );
+    eprintln!("\n!!!! SKIPPED {test}: needs root (netns, eBPF); run `cargo xtask test` as root\n");
+    false
+}
+
+/// A name no other test (or test run) uses: `<prefix>-<pid>-<n>`.
+#[must_use]
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Runs a command and panics with its output if it fails; returns stdout.
+pub fn sh(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A named network namespace (`ip netns add`), deleted on drop with everything inside it.
+pub struct NetNs {
+    name: String,
+}
+
+impl NetNs {
+    pub fn new(prefix: &str) -> Self {
+        let name = unique(prefix);
+        sh(Command::new("ip").args(["netns", "add", &name]));
+        let ns = Self { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A command run inside the namespace. `nsenter --net` changes only the network
+    /// namespace (unlike `ip netns exec`, which also remounts /sys and hides bpffs).
+    #[must_use]
+    pub fn cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.name))
+            .arg("--")
+            .arg(program);
+        cmd
+    }
+
+    /// Runs `ip ARGS` inside the namespace.
+    pub fn ip(&self, args: &[&str]) -> String {
+        sh(Command::new("ip").args(["-n", &self.name]).args(args))
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// Creates a veth pair with one end in each namespace, addresses them and brings them up.
+/// The links disappear with their namespaces.
+pub fn veth_pair(a: &NetNs, a_if: &str, a_cidr: &str, b: &NetNs, b_if: &str, b_cidr: &str) {
+    let tmp = unique("kpv");
+    // Create in the root namespace under a unique name, then move: the final names only
+    // need to be unique inside their own namespaces.
+    let tmp_a = format!("va{}", &tmp[tmp.len().saturating_sub(10)..]);
+    let tmp_b = format!("vb{}", &tmp[tmp.len().saturating_sub(10)..]);
+    sh(Command::new("ip").args([
+        "link",
+        "add",
+        &tmp_a,
+        "netns",
+        a.name(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &tmp_b,
+        "netns",
+        b.name(),
+    ]));
+    a.ip(&["link", "set", &tmp_a, "name", a_if]);
+    b.ip(&["link", "set", &tmp_b, "name", b_if]);
+    a.ip(&["addr", "add", a_cidr, "dev", a_if]);
+    b.ip(&["addr", "add", b_cidr, "dev", b_if]);
+    a.ip(&["link", "set", a_if, "up"]);
+    b.ip(&["link", "set", b_if, "up"]);
+}
+
+/// A bpffs directory for one test's pinned maps, removed on drop.
+pub struct BpffsDir {
+    path: PathBuf,
+}
+
+impl BpffsDir {
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            path: Path::new("/sys/fs/bpf").join(unique(prefix)),
+        }
+    }
+
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for BpffsDir {
+    fn drop(&mut self) {
+        // bpffs supports unlink of pins and rmdir of empty directories.
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A child process whose stderr is collected line by line; killed on drop.
+pub struct Daemon {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Daemon {
+    pub fn spawn(mut cmd: Command) -> Self {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        let stderr = child.stderr.take().expect("piped stderr");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&lines);
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("  | {line}");
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// Whether any log line so far contains `needle`.
+    #[must_use]
+    pub fn logged(&self, needle: &str) -> bool {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains(needle))
+    }
+
+    /// Panics if the process already exited (with its log in the message).
+    pub fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!(
+                "daemon exited early ({status}); log:\n{}",
+                self.lines.lock().unwrap().join("\n")
+            );
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits");
+        // SAFETY: kill with a pid we own and a valid signal number.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        self.child.wait().expect("wait for daemon")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// How long `eventually` waits: `KPROXY_TEST_PATIENCE_MS`, default 20 s.
+#[must_use]
+pub fn patience() -> Duration {
+    let ms = std::env::var("KPROXY_TEST_PATIENCE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    Duration::from_millis(ms)
+}
+
+/// Polls `check` until it returns true, panicking with `what` after [`patience`].
+pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !check() {
+        assert!(
+            started.elapsed() < patience(),
+            "timed out after {:?} waiting for: {what}",
+            patience()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Path of a workspace binary (built by `cargo xtask test` before the tests run).
+#[must_use]
+pub fn bin(name: &str) -> PathBuf {
+    // Test executables live in target/<profile>/deps; binaries one level up.
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile> directory");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not found: build the binaries first (`cargo build --workspace --bins`; \
+         `cargo xtask test` does this)",
+        path.display()
+    );
+    path
+}

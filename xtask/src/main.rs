@@ -1,0 +1,36 @@
+//! `cargo xtask <command>`: the project's automation. `run` and `test` are the README's
+//! contract; both call `setup` first so a fresh Debian/Ubuntu machine needs nothing else.
+
+mod run;
+mod setup;
+mod test;
+mod util;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "kproxy project automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install and start everything kproxy needs (apt packages, bpf-linker, Docker engine,
+    /// bpffs). Idempotent: a second run only checks.
+    Setup(setup::SetupArgs),
+    /// Set up, build and start the cluster on this host (foreground; Ctrl-C stops it).
+    Run(run::RunArgs),
+    /// Set up, then run every test: formatting, clippy, unit, privileged and end-to-end tests.
+    Test(test::TestArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Setup(args) => setup::setup(&args),
+        Command::Run(args) => run::run(&args),
+        Command::Test(args) => test::test(&args),
+    }
+}
