@@ -16,6 +16,9 @@ pub const MAP_CONFIG: &str = "kproxy_config_v1";
 pub mod config {
     /// Non-zero: emit aya-log debug events for every classified packet.
     pub const DEBUG_EVENTS: u32 = 0;
+    /// Non-zero: the uplink's tc ingress program does the external load balancing (when XDP
+    /// is not used for it); zero: XDP does it.
+    pub const LB_IN_TC: u32 = 1;
     /// Number of slots.
     pub const LEN: u32 = 4;
 }
@@ -130,10 +133,251 @@ pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 
+// === Load balancer map ABI ===
+//
+// The layout follows Cilium's lb4 maps:
+//
+// * `SERVICES` is keyed by (frontend address, port, protocol, slot). Slot 0 is the frontend
+//   itself: its value holds `count`, the number of backends that take new flows, the service's
+//   `revnat_id` and its flags. Slots 1..=count hold a `backend_id` each. A lookup of slot 0
+//   followed by slot `1 + hash % count` picks a backend in two map reads, whatever the number
+//   of services.
+// * `BACKENDS` maps a backend id to its address and port.
+// * `REVNAT` maps a `revnat_id` to the frontend (address, port) replies must appear to come
+//   from.
+// * Userspace writes new slots before raising `count` and lowers `count` before deleting
+//   slots, so a reader never follows a slot that is not there yet (or any more).
+//
+// All addresses and ports are stored in network byte order, as they are on the wire.
+
+/// Service table: [`ServiceKey`] → [`ServiceValue`].
+pub const MAP_SERVICES: &str = "kproxy_lb4_services_v1";
+/// Backend table: backend id (`u32`) → [`Backend`].
+pub const MAP_BACKENDS: &str = "kproxy_lb4_backends_v1";
+/// Reverse NAT table: revnat id (`u32`) → [`RevNat`].
+pub const MAP_REVNAT: &str = "kproxy_lb4_revnat_v1";
+/// Connection tracking for the per-packet paths (LRU): [`CtKey`] → [`CtValue`].
+pub const MAP_CT: &str = "kproxy_lb4_ct_v1";
+/// ClientIP session affinity (LRU): [`AffinityKey`] → [`AffinityValue`].
+pub const MAP_AFFINITY: &str = "kproxy_lb4_affinity_v1";
+/// Socket-LB reverse translation for UDP (LRU): [`SockRevNatKey`] → [`SockRevNatValue`].
+pub const MAP_SOCK_REVNAT: &str = "kproxy_lb4_sock_revnat_v1";
+/// Per-CPU counters per service, indexed by revnat id: [`LbCounter`].
+pub const MAP_SVC_STATS: &str = "kproxy_lb4_svc_stats_v1";
+/// Per-CPU counters per backend, indexed by backend id: [`LbCounter`].
+pub const MAP_BACKEND_STATS: &str = "kproxy_lb4_be_stats_v1";
+
+/// Capacities. Service and backend ids are below these bounds (id 0 is never used).
+pub const MAX_SERVICES: u32 = 65_536;
+pub const MAX_BACKENDS: u32 = 65_536;
+/// Frontend slots in total: a frontend takes 1 + number of backends slots.
+pub const MAX_SERVICE_SLOTS: u32 = 262_144;
+pub const MAX_CT_ENTRIES: u32 = 262_144;
+pub const MAX_AFFINITY_ENTRIES: u32 = 65_536;
+pub const MAX_SOCK_REVNAT_ENTRIES: u32 = 65_536;
+
+/// Service flags (in [`ServiceValue::flags`]).
+pub mod svc_flags {
+    /// ClientIP session affinity: reuse the client's last backend within the timeout.
+    pub const AFFINITY: u32 = 1 << 0;
+    /// Reachable from outside the node through the uplink (LoadBalancer IP, externalIP,
+    /// NodePort). ClusterIP frontends are not.
+    pub const EXTERNAL: u32 = 1 << 1;
+    /// A NodePort frontend (the address is one of the node's addresses).
+    pub const NODEPORT: u32 = 1 << 2;
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ServiceKey {
+    /// Frontend IPv4 address, network byte order.
+    pub addr: u32,
+    /// Frontend port, network byte order.
+    pub port: u16,
+    /// 0 for the frontend, 1..=count for backend slots.
+    pub slot: u16,
+    /// IPPROTO_TCP or IPPROTO_UDP.
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<ServiceKey>() == 12);
+
+impl ServiceKey {
+    #[must_use]
+    pub const fn new(addr: u32, port: u16, proto: u8, slot: u16) -> Self {
+        Self {
+            addr,
+            port,
+            slot,
+            proto,
+            _pad: [0; 3],
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceValue {
+    /// Slot > 0: the backend id. Slot 0: unused (0).
+    pub backend_id: u32,
+    /// Slot 0: backends taking new flows (slots 1..=count). 0 means "refuse new flows".
+    pub count: u16,
+    /// The service port's reverse-NAT id (also its index in the service counters).
+    pub revnat_id: u16,
+    /// [`svc_flags`].
+    pub flags: u32,
+    /// ClientIP affinity timeout in seconds (with [`svc_flags::AFFINITY`]).
+    pub affinity_timeout_s: u32,
+}
+const _: () = assert!(core::mem::size_of::<ServiceValue>() == 16);
+
+/// Backend state (in [`Backend::state`]).
+pub mod backend_state {
+    /// Ready: eligible for new flows.
+    pub const ACTIVE: u8 = 0;
+    /// Terminating: existing flows continue, no new ones.
+    pub const TERMINATING: u8 = 1;
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Backend {
+    /// Network byte order.
+    pub addr: u32,
+    /// Network byte order.
+    pub port: u16,
+    pub proto: u8,
+    /// [`backend_state`].
+    pub state: u8,
+}
+const _: () = assert!(core::mem::size_of::<Backend>() == 8);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RevNat {
+    /// Frontend address and port, network byte order.
+    pub addr: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<RevNat>() == 8);
+
+/// Connection tracking key: the packet's own 5-tuple as seen at the hook.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtKey {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    /// [`ct_dir`].
+    pub dir: u8,
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<CtKey>() == 16);
+
+/// Direction of a connection tracking entry.
+pub mod ct_dir {
+    /// Client → frontend; the value says which backend to DNAT to.
+    pub const FORWARD: u8 = 0;
+    /// Backend → client; the value says which frontend to SNAT the reply back to.
+    pub const REPLY: u8 = 1;
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtValue {
+    /// FORWARD: backend address/port to rewrite the destination to.
+    /// REPLY: frontend address/port to rewrite the source to.
+    pub nat_addr: u32,
+    pub nat_port: u16,
+    pub revnat_id: u16,
+    pub backend_id: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<CtValue>() == 16);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AffinityKey {
+    /// Client identity: its IPv4 address (per-packet paths) or its network namespace cookie
+    /// (socket-LB, where the source address is not known yet at connect time).
+    pub client: u64,
+    pub revnat_id: u16,
+    pub _pad: [u16; 3],
+}
+const _: () = assert!(core::mem::size_of::<AffinityKey>() == 16);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AffinityValue {
+    pub backend_id: u32,
+    pub _pad: u32,
+    /// bpf_ktime_get_ns() of the last use.
+    pub last_used_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<AffinityValue>() == 16);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockRevNatKey {
+    pub cookie: u64,
+    /// Backend address and port the socket was translated to, network byte order.
+    pub addr: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<SockRevNatKey>() == 16);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockRevNatValue {
+    /// Frontend address and port the application used, network byte order.
+    pub addr: u32,
+    pub port: u16,
+    pub revnat_id: u16,
+}
+const _: () = assert!(core::mem::size_of::<SockRevNatValue>() == 8);
+
+/// Per-CPU service/backend counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LbCounter {
+    pub packets: u64,
+    pub bytes: u64,
+    /// Connections (TCP) or flows (UDP) newly assigned.
+    pub new_flows: u64,
+}
+const _: () = assert!(core::mem::size_of::<LbCounter>() == 24);
+
+impl LbCounter {
+    #[must_use]
+    pub const fn plus(self, o: Self) -> Self {
+        Self {
+            packets: self.packets.wrapping_add(o.packets),
+            bytes: self.bytes.wrapping_add(o.bytes),
+            new_flows: self.new_flows.wrapping_add(o.new_flows),
+        }
+    }
+}
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: Counter is #[repr(C)], Copy, has no padding and every bit pattern is valid.
     unsafe impl aya::Pod for super::Counter {}
+    // SAFETY (all below): #[repr(C)], Copy, explicit padding, every bit pattern valid.
+    unsafe impl aya::Pod for super::ServiceKey {}
+    unsafe impl aya::Pod for super::ServiceValue {}
+    unsafe impl aya::Pod for super::Backend {}
+    unsafe impl aya::Pod for super::RevNat {}
+    unsafe impl aya::Pod for super::CtKey {}
+    unsafe impl aya::Pod for super::CtValue {}
+    unsafe impl aya::Pod for super::AffinityKey {}
+    unsafe impl aya::Pod for super::AffinityValue {}
+    unsafe impl aya::Pod for super::SockRevNatKey {}
+    unsafe impl aya::Pod for super::SockRevNatValue {}
+    unsafe impl aya::Pod for super::LbCounter {}
 }
 
 #[cfg(test)]

@@ -6,22 +6,34 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+mod lb;
 mod maps;
+mod nat;
 mod packet;
+mod sock;
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, xdp_action::XDP_PASS},
-    macros::{classifier, xdp},
-    programs::{TcContext, XdpContext},
+    bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    macros::{cgroup_sock_addr, classifier, xdp},
+    programs::{SockAddrContext, TcContext, XdpContext},
 };
 use aya_log_ebpf::debug;
 use kproxy_common::{Hook, config, ifstats_index};
 use maps::{CONFIG, IFSTATS};
 use packet::Summary;
 
+/// tc verdicts (linux/pkt_cls.h), typed as the classifier's return type.
+const TC_ACT_OK: i32 = 0;
+const TC_ACT_SHOT: i32 = 2;
+
 #[inline(always)]
 fn debug_events_enabled() -> bool {
     matches!(CONFIG.get(config::DEBUG_EVENTS), Some(v) if *v != 0)
+}
+
+#[inline(always)]
+fn lb_in_tc() -> bool {
+    matches!(CONFIG.get(config::LB_IN_TC), Some(v) if *v != 0)
 }
 
 #[inline(always)]
@@ -55,7 +67,32 @@ fn try_kproxy_xdp(ctx: &XdpContext) -> Result<u32, ()> {
             len
         );
     }
-    Ok(XDP_PASS)
+    if lb_in_tc() {
+        return Ok(XDP_PASS);
+    }
+    let pkt = nat::Pkt {
+        data: ctx.data(),
+        end: ctx.data_end(),
+    };
+    let Some(flow) = nat::parse(&pkt) else {
+        return Ok(XDP_PASS);
+    };
+    Ok(match nat::ingress_decision(&flow, len) {
+        nat::Ingress::Pass => XDP_PASS,
+        nat::Ingress::Dnat { addr, port } => {
+            nat::dnat_direct(&pkt, &flow, addr, port).ok_or(())?;
+            XDP_PASS
+        }
+        nat::Ingress::Reject => {
+            // tc ingress answers it (see nat.rs); without the mark, drop rather than let
+            // the packet wander off to the un-NATed address.
+            if nat::xdp_mark_reject(ctx) {
+                XDP_PASS
+            } else {
+                XDP_DROP
+            }
+        }
+    })
 }
 
 #[classifier]
@@ -68,21 +105,106 @@ pub fn kproxy_tc_egress(ctx: TcContext) -> i32 {
     try_kproxy_tc(&ctx, Hook::TcEgress).unwrap_or(TC_ACT_OK)
 }
 
+/// Headers we may need linear: Ethernet, IPv4 with options, TCP.
+const MAX_HDR: u32 = 14 + 60 + 20;
+
+/// Makes the headers directly readable and returns the packet bounds.
+#[inline(always)]
+fn tc_pkt(ctx: &TcContext) -> nat::Pkt {
+    if ctx.data_end() - ctx.data() < MAX_HDR as usize {
+        let want = if ctx.len() < MAX_HDR {
+            ctx.len()
+        } else {
+            MAX_HDR
+        };
+        let _ = ctx.pull_data(want);
+    }
+    nat::Pkt {
+        data: ctx.data(),
+        end: ctx.data_end(),
+    }
+}
+
+/// tc ingress on the uplink, when it (not XDP) does the external load balancing.
+#[inline(always)]
+fn tc_ingress_lb(ctx: &TcContext) -> Result<i32, ()> {
+    let pkt = tc_pkt(ctx);
+    let Some(flow) = nat::parse(&pkt) else {
+        return Ok(TC_ACT_OK);
+    };
+    match nat::ingress_decision(&flow, u64::from(ctx.len())) {
+        nat::Ingress::Pass => Ok(TC_ACT_OK),
+        nat::Ingress::Dnat { addr, port } => {
+            nat::nat_skb(ctx, &flow, true, addr, port).map_err(|_| ())?;
+            Ok(TC_ACT_OK)
+        }
+        nat::Ingress::Reject => nat::reject_skb(ctx, &flow).map_err(|_| ()),
+    }
+}
+
+/// tc egress on the uplink: replies of load-balanced flows leave with the frontend as source.
+#[inline(always)]
+fn tc_egress_revnat(ctx: &TcContext) -> Result<i32, ()> {
+    let pkt = tc_pkt(ctx);
+    let Some(flow) = nat::parse(&pkt) else {
+        return Ok(TC_ACT_OK);
+    };
+    if let Some(ct) = nat::reply_lookup(&flow, u64::from(ctx.len())) {
+        nat::nat_skb(ctx, &flow, false, ct.nat_addr, ct.nat_port).map_err(|_| ())?;
+    }
+    Ok(TC_ACT_OK)
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn kproxy_sock4_connect(ctx: SockAddrContext) -> i32 {
+    sock::xlate_forward(&ctx, false)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn kproxy_sock4_sendmsg(ctx: SockAddrContext) -> i32 {
+    sock::xlate_forward(&ctx, true)
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn kproxy_sock4_recvmsg(ctx: SockAddrContext) -> i32 {
+    sock::xlate_reverse(&ctx)
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn kproxy_sock4_getpeername(ctx: SockAddrContext) -> i32 {
+    sock::xlate_reverse(&ctx)
+}
+
 #[inline(always)]
 fn try_kproxy_tc(ctx: &TcContext, hook: Hook) -> Result<i32, ()> {
     let summary = packet::classify_tc(ctx);
     let len = u64::from(ctx.len());
     count(hook, &summary, len);
-    if debug_events_enabled() {
-        debug!(
-            ctx,
-            "{} {} {:i} -> {:i} len {}",
-            hook.name(),
-            summary.class.name(),
-            u32::from_be(summary.saddr),
-            u32::from_be(summary.daddr),
-            len
-        );
+    if hook == Hook::TcEgress {
+        // Debug events only on egress: with the reject path, the ingress program's stack
+        // plus aya-log's record buffer would exceed the 512-byte BPF stack.
+        if debug_events_enabled() {
+            debug!(
+                ctx,
+                "{} {} {:i} -> {:i} len {}",
+                hook.name(),
+                summary.class.name(),
+                u32::from_be(summary.saddr),
+                u32::from_be(summary.daddr),
+                len
+            );
+        }
+        return tc_egress_revnat(ctx);
+    }
+    if lb_in_tc() {
+        return tc_ingress_lb(ctx);
+    }
+    if nat::tc_marked_reject(ctx) {
+        let pkt = tc_pkt(ctx);
+        return match nat::parse(&pkt) {
+            Some(flow) => nat::reject_skb(ctx, &flow).map_err(|_| ()),
+            None => Ok(TC_ACT_SHOT),
+        };
     }
     Ok(TC_ACT_OK)
 }

@@ -4,12 +4,20 @@ use std::path::{Path, PathBuf};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, PerCpuArray},
-    programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, tc},
+    maps::{Array, HashMap, MapData, PerCpuArray},
+    programs::{
+        CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        tc::{self, SchedClassifierLink},
+        xdp::XdpLink,
+    },
 };
-use kproxy_common::{Counter, MAP_CONFIG, MAP_IFSTATS, config};
+use kproxy_common::{
+    Backend, Counter, LbCounter, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONFIG, MAP_IFSTATS,
+    MAP_REVNAT, MAP_SERVICES, MAP_SVC_STATS, RevNat, ServiceKey, ServiceValue, config,
+};
 
-use crate::pinned::IfStat;
+use crate::{pinned::IfStat, sync::MapOp};
 
 /// The eBPF object built by build.rs from `kproxy-ebpf`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/kproxy-ebpf"));
@@ -17,6 +25,13 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 const PROG_XDP: &str = "kproxy_xdp";
 const PROG_TC_INGRESS: &str = "kproxy_tc_ingress";
 const PROG_TC_EGRESS: &str = "kproxy_tc_egress";
+/// Socket-LB programs, attached to the cgroup v2 root.
+const SOCK_PROGS: [&str; 4] = [
+    "kproxy_sock4_connect",
+    "kproxy_sock4_sendmsg",
+    "kproxy_sock4_recvmsg",
+    "kproxy_sock4_getpeername",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
@@ -42,6 +57,14 @@ pub enum DatapathError {
         #[source]
         source: aya::programs::ProgramError,
     },
+    #[error("cannot open cgroup {path}")]
+    Cgroup {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no cgroup v2 hierarchy is mounted (looked in /proc/self/mountinfo)")]
+    NoCgroup2,
     #[error("map {name}: {source}")]
     Map {
         name: &'static str,
@@ -92,6 +115,14 @@ impl Datapath {
                 source,
             })?;
         }
+        for name in SOCK_PROGS {
+            let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
+            prog.load().map_err(|source| DatapathError::Program {
+                what: "load".into(),
+                program: name,
+                source,
+            })?;
+        }
         let xdp: &mut Xdp = program(&mut ebpf, PROG_XDP)?;
         xdp.load().map_err(|source| DatapathError::Program {
             what: "load".into(),
@@ -110,7 +141,12 @@ impl Datapath {
     }
 
     /// Attaches XDP (ingress) and the tc classifiers (ingress and egress) to `iface`.
-    /// Returns the XDP mode actually used.
+    /// Returns the XDP mode in use.
+    ///
+    /// The links are pinned next to the maps, so the datapath keeps working while kproxy
+    /// is down (a restart or a crash must not break established flows). If pinned links
+    /// from a previous kproxy exist, the new programs replace the old ones atomically
+    /// (`bpf_link_update`) instead of attaching a second time.
     pub fn attach_uplink(
         &mut self,
         iface: &str,
@@ -120,17 +156,42 @@ impl Datapath {
         // TCX (kernel >= 6.6) needs no qdisc; with the netlink fallback the clsact qdisc must
         // exist. Adding it when it is already there fails harmlessly.
         let _ = tc::qdisc_add_clsact(iface);
-        for (name, dir) in [
-            (PROG_TC_INGRESS, TcAttachType::Ingress),
-            (PROG_TC_EGRESS, TcAttachType::Egress),
+        for (name, dir, tag) in [
+            (PROG_TC_INGRESS, TcAttachType::Ingress, "tc_in"),
+            (PROG_TC_EGRESS, TcAttachType::Egress, "tc_eg"),
         ] {
+            let pin = self.bpffs_dir.join(format!("link_{tag}_{iface}"));
             let prog: &mut SchedClassifier = program(&mut self.ebpf, name)?;
-            prog.attach(iface, dir)
-                .map_err(|source| DatapathError::Program {
-                    what: format!("tc {dir:?} attach to {iface}"),
+            let err = |what: String| {
+                move |source| DatapathError::Program {
+                    what,
                     program: name,
                     source,
-                })?;
+                }
+            };
+            if let Some(fd) = open_pinned_link(&pin)
+                && let Ok(link) = SchedClassifierLink::try_from(fd)
+                && prog.attach_to_link(link).is_ok()
+            {
+                tracing::info!(%iface, ?dir, "tc program replaced in the pinned link");
+                continue;
+            }
+            let _ = std::fs::remove_file(&pin);
+            let id = prog
+                .attach(iface, dir)
+                .map_err(err(format!("tc {dir:?} attach to {iface}")))?;
+            // Only bpf_link (TCX) attachments can be pinned; netlink ones stay owned.
+            let link = prog
+                .take_link(id)
+                .map_err(err(format!("take tc link on {iface}")))?;
+            match FdLink::try_from(link) {
+                Ok(fd) => {
+                    if let Err(e) = fd.pin(&pin) {
+                        tracing::warn!(%iface, err = %e, "cannot pin the tc link");
+                    }
+                }
+                Err(e) => tracing::warn!(%iface, err = %e, "tc link is not a bpf_link; not pinned"),
+            }
         }
         tracing::info!(%iface, xdp_mode = ?used, "datapath attached (xdp + tc ingress/egress)");
         Ok(used)
@@ -141,31 +202,98 @@ impl Datapath {
         iface: &str,
         mode: XdpAttachMode,
     ) -> Result<XdpAttachMode, DatapathError> {
+        let pin_for = |m: XdpAttachMode| {
+            let tag = if m == XdpAttachMode::Generic {
+                "skb"
+            } else {
+                "drv"
+            };
+            self.bpffs_dir.join(format!("link_xdp_{tag}_{iface}"))
+        };
+        let (pin_drv, pin_skb) = (
+            pin_for(XdpAttachMode::Driver),
+            pin_for(XdpAttachMode::Generic),
+        );
         let xdp: &mut Xdp = program(&mut self.ebpf, PROG_XDP)?;
+        // Reuse a pinned link in an acceptable mode; drop one in the wrong mode.
+        for (pin, pinned_mode) in [
+            (&pin_drv, XdpAttachMode::Driver),
+            (&pin_skb, XdpAttachMode::Generic),
+        ] {
+            let Some(fd) = open_pinned_link(pin) else {
+                continue;
+            };
+            if mode == XdpAttachMode::Auto || mode == pinned_mode {
+                if let Ok(link) = XdpLink::try_from(fd)
+                    && xdp.attach_to_link(link).is_ok()
+                {
+                    tracing::info!(%iface, mode = ?pinned_mode, "XDP program replaced in the pinned link");
+                    return Ok(pinned_mode);
+                }
+            } else {
+                tracing::info!(%iface, from = ?pinned_mode, to = ?mode, "changing the XDP mode");
+            }
+            let _ = std::fs::remove_file(pin);
+        }
         let try_mode = |xdp: &mut Xdp, flags: XdpMode| {
             xdp.attach(iface, flags)
-                .map(|_| ())
                 .map_err(|source| DatapathError::Program {
                     what: format!("xdp attach to {iface} ({flags:?})"),
                     program: PROG_XDP,
                     source,
                 })
         };
-        match mode {
-            XdpAttachMode::Driver => try_mode(xdp, XdpMode::Driver).map(|()| mode),
-            XdpAttachMode::Generic => try_mode(xdp, XdpMode::Skb).map(|()| mode),
+        let (id, used) = match mode {
+            XdpAttachMode::Driver => (try_mode(xdp, XdpMode::Driver)?, mode),
+            XdpAttachMode::Generic => (try_mode(xdp, XdpMode::Skb)?, mode),
             XdpAttachMode::Auto => match try_mode(xdp, XdpMode::Driver) {
-                Ok(()) => Ok(XdpAttachMode::Driver),
+                Ok(id) => (id, XdpAttachMode::Driver),
                 Err(err) => {
                     tracing::warn!(%iface, err = %err, "native XDP refused, using generic XDP");
-                    try_mode(xdp, XdpMode::Skb).map(|()| XdpAttachMode::Generic)
+                    (try_mode(xdp, XdpMode::Skb)?, XdpAttachMode::Generic)
                 }
             },
+        };
+        let link = xdp.take_link(id).map_err(|source| DatapathError::Program {
+            what: format!("take xdp link on {iface}"),
+            program: PROG_XDP,
+            source,
+        })?;
+        match FdLink::try_from(link) {
+            Ok(fd) => {
+                if let Err(e) = fd.pin(pin_for(used)) {
+                    tracing::warn!(%iface, err = %e, "cannot pin the XDP link");
+                }
+            }
+            Err(e) => tracing::warn!(%iface, err = %e, "XDP link is not a bpf_link; not pinned"),
         }
+        Ok(used)
     }
 
-    /// Switches aya-log debug events on or off; takes effect for the next packet.
-    pub fn set_debug_events(&mut self, on: bool) -> Result<(), DatapathError> {
+    /// Attaches the socket-LB programs (connect4, sendmsg4, recvmsg4, getpeername4) to a
+    /// cgroup v2 directory, normally the root so every process on the node is covered.
+    /// Other programs already attached there keep running: on kernels >= 5.7 aya attaches
+    /// through bpf_link, which always coexists with other links (and rejects any mode flag,
+    /// hence `Single`, i.e. flags 0).
+    pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<(), DatapathError> {
+        let dir = std::fs::File::open(cgroup).map_err(|source| DatapathError::Cgroup {
+            path: cgroup.to_path_buf(),
+            source,
+        })?;
+        for name in SOCK_PROGS {
+            let prog: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
+            prog.attach(&dir, CgroupAttachMode::Single)
+                .map_err(|source| DatapathError::Program {
+                    what: format!("attach to cgroup {}", cgroup.display()),
+                    program: name,
+                    source,
+                })?;
+        }
+        tracing::info!(cgroup = %cgroup.display(), "socket-LB attached (connect4, sendmsg4, recvmsg4, getpeername4)");
+        Ok(())
+    }
+
+    fn set_config(&mut self, slot: u32, value: u32) -> Result<(), DatapathError> {
         let map = self
             .ebpf
             .map_mut(MAP_CONFIG)
@@ -174,11 +302,103 @@ impl Datapath {
             name: MAP_CONFIG,
             source,
         })?;
-        cfg.set(config::DEBUG_EVENTS, u32::from(on), 0)
+        cfg.set(slot, value, 0)
             .map_err(|source| DatapathError::Map {
                 name: MAP_CONFIG,
                 source,
             })
+    }
+
+    /// Switches aya-log debug events on or off; takes effect for the next packet.
+    pub fn set_debug_events(&mut self, on: bool) -> Result<(), DatapathError> {
+        self.set_config(config::DEBUG_EVENTS, u32::from(on))
+    }
+
+    /// Chooses where external traffic is load balanced on the uplink: tc ingress (`true`)
+    /// or XDP (`false`).
+    pub fn set_lb_in_tc(&mut self, on: bool) -> Result<(), DatapathError> {
+        self.set_config(config::LB_IN_TC, u32::from(on))
+    }
+
+    /// Applies planned map operations in order.
+    pub fn apply(&mut self, ops: &[MapOp]) -> Result<(), DatapathError> {
+        let [svc, be, rn] = self
+            .ebpf
+            .maps_disjoint_mut([MAP_SERVICES, MAP_BACKENDS, MAP_REVNAT]);
+        let map_err = |name| move |source| DatapathError::Map { name, source };
+        let mut services = HashMap::<&mut MapData, ServiceKey, ServiceValue>::try_from(
+            svc.ok_or(DatapathError::MissingMap(MAP_SERVICES))?,
+        )
+        .map_err(map_err(MAP_SERVICES))?;
+        let mut backends = HashMap::<&mut MapData, u32, Backend>::try_from(
+            be.ok_or(DatapathError::MissingMap(MAP_BACKENDS))?,
+        )
+        .map_err(map_err(MAP_BACKENDS))?;
+        let mut revnat = HashMap::<&mut MapData, u32, RevNat>::try_from(
+            rn.ok_or(DatapathError::MissingMap(MAP_REVNAT))?,
+        )
+        .map_err(map_err(MAP_REVNAT))?;
+        for op in ops {
+            match op {
+                MapOp::PutBackend { id, backend } => backends
+                    .insert(id, backend, 0)
+                    .map_err(map_err(MAP_BACKENDS))?,
+                MapOp::PutRevNat { id, revnat: r } => revnat
+                    .insert(u32::from(*id), r, 0)
+                    .map_err(map_err(MAP_REVNAT))?,
+                MapOp::PutService { key, value } => services
+                    .insert(key, value, 0)
+                    .map_err(map_err(MAP_SERVICES))?,
+                MapOp::DeleteService { key } => {
+                    ignore_missing(services.remove(key)).map_err(map_err(MAP_SERVICES))?
+                }
+                MapOp::DeleteRevNat { id } => {
+                    ignore_missing(revnat.remove(&u32::from(*id))).map_err(map_err(MAP_REVNAT))?
+                }
+                MapOp::DeleteBackend { id } => {
+                    ignore_missing(backends.remove(id)).map_err(map_err(MAP_BACKENDS))?
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The current contents of the service, backend and reverse-NAT maps (after a restart
+    /// they hold what the previous kproxy wrote).
+    #[expect(clippy::type_complexity, reason = "three plain entry lists")]
+    pub fn read_lb_maps(
+        &self,
+    ) -> Result<
+        (
+            Vec<(ServiceKey, ServiceValue)>,
+            Vec<(u32, Backend)>,
+            Vec<(u32, RevNat)>,
+        ),
+        DatapathError,
+    > {
+        crate::pinned::read_lb_maps_from(
+            self.ebpf
+                .map(MAP_SERVICES)
+                .ok_or(DatapathError::MissingMap(MAP_SERVICES))?,
+            self.ebpf
+                .map(MAP_BACKENDS)
+                .ok_or(DatapathError::MissingMap(MAP_BACKENDS))?,
+            self.ebpf
+                .map(MAP_REVNAT)
+                .ok_or(DatapathError::MissingMap(MAP_REVNAT))?,
+        )
+        .map_err(|(name, source)| DatapathError::Map { name, source })
+    }
+
+    /// Per-service (by revnat id) or per-backend (by id) counters summed over CPUs.
+    pub fn lb_counter(&self, backend: bool, id: u32) -> Result<LbCounter, DatapathError> {
+        let name = if backend {
+            MAP_BACKEND_STATS
+        } else {
+            MAP_SVC_STATS
+        };
+        let map = self.ebpf.map(name).ok_or(DatapathError::MissingMap(name))?;
+        crate::pinned::sum_lb_counter(map, id).map_err(|source| DatapathError::Map { name, source })
     }
 
     /// Packet counters per (hook, class), summed over CPUs.
@@ -211,4 +431,58 @@ where
         program: name,
         source,
     })
+}
+
+fn ignore_missing(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
+    match r {
+        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        other => other,
+    }
+}
+
+/// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup` on unified systems,
+/// `/sys/fs/cgroup/unified` on hybrid ones such as these machines).
+pub fn find_cgroup2_root() -> Result<PathBuf, DatapathError> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").map_err(|source| {
+        DatapathError::Cgroup {
+            path: "/proc/self/mountinfo".into(),
+            source,
+        }
+    })?;
+    // Fields: id parent major:minor root mountpoint options ... - fstype source superopts
+    info.lines()
+        .find_map(|line| {
+            let (pre, post) = line.split_once(" - ")?;
+            (post.split_whitespace().next()? == "cgroup2")
+                .then(|| pre.split_whitespace().nth(4).map(PathBuf::from))
+                .flatten()
+        })
+        .ok_or(DatapathError::NoCgroup2)
+}
+
+/// A pinned link that still refers to a live attachment, without removing its pin.
+fn open_pinned_link(pin: &Path) -> Option<FdLink> {
+    let pinned = PinnedLink::from_pin(pin).ok()?;
+    let fd = FdLink::from(pinned);
+    // A link whose device went away is defunct: treat it as absent.
+    fd.info().ok()?;
+    Some(fd)
+}
+
+/// Removes the pinned links under `bpffs_dir` (detaching the uplink programs once no process
+/// holds them) and, with `maps`, the pinned maps and the directory too.
+pub fn cleanup(bpffs_dir: &Path, maps: bool) -> std::io::Result<usize> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(bpffs_dir)? {
+        let entry = entry?;
+        let is_link = entry.file_name().to_string_lossy().starts_with("link_");
+        if is_link || maps {
+            std::fs::remove_file(entry.path())?;
+            removed += 1;
+        }
+    }
+    if maps {
+        std::fs::remove_dir(bpffs_dir)?;
+    }
+    Ok(removed)
 }

@@ -4,7 +4,13 @@
 
 pub mod datapath;
 pub mod ebpf_log;
+pub mod manifest;
+pub mod metrics;
+pub mod model;
+pub mod names;
+pub mod netif;
 pub mod pinned;
+pub mod sync;
 
 pub use datapath::{Datapath, XdpAttachMode};
 

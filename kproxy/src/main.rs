@@ -1,11 +1,12 @@
 //! The kproxy command: run the datapath on a node, or inspect a running one.
 
+mod standalone;
+
 use std::{io::IsTerminal as _, path::PathBuf};
 
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
-use kproxy::{DEFAULT_BPFFS_DIR, Datapath, XdpAttachMode, pinned};
-use tokio::signal::unix::{SignalKind, signal};
+use kproxy::{DEFAULT_BPFFS_DIR, pinned};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -24,23 +25,26 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Load the datapath and attach it to the node's uplink; runs until SIGINT/SIGTERM.
-    Standalone {
-        /// The node's uplink interface (XDP + tc ingress/egress are attached to it).
-        #[arg(long)]
-        uplink: String,
-        /// XDP attach mode.
-        #[arg(long, value_enum, default_value = "auto")]
-        xdp_mode: XdpAttachMode,
-        /// Start with aya-log debug events on (switch at run time with `kproxy debug`).
-        #[arg(long)]
-        debug_events: bool,
-    },
-    /// Print the datapath's counters (read from the pinned maps of a running kproxy).
+    /// Run the datapath from a manifest file of Services and EndpointSlices (no API
+    /// server); runs until SIGINT/SIGTERM.
+    Standalone(standalone::Opts),
+    /// Print the service table with backends and counters (from the pinned maps).
     Dump {
         /// Output format.
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
+    },
+    /// Print the uplink packet counters per hook and packet class.
+    Ifstats {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Remove the datapath a stopped kproxy left in place: detach the uplink programs
+    /// (unpin their links) and, with --maps, delete the pinned maps and state too.
+    Cleanup {
+        #[arg(long)]
+        maps: bool,
     },
     /// Switch the eBPF debug events of a running kproxy on or off.
     Debug {
@@ -73,12 +77,18 @@ async fn main() -> Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Standalone {
-            uplink,
-            xdp_mode,
-            debug_events,
-        } => standalone(&cli.bpffs, &uplink, xdp_mode, debug_events).await,
-        Command::Dump { output } => dump(&cli.bpffs, output),
+        Command::Standalone(opts) => standalone::run(&cli.bpffs, opts).await,
+        Command::Dump { output } => standalone::dump(&cli.bpffs, matches!(output, Output::Json)),
+        Command::Ifstats { output } => ifstats(&cli.bpffs, output),
+        Command::Cleanup { maps } => {
+            let n = kproxy::datapath::cleanup(&cli.bpffs, maps)
+                .with_context(|| format!("cleaning up {}", cli.bpffs.display()))?;
+            if maps {
+                let _ = std::fs::remove_file(kproxy::names::names_path(&cli.bpffs));
+            }
+            println!("removed {n} pinned objects from {}", cli.bpffs.display());
+            Ok(())
+        }
         Command::Debug { state } => {
             let on = matches!(state, OnOff::On);
             pinned::set_debug_events(&cli.bpffs, on)?;
@@ -88,30 +98,7 @@ async fn main() -> Result<()> {
     }
 }
 
-async fn standalone(
-    bpffs: &std::path::Path,
-    uplink: &str,
-    xdp_mode: XdpAttachMode,
-    debug_events: bool,
-) -> Result<()> {
-    let mut dp = Datapath::load(bpffs).context("loading the eBPF datapath")?;
-    dp.set_debug_events(debug_events)
-        .context("setting debug events")?;
-    let mode = dp
-        .attach_uplink(uplink, xdp_mode)
-        .with_context(|| format!("attaching to uplink {uplink}"))?;
-    tracing::info!(%uplink, ?mode, "kproxy ready");
-    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = term.recv() => {},
-    }
-    tracing::info!("stopping: detaching programs (pinned maps are kept)");
-    drop(dp);
-    Ok(())
-}
-
-fn dump(bpffs: &std::path::Path, output: Output) -> Result<()> {
+fn ifstats(bpffs: &std::path::Path, output: Output) -> Result<()> {
     let rows = pinned::read_ifstats(bpffs)?;
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),

@@ -3,8 +3,12 @@
 
 use std::path::{Path, PathBuf};
 
-use aya::maps::{Array, Map, MapData, PerCpuArray};
-use kproxy_common::{Counter, Hook, MAP_CONFIG, MAP_IFSTATS, PacketClass, config, ifstats_index};
+use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
+use kproxy_common::{
+    Backend, Counter, Hook, LbCounter, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONFIG, MAP_IFSTATS,
+    MAP_REVNAT, MAP_SERVICES, MAP_SVC_STATS, PacketClass, RevNat, ServiceKey, ServiceValue, config,
+    ifstats_index,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PinnedError {
@@ -81,4 +85,76 @@ pub fn set_debug_events(dir: &Path, on: bool) -> Result<(), PinnedError> {
             name: MAP_CONFIG,
             source,
         })
+}
+
+/// Entries of the service, backend and reverse-NAT maps.
+pub type LbEntries = (
+    Vec<(ServiceKey, ServiceValue)>,
+    Vec<(u32, Backend)>,
+    Vec<(u32, RevNat)>,
+);
+
+/// Reads the three LB tables; on error, names the map that failed.
+pub(crate) fn read_lb_maps_from(
+    services: &Map,
+    backends: &Map,
+    revnat: &Map,
+) -> Result<LbEntries, (&'static str, MapError)> {
+    let s = HashMap::<_, ServiceKey, ServiceValue>::try_from(services)
+        .map_err(|e| (MAP_SERVICES, e))?;
+    let b = HashMap::<_, u32, Backend>::try_from(backends).map_err(|e| (MAP_BACKENDS, e))?;
+    let r = HashMap::<_, u32, RevNat>::try_from(revnat).map_err(|e| (MAP_REVNAT, e))?;
+    Ok((
+        s.iter()
+            .collect::<Result<_, _>>()
+            .map_err(|e| (MAP_SERVICES, e))?,
+        b.iter()
+            .collect::<Result<_, _>>()
+            .map_err(|e| (MAP_BACKENDS, e))?,
+        r.iter()
+            .collect::<Result<_, _>>()
+            .map_err(|e| (MAP_REVNAT, e))?,
+    ))
+}
+
+/// One LB counter summed over CPUs.
+pub(crate) fn sum_lb_counter(map: &Map, id: u32) -> Result<LbCounter, MapError> {
+    let arr = PerCpuArray::<_, LbCounter>::try_from(map)?;
+    let per_cpu = arr.get(&id, 0)?;
+    Ok(per_cpu.iter().fold(LbCounter::default(), |a, c| a.plus(*c)))
+}
+
+/// The pinned LB maps of a running (or stopped) kproxy, for `kproxy dump`.
+pub struct PinnedLb {
+    services: Map,
+    backends: Map,
+    revnat: Map,
+    svc_stats: Map,
+    be_stats: Map,
+}
+
+impl PinnedLb {
+    pub fn open(dir: &Path) -> Result<Self, PinnedError> {
+        Ok(Self {
+            services: Map::HashMap(open(dir, MAP_SERVICES)?),
+            backends: Map::HashMap(open(dir, MAP_BACKENDS)?),
+            revnat: Map::HashMap(open(dir, MAP_REVNAT)?),
+            svc_stats: Map::PerCpuArray(open(dir, MAP_SVC_STATS)?),
+            be_stats: Map::PerCpuArray(open(dir, MAP_BACKEND_STATS)?),
+        })
+    }
+
+    pub fn entries(&self) -> Result<LbEntries, PinnedError> {
+        read_lb_maps_from(&self.services, &self.backends, &self.revnat)
+            .map_err(|(name, source)| PinnedError::Map { name, source })
+    }
+
+    pub fn counter(&self, backend: bool, id: u32) -> Result<LbCounter, PinnedError> {
+        let (name, map) = if backend {
+            (MAP_BACKEND_STATS, &self.be_stats)
+        } else {
+            (MAP_SVC_STATS, &self.svc_stats)
+        };
+        sum_lb_counter(map, id).map_err(|source| PinnedError::Map { name, source })
+    }
 }

@@ -5,6 +5,8 @@
 //! Tests shell out to `ip` and `nsenter` here on purpose: the product itself uses netlink, and
 //! the tests check it against the standard tools.
 
+pub mod lab;
+
 use std::{
     io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
@@ -193,6 +195,23 @@ impl Daemon {
             .unwrap()
             .iter()
             .any(|l| l.contains(needle))
+    }
+
+    /// How many log lines so far contain `needle`.
+    #[must_use]
+    pub fn count_logged(&self, needle: &str) -> usize {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Panics if the process already exited (with its log in the message).

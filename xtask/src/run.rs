@@ -128,6 +128,9 @@ pub fn run(args: &RunArgs) -> Result<()> {
         println!("Ctrl-C stops kproxy.\n");
     }
     let status = child.wait().context("wait for kproxy")?;
+    // kproxy leaves its datapath attached on exit (so restarts keep flows); `run` owns this
+    // node, so detach it. The pinned maps stay for the next run.
+    let _ = Command::new(&kproxy).arg("cleanup").status();
     if args.uplink.is_none() {
         remove_lab_uplink();
     }

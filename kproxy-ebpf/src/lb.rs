@@ -1,0 +1,156 @@
+//! Service lookup and backend selection, shared by socket-LB and the per-packet paths.
+
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use kproxy_common::{
+    AffinityKey, AffinityValue, Backend, LbCounter, ServiceKey, ServiceValue, backend_state,
+    svc_flags,
+};
+
+use crate::maps::{AFFINITY, BACKEND_STATS, BACKENDS, SERVICES, SVC_STATS};
+
+/// The frontend entry (slot 0) for an address/port/protocol, if it is a service.
+#[inline(always)]
+pub fn lookup_service(addr: u32, port: u16, proto: u8) -> Option<ServiceValue> {
+    let key = ServiceKey::new(addr, port, proto, 0);
+    // SAFETY: the value is copied out immediately; hash map values stay valid during the
+    // RCU read section the program runs in.
+    unsafe { SERVICES.get(key) }.copied()
+}
+
+/// A selected backend.
+#[derive(Clone, Copy)]
+pub struct Selected {
+    pub id: u32,
+    pub backend: Backend,
+}
+
+#[inline(always)]
+fn backend_by_id(id: u32) -> Option<Backend> {
+    // SAFETY: copied out immediately (see lookup_service).
+    unsafe { BACKENDS.get(id) }.copied()
+}
+
+/// Picks a backend for a new flow: the client's affine backend if the service has ClientIP
+/// affinity and the entry is fresh and still active, else slot `1 + hash % count`.
+/// `client` identifies the client for affinity (address or netns cookie).
+#[inline(always)]
+pub fn select_backend(
+    svc_addr: u32,
+    svc_port: u16,
+    proto: u8,
+    svc: &ServiceValue,
+    hash: u32,
+    client: u64,
+) -> Option<Selected> {
+    if svc.count == 0 {
+        return None;
+    }
+    let affinity = svc.flags & svc_flags::AFFINITY != 0;
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let akey = AffinityKey {
+        client,
+        revnat_id: svc.revnat_id,
+        _pad: [0; 3],
+    };
+    if affinity {
+        // SAFETY: copied out immediately.
+        if let Some(a) = unsafe { AFFINITY.get(akey) }.copied() {
+            let timeout_ns = u64::from(svc.affinity_timeout_s) * 1_000_000_000;
+            if now.wrapping_sub(a.last_used_ns) <= timeout_ns
+                && let Some(b) = backend_by_id(a.backend_id)
+                && b.state == backend_state::ACTIVE
+                && is_in_service(svc_addr, svc_port, proto, svc.count, a.backend_id)
+            {
+                touch_affinity(&akey, a.backend_id, now);
+                return Some(Selected {
+                    id: a.backend_id,
+                    backend: b,
+                });
+            }
+        }
+    }
+    let slot = 1 + (hash % u32::from(svc.count)) as u16;
+    let key = ServiceKey::new(svc_addr, svc_port, proto, slot);
+    // SAFETY: copied out immediately.
+    let slot_val = unsafe { SERVICES.get(key) }.copied()?;
+    let backend = backend_by_id(slot_val.backend_id)?;
+    if affinity {
+        touch_affinity(&akey, slot_val.backend_id, now);
+    }
+    Some(Selected {
+        id: slot_val.backend_id,
+        backend,
+    })
+}
+
+#[inline(always)]
+fn touch_affinity(key: &AffinityKey, backend_id: u32, now: u64) {
+    let v = AffinityValue {
+        backend_id,
+        _pad: 0,
+        last_used_ns: now,
+    };
+    let _ = AFFINITY.insert(key, v, 0);
+}
+
+/// Whether `backend_id` still occupies one of the service's first slots. Affinity must not
+/// resurrect a backend that left the service, so this scans the (bounded) slot range.
+#[inline(always)]
+fn is_in_service(addr: u32, port: u16, proto: u8, count: u16, backend_id: u32) -> bool {
+    let mut slot: u16 = 1;
+    // Bounded for the verifier; services with more backends fall back to hashing.
+    while slot <= 64 {
+        if slot > count {
+            return false;
+        }
+        let key = ServiceKey::new(addr, port, proto, slot);
+        // SAFETY: copied out immediately.
+        if let Some(v) = unsafe { SERVICES.get(key) }
+            && v.backend_id == backend_id
+        {
+            return true;
+        }
+        slot += 1;
+    }
+    false
+}
+
+/// Adds to a service's and a backend's counters.
+#[inline(always)]
+pub fn count(revnat_id: u16, backend_id: u32, bytes: u64, packets: u64, new_flow: bool) {
+    let add = |c: *mut LbCounter| {
+        // SAFETY: per-CPU slot; only this CPU writes it while the program runs.
+        unsafe {
+            (*c).packets += packets;
+            (*c).bytes += bytes;
+            if new_flow {
+                (*c).new_flows += 1;
+            }
+        }
+    };
+    if let Some(c) = SVC_STATS.get_ptr_mut(u32::from(revnat_id)) {
+        add(c);
+    }
+    if let Some(c) = BACKEND_STATS.get_ptr_mut(backend_id) {
+        add(c);
+    }
+}
+
+/// A cheap, well-mixing 32-bit hash of a flow (a Jenkins-style finaliser over the tuple).
+#[inline(always)]
+pub fn flow_hash(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8) -> u32 {
+    let mut h = saddr ^ 0x9e37_79b9;
+    h = mix(h ^ daddr);
+    h = mix(h ^ ((u32::from(sport) << 16) | u32::from(dport)));
+    mix(h ^ u32::from(proto))
+}
+
+#[inline(always)]
+pub fn mix(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}

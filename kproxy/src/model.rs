@@ -1,0 +1,749 @@
+//! The desired datapath state: which frontends (address, port, protocol) exist and which
+//! backends each one balances to, computed from Kubernetes Services and EndpointSlices the way
+//! kube-proxy reads them. Pure data; `sync` turns it into map writes.
+
+use std::{
+    collections::{BTreeMap, HashMap, btree_map::Entry},
+    fmt,
+    net::Ipv4Addr,
+};
+
+use k8s_openapi::{
+    api::{
+        core::v1::{Service, ServiceSpec},
+        discovery::v1::{Endpoint, EndpointSlice},
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
+use kproxy_common::{IPPROTO_TCP, IPPROTO_UDP, svc_flags};
+
+/// Label that ties an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// Kubernetes' default ClientIP affinity timeout (3 hours).
+pub const DEFAULT_AFFINITY_TIMEOUT_S: u32 = 10_800;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    /// The IP protocol number stored in the maps.
+    #[must_use]
+    pub const fn ip_proto(self) -> u8 {
+        match self {
+            Self::Tcp => IPPROTO_TCP,
+            Self::Udp => IPPROTO_UDP,
+        }
+    }
+
+    /// The inverse of [`Proto::ip_proto`]; `None` for protocols kproxy does not balance.
+    #[must_use]
+    pub const fn from_ip_proto(proto: u8) -> Option<Self> {
+        match proto {
+            IPPROTO_TCP => Some(Self::Tcp),
+            IPPROTO_UDP => Some(Self::Udp),
+            _ => None,
+        }
+    }
+
+    /// A Kubernetes `protocol` field (absent means TCP). `None` for SCTP and anything else
+    /// kproxy cannot balance.
+    #[must_use]
+    pub fn from_k8s(protocol: Option<&str>) -> Option<Self> {
+        match protocol.unwrap_or("TCP") {
+            "TCP" => Some(Self::Tcp),
+            "UDP" => Some(Self::Udp),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Tcp => "TCP",
+            Self::Udp => "UDP",
+        })
+    }
+}
+
+/// What clients connect to: one entry of the service table (slot 0 and its backend slots).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FrontendKey {
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    pub proto: Proto,
+}
+
+impl fmt::Display for FrontendKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}/{}", self.addr, self.port, self.proto)
+    }
+}
+
+/// Where traffic goes: an endpoint address and the target port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BackendAddr {
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    pub proto: Proto,
+}
+
+impl fmt::Display for BackendAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}/{}", self.addr, self.port, self.proto)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum BackendState {
+    /// Ready: takes new flows.
+    Active,
+    /// Terminating but still serving: keeps its existing flows, takes no new ones.
+    Terminating,
+}
+
+/// How a frontend address came to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FrontendKind {
+    ClusterIp,
+    ExternalIp,
+    LoadBalancerIp,
+    NodePort,
+}
+
+impl fmt::Display for FrontendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::ClusterIp => "ClusterIP",
+            Self::ExternalIp => "ExternalIP",
+            Self::LoadBalancerIp => "LoadBalancerIP",
+            Self::NodePort => "NodePort",
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frontend {
+    /// `namespace/name:portname`, or `namespace/name` for an unnamed port.
+    pub service: String,
+    pub kind: FrontendKind,
+    /// [`svc_flags`] bits.
+    pub flags: u32,
+    /// ClientIP affinity timeout; 0 unless `flags` has [`svc_flags::AFFINITY`].
+    pub affinity_timeout_s: u32,
+    /// Every backend the datapath must know, active and terminating.
+    pub backends: BTreeMap<BackendAddr, BackendState>,
+}
+
+impl Frontend {
+    /// The backends that take new flows, in sorted order (the order of the backend slots).
+    pub fn active(&self) -> impl Iterator<Item = &BackendAddr> {
+        self.backends
+            .iter()
+            .filter(|(_, state)| **state == BackendState::Active)
+            .map(|(addr, _)| addr)
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DesiredState {
+    pub frontends: BTreeMap<FrontendKey, Frontend>,
+}
+
+/// An object's namespace, with Kubernetes' default for an absent or empty one.
+#[must_use]
+pub fn namespace_of(meta: &ObjectMeta) -> &str {
+    meta.namespace
+        .as_deref()
+        .filter(|ns| !ns.is_empty())
+        .unwrap_or("default")
+}
+
+/// Computes the frontends and backends for `services`, with their endpoints from `slices`.
+/// `node_ips` are the addresses NodePorts are reachable on. Objects kproxy cannot serve
+/// (IPv6, SCTP, ExternalName) are skipped; conflicting frontends keep the first service in
+/// namespace/name order.
+#[must_use]
+pub fn build_state(
+    services: &[Service],
+    slices: &[EndpointSlice],
+    node_ips: &[Ipv4Addr],
+) -> DesiredState {
+    // Index the slices by owning service once, so each service only looks at its own.
+    let mut slices_of: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
+    for slice in slices {
+        if slice.address_type != "IPv4" {
+            continue;
+        }
+        let Some(owner) = slice
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|labels| labels.get(SERVICE_NAME_LABEL))
+        else {
+            continue;
+        };
+        slices_of
+            .entry((namespace_of(&slice.metadata), owner.as_str()))
+            .or_default()
+            .push(slice);
+    }
+
+    // Sorted so that which service wins a frontend conflict does not depend on input order.
+    let mut sorted: Vec<(&str, &str, &Service)> = services
+        .iter()
+        .filter_map(|svc| {
+            let name = svc.metadata.name.as_deref()?;
+            Some((namespace_of(&svc.metadata), name, svc))
+        })
+        .collect();
+    sorted.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+
+    let mut state = DesiredState::default();
+    for (ns, name, svc) in sorted {
+        let Some(spec) = &svc.spec else { continue };
+        let own_slices = slices_of
+            .get(&(ns, name))
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        add_service(&mut state, ns, name, svc, spec, own_slices, node_ips);
+    }
+    state
+}
+
+fn add_service(
+    state: &mut DesiredState,
+    ns: &str,
+    name: &str,
+    svc: &Service,
+    spec: &ServiceSpec,
+    slices: &[&EndpointSlice],
+    node_ips: &[Ipv4Addr],
+) {
+    let svc_type = spec.type_.as_deref().unwrap_or("ClusterIP");
+    if svc_type == "ExternalName" {
+        // A DNS alias: nothing to balance.
+        return;
+    }
+    let (affinity, timeout) = if spec.session_affinity.as_deref() == Some("ClientIP") {
+        let timeout = spec
+            .session_affinity_config
+            .as_ref()
+            .and_then(|c| c.client_ip.as_ref())
+            .and_then(|c| c.timeout_seconds)
+            .and_then(|t| u32::try_from(t).ok())
+            .filter(|t| *t > 0)
+            .unwrap_or(DEFAULT_AFFINITY_TIMEOUT_S);
+        (svc_flags::AFFINITY, timeout)
+    } else {
+        (0, 0)
+    };
+
+    let cluster_ip = spec
+        .cluster_ip
+        .as_deref()
+        .filter(|ip| !ip.is_empty() && *ip != "None")
+        .and_then(|ip| parse_ipv4(ip, "clusterIP", ns, name));
+    let external_ips: Vec<Ipv4Addr> = spec
+        .external_ips
+        .iter()
+        .flatten()
+        .filter_map(|ip| parse_ipv4(ip, "externalIPs", ns, name))
+        .collect();
+    let lb_ips: Vec<Ipv4Addr> = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        // ipMode Proxy: the cloud load balancer proxies to the nodes itself, so kube-proxy
+        // does not capture that address on the node.
+        .filter(|ing| ing.ip_mode.as_deref() != Some("Proxy"))
+        .filter_map(|ing| ing.ip.as_deref())
+        .filter_map(|ip| parse_ipv4(ip, "status.loadBalancer.ingress", ns, name))
+        .collect();
+    let has_node_ports = matches!(svc_type, "NodePort" | "LoadBalancer");
+
+    for port in spec.ports.iter().flatten() {
+        let Some(proto) = Proto::from_k8s(port.protocol.as_deref()) else {
+            tracing::warn!(
+                service = %format_args!("{ns}/{name}"),
+                protocol = port.protocol.as_deref().unwrap_or_default(),
+                port = port.port,
+                "skipping service port: only TCP and UDP are supported"
+            );
+            continue;
+        };
+        let Some(svc_port) = valid_port(port.port) else {
+            tracing::warn!(service = %format_args!("{ns}/{name}"), port = port.port, "skipping invalid service port");
+            continue;
+        };
+        let port_name = port.name.as_deref().unwrap_or_default();
+        let label = if port_name.is_empty() {
+            format!("{ns}/{name}")
+        } else {
+            format!("{ns}/{name}:{port_name}")
+        };
+        let backends = backends_for(slices, port_name, proto);
+
+        let mut add = |addr: Ipv4Addr, port: u16, kind: FrontendKind, flags: u32| {
+            let key = FrontendKey { addr, port, proto };
+            match state.frontends.entry(key) {
+                Entry::Vacant(e) => {
+                    e.insert(Frontend {
+                        service: label.clone(),
+                        kind,
+                        flags: flags | affinity,
+                        affinity_timeout_s: timeout,
+                        backends: backends.clone(),
+                    });
+                }
+                Entry::Occupied(e) => tracing::warn!(
+                    frontend = %key,
+                    service = %label,
+                    owner = %e.get().service,
+                    "frontend already used by another service port, ignoring it"
+                ),
+            }
+        };
+        if let Some(ip) = cluster_ip {
+            add(ip, svc_port, FrontendKind::ClusterIp, 0);
+        }
+        for ip in &external_ips {
+            add(*ip, svc_port, FrontendKind::ExternalIp, svc_flags::EXTERNAL);
+        }
+        for ip in &lb_ips {
+            add(
+                *ip,
+                svc_port,
+                FrontendKind::LoadBalancerIp,
+                svc_flags::EXTERNAL,
+            );
+        }
+        if has_node_ports && let Some(node_port) = port.node_port.and_then(valid_port) {
+            for ip in node_ips {
+                add(
+                    *ip,
+                    node_port,
+                    FrontendKind::NodePort,
+                    svc_flags::EXTERNAL | svc_flags::NODEPORT,
+                );
+            }
+        }
+    }
+}
+
+/// The backends of the service port named `port_name` (empty for an unnamed port).
+fn backends_for(
+    slices: &[&EndpointSlice],
+    port_name: &str,
+    proto: Proto,
+) -> BTreeMap<BackendAddr, BackendState> {
+    let mut out = BTreeMap::new();
+    for slice in slices {
+        let Some(port) = slice
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| {
+                p.name.as_deref().unwrap_or_default() == port_name
+                    && Proto::from_k8s(p.protocol.as_deref()) == Some(proto)
+            })
+            // A slice port without a number cannot be used (kube-proxy skips it too).
+            .and_then(|p| p.port.and_then(valid_port))
+        else {
+            continue;
+        };
+        for endpoint in &slice.endpoints {
+            let Some(state) = endpoint_state(endpoint) else {
+                continue;
+            };
+            for addr in &endpoint.addresses {
+                let Ok(ip) = addr.parse::<Ipv4Addr>() else {
+                    tracing::warn!(%addr, "skipping endpoint address that is not IPv4");
+                    continue;
+                };
+                let backend = BackendAddr {
+                    addr: ip,
+                    port,
+                    proto,
+                };
+                // The same address can sit in two slices while the controller moves it;
+                // ready wins.
+                out.entry(backend)
+                    .and_modify(|s| {
+                        if state == BackendState::Active {
+                            *s = state;
+                        }
+                    })
+                    .or_insert(state);
+            }
+        }
+    }
+    out
+}
+
+/// Kubernetes' reading of endpoint conditions: nil ready and nil serving mean true, nil
+/// terminating means false. Not ready but terminating and serving keeps existing flows.
+fn endpoint_state(endpoint: &Endpoint) -> Option<BackendState> {
+    let cond = endpoint.conditions.as_ref();
+    let ready = cond.and_then(|c| c.ready).unwrap_or(true);
+    let serving = cond.and_then(|c| c.serving).unwrap_or(true);
+    let terminating = cond.and_then(|c| c.terminating).unwrap_or(false);
+    if ready {
+        Some(BackendState::Active)
+    } else if terminating && serving {
+        Some(BackendState::Terminating)
+    } else {
+        None
+    }
+}
+
+fn valid_port(port: i32) -> Option<u16> {
+    u16::try_from(port).ok().filter(|p| *p != 0)
+}
+
+fn parse_ipv4(ip: &str, field: &str, ns: &str, name: &str) -> Option<Ipv4Addr> {
+    match ip.parse() {
+        Ok(ip) => Some(ip),
+        Err(_) => {
+            // Typically the IPv6 half of a dual-stack service; kproxy is IPv4 only.
+            tracing::debug!(service = %format_args!("{ns}/{name}"), field, %ip, "skipping non-IPv4 address");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Decodes the objects without the manifest validation, so tests can also feed what
+    /// the API server may hold but the manifest loader rejects (IPv6 slices, ...).
+    fn state(yaml: &str, node_ips: &[Ipv4Addr]) -> DesiredState {
+        use serde::Deserialize as _;
+        let (mut services, mut slices) = (Vec::new(), Vec::new());
+        for doc in serde_yaml::Deserializer::from_str(yaml) {
+            let value = serde_yaml::Value::deserialize(doc).expect("yaml");
+            if value.get("kind").and_then(serde_yaml::Value::as_str) == Some("Service") {
+                services.push(serde_yaml::from_value(value).expect("service"));
+            } else {
+                slices.push(serde_yaml::from_value(value).expect("endpoint slice"));
+            }
+        }
+        build_state(&services, &slices, node_ips)
+    }
+
+    fn fk(addr: [u8; 4], port: u16, proto: Proto) -> FrontendKey {
+        FrontendKey {
+            addr: addr.into(),
+            port,
+            proto,
+        }
+    }
+
+    fn be(addr: [u8; 4], port: u16, proto: Proto) -> BackendAddr {
+        BackendAddr {
+            addr: addr.into(),
+            port,
+            proto,
+        }
+    }
+
+    const WEB: &str = r"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  clusterIP: 10.96.0.10
+  ports: [{port: 80}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-abc
+  namespace: shop
+  labels: {kubernetes.io/service-name: web}
+addressType: IPv4
+ports: [{port: 8080}]
+endpoints:
+- addresses: [10.244.1.3]
+- addresses: [10.244.1.2]
+  conditions: {ready: true}
+- addresses: [10.244.1.4]
+  conditions: {ready: false, serving: true, terminating: true}
+- addresses: [10.244.1.5]
+  conditions: {ready: false, serving: false, terminating: true}
+- addresses: [10.244.1.6]
+  conditions: {ready: false}
+";
+
+    #[test]
+    fn cluster_ip_with_ready_and_terminating_backends() {
+        let st = state(WEB, &[]);
+        assert_eq!(st.frontends.len(), 1);
+        let fe = &st.frontends[&fk([10, 96, 0, 10], 80, Proto::Tcp)];
+        assert_eq!(fe.service, "shop/web");
+        assert_eq!(fe.kind, FrontendKind::ClusterIp);
+        assert_eq!(fe.flags, 0);
+        assert_eq!(fe.affinity_timeout_s, 0);
+        let expected: BTreeMap<_, _> = [
+            (be([10, 244, 1, 2], 8080, Proto::Tcp), BackendState::Active),
+            (be([10, 244, 1, 3], 8080, Proto::Tcp), BackendState::Active),
+            (
+                be([10, 244, 1, 4], 8080, Proto::Tcp),
+                BackendState::Terminating,
+            ),
+        ]
+        .into();
+        assert_eq!(fe.backends, expected);
+        let active: Vec<_> = fe.active().copied().collect();
+        assert_eq!(
+            active,
+            [
+                be([10, 244, 1, 2], 8080, Proto::Tcp),
+                be([10, 244, 1, 3], 8080, Proto::Tcp)
+            ]
+        );
+    }
+
+    #[test]
+    fn headless_and_other_namespace_slices() {
+        let yaml = r"
+apiVersion: v1
+kind: Service
+metadata: {name: db}
+spec: {clusterIP: None, ports: [{port: 5432}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec: {clusterIP: 10.96.0.11, ports: [{port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-x, namespace: other, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{port: 8080}]
+endpoints: [{addresses: [10.244.9.9]}]
+";
+        let st = state(yaml, &[]);
+        assert_eq!(st.frontends.len(), 1);
+        let fe = &st.frontends[&fk([10, 96, 0, 11], 80, Proto::Tcp)];
+        assert!(fe.backends.is_empty(), "slice of another namespace used");
+    }
+
+    #[test]
+    fn external_lb_and_node_ports_with_affinity() {
+        let yaml = r"
+apiVersion: v1
+kind: Service
+metadata: {name: shop}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.0.20
+  externalIPs: [192.0.2.7]
+  sessionAffinity: ClientIP
+  ports: [{name: http, port: 80, nodePort: 30080}]
+status:
+  loadBalancer:
+    ingress: [{ip: 172.30.0.10}, {hostname: lb.example.com}, {ip: 172.30.0.11, ipMode: Proxy}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: shop-1, labels: {kubernetes.io/service-name: shop}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints: [{addresses: [10.244.2.2]}]
+";
+        let nodes = [
+            Ipv4Addr::new(192, 168, 1, 10),
+            Ipv4Addr::new(192, 168, 1, 11),
+        ];
+        let st = state(yaml, &nodes);
+        let a = svc_flags::AFFINITY;
+        let ext = svc_flags::EXTERNAL;
+        let np = svc_flags::NODEPORT;
+        let got: Vec<(FrontendKey, FrontendKind, u32)> = st
+            .frontends
+            .iter()
+            .map(|(k, f)| (*k, f.kind, f.flags))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    fk([10, 96, 0, 20], 80, Proto::Tcp),
+                    FrontendKind::ClusterIp,
+                    a
+                ),
+                (
+                    fk([172, 30, 0, 10], 80, Proto::Tcp),
+                    FrontendKind::LoadBalancerIp,
+                    a | ext
+                ),
+                (
+                    fk([192, 0, 2, 7], 80, Proto::Tcp),
+                    FrontendKind::ExternalIp,
+                    a | ext
+                ),
+                (
+                    fk([192, 168, 1, 10], 30080, Proto::Tcp),
+                    FrontendKind::NodePort,
+                    a | ext | np
+                ),
+                (
+                    fk([192, 168, 1, 11], 30080, Proto::Tcp),
+                    FrontendKind::NodePort,
+                    a | ext | np
+                ),
+            ]
+        );
+        for fe in st.frontends.values() {
+            assert_eq!(fe.service, "default/shop:http");
+            assert_eq!(fe.affinity_timeout_s, DEFAULT_AFFINITY_TIMEOUT_S);
+            assert_eq!(
+                fe.active().copied().collect::<Vec<_>>(),
+                [be([10, 244, 2, 2], 8080, Proto::Tcp)]
+            );
+        }
+    }
+
+    #[test]
+    fn affinity_timeout_from_config() {
+        let yaml = r"
+apiVersion: v1
+kind: Service
+metadata: {name: s}
+spec:
+  clusterIP: 10.96.0.30
+  sessionAffinity: ClientIP
+  sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}
+  ports: [{port: 80}]
+";
+        let st = state(yaml, &[]);
+        let fe = &st.frontends[&fk([10, 96, 0, 30], 80, Proto::Tcp)];
+        assert_eq!(fe.flags, svc_flags::AFFINITY);
+        assert_eq!(fe.affinity_timeout_s, 60);
+    }
+
+    #[test]
+    fn ports_match_by_name_and_protocol_and_sctp_is_skipped() {
+        let yaml = r"
+apiVersion: v1
+kind: Service
+metadata: {name: dns}
+spec:
+  clusterIP: 10.96.0.53
+  ports:
+  - {name: dns, port: 53, protocol: UDP}
+  - {name: dns-tcp, port: 53, protocol: TCP}
+  - {name: sig, port: 3868, protocol: SCTP}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: dns-1, labels: {kubernetes.io/service-name: dns}}
+addressType: IPv4
+ports:
+- {name: dns-tcp, port: 1053, protocol: TCP}
+- {name: dns, port: 2053, protocol: UDP}
+- {name: sig, port: 3868, protocol: SCTP}
+endpoints: [{addresses: [10.244.3.2]}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: dns-v6, labels: {kubernetes.io/service-name: dns}}
+addressType: IPv6
+ports: [{name: dns, port: 53, protocol: UDP}]
+endpoints: [{addresses: ['fd00::1']}]
+";
+        let st = state(yaml, &[]);
+        assert_eq!(st.frontends.len(), 2, "SCTP port skipped");
+        let udp = &st.frontends[&fk([10, 96, 0, 53], 53, Proto::Udp)];
+        assert_eq!(udp.service, "default/dns:dns");
+        assert_eq!(
+            udp.active().copied().collect::<Vec<_>>(),
+            [be([10, 244, 3, 2], 2053, Proto::Udp)]
+        );
+        let tcp = &st.frontends[&fk([10, 96, 0, 53], 53, Proto::Tcp)];
+        assert_eq!(
+            tcp.active().copied().collect::<Vec<_>>(),
+            [be([10, 244, 3, 2], 1053, Proto::Tcp)]
+        );
+    }
+
+    #[test]
+    fn unnamed_port_matches_unnamed_slice_port_only() {
+        let yaml = r"
+apiVersion: v1
+kind: Service
+metadata: {name: s}
+spec: {clusterIP: 10.96.0.40, ports: [{port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: s-1, labels: {kubernetes.io/service-name: s}}
+addressType: IPv4
+ports: [{name: other, port: 9999}, {name: '', port: 8080}]
+endpoints: [{addresses: [10.244.4.2]}]
+";
+        let st = state(yaml, &[]);
+        let fe = &st.frontends[&fk([10, 96, 0, 40], 80, Proto::Tcp)];
+        assert_eq!(
+            fe.active().copied().collect::<Vec<_>>(),
+            [be([10, 244, 4, 2], 8080, Proto::Tcp)]
+        );
+    }
+
+    #[test]
+    fn node_port_needs_node_port_type() {
+        let yaml = r"
+apiVersion: v1
+kind: Service
+metadata: {name: np}
+spec: {type: NodePort, clusterIP: 10.96.0.50, ports: [{port: 80, nodePort: 30050}]}
+";
+        let st = state(yaml, &[Ipv4Addr::new(192, 168, 1, 10)]);
+        let fe = &st.frontends[&fk([192, 168, 1, 10], 30050, Proto::Tcp)];
+        assert_eq!(fe.kind, FrontendKind::NodePort);
+        assert_eq!(fe.flags, svc_flags::EXTERNAL | svc_flags::NODEPORT);
+        assert_eq!(st.frontends.len(), 2);
+        // No node addresses: no NodePort frontends.
+        assert_eq!(state(yaml, &[]).frontends.len(), 1);
+    }
+
+    #[test]
+    fn conflicting_frontend_keeps_first_service() {
+        let yaml = r"
+apiVersion: v1
+kind: Service
+metadata: {name: b}
+spec: {clusterIP: 10.96.0.60, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: a}
+spec: {clusterIP: 10.96.0.61, externalIPs: [10.96.0.60], ports: [{port: 80}]}
+";
+        let st = state(yaml, &[]);
+        let fe = &st.frontends[&fk([10, 96, 0, 60], 80, Proto::Tcp)];
+        assert_eq!(fe.service, "default/a");
+        assert_eq!(fe.kind, FrontendKind::ExternalIp);
+    }
+
+    #[test]
+    fn display_formats() {
+        assert_eq!(
+            fk([10, 0, 0, 1], 53, Proto::Udp).to_string(),
+            "10.0.0.1:53/UDP"
+        );
+        assert_eq!(Proto::Tcp.ip_proto(), IPPROTO_TCP);
+        assert_eq!(Proto::from_ip_proto(IPPROTO_UDP), Some(Proto::Udp));
+        assert_eq!(Proto::from_ip_proto(1), None);
+        assert_eq!(FrontendKind::LoadBalancerIp.to_string(), "LoadBalancerIP");
+    }
+}

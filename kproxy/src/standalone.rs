@@ -1,0 +1,238 @@
+//! `kproxy standalone`: the datapath driven by a manifest file of Services and
+//! EndpointSlices instead of the API server. The file is re-read when it changes; an invalid
+//! file is rejected with a message and the running state is kept.
+
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime},
+};
+
+use anyhow::{Context as _, Result};
+use kproxy::{
+    Datapath, XdpAttachMode,
+    datapath::find_cgroup2_root,
+    manifest, metrics, model,
+    names::{Names, save_names},
+    sync::Syncer,
+};
+use tokio::signal::unix::{SignalKind, signal};
+
+/// Where the uplink's external load balancing runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LbMode {
+    Xdp,
+    Tc,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Opts {
+    /// Multi-document YAML of v1 Services and discovery.k8s.io/v1 EndpointSlices; re-read
+    /// when it changes.
+    #[arg(long)]
+    manifests: Option<PathBuf>,
+    /// The node's uplink interface: XDP and tc programs for LoadBalancer IPs, externalIPs
+    /// and NodePorts reached from other hosts.
+    #[arg(long)]
+    uplink: Option<String>,
+    /// XDP attach mode on the uplink.
+    #[arg(long, value_enum, default_value = "auto")]
+    xdp_mode: XdpAttachMode,
+    /// Which uplink hook load-balances external traffic.
+    #[arg(long, value_enum, default_value = "xdp")]
+    lb_mode: LbMode,
+    /// Do not attach socket-LB (cgroup connect4/sendmsg4/recvmsg4/getpeername4).
+    #[arg(long)]
+    no_socket_lb: bool,
+    /// cgroup v2 directory for socket-LB (default: the cgroup v2 root).
+    #[arg(long)]
+    cgroup: Option<PathBuf>,
+    /// Node addresses that serve NodePorts (default: the uplink's IPv4 addresses).
+    #[arg(long = "node-ip")]
+    node_ips: Vec<Ipv4Addr>,
+    /// Serve Prometheus metrics on this address.
+    #[arg(long)]
+    metrics_addr: Option<SocketAddr>,
+    /// Start with aya-log debug events on (switch at run time with `kproxy debug`).
+    #[arg(long)]
+    debug_events: bool,
+}
+
+/// A cheap change detector for the manifest file.
+fn fingerprint(path: &Path) -> Option<(SystemTime, u64)> {
+    let md = std::fs::metadata(path).ok()?;
+    Some((md.modified().ok()?, md.len()))
+}
+
+struct Reconciler {
+    syncer: Syncer,
+    node_ips: Vec<Ipv4Addr>,
+    bpffs: PathBuf,
+}
+
+impl Reconciler {
+    /// Loads the file and applies only the difference to the maps. On any error nothing
+    /// is changed.
+    fn reload(&mut self, dp: &mut Datapath, path: &Path) {
+        let started = std::time::Instant::now();
+        let (services, slices) = match manifest::load_file(path) {
+            Ok(objs) => objs,
+            Err(err) => {
+                metrics::MANIFEST_ERRORS.inc();
+                tracing::error!(file = %path.display(), "manifest rejected, keeping the running state: {err}");
+                return;
+            }
+        };
+        let desired = model::build_state(&services, &slices, &self.node_ips);
+        let mut next = self.syncer.clone();
+        let ops = match next.plan(&desired) {
+            Ok(ops) => ops,
+            Err(err) => {
+                metrics::MANIFEST_ERRORS.inc();
+                tracing::error!(%err, "cannot program this state, keeping the running state");
+                return;
+            }
+        };
+        if let Err(err) = dp.apply(&ops) {
+            // Partially applied: resynchronise from the maps on the next change.
+            tracing::error!(%err, "applying map updates failed");
+            if let Ok((s, b, r)) = dp.read_lb_maps() {
+                self.syncer = Syncer::from_maps(s, b, r);
+            }
+            return;
+        }
+        self.syncer = next;
+        metrics::SYNC_OPS.inc_by(ops.len() as u64);
+        let names = Names::from_state(&desired, &self.syncer);
+        if let Err(err) = save_names(&self.bpffs, &names) {
+            tracing::warn!(%err, "cannot save service names for `kproxy dump`");
+        }
+        tracing::info!(
+            services = services.len(),
+            frontends = desired.frontends.len(),
+            map_ops = ops.len(),
+            took = ?started.elapsed(),
+            "services synced"
+        );
+    }
+}
+
+pub async fn run(bpffs: &Path, opts: Opts) -> Result<()> {
+    let mut dp = Datapath::load(bpffs).context("loading the eBPF datapath")?;
+    dp.set_debug_events(opts.debug_events)
+        .context("setting debug events")?;
+    dp.set_lb_in_tc(opts.lb_mode == LbMode::Tc)
+        .context("setting the LB mode")?;
+    let mut node_ips = opts.node_ips.clone();
+    if let Some(uplink) = &opts.uplink {
+        let mode = dp
+            .attach_uplink(uplink, opts.xdp_mode)
+            .with_context(|| format!("attaching to uplink {uplink}"))?;
+        tracing::info!(%uplink, xdp_mode = ?mode, lb_mode = ?opts.lb_mode, "uplink ready");
+        if node_ips.is_empty() {
+            node_ips = kproxy::netif::ipv4_addrs(uplink);
+        }
+    }
+    if !opts.no_socket_lb {
+        let cgroup = match &opts.cgroup {
+            Some(c) => c.clone(),
+            None => find_cgroup2_root().context("finding the cgroup v2 root")?,
+        };
+        dp.attach_cgroup(&cgroup)
+            .with_context(|| format!("attaching socket-LB to {}", cgroup.display()))?;
+    }
+
+    // Start from what the maps hold (a previous kproxy's state survives a restart).
+    let (s, b, r) = dp.read_lb_maps().context("reading the pinned LB maps")?;
+    let restored = s.len();
+    let syncer = Syncer::from_maps(s, b, r);
+    let mut rec = Reconciler {
+        syncer,
+        node_ips,
+        bpffs: bpffs.to_path_buf(),
+    };
+    tracing::info!(restored_entries = restored, node_ips = ?rec.node_ips, "state restored from pinned maps");
+
+    if let Some(addr) = opts.metrics_addr {
+        let bpffs = bpffs.to_path_buf();
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the metrics address {addr}"))?;
+        tracing::info!(%addr, "serving /metrics");
+        tokio::spawn(async move {
+            if let Err(err) = metrics::serve(listener, bpffs).await {
+                tracing::error!(%err, "metrics server stopped");
+            }
+        });
+    }
+
+    let mut last = None;
+    if let Some(path) = &opts.manifests {
+        last = fingerprint(path);
+        rec.reload(&mut dp, path);
+    }
+    tracing::info!("kproxy ready");
+
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = tick.tick() => {
+                if let Some(path) = &opts.manifests {
+                    let now = fingerprint(path);
+                    if now != last {
+                        last = now;
+                        tracing::info!(file = %path.display(), "manifest changed, reloading");
+                        rec.reload(&mut dp, path);
+                    }
+                }
+            }
+        }
+    }
+    tracing::info!(
+        "stopping: the datapath stays in place (pinned links, maps, connection tracking); \
+         `kproxy cleanup` removes it"
+    );
+    drop(dp);
+    Ok(())
+}
+
+/// Rows for `kproxy dump`: frontends with their backends and counters.
+pub fn dump(bpffs: &Path, json: bool) -> Result<()> {
+    let table = kproxy::names::service_table(bpffs)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&table)?);
+        return Ok(());
+    }
+    println!(
+        "{:<24} {:<15} {:<28} {:>8} {:>10} {:>12} {:>14}",
+        "FRONTEND", "KIND", "SERVICE", "BACKENDS", "NEW_FLOWS", "PACKETS", "BYTES"
+    );
+    for row in &table {
+        println!(
+            "{:<24} {:<15} {:<28} {:>8} {:>10} {:>12} {:>14}",
+            row.frontend,
+            row.kind,
+            row.service,
+            row.active_backends,
+            row.counter.new_flows,
+            row.counter.packets,
+            row.counter.bytes
+        );
+        for be in &row.backends {
+            println!(
+                "  -> {:<21} {:<15} {:<28} {:>8} {:>10} {:>12} {:>14}",
+                be.backend,
+                be.state,
+                "",
+                "",
+                be.counter.new_flows,
+                be.counter.packets,
+                be.counter.bytes
+            );
+        }
+    }
+    Ok(())
+}
