@@ -285,6 +285,11 @@ impl Lab {
 
     /// Starts kproxy in the node namespace (XDP in `xdp_mode`, LB on `lb_mode`).
     pub fn start_kproxy(&mut self, xdp_mode: &str, lb_mode: &str) {
+        self.start_kproxy_with(xdp_mode, lb_mode, &[]);
+    }
+
+    /// As [`Self::start_kproxy`], with extra `kproxy standalone` arguments.
+    pub fn start_kproxy_with(&mut self, xdp_mode: &str, lb_mode: &str, extra: &[&str]) {
         let mut cmd = self.node.cmd(bin("kproxy"));
         cmd.arg("--bpffs")
             .arg(self.bpffs.path())
@@ -293,7 +298,8 @@ impl Lab {
             .arg("--manifests")
             .arg(&self.manifest)
             .arg("--cgroup")
-            .arg(self.cgroup.path());
+            .arg(self.cgroup.path())
+            .args(extra);
         let d = Daemon::spawn(cmd);
         let mut d = d;
         eventually("kproxy ready", || {

@@ -395,3 +395,125 @@ fn privileged_invalid_manifest_keeps_running_state() {
     assert_eq!(row["active_backends"], 2);
     assert!(row["counter"]["new_flows"].as_u64().unwrap() >= 20);
 }
+
+fn frontend_counter(lab: &Lab, frontend: &str) -> (u64, u64) {
+    let out = sh(Command::new(bin("kproxy"))
+        .arg("--bpffs")
+        .arg(lab.bpffs.path())
+        .args(["dump", "-o", "json"]));
+    let table: Value = serde_json::from_str(&out).expect("dump json");
+    let row = table
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["frontend"] == frontend)
+        .unwrap_or_else(|| panic!("no {frontend} in {table}"));
+    (
+        row["counter"]["packets"].as_u64().unwrap(),
+        row["counter"]["new_flows"].as_u64().unwrap(),
+    )
+}
+
+fn xdp_malformed(lab: &Lab) -> u64 {
+    let out = sh(Command::new(bin("kproxy"))
+        .arg("--bpffs")
+        .arg(lab.bpffs.path())
+        .args(["ifstats", "-o", "json"]));
+    let rows: Value = serde_json::from_str(&out).expect("ifstats json");
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["hook"] == "xdp-ingress" && r["class"] == "malformed")
+        .and_then(|r| r["packets"].as_u64())
+        .expect("malformed row")
+}
+
+/// Truncated headers, bad IHL, IP options, fragments, ICMP errors and unknown protocols
+/// aimed at a LoadBalancer IP: passed or dropped, never load-balanced by mistake, no
+/// verifier or runtime trouble; a valid SYN carrying IP options is still balanced.
+#[test]
+fn privileged_malformed_packets_are_not_misforwarded() {
+    if !privileged("privileged_malformed_packets_are_not_misforwarded") {
+        return;
+    }
+    let mut lab = lab_with_web("driver", "xdp");
+    let link: Value = serde_json::from_str(&lab.node.ip(&["-j", "link", "show", "up0"])).unwrap();
+    let mac = link[0]["address"].as_str().unwrap().to_string();
+    let frontend = format!("{LB_IP}:80/TCP");
+    let raw = |cases: &[&str]| {
+        let mut cmd = lab.client_cmd(&bin("kpt-raw").to_string_lossy());
+        cmd.args([
+            "eth0",
+            &mac,
+            &CLIENT_IP.to_string(),
+            &LB_IP.to_string(),
+            "80",
+        ])
+        .args(cases);
+        sh(&mut cmd);
+    };
+    let (pkts0, flows0) = frontend_counter(&lab, &frontend);
+    let malformed0 = xdp_malformed(&lab);
+    raw(&[
+        "truncated-ip",
+        "bad-ihl",
+        "tiny-frame",
+        "truncated-tcp",
+        "fragment-udp",
+        "icmp-error",
+        "unknown-proto",
+    ]);
+    eventually("XDP counted the three malformed frames", || {
+        xdp_malformed(&lab) == malformed0 + 3
+    });
+    assert_eq!(
+        frontend_counter(&lab, &frontend),
+        (pkts0, flows0),
+        "no malformed packet was load-balanced"
+    );
+    raw(&["ip-options-syn"]);
+    eventually("the SYN with IP options was balanced", || {
+        frontend_counter(&lab, &frontend).1 == flows0 + 1
+    });
+    lab.kproxy().assert_running();
+    let res = Lab::kpt_net(
+        lab.client_cmd(&kpt()),
+        &["tcp", &format!("{LB_IP}:80"), "--count", "5"],
+    );
+    assert_eq!(
+        names(&res).values().sum::<usize>(),
+        5,
+        "service still works"
+    );
+}
+
+/// `/metrics` serves per-service counters in the Prometheus text format.
+#[test]
+fn privileged_metrics_endpoint() {
+    if !privileged("privileged_metrics_endpoint") {
+        return;
+    }
+    let mut lab = Lab::new(1);
+    lab.set_services(&[web(all_ready(1))]);
+    lab.start_kproxy_with("auto", "xdp", &["--metrics-addr", "127.0.0.1:19962"]);
+    let res = Lab::kpt_net(
+        lab.host_cmd(&kpt()),
+        &["tcp", &format!("{VIP}:80"), "--count", "3"],
+    );
+    assert_eq!(names(&res).values().sum::<usize>(), 3);
+    // kproxy runs in the node namespace: scrape it from there.
+    let body = sh(lab.node.cmd("bash").args([
+        "-c",
+        "exec 3<>/dev/tcp/127.0.0.1/19962; printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3",
+    ]));
+    assert!(body.contains("kproxy_service_new_flows_total{"), "{body}");
+    let line = body
+        .lines()
+        .find(|l| {
+            l.starts_with("kproxy_service_new_flows_total{")
+                && l.contains(&format!("frontend=\"{VIP}:80/TCP\""))
+        })
+        .unwrap_or_else(|| panic!("no VIP series in {body}"));
+    assert!(line.ends_with(" 3"), "3 new flows counted: {line}");
+    assert!(body.contains("kproxy_frontends "), "{body}");
+}
