@@ -294,9 +294,17 @@ pub struct CtValue {
     pub nat_port: u16,
     pub revnat_id: u16,
     pub backend_id: u32,
-    pub _pad: u32,
+    /// Hairpin flows (a pod reaching itself through a service), else 0.
+    /// FORWARD: the source address to rewrite to ([`HAIRPIN_ADDR`]), because a pod drops
+    /// packets that carry its own address as source.
+    /// REPLY: the pod's real address, to rewrite the destination back to.
+    pub hairpin_addr: u32,
 }
 const _: () = assert!(core::mem::size_of::<CtValue>() == 16);
+
+/// Source address hairpin flows are translated to (link-local, never on the wire outside
+/// the node; Cilium uses the same idea), network byte order.
+pub const HAIRPIN_ADDR: u32 = u32::from_ne_bytes([169, 254, 42, 1]);
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

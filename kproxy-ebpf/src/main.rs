@@ -77,9 +77,10 @@ fn try_kproxy_xdp(ctx: &XdpContext) -> Result<u32, ()> {
     let Some(flow) = nat::parse(&pkt) else {
         return Ok(XDP_PASS);
     };
-    Ok(match nat::ingress_decision(&flow, len) {
+    Ok(match nat::ingress_decision(&flow, len, true) {
         nat::Ingress::Pass => XDP_PASS,
-        nat::Ingress::Dnat { addr, port } => {
+        // Uplink clients are never backends of the node, so no hairpin (snat) here.
+        nat::Ingress::Dnat { addr, port, .. } => {
             nat::dnat_direct(&pkt, &flow, addr, port).ok_or(())?;
             XDP_PASS
         }
@@ -97,12 +98,12 @@ fn try_kproxy_xdp(ctx: &XdpContext) -> Result<u32, ()> {
 
 #[classifier]
 pub fn kproxy_tc_ingress(ctx: TcContext) -> i32 {
-    try_kproxy_tc(&ctx, Hook::TcIngress).unwrap_or(TC_ACT_OK)
+    try_kproxy_tc_ingress(&ctx).unwrap_or(TC_ACT_OK)
 }
 
 #[classifier]
 pub fn kproxy_tc_egress(ctx: TcContext) -> i32 {
-    try_kproxy_tc(&ctx, Hook::TcEgress).unwrap_or(TC_ACT_OK)
+    try_kproxy_tc_egress(&ctx).unwrap_or(TC_ACT_OK)
 }
 
 /// Headers we may need linear: Ethernet, IPv4 with options, TCP.
@@ -132,13 +133,22 @@ fn tc_ingress_lb(ctx: &TcContext) -> Result<i32, ()> {
     let Some(flow) = nat::parse(&pkt) else {
         return Ok(TC_ACT_OK);
     };
-    match nat::ingress_decision(&flow, u64::from(ctx.len())) {
+    tc_lb(ctx, &flow, true)
+}
+
+/// Per-packet load balancing of a parsed flow in tc (uplink ingress in tc mode, pod veths).
+#[inline(always)]
+fn tc_lb(ctx: &TcContext, flow: &nat::Flow, external_only: bool) -> Result<i32, ()> {
+    match nat::ingress_decision(flow, u64::from(ctx.len()), external_only) {
         nat::Ingress::Pass => Ok(TC_ACT_OK),
-        nat::Ingress::Dnat { addr, port } => {
-            nat::nat_skb(ctx, &flow, true, addr, port).map_err(|_| ())?;
+        nat::Ingress::Dnat { addr, port, snat } => {
+            nat::nat_skb(ctx, flow, true, addr, port).map_err(|_| ())?;
+            if snat != 0 {
+                nat::nat_skb_addr(ctx, flow, false, flow.saddr, snat).map_err(|_| ())?;
+            }
             Ok(TC_ACT_OK)
         }
-        nat::Ingress::Reject => nat::reject_skb(ctx, &flow).map_err(|_| ()),
+        nat::Ingress::Reject => nat::reject_skb(ctx, flow).map_err(|_| ()),
     }
 }
 
@@ -149,10 +159,36 @@ fn tc_egress_revnat(ctx: &TcContext) -> Result<i32, ()> {
     let Some(flow) = nat::parse(&pkt) else {
         return Ok(TC_ACT_OK);
     };
+    // Uplink flows never hairpin (clients there are not backends of this node).
     if let Some(ct) = nat::reply_lookup(&flow, u64::from(ctx.len())) {
         nat::nat_skb(ctx, &flow, false, ct.nat_addr, ct.nat_port).map_err(|_| ())?;
     }
     Ok(TC_ACT_OK)
+}
+
+/// tc ingress on a pod's host-side veth (packets leaving the pod): per-packet DNAT of
+/// service traffic the socket-LB did not translate (e.g. processes outside the node's
+/// cgroup hierarchy, raw sockets), reverse NAT of backends' replies, hairpin.
+#[classifier]
+pub fn kproxy_tc_pod(ctx: TcContext) -> i32 {
+    try_kproxy_tc_pod(&ctx).unwrap_or(TC_ACT_OK)
+}
+
+#[inline(always)]
+fn try_kproxy_tc_pod(ctx: &TcContext) -> Result<i32, ()> {
+    let pkt = tc_pkt(ctx);
+    let Some(flow) = nat::parse(&pkt) else {
+        return Ok(TC_ACT_OK);
+    };
+    // A backend answering a translated flow?
+    if let Some(ct) = nat::reply_lookup(&flow, u64::from(ctx.len())) {
+        nat::nat_skb(ctx, &flow, false, ct.nat_addr, ct.nat_port).map_err(|_| ())?;
+        if ct.hairpin_addr != 0 {
+            nat::nat_skb_addr(ctx, &flow, true, flow.daddr, ct.hairpin_addr).map_err(|_| ())?;
+        }
+        return Ok(TC_ACT_OK);
+    }
+    tc_lb(ctx, &flow, false)
 }
 
 #[cgroup_sock_addr(connect4)]
@@ -176,26 +212,29 @@ pub fn kproxy_sock4_getpeername(ctx: SockAddrContext) -> i32 {
 }
 
 #[inline(always)]
-fn try_kproxy_tc(ctx: &TcContext, hook: Hook) -> Result<i32, ()> {
+fn try_kproxy_tc_egress(ctx: &TcContext) -> Result<i32, ()> {
     let summary = packet::classify_tc(ctx);
     let len = u64::from(ctx.len());
-    count(hook, &summary, len);
-    if hook == Hook::TcEgress {
-        // Debug events only on egress: with the reject path, the ingress program's stack
-        // plus aya-log's record buffer would exceed the 512-byte BPF stack.
-        if debug_events_enabled() {
-            debug!(
-                ctx,
-                "{} {} {:i} -> {:i} len {}",
-                hook.name(),
-                summary.class.name(),
-                u32::from_be(summary.saddr),
-                u32::from_be(summary.daddr),
-                len
-            );
-        }
-        return tc_egress_revnat(ctx);
+    count(Hook::TcEgress, &summary, len);
+    // Debug events only here: with the LB and reject paths, the ingress program's stack
+    // plus aya-log's record buffer would exceed the 512-byte BPF stack.
+    if debug_events_enabled() {
+        debug!(
+            ctx,
+            "tc-egress {} {:i} -> {:i} len {}",
+            summary.class.name(),
+            u32::from_be(summary.saddr),
+            u32::from_be(summary.daddr),
+            len
+        );
     }
+    tc_egress_revnat(ctx)
+}
+
+#[inline(always)]
+fn try_kproxy_tc_ingress(ctx: &TcContext) -> Result<i32, ()> {
+    let summary = packet::classify_tc(ctx);
+    count(Hook::TcIngress, &summary, u64::from(ctx.len()));
     if lb_in_tc() {
         return tc_ingress_lb(ctx);
     }

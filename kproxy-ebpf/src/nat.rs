@@ -7,7 +7,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use kproxy_common::{
-    CtKey, CtValue, ETH_HLEN, ETH_P_IP, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, ct_dir, svc_flags,
+    CtKey, CtValue, ETH_HLEN, ETH_P_IP, HAIRPIN_ADDR, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
+    ct_dir, svc_flags,
 };
 
 use crate::{lb, maps::CT};
@@ -147,8 +148,9 @@ pub fn parse(pkt: &Pkt) -> Option<Flow> {
 pub enum Ingress {
     /// Not for an external frontend: leave it alone.
     Pass,
-    /// Rewrite the destination to this backend.
-    Dnat { addr: u32, port: u16 },
+    /// Rewrite the destination to this backend (and, if `snat` is not 0, the source to
+    /// `snat`: hairpin).
+    Dnat { addr: u32, port: u16, snat: u32 },
     /// An external frontend with no ready backend.
     Reject,
 }
@@ -166,11 +168,12 @@ fn ct_key(f: &Flow, dir: u8) -> CtKey {
     }
 }
 
-/// Decides the fate of a packet from the uplink: tracked flows keep their backend (also
-/// when it is terminating); new flows to an external frontend get one by flow hash or
-/// ClientIP affinity, and a connection tracking entry for both directions.
+/// Decides the fate of a packet entering the node (from the uplink, or from a pod): tracked
+/// flows keep their backend (also when it is terminating); new flows to a frontend get one
+/// by flow hash or ClientIP affinity, and a connection tracking entry for both directions.
+/// `external_only`: only frontends reachable from outside (the uplink) are served.
 #[inline(always)]
-pub fn ingress_decision(f: &Flow, bytes: u64) -> Ingress {
+pub fn ingress_decision(f: &Flow, bytes: u64, external_only: bool) -> Ingress {
     let fwd = ct_key(f, ct_dir::FORWARD);
     // SAFETY: copied out immediately.
     if let Some(ct) = unsafe { CT.get(fwd) }.copied() {
@@ -178,12 +181,13 @@ pub fn ingress_decision(f: &Flow, bytes: u64) -> Ingress {
         return Ingress::Dnat {
             addr: ct.nat_addr,
             port: ct.nat_port,
+            snat: ct.hairpin_addr,
         };
     }
     let Some(svc) = lb::lookup_service(f.daddr, f.dport, f.proto) else {
         return Ingress::Pass;
     };
-    if svc.flags & svc_flags::EXTERNAL == 0 {
+    if external_only && svc.flags & svc_flags::EXTERNAL == 0 {
         return Ingress::Pass;
     }
     let hash = lb::flow_hash(f.saddr, f.daddr, f.sport, f.dport, f.proto);
@@ -192,16 +196,18 @@ pub fn ingress_decision(f: &Flow, bytes: u64) -> Ingress {
         lb::count(svc.revnat_id, 0, bytes, 1, false);
         return Ingress::Reject;
     };
+    let hairpin = sel.backend.addr == f.saddr;
+    let snat = if hairpin { HAIRPIN_ADDR } else { 0 };
     let fwd_val = CtValue {
         nat_addr: sel.backend.addr,
         nat_port: sel.backend.port,
         revnat_id: svc.revnat_id,
         backend_id: sel.id,
-        _pad: 0,
+        hairpin_addr: snat,
     };
     let reply = CtKey {
         saddr: sel.backend.addr,
-        daddr: f.saddr,
+        daddr: if hairpin { HAIRPIN_ADDR } else { f.saddr },
         sport: sel.backend.port,
         dport: f.sport,
         proto: f.proto,
@@ -213,7 +219,7 @@ pub fn ingress_decision(f: &Flow, bytes: u64) -> Ingress {
         nat_port: f.dport,
         revnat_id: svc.revnat_id,
         backend_id: sel.id,
-        _pad: 0,
+        hairpin_addr: if hairpin { f.saddr } else { 0 },
     };
     // Reply entry first: the backend's answer must never find the forward entry alone.
     let _ = CT.insert(reply, reply_val, 0);
@@ -222,6 +228,7 @@ pub fn ingress_decision(f: &Flow, bytes: u64) -> Ingress {
     Ingress::Dnat {
         addr: sel.backend.addr,
         port: sel.backend.port,
+        snat,
     }
 }
 
@@ -497,6 +504,28 @@ fn change_tail(ctx: &TcContext, len: u32) -> Result<(), i64> {
     // SAFETY: valid skb context; the helper resizes the packet to `len` bytes.
     let r = unsafe { aya_ebpf::helpers::bpf_skb_change_tail(ctx.skb.skb, len, 0) };
     if r == 0 { Ok(()) } else { Err(r) }
+}
+
+/// Rewrites only the source (`dst == false`) or destination address of an skb, keeping
+/// the port (hairpin translation).
+#[inline(always)]
+pub fn nat_skb_addr(ctx: &TcContext, f: &Flow, dst: bool, old: u32, new: u32) -> Result<(), i64> {
+    let addr_off = if dst { ETH_HLEN + 16 } else { ETH_HLEN + 12 };
+    let csum_off = f.l4_off + l4_csum_off(f);
+    let mangled = if f.proto == IPPROTO_UDP {
+        u64::from(BPF_F_MARK_MANGLED_0)
+    } else {
+        0
+    };
+    ctx.l4_csum_replace(
+        csum_off,
+        u64::from(old),
+        u64::from(new),
+        u64::from(BPF_F_PSEUDO_HDR) | mangled | 4,
+    )?;
+    ctx.l3_csum_replace(ETH_HLEN + 10, u64::from(old), u64::from(new), 4)?;
+    ctx.store(addr_off, &new, 0)?;
+    Ok(())
 }
 
 /// L4 checksum offset inside the TCP/UDP header.

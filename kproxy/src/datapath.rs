@@ -25,6 +25,7 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 const PROG_XDP: &str = "kproxy_xdp";
 const PROG_TC_INGRESS: &str = "kproxy_tc_ingress";
 const PROG_TC_EGRESS: &str = "kproxy_tc_egress";
+const PROG_TC_POD: &str = "kproxy_tc_pod";
 /// Socket-LB programs, attached to the cgroup v2 root.
 const SOCK_PROGS: [&str; 4] = [
     "kproxy_sock4_connect",
@@ -107,7 +108,7 @@ impl Datapath {
         if let Err(err) = crate::ebpf_log::spawn(&mut ebpf) {
             tracing::warn!(%err, "eBPF log events will not be shown");
         }
-        for name in [PROG_TC_INGRESS, PROG_TC_EGRESS] {
+        for name in [PROG_TC_INGRESS, PROG_TC_EGRESS, PROG_TC_POD] {
             let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
             prog.load().map_err(|source| DatapathError::Program {
                 what: "load".into(),
@@ -156,45 +157,63 @@ impl Datapath {
         // TCX (kernel >= 6.6) needs no qdisc; with the netlink fallback the clsact qdisc must
         // exist. Adding it when it is already there fails harmlessly.
         let _ = tc::qdisc_add_clsact(iface);
-        for (name, dir, tag) in [
-            (PROG_TC_INGRESS, TcAttachType::Ingress, "tc_in"),
-            (PROG_TC_EGRESS, TcAttachType::Egress, "tc_eg"),
-        ] {
-            let pin = self.bpffs_dir.join(format!("link_{tag}_{iface}"));
-            let prog: &mut SchedClassifier = program(&mut self.ebpf, name)?;
-            let err = |what: String| {
-                move |source| DatapathError::Program {
-                    what,
-                    program: name,
-                    source,
-                }
-            };
-            if let Some(fd) = open_pinned_link(&pin)
-                && let Ok(link) = SchedClassifierLink::try_from(fd)
-                && prog.attach_to_link(link).is_ok()
-            {
-                tracing::info!(%iface, ?dir, "tc program replaced in the pinned link");
-                continue;
-            }
-            let _ = std::fs::remove_file(&pin);
-            let id = prog
-                .attach(iface, dir)
-                .map_err(err(format!("tc {dir:?} attach to {iface}")))?;
-            // Only bpf_link (TCX) attachments can be pinned; netlink ones stay owned.
-            let link = prog
-                .take_link(id)
-                .map_err(err(format!("take tc link on {iface}")))?;
-            match FdLink::try_from(link) {
-                Ok(fd) => {
-                    if let Err(e) = fd.pin(&pin) {
-                        tracing::warn!(%iface, err = %e, "cannot pin the tc link");
-                    }
-                }
-                Err(e) => tracing::warn!(%iface, err = %e, "tc link is not a bpf_link; not pinned"),
-            }
-        }
+        self.attach_tc(PROG_TC_INGRESS, iface, TcAttachType::Ingress, "tc_in")?;
+        self.attach_tc(PROG_TC_EGRESS, iface, TcAttachType::Egress, "tc_eg")?;
         tracing::info!(%iface, xdp_mode = ?used, "datapath attached (xdp + tc ingress/egress)");
         Ok(used)
+    }
+
+    /// Attaches the pod program to tc ingress of a pod's host-side veth: per-packet
+    /// service translation for traffic socket-LB did not handle, replies, hairpin.
+    pub fn attach_pod_iface(&mut self, iface: &str) -> Result<(), DatapathError> {
+        let _ = tc::qdisc_add_clsact(iface);
+        self.attach_tc(PROG_TC_POD, iface, TcAttachType::Ingress, "tc_pod")?;
+        tracing::info!(%iface, "pod interface attached (tc ingress)");
+        Ok(())
+    }
+
+    /// Attaches a tc program, replacing the program of a pinned link from a previous
+    /// kproxy if there is one, and pins the new link.
+    fn attach_tc(
+        &mut self,
+        name: &'static str,
+        iface: &str,
+        dir: TcAttachType,
+        tag: &str,
+    ) -> Result<(), DatapathError> {
+        let pin = self.bpffs_dir.join(format!("link_{tag}_{iface}"));
+        let prog: &mut SchedClassifier = program(&mut self.ebpf, name)?;
+        let err = |what: String| {
+            move |source| DatapathError::Program {
+                what,
+                program: name,
+                source,
+            }
+        };
+        if let Some(fd) = open_pinned_link(&pin)
+            && let Ok(link) = SchedClassifierLink::try_from(fd)
+            && prog.attach_to_link(link).is_ok()
+        {
+            tracing::info!(%iface, ?dir, program = name, "tc program replaced in the pinned link");
+            return Ok(());
+        }
+        let _ = std::fs::remove_file(&pin);
+        let id = prog
+            .attach(iface, dir)
+            .map_err(err(format!("tc {dir:?} attach to {iface}")))?;
+        // Only bpf_link (TCX) attachments can be pinned; netlink ones stay owned.
+        let link = prog
+            .take_link(id)
+            .map_err(err(format!("take tc link on {iface}")))?;
+        match FdLink::try_from(link) {
+            Ok(fd) => {
+                if let Err(e) = fd.pin(&pin) {
+                    tracing::warn!(%iface, err = %e, "cannot pin the tc link");
+                }
+            }
+            Err(e) => tracing::warn!(%iface, err = %e, "tc link is not a bpf_link; not pinned"),
+        }
+        Ok(())
     }
 
     fn attach_xdp(

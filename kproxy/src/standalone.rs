@@ -41,6 +41,10 @@ pub struct Opts {
     /// Which uplink hook load-balances external traffic.
     #[arg(long, value_enum, default_value = "xdp")]
     lb_mode: LbMode,
+    /// A pod's host-side veth: per-packet service translation for traffic leaving the pod
+    /// (repeatable).
+    #[arg(long = "pod-iface")]
+    pod_ifaces: Vec<String>,
     /// Do not attach socket-LB (cgroup connect4/sendmsg4/recvmsg4/getpeername4).
     #[arg(long)]
     no_socket_lb: bool,
@@ -132,6 +136,10 @@ pub async fn run(bpffs: &Path, opts: Opts) -> Result<()> {
         if node_ips.is_empty() {
             node_ips = kproxy::netif::ipv4_addrs(uplink);
         }
+    }
+    for iface in &opts.pod_ifaces {
+        dp.attach_pod_iface(iface)
+            .with_context(|| format!("attaching to pod interface {iface}"))?;
     }
     if !opts.no_socket_lb {
         let cgroup = match &opts.cgroup {

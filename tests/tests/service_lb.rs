@@ -517,3 +517,57 @@ fn privileged_metrics_endpoint() {
     assert!(line.ends_with(" 3"), "3 new flows counted: {line}");
     assert!(body.contains("kproxy_frontends "), "{body}");
 }
+
+/// Per-packet translation on pod veths (tc), for pod traffic socket-LB does not see: the
+/// pod processes here run outside the socket-LB cgroup. Includes hairpin: a pod reaching
+/// itself through its service (its source is translated so it accepts the packets).
+#[test]
+fn privileged_pod_veth_per_packet_and_hairpin() {
+    if !privileged("privileged_pod_veth_per_packet_and_hairpin") {
+        return;
+    }
+    let mut lab = Lab::new(3);
+    lab.set_services(&[web(all_ready(3))]);
+    lab.start_kproxy_with(
+        "auto",
+        "xdp",
+        &[
+            "--pod-iface",
+            "vb0",
+            "--pod-iface",
+            "vb1",
+            "--pod-iface",
+            "vb2",
+        ],
+    );
+    let vip = format!("{VIP}:80");
+    let res = Lab::kpt_net(lab.backends[1].cmd(kpt()), &["tcp", &vip, "--count", "60"]);
+    let spread = names(&res);
+    assert_eq!(
+        spread.len(),
+        3,
+        "all backends, including b1 itself: {spread:?}"
+    );
+    for r in &res {
+        assert_eq!(r["getpeername"], vip.as_str());
+        let seen = r["seen_peer"].as_str().unwrap();
+        if r["name"] == "b1" {
+            assert!(seen.starts_with("169.254.42.1:"), "hairpin source: {seen}");
+        } else {
+            assert!(
+                seen.starts_with("10.244.1.3:"),
+                "pod source preserved: {seen}"
+            );
+        }
+    }
+    let res = Lab::kpt_net(
+        lab.backends[2].cmd(kpt()),
+        &["udp", &format!("{VIP}:53"), "--count", "20"],
+    );
+    assert!(
+        res.iter()
+            .all(|r| r["ok"] == true && r["from"] == format!("{VIP}:53")),
+        "{res:?}"
+    );
+    assert!(names(&res).len() >= 2);
+}
