@@ -99,7 +99,27 @@ pub fn run(args: &RunArgs) -> Result<()> {
         }
     };
 
-    step(&format!("run: starting kproxy on {uplink}"));
+    let manifest = services_manifest()?;
+    // A demo backend: an echo server on the lab client host, so the demo service answers.
+    let mut echo = None;
+    if args.uplink.is_none() {
+        step("run: starting a demo echo backend in the lab netns (172.31.0.2:8080)");
+        echo = Some(
+            Command::new("nsenter")
+                .arg(format!("--net=/run/netns/{LAB_NETNS}"))
+                .arg("--")
+                .arg(bin_dir.join("kpt-net"))
+                .args(["serve", "--name", "demo-backend", "--port", "8080"])
+                .stderr(Stdio::null())
+                .spawn()
+                .context("start the demo echo backend")?,
+        );
+    }
+
+    step(&format!(
+        "run: starting kproxy on {uplink} with {}",
+        manifest.display()
+    ));
     let mut child = Command::new(&kproxy)
         .args([
             "standalone",
@@ -108,6 +128,9 @@ pub fn run(args: &RunArgs) -> Result<()> {
             "--xdp-mode",
             &args.xdp_mode,
         ])
+        .arg("--manifests")
+        .arg(&manifest)
+        .args(["--metrics-addr", "127.0.0.1:9962"])
         .spawn()
         .with_context(|| format!("start {}", kproxy.display()))?;
     // Ctrl-C reaches kproxy (same process group); we wait for it and then clean up.
@@ -117,10 +140,16 @@ pub fn run(args: &RunArgs) -> Result<()> {
     println!(
         "\nkproxy is running: XDP + tc programs on {uplink}, maps pinned under /sys/fs/bpf/kproxy."
     );
+    println!(
+        "Services come from {} (edit it: kproxy reloads it).",
+        manifest.display()
+    );
     println!("Next steps, in another terminal:");
-    println!("  ip netns exec {LAB_NETNS} ping -c 3 172.31.0.1    # traffic through the uplink");
-    println!("  {k} dump       # per-hook packet/byte counters");
+    println!("  bash -c 'cat < /dev/tcp/10.96.0.100/80'   # the demo ClusterIP, via socket-LB");
+    println!("  {k} dump       # service table with backends and counters");
+    println!("  {k} ifstats    # uplink packet counters per hook");
     println!("  {k} debug on   # eBPF events appear in this log");
+    println!("  curl -s 127.0.0.1:9962/metrics | grep kproxy_service");
     println!("  {} version", bin_dir.join("kctl").display());
     if args.uplink.is_none() {
         println!("Ctrl-C stops kproxy and removes the lab netns.\n");
@@ -131,9 +160,50 @@ pub fn run(args: &RunArgs) -> Result<()> {
     // kproxy leaves its datapath attached on exit (so restarts keep flows); `run` owns this
     // node, so detach it. The pinned maps stay for the next run.
     let _ = Command::new(&kproxy).arg("cleanup").status();
+    if let Some(mut e) = echo {
+        let _ = e.kill();
+        let _ = e.wait();
+    }
     if args.uplink.is_none() {
         remove_lab_uplink();
     }
     println!("run: kproxy exited ({status})");
     Ok(())
 }
+
+/// The demo manifest `run` feeds kproxy: created once, then left to the user to edit.
+fn services_manifest() -> Result<PathBuf> {
+    let dir = workspace_root().join("target/kproxy");
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    let path = dir.join("services.yaml");
+    if !path.exists() {
+        std::fs::write(&path, DEMO_MANIFEST)
+            .with_context(|| format!("write {}", path.display()))?;
+        println!("run: wrote the demo services to {}", path.display());
+    }
+    Ok(path)
+}
+
+const DEMO_MANIFEST: &str = "\
+# Services kproxy programs into its eBPF maps (standalone mode: no API server yet).
+# Ordinary v1 Service and discovery.k8s.io/v1 EndpointSlice objects; edit and save.
+apiVersion: v1
+kind: Service
+metadata: {name: demo, namespace: default}
+spec:
+  type: ClusterIP
+  clusterIP: 10.96.0.100
+  ports: [{name: tcp, port: 80, protocol: TCP, targetPort: 8080}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: demo-1
+  namespace: default
+  labels: {kubernetes.io/service-name: demo}
+addressType: IPv4
+ports: [{name: tcp, port: 8080, protocol: TCP}]
+endpoints:
+- addresses: [172.31.0.2]
+  conditions: {ready: true}
+";
