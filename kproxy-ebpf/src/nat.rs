@@ -563,3 +563,65 @@ pub fn nat_skb(ctx: &TcContext, f: &Flow, dst: bool, addr: u32, port: u16) -> Re
     ctx.store(port_off, &port, 0)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Full Internet checksum over big-endian words, as a receiver verifies it.
+    fn full(words: &[u16]) -> u16 {
+        let mut sum: u32 = words.iter().map(|w| u32::from(*w)).sum();
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        !(sum as u16)
+    }
+
+    #[test]
+    fn incremental_update_matches_recomputation() {
+        // An IPv4 header as words (checksum word zeroed), then change the destination.
+        let mut hdr = [
+            0x4500u16, 0x003c, 0x1c46, 0x4000, 0x4006, 0x0000, 0xc000, 0x0201, 0xac1e, 0x000a,
+        ];
+        let check = full(&hdr);
+        let old = (u32::from(hdr[8]) << 16) | u32::from(hdr[9]);
+        let new = 0x0af4_0102u32;
+        hdr[8] = (new >> 16) as u16;
+        hdr[9] = new as u16;
+        // The words as loaded from memory on a little-endian CPU are byte-swapped; the
+        // one's-complement update must not care.
+        let swapped = csum_replace4(check.swap_bytes(), old.swap_bytes(), new.swap_bytes());
+        assert_eq!(swapped.swap_bytes(), full(&hdr));
+        assert_eq!(csum_replace4(check, old, new), full(&hdr));
+    }
+
+    #[test]
+    fn reply_checksum_helpers() {
+        let mut buf = [0u8; 8];
+        put16(&mut buf, 0, 0x1234);
+        put32(&mut buf, 2, 0xdead_beef);
+        assert_eq!(buf[..6], [0x12, 0x34, 0xde, 0xad, 0xbe, 0xef]);
+        // Writes past the end are ignored, never panic.
+        put16(&mut buf, 7, 0xffff);
+        assert_eq!(buf[7], 0);
+        // A buffer that contains its own checksum sums to zero.
+        let mut h = [0u8; 20];
+        h[0] = 0x45;
+        h[9] = 6;
+        let c = fold(sum16(&h, 0, 20, 0));
+        put16(&mut h, 10, c);
+        assert_eq!(fold(sum16(&h, 0, 20, 0)), 0);
+    }
+
+    #[test]
+    fn flow_hash_spreads_ports() {
+        let mut buckets = [0u32; 3];
+        for port in 1000u16..4000 {
+            let h = crate::lb::flow_hash(0x0102_0304, 0x0a60_000a, port.to_be(), 80u16.to_be(), 6);
+            buckets[(h % 3) as usize] += 1;
+        }
+        for b in buckets {
+            assert!((900..=1100).contains(&b), "uneven spread {buckets:?}");
+        }
+    }
+}
