@@ -42,6 +42,35 @@ fn names(results: &[Value]) -> BTreeMap<String, usize> {
     m
 }
 
+/// Long-lived echo connections through both paths: the external client via the LB IP
+/// (per-packet) and a host process via the ClusterIP (socket-LB).
+fn spawn_holds(lab: &Lab, duration_ms: u32) -> Vec<std::process::Child> {
+    [
+        (lab.client_cmd(&kpt()), format!("{LB_IP}:80")),
+        (lab.host_cmd(&kpt()), format!("{VIP}:80")),
+    ]
+    .into_iter()
+    .map(|(mut cmd, target)| {
+        cmd.args(["hold", &target, "--duration-ms", &duration_ms.to_string()])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn hold")
+    })
+    .collect()
+}
+
+/// Every held connection echoed every line until its end.
+fn assert_holds_ok(holds: Vec<std::process::Child>) {
+    for h in holds {
+        let out = h.wait_with_output().expect("hold finished");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "an established connection broke: {text}"
+        );
+    }
+}
+
 fn lab_with_web(xdp_mode: &str, lb_mode: &str) -> Lab {
     let mut lab = Lab::new(3);
     lab.set_services(&[web(all_ready(3))]);
@@ -225,16 +254,7 @@ fn privileged_backend_removal_and_no_endpoints() {
     lab.start_kproxy("auto", "xdp");
 
     // Long-lived connections through both paths; note which backend they landed on.
-    let mut holds = Vec::new();
-    for (cmd, target) in [
-        (lab.client_cmd(&kpt()), format!("{LB_IP}:80")),
-        (lab.host_cmd(&kpt()), format!("{VIP}:80")),
-    ] {
-        let mut cmd = cmd;
-        cmd.args(["hold", &target, "--duration-ms", "4000"]);
-        cmd.stdout(std::process::Stdio::piped());
-        holds.push(cmd.spawn().expect("spawn hold"));
-    }
+    let holds = spawn_holds(&lab, 4000);
     thread::sleep(Duration::from_millis(500));
 
     // b0..b2 → only b1, b2 ready; b0 terminating.
@@ -252,14 +272,7 @@ fn privileged_backend_removal_and_no_endpoints() {
         );
         assert_eq!(spread.len(), 2, "{spread:?}");
     }
-    for h in holds {
-        let out = h.wait_with_output().expect("hold finished");
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "an established connection broke: {text}"
-        );
-    }
+    assert_holds_ok(holds);
 
     // No ready endpoint at all: refused, and quickly.
     let before = lab.syncs();
@@ -302,16 +315,7 @@ fn privileged_restart_keeps_established_flows() {
     let mut lab = Lab::new(3);
     lab.set_services(&[web(all_ready(3))]);
     lab.start_kproxy("auto", "xdp");
-    let mut holds = Vec::new();
-    for (cmd, target) in [
-        (lab.client_cmd(&kpt()), format!("{LB_IP}:80")),
-        (lab.host_cmd(&kpt()), format!("{VIP}:80")),
-    ] {
-        let mut cmd = cmd;
-        cmd.args(["hold", &target, "--duration-ms", "5000"]);
-        cmd.stdout(std::process::Stdio::piped());
-        holds.push(cmd.spawn().expect("spawn hold"));
-    }
+    let holds = spawn_holds(&lab, 5000);
     thread::sleep(Duration::from_millis(1000));
     lab.kill_kproxy();
     thread::sleep(Duration::from_millis(300));
@@ -320,14 +324,7 @@ fn privileged_restart_keeps_established_flows() {
         lab.kproxy().logged("map_ops=0"),
         "a restart with an unchanged manifest rewrites nothing"
     );
-    for h in holds {
-        let out = h.wait_with_output().expect("hold finished");
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "connection broke across the restart: {text}"
-        );
-    }
+    assert_holds_ok(holds);
     let res = Lab::kpt_net(
         lab.client_cmd(&kpt()),
         &["tcp", &format!("{LB_IP}:80"), "--count", "10"],
