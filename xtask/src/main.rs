@@ -1,6 +1,7 @@
 //! `cargo xtask <command>`: the project's automation. `run` and `test` are the README's
 //! contract; both call `setup` first so a fresh Debian/Ubuntu machine needs nothing else.
 
+mod bench;
 mod run;
 mod setup;
 mod test;
@@ -24,6 +25,9 @@ enum Command {
     Run(run::RunArgs),
     /// Set up, then run every test: formatting, clippy, unit, privileged and end-to-end tests.
     Test(test::TestArgs),
+    /// Build in release mode and run the benchmarks (`dataplane`: kproxy vs iptables vs
+    /// nftables); results in target/bench/.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -32,5 +36,6 @@ fn main() -> anyhow::Result<()> {
         Command::Setup(args) => setup::setup(&args),
         Command::Run(args) => run::run(&args),
         Command::Test(args) => test::test(&args),
+        Command::Bench(args) => bench::bench(&args),
     }
 }

@@ -40,6 +40,8 @@ const APT_PACKAGES: &[&str] = &[
     "runc",
     "busybox-static",
     "tini",
+    // `cargo xtask bench`: flushes connection tracking between load-generator runs.
+    "conntrack",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

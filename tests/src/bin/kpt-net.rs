@@ -9,10 +9,29 @@
 //!   the address the answer came from (recvfrom).
 //! * `hold ADDR --duration-ms D` — one TCP connection, a line every 50 ms, each must echo;
 //!   exits non-zero on the first failure, prints how many round trips worked.
+//!
+//! Load generators for `cargo xtask bench` (one JSON line each; `--bind IP` sets the source
+//! address, the port is still chosen at connect time):
+//!
+//! * `conns ADDR --duration-ms D --concurrency C [--bind IP]` — C threads open new
+//!   connections for D ms: connect, send a line, read the greeting and the echo, close.
+//!   `{"conns_per_s":..,"conns":..,"errors":..,"elapsed_ms":..}`.
+//! * `rr ADDR --duration-ms D [--bind IP]` — request/response latency on one kept-alive
+//!   connection: `{"p50_us":..,"p99_us":..,"count":..}`.
+//! * `bulk ADDR --duration-ms D [--bind IP]` — sends `BULK`, after which the server streams
+//!   data until the client closes: `{"mbit_per_s":..,"bytes":..}`.
+//! * `wait-for ADDR --name N [--timeout-ms T] [--bind IP]` — prints `{"started":true}`, then
+//!   opens connections until backend N answers; prints the CLOCK_MONOTONIC time of that
+//!   answer: `{"ok":true,"mono_ns":..,"attempts":..}`.
 
 use std::{
-    io::{BufRead as _, BufReader, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    os::fd::FromRawFd as _,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -44,8 +63,17 @@ fn main() {
                 .and_then(|d| d.parse().ok())
                 .unwrap_or(3000),
         ),
+        "conns" | "rr" | "bulk" | "wait-for" => {
+            let load = Load::from_args(&args);
+            match cmd {
+                "conns" => conns(&load),
+                "rr" => rr(&load),
+                "bulk" => bulk(&load),
+                _ => wait_for(&load, &arg(&args, "--name").expect("--name")),
+            }
+        }
         _ => {
-            eprintln!("usage: kpt-net serve|tcp|udp|hold ...");
+            eprintln!("usage: kpt-net serve|tcp|udp|hold|conns|rr|bulk|wait-for ...");
             2
         }
     };
@@ -76,6 +104,12 @@ fn serve(name: &str, port: u16) -> i32 {
             }
             for line in BufReader::new(stream).lines() {
                 let Ok(line) = line else { break };
+                if line == "BULK" {
+                    // Bulk throughput: stream until the client goes away.
+                    let buf = vec![0x5a_u8; 128 * 1024];
+                    while w.write_all(&buf).is_ok() {}
+                    break;
+                }
                 if w.write_all(format!("{line}\n").as_bytes()).is_err() {
                     break;
                 }
@@ -212,4 +246,286 @@ fn hold(addr: &str, duration_ms: u64) -> i32 {
         json_str(&name)
     );
     0
+}
+
+/// Common options of the load generators.
+struct Load {
+    target: SocketAddrV4,
+    bind: Option<Ipv4Addr>,
+    duration: Duration,
+    concurrency: usize,
+    timeout: Duration,
+}
+
+impl Load {
+    fn from_args(args: &[String]) -> Self {
+        let num = |name: &str, default: u64| {
+            arg(args, name)
+                .map(|v| {
+                    v.parse()
+                        .unwrap_or_else(|_| panic!("{name} takes a number"))
+                })
+                .unwrap_or(default)
+        };
+        Self {
+            target: args
+                .get(1)
+                .and_then(|a| a.parse().ok())
+                .expect("ADDR is ipv4:port"),
+            bind: arg(args, "--bind").map(|b| b.parse().expect("--bind takes an IPv4 address")),
+            duration: Duration::from_millis(num("--duration-ms", 3000)),
+            concurrency: usize::try_from(num("--concurrency", 4)).expect("concurrency"),
+            timeout: Duration::from_millis(num("--timeout-ms", 30_000)),
+        }
+    }
+}
+
+fn sockaddr_in(a: SocketAddrV4) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: a.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(a.ip().octets()),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+/// A blocking connect, optionally from `bind` (port still chosen by connect, so TIME_WAIT
+/// reuse works per destination), giving up after `timeout`.
+fn connect_from(
+    target: SocketAddrV4,
+    bind: Option<Ipv4Addr>,
+    timeout: Duration,
+) -> std::io::Result<TcpStream> {
+    let len = libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_in>()).expect("len");
+    // SAFETY: plain socket(2) call.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh socket nobody else owns; the stream closes it on drop.
+    let stream = unsafe { TcpStream::from_raw_fd(fd) };
+    // SO_SNDTIMEO bounds a blocking connect.
+    stream.set_write_timeout(Some(timeout))?;
+    if let Some(ip) = bind {
+        let one: libc::c_int = 1;
+        // SAFETY: valid fd, option value of the documented type and size.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::IPPROTO_IP,
+                libc::IP_BIND_ADDRESS_NO_PORT,
+                (&raw const one).cast(),
+                libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).expect("len"),
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let sa = sockaddr_in(SocketAddrV4::new(ip, 0));
+        // SAFETY: valid fd and a sockaddr_in of the given length.
+        if unsafe { libc::bind(fd, (&raw const sa).cast(), len) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    let sa = sockaddr_in(target);
+    // SAFETY: valid fd and a sockaddr_in of the given length.
+    if unsafe { libc::connect(fd, (&raw const sa).cast(), len) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(stream)
+}
+
+/// Reads until `lines` newlines arrived (the answer lines of the server).
+fn read_lines(s: &mut TcpStream, lines: usize, buf: &mut [u8]) -> std::io::Result<()> {
+    let mut seen = 0;
+    while seen < lines {
+        let n = s.read(buf)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        seen += buf[..n].iter().filter(|b| **b == b'\n').count();
+    }
+    Ok(())
+}
+
+fn conns(load: &Load) -> i32 {
+    let ok = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let first_error = Arc::new(std::sync::Mutex::new(None::<String>));
+    let started = Instant::now();
+    let deadline = started + load.duration;
+    let workers: Vec<_> = (0..load.concurrency.max(1))
+        .map(|_| {
+            let (ok, errors, first_error) = (ok.clone(), errors.clone(), first_error.clone());
+            let (target, bind) = (load.target, load.bind);
+            thread::spawn(move || {
+                let mut buf = [0u8; 512];
+                let one = |buf: &mut [u8]| -> std::io::Result<()> {
+                    let mut s = connect_from(target, bind, Duration::from_secs(3))?;
+                    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+                    s.write_all(b"hello\n")?;
+                    // The greeting, then the echo.
+                    read_lines(&mut s, 2, buf)
+                };
+                while Instant::now() < deadline {
+                    match one(&mut buf) {
+                        Ok(()) => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                            first_error
+                                .lock()
+                                .unwrap()
+                                .get_or_insert_with(|| e.to_string());
+                            thread::sleep(Duration::from_millis(1));
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        let _ = w.join();
+    }
+    let elapsed = started.elapsed();
+    let ok = ok.load(Ordering::Relaxed);
+    let errors = errors.load(Ordering::Relaxed);
+    let first_error = first_error.lock().unwrap().clone().unwrap_or_default();
+    println!(
+        "{{\"conns_per_s\":{:.1},\"conns\":{ok},\"errors\":{errors},\"elapsed_ms\":{},\"first_error\":{}}}",
+        ok as f64 / elapsed.as_secs_f64(),
+        elapsed.as_millis(),
+        json_str(&first_error)
+    );
+    i32::from(ok == 0)
+}
+
+fn rr(load: &Load) -> i32 {
+    let mut s = match connect_from(load.target, load.bind, Duration::from_secs(3)) {
+        Ok(s) => s,
+        Err(e) => {
+            println!("{{\"ok\":false,\"error\":{}}}", json_str(&e.to_string()));
+            return 1;
+        }
+    };
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok();
+    s.set_nodelay(true).ok();
+    let mut buf = [0u8; 512];
+    if let Err(e) = read_lines(&mut s, 1, &mut buf) {
+        println!("{{\"ok\":false,\"error\":{}}}", json_str(&e.to_string()));
+        return 1;
+    }
+    let mut lat_ns: Vec<u64> = Vec::with_capacity(100_000);
+    let started = Instant::now();
+    while started.elapsed() < load.duration {
+        let t = Instant::now();
+        if let Err(e) = s
+            .write_all(b"ping\n")
+            .and_then(|()| read_lines(&mut s, 1, &mut buf))
+        {
+            println!("{{\"ok\":false,\"error\":{}}}", json_str(&e.to_string()));
+            return 1;
+        }
+        lat_ns.push(u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX));
+    }
+    lat_ns.sort_unstable();
+    let pct = |p: usize| lat_ns[(lat_ns.len() * p / 100).min(lat_ns.len() - 1)] as f64 / 1000.0;
+    println!(
+        "{{\"ok\":true,\"p50_us\":{:.1},\"p99_us\":{:.1},\"count\":{}}}",
+        pct(50),
+        pct(99),
+        lat_ns.len()
+    );
+    0
+}
+
+fn bulk(load: &Load) -> i32 {
+    let mut s = match connect_from(load.target, load.bind, Duration::from_secs(3)) {
+        Ok(s) => s,
+        Err(e) => {
+            println!("{{\"ok\":false,\"error\":{}}}", json_str(&e.to_string()));
+            return 1;
+        }
+    };
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok();
+    let mut buf = vec![0u8; 256 * 1024];
+    // Discard the greeting (anything after its newline is already bulk data).
+    let mut bytes = 0u64;
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => {
+                println!("{{\"ok\":false,\"error\":\"no greeting\"}}");
+                return 1;
+            }
+            Ok(n) => {
+                if buf[..n].contains(&b'\n') {
+                    break;
+                }
+            }
+        }
+    }
+    if let Err(e) = s.write_all(b"BULK\n") {
+        println!("{{\"ok\":false,\"error\":{}}}", json_str(&e.to_string()));
+        return 1;
+    }
+    let started = Instant::now();
+    while started.elapsed() < load.duration {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => bytes += n as u64,
+            Err(e) => {
+                println!("{{\"ok\":false,\"error\":{}}}", json_str(&e.to_string()));
+                return 1;
+            }
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "{{\"ok\":true,\"mbit_per_s\":{:.1},\"bytes\":{bytes}}}",
+        bytes as f64 * 8.0 / secs / 1e6
+    );
+    0
+}
+
+/// CLOCK_MONOTONIC in nanoseconds (comparable between processes on this machine).
+fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid clock id and a valid timespec to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
+fn wait_for(load: &Load, want: &str) -> i32 {
+    println!("{{\"started\":true}}");
+    let _ = std::io::stdout().flush();
+    let started = Instant::now();
+    let mut attempts = 0u64;
+    let mut buf = [0u8; 512];
+    while started.elapsed() < load.timeout {
+        attempts += 1;
+        let answer =
+            connect_from(load.target, load.bind, Duration::from_secs(1)).and_then(|mut s| {
+                s.set_read_timeout(Some(Duration::from_secs(1)))?;
+                let n = s.read(&mut buf)?;
+                Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+            });
+        if let Ok(line) = answer
+            && line.split_whitespace().next() == Some(want)
+        {
+            println!(
+                "{{\"ok\":true,\"mono_ns\":{},\"attempts\":{attempts}}}",
+                mono_ns()
+            );
+            return 0;
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+    println!("{{\"ok\":false,\"attempts\":{attempts},\"error\":\"timed out\"}}");
+    1
 }
