@@ -151,11 +151,11 @@ pub const IPPROTO_UDP: u8 = 17;
 // All addresses and ports are stored in network byte order, as they are on the wire.
 
 /// Service table: [`ServiceKey`] → [`ServiceValue`].
-pub const MAP_SERVICES: &str = "kproxy_lb4_services_v1";
+pub const MAP_SERVICES: &str = "kproxy_lb4_services_v2";
 /// Backend table: backend id (`u32`) → [`Backend`].
-pub const MAP_BACKENDS: &str = "kproxy_lb4_backends_v1";
+pub const MAP_BACKENDS: &str = "kproxy_lb4_backends_v2";
 /// Reverse NAT table: revnat id (`u32`) → [`RevNat`].
-pub const MAP_REVNAT: &str = "kproxy_lb4_revnat_v1";
+pub const MAP_REVNAT: &str = "kproxy_lb4_revnat_v2";
 /// Connection tracking for the per-packet paths (LRU): [`CtKey`] → [`CtValue`].
 pub const MAP_CT: &str = "kproxy_lb4_ct_v1";
 /// ClientIP session affinity (LRU): [`AffinityKey`] → [`AffinityValue`].
@@ -166,6 +166,11 @@ pub const MAP_SOCK_REVNAT: &str = "kproxy_lb4_sock_revnat_v1";
 pub const MAP_SVC_STATS: &str = "kproxy_lb4_svc_stats_v1";
 /// Per-CPU counters per backend, indexed by backend id: [`LbCounter`].
 pub const MAP_BACKEND_STATS: &str = "kproxy_lb4_be_stats_v1";
+
+/// `BPF_F_NO_PREALLOC`: the service, backend and reverse-NAT tables allocate entries as
+/// they are written, so their kernel memory follows the services actually configured, not
+/// the capacity (the `_v2` maps; `_v1` were preallocated).
+pub const MAP_F_NO_PREALLOC: u32 = 1;
 
 /// Capacities. Service and backend ids are below these bounds (id 0 is never used).
 pub const MAX_SERVICES: u32 = 65_536;

@@ -77,7 +77,9 @@ pub enum DatapathError {
 /// How to attach XDP to the uplink.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum XdpAttachMode {
-    /// Native (driver) mode, falling back to generic mode if the driver refuses.
+    /// The measured winner for the interface: generic XDP on veth (native XDP on veth
+    /// makes the kernel build skbs anyway and measured slower, see docs/ARCHITECTURE.md),
+    /// native mode elsewhere, falling back to generic if the driver refuses.
     Auto,
     /// Native (driver) XDP only.
     Driver,
