@@ -8,9 +8,9 @@ use aya_ebpf::{
 };
 use kproxy_common::{
     AffinityKey, AffinityValue, Backend, Counter, CtKey, CtValue, IFSTATS_LEN, LbCounter,
-    MAP_F_NO_PREALLOC, MAX_AFFINITY_ENTRIES, MAX_BACKENDS, MAX_CT_ENTRIES, MAX_SERVICE_SLOTS,
-    MAX_SERVICES, MAX_SOCK_REVNAT_ENTRIES, RevNat, ServiceKey, ServiceValue, SockRevNatKey,
-    SockRevNatValue, config,
+    MAX_AFFINITY_ENTRIES, MAX_BACKENDS, MAX_CT_ENTRIES, MAX_SERVICE_SLOTS, MAX_SERVICES,
+    MAX_SOCK_REVNAT_ENTRIES, RevNat, ServiceKey, ServiceValue, SockRevNatKey, SockRevNatValue,
+    config,
 };
 
 #[map(name = "kproxy_ifstats_v1")]
@@ -19,24 +19,23 @@ pub static IFSTATS: PerCpuArray<Counter> = PerCpuArray::pinned(IFSTATS_LEN, 0);
 #[map(name = "kproxy_config_v1")]
 pub static CONFIG: Array<u32> = Array::pinned(config::LEN, 0);
 
-#[map(name = "kproxy_lb4_services_v2")]
-pub static SERVICES: HashMap<ServiceKey, ServiceValue> =
-    HashMap::pinned(MAX_SERVICE_SLOTS, MAP_F_NO_PREALLOC);
+#[map(name = "kproxy_lb4_services_v1")]
+pub static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::pinned(MAX_SERVICE_SLOTS, 0);
 
-#[map(name = "kproxy_lb4_backends_v2")]
-pub static BACKENDS: HashMap<u32, Backend> = HashMap::pinned(MAX_BACKENDS, MAP_F_NO_PREALLOC);
+#[map(name = "kproxy_lb4_backends_v1")]
+pub static BACKENDS: HashMap<u32, Backend> = HashMap::pinned(MAX_BACKENDS, 0);
 
-#[map(name = "kproxy_lb4_revnat_v2")]
-pub static REVNAT: HashMap<u32, RevNat> = HashMap::pinned(MAX_SERVICES, MAP_F_NO_PREALLOC);
+#[map(name = "kproxy_lb4_revnat_v1")]
+pub static REVNAT: HashMap<u32, RevNat> = HashMap::pinned(MAX_SERVICES, 0);
 
-#[map(name = "kproxy_lb4_ct_v1")]
+#[map(name = "kproxy_lb4_ct_v2")]
 pub static CT: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(MAX_CT_ENTRIES, 0);
 
-#[map(name = "kproxy_lb4_affinity_v1")]
+#[map(name = "kproxy_lb4_affinity_v2")]
 pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
     LruHashMap::pinned(MAX_AFFINITY_ENTRIES, 0);
 
-#[map(name = "kproxy_lb4_sock_revnat_v1")]
+#[map(name = "kproxy_lb4_sock_revnat_v2")]
 pub static SOCK_REVNAT: LruHashMap<SockRevNatKey, SockRevNatValue> =
     LruHashMap::pinned(MAX_SOCK_REVNAT_ENTRIES, 0);
 

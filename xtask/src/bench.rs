@@ -1933,20 +1933,6 @@ mod report {
         {
             let at_n = *at_n;
             let total: u64 = m.maps.iter().map(|(_, v)| v).sum();
-            // services/backends/revnat grow with the services loaded (BPF_F_NO_PREALLOC);
-            // project them to a full MAX_SERVICES table to state memory per capacity.
-            let growing: u64 = m
-                .maps
-                .iter()
-                .filter(|(n, _)| {
-                    n.contains("services_v")
-                        || n.contains("backends_v")
-                        || n.contains("lb4_revnat_v")
-                })
-                .map(|(_, v)| v)
-                .sum();
-            let projected = (total - growing) as f64
-                + growing as f64 * f64::from(MAX_SERVICES) / at_n.max(1) as f64;
             let svc_maps: u64 = m
                 .maps
                 .iter()
@@ -1957,9 +1943,8 @@ mod report {
                 .sum();
             let _ = writeln!(
                 s,
-                "eBPF maps at N={at_n} (`bytes_memlock` from `bpftool map show pinned`; the \
-                 service, backend and reverse-NAT tables are BPF_F_NO_PREALLOC and grow with \
-                 N, the others are preallocated at their capacity):\n"
+                "eBPF maps at N={at_n} (`bytes_memlock` from `bpftool map show pinned`; all \
+                 preallocated at their capacity, so the same for every N):\n"
             );
             let _ = writeln!(s, "| map | bytes |\n| --- | ---: |");
             for (name, v) in &m.maps {
@@ -1974,14 +1959,6 @@ mod report {
                  MAX_SERVICES = {:.0} bytes.\n",
                 svc_maps as f64 / f64::from(MAX_SERVICES),
                 total as f64 / f64::from(MAX_SERVICES)
-            );
-            let _ = writeln!(
-                s,
-                "Projected to a full table of {MAX_SERVICES} services (4 backends each; the \
-                 growing tables scaled from N={at_n}): {:.1} MiB in all maps = {:.0} bytes per \
-                 configured service.\n",
-                projected / 1048576.0,
-                projected / f64::from(MAX_SERVICES)
             );
         }
         let _ = writeln!(
