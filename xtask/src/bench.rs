@@ -1181,10 +1181,10 @@ fn ebpf_phase(b: &mut Bench<'_>, services: &[usize]) -> Result<()> {
     for &n in services {
         check_interrupted()?;
         progress(&format!(
-            "ebpf {n} services: starting kproxy (xdp driver), initial sync..."
+            "ebpf {n} services: starting kproxy (--xdp-mode auto: generic on veth), initial sync..."
         ));
         let (slab0, avail0) = meminfo();
-        let (mut k, mut prog) = start_kproxy(b, n, "driver", "xdp")?;
+        let (mut k, mut prog) = start_kproxy(b, n, "auto", "xdp")?;
         let (slab1, avail1) = meminfo();
         progress(&format!(
             "  -> synced in {:.1?} ({} map ops), ready after {:.1?}",
@@ -1235,8 +1235,8 @@ fn ebpf_phase(b: &mut Bench<'_>, services: &[usize]) -> Result<()> {
     // The uplink hook comparison at the smallest service count.
     let n = b.n_min;
     for (key, xdp_mode, lb_mode) in [
-        ("ebpf-xdp-generic", "generic", "xdp"),
-        ("ebpf-tc", "driver", "tc"),
+        ("ebpf-xdp-native", "driver", "xdp"),
+        ("ebpf-tc", "auto", "tc"),
     ] {
         check_interrupted()?;
         progress(&format!(
@@ -1513,13 +1513,15 @@ mod report {
             "direct-again" => {
                 "direct: client → pod IP (nothing loaded), measured again late in the run (drift check)"
             }
-            "direct+ebpf" => "direct: client → pod IP, with N kproxy services (XDP attached)",
+            "direct+ebpf" => {
+                "direct: client → pod IP, with N kproxy services (XDP generic attached)"
+            }
             "direct+iptables-nft" => "direct: client → pod IP, with N iptables-nft services",
             "direct+nftables" => "direct: client → pod IP, with N nftables services",
             "direct+iptables-legacy" => "direct: client → pod IP, with N iptables-legacy services",
             "ebpf-socket" => "ebpf-socket: host process → ClusterIP (socket-LB)",
-            "ebpf-xdp" => "ebpf-xdp: client → LB IP (XDP native)",
-            "ebpf-xdp-generic" => "ebpf-xdp-generic: client → LB IP (XDP generic)",
+            "ebpf-xdp" => "ebpf-xdp: client → LB IP (XDP generic: kproxy's auto mode on veth)",
+            "ebpf-xdp-native" => "ebpf-xdp-native: client → LB IP (XDP native)",
             "ebpf-tc" => "ebpf-tc: client → LB IP (tc ingress)",
             "iptables-nft" => "iptables-nft: client → ClusterIP",
             "nftables" => "nftables: client → ClusterIP",
@@ -1674,7 +1676,7 @@ mod report {
             s,
             "| hook | conns/s | vs native | p50 µs | p99 µs | bulk Mbit/s |\n| --- | ---: | ---: | ---: | ---: | ---: |"
         );
-        for key in ["ebpf-xdp", "ebpf-xdp-generic", "ebpf-tc"] {
+        for key in ["ebpf-xdp-native", "ebpf-xdp", "ebpf-tc"] {
             let rr = b
                 .res
                 .rr
@@ -1686,7 +1688,7 @@ mod report {
                 "| {} | {} | {} | {} | {} | {} |",
                 label(key),
                 fmt_rate(b, key, lo),
-                ratio(rate(b, key, lo), rate(b, "ebpf-xdp", lo)),
+                ratio(rate(b, key, lo), rate(b, "ebpf-xdp-native", lo)),
                 rr.map_or("—".into(), |r| format!("{:.1}", r.p50)),
                 rr.map_or("—".into(), |r| format!("{:.1}", r.p99)),
                 b.res
