@@ -10,6 +10,7 @@ pub mod model;
 pub mod names;
 pub mod netif;
 pub mod pinned;
+pub mod source;
 pub mod sync;
 
 pub use datapath::{Datapath, XdpAttachMode};

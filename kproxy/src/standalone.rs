@@ -5,15 +5,16 @@
 use std::{
     net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
-    time::{Duration, SystemTime},
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result};
 use kproxy::{
     Datapath, XdpAttachMode,
     datapath::find_cgroup2_root,
-    manifest, metrics, model,
+    metrics, model,
     names::{Names, save_names},
+    source::ManifestSource,
     sync::Syncer,
 };
 use tokio::signal::unix::{SignalKind, signal};
@@ -27,8 +28,8 @@ pub enum LbMode {
 
 #[derive(Debug, clap::Args)]
 pub struct Opts {
-    /// Multi-document YAML of v1 Services and discovery.k8s.io/v1 EndpointSlices; re-read
-    /// when it changes.
+    /// Multi-document YAML of v1 Services and discovery.k8s.io/v1 EndpointSlices, or a
+    /// directory of such files (*.yaml, *.yml, *.json); changed files are re-read.
     #[arg(long)]
     manifests: Option<PathBuf>,
     /// The node's uplink interface: XDP and tc programs for LoadBalancer IPs, externalIPs
@@ -62,12 +63,6 @@ pub struct Opts {
     debug_events: bool,
 }
 
-/// A cheap change detector for the manifest file.
-fn fingerprint(path: &Path) -> Option<(SystemTime, u64)> {
-    let md = std::fs::metadata(path).ok()?;
-    Some((md.modified().ok()?, md.len()))
-}
-
 struct Reconciler {
     syncer: Syncer,
     node_ips: Vec<Ipv4Addr>,
@@ -77,13 +72,14 @@ struct Reconciler {
 impl Reconciler {
     /// Loads the file and applies only the difference to the maps. On any error nothing
     /// is changed.
-    fn reload(&mut self, dp: &mut Datapath, path: &Path) {
+    fn reload(&mut self, dp: &mut Datapath, source: &mut ManifestSource) {
         let started = std::time::Instant::now();
-        let (services, slices) = match manifest::load_file(path) {
-            Ok(objs) => objs,
-            Err(err) => {
+        let (services, slices) = match source.poll() {
+            None => return,
+            Some(Ok(objs)) => objs,
+            Some(Err(err)) => {
                 metrics::MANIFEST_ERRORS.inc();
-                tracing::error!(file = %path.display(), "manifest rejected, keeping the running state: {err}");
+                tracing::error!("manifest rejected, keeping the running state: {err}");
                 return;
             }
         };
@@ -182,10 +178,9 @@ pub async fn run(bpffs: &Path, opts: Opts) -> Result<()> {
         });
     }
 
-    let mut last = None;
-    if let Some(path) = &opts.manifests {
-        last = fingerprint(path);
-        rec.reload(&mut dp, path);
+    let mut source = opts.manifests.as_deref().map(ManifestSource::new);
+    if let Some(src) = source.as_mut() {
+        rec.reload(&mut dp, src);
     }
     tracing::info!("kproxy ready");
 
@@ -197,13 +192,8 @@ pub async fn run(bpffs: &Path, opts: Opts) -> Result<()> {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
             _ = tick.tick() => {
-                if let Some(path) = &opts.manifests {
-                    let now = fingerprint(path);
-                    if now != last {
-                        last = now;
-                        tracing::info!(file = %path.display(), "manifest changed, reloading");
-                        rec.reload(&mut dp, path);
-                    }
+                if let Some(src) = source.as_mut() {
+                    rec.reload(&mut dp, src);
                 }
             }
         }
