@@ -35,7 +35,13 @@ pub struct Cgroup {
 }
 
 impl Cgroup {
-    fn new() -> Self {
+    /// A new, uniquely named cgroup under the cgroup v2 root.
+    #[must_use]
+    #[expect(
+        clippy::new_without_default,
+        reason = "creates a directory in the cgroup hierarchy; not a plain value"
+    )]
+    pub fn new() -> Self {
         let root = cgroup2_root();
         let path = root.join(unique("kpt-cg"));
         std::fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
@@ -199,6 +205,57 @@ impl Svc {
     }
 }
 
+/// The lab's namespaces, links and routes, without any process in them.
+pub struct Topology {
+    pub client: NetNs,
+    pub node: NetNs,
+    pub backends: Vec<NetNs>,
+}
+
+impl Topology {
+    /// Client, node (uplink `up0`, bridge `br0`, IP forwarding) and `n` backends on the
+    /// bridge; namespaces are named `<prefix>-c`, `<prefix>-n`, `<prefix>-b<i>` + unique.
+    #[must_use]
+    pub fn build(prefix: &str, n: usize) -> Self {
+        let client = NetNs::new(&format!("{prefix}-c"));
+        let node = NetNs::new(&format!("{prefix}-n"));
+        veth_pair(
+            &client,
+            "eth0",
+            "192.0.2.1/24",
+            &node,
+            "up0",
+            "192.0.2.2/24",
+        );
+        client.ip(&["route", "add", "default", "via", "192.0.2.2"]);
+        node.ip(&["link", "add", "br0", "type", "bridge"]);
+        node.ip(&["addr", "add", "10.244.1.1/24", "dev", "br0"]);
+        node.ip(&["link", "set", "br0", "up"]);
+        sh(node.cmd("sysctl").args(["-qw", "net.ipv4.ip_forward=1"]));
+        let backends = (0..n)
+            .map(|i| {
+                let b = NetNs::new(&format!("{prefix}-b{i}"));
+                veth_pair(
+                    &b,
+                    "eth0",
+                    &format!("{}/24", backend_ip(i)),
+                    &node,
+                    &format!("vb{i}"),
+                    &format!("10.255.{i}.1/32"),
+                );
+                node.ip(&["link", "set", &format!("vb{i}"), "master", "br0"]);
+                b.ip(&["route", "add", "default", "via", "10.244.1.1"]);
+                b
+            })
+            .collect();
+        Self {
+            client,
+            node,
+            backends,
+        }
+    }
+}
+
 pub struct Lab {
     pub client: NetNs,
     pub node: NetNs,
@@ -213,39 +270,16 @@ pub struct Lab {
 impl Lab {
     /// Builds the topology with `n` backends, each running `kpt-net serve` as `b<i>`.
     pub fn new(n: usize) -> Self {
-        let client = NetNs::new("kpt-c");
-        let node = NetNs::new("kpt-n");
-        veth_pair(
-            &client,
-            "eth0",
-            "192.0.2.1/24",
-            &node,
-            "up0",
-            "192.0.2.2/24",
-        );
-        client.ip(&["route", "add", "default", "via", "192.0.2.2"]);
-        node.ip(&["link", "add", "br0", "type", "bridge"]);
-        node.ip(&["addr", "add", "10.244.1.1/24", "dev", "br0"]);
-        node.ip(&["link", "set", "br0", "up"]);
-        sh(node.cmd("sysctl").args(["-qw", "net.ipv4.ip_forward=1"]));
-        let mut backends = Vec::new();
+        let Topology {
+            client,
+            node,
+            backends,
+        } = Topology::build("kpt", n);
         let mut servers = Vec::new();
-        for i in 0..n {
-            let b = NetNs::new(&format!("kpt-b{i}"));
-            veth_pair(
-                &b,
-                "eth0",
-                &format!("{}/24", backend_ip(i)),
-                &node,
-                &format!("vb{i}"),
-                &format!("10.255.{i}.1/32"),
-            );
-            node.ip(&["link", "set", &format!("vb{i}"), "master", "br0"]);
-            b.ip(&["route", "add", "default", "via", "10.244.1.1"]);
+        for (i, b) in backends.iter().enumerate() {
             let mut cmd = b.cmd(bin("kpt-net"));
             cmd.args(["serve", "--name", &format!("b{i}"), "--port", "8080"]);
             servers.push(Daemon::spawn(cmd));
-            backends.push(b);
         }
         let manifest = std::env::temp_dir().join(format!("{}.yaml", unique("kpt-manifest")));
         std::fs::write(&manifest, "").expect("write manifest");

@@ -249,9 +249,7 @@ fn privileged_backend_removal_and_no_endpoints() {
     if !privileged("privileged_backend_removal_and_no_endpoints") {
         return;
     }
-    let mut lab = Lab::new(3);
-    lab.set_services(&[web(all_ready(3))]);
-    lab.start_kproxy("auto", "xdp");
+    let mut lab = lab_with_web("auto", "xdp");
 
     // Long-lived connections through both paths; note which backend they landed on.
     let holds = spawn_holds(&lab, 4000);
@@ -312,9 +310,7 @@ fn privileged_restart_keeps_established_flows() {
     if !privileged("privileged_restart_keeps_established_flows") {
         return;
     }
-    let mut lab = Lab::new(3);
-    lab.set_services(&[web(all_ready(3))]);
-    lab.start_kproxy("auto", "xdp");
+    let mut lab = lab_with_web("auto", "xdp");
     let holds = spawn_holds(&lab, 5000);
     thread::sleep(Duration::from_millis(1000));
     lab.kill_kproxy();

@@ -37,8 +37,8 @@ use clap::{Args, ValueEnum};
 use kproxy_common::MAX_SERVICES;
 use kproxy_tests::{
     BpffsDir, NetNs,
-    lab::{BACKEND_PORT, backend_ip},
-    unique, veth_pair,
+    lab::{BACKEND_PORT, Cgroup, Topology, backend_ip},
+    unique,
 };
 use serde_json::Value;
 
@@ -219,42 +219,6 @@ impl Drop for Proc {
     }
 }
 
-/// A cgroup v2 directory for socket-LB; processes left in it are moved out on drop.
-struct CgroupDir {
-    path: PathBuf,
-}
-
-impl CgroupDir {
-    fn new() -> Result<Self> {
-        let info = std::fs::read_to_string("/proc/self/mountinfo")?;
-        let root = info
-            .lines()
-            .find_map(|l| {
-                let (pre, post) = l.split_once(" - ")?;
-                (post.split_whitespace().next()? == "cgroup2")
-                    .then(|| pre.split_whitespace().nth(4).map(PathBuf::from))
-                    .flatten()
-            })
-            .ok_or_else(|| anyhow!("no cgroup2 mount"))?;
-        let path = root.join(unique("kpb-cg"));
-        std::fs::create_dir(&path).with_context(|| format!("mkdir {}", path.display()))?;
-        Ok(Self { path })
-    }
-}
-
-impl Drop for CgroupDir {
-    fn drop(&mut self) {
-        if let Ok(procs) = std::fs::read_to_string(self.path.join("cgroup.procs"))
-            && let Some(parent) = self.path.parent()
-        {
-            for pid in procs.lines() {
-                let _ = std::fs::write(parent.join("cgroup.procs"), pid);
-            }
-        }
-        let _ = std::fs::remove_dir(&self.path);
-    }
-}
-
 /// A temporary directory, removed with its content on drop.
 struct TmpDir {
     path: PathBuf,
@@ -290,7 +254,7 @@ struct Topo {
     client: NetNs,
     node: NetNs,
     _backends: Vec<NetNs>,
-    cgroup: CgroupDir,
+    cgroup: Cgroup,
     tmp: TmpDir,
     kpt_net: PathBuf,
     kproxy: PathBuf,
@@ -314,41 +278,19 @@ fn sysctls(ns: &NetNs, extra: &[&str]) -> Result<()> {
 
 impl Topo {
     fn new(bins: &Bins) -> Result<Self> {
-        let client = NetNs::new("kpb-c");
-        let node = NetNs::new("kpb-n");
-        veth_pair(
-            &client,
-            "eth0",
-            "192.0.2.1/24",
-            &node,
-            "up0",
-            "192.0.2.2/24",
-        );
-        client.ip(&["route", "add", "default", "via", "192.0.2.2"]);
-        node.ip(&["link", "add", "br0", "type", "bridge"]);
-        node.ip(&["addr", "add", "10.244.1.1/24", "dev", "br0"]);
-        node.ip(&["link", "set", "br0", "up"]);
+        let Topology {
+            client,
+            node,
+            backends,
+        } = Topology::build("kpb", BACKENDS);
         sysctls(&client, &[])?;
-        sysctls(&node, &["net.ipv4.ip_forward=1"])?;
-        let mut backends = Vec::new();
+        sysctls(&node, &[])?;
         let mut servers = Vec::new();
-        for i in 0..BACKENDS {
-            let b = NetNs::new(&format!("kpb-b{i}"));
-            veth_pair(
-                &b,
-                "eth0",
-                &format!("{}/24", backend_ip(i)),
-                &node,
-                &format!("vb{i}"),
-                &format!("10.255.{i}.1/32"),
-            );
-            node.ip(&["link", "set", &format!("vb{i}"), "master", "br0"]);
-            b.ip(&["route", "add", "default", "via", "10.244.1.1"]);
-            sysctls(&b, &[])?;
+        for (i, b) in backends.iter().enumerate() {
+            sysctls(b, &[])?;
             let mut cmd = b.cmd(&bins.kpt_net);
             cmd.args(["serve", "--name", &format!("b{i}"), "--port", "8080"]);
             servers.push(Proc::spawn(cmd)?);
-            backends.push(b);
         }
         for s in &mut servers {
             s.wait_line("serving", 0, Duration::from_secs(10))?;
@@ -358,7 +300,7 @@ impl Topo {
             client,
             node,
             _backends: backends,
-            cgroup: CgroupDir::new()?,
+            cgroup: Cgroup::new(),
             tmp: TmpDir::new()?,
             kpt_net: bins.kpt_net.clone(),
             kproxy: bins.kproxy.clone(),
@@ -391,7 +333,7 @@ impl Topo {
                 let mut cmd = Command::new("sh");
                 cmd.arg("-c")
                     .arg(r#"echo $$ > "$0/cgroup.procs" && ns="$1" && shift && exec nsenter --net="/run/netns/$ns" -- "$@""#)
-                    .arg(&self.cgroup.path)
+                    .arg(self.cgroup.path())
                     .arg(self.node.name())
                     .arg(&self.kpt_net);
                 cmd
@@ -972,7 +914,7 @@ fn dataplane(args: &BenchArgs, services: &[usize], bins: &Bins, out_dir: &Path) 
         res: Results::default(),
     };
     let pod = SocketAddrV4::new(backend_ip(0), BACKEND_PORT);
-    let foreign = foreign_connect_hooks(&b.topo.cgroup.path);
+    let foreign = foreign_connect_hooks(b.topo.cgroup.path());
     if !foreign.is_empty() {
         let msg = format!(
             "other connect4 programs are attached on this machine ({}); every connection of \
@@ -1075,7 +1017,7 @@ fn start_kproxy(
             lb_mode,
         ])
         .arg("--cgroup")
-        .arg(&b.topo.cgroup.path);
+        .arg(b.topo.cgroup.path());
     let t = Instant::now();
     let mut proc = Proc::spawn(cmd)?;
     let synced = proc.wait_line("services synced", 0, Duration::from_secs(180))?;
