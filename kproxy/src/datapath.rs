@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap, MapData},
     programs::{
         CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -13,11 +13,11 @@ use aya::{
     },
 };
 use kproxy_common::{
-    Backend, Counter, LbCounter, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONFIG, MAP_IFSTATS,
-    MAP_REVNAT, MAP_SERVICES, MAP_SVC_STATS, RevNat, ServiceKey, ServiceValue, config,
+    Backend, MAP_BACKENDS, MAP_CONFIG, MAP_REVNAT, MAP_SERVICES, RevNat, ServiceKey, ServiceValue,
+    config,
 };
 
-use crate::{pinned::IfStat, sync::MapOp};
+use crate::sync::MapOp;
 
 /// The eBPF object built by build.rs from `kproxy-ebpf`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/kproxy-ebpf"));
@@ -137,10 +137,6 @@ impl Datapath {
             ebpf,
             bpffs_dir: bpffs_dir.to_path_buf(),
         })
-    }
-
-    pub fn bpffs_dir(&self) -> &Path {
-        &self.bpffs_dir
     }
 
     /// Attaches XDP (ingress) and the tc classifiers (ingress and egress) to `iface`.
@@ -416,34 +412,6 @@ impl Datapath {
                 .ok_or(DatapathError::MissingMap(MAP_REVNAT))?,
         )
         .map_err(|(name, source)| DatapathError::Map { name, source })
-    }
-
-    /// Per-service (by revnat id) or per-backend (by id) counters summed over CPUs.
-    pub fn lb_counter(&self, backend: bool, id: u32) -> Result<LbCounter, DatapathError> {
-        let name = if backend {
-            MAP_BACKEND_STATS
-        } else {
-            MAP_SVC_STATS
-        };
-        let map = self.ebpf.map(name).ok_or(DatapathError::MissingMap(name))?;
-        crate::pinned::sum_lb_counter(map, id).map_err(|source| DatapathError::Map { name, source })
-    }
-
-    /// Packet counters per (hook, class), summed over CPUs.
-    pub fn ifstats(&self) -> Result<Vec<IfStat>, DatapathError> {
-        let map = self
-            .ebpf
-            .map(MAP_IFSTATS)
-            .ok_or(DatapathError::MissingMap(MAP_IFSTATS))?;
-        let stats =
-            PerCpuArray::<_, Counter>::try_from(map).map_err(|source| DatapathError::Map {
-                name: MAP_IFSTATS,
-                source,
-            })?;
-        crate::pinned::sum_ifstats(&stats).map_err(|source| DatapathError::Map {
-            name: MAP_IFSTATS,
-            source,
-        })
     }
 }
 

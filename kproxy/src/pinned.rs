@@ -54,9 +54,7 @@ pub fn read_ifstats(dir: &Path) -> Result<Vec<IfStat>, PinnedError> {
 }
 
 /// Sums a per-CPU counter array into one row per (hook, class).
-pub(crate) fn sum_ifstats<T: std::borrow::Borrow<MapData>>(
-    stats: &PerCpuArray<T, Counter>,
-) -> Result<Vec<IfStat>, aya::maps::MapError> {
+fn sum_ifstats(stats: &PerCpuArray<MapData, Counter>) -> Result<Vec<IfStat>, aya::maps::MapError> {
     let mut rows = Vec::new();
     for hook in Hook::ALL {
         for class in PacketClass::ALL {

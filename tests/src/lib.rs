@@ -263,6 +263,19 @@ pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
+/// CLOCK_MONOTONIC in nanoseconds: comparable between processes on this machine (the
+/// bench times a change in one process against its effect seen by another).
+#[must_use]
+pub fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid clock id and a valid timespec to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
 /// Path of a workspace binary (built by `cargo xtask test` before the tests run).
 #[must_use]
 pub fn bin(name: &str) -> PathBuf {

@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use kproxy_tests::{BpffsDir, Daemon, NetNs, bin, eventually, privileged, sh, veth_pair};
+use kproxy_tests::{BpffsDir, Daemon, bin, eventually, lab::Topology, privileged, sh};
 use serde_json::Value;
 
 const PINGS: u64 = 5;
@@ -33,16 +33,8 @@ fn dump(bpffs: &BpffsDir) -> Value {
 }
 
 fn uplink_counts_match_traffic(xdp_mode: &str) {
-    let client = NetNs::new("kpt-cli");
-    let node = NetNs::new("kpt-node");
-    veth_pair(
-        &client,
-        "eth0",
-        "192.0.2.1/24",
-        &node,
-        "up0",
-        "192.0.2.2/24",
-    );
+    // Client and node namespaces joined by the uplink veth (no backends needed here).
+    let Topology { client, node, .. } = Topology::build("kpt-up", 0);
     let bpffs = BpffsDir::new("kpt");
 
     let mut cmd = node.cmd(bin("kproxy"));

@@ -38,7 +38,7 @@ use kproxy_common::MAX_SERVICES;
 use kproxy_tests::{
     BpffsDir, NetNs,
     lab::{BACKEND_PORT, Cgroup, Topology, backend_ip},
-    unique,
+    mono_ns, unique,
 };
 use serde_json::Value;
 
@@ -439,16 +439,6 @@ fn kpt_json(mut cmd: Command) -> Result<Value> {
             String::from_utf8_lossy(&out.stderr)
         ),
     }
-}
-
-fn mono_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid clock id and a valid timespec to fill.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
-    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
 }
 
 /// `Slab` and `MemAvailable` from /proc/meminfo, in kB.

@@ -24,6 +24,7 @@
 //!   opens connections until backend N answers; prints the CLOCK_MONOTONIC time of that
 //!   answer: `{"ok":true,"mono_ns":..,"attempts":..}`.
 
+use kproxy_tests::mono_ns;
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
@@ -488,17 +489,6 @@ fn bulk(load: &Load) -> i32 {
         bytes as f64 * 8.0 / secs / 1e6
     );
     0
-}
-
-/// CLOCK_MONOTONIC in nanoseconds (comparable between processes on this machine).
-fn mono_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid clock id and a valid timespec to fill.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
-    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
 }
 
 fn wait_for(load: &Load, want: &str) -> i32 {
