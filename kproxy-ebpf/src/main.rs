@@ -54,8 +54,12 @@ pub fn kproxy_xdp(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn try_kproxy_xdp(ctx: &XdpContext) -> Result<u32, ()> {
-    let summary = packet::classify_xdp(ctx);
-    let len = (ctx.data_end() - ctx.data()) as u64;
+    let pkt = nat::Pkt {
+        data: ctx.data(),
+        end: ctx.data_end(),
+    };
+    let (summary, flow) = packet::inspect(&pkt);
+    let len = (pkt.end - pkt.data) as u64;
     count(Hook::XdpIngress, &summary, len);
     if debug_events_enabled() {
         debug!(
@@ -70,11 +74,7 @@ fn try_kproxy_xdp(ctx: &XdpContext) -> Result<u32, ()> {
     if lb_in_tc() {
         return Ok(XDP_PASS);
     }
-    let pkt = nat::Pkt {
-        data: ctx.data(),
-        end: ctx.data_end(),
-    };
-    let Some(flow) = nat::parse(&pkt) else {
+    let Some(flow) = flow else {
         return Ok(XDP_PASS);
     };
     Ok(match nat::ingress_decision(&flow, len, true) {
@@ -112,28 +112,19 @@ const MAX_HDR: u32 = 14 + 60 + 20;
 /// Makes the headers directly readable and returns the packet bounds.
 #[inline(always)]
 fn tc_pkt(ctx: &TcContext) -> nat::Pkt {
-    if ctx.data_end() - ctx.data() < MAX_HDR as usize {
-        let want = if ctx.len() < MAX_HDR {
-            ctx.len()
-        } else {
-            MAX_HDR
-        };
+    let want = if ctx.len() < MAX_HDR {
+        ctx.len()
+    } else {
+        MAX_HDR
+    };
+    // Usually the headers are linear already; pull only when they are not.
+    if ctx.data_end() - ctx.data() < want as usize {
         let _ = ctx.pull_data(want);
     }
     nat::Pkt {
         data: ctx.data(),
         end: ctx.data_end(),
     }
-}
-
-/// tc ingress on the uplink, when it (not XDP) does the external load balancing.
-#[inline(always)]
-fn tc_ingress_lb(ctx: &TcContext) -> Result<i32, ()> {
-    let pkt = tc_pkt(ctx);
-    let Some(flow) = nat::parse(&pkt) else {
-        return Ok(TC_ACT_OK);
-    };
-    tc_lb(ctx, &flow, true)
 }
 
 /// Per-packet load balancing of a parsed flow in tc (uplink ingress in tc mode, pod veths).
@@ -154,14 +145,10 @@ fn tc_lb(ctx: &TcContext, flow: &nat::Flow, external_only: bool) -> Result<i32, 
 
 /// tc egress on the uplink: replies of load-balanced flows leave with the frontend as source.
 #[inline(always)]
-fn tc_egress_revnat(ctx: &TcContext) -> Result<i32, ()> {
-    let pkt = tc_pkt(ctx);
-    let Some(flow) = nat::parse(&pkt) else {
-        return Ok(TC_ACT_OK);
-    };
+fn tc_egress_revnat(ctx: &TcContext, flow: &nat::Flow) -> Result<i32, ()> {
     // Uplink flows never hairpin (clients there are not backends of this node).
-    if let Some(ct) = nat::reply_lookup(&flow, u64::from(ctx.len())) {
-        nat::nat_skb(ctx, &flow, false, ct.nat_addr, ct.nat_port).map_err(|_| ())?;
+    if let Some(ct) = nat::reply_lookup(flow, u64::from(ctx.len())) {
+        nat::nat_skb(ctx, flow, false, ct.nat_addr, ct.nat_port).map_err(|_| ())?;
     }
     Ok(TC_ACT_OK)
 }
@@ -176,8 +163,7 @@ pub fn kproxy_tc_pod(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn try_kproxy_tc_pod(ctx: &TcContext) -> Result<i32, ()> {
-    let pkt = tc_pkt(ctx);
-    let Some(flow) = nat::parse(&pkt) else {
+    let Some(flow) = packet::inspect(&tc_pkt(ctx)).1 else {
         return Ok(TC_ACT_OK);
     };
     // A backend answering a translated flow?
@@ -213,7 +199,7 @@ pub fn kproxy_sock4_getpeername(ctx: SockAddrContext) -> i32 {
 
 #[inline(always)]
 fn try_kproxy_tc_egress(ctx: &TcContext) -> Result<i32, ()> {
-    let summary = packet::classify_tc(ctx);
+    let (summary, flow) = packet::inspect(&tc_pkt(ctx));
     let len = u64::from(ctx.len());
     count(Hook::TcEgress, &summary, len);
     // Debug events only here: with the LB and reject paths, the ingress program's stack
@@ -228,22 +214,30 @@ fn try_kproxy_tc_egress(ctx: &TcContext) -> Result<i32, ()> {
             len
         );
     }
-    tc_egress_revnat(ctx)
+    match flow {
+        Some(flow) => tc_egress_revnat(ctx, &flow),
+        None => Ok(TC_ACT_OK),
+    }
 }
 
 #[inline(always)]
 fn try_kproxy_tc_ingress(ctx: &TcContext) -> Result<i32, ()> {
-    let summary = packet::classify_tc(ctx);
+    let (summary, flow) = packet::inspect(&tc_pkt(ctx));
     count(Hook::TcIngress, &summary, u64::from(ctx.len()));
+    let Some(flow) = flow else {
+        // XDP only marks packets it parsed; drop a marked one we cannot answer.
+        return Ok(if nat::tc_marked_reject(ctx) {
+            TC_ACT_SHOT
+        } else {
+            TC_ACT_OK
+        });
+    };
     if lb_in_tc() {
-        return tc_ingress_lb(ctx);
+        // The uplink's external load balancing runs here instead of in XDP.
+        return tc_lb(ctx, &flow, true);
     }
     if nat::tc_marked_reject(ctx) {
-        let pkt = tc_pkt(ctx);
-        return match nat::parse(&pkt) {
-            Some(flow) => nat::reject_skb(ctx, &flow).map_err(|_| ()),
-            None => Ok(TC_ACT_SHOT),
-        };
+        return nat::reject_skb(ctx, &flow).map_err(|_| ());
     }
     Ok(TC_ACT_OK)
 }

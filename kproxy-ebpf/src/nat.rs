@@ -60,8 +60,6 @@ pub struct UdpHdr {
 const TCP_FLAG_RST: u16 = 0x04;
 const TCP_FLAG_SYN: u16 = 0x02;
 const TCP_FLAG_ACK: u16 = 0x10;
-/// More-fragments flag and fragment offset (host order mask).
-const IP_MF_OFFSET: u16 = 0x3fff;
 
 /// A packet's linear bytes: `[data, end)`.
 #[derive(Clone, Copy)]
@@ -93,55 +91,6 @@ pub struct Flow {
     pub l4_off: usize,
     /// TCP flags word (host order), 0 for UDP.
     pub tcp_flags: u16,
-}
-
-/// Parses Ethernet + IPv4 + TCP/UDP. `None` for anything else: other protocols, IP
-/// fragments (later fragments carry no ports; they are left alone), truncated headers.
-#[inline(always)]
-pub fn parse(pkt: &Pkt) -> Option<Flow> {
-    let eth: *mut EthHdr = pkt.ptr(0)?;
-    // SAFETY: bounds checked by Pkt::ptr.
-    if u16::from_be(unsafe { (*eth).proto }) != ETH_P_IP {
-        return None;
-    }
-    let ip: *mut IpHdr = pkt.ptr(ETH_HLEN)?;
-    // SAFETY: bounds checked.
-    let (vihl, frag, proto, saddr, daddr) = unsafe {
-        (
-            (*ip).version_ihl,
-            (*ip).frag_off,
-            (*ip).protocol,
-            (*ip).saddr,
-            (*ip).daddr,
-        )
-    };
-    let ihl = usize::from(vihl & 0x0f);
-    if vihl >> 4 != 4 || ihl < 5 || u16::from_be(frag) & IP_MF_OFFSET != 0 {
-        return None;
-    }
-    let l4_off = ETH_HLEN + ihl * 4;
-    let (sport, dport, tcp_flags) = match proto {
-        IPPROTO_TCP => {
-            let tcp: *mut TcpHdr = pkt.ptr(l4_off)?;
-            // SAFETY: bounds checked.
-            unsafe { ((*tcp).source, (*tcp).dest, u16::from_be((*tcp).off_flags)) }
-        }
-        IPPROTO_UDP => {
-            let udp: *mut UdpHdr = pkt.ptr(l4_off)?;
-            // SAFETY: bounds checked.
-            unsafe { ((*udp).source, (*udp).dest, 0) }
-        }
-        _ => return None,
-    };
-    Some(Flow {
-        saddr,
-        daddr,
-        sport,
-        dport,
-        proto,
-        l4_off,
-        tcp_flags,
-    })
 }
 
 /// What to do with a packet arriving from outside.

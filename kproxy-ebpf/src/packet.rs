@@ -1,13 +1,16 @@
-//! Bounds-checked packet access and classification shared by the XDP and tc programs.
+//! Parsing shared by the XDP and tc programs: one pass over the headers yields both the
+//! counter class (every packet) and, for TCP/UDP over unfragmented IPv4, the flow the load
+//! balancer works on.
 
-use aya_ebpf::programs::{TcContext, XdpContext};
-use kproxy_common::{ETH_HLEN, ETH_P_IP, PacketClass};
+use kproxy_common::{ETH_HLEN, ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP, PacketClass};
 
-/// The parts of an IPv4 packet the counters and debug events need.
+use crate::nat::{EthHdr, Flow, IpHdr, Pkt, TcpHdr, UdpHdr};
+
+/// The parts of a packet the counters and debug events need.
 #[derive(Clone, Copy)]
 pub struct Summary {
     pub class: PacketClass,
-    /// Source and destination address in network byte order (as on the wire).
+    /// Source and destination address in network byte order (as on the wire); 0 unless IPv4.
     pub saddr: u32,
     pub daddr: u32,
 }
@@ -22,70 +25,66 @@ impl Summary {
     }
 }
 
-/// Returns a pointer to a `T` at `offset` in the XDP buffer, or `None` when the packet is too
-/// short. The verifier requires exactly this check before every access.
-#[inline(always)]
-fn xdp_ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
-    let start = ctx.data();
-    let end = ctx.data_end();
-    if start + offset + core::mem::size_of::<T>() > end {
-        return None;
-    }
-    Some((start + offset) as *const T)
-}
+/// More-fragments flag and fragment offset (host order mask).
+const IP_MF_OFFSET: u16 = 0x3fff;
 
-/// Minimal IPv4 header view: only the fields we read, at their wire offsets.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Ipv4Head {
-    version_ihl: u8,
-    tos: u8,
-    tot_len: u16,
-    id: u16,
-    frag_off: u16,
-    ttl: u8,
-    protocol: u8,
-    check: u16,
-    saddr: u32,
-    daddr: u32,
-}
-
+/// Classifies the packet and parses its flow. The flow is `None` for anything the load
+/// balancer leaves alone: non-IPv4, truncated or bad headers, other protocols, and IP
+/// fragments (later fragments carry no ports, so the whole datagram is left alone).
 #[inline(always)]
-fn summarize(ethertype_be: u16, ip: Option<Ipv4Head>) -> Summary {
-    if u16::from_be(ethertype_be) != ETH_P_IP {
-        return Summary::of(PacketClass::NonIpv4);
-    }
-    let Some(ip) = ip else {
-        return Summary::of(PacketClass::Malformed);
+pub fn inspect(pkt: &Pkt) -> (Summary, Option<Flow>) {
+    let Some(eth) = pkt.ptr::<EthHdr>(0) else {
+        return (Summary::of(PacketClass::Malformed), None);
     };
-    if ip.version_ihl >> 4 != 4 || ip.version_ihl & 0x0f < 5 {
-        return Summary::of(PacketClass::Malformed);
+    // SAFETY: bounds checked by Pkt::ptr.
+    if u16::from_be(unsafe { (*eth).proto }) != ETH_P_IP {
+        return (Summary::of(PacketClass::NonIpv4), None);
     }
-    Summary {
-        class: PacketClass::from_ip_proto(ip.protocol),
-        saddr: ip.saddr,
-        daddr: ip.daddr,
+    let Some(ip) = pkt.ptr::<IpHdr>(ETH_HLEN) else {
+        return (Summary::of(PacketClass::Malformed), None);
+    };
+    // SAFETY: bounds checked.
+    let (vihl, frag, proto, saddr, daddr) = unsafe {
+        (
+            (*ip).version_ihl,
+            (*ip).frag_off,
+            (*ip).protocol,
+            (*ip).saddr,
+            (*ip).daddr,
+        )
+    };
+    let ihl = usize::from(vihl & 0x0f);
+    if vihl >> 4 != 4 || ihl < 5 {
+        return (Summary::of(PacketClass::Malformed), None);
     }
-}
-
-#[inline(always)]
-pub fn classify_xdp(ctx: &XdpContext) -> Summary {
-    // Ethertype sits at bytes 12..14 of the Ethernet header.
-    let Some(ethertype) = xdp_ptr_at::<u16>(ctx, 12) else {
-        return Summary::of(PacketClass::Malformed);
+    let summary = Summary {
+        class: PacketClass::from_ip_proto(proto),
+        saddr,
+        daddr,
     };
-    // SAFETY: xdp_ptr_at checked that the u16 lies inside the packet.
-    let ethertype = unsafe { core::ptr::read_unaligned(ethertype) };
-    // SAFETY: as above, for the IPv4 header.
-    let ip = xdp_ptr_at::<Ipv4Head>(ctx, ETH_HLEN).map(|p| unsafe { core::ptr::read_unaligned(p) });
-    summarize(ethertype, ip)
-}
-
-#[inline(always)]
-pub fn classify_tc(ctx: &TcContext) -> Summary {
-    // bpf_skb_load_bytes copies and checks bounds, and also works for non-linear skbs.
-    let Ok(ethertype) = ctx.load::<u16>(12) else {
-        return Summary::of(PacketClass::Malformed);
+    if u16::from_be(frag) & IP_MF_OFFSET != 0 {
+        return (summary, None);
+    }
+    let l4_off = ETH_HLEN + ihl * 4;
+    let ports = match proto {
+        IPPROTO_TCP => pkt.ptr::<TcpHdr>(l4_off).map(|tcp| {
+            // SAFETY: bounds checked.
+            unsafe { ((*tcp).source, (*tcp).dest, u16::from_be((*tcp).off_flags)) }
+        }),
+        IPPROTO_UDP => pkt.ptr::<UdpHdr>(l4_off).map(|udp| {
+            // SAFETY: bounds checked.
+            unsafe { ((*udp).source, (*udp).dest, 0) }
+        }),
+        _ => None,
     };
-    summarize(ethertype, ctx.load::<Ipv4Head>(ETH_HLEN).ok())
+    let flow = ports.map(|(sport, dport, tcp_flags)| Flow {
+        saddr,
+        daddr,
+        sport,
+        dport,
+        proto,
+        l4_off,
+        tcp_flags,
+    });
+    (summary, flow)
 }
