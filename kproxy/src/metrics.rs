@@ -1,7 +1,7 @@
 //! Prometheus metrics (`/metrics`): per-service and per-backend counters read from the
 //! pinned per-CPU maps at scrape time, uplink packet counters, and sync statistics.
 
-use std::{path::PathBuf, sync::LazyLock};
+use std::sync::{Arc, LazyLock, RwLock};
 
 use axum::{Router, extract::State, http::header, response::IntoResponse, routing::get};
 use prometheus_client::{
@@ -15,18 +15,33 @@ pub static SYNC_OPS: LazyLock<Counter> = LazyLock::new(Counter::default);
 /// Manifest or sync errors (the running state was kept).
 pub static MANIFEST_ERRORS: LazyLock<Counter> = LazyLock::new(Counter::default);
 
+use crate::{
+    names::{Names, service_table},
+    pinned::PinnedLb,
+};
+
 type Labels = Vec<(String, String)>;
 
+/// What a scrape reads: the pinned maps (opened once) and the current service names
+/// (kept up to date by the reconciler).
 #[derive(Clone)]
 struct Ctx {
-    bpffs: PathBuf,
+    lb: Arc<PinnedLb>,
+    names: Arc<RwLock<Names>>,
 }
 
 /// Serves `/metrics` on `listener` until the task is dropped.
-pub async fn serve(listener: tokio::net::TcpListener, bpffs: PathBuf) -> std::io::Result<()> {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    lb: PinnedLb,
+    names: Arc<RwLock<Names>>,
+) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(metrics))
-        .with_state(Ctx { bpffs });
+        .with_state(Ctx {
+            lb: Arc::new(lb),
+            names,
+        });
     axum::serve(listener, app).await
 }
 
@@ -57,7 +72,14 @@ fn render(ctx: &Ctx) -> String {
     let frontends = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
     let if_packets = Family::<Labels, Counter>::default();
 
-    if let Ok(rows) = crate::names::service_table(&ctx.bpffs) {
+    let rows = {
+        let names = ctx
+            .names
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        service_table(&ctx.lb, &names)
+    };
+    if let Ok(rows) = rows {
         frontends.set(i64::try_from(rows.len()).unwrap_or(i64::MAX));
         for row in &rows {
             let labels = vec![
@@ -80,7 +102,7 @@ fn render(ctx: &Ctx) -> String {
             }
         }
     }
-    if let Ok(stats) = crate::pinned::read_ifstats(&ctx.bpffs) {
+    if let Ok(stats) = ctx.lb.ifstats() {
         for s in stats {
             if_packets
                 .get_or_create(&vec![

@@ -129,10 +129,8 @@ fn fmt_addr(addr: u32, port: u16) -> String {
 }
 
 /// The service table as the datapath sees it: every frontend (slot 0) with its backends
-/// and the per-CPU counters summed.
-pub fn service_table(bpffs: &Path) -> Result<Vec<ServiceRow>, PinnedError> {
-    let lb = PinnedLb::open(bpffs)?;
-    let names = load_names(bpffs).unwrap_or_default();
+/// and the per-CPU counters summed, labelled with `names`.
+pub fn service_table(lb: &PinnedLb, names: &Names) -> Result<Vec<ServiceRow>, PinnedError> {
     let (services, backends, _) = lb.entries()?;
     let backends: BTreeMap<u32, kproxy_common::Backend> = backends.into_iter().collect();
     let slots: std::collections::HashMap<_, _> = services.iter().map(|(k, v)| (*k, *v)).collect();

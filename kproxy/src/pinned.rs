@@ -40,14 +40,17 @@ fn open(dir: &Path, name: &'static str) -> Result<MapData, PinnedError> {
     MapData::from_pin(&path).map_err(|source| PinnedError::Open { path, source })
 }
 
-/// Reads the per-interface packet counters summed over CPUs.
-pub fn read_ifstats(dir: &Path) -> Result<Vec<IfStat>, PinnedError> {
+fn open_ifstats(dir: &Path) -> Result<PerCpuArray<MapData, Counter>, PinnedError> {
     let map = Map::PerCpuArray(open(dir, MAP_IFSTATS)?);
-    let stats = PerCpuArray::<_, Counter>::try_from(map).map_err(|source| PinnedError::Map {
+    PerCpuArray::try_from(map).map_err(|source| PinnedError::Map {
         name: MAP_IFSTATS,
         source,
-    })?;
-    sum_ifstats(&stats).map_err(|source| PinnedError::Map {
+    })
+}
+
+/// Reads the per-interface packet counters summed over CPUs.
+pub fn read_ifstats(dir: &Path) -> Result<Vec<IfStat>, PinnedError> {
+    sum_ifstats(&open_ifstats(dir)?).map_err(|source| PinnedError::Map {
         name: MAP_IFSTATS,
         source,
     })
@@ -122,13 +125,15 @@ pub(crate) fn sum_lb_counter(map: &Map, id: u32) -> Result<LbCounter, MapError> 
     Ok(per_cpu.iter().fold(LbCounter::default(), |a, c| a.plus(*c)))
 }
 
-/// The pinned LB maps of a running (or stopped) kproxy, for `kproxy dump`.
+/// The pinned maps of a running (or stopped) kproxy, opened once: `kproxy dump` and the
+/// `/metrics` endpoint read them.
 pub struct PinnedLb {
     services: Map,
     backends: Map,
     revnat: Map,
     svc_stats: Map,
     be_stats: Map,
+    ifstats: PerCpuArray<MapData, Counter>,
 }
 
 impl PinnedLb {
@@ -139,6 +144,15 @@ impl PinnedLb {
             revnat: Map::HashMap(open(dir, MAP_REVNAT)?),
             svc_stats: Map::PerCpuArray(open(dir, MAP_SVC_STATS)?),
             be_stats: Map::PerCpuArray(open(dir, MAP_BACKEND_STATS)?),
+            ifstats: open_ifstats(dir)?,
+        })
+    }
+
+    /// The uplink packet counters summed over CPUs.
+    pub fn ifstats(&self) -> Result<Vec<IfStat>, PinnedError> {
+        sum_ifstats(&self.ifstats).map_err(|source| PinnedError::Map {
+            name: MAP_IFSTATS,
+            source,
         })
     }
 

@@ -5,6 +5,7 @@
 use std::{
     net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
+    sync::{Arc, RwLock},
     time::Duration,
 };
 
@@ -13,7 +14,8 @@ use kproxy::{
     Datapath, XdpAttachMode,
     datapath::find_cgroup2_root,
     metrics, model,
-    names::{Names, save_names},
+    names::{Names, load_names, save_names, service_table},
+    pinned::PinnedLb,
     source::ManifestSource,
     sync::Syncer,
 };
@@ -67,6 +69,8 @@ struct Reconciler {
     syncer: Syncer,
     node_ips: Vec<Ipv4Addr>,
     bpffs: PathBuf,
+    /// Shared with `/metrics`; also saved to a file for `kproxy dump`.
+    names: Arc<RwLock<Names>>,
 }
 
 impl Reconciler {
@@ -122,6 +126,10 @@ impl Reconciler {
         if let Err(err) = save_names(&self.bpffs, &names) {
             tracing::warn!(%err, "cannot save service names for `kproxy dump`");
         }
+        *self
+            .names
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = names;
     }
 }
 
@@ -158,21 +166,24 @@ pub async fn run(bpffs: &Path, opts: Opts) -> Result<()> {
     let (s, b, r) = dp.read_lb_maps().context("reading the pinned LB maps")?;
     let restored = s.len();
     let syncer = Syncer::from_maps(s, b, r);
+    // The names saved by the previous kproxy match the restored maps until the first sync.
+    let names = Arc::new(RwLock::new(load_names(bpffs).unwrap_or_default()));
     let mut rec = Reconciler {
         syncer,
         node_ips,
         bpffs: bpffs.to_path_buf(),
+        names: Arc::clone(&names),
     };
     tracing::info!(restored_entries = restored, node_ips = ?rec.node_ips, "state restored from pinned maps");
 
     if let Some(addr) = opts.metrics_addr {
-        let bpffs = bpffs.to_path_buf();
+        let lb = PinnedLb::open(bpffs).context("opening the pinned maps for /metrics")?;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding the metrics address {addr}"))?;
         tracing::info!(%addr, "serving /metrics");
         tokio::spawn(async move {
-            if let Err(err) = metrics::serve(listener, bpffs).await {
+            if let Err(err) = metrics::serve(listener, lb, names).await {
                 tracing::error!(%err, "metrics server stopped");
             }
         });
@@ -208,7 +219,8 @@ pub async fn run(bpffs: &Path, opts: Opts) -> Result<()> {
 
 /// Rows for `kproxy dump`: frontends with their backends and counters.
 pub fn dump(bpffs: &Path, json: bool) -> Result<()> {
-    let table = kproxy::names::service_table(bpffs)?;
+    let lb = PinnedLb::open(bpffs)?;
+    let table = service_table(&lb, &load_names(bpffs).unwrap_or_default())?;
     if json {
         println!("{}", serde_json::to_string_pretty(&table)?);
         return Ok(());
