@@ -25,6 +25,7 @@
 //!   answer: `{"ok":true,"mono_ns":..,"attempts":..}`.
 
 use kproxy_tests::mono_ns;
+use serde_json::{Value, json};
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
@@ -120,8 +121,14 @@ fn serve(name: &str, port: u16) -> i32 {
     0
 }
 
-fn json_str(s: &str) -> String {
-    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+/// Prints one JSON result line.
+fn emit(v: &Value) {
+    println!("{v}");
+}
+
+/// The JSON line for a failed socket operation.
+fn io_failure(e: &std::io::Error) -> Value {
+    json!({"ok": false, "error": e.to_string(), "kind": format!("{:?}", e.kind())})
 }
 
 fn tcp(addr: &str, count: usize) -> i32 {
@@ -136,28 +143,18 @@ fn tcp(addr: &str, count: usize) -> i32 {
                 let read = BufReader::new(&s).read_line(&mut line);
                 let mut parts = line.split_whitespace();
                 match (read, parts.next(), parts.next()) {
-                    (Ok(_), Some(name), Some(seen)) => println!(
-                        "{{\"ok\":true,\"name\":{},\"seen_peer\":{},\"getpeername\":{}}}",
-                        json_str(name),
-                        json_str(seen),
-                        json_str(&getpeername)
-                    ),
+                    (Ok(_), Some(name), Some(seen)) => emit(&json!({
+                        "ok": true, "name": name, "seen_peer": seen, "getpeername": getpeername
+                    })),
                     (r, _, _) => {
                         failures += 1;
-                        println!(
-                            "{{\"ok\":false,\"error\":{}}}",
-                            json_str(&format!("bad answer {line:?} {r:?}"))
-                        );
+                        emit(&json!({"ok": false, "error": format!("bad answer {line:?} {r:?}")}));
                     }
                 }
             }
             Err(e) => {
                 failures += 1;
-                println!(
-                    "{{\"ok\":false,\"error\":{},\"kind\":{}}}",
-                    json_str(&e.to_string()),
-                    json_str(&format!("{:?}", e.kind()))
-                );
+                emit(&io_failure(&e));
             }
         }
     }
@@ -184,20 +181,16 @@ fn udp(addr: &str, count: usize, connected: bool) -> i32 {
             Ok((n, from)) => {
                 let text = String::from_utf8_lossy(&buf[..n]);
                 let mut parts = text.split_whitespace();
-                println!(
-                    "{{\"ok\":true,\"name\":{},\"seen_peer\":{},\"from\":{}}}",
-                    json_str(parts.next().unwrap_or("")),
-                    json_str(parts.next().unwrap_or("")),
-                    json_str(&from.to_string())
-                );
+                emit(&json!({
+                    "ok": true,
+                    "name": parts.next().unwrap_or(""),
+                    "seen_peer": parts.next().unwrap_or(""),
+                    "from": from.to_string(),
+                }));
             }
             Err(e) => {
                 failures += 1;
-                println!(
-                    "{{\"ok\":false,\"error\":{},\"kind\":{}}}",
-                    json_str(&e.to_string()),
-                    json_str(&format!("{:?}", e.kind()))
-                );
+                emit(&io_failure(&e));
             }
         }
     }
@@ -209,7 +202,7 @@ fn hold(addr: &str, duration_ms: u64) -> i32 {
     let s = match TcpStream::connect_timeout(&target, Duration::from_secs(3)) {
         Ok(s) => s,
         Err(e) => {
-            println!("{{\"ok\":false,\"error\":{}}}", json_str(&e.to_string()));
+            emit(&io_failure(&e));
             return 1;
         }
     };
@@ -219,11 +212,11 @@ fn hold(addr: &str, duration_ms: u64) -> i32 {
     let mut w = s;
     let mut greeting = String::new();
     if r.read_line(&mut greeting).is_err() {
-        println!("{{\"ok\":false,\"error\":\"no greeting\"}}");
+        emit(&json!({"ok": false, "error": "no greeting"}));
         return 1;
     }
     let name = greeting.split_whitespace().next().unwrap_or("").to_string();
-    println!("{{\"connected\":{}}}", json_str(&name));
+    emit(&json!({ "connected": name }));
     let started = Instant::now();
     let mut rounds = 0u64;
     while started.elapsed() < Duration::from_millis(duration_ms) {
@@ -233,19 +226,15 @@ fn hold(addr: &str, duration_ms: u64) -> i32 {
             && r.read_line(&mut back).is_ok()
             && back.trim() == msg;
         if !ok {
-            println!(
-                "{{\"ok\":false,\"rounds\":{rounds},\"error\":{}}}",
-                json_str(&format!("echo failed: {back:?}"))
+            emit(
+                &json!({"ok": false, "rounds": rounds, "error": format!("echo failed: {back:?}")}),
             );
             return 1;
         }
         rounds += 1;
         thread::sleep(Duration::from_millis(50));
     }
-    println!(
-        "{{\"ok\":true,\"name\":{},\"rounds\":{rounds}}}",
-        json_str(&name)
-    );
+    emit(&json!({"ok": true, "name": name, "rounds": rounds}));
     0
 }
 
@@ -395,12 +384,13 @@ fn conns(load: &Load) -> i32 {
     let ok = ok.load(Ordering::Relaxed);
     let errors = errors.load(Ordering::Relaxed);
     let first_error = first_error.lock().unwrap().clone().unwrap_or_default();
-    println!(
-        "{{\"conns_per_s\":{:.1},\"conns\":{ok},\"errors\":{errors},\"elapsed_ms\":{},\"first_error\":{}}}",
-        ok as f64 / elapsed.as_secs_f64(),
-        elapsed.as_millis(),
-        json_str(&first_error)
-    );
+    emit(&json!({
+        "conns_per_s": ok as f64 / elapsed.as_secs_f64(),
+        "conns": ok,
+        "errors": errors,
+        "elapsed_ms": u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+        "first_error": first_error,
+    }));
     i32::from(ok == 0)
 }
 
@@ -408,7 +398,7 @@ fn rr(load: &Load) -> i32 {
     let mut s = match connect_from(load.target, load.bind, Duration::from_secs(3)) {
         Ok(s) => s,
         Err(e) => {
-            println!("{{\"ok\":false,\"error\":{}}}", json_str(&e.to_string()));
+            emit(&io_failure(&e));
             return 1;
         }
     };
@@ -416,7 +406,7 @@ fn rr(load: &Load) -> i32 {
     s.set_nodelay(true).ok();
     let mut buf = [0u8; 512];
     if let Err(e) = read_lines(&mut s, 1, &mut buf) {
-        println!("{{\"ok\":false,\"error\":{}}}", json_str(&e.to_string()));
+        emit(&io_failure(&e));
         return 1;
     }
     let mut lat_ns: Vec<u64> = Vec::with_capacity(100_000);
@@ -427,19 +417,14 @@ fn rr(load: &Load) -> i32 {
             .write_all(b"ping\n")
             .and_then(|()| read_lines(&mut s, 1, &mut buf))
         {
-            println!("{{\"ok\":false,\"error\":{}}}", json_str(&e.to_string()));
+            emit(&io_failure(&e));
             return 1;
         }
         lat_ns.push(u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX));
     }
     lat_ns.sort_unstable();
     let pct = |p: usize| lat_ns[(lat_ns.len() * p / 100).min(lat_ns.len() - 1)] as f64 / 1000.0;
-    println!(
-        "{{\"ok\":true,\"p50_us\":{:.1},\"p99_us\":{:.1},\"count\":{}}}",
-        pct(50),
-        pct(99),
-        lat_ns.len()
-    );
+    emit(&json!({"ok": true, "p50_us": pct(50), "p99_us": pct(99), "count": lat_ns.len()}));
     0
 }
 
@@ -447,7 +432,7 @@ fn bulk(load: &Load) -> i32 {
     let mut s = match connect_from(load.target, load.bind, Duration::from_secs(3)) {
         Ok(s) => s,
         Err(e) => {
-            println!("{{\"ok\":false,\"error\":{}}}", json_str(&e.to_string()));
+            emit(&io_failure(&e));
             return 1;
         }
     };
@@ -458,7 +443,7 @@ fn bulk(load: &Load) -> i32 {
     loop {
         match s.read(&mut buf) {
             Ok(0) | Err(_) => {
-                println!("{{\"ok\":false,\"error\":\"no greeting\"}}");
+                emit(&json!({"ok": false, "error": "no greeting"}));
                 return 1;
             }
             Ok(n) => {
@@ -469,7 +454,7 @@ fn bulk(load: &Load) -> i32 {
         }
     }
     if let Err(e) = s.write_all(b"BULK\n") {
-        println!("{{\"ok\":false,\"error\":{}}}", json_str(&e.to_string()));
+        emit(&io_failure(&e));
         return 1;
     }
     let started = Instant::now();
@@ -478,21 +463,18 @@ fn bulk(load: &Load) -> i32 {
             Ok(0) => break,
             Ok(n) => bytes += n as u64,
             Err(e) => {
-                println!("{{\"ok\":false,\"error\":{}}}", json_str(&e.to_string()));
+                emit(&io_failure(&e));
                 return 1;
             }
         }
     }
     let secs = started.elapsed().as_secs_f64();
-    println!(
-        "{{\"ok\":true,\"mbit_per_s\":{:.1},\"bytes\":{bytes}}}",
-        bytes as f64 * 8.0 / secs / 1e6
-    );
+    emit(&json!({"ok": true, "mbit_per_s": bytes as f64 * 8.0 / secs / 1e6, "bytes": bytes}));
     0
 }
 
 fn wait_for(load: &Load, want: &str) -> i32 {
-    println!("{{\"started\":true}}");
+    emit(&json!({ "started": true }));
     let _ = std::io::stdout().flush();
     let started = Instant::now();
     let mut attempts = 0u64;
@@ -508,14 +490,11 @@ fn wait_for(load: &Load, want: &str) -> i32 {
         if let Ok(line) = answer
             && line.split_whitespace().next() == Some(want)
         {
-            println!(
-                "{{\"ok\":true,\"mono_ns\":{},\"attempts\":{attempts}}}",
-                mono_ns()
-            );
+            emit(&json!({"ok": true, "mono_ns": mono_ns(), "attempts": attempts}));
             return 0;
         }
         thread::sleep(Duration::from_millis(1));
     }
-    println!("{{\"ok\":false,\"attempts\":{attempts},\"error\":\"timed out\"}}");
+    emit(&json!({"ok": false, "attempts": attempts, "error": "timed out"}));
     1
 }
