@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData},
+    maps::{HashMap, MapData},
     programs::{
         CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -322,15 +322,10 @@ impl Datapath {
             .ebpf
             .map_mut(MAP_CONFIG)
             .ok_or(DatapathError::MissingMap(MAP_CONFIG))?;
-        let mut cfg = Array::<_, u32>::try_from(map).map_err(|source| DatapathError::Map {
+        crate::pinned::write_config(map, slot, value).map_err(|source| DatapathError::Map {
             name: MAP_CONFIG,
             source,
-        })?;
-        cfg.set(slot, value, 0)
-            .map_err(|source| DatapathError::Map {
-                name: MAP_CONFIG,
-                source,
-            })
+        })
     }
 
     /// Switches aya-log debug events on or off; takes effect for the next packet.

@@ -76,16 +76,16 @@ fn sum_ifstats(stats: &PerCpuArray<MapData, Counter>) -> Result<Vec<IfStat>, aya
 
 /// Switches the aya-log debug events of a running datapath on or off.
 pub fn set_debug_events(dir: &Path, on: bool) -> Result<(), PinnedError> {
-    let map = Map::Array(open(dir, MAP_CONFIG)?);
-    let mut cfg = Array::<_, u32>::try_from(map).map_err(|source| PinnedError::Map {
+    let mut map = Map::Array(open(dir, MAP_CONFIG)?);
+    write_config(&mut map, config::DEBUG_EVENTS, u32::from(on)).map_err(|source| PinnedError::Map {
         name: MAP_CONFIG,
         source,
-    })?;
-    cfg.set(config::DEBUG_EVENTS, u32::from(on), 0)
-        .map_err(|source| PinnedError::Map {
-            name: MAP_CONFIG,
-            source,
-        })
+    })
+}
+
+/// Writes one slot of the runtime configuration map (in-process or pinned).
+pub(crate) fn write_config(map: &mut Map, slot: u32, value: u32) -> Result<(), MapError> {
+    Array::<_, u32>::try_from(map)?.set(slot, value, 0)
 }
 
 /// Entries of the service, backend and reverse-NAT maps.

@@ -89,8 +89,8 @@ impl Reconciler {
         };
         let parsed = started.elapsed();
         let desired = model::build_state(&services, &slices, &self.node_ips);
-        let mut next = self.syncer.clone();
-        let ops = match next.plan(&desired) {
+        // `plan` commits to the syncer only when it succeeds, so no copy is needed.
+        let ops = match self.syncer.plan(&desired) {
             Ok(ops) => ops,
             Err(err) => {
                 metrics::MANIFEST_ERRORS.inc();
@@ -100,7 +100,8 @@ impl Reconciler {
         };
         let planned = started.elapsed();
         if let Err(err) = dp.apply(&ops) {
-            // Partially applied: resynchronise from the maps on the next change.
+            // Partially applied: the syncer assumed success, so resynchronise it from the
+            // maps themselves.
             tracing::error!(%err, "applying map updates failed");
             if let Ok((s, b, r)) = dp.read_lb_maps() {
                 self.syncer = Syncer::from_maps(s, b, r);
@@ -108,7 +109,6 @@ impl Reconciler {
             return;
         }
         let took = started.elapsed();
-        self.syncer = next;
         metrics::SYNC_OPS.inc_by(ops.len() as u64);
         // The breakdown separates the datapath programming (apply: the map writes) from
         // the standalone file handling (parse, then build + diff).
