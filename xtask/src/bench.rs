@@ -1413,6 +1413,28 @@ mod report {
 
     use super::{Bench, Change, MAX_SERVICES};
 
+    /// A markdown table header with one `N=n` column per service count, then `extra` columns.
+    fn per_n_header(first: &str, services: &[usize], extra: &[&str]) -> String {
+        let cols = services.len() + extra.len();
+        let mut hdr = format!("| {first} |");
+        for n in services {
+            let _ = write!(hdr, " N={n} |");
+        }
+        for e in extra {
+            let _ = write!(hdr, " {e} |");
+        }
+        format!("{hdr}\n| --- |{}", " ---: |".repeat(cols))
+    }
+
+    /// A markdown table row: `name`, then `f(n)` for each service count.
+    fn per_n_row(name: &str, services: &[usize], f: &dyn Fn(usize) -> String) -> String {
+        let mut r = format!("| {name} |");
+        for n in services {
+            let _ = write!(r, " {} |", f(*n));
+        }
+        r
+    }
+
     fn fmt_rate(b: &Bench<'_>, key: &str, n: usize) -> String {
         match b.res.conns.iter().find(|((k, m), _)| *k == key && *m == n) {
             Some((_, c)) if c.errors > 0 => format!(
@@ -1512,15 +1534,11 @@ mod report {
 
         // Connection rate.
         let _ = writeln!(s, "## New TCP connections per second\n");
-        let mut hdr = String::from("| mode |");
-        let mut sep = String::from("| --- |");
-        for n in services {
-            let _ = write!(hdr, " N={n} |");
-            sep.push_str(" ---: |");
-        }
-        let _ = write!(hdr, " N={hi} / N={lo} |");
-        sep.push_str(" ---: |");
-        let _ = writeln!(s, "{hdr}\n{sep}");
+        let _ = writeln!(
+            s,
+            "{}",
+            per_n_header("mode", services, &[&format!("N={hi} / N={lo}")])
+        );
         for key in ["direct", "direct-again", "direct-host"] {
             let mut row = format!("| {} |", label(key));
             for _ in services {
@@ -1723,13 +1741,7 @@ mod report {
 
         // Programming time.
         let _ = writeln!(s, "## Time to program all N services from empty\n");
-        let mut hdr = String::from("| what |");
-        let mut sep = String::from("| --- |");
-        for n in services {
-            let _ = write!(hdr, " N={n} |");
-            sep.push_str(" ---: |");
-        }
-        let _ = writeln!(s, "{hdr}\n{sep}");
+        let _ = writeln!(s, "{}", per_n_header("what", services, &[]));
         let prog = |key: &str, n: usize| {
             b.res
                 .program
@@ -1738,11 +1750,7 @@ mod report {
                 .map(|(_, p)| p)
         };
         let mut row = |name: &str, f: &dyn Fn(usize) -> String| {
-            let mut r = format!("| {name} |");
-            for n in services {
-                let _ = write!(r, " {} |", f(*n));
-            }
-            let _ = writeln!(s, "{r}");
+            let _ = writeln!(s, "{}", per_n_row(name, services, f));
         };
         row(
             "eBPF: kproxy `took=` of the initial sync (parse + plan + map writes)",
@@ -1915,13 +1923,7 @@ mod report {
              load, noisy; for eBPF the delta spans the kproxy start and includes its own \
              process memory, shown separately as RSS):\n"
         );
-        let mut hdr = String::from("| mode |");
-        let mut sep = String::from("| --- |");
-        for n in services {
-            let _ = write!(hdr, " N={n} |");
-            sep.push_str(" ---: |");
-        }
-        let _ = writeln!(s, "{hdr}\n{sep}");
+        let _ = writeln!(s, "{}", per_n_header("mode", services, &[]));
         let mem = |key: &str, n: usize| {
             b.res
                 .memory
@@ -1931,11 +1933,7 @@ mod report {
         };
         let per = |kb: i64, n: usize| bytes(kb as f64 * 1024.0 / n as f64);
         let mut mrow = |name: String, f: &dyn Fn(usize) -> String| {
-            let mut r = format!("| {name} |");
-            for n in services {
-                let _ = write!(r, " {} |", f(*n));
-            }
-            let _ = writeln!(s, "{r}");
+            let _ = writeln!(s, "{}", per_n_row(&name, services, f));
         };
         mrow("eBPF: all map memlock ÷ N".into(), &|n| {
             mem("ebpf", n).map_or("—".into(), |m| {
