@@ -152,9 +152,6 @@ impl Datapath {
         mode: XdpAttachMode,
     ) -> Result<XdpAttachMode, DatapathError> {
         let used = self.attach_xdp(iface, mode)?;
-        // TCX (kernel >= 6.6) needs no qdisc; with the netlink fallback the clsact qdisc must
-        // exist. Adding it when it is already there fails harmlessly.
-        let _ = tc::qdisc_add_clsact(iface);
         self.attach_tc(PROG_TC_INGRESS, iface, TcAttachType::Ingress, "tc_in")?;
         self.attach_tc(PROG_TC_EGRESS, iface, TcAttachType::Egress, "tc_eg")?;
         tracing::info!(%iface, xdp_mode = ?used, "datapath attached (xdp + tc ingress/egress)");
@@ -164,7 +161,6 @@ impl Datapath {
     /// Attaches the pod program to tc ingress of a pod's host-side veth: per-packet
     /// service translation for traffic socket-LB did not handle, replies, hairpin.
     pub fn attach_pod_iface(&mut self, iface: &str) -> Result<(), DatapathError> {
-        let _ = tc::qdisc_add_clsact(iface);
         self.attach_tc(PROG_TC_POD, iface, TcAttachType::Ingress, "tc_pod")?;
         tracing::info!(%iface, "pod interface attached (tc ingress)");
         Ok(())
@@ -196,6 +192,9 @@ impl Datapath {
             return Ok(());
         }
         let _ = std::fs::remove_file(&pin);
+        // TCX (kernel >= 6.6) needs no qdisc; with aya's netlink fallback the clsact qdisc
+        // must exist. Adding it when it is already there fails harmlessly.
+        let _ = tc::qdisc_add_clsact(iface);
         let id = prog
             .attach(iface, dir)
             .map_err(err(format!("tc {dir:?} attach to {iface}")))?;

@@ -305,12 +305,11 @@ impl Lab {
         for s in services {
             s.yaml(&mut y);
         }
-        // Write-then-rename so kproxy never reads a half-written file.
-        let tmp = self.manifest.with_extension("tmp");
-        std::fs::write(&tmp, y).expect("write manifest");
-        std::fs::rename(&tmp, &self.manifest).expect("rename manifest");
+        self.write_raw_manifest(&y);
     }
 
+    /// Replaces the manifest with `text`; write-then-rename, so kproxy never reads a
+    /// half-written file.
     pub fn write_raw_manifest(&self, text: &str) {
         let tmp = self.manifest.with_extension("tmp");
         std::fs::write(&tmp, text).expect("write manifest");
