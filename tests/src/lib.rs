@@ -5,6 +5,7 @@
 //! Tests shell out to `ip` and `nsenter` here on purpose: the product itself uses netlink, and
 //! the tests check it against the standard tools.
 
+pub mod apiserver;
 pub mod lab;
 
 use std::{
@@ -185,6 +186,12 @@ impl Daemon {
             }
         });
         Self { child, lines }
+    }
+
+    /// The log lines so far.
+    #[must_use]
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
     }
 
     /// Whether any log line so far contains `needle`.

@@ -1,5 +1,6 @@
 //! `cargo xtask run`: set up, build, and start the node in the foreground. It starts what
-//! exists so far (today: the kproxy datapath on a lab uplink) and prints the next steps.
+//! exists so far (the API server, and the kproxy datapath on a lab uplink) and prints the next
+//! steps.
 
 use std::{
     path::PathBuf,
@@ -99,6 +100,8 @@ pub fn run(args: &RunArgs) -> Result<()> {
         }
     };
 
+    let apiserver = start_apiserver(&bin_dir)?;
+
     let manifest = services_manifest()?;
     // A demo backend: an echo server on the lab client host, so the demo service answers.
     let mut echo = None;
@@ -150,7 +153,12 @@ pub fn run(args: &RunArgs) -> Result<()> {
     println!("  {k} ifstats    # uplink packet counters per hook");
     println!("  {k} debug on   # eBPF events appear in this log");
     println!("  curl -s 127.0.0.1:9962/metrics | grep kproxy_service");
-    println!("  {} version", bin_dir.join("kctl").display());
+    let kctl = bin_dir.join("kctl");
+    let kctl = kctl.display();
+    println!("  {kctl} create deployment web --image=httpd --replicas=2");
+    println!("  {kctl} expose deployment web --port=80 --type=NodePort");
+    println!("  {kctl} get svc,deploy -o wide          # or: kubectl get svc (context `kproxy`)");
+    println!("  tail -f {APISERVER_LOG}");
     if args.uplink.is_none() {
         println!("Ctrl-C stops kproxy and removes the lab netns.\n");
     } else {
@@ -160,6 +168,10 @@ pub fn run(args: &RunArgs) -> Result<()> {
     // kproxy leaves its datapath attached on exit (so restarts keep flows); `run` owns this
     // node, so detach it. The pinned maps stay for the next run.
     let _ = Command::new(&kproxy).arg("cleanup").status();
+    let mut apiserver = apiserver;
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(apiserver.id() as libc::pid_t, libc::SIGTERM) };
+    let _ = apiserver.wait();
     if let Some(mut e) = echo {
         let _ = e.kill();
         let _ = e.wait();
@@ -169,6 +181,57 @@ pub fn run(args: &RunArgs) -> Result<()> {
     }
     println!("run: kproxy exited ({status})");
     Ok(())
+}
+
+const APISERVER_LOG: &str = "/var/log/kproxy/apiserver.log";
+const APISERVER_DATA: &str = "/var/lib/kproxy/apiserver";
+
+/// Starts the API server (state in /var/lib/kproxy/apiserver, kept across runs) and waits until
+/// it answers; it merges the `kproxy` context into the kubeconfig and makes it current.
+fn start_apiserver(bin_dir: &std::path::Path) -> Result<std::process::Child> {
+    step(&format!(
+        "run: starting the API server on https://127.0.0.1:6443 (state {APISERVER_DATA}, log {APISERVER_LOG})"
+    ));
+    std::fs::create_dir_all("/var/log/kproxy").context("create /var/log/kproxy")?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(APISERVER_LOG)
+        .with_context(|| format!("open {APISERVER_LOG}"))?;
+    // Only this run's lines count: the log is appended to across runs.
+    let offset = log.metadata().map(|m| m.len() as usize).unwrap_or(0);
+    let mut child = Command::new(bin_dir.join("kproxy-apiserver"))
+        .args([
+            "serve",
+            "--data-dir",
+            APISERVER_DATA,
+            "--bind",
+            "127.0.0.1:6443",
+        ])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .context("start kproxy-apiserver")?;
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait()? {
+            bail!("the API server exited ({status}); see {APISERVER_LOG}");
+        }
+        let log = std::fs::read(APISERVER_LOG).unwrap_or_default();
+        let ours = String::from_utf8_lossy(log.get(offset..).unwrap_or_default());
+        if ours.contains("API server ready") {
+            break;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(30) {
+            let _ = child.kill();
+            bail!("the API server did not become ready in 30 s; see {APISERVER_LOG}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    println!(
+        "run: API server ready; kubeconfig context `kproxy` is current (kctl and kubectl use it)"
+    );
+    Ok(child)
 }
 
 /// The demo manifest `run` feeds kproxy: created once, then left to the user to edit.

@@ -42,6 +42,8 @@ const APT_PACKAGES: &[&str] = &[
     "tini",
     // `cargo xtask bench`: flushes connection tracking between load-generator runs.
     "conntrack",
+    // API tests speak raw HTTPS with curl; the kubectl end-to-end test drives kubectl.
+    "curl",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

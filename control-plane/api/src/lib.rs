@@ -1,0 +1,9 @@
+//! What the API server knows about each resource kind it serves: defaults, validation and the
+//! columns `kubectl get` prints.
+#![forbid(unsafe_code)]
+
+pub mod defaults;
+pub mod table;
+pub mod validate;
+
+mod labels;

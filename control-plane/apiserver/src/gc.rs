@@ -1,0 +1,127 @@
+//! Garbage collection the API server does itself: dependents of a deleted owner (by
+//! ownerReferences uid, per propagationPolicy) and the contents of a terminating namespace.
+//! Kubernetes runs these as controllers; here they are small tasks next to the delete.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::handler::Api;
+use crate::object::{self, from_kv};
+use crate::registry::{RESOURCES, Resource};
+use crate::rest::{DeleteOptions, delete};
+use crate::status::{ApiError, ApiResult};
+
+/// Objects (same namespace) that name `uid` among their owners.
+async fn dependents(
+    api: &Api,
+    ns: Option<&str>,
+    uid: &str,
+) -> ApiResult<Vec<(&'static Resource, String, Value)>> {
+    let mut out = Vec::new();
+    if uid.is_empty() {
+        return Ok(out);
+    }
+    for res in RESOURCES.iter().filter(|r| r.namespaced == ns.is_some()) {
+        let (kvs, _) = api.store.list(&res.ns_prefix(ns)).await?;
+        for kv in kvs {
+            let o = from_kv(&kv)?;
+            let owned = o["metadata"]["ownerReferences"]
+                .as_array()
+                .is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid));
+            if owned {
+                out.push((res, kv.key.clone(), o));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Deletes the dependents of `uid` (and theirs, as each delete propagates in the background).
+pub async fn delete_dependents(api: &Api, ns: Option<&str>, uid: &str) -> ApiResult<()> {
+    let opts = DeleteOptions {
+        propagation: Some("Foreground".into()),
+        ..Default::default()
+    };
+    for (res, key, _) in dependents(api, ns, uid).await? {
+        match Box::pin(delete(api, res, &key, &opts, None)).await {
+            Ok(_) => {}
+            Err(e) if e.code == axum::http::StatusCode::NOT_FOUND => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+pub fn spawn_delete_dependents(api: &Api, ns: Option<String>, uid: String) {
+    let Some(api) = api.me.upgrade() else { return };
+    tokio::spawn(async move {
+        if let Err(e) = delete_dependents(&api, ns.as_deref(), &uid).await {
+            tracing::warn!(uid, "deleting dependents: {}", e.message);
+        }
+    });
+}
+
+/// Removes the owner reference to `uid` from its dependents (propagationPolicy=Orphan).
+pub async fn orphan(api: &Api, ns: Option<&str>, uid: &str) -> ApiResult<()> {
+    for (_, key, o) in dependents(api, ns, uid).await? {
+        let mut new = o.clone();
+        if let Some(refs) = new["metadata"]["ownerReferences"].as_array_mut() {
+            refs.retain(|r| r["uid"] != uid);
+        }
+        object::meta_mut(&mut new).remove("resourceVersion");
+        let rv = object::field_value(&o, "metadata.resourceVersion")
+            .parse()
+            .unwrap_or(0);
+        // A concurrent writer wins; its write keeps the reference, which the next orphaning fixes.
+        let _ = api
+            .store
+            .txn(vec![kproxy_store::Op::Update {
+                key,
+                value: object::to_stored(&new),
+                expected: Some(rv),
+            }])
+            .await;
+    }
+    Ok(())
+}
+
+/// Deletes everything in a terminating namespace, then the namespace itself.
+pub fn spawn_namespace_cleanup(api: &Api, ns: String) {
+    let Some(api) = api.me.upgrade() else { return };
+    tokio::spawn(async move {
+        if let Err(e) = namespace_cleanup(&api, &ns).await {
+            tracing::warn!(namespace = ns, "namespace cleanup: {}", e.message);
+        }
+    });
+}
+
+async fn namespace_cleanup(api: &Arc<Api>, ns: &str) -> ApiResult<()> {
+    let opts = DeleteOptions {
+        grace: Some(0),
+        propagation: Some("Background".into()),
+        ..Default::default()
+    };
+    for res in RESOURCES.iter().filter(|r| r.namespaced) {
+        let (kvs, _) = api.store.list(&res.ns_prefix(Some(ns))).await?;
+        for kv in kvs {
+            match delete(api, res, &kv.key, &opts, None).await {
+                Ok(_) => {}
+                Err(e) if e.code == axum::http::StatusCode::NOT_FOUND => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    let ns_res = crate::registry::by_kind("Namespace").expect("registered");
+    let key = ns_res.key(None, ns);
+    if let Some(kv) = api.store.get(&key).await? {
+        api.store
+            .txn(vec![kproxy_store::Op::Delete {
+                key,
+                expected: Some(kv.mod_revision),
+            }])
+            .await
+            .map_err(ApiError::from)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,432 @@
+//! The one generic HTTP handler: authenticate, parse the path against the registry, authorize,
+//! then hand the request to the verb implementation in `rest`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use kproxy_store::Store;
+use serde_json::Value;
+
+use crate::alloc::Ranges;
+use crate::auth::{Access, Identity, TokenStore};
+use crate::discovery;
+use crate::metrics::{Metrics, RequestLabels, VerbLabels};
+use crate::registry::{self, Resource};
+use crate::status::{ApiError, ApiResult};
+
+pub struct Api {
+    pub store: Arc<dyn Store>,
+    pub tokens: TokenStore,
+    pub ranges: Ranges,
+    pub metrics: Metrics,
+    /// Largest accepted request body (Kubernetes: 3 MiB).
+    pub max_body: usize,
+    /// host:port clients use to reach us (discovery's serverAddressByClientCIDRs).
+    pub advertise: String,
+    /// Lets background work (garbage collection) outlive the request that started it.
+    pub me: std::sync::Weak<Api>,
+}
+
+pub type Shared = Arc<Api>;
+
+/// What a resource request addresses.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub res: &'static Resource,
+    pub ns: Option<String>,
+    pub name: Option<String>,
+    pub sub: Option<String>,
+}
+
+/// A parsed request, passed to the verb implementations.
+pub struct Req {
+    pub method: Method,
+    pub query: HashMap<String, String>,
+    pub headers: HeaderMap,
+    pub body: bytes::Bytes,
+    pub id: Identity,
+}
+
+impl Req {
+    pub fn q(&self, k: &str) -> Option<&str> {
+        self.query
+            .get(k)
+            .map(String::as_str)
+            .filter(|s| !s.is_empty())
+    }
+    pub fn flag(&self, k: &str) -> bool {
+        matches!(self.q(k), Some("true" | "1"))
+    }
+    pub fn content_type(&self) -> &str {
+        self.headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/json")
+    }
+    /// kubectl asks for server-side printing with `Accept: application/json;as=Table;...`.
+    pub fn wants_table(&self) -> bool {
+        self.headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|a| a.contains("as=Table"))
+    }
+    pub fn dry_run(&self) -> bool {
+        self.q("dryRun") == Some("All")
+    }
+}
+
+pub fn router(api: Shared) -> Router {
+    Router::new()
+        .route("/healthz", get(health))
+        .route("/livez", get(health))
+        .route("/readyz", get(ready))
+        .route("/version", get(version))
+        .fallback(dispatch)
+        .with_state(api)
+}
+
+async fn health() -> &'static str {
+    "ok"
+}
+
+async fn ready(State(api): State<Shared>) -> Response {
+    // Ready when the store answers a read.
+    match api.store.get("/registry/core/namespaces/default").await {
+        Ok(_) => "ok".into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}")).into_response(),
+    }
+}
+
+async fn version() -> Response {
+    json(StatusCode::OK, &discovery::version())
+}
+
+pub fn json(code: StatusCode, v: &Value) -> Response {
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::to_vec(v).expect("a Value always serialises"),
+    )
+        .into_response()
+}
+
+fn parse_query(q: Option<&str>) -> HashMap<String, String> {
+    q.map(form_urlencoded).unwrap_or_default()
+}
+
+/// application/x-www-form-urlencoded decoding of a query string.
+fn form_urlencoded(q: &str) -> HashMap<String, String> {
+    fn decode(s: &str) -> String {
+        let bytes = s.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'+' => out.push(b' '),
+                b'%' if i + 2 < bytes.len() => {
+                    let hex = |c: u8| (c as char).to_digit(16);
+                    match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                        (Some(h), Some(l)) => {
+                            out.push((h * 16 + l) as u8);
+                            i += 2;
+                        }
+                        _ => out.push(b'%'),
+                    }
+                }
+                b => out.push(b),
+            }
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+    q.split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+/// Splits `/api/v1/...` or `/apis/G/V/...` into (group, version, rest).
+fn split_path(path: &str) -> Option<(&str, &str, Vec<&str>)> {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match segs.as_slice() {
+        ["api", v, rest @ ..] => Some(("", v, rest.to_vec())),
+        ["apis", g, v, rest @ ..] => Some((g, v, rest.to_vec())),
+        _ => None,
+    }
+}
+
+fn target(group: &str, version: &str, rest: &[&str]) -> ApiResult<Target> {
+    let nf = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
+    };
+    let (ns, rest) = match rest {
+        // /namespaces/NAME[/status] is the namespace itself; /namespaces/NS/PLURAL... is inside it.
+        ["namespaces", ns, plural, tail @ ..]
+            if !(group.is_empty()
+                && matches!(*plural, "status" | "finalize")
+                && tail.is_empty()) =>
+        {
+            (Some(ns.to_string()), [&[*plural][..], tail].concat())
+        }
+        _ => (None, rest.to_vec()),
+    };
+    let (plural, name, sub) = match rest.as_slice() {
+        [p] => (*p, None, None),
+        [p, n] => (*p, Some(n.to_string()), None),
+        [p, n, s] => (*p, Some(n.to_string()), Some(s.to_string())),
+        _ => return Err(nf()),
+    };
+    let res = registry::lookup(group, version, plural).ok_or_else(nf)?;
+    if ns.is_some() && !res.namespaced {
+        return Err(nf());
+    }
+    if let Some(s) = &sub {
+        let ok = match s.as_str() {
+            "status" => res.sub.status,
+            "scale" => res.sub.scale,
+            "binding" => res.sub.pod,
+            _ => false,
+        };
+        if !ok {
+            return Err(nf());
+        }
+    }
+    Ok(Target { res, ns, name, sub })
+}
+
+/// Kubernetes' verb for an HTTP request on a target.
+pub fn verb(method: &Method, t: &Target, watch: bool) -> &'static str {
+    match (method.as_str(), t.name.is_some()) {
+        ("GET", _) if watch => "watch",
+        ("GET", true) => "get",
+        ("GET", false) => "list",
+        ("POST", _) => "create",
+        ("PUT", _) => "update",
+        ("PATCH", _) => "patch",
+        ("DELETE", true) => "delete",
+        ("DELETE", false) => "deletecollection",
+        _ => "unknown",
+    }
+}
+
+async fn dispatch(State(api): State<Shared>, req: Request) -> Response {
+    let start = Instant::now();
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().to_string();
+    let query = parse_query(parts.uri.query());
+
+    let id = match api.tokens.authenticate(
+        parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
+    ) {
+        Some(id) => id,
+        None => return ApiError::unauthorized().into_response(),
+    };
+
+    if path == "/metrics" {
+        if id != Identity::Admin {
+            return ApiError::forbidden(&id.user(), "get", "/metrics", None).into_response();
+        }
+        return (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            api.metrics.encode(),
+        )
+            .into_response();
+    }
+    if parts.method == Method::GET
+        && let Some(doc) = discovery_doc(&api, &path)
+    {
+        return json(StatusCode::OK, &doc);
+    }
+    let Some((group, version, rest)) = split_path(&path) else {
+        return ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
+        .into_response();
+    };
+    let t = match target(group, version, &rest) {
+        Ok(t) => t,
+        Err(e) => return e.into_response(),
+    };
+    let watch = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
+    let verb = verb(&parts.method, &t, watch);
+
+    let body = match read_body(body, api.max_body).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    let req = Req {
+        method: parts.method,
+        query,
+        headers: parts.headers,
+        body,
+        id,
+    };
+    let result = handle(&api, &req, &t, verb).await;
+    let resp = result.unwrap_or_else(IntoResponse::into_response);
+    let resource = match &t.sub {
+        Some(s) => format!("{}/{s}", t.res.plural),
+        None => t.res.plural.to_string(),
+    };
+    api.metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            verb: verb.into(),
+            resource: resource.clone(),
+            code: resp.status().as_u16(),
+        })
+        .inc();
+    api.metrics
+        .latency
+        .get_or_create(&VerbLabels {
+            verb: verb.into(),
+            resource,
+        })
+        .observe(start.elapsed().as_secs_f64());
+    resp
+}
+
+async fn handle(api: &Shared, req: &Req, t: &Target, verb: &'static str) -> ApiResult<Response> {
+    // For create the object's name is in the body; authorization needs it for node rules.
+    let mut name = t.name.clone();
+    if verb == "create" && name.is_none() {
+        name = serde_json::from_slice::<Value>(&req.body)
+            .ok()
+            .and_then(|v| crate::object::name(&v).map(String::from));
+    }
+    let access = crate::auth::authorize(
+        &req.id,
+        verb,
+        t.res,
+        t.ns.as_deref(),
+        name.as_deref(),
+        t.sub.as_deref(),
+    );
+    let bound_to = match access {
+        Access::Allowed => None,
+        Access::PodBoundTo(node) => Some(node),
+        Access::Denied => {
+            return Err(ApiError::forbidden(
+                &req.id.user(),
+                verb,
+                &t.res.group_resource(),
+                t.ns.as_deref(),
+            ));
+        }
+    };
+    crate::rest::serve(api, req, t, verb, bound_to).await
+}
+
+/// Reads a request body up to `limit` bytes. A larger body is read to its end (discarded, up to
+/// a hard cap) before the 413, so HTTP/2 clients get the answer instead of a reset stream.
+async fn read_body(body: axum::body::Body, limit: usize) -> ApiResult<bytes::Bytes> {
+    use futures::StreamExt as _;
+    let mut stream = body.into_data_stream();
+    let mut buf = bytes::BytesMut::new();
+    let mut total = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?;
+        total += chunk.len();
+        if total <= limit {
+            buf.extend_from_slice(&chunk);
+        } else if total > limit.saturating_mul(8) {
+            break;
+        }
+    }
+    if total > limit {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "RequestEntityTooLarge",
+            format!("Request entity too large: limit is {limit}"),
+        ));
+    }
+    Ok(buf.freeze())
+}
+
+fn discovery_doc(api: &Api, path: &str) -> Option<Value> {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match segs.as_slice() {
+        ["api"] => Some(discovery::core_versions(&api.advertise)),
+        ["apis"] => Some(discovery::group_list()),
+        ["api", v] => discovery::resource_list("", v),
+        ["apis", g] => discovery::group(g),
+        ["apis", g, v] => discovery::resource_list(g, v),
+        ["openapi", "v3"] => Some(crate::openapi::root()),
+        ["openapi", "v3", rest @ ..] => crate::openapi::group_version(&rest.join("/")),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(path: &str) -> ApiResult<Target> {
+        let (g, v, rest) = split_path(path).unwrap();
+        target(g, v, &rest)
+    }
+
+    #[test]
+    fn paths() {
+        let a = t("/api/v1/namespaces/default/pods/web/status").unwrap();
+        assert_eq!(
+            (
+                a.res.plural,
+                a.ns.as_deref(),
+                a.name.as_deref(),
+                a.sub.as_deref()
+            ),
+            ("pods", Some("default"), Some("web"), Some("status"))
+        );
+        let b = t("/api/v1/namespaces/kube-system").unwrap();
+        assert_eq!(
+            (b.res.plural, b.name.as_deref()),
+            ("namespaces", Some("kube-system"))
+        );
+        let c = t("/api/v1/namespaces/x/status").unwrap();
+        assert_eq!(
+            (c.res.plural, c.name.as_deref(), c.sub.as_deref()),
+            ("namespaces", Some("x"), Some("status"))
+        );
+        let d = t("/apis/apps/v1/namespaces/d/deployments/web/scale").unwrap();
+        assert_eq!(d.sub.as_deref(), Some("scale"));
+        assert_eq!(t("/api/v1/pods").unwrap().ns, None);
+        assert!(t("/api/v1/widgets").is_err());
+        assert!(
+            t("/api/v1/namespaces/d/nodes/x").is_err(),
+            "cluster-scoped under a namespace"
+        );
+        assert!(t("/api/v1/namespaces/d/services/x/scale").is_err());
+        assert!(t("/api/v1/namespaces/d/pods/x/status/y").is_err());
+    }
+
+    #[test]
+    fn query_decoding() {
+        let q = form_urlencoded("labelSelector=app%3Dweb%2Ctier+in+%28a%29&watch=1&x");
+        assert_eq!(q["labelSelector"], "app=web,tier in (a)");
+        assert_eq!(q["watch"], "1");
+        assert_eq!(q["x"], "");
+        assert_eq!(form_urlencoded("a=%zz%4")["a"], "%zz%4");
+    }
+}

@@ -1,0 +1,20 @@
+//! Kubernetes-compatible API server: one generic handler over a resource registry, objects in
+//! kproxy-store, HTTPS with bearer tokens. See docs/ARCHITECTURE.md.
+#![forbid(unsafe_code)]
+
+pub mod alloc;
+pub mod auth;
+pub mod discovery;
+pub mod gc;
+pub mod handler;
+pub mod kubeconfig;
+pub mod metrics;
+pub mod object;
+pub mod openapi;
+pub mod pki;
+pub mod registry;
+pub mod rest;
+pub mod server;
+pub mod status;
+pub mod table;
+pub mod watch;

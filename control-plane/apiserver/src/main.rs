@@ -1,0 +1,72 @@
+//! kproxy-apiserver: serve the cluster API, or manage its tokens.
+#![forbid(unsafe_code)]
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use kproxy_apiserver::{auth::TokenStore, server};
+
+#[derive(Parser)]
+#[command(
+    name = "kproxy-apiserver",
+    version,
+    about = "Kubernetes-compatible API server for kproxy clusters"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the API over HTTPS.
+    Serve(server::Options),
+    /// Print a node's bearer token, creating it if needed (the server picks it up live).
+    NodeToken {
+        node: String,
+        #[arg(long, default_value = "/var/lib/kproxy/apiserver")]
+        data_dir: std::path::PathBuf,
+    },
+    /// Print the admin bearer token.
+    AdminToken {
+        #[arg(long, default_value = "/var/lib/kproxy/apiserver")]
+        data_dir: std::path::PathBuf,
+    },
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match Cli::parse().command {
+        Command::Serve(opts) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(server::run(opts, async {
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                        .expect("SIGTERM handler");
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            })),
+        Command::NodeToken { node, data_dir } => {
+            let errs = kproxy_apimachinery::names::dns1123_subdomain(&node);
+            anyhow::ensure!(
+                errs.is_empty(),
+                "invalid node name {node:?}: {}",
+                errs.join("; ")
+            );
+            println!("{}", TokenStore::open(&data_dir)?.node_token(&node)?);
+            Ok(())
+        }
+        Command::AdminToken { data_dir } => {
+            println!("{}", TokenStore::open(&data_dir)?.admin_token());
+            Ok(())
+        }
+    }
+}

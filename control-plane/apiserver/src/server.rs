@@ -1,0 +1,175 @@
+//! Starting the API server: PKI, tokens, store, bootstrap objects, kubeconfig, and the HTTPS
+//! accept loop (HTTP/1.1 and HTTP/2 over rustls).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use kproxy_store::{Op, Store, StoreError, StoreOptions};
+use serde_json::json;
+
+use crate::alloc::Ranges;
+use crate::auth::TokenStore;
+use crate::handler::{Api, router};
+use crate::metrics::Metrics;
+use crate::object;
+
+#[derive(Clone, Debug, clap::ValueEnum)]
+pub enum StoreKind {
+    /// redb file in the data directory, durable before each answer.
+    Redb,
+    /// Nothing on disk (tests, benchmarks of the server alone).
+    Memory,
+}
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct Options {
+    /// State: store, CA and serving certificate, tokens.
+    #[arg(long, default_value = "/var/lib/kproxy/apiserver")]
+    pub data_dir: PathBuf,
+    /// Address to serve HTTPS on.
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    pub bind: SocketAddr,
+    #[arg(long, value_enum, default_value = "redb")]
+    pub store: StoreKind,
+    /// Kubeconfig to merge the `kproxy` context into (default: $KUBECONFIG or ~/.kube/config).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Do not touch any kubeconfig.
+    #[arg(long)]
+    pub no_kubeconfig: bool,
+    /// Service ClusterIP range.
+    #[arg(long, default_value = "10.96.0.0/12")]
+    pub service_cidr: ipnet::Ipv4Net,
+    /// NodePort range, FIRST-LAST.
+    #[arg(long, default_value = "30000-32767", value_parser = parse_range)]
+    pub node_port_range: (u16, u16),
+    /// Watch history kept in memory (events); older resourceVersions get 410 Gone.
+    #[arg(long, default_value_t = 100_000)]
+    pub history: usize,
+}
+
+fn parse_range(s: &str) -> Result<(u16, u16), String> {
+    let (a, b) = s.split_once('-').ok_or("expected FIRST-LAST")?;
+    let (a, b): (u16, u16) = (
+        a.trim().parse().map_err(|e| format!("{a}: {e}"))?,
+        b.trim().parse().map_err(|e| format!("{b}: {e}"))?,
+    );
+    if a == 0 || a > b {
+        return Err(format!("{s}: empty or invalid range"));
+    }
+    Ok((a, b))
+}
+
+pub const SYSTEM_NAMESPACES: &[&str] =
+    &["default", "kube-system", "kube-public", "kube-node-lease"];
+
+async fn bootstrap(store: &dyn Store) -> Result<()> {
+    let res = crate::registry::by_kind("Namespace").expect("registered");
+    for ns in SYSTEM_NAMESPACES {
+        let obj = json!({
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {
+                "name": ns,
+                "uid": object::new_uid(),
+                "creationTimestamp": object::now_rfc3339(),
+                "labels": {"kubernetes.io/metadata.name": ns},
+            },
+            "spec": {"finalizers": ["kubernetes"]},
+            "status": {"phase": "Active"},
+        });
+        match store
+            .txn(vec![Op::Create {
+                key: res.key(None, ns),
+                value: object::to_stored(&obj),
+            }])
+            .await
+        {
+            Ok(_) | Err(StoreError::AlreadyExists(_)) => {}
+            Err(e) => return Err(e).context("creating system namespaces"),
+        }
+    }
+    Ok(())
+}
+
+/// Runs until `shutdown` resolves. Calls `ready` once the socket accepts connections.
+pub async fn run(opts: Options, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    std::fs::create_dir_all(&opts.data_dir)
+        .with_context(|| format!("creating {}", opts.data_dir.display()))?;
+    let pki = crate::pki::load_or_create(&opts.data_dir.join("pki"), &[opts.bind.ip()])?;
+    let tokens = TokenStore::open(&opts.data_dir)?;
+    let sopts = StoreOptions {
+        history: opts.history,
+    };
+    let store: Arc<dyn Store> = match opts.store {
+        StoreKind::Redb => {
+            let path = opts.data_dir.join("store.redb");
+            kproxy_store::open_redb(&path, sopts)
+                .with_context(|| format!("opening {}", path.display()))?
+        }
+        StoreKind::Memory => kproxy_store::memory(sopts),
+    };
+    bootstrap(store.as_ref()).await?;
+
+    let listener = tokio::net::TcpListener::bind(opts.bind)
+        .await
+        .with_context(|| format!("binding {}", opts.bind))?;
+    let local = listener.local_addr()?;
+    let server_url = format!("https://{local}");
+    if !opts.no_kubeconfig
+        && let Some(path) = opts
+            .kubeconfig
+            .clone()
+            .or_else(crate::kubeconfig::default_path)
+    {
+        crate::kubeconfig::write(&path, &server_url, &pki.ca_pem, &tokens.admin_token())?;
+        tracing::info!(path = %path.display(), "kubeconfig context `kproxy` is current");
+    }
+    let api = Arc::new_cyclic(|me| Api {
+        store,
+        tokens,
+        ranges: Ranges {
+            service_cidr: opts.service_cidr,
+            node_ports: opts.node_port_range,
+        },
+        metrics: Metrics::default(),
+        max_body: 3 * 1024 * 1024,
+        advertise: local.to_string(),
+        me: me.clone(),
+    });
+    api.metrics.revision.set(api.store.revision() as i64);
+    let app = router(api.clone());
+    let acceptor = tokio_rustls::TlsAcceptor::from(pki.server_config.clone());
+    tracing::info!(url = %server_url, revision = api.store.revision(), "API server ready");
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, _peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => { tracing::warn!("accept: {e}"); continue; }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        tokio::spawn(async move {
+            let tls = match acceptor.accept(tcp).await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::debug!("TLS handshake: {e}");
+                    return;
+                }
+            };
+            let svc = hyper_util::service::TowerToHyperService::new(app);
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(TokioIo::new(tls), svc)
+                .await;
+        });
+    }
+    tracing::info!("API server stopped");
+    Ok(())
+}

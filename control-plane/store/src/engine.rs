@@ -1,0 +1,23 @@
+//! The small synchronous engine interface the shared store implementation runs on.
+
+use crate::types::{KeyValue, Revision};
+
+/// The final state of one key after a committed batch: `Some` to write, `None` to delete.
+pub type Change = (String, Option<KeyValue>);
+
+/// Synchronous storage engine. Only the store's single writer calls [`Engine::commit`], so
+/// implementations need no write-write coordination; reads may run concurrently with a commit.
+pub trait Engine: Send + Sync + 'static {
+    /// The current value of `key`.
+    fn get(&self, key: &str) -> anyhow::Result<Option<KeyValue>>;
+
+    /// All keys starting with `prefix`, sorted by key, and the revision of that same snapshot.
+    fn list(&self, prefix: &str) -> anyhow::Result<(Vec<KeyValue>, Revision)>;
+
+    /// The latest committed revision.
+    fn revision(&self) -> anyhow::Result<Revision>;
+
+    /// Atomically (and durably, if the engine is durable) applies `changes` and records
+    /// `revision` as the current revision: after a crash either all of it is visible or none.
+    fn commit(&self, revision: Revision, changes: &[Change]) -> anyhow::Result<()>;
+}

@@ -1,0 +1,141 @@
+//! Versioned key-value store with etcd-like semantics.
+//!
+//! - Every successful [`Store::txn`] commits all of its ops at ONE new global revision; revisions
+//!   are strictly increasing and never reused (they persist in the redb backend). Failed txns
+//!   change nothing and consume no revision. Ops inside one txn apply in order, each seeing the
+//!   effect of the earlier ones.
+//! - Each key carries `create_revision` (the revision that created it) and `mod_revision` (the
+//!   revision of its last write); optimistic concurrency compares `mod_revision`.
+//! - A single writer thread applies queued txns in batches and commits each batch as one durable
+//!   backend transaction (group commit); a txn returns `Ok` only once it is on disk.
+//! - Reads ([`Store::get`], [`Store::list`]) never wait for the writer; `list` reports the revision
+//!   of the snapshot it read, and `watch(prefix, that_revision)` continues exactly after it.
+//! - Watches read a single bounded in-memory history by cursor. Resuming before the retained
+//!   history gives [`StoreError::Compacted`]; a watcher overtaken by the bound gets
+//!   [`StoreError::WatcherLagged`] once and must re-list. History is not persisted: after a
+//!   restart `compacted_revision() == revision()`.
+#![forbid(unsafe_code)]
+
+mod core;
+mod engine;
+mod error;
+mod history;
+mod memory;
+mod redb_engine;
+mod types;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::Path;
+use std::sync::Arc;
+
+pub use engine::{Change, Engine};
+pub use error::StoreError;
+pub use history::Watch;
+pub use types::{Event, EventKind, KeyValue, Op, Revision};
+
+/// Tuning for a store instance.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Number of events retained for watches (at least 1 is kept).
+    pub history: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self { history: 100_000 }
+    }
+}
+
+/// The versioned store used by the API server.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError>;
+
+    /// All keys starting with `prefix`, sorted by key, and the store revision the read saw.
+    async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision), StoreError>;
+
+    /// Atomic multi-key transaction: either every op applies (all at ONE new revision, as in etcd)
+    /// or none does. Returns one KeyValue per op (for Delete: the deleted kv with mod_revision =
+    /// the new revision). Durable before it returns Ok. An empty `ops` is a no-op.
+    async fn txn(&self, ops: Vec<Op>) -> Result<Vec<KeyValue>, StoreError>;
+
+    /// Events on keys under `prefix` with revision > `after`, in revision order (ops within one
+    /// txn in op order), first from retained history, then live. `after` older than the retained
+    /// history → Err(Compacted). `after == 0` means "from now" (only live events).
+    fn watch(&self, prefix: &str, after: Revision) -> Result<Watch, StoreError>;
+
+    /// The latest committed revision.
+    fn revision(&self) -> Revision;
+
+    /// The oldest revision a watch can still resume after.
+    fn compacted_revision(&self) -> Revision;
+
+    /// Drop history up to and including `rev` (clamped to the current revision). It also happens
+    /// automatically when history exceeds its bound.
+    async fn compact(&self, rev: Revision) -> Result<(), StoreError>;
+
+    /// Creates `key`; fails with AlreadyExists if it exists.
+    async fn create(&self, key: &str, value: bytes::Bytes) -> Result<KeyValue, StoreError> {
+        let op = Op::Create {
+            key: key.to_owned(),
+            value,
+        };
+        single(self.txn(vec![op]).await?)
+    }
+
+    /// Replaces `key`; NotFound if missing, Conflict if `expected` differs from its mod_revision.
+    async fn update(
+        &self,
+        key: &str,
+        value: bytes::Bytes,
+        expected: Option<Revision>,
+    ) -> Result<KeyValue, StoreError> {
+        let op = Op::Update {
+            key: key.to_owned(),
+            value,
+            expected,
+        };
+        single(self.txn(vec![op]).await?)
+    }
+
+    /// Deletes `key` and returns its last value (mod_revision = the delete's revision).
+    async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<KeyValue, StoreError> {
+        let op = Op::Delete {
+            key: key.to_owned(),
+            expected,
+        };
+        single(self.txn(vec![op]).await?)
+    }
+}
+
+fn single(mut kvs: Vec<KeyValue>) -> Result<KeyValue, StoreError> {
+    match (kvs.pop(), kvs.is_empty()) {
+        (Some(kv), true) => Ok(kv),
+        _ => Err(StoreError::Backend(anyhow::anyhow!(
+            "single-op txn returned an unexpected number of results"
+        ))),
+    }
+}
+
+/// An in-memory store (nothing survives the process); meant for tests.
+pub fn memory(opts: StoreOptions) -> Arc<dyn Store> {
+    Arc::new(core::EngineStore::start(
+        memory::MemoryEngine::default(),
+        0,
+        opts,
+    ))
+}
+
+/// Opens (or creates) a durable store in the redb file at `path`.
+pub fn open_redb(path: &Path, opts: StoreOptions) -> anyhow::Result<Arc<dyn Store>> {
+    with_engine(redb_engine::RedbEngine::open(path)?, opts)
+}
+
+/// Builds a store over any [`Engine`]; the history starts empty at the engine's revision.
+pub fn with_engine<E: Engine>(engine: E, opts: StoreOptions) -> anyhow::Result<Arc<dyn Store>> {
+    let revision = engine.revision()?;
+    Ok(Arc::new(core::EngineStore::start(engine, revision, opts)))
+}

@@ -1,0 +1,215 @@
+//! A real `kproxy-apiserver` process for tests, on a free loopback port with its own data
+//! directory and kubeconfig, and a small HTTPS client over curl (status code + JSON body).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::{Daemon, bin, eventually, unique};
+
+/// A scratch directory removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> Self {
+        let p = std::env::temp_dir().join(unique(prefix));
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        Self(p)
+    }
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub struct ApiServer {
+    pub daemon: Daemon,
+    pub url: String,
+    pub data_dir: PathBuf,
+    pub kubeconfig: PathBuf,
+}
+
+impl ApiServer {
+    /// Starts a server on `data_dir` (reusing its state if any) with extra flags.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        let kubeconfig = data_dir.join("kubeconfig");
+        let mut cmd = Command::new(bin("kproxy-apiserver"));
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--bind", "127.0.0.1:0"])
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(extra)
+            .env("RUST_LOG", "info");
+        let daemon = Daemon::spawn(cmd);
+        let mut url = String::new();
+        eventually("API server ready", || {
+            url = daemon
+                .lines()
+                .iter()
+                .find_map(|l| {
+                    let rest = l.split("API server ready").nth(1)?;
+                    let u = rest.split("url=").nth(1)?;
+                    Some(u.split_whitespace().next()?.to_string())
+                })
+                .unwrap_or_default();
+            !url.is_empty()
+        });
+        Self {
+            daemon,
+            url,
+            data_dir: data_dir.to_path_buf(),
+            kubeconfig,
+        }
+    }
+
+    #[must_use]
+    pub fn admin_token(&self) -> String {
+        let t: Value = serde_json::from_slice(
+            &std::fs::read(self.data_dir.join("tokens.json")).expect("tokens.json"),
+        )
+        .expect("tokens.json is JSON");
+        t["admin"].as_str().expect("admin token").to_string()
+    }
+
+    /// A node's token, created through the CLI as an operator would.
+    #[must_use]
+    pub fn node_token(&self, node: &str) -> String {
+        let out = crate::sh(
+            Command::new(bin("kproxy-apiserver"))
+                .args(["node-token", node, "--data-dir"])
+                .arg(&self.data_dir),
+        );
+        out.trim().to_string()
+    }
+
+    #[must_use]
+    pub fn http(&self) -> Http {
+        Http {
+            url: self.url.clone(),
+            ca: self.data_dir.join("pki/ca.crt"),
+            token: Some(self.admin_token()),
+        }
+    }
+}
+
+/// HTTPS requests through curl, verifying the server against the cluster CA.
+#[derive(Clone)]
+pub struct Http {
+    pub url: String,
+    pub ca: PathBuf,
+    pub token: Option<String>,
+}
+
+pub struct Reply {
+    pub code: u16,
+    pub body: String,
+}
+
+impl Reply {
+    #[must_use]
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+impl Http {
+    #[must_use]
+    pub fn with_token(&self, token: Option<&str>) -> Self {
+        Self {
+            token: token.map(String::from),
+            ..self.clone()
+        }
+    }
+
+    /// `body` goes through a file so large bodies work.
+    pub fn req(&self, method: &str, path: &str, content_type: &str, body: Option<&[u8]>) -> Reply {
+        self.try_req(method, path, content_type, body)
+            .unwrap_or_else(|e| panic!("curl {method} {path} failed: {e}"))
+    }
+
+    /// Like `req`, but a transport failure (server gone) is an error, not a panic.
+    pub fn try_req(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: Option<&[u8]>,
+    ) -> Result<Reply, String> {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "--max-time", "30", "-X", method, "--cacert"])
+            .arg(&self.ca)
+            .args([
+                "-w",
+                "\n%{http_code}",
+                "-H",
+                &format!("Content-Type: {content_type}"),
+            ]);
+        if let Some(t) = &self.token {
+            cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+        }
+        let _file;
+        if let Some(b) = body {
+            let f = std::env::temp_dir().join(unique("kpt-body"));
+            std::fs::write(&f, b).expect("write body");
+            cmd.arg("--data-binary").arg(format!("@{}", f.display()));
+            _file = FileGuard(f);
+        }
+        cmd.arg(format!("{}{path}", self.url));
+        let out = cmd.output().map_err(|e| format!("cannot run curl: {e}"))?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').ok_or("no status line")?;
+        Ok(Reply {
+            code: code
+                .trim()
+                .parse()
+                .map_err(|_| format!("bad status {code:?}"))?,
+            body: body.to_string(),
+        })
+    }
+
+    pub fn get(&self, path: &str) -> Reply {
+        self.req("GET", path, "application/json", None)
+    }
+    pub fn post(&self, path: &str, body: &Value) -> Reply {
+        self.req(
+            "POST",
+            path,
+            "application/json",
+            Some(body.to_string().as_bytes()),
+        )
+    }
+    pub fn put(&self, path: &str, body: &Value) -> Reply {
+        self.req(
+            "PUT",
+            path,
+            "application/json",
+            Some(body.to_string().as_bytes()),
+        )
+    }
+    pub fn patch(&self, path: &str, content_type: &str, body: &str) -> Reply {
+        self.req("PATCH", path, content_type, Some(body.as_bytes()))
+    }
+    pub fn delete(&self, path: &str) -> Reply {
+        self.req("DELETE", path, "application/json", None)
+    }
+}
+
+struct FileGuard(PathBuf);
+
+impl Drop for FileGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
