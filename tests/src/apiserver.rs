@@ -39,8 +39,13 @@ pub struct ApiServer {
 impl ApiServer {
     /// Starts a server on `data_dir` (reusing its state if any) with extra flags.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        Self::start_with(&bin("kproxy-apiserver"), data_dir, extra)
+    }
+
+    /// Like `start`, with an explicit binary (the benchmarks use the release build).
+    pub fn start_with(binary: &Path, data_dir: &Path, extra: &[&str]) -> Self {
         let kubeconfig = data_dir.join("kubeconfig");
-        let mut cmd = Command::new(bin("kproxy-apiserver"));
+        let mut cmd = Command::new(binary);
         cmd.arg("serve")
             .arg("--data-dir")
             .arg(data_dir)

@@ -188,6 +188,11 @@ impl Daemon {
         Self { child, lines }
     }
 
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The log lines so far.
     #[must_use]
     pub fn lines(&self) -> Vec<String> {

@@ -367,6 +367,20 @@ fn validation_errors_store_nothing() {
     typed["spec"]["containers"] = json!("not a list");
     assert_eq!(h.post(PODS, &typed).code, 400);
 
+    // fieldValidation=Strict (kubectl's default) rejects unknown fields; without it they are dropped.
+    let mut typo = pod("typo", json!({}));
+    typo["spec"]["containers"][0]["imagePullPolicyy"] = json!("Always");
+    let r = h.post(&format!("{PODS}?fieldValidation=Strict"), &typo);
+    assert_eq!(r.code, 400, "{}", r.body);
+    assert!(
+        r.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field \"spec.containers[0].imagePullPolicyy\""),
+        "{}",
+        r.body
+    );
+
     // Unknown resources and paths.
     assert_eq!(h.get("/api/v1/namespaces/default/widgets").code, 404);
     assert_eq!(h.get("/apis/nope.example.com/v1/things").code, 404);
@@ -384,6 +398,14 @@ fn validation_errors_store_nothing() {
         "nothing was written"
     );
     assert!(after["items"].as_array().unwrap().is_empty());
+
+    let r = h.post(PODS, &typo);
+    assert_eq!(r.code, 201, "{}", r.body);
+    assert!(
+        r.json()["spec"]["containers"][0]
+            .get("imagePullPolicyy")
+            .is_none()
+    );
 }
 
 #[test]

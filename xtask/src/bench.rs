@@ -54,7 +54,7 @@ const SVC_PORT: u16 = 80;
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// Which benchmark (default: all of them; today that is `dataplane`).
+    /// Which benchmark (default: all of them).
     #[arg(value_enum)]
     bench: Option<Which>,
     /// Length of one load-generator run in milliseconds.
@@ -72,15 +72,34 @@ pub struct BenchArgs {
     /// Single-service changes timed per mode at the largest service count.
     #[arg(long, default_value_t = 10)]
     changes: usize,
+    /// api: objects created (and held while measuring memory).
+    #[arg(long, default_value_t = 10_000)]
+    api_objects: usize,
+    /// api: concurrent client tasks.
+    #[arg(long, default_value_t = 32)]
+    api_concurrency: usize,
+    /// api: seconds of gets.
+    #[arg(long, default_value_t = 5.0)]
+    api_get_seconds: f64,
+    /// api: concurrent watchers.
+    #[arg(long, default_value_t = 100)]
+    api_watchers: usize,
+    /// api: changes each watcher must receive.
+    #[arg(long, default_value_t = 1000)]
+    api_watch_events: usize,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Which {
     Dataplane,
+    Api,
 }
 
 pub fn bench(args: &BenchArgs) -> Result<()> {
     setup(&SetupArgs { no_docker: true })?;
+    if args.bench == Some(Which::Api) {
+        return api(args);
+    }
     if !is_root() {
         bail!("the benchmarks need root (network namespaces, eBPF, iptables)");
     }
@@ -102,8 +121,41 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     std::fs::create_dir_all(&out_dir).with_context(|| format!("mkdir {}", out_dir.display()))?;
     install_signal_handlers();
     match args.bench {
-        None | Some(Which::Dataplane) => dataplane(args, &services, &bins, &out_dir),
+        Some(Which::Api) => unreachable!("handled above"),
+        Some(Which::Dataplane) => dataplane(args, &services, &bins, &out_dir),
+        None => {
+            dataplane(args, &services, &bins, &out_dir)?;
+            api(args)
+        }
     }
+}
+
+fn api(args: &BenchArgs) -> Result<()> {
+    step("bench: cargo build --release (kproxy-apiserver, kpt-apiload)");
+    run_cmd(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "kproxy-apiserver",
+        "-p",
+        "kproxy-tests",
+        "--bins",
+    ]))?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace_root().join("target"), PathBuf::from);
+    let out_dir = target.join("bench");
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("mkdir {}", out_dir.display()))?;
+    crate::bench_api::run(
+        &crate::bench_api::ApiBench {
+            objects: args.api_objects,
+            concurrency: args.api_concurrency,
+            get_seconds: args.api_get_seconds,
+            watchers: args.api_watchers,
+            watch_events: args.api_watch_events,
+        },
+        &target,
+        &out_dir,
+    )
 }
 
 // === Interruption ===

@@ -2,6 +2,7 @@
 //! contract; both call `setup` first so a fresh Debian/Ubuntu machine needs nothing else.
 
 mod bench;
+mod bench_api;
 mod run;
 mod setup;
 mod test;
@@ -26,7 +27,7 @@ enum Command {
     /// Set up, then run every test: formatting, clippy, unit, privileged and end-to-end tests.
     Test(test::TestArgs),
     /// Build in release mode and run the benchmarks (`dataplane`: kproxy vs iptables vs
-    /// nftables); results in target/bench/.
+    /// nftables; `api`: the API server under kube-rs clients); results in target/bench/.
     Bench(bench::BenchArgs),
 }
 

@@ -3,6 +3,8 @@
 #![forbid(unsafe_code)]
 
 pub mod defaults;
+pub mod protobuf;
+pub mod strict;
 pub mod table;
 pub mod validate;
 

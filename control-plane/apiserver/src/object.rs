@@ -95,11 +95,48 @@ pub fn set_rv(obj: &mut Value, rev: u64) {
     meta_mut(obj).insert("resourceVersion".into(), Value::String(rev.to_string()));
 }
 
-/// The bytes stored for an object: without resourceVersion (the store revision is the truth).
+/// The stored form of an object: its JSON with `metadata` as the first key and without a
+/// resourceVersion (the store revision is the truth). Metadata first lets reads fill the
+/// resourceVersion in by splicing bytes instead of parsing and re-serialising (see `with_rv`).
 pub fn to_stored(obj: &Value) -> bytes::Bytes {
-    let mut o = obj.clone();
-    meta_mut(&mut o).remove("resourceVersion");
-    bytes::Bytes::from(serde_json::to_vec(&o).expect("a Value always serialises"))
+    let mut out = Vec::with_capacity(1024);
+    out.extend_from_slice(b"{\"metadata\":");
+    let empty = Map::new();
+    let mut meta = obj["metadata"].as_object().unwrap_or(&empty).clone();
+    meta.remove("resourceVersion");
+    serde_json::to_writer(&mut out, &meta).expect("a Map always serialises");
+    for (k, v) in obj.as_object().into_iter().flatten() {
+        if k == "metadata" {
+            continue;
+        }
+        out.push(b',');
+        serde_json::to_writer(&mut out, k).expect("a string always serialises");
+        out.push(b':');
+        serde_json::to_writer(&mut out, v).expect("a Value always serialises");
+    }
+    out.push(b'}');
+    bytes::Bytes::from(out)
+}
+
+const STORED_PREFIX: &[u8] = b"{\"metadata\":{";
+
+/// The stored object as wire JSON with its resourceVersion, without a parse when the stored
+/// bytes have the `to_stored` layout (they always do; anything else is parsed).
+pub fn with_rv(kv: &KeyValue) -> ApiResult<Vec<u8>> {
+    let v = &kv.value;
+    if v.starts_with(STORED_PREFIX) && v.len() > STORED_PREFIX.len() {
+        let mut out = Vec::with_capacity(v.len() + 32);
+        out.extend_from_slice(STORED_PREFIX);
+        out.extend_from_slice(b"\"resourceVersion\":\"");
+        out.extend_from_slice(kv.mod_revision.to_string().as_bytes());
+        out.push(b'"');
+        if v[STORED_PREFIX.len()] != b'}' {
+            out.push(b',');
+        }
+        out.extend_from_slice(&v[STORED_PREFIX.len()..]);
+        return Ok(out);
+    }
+    Ok(serde_json::to_vec(&from_kv(kv)?).expect("a Value always serialises"))
 }
 
 pub fn now_rfc3339() -> String {
@@ -113,8 +150,13 @@ pub fn parse_body(content_type: &str, body: &[u8]) -> ApiResult<Value> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_request("the request body is empty"));
     }
+    if content_type.contains("protobuf") {
+        // kubectl's typed clients (create deployment, ...) send protobuf and do not fall back.
+        return kproxy_api::protobuf::decode(body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding protobuf body: {e}")));
+    }
     if !(content_type.contains("json") || content_type.contains("yaml")) {
-        // Protobuf and CBOR are not served; client-go falls back to JSON on a 415.
+        // CBOR and others: not served.
         return Err(ApiError::new(
             axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "UnsupportedMediaType",
@@ -191,6 +233,39 @@ mod tests {
             parse_body("application/yaml", b"a: 1\n").unwrap(),
             json!({"a": 1})
         );
+    }
+
+    #[test]
+    fn stored_layout_splices_the_resource_version() {
+        let o = json!({"kind": "Pod", "apiVersion": "v1", "metadata": {"name": "a", "resourceVersion": "9"}, "spec": {"x": [1]}});
+        let kv = KeyValue {
+            key: "k".into(),
+            value: to_stored(&o),
+            create_revision: 3,
+            mod_revision: 7,
+        };
+        assert!(kv.value.starts_with(STORED_PREFIX));
+        let mut want = o.clone();
+        want["metadata"]["resourceVersion"] = json!("7");
+        let got: Value = serde_json::from_slice(&with_rv(&kv).unwrap()).unwrap();
+        assert_eq!(got, want);
+        assert_eq!(from_kv(&kv).unwrap(), want);
+        // Empty metadata, and bytes in another layout.
+        let e = KeyValue {
+            value: to_stored(&json!({"kind": "X"})),
+            ..kv.clone()
+        };
+        let got: Value = serde_json::from_slice(&with_rv(&e).unwrap()).unwrap();
+        assert_eq!(
+            got,
+            json!({"kind": "X", "metadata": {"resourceVersion": "7"}})
+        );
+        let other = KeyValue {
+            value: bytes::Bytes::from_static(br#"{"kind":"Y"}"#),
+            ..kv
+        };
+        let got: Value = serde_json::from_slice(&with_rv(&other).unwrap()).unwrap();
+        assert_eq!(got["metadata"]["resourceVersion"], "7");
     }
 
     #[test]

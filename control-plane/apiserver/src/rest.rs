@@ -36,6 +36,16 @@ pub async fn serve(
     match (verb, t.sub.as_deref()) {
         ("list", None) => list(api, req, t).await,
         ("watch", None) => crate::watch::serve(api, req, t).await,
+        ("get", None | Some("status")) if !req.wants_table() => {
+            // The hot path: stored bytes with the resourceVersion spliced in, no parse.
+            let name = t.name.as_deref().unwrap_or_default();
+            let kv = api
+                .store
+                .get(&t.res.key(t.ns.as_deref(), name))
+                .await?
+                .ok_or_else(|| ApiError::not_found(&t.res.group_resource(), name))?;
+            Ok(raw_json(object::with_rv(&kv)?))
+        }
         ("get", None | Some("status")) => {
             let obj = get(api, t).await?;
             if req.wants_table() {
@@ -156,13 +166,47 @@ fn list_doc(res: &Resource, items: Vec<Value>, rev: u64) -> Value {
 }
 
 async fn list(api: &Api, req: &Req, t: &Target) -> ApiResult<Response> {
-    let (items, rev) = select(api, req, t).await?;
-    let doc = if req.wants_table() {
-        crate::table::table(t.res, &items, Some(rev), req.q("includeObject"))
-    } else {
-        list_doc(t.res, items, rev)
-    };
-    Ok(json_resp(StatusCode::OK, &doc))
+    if req.wants_table() {
+        let (items, rev) = select(api, req, t).await?;
+        let doc = crate::table::table(t.res, &items, Some(rev), req.q("includeObject"));
+        return Ok(json_resp(StatusCode::OK, &doc));
+    }
+    // Items go out as stored (resourceVersion spliced in); objects are parsed only to
+    // evaluate selectors.
+    let (ls, fs) = selectors(req, t.res)?;
+    let filtered = !(ls.is_empty() && fs.is_empty());
+    let (kvs, rev) = api.store.list(&t.res.ns_prefix(t.ns.as_deref())).await?;
+    let mut body = serde_json::to_vec(&json!({
+        "kind": format!("{}List", t.res.kind),
+        "apiVersion": t.res.api_version(),
+        "metadata": {"resourceVersion": rev.to_string()},
+    }))
+    .expect("serialisable");
+    body.pop(); // the closing brace: items follow
+    body.extend_from_slice(b",\"items\":[");
+    let mut first = true;
+    for kv in &kvs {
+        if filtered && !matches(&from_kv(kv)?, &ls, &fs) {
+            continue;
+        }
+        if !first {
+            body.push(b',');
+        }
+        first = false;
+        body.extend_from_slice(&object::with_rv(kv)?);
+    }
+    body.extend_from_slice(b"]}");
+    Ok(raw_json(body))
+}
+
+fn raw_json(body: Vec<u8>) -> Response {
+    use axum::response::IntoResponse as _;
+    (
+        StatusCode::OK,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
 }
 
 async fn get(api: &Api, t: &Target) -> ApiResult<Value> {
@@ -198,6 +242,26 @@ fn check_type(res: &Resource, obj: &mut Value) -> ApiResult<()> {
         }
     }
     Ok(())
+}
+
+/// fieldValidation=Strict (kubectl's default): fields the schema lacks are an error instead of
+/// being dropped. (Unset or Warn/Ignore: dropped, as Kubernetes does with Ignore.)
+fn strict_fields(req: &Req, res: &Resource, obj: &Value) -> ApiResult<()> {
+    if req.q("fieldValidation") != Some("Strict") {
+        return Ok(());
+    }
+    let unknown = kproxy_api::strict::unknown_fields(res.kind, obj);
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = unknown
+        .iter()
+        .map(|f| format!("unknown field \"{f}\""))
+        .collect();
+    Err(ApiError::bad_request(format!(
+        "strict decoding error: {}",
+        list.join(", ")
+    )))
 }
 
 fn invalid(res: &Resource, name: &str, e: Invalid) -> ApiError {
@@ -272,6 +336,8 @@ fn is_alloc_conflict(e: &StoreError) -> bool {
 pub async fn create(api: &Api, req: &Req, t: &Target) -> ApiResult<Value> {
     let mut obj = object::parse_body(req.content_type(), &req.body)?;
     check_type(t.res, &mut obj)?;
+    strict_fields(req, t.res, &obj)?;
+    kproxy_api::strict::prune_unknown(t.res.kind, &mut obj);
     if t.res.namespaced {
         let ns = t.ns.as_deref().unwrap_or("default");
         match object::namespace(&obj) {
@@ -489,6 +555,8 @@ pub async fn update(
         }
         let mut cand = edit(&cur)?;
         check_type(t.res, &mut cand)?;
+        strict_fields(req, t.res, &cand)?;
+        kproxy_api::strict::prune_unknown(t.res.kind, &mut cand);
         if let Some(n) = object::name(&cand)
             && n != name
         {

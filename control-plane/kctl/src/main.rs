@@ -1,9 +1,26 @@
-//! kctl: the kubectl-like CLI. It grows with the control plane; today it reports its version
-//! and generates shell completions.
+//! kctl: the kubectl-like CLI for kproxy clusters. Commands live in `cmd/`; what they share
+//! (connection, resource types, output) in the modules below.
 #![forbid(unsafe_code)]
 
-use anyhow::Result;
-use clap::{CommandFactory as _, Parser, Subcommand};
+mod apply_patch;
+mod client;
+mod cmd;
+mod errors;
+mod manifest;
+mod output;
+mod quantity;
+mod resources;
+mod table;
+mod tabwriter;
+mod timefmt;
+mod yaml;
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory as _, Parser};
+
+use crate::client::GlobalOpts;
+use crate::cmd::Command;
 
 #[derive(Parser)]
 #[command(
@@ -12,34 +29,44 @@ use clap::{CommandFactory as _, Parser, Subcommand};
     about = "Control a kproxy cluster (kubectl-like)"
 )]
 struct Cli {
+    #[command(flatten)]
+    global: GlobalOpts,
     #[command(subcommand)]
     command: Command,
 }
 
-#[derive(Subcommand)]
-enum Command {
-    /// Print the client version.
-    Version,
-    /// Print a shell completion script (bash, zsh, fish, ...).
-    Completion {
-        #[arg(value_enum)]
-        shell: clap_complete::Shell,
-    },
-}
-
-fn main() -> Result<()> {
-    match Cli::parse().command {
-        Command::Version => println!("Client Version: v{}", env!("CARGO_PKG_VERSION")),
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
         Command::Completion { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "kctl", &mut std::io::stdout());
+            Ok(())
+        }
+        command => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(cmd::run(&cli.global, command))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // Commands that handle several objects print each failure as it happens.
+            if !err.is::<errors::Reported>() {
+                eprintln!("{}", errors::render(&err));
+            }
+            ExitCode::FAILURE
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("kctl").chain(args.iter().copied()))
+    }
 
     #[test]
     fn cli_is_well_formed() {
@@ -47,7 +74,33 @@ mod tests {
     }
 
     #[test]
-    fn rejects_unknown_subcommand() {
-        assert!(Cli::try_parse_from(["kctl", "frobnicate"]).is_err());
+    fn rejects_unknown_subcommands_and_flags() {
+        assert!(parse(&["frobnicate"]).is_err());
+        assert!(parse(&["get"]).is_err(), "get needs a type");
+        assert!(parse(&["get", "pods", "-o", "xml"]).is_err());
+        assert!(parse(&["get", "pods", "--bogus"]).is_err());
+    }
+
+    #[test]
+    fn global_flags_work_before_and_after_the_command() {
+        let cli = parse(&["-n", "kube-system", "get", "pods"]).unwrap();
+        assert_eq!(cli.global.namespace.as_deref(), Some("kube-system"));
+        let cli = parse(&[
+            "get",
+            "pods",
+            "--context",
+            "lab",
+            "--kubeconfig",
+            "/tmp/k",
+            "-n",
+            "x",
+        ])
+        .unwrap();
+        assert_eq!(cli.global.context.as_deref(), Some("lab"));
+        assert_eq!(
+            cli.global.kubeconfig.as_deref(),
+            Some(std::path::Path::new("/tmp/k"))
+        );
+        assert_eq!(cli.global.namespace.as_deref(), Some("x"));
     }
 }

@@ -1,0 +1,62 @@
+//! One module per command.
+
+pub mod apply;
+pub mod create;
+pub mod delete;
+pub mod describe;
+pub mod expose;
+pub mod get;
+pub mod logs;
+pub mod scale;
+pub mod version;
+
+use anyhow::Result;
+
+use crate::client::{Ctx, GlobalOpts};
+
+#[derive(clap::Subcommand, Debug)]
+pub enum Command {
+    /// Display one or many resources.
+    Get(get::GetArgs),
+    /// Show details of a resource or group of resources.
+    Describe(describe::DescribeArgs),
+    /// Create a resource from a file or from arguments.
+    Create(create::CreateArgs),
+    /// Expose a deployment, replica set, pod or service as a new Service.
+    Expose(expose::ExposeArgs),
+    /// Set a new size for a deployment or replica set.
+    Scale(scale::ScaleArgs),
+    /// Delete resources by names, selectors or files.
+    Delete(delete::DeleteArgs),
+    /// Apply a configuration to resources from files or stdin.
+    Apply(apply::ApplyArgs),
+    /// Print the logs of a container in a pod.
+    Logs(logs::LogsArgs),
+    /// Print the client and server version.
+    Version(version::VersionArgs),
+    /// Print a shell completion script (bash, zsh, fish, ...).
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Runs a command that talks to the cluster.
+pub async fn run(global: &GlobalOpts, command: Command) -> Result<()> {
+    if let Command::Version(args) = &command {
+        return version::run(global, args).await;
+    }
+    let mut ctx = Ctx::connect(global).await?;
+    match command {
+        Command::Get(args) => get::run(&mut ctx, args).await,
+        Command::Describe(args) => describe::run(&mut ctx, args).await,
+        Command::Create(args) => create::run(&mut ctx, args).await,
+        Command::Expose(args) => expose::run(&mut ctx, args).await,
+        Command::Scale(args) => scale::run(&mut ctx, args).await,
+        Command::Delete(args) => delete::run(&mut ctx, args).await,
+        Command::Apply(args) => apply::run(&mut ctx, args).await,
+        Command::Logs(args) => logs::run(&mut ctx, args).await,
+        // Handled before connecting (version) or without a runtime (completion).
+        Command::Version(_) | Command::Completion { .. } => Ok(()),
+    }
+}
