@@ -83,10 +83,16 @@ impl ApiError {
         if group.is_empty() {
             d.as_object_mut().map(|m| m.remove("group"));
         }
+        // Kubernetes names the kind with its group: `Deployment.apps "web" is invalid`.
+        let qualified = if group.is_empty() {
+            kind.to_string()
+        } else {
+            format!("{kind}.{group}")
+        };
         Self {
             code: StatusCode::UNPROCESSABLE_ENTITY,
             reason: "Invalid",
-            message: format!("{kind} \"{name}\" is invalid: {summary}"),
+            message: format!("{qualified} \"{name}\" is invalid: {summary}"),
             details: Some(d),
         }
     }

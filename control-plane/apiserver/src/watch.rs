@@ -24,6 +24,17 @@ fn line(kind: &str, object: &Value) -> bytes::Bytes {
     bytes::Bytes::from(v)
 }
 
+/// `{"type":KIND,"object":OBJ}\n` around already-encoded object bytes.
+fn raw_line(kind: &str, object: &[u8]) -> bytes::Bytes {
+    let mut v = Vec::with_capacity(object.len() + 32);
+    v.extend_from_slice(b"{\"type\":\"");
+    v.extend_from_slice(kind.as_bytes());
+    v.extend_from_slice(b"\",\"object\":");
+    v.extend_from_slice(object);
+    v.extend_from_slice(b"}\n");
+    bytes::Bytes::from(v)
+}
+
 /// Holds the open-watchers gauge up for as long as the stream lives.
 struct Registered(prometheus_client::metrics::gauge::Gauge);
 
@@ -46,6 +57,7 @@ pub async fn serve(api: &Api, req: &Req, t: &Target) -> ApiResult<Response> {
         .transpose()?
         .map(Duration::from_secs);
     let table = req.wants_table();
+    let unfiltered = !table && ls.is_empty() && fs.is_empty();
     let include = req.q("includeObject").map(String::from);
     let res = t.res;
     let kind = res.kind;
@@ -124,6 +136,21 @@ pub async fn serve(api: &Api, req: &Req, t: &Target) -> ApiResult<Response> {
                 }
             };
             last_rev = ev.kv.mod_revision;
+            if unfiltered {
+                // Every event goes out as stored, resourceVersion spliced in: no parse.
+                let kind = match (ev.kind, &ev.prev) {
+                    (EventKind::Delete, _) => "DELETED",
+                    (EventKind::Put, None) => "ADDED",
+                    (EventKind::Put, Some(_)) => "MODIFIED",
+                };
+                let Ok(obj) = crate::object::with_rv(&ev.kv) else {
+                    continue;
+                };
+                if tx.send(Ok(raw_line(kind, &obj))).await.is_err() {
+                    return;
+                }
+                continue;
+            }
             let (Ok(mut obj), prev) = (
                 from_kv(&ev.kv),
                 ev.prev.as_ref().and_then(|p| from_kv(p).ok()),

@@ -4,6 +4,10 @@
 //! little-endian u64) followed by the value; table `meta` holds the current revision under
 //! `revision`. The revision is written in the same write transaction as the data, so a crash
 //! leaves either the whole batch (and its revision) or nothing.
+//!
+//! Reads are served from an in-memory copy (the memory engine), loaded at open and updated
+//! after each durable commit — the role the watch cache plays in Kubernetes: a read never
+//! pays for a redb transaction, and the working set of a small cluster fits in memory.
 
 use std::path::Path;
 
@@ -12,6 +16,7 @@ use bytes::Bytes;
 use redb::{Database, Durability, ReadTransaction, TableDefinition};
 
 use crate::engine::{Change, Engine};
+use crate::memory::MemoryEngine;
 use crate::types::{KeyValue, Revision};
 
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
@@ -22,6 +27,7 @@ const REDB_CACHE_BYTES: usize = 8 * 1024 * 1024;
 
 pub(crate) struct RedbEngine {
     db: Database,
+    cache: MemoryEngine,
 }
 
 impl RedbEngine {
@@ -40,7 +46,38 @@ impl RedbEngine {
         txn.open_table(KV).context("creating table kv")?;
         txn.open_table(META).context("creating table meta")?;
         txn.commit().context("committing initial tables")?;
-        Ok(Self { db })
+        let engine = Self {
+            db,
+            cache: MemoryEngine::default(),
+        };
+        let (all, revision) = engine.load("")?;
+        let changes: Vec<Change> = all
+            .into_iter()
+            .map(|kv| (kv.key.clone(), Some(kv)))
+            .collect();
+        engine.cache.commit(revision, &changes)?;
+        Ok(engine)
+    }
+
+    /// Keys under `prefix` and the revision, read from the database itself.
+    fn load(&self, prefix: &str) -> anyhow::Result<(Vec<KeyValue>, Revision)> {
+        // One read transaction for both, so the revision matches the listed snapshot.
+        let txn = self.read()?;
+        let revision = read_revision(&txn)?;
+        let table = txn.open_table(KV).context("opening table kv")?;
+        let mut out = Vec::new();
+        for entry in table
+            .range::<&str>(prefix..)
+            .with_context(|| format!("listing {prefix:?}"))?
+        {
+            let (k, v) = entry.with_context(|| format!("listing {prefix:?}"))?;
+            let key = k.value();
+            if !key.starts_with(prefix) {
+                break;
+            }
+            out.push(decode(key, v.value())?);
+        }
+        Ok((out, revision))
     }
 
     fn read(&self) -> anyhow::Result<ReadTransaction> {
@@ -86,34 +123,15 @@ pub(crate) fn decode(key: &str, raw: &[u8]) -> anyhow::Result<KeyValue> {
 
 impl Engine for RedbEngine {
     fn get(&self, key: &str) -> anyhow::Result<Option<KeyValue>> {
-        let txn = self.read()?;
-        let table = txn.open_table(KV).context("opening table kv")?;
-        let raw = table.get(key).with_context(|| format!("reading {key:?}"))?;
-        raw.map(|g| decode(key, g.value())).transpose()
+        self.cache.get(key)
     }
 
     fn list(&self, prefix: &str) -> anyhow::Result<(Vec<KeyValue>, Revision)> {
-        // One read transaction for both, so the revision matches the listed snapshot.
-        let txn = self.read()?;
-        let revision = read_revision(&txn)?;
-        let table = txn.open_table(KV).context("opening table kv")?;
-        let mut out = Vec::new();
-        for entry in table
-            .range::<&str>(prefix..)
-            .with_context(|| format!("listing {prefix:?}"))?
-        {
-            let (k, v) = entry.with_context(|| format!("listing {prefix:?}"))?;
-            let key = k.value();
-            if !key.starts_with(prefix) {
-                break;
-            }
-            out.push(decode(key, v.value())?);
-        }
-        Ok((out, revision))
+        self.cache.list(prefix)
     }
 
     fn revision(&self) -> anyhow::Result<Revision> {
-        read_revision(&self.read()?)
+        self.cache.revision()
     }
 
     fn commit(&self, revision: Revision, changes: &[Change]) -> anyhow::Result<()> {
@@ -141,7 +159,8 @@ impl Engine for RedbEngine {
                 .context("writing revision")?;
         }
         txn.commit().context("committing write transaction")?;
-        Ok(())
+        // Visible to readers only once durable.
+        self.cache.commit(revision, changes)
     }
 }
 
