@@ -49,7 +49,11 @@ impl ApiServer {
         cmd.arg("serve")
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["--bind", "127.0.0.1:0"])
+            .args(if extra.contains(&"--bind") {
+                &[][..]
+            } else {
+                &["--bind", "127.0.0.1:0"][..]
+            })
             .arg("--kubeconfig")
             .arg(&kubeconfig)
             .args(extra)
