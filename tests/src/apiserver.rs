@@ -215,6 +215,20 @@ impl Http {
     }
 }
 
+/// The resourceVersions of watch events (`{"type":..,"object":..}` lines), as numbers.
+#[must_use]
+pub fn resource_versions(events: &[Value]) -> Vec<u64> {
+    events
+        .iter()
+        .map(|e| {
+            e["object"]["metadata"]["resourceVersion"]
+                .as_str()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("event without a numeric resourceVersion: {e}"))
+        })
+        .collect()
+}
+
 struct FileGuard(PathBuf);
 
 impl Drop for FileGuard {

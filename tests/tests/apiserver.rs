@@ -671,16 +671,7 @@ fn watch_resume_bookmarks_and_gone() {
             ("DELETED", "w1")
         ]
     );
-    let rvs: Vec<u64> = events
-        .iter()
-        .map(|e| {
-            e["object"]["metadata"]["resourceVersion"]
-                .as_str()
-                .unwrap()
-                .parse()
-                .unwrap()
-        })
-        .collect();
+    let rvs = kproxy_tests::apiserver::resource_versions(&events);
     assert!(rvs.windows(2).all(|w| w[0] < w[1]), "{rvs:?}");
 
     // From the middle: only what came after.

@@ -136,16 +136,7 @@ fn watchers_see_concurrent_writes_once_in_order() {
             (120, 100, 20),
             "every event once"
         );
-        let rvs: Vec<u64> = events
-            .iter()
-            .map(|e| {
-                e["object"]["metadata"]["resourceVersion"]
-                    .as_str()
-                    .unwrap()
-                    .parse()
-                    .unwrap()
-            })
-            .collect();
+        let rvs = kproxy_tests::apiserver::resource_versions(&events);
         assert!(
             rvs.windows(2).all(|p| p[0] < p[1]),
             "strictly increasing: {rvs:?}"

@@ -1,62 +1,22 @@
-//! Label selector matching and printing, as metav1.LabelSelectorAsSelector does them (for the
-//! template check of workload validation and the SELECTOR column).
+//! Label selectors as the workload validation and the SELECTOR columns use them (on top of
+//! kproxy-apimachinery's selector), and label maps as `kubectl get` prints them.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kproxy_apimachinery::selector::LabelSelector as Selector;
 
-/// Whether `labels` satisfy every requirement of `sel`. An empty selector matches everything.
-/// Unknown operators match nothing.
+/// Whether `labels` satisfy every requirement of `sel` (kproxy-apimachinery's selector). An
+/// empty selector matches everything; a selector that does not convert matches nothing.
 pub(crate) fn matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    let by_label = sel
-        .match_labels
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
-    by_label
-        && sel.match_expressions.iter().flatten().all(|req| {
-            let values = req.values.as_deref().unwrap_or_default();
-            let value = labels.get(&req.key);
-            match req.operator.as_str() {
-                "In" => value.is_some_and(|v| values.contains(v)),
-                "NotIn" => value.is_none_or(|v| !values.contains(v)),
-                "Exists" => value.is_some(),
-                "DoesNotExist" => value.is_none(),
-                _ => false,
-            }
-        })
+    Selector::from_api(sel).is_ok_and(|s| s.matches(labels))
 }
 
 /// The selector in Kubernetes' string form (`app=web,tier in (a,b),!legacy`), requirements
-/// sorted by key; "" for an empty selector. `None` when the selector cannot be converted
-/// (unknown operator, In/NotIn without values, Exists with values).
+/// sorted by key; "" for an empty selector. `None` when the selector does not convert (unknown
+/// operator, In/NotIn without values, Exists with values).
 pub(crate) fn selector_string(sel: &LabelSelector) -> Option<String> {
-    let mut reqs: Vec<(String, String)> = sel
-        .match_labels
-        .iter()
-        .flatten()
-        .map(|(k, v)| (k.clone(), format!("{k}={v}")))
-        .collect();
-    for req in sel.match_expressions.iter().flatten() {
-        let mut values = req.values.clone().unwrap_or_default();
-        values.sort();
-        let k = &req.key;
-        let s = match (req.operator.as_str(), values.is_empty()) {
-            ("In", false) => format!("{k} in ({})", values.join(",")),
-            ("NotIn", false) => format!("{k} notin ({})", values.join(",")),
-            ("Exists", true) => k.clone(),
-            ("DoesNotExist", true) => format!("!{k}"),
-            _ => return None,
-        };
-        reqs.push((k.clone(), s));
-    }
-    reqs.sort_by(|a, b| a.0.cmp(&b.0));
-    Some(
-        reqs.into_iter()
-            .map(|(_, s)| s)
-            .collect::<Vec<_>>()
-            .join(","),
-    )
+    Selector::from_api(sel).ok().map(|s| s.to_string())
 }
 
 /// labels.FormatLabels: `k=v,k2=v2` sorted by key, "<none>" when empty.

@@ -141,7 +141,9 @@ fn metadata(obj: &Value) -> ObjectMeta {
 }
 
 /// translateTimestampSince: the age of `t` at `now`, "<unknown>" without a time.
-pub(crate) fn since(t: Option<Timestamp>, now: Timestamp) -> String {
+/// kubectl's age of `t` at `now`: `<unknown>` without a timestamp, `<invalid>` for one more
+/// than a second in the future.
+pub fn age_since(t: Option<Timestamp>, now: Timestamp) -> String {
     let Some(t) = t else {
         return "<unknown>".into();
     };
@@ -160,7 +162,10 @@ pub(crate) fn since(t: Option<Timestamp>, now: Timestamp) -> String {
 
 /// The age column of an object.
 pub(crate) fn age(meta: &ObjectMeta, now: Timestamp) -> Value {
-    json!(since(meta.creation_timestamp.as_ref().map(|t| t.0), now))
+    json!(age_since(
+        meta.creation_timestamp.as_ref().map(|t| t.0),
+        now
+    ))
 }
 
 /// kubectl's duration.HumanDuration: about two significant figures ("45s", "5m2s", "3h",

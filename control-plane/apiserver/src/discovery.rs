@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::registry::{RESOURCES, Resource, groups};
+use crate::registry::{Resource, groups};
 
 /// The Kubernetes release whose API we follow; kubectl's dispatcher picks its client from it.
 pub const KUBE_MINOR: &str = "33";
@@ -87,10 +87,7 @@ fn entries(r: &Resource) -> Vec<Value> {
 }
 
 pub fn resource_list(group: &str, version: &str) -> Option<Value> {
-    let rs: Vec<&Resource> = RESOURCES
-        .iter()
-        .filter(|r| r.group == group && r.version == version)
-        .collect();
+    let rs = crate::registry::in_group_version(group, version);
     if rs.is_empty() {
         return None;
     }

@@ -165,13 +165,7 @@ fn split_path(path: &str) -> Option<(&str, &str, Vec<&str>)> {
 }
 
 fn target(group: &str, version: &str, rest: &[&str]) -> ApiResult<Target> {
-    let nf = || {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            "the server could not find the requested resource",
-        )
-    };
+    let nf = ApiError::no_route;
     let (ns, rest) = match rest {
         // /namespaces/NAME[/status] is the namespace itself; /namespaces/NS/PLURAL... is inside it.
         ["namespaces", ns, plural, tail @ ..]
@@ -257,12 +251,7 @@ async fn dispatch(State(api): State<Shared>, req: Request) -> Response {
         return json(StatusCode::OK, &doc);
     }
     let Some((group, version, rest)) = split_path(&path) else {
-        return ApiError::new(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            "the server could not find the requested resource",
-        )
-        .into_response();
+        return ApiError::no_route().into_response();
     };
     let t = match target(group, version, &rest) {
         Ok(t) => t,

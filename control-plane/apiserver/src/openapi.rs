@@ -7,7 +7,7 @@
 
 use serde_json::{Value, json};
 
-use crate::registry::{RESOURCES, Resource, groups};
+use crate::registry::{Resource, groups};
 
 fn gv_path(group: &str, version: &str) -> String {
     if group.is_empty() {
@@ -64,10 +64,7 @@ pub fn group_version(path: &str) -> Option<Value> {
         ["apis", g, v] => (*g, *v),
         _ => return None,
     };
-    let rs: Vec<&Resource> = RESOURCES
-        .iter()
-        .filter(|r| r.group == group && r.version == version)
-        .collect();
+    let rs = crate::registry::in_group_version(group, version);
     if rs.is_empty() {
         return None;
     }

@@ -246,6 +246,14 @@ pub fn lookup(group: &str, version: &str, plural: &str) -> Option<&'static Resou
         .find(|r| r.group == group && r.version == version && r.plural == plural)
 }
 
+/// The resources served under one group-version (empty if it is not served).
+pub fn in_group_version(group: &str, version: &str) -> Vec<&'static Resource> {
+    RESOURCES
+        .iter()
+        .filter(|r| r.group == group && r.version == version)
+        .collect()
+}
+
 pub fn by_kind(kind: &str) -> Option<&'static Resource> {
     RESOURCES.iter().find(|r| r.kind == kind)
 }

@@ -26,11 +26,7 @@ pub async fn serve(
     bound_to: Option<String>,
 ) -> ApiResult<Response> {
     if t.res.namespaced && t.ns.is_none() && !matches!(verb, "list" | "watch") {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            "the server could not find the requested resource",
-        ));
+        return Err(ApiError::no_route());
     }
     let ok = |v: &Value| json_resp(StatusCode::OK, v);
     match (verb, t.sub.as_deref()) {
@@ -38,13 +34,7 @@ pub async fn serve(
         ("watch", None) => crate::watch::serve(api, req, t).await,
         ("get", None | Some("status")) if !req.wants_table() => {
             // The hot path: stored bytes with the resourceVersion spliced in, no parse.
-            let name = t.name.as_deref().unwrap_or_default();
-            let kv = api
-                .store
-                .get(&t.res.key(t.ns.as_deref(), name))
-                .await?
-                .ok_or_else(|| ApiError::not_found(&t.res.group_resource(), name))?;
-            Ok(raw_json(object::with_rv(&kv)?))
+            Ok(raw_json(object::with_rv(&get_kv(api, t).await?)?))
         }
         ("get", None | Some("status")) => {
             let obj = get(api, t).await?;
@@ -209,14 +199,16 @@ fn raw_json(body: Vec<u8>) -> Response {
         .into_response()
 }
 
-async fn get(api: &Api, t: &Target) -> ApiResult<Value> {
+async fn get_kv(api: &Api, t: &Target) -> ApiResult<kproxy_store::KeyValue> {
     let name = t.name.as_deref().unwrap_or_default();
-    let kv = api
-        .store
+    api.store
         .get(&t.res.key(t.ns.as_deref(), name))
         .await?
-        .ok_or_else(|| ApiError::not_found(&t.res.group_resource(), name))?;
-    from_kv(&kv)
+        .ok_or_else(|| ApiError::not_found(&t.res.group_resource(), name))
+}
+
+async fn get(api: &Api, t: &Target) -> ApiResult<Value> {
+    from_kv(&get_kv(api, t).await?)
 }
 
 /// Checks (or fills in) apiVersion and kind of a request body.

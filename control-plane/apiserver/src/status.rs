@@ -39,6 +39,15 @@ impl ApiError {
         e
     }
 
+    /// A path that names no resource (unknown group, version, kind or subresource).
+    pub fn no_route() -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
+    }
+
     pub fn already_exists(group_resource: &str, name: &str) -> Self {
         let mut e = Self::new(
             StatusCode::CONFLICT,

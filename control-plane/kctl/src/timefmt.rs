@@ -1,5 +1,5 @@
 //! Time formatting and parsing the way kubectl does it: ages like `5m`/`3h2m`
-//! (apimachinery's `HumanDuration`), RFC 1123 timestamps in describe output, and Go duration
+//! (apimachinery's `HumanDuration`, shared with the server's tables), RFC 1123 timestamps in describe output, and Go duration
 //! flags like `--timeout=1m30s`.
 
 use std::time::Duration;
@@ -7,72 +7,10 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 use jiff::{Timestamp, tz::TimeZone};
 
-/// kubectl's approximate age of something, e.g. `45s`, `7m3s`, `3h`, `2d5h`, `1y30d`.
-pub fn human_duration(d: jiff::SignedDuration) -> String {
-    let seconds = d.as_secs();
-    // Up to two seconds in the future counts as "now" (clock skew between client and server).
-    if seconds < -1 {
-        return "<invalid>".into();
-    }
-    if seconds < 0 {
-        return "0s".into();
-    }
-    if seconds < 60 * 2 {
-        return format!("{seconds}s");
-    }
-    let minutes = seconds / 60;
-    if minutes < 10 {
-        let s = seconds % 60;
-        return if s == 0 {
-            format!("{minutes}m")
-        } else {
-            format!("{minutes}m{s}s")
-        };
-    }
-    if minutes < 60 * 3 {
-        return format!("{minutes}m");
-    }
-    let hours = minutes / 60;
-    if hours < 8 {
-        let m = minutes % 60;
-        return if m == 0 {
-            format!("{hours}h")
-        } else {
-            format!("{hours}h{m}m")
-        };
-    }
-    if hours < 48 {
-        return format!("{hours}h");
-    }
-    if hours < 24 * 8 {
-        let h = hours % 24;
-        return if h == 0 {
-            format!("{}d", hours / 24)
-        } else {
-            format!("{}d{h}h", hours / 24)
-        };
-    }
-    if hours < 24 * 365 * 2 {
-        return format!("{}d", hours / 24);
-    }
-    if hours < 24 * 365 * 8 {
-        let days = (hours / 24) % 365;
-        let years = hours / 24 / 365;
-        return if days == 0 {
-            format!("{years}y")
-        } else {
-            format!("{years}y{days}d")
-        };
-    }
-    format!("{}y", hours / 24 / 365)
-}
-
 /// Age of `t` relative to `now`; `<unknown>` when there is no timestamp.
+/// One implementation with the server's AGE column: kproxy-api's.
 pub fn age(t: Option<Timestamp>, now: Timestamp) -> String {
-    match t {
-        Some(t) => human_duration(now.duration_since(t)),
-        None => "<unknown>".into(),
-    }
+    kproxy_api::table::age_since(t, now)
 }
 
 /// Go's `time.RFC1123Z` (`Mon, 02 Jan 2006 15:04:05 -0700`) in the given zone.
@@ -128,31 +66,6 @@ pub fn parse_go_duration(s: &str) -> Result<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use jiff::SignedDuration;
-
-    fn hd(secs: i64) -> String {
-        human_duration(SignedDuration::from_secs(secs))
-    }
-
-    #[test]
-    fn human_durations_follow_kubectl() {
-        assert_eq!(hd(-5), "<invalid>");
-        assert_eq!(hd(-1), "0s");
-        assert_eq!(hd(0), "0s");
-        assert_eq!(hd(119), "119s");
-        assert_eq!(hd(120), "2m");
-        assert_eq!(hd(7 * 60 + 3), "7m3s");
-        assert_eq!(hd(45 * 60), "45m");
-        assert_eq!(hd(3 * 3600), "3h");
-        assert_eq!(hd(3 * 3600 + 120), "3h2m");
-        assert_eq!(hd(30 * 3600), "30h");
-        assert_eq!(hd(2 * 86400 + 5 * 3600), "2d5h");
-        assert_eq!(hd(3 * 86400), "3d");
-        assert_eq!(hd(100 * 86400), "100d");
-        assert_eq!(hd(800 * 86400), "2y70d");
-        assert_eq!(hd(365 * 3 * 86400), "3y");
-        assert_eq!(hd(365 * 10 * 86400), "10y");
-    }
 
     #[test]
     fn age_without_timestamp_is_unknown() {

@@ -7,7 +7,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, Namespace, Node};
 use serde_json::{Value, json};
 
-use super::{AGE, Column, NAME, age, col, since, wide};
+use super::{AGE, Column, NAME, age, age_since, col, wide};
 
 const NODE_ROLE_PREFIX: &str = "node-role.kubernetes.io/";
 const NODE_ROLE_LABEL: &str = "kubernetes.io/role";
@@ -199,16 +199,16 @@ fn first_non_empty(a: Option<&String>, b: Option<&String>) -> String {
 
 pub(super) fn event_row(ev: &Event, now: Timestamp) -> Vec<Value> {
     let first = match &ev.first_timestamp {
-        Some(t) => since(Some(t.0), now),
-        None => since(ev.event_time.as_ref().map(|t| t.0), now),
+        Some(t) => age_since(Some(t.0), now),
+        None => age_since(ev.event_time.as_ref().map(|t| t.0), now),
     };
     let mut last = match &ev.last_timestamp {
-        Some(t) => since(Some(t.0), now),
+        Some(t) => age_since(Some(t.0), now),
         None => first.clone(),
     };
     let mut count = ev.count.unwrap_or(0);
     if let Some(series) = &ev.series {
-        last = since(series.last_observed_time.as_ref().map(|t| t.0), now);
+        last = age_since(series.last_observed_time.as_ref().map(|t| t.0), now);
         count = series.count.unwrap_or(0);
     } else if count == 0 {
         // Events of the events.k8s.io API happen once unless they form a series.

@@ -6,7 +6,7 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ContainerState, ContainerStatus, Pod, PodCondition};
 use serde_json::{Value, json};
 
-use super::{AGE, Column, NAME, age, col, since, wide};
+use super::{AGE, Column, NAME, age, age_since, col, wide};
 
 pub(super) fn columns() -> Vec<Column> {
     vec![
@@ -188,7 +188,7 @@ pub(super) fn row(pod: &Pod, now: Timestamp) -> Vec<Value> {
     }
 
     let restarts_cell = match last_restart {
-        Some(t) if restarts != 0 => format!("{restarts} ({} ago)", since(Some(t), now)),
+        Some(t) if restarts != 0 => format!("{restarts} ({} ago)", age_since(Some(t), now)),
         _ => restarts.to_string(),
     };
 

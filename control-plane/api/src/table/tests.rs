@@ -72,11 +72,11 @@ fn ages_tolerate_small_skew() {
                 .expect("in range"),
         )
     };
-    assert_eq!(since(None, now()), "<unknown>");
-    assert_eq!(since(t(-90_000), now()), "90s");
-    assert_eq!(since(t(500), now()), "0s");
-    assert_eq!(since(t(1_900), now()), "0s");
-    assert_eq!(since(t(2_000), now()), "<invalid>");
+    assert_eq!(age_since(None, now()), "<unknown>");
+    assert_eq!(age_since(t(-90_000), now()), "90s");
+    assert_eq!(age_since(t(500), now()), "0s");
+    assert_eq!(age_since(t(1_900), now()), "0s");
+    assert_eq!(age_since(t(2_000), now()), "<invalid>");
 }
 
 #[test]
