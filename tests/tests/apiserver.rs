@@ -118,6 +118,31 @@ fn crud_conflicts_and_generate_name() {
     assert_eq!(r.json()["message"], "pods \"web-1\" not found");
     assert_eq!(h.delete(&format!("{PODS}/web-1")).code, 404);
 
+    // System namespaces stay; others terminate and take their contents with them.
+    let r = h.delete("/api/v1/namespaces/default");
+    assert_eq!(r.code, 403, "{}", r.body);
+    let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "scratch"}});
+    assert_eq!(h.post("/api/v1/namespaces", &ns).code, 201);
+    assert_eq!(
+        h.post(
+            "/api/v1/namespaces/scratch/pods",
+            &pod("in-scratch", json!({}))
+        )
+        .code,
+        201
+    );
+    let r = h.delete("/api/v1/namespaces/scratch");
+    assert_eq!(
+        (r.code, r.json()["status"]["phase"].as_str()),
+        (200, Some("Terminating")),
+        "{}",
+        r.body
+    );
+    kproxy_tests::eventually("namespace scratch and its pod are gone", || {
+        h.get("/api/v1/namespaces/scratch").code == 404
+            && h.get("/api/v1/namespaces/scratch/pods/in-scratch").code == 404
+    });
+
     // Namespaces must exist.
     let r = h.post("/api/v1/namespaces/nope/pods", &pod("x", json!({})));
     assert_eq!(r.code, 404, "{}", r.body);
@@ -833,4 +858,49 @@ fn discovery_version_and_tables() {
         (Some("web"), Some("NodePort"), Some("10.96.0.50"))
     );
     assert_eq!(cells[4], "80:30080/TCP");
+}
+
+#[test]
+fn deletion_propagates_along_owner_references() {
+    let (_d, _s, h) = server(&[]);
+    let deploys = "/apis/apps/v1/namespaces/default/deployments";
+    let owner = |name: &str| {
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
+            "spec": {"selector": {"matchLabels": {"app": name}},
+                     "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}}})
+    };
+    let owned = |name: &str, owner: &Value| {
+        let mut p = pod(name, json!({}));
+        p["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "Deployment",
+            "name": owner["metadata"]["name"], "uid": owner["metadata"]["uid"], "controller": true}]);
+        p
+    };
+    for (mode, query) in [
+        ("background", ""),
+        ("foreground", "?propagationPolicy=Foreground"),
+        ("orphan", "?propagationPolicy=Orphan"),
+    ] {
+        let o = h.post(deploys, &owner(mode)).json();
+        let child = format!("{mode}-child");
+        assert_eq!(h.post(PODS, &owned(&child, &o)).code, 201);
+        let r = h.delete(&format!("{deploys}/{mode}{query}"));
+        assert_eq!(r.code, 200, "{}", r.body);
+        if mode == "orphan" {
+            let p = h.get(&format!("{PODS}/{child}"));
+            assert_eq!(p.code, 200, "orphans stay: {}", p.body);
+            assert!(
+                p.json()["metadata"]
+                    .get("ownerReferences")
+                    .is_none_or(|r| r.as_array().unwrap().is_empty()),
+                "{}",
+                p.body
+            );
+        } else {
+            kproxy_tests::eventually(&format!("{mode}: dependent deleted"), || {
+                h.get(&format!("{PODS}/{child}")).code == 404
+            });
+        }
+    }
+    let r = h.delete(&format!("{deploys}/x?propagationPolicy=Sideways"));
+    assert_eq!(r.code, 422, "{}", r.body);
 }

@@ -830,6 +830,14 @@ pub async fn delete(
         let uid = object::uid(&cur).unwrap_or_default().to_string();
         let ns = object::namespace(&cur).map(String::from);
         let policy = opts.propagation.as_deref().unwrap_or("Background");
+        // As in Kubernetes: the namespaces the cluster itself lives in stay.
+        if res.kind == "Namespace" && crate::server::SYSTEM_NAMESPACES.contains(&name.as_str()) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                format!("namespaces \"{name}\" is forbidden: this namespace may not be deleted"),
+            ));
+        }
 
         // Marking for deletion instead of deleting: graceful pods, namespaces, finalizers.
         let grace = opts.grace.unwrap_or_else(|| {
