@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_api;
+mod images;
 mod run;
 mod setup;
 mod test;
@@ -29,6 +30,9 @@ enum Command {
     /// Build in release mode and run the benchmarks (`dataplane`: kproxy vs iptables vs
     /// nftables; `api`: the API server under kube-rs clients); results in target/bench/.
     Bench(bench::BenchArgs),
+    /// Build the node's container images locally (kproxy/pause:1, kproxy/httpd:1 alias
+    /// httpd:latest, kproxy/kecho:1 alias kecho:latest); skips images already up to date.
+    Images,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -38,5 +42,6 @@ fn main() -> anyhow::Result<()> {
         Command::Run(args) => run::run(&args),
         Command::Test(args) => test::test(&args),
         Command::Bench(args) => bench::bench(&args),
+        Command::Images => images::images(),
     }
 }

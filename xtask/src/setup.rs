@@ -68,8 +68,11 @@ pub fn setup(args: &SetupArgs) -> Result<()> {
     apt_packages()?;
     bpf_linker()?;
     bpffs()?;
-    if !args.no_docker {
+    if args.no_docker {
+        println!("setup: --no-docker: not building the pod images (cargo xtask images)");
+    } else {
         docker_engine()?;
+        crate::images::images()?;
     }
     println!("setup: done in {:.1?}", started.elapsed());
     Ok(())
