@@ -1,0 +1,77 @@
+//! The node bridge the pods' host-side veths are enslaved to.
+
+use ipnet::Ipv4Net;
+use rtnetlink::{LinkBridge, packet_route::link::InfoKind};
+
+use crate::{
+    Error, Result,
+    names::validate_ifname,
+    nl::{Netlink, ensure_v4_addr, errno, link_by_name, set_up},
+};
+
+/// Creates the Linux bridge `name` if it is missing, gives it `gateway` (e.g.
+/// `10.244.0.1/24`: the pods' default gateway and the route to them from the host) and
+/// brings it up. Idempotent; a non-bridge link of that name is an error.
+pub async fn ensure_bridge(name: &str, gateway: Ipv4Net) -> Result<()> {
+    validate_ifname(name)?;
+    if gateway.addr() == gateway.network() || gateway.addr() == gateway.broadcast() {
+        return Err(Error::InvalidConfig(format!(
+            "bridge address {gateway} must be a host address, not the network or broadcast"
+        )));
+    }
+    let nl = Netlink::open()?;
+    let h = &nl.handle;
+    let link = match link_by_name(h, name).await? {
+        Some(link) => link,
+        None => {
+            match h.link().add(LinkBridge::new(name).build()).execute().await {
+                // Someone else created it meanwhile: fine, it is checked below.
+                Err(e) if errno(&e) == Some(libc::EEXIST) => {}
+                r => r.map_err(Error::netlink(format!("creating bridge {name}")))?,
+            }
+            link_by_name(h, name)
+                .await?
+                .ok_or_else(|| Error::LinkMissing(name.to_owned()))?
+        }
+    };
+    if link.kind != Some(InfoKind::Bridge) {
+        return Err(Error::WrongLinkKind {
+            name: name.to_owned(),
+            expected: "bridge",
+        });
+    }
+    // Not exclusive: the host may have put other addresses on the bridge on purpose.
+    ensure_v4_addr(
+        h,
+        link.index,
+        name,
+        gateway.addr(),
+        gateway.prefix_len(),
+        false,
+    )
+    .await?;
+    set_up(h, link.index, name).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn bad_input_is_rejected_up_front() {
+        for (name, cidr) in [
+            ("kbr0", "10.0.0.0/24"),
+            ("kbr0", "10.0.0.255/24"),
+            ("", "10.0.0.1/24"),
+            ("name-longer-than-15", "10.0.0.1/24"),
+        ] {
+            let err = ensure_bridge(name, cidr.parse().unwrap())
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(err, Error::InvalidIfname { .. } | Error::InvalidConfig(_)),
+                "{name} {cidr}: {err}"
+            );
+        }
+    }
+}
