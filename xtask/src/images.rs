@@ -219,12 +219,10 @@ pub fn context_tar(dockerfile: &str, files: &[ContextFile]) -> Result<Vec<u8>> {
 /// FNV-1a (64-bit) of the context, hex: a cache key, not a security boundary.
 #[must_use]
 pub fn context_hash(context: &[u8]) -> String {
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    let h = context
-        .iter()
-        .fold(OFFSET, |h, &b| (h ^ u64::from(b)).wrapping_mul(PRIME));
-    format!("fnv1a64:{h:016x}")
+    use std::hash::Hasher as _;
+    let mut h = fnv::FnvHasher::default();
+    h.write(context);
+    format!("fnv1a64:{:016x}", h.finish())
 }
 
 /// Splits `repo[:tag]` into repository and tag (default `latest`); a `:` inside a registry

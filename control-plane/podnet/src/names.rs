@@ -9,16 +9,15 @@ const IFNAME_MAX: usize = 15;
 
 /// The host-side veth name for a pod: `kv` + 10 hex digits of a hash of the pod uid.
 ///
-/// FNV-1a is spelled out here (rather than `DefaultHasher`) because the name must stay the
-/// same across kubelet builds: a restarted, upgraded kubelet finds and removes the veths of
-/// the pods it already ran by recomputing their names.
+/// FNV-1a (rather than `DefaultHasher`) because the name must stay the same across kubelet
+/// builds: a restarted, upgraded kubelet finds and removes the veths of the pods it already ran
+/// by recomputing their names.
 #[must_use]
 pub fn host_ifname(pod_uid: &str) -> String {
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    let hash = pod_uid
-        .bytes()
-        .fold(OFFSET, |h, b| (h ^ u64::from(b)).wrapping_mul(PRIME));
+    use std::hash::Hasher as _;
+    let mut h = fnv::FnvHasher::default();
+    h.write(pod_uid.as_bytes());
+    let hash = h.finish();
     // 10 hex digits = the top 40 bits.
     format!("kv{:010x}", hash >> 24)
 }
