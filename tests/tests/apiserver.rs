@@ -587,14 +587,12 @@ fn service_addresses_are_allocated_once_and_released() {
     assert!((30000..=32767).contains(&np));
     let r = h.post(SVCS, &svc("np2", "LoadBalancer", None, Some(np as u16)));
     assert_eq!(r.code, 422, "node port taken: {}", r.body);
-    assert_ne!(
-        np, 31999,
-        "the random port collides with the fixed one below; rerun"
-    );
-    let r = h.post(SVCS, &svc("np3", "NodePort", None, Some(31999)));
+    // A fixed port for the rest of the test, one the random allocation above did not take.
+    let fixed: u16 = if np == 31999 { 31998 } else { 31999 };
+    let r = h.post(SVCS, &svc("np3", "NodePort", None, Some(fixed)));
     assert_eq!(
         (r.code, r.json()["spec"]["ports"][0]["nodePort"].as_u64()),
-        (201, Some(31999)),
+        (201, Some(u64::from(fixed))),
         "{}",
         r.body
     );
@@ -612,7 +610,7 @@ fn service_addresses_are_allocated_once_and_released() {
         422
     );
     assert_eq!(
-        h.post(SVCS, &svc("np5", "NodePort", None, Some(31999)))
+        h.post(SVCS, &svc("np5", "NodePort", None, Some(fixed)))
             .code,
         422
     );
@@ -622,7 +620,7 @@ fn service_addresses_are_allocated_once_and_released() {
     assert_eq!(h.delete(&format!("{SVCS}/np3")).code, 200);
     let r = h.post(
         SVCS,
-        &svc("again", "NodePort", Some("10.96.7.7"), Some(31999)),
+        &svc("again", "NodePort", Some("10.96.7.7"), Some(fixed)),
     );
     assert_eq!(r.code, 201, "{}", r.body);
 
@@ -635,7 +633,7 @@ fn service_addresses_are_allocated_once_and_released() {
     assert_eq!(r.code, 200, "{}", r.body);
     assert_eq!(r.json()["spec"]["clusterIP"], "10.96.7.7");
     assert_eq!(
-        h.post(SVCS, &svc("np6", "NodePort", None, Some(31999)))
+        h.post(SVCS, &svc("np6", "NodePort", None, Some(fixed)))
             .code,
         201
     );
