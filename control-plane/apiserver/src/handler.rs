@@ -236,6 +236,8 @@ async fn dispatch(State(api): State<Shared>, req: Request) -> Response {
         if id != Identity::Admin {
             return ApiError::forbidden(&id.user(), "get", "/metrics", None).into_response();
         }
+        // The store's revision is read at scrape time rather than tracked on every write.
+        api.metrics.revision.set(api.store.revision() as i64);
         return (
             [(
                 header::CONTENT_TYPE,
@@ -296,10 +298,11 @@ async fn dispatch(State(api): State<Shared>, req: Request) -> Response {
 }
 
 async fn handle(api: &Shared, req: &Req, t: &Target, verb: &'static str) -> ApiResult<Response> {
-    // For create the object's name is in the body; authorization needs it for node rules.
+    // For create the object's name is in the body. Only the node rules need it, so only a
+    // node's request pays for this extra decode (in any wire format the body may use).
     let mut name = t.name.clone();
-    if verb == "create" && name.is_none() {
-        name = serde_json::from_slice::<Value>(&req.body)
+    if verb == "create" && name.is_none() && req.id != Identity::Admin {
+        name = crate::object::parse_body(req.content_type(), &req.body)
             .ok()
             .and_then(|v| crate::object::name(&v).map(String::from));
     }

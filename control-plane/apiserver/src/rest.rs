@@ -421,7 +421,6 @@ pub async fn create(api: &Api, req: &Req, t: &Target) -> ApiResult<Value> {
         match api.store.txn(ops).await {
             Ok(kvs) => {
                 set_rv(&mut o, kvs[0].mod_revision);
-                api.metrics.revision.set(kvs[0].mod_revision as i64);
                 return Ok(o);
             }
             Err(StoreError::AlreadyExists(k)) if k == key && !named => continue,
@@ -617,7 +616,7 @@ pub async fn update(
                 0,
                 Op::Update {
                     key: key.clone(),
-                    value: to_stored(&without_rv(&new)),
+                    value: to_stored(&new),
                     expected: Some(kv.mod_revision),
                 },
             );
@@ -628,7 +627,6 @@ pub async fn update(
         match api.store.txn(ops).await {
             Ok(kvs) => {
                 set_rv(&mut new, kvs[0].mod_revision);
-                api.metrics.revision.set(kvs[0].mod_revision as i64);
                 return Ok(new);
             }
             Err(StoreError::Conflict { .. }) if want_rv.is_none() => continue,
@@ -664,13 +662,12 @@ fn scale_of(obj: &Value) -> ApiResult<Value> {
 
 fn edit_scale(cur: &Value, edit: &Edit) -> ApiResult<Value> {
     let mut scale = scale_of(cur)?;
-    let rv_cur = scale["metadata"]["resourceVersion"].clone();
+    // Without the current resourceVersion, any resourceVersion in the result came from the
+    // client: a precondition on the parent, as for the object itself.
+    meta_mut(&mut scale).remove("resourceVersion");
     let new_scale = match edit {
         Edit::Replace(v) => v.clone(),
-        Edit::Patch(..) => {
-            meta_mut(&mut scale).remove("resourceVersion");
-            edit.apply("Scale", &scale)?
-        }
+        Edit::Patch(..) => edit.apply("Scale", &scale)?,
     };
     let replicas = &new_scale["spec"]["replicas"];
     let n = match replicas.as_i64() {
@@ -688,18 +685,10 @@ fn edit_scale(cur: &Value, edit: &Edit) -> ApiResult<Value> {
     };
     let mut out = cur.clone();
     out["spec"]["replicas"] = json!(n);
-    // A resourceVersion in the Scale body is a precondition on the parent.
-    match str_at(&new_scale, &["metadata", "resourceVersion"]) {
-        Some(rv) if !rv.is_empty() && rv != rv_cur => {
-            meta_mut(&mut out).insert("resourceVersion".into(), json!(rv));
-        }
-        Some(rv) if !rv.is_empty() && matches!(edit, Edit::Replace(_)) => {
-            meta_mut(&mut out).insert("resourceVersion".into(), json!(rv));
-        }
-        _ => {
-            meta_mut(&mut out).remove("resourceVersion");
-        }
-    }
+    match str_at(&new_scale, &["metadata", "resourceVersion"]).filter(|rv| !rv.is_empty()) {
+        Some(rv) => meta_mut(&mut out).insert("resourceVersion".into(), json!(rv)),
+        None => meta_mut(&mut out).remove("resourceVersion"),
+    };
     Ok(out)
 }
 

@@ -95,7 +95,7 @@ async fn bootstrap(store: &dyn Store) -> Result<()> {
     Ok(())
 }
 
-/// Runs until `shutdown` resolves. Calls `ready` once the socket accepts connections.
+/// Runs until `shutdown` resolves; logs "API server ready" once the socket accepts connections.
 pub async fn run(opts: Options, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
     std::fs::create_dir_all(&opts.data_dir)
         .with_context(|| format!("creating {}", opts.data_dir.display()))?;
@@ -140,7 +140,6 @@ pub async fn run(opts: Options, shutdown: impl std::future::Future<Output = ()>)
         advertise: local.to_string(),
         me: me.clone(),
     });
-    api.metrics.revision.set(api.store.revision() as i64);
     let app = router(api.clone());
     let acceptor = tokio_rustls::TlsAcceptor::from(pki.server_config.clone());
     tracing::info!(url = %server_url, revision = api.store.revision(), "API server ready");
