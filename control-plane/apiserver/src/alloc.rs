@@ -70,8 +70,8 @@ fn invalid(field: &str, value: String, detail: String) -> FieldError {
 
 impl Ranges {
     /// Fills in missing addresses of `svc` (carrying over those of `old` on update) and returns
-    /// the store operations that claim new addresses and release dropped ones. `taken` reports
-    /// whether an allocation key is already held. Field errors are the caller's 422.
+    /// the store operations that claim new addresses and release dropped ones. Field errors
+    /// are the caller's 422.
     pub async fn assign(
         &self,
         store: &dyn Store,

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use kproxy_store::KeyValue;
 use serde_json::Value;
 
 use crate::handler::Api;
@@ -17,7 +18,7 @@ async fn dependents(
     api: &Api,
     ns: Option<&str>,
     uid: &str,
-) -> ApiResult<Vec<(&'static Resource, String, Value)>> {
+) -> ApiResult<Vec<(&'static Resource, KeyValue, Value)>> {
     let mut out = Vec::new();
     if uid.is_empty() {
         return Ok(out);
@@ -30,7 +31,7 @@ async fn dependents(
                 .as_array()
                 .is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid));
             if owned {
-                out.push((res, kv.key.clone(), o));
+                out.push((res, kv, o));
             }
         }
     }
@@ -43,8 +44,8 @@ pub async fn delete_dependents(api: &Api, ns: Option<&str>, uid: &str) -> ApiRes
         propagation: Some("Foreground".into()),
         ..Default::default()
     };
-    for (res, key, _) in dependents(api, ns, uid).await? {
-        match Box::pin(delete(api, res, &key, &opts, None)).await {
+    for (res, kv, _) in dependents(api, ns, uid).await? {
+        match Box::pin(delete(api, res, &kv.key, &opts, None)).await {
             Ok(_) => {}
             Err(e) if e.code == axum::http::StatusCode::NOT_FOUND => {}
             Err(e) => return Err(e),
@@ -64,22 +65,17 @@ pub fn spawn_delete_dependents(api: &Api, ns: Option<String>, uid: String) {
 
 /// Removes the owner reference to `uid` from its dependents (propagationPolicy=Orphan).
 pub async fn orphan(api: &Api, ns: Option<&str>, uid: &str) -> ApiResult<()> {
-    for (_, key, o) in dependents(api, ns, uid).await? {
-        let mut new = o.clone();
+    for (_, kv, mut new) in dependents(api, ns, uid).await? {
         if let Some(refs) = new["metadata"]["ownerReferences"].as_array_mut() {
             refs.retain(|r| r["uid"] != uid);
         }
-        object::meta_mut(&mut new).remove("resourceVersion");
-        let rv = object::field_value(&o, "metadata.resourceVersion")
-            .parse()
-            .unwrap_or(0);
         // A concurrent writer wins; its write keeps the reference, which the next orphaning fixes.
         let _ = api
             .store
             .txn(vec![kproxy_store::Op::Update {
-                key,
+                key: kv.key,
                 value: object::to_stored(&new),
-                expected: Some(rv),
+                expected: Some(kv.mod_revision),
             }])
             .await;
     }
