@@ -4,4 +4,5 @@
 
 pub mod names;
 pub mod patch;
+pub mod quantity;
 pub mod selector;

@@ -1,0 +1,207 @@
+//! The kubelet's HTTPS endpoint, reached only through the API server (mutual TLS): container
+//! logs and exec sessions for `pods/log` and `pods/exec`. Also home of the Docker label scheme
+//! that ties containers to pods, shared by the kubelet and this server.
+//!
+//! - `GET /containerLogs/{namespace}/{pod}/{container}` (follow, previous, tailLines,
+//!   timestamps, sinceSeconds, sinceTime, limitBytes): the Docker log, streamed.
+//! - `GET|POST /exec/{namespace}/{pod}/{container}?command=..`: a WebSocket speaking
+//!   Kubernetes' remotecommand protocol (v5/v4 channel.k8s.io).
+//! - anything else: 404.
+
+pub mod labels;
+
+mod channel;
+mod error;
+mod exec;
+mod logs;
+mod lookup;
+mod query;
+mod tls;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use bollard::Docker;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+pub use error::HttpError;
+
+/// A TLS handshake (or the request line after it) taking longer than this is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// This kubelet's node: only containers labelled with it are served.
+    pub node_name: String,
+    /// Where the serving certificate and key are kept (`kubelet.crt`, `kubelet.key`).
+    pub data_dir: PathBuf,
+    /// The API server's CA (PEM): client certificates must chain to it.
+    pub client_ca_pem: Vec<u8>,
+}
+
+/// What the handlers share.
+struct Shared {
+    node: String,
+    docker: Docker,
+    /// Never sent on; closes (and wakes every exec session) when `serve` is dropped.
+    stop: watch::Receiver<()>,
+}
+
+type AppState = Arc<Shared>;
+
+/// Binds nothing: serves on `listener` until the future is dropped (which also ends every
+/// open connection and exec session).
+pub async fn serve(listener: TcpListener, cfg: ServerConfig, docker: Docker) -> anyhow::Result<()> {
+    let tls = tls::server_config(&cfg.data_dir, &cfg.node_name, &cfg.client_ca_pem)?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let (_stop, stop_rx) = watch::channel(());
+    let app = router(Arc::new(Shared {
+        node: cfg.node_name.clone(),
+        docker,
+        stop: stop_rx,
+    }));
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, node = cfg.node_name, "kubelet server listening");
+    }
+    let mut conns = JoinSet::new();
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!("kubelet server accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        while conns.try_join_next().is_some() {}
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        conns.spawn(async move {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::info!(%peer, "kubelet server: TLS handshake refused: {e}");
+                    return;
+                }
+                Err(_) => {
+                    tracing::info!(%peer, "kubelet server: TLS handshake timed out");
+                    return;
+                }
+            };
+            let svc = hyper_util::service::TowerToHyperService::new(app);
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .header_read_timeout(HANDSHAKE_TIMEOUT)
+                .timer(hyper_util::rt::TokioTimer::new())
+                .serve_connection(TokioIo::new(tls), svc)
+                .with_upgrades()
+                .await
+            {
+                tracing::debug!(%peer, "kubelet server connection: {e}");
+            }
+        });
+    }
+}
+
+fn router(state: AppState) -> Router {
+    Router::new()
+        .route(
+            "/containerLogs/{namespace}/{pod}/{container}",
+            get(logs::handle).fallback(not_found),
+        )
+        .route(
+            "/exec/{namespace}/{pod}/{container}",
+            get(exec::handle).post(exec::handle).fallback(not_found),
+        )
+        .fallback(not_found)
+        .layer(middleware::from_fn(log_request))
+        .with_state(state)
+}
+
+async fn not_found() -> Response {
+    HttpError::not_found("404 page not found").into_response()
+}
+
+async fn log_request(req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let target = req.uri().to_string();
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let elapsed_ms = started.elapsed().as_millis();
+    if status.is_server_error() {
+        tracing::warn!(%method, target, status = status.as_u16(), elapsed_ms, "kubelet request");
+    } else {
+        tracing::info!(%method, target, status = status.as_u16(), elapsed_ms, "kubelet request");
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt as _;
+
+    /// A Docker client that is never reached (routing and parameter errors come first).
+    fn state() -> AppState {
+        let docker = Docker::connect_with_http("http://127.0.0.1:9", 1, bollard::API_DEFAULT_VERSION)
+            .expect("client for an unused address");
+        let (tx, rx) = watch::channel(());
+        std::mem::forget(tx);
+        Arc::new(Shared {
+            node: "n".into(),
+            docker,
+            stop: rx,
+        })
+    }
+
+    async fn call(method: &str, uri: &str) -> (StatusCode, String) {
+        let req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let resp = router(state()).oneshot(req).await.unwrap();
+        let status = resp.status();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn unknown_paths_and_methods_are_404() {
+        for (method, uri) in [
+            ("GET", "/"),
+            ("GET", "/healthz"),
+            ("GET", "/containerLogs/ns/pod"),
+            ("GET", "/exec/ns/pod/c/extra"),
+            ("DELETE", "/containerLogs/ns/pod/c"),
+            ("PUT", "/exec/ns/pod/c?command=ls"),
+        ] {
+            assert_eq!(call(method, uri).await.0, StatusCode::NOT_FOUND, "{method} {uri}");
+        }
+    }
+
+    #[tokio::test]
+    async fn bad_parameters_are_400_before_docker_is_asked() {
+        let (code, body) = call("GET", "/containerLogs/ns/p/c?tailLines=-3").await;
+        assert_eq!(code, StatusCode::BAD_REQUEST);
+        assert!(body.contains("tailLines"), "{body}");
+        let (code, body) = call("GET", "/containerLogs/ns/p/c?follow=maybe").await;
+        assert_eq!(code, StatusCode::BAD_REQUEST);
+        assert!(body.contains("follow"), "{body}");
+        let (code, body) = call("GET", "/exec/ns/p/c?stdout=true").await;
+        assert_eq!(code, StatusCode::BAD_REQUEST);
+        assert!(body.contains("missing command"), "{body}");
+    }
+}

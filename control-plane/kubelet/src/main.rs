@@ -1,0 +1,217 @@
+//! kproxy-kubelet: the node agent. Registers this host as a Node, heartbeats its Lease, and
+//! runs the pods bound to it as Docker containers in network namespaces on the node bridge.
+
+mod backoff;
+mod env;
+mod manager;
+mod node;
+mod pod;
+mod probe;
+mod runtime;
+mod status;
+
+use std::{net::Ipv4Addr, path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::{Context as _, Result, bail};
+use clap::Parser;
+use ipnet::Ipv4Net;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use tracing::info;
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "kproxy node agent: runs the pods bound to this node in Docker"
+)]
+struct Options {
+    /// Kubeconfig with the API server and this node's token (`kproxy-apiserver node-token`).
+    #[arg(
+        long,
+        env = "KUBECONFIG",
+        default_value = "/var/lib/kproxy/kubelet/kubeconfig"
+    )]
+    kubeconfig: PathBuf,
+    /// The Node's name (default: the host name).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// The node's InternalIP (default: the source address of the default route).
+    #[arg(long)]
+    node_ip: Option<Ipv4Addr>,
+    /// Pod CIDR used when the control plane assigned none; the bridge gets its first address.
+    #[arg(long, default_value = "10.244.0.0/24")]
+    pod_cidr: Ipv4Net,
+    /// The node bridge the pods' veths join.
+    #[arg(long, default_value = "kbr0")]
+    bridge: String,
+    /// State: IPAM, the serving certificate.
+    #[arg(long, default_value = "/var/lib/kproxy/kubelet")]
+    data_dir: PathBuf,
+    /// Port of the log/exec endpoint for the API server (0: any free port).
+    #[arg(long, default_value_t = 10250)]
+    port: u16,
+    /// CA (PEM) for the API server's client certificate (default: the kubeconfig's CA).
+    #[arg(long)]
+    client_ca_file: Option<PathBuf>,
+    /// Seconds between Lease renewals.
+    #[arg(long, default_value_t = 5.0)]
+    heartbeat: f64,
+    /// First restart back-off in seconds; doubles per restart.
+    #[arg(long, default_value_t = 10.0)]
+    restart_backoff: f64,
+    /// Restart back-off cap in seconds.
+    #[arg(long, default_value_t = 300.0)]
+    restart_backoff_max: f64,
+    /// Pods this node accepts (reported as capacity).
+    #[arg(long, default_value_t = 110)]
+    max_pods: u32,
+}
+
+fn secs(v: f64, what: &str) -> Result<Duration> {
+    Duration::try_from_secs_f64(v).with_context(|| format!("--{what} {v}: not a duration"))
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_ansi(false)
+        .init();
+    let o = Options::parse();
+    let backoff = backoff::Backoff {
+        base: secs(o.restart_backoff, "restart-backoff")?,
+        max: secs(o.restart_backoff_max, "restart-backoff-max")?,
+    };
+    let heartbeat = secs(o.heartbeat, "heartbeat")?;
+    kproxy_podnet::validate_ifname(&o.bridge).context("--bridge")?;
+    let node_name = match o.node_name {
+        Some(n) => n,
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .context("reading the host name")?
+            .trim()
+            .to_lowercase(),
+    };
+    let node_ip = o.node_ip.unwrap_or_else(node::default_ip);
+    std::fs::create_dir_all(&o.data_dir)
+        .with_context(|| format!("creating {}", o.data_dir.display()))?;
+
+    let kubeconfig = Kubeconfig::read_from(&o.kubeconfig)
+        .with_context(|| format!("reading kubeconfig {}", o.kubeconfig.display()))?;
+    let client_ca_pem = match &o.client_ca_file {
+        Some(p) => std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
+        None => kubeconfig_ca(&kubeconfig)?,
+    };
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .context("loading the kubeconfig")?;
+    let client = kube::Client::try_from(config).context("building the API client")?;
+
+    let docker = bollard::Docker::connect_with_local_defaults().context("connecting to Docker")?;
+    let version = docker.version().await.context(
+        "asking Docker for its version (is dockerd running? `cargo xtask setup` starts it)",
+    )?;
+    let rt = runtime::Runtime {
+        docker: docker.clone(),
+        node: node_name.clone(),
+    };
+    if rt.image_origin(runtime::PAUSE_IMAGE).await?.is_none() {
+        bail!(
+            "the sandbox image {} is missing: build it with `cargo xtask images`",
+            runtime::PAUSE_IMAGE
+        );
+    }
+
+    let listener = tokio::net::TcpListener::bind((node_ip, o.port))
+        .await
+        .with_context(|| format!("binding the kubelet endpoint {node_ip}:{}", o.port))?;
+    let port = listener.local_addr()?.port();
+
+    let facts = node::NodeFacts {
+        name: node_name.clone(),
+        ip: node_ip.to_string(),
+        hostname: node_name.clone(),
+        kubelet_port: port,
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        memory_kib: node::memory_kib(),
+        max_pods: o.max_pods,
+        runtime_version: version.version.unwrap_or_default(),
+    };
+    let cidr: Ipv4Net = node::register(&client, &facts, &o.pod_cidr.trunc().to_string())
+        .await?
+        .parse()
+        .context("the Node's spec.podCIDR")?;
+    let gateway = cidr
+        .hosts()
+        .next()
+        .with_context(|| format!("pod CIDR {cidr} has no host addresses"))?;
+    kproxy_podnet::ensure_bridge(&o.bridge, Ipv4Net::new(gateway, cidr.prefix_len())?)
+        .await
+        .context("setting up the node bridge")?;
+    kproxy_podnet::enable_forwarding(&o.bridge, cidr).context("allowing pod traffic")?;
+    let ipam = kproxy_podnet::Ipam::open(o.data_dir.join("ipam.json"), cidr, gateway)?;
+
+    let shared = Arc::new(pod::Shared {
+        runtime: rt,
+        client: client.clone(),
+        net: pod::Net {
+            bridge: o.bridge.clone(),
+            cidr,
+            gateway,
+            ipam: std::sync::Mutex::new(ipam),
+        },
+        node_ip: node_ip.to_string(),
+        backoff,
+    });
+    tokio::spawn(node::heartbeat(client, facts, heartbeat));
+    let _ = (client_ca_pem, docker, listener);
+    let server = futures::future::pending::<Result<()>>();
+    info!(node = %node_name, %node_ip, pod_cidr = %cidr, bridge = %o.bridge, port, "kubelet ready");
+    tokio::select! {
+        r = manager::run(shared) => r,
+        r = server => r.context("the kubelet endpoint"),
+        _ = shutdown() => {
+            info!("kubelet stopping; its pods keep running and are adopted at the next start");
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+}
+
+/// The PEM of the kubeconfig's cluster CA: the CA that also signs the API server's client
+/// certificate, so the log/exec endpoint only answers the API server.
+fn kubeconfig_ca(k: &Kubeconfig) -> Result<Vec<u8>> {
+    use base64::Engine as _;
+    let ctx_name = k.current_context.clone().unwrap_or_default();
+    let cluster_name = k
+        .contexts
+        .iter()
+        .find(|c| c.name == ctx_name)
+        .and_then(|c| c.context.as_ref())
+        .map(|c| c.cluster.clone())
+        .or_else(|| k.clusters.first().map(|c| c.name.clone()))
+        .context("the kubeconfig has no cluster")?;
+    let cluster = k
+        .clusters
+        .iter()
+        .find(|c| c.name == cluster_name)
+        .and_then(|c| c.cluster.as_ref())
+        .context("the kubeconfig's cluster is missing")?;
+    if let Some(data) = &cluster.certificate_authority_data {
+        return base64::engine::general_purpose::STANDARD
+            .decode(data.trim())
+            .context("decoding certificate-authority-data");
+    }
+    if let Some(path) = &cluster.certificate_authority {
+        return std::fs::read(path).with_context(|| format!("reading {path}"));
+    }
+    bail!("the kubeconfig names no CA; pass --client-ca-file")
+}

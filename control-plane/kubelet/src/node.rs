@@ -1,0 +1,343 @@
+//! The Node object: registration (capacity from the host, addresses, the pod CIDR), its
+//! status, and the Lease in kube-node-lease that is the node's heartbeat.
+
+use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
+
+use anyhow::{Context as _, Result};
+use jiff::Timestamp;
+use k8s_openapi::{
+    api::{
+        coordination::v1::{Lease, LeaseSpec},
+        core::v1::{
+            DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeSpec,
+            NodeStatus, NodeSystemInfo,
+        },
+    },
+    apimachinery::pkg::{
+        api::resource::Quantity,
+        apis::meta::v1::{MicroTime, ObjectMeta, Time},
+    },
+};
+use kube::{
+    Api, Client,
+    api::{Patch, PatchParams, PostParams},
+};
+use tracing::{info, warn};
+
+pub const LEASE_NAMESPACE: &str = "kube-node-lease";
+pub const LEASE_DURATION_SECS: i32 = 40;
+/// Reported as the kubelet version: the API level this node speaks.
+pub const KUBELET_VERSION: &str = "v1.33.0-kproxy";
+
+/// What the node tells the control plane about itself.
+#[derive(Debug, Clone)]
+pub struct NodeFacts {
+    pub name: String,
+    pub ip: String,
+    pub hostname: String,
+    pub kubelet_port: u16,
+    pub cpus: usize,
+    pub memory_kib: u64,
+    pub max_pods: u32,
+    pub runtime_version: String,
+}
+
+fn read_trim(path: &str) -> String {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// `MemTotal` from /proc/meminfo, in KiB.
+pub fn parse_meminfo(text: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn os_image() -> String {
+    std::fs::read_to_string("/etc/os-release")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+                .map(|v| v.trim_matches('"').to_string())
+        })
+        .unwrap_or_else(|| "Linux".into())
+}
+
+pub fn memory_kib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| parse_meminfo(&t))
+        .unwrap_or(0)
+}
+
+/// The address the host would use to reach the outside: the source address of its default
+/// route (a UDP "connect" sends nothing). Loopback when there is no route.
+pub fn default_ip() -> Ipv4Addr {
+    let probe = || -> std::io::Result<Ipv4Addr> {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        s.connect("192.0.2.1:9")?;
+        match s.local_addr()?.ip() {
+            std::net::IpAddr::V4(ip) => Ok(ip),
+            std::net::IpAddr::V6(_) => Ok(Ipv4Addr::LOCALHOST),
+        }
+    };
+    probe().unwrap_or(Ipv4Addr::LOCALHOST)
+}
+
+pub fn status(f: &NodeFacts, now: Timestamp) -> NodeStatus {
+    let resources = BTreeMap::from([
+        ("cpu".to_string(), Quantity(f.cpus.to_string())),
+        (
+            "memory".to_string(),
+            Quantity(format!("{}Ki", f.memory_kib)),
+        ),
+        ("pods".to_string(), Quantity(f.max_pods.to_string())),
+    ]);
+    let cond = |kind: &str, status: &str, reason: &str, message: &str| NodeCondition {
+        type_: kind.into(),
+        status: status.into(),
+        reason: Some(reason.into()),
+        message: Some(message.into()),
+        last_heartbeat_time: Some(Time(now)),
+        last_transition_time: Some(Time(now)),
+    };
+    NodeStatus {
+        capacity: Some(resources.clone()),
+        allocatable: Some(resources),
+        addresses: Some(vec![
+            NodeAddress {
+                type_: "InternalIP".into(),
+                address: f.ip.clone(),
+            },
+            NodeAddress {
+                type_: "Hostname".into(),
+                address: f.hostname.clone(),
+            },
+        ]),
+        daemon_endpoints: Some(NodeDaemonEndpoints {
+            kubelet_endpoint: Some(DaemonEndpoint {
+                port: i32::from(f.kubelet_port),
+            }),
+        }),
+        node_info: Some(NodeSystemInfo {
+            architecture: std::env::consts::ARCH
+                .replace("x86_64", "amd64")
+                .replace("aarch64", "arm64"),
+            boot_id: read_trim("/proc/sys/kernel/random/boot_id"),
+            container_runtime_version: format!("docker://{}", f.runtime_version),
+            kernel_version: read_trim("/proc/sys/kernel/osrelease"),
+            kube_proxy_version: String::new(),
+            kubelet_version: KUBELET_VERSION.into(),
+            machine_id: read_trim("/etc/machine-id"),
+            operating_system: std::env::consts::OS.into(),
+            os_image: os_image(),
+            system_uuid: read_trim("/sys/class/dmi/id/product_uuid"),
+            ..Default::default()
+        }),
+        conditions: Some(vec![
+            cond(
+                "MemoryPressure",
+                "False",
+                "KubeletHasSufficientMemory",
+                "kubelet has sufficient memory available",
+            ),
+            cond(
+                "DiskPressure",
+                "False",
+                "KubeletHasNoDiskPressure",
+                "kubelet has no disk pressure",
+            ),
+            cond(
+                "PIDPressure",
+                "False",
+                "KubeletHasSufficientPID",
+                "kubelet has sufficient PID available",
+            ),
+            cond(
+                "Ready",
+                "True",
+                "KubeletReady",
+                "kubelet is posting ready status",
+            ),
+        ]),
+        ..Default::default()
+    }
+}
+
+/// Registers the node (or adopts the existing object) and returns its pod CIDR: the one the
+/// control plane assigned if any, else `configured`, which is then recorded in the spec.
+pub async fn register(client: &Client, f: &NodeFacts, configured: &str) -> Result<String> {
+    let api: Api<Node> = Api::all(client.clone());
+    let existing = api.get_opt(&f.name).await.context("reading the Node")?;
+    let cidr = match existing {
+        None => {
+            let node = Node {
+                metadata: ObjectMeta {
+                    name: Some(f.name.clone()),
+                    labels: Some(BTreeMap::from([
+                        ("kubernetes.io/hostname".into(), f.name.clone()),
+                        ("kubernetes.io/os".into(), "linux".into()),
+                        (
+                            "kubernetes.io/arch".into(),
+                            std::env::consts::ARCH.replace("x86_64", "amd64"),
+                        ),
+                    ])),
+                    ..Default::default()
+                },
+                spec: Some(NodeSpec {
+                    pod_cidr: Some(configured.to_string()),
+                    pod_cidrs: Some(vec![configured.to_string()]),
+                    ..Default::default()
+                }),
+                status: None,
+            };
+            api.create(&PostParams::default(), &node)
+                .await
+                .context("registering the Node")?;
+            info!(node = %f.name, pod_cidr = configured, "node registered");
+            configured.to_string()
+        }
+        Some(node) => match node.spec.and_then(|s| s.pod_cidr) {
+            Some(assigned) => {
+                if assigned != configured {
+                    info!(%assigned, configured, "using the pod CIDR the control plane assigned");
+                }
+                assigned
+            }
+            None => {
+                api.patch(
+                    &f.name,
+                    &PatchParams::default(),
+                    &Patch::Merge(serde_json::json!({
+                        "spec": {"podCIDR": configured, "podCIDRs": [configured]}
+                    })),
+                )
+                .await
+                .context("recording the pod CIDR")?;
+                configured.to_string()
+            }
+        },
+    };
+    update_status(client, f).await?;
+    Ok(cidr)
+}
+
+pub async fn update_status(client: &Client, f: &NodeFacts) -> Result<()> {
+    let api: Api<Node> = Api::all(client.clone());
+    api.patch_status(
+        &f.name,
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({ "status": status(f, Timestamp::now()) })),
+    )
+    .await
+    .context("writing the Node status")?;
+    Ok(())
+}
+
+/// Renews the node's Lease every `every`, and the Node status every minute, forever.
+pub async fn heartbeat(client: Client, f: NodeFacts, every: Duration) {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
+    let mut last_status = tokio::time::Instant::now();
+    loop {
+        if let Err(e) = renew(&leases, &f.name).await {
+            warn!("renewing the node lease: {e:#}");
+        }
+        if last_status.elapsed() >= Duration::from_secs(60) {
+            match update_status(&client, &f).await {
+                Ok(()) => last_status = tokio::time::Instant::now(),
+                Err(e) => warn!("{e:#}"),
+            }
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+async fn renew(leases: &Api<Lease>, node: &str) -> Result<()> {
+    let now = MicroTime(Timestamp::now());
+    let spec = LeaseSpec {
+        holder_identity: Some(node.to_string()),
+        lease_duration_seconds: Some(LEASE_DURATION_SECS),
+        renew_time: Some(now),
+        ..Default::default()
+    };
+    if leases.get_opt(node).await?.is_some() {
+        leases
+            .patch(
+                node,
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({ "spec": spec })),
+            )
+            .await
+            .context("renewing the Lease")?;
+    } else {
+        let lease = Lease {
+            metadata: ObjectMeta {
+                name: Some(node.to_string()),
+                namespace: Some(LEASE_NAMESPACE.into()),
+                ..Default::default()
+            },
+            spec: Some(spec),
+        };
+        leases
+            .create(&PostParams::default(), &lease)
+            .await
+            .context("creating the Lease")?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meminfo_total() {
+        let t = "MemTotal:        8041652 kB\nMemFree:  100 kB\n";
+        assert_eq!(parse_meminfo(t), Some(8041652));
+        assert_eq!(parse_meminfo("nonsense"), None);
+    }
+
+    #[test]
+    fn status_reports_ready_with_capacity_and_endpoint() {
+        let f = NodeFacts {
+            name: "n1".into(),
+            ip: "192.0.2.7".into(),
+            hostname: "host".into(),
+            kubelet_port: 10250,
+            cpus: 2,
+            memory_kib: 1024,
+            max_pods: 110,
+            runtime_version: "20.10.24".into(),
+        };
+        let s = status(&f, Timestamp::UNIX_EPOCH);
+        let cap = s.capacity.unwrap();
+        assert_eq!(cap["cpu"].0, "2");
+        assert_eq!(cap["memory"].0, "1024Ki");
+        assert_eq!(cap["pods"].0, "110");
+        assert_eq!(s.addresses.unwrap()[0].address, "192.0.2.7");
+        assert_eq!(
+            s.daemon_endpoints.unwrap().kubelet_endpoint.unwrap().port,
+            10250
+        );
+        let ready = s
+            .conditions
+            .unwrap()
+            .into_iter()
+            .find(|c| c.type_ == "Ready")
+            .unwrap();
+        assert_eq!(ready.status, "True");
+        assert!(
+            s.node_info
+                .unwrap()
+                .container_runtime_version
+                .starts_with("docker://")
+        );
+    }
+}

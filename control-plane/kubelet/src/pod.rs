@@ -1,0 +1,638 @@
+//! One worker per pod: compares the pod's spec with what Docker runs, starts, restarts and
+//! stops containers, runs the probes, and writes the pod's status. Everything it needs to
+//! remember across kubelet restarts is in Docker's labels and the IPAM file.
+
+use std::{
+    collections::HashMap,
+    net::Ipv4Addr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{Container, Pod, PodStatus};
+use kube::{
+    Api,
+    api::{DeleteParams, Preconditions},
+};
+use tokio::sync::{Notify, watch};
+use tracing::{debug, info, warn};
+
+use crate::{
+    backoff::Backoff,
+    probe::{self, Probes, Verdict},
+    runtime::{Observed, RunState, Runtime},
+    status::{self, ContainerView, StatusInput},
+};
+
+/// The node bridge and its pod addresses.
+pub struct Net {
+    pub bridge: String,
+    pub cidr: ipnet::Ipv4Net,
+    pub gateway: Ipv4Addr,
+    pub ipam: Mutex<kproxy_podnet::Ipam>,
+}
+
+impl Net {
+    /// Gives the sandbox (process `pid`) its eth0 on the bridge; returns the pod IP.
+    pub async fn attach(&self, uid: &str, pid: i64) -> Result<Ipv4Addr> {
+        let ip = self
+            .ipam
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .allocate(uid)
+            .context("allocating the pod IP")?;
+        let netns = PathBuf::from(format!("/proc/{pid}/ns/net"));
+        kproxy_podnet::attach(
+            &netns,
+            &self.bridge,
+            &kproxy_podnet::host_ifname(uid),
+            ip,
+            self.cidr.prefix_len(),
+            self.gateway,
+        )
+        .await
+        .context("connecting the pod to the node bridge")?;
+        Ok(ip)
+    }
+
+    /// Removes the pod's veth and frees its address. Idempotent.
+    pub async fn release(&self, uid: &str) -> Result<()> {
+        kproxy_podnet::detach(&kproxy_podnet::host_ifname(uid))
+            .await
+            .context("removing the pod's veth")?;
+        self.ipam
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .release(uid)
+            .context("releasing the pod IP")?;
+        Ok(())
+    }
+}
+
+/// What all pod workers share.
+pub struct Shared {
+    pub runtime: Runtime,
+    pub client: kube::Client,
+    pub net: Net,
+    pub node_ip: String,
+    pub backoff: Backoff,
+}
+
+/// Failed pulls of one image reference.
+struct PullFailure {
+    failures: u32,
+    retry_at: Instant,
+    message: String,
+}
+
+pub struct Worker {
+    shared: Arc<Shared>,
+    uid: String,
+    /// Probe state per running container (Docker id): a new attempt starts over.
+    probes: HashMap<String, Probes>,
+    pulls: HashMap<String, PullFailure>,
+    /// The last status written (or read) for this pod.
+    written: Option<PodStatus>,
+    /// The pod IP once the network was set up by this worker.
+    ip: Option<Ipv4Addr>,
+}
+
+/// Until when a worker may sleep.
+enum Next {
+    After(Duration),
+    Finished,
+}
+
+const RESYNC: Duration = Duration::from_secs(10);
+
+fn meta(pod: &Pod) -> (&str, &str) {
+    (
+        pod.metadata.namespace.as_deref().unwrap_or_default(),
+        pod.metadata.name.as_deref().unwrap_or_default(),
+    )
+}
+
+fn grace_of(pod: &Pod) -> Duration {
+    let secs = pod.metadata.deletion_grace_period_seconds.or_else(|| {
+        pod.spec
+            .as_ref()
+            .and_then(|s| s.termination_grace_period_seconds)
+    });
+    Duration::from_secs(secs.unwrap_or(30).max(0) as u64)
+}
+
+impl Worker {
+    pub fn new(shared: Arc<Shared>, uid: String) -> Self {
+        Self {
+            shared,
+            uid,
+            probes: HashMap::new(),
+            pulls: HashMap::new(),
+            written: None,
+            ip: None,
+        }
+    }
+
+    /// Runs until the pod is gone from the node. `rx` carries the newest version of the pod
+    /// (`None` once it was deleted from the API); `wake` is poked on container events.
+    pub async fn run(mut self, mut rx: watch::Receiver<Option<Pod>>, wake: Arc<Notify>) {
+        loop {
+            let pod = rx.borrow_and_update().clone();
+            let next = match pod {
+                None => match self.teardown(Duration::ZERO).await {
+                    Ok(()) => Next::Finished,
+                    Err(e) => {
+                        warn!(uid = %self.uid, "tearing down a deleted pod: {e:#}");
+                        Next::After(Duration::from_secs(2))
+                    }
+                },
+                Some(pod) => match self.sync(&pod).await {
+                    Ok(n) => n,
+                    Err(e) => {
+                        let (ns, name) = meta(&pod);
+                        warn!(pod = %format!("{ns}/{name}"), "sync failed: {e:#}");
+                        Next::After(Duration::from_secs(2))
+                    }
+                },
+            };
+            let wait = match next {
+                Next::Finished => return,
+                Next::After(d) => d,
+            };
+            tokio::select! {
+                r = rx.changed() => if r.is_err() {
+                    // The manager dropped us: the pod left this node.
+                    if let Err(e) = self.teardown(Duration::ZERO).await {
+                        warn!(uid = %self.uid, "tearing down: {e:#}");
+                    }
+                    return;
+                },
+                _ = wake.notified() => {},
+                _ = tokio::time::sleep(wait) => {},
+            }
+        }
+    }
+
+    /// Stops and removes every container of the pod, then its network. Idempotent.
+    pub async fn teardown(&mut self, grace: Duration) -> Result<()> {
+        teardown(&self.shared, &self.uid, grace).await?;
+        self.ip = None;
+        self.probes.clear();
+        Ok(())
+    }
+
+    async fn sync(&mut self, pod: &Pod) -> Result<Next> {
+        if self.written.is_none() {
+            self.written = pod.status.clone();
+        }
+        let (ns, name) = meta(pod);
+        if pod.metadata.deletion_timestamp.is_some() {
+            let grace = grace_of(pod);
+            info!(pod = %format!("{ns}/{name}"), ?grace, "stopping the pod's containers");
+            self.teardown(grace).await?;
+            let api: Api<Pod> = Api::namespaced(self.shared.client.clone(), ns);
+            let dp = DeleteParams {
+                grace_period_seconds: Some(0),
+                preconditions: Some(Preconditions {
+                    uid: Some(self.uid.clone()),
+                    resource_version: None,
+                }),
+                ..Default::default()
+            };
+            match api.delete(name, &dp).await {
+                Ok(_) => info!(pod = %format!("{ns}/{name}"), "pod deleted"),
+                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+                Err(e) => return Err(e).context("deleting the pod object"),
+            }
+            return Ok(Next::Finished);
+        }
+        let spec = pod.spec.clone().unwrap_or_default();
+        let host_network = spec.host_network == Some(true);
+        let restart_policy = spec
+            .restart_policy
+            .as_deref()
+            .unwrap_or("Always")
+            .to_string();
+        let now = Instant::now();
+        let mut wake = now + RESYNC;
+
+        let mut observed = self.shared.runtime.pod_containers(&self.uid).await?;
+        let mut sandbox = observed.iter().find(|o| o.sandbox).cloned();
+
+        // A dead sandbox took the network with it: its app containers go too and come back
+        // in a new one.
+        if sandbox.as_ref().is_some_and(|s| !s.state.is_running()) {
+            let wanted = self.any_wanted(&spec.containers, &observed, &restart_policy);
+            if wanted {
+                for o in observed
+                    .iter()
+                    .filter(|o| !o.sandbox && o.state.is_running())
+                {
+                    self.shared.runtime.stop(&o.id, Duration::ZERO).await?;
+                }
+                if let Some(s) = sandbox.take() {
+                    self.shared.runtime.remove(&s.id).await?;
+                }
+                self.ip = None;
+                observed = self.shared.runtime.pod_containers(&self.uid).await?;
+            }
+        }
+
+        // Decide per container.
+        let mut waiting: HashMap<String, (String, String)> = HashMap::new();
+        let mut to_start: Vec<(&Container, u32)> = Vec::new();
+        let mut done = 0;
+        for c in &spec.containers {
+            let attempts: Vec<&Observed> = observed
+                .iter()
+                .filter(|o| !o.sandbox && o.name == c.name)
+                .collect();
+            let cur = attempts.last().copied();
+            match cur.map(|o| &o.state) {
+                None => to_start.push((c, 0)),
+                Some(RunState::Created) => to_start.push((c, cur.map_or(0, |o| o.attempt))),
+                Some(RunState::Running { .. }) => {}
+                Some(RunState::Exited {
+                    code,
+                    started,
+                    finished,
+                    ..
+                }) => {
+                    let o = cur.expect("matched Some");
+                    let restart = match restart_policy.as_str() {
+                        "Never" => false,
+                        "OnFailure" => *code != 0,
+                        _ => true,
+                    };
+                    if !restart {
+                        done += 1;
+                        continue;
+                    }
+                    let ran = started
+                        .map(|s| finished.duration_since(s).unsigned_abs())
+                        .unwrap_or_default();
+                    let delay = self.shared.backoff.delay(o.attempt, ran);
+                    let since = Timestamp::now().duration_since(*finished).unsigned_abs();
+                    if since >= delay {
+                        to_start.push((c, o.attempt + 1));
+                    } else {
+                        let left = delay - since;
+                        wake = wake.min(now + left);
+                        waiting.insert(
+                            c.name.clone(),
+                            (
+                                "CrashLoopBackOff".into(),
+                                format!(
+                                    "back-off {}s restarting failed container={} pod={name}_{ns}({})",
+                                    delay.as_secs(),
+                                    c.name,
+                                    self.uid
+                                ),
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+        let terminal = done == spec.containers.len() && !spec.containers.is_empty();
+
+        let mut sandbox_ready = false;
+        if terminal {
+            // Nothing will run again: free the network, keep the exited containers for logs.
+            if let Some(s) = &sandbox {
+                self.shared.runtime.stop(&s.id, Duration::ZERO).await?;
+            }
+            if !host_network {
+                self.shared.net.release(&self.uid).await?;
+            }
+            self.ip = None;
+        } else {
+            let sandbox_id = match &sandbox {
+                Some(s) if s.state.is_running() => s.id.clone(),
+                _ => {
+                    info!(pod = %format!("{ns}/{name}"), "creating the pod sandbox");
+                    self.ip = None;
+                    self.shared.runtime.run_sandbox(pod, host_network).await?
+                }
+            };
+            if self.ip.is_none() {
+                let ip = if host_network {
+                    self.shared.node_ip.parse().unwrap_or(Ipv4Addr::LOCALHOST)
+                } else {
+                    let s = self
+                        .shared
+                        .runtime
+                        .inspect(&sandbox_id)
+                        .await?
+                        .context("the sandbox vanished")?;
+                    let RunState::Running { pid, .. } = s.state else {
+                        anyhow::bail!("the sandbox is not running");
+                    };
+                    self.shared.net.attach(&self.uid, pid).await?
+                };
+                self.ip = Some(ip);
+            }
+            sandbox_ready = true;
+            for (c, attempt) in to_start {
+                match self.start(pod, c, attempt, &sandbox_id).await {
+                    Ok(()) => {}
+                    Err((reason, message, retry)) => {
+                        if let Some(at) = retry {
+                            wake = wake.min(at);
+                        }
+                        waiting.insert(c.name.clone(), (reason, message));
+                    }
+                }
+            }
+            observed = self.shared.runtime.pod_containers(&self.uid).await?;
+            self.remove_old_attempts(&observed).await;
+        }
+
+        // Probes for running containers.
+        let pod_ip = self.ip.map(|ip| ip.to_string());
+        self.probes
+            .retain(|id, _| observed.iter().any(|o| &o.id == id && o.state.is_running()));
+        let mut kills = Vec::new();
+        for c in &spec.containers {
+            let Some(cur) = observed
+                .iter().rfind(|o| !o.sandbox && o.name == c.name)
+                .filter(|o| o.state.is_running())
+            else {
+                continue;
+            };
+            let probes = self
+                .probes
+                .entry(cur.id.clone())
+                .or_insert_with(|| Probes::new(c, now));
+            let due = probes.due(Instant::now());
+            for kind in due {
+                let Some(p) = probe::spec(c, kind) else {
+                    continue;
+                };
+                let result = probe::check(
+                    p,
+                    c,
+                    pod_ip.as_deref().unwrap_or("127.0.0.1"),
+                    &self.shared.runtime,
+                    &cur.id,
+                )
+                .await;
+                if let Err(why) = &result {
+                    debug!(pod = %format!("{ns}/{name}"), container = %c.name, ?kind, "probe failed: {why}");
+                }
+                let verdict = probes
+                    .state_mut(kind)
+                    .map(|s| s.record(p, result.is_ok(), Instant::now()))
+                    .unwrap_or(Verdict::Unchanged);
+                if verdict == Verdict::Failed && kind != probe::Kind::Readiness {
+                    let why = result.err().unwrap_or_default();
+                    info!(pod = %format!("{ns}/{name}"), container = %c.name, ?kind, "probe failed, restarting the container: {why}");
+                    let grace = p
+                        .termination_grace_period_seconds
+                        .map(|s| Duration::from_secs(s.max(0) as u64))
+                        .unwrap_or_else(|| grace_of(pod));
+                    kills.push((cur.id.clone(), grace));
+                }
+            }
+            if let Some(at) = probes.next_due() {
+                wake = wake.min(at);
+            }
+        }
+        if !kills.is_empty() {
+            for (id, grace) in kills {
+                self.shared.runtime.stop(&id, grace).await?;
+                self.probes.remove(&id);
+            }
+            // Restart decisions come with the next pass.
+            wake = Instant::now();
+        }
+
+        // Status.
+        let statuses = spec
+            .containers
+            .iter()
+            .map(|c| {
+                let attempts: Vec<&Observed> = observed
+                    .iter()
+                    .filter(|o| !o.sandbox && o.name == c.name)
+                    .collect();
+                let cur = attempts.last().copied();
+                let probes = cur.and_then(|o| self.probes.get(&o.id));
+                status::container_status(&ContainerView {
+                    spec: c,
+                    current: cur,
+                    previous: attempts.len().checked_sub(2).map(|i| attempts[i]),
+                    waiting: waiting.get(&c.name).cloned(),
+                    started: probes.is_none_or(|p| p.started()),
+                    ready: probes.is_none_or(|p| p.ready()),
+                })
+            })
+            .collect();
+        let pod_ip = pod_ip.or_else(|| {
+            // A finished pod keeps reporting the address it had.
+            self.written.as_ref().and_then(|s| s.pod_ip.clone())
+        });
+        let new = status::pod_status(StatusInput {
+            old: self.written.as_ref(),
+            containers: statuses,
+            restart_policy: &restart_policy,
+            sandbox_ready,
+            pod_ip,
+            host_ip: self.shared.node_ip.clone(),
+            now: Timestamp::now(),
+        });
+        self.write_status(pod, new).await?;
+        let wait = wake.saturating_duration_since(Instant::now());
+        Ok(Next::After(wait.max(Duration::from_millis(50))))
+    }
+
+    /// Whether any container is running or will be (re)started.
+    fn any_wanted(&self, containers: &[Container], observed: &[Observed], policy: &str) -> bool {
+        containers.iter().any(|c| {
+            match observed
+                .iter().rfind(|o| !o.sandbox && o.name == c.name)
+                .map(|o| &o.state)
+            {
+                Some(RunState::Exited { code, .. }) => match policy {
+                    "Never" => false,
+                    "OnFailure" => *code != 0,
+                    _ => true,
+                },
+                _ => true,
+            }
+        })
+    }
+
+    /// Starts one attempt; on failure returns the waiting reason, message and retry time.
+    async fn start(
+        &mut self,
+        pod: &Pod,
+        c: &Container,
+        attempt: u32,
+        sandbox_id: &str,
+    ) -> std::result::Result<(), (String, String, Option<Instant>)> {
+        let image = c.image.clone().unwrap_or_default();
+        self.ensure_image(&image, c.image_pull_policy.as_deref())
+            .await?;
+        let env = crate::env::build(
+            pod,
+            c,
+            self.ip.map(|ip| ip.to_string()),
+            &self.shared.node_ip,
+        )
+        .map_err(|e| ("CreateContainerConfigError".to_string(), e, None))?;
+        let (ns, name) = meta(pod);
+        info!(pod = %format!("{ns}/{name}"), container = %c.name, attempt, "starting container");
+        self.shared
+            .runtime
+            .run_container(pod, c, attempt, sandbox_id, env)
+            .await
+            .map(drop)
+            .map_err(|e| {
+                warn!(pod = %format!("{ns}/{name}"), container = %c.name, "start failed: {e:#}");
+                (
+                    "CreateContainerError".to_string(),
+                    format!("{e:#}"),
+                    Some(Instant::now() + self.shared.backoff.base),
+                )
+            })
+    }
+
+    /// Makes the image present: locally built images (no registry digest) are used as they
+    /// are even with `Always`, since no registry has them; otherwise pulls as the policy says,
+    /// backing off between failed pulls.
+    async fn ensure_image(
+        &mut self,
+        image: &str,
+        policy: Option<&str>,
+    ) -> std::result::Result<(), (String, String, Option<Instant>)> {
+        let err = |r: &str, m: String| (r.to_string(), m, None);
+        let local = self
+            .shared
+            .runtime
+            .image_origin(image)
+            .await
+            .map_err(|e| err("ErrImageInspect", format!("{e:#}")))?;
+        let pull = match (policy.unwrap_or("IfNotPresent"), local) {
+            (_, Some(crate::runtime::Origin::Local)) => false,
+            ("Never", None) => {
+                return Err(err(
+                    "ErrImageNeverPull",
+                    format!("Container image \"{image}\" is not present with pull policy of Never"),
+                ));
+            }
+            ("Never", Some(_)) => false,
+            ("Always", _) => true,
+            (_, present) => present.is_none(),
+        };
+        if !pull {
+            return Ok(());
+        }
+        let now = Instant::now();
+        if let Some(f) = self.pulls.get(image)
+            && f.retry_at > now
+        {
+            return Err((
+                "ImagePullBackOff".into(),
+                format!("Back-off pulling image \"{image}\": {}", f.message),
+                Some(f.retry_at),
+            ));
+        }
+        info!(%image, "pulling image");
+        match self.shared.runtime.pull(image).await {
+            Ok(()) => {
+                self.pulls.remove(image);
+                Ok(())
+            }
+            Err(message) => {
+                warn!(%image, "pull failed: {message}");
+                let failures = self.pulls.get(image).map_or(0, |f| f.failures) + 1;
+                let retry_at = now + self.shared.backoff.delay(failures - 1, Duration::ZERO);
+                self.pulls.insert(
+                    image.to_string(),
+                    PullFailure {
+                        failures,
+                        retry_at,
+                        message: message.clone(),
+                    },
+                );
+                Err((
+                    "ErrImagePull".into(),
+                    format!("failed to pull image \"{image}\": {message}"),
+                    Some(retry_at),
+                ))
+            }
+        }
+    }
+
+    /// Keeps the current and the previous attempt of each container (for `logs --previous`).
+    async fn remove_old_attempts(&self, observed: &[Observed]) {
+        let mut by_name: HashMap<&str, Vec<&Observed>> = HashMap::new();
+        for o in observed.iter().filter(|o| !o.sandbox) {
+            by_name.entry(&o.name).or_default().push(o);
+        }
+        for attempts in by_name.values() {
+            if attempts.len() > 2 {
+                for o in &attempts[..attempts.len() - 2] {
+                    if !o.state.is_running()
+                        && let Err(e) = self.shared.runtime.remove(&o.id).await
+                    {
+                        warn!("removing an old container: {e:#}");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn write_status(&mut self, pod: &Pod, new: PodStatus) -> Result<()> {
+        if self.written.as_ref() == Some(&new) {
+            return Ok(());
+        }
+        let (ns, name) = meta(pod);
+        let api: Api<Pod> = Api::namespaced(self.shared.client.clone(), ns);
+        let mut latest = pod.clone();
+        for _ in 0..5 {
+            latest.status = Some(new.clone());
+            match api.replace_status(name, &Default::default(), &latest).await {
+                Ok(_) => {
+                    debug!(pod = %format!("{ns}/{name}"), phase = ?new.phase, "status written");
+                    self.written = Some(new);
+                    return Ok(());
+                }
+                Err(kube::Error::Api(e)) if e.code == 409 => {
+                    latest = api.get(name).await.context("re-reading the pod")?;
+                    if latest.metadata.uid.as_deref() != Some(&self.uid) {
+                        return Ok(());
+                    }
+                }
+                Err(kube::Error::Api(e)) if e.code == 404 => return Ok(()),
+                Err(e) => return Err(e).context("writing the pod status"),
+            }
+        }
+        anyhow::bail!("writing the pod status: still conflicting after 5 tries")
+    }
+}
+
+/// Stops (SIGTERM, then SIGKILL after `grace`) and removes all containers of pod `uid`, then
+/// removes its veth and frees its address.
+pub async fn teardown(shared: &Shared, uid: &str, grace: Duration) -> Result<()> {
+    let observed = shared.runtime.pod_containers(uid).await?;
+    let stops = observed
+        .iter()
+        .filter(|o| !o.sandbox && o.state.is_running())
+        .map(|o| shared.runtime.stop(&o.id, grace));
+    for r in futures::future::join_all(stops).await {
+        r?;
+    }
+    for o in observed.iter().filter(|o| o.sandbox) {
+        shared.runtime.stop(&o.id, Duration::ZERO).await?;
+    }
+    for o in &observed {
+        shared.runtime.remove(&o.id).await?;
+    }
+    shared.net.release(uid).await?;
+    Ok(())
+}

@@ -1,0 +1,510 @@
+//! The container runtime: Docker through bollard. A pod is a sandbox container (the `pause`
+//! image, owner of the pod's network namespace) plus one Docker container per app container
+//! and start attempt, all labelled with the pod (see `kproxy_kubelet_server::labels`).
+
+use std::{collections::HashMap, time::Duration};
+
+use anyhow::{Context as _, Result, anyhow};
+use bollard::{
+    Docker,
+    errors::Error as DockerError,
+    models::{ContainerCreateBody, ContainerStateStatusEnum, ExecConfig, HostConfig},
+    query_parameters::{
+        CreateContainerOptions, CreateImageOptions, ListContainersOptions, RemoveContainerOptions,
+        StopContainerOptions,
+    },
+};
+use futures::StreamExt as _;
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{Container, Pod};
+use kproxy_apimachinery::quantity::Quantity;
+use kproxy_kubelet_server::labels;
+
+/// The image of every pod's sandbox, built by `cargo xtask images`.
+pub const PAUSE_IMAGE: &str = "kproxy/pause:1";
+
+/// What Docker says about one of a pod's containers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observed {
+    pub id: String,
+    pub sandbox: bool,
+    /// The spec's container name; empty for the sandbox.
+    pub name: String,
+    pub attempt: u32,
+    pub image: String,
+    pub image_id: String,
+    pub state: RunState,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunState {
+    /// Created, never started.
+    Created,
+    Running {
+        started: Timestamp,
+        pid: i64,
+    },
+    Exited {
+        code: i32,
+        /// Kubernetes' termination reason: Completed, Error or OOMKilled.
+        reason: &'static str,
+        started: Option<Timestamp>,
+        finished: Timestamp,
+    },
+}
+
+impl RunState {
+    pub fn is_running(&self) -> bool {
+        matches!(self, RunState::Running { .. })
+    }
+}
+
+/// A present image was built here (no registry digest) or pulled from a registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Local,
+    Registry,
+}
+
+#[derive(Clone)]
+pub struct Runtime {
+    pub docker: Docker,
+    pub node: String,
+}
+
+/// Docker says "no such container/image" with a 404.
+pub fn is_not_found(e: &DockerError) -> bool {
+    matches!(
+        e,
+        DockerError::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+fn docker_time(s: Option<&str>) -> Option<Timestamp> {
+    // Docker reports "0001-01-01T00:00:00Z" for "never".
+    s.and_then(|s| s.parse::<Timestamp>().ok())
+        .filter(|t| t.as_second() > 0)
+}
+
+/// Docker's message without bollard's wrapping, for container statuses.
+pub fn docker_message(e: &DockerError) -> String {
+    match e {
+        DockerError::DockerResponseServerError { message, .. } => message.clone(),
+        DockerError::DockerStreamError { error } => error.clone(),
+        other => other.to_string(),
+    }
+}
+
+impl Runtime {
+    fn filters(&self, extra: &[(&str, &str)]) -> HashMap<String, Vec<String>> {
+        let mut labels_f = vec![format!("{}={}", labels::NODE, self.node)];
+        labels_f.extend(extra.iter().map(|(k, v)| format!("{k}={v}")));
+        HashMap::from([("label".to_string(), labels_f)])
+    }
+
+    /// Every pod uid that has containers of this node, running or not.
+    pub async fn pod_uids(&self) -> Result<HashMap<String, (String, String)>> {
+        let list = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(self.filters(&[])),
+                ..Default::default()
+            }))
+            .await
+            .context("listing the node's containers")?;
+        Ok(list
+            .into_iter()
+            .filter_map(|c| {
+                let l = c.labels?;
+                Some((
+                    l.get(labels::POD_UID)?.clone(),
+                    (
+                        l.get(labels::POD_NAMESPACE).cloned().unwrap_or_default(),
+                        l.get(labels::POD_NAME).cloned().unwrap_or_default(),
+                    ),
+                ))
+            })
+            .collect())
+    }
+
+    /// The pod's containers (sandboxes included), oldest attempt first.
+    pub async fn pod_containers(&self, uid: &str) -> Result<Vec<Observed>> {
+        let list = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(self.filters(&[(labels::POD_UID, uid)])),
+                ..Default::default()
+            }))
+            .await
+            .context("listing the pod's containers")?;
+        let mut out = Vec::with_capacity(list.len());
+        for c in list {
+            let Some(id) = c.id else { continue };
+            match self.inspect(&id).await {
+                Ok(Some(o)) => out.push(o),
+                Ok(None) => {} // removed meanwhile
+                Err(e) => return Err(e),
+            }
+        }
+        out.sort_by_key(|o| (o.sandbox, o.name.clone(), o.attempt));
+        Ok(out)
+    }
+
+    pub async fn inspect(&self, id: &str) -> Result<Option<Observed>> {
+        let info = match self.docker.inspect_container(id, None).await {
+            Ok(i) => i,
+            Err(e) if is_not_found(&e) => return Ok(None),
+            Err(e) => return Err(e).context(format!("inspecting container {id}")),
+        };
+        let l = info
+            .config
+            .as_ref()
+            .and_then(|c| c.labels.clone())
+            .unwrap_or_default();
+        let st = info.state.unwrap_or_default();
+        let started = docker_time(st.started_at.as_deref());
+        let state = match st.status {
+            Some(ContainerStateStatusEnum::RUNNING)
+            | Some(ContainerStateStatusEnum::PAUSED)
+            | Some(ContainerStateStatusEnum::RESTARTING) => RunState::Running {
+                started: started.unwrap_or_else(Timestamp::now),
+                pid: st.pid.unwrap_or(0),
+            },
+            Some(ContainerStateStatusEnum::CREATED) => RunState::Created,
+            _ => {
+                let code = st.exit_code.unwrap_or(-1) as i32;
+                RunState::Exited {
+                    code,
+                    reason: if st.oom_killed == Some(true) {
+                        "OOMKilled"
+                    } else if code == 0 {
+                        "Completed"
+                    } else {
+                        "Error"
+                    },
+                    started,
+                    finished: docker_time(st.finished_at.as_deref())
+                        .or(started)
+                        .unwrap_or_else(Timestamp::now),
+                }
+            }
+        };
+        Ok(Some(Observed {
+            id: info.id.unwrap_or_else(|| id.to_string()),
+            sandbox: l.get(labels::KIND).map(String::as_str) == Some(labels::KIND_SANDBOX),
+            name: l.get(labels::CONTAINER_NAME).cloned().unwrap_or_default(),
+            attempt: l
+                .get(labels::ATTEMPT)
+                .and_then(|a| a.parse().ok())
+                .unwrap_or(0),
+            image: info.config.and_then(|c| c.image).unwrap_or_default(),
+            image_id: info.image.unwrap_or_default(),
+            state,
+        }))
+    }
+
+    fn pod_labels(&self, pod: &Pod) -> HashMap<String, String> {
+        let m = &pod.metadata;
+        HashMap::from([
+            (labels::NODE.into(), self.node.clone()),
+            (labels::POD_UID.into(), m.uid.clone().unwrap_or_default()),
+            (labels::POD_NAME.into(), m.name.clone().unwrap_or_default()),
+            (
+                labels::POD_NAMESPACE.into(),
+                m.namespace.clone().unwrap_or_default(),
+            ),
+        ])
+    }
+
+    /// Creates and starts the pod's sandbox; returns its id.
+    pub async fn run_sandbox(&self, pod: &Pod, host_network: bool) -> Result<String> {
+        let m = &pod.metadata;
+        let (name, ns, uid) = (
+            m.name.as_deref().unwrap_or_default(),
+            m.namespace.as_deref().unwrap_or_default(),
+            m.uid.as_deref().unwrap_or_default(),
+        );
+        let mut l = self.pod_labels(pod);
+        l.insert(labels::KIND.into(), labels::KIND_SANDBOX.into());
+        let hostname: String = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.hostname.clone())
+            .unwrap_or_else(|| name.to_string())
+            .chars()
+            .take(63)
+            .collect();
+        let body = ContainerCreateBody {
+            image: Some(PAUSE_IMAGE.into()),
+            hostname: (!host_network).then_some(hostname),
+            labels: Some(l),
+            host_config: Some(HostConfig {
+                network_mode: Some(if host_network { "host" } else { "none" }.into()),
+                // The app containers join its IPC namespace too.
+                ipc_mode: Some("shareable".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let docker_name = labels::sandbox_name(name, ns, uid);
+        // A dead sandbox of an earlier incarnation may still hold the name.
+        self.remove_named(&docker_name).await?;
+        let id = self
+            .docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(docker_name),
+                    ..Default::default()
+                }),
+                body,
+            )
+            .await
+            .context("creating the pod sandbox (is the kproxy/pause:1 image built? `cargo xtask images`)")?
+            .id;
+        self.docker
+            .start_container(&id, None)
+            .await
+            .context("starting the pod sandbox")?;
+        Ok(id)
+    }
+
+    async fn remove_named(&self, name: &str) -> Result<()> {
+        match self
+            .docker
+            .remove_container(
+                name,
+                Some(RemoveContainerOptions {
+                    force: true,
+                    ..Default::default()
+                }),
+            )
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(e).context(format!("removing container {name}")),
+        }
+    }
+
+    /// Creates and starts attempt `attempt` of `container` in the sandbox's namespaces.
+    pub async fn run_container(
+        &self,
+        pod: &Pod,
+        container: &Container,
+        attempt: u32,
+        sandbox_id: &str,
+        env: Vec<String>,
+    ) -> Result<String> {
+        let m = &pod.metadata;
+        let mut l = self.pod_labels(pod);
+        l.insert(labels::KIND.into(), labels::KIND_CONTAINER.into());
+        l.insert(labels::CONTAINER_NAME.into(), container.name.clone());
+        l.insert(labels::ATTEMPT.into(), attempt.to_string());
+        let limits = container.resources.as_ref().and_then(|r| r.limits.as_ref());
+        let memory = limits
+            .and_then(|l| l.get("memory"))
+            .map(|q| Quantity::parse(&q.0).map(|q| q.value() as i64))
+            .transpose()
+            .context("resources.limits.memory")?;
+        let nano_cpus = limits
+            .and_then(|l| l.get("cpu"))
+            .map(|q| Quantity::parse(&q.0).map(|q| q.milli_value() as i64 * 1_000_000))
+            .transpose()
+            .context("resources.limits.cpu")?;
+        let join = format!("container:{sandbox_id}");
+        let body = ContainerCreateBody {
+            image: container.image.clone(),
+            entrypoint: container.command.clone(),
+            cmd: container.args.clone(),
+            env: Some(env),
+            working_dir: container.working_dir.clone(),
+            tty: container.tty,
+            open_stdin: container.stdin,
+            labels: Some(l),
+            host_config: Some(HostConfig {
+                network_mode: Some(join.clone()),
+                ipc_mode: Some(join),
+                init: Some(true),
+                memory,
+                nano_cpus,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let docker_name = labels::container_name(
+            &container.name,
+            m.name.as_deref().unwrap_or_default(),
+            m.namespace.as_deref().unwrap_or_default(),
+            m.uid.as_deref().unwrap_or_default(),
+            attempt,
+        );
+        self.remove_named(&docker_name).await?;
+        let id = self
+            .docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(docker_name),
+                    ..Default::default()
+                }),
+                body,
+            )
+            .await
+            .map_err(|e| anyhow!(docker_message(&e)))?
+            .id;
+        self.docker
+            .start_container(&id, None)
+            .await
+            .map_err(|e| anyhow!(docker_message(&e)))?;
+        Ok(id)
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`. Already stopped or gone is fine.
+    pub async fn stop(&self, id: &str, grace: Duration) -> Result<()> {
+        let t = grace.as_secs().min(i32::MAX as u64) as i32;
+        match self
+            .docker
+            .stop_container(
+                id,
+                Some(StopContainerOptions {
+                    t: Some(t),
+                    ..Default::default()
+                }),
+            )
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            // 304: already stopped.
+            Err(DockerError::DockerResponseServerError {
+                status_code: 304, ..
+            }) => Ok(()),
+            Err(e) => Err(e).context(format!("stopping container {id}")),
+        }
+    }
+
+    pub async fn remove(&self, id: &str) -> Result<()> {
+        self.remove_named(id).await
+    }
+
+    /// Where a locally present image came from; `None` when it is not present.
+    pub async fn image_origin(&self, image: &str) -> Result<Option<Origin>> {
+        match self.docker.inspect_image(image).await {
+            Ok(i) => Ok(Some(if i.repo_digests.unwrap_or_default().is_empty() {
+                Origin::Local
+            } else {
+                Origin::Registry
+            })),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(e).context(format!("inspecting image {image}")),
+        }
+    }
+
+    /// Pulls `image` from its registry; the error is the engine's message.
+    pub async fn pull(&self, image: &str) -> std::result::Result<(), String> {
+        let (repo, tag) = split_image(image);
+        let mut stream = self.docker.create_image(
+            Some(CreateImageOptions {
+                from_image: Some(repo.to_string()),
+                tag: Some(tag.to_string()),
+                ..Default::default()
+            }),
+            None,
+            None,
+        );
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(info) => {
+                    if let Some(e) = info.error_detail.and_then(|d| d.message) {
+                        return Err(e);
+                    }
+                }
+                Err(e) => return Err(docker_message(&e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `cmd` in the container; returns its exit code and combined output. Used by exec
+    /// probes, so the output is capped.
+    pub async fn exec(&self, id: &str, cmd: Vec<String>) -> Result<(i64, String)> {
+        let exec = self
+            .docker
+            .create_exec(
+                id,
+                ExecConfig {
+                    cmd: Some(cmd),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| anyhow!(docker_message(&e)))?;
+        let mut out = String::new();
+        if let bollard::exec::StartExecResults::Attached { mut output, .. } = self
+            .docker
+            .start_exec(&exec.id, None)
+            .await
+            .map_err(|e| anyhow!(docker_message(&e)))?
+        {
+            while let Some(chunk) = output.next().await {
+                let chunk = chunk.map_err(|e| anyhow!(docker_message(&e)))?;
+                if out.len() < 10 * 1024 {
+                    out.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+                }
+            }
+        }
+        let code = self
+            .docker
+            .inspect_exec(&exec.id)
+            .await
+            .map_err(|e| anyhow!(docker_message(&e)))?
+            .exit_code
+            .unwrap_or(-1);
+        Ok((code, out))
+    }
+}
+
+/// `repo[:tag][@digest]` → (repo, tag), with Docker's default tag.
+pub fn split_image(image: &str) -> (&str, &str) {
+    if let Some((repo, digest)) = image.split_once('@') {
+        return (repo, digest);
+    }
+    match image.rsplit_once(':') {
+        // A colon inside the last path segment is a tag; before a '/' it is a registry port.
+        Some((repo, tag)) if !tag.contains('/') => (repo, tag),
+        _ => (image, "latest"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_references_split_into_repo_and_tag() {
+        assert_eq!(split_image("httpd"), ("httpd", "latest"));
+        assert_eq!(split_image("kproxy/pause:1"), ("kproxy/pause", "1"));
+        assert_eq!(
+            split_image("registry:5000/team/app"),
+            ("registry:5000/team/app", "latest")
+        );
+        assert_eq!(
+            split_image("registry:5000/team/app:v2"),
+            ("registry:5000/team/app", "v2")
+        );
+        assert_eq!(split_image("app@sha256:abc"), ("app", "sha256:abc"));
+    }
+
+    #[test]
+    fn docker_never_time_is_none() {
+        assert_eq!(docker_time(Some("0001-01-01T00:00:00Z")), None);
+        assert!(docker_time(Some("2026-11-26T22:01:34.123456789Z")).is_some());
+        assert_eq!(docker_time(None), None);
+    }
+}

@@ -1,0 +1,466 @@
+//! Pod status from what the runtime and the probes observed: container states, the phase and
+//! the conditions, computed the way the Kubernetes kubelet does (pure functions).
+
+use jiff::Timestamp;
+use k8s_openapi::{
+    api::core::v1::{
+        Container, ContainerState, ContainerStateRunning, ContainerStateTerminated,
+        ContainerStateWaiting, ContainerStatus, PodCondition, PodStatus,
+    },
+    apimachinery::pkg::apis::meta::v1::Time,
+};
+
+use crate::runtime::{Observed, RunState};
+
+/// The kubelet's view of one spec container.
+#[derive(Debug, Clone)]
+pub struct ContainerView<'a> {
+    pub spec: &'a Container,
+    /// The newest attempt, if any was created.
+    pub current: Option<&'a Observed>,
+    /// The attempt before it.
+    pub previous: Option<&'a Observed>,
+    /// Why the container is not running, when the kubelet knows better than Docker:
+    /// ContainerCreating, ErrImagePull, ImagePullBackOff, CrashLoopBackOff, ...
+    pub waiting: Option<(String, String)>,
+    pub started: bool,
+    pub ready: bool,
+}
+
+fn time(t: Timestamp) -> Time {
+    Time(t)
+}
+
+fn terminated(o: &Observed) -> Option<ContainerStateTerminated> {
+    match &o.state {
+        RunState::Exited {
+            code,
+            reason,
+            started,
+            finished,
+        } => Some(ContainerStateTerminated {
+            exit_code: *code,
+            reason: Some((*reason).to_string()),
+            started_at: started.map(time),
+            finished_at: Some(time(*finished)),
+            container_id: Some(format!("docker://{}", o.id)),
+            ..Default::default()
+        }),
+        _ => None,
+    }
+}
+
+pub fn container_status(v: &ContainerView) -> ContainerStatus {
+    let waiting = |reason: &str, message: Option<String>| ContainerState {
+        waiting: Some(ContainerStateWaiting {
+            reason: Some(reason.to_string()),
+            message,
+        }),
+        ..Default::default()
+    };
+    let state = match (&v.waiting, v.current) {
+        (Some((reason, message)), _) => {
+            waiting(reason, (!message.is_empty()).then(|| message.clone()))
+        }
+        (None, Some(o)) => match &o.state {
+            RunState::Running { started, .. } => ContainerState {
+                running: Some(ContainerStateRunning {
+                    started_at: Some(time(*started)),
+                }),
+                ..Default::default()
+            },
+            RunState::Exited { .. } => ContainerState {
+                terminated: terminated(o),
+                ..Default::default()
+            },
+            RunState::Created => waiting("ContainerCreating", None),
+        },
+        (None, None) => waiting("ContainerCreating", None),
+    };
+    // While the current attempt waits to be replaced, it is the last termination.
+    let last = if v.waiting.is_some() {
+        v.current.and_then(terminated)
+    } else {
+        None
+    }
+    .or_else(|| v.previous.and_then(terminated));
+    let running = state.running.is_some();
+    ContainerStatus {
+        name: v.spec.name.clone(),
+        image: v.spec.image.clone().unwrap_or_default(),
+        image_id: v
+            .current
+            .map(|o| format!("docker://{}", o.image_id))
+            .unwrap_or_default(),
+        container_id: v.current.map(|o| format!("docker://{}", o.id)),
+        restart_count: v.current.map(|o| o.attempt as i32).unwrap_or(0),
+        ready: running && v.ready,
+        started: Some(running && v.started),
+        state: Some(state),
+        last_state: Some(ContainerState {
+            terminated: last,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Kubernetes' pod phase rules (kubelet getPhase) for pods without init containers.
+pub fn phase(statuses: &[ContainerStatus], restart_policy: &str) -> &'static str {
+    let (mut waiting, mut running, mut stopped, mut succeeded) = (0, 0, 0, 0);
+    for s in statuses {
+        let st = s.state.as_ref();
+        if st.and_then(|s| s.running.as_ref()).is_some() {
+            running += 1;
+        } else if let Some(t) = st.and_then(|s| s.terminated.as_ref()) {
+            stopped += 1;
+            if t.exit_code == 0 {
+                succeeded += 1;
+            }
+        } else if s
+            .last_state
+            .as_ref()
+            .and_then(|l| l.terminated.as_ref())
+            .is_some()
+        {
+            // Waiting to restart after a termination.
+            stopped += 1;
+        } else {
+            waiting += 1;
+        }
+    }
+    if waiting > 0 {
+        return "Pending";
+    }
+    if running > 0 {
+        return "Running";
+    }
+    if stopped > 0 {
+        return match restart_policy {
+            "Always" => "Running",
+            _ if stopped == succeeded => "Succeeded",
+            "Never" => "Failed",
+            _ => "Running",
+        };
+    }
+    "Pending"
+}
+
+/// Sets condition `kind` to `value`, keeping its transition time when the value is unchanged.
+fn set_condition(
+    out: &mut Vec<PodCondition>,
+    old: &[PodCondition],
+    kind: &str,
+    value: bool,
+    reason: Option<&str>,
+    now: Timestamp,
+) {
+    let status = if value { "True" } else { "False" };
+    let since = old
+        .iter()
+        .find(|c| c.type_ == kind && c.status == status)
+        .and_then(|c| c.last_transition_time.clone())
+        .unwrap_or(Time(now));
+    out.push(PodCondition {
+        type_: kind.to_string(),
+        status: status.to_string(),
+        last_transition_time: Some(since),
+        reason: reason.map(String::from),
+        ..Default::default()
+    });
+}
+
+/// The whole pod status. `old` is the status currently stored (its conditions' transition
+/// times and start time carry over).
+pub struct StatusInput<'a> {
+    pub old: Option<&'a PodStatus>,
+    pub containers: Vec<ContainerStatus>,
+    pub restart_policy: &'a str,
+    pub sandbox_ready: bool,
+    pub pod_ip: Option<String>,
+    pub host_ip: String,
+    pub now: Timestamp,
+}
+
+pub fn pod_status(i: StatusInput) -> PodStatus {
+    let old_conditions = i.old.and_then(|s| s.conditions.clone()).unwrap_or_default();
+    let phase = phase(&i.containers, i.restart_policy);
+    let all_ready = !i.containers.is_empty() && i.containers.iter().all(|c| c.ready);
+    let not_ready: Vec<&str> = i
+        .containers
+        .iter()
+        .filter(|c| !c.ready)
+        .map(|c| c.name.as_str())
+        .collect();
+    let terminal = matches!(phase, "Succeeded" | "Failed");
+    let reason = if terminal {
+        Some("PodCompleted")
+    } else if all_ready {
+        None
+    } else {
+        Some("ContainersNotReady")
+    };
+    let mut conditions = Vec::new();
+    set_condition(
+        &mut conditions,
+        &old_conditions,
+        "PodReadyToStartContainers",
+        i.sandbox_ready,
+        None,
+        i.now,
+    );
+    set_condition(
+        &mut conditions,
+        &old_conditions,
+        "Initialized",
+        true,
+        None,
+        i.now,
+    );
+    set_condition(
+        &mut conditions,
+        &old_conditions,
+        "Ready",
+        all_ready && !terminal,
+        reason,
+        i.now,
+    );
+    set_condition(
+        &mut conditions,
+        &old_conditions,
+        "ContainersReady",
+        all_ready && !terminal,
+        reason,
+        i.now,
+    );
+    set_condition(
+        &mut conditions,
+        &old_conditions,
+        "PodScheduled",
+        true,
+        None,
+        i.now,
+    );
+    if let Some(c) = conditions
+        .iter_mut()
+        .find(|c| c.type_ == "Ready" || c.type_ == "ContainersReady")
+        .filter(|c| c.status == "False" && !terminal && !not_ready.is_empty())
+    {
+        c.message = Some(format!(
+            "containers with unready status: [{}]",
+            not_ready.join(" ")
+        ));
+    }
+    let start_time = i
+        .old
+        .and_then(|s| s.start_time.clone())
+        .unwrap_or(Time(i.now));
+    PodStatus {
+        phase: Some(phase.to_string()),
+        conditions: Some(conditions),
+        host_ip: Some(i.host_ip.clone()),
+        host_ips: Some(vec![k8s_openapi::api::core::v1::HostIP { ip: i.host_ip }]),
+        pod_ip: i.pod_ip.clone(),
+        pod_ips: i
+            .pod_ip
+            .map(|ip| vec![k8s_openapi::api::core::v1::PodIP { ip }]),
+        start_time: Some(start_time),
+        container_statuses: Some(i.containers),
+        qos_class: i.old.and_then(|s| s.qos_class.clone()),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obs(name: &str, attempt: u32, state: RunState) -> Observed {
+        Observed {
+            id: format!("{name}-{attempt}"),
+            sandbox: false,
+            name: name.into(),
+            attempt,
+            image: "img".into(),
+            image_id: "sha256:1".into(),
+            state,
+        }
+    }
+
+    fn exited(code: i32) -> RunState {
+        RunState::Exited {
+            code,
+            reason: if code == 0 { "Completed" } else { "Error" },
+            started: Some(Timestamp::UNIX_EPOCH),
+            finished: Timestamp::UNIX_EPOCH,
+        }
+    }
+
+    fn running() -> RunState {
+        RunState::Running {
+            started: Timestamp::UNIX_EPOCH,
+            pid: 1,
+        }
+    }
+
+    fn spec(name: &str) -> Container {
+        Container {
+            name: name.into(),
+            image: Some("img".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn running_container_reports_ready_only_when_probed_ready() {
+        let s = spec("web");
+        let cur = obs("web", 2, running());
+        let prev = obs("web", 1, exited(137));
+        let mut v = ContainerView {
+            spec: &s,
+            current: Some(&cur),
+            previous: Some(&prev),
+            waiting: None,
+            started: true,
+            ready: false,
+        };
+        let st = container_status(&v);
+        assert!(!st.ready);
+        assert_eq!(st.restart_count, 2);
+        assert!(st.state.as_ref().unwrap().running.is_some());
+        let last = st.last_state.unwrap().terminated.unwrap();
+        assert_eq!(last.exit_code, 137);
+        assert_eq!(last.container_id.as_deref(), Some("docker://web-1"));
+        v.ready = true;
+        assert!(container_status(&v).ready);
+    }
+
+    #[test]
+    fn crash_loop_waits_with_the_crashed_attempt_as_last_state() {
+        let s = spec("app");
+        let cur = obs("app", 3, exited(1));
+        let v = ContainerView {
+            spec: &s,
+            current: Some(&cur),
+            previous: None,
+            waiting: Some(("CrashLoopBackOff".into(), "back-off 40s".into())),
+            started: false,
+            ready: true,
+        };
+        let st = container_status(&v);
+        let w = st.state.as_ref().unwrap().waiting.as_ref().unwrap();
+        assert_eq!(w.reason.as_deref(), Some("CrashLoopBackOff"));
+        assert_eq!(w.message.as_deref(), Some("back-off 40s"));
+        assert_eq!(st.last_state.unwrap().terminated.unwrap().exit_code, 1);
+        assert!(!st.ready, "a waiting container is never ready");
+        assert_eq!(phase(&[container_status(&v)], "Always"), "Running");
+    }
+
+    #[test]
+    fn phases_follow_restart_policy() {
+        let s = spec("a");
+        let ok = obs("a", 0, exited(0));
+        let bad = obs("a", 0, exited(2));
+        let run = obs("a", 0, running());
+        let st = |o: Option<&Observed>| {
+            container_status(&ContainerView {
+                spec: &s,
+                current: o,
+                previous: None,
+                waiting: None,
+                started: true,
+                ready: true,
+            })
+        };
+        assert_eq!(phase(&[st(None)], "Always"), "Pending");
+        assert_eq!(phase(&[st(Some(&run))], "Never"), "Running");
+        assert_eq!(phase(&[st(Some(&ok))], "Never"), "Succeeded");
+        assert_eq!(phase(&[st(Some(&ok))], "OnFailure"), "Succeeded");
+        assert_eq!(phase(&[st(Some(&ok))], "Always"), "Running");
+        assert_eq!(phase(&[st(Some(&bad))], "Never"), "Failed");
+        assert_eq!(phase(&[st(Some(&bad))], "OnFailure"), "Running");
+        assert_eq!(phase(&[st(Some(&ok)), st(Some(&bad))], "Never"), "Failed");
+        assert_eq!(phase(&[st(Some(&run)), st(None)], "Always"), "Pending");
+    }
+
+    #[test]
+    fn conditions_keep_their_transition_time_while_unchanged() {
+        let s = spec("a");
+        let run = obs("a", 0, running());
+        let cs = || {
+            vec![container_status(&ContainerView {
+                spec: &s,
+                current: Some(&run),
+                previous: None,
+                waiting: None,
+                started: true,
+                ready: true,
+            })]
+        };
+        let t0 = Timestamp::from_second(1000).unwrap();
+        let t1 = Timestamp::from_second(2000).unwrap();
+        let first = pod_status(StatusInput {
+            old: None,
+            containers: cs(),
+            restart_policy: "Always",
+            sandbox_ready: true,
+            pod_ip: Some("10.244.0.5".into()),
+            host_ip: "192.0.2.1".into(),
+            now: t0,
+        });
+        let second = pod_status(StatusInput {
+            old: Some(&first),
+            containers: cs(),
+            restart_policy: "Always",
+            sandbox_ready: true,
+            pod_ip: Some("10.244.0.5".into()),
+            host_ip: "192.0.2.1".into(),
+            now: t1,
+        });
+        assert_eq!(first, second, "nothing changed, so nothing to write");
+        let ready = second
+            .conditions
+            .unwrap()
+            .into_iter()
+            .find(|c| c.type_ == "Ready")
+            .unwrap();
+        assert_eq!(ready.status, "True");
+        assert_eq!(ready.last_transition_time, Some(Time(t0)));
+        assert_eq!(second.phase.as_deref(), Some("Running"));
+        assert_eq!(second.pod_ip.as_deref(), Some("10.244.0.5"));
+    }
+
+    #[test]
+    fn unready_containers_are_named() {
+        let s = spec("web");
+        let run = obs("web", 0, running());
+        let st = pod_status(StatusInput {
+            old: None,
+            containers: vec![container_status(&ContainerView {
+                spec: &s,
+                current: Some(&run),
+                previous: None,
+                waiting: None,
+                started: true,
+                ready: false,
+            })],
+            restart_policy: "Always",
+            sandbox_ready: true,
+            pod_ip: None,
+            host_ip: "192.0.2.1".into(),
+            now: Timestamp::UNIX_EPOCH,
+        });
+        let ready = st
+            .conditions
+            .unwrap()
+            .into_iter()
+            .find(|c| c.type_ == "Ready")
+            .unwrap();
+        assert_eq!(ready.status, "False");
+        assert_eq!(ready.reason.as_deref(), Some("ContainersNotReady"));
+        assert_eq!(
+            ready.message.as_deref(),
+            Some("containers with unready status: [web]")
+        );
+    }
+}
