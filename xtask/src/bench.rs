@@ -87,16 +87,29 @@ pub struct BenchArgs {
     /// api: changes each watcher must receive.
     #[arg(long, default_value_t = 1000)]
     api_watch_events: usize,
+    /// kubelet: pods started one at a time (each next to a bare docker run + veth).
+    #[arg(long, default_value_t = 15)]
+    kubelet_runs: usize,
+    /// kubelet: pods created at once.
+    #[arg(long, default_value_t = 50)]
+    kubelet_pods: usize,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Which {
     Dataplane,
     Api,
+    Kubelet,
 }
 
 pub fn bench(args: &BenchArgs) -> Result<()> {
-    setup(&SetupArgs { no_docker: true })?;
+    if args.bench == Some(Which::Kubelet) {
+        setup(&SetupArgs::default())?;
+        return kubelet(args);
+    }
+    setup(&SetupArgs {
+        no_docker: args.bench.is_some(),
+    })?;
     if args.bench == Some(Which::Api) {
         return api(args);
     }
@@ -121,11 +134,12 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     std::fs::create_dir_all(&out_dir).with_context(|| format!("mkdir {}", out_dir.display()))?;
     install_signal_handlers();
     match args.bench {
-        Some(Which::Api) => unreachable!("handled above"),
+        Some(Which::Api | Which::Kubelet) => unreachable!("handled above"),
         Some(Which::Dataplane) => dataplane(args, &services, &bins, &out_dir),
         None => {
             dataplane(args, &services, &bins, &out_dir)?;
-            api(args)
+            api(args)?;
+            kubelet(args)
         }
     }
 }
@@ -152,6 +166,34 @@ fn api(args: &BenchArgs) -> Result<()> {
             get_seconds: args.api_get_seconds,
             watchers: args.api_watchers,
             watch_events: args.api_watch_events,
+        },
+        &target,
+        &out_dir,
+    )
+}
+
+fn kubelet(args: &BenchArgs) -> Result<()> {
+    if !is_root() {
+        bail!("the kubelet benchmark needs root (Docker, network namespaces)");
+    }
+    step("bench: cargo build --release (kproxy-apiserver, kproxy-kubelet)");
+    run_cmd(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "kproxy-apiserver",
+        "-p",
+        "kproxy-kubelet",
+        "--bins",
+    ]))?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace_root().join("target"), PathBuf::from);
+    let out_dir = target.join("bench");
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("mkdir {}", out_dir.display()))?;
+    crate::bench_kubelet::run(
+        &crate::bench_kubelet::KubeletBench {
+            sequential: args.kubelet_runs,
+            bulk: args.kubelet_pods,
         },
         &target,
         &out_dir,

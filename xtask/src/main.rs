@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_api;
+mod bench_kubelet;
 mod images;
 mod run;
 mod setup;

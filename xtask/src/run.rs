@@ -1,6 +1,6 @@
-//! `cargo xtask run`: set up, build, and start the node in the foreground. It starts what
-//! exists so far (the API server, and the kproxy datapath on a lab uplink) and prints the next
-//! steps.
+//! `cargo xtask run`: set up, build, and start the node in the foreground: the API server,
+//! the kubelet (this host is master and worker at once) and the kproxy datapath on a lab
+//! uplink; then print the next steps.
 
 use std::{
     path::PathBuf,
@@ -101,6 +101,9 @@ pub fn run(args: &RunArgs) -> Result<()> {
     };
 
     let apiserver = start_apiserver(&bin_dir)?;
+    let node = node_name()?;
+    let kubelet = start_kubelet(&bin_dir, &node)?;
+    let pod_manifest = demo_pod_manifest(&node)?;
 
     let manifest = services_manifest()?;
     // A demo backend: an echo server on the lab client host, so the demo service answers.
@@ -155,10 +158,16 @@ pub fn run(args: &RunArgs) -> Result<()> {
     println!("  curl -s 127.0.0.1:9962/metrics | grep kproxy_service");
     let kctl = bin_dir.join("kctl");
     let kctl = kctl.display();
+    println!(
+        "  {kctl} create -f {}   # a pod bound to this node (no scheduler yet)",
+        pod_manifest.display()
+    );
+    println!("  {kctl} get pods -o wide; curl -s <pod IP>       # the page names the pod");
+    println!("  {kctl} logs web; {kctl} exec web -- /bin/busybox ps");
     println!("  {kctl} create deployment web --image=httpd --replicas=2");
     println!("  {kctl} expose deployment web --port=80 --type=NodePort");
     println!("  {kctl} get svc,deploy -o wide          # or: kubectl get svc (context `kproxy`)");
-    println!("  tail -f {APISERVER_LOG}");
+    println!("  tail -f {APISERVER_LOG} {KUBELET_LOG}");
     if args.uplink.is_none() {
         println!("Ctrl-C stops kproxy and removes the lab netns.\n");
     } else {
@@ -168,10 +177,13 @@ pub fn run(args: &RunArgs) -> Result<()> {
     // kproxy leaves its datapath attached on exit (so restarts keep flows); `run` owns this
     // node, so detach it. The pinned maps stay for the next run.
     let _ = Command::new(&kproxy).arg("cleanup").status();
-    let mut apiserver = apiserver;
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(apiserver.id() as libc::pid_t, libc::SIGTERM) };
-    let _ = apiserver.wait();
+    // The kubelet first: its pods keep running and are adopted by the next run.
+    for mut child in [kubelet, apiserver] {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let _ = child.wait();
+    }
+    println!("run: pods keep running in Docker; the next `cargo xtask run` adopts them");
     if let Some(mut e) = echo {
         let _ = e.kill();
         let _ = e.wait();
@@ -183,8 +195,52 @@ pub fn run(args: &RunArgs) -> Result<()> {
     Ok(())
 }
 
+const LOG_DIR: &str = "/var/log/kproxy";
 const APISERVER_LOG: &str = "/var/log/kproxy/apiserver.log";
 const APISERVER_DATA: &str = "/var/lib/kproxy/apiserver";
+const KUBELET_LOG: &str = "/var/log/kproxy/kubelet.log";
+const KUBELET_DATA: &str = "/var/lib/kproxy/kubelet";
+
+/// Starts `bin args` with stderr appended to `log` and waits until this run's part of the log
+/// contains `ready` (30 s at most).
+fn start_daemon(
+    what: &str,
+    bin: &std::path::Path,
+    args: &[&str],
+    log_path: &str,
+    ready: &str,
+) -> Result<std::process::Child> {
+    std::fs::create_dir_all(LOG_DIR).with_context(|| format!("create {LOG_DIR}"))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .with_context(|| format!("open {log_path}"))?;
+    // Only this run's lines count: the log is appended to across runs.
+    let offset = log.metadata().map(|m| m.len() as usize).unwrap_or(0);
+    let mut child = Command::new(bin)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("start {}", bin.display()))?;
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait()? {
+            bail!("the {what} exited ({status}); see {log_path}");
+        }
+        let log = std::fs::read(log_path).unwrap_or_default();
+        let ours = String::from_utf8_lossy(log.get(offset..).unwrap_or_default());
+        if ours.contains(ready) {
+            return Ok(child);
+        }
+        if started.elapsed() > std::time::Duration::from_secs(30) {
+            let _ = child.kill();
+            bail!("the {what} did not become ready in 30 s; see {log_path}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
 
 /// Starts the API server (state in /var/lib/kproxy/apiserver, kept across runs) and waits until
 /// it answers; it merges the `kproxy` context into the kubeconfig and makes it current.
@@ -192,46 +248,82 @@ fn start_apiserver(bin_dir: &std::path::Path) -> Result<std::process::Child> {
     step(&format!(
         "run: starting the API server on https://127.0.0.1:6443 (state {APISERVER_DATA}, log {APISERVER_LOG})"
     ));
-    std::fs::create_dir_all("/var/log/kproxy").context("create /var/log/kproxy")?;
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(APISERVER_LOG)
-        .with_context(|| format!("open {APISERVER_LOG}"))?;
-    // Only this run's lines count: the log is appended to across runs.
-    let offset = log.metadata().map(|m| m.len() as usize).unwrap_or(0);
-    let mut child = Command::new(bin_dir.join("kproxy-apiserver"))
-        .args([
+    let child = start_daemon(
+        "API server",
+        &bin_dir.join("kproxy-apiserver"),
+        &[
             "serve",
             "--data-dir",
             APISERVER_DATA,
             "--bind",
             "127.0.0.1:6443",
-        ])
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .context("start kproxy-apiserver")?;
-    let started = std::time::Instant::now();
-    loop {
-        if let Some(status) = child.try_wait()? {
-            bail!("the API server exited ({status}); see {APISERVER_LOG}");
-        }
-        let log = std::fs::read(APISERVER_LOG).unwrap_or_default();
-        let ours = String::from_utf8_lossy(log.get(offset..).unwrap_or_default());
-        if ours.contains("API server ready") {
-            break;
-        }
-        if started.elapsed() > std::time::Duration::from_secs(30) {
-            let _ = child.kill();
-            bail!("the API server did not become ready in 30 s; see {APISERVER_LOG}");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+        ],
+        APISERVER_LOG,
+        "API server ready",
+    )?;
     println!(
         "run: API server ready; kubeconfig context `kproxy` is current (kctl and kubectl use it)"
     );
     Ok(child)
+}
+
+/// This host's node name, as the kubelet derives it.
+fn node_name() -> Result<String> {
+    Ok(std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .context("read the host name")?
+        .trim()
+        .to_lowercase())
+}
+
+/// Starts the kubelet for this host with its own node token (created on first use), so this
+/// host is master and worker at once.
+fn start_kubelet(bin_dir: &std::path::Path, node: &str) -> Result<std::process::Child> {
+    step(&format!(
+        "run: starting the kubelet for node {node} (bridge kbr0, pods 10.244.0.0/24, state {KUBELET_DATA}, log {KUBELET_LOG})"
+    ));
+    let path = format!("{KUBELET_DATA}/kubeconfig");
+    run_cmd(
+        Command::new(bin_dir.join("kproxy-apiserver"))
+            .args([
+                "node-kubeconfig",
+                node,
+                "--out",
+                &path,
+                "--data-dir",
+                APISERVER_DATA,
+            ])
+            .stdout(Stdio::null()),
+    )
+    .context("write the kubelet's kubeconfig (kproxy-apiserver node-kubeconfig)")?;
+    let child = start_daemon(
+        "kubelet",
+        &bin_dir.join("kproxy-kubelet"),
+        &[
+            "--kubeconfig",
+            &path,
+            "--data-dir",
+            KUBELET_DATA,
+            "--node-name",
+            node,
+        ],
+        KUBELET_LOG,
+        "kubelet ready",
+    )?;
+    println!("run: kubelet ready; node {node} is Ready");
+    Ok(child)
+}
+
+/// A demo pod for this node, written on every run (the node name may change).
+fn demo_pod_manifest(node: &str) -> Result<PathBuf> {
+    let dir = workspace_root().join("target/kproxy");
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    let path = dir.join("pod.yaml");
+    let text = format!(
+        "# A pod bound to this node: httpd (busybox) serving a page with the pod's name.\n\
+apiVersion: v1\nkind: Pod\nmetadata: {{name: web, labels: {{app: web}}}}\nspec:\n  nodeName: {node}\n  containers:\n  - name: httpd\n    image: httpd\n    ports: [{{containerPort: 80}}]\n    readinessProbe: {{httpGet: {{path: /, port: 80}}, periodSeconds: 2}}\n"
+    );
+    std::fs::write(&path, text).with_context(|| format!("write {}", path.display()))?;
+    Ok(path)
 }
 
 /// The demo manifest `run` feeds kproxy: created once, then left to the user to edit.

@@ -1,9 +1,9 @@
 //! kproxy-apiserver: serve the cluster API, or manage its tokens.
 #![forbid(unsafe_code)]
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
-use kproxy_apiserver::{auth::TokenStore, server};
+use kproxy_apiserver::{auth::TokenStore, kubeconfig, server};
 
 #[derive(Parser)]
 #[command(
@@ -26,11 +26,33 @@ enum Command {
         #[arg(long, default_value = "/var/lib/kproxy/apiserver")]
         data_dir: std::path::PathBuf,
     },
+    /// Write a kubeconfig for a node's kubelet: the cluster CA and the node's token.
+    NodeKubeconfig {
+        node: String,
+        /// Where to write it (mode 0600; an existing file is merged into).
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// The API server's URL as the node reaches it.
+        #[arg(long, default_value = "https://127.0.0.1:6443")]
+        server: String,
+        #[arg(long, default_value = "/var/lib/kproxy/apiserver")]
+        data_dir: std::path::PathBuf,
+    },
     /// Print the admin bearer token.
     AdminToken {
         #[arg(long, default_value = "/var/lib/kproxy/apiserver")]
         data_dir: std::path::PathBuf,
     },
+}
+
+fn node_token(node: &str, data_dir: &std::path::Path) -> Result<String> {
+    let errs = kproxy_apimachinery::names::dns1123_subdomain(node);
+    anyhow::ensure!(
+        errs.is_empty(),
+        "invalid node name {node:?}: {}",
+        errs.join("; ")
+    );
+    TokenStore::open(data_dir)?.node_token(node)
 }
 
 fn main() -> Result<()> {
@@ -55,13 +77,25 @@ fn main() -> Result<()> {
                 }
             })),
         Command::NodeToken { node, data_dir } => {
-            let errs = kproxy_apimachinery::names::dns1123_subdomain(&node);
-            anyhow::ensure!(
-                errs.is_empty(),
-                "invalid node name {node:?}: {}",
-                errs.join("; ")
-            );
-            println!("{}", TokenStore::open(&data_dir)?.node_token(&node)?);
+            println!("{}", node_token(&node, &data_dir)?);
+            Ok(())
+        }
+        Command::NodeKubeconfig {
+            node,
+            out,
+            server,
+            data_dir,
+        } => {
+            let token = node_token(&node, &data_dir)?;
+            let ca_path = data_dir.join("pki/ca.crt");
+            let ca = std::fs::read_to_string(&ca_path).with_context(|| {
+                format!(
+                    "reading {} (start the API server once to create it)",
+                    ca_path.display()
+                )
+            })?;
+            kubeconfig::write(&out, &server, &ca, &token)?;
+            println!("wrote {} for node {node}", out.display());
             Ok(())
         }
         Command::AdminToken { data_dir } => {

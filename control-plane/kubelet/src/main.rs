@@ -77,6 +77,8 @@ async fn main() -> Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_ansi(false)
+        // Logs go to stderr, as for the API server and kproxy.
+        .with_writer(std::io::stderr)
         .init();
     let o = Options::parse();
     let backoff = backoff::Backoff {

@@ -15,6 +15,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kproxy_kubelet_server::labels;
 use kube::{
     Api,
+    api::ListParams,
     runtime::{WatchStreamExt as _, watcher},
 };
 use tokio::{
@@ -175,7 +176,18 @@ async fn remove_orphans(shared: Arc<Shared>, live: HashSet<String>) {
         .filter(|o| !live.contains(*o))
         .cloned()
         .collect();
-    for uid in owners {
+    if owners.is_empty() {
+        return;
+    }
+    // A pod bound after the listing is not in `live` but may already hold an address. Pods
+    // bound now (listed after the snapshot above) include every such owner.
+    let api: Api<Pod> = Api::all(shared.client.clone());
+    let lp = ListParams::default().fields(&format!("spec.nodeName={}", shared.runtime.node));
+    let bound: HashSet<String> = match api.list(&lp).await {
+        Ok(l) => l.items.into_iter().filter_map(|p| p.metadata.uid).collect(),
+        Err(e) => return warn!("looking for orphaned addresses: {e}"),
+    };
+    for uid in owners.into_iter().filter(|o| !bound.contains(o)) {
         if let Err(e) = shared.net.release(&uid).await {
             warn!(%uid, "releasing an orphaned address: {e:#}");
         }

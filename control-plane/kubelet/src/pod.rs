@@ -36,14 +36,17 @@ pub struct Net {
 }
 
 impl Net {
-    /// Gives the sandbox (process `pid`) its eth0 on the bridge; returns the pod IP.
-    pub async fn attach(&self, uid: &str, pid: i64) -> Result<Ipv4Addr> {
-        let ip = self
-            .ipam
+    /// The pod's address: the one it has, or a new one.
+    pub fn allocate(&self, uid: &str) -> Result<Ipv4Addr> {
+        self.ipam
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .allocate(uid)
-            .context("allocating the pod IP")?;
+            .context("allocating the pod IP")
+    }
+
+    /// Gives the sandbox (process `pid`) its eth0 with `ip` on the bridge.
+    pub async fn plumb(&self, uid: &str, ip: Ipv4Addr, pid: i64) -> Result<()> {
         let netns = PathBuf::from(format!("/proc/{pid}/ns/net"));
         kproxy_podnet::attach(
             &netns,
@@ -54,8 +57,7 @@ impl Net {
             self.gateway,
         )
         .await
-        .context("connecting the pod to the node bridge")?;
-        Ok(ip)
+        .context("connecting the pod to the node bridge")
     }
 
     /// Removes the pod's veth and frees its address. Idempotent.
@@ -310,35 +312,81 @@ impl Worker {
             }
             self.ip = None;
         } else {
+            let new_sandbox = !sandbox.as_ref().is_some_and(|s| s.state.is_running());
+            if new_sandbox {
+                self.ip = None;
+            }
+            // The address is known before the network exists (IPAM is keyed by uid), so the
+            // containers' environment (status.podIP) does not wait for the plumbing.
+            let ip = if host_network {
+                self.shared.node_ip.parse().unwrap_or(Ipv4Addr::LOCALHOST)
+            } else {
+                self.shared.net.allocate(&self.uid)?
+            };
             let sandbox_id = match &sandbox {
-                Some(s) if s.state.is_running() => s.id.clone(),
+                Some(s) if !new_sandbox => s.id.clone(),
                 _ => {
                     info!(pod = %format!("{ns}/{name}"), "creating the pod sandbox");
-                    self.ip = None;
-                    self.shared.runtime.run_sandbox(pod, host_network).await?
+                    self.shared
+                        .runtime
+                        .create_sandbox(pod, host_network)
+                        .await?
                 }
             };
-            if self.ip.is_none() {
-                let ip = if host_network {
-                    self.shared.node_ip.parse().unwrap_or(Ipv4Addr::LOCALHOST)
-                } else {
-                    let s = self
-                        .shared
-                        .runtime
-                        .inspect(&sandbox_id)
-                        .await?
-                        .context("the sandbox vanished")?;
-                    let RunState::Running { pid, .. } = s.state else {
-                        anyhow::bail!("the sandbox is not running");
-                    };
-                    self.shared.net.attach(&self.uid, pid).await?
-                };
-                self.ip = Some(ip);
-            }
+            // The sandbox starting and getting its network, and the app containers being
+            // created, are independent: do them at the same time.
+            let plumb = {
+                let shared = self.shared.clone();
+                let (uid, sid) = (self.uid.clone(), sandbox_id.clone());
+                let needed = self.ip.is_none() && !host_network;
+                async move {
+                    if new_sandbox {
+                        shared
+                            .runtime
+                            .start(&sid)
+                            .await
+                            .context("starting the pod sandbox")?;
+                    }
+                    if needed {
+                        let s = shared
+                            .runtime
+                            .inspect(&sid)
+                            .await?
+                            .context("the sandbox vanished")?;
+                        let RunState::Running { pid, .. } = s.state else {
+                            anyhow::bail!("the sandbox is not running");
+                        };
+                        shared.net.plumb(&uid, ip, pid).await?;
+                    }
+                    anyhow::Ok(())
+                }
+            };
+            let create = async {
+                let mut created = Vec::new();
+                for (c, attempt) in &to_start {
+                    created.push((*c, self.create(pod, c, *attempt, &sandbox_id, ip).await));
+                }
+                created
+            };
+            let (plumbed, created) = tokio::join!(plumb, create);
+            plumbed?;
+            self.ip = Some(ip);
             sandbox_ready = true;
-            for (c, attempt) in to_start {
-                match self.start(pod, c, attempt, &sandbox_id).await {
-                    Ok(()) => {}
+            let mut started = Vec::new();
+            for (c, r) in created {
+                let r = match r {
+                    Ok(id) => self.shared.runtime.start(&id).await.map(|()| id).map_err(|e| {
+                        warn!(pod = %format!("{ns}/{name}"), container = %c.name, "start failed: {e:#}");
+                        (
+                            "RunContainerError".to_string(),
+                            format!("{e:#}"),
+                            Some(Instant::now() + self.shared.backoff.base),
+                        )
+                    }),
+                    Err(e) => Err(e),
+                };
+                match r {
+                    Ok(id) => started.push(id),
                     Err((reason, message, retry)) => {
                         if let Some(at) = retry {
                             wake = wake.min(at);
@@ -347,8 +395,16 @@ impl Worker {
                     }
                 }
             }
-            observed = self.shared.runtime.pod_containers(&self.uid).await?;
-            self.remove_old_attempts(&observed).await;
+            if !started.is_empty() {
+                for id in started {
+                    if let Some(o) = self.shared.runtime.inspect(&id).await? {
+                        observed.retain(|x| x.id != o.id);
+                        observed.push(o);
+                    }
+                }
+                observed.sort_by_key(|o| (o.sandbox, o.name.clone(), o.attempt));
+                self.remove_old_attempts(&observed).await;
+            }
         }
 
         // Probes for running containers.
@@ -358,7 +414,8 @@ impl Worker {
         let mut kills = Vec::new();
         for c in &spec.containers {
             let Some(cur) = observed
-                .iter().rfind(|o| !o.sandbox && o.name == c.name)
+                .iter()
+                .rfind(|o| !o.sandbox && o.name == c.name)
                 .filter(|o| o.state.is_running())
             else {
                 continue;
@@ -453,7 +510,8 @@ impl Worker {
     fn any_wanted(&self, containers: &[Container], observed: &[Observed], policy: &str) -> bool {
         containers.iter().any(|c| {
             match observed
-                .iter().rfind(|o| !o.sandbox && o.name == c.name)
+                .iter()
+                .rfind(|o| !o.sandbox && o.name == c.name)
                 .map(|o| &o.state)
             {
                 Some(RunState::Exited { code, .. }) => match policy {
@@ -466,33 +524,29 @@ impl Worker {
         })
     }
 
-    /// Starts one attempt; on failure returns the waiting reason, message and retry time.
-    async fn start(
+    /// Creates one attempt (image, environment, container); on failure returns the waiting
+    /// reason, message and retry time.
+    async fn create(
         &mut self,
         pod: &Pod,
         c: &Container,
         attempt: u32,
         sandbox_id: &str,
-    ) -> std::result::Result<(), (String, String, Option<Instant>)> {
+        ip: Ipv4Addr,
+    ) -> std::result::Result<String, (String, String, Option<Instant>)> {
         let image = c.image.clone().unwrap_or_default();
         self.ensure_image(&image, c.image_pull_policy.as_deref())
             .await?;
-        let env = crate::env::build(
-            pod,
-            c,
-            self.ip.map(|ip| ip.to_string()),
-            &self.shared.node_ip,
-        )
-        .map_err(|e| ("CreateContainerConfigError".to_string(), e, None))?;
+        let env = crate::env::build(pod, c, Some(ip.to_string()), &self.shared.node_ip)
+            .map_err(|e| ("CreateContainerConfigError".to_string(), e, None))?;
         let (ns, name) = meta(pod);
         info!(pod = %format!("{ns}/{name}"), container = %c.name, attempt, "starting container");
         self.shared
             .runtime
-            .run_container(pod, c, attempt, sandbox_id, env)
+            .create_container(pod, c, attempt, sandbox_id, env)
             .await
-            .map(drop)
             .map_err(|e| {
-                warn!(pod = %format!("{ns}/{name}"), container = %c.name, "start failed: {e:#}");
+                warn!(pod = %format!("{ns}/{name}"), container = %c.name, "create failed: {e:#}");
                 (
                     "CreateContainerError".to_string(),
                     format!("{e:#}"),

@@ -221,8 +221,8 @@ impl Runtime {
         ])
     }
 
-    /// Creates and starts the pod's sandbox; returns its id.
-    pub async fn run_sandbox(&self, pod: &Pod, host_network: bool) -> Result<String> {
+    /// Creates (does not start) the pod's sandbox; returns its id.
+    pub async fn create_sandbox(&self, pod: &Pod, host_network: bool) -> Result<String> {
         let m = &pod.metadata;
         let (name, ns, uid) = (
             m.name.as_deref().unwrap_or_default(),
@@ -252,25 +252,41 @@ impl Runtime {
             ..Default::default()
         };
         let docker_name = labels::sandbox_name(name, ns, uid);
-        // A dead sandbox of an earlier incarnation may still hold the name.
-        self.remove_named(&docker_name).await?;
-        let id = self
-            .docker
-            .create_container(
+        self.create_named(&docker_name, body).await.context(
+            "creating the pod sandbox (is the kproxy/pause:1 image built? `cargo xtask images`)",
+        )
+    }
+
+    /// Creates a container under `name`; a leftover of that name (a dead attempt of an earlier
+    /// kubelet run) is removed first. Trying first keeps the common case at one call.
+    async fn create_named(&self, name: &str, body: ContainerCreateBody) -> Result<String> {
+        let create = || {
+            self.docker.create_container(
                 Some(CreateContainerOptions {
-                    name: Some(docker_name),
+                    name: Some(name.to_string()),
                     ..Default::default()
                 }),
-                body,
+                body.clone(),
             )
-            .await
-            .context("creating the pod sandbox (is the kproxy/pause:1 image built? `cargo xtask images`)")?
-            .id;
+        };
+        match create().await {
+            Ok(r) => Ok(r.id),
+            Err(DockerError::DockerResponseServerError {
+                status_code: 409, ..
+            }) => {
+                self.remove_named(name).await?;
+                Ok(create().await.map_err(|e| anyhow!(docker_message(&e)))?.id)
+            }
+            Err(e) => Err(anyhow!(docker_message(&e))),
+        }
+    }
+
+    /// Starts a created container.
+    pub async fn start(&self, id: &str) -> Result<()> {
         self.docker
-            .start_container(&id, None)
+            .start_container(id, None)
             .await
-            .context("starting the pod sandbox")?;
-        Ok(id)
+            .map_err(|e| anyhow!(docker_message(&e)))
     }
 
     async fn remove_named(&self, name: &str) -> Result<()> {
@@ -291,8 +307,8 @@ impl Runtime {
         }
     }
 
-    /// Creates and starts attempt `attempt` of `container` in the sandbox's namespaces.
-    pub async fn run_container(
+    /// Creates (does not start) attempt `attempt` of `container` in the sandbox's namespaces.
+    pub async fn create_container(
         &self,
         pod: &Pod,
         container: &Container,
@@ -343,24 +359,7 @@ impl Runtime {
             m.uid.as_deref().unwrap_or_default(),
             attempt,
         );
-        self.remove_named(&docker_name).await?;
-        let id = self
-            .docker
-            .create_container(
-                Some(CreateContainerOptions {
-                    name: Some(docker_name),
-                    ..Default::default()
-                }),
-                body,
-            )
-            .await
-            .map_err(|e| anyhow!(docker_message(&e)))?
-            .id;
-        self.docker
-            .start_container(&id, None)
-            .await
-            .map_err(|e| anyhow!(docker_message(&e)))?;
-        Ok(id)
+        self.create_named(&docker_name, body).await
     }
 
     /// SIGTERM, then SIGKILL after `grace`. Already stopped or gone is fine.

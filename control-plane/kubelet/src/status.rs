@@ -241,11 +241,13 @@ pub fn pod_status(i: StatusInput) -> PodStatus {
         None,
         i.now,
     );
-    if let Some(c) = conditions
-        .iter_mut()
-        .find(|c| c.type_ == "Ready" || c.type_ == "ContainersReady")
-        .filter(|c| c.status == "False" && !terminal && !not_ready.is_empty())
-    {
+    // Both conditions name the unready containers, as Kubernetes' do.
+    for c in conditions.iter_mut().filter(|c| {
+        (c.type_ == "Ready" || c.type_ == "ContainersReady")
+            && c.status == "False"
+            && !terminal
+            && !not_ready.is_empty()
+    }) {
         c.message = Some(format!(
             "containers with unready status: [{}]",
             not_ready.join(" ")
@@ -450,17 +452,15 @@ mod tests {
             host_ip: "192.0.2.1".into(),
             now: Timestamp::UNIX_EPOCH,
         });
-        let ready = st
-            .conditions
-            .unwrap()
-            .into_iter()
-            .find(|c| c.type_ == "Ready")
-            .unwrap();
+        let conditions = st.conditions.unwrap();
+        let find = |kind: &str| conditions.iter().find(|c| c.type_ == kind).unwrap();
+        let ready = find("Ready");
         assert_eq!(ready.status, "False");
         assert_eq!(ready.reason.as_deref(), Some("ContainersNotReady"));
         assert_eq!(
             ready.message.as_deref(),
             Some("containers with unready status: [web]")
         );
+        assert_eq!(find("ContainersReady").message, ready.message);
     }
 }
