@@ -6,6 +6,7 @@
 //! the tests check it against the standard tools.
 
 pub mod apiserver;
+pub mod kubelet;
 pub mod lab;
 
 use std::{

@@ -31,6 +31,8 @@ pub struct Api {
     pub advertise: String,
     /// Lets background work (garbage collection) outlive the request that started it.
     pub me: std::sync::Weak<Api>,
+    /// Connections to kubelets for pods/log and pods/exec.
+    pub kubelet: crate::proxy::KubeletClient,
 }
 
 pub type Shared = Arc<Api>;
@@ -191,7 +193,7 @@ fn target(group: &str, version: &str, rest: &[&str]) -> ApiResult<Target> {
         let ok = match s.as_str() {
             "status" => res.sub.status,
             "scale" => res.sub.scale,
-            "binding" => res.sub.pod,
+            "binding" | "log" | "exec" => res.sub.pod,
             _ => false,
         };
         if !ok {
@@ -218,7 +220,7 @@ pub fn verb(method: &Method, t: &Target, watch: bool) -> &'static str {
 
 async fn dispatch(State(api): State<Shared>, req: Request) -> Response {
     let start = Instant::now();
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();
     let query = parse_query(parts.uri.query());
 
@@ -262,18 +264,27 @@ async fn dispatch(State(api): State<Shared>, req: Request) -> Response {
     let watch = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
     let verb = verb(&parts.method, &t, watch);
 
-    let body = match read_body(body, api.max_body).await {
-        Ok(b) => b,
-        Err(e) => return e.into_response(),
+    let result = if let Some(sub @ ("log" | "exec")) = t.sub.as_deref() {
+        // Streams from the node's kubelet, not stored objects: no body to read, and an exec
+        // upgrade needs the request's own parts.
+        match crate::proxy::authorize(&id, sub, t.ns.as_deref()) {
+            Ok(()) => crate::proxy::serve(&api, &t, &mut parts).await,
+            Err(e) => Err(e),
+        }
+    } else {
+        let body = match read_body(body, api.max_body).await {
+            Ok(b) => b,
+            Err(e) => return e.into_response(),
+        };
+        let req = Req {
+            method: parts.method,
+            query,
+            headers: parts.headers,
+            body,
+            id,
+        };
+        handle(&api, &req, &t, verb).await
     };
-    let req = Req {
-        method: parts.method,
-        query,
-        headers: parts.headers,
-        body,
-        id,
-    };
-    let result = handle(&api, &req, &t, verb).await;
     let resp = result.unwrap_or_else(IntoResponse::into_response);
     let resource = match &t.sub {
         Some(s) => format!("{}/{s}", t.res.plural),
@@ -411,6 +422,11 @@ mod tests {
         );
         assert!(t("/api/v1/namespaces/d/services/x/scale").is_err());
         assert!(t("/api/v1/namespaces/d/pods/x/status/y").is_err());
+        for sub in ["log", "exec"] {
+            let p = t(&format!("/api/v1/namespaces/d/pods/x/{sub}")).unwrap();
+            assert_eq!(p.sub.as_deref(), Some(sub));
+            assert!(t(&format!("/api/v1/namespaces/d/services/x/{sub}")).is_err());
+        }
     }
 
     #[test]

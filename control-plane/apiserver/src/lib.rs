@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod object;
 pub mod openapi;
 pub mod pki;
+pub mod proxy;
 pub mod registry;
 pub mod rest;
 pub mod server;

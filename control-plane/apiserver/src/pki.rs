@@ -1,5 +1,6 @@
-//! The cluster CA and the API server's serving certificate, generated once at first start
-//! (like kubeadm's /etc/kubernetes/pki) and reused afterwards so kubeconfigs stay valid.
+//! The cluster CA, the API server's serving certificate and its client certificate for
+//! kubelets, generated once at first start (like kubeadm's /etc/kubernetes/pki) and reused
+//! afterwards so kubeconfigs stay valid.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -14,7 +15,19 @@ use rcgen::{
 pub struct Pki {
     pub ca_pem: String,
     pub server_config: Arc<rustls::ServerConfig>,
+    /// What the API server presents to kubelets (pods/log, pods/exec).
+    pub kubelet_client: ClientCert,
 }
+
+/// A client certificate and its key, PEM.
+#[derive(Clone)]
+pub struct ClientCert {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+pub const KUBELET_CLIENT_CRT: &str = "apiserver-kubelet-client.crt";
+pub const KUBELET_CLIENT_KEY: &str = "apiserver-kubelet-client.key";
 
 fn paths(dir: &Path) -> [PathBuf; 3] {
     [
@@ -35,6 +48,8 @@ pub fn load_or_create(dir: &Path, extra_ips: &[IpAddr]) -> Result<Pki> {
     }
     let ca_pem = std::fs::read_to_string(&ca_path)
         .with_context(|| format!("reading {}", ca_path.display()))?;
+    // Also for data directories from before the API server talked to kubelets.
+    let kubelet_client = kubelet_client(dir)?;
     let crt_pem =
         std::fs::read(&crt_path).with_context(|| format!("reading {}", crt_path.display()))?;
     let key_pem =
@@ -58,12 +73,14 @@ pub fn load_or_create(dir: &Path, extra_ips: &[IpAddr]) -> Result<Pki> {
     Ok(Pki {
         ca_pem,
         server_config: Arc::new(config),
+        kubelet_client,
     })
 }
 
-fn generate(dir: &Path, extra_ips: &[IpAddr]) -> Result<()> {
-    let [ca_path, crt_path, key_path] = paths(dir);
-    let ca_key = KeyPair::generate().context("generating the CA key")?;
+/// The CA's parameters. Also rebuilds the issuer for certificates signed later: the same
+/// subject and the stored key make an issuer that verifiers cannot tell from the original
+/// certificate.
+fn ca_params() -> Result<CertificateParams> {
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
     ca.distinguished_name = DistinguishedName::new();
     ca.distinguished_name.push(DnType::CommonName, "kproxy-ca");
@@ -75,7 +92,59 @@ fn generate(dir: &Path, extra_ips: &[IpAddr]) -> Result<()> {
     ];
     ca.not_before = rcgen::date_time_ymd(2024, 1, 1);
     ca.not_after = rcgen::date_time_ymd(2124, 1, 1);
-    let ca_cert = ca.self_signed(&ca_key).context("self-signing the CA")?;
+    Ok(ca)
+}
+
+/// The API server's client certificate for kubelets (CN kproxy-apiserver, client auth only),
+/// signed by the cluster CA; created on first use, like kubeadm's
+/// apiserver-kubelet-client.crt.
+fn kubelet_client(dir: &Path) -> Result<ClientCert> {
+    let crt_path = dir.join(KUBELET_CLIENT_CRT);
+    let key_path = dir.join(KUBELET_CLIENT_KEY);
+    if !crt_path.exists() || !key_path.exists() {
+        let ca_key_path = dir.join("ca.key");
+        let ca_key_pem = std::fs::read_to_string(&ca_key_path)
+            .with_context(|| format!("reading {}", ca_key_path.display()))?;
+        let ca_key = KeyPair::from_pem(&ca_key_pem).context("parsing the CA key")?;
+        let issuer = ca_params()?
+            .self_signed(&ca_key)
+            .context("rebuilding the CA issuer")?;
+        let key = KeyPair::generate().context("generating the kubelet client key")?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name = DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "kproxy-apiserver");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2124, 1, 1);
+        let cert = params
+            .signed_by(&key, &issuer, &ca_key)
+            .context("signing the kubelet client certificate")?;
+        write_private(&key_path, &key.serialize_pem())?;
+        // The certificate last: its presence marks a complete pair.
+        std::fs::write(&crt_path, cert.pem())
+            .with_context(|| format!("writing {}", crt_path.display()))?;
+        tracing::info!(path = %crt_path.display(), "generated the API server's kubelet client certificate");
+    }
+    Ok(ClientCert {
+        cert_pem: std::fs::read_to_string(&crt_path)
+            .with_context(|| format!("reading {}", crt_path.display()))?,
+        key_pem: std::fs::read_to_string(&key_path)
+            .with_context(|| format!("reading {}", key_path.display()))?,
+    })
+}
+
+fn generate(dir: &Path, extra_ips: &[IpAddr]) -> Result<()> {
+    let [ca_path, crt_path, key_path] = paths(dir);
+    let ca_key = KeyPair::generate().context("generating the CA key")?;
+    let ca_cert = ca_params()?
+        .self_signed(&ca_key)
+        .context("self-signing the CA")?;
 
     let key = KeyPair::generate().context("generating the serving key")?;
     let mut params = CertificateParams::new(vec!["localhost".to_string(), "kubernetes".into()])?;
@@ -124,4 +193,78 @@ pub fn write_private(path: &Path, contents: &str) -> Result<()> {
     f.sync_all()?;
     std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::{CertificateDer, UnixTime};
+    use rustls::server::WebPkiClientVerifier;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("kproxy-pki-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    /// Verifies `cert_pem` as a TLS client certificate against the CA in `ca_pem`, the way a
+    /// kubelet does.
+    fn verify_client(ca_pem: &str, cert_pem: &str) -> Result<(), rustls::Error> {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let verifier = WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build()
+        .unwrap();
+        let cert: CertificateDer = rustls_pemfile::certs(&mut cert_pem.as_bytes())
+            .next()
+            .unwrap()
+            .unwrap();
+        verifier
+            .verify_client_cert(&cert, &[], UnixTime::now())
+            .map(|_| ())
+    }
+
+    #[test]
+    fn kubelet_client_certificate_is_signed_by_the_ca_and_kept() {
+        let dir = temp_dir("client");
+        let pki = load_or_create(&dir, &[]).unwrap();
+        verify_client(&pki.ca_pem, &pki.kubelet_client.cert_pem).expect("chains to the CA");
+        let mode = {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::metadata(dir.join(KUBELET_CLIENT_KEY))
+                .unwrap()
+                .permissions()
+                .mode()
+        };
+        assert_eq!(mode & 0o777, 0o600);
+        let again = load_or_create(&dir, &[]).unwrap();
+        assert_eq!(again.kubelet_client.cert_pem, pki.kubelet_client.cert_pem);
+        assert_eq!(again.ca_pem, pki.ca_pem);
+        // The serving certificate is no client certificate.
+        let serving = std::fs::read_to_string(dir.join("apiserver.crt")).unwrap();
+        assert!(verify_client(&pki.ca_pem, &serving).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn existing_data_dirs_get_a_kubelet_client_certificate() {
+        let dir = temp_dir("upgrade");
+        let before = load_or_create(&dir, &[]).unwrap();
+        // A data directory from before kubelet client certificates existed.
+        std::fs::remove_file(dir.join(KUBELET_CLIENT_CRT)).unwrap();
+        std::fs::remove_file(dir.join(KUBELET_CLIENT_KEY)).unwrap();
+        let after = load_or_create(&dir, &[]).unwrap();
+        assert_eq!(after.ca_pem, before.ca_pem, "the CA is kept");
+        assert_ne!(
+            after.kubelet_client.cert_pem,
+            before.kubelet_client.cert_pem
+        );
+        verify_client(&after.ca_pem, &after.kubelet_client.cert_pem).expect("chains to the CA");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -100,6 +100,7 @@ pub async fn run(opts: Options, shutdown: impl std::future::Future<Output = ()>)
     std::fs::create_dir_all(&opts.data_dir)
         .with_context(|| format!("creating {}", opts.data_dir.display()))?;
     let pki = crate::pki::load_or_create(&opts.data_dir.join("pki"), &[opts.bind.ip()])?;
+    let kubelet = crate::proxy::KubeletClient::new(&pki.kubelet_client)?;
     let tokens = TokenStore::open(&opts.data_dir)?;
     let sopts = StoreOptions {
         history: opts.history,
@@ -139,6 +140,7 @@ pub async fn run(opts: Options, shutdown: impl std::future::Future<Output = ()>)
         max_body: 3 * 1024 * 1024,
         advertise: local.to_string(),
         me: me.clone(),
+        kubelet,
     });
     let app = router(api.clone());
     let acceptor = tokio_rustls::TlsAcceptor::from(pki.server_config.clone());

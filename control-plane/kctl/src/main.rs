@@ -51,6 +51,11 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
+            // `kctl exec`: the remote command's exit code becomes ours, as with kubectl.
+            if let Some(exit) = err.downcast_ref::<cmd::exec::CommandExit>() {
+                eprintln!("{exit}");
+                return ExitCode::from(exit.code);
+            }
             // Commands that handle several objects print each failure as it happens.
             if !err.is::<errors::Reported>() {
                 eprintln!("{}", errors::render(&err));
@@ -79,6 +84,37 @@ mod tests {
         assert!(parse(&["get"]).is_err(), "get needs a type");
         assert!(parse(&["get", "pods", "-o", "xml"]).is_err());
         assert!(parse(&["get", "pods", "--bogus"]).is_err());
+        assert!(parse(&["exec", "p"]).is_err(), "exec needs a command");
+        assert!(
+            parse(&["exec", "p", "ls"]).is_err(),
+            "the command goes after --"
+        );
+    }
+
+    #[test]
+    fn exec_takes_the_command_after_dashes() {
+        let cli = parse(&["exec", "-i", "web", "-c", "c1", "--", "sh", "-c", "exit 3"]).unwrap();
+        let Command::Exec(args) = cli.command else {
+            panic!("not exec");
+        };
+        assert_eq!(
+            (
+                args.target.as_str(),
+                args.container.as_deref(),
+                args.stdin,
+                args.tty
+            ),
+            ("web", Some("c1"), true, false)
+        );
+        assert_eq!(args.command, ["sh", "-c", "exit 3"]);
+        // Flags after `--` belong to the command.
+        let cli = parse(&["exec", "web", "-it", "--", "ls", "-n", "x"]).unwrap();
+        let Command::Exec(args) = cli.command else {
+            panic!("not exec");
+        };
+        assert!(args.stdin && args.tty);
+        assert_eq!(args.command, ["ls", "-n", "x"]);
+        assert_eq!(cli.global.namespace, None);
     }
 
     #[test]

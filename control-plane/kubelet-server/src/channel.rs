@@ -245,7 +245,9 @@ mod tests {
         assert_eq!(p.parse(&Message::binary(vec![])), Ok(Input::Ignore));
         assert_eq!(p.parse(&Message::binary(vec![1, 2])), Ok(Input::Ignore));
         assert_eq!(
-            p.parse(&Message::binary(b"\x04{\"Width\":80,\"Height\":24}".to_vec())),
+            p.parse(&Message::binary(
+                b"\x04{\"Width\":80,\"Height\":24}".to_vec()
+            )),
             Ok(Input::Resize(TerminalSize {
                 width: 80,
                 height: 24
@@ -271,8 +273,14 @@ mod tests {
             p.parse(&Message::text("0!!")),
             Err(FrameError::Base64(_))
         ));
-        assert_eq!(p.parse(&Message::text("xaGk=")), Err(FrameError::Channel(b'x')));
-        assert_eq!(p.parse(&Message::binary(vec![0])), Err(FrameError::WrongType));
+        assert_eq!(
+            p.parse(&Message::text("xaGk=")),
+            Err(FrameError::Channel(b'x'))
+        );
+        assert_eq!(
+            p.parse(&Message::binary(vec![0])),
+            Err(FrameError::WrongType)
+        );
     }
 
     fn status(p: Protocol, o: &Outcome) -> Option<Value> {

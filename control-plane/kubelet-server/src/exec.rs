@@ -38,7 +38,9 @@ type Stdin = Pin<Box<dyn AsyncWrite + Send>>;
 type Output = Pin<Box<dyn Stream<Item = Result<LogOutput, bollard::errors::Error>> + Send>>;
 
 /// How long the client gets to answer our close frame before the connection is dropped.
-const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// Its answer comes after it has read everything before it, so a slow reader (a pipe into
+/// a slow consumer) needs the time; dropping earlier could cut the end of the output.
+const CLOSE_GRACE: Duration = Duration::from_secs(60);
 
 pub async fn handle(
     State(st): State<AppState>,
@@ -116,7 +118,11 @@ fn handshake(headers: &HeaderMap) -> Result<(Protocol, String), HttpError> {
              (SPDY is not supported)"
         )));
     }
-    if headers.get(header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(HeaderValue::as_bytes)
+        != Some(b"13")
+    {
         return Err(HttpError::bad_request(
             "unsupported WebSocket version (Sec-WebSocket-Version must be 13)",
         ));

@@ -20,7 +20,13 @@ pub const CONTAINER_NAME: &str = "io.kproxy.container.name";
 pub const ATTEMPT: &str = "io.kproxy.container.attempt";
 
 /// Docker's container name for a pod's container, unique per pod uid and attempt.
-pub fn container_name(container: &str, pod: &str, namespace: &str, uid: &str, attempt: u32) -> String {
+pub fn container_name(
+    container: &str,
+    pod: &str,
+    namespace: &str,
+    uid: &str,
+    attempt: u32,
+) -> String {
     format!("k8s_{container}_{pod}_{namespace}_{uid}_{attempt}")
 }
 

@@ -24,7 +24,6 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::Request;
-use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -151,12 +150,14 @@ async fn log_request(req: Request, next: Next) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::StatusCode;
     use tower::ServiceExt as _;
 
     /// A Docker client that is never reached (routing and parameter errors come first).
     fn state() -> AppState {
-        let docker = Docker::connect_with_http("http://127.0.0.1:9", 1, bollard::API_DEFAULT_VERSION)
-            .expect("client for an unused address");
+        let docker =
+            Docker::connect_with_http("http://127.0.0.1:9", 1, bollard::API_DEFAULT_VERSION)
+                .expect("client for an unused address");
         let (tx, rx) = watch::channel(());
         std::mem::forget(tx);
         Arc::new(Shared {
@@ -174,7 +175,9 @@ mod tests {
             .unwrap();
         let resp = router(state()).oneshot(req).await.unwrap();
         let status = resp.status();
-        let body = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
         (status, String::from_utf8_lossy(&body).into_owned())
     }
 
@@ -188,7 +191,11 @@ mod tests {
             ("DELETE", "/containerLogs/ns/pod/c"),
             ("PUT", "/exec/ns/pod/c?command=ls"),
         ] {
-            assert_eq!(call(method, uri).await.0, StatusCode::NOT_FOUND, "{method} {uri}");
+            assert_eq!(
+                call(method, uri).await.0,
+                StatusCode::NOT_FOUND,
+                "{method} {uri}"
+            );
         }
     }
 

@@ -30,6 +30,9 @@ pub async fn handle(
         opts.previous,
     )
     .await?;
+    if !target.started {
+        return Err(lookup::waiting_error(&pod, &container));
+    }
     let docker_opts = LogsOptions {
         follow: opts.follow,
         stdout: true,

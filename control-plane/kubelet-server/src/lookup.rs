@@ -18,6 +18,8 @@ pub struct Candidate {
     /// Docker's creation time, Unix seconds.
     pub created: i64,
     pub running: bool,
+    /// False while Docker has created it but never started it.
+    pub started: bool,
 }
 
 impl Candidate {
@@ -30,6 +32,7 @@ impl Candidate {
             attempt: labels.get(labels::ATTEMPT)?.parse().ok()?,
             created: c.created.unwrap_or_default(),
             running: c.state == Some(ContainerSummaryStateEnum::RUNNING),
+            started: c.state != Some(ContainerSummaryStateEnum::CREATED),
         })
     }
 }
@@ -80,6 +83,13 @@ pub fn missing_error(missing: Missing, pod: &str, container: &str) -> HttpError 
     }
 }
 
+/// Kubernetes' words for a container that exists but has not started yet (no log yet).
+pub fn waiting_error(pod: &str, container: &str) -> HttpError {
+    HttpError::bad_request(format!(
+        "container {container:?} in pod {pod:?} is waiting to start: ContainerCreating"
+    ))
+}
+
 /// The Docker container for `namespace/pod`'s `container` on this node.
 pub async fn find(
     docker: &Docker,
@@ -125,6 +135,7 @@ mod tests {
             attempt,
             created,
             running: false,
+            started: true,
         }
     }
 
@@ -134,7 +145,11 @@ mod tests {
 
     #[test]
     fn current_and_previous_attempts() {
-        let cands = [c("a0", "u", 0, 10), c("a2", "u", 2, 30), c("a1", "u", 1, 20)];
+        let cands = [
+            c("a0", "u", 0, 10),
+            c("a2", "u", 2, 30),
+            c("a1", "u", 1, 20),
+        ];
         assert_eq!(pick(&cands, false), Ok("a2"));
         assert_eq!(pick(&cands, true), Ok("a1"));
         // Attempt 1 was removed: the previous is the next lower one that exists.
@@ -187,8 +202,14 @@ mod tests {
                 pod_uid: "u1".into(),
                 attempt: 3,
                 created: 7,
-                running: true
+                running: true,
+                started: true,
             })
+        );
+        s.state = Some(ContainerSummaryStateEnum::CREATED);
+        assert_eq!(
+            Candidate::from_summary(&s).map(|c| (c.running, c.started)),
+            Some((false, false))
         );
         s.labels
             .as_mut()

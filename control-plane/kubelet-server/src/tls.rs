@@ -125,7 +125,8 @@ mod tests {
     use std::os::unix::fs::PermissionsExt as _;
 
     fn temp_dir(name: &str) -> std::path::PathBuf {
-        let d = std::env::temp_dir().join(format!("kproxy-kubelet-tls-{name}-{}", std::process::id()));
+        let d =
+            std::env::temp_dir().join(format!("kproxy-kubelet-tls-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         d
     }
@@ -134,7 +135,8 @@ mod tests {
     fn ca_and_client(cn: &str) -> (String, String, String) {
         let ca_key = KeyPair::generate().unwrap();
         let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca.distinguished_name.push(DnType::CommonName, format!("{cn}-ca"));
+        ca.distinguished_name
+            .push(DnType::CommonName, format!("{cn}-ca"));
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         let ca_cert = ca.self_signed(&ca_key).unwrap();
         let key = KeyPair::generate().unwrap();
@@ -186,9 +188,7 @@ mod tests {
             )
         }
         fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-            self.0
-                .signature_verification_algorithms
-                .supported_schemes()
+            self.0.signature_verification_algorithms.supported_schemes()
         }
     }
 

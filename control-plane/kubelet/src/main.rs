@@ -166,8 +166,15 @@ async fn main() -> Result<()> {
         backoff,
     });
     tokio::spawn(node::heartbeat(client, facts, heartbeat));
-    let _ = (client_ca_pem, docker, listener);
-    let server = futures::future::pending::<Result<()>>();
+    let server = kproxy_kubelet_server::serve(
+        listener,
+        kproxy_kubelet_server::ServerConfig {
+            node_name: node_name.clone(),
+            data_dir: o.data_dir.clone(),
+            client_ca_pem,
+        },
+        docker,
+    );
     info!(node = %node_name, %node_ip, pod_cidr = %cidr, bridge = %o.bridge, port, "kubelet ready");
     tokio::select! {
         r = manager::run(shared) => r,

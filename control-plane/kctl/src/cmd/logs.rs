@@ -1,13 +1,12 @@
-//! `kctl logs`: a container's log through the pods/log subresource (served by the node agent
-//! through the API server).
+//! `kctl logs`: a container's log through the pods/log subresource (the API server relays it
+//! from the kubelet of the pod's node), copied to stdout as it arrives.
 
-use anyhow::{Result, bail};
-use futures::{AsyncBufReadExt as _, TryStreamExt as _};
+use anyhow::{Context as _, Result, bail};
+use futures::AsyncBufReadExt as _;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, LogParams};
 
 use crate::client::Ctx;
-use crate::output;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct LogsArgs {
@@ -53,35 +52,54 @@ pub async fn run(ctx: &mut Ctx, args: LogsArgs) -> Result<()> {
         ..Default::default()
     };
     let container = lp.container.clone().unwrap_or_default();
-    let explain = |e: kube::Error| log_error(e, &pod_name, &container);
-    if !args.follow {
-        return output::emit(&pods.logs(&pod_name, &lp).await.map_err(explain)?);
-    }
-    // The stream type is not Unpin; pin it to poll it.
-    let mut lines = Box::pin(
+    // Bytes as they come (a log need not be UTF-8 or end in a newline); with -f until the
+    // container stops or kctl is interrupted. The stream type is not Unpin: pin it.
+    let mut log = Box::pin(
         pods.log_stream(&pod_name, &lp)
             .await
-            .map_err(explain)?
-            .lines(),
+            .map_err(|e| log_error(e, &pod_name, &container))?,
     );
-    while let Some(line) = lines.try_next().await? {
-        output::emit(&format!("{line}\n"))?;
+    loop {
+        let chunk = log.fill_buf().await.context("reading the log")?;
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        let n = chunk.len();
+        emit_bytes(chunk)?;
+        log.consume_unpin(n);
     }
-    Ok(())
 }
 
-/// A bare 404 from pods/log means the server has no log to give for this (existing) pod —
-/// say so, instead of the server's generic "could not find the requested resource". Other
-/// errors (e.g. a container that has not started) are the server's own words.
+/// Like `output::emit`, for bytes.
+fn emit_bytes(bytes: &[u8]) -> Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        other => other.context("writing to standard output"),
+    }
+}
+
+/// Errors that say more with the pod and container named: a pod not yet on a node has no
+/// log, and a bare 404 means a server without pods/log (not a missing pod, which was read
+/// just before). Other errors (a container that has not started, no previous instance)
+/// are the server's own words.
 fn log_error(e: kube::Error, pod: &str, container: &str) -> anyhow::Error {
     match &e {
         kube::Error::Api(s)
             if s.code == 404 && s.message == "the server could not find the requested resource" =>
         {
             anyhow::anyhow!(
-                "the server has no log for container {container:?} of pod {pod:?} ({}: {}; pods/log is served once the node agent runs)",
+                "the server has no log for container {container:?} of pod {pod:?} ({}: {}; does it serve pods/log?)",
                 s.reason,
                 s.message
+            )
+        }
+        kube::Error::Api(s)
+            if s.code == 400 && s.message.ends_with("does not have a host assigned") =>
+        {
+            anyhow::anyhow!(
+                "no log for container {container:?} of pod {pod:?} yet: the pod is not scheduled to a node"
             )
         }
         _ => e.into(),
@@ -89,7 +107,7 @@ fn log_error(e: kube::Error, pod: &str, container: &str) -> anyhow::Error {
 }
 
 /// The pod to read: named directly, or the first pod of a deployment / replica set.
-async fn pod_for(ctx: &mut Ctx, target: &str) -> Result<String> {
+pub(crate) async fn pod_for(ctx: &mut Ctx, target: &str) -> Result<String> {
     let Some((kind, name)) = target.split_once('/') else {
         return Ok(target.to_string());
     };
@@ -183,7 +201,15 @@ mod tests {
         let err = log_error(kube::Error::Api(generic.boxed()), "busy", "main");
         assert_eq!(
             crate::errors::render(&err),
-            "error: the server has no log for container \"main\" of pod \"busy\" (NotFound: the server could not find the requested resource; pods/log is served once the node agent runs)"
+            "error: the server has no log for container \"main\" of pod \"busy\" (NotFound: the server could not find the requested resource; does it serve pods/log?)"
+        );
+        let unscheduled =
+            kube::core::Status::failure("pod busy does not have a host assigned", "BadRequest")
+                .with_code(400);
+        let err = log_error(kube::Error::Api(unscheduled.boxed()), "busy", "main");
+        assert_eq!(
+            crate::errors::render(&err),
+            "error: no log for container \"main\" of pod \"busy\" yet: the pod is not scheduled to a node"
         );
         let specific = kube::core::Status::failure(
             "container \"main\" in pod \"busy\" is waiting to start",

@@ -4,6 +4,7 @@ pub mod apply;
 pub mod create;
 pub mod delete;
 pub mod describe;
+pub mod exec;
 pub mod expose;
 pub mod get;
 pub mod logs;
@@ -32,6 +33,8 @@ pub enum Command {
     Apply(apply::ApplyArgs),
     /// Print the logs of a container in a pod.
     Logs(logs::LogsArgs),
+    /// Execute a command in a container.
+    Exec(exec::ExecArgs),
     /// Print the client and server version.
     Version(version::VersionArgs),
     /// Print a shell completion script (bash, zsh, fish, ...).
@@ -56,6 +59,7 @@ pub async fn run(global: &GlobalOpts, command: Command) -> Result<()> {
         Command::Delete(args) => delete::run(&mut ctx, args).await,
         Command::Apply(args) => apply::run(&mut ctx, args).await,
         Command::Logs(args) => logs::run(&mut ctx, args).await,
+        Command::Exec(args) => exec::run(&mut ctx, args).await,
         // Handled before connecting (version) or without a runtime (completion).
         Command::Version(_) | Command::Completion { .. } => Ok(()),
     }
