@@ -82,6 +82,9 @@ fn entries(r: &Resource) -> Vec<Value> {
     }
     if r.sub.pod {
         out.push(sub("binding", "Binding", &["create"]));
+        // Proxied to the pod's kubelet (proxy.rs), as Kubernetes lists them.
+        out.push(sub("exec", "PodExecOptions", &["create", "get"]));
+        out.push(sub("log", "Pod", &["get"]));
     }
     out
 }
