@@ -171,6 +171,18 @@ pub fn status(f: &NodeFacts, now: Timestamp) -> NodeStatus {
     }
 }
 
+/// A condition whose status did not change keeps the time it last changed.
+fn keep_transition_times(new: &mut NodeStatus, old: &[NodeCondition]) {
+    for c in new.conditions.iter_mut().flatten() {
+        if let Some(prev) = old
+            .iter()
+            .find(|o| o.type_ == c.type_ && o.status == c.status)
+        {
+            c.last_transition_time = prev.last_transition_time.clone();
+        }
+    }
+}
+
 /// Registers the node (or adopts the existing object) and returns its pod CIDR: the one the
 /// control plane assigned if any, else `configured`, which is then recorded in the spec.
 pub async fn register(client: &Client, f: &NodeFacts, configured: &str) -> Result<String> {
@@ -231,10 +243,19 @@ pub async fn register(client: &Client, f: &NodeFacts, configured: &str) -> Resul
 
 pub async fn update_status(client: &Client, f: &NodeFacts) -> Result<()> {
     let api: Api<Node> = Api::all(client.clone());
+    let mut new = status(f, Timestamp::now());
+    let old = api
+        .get_status(&f.name)
+        .await
+        .context("reading the Node status")?
+        .status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default();
+    keep_transition_times(&mut new, &old);
     api.patch_status(
         &f.name,
         &PatchParams::default(),
-        &Patch::Merge(serde_json::json!({ "status": status(f, Timestamp::now()) })),
+        &Patch::Merge(serde_json::json!({ "status": new })),
     )
     .await
     .context("writing the Node status")?;
@@ -296,6 +317,38 @@ async fn renew(leases: &Api<Lease>, node: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unchanged_conditions_keep_their_transition_time() {
+        let f = NodeFacts {
+            name: "n1".into(),
+            ip: "192.0.2.7".into(),
+            hostname: "host".into(),
+            kubelet_port: 10250,
+            cpus: 2,
+            memory_kib: 1024,
+            max_pods: 110,
+            runtime_version: "20.10.24".into(),
+        };
+        let early = status(&f, Timestamp::from_second(1000).unwrap());
+        let mut old = early.conditions.unwrap();
+        old.iter_mut()
+            .find(|c| c.type_ == "MemoryPressure")
+            .unwrap()
+            .status = "True".into();
+        let mut late = status(&f, Timestamp::from_second(2000).unwrap());
+        keep_transition_times(&mut late, &old);
+        for c in late.conditions.unwrap() {
+            let secs = c.last_transition_time.unwrap().0.as_second();
+            let heartbeat = c.last_heartbeat_time.unwrap().0.as_second();
+            assert_eq!(heartbeat, 2000);
+            if c.type_ == "MemoryPressure" {
+                assert_eq!(secs, 2000, "changed: new transition time");
+            } else {
+                assert_eq!(secs, 1000, "{} unchanged", c.type_);
+            }
+        }
+    }
 
     #[test]
     fn meminfo_total() {
