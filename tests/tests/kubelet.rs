@@ -12,7 +12,7 @@ use std::{collections::BTreeMap, time::Duration};
 use jiff::Timestamp;
 use k8s_openapi::api::{
     coordination::v1::Lease,
-    core::v1::{Node, Pod},
+    core::v1::{Event, Node, Pod},
 };
 use kproxy_tests::{
     apiserver::{ApiServer, TempDir},
@@ -91,6 +91,15 @@ fn terminated_code(pod: &Pod, container: &str) -> Option<i32> {
 }
 
 /// None of the pod's containers, its veth or its address is left on the node.
+/// The reasons of the events about pod `name`, oldest first, as `kubectl describe` finds them.
+fn event_reasons(k: &Kubelet, name: &str) -> Vec<String> {
+    let api: kube::Api<Event> = kube::Api::namespaced(k.client(), NS);
+    let lp = kube::api::ListParams::default().fields(&format!("involvedObject.name={name}"));
+    let mut events = k.block_on(api.list(&lp)).expect("list events").items;
+    events.sort_by_key(|e| e.metadata.name.clone());
+    events.into_iter().filter_map(|e| e.reason).collect()
+}
+
 fn pod_cleaned(k: &Kubelet, pod_uid: &str) -> bool {
     k.pod_containers(pod_uid).is_empty()
         && !link_exists(&kproxy_podnet::host_ifname(pod_uid))
@@ -311,6 +320,12 @@ fn crash_loop_backs_off_longer_each_time() {
         "restartPolicy Always keeps the pod Running"
     );
     assert_eq!(condition(&p, "Ready"), Some("False"));
+    let pod_name = p.metadata.name.clone().expect("name");
+    eventually("a BackOff event per waiting attempt", || {
+        let r = event_reasons(&k, &pod_name);
+        let backoffs = r.iter().filter(|x| *x == "BackOff").count();
+        backoffs >= 2 && r.iter().filter(|x| *x == "Started").count() >= 3
+    });
 }
 
 #[test]
@@ -430,6 +445,22 @@ fn failing_liveness_probes_restart_the_container() {
         ran.as_secs_f64() >= 3.0,
         "killed after {ran:?}, while /tmp/ok still existed"
     );
+    // The story `kubectl describe pod` tells.
+    for name in ["http-live", "exec-live"] {
+        let mut reasons = Vec::new();
+        eventually(&format!("{name}'s events"), || {
+            reasons = event_reasons(&k, name);
+            ["Pulled", "Created", "Started", "Unhealthy", "Killing"]
+                .iter()
+                .all(|r| reasons.iter().any(|x| x == r))
+        });
+        let first_start = reasons.iter().position(|r| r == "Started");
+        let kill = reasons.iter().position(|r| r == "Killing");
+        assert!(
+            first_start < kill,
+            "{name}: started before killed: {reasons:?}"
+        );
+    }
 }
 
 #[test]
@@ -671,6 +702,10 @@ fn missing_image_reports_pull_errors_while_other_pods_run() {
     assert!(!engine.is_empty(), "no engine message in {message:?}");
     assert_eq!(phase(&ghost), Some("Pending"));
     assert_eq!(condition(&ghost, "Ready"), Some("False"));
+    eventually("Pulling, then Failed events", || {
+        let r = event_reasons(&k, "ghost");
+        r.iter().any(|x| x == "Pulling") && r.iter().any(|x| x == "Failed")
+    });
 
     k.create_pod(NS, "web", json!({"containers": [httpd("web")]}));
     let web = k.wait_pod(NS, "web", "Ready", is_ready);

@@ -3,6 +3,7 @@
 
 mod backoff;
 mod env;
+mod events;
 mod manager;
 mod node;
 mod pod;

@@ -3,7 +3,7 @@
 //! remember across kubelet restarts is in Docker's labels and the IPAM file.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::Ipv4Addr,
     path::PathBuf,
     sync::{Arc, Mutex},
@@ -22,6 +22,10 @@ use tracing::{debug, info, warn};
 
 use crate::{
     backoff::Backoff,
+    events::{
+        self,
+        Kind::{Normal, Warning},
+    },
     probe::{self, Probes, Verdict},
     runtime::{Observed, RunState, Runtime},
     status::{self, ContainerView, StatusInput},
@@ -95,6 +99,8 @@ pub struct Worker {
     uid: String,
     /// Probe state per running container (Docker id): a new attempt starts over.
     probes: HashMap<String, Probes>,
+    /// Exited attempts already announced with a BackOff event.
+    backoff_reported: HashSet<(String, u32)>,
     pulls: HashMap<String, PullFailure>,
     /// The last status written (or read) for this pod.
     written: Option<PodStatus>,
@@ -132,6 +138,7 @@ impl Worker {
             shared,
             uid,
             probes: HashMap::new(),
+            backoff_reported: HashSet::new(),
             pulls: HashMap::new(),
             written: None,
             ip: None,
@@ -194,6 +201,18 @@ impl Worker {
         if pod.metadata.deletion_timestamp.is_some() {
             let grace = grace_of(pod);
             info!(pod = %format!("{ns}/{name}"), ?grace, "stopping the pod's containers");
+            for o in self.shared.runtime.pod_containers(&self.uid).await? {
+                if !o.sandbox && o.state.is_running() {
+                    Self::event(
+                        &self.shared,
+                        pod,
+                        Some(&o.name),
+                        Normal,
+                        "Killing",
+                        &format!("Stopping container {}", o.name),
+                    );
+                }
+            }
             self.teardown(grace).await?;
             let api: Api<Pod> = Api::namespaced(self.shared.client.clone(), ns);
             let dp = DeleteParams {
@@ -283,6 +302,19 @@ impl Worker {
                     } else {
                         let left = delay - since;
                         wake = wake.min(now + left);
+                        if self.backoff_reported.insert((c.name.clone(), o.attempt)) {
+                            Self::event(
+                                &self.shared,
+                                pod,
+                                Some(&c.name),
+                                Warning,
+                                "BackOff",
+                                &format!(
+                                    "Back-off restarting failed container {} in pod {name}_{ns}({})",
+                                    c.name, self.uid
+                                ),
+                            );
+                        }
                         waiting.insert(
                             c.name.clone(),
                             (
@@ -386,8 +418,28 @@ impl Worker {
                     Err(e) => Err(e),
                 };
                 match r {
-                    Ok(id) => started.push(id),
+                    Ok(id) => {
+                        Self::event(
+                            &self.shared,
+                            pod,
+                            Some(&c.name),
+                            Normal,
+                            "Started",
+                            &format!("Started container {}", c.name),
+                        );
+                        started.push(id)
+                    }
                     Err((reason, message, retry)) => {
+                        if reason != "ImagePullBackOff" {
+                            Self::event(
+                                &self.shared,
+                                pod,
+                                Some(&c.name),
+                                Warning,
+                                "Failed",
+                                &format!("Error: {reason}: {message}"),
+                            );
+                        }
                         if let Some(at) = retry {
                             wake = wake.min(at);
                         }
@@ -444,8 +496,31 @@ impl Worker {
                     .state_mut(kind)
                     .map(|s| s.record(p, result.is_ok(), Instant::now()))
                     .unwrap_or(Verdict::Unchanged);
+                if verdict == Verdict::Failed {
+                    let why = result.as_ref().err().cloned().unwrap_or_default();
+                    Self::event(
+                        &self.shared,
+                        pod,
+                        Some(&c.name),
+                        Warning,
+                        "Unhealthy",
+                        &format!("{kind:?} probe failed: {why}"),
+                    );
+                }
                 if verdict == Verdict::Failed && kind != probe::Kind::Readiness {
                     let why = result.err().unwrap_or_default();
+                    Self::event(
+                        &self.shared,
+                        pod,
+                        Some(&c.name),
+                        Normal,
+                        "Killing",
+                        &format!(
+                            "Container {} failed {} probe, will be restarted",
+                            c.name,
+                            format!("{kind:?}").to_lowercase()
+                        ),
+                    );
                     info!(pod = %format!("{ns}/{name}"), container = %c.name, ?kind, "probe failed, restarting the container: {why}");
                     let grace = p
                         .termination_grace_period_seconds
@@ -535,24 +610,35 @@ impl Worker {
         ip: Ipv4Addr,
     ) -> std::result::Result<String, (String, String, Option<Instant>)> {
         let image = c.image.clone().unwrap_or_default();
-        self.ensure_image(&image, c.image_pull_policy.as_deref())
+        self.ensure_image(pod, &c.name, &image, c.image_pull_policy.as_deref())
             .await?;
         let env = crate::env::build(pod, c, Some(ip.to_string()), &self.shared.node_ip)
             .map_err(|e| ("CreateContainerConfigError".to_string(), e, None))?;
         let (ns, name) = meta(pod);
         info!(pod = %format!("{ns}/{name}"), container = %c.name, attempt, "starting container");
-        self.shared
+        let created = self
+            .shared
             .runtime
             .create_container(pod, c, attempt, sandbox_id, env)
-            .await
-            .map_err(|e| {
-                warn!(pod = %format!("{ns}/{name}"), container = %c.name, "create failed: {e:#}");
-                (
-                    "CreateContainerError".to_string(),
-                    format!("{e:#}"),
-                    Some(Instant::now() + self.shared.backoff.base),
-                )
-            })
+            .await;
+        if created.is_ok() {
+            Self::event(
+                &self.shared,
+                pod,
+                Some(&c.name),
+                Normal,
+                "Created",
+                &format!("Created container: {}", c.name),
+            );
+        }
+        created.map_err(|e| {
+            warn!(pod = %format!("{ns}/{name}"), container = %c.name, "create failed: {e:#}");
+            (
+                "CreateContainerError".to_string(),
+                format!("{e:#}"),
+                Some(Instant::now() + self.shared.backoff.base),
+            )
+        })
     }
 
     /// Makes the image present: locally built images (no registry digest) are used as they
@@ -560,6 +646,8 @@ impl Worker {
     /// backing off between failed pulls.
     async fn ensure_image(
         &mut self,
+        pod: &Pod,
+        container: &str,
         image: &str,
         policy: Option<&str>,
     ) -> std::result::Result<(), (String, String, Option<Instant>)> {
@@ -583,6 +671,14 @@ impl Worker {
             (_, present) => present.is_none(),
         };
         if !pull {
+            Self::event(
+                &self.shared,
+                pod,
+                Some(container),
+                Normal,
+                "Pulled",
+                &format!("Container image \"{image}\" already present on machine"),
+            );
             return Ok(());
         }
         let now = Instant::now();
@@ -596,9 +692,25 @@ impl Worker {
             ));
         }
         info!(%image, "pulling image");
+        Self::event(
+            &self.shared,
+            pod,
+            Some(container),
+            Normal,
+            "Pulling",
+            &format!("Pulling image \"{image}\""),
+        );
         match self.shared.runtime.pull(image).await {
             Ok(()) => {
                 self.pulls.remove(image);
+                Self::event(
+                    &self.shared,
+                    pod,
+                    Some(container),
+                    Normal,
+                    "Pulled",
+                    &format!("Successfully pulled image \"{image}\""),
+                );
                 Ok(())
             }
             Err(message) => {
@@ -620,6 +732,25 @@ impl Worker {
                 ))
             }
         }
+    }
+
+    fn event(
+        shared: &Shared,
+        pod: &Pod,
+        container: Option<&str>,
+        kind: events::Kind,
+        reason: &str,
+        message: &str,
+    ) {
+        events::record(
+            &shared.client,
+            pod,
+            &shared.runtime.node,
+            container,
+            kind,
+            reason,
+            message,
+        );
     }
 
     /// Keeps the current and the previous attempt of each container (for `logs --previous`).
