@@ -825,3 +825,68 @@ fn dead_sandbox_is_replaced_with_the_same_address() {
         http_get(&format!("http://{ip}/")).is_some_and(|b| b.contains("pod: web"))
     });
 }
+
+#[test]
+fn empty_dir_volumes_are_shared_and_removed_with_the_pod() {
+    if !privileged("empty_dir_volumes_are_shared_and_removed_with_the_pod") {
+        return;
+    }
+    let (_dir, api) = api_server();
+    let k = Kubelet::start(&api, &[]);
+    // The writer fills the volume; httpd serves it (mounted read-only under its web root).
+    let mut web = httpd("web");
+    web["volumeMounts"] = json!([{"name": "shared", "mountPath": "/www/shared", "readOnly": true}]);
+    let mut writer = shell(
+        "writer",
+        "echo from-the-writer > /data/note.txt; exec /bin/busybox sleep 3600",
+    );
+    writer["volumeMounts"] = json!([{"name": "shared", "mountPath": "/data"}]);
+    let pod = k.create_pod(
+        NS,
+        "vol",
+        json!({"containers": [web, writer], "volumes": [{"name": "shared", "emptyDir": {}}]}),
+    );
+    let pod_uid = uid(&pod);
+    let p = k.wait_pod(NS, "vol", "Ready", is_ready);
+    let ip = pod_ip(&p).expect("ip");
+    let mut page = None;
+    eventually("httpd serves the writer's file", || {
+        page = http_get(&format!("http://{ip}/shared/note.txt"));
+        page.is_some()
+    });
+    assert_eq!(page.as_deref().map(str::trim), Some("from-the-writer"));
+    let volume = k
+        .state_dir()
+        .join("pods")
+        .join(&pod_uid)
+        .join("volumes/shared");
+    assert!(volume.join("note.txt").is_file(), "{}", volume.display());
+    // Read-only where the spec says so.
+    let web_status = container_status(&p, "web").expect("web status");
+    let web_id = docker_id(web_status).expect("web container").to_string();
+    let out = std::process::Command::new("docker")
+        .args(["exec", &web_id, "/bin/busybox", "touch", "/www/shared/x"])
+        .output()
+        .expect("docker exec");
+    assert!(!out.status.success(), "a readOnly mount must refuse writes");
+
+    // A volume type this node cannot provide: the container waits, nothing half-starts.
+    let mut c = httpd("app");
+    c["volumeMounts"] = json!([{"name": "cfg", "mountPath": "/etc/cfg"}]);
+    k.create_pod(
+        NS,
+        "cfg",
+        json!({"containers": [c], "volumes": [{"name": "cfg", "configMap": {"name": "settings"}}]}),
+    );
+    let p = k.wait_pod(NS, "cfg", "CreateContainerConfigError", |p| {
+        waiting(p, "app").is_some_and(|(r, _)| r == "CreateContainerConfigError")
+    });
+    let (_, message) = waiting(&p, "app").expect("waiting");
+    assert!(message.contains("emptyDir and hostPath"), "{message}");
+
+    k.delete_pod(NS, "vol", None);
+    k.wait_gone(NS, "vol", Duration::from_secs(20));
+    eventually("the pod's volume directory is removed", || {
+        !k.state_dir().join("pods").join(&pod_uid).exists()
+    });
+}

@@ -10,6 +10,7 @@ mod pod;
 mod probe;
 mod runtime;
 mod status;
+mod volumes;
 
 use std::{net::Ipv4Addr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -164,6 +165,7 @@ async fn main() -> Result<()> {
             ipam: std::sync::Mutex::new(ipam),
         },
         node_ip: node_ip.to_string(),
+        state_dir: o.data_dir.clone(),
         backoff,
     });
     tokio::spawn(node::heartbeat(client, facts, heartbeat));

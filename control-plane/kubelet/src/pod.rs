@@ -85,6 +85,8 @@ pub struct Shared {
     pub net: Net,
     pub node_ip: String,
     pub backoff: Backoff,
+    /// The kubelet's state directory (pods' emptyDir volumes live under it).
+    pub state_dir: PathBuf,
 }
 
 /// Failed pulls of one image reference.
@@ -614,12 +616,16 @@ impl Worker {
             .await?;
         let env = crate::env::build(pod, c, Some(ip.to_string()), &self.shared.node_ip)
             .map_err(|e| ("CreateContainerConfigError".to_string(), e, None))?;
+        let pod_dir = crate::volumes::pod_dir(&self.shared.state_dir, &self.uid);
+        let binds = crate::volumes::binds(pod, c, &pod_dir)
+            .and_then(|b| crate::volumes::prepare(&b))
+            .map_err(|e| ("CreateContainerConfigError".to_string(), e, None))?;
         let (ns, name) = meta(pod);
         info!(pod = %format!("{ns}/{name}"), container = %c.name, attempt, "starting container");
         let created = self
             .shared
             .runtime
-            .create_container(pod, c, attempt, sandbox_id, env)
+            .create_container(pod, c, attempt, sandbox_id, env, binds)
             .await;
         if created.is_ok() {
             Self::event(
@@ -819,5 +825,11 @@ pub async fn teardown(shared: &Shared, uid: &str, grace: Duration) -> Result<()>
         shared.runtime.remove(&o.id).await?;
     }
     shared.net.release(uid).await?;
-    Ok(())
+    let dir = crate::volumes::pod_dir(&shared.state_dir, uid);
+    match std::fs::remove_dir_all(&dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", dir.display()))
+        }
+        _ => Ok(()),
+    }
 }

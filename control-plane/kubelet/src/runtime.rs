@@ -315,6 +315,7 @@ impl Runtime {
         attempt: u32,
         sandbox_id: &str,
         env: Vec<String>,
+        binds: Vec<String>,
     ) -> Result<String> {
         let m = &pod.metadata;
         let mut l = self.pod_labels(pod);
@@ -345,6 +346,7 @@ impl Runtime {
             host_config: Some(HostConfig {
                 network_mode: Some(join.clone()),
                 ipc_mode: Some(join),
+                binds: (!binds.is_empty()).then_some(binds),
                 init: Some(true),
                 memory,
                 nano_cpus,
