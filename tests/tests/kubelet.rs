@@ -890,3 +890,49 @@ fn empty_dir_volumes_are_shared_and_removed_with_the_pod() {
         !k.state_dir().join("pods").join(&pod_uid).exists()
     });
 }
+
+#[test]
+fn container_settings_reach_docker() {
+    if !privileged("container_settings_reach_docker") {
+        return;
+    }
+    let (_dir, api) = api_server();
+    let k = Kubelet::start(&api, &[]);
+    let mut app = shell("app", "exec /bin/busybox sleep 3600");
+    app["workingDir"] = json!("/www");
+    app["env"] = json!([
+        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        {"name": "GREETING", "value": "hello $(POD_IP)"}
+    ]);
+    app["resources"] = json!({"limits": {"memory": "64Mi", "cpu": "500m"},
+                              "requests": {"cpu": "250m"}});
+    app["securityContext"] = json!({"runAsUser": 1000, "runAsGroup": 1000,
+                                    "capabilities": {"drop": ["ALL"]}});
+    k.create_pod(NS, "settings", json!({"containers": [app]}));
+    let p = k.wait_pod(NS, "settings", "Ready", is_ready);
+    let ip = pod_ip(&p).expect("ip");
+    let id = docker_id(container_status(&p, "app").expect("status"))
+        .expect("id")
+        .to_string();
+    let info = inspect(&id);
+    let hc = &info["HostConfig"];
+    assert_eq!(hc["Memory"], json!(64 * 1024 * 1024));
+    assert_eq!(hc["NanoCpus"], json!(500_000_000));
+    assert_eq!(hc["CpuShares"], json!(256));
+    assert_eq!(hc["CapDrop"], json!(["ALL"]));
+    assert_eq!(hc["Init"], json!(true));
+    assert_eq!(info["Config"]["User"], json!("1000:1000"));
+    assert_eq!(info["Config"]["WorkingDir"], json!("/www"));
+    assert_eq!(
+        docker_exec(&id, &["/bin/busybox", "id", "-u"]).trim(),
+        "1000"
+    );
+    assert_eq!(docker_exec(&id, &["/bin/busybox", "pwd"]).trim(), "/www");
+    assert_eq!(
+        docker_exec(&id, &["/bin/busybox", "hostname"]).trim(),
+        "settings"
+    );
+    let env = docker_exec(&id, &["/bin/busybox", "env"]);
+    assert!(env.contains(&format!("POD_IP={ip}\n")), "{env}");
+    assert!(env.contains(&format!("GREETING=hello {ip}\n")), "{env}");
+}

@@ -333,8 +333,17 @@ impl Runtime {
             .map(|q| Quantity::parse(&q.0).map(|q| q.milli_value() as i64 * 1_000_000))
             .transpose()
             .context("resources.limits.cpu")?;
+        // Requests become relative CPU weight, as Kubernetes' milliCPU → cpu.shares.
+        let cpu_shares = container
+            .resources
+            .as_ref()
+            .and_then(|r| r.requests.as_ref())
+            .and_then(|r| r.get("cpu"))
+            .map(|q| Quantity::parse(&q.0).map(|q| (q.milli_value() as i64 * 1024 / 1000).max(2)))
+            .transpose()
+            .context("resources.requests.cpu")?;
         let join = format!("container:{sandbox_id}");
-        let body = ContainerCreateBody {
+        let mut body = ContainerCreateBody {
             image: container.image.clone(),
             entrypoint: container.command.clone(),
             cmd: container.args.clone(),
@@ -347,6 +356,7 @@ impl Runtime {
                 network_mode: Some(join.clone()),
                 ipc_mode: Some(join),
                 binds: (!binds.is_empty()).then_some(binds),
+                cpu_shares,
                 init: Some(true),
                 memory,
                 nano_cpus,
@@ -354,6 +364,7 @@ impl Runtime {
             }),
             ..Default::default()
         };
+        apply_security(pod, container, &mut body);
         let docker_name = labels::container_name(
             &container.name,
             m.name.as_deref().unwrap_or_default(),
@@ -471,6 +482,42 @@ impl Runtime {
     }
 }
 
+/// The container's securityContext (falling back to the pod's) in Docker's terms: user and
+/// group, supplemental groups, privileged, capabilities, read-only root, no-new-privileges.
+fn apply_security(pod: &Pod, c: &Container, body: &mut ContainerCreateBody) {
+    let psc = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
+    let sc = c.security_context.as_ref();
+    let user = sc
+        .and_then(|s| s.run_as_user)
+        .or_else(|| psc.and_then(|p| p.run_as_user));
+    let group = sc
+        .and_then(|s| s.run_as_group)
+        .or_else(|| psc.and_then(|p| p.run_as_group));
+    body.user = match (user, group) {
+        (Some(u), Some(g)) => Some(format!("{u}:{g}")),
+        (Some(u), None) => Some(u.to_string()),
+        // A group alone keeps the image's user.
+        (None, Some(g)) => Some(format!("0:{g}")),
+        (None, None) => None,
+    };
+    let hc = body.host_config.get_or_insert_with(HostConfig::default);
+    hc.group_add = psc
+        .and_then(|p| p.supplemental_groups.clone())
+        .filter(|g| !g.is_empty())
+        .map(|g| g.iter().map(i64::to_string).collect());
+    if let Some(sc) = sc {
+        hc.privileged = sc.privileged;
+        hc.readonly_rootfs = sc.read_only_root_filesystem;
+        if let Some(caps) = &sc.capabilities {
+            hc.cap_add = caps.add.clone();
+            hc.cap_drop = caps.drop.clone();
+        }
+        if sc.allow_privilege_escalation == Some(false) {
+            hc.security_opt = Some(vec!["no-new-privileges".into()]);
+        }
+    }
+}
+
 /// `repo[:tag][@digest]` → (repo, tag), with Docker's default tag.
 pub fn split_image(image: &str) -> (&str, &str) {
     if let Some((repo, digest)) = image.split_once('@') {
@@ -500,6 +547,41 @@ mod tests {
             ("registry:5000/team/app", "v2")
         );
         assert_eq!(split_image("app@sha256:abc"), ("app", "sha256:abc"));
+    }
+
+    #[test]
+    fn security_context_maps_to_docker() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p"},
+            "spec": {"containers": [],
+                     "securityContext": {"runAsUser": 1000, "runAsGroup": 2000,
+                                         "supplementalGroups": [3000]}}
+        }))
+        .unwrap();
+        let c: Container = serde_json::from_value(serde_json::json!({
+            "name": "c",
+            "securityContext": {"runAsUser": 1500, "readOnlyRootFilesystem": true,
+                                "allowPrivilegeEscalation": false,
+                                "capabilities": {"add": ["NET_ADMIN"], "drop": ["ALL"]}}
+        }))
+        .unwrap();
+        let mut body = ContainerCreateBody::default();
+        apply_security(&pod, &c, &mut body);
+        assert_eq!(
+            body.user.as_deref(),
+            Some("1500:2000"),
+            "container wins, pod's group"
+        );
+        let hc = body.host_config.unwrap();
+        assert_eq!(hc.group_add, Some(vec!["3000".to_string()]));
+        assert_eq!(hc.readonly_rootfs, Some(true));
+        assert_eq!(hc.cap_add, Some(vec!["NET_ADMIN".to_string()]));
+        assert_eq!(hc.cap_drop, Some(vec!["ALL".to_string()]));
+        assert_eq!(hc.security_opt, Some(vec!["no-new-privileges".to_string()]));
+        let mut plain = ContainerCreateBody::default();
+        apply_security(&pod, &Container::default(), &mut plain);
+        assert_eq!(plain.user.as_deref(), Some("1000:2000"));
+        assert_eq!(plain.host_config.unwrap().privileged, None);
     }
 
     #[test]
