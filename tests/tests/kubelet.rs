@@ -936,3 +936,83 @@ fn container_settings_reach_docker() {
     assert!(env.contains(&format!("POD_IP={ip}\n")), "{env}");
     assert!(env.contains(&format!("GREETING=hello {ip}\n")), "{env}");
 }
+
+#[test]
+fn init_containers_run_in_order_before_the_app() {
+    if !privileged("init_containers_run_in_order_before_the_app") {
+        return;
+    }
+    let (_dir, api) = api_server();
+    let k = Kubelet::start(&api, &[]);
+    let mount = json!([{"name": "work", "mountPath": "/work"}]);
+    let mut first = shell(
+        "first",
+        "/bin/busybox sleep 1; echo prepared-by-init > /work/index.html",
+    );
+    first["volumeMounts"] = mount.clone();
+    let mut second = shell("second", "/bin/busybox test -f /work/index.html");
+    second["volumeMounts"] = mount;
+    let mut web = httpd("web");
+    web["volumeMounts"] = json!([{"name": "work", "mountPath": "/www/init"}]);
+    k.create_pod(
+        NS,
+        "init",
+        json!({"initContainers": [first, second], "containers": [web],
+               "volumes": [{"name": "work", "emptyDir": {}}]}),
+    );
+    let p = k.wait_pod(NS, "init", "Ready", is_ready);
+    assert_eq!(condition(&p, "Initialized"), Some("True"));
+    let inits = p
+        .status
+        .as_ref()
+        .and_then(|s| s.init_container_statuses.clone())
+        .expect("initContainerStatuses");
+    let times: Vec<(Timestamp, Timestamp)> = inits
+        .iter()
+        .map(|s| {
+            let t = s
+                .state
+                .as_ref()
+                .and_then(|st| st.terminated.clone())
+                .unwrap_or_else(|| panic!("{} not terminated: {s:?}", s.name));
+            assert_eq!(t.exit_code, 0, "{}", s.name);
+            assert!(s.ready, "{} completed", s.name);
+            (
+                t.started_at.expect("startedAt").0,
+                t.finished_at.expect("finishedAt").0,
+            )
+        })
+        .collect();
+    assert_eq!(inits.len(), 2);
+    assert!(
+        times[1].0 >= times[0].1,
+        "second started after first ended: {times:?}"
+    );
+    let web_started = container_status(&p, "web")
+        .and_then(|s| s.state.as_ref()?.running.as_ref()?.started_at.clone())
+        .expect("web running")
+        .0;
+    assert!(
+        web_started >= times[1].1,
+        "the app started after the init containers"
+    );
+    let ip = pod_ip(&p).expect("ip");
+    let page = http_get(&format!("http://{ip}/init/index.html")).expect("page");
+    assert_eq!(page.trim(), "prepared-by-init");
+
+    // A failing init container with restartPolicy Never fails the pod; the app never runs.
+    k.create_pod(
+        NS,
+        "init-fails",
+        json!({"restartPolicy": "Never",
+               "initContainers": [shell("setup", "exit 7")],
+               "containers": [httpd("app")]}),
+    );
+    let p = k.wait_pod(NS, "init-fails", "Failed", |p| phase(p) == Some("Failed"));
+    assert_eq!(condition(&p, "Initialized"), Some("False"));
+    let app_containers = k.containers(&[("io.kproxy.container.name", "app")]);
+    assert!(
+        app_containers.is_empty(),
+        "the app was created: {app_containers:?}"
+    );
+}

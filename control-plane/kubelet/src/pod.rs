@@ -110,6 +110,18 @@ pub struct Worker {
     ip: Option<Ipv4Addr>,
 }
 
+/// What one container needs.
+enum Decision {
+    /// Create and start this attempt.
+    Start(u32),
+    /// Running: leave it.
+    Keep,
+    /// Exited and not to be restarted.
+    Done,
+    /// Exited; restarted after the back-off, at this time.
+    Wait(Instant),
+}
+
 /// Until when a worker may sleep.
 enum Next {
     After(Duration),
@@ -264,76 +276,71 @@ impl Worker {
             }
         }
 
-        // Decide per container.
+        // Decide per container: init containers one after another to success, then the
+        // app containers.
+        let newest = |name: &str| {
+            observed
+                .iter()
+                .rfind(|o| !o.sandbox && o.name == name)
+                .cloned()
+        };
         let mut waiting: HashMap<String, (String, String)> = HashMap::new();
         let mut to_start: Vec<(&Container, u32)> = Vec::new();
+        let init_containers = spec.init_containers.clone().unwrap_or_default();
+        let mut initialized = true;
+        let mut init_failed = false;
+        for c in &init_containers {
+            let cur = newest(&c.name);
+            let never = restart_policy == "Never";
+            let d = self.decide(
+                pod,
+                c,
+                cur.as_ref(),
+                |code| code != 0 && !never,
+                &mut waiting,
+            );
+            match d {
+                Decision::Done => {
+                    if cur.as_ref().is_some_and(
+                        |o| matches!(o.state, RunState::Exited { code, .. } if code != 0),
+                    ) {
+                        init_failed = true;
+                        initialized = false;
+                        break;
+                    }
+                    continue;
+                }
+                Decision::Start(attempt) => to_start.push((c, attempt)),
+                Decision::Wait(at) => wake = wake.min(at),
+                Decision::Keep => {}
+            }
+            initialized = false;
+            break;
+        }
         let mut done = 0;
         for c in &spec.containers {
-            let attempts: Vec<&Observed> = observed
-                .iter()
-                .filter(|o| !o.sandbox && o.name == c.name)
-                .collect();
-            let cur = attempts.last().copied();
-            match cur.map(|o| &o.state) {
-                None => to_start.push((c, 0)),
-                Some(RunState::Created) => to_start.push((c, cur.map_or(0, |o| o.attempt))),
-                Some(RunState::Running { .. }) => {}
-                Some(RunState::Exited {
-                    code,
-                    started,
-                    finished,
-                    ..
-                }) => {
-                    let o = cur.expect("matched Some");
-                    let restart = match restart_policy.as_str() {
-                        "Never" => false,
-                        "OnFailure" => *code != 0,
-                        _ => true,
-                    };
-                    if !restart {
-                        done += 1;
-                        continue;
-                    }
-                    let ran = started
-                        .map(|s| finished.duration_since(s).unsigned_abs())
-                        .unwrap_or_default();
-                    let delay = self.shared.backoff.delay(o.attempt, ran);
-                    let since = Timestamp::now().duration_since(*finished).unsigned_abs();
-                    if since >= delay {
-                        to_start.push((c, o.attempt + 1));
-                    } else {
-                        let left = delay - since;
-                        wake = wake.min(now + left);
-                        if self.backoff_reported.insert((c.name.clone(), o.attempt)) {
-                            Self::event(
-                                &self.shared,
-                                pod,
-                                Some(&c.name),
-                                Warning,
-                                "BackOff",
-                                &format!(
-                                    "Back-off restarting failed container {} in pod {name}_{ns}({})",
-                                    c.name, self.uid
-                                ),
-                            );
-                        }
-                        waiting.insert(
-                            c.name.clone(),
-                            (
-                                "CrashLoopBackOff".into(),
-                                format!(
-                                    "back-off {}s restarting failed container={} pod={name}_{ns}({})",
-                                    delay.as_secs(),
-                                    c.name,
-                                    self.uid
-                                ),
-                            ),
-                        );
-                    }
+            if !initialized {
+                if !init_failed {
+                    waiting.insert(c.name.clone(), ("PodInitializing".into(), String::new()));
                 }
+                continue;
+            }
+            let cur = newest(&c.name);
+            let policy = restart_policy.clone();
+            let restart = move |code: i32| match policy.as_str() {
+                "Never" => false,
+                "OnFailure" => code != 0,
+                _ => true,
+            };
+            match self.decide(pod, c, cur.as_ref(), restart, &mut waiting) {
+                Decision::Done => done += 1,
+                Decision::Start(attempt) => to_start.push((c, attempt)),
+                Decision::Wait(at) => wake = wake.min(at),
+                Decision::Keep => {}
             }
         }
-        let terminal = done == spec.containers.len() && !spec.containers.is_empty();
+        let terminal =
+            init_failed || (done == spec.containers.len() && !spec.containers.is_empty());
 
         let mut sandbox_ready = false;
         if terminal {
@@ -545,6 +552,27 @@ impl Worker {
         }
 
         // Status.
+        let init_statuses = init_containers
+            .iter()
+            .map(|c| {
+                let attempts: Vec<&Observed> = observed
+                    .iter()
+                    .filter(|o| !o.sandbox && o.name == c.name)
+                    .collect();
+                let cur = attempts.last().copied();
+                let mut st = status::container_status(&ContainerView {
+                    spec: c,
+                    current: cur,
+                    previous: attempts.len().checked_sub(2).map(|i| attempts[i]),
+                    waiting: waiting.get(&c.name).cloned(),
+                    started: true,
+                    ready: false,
+                });
+                // An init container is "ready" once it completed successfully.
+                st.ready = cur.is_some_and(|o| matches!(o.state, RunState::Exited { code: 0, .. }));
+                st
+            })
+            .collect();
         let statuses = spec
             .containers
             .iter()
@@ -572,6 +600,9 @@ impl Worker {
         let new = status::pod_status(StatusInput {
             old: self.written.as_ref(),
             containers: statuses,
+            init_containers: init_statuses,
+            initialized,
+            init_failed,
             restart_policy: &restart_policy,
             sandbox_ready,
             pod_ip,
@@ -581,6 +612,69 @@ impl Worker {
         self.write_status(pod, new).await?;
         let wait = wake.saturating_duration_since(Instant::now());
         Ok(Next::After(wait.max(Duration::from_millis(50))))
+    }
+
+    /// What to do with container `c` whose newest attempt is `cur`; `restart(code)` says
+    /// whether an exit with that code is restarted. A wait is recorded in `waiting`.
+    fn decide(
+        &mut self,
+        pod: &Pod,
+        c: &Container,
+        cur: Option<&Observed>,
+        restart: impl Fn(i32) -> bool,
+        waiting: &mut HashMap<String, (String, String)>,
+    ) -> Decision {
+        let Some(o) = cur else {
+            return Decision::Start(0);
+        };
+        let (code, started, finished) = match &o.state {
+            RunState::Created => return Decision::Start(o.attempt),
+            RunState::Running { .. } => return Decision::Keep,
+            RunState::Exited {
+                code,
+                started,
+                finished,
+                ..
+            } => (*code, *started, *finished),
+        };
+        if !restart(code) {
+            return Decision::Done;
+        }
+        let ran = started
+            .map(|s| finished.duration_since(s).unsigned_abs())
+            .unwrap_or_default();
+        let delay = self.shared.backoff.delay(o.attempt, ran);
+        let since = Timestamp::now().duration_since(finished).unsigned_abs();
+        if since >= delay {
+            return Decision::Start(o.attempt + 1);
+        }
+        let (ns, name) = meta(pod);
+        if self.backoff_reported.insert((c.name.clone(), o.attempt)) {
+            Self::event(
+                &self.shared,
+                pod,
+                Some(&c.name),
+                Warning,
+                "BackOff",
+                &format!(
+                    "Back-off restarting failed container {} in pod {name}_{ns}({})",
+                    c.name, self.uid
+                ),
+            );
+        }
+        waiting.insert(
+            c.name.clone(),
+            (
+                "CrashLoopBackOff".into(),
+                format!(
+                    "back-off {}s restarting failed container={} pod={name}_{ns}({})",
+                    delay.as_secs(),
+                    c.name,
+                    self.uid
+                ),
+            ),
+        );
+        Decision::Wait(Instant::now() + (delay - since))
     }
 
     /// Whether any container is running or will be (re)started.

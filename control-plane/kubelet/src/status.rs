@@ -175,6 +175,11 @@ fn set_condition(
 pub struct StatusInput<'a> {
     pub old: Option<&'a PodStatus>,
     pub containers: Vec<ContainerStatus>,
+    pub init_containers: Vec<ContainerStatus>,
+    /// Every init container completed successfully.
+    pub initialized: bool,
+    /// An init container failed and will not be retried (restartPolicy Never).
+    pub init_failed: bool,
     pub restart_policy: &'a str,
     pub sandbox_ready: bool,
     pub pod_ip: Option<String>,
@@ -184,7 +189,13 @@ pub struct StatusInput<'a> {
 
 pub fn pod_status(i: StatusInput) -> PodStatus {
     let old_conditions = i.old.and_then(|s| s.conditions.clone()).unwrap_or_default();
-    let phase = phase(&i.containers, i.restart_policy);
+    let phase = if i.init_failed {
+        "Failed"
+    } else if !i.initialized {
+        "Pending"
+    } else {
+        phase(&i.containers, i.restart_policy)
+    };
     let all_ready = !i.containers.is_empty() && i.containers.iter().all(|c| c.ready);
     let not_ready: Vec<&str> = i
         .containers
@@ -213,10 +224,24 @@ pub fn pod_status(i: StatusInput) -> PodStatus {
         &mut conditions,
         &old_conditions,
         "Initialized",
-        true,
-        None,
+        i.initialized,
+        (!i.initialized).then_some("ContainersNotInitialized"),
         i.now,
     );
+    if !i.initialized {
+        let incomplete: Vec<&str> = i
+            .init_containers
+            .iter()
+            .filter(|c| !c.ready)
+            .map(|c| c.name.as_str())
+            .collect();
+        if let Some(c) = conditions.iter_mut().find(|c| c.type_ == "Initialized") {
+            c.message = Some(format!(
+                "containers with incomplete status: [{}]",
+                incomplete.join(" ")
+            ));
+        }
+    }
     set_condition(
         &mut conditions,
         &old_conditions,
@@ -268,6 +293,7 @@ pub fn pod_status(i: StatusInput) -> PodStatus {
             .map(|ip| vec![k8s_openapi::api::core::v1::PodIP { ip }]),
         start_time: Some(start_time),
         container_statuses: Some(i.containers),
+        init_container_statuses: (!i.init_containers.is_empty()).then_some(i.init_containers),
         qos_class: i.old.and_then(|s| s.qos_class.clone()),
         ..Default::default()
     }
@@ -404,6 +430,9 @@ mod tests {
         let first = pod_status(StatusInput {
             old: None,
             containers: cs(),
+            init_containers: Vec::new(),
+            initialized: true,
+            init_failed: false,
             restart_policy: "Always",
             sandbox_ready: true,
             pod_ip: Some("10.244.0.5".into()),
@@ -413,6 +442,9 @@ mod tests {
         let second = pod_status(StatusInput {
             old: Some(&first),
             containers: cs(),
+            init_containers: Vec::new(),
+            initialized: true,
+            init_failed: false,
             restart_policy: "Always",
             sandbox_ready: true,
             pod_ip: Some("10.244.0.5".into()),
@@ -433,6 +465,58 @@ mod tests {
     }
 
     #[test]
+    fn init_containers_gate_the_pod() {
+        let init = spec("setup");
+        let app = spec("app");
+        let running_init = obs("setup", 0, running());
+        let init_st = container_status(&ContainerView {
+            spec: &init,
+            current: Some(&running_init),
+            previous: None,
+            waiting: None,
+            started: true,
+            ready: false,
+        });
+        let app_st = container_status(&ContainerView {
+            spec: &app,
+            current: None,
+            previous: None,
+            waiting: Some(("PodInitializing".into(), String::new())),
+            started: false,
+            ready: false,
+        });
+        let input = |initialized, init_failed| StatusInput {
+            old: None,
+            containers: vec![app_st.clone()],
+            init_containers: vec![init_st.clone()],
+            initialized,
+            init_failed,
+            restart_policy: "Never",
+            sandbox_ready: true,
+            pod_ip: None,
+            host_ip: "192.0.2.1".into(),
+            now: Timestamp::UNIX_EPOCH,
+        };
+        let st = pod_status(input(false, false));
+        assert_eq!(st.phase.as_deref(), Some("Pending"));
+        let cond = st
+            .conditions
+            .unwrap()
+            .into_iter()
+            .find(|c| c.type_ == "Initialized")
+            .unwrap();
+        assert_eq!(cond.status, "False");
+        assert_eq!(cond.reason.as_deref(), Some("ContainersNotInitialized"));
+        assert_eq!(
+            cond.message.as_deref(),
+            Some("containers with incomplete status: [setup]")
+        );
+        assert_eq!(st.init_container_statuses.unwrap().len(), 1);
+        let failed = pod_status(input(false, true));
+        assert_eq!(failed.phase.as_deref(), Some("Failed"));
+    }
+
+    #[test]
     fn unready_containers_are_named() {
         let s = spec("web");
         let run = obs("web", 0, running());
@@ -446,6 +530,9 @@ mod tests {
                 started: true,
                 ready: false,
             })],
+            init_containers: Vec::new(),
+            initialized: true,
+            init_failed: false,
             restart_policy: "Always",
             sandbox_ready: true,
             pod_ip: None,
