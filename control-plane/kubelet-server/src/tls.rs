@@ -120,8 +120,7 @@ fn write_file(path: &Path, contents: &str, mode: u32) -> Result<()> {
 mod tests {
     use super::*;
     use rcgen::{BasicConstraints, ExtendedKeyUsagePurpose, IsCa};
-    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-    use rustls::pki_types::{ServerName, UnixTime};
+    use rustls::pki_types::ServerName;
     use std::os::unix::fs::PermissionsExt as _;
 
     fn temp_dir(name: &str) -> std::path::PathBuf {
@@ -147,63 +146,23 @@ mod tests {
         (ca_cert.pem(), cert.pem(), key.serialize_pem())
     }
 
-    #[derive(Debug)]
-    struct AnyServer(Arc<rustls::crypto::CryptoProvider>);
-
-    impl ServerCertVerifier for AnyServer {
-        fn verify_server_cert(
-            &self,
-            _: &CertificateDer<'_>,
-            _: &[CertificateDer<'_>],
-            _: &ServerName<'_>,
-            _: &[u8],
-            _: UnixTime,
-        ) -> Result<ServerCertVerified, rustls::Error> {
-            Ok(ServerCertVerified::assertion())
-        }
-        fn verify_tls12_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &rustls::DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls12_signature(
-                message,
-                cert,
-                dss,
-                &self.0.signature_verification_algorithms,
-            )
-        }
-        fn verify_tls13_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &rustls::DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(
-                message,
-                cert,
-                dss,
-                &self.0.signature_verification_algorithms,
-            )
-        }
-        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-            self.0.signature_verification_algorithms.supported_schemes()
-        }
-    }
-
     /// Runs a handshake in memory; Ok if both sides completed it.
     async fn handshake(
         server: Arc<rustls::ServerConfig>,
+        serving: &[CertificateDer<'static>],
         client_cert: Option<(&str, &str)>,
     ) -> Result<(), String> {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        // The client trusts the kubelet's own self-signed certificate.
+        let mut roots = rustls::RootCertStore::empty();
+        for c in serving {
+            roots.add(c.clone()).unwrap();
+        }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .unwrap()
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyServer(provider)));
+            .with_root_certificates(roots);
         let client = match client_cert {
             Some((crt, key)) => builder
                 .with_client_auth_cert(
@@ -248,12 +207,13 @@ mod tests {
         let (ca, crt, key) = ca_and_client("kproxy-apiserver");
         let (_, other_crt, other_key) = ca_and_client("intruder");
         let config = server_config(&dir, "node-a", ca.as_bytes()).unwrap();
-        handshake(config.clone(), Some((&crt, &key)))
+        let (serving, _) = serving_cert(&dir, "node-a").unwrap();
+        handshake(config.clone(), &serving, Some((&crt, &key)))
             .await
             .expect("the CA's client is let in");
-        let e = handshake(config.clone(), None).await.unwrap_err();
+        let e = handshake(config.clone(), &serving, None).await.unwrap_err();
         assert!(e.to_lowercase().contains("certificate"), "{e}");
-        handshake(config, Some((&other_crt, &other_key)))
+        handshake(config, &serving, Some((&other_crt, &other_key)))
             .await
             .expect_err("a certificate from another CA is refused");
         std::fs::remove_dir_all(&dir).unwrap();
