@@ -110,6 +110,23 @@ pub struct Worker {
     ip: Option<Ipv4Addr>,
 }
 
+/// The attempts of spec container `name`, oldest first (as the runtime lists them).
+fn attempts<'a>(observed: &'a [Observed], name: &str) -> Vec<&'a Observed> {
+    observed
+        .iter()
+        .filter(|o| !o.sandbox && o.name == name)
+        .collect()
+}
+
+/// Whether an app container that exited with `code` is started again under `policy`.
+fn restarts_after(policy: &str, code: i32) -> bool {
+    match policy {
+        "Never" => false,
+        "OnFailure" => code != 0,
+        _ => true,
+    }
+}
+
 /// What one container needs.
 enum Decision {
     /// Create and start this attempt.
@@ -278,12 +295,7 @@ impl Worker {
 
         // Decide per container: init containers one after another to success, then the
         // app containers.
-        let newest = |name: &str| {
-            observed
-                .iter()
-                .rfind(|o| !o.sandbox && o.name == name)
-                .cloned()
-        };
+        let newest = |name: &str| attempts(&observed, name).last().map(|o| (*o).clone());
         let mut waiting: HashMap<String, (String, String)> = HashMap::new();
         let mut to_start: Vec<(&Container, u32)> = Vec::new();
         let init_containers = spec.init_containers.clone().unwrap_or_default();
@@ -327,11 +339,7 @@ impl Worker {
             }
             let cur = newest(&c.name);
             let policy = restart_policy.clone();
-            let restart = move |code: i32| match policy.as_str() {
-                "Never" => false,
-                "OnFailure" => code != 0,
-                _ => true,
-            };
+            let restart = move |code: i32| restarts_after(&policy, code);
             match self.decide(pod, c, cur.as_ref(), restart, &mut waiting) {
                 Decision::Done => done += 1,
                 Decision::Start(attempt) => to_start.push((c, attempt)),
@@ -474,9 +482,9 @@ impl Worker {
             .retain(|id, _| observed.iter().any(|o| &o.id == id && o.state.is_running()));
         let mut kills = Vec::new();
         for c in &spec.containers {
-            let Some(cur) = observed
-                .iter()
-                .rfind(|o| !o.sandbox && o.name == c.name)
+            let Some(cur) = attempts(&observed, &c.name)
+                .last()
+                .copied()
                 .filter(|o| o.state.is_running())
             else {
                 continue;
@@ -552,47 +560,32 @@ impl Worker {
         }
 
         // Status.
+        let status_of = |c: &Container| {
+            let attempts = attempts(&observed, &c.name);
+            let cur = attempts.last().copied();
+            // Only running app containers have probes; without any, started and ready.
+            let probes = cur.and_then(|o| self.probes.get(&o.id));
+            status::container_status(&ContainerView {
+                spec: c,
+                current: cur,
+                previous: attempts.len().checked_sub(2).map(|i| attempts[i]),
+                waiting: waiting.get(&c.name).cloned(),
+                started: probes.is_none_or(|p| p.started()),
+                ready: probes.is_none_or(|p| p.ready()),
+            })
+        };
         let init_statuses = init_containers
             .iter()
             .map(|c| {
-                let attempts: Vec<&Observed> = observed
-                    .iter()
-                    .filter(|o| !o.sandbox && o.name == c.name)
-                    .collect();
-                let cur = attempts.last().copied();
-                let mut st = status::container_status(&ContainerView {
-                    spec: c,
-                    current: cur,
-                    previous: attempts.len().checked_sub(2).map(|i| attempts[i]),
-                    waiting: waiting.get(&c.name).cloned(),
-                    started: true,
-                    ready: false,
-                });
+                let mut st = status_of(c);
                 // An init container is "ready" once it completed successfully.
-                st.ready = cur.is_some_and(|o| matches!(o.state, RunState::Exited { code: 0, .. }));
+                st.ready = attempts(&observed, &c.name)
+                    .last()
+                    .is_some_and(|o| matches!(o.state, RunState::Exited { code: 0, .. }));
                 st
             })
             .collect();
-        let statuses = spec
-            .containers
-            .iter()
-            .map(|c| {
-                let attempts: Vec<&Observed> = observed
-                    .iter()
-                    .filter(|o| !o.sandbox && o.name == c.name)
-                    .collect();
-                let cur = attempts.last().copied();
-                let probes = cur.and_then(|o| self.probes.get(&o.id));
-                status::container_status(&ContainerView {
-                    spec: c,
-                    current: cur,
-                    previous: attempts.len().checked_sub(2).map(|i| attempts[i]),
-                    waiting: waiting.get(&c.name).cloned(),
-                    started: probes.is_none_or(|p| p.started()),
-                    ready: probes.is_none_or(|p| p.ready()),
-                })
-            })
-            .collect();
+        let statuses = spec.containers.iter().map(status_of).collect();
         let pod_ip = pod_ip.or_else(|| {
             // A finished pod keeps reporting the address it had.
             self.written.as_ref().and_then(|s| s.pod_ip.clone())
@@ -679,20 +672,12 @@ impl Worker {
 
     /// Whether any container is running or will be (re)started.
     fn any_wanted(&self, containers: &[Container], observed: &[Observed], policy: &str) -> bool {
-        containers.iter().any(|c| {
-            match observed
-                .iter()
-                .rfind(|o| !o.sandbox && o.name == c.name)
-                .map(|o| &o.state)
-            {
-                Some(RunState::Exited { code, .. }) => match policy {
-                    "Never" => false,
-                    "OnFailure" => *code != 0,
-                    _ => true,
-                },
+        containers.iter().any(
+            |c| match attempts(observed, &c.name).last().map(|o| &o.state) {
+                Some(RunState::Exited { code, .. }) => restarts_after(policy, *code),
                 _ => true,
-            }
-        })
+            },
+        )
     }
 
     /// Creates one attempt (image, environment, container); on failure returns the waiting
