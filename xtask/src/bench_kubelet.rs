@@ -32,7 +32,7 @@ use kube::{
     runtime::wait::{Condition as _, await_condition, conditions},
 };
 
-use crate::util::step;
+use crate::{bench::median, bench_api::rss_kib, util::step};
 
 pub struct KubeletBench {
     /// Pods started one at a time (and as many bare containers), for the latency medians.
@@ -47,30 +47,6 @@ const POD_CIDR: &str = "10.252.0.0/24";
 const BASE_BRIDGE: &str = "kbbase0";
 const BASE_GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 253, 0, 1);
 const IMAGE: &str = "kproxy/httpd:1";
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        return 0.0;
-    }
-    let m = v.len() / 2;
-    if v.len() % 2 == 1 {
-        v[m]
-    } else {
-        (v[m - 1] + v[m]) / 2.0
-    }
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
 
 /// Removes what the bench created on the host, also after an earlier interrupted run.
 async fn cleanup(docker: &Docker) {
@@ -327,7 +303,7 @@ async fn measure(
     let client = Client::try_from(cfg)?;
     let pods: Api<Pod> = Api::namespaced(client, "default");
     kproxy_podnet::ensure_bridge(BASE_BRIDGE, Ipv4Net::new(BASE_GATEWAY, 24)?).await?;
-    let rss_idle_mib = rss_kib(kubelet.pid()) as f64 / 1024.0;
+    let rss_idle_mib = rss_kib(kubelet.pid(), "VmRSS:") as f64 / 1024.0;
 
     step(&format!(
         "bench kubelet: {} pod starts, interleaved with as many bare docker run + veth",
@@ -380,7 +356,7 @@ async fn measure(
     println!("  {} pods Ready in {bulk_s:.1} s", b.bulk);
     // Let the kubelet settle into its steady state before reading its memory.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let rss_bulk_mib = rss_kib(kubelet.pid()) as f64 / 1024.0;
+    let rss_bulk_mib = rss_kib(kubelet.pid(), "VmRSS:") as f64 / 1024.0;
     delete_all(&pods).await?;
     Ok(Figures {
         bare_ms,
