@@ -288,28 +288,31 @@ async fn renew(leases: &Api<Lease>, node: &str) -> Result<()> {
         renew_time: Some(now),
         ..Default::default()
     };
-    if leases.get_opt(node).await?.is_some() {
-        leases
-            .patch(
-                node,
-                &PatchParams::default(),
-                &Patch::Merge(serde_json::json!({ "spec": spec })),
-            )
-            .await
-            .context("renewing the Lease")?;
-    } else {
-        let lease = Lease {
-            metadata: ObjectMeta {
-                name: Some(node.to_string()),
-                namespace: Some(LEASE_NAMESPACE.into()),
-                ..Default::default()
-            },
-            spec: Some(spec),
-        };
-        leases
-            .create(&PostParams::default(), &lease)
-            .await
-            .context("creating the Lease")?;
+    // The Lease exists after the first beat: patch, and create only when it is missing.
+    match leases
+        .patch(
+            node,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({ "spec": spec })),
+        )
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 404 => {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(node.to_string()),
+                    namespace: Some(LEASE_NAMESPACE.into()),
+                    ..Default::default()
+                },
+                spec: Some(spec),
+            };
+            leases
+                .create(&PostParams::default(), &lease)
+                .await
+                .context("creating the Lease")?;
+        }
+        Err(e) => return Err(e).context("renewing the Lease"),
     }
     Ok(())
 }
