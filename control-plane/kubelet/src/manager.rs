@@ -153,42 +153,45 @@ fn docker_events(shared: &Arc<Shared>) -> impl futures::Stream<Item = String> + 
 
 /// Tears down containers and addresses of pods that are no longer bound here.
 async fn remove_orphans(shared: Arc<Shared>, live: HashSet<String>) {
-    let uids = match shared.runtime.pod_uids().await {
+    // Snapshot what exists first: containers and addresses of this node.
+    let containers = match shared.runtime.pod_uids().await {
         Ok(u) => u,
         Err(e) => return warn!("looking for orphaned containers: {e:#}"),
     };
-    for (uid, (ns, name)) in uids {
-        if live.contains(&uid) {
-            continue;
-        }
-        info!(pod = %format!("{ns}/{name}"), %uid, "removing the containers of a pod that is gone");
-        if let Err(e) = teardown(&shared, &uid, Duration::ZERO).await {
-            warn!(%uid, "removing an orphaned pod: {e:#}");
-        }
-    }
-    let owners: Vec<String> = shared
+    let addresses: Vec<String> = shared
         .net
         .ipam
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .allocations()
         .keys()
-        .filter(|o| !live.contains(*o))
         .cloned()
         .collect();
-    if owners.is_empty() {
+    let suspects = |uid: &String| !live.contains(uid);
+    if !containers.keys().any(suspects) && !addresses.iter().any(suspects) {
         return;
     }
-    // A pod bound after the listing is not in `live` but may already hold an address. Pods
-    // bound now (listed after the snapshot above) include every such owner.
+    // A pod bound after the watch's listing is not in `live`, yet its worker may already have
+    // containers or an address. Pods bound now (listed after the snapshot) include it.
     let api: Api<Pod> = Api::all(shared.client.clone());
     let lp = ListParams::default().fields(&format!("spec.nodeName={}", shared.runtime.node));
     let bound: HashSet<String> = match api.list(&lp).await {
         Ok(l) => l.items.into_iter().filter_map(|p| p.metadata.uid).collect(),
-        Err(e) => return warn!("looking for orphaned addresses: {e}"),
+        Err(e) => return warn!("looking for orphaned pods: {e}"),
     };
-    for uid in owners.into_iter().filter(|o| !bound.contains(o)) {
-        if let Err(e) = shared.net.release(&uid).await {
+    let orphan = |uid: &String| !live.contains(uid) && !bound.contains(uid);
+    for (uid, (ns, name)) in containers.iter().filter(|(u, _)| orphan(u)) {
+        info!(pod = %format!("{ns}/{name}"), %uid, "removing the containers of a pod that is gone");
+        // Also frees the address.
+        if let Err(e) = teardown(&shared, uid, Duration::ZERO).await {
+            warn!(%uid, "removing an orphaned pod: {e:#}");
+        }
+    }
+    for uid in addresses
+        .iter()
+        .filter(|u| orphan(u) && !containers.contains_key(*u))
+    {
+        if let Err(e) = shared.net.release(uid).await {
             warn!(%uid, "releasing an orphaned address: {e:#}");
         }
     }
