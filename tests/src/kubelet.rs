@@ -56,7 +56,8 @@ pub struct Kubelet {
 
 /// A pod CIDR no interface on this host uses yet: `10.251.N.0/24`, N starting at a
 /// per-process offset so parallel tests and concurrent test binaries pick different ones.
-fn free_cidr() -> Ipv4Net {
+#[must_use]
+pub fn free_cidr() -> Ipv4Net {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let base = std::process::id().wrapping_mul(37);
     for _ in 0..256 {
@@ -96,6 +97,16 @@ impl Kubelet {
     /// Registers a new node with `api` and starts its kubelet; returns once it logged
     /// "kubelet ready". `extra` flags are appended (`--restart-backoff 1` unless given).
     pub fn start(api: &ApiServer, extra: &[&str]) -> Self {
+        Self::start_inner(api, extra, false)
+    }
+
+    /// Like `start`, without `--pod-cidr`: the kubelet waits for the controller manager's
+    /// node IPAM (running against `api`) to assign its Node a pod CIDR.
+    pub fn start_with_ipam(api: &ApiServer, extra: &[&str]) -> Self {
+        Self::start_inner(api, extra, true)
+    }
+
+    fn start_inner(api: &ApiServer, extra: &[&str], ipam: bool) -> Self {
         let node = unique("node");
         let bridge = unique("kbl");
         assert!(bridge.len() <= 15, "{bridge} is too long for an interface");
@@ -120,8 +131,6 @@ impl Kubelet {
             node.clone(),
             "--node-ip".into(),
             "127.0.0.1".into(),
-            "--pod-cidr".into(),
-            cidr.to_string(),
             "--bridge".into(),
             bridge.clone(),
             "--data-dir".into(),
@@ -129,6 +138,9 @@ impl Kubelet {
             "--port".into(),
             "0".into(),
         ];
+        if !ipam {
+            args.extend(["--pod-cidr".into(), cidr.to_string()]);
+        }
         if !extra.contains(&"--restart-backoff") {
             args.extend(["--restart-backoff".into(), "1".into()]);
         }
@@ -147,6 +159,16 @@ impl Kubelet {
             rt,
         };
         k.spawn();
+        if ipam {
+            let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(k.client.clone());
+            let node = k.block_on(nodes.get(&k.node)).expect("the kubelet's Node");
+            k.cidr = node
+                .spec
+                .and_then(|s| s.pod_cidr)
+                .expect("node IPAM assigned a pod CIDR")
+                .parse()
+                .expect("a valid pod CIDR");
+        }
         k
     }
 

@@ -6,6 +6,8 @@
 //! the tests check it against the standard tools.
 
 pub mod apiserver;
+pub mod control;
+pub mod kubectl;
 pub mod kubelet;
 pub mod lab;
 

@@ -901,4 +901,15 @@ fn deletion_propagates_along_owner_references() {
     }
     let r = h.delete(&format!("{deploys}/x?propagationPolicy=Sideways"));
     assert_eq!(r.code, 422, "{}", r.body);
+
+    // A child created after its owner is gone (a controller acting on a stale cache) is
+    // collected, as Kubernetes' garbage collector does; one with a live owner stays.
+    let gone = json!({"metadata": {"name": "gone", "uid": "no-such-uid"}});
+    assert_eq!(h.post(PODS, &owned("late-child", &gone)).code, 201);
+    let live = h.post(deploys, &owner("live")).json();
+    assert_eq!(h.post(PODS, &owned("live-child", &live)).code, 201);
+    kproxy_tests::eventually("a child without owners is collected", || {
+        h.get(&format!("{PODS}/late-child")).code == 404
+    });
+    assert_eq!(h.get(&format!("{PODS}/live-child")).code, 200);
 }

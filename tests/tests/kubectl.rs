@@ -1,53 +1,8 @@
 //! The real kubectl (/usr/bin/kubectl, which runs the bundled client matching our /version)
 //! against our API server: the everyday workflow end to end.
 
-use std::path::Path;
-use std::process::Command;
-
 use kproxy_tests::apiserver::{ApiServer, TempDir};
-
-const KUBECTL: &str = "/usr/bin/kubectl";
-
-fn available() -> bool {
-    if Path::new(KUBECTL).exists() {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{KUBECTL} is missing and CI=true forbids skipping"
-    );
-    eprintln!("\n!!!! SKIPPED kubectl end-to-end: {KUBECTL} not installed\n");
-    false
-}
-
-struct Kubectl<'a> {
-    kubeconfig: &'a Path,
-    home: &'a Path,
-}
-
-impl Kubectl<'_> {
-    fn run(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(KUBECTL)
-            .args(args)
-            .env("KUBECONFIG", self.kubeconfig)
-            // kubectl caches discovery under $HOME/.kube/cache; keep it per test.
-            .env("HOME", self.home)
-            .output()
-            .expect("run kubectl");
-        let (o, e) = (
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        );
-        eprintln!("$ kubectl {}\n{o}{e}", args.join(" "));
-        (out.status.success(), o, e)
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let (ok, o, e) = self.run(args);
-        assert!(ok, "kubectl {args:?} failed:\n{o}{e}");
-        o
-    }
-}
+use kproxy_tests::kubectl::{Kubectl, available};
 
 fn header(out: &str) -> Vec<&str> {
     out.lines()
@@ -64,10 +19,7 @@ fn kubectl_everyday_workflow() {
     }
     let dir = TempDir::new("kpt-kubectl");
     let s = ApiServer::start(dir.path(), &[]);
-    let k = Kubectl {
-        kubeconfig: &s.kubeconfig,
-        home: dir.path(),
-    };
+    let k = Kubectl::new(&s.kubeconfig, dir.path());
 
     let v = k.ok(&["version", "-o", "json"]);
     assert!(v.contains("\"minor\": \"33\""), "{v}");

@@ -93,6 +93,18 @@ pub struct BenchArgs {
     /// kubelet: pods created at once.
     #[arg(long, default_value_t = 50)]
     kubelet_pods: usize,
+    /// controllers: pods created and timed until bound.
+    #[arg(long, default_value_t = 3000)]
+    ctrl_schedule_pods: usize,
+    /// controllers: replicas of the timed Deployment.
+    #[arg(long, default_value_t = 1000)]
+    ctrl_replicas: i32,
+    /// controllers: latency samples (readiness flips, LoadBalancer Services).
+    #[arg(long, default_value_t = 200)]
+    ctrl_samples: usize,
+    /// controllers: pods in the cluster when memory is read.
+    #[arg(long, default_value_t = 10_000)]
+    ctrl_pods: usize,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -100,6 +112,7 @@ enum Which {
     Dataplane,
     Api,
     Kubelet,
+    Controllers,
 }
 
 pub fn bench(args: &BenchArgs) -> Result<()> {
@@ -112,6 +125,9 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     })?;
     if args.bench == Some(Which::Api) {
         return api(args);
+    }
+    if args.bench == Some(Which::Controllers) {
+        return controllers(args);
     }
     if !is_root() {
         bail!("the benchmarks need root (network namespaces, eBPF, iptables)");
@@ -134,11 +150,12 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     std::fs::create_dir_all(&out_dir).with_context(|| format!("mkdir {}", out_dir.display()))?;
     install_signal_handlers();
     match args.bench {
-        Some(Which::Api | Which::Kubelet) => unreachable!("handled above"),
+        Some(Which::Api | Which::Kubelet | Which::Controllers) => unreachable!("handled above"),
         Some(Which::Dataplane) => dataplane(args, &services, &bins, &out_dir),
         None => {
             dataplane(args, &services, &bins, &out_dir)?;
             api(args)?;
+            controllers(args)?;
             kubelet(args)
         }
     }
@@ -166,6 +183,37 @@ fn api(args: &BenchArgs) -> Result<()> {
             get_seconds: args.api_get_seconds,
             watchers: args.api_watchers,
             watch_events: args.api_watch_events,
+        },
+        &target,
+        &out_dir,
+    )
+}
+
+fn controllers(args: &BenchArgs) -> Result<()> {
+    step("bench: cargo build --release (API server, controller manager, scheduler, load tools)");
+    run_cmd(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "kproxy-apiserver",
+        "-p",
+        "kproxy-controller-manager",
+        "-p",
+        "kproxy-scheduler",
+        "-p",
+        "kproxy-tests",
+        "--bins",
+    ]))?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace_root().join("target"), PathBuf::from);
+    let out_dir = target.join("bench");
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("mkdir {}", out_dir.display()))?;
+    crate::bench_controllers::run(
+        &crate::bench_controllers::ControllersBench {
+            schedule_pods: args.ctrl_schedule_pods,
+            replicas: args.ctrl_replicas,
+            samples: args.ctrl_samples,
+            many_pods: args.ctrl_pods,
         },
         &target,
         &out_dir,

@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_api;
+mod bench_controllers;
 mod bench_kubelet;
 mod images;
 mod run;
@@ -29,7 +30,8 @@ enum Command {
     /// Set up, then run every test: formatting, clippy, unit, privileged and end-to-end tests.
     Test(test::TestArgs),
     /// Build in release mode and run the benchmarks (`dataplane`: kproxy vs iptables vs
-    /// nftables; `api`: the API server under kube-rs clients); results in target/bench/.
+    /// nftables; `api`: the API server under kube-rs clients; `controllers`: scheduler and
+    /// controller manager on 100 fake nodes; `kubelet`); results in target/bench/.
     Bench(bench::BenchArgs),
     /// Build the node's container images locally (kproxy/pause:1, kproxy/httpd:1 alias
     /// httpd:latest, kproxy/kecho:1 alias kecho:latest); skips images already up to date.

@@ -101,9 +101,10 @@ pub fn run(args: &RunArgs) -> Result<()> {
     };
 
     let apiserver = start_apiserver(&bin_dir)?;
+    let (controller_manager, scheduler) = start_controllers(&bin_dir)?;
     let node = node_name()?;
     let kubelet = start_kubelet(&bin_dir, &node)?;
-    let pod_manifest = demo_pod_manifest(&node)?;
+    let pod_manifest = demo_pod_manifest()?;
 
     let manifest = services_manifest()?;
     // A demo backend: an echo server on the lab client host, so the demo service answers.
@@ -159,7 +160,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let kctl = bin_dir.join("kctl");
     let kctl = kctl.display();
     println!(
-        "  {kctl} create -f {}   # a pod bound to this node (no scheduler yet)",
+        "  {kctl} create -f {}   # a pod; the scheduler binds it to this node",
         pod_manifest.display()
     );
     println!("  {kctl} get pods -o wide; curl -s <pod IP>       # the page names the pod");
@@ -167,7 +168,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     println!("  {kctl} create deployment web --image=httpd --replicas=2");
     println!("  {kctl} expose deployment web --port=80 --type=NodePort");
     println!("  {kctl} get svc,deploy -o wide          # or: kubectl get svc (context `kproxy`)");
-    println!("  tail -f {APISERVER_LOG} {KUBELET_LOG}");
+    println!("  tail -f {LOG_DIR}/*.log");
     if args.uplink.is_none() {
         println!("Ctrl-C stops kproxy and removes the lab netns.\n");
     } else {
@@ -178,7 +179,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     // node, so detach it. The pinned maps stay for the next run.
     let _ = Command::new(&kproxy).arg("cleanup").status();
     // The kubelet first: its pods keep running and are adopted by the next run.
-    for mut child in [kubelet, apiserver] {
+    for mut child in [kubelet, scheduler, controller_manager, apiserver] {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
         let _ = child.wait();
@@ -199,6 +200,11 @@ const LOG_DIR: &str = "/var/log/kproxy";
 const APISERVER_LOG: &str = "/var/log/kproxy/apiserver.log";
 const APISERVER_DATA: &str = "/var/lib/kproxy/apiserver";
 const KUBELET_LOG: &str = "/var/log/kproxy/kubelet.log";
+const CONTROLLER_MANAGER_LOG: &str = "/var/log/kproxy/controller-manager.log";
+const SCHEDULER_LOG: &str = "/var/log/kproxy/scheduler.log";
+/// The admin kubeconfig the scheduler and the controller manager use (not the user's, whose
+/// current context may change).
+const CONTROL_KUBECONFIG: &str = "/var/lib/kproxy/controller-manager/kubeconfig";
 const KUBELET_DATA: &str = "/var/lib/kproxy/kubelet";
 
 /// Starts `bin args` with stderr appended to `log` and waits until this run's part of the log
@@ -267,6 +273,47 @@ fn start_apiserver(bin_dir: &std::path::Path) -> Result<std::process::Child> {
     Ok(child)
 }
 
+/// Starts the controller manager (Deployments, ReplicaSets, EndpointSlices, LoadBalancer IPs
+/// from 172.30.0.0/24, node IPAM from 10.244.0.0/16, node lifecycle) and the scheduler, both
+/// with an admin kubeconfig, and waits until their caches are synced.
+fn start_controllers(
+    bin_dir: &std::path::Path,
+) -> Result<(std::process::Child, std::process::Child)> {
+    run_cmd(
+        Command::new(bin_dir.join("kproxy-apiserver"))
+            .args([
+                "admin-kubeconfig",
+                "--out",
+                CONTROL_KUBECONFIG,
+                "--data-dir",
+                APISERVER_DATA,
+            ])
+            .stdout(Stdio::null()),
+    )
+    .context("write the controllers' kubeconfig (kproxy-apiserver admin-kubeconfig)")?;
+    step(&format!(
+        "run: starting the controller manager (LoadBalancer pool 172.30.0.0/24, pod CIDRs from 10.244.0.0/16, log {CONTROLLER_MANAGER_LOG})"
+    ));
+    let cm = start_daemon(
+        "controller manager",
+        &bin_dir.join("kproxy-controller-manager"),
+        &["--kubeconfig", CONTROL_KUBECONFIG],
+        CONTROLLER_MANAGER_LOG,
+        "controller manager ready",
+    )?;
+    step(&format!(
+        "run: starting the scheduler (log {SCHEDULER_LOG})"
+    ));
+    let sched = start_daemon(
+        "scheduler",
+        &bin_dir.join("kproxy-scheduler"),
+        &["--kubeconfig", CONTROL_KUBECONFIG],
+        SCHEDULER_LOG,
+        "scheduler ready",
+    )?;
+    Ok((cm, sched))
+}
+
 /// This host's node name, as the kubelet derives it.
 fn node_name() -> Result<String> {
     Ok(std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -279,7 +326,7 @@ fn node_name() -> Result<String> {
 /// host is master and worker at once.
 fn start_kubelet(bin_dir: &std::path::Path, node: &str) -> Result<std::process::Child> {
     step(&format!(
-        "run: starting the kubelet for node {node} (bridge kbr0, pods 10.244.0.0/24, state {KUBELET_DATA}, log {KUBELET_LOG})"
+        "run: starting the kubelet for node {node} (bridge kbr0, pod CIDR from node IPAM, state {KUBELET_DATA}, log {KUBELET_LOG})"
     ));
     let path = format!("{KUBELET_DATA}/kubeconfig");
     run_cmd(
@@ -313,15 +360,13 @@ fn start_kubelet(bin_dir: &std::path::Path, node: &str) -> Result<std::process::
     Ok(child)
 }
 
-/// A demo pod for this node, written on every run (the node name may change).
-fn demo_pod_manifest(node: &str) -> Result<PathBuf> {
+/// A demo pod, written on every run.
+fn demo_pod_manifest() -> Result<PathBuf> {
     let dir = workspace_root().join("target/kproxy");
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
     let path = dir.join("pod.yaml");
-    let text = format!(
-        "# A pod bound to this node: httpd (busybox) serving a page with the pod's name.\n\
-apiVersion: v1\nkind: Pod\nmetadata: {{name: web, labels: {{app: web}}}}\nspec:\n  nodeName: {node}\n  containers:\n  - name: httpd\n    image: httpd\n    ports: [{{containerPort: 80}}]\n    readinessProbe: {{httpGet: {{path: /, port: 80}}, periodSeconds: 2}}\n"
-    );
+    let text = "# A pod: httpd (busybox) serving a page with the pod's name.\n\
+apiVersion: v1\nkind: Pod\nmetadata: {name: web, labels: {app: web}}\nspec:\n  containers:\n  - name: httpd\n    image: httpd\n    ports: [{containerPort: 80}]\n    readinessProbe: {httpGet: {path: /, port: 80}, periodSeconds: 2}\n";
     std::fs::write(&path, text).with_context(|| format!("write {}", path.display()))?;
     Ok(path)
 }

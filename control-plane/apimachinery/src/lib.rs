@@ -1,7 +1,10 @@
 //! The parts of Kubernetes' apimachinery that server, controllers and CLI share: the rules for
-//! names and labels, label and field selectors, and the three patch formats.
+//! names and labels, label and field selectors, the three patch formats, and the field ownership
+//! server-side apply tracks.
 #![forbid(unsafe_code)]
 
+pub mod fields;
+pub mod managed;
 pub mod names;
 pub mod patch;
 pub mod quantity;

@@ -43,7 +43,8 @@ pub enum PatchType {
     Json,
     Merge,
     StrategicMerge,
-    /// Server-side apply; recognised so the server can answer 415 rather than 400.
+    /// Server-side apply: not a patch of the current object but a configuration merged with
+    /// field ownership (see [`crate::fields`] and [`crate::managed`]).
     Apply,
 }
 
@@ -146,7 +147,7 @@ const DELETE_PRIMITIVE: &str = "$deleteFromPrimitiveList";
 /// Schema types reachable from the kinds we serve. Only types with merge lists (or leading to
 /// them) are named; everything else is `Any`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Ty {
+pub(crate) enum Ty {
     Any,
     /// Kinds whose only strategic fields are in metadata.
     MetaOnly,
@@ -171,7 +172,7 @@ enum Ty {
 }
 
 impl Ty {
-    fn for_kind(kind: &str) -> Ty {
+    pub(crate) fn for_kind(kind: &str) -> Ty {
         match kind {
             "Pod" => Ty::Pod,
             "Deployment" | "ReplicaSet" => Ty::Workload,
@@ -184,7 +185,7 @@ impl Ty {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Strategy {
+pub(crate) enum Strategy {
     /// Maps merge, lists are replaced.
     Default,
     /// `patchStrategy:"merge"`: lists of objects merge by the key, lists of scalars are unioned.
@@ -192,9 +193,9 @@ enum Strategy {
 }
 
 #[derive(Debug, Clone, Copy)]
-struct Field {
-    strategy: Strategy,
-    ty: Ty,
+pub(crate) struct Field {
+    pub(crate) strategy: Strategy,
+    pub(crate) ty: Ty,
 }
 
 const fn to(ty: Ty) -> Field {
@@ -292,7 +293,7 @@ const FIELDS: &[(Ty, &str, Field)] = &[
     (Ty::NamespaceStatus, "conditions", merge_by("type", Ty::Any)),
 ];
 
-fn field(ty: Ty, name: &str) -> Field {
+pub(crate) fn field(ty: Ty, name: &str) -> Field {
     FIELDS
         .iter()
         .find(|(t, n, _)| *t == ty && *n == name)

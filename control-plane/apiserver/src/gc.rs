@@ -63,6 +63,75 @@ pub fn spawn_delete_dependents(api: &Api, ns: Option<String>, uid: String) {
     });
 }
 
+/// After `obj` (just created at `key`) names owners: deletes it when none of them exists any
+/// more, as Kubernetes' garbage collector does with dependents whose owners are gone. This
+/// closes the race of a controller acting on a stale cache, which creates a child of an
+/// owner deleted a moment before: either the owner's deletion lists the new child among its
+/// dependents (the child was stored first), or this check finds the owner gone.
+pub fn spawn_collect_if_orphaned(api: &Api, res: &'static Resource, key: &str, obj: &Value) {
+    let Some(refs) = obj["metadata"]["ownerReferences"].as_array() else {
+        return;
+    };
+    if refs.is_empty() {
+        return;
+    }
+    let owners: Vec<(String, String)> = refs
+        .iter()
+        .map(|r| {
+            (
+                r["kind"].as_str().unwrap_or_default().to_string(),
+                r["uid"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    let ns = object::namespace(obj).map(String::from);
+    let (key, uid) = (
+        key.to_string(),
+        object::uid(obj).unwrap_or_default().to_string(),
+    );
+    let Some(api) = api.me.upgrade() else { return };
+    tokio::spawn(async move {
+        match any_owner_exists(&api, ns.as_deref(), &owners).await {
+            Ok(true) => {}
+            Ok(false) => {
+                let opts = DeleteOptions {
+                    uid: Some(uid),
+                    ..Default::default()
+                };
+                tracing::info!(key, "deleting a new object whose owners are gone");
+                if let Err(e) = delete(&api, res, &key, &opts, None).await
+                    && e.code != axum::http::StatusCode::NOT_FOUND
+                {
+                    tracing::warn!(key, "collecting an orphan: {}", e.message);
+                }
+            }
+            Err(e) => tracing::warn!(key, "checking owners: {}", e.message),
+        }
+    });
+}
+
+/// Whether any of `owners` (kind, uid) exists in `ns` (or cluster-wide for cluster-scoped
+/// kinds). Unknown kinds count as existing: this server cannot judge them.
+async fn any_owner_exists(
+    api: &Api,
+    ns: Option<&str>,
+    owners: &[(String, String)],
+) -> ApiResult<bool> {
+    for (kind, uid) in owners {
+        let Some(res) = crate::registry::by_kind(kind) else {
+            return Ok(true);
+        };
+        let scope = if res.namespaced { ns } else { None };
+        let (kvs, _) = api.store.list(&res.ns_prefix(scope)).await?;
+        for kv in kvs {
+            if object::uid(&from_kv(&kv)?) == Some(uid.as_str()) {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
 /// Removes the owner reference to `uid` from its dependents (propagationPolicy=Orphan).
 pub async fn orphan(api: &Api, ns: Option<&str>, uid: &str) -> ApiResult<()> {
     for (_, kv, mut new) in dependents(api, ns, uid).await? {

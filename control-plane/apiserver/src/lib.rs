@@ -8,6 +8,7 @@ pub mod discovery;
 pub mod gc;
 pub mod handler;
 pub mod kubeconfig;
+pub mod managed;
 pub mod metrics;
 pub mod object;
 pub mod openapi;

@@ -38,6 +38,18 @@ enum Command {
         #[arg(long, default_value = "/var/lib/kproxy/apiserver")]
         data_dir: std::path::PathBuf,
     },
+    /// Write an admin kubeconfig (for the scheduler and controller manager): the cluster CA
+    /// and the admin token.
+    AdminKubeconfig {
+        /// Where to write it (mode 0600; an existing file is merged into).
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// The API server's URL as the component reaches it.
+        #[arg(long, default_value = "https://127.0.0.1:6443")]
+        server: String,
+        #[arg(long, default_value = "/var/lib/kproxy/apiserver")]
+        data_dir: std::path::PathBuf,
+    },
     /// Print the admin bearer token.
     AdminToken {
         #[arg(long, default_value = "/var/lib/kproxy/apiserver")]
@@ -53,6 +65,16 @@ fn node_token(node: &str, data_dir: &std::path::Path) -> Result<String> {
         errs.join("; ")
     );
     TokenStore::open(data_dir)?.node_token(node)
+}
+
+fn cluster_ca(data_dir: &std::path::Path) -> Result<String> {
+    let ca_path = data_dir.join("pki/ca.crt");
+    std::fs::read_to_string(&ca_path).with_context(|| {
+        format!(
+            "reading {} (start the API server once to create it)",
+            ca_path.display()
+        )
+    })
 }
 
 fn main() -> Result<()> {
@@ -87,15 +109,18 @@ fn main() -> Result<()> {
             data_dir,
         } => {
             let token = node_token(&node, &data_dir)?;
-            let ca_path = data_dir.join("pki/ca.crt");
-            let ca = std::fs::read_to_string(&ca_path).with_context(|| {
-                format!(
-                    "reading {} (start the API server once to create it)",
-                    ca_path.display()
-                )
-            })?;
-            kubeconfig::write(&out, &server, &ca, &token)?;
+            kubeconfig::write(&out, &server, &cluster_ca(&data_dir)?, &token)?;
             println!("wrote {} for node {node}", out.display());
+            Ok(())
+        }
+        Command::AdminKubeconfig {
+            out,
+            server,
+            data_dir,
+        } => {
+            let token = TokenStore::open(&data_dir)?.admin_token();
+            kubeconfig::write(&out, &server, &cluster_ca(&data_dir)?, &token)?;
+            println!("wrote {} (admin)", out.display());
             Ok(())
         }
         Command::AdminToken { data_dir } => {

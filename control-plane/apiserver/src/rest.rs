@@ -10,6 +10,7 @@ use kproxy_store::{Op, StoreError};
 use serde_json::{Value, json};
 
 use crate::handler::{Api, Req, Target, json as json_resp};
+use crate::managed;
 use crate::object::{self, from_kv, meta, meta_mut, set_rv, str_at, to_stored};
 use crate::registry::Resource;
 use crate::status::{ApiError, ApiResult, success};
@@ -72,20 +73,37 @@ pub async fn serve(
                     )
                 })?;
                 if matches!(ty, PatchType::Apply) {
+                    let (obj, created) = apply(api, req, t, bound_to).await?;
+                    let code = if created {
+                        StatusCode::CREATED
+                    } else {
+                        StatusCode::OK
+                    };
+                    let out = if sub == Some("scale") {
+                        scale_of(&obj)?
+                    } else {
+                        obj
+                    };
+                    return Ok(json_resp(code, &out));
+                }
+                if req.flag("force") {
                     return Err(ApiError::new(
-                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                        "UnsupportedMediaType",
-                        "server-side apply is not supported; use client-side `kubectl apply`",
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "Invalid",
+                        "PatchOptions.meta.k8s.io \"\" is invalid: force: Forbidden: may not be specified for non-apply patch",
                     ));
                 }
                 Edit::Patch(ty, req.body.clone())
             };
+            let w = managed::Writer::update(req, t.res, sub)?;
             if sub == Some("scale") {
-                let obj =
-                    update(api, req, t, None, bound_to, &|cur| edit_scale(cur, &body)).await?;
+                let obj = update(api, req, t, None, bound_to, Some(&w), &|cur| {
+                    edit_scale(cur, &body)
+                })
+                .await?;
                 return Ok(ok(&scale_of(&obj)?));
             }
-            let obj = update(api, req, t, sub, bound_to, &|cur| {
+            let obj = update(api, req, t, sub, bound_to, Some(&w), &|cur| {
                 body.apply(t.res.kind, cur)
             })
             .await?;
@@ -326,7 +344,62 @@ fn is_alloc_conflict(e: &StoreError) -> bool {
 }
 
 pub async fn create(api: &Api, req: &Req, t: &Target) -> ApiResult<Value> {
-    let mut obj = object::parse_body(req.content_type(), &req.body)?;
+    let obj = object::parse_body(req.content_type(), &req.body)?;
+    let w = managed::Writer::update(req, t.res, None)?;
+    create_object(api, req, t, obj, &w).await
+}
+
+/// Server-side apply: the configuration merged into the object with field ownership and
+/// conflicts, or the object created from it when there is none (and the caller may create).
+/// Returns the object and whether it was created.
+async fn apply(
+    api: &Api,
+    req: &Req,
+    t: &Target,
+    bound_to: Option<String>,
+) -> ApiResult<(Value, bool)> {
+    let sub = t.sub.as_deref();
+    let w = managed::Writer::apply(req, t)?;
+    let config = &w.apply.as_ref().expect("an apply writer").config;
+    // Scale's rules are the object's: it edits spec.replicas.
+    let rules = if sub == Some("scale") { None } else { sub };
+    let may_create = sub.is_none()
+        && matches!(
+            crate::auth::authorize(
+                &req.id,
+                "create",
+                t.res,
+                t.ns.as_deref(),
+                t.name.as_deref(),
+                None
+            ),
+            crate::auth::Access::Allowed
+        );
+    let edit = |cur: &Value| managed::apply_edit(t.res, &w, cur);
+    for _ in 0..RETRIES {
+        match update(api, req, t, rules, bound_to.clone(), Some(&w), &edit).await {
+            Err(e) if e.code == StatusCode::NOT_FOUND && may_create => {}
+            r => return r.map(|o| (o, false)),
+        }
+        match create_object(api, req, t, config.clone(), &w).await {
+            // Created by someone else meanwhile: apply to it.
+            Err(e) if e.reason == "AlreadyExists" => {}
+            r => return r.map(|o| (o, true)),
+        }
+    }
+    Err(ApiError::conflict(
+        &t.res.group_resource(),
+        t.name.as_deref().unwrap_or_default(),
+    ))
+}
+
+async fn create_object(
+    api: &Api,
+    req: &Req,
+    t: &Target,
+    mut obj: Value,
+    w: &managed::Writer,
+) -> ApiResult<Value> {
     check_type(t.res, &mut obj)?;
     strict_fields(req, t.res, &obj)?;
     kproxy_api::strict::prune_unknown(t.res.kind, &mut obj);
@@ -396,6 +469,7 @@ pub async fn create(api: &Api, req: &Req, t: &Target) -> ApiResult<Value> {
         kproxy_api::defaults::apply_defaults(t.res.kind, &mut o);
         kproxy_api::validate::validate(t.res.kind, &o, None)
             .map_err(|e| invalid(t.res, &name, e))?;
+        managed::on_create(t.res, w, &mut o);
         let key = t.res.key(t.ns.as_deref(), &name);
         let mut ops = Vec::new();
         if t.res.kind == "Service" {
@@ -421,6 +495,7 @@ pub async fn create(api: &Api, req: &Req, t: &Target) -> ApiResult<Value> {
         match api.store.txn(ops).await {
             Ok(kvs) => {
                 set_rv(&mut o, kvs[0].mod_revision);
+                crate::gc::spawn_collect_if_orphaned(api, t.res, &key, &o);
                 return Ok(o);
             }
             Err(StoreError::AlreadyExists(k)) if k == key && !named => continue,
@@ -445,27 +520,34 @@ pub enum Edit {
 }
 
 impl Edit {
-    /// The candidate object: the body for PUT, the patched current object for PATCH. The
-    /// current resourceVersion is removed first, so a resourceVersion in the result is one the
-    /// client asked for (a precondition).
+    /// The candidate object: the body for PUT, the patched current object for PATCH. A
+    /// resourceVersion in the result is one the client asked for (a precondition): the
+    /// current one is removed unless the patch set another. (It stays in the patched base, as
+    /// JSON patches may `test` or `replace` it, like kubectl's managed-fields migration.)
     fn apply(&self, kind: &str, cur: &Value) -> ApiResult<Value> {
         match self {
             Edit::Replace(v) => Ok(v.clone()),
             Edit::Patch(ty, body) => {
-                let mut base = cur.clone();
-                meta_mut(&mut base).remove("resourceVersion");
                 let r = match ty {
-                    PatchType::Json => patch::json_patch(&base, body),
-                    PatchType::Merge => patch::merge_patch(&base, body),
-                    PatchType::StrategicMerge => patch::strategic_merge_patch(kind, &base, body),
-                    PatchType::Apply => unreachable!("rejected before"),
+                    PatchType::Json => patch::json_patch(cur, body),
+                    PatchType::Merge => patch::merge_patch(cur, body),
+                    PatchType::StrategicMerge => patch::strategic_merge_patch(kind, cur, body),
+                    PatchType::Apply => {
+                        return Err(ApiError::bad_request(
+                            "server-side apply is not a patch of the current object",
+                        ));
+                    }
                 };
-                let v = r.map_err(|e| match e.status_code() {
+                let mut v = r.map_err(|e| match e.status_code() {
                     400 => ApiError::bad_request(e.to_string()),
                     _ => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", e.to_string()),
                 })?;
                 if !v.is_object() {
                     return Err(ApiError::bad_request("the patch did not produce an object"));
+                }
+                let cur_rv = &meta(cur)["resourceVersion"];
+                if !cur_rv.is_null() && meta(&v).get("resourceVersion") == Some(cur_rv) {
+                    meta_mut(&mut v).remove("resourceVersion");
                 }
                 Ok(v)
             }
@@ -522,6 +604,7 @@ pub async fn update(
     t: &Target,
     sub: Option<&str>,
     bound_to: Option<String>,
+    writer: Option<&managed::Writer>,
     edit: &(dyn Fn(&Value) -> ApiResult<Value> + Sync),
 ) -> ApiResult<Value> {
     let name = t.name.as_deref().unwrap_or_default();
@@ -571,6 +654,7 @@ pub async fn update(
             return Err(ApiError::conflict(&gr, name));
         }
         let mut new = merge_update(t.res, sub, &cur, cand);
+        let sent_managed = meta_mut(&mut new).remove("managedFields");
         if t.res.kind == "Service" {
             crate::alloc::drop_type_dependent_fields(&cur, &mut new);
         }
@@ -580,6 +664,10 @@ pub async fn update(
         if t.res.has_spec && new["spec"] != cur["spec"] {
             let g = meta(&cur)["generation"].as_i64().unwrap_or(0) + 1;
             meta_mut(&mut new).insert("generation".into(), json!(g));
+        }
+        match writer {
+            Some(w) => managed::on_update(t.res, sub, w, &cur, sent_managed, &mut new)?,
+            None => managed::keep(&cur, &mut new),
         }
         if without_rv(&new) == without_rv(&cur) {
             // Kubernetes does not write no-op updates; the resourceVersion stays.
@@ -722,7 +810,7 @@ async fn bind(api: &Api, req: &Req, t: &Target) -> ApiResult<Response> {
         new["spec"]["nodeName"] = json!(node);
         Ok(new)
     };
-    update(api, req, t, None, None, &edit).await?;
+    update(api, req, t, None, None, None, &edit).await?;
     Ok(json_resp(
         StatusCode::CREATED,
         &success(json!({"name": name, "kind": "pods"})),

@@ -40,8 +40,9 @@ struct Options {
     #[arg(long)]
     node_ip: Option<Ipv4Addr>,
     /// Pod CIDR used when the control plane assigned none; the bridge gets its first address.
-    #[arg(long, default_value = "10.244.0.0/24")]
-    pod_cidr: Ipv4Net,
+    /// Without it the kubelet waits for the controller manager's node IPAM to assign one.
+    #[arg(long)]
+    pod_cidr: Option<Ipv4Net>,
     /// The node bridge the pods' veths join.
     #[arg(long, default_value = "kbr0")]
     bridge: String,
@@ -141,10 +142,14 @@ async fn main() -> Result<()> {
         max_pods: o.max_pods,
         runtime_version: version.version.unwrap_or_default(),
     };
-    let cidr: Ipv4Net = node::register(&client, &facts, &o.pod_cidr.trunc().to_string())
-        .await?
-        .parse()
-        .context("the Node's spec.podCIDR")?;
+    let cidr: Ipv4Net = node::register(
+        &client,
+        &facts,
+        o.pod_cidr.map(|c| c.trunc().to_string()).as_deref(),
+    )
+    .await?
+    .parse()
+    .context("the Node's spec.podCIDR")?;
     let gateway = cidr
         .hosts()
         .next()

@@ -184,11 +184,12 @@ fn keep_transition_times(new: &mut NodeStatus, old: &[NodeCondition]) {
 }
 
 /// Registers the node (or adopts the existing object) and returns its pod CIDR: the one the
-/// control plane assigned if any, else `configured`, which is then recorded in the spec.
-pub async fn register(client: &Client, f: &NodeFacts, configured: &str) -> Result<String> {
+/// control plane assigned (node IPAM in the controller manager) if any; else `configured`
+/// (`--pod-cidr`), which is then recorded in the spec; with neither, it waits for node IPAM.
+pub async fn register(client: &Client, f: &NodeFacts, configured: Option<&str>) -> Result<String> {
     let api: Api<Node> = Api::all(client.clone());
     let existing = api.get_opt(&f.name).await.context("reading the Node")?;
-    let cidr = match existing {
+    let assigned = match existing {
         None => {
             let node = Node {
                 metadata: ObjectMeta {
@@ -204,8 +205,8 @@ pub async fn register(client: &Client, f: &NodeFacts, configured: &str) -> Resul
                     ..Default::default()
                 },
                 spec: Some(NodeSpec {
-                    pod_cidr: Some(configured.to_string()),
-                    pod_cidrs: Some(vec![configured.to_string()]),
+                    pod_cidr: configured.map(String::from),
+                    pod_cidrs: configured.map(|c| vec![c.to_string()]),
                     ..Default::default()
                 }),
                 status: None,
@@ -214,16 +215,16 @@ pub async fn register(client: &Client, f: &NodeFacts, configured: &str) -> Resul
                 .await
                 .context("registering the Node")?;
             info!(node = %f.name, pod_cidr = configured, "node registered");
-            configured.to_string()
+            configured.map(String::from)
         }
-        Some(node) => match node.spec.and_then(|s| s.pod_cidr) {
-            Some(assigned) => {
-                if assigned != configured {
+        Some(node) => match (node.spec.and_then(|s| s.pod_cidr), configured) {
+            (Some(assigned), _) => {
+                if configured.is_some_and(|c| c != assigned) {
                     info!(%assigned, configured, "using the pod CIDR the control plane assigned");
                 }
-                assigned
+                Some(assigned)
             }
-            None => {
+            (None, Some(configured)) => {
                 api.patch(
                     &f.name,
                     &PatchParams::default(),
@@ -233,12 +234,56 @@ pub async fn register(client: &Client, f: &NodeFacts, configured: &str) -> Resul
                 )
                 .await
                 .context("recording the pod CIDR")?;
-                configured.to_string()
+                Some(configured.to_string())
             }
+            (None, None) => None,
         },
     };
+    // The status first: node IPAM and the scheduler look at a registered, reporting node.
     update_status(client, f).await?;
-    Ok(cidr)
+    match assigned {
+        Some(c) => Ok(c),
+        None => wait_for_pod_cidr(&api, &f.name).await,
+    }
+}
+
+/// Waits until the control plane writes `spec.podCIDR` (the controller manager's node IPAM).
+async fn wait_for_pod_cidr(api: &Api<Node>, name: &str) -> Result<String> {
+    use futures::TryStreamExt as _;
+    use kube::runtime::{WatchStreamExt as _, watcher};
+    info!(
+        node = name,
+        "waiting for the control plane to assign a pod CIDR (node IPAM)"
+    );
+    let cfg = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut nodes = std::pin::pin!(
+        watcher(api.clone(), cfg)
+            .default_backoff()
+            .applied_objects()
+    );
+    let mut warned = tokio::time::Instant::now();
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(10), nodes.try_next()).await;
+        match next {
+            Ok(Ok(Some(node))) => {
+                if let Some(c) = node.spec.and_then(|s| s.pod_cidr) {
+                    info!(node = name, pod_cidr = %c, "pod CIDR assigned");
+                    return Ok(c);
+                }
+            }
+            Ok(Ok(None)) => anyhow::bail!("the Node watch ended"),
+            Ok(Err(e)) => warn!(error = %e, "watching the Node for its pod CIDR"),
+            Err(_) => {}
+        }
+        if warned.elapsed() >= Duration::from_secs(10) {
+            warn!(
+                node = name,
+                "still no pod CIDR: is kproxy-controller-manager (node IPAM) running? \
+                 (or start the kubelet with --pod-cidr)"
+            );
+            warned = tokio::time::Instant::now();
+        }
+    }
 }
 
 pub async fn update_status(client: &Client, f: &NodeFacts) -> Result<()> {

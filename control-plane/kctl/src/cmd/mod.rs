@@ -8,6 +8,7 @@ pub mod exec;
 pub mod expose;
 pub mod get;
 pub mod logs;
+pub mod rollout;
 pub mod scale;
 pub mod version;
 
@@ -27,6 +28,8 @@ pub enum Command {
     Expose(expose::ExposeArgs),
     /// Set a new size for a deployment or replica set.
     Scale(scale::ScaleArgs),
+    /// Manage the rollout of a deployment (status, history, undo, restart).
+    Rollout(rollout::RolloutArgs),
     /// Delete resources by names, selectors or files.
     Delete(delete::DeleteArgs),
     /// Apply a configuration to resources from files or stdin.
@@ -56,6 +59,7 @@ pub async fn run(global: &GlobalOpts, command: Command) -> Result<()> {
         Command::Create(args) => create::run(&mut ctx, args).await,
         Command::Expose(args) => expose::run(&mut ctx, args).await,
         Command::Scale(args) => scale::run(&mut ctx, args).await,
+        Command::Rollout(args) => rollout::run(&mut ctx, args).await,
         Command::Delete(args) => delete::run(&mut ctx, args).await,
         Command::Apply(args) => apply::run(&mut ctx, args).await,
         Command::Logs(args) => logs::run(&mut ctx, args).await,

@@ -1,0 +1,125 @@
+//! kproxy-controller-manager: the cluster's reconcilers, one kube-runtime `Controller` per kind,
+//! each a small `reconcile -> Action` with an error policy. They talk to the API server only
+//! through kube-rs, like every other component.
+//!
+//! The scheduler shares the client setup and the event recorder from here.
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod deployment;
+pub mod endpointslice;
+pub mod events;
+pub mod expectations;
+pub mod lbipam;
+pub mod nodeipam;
+pub mod nodelifecycle;
+pub mod replicaset;
+
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+
+/// Field manager of the controller manager's writes (server-side apply and updates).
+pub const FIELD_MANAGER: &str = "kproxy-controller-manager";
+
+/// What the controllers are configured with at start; shared read-only.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// LoadBalancer address pools (several allowed), checked against the CIDRs below.
+    pub lb_pools: Vec<Ipv4Net>,
+    /// Pod addresses of the whole cluster; each node gets a `/node_cidr_mask` out of it.
+    pub cluster_cidr: Ipv4Net,
+    pub node_cidr_mask: u8,
+    /// Service ClusterIP range (only to refuse overlapping LB pools).
+    pub service_cidr: Ipv4Net,
+    /// A node whose Lease was not renewed for this long becomes Unknown (NotReady).
+    pub node_monitor_grace: Duration,
+    /// Pods on an unreachable node without their own toleration are deleted after this.
+    pub pod_eviction_timeout: Duration,
+    /// The `default/kubernetes` Service's endpoint: the API server's address and port.
+    pub apiserver_endpoint: Option<std::net::SocketAddrV4>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            lb_pools: vec!["172.30.0.0/24".parse().expect("valid")],
+            cluster_cidr: "10.244.0.0/16".parse().expect("valid"),
+            node_cidr_mask: 24,
+            service_cidr: "10.96.0.0/12".parse().expect("valid"),
+            node_monitor_grace: Duration::from_secs(40),
+            pod_eviction_timeout: Duration::from_secs(300),
+            apiserver_endpoint: None,
+        }
+    }
+}
+
+impl Config {
+    /// Refuses pools that overlap each other, the service CIDR or the cluster CIDR, and a
+    /// node mask that does not fit the cluster CIDR.
+    pub fn validate(&self) -> Result<(), String> {
+        for (i, p) in self.lb_pools.iter().enumerate() {
+            for (what, other) in [
+                ("the service CIDR", self.service_cidr),
+                ("the cluster (pod) CIDR", self.cluster_cidr),
+            ] {
+                if overlaps(*p, other) {
+                    return Err(format!(
+                        "LoadBalancer pool {p} overlaps {what} {other}: choose a disjoint range"
+                    ));
+                }
+            }
+            for q in &self.lb_pools[i + 1..] {
+                if overlaps(*p, *q) {
+                    return Err(format!("LoadBalancer pools {p} and {q} overlap"));
+                }
+            }
+        }
+        if overlaps(self.service_cidr, self.cluster_cidr) {
+            return Err(format!(
+                "the service CIDR {} overlaps the cluster CIDR {}",
+                self.service_cidr, self.cluster_cidr
+            ));
+        }
+        if self.node_cidr_mask < self.cluster_cidr.prefix_len() || self.node_cidr_mask > 30 {
+            return Err(format!(
+                "node CIDR mask /{} does not fit the cluster CIDR {} (must be between /{} and /30)",
+                self.node_cidr_mask,
+                self.cluster_cidr,
+                self.cluster_cidr.prefix_len()
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pools_overlapping_cluster_ranges_are_refused() {
+        let mut c = Config::default();
+        assert!(c.validate().is_ok());
+        c.lb_pools = vec!["10.96.5.0/24".parse().unwrap()];
+        assert!(c.validate().unwrap_err().contains("service CIDR"));
+        c.lb_pools = vec!["10.244.3.0/24".parse().unwrap()];
+        assert!(c.validate().unwrap_err().contains("cluster (pod) CIDR"));
+        c.lb_pools = vec![
+            "172.30.0.0/24".parse().unwrap(),
+            "172.30.0.128/25".parse().unwrap(),
+        ];
+        assert!(c.validate().unwrap_err().contains("overlap"));
+        c.lb_pools = vec![
+            "172.30.0.0/24".parse().unwrap(),
+            "172.31.0.0/24".parse().unwrap(),
+        ];
+        assert!(c.validate().is_ok());
+        c.node_cidr_mask = 8;
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,137 @@
+//! kproxy-controller-manager: runs every controller of the cluster in one process.
+
+use std::{net::SocketAddrV4, path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::{Context as _, Result, bail};
+use clap::Parser;
+use ipnet::Ipv4Net;
+use kproxy_controller_manager::{
+    Config, client, deployment, endpointslice, lbipam, nodeipam, nodelifecycle, replicaset,
+};
+use tracing::{error, info};
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "kproxy controller manager: Deployments, ReplicaSets, EndpointSlices, LoadBalancer IPs, node IPAM and lifecycle"
+)]
+struct Options {
+    /// Kubeconfig for the API server (default: $KUBECONFIG, then ~/.kube/config).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// LoadBalancer address pool; repeat for several pools.
+    #[arg(long = "lb-pool", default_value = "172.30.0.0/24")]
+    lb_pools: Vec<Ipv4Net>,
+    /// The cluster's pod addresses; each node gets a slice of it (`--node-cidr-mask-size`).
+    #[arg(long, default_value = "10.244.0.0/16")]
+    cluster_cidr: Ipv4Net,
+    #[arg(long, default_value_t = 24)]
+    node_cidr_mask_size: u8,
+    /// The API server's service CIDR (LoadBalancer pools must not overlap it).
+    #[arg(long, default_value = "10.96.0.0/12")]
+    service_cidr: Ipv4Net,
+    /// Seconds without a Lease renewal before a node is Unknown (NotReady).
+    #[arg(long, default_value_t = 40.0)]
+    node_monitor_grace_period: f64,
+    /// Seconds pods stay on an unreachable node without their own toleration.
+    #[arg(long, default_value_t = 300.0)]
+    pod_eviction_timeout: f64,
+    /// Endpoint of the `default/kubernetes` Service (the API server's address as pods reach
+    /// it); without it that Service is left alone.
+    #[arg(long)]
+    apiserver_endpoint: Option<SocketAddrV4>,
+    /// Controllers to run (default: all).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "deployment,replicaset,endpointslice,lbipam,nodeipam,nodelifecycle"
+    )]
+    controllers: Vec<String>,
+}
+
+fn secs(v: f64, what: &str) -> Result<Duration> {
+    Duration::try_from_secs_f64(v).with_context(|| format!("--{what} {v}: not a duration"))
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .init();
+    let o = Options::parse();
+    let config = Config {
+        lb_pools: o.lb_pools,
+        cluster_cidr: o.cluster_cidr,
+        node_cidr_mask: o.node_cidr_mask_size,
+        service_cidr: o.service_cidr,
+        node_monitor_grace: secs(o.node_monitor_grace_period, "node-monitor-grace-period")?,
+        pod_eviction_timeout: secs(o.pod_eviction_timeout, "pod-eviction-timeout")?,
+        apiserver_endpoint: o.apiserver_endpoint,
+    };
+    if let Err(e) = config.validate() {
+        bail!("{e}");
+    }
+    let config = Arc::new(config);
+    let client = client::from_kubeconfig(o.kubeconfig.as_deref()).await?;
+    client
+        .apiserver_version()
+        .await
+        .context("reaching the API server")?;
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for name in &o.controllers {
+        let (c, cfg) = (client.clone(), Arc::clone(&config));
+        let name: &'static str = match name.as_str() {
+            "deployment" => {
+                tasks.spawn(async move { ("deployment", deployment::run(c, cfg).await) });
+                "deployment"
+            }
+            "replicaset" => {
+                tasks.spawn(async move { ("replicaset", replicaset::run(c, cfg).await) });
+                "replicaset"
+            }
+            "endpointslice" => {
+                tasks.spawn(async move { ("endpointslice", endpointslice::run(c, cfg).await) });
+                "endpointslice"
+            }
+            "lbipam" => {
+                tasks.spawn(async move { ("lbipam", lbipam::run(c, cfg).await) });
+                "lbipam"
+            }
+            "nodeipam" => {
+                tasks.spawn(async move { ("nodeipam", nodeipam::run(c, cfg).await) });
+                "nodeipam"
+            }
+            "nodelifecycle" => {
+                tasks.spawn(async move { ("nodelifecycle", nodelifecycle::run(c, cfg).await) });
+                "nodelifecycle"
+            }
+            other => bail!(
+                "unknown controller {other:?} (known: deployment, replicaset, endpointslice, lbipam, nodeipam, nodelifecycle)"
+            ),
+        };
+        info!(controller = name, "started");
+    }
+    info!("controller manager ready");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("SIGTERM handler")?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => info!("interrupted, stopping"),
+        _ = term.recv() => info!("terminated, stopping"),
+        Some(done) = tasks.join_next() => {
+            let (name, res) = done.context("a controller panicked")?;
+            match res {
+                Ok(()) => bail!("controller {name} stopped"),
+                Err(e) => {
+                    error!(controller = name, error = format!("{e:#}"), "controller failed");
+                    return Err(e.context(format!("controller {name}")));
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,711 @@
+//! ReplicaSet controller, as kube-controller-manager's: keeps `spec.replicas` pods of the
+//! template, each with a controller ownerReference and `generateName: <rs>-`; deletes the
+//! surplus in Kubernetes' order; adopts matching orphans and releases pods that stopped
+//! matching; never acts twice on a cache that is behind its own writes (expectations);
+//! writes replicas / fullyLabeled / ready / available / observedGeneration to status.
+//!
+//! Runs kube-runtime's controller engine (`applier`, what `Controller::run` drives) over
+//! two watch caches of its own, so that a pod event updates the cache and the expectations
+//! before it triggers its ReplicaSet.
+
+pub(crate) mod claim;
+pub(crate) mod informer;
+pub mod pods;
+
+use std::{collections::HashMap, convert::Infallible, sync::Arc, time::Duration};
+
+use futures::{StreamExt as _, channel::mpsc};
+use jiff::Timestamp;
+use k8s_openapi::{
+    api::{
+        apps::v1::ReplicaSet,
+        core::v1::{Pod, PodSpec, PodStatus},
+    },
+    apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
+};
+use kproxy_apimachinery::selector::{LabelSelector, SelectorError};
+use kube::{
+    Api, Resource, ResourceExt as _,
+    api::{DeleteParams, Patch, PatchParams, PostParams},
+    runtime::{
+        controller::{self, Action, ReconcileRequest},
+        reflector::{ObjectRef, Store},
+    },
+};
+use serde_json::json;
+use tracing::{debug, info, instrument, warn};
+
+use self::claim::{Claim, controller_of, key};
+use self::informer::Change;
+use crate::{
+    Config,
+    events::{Recorder, Type},
+    expectations::Expectations,
+};
+
+/// Most pods created or deleted per sync (kube-controller-manager's `burstReplicas`).
+const BURST_REPLICAS: usize = 500;
+/// Most API calls of one batch in flight at once.
+const MAX_IN_FLIGHT: usize = 64;
+/// Periodic resync; also lets expired expectations (lost events) resume a stuck set.
+const RESYNC: Duration = Duration::from_secs(300);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("object without {0}")]
+    MissingMetadata(&'static str),
+    #[error("invalid selector")]
+    Selector(#[source] SelectorError),
+    #[error("{what}")]
+    Api {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+fn api_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Api { what, source }
+}
+
+/// What the reconciles share.
+pub struct Ctx {
+    client: kube::Client,
+    pods: Store<Pod>,
+    sets: Store<ReplicaSet>,
+    expectations: Arc<Expectations>,
+    recorder: Recorder,
+    events: EventBudget,
+}
+
+pub async fn run(client: kube::Client, config: Arc<Config>) -> anyhow::Result<()> {
+    let _ = config;
+    let expectations = Arc::new(Expectations::default());
+    let (tx, rx) = mpsc::unbounded::<ObjectRef<ReplicaSet>>();
+
+    let sets = informer::spawn(
+        Api::<ReplicaSet>::all(client.clone()),
+        drop_managed_fields,
+        {
+            let (tx, exp) = (tx.clone(), Arc::clone(&expectations));
+            move |c: Change<'_, ReplicaSet>| match c {
+                Change::Applied { obj, .. } => {
+                    let _ = tx.unbounded_send(ObjectRef::from_obj(obj));
+                }
+                Change::Deleted(obj) => exp.forget(&key(&obj.metadata)),
+                Change::Relisted => {}
+            }
+        },
+    );
+    let pods = informer::spawn(Api::<Pod>::all(client.clone()), slim_pod, {
+        let (tx, exp, sets) = (tx.clone(), Arc::clone(&expectations), sets.clone());
+        move |c: Change<'_, Pod>| match c {
+            Change::Applied { obj, is_new } => {
+                observe_pod(&exp, obj, is_new, false);
+                for r in owners_of(obj, &sets) {
+                    let _ = tx.unbounded_send(r);
+                }
+            }
+            Change::Deleted(obj) => {
+                observe_pod(&exp, obj, false, true);
+                for r in owners_of(obj, &sets) {
+                    let _ = tx.unbounded_send(r);
+                }
+            }
+            // Pods may have gone while the watch was down: look at every set again.
+            Change::Relisted => {
+                for rs in sets.state() {
+                    let _ = tx.unbounded_send(ObjectRef::from_obj(&*rs));
+                }
+            }
+        }
+    });
+    // A sync on a partial pod cache would create pods that already exist.
+    pods.wait_until_ready().await?;
+    info!("replicaset controller started");
+
+    let ctx = Arc::new(Ctx {
+        recorder: Recorder::new(client.clone(), "replicaset-controller"),
+        client,
+        pods,
+        sets: sets.clone(),
+        expectations,
+        events: EventBudget::default(),
+    });
+    let queue = rx.map(|r| Ok::<_, Infallible>(ReconcileRequest::from(r)));
+    controller::applier(
+        |rs, ctx| Box::pin(reconcile(rs, ctx)),
+        error_policy,
+        ctx,
+        sets,
+        queue,
+        controller::Config::default(),
+    )
+    .for_each(|res| {
+        match res {
+            Ok((obj, _)) => debug!(rs = %obj, "reconciled"),
+            Err(controller::Error::ObjectNotFound(obj)) => debug!(rs = %obj, "gone"),
+            Err(e) => warn!(error = %e, "replicaset reconcile failed"),
+        }
+        std::future::ready(())
+    })
+    .await;
+    Ok(())
+}
+
+pub(crate) fn drop_managed_fields<K: Resource>(o: &mut K) {
+    o.meta_mut().managed_fields = None;
+}
+
+/// The cache keeps only what the controllers read of a pod (memory, with 10,000s of pods).
+fn slim_pod(p: &mut Pod) {
+    p.metadata.managed_fields = None;
+    let node_name = p.spec.as_ref().and_then(|s| s.node_name.clone());
+    p.spec = Some(PodSpec {
+        node_name,
+        ..Default::default()
+    });
+    if let Some(s) = p.status.take() {
+        let restarts = s.container_statuses.map(|cs| {
+            cs.into_iter()
+                .map(|c| k8s_openapi::api::core::v1::ContainerStatus {
+                    name: c.name,
+                    restart_count: c.restart_count,
+                    ..Default::default()
+                })
+                .collect()
+        });
+        p.status = Some(PodStatus {
+            phase: s.phase,
+            conditions: s.conditions,
+            container_statuses: restarts,
+            ..Default::default()
+        });
+    }
+}
+
+fn is_rs_ref(r: &OwnerReference) -> bool {
+    r.kind == "ReplicaSet" && r.api_version == "apps/v1"
+}
+
+/// Expectations: a new pod of a set is a create observed; a pod gone or terminating is a
+/// delete observed.
+fn observe_pod(exp: &Expectations, pod: &Pod, is_new: bool, deleted: bool) {
+    let Some(owner) = controller_of(&pod.metadata).filter(|r| is_rs_ref(r)) else {
+        return;
+    };
+    let k = format!("{}/{}", pod.namespace().unwrap_or_default(), owner.name);
+    if deleted || pod.metadata.deletion_timestamp.is_some() {
+        exp.deletion_observed(&k, &pod.name_any());
+    } else if is_new {
+        exp.creation_observed(&k);
+    }
+}
+
+/// The set a pod event concerns: its controller, or for an orphan every set of its namespace
+/// whose selector matches (one of them may adopt it).
+fn owners_of(pod: &Pod, sets: &Store<ReplicaSet>) -> Vec<ObjectRef<ReplicaSet>> {
+    let ns = pod.namespace().unwrap_or_default();
+    if let Some(owner) = controller_of(&pod.metadata) {
+        return if is_rs_ref(owner) {
+            vec![ObjectRef::new(&owner.name).within(&ns)]
+        } else {
+            Vec::new()
+        };
+    }
+    sets.state()
+        .iter()
+        .filter(|rs| rs.namespace().as_deref() == Some(ns.as_str()))
+        .filter(|rs| {
+            let sel = rs
+                .spec
+                .as_ref()
+                .and_then(|s| claim::matcher(&s.selector).ok().flatten());
+            claim::matches(sel.as_ref(), pod.metadata.labels.as_ref())
+        })
+        .map(|rs| ObjectRef::from_obj(&**rs))
+        .collect()
+}
+
+fn error_policy(rs: Arc<ReplicaSet>, error: &Error, _ctx: Arc<Ctx>) -> Action {
+    warn!(rs = %key(&rs.metadata), error = %error, cause = ?std::error::Error::source(error), "replicaset sync failed");
+    Action::requeue(Duration::from_millis(500))
+}
+
+#[instrument(skip_all, fields(rs = %key(&rs.metadata)))]
+async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let rs_key = key(&rs.metadata);
+    let ns = rs.namespace().ok_or(Error::MissingMetadata("namespace"))?;
+    let uid = rs.uid().ok_or(Error::MissingMetadata("uid"))?;
+    // Checked before reading the cache: satisfied means the cache has what we did.
+    let needs_sync = ctx.expectations.satisfied(&rs_key);
+    let spec = rs.spec.clone().unwrap_or_default();
+    let selector = claim::matcher(&spec.selector).map_err(Error::Selector)?;
+    let deleting = rs.metadata.deletion_timestamp.is_some();
+
+    let mut owned: Vec<Arc<Pod>> = Vec::new();
+    let mut adopt = Vec::new();
+    let mut release = Vec::new();
+    for pod in ctx.pods.state() {
+        if pod.metadata.namespace.as_deref() != Some(ns.as_str()) || !pods::is_active(&pod) {
+            continue;
+        }
+        match claim::claim(&uid, deleting, &pod.metadata, selector.as_ref()) {
+            Claim::Keep => owned.push(pod),
+            Claim::Adopt => adopt.push(pod),
+            Claim::Release => release.push(pod),
+            Claim::Ignore => {}
+        }
+    }
+    let our_ref = claim::controller_ref(&*rs).ok_or(Error::MissingMetadata("name or uid"))?;
+    owned.extend(change_owners(&ctx, &ns, &our_ref, adopt, true).await);
+    change_owners(&ctx, &ns, &our_ref, release, false).await;
+
+    let mut create_failure = None;
+    let mut manage_err = None;
+    if needs_sync
+        && !deleting
+        && let Err(e) = manage(&rs, &rs_key, &ns, &owned, &ctx).await
+    {
+        if matches!(e, Manage::Create(_)) {
+            create_failure = Some(e.to_string());
+        }
+        manage_err = Some(e);
+    }
+
+    let now = Timestamp::now();
+    let template_sel = spec
+        .template
+        .as_ref()
+        .and_then(|t| t.metadata.as_ref())
+        .and_then(|m| m.labels.as_ref())
+        .and_then(|l| LabelSelector::from_map(l).ok());
+    let refs: Vec<&Pod> = owned.iter().map(|p| &**p).collect();
+    let counts = pods::counts(
+        &refs,
+        template_sel.as_ref(),
+        spec.min_ready_seconds.unwrap_or(0),
+        now,
+    );
+    let status = pods::status(&rs, &counts, create_failure.as_deref(), now);
+    if !pods::status_unchanged(rs.status.as_ref(), &status) {
+        write_status(&ctx.client, &ns, &rs.name_any(), &status).await?;
+    }
+    if let Some(e) = manage_err {
+        return Err(e.into_error());
+    }
+    // A ready pod turns available after minReadySeconds without any event: look again then.
+    if let Some(at) = counts.next_available {
+        let wait = now.duration_until(at).unsigned_abs() + Duration::from_millis(50);
+        return Ok(Action::requeue(wait.min(RESYNC)));
+    }
+    Ok(Action::requeue(RESYNC))
+}
+
+/// Why managing replicas failed (creates are reported in the status' ReplicaFailure).
+#[derive(Debug, thiserror::Error)]
+enum Manage {
+    #[error("{0}")]
+    Create(kube::Error),
+    #[error("{0}")]
+    Delete(kube::Error),
+}
+
+impl Manage {
+    fn into_error(self) -> Error {
+        match self {
+            Manage::Create(e) => api_err("creating pods")(e),
+            Manage::Delete(e) => api_err("deleting pods")(e),
+        }
+    }
+}
+
+/// manageReplicas: create or delete the difference, at most a burst at a time.
+async fn manage(
+    rs: &ReplicaSet,
+    rs_key: &str,
+    ns: &str,
+    owned: &[Arc<Pod>],
+    ctx: &Ctx,
+) -> Result<(), Manage> {
+    let want = usize::try_from(rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)).unwrap_or(0);
+    let have = owned.len();
+    if have < want {
+        let n = (want - have).min(BURST_REPLICAS);
+        create_pods(rs, rs_key, ns, n, ctx).await
+    } else if have > want {
+        let n = (have - want).min(BURST_REPLICAS);
+        let related = related_pods(rs, ctx);
+        let related: Vec<&Pod> = related.iter().map(|p| &**p).collect();
+        let candidates: Vec<&Pod> = owned.iter().map(|p| &**p).collect();
+        let doomed: Vec<String> = pods::pods_to_delete(&candidates, &related, n)
+            .into_iter()
+            .map(kube::ResourceExt::name_any)
+            .collect();
+        delete_pods(rs, rs_key, ns, doomed, ctx).await
+    } else {
+        Ok(())
+    }
+}
+
+async fn create_pods(
+    rs: &ReplicaSet,
+    rs_key: &str,
+    ns: &str,
+    n: usize,
+    ctx: &Ctx,
+) -> Result<(), Manage> {
+    let pod = pod_from_template(rs).ok_or_else(|| {
+        Manage::Create(kube::Error::Api(
+            kube::core::Status::failure("the ReplicaSet has no name or uid", "Invalid").boxed(),
+        ))
+    })?;
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    ctx.expectations.expect_creations(rs_key, n);
+    let mut created = 0;
+    let mut failure = None;
+    for batch in pods::slow_start_batches(n, 1) {
+        let results: Vec<_> = futures::stream::iter(0..batch)
+            .map(|_| create_pod(&api, &pod))
+            .buffer_unordered(MAX_IN_FLIGHT)
+            .collect()
+            .await;
+        for r in results {
+            match r {
+                Ok(p) => {
+                    created += 1;
+                    ctx.event(
+                        rs,
+                        Type::Normal,
+                        "SuccessfulCreate",
+                        &format!("Created pod: {}", p.name_any()),
+                    );
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot create pod");
+                    ctx.event(
+                        rs,
+                        Type::Warning,
+                        "FailedCreate",
+                        &format!("Error creating: {e}"),
+                    );
+                    failure.get_or_insert(e);
+                }
+            }
+        }
+        if failure.is_some() {
+            break;
+        }
+    }
+    // Creates that failed or were never tried will not be observed.
+    for _ in created..n {
+        ctx.expectations.creation_observed(rs_key);
+    }
+    debug!(created, wanted = n, "created pods");
+    failure.map_or(Ok(()), |e| Err(Manage::Create(e)))
+}
+
+async fn delete_pods(
+    rs: &ReplicaSet,
+    rs_key: &str,
+    ns: &str,
+    doomed: Vec<String>,
+    ctx: &Ctx,
+) -> Result<(), Manage> {
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    ctx.expectations
+        .expect_deletions(rs_key, doomed.iter().cloned());
+    let results: Vec<_> = futures::stream::iter(doomed)
+        .map(|name| {
+            let api = api.clone();
+            async move {
+                let r = api.delete(&name, &DeleteParams::default()).await;
+                (name, r)
+            }
+        })
+        .buffer_unordered(MAX_IN_FLIGHT)
+        .collect()
+        .await;
+    let mut failure = None;
+    for (name, r) in results {
+        match r {
+            Ok(_) => ctx.event(
+                rs,
+                Type::Normal,
+                "SuccessfulDelete",
+                &format!("Deleted pod: {name}"),
+            ),
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                ctx.expectations.deletion_observed(rs_key, &name);
+            }
+            Err(e) => {
+                ctx.expectations.deletion_observed(rs_key, &name);
+                ctx.event(
+                    rs,
+                    Type::Warning,
+                    "FailedDelete",
+                    &format!("Error deleting: {e}"),
+                );
+                failure.get_or_insert(e);
+            }
+        }
+    }
+    failure.map_or(Ok(()), |e| Err(Manage::Delete(e)))
+}
+
+/// The active pods of every set sharing this set's controller (a Deployment's old and new
+/// sets): spreading them evenly decides which node loses a pod first.
+fn related_pods(rs: &ReplicaSet, ctx: &Ctx) -> Vec<Arc<Pod>> {
+    let Some(owner) = controller_of(&rs.metadata) else {
+        return Vec::new();
+    };
+    let siblings: Vec<String> = ctx
+        .sets
+        .state()
+        .iter()
+        .filter(|s| controller_of(&s.metadata).is_some_and(|o| o.uid == owner.uid))
+        .filter_map(|s| s.uid())
+        .collect();
+    ctx.pods
+        .state()
+        .into_iter()
+        .filter(|p| pods::is_active(p))
+        .filter(|p| controller_of(&p.metadata).is_some_and(|o| siblings.contains(&o.uid)))
+        .collect()
+}
+
+/// GetPodFromTemplate: the template's labels, annotations, finalizers and spec, named
+/// `<rs>-<random>` by the API server, controlled by the set.
+fn pod_from_template(rs: &ReplicaSet) -> Option<Pod> {
+    let template = rs.spec.as_ref()?.template.clone().unwrap_or_default();
+    let tm = template.metadata.unwrap_or_default();
+    Some(Pod {
+        metadata: ObjectMeta {
+            generate_name: Some(format!("{}-", rs.metadata.name.as_deref()?)),
+            namespace: rs.metadata.namespace.clone(),
+            labels: tm.labels,
+            annotations: tm.annotations,
+            finalizers: tm.finalizers,
+            owner_references: Some(vec![claim::controller_ref(rs)?]),
+            ..Default::default()
+        },
+        spec: template.spec,
+        status: None,
+    })
+}
+
+// === child writes (one place each, to switch to server-side apply later) ===
+
+async fn create_pod(api: &Api<Pod>, pod: &Pod) -> Result<Pod, kube::Error> {
+    api.create(&PostParams::default(), pod).await
+}
+
+async fn write_status(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    status: &k8s_openapi::api::apps::v1::ReplicaSetStatus,
+) -> Result<(), Error> {
+    let api: Api<ReplicaSet> = Api::namespaced(client.clone(), ns);
+    let mut body = json!({ "status": status });
+    // A merge patch keeps what it does not mention: say explicitly that conditions are gone.
+    if status.conditions.is_none() {
+        body["status"]["conditions"] = serde_json::Value::Null;
+    }
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&body))
+        .await
+        .map_err(api_err("writing status"))?;
+    Ok(())
+}
+
+/// Adopts (`adopt`) or releases pods by rewriting their ownerReferences, with the pod's
+/// resourceVersion as precondition (a pod changed meanwhile is looked at next sync).
+/// Returns the pods whose write succeeded.
+async fn change_owners(
+    ctx: &Ctx,
+    ns: &str,
+    ours: &OwnerReference,
+    pods: Vec<Arc<Pod>>,
+    adopt: bool,
+) -> Vec<Arc<Pod>> {
+    if pods.is_empty() {
+        return pods;
+    }
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let results: Vec<_> = futures::stream::iter(pods)
+        .map(|pod| {
+            let api = api.clone();
+            async move {
+                let refs = claim::owner_refs_after(&pod.metadata, ours, adopt);
+                let body = json!({"metadata": {
+                    "ownerReferences": refs,
+                    "resourceVersion": pod.metadata.resource_version,
+                }});
+                let r = api
+                    .patch(
+                        &pod.name_any(),
+                        &PatchParams::default(),
+                        &Patch::Merge(&body),
+                    )
+                    .await;
+                (pod, r)
+            }
+        })
+        .buffer_unordered(MAX_IN_FLIGHT)
+        .collect()
+        .await;
+    let mut done = Vec::new();
+    for (pod, r) in results {
+        match r {
+            Ok(_) => {
+                info!(pod = %pod.name_any(), adopt, "changed pod owner");
+                done.push(pod);
+            }
+            Err(e) => debug!(pod = %pod.name_any(), error = %e, adopt, "cannot change pod owner"),
+        }
+    }
+    done
+}
+
+// === events ===
+
+impl Ctx {
+    fn event(&self, rs: &ReplicaSet, type_: Type, reason: &str, message: &str) {
+        if self.events.allow(rs.uid().as_deref().unwrap_or_default()) {
+            self.recorder
+                .publish(&rs.object_ref(&()), type_, reason, message);
+        }
+    }
+}
+
+/// client-go's event spam filter per object: a burst of 25, then one per 5 minutes, so a
+/// 1,000-pod scale-up writes a few dozen Events, not a thousand.
+#[derive(Default)]
+struct EventBudget {
+    buckets: std::sync::Mutex<HashMap<String, (f64, std::time::Instant)>>,
+}
+
+impl EventBudget {
+    const BURST: f64 = 25.0;
+    const REFILL_PER_SEC: f64 = 1.0 / 300.0;
+
+    fn allow(&self, object: &str) -> bool {
+        let now = std::time::Instant::now();
+        let mut b = self
+            .buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if b.len() > 10_000 {
+            // Forget full buckets of objects long quiet (keeps the map bounded).
+            b.retain(|_, (_, t)| now.duration_since(*t) < Duration::from_secs(3600));
+        }
+        let (tokens, last) = b.entry(object.to_string()).or_insert((Self::BURST, now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * Self::REFILL_PER_SEC)
+            .min(Self::BURST);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rs() -> ReplicaSet {
+        serde_json::from_value(json!({
+            "metadata": {"name": "web-abc", "namespace": "ns1", "uid": "u1"},
+            "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "web"}},
+                     "template": {"metadata": {"labels": {"app": "web"}, "annotations": {"a": "b"}},
+                                  "spec": {"containers": [{"name": "c", "image": "httpd"}]}}}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn pods_come_from_the_template_with_a_controller_reference() {
+        let p = pod_from_template(&rs()).unwrap();
+        assert_eq!(p.metadata.generate_name.as_deref(), Some("web-abc-"));
+        assert_eq!(p.metadata.namespace.as_deref(), Some("ns1"));
+        assert_eq!(p.metadata.labels.unwrap()["app"], "web");
+        assert_eq!(p.metadata.annotations.unwrap()["a"], "b");
+        let r = &p.metadata.owner_references.unwrap()[0];
+        assert_eq!(
+            (r.kind.as_str(), r.name.as_str(), r.uid.as_str()),
+            ("ReplicaSet", "web-abc", "u1")
+        );
+        assert_eq!(
+            (r.controller, r.block_owner_deletion),
+            (Some(true), Some(true))
+        );
+        assert_eq!(
+            p.spec.unwrap().containers[0].image.as_deref(),
+            Some("httpd")
+        );
+    }
+
+    fn pod_of(owner: Option<&str>, labels: serde_json::Value) -> Pod {
+        let refs = owner.map(|o| {
+            json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": o, "uid": "x", "controller": true}])
+        });
+        serde_json::from_value(json!({
+            "metadata": {"name": "p1", "namespace": "ns1", "labels": labels, "ownerReferences": refs},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn pod_events_meet_expectations() {
+        let exp = Expectations::default();
+        exp.expect_creations("ns1/web-abc", 1);
+        let p = pod_of(Some("web-abc"), json!({}));
+        observe_pod(&exp, &p, false, false);
+        assert!(!exp.satisfied("ns1/web-abc"), "an update is not a create");
+        observe_pod(&exp, &p, true, false);
+        assert!(exp.satisfied("ns1/web-abc"));
+        exp.expect_deletions("ns1/web-abc", ["p1".to_string()]);
+        let mut terminating = p.clone();
+        terminating.metadata.deletion_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::UNIX_EPOCH),
+        );
+        observe_pod(&exp, &terminating, false, false);
+        assert!(
+            exp.satisfied("ns1/web-abc"),
+            "terminating counts as deleted"
+        );
+    }
+
+    #[test]
+    fn slim_pods_keep_what_the_controllers_read() {
+        let mut p: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p", "managedFields": [{"manager": "x"}]},
+            "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "i"}]},
+            "status": {"phase": "Running", "podIP": "10.0.0.1",
+                       "conditions": [{"type": "Ready", "status": "True"}],
+                       "containerStatuses": [{"name": "c", "image": "i", "imageID": "", "ready": true, "restartCount": 2}]}
+        }))
+        .unwrap();
+        slim_pod(&mut p);
+        assert!(p.metadata.managed_fields.is_none());
+        let spec = p.spec.as_ref().unwrap();
+        assert_eq!(spec.node_name.as_deref(), Some("n1"));
+        assert!(spec.containers.is_empty());
+        assert!(pods::is_ready(&p));
+        let st = p.status.unwrap();
+        assert_eq!(st.pod_ip, None);
+        assert_eq!(st.container_statuses.unwrap()[0].restart_count, 2);
+    }
+
+    #[test]
+    fn event_budget_allows_a_burst_then_throttles() {
+        let b = EventBudget::default();
+        let allowed = (0..100).filter(|_| b.allow("u1")).count();
+        assert_eq!(allowed, 25);
+        assert!(b.allow("u2"), "per object");
+    }
+}

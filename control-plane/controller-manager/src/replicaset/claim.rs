@@ -1,0 +1,201 @@
+//! Ownership as Kubernetes' ControllerRefManager decides it (shared by the ReplicaSet and
+//! Deployment controllers): a child is ours when its controller ownerReference names our
+//! uid; an orphan matching our selector is adopted; a child of ours that no longer matches
+//! is released.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    LabelSelector as ApiSelector, ObjectMeta, OwnerReference,
+};
+use kproxy_apimachinery::selector::{LabelSelector, SelectorError};
+use kube::Resource;
+
+/// The controller ownerReference of an object, if any.
+pub(crate) fn controller_of(meta: &ObjectMeta) -> Option<&OwnerReference> {
+    meta.owner_references
+        .iter()
+        .flatten()
+        .find(|r| r.controller == Some(true))
+}
+
+/// `namespace/name`, the key of expectations and logs.
+pub(crate) fn key(meta: &ObjectMeta) -> String {
+    format!(
+        "{}/{}",
+        meta.namespace.as_deref().unwrap_or_default(),
+        meta.name.as_deref().unwrap_or_default()
+    )
+}
+
+/// The controller reference a child gets: `controller` and `blockOwnerDeletion` set, so a
+/// foreground deletion of the owner waits for it.
+pub(crate) fn controller_ref<K: Resource<DynamicType = ()>>(owner: &K) -> Option<OwnerReference> {
+    let mut r = owner.controller_owner_ref(&())?;
+    r.block_owner_deletion = Some(true);
+    Some(r)
+}
+
+/// The API selector as a matcher. An empty selector matches nothing here (Kubernetes'
+/// controllers refuse to select everything; validation rejects it anyway).
+pub(crate) fn matcher(sel: &ApiSelector) -> Result<Option<LabelSelector>, SelectorError> {
+    let s = LabelSelector::from_api(sel)?;
+    Ok((!s.is_empty()).then_some(s))
+}
+
+pub(crate) fn matches(
+    sel: Option<&LabelSelector>,
+    labels: Option<&BTreeMap<String, String>>,
+) -> bool {
+    static EMPTY: BTreeMap<String, String> = BTreeMap::new();
+    sel.is_some_and(|s| s.matches(labels.unwrap_or(&EMPTY)))
+}
+
+/// What to do with one candidate child.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Claim {
+    /// Ours and still matching.
+    Keep,
+    /// An orphan that matches: add our controller reference.
+    Adopt,
+    /// Ours but no longer matching: remove our reference.
+    Release,
+    /// Someone else's, or not matching and not ours.
+    Ignore,
+}
+
+/// ControllerRefManager's decision for one child. An owner being deleted adopts nothing
+/// and releases nothing (its children go with it).
+pub(crate) fn claim(
+    owner_uid: &str,
+    owner_deleting: bool,
+    child: &ObjectMeta,
+    selector: Option<&LabelSelector>,
+) -> Claim {
+    let matching = matches(selector, child.labels.as_ref());
+    match controller_of(child) {
+        Some(r) if r.uid == owner_uid => {
+            if matching || owner_deleting {
+                Claim::Keep
+            } else {
+                Claim::Release
+            }
+        }
+        Some(_) => Claim::Ignore,
+        None if matching && !owner_deleting && child.deletion_timestamp.is_none() => Claim::Adopt,
+        None => Claim::Ignore,
+    }
+}
+
+/// The child's ownerReferences after adopting (ours added) or releasing (ours removed).
+pub(crate) fn owner_refs_after(
+    child: &ObjectMeta,
+    ours: &OwnerReference,
+    adopt: bool,
+) -> Vec<OwnerReference> {
+    let mut refs: Vec<OwnerReference> = child
+        .owner_references
+        .iter()
+        .flatten()
+        .filter(|r| r.uid != ours.uid)
+        .cloned()
+        .collect();
+    if adopt {
+        refs.push(ours.clone());
+    }
+    refs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(labels: &[(&str, &str)], owner: Option<(&str, bool)>) -> ObjectMeta {
+        ObjectMeta {
+            name: Some("p".into()),
+            labels: Some(
+                labels
+                    .iter()
+                    .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+                    .collect(),
+            ),
+            owner_references: owner.map(|(uid, controller)| {
+                vec![OwnerReference {
+                    uid: uid.into(),
+                    controller: Some(controller),
+                    ..Default::default()
+                }]
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn claims_like_the_controller_ref_manager() {
+        let sel = LabelSelector::parse("app=web").unwrap();
+        let s = Some(&sel);
+        assert_eq!(
+            claim("u1", false, &meta(&[("app", "web")], Some(("u1", true))), s),
+            Claim::Keep
+        );
+        assert_eq!(
+            claim("u1", false, &meta(&[("app", "db")], Some(("u1", true))), s),
+            Claim::Release
+        );
+        assert_eq!(
+            claim("u1", true, &meta(&[("app", "db")], Some(("u1", true))), s),
+            Claim::Keep,
+            "an owner being deleted releases nothing"
+        );
+        assert_eq!(
+            claim("u1", false, &meta(&[("app", "web")], Some(("u2", true))), s),
+            Claim::Ignore
+        );
+        assert_eq!(
+            claim("u1", false, &meta(&[("app", "web")], None), s),
+            Claim::Adopt
+        );
+        assert_eq!(
+            claim(
+                "u1",
+                false,
+                &meta(&[("app", "web")], Some(("u2", false))),
+                s
+            ),
+            Claim::Adopt,
+            "a non-controller owner does not prevent adoption"
+        );
+        assert_eq!(
+            claim("u1", true, &meta(&[("app", "web")], None), s),
+            Claim::Ignore
+        );
+        assert_eq!(
+            claim("u1", false, &meta(&[("app", "db")], None), s),
+            Claim::Ignore
+        );
+        assert_eq!(
+            claim("u1", false, &meta(&[("app", "web")], None), None),
+            Claim::Ignore,
+            "an empty selector adopts nothing"
+        );
+    }
+
+    #[test]
+    fn adopting_and_releasing_edit_only_our_reference() {
+        let child = meta(&[], Some(("other", false)));
+        let ours = OwnerReference {
+            uid: "u1".into(),
+            controller: Some(true),
+            ..Default::default()
+        };
+        let adopted = owner_refs_after(&child, &ours, true);
+        assert_eq!(adopted.len(), 2);
+        let child = ObjectMeta {
+            owner_references: Some(adopted),
+            ..child
+        };
+        let released = owner_refs_after(&child, &ours, false);
+        assert_eq!(released.len(), 1);
+        assert_eq!(released[0].uid, "other");
+    }
+}

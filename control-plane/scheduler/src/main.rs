@@ -1,0 +1,52 @@
+//! kproxy-scheduler: binds unbound pods to nodes.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result};
+use clap::Parser;
+use kproxy_controller_manager::client;
+use kproxy_scheduler::Options;
+use tracing::info;
+
+#[derive(Parser, Debug)]
+#[command(version, about = "kproxy scheduler: assigns unbound pods to nodes")]
+struct Flags {
+    /// Kubeconfig for the API server (default: $KUBECONFIG, then ~/.kube/config).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Pods with this `spec.schedulerName` (or none) are scheduled; others are left alone.
+    #[arg(long, default_value = kproxy_scheduler::COMPONENT)]
+    scheduler_name: String,
+    /// Binds in flight at most.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    parallelism: u16,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .init();
+    let f = Flags::parse();
+    let client = client::from_kubeconfig(f.kubeconfig.as_deref()).await?;
+    client
+        .apiserver_version()
+        .await
+        .context("reaching the API server")?;
+    let opts = Options {
+        scheduler_name: f.scheduler_name,
+        parallelism: usize::from(f.parallelism),
+    };
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("SIGTERM handler")?;
+    tokio::select! {
+        r = kproxy_scheduler::run(client, opts) => r,
+        _ = tokio::signal::ctrl_c() => { info!("interrupted, stopping"); Ok(()) }
+        _ = term.recv() => { info!("terminated, stopping"); Ok(()) }
+    }
+}

@@ -1,0 +1,62 @@
+//! The cluster's reconcilers for tests: a real `kproxy-controller-manager` and
+//! `kproxy-scheduler` joined to a test [`ApiServer`] with its admin kubeconfig, and a kube-rs
+//! client for the test itself.
+
+use std::process::Command;
+
+use crate::{Daemon, apiserver::ApiServer, bin, eventually};
+
+/// Starts `kproxy-controller-manager` against `api` with extra flags (for example
+/// `--controllers deployment,replicaset`), and waits until it says it is ready.
+pub fn controller_manager(api: &ApiServer, extra: &[&str]) -> Daemon {
+    daemon(
+        "kproxy-controller-manager",
+        "controller manager ready",
+        api,
+        extra,
+    )
+}
+
+/// Starts `kproxy-scheduler` against `api` and waits until it says it is ready.
+pub fn scheduler(api: &ApiServer, extra: &[&str]) -> Daemon {
+    daemon("kproxy-scheduler", "scheduler ready", api, extra)
+}
+
+fn daemon(name: &str, ready: &str, api: &ApiServer, extra: &[&str]) -> Daemon {
+    let mut cmd = Command::new(bin(name));
+    cmd.arg("--kubeconfig")
+        .arg(&api.kubeconfig)
+        .args(extra)
+        .env("RUST_LOG", "info");
+    let mut d = Daemon::spawn(cmd);
+    eventually(&format!("{name} ready"), || {
+        d.assert_running();
+        d.logged(ready)
+    });
+    d
+}
+
+/// A kube-rs client with the API server's admin kubeconfig.
+pub async fn client(api: &ApiServer) -> kube::Client {
+    let kc = kube::config::Kubeconfig::read_from(&api.kubeconfig).expect("kubeconfig");
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+        .await
+        .expect("kubeconfig config");
+    kube::Client::try_from(cfg).expect("kube client")
+}
+
+/// Starts `kpt-fakenodes`: `n` Nodes named `<prefix>-0..` that heartbeat and report the
+/// pods bound to them Running and Ready. Kill the daemon to make its nodes stop heartbeating.
+pub fn fake_nodes(api: &ApiServer, prefix: &str, n: usize, extra: &[&str]) -> Daemon {
+    let mut cmd = Command::new(bin("kpt-fakenodes"));
+    cmd.arg("--kubeconfig")
+        .arg(&api.kubeconfig)
+        .args(["--prefix", prefix, "--nodes", &n.to_string()])
+        .args(extra);
+    let mut d = Daemon::spawn(cmd);
+    eventually("fake nodes ready", || {
+        d.assert_running();
+        d.logged("fake nodes ready")
+    });
+    d
+}
