@@ -10,6 +10,11 @@ use kproxy_controller_manager::{
 };
 use tracing::{error, info};
 
+/// mimalloc gives memory back after the bursts of decoding watch events (glibc's heap kept
+/// them: the resident size grew with the number of pods far beyond what the caches hold).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     version,
