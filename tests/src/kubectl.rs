@@ -57,4 +57,11 @@ impl Kubectl {
         assert!(ok, "kubectl {args:?} failed:\n{o}{e}");
         o
     }
+
+    /// `kubectl ARGS -o json --show-managed-fields`, parsed.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json", "--show-managed-fields"]);
+        serde_json::from_str(&self.ok(&all)).expect("kubectl -o json")
+    }
 }

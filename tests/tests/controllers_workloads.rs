@@ -29,8 +29,6 @@ use kube::{
 };
 use serde_json::{Value, json};
 
-const KUBECTL: &str = "/usr/bin/kubectl";
-
 /// Polls an async condition until it holds (the async twin of `kproxy_tests::eventually`).
 async fn until<F, Fut>(what: &str, mut check: F)
 where
@@ -877,31 +875,15 @@ async fn invalid_specs_are_rejected_before_any_controller() {
 /// The real kubectl 1.33 against the controllers: rollout status / history / undo.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_rollout_status_history_and_undo() {
-    if !Path::new(KUBECTL).exists() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{KUBECTL} missing and CI=true"
-        );
-        eprintln!("\n!!!! SKIPPED kubectl rollout: {KUBECTL} not installed\n");
+    if !kproxy_tests::kubectl::available() {
         return;
     }
     let c = cluster("kpt-cm-kubectl").await;
     let _kubelet = mark_ready(c.client.clone(), Duration::from_millis(20));
-    let home = c.api.data_dir.clone();
+    let k = kproxy_tests::kubectl::Kubectl::new(&c.api.kubeconfig, &c.api.data_dir);
     let kubectl = |args: &[&str]| {
-        let out = Command::new(KUBECTL)
-            .args(args)
-            .env("KUBECONFIG", &c.api.kubeconfig)
-            .env("HOME", &home)
-            .output()
-            .expect("run kubectl");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        eprintln!("$ kubectl {}\n{text}", args.join(" "));
-        (out.status.success(), text)
+        let (ok, o, e) = k.run(args);
+        (ok, format!("{o}{e}"))
     };
     // kubectl blocks; run it off the runtime's threads.
     let run = |args: Vec<&'static str>| {

@@ -2,64 +2,14 @@
 //! `--force-conflicts`), kube-rs `Patch::Apply`, field ownership recorded by ordinary writes,
 //! and bad apply input. API-only: no root, no Docker.
 
-use std::path::Path;
-use std::process::Command;
-
 use k8s_openapi::api::apps::v1::Deployment;
 use kproxy_tests::apiserver::{ApiServer, Http, TempDir};
+use kproxy_tests::kubectl::{Kubectl, available};
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
 
-const KUBECTL: &str = "/usr/bin/kubectl";
 const DEPLOYMENTS: &str = "/apis/apps/v1/namespaces/default/deployments";
 const APPLY: &str = "application/apply-patch+yaml";
-
-fn kubectl_available() -> bool {
-    if Path::new(KUBECTL).exists() {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{KUBECTL} is missing and CI=true forbids skipping"
-    );
-    eprintln!("\n!!!! SKIPPED kubectl server-side apply: {KUBECTL} not installed\n");
-    false
-}
-
-struct Kubectl<'a> {
-    kubeconfig: &'a Path,
-    home: &'a Path,
-}
-
-impl Kubectl<'_> {
-    fn run(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(KUBECTL)
-            .args(args)
-            .env("KUBECONFIG", self.kubeconfig)
-            // kubectl caches discovery under $HOME/.kube/cache; keep it per test.
-            .env("HOME", self.home)
-            .output()
-            .expect("run kubectl");
-        let (o, e) = (
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        );
-        eprintln!("$ kubectl {}\n{o}{e}", args.join(" "));
-        (out.status.success(), o, e)
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let (ok, o, e) = self.run(args);
-        assert!(ok, "kubectl {args:?} failed:\n{o}{e}");
-        o
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut all = args.to_vec();
-        all.extend(["-o", "json", "--show-managed-fields"]);
-        serde_json::from_str(&self.ok(&all)).expect("kubectl -o json")
-    }
-}
 
 fn manifest(replicas: u32, labels: &str, env: &str) -> String {
     format!(
@@ -116,15 +66,12 @@ fn rv(obj: &Value) -> String {
 
 #[test]
 fn kubectl_apply_server_side_scale_conflict_force_and_removal() {
-    if !kubectl_available() {
+    if !available() {
         return;
     }
     let dir = TempDir::new("kpt-ssa-kubectl");
     let s = ApiServer::start(dir.path(), &[]);
-    let k = Kubectl {
-        kubeconfig: &s.kubeconfig,
-        home: dir.path(),
-    };
+    let k = Kubectl::new(&s.kubeconfig, dir.path());
     let file = dir.path().join("web.yaml");
     let write = |m: String| std::fs::write(&file, m).expect("write manifest");
     let f = file.to_str().unwrap();
@@ -199,14 +146,6 @@ fn kubectl_apply_server_side_scale_conflict_force_and_removal() {
     );
 }
 
-async fn client(s: &ApiServer) -> kube::Client {
-    let kc = kube::config::Kubeconfig::read_from(&s.kubeconfig).expect("kubeconfig");
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-        .await
-        .expect("config");
-    kube::Client::try_from(cfg).expect("client")
-}
-
 fn deployment(name: &str, replicas: i64) -> Value {
     json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
@@ -224,7 +163,7 @@ fn deployment(name: &str, replicas: i64) -> Value {
 async fn kube_rs_apply_shares_equal_fields_and_conflicts_on_different_ones() {
     let dir = TempDir::new("kpt-ssa-kube");
     let s = ApiServer::start(dir.path(), &[]);
-    let deps: Api<Deployment> = Api::default_namespaced(client(&s).await);
+    let deps: Api<Deployment> = Api::default_namespaced(kproxy_tests::control::client(&s).await);
     let to_value = |d: &Deployment| serde_json::to_value(d).unwrap();
 
     let created = deps

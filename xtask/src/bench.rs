@@ -161,21 +161,28 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     }
 }
 
-fn api(args: &BenchArgs) -> Result<()> {
-    step("bench: cargo build --release (kproxy-apiserver, kpt-apiload)");
-    run_cmd(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "kproxy-apiserver",
-        "-p",
-        "kproxy-tests",
-        "--bins",
-    ]))?;
+/// `cargo build --release` of `packages`' binaries; returns the target directory and the
+/// report directory (target/bench, created).
+fn release_build(packages: &[&str]) -> Result<(PathBuf, PathBuf)> {
+    step(&format!(
+        "bench: cargo build --release ({})",
+        packages.join(", ")
+    ));
+    let mut cmd = cargo();
+    cmd.args(["build", "--release", "--bins"]);
+    for p in packages {
+        cmd.args(["-p", p]);
+    }
+    run_cmd(&mut cmd)?;
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map_or_else(|| workspace_root().join("target"), PathBuf::from);
     let out_dir = target.join("bench");
     std::fs::create_dir_all(&out_dir).with_context(|| format!("mkdir {}", out_dir.display()))?;
+    Ok((target, out_dir))
+}
+
+fn api(args: &BenchArgs) -> Result<()> {
+    let (target, out_dir) = release_build(&["kproxy-apiserver", "kproxy-tests"])?;
     crate::bench_api::run(
         &crate::bench_api::ApiBench {
             objects: args.api_objects,
@@ -190,24 +197,12 @@ fn api(args: &BenchArgs) -> Result<()> {
 }
 
 fn controllers(args: &BenchArgs) -> Result<()> {
-    step("bench: cargo build --release (API server, controller manager, scheduler, load tools)");
-    run_cmd(cargo().args([
-        "build",
-        "--release",
-        "-p",
+    let (target, out_dir) = release_build(&[
         "kproxy-apiserver",
-        "-p",
         "kproxy-controller-manager",
-        "-p",
         "kproxy-scheduler",
-        "-p",
         "kproxy-tests",
-        "--bins",
-    ]))?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| workspace_root().join("target"), PathBuf::from);
-    let out_dir = target.join("bench");
-    std::fs::create_dir_all(&out_dir).with_context(|| format!("mkdir {}", out_dir.display()))?;
+    ])?;
     crate::bench_controllers::run(
         &crate::bench_controllers::ControllersBench {
             schedule_pods: args.ctrl_schedule_pods,
@@ -224,20 +219,7 @@ fn kubelet(args: &BenchArgs) -> Result<()> {
     if !is_root() {
         bail!("the kubelet benchmark needs root (Docker, network namespaces)");
     }
-    step("bench: cargo build --release (kproxy-apiserver, kproxy-kubelet)");
-    run_cmd(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "kproxy-apiserver",
-        "-p",
-        "kproxy-kubelet",
-        "--bins",
-    ]))?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| workspace_root().join("target"), PathBuf::from);
-    let out_dir = target.join("bench");
-    std::fs::create_dir_all(&out_dir).with_context(|| format!("mkdir {}", out_dir.display()))?;
+    let (target, out_dir) = release_build(&["kproxy-apiserver", "kproxy-kubelet"])?;
     crate::bench_kubelet::run(
         &crate::bench_kubelet::KubeletBench {
             sequential: args.kubelet_runs,
