@@ -1,5 +1,7 @@
 //! The kproxy command: run the datapath on a node, or inspect a running one.
 
+mod node;
+mod setup;
 mod standalone;
 
 use std::{io::IsTerminal as _, path::PathBuf};
@@ -28,6 +30,9 @@ enum Command {
     /// Run the datapath from a manifest file of Services and EndpointSlices (no API
     /// server); runs until SIGINT/SIGTERM.
     Standalone(standalone::Opts),
+    /// Run the datapath as the node's service proxy in a cluster: Services and
+    /// EndpointSlices come from the API server; runs until SIGINT/SIGTERM.
+    Node(node::Opts),
     /// Print the service table with backends and counters (from the pinned maps).
     Dump {
         /// Output format.
@@ -78,6 +83,7 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Standalone(opts) => standalone::run(&cli.bpffs, opts).await,
+        Command::Node(opts) => node::run(&cli.bpffs, opts).await,
         Command::Dump { output } => standalone::dump(&cli.bpffs, matches!(output, Output::Json)),
         Command::Ifstats { output } => ifstats(&cli.bpffs, output),
         Command::Cleanup { maps } => {

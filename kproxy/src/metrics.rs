@@ -1,12 +1,30 @@
 //! Prometheus metrics (`/metrics`): per-service and per-backend counters read from the
-//! pinned per-CPU maps at scrape time, uplink packet counters, and sync statistics.
+//! pinned per-CPU maps at scrape time, uplink packet counters, sync statistics under
+//! kube-proxy's names, and `/healthz` + `/livez` on the same listener.
 
-use std::sync::{Arc, LazyLock, RwLock};
+use std::{
+    sync::{
+        Arc, LazyLock, RwLock,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
-use axum::{Router, extract::State, http::header, response::IntoResponse, routing::get};
+use axum::{
+    Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::IntoResponse,
+    routing::get,
+};
 use prometheus_client::{
     encoding::text::encode,
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
     registry::Registry,
 };
 
@@ -14,6 +32,86 @@ use prometheus_client::{
 pub static SYNC_OPS: LazyLock<Counter> = LazyLock::new(Counter::default);
 /// Manifest or sync errors (the running state was kept).
 pub static MANIFEST_ERRORS: LazyLock<Counter> = LazyLock::new(Counter::default);
+/// kube-proxy's `kubeproxy_sync_proxy_rules_duration_seconds`: one observation per sync
+/// (in cluster mode, per Service re-planned and written; standalone, per reload).
+pub static SYNC_DURATION: LazyLock<Histogram> =
+    LazyLock::new(|| Histogram::new(exponential_buckets(0.000_1, 2.0, 18)));
+/// kube-proxy's `kubeproxy_network_programming_duration_seconds`: from an EndpointSlice's
+/// `endpoints.kubernetes.io/last-change-trigger-time` to the map write that carries it.
+pub static NETWORK_PROGRAMMING: LazyLock<Histogram> =
+    LazyLock::new(|| Histogram::new(exponential_buckets(0.001, 2.0, 18)));
+/// kube-proxy's `kubeproxy_sync_proxy_rules_last_timestamp_seconds`.
+pub static LAST_SYNC: LazyLock<Gauge<f64, AtomicU64>> = LazyLock::new(Gauge::default);
+
+/// Records one successful sync that took `took`.
+pub fn observe_sync(took: Duration) {
+    SYNC_DURATION.observe(took.as_secs_f64());
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    LAST_SYNC.set(now.as_secs_f64());
+    HEALTH.last_updated_ms.store(
+        u64::try_from(now.as_millis()).unwrap_or(u64::MAX),
+        Ordering::Relaxed,
+    );
+}
+
+/// What `/healthz` reports: healthy once the first full sync is in the maps.
+pub struct Health {
+    synced: AtomicBool,
+    /// Unix milliseconds of the last successful sync.
+    last_updated_ms: AtomicU64,
+}
+
+pub static HEALTH: Health = Health {
+    synced: AtomicBool::new(false),
+    last_updated_ms: AtomicU64::new(0),
+};
+
+impl Health {
+    pub fn set_synced(&self) {
+        self.synced.store(true, Ordering::Relaxed);
+    }
+}
+
+fn rfc3339_ms(ms: u64) -> String {
+    k8s_openapi::jiff::Timestamp::from_millisecond(i64::try_from(ms).unwrap_or(i64::MAX))
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+/// kube-proxy's `/healthz` shape: 200 once synced, 503 before.
+async fn healthz() -> impl IntoResponse {
+    let synced = HEALTH.synced.load(Ordering::Relaxed);
+    let now = u64::try_from(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis(),
+    )
+    .unwrap_or(u64::MAX);
+    let body = serde_json::json!({
+        "lastUpdated": rfc3339_ms(HEALTH.last_updated_ms.load(Ordering::Relaxed)),
+        "currentTime": rfc3339_ms(now),
+        "nodeEligible": true,
+    });
+    let code = if synced {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    // Built by hand: axum's `Json` needs a feature this workspace leaves off.
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+}
+
+/// The process answers: alive (kube-proxy's `/livez` does not depend on the API server).
+async fn livez() -> impl IntoResponse {
+    (StatusCode::OK, "ok")
+}
 
 use crate::{
     names::{Names, service_table},
@@ -38,6 +136,8 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/livez", get(livez))
         .with_state(Ctx {
             lb: Arc::new(lb),
             names,
@@ -57,7 +157,23 @@ async fn metrics(State(ctx): State<Ctx>) -> impl IntoResponse {
 }
 
 fn render(ctx: &Ctx) -> String {
-    let mut reg = Registry::with_prefix("kproxy");
+    let mut root = Registry::default();
+    root.register(
+        "kubeproxy_sync_proxy_rules_duration_seconds",
+        "SyncProxyRules latency in seconds (one Service in cluster mode)",
+        SYNC_DURATION.clone(),
+    );
+    root.register(
+        "kubeproxy_network_programming_duration_seconds",
+        "In-cluster network programming latency in seconds",
+        NETWORK_PROGRAMMING.clone(),
+    );
+    root.register(
+        "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+        "The last time proxy rules were successfully synced",
+        LAST_SYNC.clone(),
+    );
+    let reg = root.sub_registry_with_prefix("kproxy");
     reg.register("sync_ops", "eBPF map operations applied", SYNC_OPS.clone());
     reg.register(
         "manifest_errors",
@@ -144,7 +260,7 @@ fn render(ctx: &Ctx) -> String {
         if_packets,
     );
     let mut out = String::new();
-    if encode(&mut out, &reg).is_err() {
+    if encode(&mut out, &root).is_err() {
         return "# encoding failed\n".to_string();
     }
     out

@@ -139,6 +139,15 @@ pub struct Frontend {
 }
 
 impl Frontend {
+    /// The owning Service, `namespace/name` (`service` without the port name: names,
+    /// namespaces and port names never contain ':').
+    #[must_use]
+    pub fn service_name(&self) -> &str {
+        self.service
+            .split_once(':')
+            .map_or(self.service.as_str(), |(svc, _)| svc)
+    }
+
     /// The backends that take new flows, in sorted order (the order of the backend slots).
     pub fn active(&self) -> impl Iterator<Item = &BackendAddr> {
         self.backends
@@ -164,8 +173,8 @@ pub fn namespace_of(meta: &ObjectMeta) -> &str {
 
 /// Computes the frontends and backends for `services`, with their endpoints from `slices`.
 /// `node_ips` are the addresses NodePorts are reachable on. Objects kproxy cannot serve
-/// (IPv6, SCTP, ExternalName) are skipped; conflicting frontends keep the first service in
-/// namespace/name order.
+/// (IPv6, SCTP, ExternalName, headless) are skipped; conflicting frontends keep the first
+/// service in namespace/name order.
 #[must_use]
 pub fn build_state(
     services: &[Service],
@@ -175,19 +184,11 @@ pub fn build_state(
     // Index the slices by owning service once, so each service only looks at its own.
     let mut slices_of: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
     for slice in slices {
-        if slice.address_type != "IPv4" {
-            continue;
-        }
-        let Some(owner) = slice
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|labels| labels.get(SERVICE_NAME_LABEL))
-        else {
+        let Some(owner) = slice_service(slice) else {
             continue;
         };
         slices_of
-            .entry((namespace_of(&slice.metadata), owner.as_str()))
+            .entry((namespace_of(&slice.metadata), owner))
             .or_default()
             .push(slice);
     }
@@ -204,18 +205,88 @@ pub fn build_state(
 
     let mut state = DesiredState::default();
     for (ns, name, svc) in sorted {
-        let Some(spec) = &svc.spec else { continue };
         let own_slices = slices_of
             .get(&(ns, name))
             .map(Vec::as_slice)
             .unwrap_or_default();
-        add_service(&mut state, ns, name, svc, spec, own_slices, node_ips);
+        let built = build_service(svc, own_slices, node_ips);
+        for problem in &built.problems {
+            tracing::warn!(service = %format_args!("{ns}/{name}"), "{problem}");
+        }
+        for (key, frontend) in built.frontends {
+            match state.frontends.entry(key) {
+                Entry::Vacant(e) => {
+                    e.insert(frontend);
+                }
+                Entry::Occupied(e) => tracing::warn!(
+                    frontend = %key,
+                    service = %frontend.service,
+                    owner = %e.get().service,
+                    "frontend already used by another service port, ignoring it"
+                ),
+            }
+        }
     }
     state
 }
 
+/// The Service (name, in the slice's namespace) an EndpointSlice belongs to, by its
+/// `kubernetes.io/service-name` label; `None` for slices kproxy does not read (no label,
+/// not IPv4).
+#[must_use]
+pub fn slice_service(slice: &EndpointSlice) -> Option<&str> {
+    if slice.address_type != "IPv4" {
+        return None;
+    }
+    slice
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|labels| labels.get(SERVICE_NAME_LABEL))
+        .map(String::as_str)
+}
+
+/// The frontends of one Service, and what in it or its slices could not be used.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceFrontends {
+    pub frontends: BTreeMap<FrontendKey, Frontend>,
+    /// Invalid ports or endpoint addresses, a frontend claimed twice within the service:
+    /// skipped, the rest is served. Worth an Event on the Service.
+    pub problems: Vec<String>,
+}
+
+/// Whether kproxy serves a Service at all: ExternalName services are DNS aliases and
+/// headless services (clusterIP None) have no virtual address; kube-proxy skips both.
+#[must_use]
+pub fn is_proxied(svc: &Service) -> bool {
+    let Some(spec) = &svc.spec else { return false };
+    spec.type_.as_deref() != Some("ExternalName") && spec.cluster_ip.as_deref() != Some("None")
+}
+
+/// The frontends of `svc` with their backends from `slices` (the Service's own: same
+/// namespace, labelled with its name). Empty for a Service kproxy does not serve.
+#[must_use]
+pub fn build_service(
+    svc: &Service,
+    slices: &[&EndpointSlice],
+    node_ips: &[Ipv4Addr],
+) -> ServiceFrontends {
+    let mut out = ServiceFrontends::default();
+    let (Some(name), Some(spec)) = (svc.metadata.name.as_deref(), &svc.spec) else {
+        return out;
+    };
+    if !is_proxied(svc) {
+        return out;
+    }
+    let ns = namespace_of(&svc.metadata);
+    add_service(&mut out, ns, name, svc, spec, slices, node_ips);
+    out.problems.sort();
+    out.problems.dedup();
+    out
+}
+
 fn add_service(
-    state: &mut DesiredState,
+    out: &mut ServiceFrontends,
     ns: &str,
     name: &str,
     svc: &Service,
@@ -224,10 +295,6 @@ fn add_service(
     node_ips: &[Ipv4Addr],
 ) {
     let svc_type = spec.type_.as_deref().unwrap_or("ClusterIP");
-    if svc_type == "ExternalName" {
-        // A DNS alias: nothing to balance.
-        return;
-    }
     let (affinity, timeout) = if spec.session_affinity.as_deref() == Some("ClientIP") {
         let timeout = spec
             .session_affinity_config
@@ -279,7 +346,8 @@ fn add_service(
             continue;
         };
         let Some(svc_port) = valid_port(port.port) else {
-            tracing::warn!(service = %format_args!("{ns}/{name}"), port = port.port, "skipping invalid service port");
+            out.problems
+                .push(format!("invalid service port {}, skipped", port.port));
             continue;
         };
         let port_name = port.name.as_deref().unwrap_or_default();
@@ -288,11 +356,11 @@ fn add_service(
         } else {
             format!("{ns}/{name}:{port_name}")
         };
-        let backends = backends_for(slices, port_name, proto);
+        let backends = backends_for(slices, port_name, proto, &mut out.problems);
 
         let mut add = |addr: Ipv4Addr, port: u16, kind: FrontendKind, flags: u32| {
             let key = FrontendKey { addr, port, proto };
-            match state.frontends.entry(key) {
+            match out.frontends.entry(key) {
                 Entry::Vacant(e) => {
                     e.insert(Frontend {
                         service: label.clone(),
@@ -302,12 +370,10 @@ fn add_service(
                         backends: backends.clone(),
                     });
                 }
-                Entry::Occupied(e) => tracing::warn!(
-                    frontend = %key,
-                    service = %label,
-                    owner = %e.get().service,
-                    "frontend already used by another service port, ignoring it"
-                ),
+                Entry::Occupied(e) => out.problems.push(format!(
+                    "frontend {key} ({kind}) of {label} is already used by {}, ignoring it",
+                    e.get().service
+                )),
             }
         };
         if let Some(ip) = cluster_ip {
@@ -338,24 +404,31 @@ fn add_service(
 }
 
 /// The backends of the service port named `port_name` (empty for an unnamed port).
+/// Endpoints or ports that cannot be used are skipped and described in `problems`.
 fn backends_for(
     slices: &[&EndpointSlice],
     port_name: &str,
     proto: Proto,
+    problems: &mut Vec<String>,
 ) -> BTreeMap<BackendAddr, BackendState> {
     let mut out = BTreeMap::new();
     for slice in slices {
-        let Some(port) = slice
-            .ports
-            .iter()
-            .flatten()
-            .find(|p| {
-                p.name.as_deref().unwrap_or_default() == port_name
-                    && Proto::from_k8s(p.protocol.as_deref()) == Some(proto)
-            })
-            // A slice port without a number cannot be used (kube-proxy skips it too).
-            .and_then(|p| p.port.and_then(valid_port))
-        else {
+        if slice.address_type != "IPv4" {
+            continue;
+        }
+        let slice_name = slice.metadata.name.as_deref().unwrap_or_default();
+        let Some(port) = slice.ports.iter().flatten().find(|p| {
+            p.name.as_deref().unwrap_or_default() == port_name
+                && Proto::from_k8s(p.protocol.as_deref()) == Some(proto)
+        }) else {
+            continue;
+        };
+        // A slice port without a number cannot be used (kube-proxy skips it too).
+        let Some(number) = port.port else { continue };
+        let Some(port) = valid_port(number) else {
+            problems.push(format!(
+                "EndpointSlice {slice_name}: invalid port {number} for {port_name:?}, skipped"
+            ));
             continue;
         };
         for endpoint in &slice.endpoints {
@@ -364,7 +437,9 @@ fn backends_for(
             };
             for addr in &endpoint.addresses {
                 let Ok(ip) = addr.parse::<Ipv4Addr>() else {
-                    tracing::warn!(%addr, "skipping endpoint address that is not IPv4");
+                    problems.push(format!(
+                        "EndpointSlice {slice_name}: invalid IPv4 address {addr:?}, skipped"
+                    ));
                     continue;
                 };
                 let backend = BackendAddr {
@@ -745,5 +820,60 @@ spec: {clusterIP: 10.96.0.61, externalIPs: [10.96.0.60], ports: [{port: 80}]}
         assert_eq!(Proto::from_ip_proto(IPPROTO_UDP), Some(Proto::Udp));
         assert_eq!(Proto::from_ip_proto(1), None);
         assert_eq!(FrontendKind::LoadBalancerIp.to_string(), "LoadBalancerIP");
+    }
+
+    #[test]
+    fn one_service_with_its_problems() {
+        use serde::Deserialize as _;
+        let yaml = r"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  clusterIP: 10.96.0.70
+  externalIPs: [10.96.0.70]
+  ports: [{name: http, port: 80}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, namespace: shop, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints: [{addresses: [10.244.7.2, 'not-an-ip']}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-2, namespace: shop, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 70000}]
+endpoints: [{addresses: [10.244.7.3]}]
+";
+        let mut docs = serde_yaml::Deserializer::from_str(yaml)
+            .map(|d| serde_yaml::Value::deserialize(d).expect("yaml"));
+        let svc: Service = serde_yaml::from_value(docs.next().unwrap()).unwrap();
+        let slices: Vec<EndpointSlice> = docs.map(|v| serde_yaml::from_value(v).unwrap()).collect();
+        assert_eq!(slice_service(&slices[0]), Some("web"));
+        let refs: Vec<&EndpointSlice> = slices.iter().collect();
+        let built = build_service(&svc, &refs, &[]);
+        assert_eq!(built.frontends.len(), 1);
+        let fe = &built.frontends[&fk([10, 96, 0, 70], 80, Proto::Tcp)];
+        assert_eq!(fe.service_name(), "shop/web");
+        assert_eq!(
+            fe.active().copied().collect::<Vec<_>>(),
+            [be([10, 244, 7, 2], 8080, Proto::Tcp)]
+        );
+        assert_eq!(built.problems.len(), 3, "{:?}", built.problems);
+        assert!(built.problems.iter().any(|p| p.contains("not-an-ip")));
+        assert!(built.problems.iter().any(|p| p.contains("70000")));
+        assert!(built.problems.iter().any(|p| p.contains("already used")));
+
+        // Headless (even with an externalIP) and ExternalName services are not served.
+        let mut headless = svc.clone();
+        headless.spec.as_mut().unwrap().cluster_ip = Some("None".into());
+        assert!(!is_proxied(&headless));
+        assert!(build_service(&headless, &refs, &[]).frontends.is_empty());
+        let mut alias = svc;
+        alias.spec.as_mut().unwrap().type_ = Some("ExternalName".into());
+        assert!(build_service(&alias, &refs, &[]).frontends.is_empty());
     }
 }

@@ -3,7 +3,7 @@
 //! file is rejected with a message and the running state is kept.
 
 use std::{
-    net::{Ipv4Addr, SocketAddr},
+    net::Ipv4Addr,
     path::{Path, PathBuf},
     sync::{Arc, RwLock},
     time::Duration,
@@ -11,22 +11,15 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use kproxy::{
-    Datapath, XdpAttachMode,
-    datapath::find_cgroup2_root,
-    metrics, model,
-    names::{Names, load_names, save_names, service_table},
+    Datapath, metrics, model,
+    names::{Names, load_names, service_table},
     pinned::PinnedLb,
     source::ManifestSource,
     sync::Syncer,
 };
 use tokio::signal::unix::{SignalKind, signal};
 
-/// Where the uplink's external load balancing runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LbMode {
-    Xdp,
-    Tc,
-}
+use crate::setup::{self, DatapathOpts};
 
 #[derive(Debug, clap::Args)]
 pub struct Opts {
@@ -34,35 +27,8 @@ pub struct Opts {
     /// directory of such files (*.yaml, *.yml, *.json); changed files are re-read.
     #[arg(long)]
     manifests: Option<PathBuf>,
-    /// The node's uplink interface: XDP and tc programs for LoadBalancer IPs, externalIPs
-    /// and NodePorts reached from other hosts.
-    #[arg(long)]
-    uplink: Option<String>,
-    /// XDP attach mode on the uplink.
-    #[arg(long, value_enum, default_value = "auto")]
-    xdp_mode: XdpAttachMode,
-    /// Which uplink hook load-balances external traffic.
-    #[arg(long, value_enum, default_value = "xdp")]
-    lb_mode: LbMode,
-    /// A pod's host-side veth: per-packet service translation for traffic leaving the pod
-    /// (repeatable).
-    #[arg(long = "pod-iface")]
-    pod_ifaces: Vec<String>,
-    /// Do not attach socket-LB (cgroup connect4/sendmsg4/recvmsg4/getpeername4).
-    #[arg(long)]
-    no_socket_lb: bool,
-    /// cgroup v2 directory for socket-LB (default: the cgroup v2 root).
-    #[arg(long)]
-    cgroup: Option<PathBuf>,
-    /// Node addresses that serve NodePorts (default: the uplink's IPv4 addresses).
-    #[arg(long = "node-ip")]
-    node_ips: Vec<Ipv4Addr>,
-    /// Serve Prometheus metrics on this address.
-    #[arg(long)]
-    metrics_addr: Option<SocketAddr>,
-    /// Start with aya-log debug events on (switch at run time with `kproxy debug`).
-    #[arg(long)]
-    debug_events: bool,
+    #[command(flatten)]
+    datapath: DatapathOpts,
 }
 
 struct Reconciler {
@@ -110,6 +76,8 @@ impl Reconciler {
         }
         let took = started.elapsed();
         metrics::SYNC_OPS.inc_by(ops.len() as u64);
+        metrics::observe_sync(took);
+        metrics::HEALTH.set_synced();
         // The breakdown separates the datapath programming (apply: the map writes) from
         // the standalone file handling (parse, then build + diff).
         tracing::info!(
@@ -122,76 +90,36 @@ impl Reconciler {
             took = ?took,
             "services synced"
         );
-        let names = Names::from_state(&desired, &self.syncer);
-        if let Err(err) = save_names(&self.bpffs, &names) {
-            tracing::warn!(%err, "cannot save service names for `kproxy dump`");
-        }
-        *self
-            .names
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = names;
+        setup::publish_names(
+            &self.bpffs,
+            &self.names,
+            Names::from_state(&desired, &self.syncer),
+        );
     }
 }
 
 pub async fn run(bpffs: &Path, opts: Opts) -> Result<()> {
-    let mut dp = Datapath::load(bpffs).context("loading the eBPF datapath")?;
-    dp.set_debug_events(opts.debug_events)
-        .context("setting debug events")?;
-    dp.set_lb_in_tc(opts.lb_mode == LbMode::Tc)
-        .context("setting the LB mode")?;
-    let mut node_ips = opts.node_ips.clone();
-    if let Some(uplink) = &opts.uplink {
-        let mode = dp
-            .attach_uplink(uplink, opts.xdp_mode)
-            .with_context(|| format!("attaching to uplink {uplink}"))?;
-        tracing::info!(%uplink, xdp_mode = ?mode, lb_mode = ?opts.lb_mode, "uplink ready");
-        if node_ips.is_empty() {
-            node_ips = kproxy::netif::ipv4_addrs(uplink);
-        }
-    }
-    for iface in &opts.pod_ifaces {
-        dp.attach_pod_iface(iface)
-            .with_context(|| format!("attaching to pod interface {iface}"))?;
-    }
-    if !opts.no_socket_lb {
-        let cgroup = match &opts.cgroup {
-            Some(c) => c.clone(),
-            None => find_cgroup2_root().context("finding the cgroup v2 root")?,
-        };
-        dp.attach_cgroup(&cgroup)
-            .with_context(|| format!("attaching socket-LB to {}", cgroup.display()))?;
-    }
-
-    // Start from what the maps hold (a previous kproxy's state survives a restart).
-    let (s, b, r) = dp.read_lb_maps().context("reading the pinned LB maps")?;
-    let restored = s.len();
-    let syncer = Syncer::from_maps(s, b, r);
-    // The names saved by the previous kproxy match the restored maps until the first sync.
-    let names = Arc::new(RwLock::new(load_names(bpffs).unwrap_or_default()));
+    let running = setup::bring_up(bpffs, &opts.datapath).await?;
+    let mut dp = running.dp;
+    let node_ips = if opts.datapath.node_ips.is_empty() {
+        running.uplink_ips
+    } else {
+        opts.datapath.node_ips.clone()
+    };
     let mut rec = Reconciler {
-        syncer,
+        syncer: running.syncer,
         node_ips,
         bpffs: bpffs.to_path_buf(),
-        names: Arc::clone(&names),
+        names: running.names,
     };
-    tracing::info!(restored_entries = restored, node_ips = ?rec.node_ips, "state restored from pinned maps");
-
-    if let Some(addr) = opts.metrics_addr {
-        let lb = PinnedLb::open(bpffs).context("opening the pinned maps for /metrics")?;
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding the metrics address {addr}"))?;
-        tracing::info!(%addr, "serving /metrics");
-        tokio::spawn(async move {
-            if let Err(err) = metrics::serve(listener, lb, names).await {
-                tracing::error!(%err, "metrics server stopped");
-            }
-        });
-    }
+    tracing::info!(node_ips = ?rec.node_ips, "NodePort addresses");
 
     let mut source = opts.manifests.as_deref().map(ManifestSource::new);
     if let Some(src) = source.as_mut() {
         rec.reload(&mut dp, src);
+    } else {
+        // Nothing to read: what the maps hold is the state.
+        metrics::HEALTH.set_synced();
     }
     tracing::info!("kproxy ready");
 

@@ -1,8 +1,10 @@
 //! Plans the map writes that turn what the load-balancer maps hold into a [`DesiredState`].
 //!
-//! [`Syncer`] mirrors the three maps (services, backends, revnat) and owns the id allocators.
-//! [`Syncer::plan`] diffs the desired state against the mirror and emits only the writes that
-//! change something, ordered so the datapath never follows a slot, backend or revnat id that
+//! [`Syncer`] mirrors the three maps (services, backends, revnat), owns the id allocators and
+//! remembers which service owns which frontend and how many frontends list each backend.
+//! [`Syncer::plan`] diffs a whole desired state against the mirror, [`Syncer::plan_service`]
+//! only the frontends of one service (the cluster mode re-plans the one Service an event is
+//! about); both are the same planner and emit only the writes that change something, ordered so the datapath never follows a slot, backend or revnat id that
 //! is not there (yet, or any more):
 //!
 //! 1. backends that are new or whose state changed;
@@ -23,10 +25,12 @@ use std::{
 
 use kproxy_common::{
     Backend, MAX_BACKENDS, MAX_SERVICE_SLOTS, MAX_SERVICES, RevNat, ServiceKey, ServiceValue,
-    backend_state,
+    backend_state, svc_flags,
 };
 
-use crate::model::{BackendAddr, BackendState, DesiredState, FrontendKey, Proto};
+use crate::model::{
+    BackendAddr, BackendState, DesiredState, Frontend, FrontendKey, FrontendKind, Proto,
+};
 
 // Revnat ids are u16 in the maps' values: every id below MAX_SERVICES must fit.
 const _: () = assert!(MAX_SERVICES <= u16::MAX as u32 + 1);
@@ -206,6 +210,52 @@ pub struct Syncer {
     revnat_ids: BTreeMap<FrontendKey, u16>,
     backend_alloc: IdAlloc,
     revnat_alloc: IdAlloc,
+    /// What each frontend was last planned to be and which service owns it; the
+    /// per-service planner diffs against it and the reference counts come from it.
+    programmed: BTreeMap<FrontendKey, Programmed>,
+    /// Service (`namespace/name`) → the frontends it owns.
+    owned: BTreeMap<String, BTreeSet<FrontendKey>>,
+    /// Backend → how many programmed frontends list it, [active, terminating]: a backend
+    /// shared by several frontends (of one or several services) is one map entry, deleted
+    /// when the last one drops it.
+    backend_refs: BTreeMap<BackendAddr, [u32; 2]>,
+}
+
+/// A programmed frontend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Programmed {
+    /// `None`: restored from the maps by `from_maps` and not claimed by a service since.
+    owner: Option<String>,
+    frontend: Frontend,
+}
+
+/// The frontends one plan may touch and what each becomes: (owning service, frontend), or
+/// `None` when it is deleted.
+type Changes<'a> = BTreeMap<FrontendKey, Option<(&'a str, &'a Frontend)>>;
+
+const fn ref_index(state: BackendState) -> usize {
+    match state {
+        BackendState::Active => 0,
+        BackendState::Terminating => 1,
+    }
+}
+
+/// The result of [`Syncer::plan_service`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicePlan {
+    pub ops: Vec<MapOp>,
+    /// Frontends of the service that another service owns; they were left out.
+    pub conflicts: Vec<Conflict>,
+    /// How many frontends the service gave up (another service may now claim them).
+    pub released: usize,
+}
+
+/// A frontend two services claim.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conflict {
+    pub frontend: FrontendKey,
+    /// The service (`namespace/name`) that has it.
+    pub owner: String,
 }
 
 impl Default for Syncer {
@@ -228,6 +278,9 @@ impl Syncer {
             revnat_ids: BTreeMap::new(),
             backend_alloc: IdAlloc::new(MAX_BACKENDS),
             revnat_alloc: IdAlloc::new(MAX_SERVICES),
+            programmed: BTreeMap::new(),
+            owned: BTreeMap::new(),
+            backend_refs: BTreeMap::new(),
         }
     }
 
@@ -283,6 +336,46 @@ impl Syncer {
                 .chain(s.revnat_ids.values())
                 .map(|id| u32::from(*id)),
         );
+        // What the published frontends hold, owned by no service until one claims them
+        // (terminating backends have no slot, so they are not counted: a service listing
+        // them counts them again, `sweep` deletes the others).
+        let mut programmed = BTreeMap::new();
+        for (key, slots) in &s.services {
+            let Some(slot0) = slots.get(&0) else { continue };
+            let backends = (1..=slot0.count)
+                .filter_map(|slot| slots.get(&slot))
+                .filter_map(|v| s.backends.get(&v.backend_id))
+                .filter_map(decode_backend)
+                .map(|addr| (addr, BackendState::Active))
+                .collect();
+            let kind = if slot0.flags & svc_flags::NODEPORT != 0 {
+                FrontendKind::NodePort
+            } else if slot0.flags & svc_flags::EXTERNAL != 0 {
+                FrontendKind::ExternalIp
+            } else {
+                FrontendKind::ClusterIp
+            };
+            let frontend = Frontend {
+                service: String::new(),
+                kind,
+                flags: slot0.flags,
+                affinity_timeout_s: slot0.affinity_timeout_s,
+                backends,
+            };
+            programmed.insert(
+                *key,
+                Programmed {
+                    owner: None,
+                    frontend,
+                },
+            );
+        }
+        for p in programmed.values() {
+            for (addr, state) in &p.frontend.backends {
+                s.backend_refs.entry(*addr).or_default()[ref_index(*state)] += 1;
+            }
+        }
+        s.programmed = programmed;
         s
     }
 
@@ -296,27 +389,142 @@ impl Syncer {
         self.backend_ids.iter().map(|(addr, id)| (*id, *addr))
     }
 
-    /// Ops that turn the current maps into `desired`, in a safe order; updates self as if
-    /// they were applied. On error (a capacity exceeded) nothing changes.
+    /// Ops that turn the current maps into `desired` (every frontend of every service), in
+    /// a safe order; updates self as if they were applied. Whatever is in the maps and not
+    /// in `desired` is deleted, leftovers of an interrupted run included. On error (a
+    /// capacity exceeded) nothing changes.
     pub fn plan(&mut self, desired: &DesiredState) -> Result<Vec<MapOp>, SyncError> {
-        // A backend shared by several frontends is active if any of them uses it for new
-        // flows; the map has one state per backend.
-        let mut want_backends: BTreeMap<BackendAddr, BackendState> = BTreeMap::new();
-        for frontend in desired.frontends.values() {
-            for (addr, state) in &frontend.backends {
-                want_backends
-                    .entry(*addr)
-                    .and_modify(|s| *s = (*s).min(*state))
-                    .or_insert(*state);
+        let mut changes: Changes<'_> = desired
+            .frontends
+            .iter()
+            .map(|(key, fe)| (*key, Some((fe.service_name(), fe))))
+            .collect();
+        let known = self
+            .programmed
+            .keys()
+            .chain(self.services.keys())
+            .chain(self.revnat_ids.keys());
+        for key in known {
+            changes.entry(*key).or_insert(None);
+        }
+        self.plan_changes(&changes, true)
+    }
+
+    /// Ops that make the frontends of one service (`namespace/name`) exactly `frontends`:
+    /// new ones are added, changed ones rewritten, the ones it no longer has deleted; no
+    /// other service's frontend is looked at, so the cost does not grow with the number of
+    /// services. A frontend another service owns is not taken: it is reported as a
+    /// conflict and the rest of the service is planned. On error (a capacity exceeded)
+    /// nothing changes. `frontends` empty removes the service.
+    pub fn plan_service(
+        &mut self,
+        service: &str,
+        frontends: &BTreeMap<FrontendKey, Frontend>,
+    ) -> Result<ServicePlan, SyncError> {
+        let mut changes = Changes::new();
+        let mut conflicts = Vec::new();
+        for (key, fe) in frontends {
+            match self.programmed.get(key).and_then(|p| p.owner.as_deref()) {
+                Some(owner) if owner != service => conflicts.push(Conflict {
+                    frontend: *key,
+                    owner: owner.to_string(),
+                }),
+                _ => {
+                    changes.insert(*key, Some((service, fe)));
+                }
             }
         }
+        let mut released = 0;
+        for key in self.owned.get(service).into_iter().flatten() {
+            if !frontends.contains_key(key) {
+                changes.insert(*key, None);
+                released += 1;
+            }
+        }
+        let ops = self.plan_changes(&changes, false)?;
+        Ok(ServicePlan {
+            ops,
+            conflicts,
+            released,
+        })
+    }
+
+    /// Ops that delete everything no service claimed: frontends restored by `from_maps`
+    /// that no [`Syncer::plan_service`] took over since, and entries an interrupted run
+    /// left behind. Run it once every service has been planned after a restart.
+    pub fn sweep(&mut self) -> Result<Vec<MapOp>, SyncError> {
+        let mut changes = Changes::new();
+        for (key, p) in &self.programmed {
+            if p.owner.is_none() {
+                changes.insert(*key, None);
+            }
+        }
+        for key in self.services.keys().chain(self.revnat_ids.keys()) {
+            if !self.programmed.contains_key(key) {
+                changes.insert(*key, None);
+            }
+        }
+        self.plan_changes(&changes, true)
+    }
+
+    /// The frontends (namespace/name) `service` owns in the maps.
+    pub fn frontends_of(&self, service: &str) -> impl Iterator<Item = &FrontendKey> + '_ {
+        self.owned.get(service).into_iter().flatten()
+    }
+
+    /// What `key` was last planned to be.
+    #[must_use]
+    pub fn frontend(&self, key: &FrontendKey) -> Option<&Frontend> {
+        self.programmed.get(key).map(|p| &p.frontend)
+    }
+
+    /// The planner behind [`Syncer::plan`], [`Syncer::plan_service`] and
+    /// [`Syncer::sweep`]: `changes` names every frontend the plan may touch and what it
+    /// becomes (`None`: deleted); only backends those frontends list (before or after) are
+    /// looked at. `sweep` also deletes every map entry nothing references (after a
+    /// restart or an interrupted run).
+    fn plan_changes(
+        &mut self,
+        changes: &Changes<'_>,
+        sweep: bool,
+    ) -> Result<Vec<MapOp>, SyncError> {
+        // Reference counts of the backends the changed frontends list, before → after.
+        let mut delta: BTreeMap<BackendAddr, [i64; 2]> = BTreeMap::new();
+        for (key, want) in changes {
+            if let Some(old) = self.programmed.get(key) {
+                for (addr, state) in &old.frontend.backends {
+                    delta.entry(*addr).or_default()[ref_index(*state)] -= 1;
+                }
+            }
+            if let Some((_, fe)) = want {
+                for (addr, state) in &fe.backends {
+                    delta.entry(*addr).or_default()[ref_index(*state)] += 1;
+                }
+            }
+        }
+        // A backend shared by several frontends is active if any of them uses it for new
+        // flows; the map has one state per backend. `None`: nothing lists it any more.
+        let touched: BTreeMap<BackendAddr, Option<BackendState>> = delta
+            .iter()
+            .map(|(addr, d)| {
+                let refs = self.backend_refs.get(addr).copied().unwrap_or_default();
+                let state = if i64::from(refs[0]) + d[0] > 0 {
+                    Some(BackendState::Active)
+                } else if i64::from(refs[1]) + d[1] > 0 {
+                    Some(BackendState::Terminating)
+                } else {
+                    None
+                };
+                (*addr, state)
+            })
+            .collect();
 
         // Allocate from copies so that an error leaves self untouched.
         let mut backend_alloc = self.backend_alloc.clone();
-        let new_backends: Vec<BackendAddr> = want_backends
-            .keys()
-            .filter(|addr| !self.backend_ids.contains_key(addr))
-            .copied()
+        let new_backends: Vec<BackendAddr> = touched
+            .iter()
+            .filter(|(addr, state)| state.is_some() && !self.backend_ids.contains_key(addr))
+            .map(|(addr, _)| *addr)
             .collect();
         let too_many_backends = SyncError::TooManyBackends {
             needed: backend_alloc.in_use() + new_backends.len(),
@@ -332,11 +540,10 @@ impl Syncer {
         }
 
         let mut revnat_alloc = self.revnat_alloc.clone();
-        let new_frontends: Vec<FrontendKey> = desired
-            .frontends
-            .keys()
-            .filter(|key| !self.revnat_ids.contains_key(key))
-            .copied()
+        let new_frontends: Vec<FrontendKey> = changes
+            .iter()
+            .filter(|(key, want)| want.is_some() && !self.revnat_ids.contains_key(key))
+            .map(|(key, _)| *key)
             .collect();
         let too_many_frontends = SyncError::TooManyFrontends {
             needed: revnat_alloc.in_use() + new_frontends.len(),
@@ -370,10 +577,10 @@ impl Syncer {
         let mut ops = Vec::new();
 
         // 1. Backends, before any slot can point to them.
-        let mut keep_backends = BTreeSet::new();
-        for (addr, state) in &want_backends {
-            let Some(id) = backend_of(addr) else { continue };
-            keep_backends.insert(id);
+        for (addr, state) in &touched {
+            let (Some(state), Some(id)) = (state, backend_of(addr)) else {
+                continue;
+            };
             let backend = backend_value(addr, *state);
             if self.backends.get(&id) != Some(&backend) {
                 ops.push(MapOp::PutBackend { id, backend });
@@ -381,10 +588,10 @@ impl Syncer {
         }
 
         // 2. Revnat entries, before a slot 0 publishes their id.
-        let mut keep_revnats = BTreeSet::new();
-        for key in desired.frontends.keys() {
-            let Some(id) = revnat_of(key) else { continue };
-            keep_revnats.insert(id);
+        for (key, want) in changes {
+            let (Some(_), Some(id)) = (want, revnat_of(key)) else {
+                continue;
+            };
             let revnat = revnat_value(key);
             if self.revnats.get(&id) != Some(&revnat) {
                 ops.push(MapOp::PutRevNat { id, revnat });
@@ -393,8 +600,8 @@ impl Syncer {
 
         // 3. New and changed frontends.
         let no_slots = BTreeMap::new();
-        for (key, frontend) in &desired.frontends {
-            let Some(revnat_id) = revnat_of(key) else {
+        for (key, want) in changes {
+            let (Some((_, frontend)), Some(revnat_id)) = (want, revnat_of(key)) else {
                 continue;
             };
             let current = self.services.get(key).unwrap_or(&no_slots);
@@ -444,42 +651,82 @@ impl Syncer {
 
         // 4. Removed frontends: unpublish (slot 0), then the slots, then the revnat entry.
         let mut deleted_revnats = BTreeSet::new();
-        for (key, slots) in &self.services {
-            if desired.frontends.contains_key(key) {
+        for (key, want) in changes {
+            if want.is_some() {
                 continue;
             }
-            if slots.contains_key(&0) {
-                ops.push(MapOp::DeleteService {
-                    key: service_key(key, 0),
-                });
-            }
-            for slot in slots.keys().filter(|slot| **slot != 0) {
-                ops.push(MapOp::DeleteService {
-                    key: service_key(key, *slot),
-                });
+            if let Some(slots) = self.services.get(key) {
+                if slots.contains_key(&0) {
+                    ops.push(MapOp::DeleteService {
+                        key: service_key(key, 0),
+                    });
+                }
+                for slot in slots.keys().filter(|slot| **slot != 0) {
+                    ops.push(MapOp::DeleteService {
+                        key: service_key(key, *slot),
+                    });
+                }
             }
             if let Some(id) = self.revnat_ids.get(key)
                 && self.revnats.contains_key(id)
-                && !keep_revnats.contains(id)
             {
                 ops.push(MapOp::DeleteRevNat { id: *id });
                 deleted_revnats.insert(*id);
             }
         }
-        for key in &self.foreign_services {
-            ops.push(MapOp::DeleteService { key: *key });
-        }
-        // Revnat entries no frontend owns (left over by an interrupted run).
-        for id in self.revnats.keys() {
-            if !keep_revnats.contains(id) && !deleted_revnats.contains(id) {
-                ops.push(MapOp::DeleteRevNat { id: *id });
+        if sweep {
+            for key in &self.foreign_services {
+                ops.push(MapOp::DeleteService { key: *key });
+            }
+            // Revnat entries no frontend owns (left over by an interrupted run).
+            let live: BTreeSet<u16> = self
+                .revnat_ids
+                .iter()
+                .filter(|(key, _)| !matches!(changes.get(*key), Some(None)))
+                .map(|(_, id)| *id)
+                .collect();
+            for id in self.revnats.keys() {
+                if !live.contains(id) && !deleted_revnats.contains(id) {
+                    ops.push(MapOp::DeleteRevNat { id: *id });
+                }
             }
         }
 
-        // 5. Backends no slot refers to any more.
-        for id in self.backends.keys() {
-            if !keep_backends.contains(id) {
+        // 5. Backends nothing lists any more.
+        let mut dead_backends: Vec<(BackendAddr, u32)> = touched
+            .iter()
+            .filter(|(_, state)| state.is_none())
+            .filter_map(|(addr, _)| Some((*addr, *self.backend_ids.get(addr)?)))
+            .collect();
+        if sweep {
+            // Also those no programmed frontend lists (terminating backends of frontends
+            // restored from the maps, duplicates of one address).
+            dead_backends.extend(
+                self.backend_ids
+                    .iter()
+                    .filter(|(addr, _)| {
+                        !touched.contains_key(*addr) && !self.backend_refs.contains_key(*addr)
+                    })
+                    .map(|(addr, id)| (*addr, *id)),
+            );
+        }
+        let mut deleted_backends = BTreeSet::new();
+        for (_, id) in &dead_backends {
+            if self.backends.contains_key(id) && deleted_backends.insert(*id) {
                 ops.push(MapOp::DeleteBackend { id: *id });
+            }
+        }
+        if sweep {
+            let live: BTreeSet<u32> = self
+                .backend_ids
+                .values()
+                .copied()
+                .filter(|id| !deleted_backends.contains(id))
+                .collect();
+            for id in self.backends.keys() {
+                if !live.contains(id) && !deleted_backends.contains(id) {
+                    ops.push(MapOp::DeleteBackend { id: *id });
+                }
             }
         }
 
@@ -507,23 +754,20 @@ impl Syncer {
         for op in &ops {
             self.apply(op);
         }
-        let dropped_revnats: Vec<u16> = self
-            .revnat_ids
-            .iter()
-            .filter(|(key, _)| !desired.frontends.contains_key(key))
-            .map(|(_, id)| *id)
-            .collect();
-        let dropped_backends: Vec<u32> = self
-            .backend_ids
-            .iter()
-            .filter(|(addr, _)| !want_backends.contains_key(addr))
-            .map(|(_, id)| *id)
-            .collect();
-        self.revnat_ids
-            .retain(|key, _| desired.frontends.contains_key(key));
+        let mut dropped_revnats = Vec::new();
+        for (key, want) in changes {
+            if want.is_none()
+                && let Some(id) = self.revnat_ids.remove(key)
+            {
+                dropped_revnats.push(id);
+            }
+        }
         self.revnat_ids.extend(new_revnat_ids);
-        self.backend_ids
-            .retain(|addr, _| want_backends.contains_key(addr));
+        for (addr, id) in &dead_backends {
+            if self.backend_ids.get(addr) == Some(id) {
+                self.backend_ids.remove(addr);
+            }
+        }
         self.backend_ids.extend(new_backend_ids);
         self.backend_alloc = backend_alloc;
         self.revnat_alloc = revnat_alloc;
@@ -540,9 +784,47 @@ impl Syncer {
                 self.revnat_alloc.release(u32::from(id));
             }
         }
-        for id in dropped_backends {
+        for (_, id) in dead_backends {
             if !self.backends.contains_key(&id) {
                 self.backend_alloc.release(id);
+            }
+        }
+        for (addr, d) in delta {
+            let refs = self.backend_refs.get(&addr).copied().unwrap_or_default();
+            let after = [
+                u32::try_from(i64::from(refs[0]) + d[0]).unwrap_or(0),
+                u32::try_from(i64::from(refs[1]) + d[1]).unwrap_or(0),
+            ];
+            if after == [0, 0] {
+                self.backend_refs.remove(&addr);
+            } else {
+                self.backend_refs.insert(addr, after);
+            }
+        }
+        for (key, want) in changes {
+            let old = match want {
+                Some((owner, fe)) => self.programmed.insert(
+                    *key,
+                    Programmed {
+                        owner: Some((*owner).to_string()),
+                        frontend: (*fe).clone(),
+                    },
+                ),
+                None => self.programmed.remove(key),
+            };
+            if let Some(old_owner) = old.and_then(|p| p.owner)
+                && let Some(keys) = self.owned.get_mut(&old_owner)
+            {
+                keys.remove(key);
+                if keys.is_empty() {
+                    self.owned.remove(&old_owner);
+                }
+            }
+            if let Some((owner, _)) = want {
+                self.owned
+                    .entry((*owner).to_string())
+                    .or_default()
+                    .insert(*key);
             }
         }
         Ok(ops)
@@ -622,10 +904,7 @@ impl Syncer {
 mod tests {
     use std::collections::HashMap;
 
-    use kproxy_common::svc_flags;
-
     use super::*;
-    use crate::model::{Frontend, FrontendKind};
 
     fn fk(last: u8, port: u16) -> FrontendKey {
         FrontendKey {
@@ -1223,8 +1502,8 @@ mod tests {
         sync(&mut s, &mut maps, &want);
 
         let mut restarted = maps.syncer();
-        assert_eq!(restarted, s, "restored mirror, ids and allocators");
         assert_eq!(restarted.plan(&want).expect("plan"), []);
+        assert_eq!(restarted, s, "restored mirror, ids, allocators and owners");
         let mut next = want.clone();
         next.frontends.remove(&fk(1, 80));
         next.frontends.insert(fk(5, 80), frontend(&[(be(9), A)]));
@@ -1392,5 +1671,283 @@ mod tests {
         let ops = s.plan(&want).expect("plan");
         assert!(ops.len() < 10, "{} ops: {ops:?}", ops.len());
         assert!(!ops.is_empty());
+    }
+
+    // === per-service plans ===
+
+    fn svc_frontends(list: &[(FrontendKey, Frontend)]) -> BTreeMap<FrontendKey, Frontend> {
+        list.iter().cloned().collect()
+    }
+
+    /// Plans one service, applies it with the reader checks, returns the plan.
+    fn sync_svc(
+        s: &mut Syncer,
+        maps: &mut FakeMaps,
+        service: &str,
+        list: &[(FrontendKey, Frontend)],
+    ) -> ServicePlan {
+        let plan = s.plan_service(service, &svc_frontends(list)).expect("plan");
+        maps.apply(&plan.ops);
+        plan
+    }
+
+    #[test]
+    fn service_plans_share_backends_across_services() {
+        let (f1, f2) = (fk(1, 80), fk(2, 80));
+        let shared = be(5);
+        let mut s = Syncer::new();
+        let mut maps = FakeMaps::default();
+        let a = sync_svc(&mut s, &mut maps, "ns/a", &[(f1, frontend(&[(shared, T)]))]);
+        assert!(a.ops.contains(&MapOp::PutBackend {
+            id: 1,
+            backend: backend_value(&shared, T)
+        }));
+        // b lists it active: the one entry turns active, no second entry.
+        let b = sync_svc(
+            &mut s,
+            &mut maps,
+            "ns/b",
+            &[(f2, frontend(&[(shared, A), (be(6), A)]))],
+        );
+        let puts: Vec<_> = b
+            .ops
+            .iter()
+            .filter_map(|op| match op {
+                MapOp::PutBackend { id, backend } => Some((*id, *backend)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            puts,
+            [
+                (1, backend_value(&shared, A)),
+                (2, backend_value(&be(6), A))
+            ]
+        );
+        // b goes: the shared backend stays for a (terminating again), be(6) goes.
+        let gone = sync_svc(&mut s, &mut maps, "ns/b", &[]);
+        assert_eq!(gone.released, 1);
+        assert!(gone.ops.contains(&MapOp::PutBackend {
+            id: 1,
+            backend: backend_value(&shared, T)
+        }));
+        assert!(gone.ops.contains(&MapOp::DeleteBackend { id: 2 }));
+        assert!(!gone.ops.contains(&MapOp::DeleteBackend { id: 1 }));
+        maps.expect_exactly(&desired(vec![(f1, frontend(&[(shared, T)]))]));
+        // a goes: nothing left.
+        sync_svc(&mut s, &mut maps, "ns/a", &[]);
+        maps.expect_exactly(&DesiredState::default());
+        assert!(s.programmed.is_empty() && s.owned.is_empty() && s.backend_refs.is_empty());
+    }
+
+    #[test]
+    fn service_removal_deletes_its_frontends_in_order() {
+        let (f1, f2, f3) = (fk(1, 80), fk(1, 443), fk(2, 80));
+        let mut s = Syncer::new();
+        let mut maps = FakeMaps::default();
+        sync_svc(
+            &mut s,
+            &mut maps,
+            "ns/a",
+            &[
+                (f1, frontend(&[(be(1), A), (be(2), A)])),
+                (f2, frontend(&[(be(1), A)])),
+            ],
+        );
+        sync_svc(&mut s, &mut maps, "ns/b", &[(f3, frontend(&[(be(1), A)]))]);
+        // a keeps f2 only: f1 is unpublished first, then its slots, then its revnat.
+        let plan = sync_svc(&mut s, &mut maps, "ns/a", &[(f2, frontend(&[(be(1), A)]))]);
+        assert_eq!(
+            plan.ops,
+            [
+                MapOp::DeleteService { key: skey(&f1, 0) },
+                MapOp::DeleteService { key: skey(&f1, 1) },
+                MapOp::DeleteService { key: skey(&f1, 2) },
+                MapOp::DeleteRevNat { id: 1 },
+                MapOp::DeleteBackend { id: 2 },
+            ]
+        );
+        assert_eq!(s.frontends_of("ns/a").copied().collect::<Vec<_>>(), [f2]);
+        // Re-planning an unchanged service writes nothing.
+        assert_eq!(
+            sync_svc(&mut s, &mut maps, "ns/b", &[(f3, frontend(&[(be(1), A)]))]).ops,
+            []
+        );
+    }
+
+    #[test]
+    fn conflicting_frontend_is_reported_and_taken_once_released() {
+        let (vip, other) = (fk(1, 80), fk(2, 80));
+        let mut s = Syncer::new();
+        let mut maps = FakeMaps::default();
+        sync_svc(&mut s, &mut maps, "ns/a", &[(vip, frontend(&[(be(1), A)]))]);
+        let b_list = [
+            (vip, frontend(&[(be(2), A)])),
+            (other, frontend(&[(be(2), A)])),
+        ];
+        let plan = sync_svc(&mut s, &mut maps, "ns/b", &b_list);
+        assert_eq!(
+            plan.conflicts,
+            [Conflict {
+                frontend: vip,
+                owner: "ns/a".into()
+            }]
+        );
+        // a's frontend is untouched, b's other frontend is programmed.
+        let mut want = desired(vec![(vip, frontend(&[(be(1), A)]))]);
+        want.frontends.insert(other, frontend(&[(be(2), A)]));
+        maps.expect_exactly(&want);
+        // a goes; b planned again takes the address.
+        assert_eq!(sync_svc(&mut s, &mut maps, "ns/a", &[]).released, 1);
+        let plan = sync_svc(&mut s, &mut maps, "ns/b", &b_list);
+        assert!(plan.conflicts.is_empty());
+        maps.expect_exactly(&desired(b_list.to_vec()));
+    }
+
+    #[test]
+    fn service_capacity_error_leaves_state_unchanged() {
+        let mut s = Syncer::new();
+        let mut maps = FakeMaps::default();
+        sync_svc(
+            &mut s,
+            &mut maps,
+            "ns/a",
+            &[(fk(1, 80), frontend(&[(be(1), A)]))],
+        );
+        let before = s.clone();
+        let list: Vec<_> = (0..MAX_BACKENDS)
+            .map(|n| {
+                (
+                    BackendAddr {
+                        addr: Ipv4Addr::from(0x0a00_0000 + n),
+                        port: 80,
+                        proto: Proto::Tcp,
+                    },
+                    A,
+                )
+            })
+            .collect();
+        let err = s
+            .plan_service("ns/big", &svc_frontends(&[(fk(2, 80), frontend(&list))]))
+            .expect_err("too many backends");
+        assert!(matches!(err, SyncError::TooManyBackends { .. }), "{err}");
+        assert_eq!(s, before);
+        // The other service keeps being programmed.
+        let plan = sync_svc(
+            &mut s,
+            &mut maps,
+            "ns/c",
+            &[(fk(3, 80), frontend(&[(be(3), A)]))],
+        );
+        assert!(!plan.ops.is_empty());
+    }
+
+    #[test]
+    fn restart_with_service_plans_and_sweep() {
+        let mut s = Syncer::new();
+        let mut maps = FakeMaps::default();
+        let a = [(fk(1, 80), frontend(&[(be(1), A), (be(2), T)]))];
+        let b = [(fk(2, 80), frontend(&[(be(2), A)]))];
+        let c = [(fk(3, 80), frontend(&[(be(3), T), (be(4), A)]))];
+        for (name, list) in [("ns/a", &a[..]), ("ns/b", &b[..]), ("ns/c", &c[..])] {
+            sync_svc(&mut s, &mut maps, name, list);
+        }
+        // Unchanged cluster: zero writes.
+        let mut r = maps.syncer();
+        for (name, list) in [("ns/a", &a[..]), ("ns/b", &b[..]), ("ns/c", &c[..])] {
+            assert_eq!(sync_svc(&mut r, &mut maps, name, list).ops, [], "{name}");
+        }
+        assert_eq!(r.sweep().expect("sweep"), []);
+        assert_eq!(r, s);
+        // c deleted while kproxy was down: the sweep removes it, with its terminating
+        // backend that no slot showed.
+        let mut r = maps.syncer();
+        for (name, list) in [("ns/a", &a[..]), ("ns/b", &b[..])] {
+            assert_eq!(sync_svc(&mut r, &mut maps, name, list).ops, [], "{name}");
+        }
+        let ops = r.sweep().expect("sweep");
+        maps.apply(&ops);
+        let mut want = desired(a.to_vec());
+        want.frontends.extend(b.iter().cloned());
+        maps.expect_exactly(&want);
+        assert!(ops.contains(&MapOp::DeleteBackend { id: 3 }), "{ops:?}");
+    }
+
+    /// xorshift64*: deterministic pseudo-random numbers without a dependency.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+        }
+    }
+
+    #[test]
+    fn service_plans_match_the_whole_state_plan_on_random_inputs() {
+        for seed in 1..=20u64 {
+            let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            let mut services: BTreeMap<String, Vec<(FrontendKey, Frontend)>> = BTreeMap::new();
+            let (mut inc, mut inc_maps) = (Syncer::new(), FakeMaps::default());
+            let (mut whole, mut whole_maps) = (Syncer::new(), FakeMaps::default());
+            for step in 0..60 {
+                let n = rng.below(8);
+                let name = format!("ns/s{n}");
+                let list: Vec<_> = if rng.below(4) == 0 {
+                    Vec::new()
+                } else {
+                    // Each service has its own addresses; backends come from a small
+                    // shared pool, so services share them.
+                    (0..rng.below(3) + 1)
+                        .map(|p| {
+                            let key =
+                                fk(u8::try_from(n).unwrap() + 1, 80 + u16::try_from(p).unwrap());
+                            let bes: Vec<_> = (0..rng.below(5))
+                                .map(|_| {
+                                    let state = if rng.below(3) == 0 { T } else { A };
+                                    (be(u8::try_from(rng.below(10)).unwrap() + 1), state)
+                                })
+                                .collect();
+                            let mut fe = frontend(&bes);
+                            fe.service = name.clone();
+                            (key, fe)
+                        })
+                        .collect()
+                };
+                sync_svc(&mut inc, &mut inc_maps, &name, &list);
+                if list.is_empty() {
+                    services.remove(&name);
+                } else {
+                    services.insert(name, list);
+                }
+                let want = desired(services.values().flatten().cloned().collect());
+                sync(&mut whole, &mut whole_maps, &want);
+                inc_maps.expect_exactly(&want);
+                assert_eq!(
+                    inc_maps.describe(),
+                    whole_maps.describe(),
+                    "seed {seed} step {step}"
+                );
+                // The two planners agree on what they remember.
+                assert_eq!(
+                    whole.plan(&want).expect("plan"),
+                    [],
+                    "seed {seed} step {step}"
+                );
+                assert_eq!(
+                    inc.clone().plan(&want).expect("plan"),
+                    [],
+                    "seed {seed} step {step}"
+                );
+            }
+            // A restart then every service planned and a sweep: zero writes.
+            let mut r = inc_maps.syncer();
+            for (name, list) in &services {
+                assert_eq!(sync_svc(&mut r, &mut inc_maps, name, list).ops, []);
+            }
+            assert_eq!(r.sweep().expect("sweep"), [], "seed {seed}");
+        }
     }
 }

@@ -1,0 +1,945 @@
+//! `kproxy node`: the cluster mode. Services, EndpointSlices and this node's Node object come
+//! from the API server through kube-runtime watchers; each event re-plans only the Service it
+//! is about (`Syncer::plan_service`), so one endpoint change costs the same with 10 or
+//! 10,000 Services.
+//!
+//! - Nothing is written before the three initial lists are complete; then every Service is
+//!   planned once and whatever the maps hold that no Service claims is swept. After a
+//!   restart (syncer rebuilt from the pinned maps) an unchanged cluster writes nothing.
+//! - A failed map write rebuilds the syncer from the maps and retries the whole pass with
+//!   back-off, without waiting for the next change.
+//! - The API server being away changes nothing in the datapath; the watchers reconnect
+//!   with back-off and a re-list re-plans what changed meanwhile.
+//! - What cannot be programmed (capacity, invalid ports or addresses, a frontend another
+//!   Service has) is a Warning Event on the Service and a log line; the rest is served.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    sync::{Arc, RwLock},
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::{Context as _, Result};
+use futures::StreamExt as _;
+use k8s_openapi::{
+    api::{
+        core::v1::{Event, EventSource, Node, ObjectReference, Service},
+        discovery::v1::EndpointSlice,
+    },
+    apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
+    jiff,
+};
+use kproxy::{
+    Datapath, metrics,
+    model::{self, FrontendKey, FrontendKind, namespace_of},
+    names::Names,
+    sync::Syncer,
+};
+use kube::{
+    Api, Client, Resource, ResourceExt as _,
+    api::PostParams,
+    runtime::{WatchStreamExt as _, watcher},
+};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+};
+
+use crate::setup::{self, DatapathOpts};
+
+/// kube-proxy's label: a Service carrying it is served only by the proxy of that name.
+pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
+/// Set on EndpointSlices by the endpoint controller: when the change that produced this
+/// version of the slice happened (a pod turning ready, ...).
+pub const TRIGGER_TIME_ANNOTATION: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+
+const RETRY_MIN: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+#[derive(Debug, clap::Args)]
+pub struct Opts {
+    /// Kubeconfig with the node's identity (`kproxy-apiserver node-kubeconfig NODE`).
+    #[arg(long)]
+    kubeconfig: PathBuf,
+    /// This node's name: its Node object's addresses serve NodePorts.
+    #[arg(long)]
+    node_name: String,
+    /// Serve Services labelled `service.kubernetes.io/service-proxy-name` with this value
+    /// (without it, such Services are left to their proxy, as kube-proxy does).
+    #[arg(long)]
+    proxy_name: Option<String>,
+    #[command(flatten)]
+    datapath: DatapathOpts,
+}
+
+/// One watcher event, tagged with its kind.
+///
+/// Boxed: the channel's slots are sized by the largest variant, and a Node or a Service
+/// is several times the size of an EndpointSlice's inline part.
+enum Update {
+    Service(Box<watcher::Event<Service>>),
+    Slice(Box<watcher::Event<EndpointSlice>>),
+    Node(Box<watcher::Event<Node>>),
+}
+
+const KINDS: usize = 3;
+
+/// The watched objects. Keys are `namespace/name`.
+#[derive(Default)]
+struct Cache {
+    services: HashMap<String, Service>,
+    slices: HashMap<String, EndpointSlice>,
+    /// Service key → keys of its slices.
+    slices_of: HashMap<String, BTreeSet<String>>,
+    node: Option<Node>,
+    /// Objects of a re-list in progress, swapped in at its end.
+    relist_services: Option<HashMap<String, Service>>,
+    relist_slices: Option<HashMap<String, EndpointSlice>>,
+    relist_node: Option<Option<Node>>,
+    /// Which kinds have completed their first list.
+    listed: [bool; KINDS],
+}
+
+fn key_of(meta: &ObjectMeta) -> String {
+    format!(
+        "{}/{}",
+        namespace_of(meta),
+        meta.name.as_deref().unwrap_or_default()
+    )
+}
+
+/// The Service key a slice belongs to.
+fn slice_owner(slice: &EndpointSlice) -> Option<String> {
+    let svc = model::slice_service(slice)?;
+    Some(format!("{}/{svc}", namespace_of(&slice.metadata)))
+}
+
+impl Cache {
+    fn insert_slice(&mut self, key: String, slice: EndpointSlice) -> Vec<String> {
+        let mut touched = self.remove_slice(&key);
+        if let Some(owner) = slice_owner(&slice) {
+            self.slices_of
+                .entry(owner.clone())
+                .or_default()
+                .insert(key.clone());
+            touched.push(owner);
+        }
+        self.slices.insert(key, slice);
+        touched
+    }
+
+    /// Removes a slice; returns the Service it belonged to.
+    fn remove_slice(&mut self, key: &str) -> Vec<String> {
+        let Some(old) = self.slices.remove(key) else {
+            return Vec::new();
+        };
+        let Some(owner) = slice_owner(&old) else {
+            return Vec::new();
+        };
+        if let Some(set) = self.slices_of.get_mut(&owner) {
+            set.remove(key);
+            if set.is_empty() {
+                self.slices_of.remove(&owner);
+            }
+        }
+        vec![owner]
+    }
+
+    fn slices_for(&self, service: &str) -> Vec<&EndpointSlice> {
+        self.slices_of
+            .get(service)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.slices.get(k))
+            .collect()
+    }
+}
+
+/// Precedence of a claim on a frontend, lowest first: the kind (a ClusterIP is allocated
+/// by the API server, so it beats an address a user wrote), then the older Service, then
+/// namespace/name. A total order, so the winner does not depend on the order events arrive
+/// in, and a restart picks the same one.
+type Rank = (u8, Option<jiff::Timestamp>, String);
+
+const fn kind_rank(kind: FrontendKind) -> u8 {
+    match kind {
+        FrontendKind::ClusterIp => 0,
+        FrontendKind::LoadBalancerIp => 1,
+        FrontendKind::NodePort => 2,
+        FrontendKind::ExternalIp => 3,
+    }
+}
+
+/// Which Services claim which frontends.
+#[derive(Default)]
+struct Claims {
+    /// Frontend → its claims (the rank ends with the Service's key).
+    by_frontend: HashMap<FrontendKey, BTreeSet<Rank>>,
+    by_service: HashMap<String, Vec<(FrontendKey, Rank)>>,
+}
+
+impl Claims {
+    /// The Service that gets `frontend`.
+    fn winner(&self, frontend: &FrontendKey) -> Option<&str> {
+        self.by_frontend
+            .get(frontend)
+            .and_then(BTreeSet::first)
+            .map(|rank| rank.2.as_str())
+    }
+
+    /// Replaces the claims of `service`; returns the other Services that won or lost a
+    /// frontend by it (they must be re-planned).
+    fn set(&mut self, service: &str, claims: Vec<(FrontendKey, Rank)>) -> BTreeSet<String> {
+        let old = self.by_service.remove(service).unwrap_or_default();
+        let mut touched: BTreeSet<FrontendKey> = old.iter().map(|(k, _)| *k).collect();
+        touched.extend(claims.iter().map(|(k, _)| *k));
+        let before: Vec<Option<String>> = touched
+            .iter()
+            .map(|k| self.winner(k).map(str::to_string))
+            .collect();
+        for (key, rank) in old {
+            if let Some(set) = self.by_frontend.get_mut(&key) {
+                set.remove(&rank);
+                if set.is_empty() {
+                    self.by_frontend.remove(&key);
+                }
+            }
+        }
+        for (key, rank) in &claims {
+            self.by_frontend
+                .entry(*key)
+                .or_default()
+                .insert(rank.clone());
+        }
+        if !claims.is_empty() {
+            self.by_service.insert(service.to_string(), claims);
+        }
+        let mut others = BTreeSet::new();
+        for (key, was) in touched.iter().zip(before) {
+            let now = self.winner(key).map(str::to_string);
+            if now != was {
+                others.extend([was, now].into_iter().flatten().filter(|s| s != service));
+            }
+        }
+        others
+    }
+}
+
+/// Services whose last report is remembered, so an unchanged problem is reported once.
+type Reported = HashMap<String, Vec<(&'static str, String)>>;
+
+struct NodeProxy {
+    syncer: Syncer,
+    dp: Datapath,
+    cache: Cache,
+    client: Client,
+    node_name: String,
+    proxy_name: Option<String>,
+    /// `--node-ip` plus the uplink's addresses; the Node's are added to these.
+    base_node_ips: Vec<Ipv4Addr>,
+    node_ips: Vec<Ipv4Addr>,
+    /// Services to re-plan.
+    dirty: BTreeSet<String>,
+    /// Services with a frontend another Service still holds: re-planned when frontends
+    /// are freed.
+    conflicted: BTreeSet<String>,
+    claims: Claims,
+    /// Slice change trigger times waiting for their Service's map write.
+    triggers: HashMap<String, Vec<SystemTime>>,
+    reported: Reported,
+    /// Every Service is planned and the rest swept: at start and after a failed write.
+    full_pass: bool,
+    initial_done: bool,
+    retry_at: Option<tokio::time::Instant>,
+    backoff: Duration,
+    started: SystemTime,
+    bpffs: PathBuf,
+    names: Arc<RwLock<Names>>,
+    /// The names (for `/metrics` and `kproxy dump`) are out of date. Rebuilding and saving
+    /// them covers every Service, so it is done on a timer, not per change.
+    names_stale: bool,
+}
+
+/// How often stale names are published.
+const NAMES_EVERY: Duration = Duration::from_millis(250);
+
+pub async fn run(bpffs: &Path, opts: Opts) -> Result<()> {
+    let running = setup::bring_up(bpffs, &opts.datapath).await?;
+    let client = client(&opts.kubeconfig).await?;
+    let mut base_node_ips = opts.datapath.node_ips.clone();
+    base_node_ips.extend(&running.uplink_ips);
+    base_node_ips.sort_unstable();
+    base_node_ips.dedup();
+
+    let (tx, mut rx) = mpsc::channel::<Update>(1024);
+    spawn_watchers(&client, &opts.node_name, &tx);
+    drop(tx);
+
+    let mut node = NodeProxy {
+        syncer: running.syncer,
+        dp: running.dp,
+        cache: Cache::default(),
+        client,
+        node_name: opts.node_name.clone(),
+        proxy_name: opts.proxy_name.clone(),
+        node_ips: base_node_ips.clone(),
+        base_node_ips,
+        dirty: BTreeSet::new(),
+        conflicted: BTreeSet::new(),
+        claims: Claims::default(),
+        triggers: HashMap::new(),
+        reported: HashMap::new(),
+        full_pass: true,
+        initial_done: false,
+        retry_at: None,
+        backoff: RETRY_MIN,
+        // Whole seconds: trigger times often carry no fraction (a pod condition's
+        // lastTransitionTime), and a change in kproxy's first second still counts.
+        started: SystemTime::UNIX_EPOCH
+            + Duration::from_secs(
+                SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs(),
+            ),
+        bpffs: bpffs.to_path_buf(),
+        names: running.names,
+        names_stale: false,
+    };
+    tracing::info!(node = %opts.node_name, "kproxy ready, waiting for the initial lists");
+
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut names_tick = tokio::time::interval(NAMES_EVERY);
+    loop {
+        let retry = node.retry_at;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = names_tick.tick() => {
+                if node.names_stale {
+                    node.names_stale = false;
+                    setup::publish_names(
+                        &node.bpffs,
+                        &node.names,
+                        Names::from_syncer(&node.syncer),
+                    );
+                }
+                continue;
+            }
+            update = rx.recv() => {
+                let Some(update) = update else { break };
+                node.handle(update);
+                // Take whatever else is already queued, so a burst is one pass.
+                while let Ok(update) = rx.try_recv() {
+                    node.handle(update);
+                }
+            }
+            () = async {
+                match retry {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                node.retry_at = None;
+            }
+        }
+        node.sync();
+    }
+    tracing::info!(
+        "stopping: the datapath stays in place (pinned links, maps, connection tracking); \
+         `kproxy cleanup` removes it"
+    );
+    Ok(())
+}
+
+async fn client(kubeconfig: &Path) -> Result<Client> {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig)
+        .with_context(|| format!("reading kubeconfig {}", kubeconfig.display()))?;
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+        .await
+        .with_context(|| format!("loading kubeconfig {}", kubeconfig.display()))?;
+    Client::try_from(cfg).context("building the API client")
+}
+
+/// One task per watched kind; each forwards its events, and retries with kube-runtime's
+/// default back-off when the API server cannot be reached.
+fn spawn_watchers(client: &Client, node_name: &str, tx: &mpsc::Sender<Update>) {
+    fn spawn<K>(
+        what: &'static str,
+        api: Api<K>,
+        cfg: watcher::Config,
+        tx: mpsc::Sender<Update>,
+        wrap: fn(watcher::Event<K>) -> Update,
+    ) where
+        K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    {
+        tokio::spawn(async move {
+            let mut stream = watcher(api, cfg).default_backoff().boxed();
+            while let Some(item) = stream.next().await {
+                match item {
+                    Ok(event) => {
+                        if tx.send(wrap(event)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(err) => {
+                        tracing::warn!(kind = what, %err, "watch failed, retrying with back-off; the datapath is left as it is");
+                    }
+                }
+            }
+        });
+    }
+    spawn(
+        "Service",
+        Api::<Service>::all(client.clone()),
+        watcher::Config::default(),
+        tx.clone(),
+        |ev| Update::Service(Box::new(ev)),
+    );
+    spawn(
+        "EndpointSlice",
+        Api::<EndpointSlice>::all(client.clone()),
+        watcher::Config::default(),
+        tx.clone(),
+        |ev| Update::Slice(Box::new(ev)),
+    );
+    spawn(
+        "Node",
+        Api::<Node>::all(client.clone()),
+        watcher::Config::default().fields(&format!("metadata.name={node_name}")),
+        tx.clone(),
+        |ev| Update::Node(Box::new(ev)),
+    );
+}
+
+impl NodeProxy {
+    fn handle(&mut self, update: Update) {
+        match update {
+            Update::Service(ev) => self.on_service(*ev),
+            Update::Slice(ev) => self.on_slice(*ev),
+            Update::Node(ev) => self.on_node(*ev),
+        }
+    }
+
+    fn on_service(&mut self, ev: watcher::Event<Service>) {
+        match ev {
+            watcher::Event::Apply(svc) => {
+                let key = key_of(&svc.metadata);
+                self.cache.services.insert(key.clone(), svc);
+                self.dirty.insert(key);
+            }
+            watcher::Event::Delete(svc) => {
+                let key = key_of(&svc.metadata);
+                self.cache.services.remove(&key);
+                self.reported.remove(&key);
+                self.dirty.insert(key);
+            }
+            watcher::Event::Init => self.cache.relist_services = Some(HashMap::new()),
+            watcher::Event::InitApply(svc) => {
+                if let Some(buf) = self.cache.relist_services.as_mut() {
+                    buf.insert(key_of(&svc.metadata), svc);
+                }
+            }
+            watcher::Event::InitDone => {
+                let fresh = self.cache.relist_services.take().unwrap_or_default();
+                let old = std::mem::replace(&mut self.cache.services, fresh);
+                // Re-plan what the re-list changed (a no-op plan costs little).
+                for key in old.keys().chain(self.cache.services.keys()) {
+                    self.dirty.insert(key.clone());
+                }
+                self.cache.listed[0] = true;
+            }
+        }
+    }
+
+    fn on_slice(&mut self, ev: watcher::Event<EndpointSlice>) {
+        match ev {
+            watcher::Event::Apply(slice) => {
+                let key = key_of(&slice.metadata);
+                let trigger = self.trigger_time(&slice);
+                let touched = self.cache.insert_slice(key, slice);
+                for svc in touched {
+                    if let Some(t) = trigger {
+                        self.triggers.entry(svc.clone()).or_default().push(t);
+                    }
+                    self.dirty.insert(svc);
+                }
+            }
+            watcher::Event::Delete(slice) => {
+                let key = key_of(&slice.metadata);
+                for svc in self.cache.remove_slice(&key) {
+                    self.dirty.insert(svc);
+                }
+            }
+            watcher::Event::Init => self.cache.relist_slices = Some(HashMap::new()),
+            watcher::Event::InitApply(slice) => {
+                if let Some(buf) = self.cache.relist_slices.as_mut() {
+                    buf.insert(key_of(&slice.metadata), slice);
+                }
+            }
+            watcher::Event::InitDone => {
+                let fresh = self.cache.relist_slices.take().unwrap_or_default();
+                let old: Vec<String> = self.cache.slices.keys().cloned().collect();
+                for key in old {
+                    for svc in self.cache.remove_slice(&key) {
+                        self.dirty.insert(svc);
+                    }
+                }
+                for (key, slice) in fresh {
+                    for svc in self.cache.insert_slice(key, slice) {
+                        self.dirty.insert(svc);
+                    }
+                }
+                self.cache.listed[1] = true;
+            }
+        }
+    }
+
+    fn on_node(&mut self, ev: watcher::Event<Node>) {
+        match ev {
+            watcher::Event::Apply(n) => self.cache.node = Some(n),
+            watcher::Event::Delete(_) => self.cache.node = None,
+            watcher::Event::Init => self.cache.relist_node = Some(None),
+            watcher::Event::InitApply(n) => self.cache.relist_node = Some(Some(n)),
+            watcher::Event::InitDone => {
+                self.cache.node = self.cache.relist_node.take().flatten();
+                self.cache.listed[2] = true;
+            }
+        }
+        let mut ips = self.base_node_ips.clone();
+        let addrs = self
+            .cache
+            .node
+            .as_ref()
+            .and_then(|n| n.status.as_ref())
+            .and_then(|s| s.addresses.as_ref());
+        for a in addrs.into_iter().flatten() {
+            if matches!(a.type_.as_str(), "InternalIP" | "ExternalIP")
+                && let Ok(ip) = a.address.parse::<Ipv4Addr>()
+            {
+                ips.push(ip);
+            }
+        }
+        ips.sort_unstable();
+        ips.dedup();
+        if ips != self.node_ips {
+            tracing::info!(node_ips = ?ips, "NodePort addresses changed");
+            self.node_ips = ips;
+            // Only NodePort and LoadBalancer Services have frontends on node addresses.
+            for (key, svc) in &self.cache.services {
+                let ty = svc.spec.as_ref().and_then(|s| s.type_.as_deref());
+                if matches!(ty, Some("NodePort" | "LoadBalancer")) {
+                    self.dirty.insert(key.clone());
+                }
+            }
+        }
+    }
+
+    /// The slice's trigger time, if it is from after this kproxy started (older ones were
+    /// programmed by a previous run; kube-proxy ignores them the same way).
+    fn trigger_time(&self, slice: &EndpointSlice) -> Option<SystemTime> {
+        let text = slice.annotations().get(TRIGGER_TIME_ANNOTATION)?;
+        let ts: jiff::Timestamp = text.parse().ok()?;
+        let t = SystemTime::from(ts);
+        (t >= self.started).then_some(t)
+    }
+
+    /// Programs what changed, once every kind has been listed.
+    fn sync(&mut self) {
+        if !self.cache.listed.iter().all(|l| *l) || self.retry_at.is_some() {
+            return;
+        }
+        if self.full_pass {
+            self.pass_all();
+        } else if !self.dirty.is_empty() {
+            self.pass_dirty();
+        }
+    }
+
+    /// Every Service, then a sweep of what none claims.
+    fn pass_all(&mut self) {
+        let started = Instant::now();
+        let mut keys: Vec<String> = self.cache.services.keys().cloned().collect();
+        keys.sort();
+        // Services gone since they were programmed (their frontends are still owned).
+        keys.extend(
+            std::mem::take(&mut self.dirty)
+                .into_iter()
+                .filter(|k| !self.cache.services.contains_key(k)),
+        );
+        // Every claim first, so who wins a contested frontend does not depend on the order
+        // the Services are planned in (and an unchanged cluster writes nothing).
+        let built: Vec<model::ServiceFrontends> = keys.iter().map(|k| self.build(k)).collect();
+        let mut ops_total = 0;
+        for (key, built) in keys.iter().zip(built) {
+            match self.program(key, built) {
+                Ok(n) => ops_total += n,
+                Err(()) => return,
+            }
+        }
+        // Claims changed by this pass marked Services that it planned anyway.
+        for key in &keys {
+            self.dirty.remove(key);
+        }
+        let ops = match self.syncer.sweep() {
+            Ok(ops) => ops,
+            Err(err) => {
+                tracing::error!(%err, "cannot plan the sweep of unclaimed entries");
+                Vec::new()
+            }
+        };
+        if let Err(err) = self.dp.apply(&ops) {
+            self.apply_failed(&err.to_string());
+            return;
+        }
+        ops_total += ops.len();
+        metrics::SYNC_OPS.inc_by(ops.len() as u64);
+        self.full_pass = false;
+        self.backoff = RETRY_MIN;
+        let what = if self.initial_done {
+            "resync after a failed write done"
+        } else {
+            "initial sync done"
+        };
+        self.initial_done = true;
+        metrics::HEALTH.set_synced();
+        tracing::info!(
+            services = keys.len(),
+            map_ops = ops_total,
+            took = ?started.elapsed(),
+            "{what}"
+        );
+        self.publish();
+        // Services waiting for a frontend another one gave up during the pass.
+        if !self.dirty.is_empty() {
+            self.pass_dirty();
+        }
+    }
+
+    fn pass_dirty(&mut self) {
+        let started = Instant::now();
+        let mut services = 0;
+        let mut ops_total = 0;
+        // A Service that gave up frontends puts the Services waiting for one back in
+        // `dirty`; a few rounds settle that (each round needs a release to add one).
+        for _ in 0..8 {
+            if self.dirty.is_empty() {
+                break;
+            }
+            let keys = std::mem::take(&mut self.dirty);
+            services += keys.len();
+            for key in &keys {
+                match self.sync_service(key) {
+                    Ok(n) => ops_total += n,
+                    Err(()) => return,
+                }
+            }
+        }
+        tracing::info!(
+            services,
+            map_ops = ops_total,
+            took = ?started.elapsed(),
+            "services synced"
+        );
+        self.publish();
+    }
+
+    /// Plans and writes one Service. `Err` when the write failed: a full pass is then
+    /// scheduled with back-off.
+    fn sync_service(&mut self, key: &str) -> Result<usize, ()> {
+        let built = self.build(key);
+        self.program(key, built)
+    }
+
+    /// The Service's frontends as its objects say, and its claims on them updated.
+    fn build(&mut self, key: &str) -> model::ServiceFrontends {
+        let built = match self.cache.services.get(key) {
+            Some(svc) => match skip_reason(svc, self.proxy_name.as_deref()) {
+                Some(reason) => {
+                    tracing::info!(service = key, reason, "service not proxied");
+                    model::ServiceFrontends::default()
+                }
+                None => {
+                    let slices = self.cache.slices_for(key);
+                    model::build_service(svc, &slices, &self.node_ips)
+                }
+            },
+            None => model::ServiceFrontends::default(),
+        };
+        let created = self
+            .cache
+            .services
+            .get(key)
+            .and_then(|s| s.metadata.creation_timestamp.as_ref())
+            .map(|t| t.0);
+        let claims: Vec<(FrontendKey, Rank)> = built
+            .frontends
+            .iter()
+            .map(|(k, fe)| (*k, (kind_rank(fe.kind), created, key.to_string())))
+            .collect();
+        for other in self.claims.set(key, claims) {
+            self.dirty.insert(other);
+        }
+        built
+    }
+
+    /// Plans and writes what `build` gave, without the frontends another Service has
+    /// precedence on.
+    fn program(&mut self, key: &str, mut built: model::ServiceFrontends) -> Result<usize, ()> {
+        let started = Instant::now();
+        let mut problems: Vec<(&'static str, String)> = built
+            .problems
+            .iter()
+            .map(|p| ("InvalidInput", p.clone()))
+            .collect();
+        built.frontends.retain(|frontend, _| match self.claims.winner(frontend) {
+            Some(winner) if winner != key => {
+                problems.push((
+                    "FrontendConflict",
+                    format!("frontend {frontend} is already used by Service {winner}, not programmed"),
+                ));
+                false
+            }
+            _ => true,
+        });
+        let (ops, released) = match self.syncer.plan_service(key, &built.frontends) {
+            Ok(plan) => {
+                // Conflicts here are a winner meeting a previous owner that has not given
+                // the frontend up yet (it is re-planned in this pass): no Event.
+                if plan.conflicts.is_empty() {
+                    self.conflicted.remove(key);
+                } else {
+                    self.conflicted.insert(key.to_string());
+                }
+                (plan.ops, plan.released)
+            }
+            Err(err) => {
+                // The syncer is unchanged: whatever this Service had stays programmed.
+                problems.push((
+                    "CapacityExceeded",
+                    format!("cannot program this Service: {err}"),
+                ));
+                (Vec::new(), 0)
+            }
+        };
+        if let Err(err) = self.dp.apply(&ops) {
+            self.dirty.insert(key.to_string());
+            self.apply_failed(&err.to_string());
+            return Err(());
+        }
+        let n = ops.len();
+        metrics::SYNC_OPS.inc_by(n as u64);
+        metrics::observe_sync(started.elapsed());
+        if let Some(times) = self.triggers.remove(key) {
+            let now = SystemTime::now();
+            for t in times {
+                if let Ok(d) = now.duration_since(t) {
+                    metrics::NETWORK_PROGRAMMING.observe(d.as_secs_f64());
+                }
+            }
+        }
+        if released > 0 && !self.conflicted.is_empty() {
+            // Someone may be waiting for what this Service gave up.
+            self.dirty.extend(self.conflicted.iter().cloned());
+        }
+        tracing::debug!(service = key, map_ops = n, "service synced");
+        self.report(key, problems);
+        Ok(n)
+    }
+
+    fn apply_failed(&mut self, err: &str) {
+        // Some writes may have landed: the maps are the truth. Rebuild from them and do a
+        // full pass after a back-off (a full pass re-plans every Service and sweeps).
+        tracing::error!(%err, retry_in = ?self.backoff, "writing the maps failed; retrying");
+        metrics::MANIFEST_ERRORS.inc();
+        match self.dp.read_lb_maps() {
+            Ok((s, b, r)) => self.syncer = Syncer::from_maps(s, b, r),
+            Err(err) => tracing::error!(%err, "cannot read the maps back"),
+        }
+        self.full_pass = true;
+        self.retry_at = Some(tokio::time::Instant::now() + self.backoff);
+        self.backoff = (self.backoff * 2).min(RETRY_MAX);
+    }
+
+    fn publish(&mut self) {
+        self.names_stale = true;
+    }
+
+    /// Logs and posts a Warning Event for each problem of `key` not reported already.
+    fn report(&mut self, key: &str, problems: Vec<(&'static str, String)>) {
+        let before = self.reported.get(key).cloned().unwrap_or_default();
+        if problems.is_empty() {
+            self.reported.remove(key);
+            return;
+        }
+        let Some(svc) = self.cache.services.get(key) else {
+            return;
+        };
+        for (reason, message) in &problems {
+            if before.iter().any(|(r, m)| r == reason && m == message) {
+                continue;
+            }
+            tracing::warn!(service = key, reason, "{message}");
+            let event = warning_event(svc, &self.node_name, reason, message);
+            let api: Api<Event> = Api::namespaced(self.client.clone(), namespace_of(&svc.metadata));
+            let service = key.to_string();
+            tokio::spawn(async move {
+                if let Err(err) = api.create(&PostParams::default(), &event).await {
+                    tracing::warn!(%service, %err, "cannot post the Warning Event");
+                }
+            });
+        }
+        self.reported.insert(key.to_string(), problems);
+    }
+}
+
+/// Whether a proxy named `proxy_name` serves `svc`: kube-proxy's rule for the
+/// service-proxy-name label (absent: every default proxy; present: only that proxy).
+fn serves(svc: &Service, proxy_name: Option<&str>) -> bool {
+    match svc.labels().get(SERVICE_PROXY_NAME_LABEL) {
+        None => true,
+        Some(name) => proxy_name == Some(name.as_str()),
+    }
+}
+
+/// Why kproxy leaves `svc` alone, if it does.
+fn skip_reason(svc: &Service, proxy_name: Option<&str>) -> Option<&'static str> {
+    let spec = svc.spec.as_ref();
+    if spec.and_then(|s| s.type_.as_deref()) == Some("ExternalName") {
+        Some("ExternalName")
+    } else if spec.and_then(|s| s.cluster_ip.as_deref()) == Some("None") {
+        Some("headless")
+    } else if !serves(svc, proxy_name) {
+        Some("service-proxy-name of another proxy")
+    } else {
+        None
+    }
+}
+
+fn warning_event(svc: &Service, node: &str, reason: &str, message: &str) -> Event {
+    let now = Time(jiff::Timestamp::now());
+    let ns = namespace_of(&svc.metadata).to_string();
+    let name = svc.metadata.name.clone().unwrap_or_default();
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    Event {
+        metadata: ObjectMeta {
+            // Kubernetes' event naming: the object's name and a unique suffix.
+            name: Some(format!("{name}.{nanos:x}")),
+            namespace: Some(ns.clone()),
+            ..ObjectMeta::default()
+        },
+        involved_object: ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Service".into()),
+            name: Some(name),
+            namespace: Some(ns),
+            uid: svc.metadata.uid.clone(),
+            resource_version: svc.metadata.resource_version.clone(),
+            ..ObjectReference::default()
+        },
+        reason: Some(reason.into()),
+        message: Some(message.into()),
+        type_: Some("Warning".into()),
+        source: Some(EventSource {
+            component: Some("kproxy".into()),
+            host: Some(node.into()),
+        }),
+        first_timestamp: Some(now.clone()),
+        last_timestamp: Some(now),
+        count: Some(1),
+        ..Event::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn labelled(value: Option<&str>) -> Service {
+        let mut svc = Service::default();
+        svc.metadata.labels =
+            value.map(|v| BTreeMap::from([(SERVICE_PROXY_NAME_LABEL.to_string(), v.to_string())]));
+        svc
+    }
+
+    #[test]
+    fn service_proxy_name_rule() {
+        assert!(serves(&labelled(None), None));
+        assert!(serves(&labelled(None), Some("kproxy")));
+        assert!(!serves(&labelled(Some("other")), None));
+        assert!(!serves(&labelled(Some("other")), Some("kproxy")));
+        assert!(serves(&labelled(Some("kproxy")), Some("kproxy")));
+    }
+
+    #[test]
+    fn slices_are_indexed_by_their_service() {
+        let slice = |name: &str, svc: &str| {
+            let mut s = EndpointSlice {
+                address_type: "IPv4".into(),
+                ..EndpointSlice::default()
+            };
+            s.metadata.name = Some(name.into());
+            s.metadata.namespace = Some("ns".into());
+            s.metadata.labels = Some(BTreeMap::from([(
+                model::SERVICE_NAME_LABEL.to_string(),
+                svc.to_string(),
+            )]));
+            s
+        };
+        let mut cache = Cache::default();
+        assert_eq!(
+            cache.insert_slice("ns/a-1".into(), slice("a-1", "a")),
+            ["ns/a"]
+        );
+        cache.insert_slice("ns/a-2".into(), slice("a-2", "a"));
+        assert_eq!(cache.slices_for("ns/a").len(), 2);
+        // Relabelled to another Service: both are touched.
+        assert_eq!(
+            cache.insert_slice("ns/a-2".into(), slice("a-2", "b")),
+            ["ns/a", "ns/b"]
+        );
+        assert_eq!(cache.slices_for("ns/a").len(), 1);
+        assert_eq!(cache.remove_slice("ns/a-1"), ["ns/a"]);
+        assert!(cache.slices_for("ns/a").is_empty());
+        assert!(!cache.slices_of.contains_key("ns/a"));
+    }
+
+    #[test]
+    fn contested_frontend_goes_to_the_clusterip_then_the_oldest() {
+        let vip = FrontendKey {
+            addr: Ipv4Addr::new(10, 96, 0, 1),
+            port: 80,
+            proto: model::Proto::Tcp,
+        };
+        let t = |s: i64| Some(jiff::Timestamp::from_second(s).unwrap());
+        let mut claims = Claims::default();
+        // An externalIP claim arrives first and wins while alone.
+        assert!(
+            claims
+                .set("ns/a", vec![(vip, (3, t(1), "ns/a".into()))])
+                .is_empty()
+        );
+        assert_eq!(claims.winner(&vip), Some("ns/a"));
+        // A ClusterIP claim beats it even though younger; a wins no more: re-plan it.
+        let others = claims.set("ns/z", vec![(vip, (0, t(9), "ns/z".into()))]);
+        assert_eq!(others, BTreeSet::from(["ns/a".to_string()]));
+        assert_eq!(claims.winner(&vip), Some("ns/z"));
+        // Among equal kinds the older Service wins, whatever its name.
+        claims.set("ns/b", vec![(vip, (0, t(5), "ns/b".into()))]);
+        assert_eq!(claims.winner(&vip), Some("ns/b"));
+        // The winner gone: the next in rank gets it and is told.
+        let others = claims.set("ns/b", Vec::new());
+        assert_eq!(others, BTreeSet::from(["ns/z".to_string()]));
+        assert_eq!(claims.winner(&vip), Some("ns/z"));
+        claims.set("ns/z", Vec::new());
+        claims.set("ns/a", Vec::new());
+        assert!(claims.by_frontend.is_empty() && claims.by_service.is_empty());
+    }
+}

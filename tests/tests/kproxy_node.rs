@@ -1,0 +1,398 @@
+//! Privileged: `kproxy node` against a real API server and controller manager. Pods are API
+//! objects bound to the test's node whose status (podIP = a lab backend, Ready) the test
+//! writes as a kubelet would, so the real EndpointSlice controller makes the slices. kproxy
+//! runs with the node's kubeconfig, socket-LB attached to the lab's cgroup, maps pinned in
+//! the lab's bpffs directory; traffic comes from a process in that cgroup, inside the lab's
+//! node namespace.
+
+use std::{
+    collections::BTreeMap,
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, TcpStream},
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use k8s_openapi::api::core::v1::{Event, Node, Pod, Service};
+use kproxy_tests::{
+    Daemon,
+    apiserver::{ApiServer, TempDir},
+    bin,
+    control::{client, controller_manager},
+    eventually,
+    lab::{Lab, backend_ip},
+    privileged, sh, unique,
+};
+use kube::{
+    Api,
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+};
+use serde_json::{Value, json};
+
+fn kpt() -> String {
+    bin("kpt-net").to_string_lossy().into_owned()
+}
+
+fn from<T: k8s_openapi::serde::de::DeserializeOwned>(v: Value) -> T {
+    serde_json::from_value(v).expect("valid object")
+}
+
+/// Backend name → answers, and the number of failed requests, for `count` new TCP
+/// connections to `target` from a host process in the socket-LB cgroup.
+fn spread(lab: &Lab, target: &str, count: usize) -> (BTreeMap<String, usize>, usize) {
+    let res = Lab::kpt_net(
+        lab.host_cmd(&kpt()),
+        &["tcp", target, "--count", &count.to_string()],
+    );
+    let mut names = BTreeMap::new();
+    let mut failed = count.saturating_sub(res.len());
+    for r in &res {
+        if r["ok"] == true {
+            *names
+                .entry(r["name"].as_str().unwrap_or_default().to_string())
+                .or_default() += 1;
+        } else {
+            failed += 1;
+        }
+    }
+    (names, failed)
+}
+
+/// Waits until every one of 30 connections to `target` succeeds and exactly `backends`
+/// answer.
+fn wait_spread(lab: &Lab, target: &str, backends: &[&str]) {
+    let mut last = (BTreeMap::new(), 0);
+    let want: Vec<String> = backends.iter().map(|b| (*b).to_string()).collect();
+    eventually(&format!("{target} answered by {backends:?}"), || {
+        last = spread(lab, target, 30);
+        let got: Vec<String> = last.0.keys().cloned().collect();
+        if last.1 == 0 && got == want {
+            return true;
+        }
+        eprintln!("  {target}: {last:?}");
+        false
+    });
+}
+
+/// Waits until no connection to `target` succeeds.
+fn wait_dead(lab: &Lab, target: &str) {
+    eventually(&format!("{target} stops answering"), || {
+        let (names, failed) = spread(lab, target, 5);
+        names.is_empty() && failed == 5
+    });
+}
+
+/// `kproxy dump -o json` rows.
+fn dump(bpffs: &Path) -> Vec<Value> {
+    let out = sh(Command::new(bin("kproxy"))
+        .arg("--bpffs")
+        .arg(bpffs)
+        .args(["dump", "-o", "json"]));
+    serde_json::from_str::<Value>(&out)
+        .expect("dump json")
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Entries of a pinned map, read with bpftool (independent of kproxy's own reader).
+fn map_len(bpffs: &Path, map: &str) -> usize {
+    let out = sh(Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned"])
+        .arg(bpffs.join(map)));
+    serde_json::from_str::<Value>(&out)
+        .expect("bpftool json")
+        .as_array()
+        .map_or(0, Vec::len)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// (status code, body) of a plain HTTP GET.
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((code, body))
+}
+
+/// A histogram's `_count` in a Prometheus text page.
+fn histogram_count(page: &str, name: &str) -> u64 {
+    page.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}_count ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+struct Kproxy {
+    daemon: Daemon,
+}
+
+fn start_kproxy(lab: &Lab, kubeconfig: &Path, node: &str, metrics_port: u16) -> Kproxy {
+    let mut cmd = Command::new(bin("kproxy"));
+    cmd.arg("--bpffs")
+        .arg(lab.bpffs.path())
+        .args(["node", "--kubeconfig"])
+        .arg(kubeconfig)
+        .args(["--node-name", node, "--cgroup"])
+        .arg(lab.cgroup.path())
+        .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+        .env("RUST_LOG", "info");
+    let mut daemon = Daemon::spawn(cmd);
+    eventually("kproxy node initial sync", || {
+        daemon.assert_running();
+        daemon.logged("initial sync done")
+    });
+    Kproxy { daemon }
+}
+
+/// The `map_ops` field of the first log line containing `needle`.
+fn logged_map_ops(d: &Daemon, needle: &str) -> Option<u64> {
+    d.lines().iter().find(|l| l.contains(needle)).and_then(|l| {
+        l.split("map_ops=")
+            .nth(1)?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    })
+}
+
+async fn set_ready(pods: &Api<Pod>, name: &str, ip: Ipv4Addr, ready: bool) {
+    let now = jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let status = json!({"status": {
+        "phase": "Running", "podIP": ip.to_string(), "podIPs": [{"ip": ip.to_string()}],
+        "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" },
+                        "lastTransitionTime": now}]
+    }});
+    pods.patch_status(name, &PatchParams::default(), &Patch::Merge(status))
+        .await
+        .expect("pod status");
+}
+
+async fn create_service(svcs: &Api<Service>, v: Value) -> Service {
+    svcs.create(&PostParams::default(), &from(v))
+        .await
+        .expect("create service")
+}
+
+fn cluster_ip(svc: &Service) -> String {
+    svc.spec
+        .as_ref()
+        .and_then(|s| s.cluster_ip.clone())
+        .expect("clusterIP allocated")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn privileged_kproxy_node_programs_services_from_the_api() {
+    if !privileged("privileged_kproxy_node_programs_services_from_the_api") {
+        return;
+    }
+    let dir = TempDir::new("kpt-kpnode");
+    let api = ApiServer::start(dir.path(), &[]);
+    let _cm = controller_manager(&api, &["--controllers", "endpointslice,lbipam"]);
+    let c = client(&api).await;
+    let lab = Lab::new(3);
+    let node_name = unique("kpt-node");
+
+    // The Node object, with an address kproxy takes for NodePorts.
+    let nodes: Api<Node> = Api::all(c.clone());
+    nodes
+        .create(
+            &PostParams::default(),
+            &from(json!({"metadata": {"name": node_name}})),
+        )
+        .await
+        .expect("create node");
+    nodes
+        .patch_status(
+            &node_name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"addresses": [
+                {"type": "InternalIP", "address": "192.0.2.2"}]}})),
+        )
+        .await
+        .expect("node status");
+
+    // kproxy authenticates as the node.
+    let kubeconfig: PathBuf = dir.path().join("node-kubeconfig");
+    sh(Command::new(bin("kproxy-apiserver"))
+        .args(["node-kubeconfig", &node_name, "--out"])
+        .arg(&kubeconfig)
+        .args(["--server", &api.url, "--data-dir"])
+        .arg(&api.data_dir));
+    let metrics_port = free_port();
+    let mut kp = start_kproxy(&lab, &kubeconfig, &node_name, metrics_port);
+    eventually("/healthz 200", || {
+        http_get(metrics_port, "/healthz").is_some_and(|(code, body)| {
+            code == 200 && body.contains("lastUpdated") && body.contains("currentTime")
+        })
+    });
+    assert_eq!(http_get(metrics_port, "/livez").map(|r| r.0), Some(200));
+
+    // Three pods on the lab's backends, Ready.
+    let pods: Api<Pod> = Api::default_namespaced(c.clone());
+    for i in 0..3 {
+        pods.create(
+            &PostParams::default(),
+            &from(json!({
+                "metadata": {"name": format!("web-{i}"), "labels": {"app": "web"}},
+                "spec": {"nodeName": node_name,
+                         "containers": [{"name": "c", "image": "kecho"}]}
+            })),
+        )
+        .await
+        .expect("create pod");
+        set_ready(&pods, &format!("web-{i}"), backend_ip(i), true).await;
+    }
+
+    // A Service created through the API answers on its ClusterIP, spread over the pods.
+    let svcs: Api<Service> = Api::default_namespaced(c.clone());
+    let web = create_service(
+        &svcs,
+        json!({"metadata": {"name": "web"}, "spec": {"selector": {"app": "web"},
+               "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}),
+    )
+    .await;
+    let vip = format!("{}:80", cluster_ip(&web));
+    wait_spread(&lab, &vip, &["b0", "b1", "b2"]);
+    let (names, failed) = spread(&lab, &vip, 150);
+    assert_eq!(failed, 0);
+    for (b, n) in &names {
+        assert!((20..=90).contains(n), "backend {b} got {n}/150: {names:?}");
+    }
+
+    // A pod turning not ready leaves the rotation.
+    set_ready(&pods, "web-2", backend_ip(2), false).await;
+    wait_spread(&lab, &vip, &["b0", "b1"]);
+
+    // Skipped: a Service for another proxy, an ExternalName and a headless Service.
+    let foreign = create_service(
+        &svcs,
+        json!({"metadata": {"name": "foreign",
+                            "labels": {"service.kubernetes.io/service-proxy-name": "other"}},
+               "spec": {"selector": {"app": "web"},
+                        "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}),
+    )
+    .await;
+    create_service(
+        &svcs,
+        json!({"metadata": {"name": "alias"},
+               "spec": {"type": "ExternalName", "externalName": "example.com"}}),
+    )
+    .await;
+    create_service(
+        &svcs,
+        json!({"metadata": {"name": "headless"}, "spec": {"clusterIP": "None",
+               "selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]}}),
+    )
+    .await;
+    for (svc, reason) in [
+        ("default/foreign", "service-proxy-name"),
+        ("default/alias", "ExternalName"),
+        ("default/headless", "headless"),
+    ] {
+        eventually(&format!("{svc} skipped"), || {
+            kp.daemon.lines().iter().any(|l| {
+                l.contains("service not proxied")
+                    && l.contains(&format!("service=\"{svc}\""))
+                    && l.contains(reason)
+            })
+        });
+    }
+    let foreign_vip = format!("{}:80", cluster_ip(&foreign));
+    let (names, _) = spread(&lab, &foreign_vip, 5);
+    assert!(names.is_empty(), "foreign service answered: {names:?}");
+    let rows = dump(lab.bpffs.path());
+    for row in &rows {
+        let service = row["service"].as_str().unwrap_or_default();
+        assert!(
+            service.starts_with("default/web"),
+            "only web is programmed: {rows:?}"
+        );
+    }
+
+    // A conflicting frontend: `clash` claims web's ClusterIP:80 as an externalIP. It gets a
+    // Warning Event; web keeps working, and so does clash's own ClusterIP.
+    let clash = create_service(
+        &svcs,
+        json!({"metadata": {"name": "clash"}, "spec": {"selector": {"app": "web"},
+               "externalIPs": [cluster_ip(&web)],
+               "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}),
+    )
+    .await;
+    let events: Api<Event> = Api::default_namespaced(c.clone());
+    let mut warning = None;
+    for _ in 0..200 {
+        let list = events
+            .list(&ListParams::default().fields("involvedObject.name=clash"))
+            .await
+            .expect("list events");
+        warning = list.items.into_iter().find(|e| {
+            e.type_.as_deref() == Some("Warning") && e.reason.as_deref() == Some("FrontendConflict")
+        });
+        if warning.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let warning = warning.expect("a FrontendConflict Warning Event on clash");
+    assert!(
+        warning
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("default/web") && m.contains(&vip)),
+        "{warning:?}"
+    );
+    wait_spread(&lab, &format!("{}:80", cluster_ip(&clash)), &["b0", "b1"]);
+    wait_spread(&lab, &vip, &["b0", "b1"]);
+    assert!(kp.daemon.logged("FrontendConflict"));
+
+    // kube-proxy's metrics, including the programming latency of the readiness change.
+    let (_, page) = http_get(metrics_port, "/metrics").expect("/metrics");
+    assert!(
+        histogram_count(&page, "kubeproxy_sync_proxy_rules_duration_seconds") > 0,
+        "{page}"
+    );
+    assert!(
+        histogram_count(&page, "kubeproxy_network_programming_duration_seconds") > 0,
+        "{page}"
+    );
+    assert!(page.contains("kubeproxy_sync_proxy_rules_last_timestamp_seconds"));
+
+    // SIGKILL and restart with an unchanged cluster: zero map writes, still serving.
+    kp.daemon.kill();
+    let kp2 = start_kproxy(&lab, &kubeconfig, &node_name, metrics_port);
+    assert_eq!(
+        logged_map_ops(&kp2.daemon, "initial sync done"),
+        Some(0),
+        "restart wrote to the maps"
+    );
+    wait_spread(&lab, &vip, &["b0", "b1"]);
+    let mut kp = kp2;
+
+    // Deleting the Services: they stop answering and nothing is left in the maps.
+    for name in ["web", "clash"] {
+        svcs.delete(name, &DeleteParams::default())
+            .await
+            .expect("delete service");
+    }
+    wait_dead(&lab, &vip);
+    eventually("maps empty", || {
+        kp.daemon.assert_running();
+        dump(lab.bpffs.path()).is_empty()
+            && map_len(lab.bpffs.path(), "kproxy_lb4_services_v1") == 0
+            && map_len(lab.bpffs.path(), "kproxy_lb4_backends_v1") == 0
+            && map_len(lab.bpffs.path(), "kproxy_lb4_revnat_v1") == 0
+    });
+}
