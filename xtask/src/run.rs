@@ -22,6 +22,9 @@ const LAB_UPLINK: &str = "kp-uplink";
 const LAB_PEER: &str = "kp-client0";
 const LAB_NODE_ADDR: &str = "172.31.0.1/24";
 const LAB_CLIENT_ADDR: &str = "172.31.0.2/24";
+const LAB_NODE_IP: &str = "172.31.0.1";
+/// The controller manager's default LoadBalancer pool.
+const LB_POOL: &str = "172.30.0.0/24";
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -60,6 +63,9 @@ fn create_lab_uplink() -> Result<()> {
     ])?;
     ip(&["-n", LAB_NETNS, "link", "set", LAB_PEER, "up"])?;
     ip(&["-n", LAB_NETNS, "link", "set", "lo", "up"])?;
+    // The LoadBalancer pool is routed to the node from the client host, as a router in
+    // front of a cluster would; kproxy's XDP program answers for the addresses.
+    ip(&["-n", LAB_NETNS, "route", "add", LB_POOL, "via", LAB_NODE_IP])?;
     Ok(())
 }
 
@@ -106,74 +112,60 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let kubelet = start_kubelet(&bin_dir, &node)?;
     let pod_manifest = demo_pod_manifest()?;
 
-    let manifest = services_manifest()?;
-    // A demo backend: an echo server on the lab client host, so the demo service answers.
-    let mut echo = None;
-    if args.uplink.is_none() {
-        step("run: starting a demo echo backend in the lab netns (172.31.0.2:8080)");
-        echo = Some(
-            Command::new("nsenter")
-                .arg(format!("--net=/run/netns/{LAB_NETNS}"))
-                .arg("--")
-                .arg(bin_dir.join("kpt-net"))
-                .args(["serve", "--name", "demo-backend", "--port", "8080"])
-                .stderr(Stdio::null())
-                .spawn()
-                .context("start the demo echo backend")?,
-        );
-    }
-
     step(&format!(
-        "run: starting kproxy on {uplink} with {}",
-        manifest.display()
+        "run: starting kproxy node on {uplink}: Services and EndpointSlices from the API server \
+         (socket-LB on the cgroup v2 root, XDP + tc on the uplink, log {KPROXY_LOG})"
     ));
-    let mut child = Command::new(&kproxy)
-        .args([
-            "standalone",
+    let mut child = start_daemon(
+        "kproxy",
+        &kproxy,
+        &[
+            "node",
+            "--kubeconfig",
+            &format!("{KUBELET_DATA}/kubeconfig"),
+            "--node-name",
+            &node,
             "--uplink",
             &uplink,
             "--xdp-mode",
             &args.xdp_mode,
-        ])
-        .arg("--manifests")
-        .arg(&manifest)
-        .args(["--metrics-addr", "127.0.0.1:9962"])
-        .spawn()
-        .with_context(|| format!("start {}", kproxy.display()))?;
-    // Ctrl-C reaches kproxy (same process group); we wait for it and then clean up.
+            "--metrics-addr",
+            "127.0.0.1:9962",
+        ],
+        KPROXY_LOG,
+        "initial sync done",
+    )?;
+    // Ctrl-C reaches every child (same process group); we wait for kproxy and then stop the
+    // others in order.
     // SAFETY: ignoring SIGINT in this process only; no handler code runs.
     unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
-    let k = kproxy.display();
-    println!(
-        "\nkproxy is running: XDP + tc programs on {uplink}, maps pinned under /sys/fs/bpf/kproxy."
-    );
-    println!(
-        "Services come from {} (edit it: kproxy reloads it).",
-        manifest.display()
-    );
-    println!("Next steps, in another terminal:");
-    println!("  bash -c 'cat < /dev/tcp/10.96.0.100/80'   # the demo ClusterIP, via socket-LB");
-    println!("  {k} dump       # service table with backends and counters");
-    println!("  {k} ifstats    # uplink packet counters per hook");
-    println!("  {k} debug on   # eBPF events appear in this log");
-    println!("  curl -s 127.0.0.1:9962/metrics | grep kproxy_service");
     let kctl = bin_dir.join("kctl");
     let kctl = kctl.display();
+    let k = kproxy.display();
+    println!("\nThe cluster is running: this host is node {node} (master and worker).");
+    println!("Try, in another terminal:");
+    println!("  {kctl} create deployment httpd --image=httpd");
+    println!("  {kctl} expose deployment httpd --type=LoadBalancer --port=80");
+    println!("  {kctl} get svc httpd          # CLUSTER-IP and EXTERNAL-IP (from 172.30.0.0/24)");
+    println!("  curl http://<CLUSTER-IP>/     # balanced by kproxy's socket-LB");
+    if args.uplink.is_none() {
+        println!(
+            "  ip netns exec {LAB_NETNS} curl http://<EXTERNAL-IP>/   # from the lab client host, via XDP"
+        );
+    }
+    println!("  {kctl} rollout restart deployment httpd; {kctl} rollout status deployment httpd");
     println!(
-        "  {kctl} create -f {}   # a pod; the scheduler binds it to this node",
+        "  {kctl} create -f {}   # a single pod",
         pod_manifest.display()
     );
-    println!("  {kctl} get pods -o wide; curl -s <pod IP>       # the page names the pod");
-    println!("  {kctl} logs web; {kctl} exec web -- /bin/busybox ps");
-    println!("  {kctl} create deployment web --image=httpd --replicas=2");
-    println!("  {kctl} expose deployment web --port=80 --type=NodePort");
-    println!("  {kctl} get svc,deploy -o wide          # or: kubectl get svc (context `kproxy`)");
+    println!("  {kctl} get pods -o wide; {kctl} logs <pod>; {kctl} exec <pod> -- /bin/busybox ps");
+    println!("  {k} dump                       # the eBPF service table with counters");
+    println!("  curl -s 127.0.0.1:9962/metrics | grep -E 'kubeproxy|kproxy_service'");
+    println!("  kubectl get svc,deploy,pods      # the real kubectl (context `kproxy`)");
     println!("  tail -f {LOG_DIR}/*.log");
-    if args.uplink.is_none() {
-        println!("Ctrl-C stops kproxy and removes the lab netns.\n");
-    } else {
-        println!("Ctrl-C stops kproxy.\n");
-    }
+    println!(
+        "Ctrl-C stops the components (pods keep running in Docker and are adopted next time).\n"
+    );
     let status = child.wait().context("wait for kproxy")?;
     // kproxy leaves its datapath attached on exit (so restarts keep flows); `run` owns this
     // node, so detach it. The pinned maps stay for the next run.
@@ -185,10 +177,6 @@ pub fn run(args: &RunArgs) -> Result<()> {
         let _ = child.wait();
     }
     println!("run: pods keep running in Docker; the next `cargo xtask run` adopts them");
-    if let Some(mut e) = echo {
-        let _ = e.kill();
-        let _ = e.wait();
-    }
     if args.uplink.is_none() {
         remove_lab_uplink();
     }
@@ -200,6 +188,7 @@ const LOG_DIR: &str = "/var/log/kproxy";
 const APISERVER_LOG: &str = "/var/log/kproxy/apiserver.log";
 const APISERVER_DATA: &str = "/var/lib/kproxy/apiserver";
 const KUBELET_LOG: &str = "/var/log/kproxy/kubelet.log";
+const KPROXY_LOG: &str = "/var/log/kproxy/kproxy.log";
 const CONTROLLER_MANAGER_LOG: &str = "/var/log/kproxy/controller-manager.log";
 const SCHEDULER_LOG: &str = "/var/log/kproxy/scheduler.log";
 /// The admin kubeconfig the scheduler and the controller manager use (not the user's, whose
@@ -370,40 +359,3 @@ apiVersion: v1\nkind: Pod\nmetadata: {name: web, labels: {app: web}}\nspec:\n  c
     std::fs::write(&path, text).with_context(|| format!("write {}", path.display()))?;
     Ok(path)
 }
-
-/// The demo manifest `run` feeds kproxy: created once, then left to the user to edit.
-fn services_manifest() -> Result<PathBuf> {
-    let dir = workspace_root().join("target/kproxy");
-    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-    let path = dir.join("services.yaml");
-    if !path.exists() {
-        std::fs::write(&path, DEMO_MANIFEST)
-            .with_context(|| format!("write {}", path.display()))?;
-        println!("run: wrote the demo services to {}", path.display());
-    }
-    Ok(path)
-}
-
-const DEMO_MANIFEST: &str = "\
-# Services kproxy programs into its eBPF maps (standalone mode: no API server yet).
-# Ordinary v1 Service and discovery.k8s.io/v1 EndpointSlice objects; edit and save.
-apiVersion: v1
-kind: Service
-metadata: {name: demo, namespace: default}
-spec:
-  type: ClusterIP
-  clusterIP: 10.96.0.100
-  ports: [{name: tcp, port: 80, protocol: TCP, targetPort: 8080}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: demo-1
-  namespace: default
-  labels: {kubernetes.io/service-name: demo}
-addressType: IPv4
-ports: [{name: tcp, port: 8080, protocol: TCP}]
-endpoints:
-- addresses: [172.31.0.2]
-  conditions: {ready: true}
-";

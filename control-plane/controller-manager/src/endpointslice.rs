@@ -3,9 +3,9 @@
 //! rewritten within milliseconds of a pod change (no batching), and only the slices that
 //! changed. The `default/kubernetes` Service points at the API server.
 //!
-//! Built on kube-runtime's `applier` rather than `Controller` so that one pod watch both fills
-//! the pod cache and triggers the Services (a second watch could trigger a reconcile before
-//! the cache has the change, and the reconcile would miss it).
+//! Built on kube-runtime's `applier` rather than `Controller` so that the process' pod watch
+//! both fills the shared pod cache and triggers the Services (a second watch could trigger a
+//! reconcile before the cache has the change, and the reconcile would miss it).
 
 mod desired;
 
@@ -15,13 +15,11 @@ use std::{
     time::Duration,
 };
 
-use futures::{StreamExt as _, stream::BoxStream};
+use futures::{StreamExt as _, channel::mpsc, stream::BoxStream};
 use jiff::Timestamp;
 use k8s_openapi::{
     api::{
-        core::v1::{
-            Container, ContainerPort, Endpoints, Pod, PodSpec, Service, ServicePort, ServiceSpec,
-        },
+        core::v1::{Endpoints, Service, ServicePort, ServiceSpec},
         discovery::v1::EndpointSlice,
     },
     apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
@@ -44,7 +42,10 @@ pub use desired::{
     endpoints_object, plan_slices, wanted_for_apiserver, wanted_for_pods,
 };
 
-use crate::Config;
+use crate::{
+    Config,
+    podcache::{self, CachedPod, PodCache},
+};
 
 #[derive(Debug, Error)]
 pub enum Error {
@@ -74,19 +75,22 @@ struct Written {
     deleted: BTreeSet<String>,
     endpoints: Option<Arc<Endpoints>>,
     /// Pods this Service's slices hold (to trigger it when they change or go).
-    pods: BTreeSet<String>,
+    pods: BTreeSet<Arc<str>>,
 }
+
+/// A pod's (namespace, name), sharing the cache's strings.
+type PodKey = (Arc<str>, Arc<str>);
 
 struct Ctx {
     client: Client,
     config: Arc<Config>,
     services: Store<Service>,
-    pods: Store<Pod>,
+    pods: PodCache,
     slices: Store<EndpointSlice>,
     endpoints: Store<Endpoints>,
     written: Mutex<HashMap<SvcKey, Written>>,
-    /// Pod (namespace, name) → Services whose slices hold it.
-    members: Mutex<HashMap<SvcKey, BTreeSet<String>>>,
+    /// Pod → names of the Services whose slices hold it (usually one).
+    members: Mutex<HashMap<PodKey, Vec<Arc<str>>>>,
 }
 
 fn rv(meta: &ObjectMeta) -> u64 {
@@ -143,42 +147,50 @@ impl Ctx {
     }
 
     /// Records which pods `svc` holds now, so their next change triggers it.
-    fn set_members(&self, key: &SvcKey, pods: BTreeSet<String>) {
+    fn set_members(&self, key: &SvcKey, pods: BTreeSet<Arc<str>>) {
         let old = self.written(|w| {
             std::mem::replace(&mut w.entry(key.clone()).or_default().pods, pods.clone())
         });
+        if old == pods {
+            return;
+        }
+        let ns: Arc<str> = key.0.as_str().into();
+        let svc: Arc<str> = key.1.as_str().into();
         let mut m = self.members.lock().expect("members lock");
         for gone in old.difference(&pods) {
-            let k = (key.0.clone(), gone.clone());
-            if let Some(set) = m.get_mut(&k) {
-                set.remove(&key.1);
-                if set.is_empty() {
+            let k = (Arc::clone(&ns), Arc::clone(gone));
+            if let Some(services) = m.get_mut(&k) {
+                services.retain(|s| *s != svc);
+                if services.is_empty() {
                     m.remove(&k);
                 }
             }
         }
         for new in pods.difference(&old) {
-            m.entry((key.0.clone(), new.clone()))
-                .or_default()
-                .insert(key.1.clone());
+            let services = m.entry((Arc::clone(&ns), Arc::clone(new))).or_default();
+            if !services.contains(&svc) {
+                services.push(Arc::clone(&svc));
+            }
         }
     }
 
     /// Services a pod change concerns: those selecting it now and those holding it.
-    fn services_of(&self, pod: &Pod) -> Vec<ObjectRef<Service>> {
-        let ns = pod.namespace().unwrap_or_default();
+    fn services_of(&self, pod: &CachedPod) -> Vec<ObjectRef<Service>> {
+        let ns = &*pod.namespace;
         let mut names: BTreeSet<String> = self
             .members
             .lock()
             .expect("members lock")
-            .get(&(ns.clone(), pod.name_any()))
-            .cloned()
-            .unwrap_or_default();
+            .get(&(Arc::clone(&pod.namespace), Arc::clone(&pod.name)))
+            .into_iter()
+            .flatten()
+            .map(|s| s.to_string())
+            .collect();
         for svc in self.services.state() {
-            if svc.metadata.namespace.as_deref() == Some(ns.as_str())
+            if svc.metadata.namespace.as_deref() == Some(ns)
                 && desired::selects(
                     svc.spec.as_ref().and_then(|s| s.selector.as_ref()),
-                    pod.metadata.labels.as_ref(),
+                    Some(&pod.labels),
                 )
             {
                 names.insert(svc.name_any());
@@ -186,7 +198,7 @@ impl Ctx {
         }
         names
             .into_iter()
-            .map(|n| ObjectRef::new(&n).within(&ns))
+            .map(|n| ObjectRef::new(&n).within(ns))
             .collect()
     }
 
@@ -273,7 +285,7 @@ fn applied<K: Clone + serde::Serialize>(obj: &K) -> serde_json::Value {
 
 #[tracing::instrument(skip_all, fields(service = %format!("{}/{}", svc.namespace().unwrap_or_default(), svc.name_any())))]
 async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
-    ctx.pods.wait_until_ready().await?;
+    ctx.pods.wait_until_ready().await;
     ctx.slices.wait_until_ready().await?;
     ctx.endpoints.wait_until_ready().await?;
     let key: SvcKey = (svc.namespace().unwrap_or_default(), svc.name_any());
@@ -291,13 +303,21 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
 }
 
 async fn sync(svc: &Service, key: &SvcKey, ctx: &Ctx) -> Result<Action, Error> {
-    let wanted = if let Some(addr) = apiserver_service(svc, &ctx.config) {
-        desired::wanted_for_apiserver(addr)
+    let (wanted, members) = if let Some(addr) = apiserver_service(svc, &ctx.config) {
+        (desired::wanted_for_apiserver(addr), BTreeSet::new())
     } else if desired::has_selector(svc) {
-        let pods = ctx
-            .pods
-            .state_filter(|p| p.metadata.namespace.as_deref() == Some(key.0.as_str()));
-        desired::wanted_for_pods(svc, pods.iter().map(AsRef::as_ref))
+        let pods = ctx.pods.in_namespace(&key.0);
+        let wanted = desired::wanted_for_pods(svc, pods.iter().map(AsRef::as_ref));
+        let held: BTreeSet<&str> = wanted
+            .iter()
+            .filter_map(|w| w.endpoint.target_ref.as_ref()?.name.as_deref())
+            .collect();
+        let members = pods
+            .iter()
+            .filter(|p| held.contains(&*p.name))
+            .map(|p| Arc::clone(&p.name))
+            .collect();
+        (wanted, members)
     } else {
         // Without a selector the endpoints are the user's; ours (if the selector was
         // removed) would be stale.
@@ -331,7 +351,8 @@ async fn sync(svc: &Service, key: &SvcKey, ctx: &Ctx) -> Result<Action, Error> {
         .map(Write::Create)
         .chain(plan.update.iter().map(Write::Replace))
     {
-        if let Some(done) = write_slice(&api, s).await? {
+        if let Some(mut done) = write_slice(&api, s).await? {
+            done.metadata.managed_fields = None;
             let n = done.name_any();
             ctx.written(|w| {
                 let w = w.entry(key.clone()).or_default();
@@ -348,18 +369,13 @@ async fn sync(svc: &Service, key: &SvcKey, ctx: &Ctx) -> Result<Action, Error> {
             w.deleted.insert(n.clone());
         });
     }
-    ctx.set_members(
-        key,
-        wanted
-            .iter()
-            .filter_map(|w| w.endpoint.target_ref.as_ref()?.name.clone())
-            .collect(),
-    );
+    ctx.set_members(key, members);
 
     let cur = ctx.current_endpoints(key);
     if let Some(ep) = desired::endpoints_object(svc, &wanted, cur.as_ref(), now) {
         let api: Api<Endpoints> = Api::namespaced(ctx.client.clone(), &key.0);
-        let done = write_endpoints(&api, &ep).await?;
+        let mut done = write_endpoints(&api, &ep).await?;
+        done.metadata.managed_fields = None;
         ctx.written(|w| w.entry(key.clone()).or_default().endpoints = Some(Arc::new(done)));
     }
     Ok(Action::requeue(Duration::from_secs(300)))
@@ -371,45 +387,6 @@ fn error_policy(svc: Arc<Service>, err: &Error, _ctx: Arc<Ctx>) -> Action {
 }
 
 // === wiring ===
-
-/// Only what endpoints need of a pod, so 10,000 cached pods stay small.
-fn slim_pod(pod: &mut Pod) {
-    let m = &mut pod.metadata;
-    m.managed_fields = None;
-    m.annotations = None;
-    m.owner_references = None;
-    if let Some(spec) = pod.spec.take() {
-        pod.spec = Some(PodSpec {
-            node_name: spec.node_name,
-            hostname: spec.hostname,
-            subdomain: spec.subdomain,
-            containers: spec
-                .containers
-                .into_iter()
-                .map(|c| Container {
-                    name: c.name,
-                    ports: c.ports.map(|ps| {
-                        ps.into_iter()
-                            .map(|p| ContainerPort {
-                                name: p.name,
-                                container_port: p.container_port,
-                                protocol: p.protocol,
-                                ..Default::default()
-                            })
-                            .collect()
-                    }),
-                    ..Default::default()
-                })
-                .collect(),
-            ..Default::default()
-        });
-    }
-    if let Some(st) = pod.status.as_mut() {
-        st.container_statuses = None;
-        st.init_container_statuses = None;
-        st.message = None;
-    }
-}
 
 /// Makes sure `default/kubernetes` exists and targets the API server's port.
 async fn ensure_kubernetes_service(
@@ -474,7 +451,7 @@ async fn ensure_kubernetes_service(
     Ok(())
 }
 
-pub async fn run(client: Client, config: Arc<Config>) -> anyhow::Result<()> {
+pub async fn run(client: Client, config: Arc<Config>, pods: PodCache) -> anyhow::Result<()> {
     if let Some(addr) = config.apiserver_endpoint {
         // Retried: the Service is also reconciled by the loop below once it exists.
         let mut delay = Duration::from_millis(100);
@@ -485,7 +462,6 @@ pub async fn run(client: Client, config: Arc<Config>) -> anyhow::Result<()> {
         }
     }
     let (services, svc_writer) = reflector::store::<Service>();
-    let (pods, pod_writer) = reflector::store::<Pod>();
     let (slices, slice_writer) = reflector::store::<EndpointSlice>();
     let (endpoints, ep_writer) = reflector::store::<Endpoints>();
     let ctx = Arc::new(Ctx {
@@ -505,6 +481,7 @@ pub async fn run(client: Client, config: Arc<Config>) -> anyhow::Result<()> {
     let c = Arc::clone(&ctx);
     let svc_events: Queue = watcher::watcher(Api::<Service>::all(client.clone()), wc())
         .default_backoff()
+        .modify(drop_managed_fields)
         .reflect(svc_writer)
         .filter_map(move |ev| {
             let out = match ev {
@@ -521,29 +498,29 @@ pub async fn run(client: Client, config: Arc<Config>) -> anyhow::Result<()> {
         .boxed();
 
     let c = Arc::clone(&ctx);
-    let pod_events: Queue = watcher::watcher(Api::<Pod>::all(client.clone()), wc())
-        .default_backoff()
-        .modify(slim_pod)
-        .reflect(pod_writer)
-        .flat_map(move |ev| {
-            let refs: Vec<Result<ObjectRef<Service>, watcher::Error>> = match ev {
-                Ok(Event::Apply(p) | Event::Delete(p)) => {
-                    c.services_of(&p).into_iter().map(Ok).collect()
-                }
-                // After a (re)list the cache was swapped wholesale: changes while the watch
-                // was down have no events, so every Service takes another look.
-                Ok(Event::InitDone) => c
-                    .services
-                    .state()
-                    .iter()
-                    .map(|s| Ok(ObjectRef::from_obj(&**s)))
-                    .collect(),
-                Ok(Event::Init | Event::InitApply(_)) => Vec::new(),
-                Err(e) => vec![Err(e)],
-            };
-            futures::stream::iter(refs)
-        })
-        .boxed();
+    let (tx, rx) = mpsc::unbounded::<ObjectRef<Service>>();
+    ctx.pods.subscribe(move |change| {
+        let refs = match change {
+            podcache::Change::Applied {
+                pod,
+                relisted: false,
+                ..
+            }
+            | podcache::Change::Deleted(pod) => c.services_of(pod),
+            // A (re)list ends with `Relisted`: every Service takes another look then.
+            podcache::Change::Applied { relisted: true, .. } => Vec::new(),
+            podcache::Change::Relisted => c
+                .services
+                .state()
+                .iter()
+                .map(|s| ObjectRef::from_obj(&**s))
+                .collect(),
+        };
+        for r in refs {
+            let _ = tx.unbounded_send(r);
+        }
+    });
+    let pod_events: Queue = rx.map(Ok).boxed();
 
     // Slices and Endpoints changed by someone else bring the Service back to its state;
     // the echo of our own write does not.
@@ -553,6 +530,7 @@ pub async fn run(client: Client, config: Arc<Config>) -> anyhow::Result<()> {
         wc().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}")),
     )
     .default_backoff()
+    .modify(drop_managed_fields)
     .reflect(slice_writer)
     .touched_objects()
     .filter_map(move |s| {
@@ -578,6 +556,7 @@ pub async fn run(client: Client, config: Arc<Config>) -> anyhow::Result<()> {
     let c = Arc::clone(&ctx);
     let ep_events: Queue = watcher::watcher(Api::<Endpoints>::all(client.clone()), wc())
         .default_backoff()
+        .modify(drop_managed_fields)
         .reflect(ep_writer)
         .touched_objects()
         .filter_map(move |e| {
@@ -618,6 +597,11 @@ pub async fn run(client: Client, config: Arc<Config>) -> anyhow::Result<()> {
     })
     .await;
     anyhow::bail!("the endpointslice controller's watches ended")
+}
+
+/// Cached objects go without managedFields (large, and never read here).
+fn drop_managed_fields<K: kube::Resource>(o: &mut K) {
+    o.meta_mut().managed_fields = None;
 }
 
 /// A deleted Service: its slices go with it (owner references); its Endpoints we delete.

@@ -13,6 +13,7 @@ pub mod expectations;
 pub mod lbipam;
 pub mod nodeipam;
 pub mod nodelifecycle;
+pub mod podcache;
 pub mod replicaset;
 
 use std::time::Duration;

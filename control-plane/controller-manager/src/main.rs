@@ -6,7 +6,8 @@ use anyhow::{Context as _, Result, bail};
 use clap::Parser;
 use ipnet::Ipv4Net;
 use kproxy_controller_manager::{
-    Config, client, deployment, endpointslice, lbipam, nodeipam, nodelifecycle, replicaset,
+    Config, client, deployment, endpointslice, lbipam, nodeipam, nodelifecycle, podcache::PodCache,
+    replicaset,
 };
 use tracing::{error, info};
 
@@ -87,20 +88,31 @@ async fn main() -> Result<()> {
         .await
         .context("reaching the API server")?;
 
+    // One pod watch and cache for the process, shared by the controllers that read pods.
+    let reads_pods = o
+        .controllers
+        .iter()
+        .any(|c| matches!(c.as_str(), "replicaset" | "endpointslice" | "nodelifecycle"));
+    let pods = if reads_pods {
+        PodCache::spawn(client.clone())
+    } else {
+        PodCache::default()
+    };
+
     let mut tasks = tokio::task::JoinSet::new();
     for name in &o.controllers {
-        let (c, cfg) = (client.clone(), Arc::clone(&config));
+        let (c, cfg, p) = (client.clone(), Arc::clone(&config), pods.clone());
         let name: &'static str = match name.as_str() {
             "deployment" => {
                 tasks.spawn(async move { ("deployment", deployment::run(c, cfg).await) });
                 "deployment"
             }
             "replicaset" => {
-                tasks.spawn(async move { ("replicaset", replicaset::run(c, cfg).await) });
+                tasks.spawn(async move { ("replicaset", replicaset::run(c, cfg, p).await) });
                 "replicaset"
             }
             "endpointslice" => {
-                tasks.spawn(async move { ("endpointslice", endpointslice::run(c, cfg).await) });
+                tasks.spawn(async move { ("endpointslice", endpointslice::run(c, cfg, p).await) });
                 "endpointslice"
             }
             "lbipam" => {
@@ -112,7 +124,7 @@ async fn main() -> Result<()> {
                 "nodeipam"
             }
             "nodelifecycle" => {
-                tasks.spawn(async move { ("nodelifecycle", nodelifecycle::run(c, cfg).await) });
+                tasks.spawn(async move { ("nodelifecycle", nodelifecycle::run(c, cfg, p).await) });
                 "nodelifecycle"
             }
             other => bail!(

@@ -14,12 +14,12 @@ use std::{
     time::Duration,
 };
 
-use futures::{StreamExt as _, stream::BoxStream};
+use futures::{StreamExt as _, channel::mpsc, stream::BoxStream};
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::{
     api::{
         coordination::v1::Lease,
-        core::v1::{Node, NodeCondition, Pod, PodSpec, Taint, Toleration},
+        core::v1::{Node, NodeCondition, Pod, Taint, Toleration},
     },
     apimachinery::pkg::apis::meta::v1::Time,
 };
@@ -41,6 +41,7 @@ use tracing::{debug, info, warn};
 use crate::{
     Config,
     events::{Recorder, Type},
+    podcache::{self, CachedPod, PodCache},
 };
 
 pub const LEASE_NAMESPACE: &str = "kube-node-lease";
@@ -176,16 +177,12 @@ pub fn allowed_for(
 /// When the pod must leave a node with these taints (`None`: it may stay).
 #[must_use]
 pub fn eviction_time(
-    pod: &Pod,
+    pod: &CachedPod,
     taints: &[Taint],
     default: Duration,
     now: Timestamp,
 ) -> Option<Timestamp> {
-    let tolerations = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.tolerations.as_deref())
-        .unwrap_or_default();
+    let tolerations = &pod.tolerations[..];
     taints
         .iter()
         .filter(|t| t.effect == NO_EXECUTE)
@@ -221,9 +218,8 @@ struct Probe {
 struct Ctx {
     client: Client,
     config: Arc<Config>,
-    nodes: Store<Node>,
     leases: Store<Lease>,
-    pods: Store<Pod>,
+    pods: PodCache,
     probes: Mutex<HashMap<String, Probe>>,
     recorder: Recorder,
 }
@@ -280,7 +276,7 @@ fn pp() -> PatchParams {
 #[tracing::instrument(skip_all, fields(node = %node.name_any()))]
 async fn reconcile(node: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     ctx.leases.wait_until_ready().await?;
-    ctx.pods.wait_until_ready().await?;
+    ctx.pods.wait_until_ready().await;
     let name = node.name_any();
     let api: Api<Node> = Api::all(ctx.client.clone());
     let grace = ctx.config.node_monitor_grace;
@@ -335,10 +331,9 @@ async fn reconcile(node: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, Error> {
 
     if taints.iter().any(|t| t.effect == NO_EXECUTE) {
         let default = ctx.config.pod_eviction_timeout;
-        let pods = ctx.pods.state_filter(|p| {
-            p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(name.as_str())
-                && p.metadata.deletion_timestamp.is_none()
-        });
+        let pods = ctx
+            .pods
+            .filter(|p| p.node_name.as_deref() == Some(name.as_str()) && p.deletion.is_none());
         for pod in pods {
             let Some(at) = eviction_time(&pod, &taints, default, now) else {
                 continue;
@@ -357,18 +352,17 @@ async fn reconcile(node: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     }))
 }
 
-async fn evict(ctx: &Ctx, pod: &Pod) -> Result<(), Error> {
-    let ns = pod.namespace().unwrap_or_default();
-    let name = pod.name_any();
-    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    match api.delete(&name, &DeleteParams::default()).await {
+async fn evict(ctx: &Ctx, pod: &CachedPod) -> Result<(), Error> {
+    let (ns, name) = (&*pod.namespace, &*pod.name);
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    match api.delete(name, &DeleteParams::default()).await {
         Ok(_) => {}
         Err(kube::Error::Api(e)) if e.code == 404 => return Ok(()),
         Err(e) => return Err(kube_err(format!("evicting pod {ns}/{name}"))(e)),
     }
     info!(pod = %format!("{ns}/{name}"), "pod evicted from a tainted node");
     ctx.recorder.publish(
-        &pod.object_ref(&()),
+        &pod.object_ref(),
         Type::Normal,
         "TaintManagerEviction",
         &format!("Marking for deletion Pod {ns}/{name}"),
@@ -381,33 +375,22 @@ fn error_policy(node: Arc<Node>, err: &Error, _ctx: Arc<Ctx>) -> Action {
     Action::requeue(Duration::from_millis(500))
 }
 
-/// What eviction needs of a pod.
-fn slim_pod(pod: &mut Pod) {
-    let m = &mut pod.metadata;
-    m.managed_fields = None;
-    m.annotations = None;
-    m.labels = None;
-    m.owner_references = None;
-    if let Some(spec) = pod.spec.take() {
-        pod.spec = Some(PodSpec {
-            node_name: spec.node_name,
-            tolerations: spec.tolerations,
-            ..Default::default()
-        });
-    }
-    pod.status = None;
-}
-
 type Queue = BoxStream<'static, Result<ObjectRef<Node>, watcher::Error>>;
 
-pub async fn run(client: Client, config: Arc<Config>) -> anyhow::Result<()> {
+/// Whether the node has a NoExecute taint (then its pods may have to go).
+fn has_no_execute(node: &Node) -> bool {
+    node.spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .is_some_and(|t| t.iter().any(|t| t.effect == NO_EXECUTE))
+}
+
+pub async fn run(client: Client, config: Arc<Config>, pods: PodCache) -> anyhow::Result<()> {
     let (nodes, node_writer) = reflector::store::<Node>();
     let (leases, lease_writer) = reflector::store::<Lease>();
-    let (pods, pod_writer) = reflector::store::<Pod>();
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         config: Arc::clone(&config),
-        nodes: nodes.clone(),
         leases,
         pods,
         probes: Mutex::default(),
@@ -418,6 +401,7 @@ pub async fn run(client: Client, config: Arc<Config>) -> anyhow::Result<()> {
     let node_events: Queue =
         watcher::watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
             .default_backoff()
+            .modify(|n| n.metadata.managed_fields = None)
             .reflect(node_writer)
             .filter_map(move |ev| {
                 let out = match ev {
@@ -437,38 +421,38 @@ pub async fn run(client: Client, config: Arc<Config>) -> anyhow::Result<()> {
         watcher::Config::default(),
     )
     .default_backoff()
+    .modify(|l| l.metadata.managed_fields = None)
     .reflect(lease_writer)
     .touched_objects()
     .map(|l| l.map(|l| ObjectRef::new(&l.name_any())))
     .boxed();
     // Pods only matter on nodes with a NoExecute taint (a pod that arrives there, or whose
     // tolerations change).
-    let c = Arc::clone(&ctx);
-    let pod_events: Queue = watcher::watcher(Api::<Pod>::all(client), watcher::Config::default())
-        .default_backoff()
-        .modify(slim_pod)
-        .reflect(pod_writer)
-        .applied_objects()
-        .filter_map(move |p| {
-            let out = match p {
-                Ok(p) => p
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.node_name.clone())
-                    .filter(|n| {
-                        c.nodes.get(&ObjectRef::new(n)).is_some_and(|node| {
-                            node.spec
-                                .as_ref()
-                                .and_then(|s| s.taints.as_ref())
-                                .is_some_and(|t| t.iter().any(|t| t.effect == NO_EXECUTE))
-                        })
-                    })
-                    .map(|n| Ok(ObjectRef::new(&n))),
-                Err(e) => Some(Err(e)),
-            };
-            std::future::ready(out)
-        })
-        .boxed();
+    let (tx, rx) = mpsc::unbounded::<ObjectRef<Node>>();
+    let tainted = nodes.clone();
+    ctx.pods.subscribe(move |change| match change {
+        podcache::Change::Applied {
+            pod,
+            relisted: false,
+            ..
+        } => {
+            if let Some(n) = pod.node_name.as_deref()
+                && tainted
+                    .get(&ObjectRef::new(n))
+                    .is_some_and(|node| has_no_execute(&node))
+            {
+                let _ = tx.unbounded_send(ObjectRef::new(n));
+            }
+        }
+        // A (re)list may bring pods onto any tainted node.
+        podcache::Change::Relisted => {
+            for node in tainted.state().iter().filter(|n| has_no_execute(n)) {
+                let _ = tx.unbounded_send(ObjectRef::from_obj(&**node));
+            }
+        }
+        podcache::Change::Applied { relisted: true, .. } | podcache::Change::Deleted(_) => {}
+    });
+    let pod_events: Queue = rx.map(Ok).boxed();
 
     let queue = futures::stream::select_all([node_events, lease_events, pod_events]);
     info!(grace = ?config.node_monitor_grace, eviction = ?config.pod_eviction_timeout, "nodelifecycle controller running");
@@ -511,12 +495,14 @@ mod tests {
         }
     }
 
-    fn pod(tolerations: serde_json::Value) -> Pod {
-        serde_json::from_value(json!({
-            "metadata": {"name": "p", "namespace": "default"},
-            "spec": {"nodeName": "n1", "containers": [], "tolerations": tolerations}
-        }))
-        .unwrap()
+    fn pod(tolerations: serde_json::Value) -> CachedPod {
+        CachedPod::from_pod(
+            serde_json::from_value(json!({
+                "metadata": {"name": "p", "namespace": "default"},
+                "spec": {"nodeName": "n1", "containers": [], "tolerations": tolerations}
+            }))
+            .unwrap(),
+        )
     }
 
     #[test]

@@ -4,9 +4,9 @@
 //! matching; never acts twice on a cache that is behind its own writes (expectations);
 //! writes replicas / fullyLabeled / ready / available / observedGeneration to status.
 //!
-//! Runs kube-runtime's controller engine (`applier`, what `Controller::run` drives) over
-//! two watch caches of its own, so that a pod event updates the cache and the expectations
-//! before it triggers its ReplicaSet.
+//! Runs kube-runtime's controller engine (`applier`, what `Controller::run` drives) over its
+//! ReplicaSet cache and the process' shared pod cache, so that a pod event updates the cache
+//! and the expectations before it triggers its ReplicaSet.
 
 pub(crate) mod claim;
 pub(crate) mod informer;
@@ -17,10 +17,7 @@ use std::{collections::HashMap, convert::Infallible, sync::Arc, time::Duration};
 use futures::{StreamExt as _, channel::mpsc};
 use jiff::Timestamp;
 use k8s_openapi::{
-    api::{
-        apps::v1::ReplicaSet,
-        core::v1::{Pod, PodSpec, PodStatus},
-    },
+    api::{apps::v1::ReplicaSet, core::v1::Pod},
     apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
 };
 use kproxy_apimachinery::selector::{LabelSelector, SelectorError};
@@ -35,12 +32,13 @@ use kube::{
 use serde_json::json;
 use tracing::{debug, info, instrument, warn};
 
-use self::claim::{Claim, controller_of, key};
+use self::claim::{Child, Claim, controller_of, key};
 use self::informer::Change;
 use crate::{
     Config,
     events::{Recorder, Type},
     expectations::Expectations,
+    podcache::{self, CachedPod, PodCache},
 };
 
 /// Most pods created or deleted per sync (kube-controller-manager's `burstReplicas`).
@@ -72,14 +70,14 @@ fn api_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
 /// What the reconciles share.
 pub struct Ctx {
     client: kube::Client,
-    pods: Store<Pod>,
+    pods: PodCache,
     sets: Store<ReplicaSet>,
     expectations: Arc<Expectations>,
     recorder: Recorder,
     events: EventBudget,
 }
 
-pub async fn run(client: kube::Client, config: Arc<Config>) -> anyhow::Result<()> {
+pub async fn run(client: kube::Client, config: Arc<Config>, pods: PodCache) -> anyhow::Result<()> {
     let _ = config;
     let expectations = Arc::new(Expectations::default());
     let (tx, rx) = mpsc::unbounded::<ObjectRef<ReplicaSet>>();
@@ -98,23 +96,30 @@ pub async fn run(client: kube::Client, config: Arc<Config>) -> anyhow::Result<()
             }
         },
     );
-    let pods = informer::spawn(Api::<Pod>::all(client.clone()), slim_pod, {
+    pods.subscribe({
         let (tx, exp, sets) = (tx.clone(), Arc::clone(&expectations), sets.clone());
-        move |c: Change<'_, Pod>| match c {
-            Change::Applied { obj, is_new } => {
-                observe_pod(&exp, obj, is_new, false);
-                for r in owners_of(obj, &sets) {
+        move |c: podcache::Change<'_>| match c {
+            podcache::Change::Applied {
+                pod,
+                is_new,
+                relisted,
+            } => {
+                observe_pod(&exp, pod, is_new, false);
+                // A relist ends with `Relisted`, which looks at every set.
+                if !relisted {
+                    for r in owners_of(pod, &sets) {
+                        let _ = tx.unbounded_send(r);
+                    }
+                }
+            }
+            podcache::Change::Deleted(pod) => {
+                observe_pod(&exp, pod, false, true);
+                for r in owners_of(pod, &sets) {
                     let _ = tx.unbounded_send(r);
                 }
             }
-            Change::Deleted(obj) => {
-                observe_pod(&exp, obj, false, true);
-                for r in owners_of(obj, &sets) {
-                    let _ = tx.unbounded_send(r);
-                }
-            }
-            // Pods may have gone while the watch was down: look at every set again.
-            Change::Relisted => {
+            // Pods may have changed while the watch was down: look at every set again.
+            podcache::Change::Relisted => {
                 for rs in sets.state() {
                     let _ = tx.unbounded_send(ObjectRef::from_obj(&*rs));
                 }
@@ -122,7 +127,7 @@ pub async fn run(client: kube::Client, config: Arc<Config>) -> anyhow::Result<()
         }
     });
     // A sync on a partial pod cache would create pods that already exist.
-    pods.wait_until_ready().await?;
+    pods.wait_until_ready().await;
     info!("replicaset controller started");
 
     let ctx = Arc::new(Ctx {
@@ -158,46 +163,19 @@ pub(crate) fn drop_managed_fields<K: Resource>(o: &mut K) {
     o.meta_mut().managed_fields = None;
 }
 
-/// The cache keeps only what the controllers read of a pod (memory, with 10,000s of pods).
-fn slim_pod(p: &mut Pod) {
-    p.metadata.managed_fields = None;
-    let node_name = p.spec.as_ref().and_then(|s| s.node_name.clone());
-    p.spec = Some(PodSpec {
-        node_name,
-        ..Default::default()
-    });
-    if let Some(s) = p.status.take() {
-        let restarts = s.container_statuses.map(|cs| {
-            cs.into_iter()
-                .map(|c| k8s_openapi::api::core::v1::ContainerStatus {
-                    name: c.name,
-                    restart_count: c.restart_count,
-                    ..Default::default()
-                })
-                .collect()
-        });
-        p.status = Some(PodStatus {
-            phase: s.phase,
-            conditions: s.conditions,
-            container_statuses: restarts,
-            ..Default::default()
-        });
-    }
-}
-
 fn is_rs_ref(r: &OwnerReference) -> bool {
     r.kind == "ReplicaSet" && r.api_version == "apps/v1"
 }
 
 /// Expectations: a new pod of a set is a create observed; a pod gone or terminating is a
 /// delete observed.
-fn observe_pod(exp: &Expectations, pod: &Pod, is_new: bool, deleted: bool) {
-    let Some(owner) = controller_of(&pod.metadata).filter(|r| is_rs_ref(r)) else {
+fn observe_pod(exp: &Expectations, pod: &CachedPod, is_new: bool, deleted: bool) {
+    let Some(owner) = pod.controller().filter(|r| is_rs_ref(r)) else {
         return;
     };
-    let k = format!("{}/{}", pod.namespace().unwrap_or_default(), owner.name);
-    if deleted || pod.metadata.deletion_timestamp.is_some() {
-        exp.deletion_observed(&k, &pod.name_any());
+    let k = format!("{}/{}", pod.namespace, owner.name);
+    if deleted || pod.deletion.is_some() {
+        exp.deletion_observed(&k, &pod.name);
     } else if is_new {
         exp.creation_observed(&k);
     }
@@ -205,24 +183,24 @@ fn observe_pod(exp: &Expectations, pod: &Pod, is_new: bool, deleted: bool) {
 
 /// The set a pod event concerns: its controller, or for an orphan every set of its namespace
 /// whose selector matches (one of them may adopt it).
-fn owners_of(pod: &Pod, sets: &Store<ReplicaSet>) -> Vec<ObjectRef<ReplicaSet>> {
-    let ns = pod.namespace().unwrap_or_default();
-    if let Some(owner) = controller_of(&pod.metadata) {
+fn owners_of(pod: &CachedPod, sets: &Store<ReplicaSet>) -> Vec<ObjectRef<ReplicaSet>> {
+    let ns = &*pod.namespace;
+    if let Some(owner) = pod.controller() {
         return if is_rs_ref(owner) {
-            vec![ObjectRef::new(&owner.name).within(&ns)]
+            vec![ObjectRef::new(&owner.name).within(ns)]
         } else {
             Vec::new()
         };
     }
     sets.state()
         .iter()
-        .filter(|rs| rs.namespace().as_deref() == Some(ns.as_str()))
+        .filter(|rs| rs.metadata.namespace.as_deref() == Some(ns))
         .filter(|rs| {
             let sel = rs
                 .spec
                 .as_ref()
                 .and_then(|s| claim::matcher(&s.selector).ok().flatten());
-            claim::matches(sel.as_ref(), pod.metadata.labels.as_ref())
+            claim::matches(sel.as_ref(), Some(&pod.labels))
         })
         .map(|rs| ObjectRef::from_obj(&**rs))
         .collect()
@@ -244,14 +222,14 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> 
     let selector = claim::matcher(&spec.selector).map_err(Error::Selector)?;
     let deleting = rs.metadata.deletion_timestamp.is_some();
 
-    let mut owned: Vec<Arc<Pod>> = Vec::new();
+    let mut owned: Vec<Arc<CachedPod>> = Vec::new();
     let mut adopt = Vec::new();
     let mut release = Vec::new();
-    for pod in ctx.pods.state() {
-        if pod.metadata.namespace.as_deref() != Some(ns.as_str()) || !pods::is_active(&pod) {
+    for pod in ctx.pods.in_namespace(&ns) {
+        if !pods::is_active(&pod) {
             continue;
         }
-        match claim::claim(&uid, deleting, &pod.metadata, selector.as_ref()) {
+        match claim::claim_child(&uid, deleting, child(&pod), selector.as_ref()) {
             Claim::Keep => owned.push(pod),
             Claim::Adopt => adopt.push(pod),
             Claim::Release => release.push(pod),
@@ -281,7 +259,7 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> 
         .and_then(|t| t.metadata.as_ref())
         .and_then(|m| m.labels.as_ref())
         .and_then(|l| LabelSelector::from_map(l).ok());
-    let refs: Vec<&Pod> = owned.iter().map(|p| &**p).collect();
+    let refs: Vec<&CachedPod> = owned.iter().map(|p| &**p).collect();
     let counts = pods::counts(
         &refs,
         template_sel.as_ref(),
@@ -326,7 +304,7 @@ async fn manage(
     rs: &ReplicaSet,
     rs_key: &str,
     ns: &str,
-    owned: &[Arc<Pod>],
+    owned: &[Arc<CachedPod>],
     ctx: &Ctx,
 ) -> Result<(), Manage> {
     let want = usize::try_from(rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)).unwrap_or(0);
@@ -336,12 +314,12 @@ async fn manage(
         create_pods(rs, rs_key, ns, n, ctx).await
     } else if have > want {
         let n = (have - want).min(BURST_REPLICAS);
-        let related = related_pods(rs, ctx);
-        let related: Vec<&Pod> = related.iter().map(|p| &**p).collect();
-        let candidates: Vec<&Pod> = owned.iter().map(|p| &**p).collect();
+        let related = related_pods(rs, ns, ctx);
+        let related: Vec<&CachedPod> = related.iter().map(|p| &**p).collect();
+        let candidates: Vec<&CachedPod> = owned.iter().map(|p| &**p).collect();
         let doomed: Vec<String> = pods::pods_to_delete(&candidates, &related, n)
             .into_iter()
-            .map(kube::ResourceExt::name_any)
+            .map(|p| p.name.to_string())
             .collect();
         delete_pods(rs, rs_key, ns, doomed, ctx).await
     } else {
@@ -456,7 +434,7 @@ async fn delete_pods(
 
 /// The active pods of every set sharing this set's controller (a Deployment's old and new
 /// sets): spreading them evenly decides which node loses a pod first.
-fn related_pods(rs: &ReplicaSet, ctx: &Ctx) -> Vec<Arc<Pod>> {
+fn related_pods(rs: &ReplicaSet, ns: &str, ctx: &Ctx) -> Vec<Arc<CachedPod>> {
     let Some(owner) = controller_of(&rs.metadata) else {
         return Vec::new();
     };
@@ -468,11 +446,20 @@ fn related_pods(rs: &ReplicaSet, ctx: &Ctx) -> Vec<Arc<Pod>> {
         .filter_map(|s| s.uid())
         .collect();
     ctx.pods
-        .state()
+        .in_namespace(ns)
         .into_iter()
         .filter(|p| pods::is_active(p))
-        .filter(|p| controller_of(&p.metadata).is_some_and(|o| siblings.contains(&o.uid)))
+        .filter(|p| p.controller().is_some_and(|o| siblings.contains(&o.uid)))
         .collect()
+}
+
+/// A cached pod as a candidate for [`claim::claim_child`].
+fn child(pod: &CachedPod) -> Child<'_> {
+    Child {
+        owners: &pod.owners,
+        labels: Some(&pod.labels),
+        deleting: pod.deletion.is_some(),
+    }
 }
 
 /// GetPodFromTemplate: the template's labels, annotations, finalizers and spec, named
@@ -526,9 +513,9 @@ async fn change_owners(
     ctx: &Ctx,
     ns: &str,
     ours: &OwnerReference,
-    pods: Vec<Arc<Pod>>,
+    pods: Vec<Arc<CachedPod>>,
     adopt: bool,
-) -> Vec<Arc<Pod>> {
+) -> Vec<Arc<CachedPod>> {
     if pods.is_empty() {
         return pods;
     }
@@ -537,17 +524,13 @@ async fn change_owners(
         .map(|pod| {
             let api = api.clone();
             async move {
-                let refs = claim::owner_refs_after(&pod.metadata, ours, adopt);
+                let refs = claim::refs_after(&pod.owners, ours, adopt);
                 let body = json!({"metadata": {
                     "ownerReferences": refs,
-                    "resourceVersion": pod.metadata.resource_version,
+                    "resourceVersion": &*pod.resource_version,
                 }});
                 let r = api
-                    .patch(
-                        &pod.name_any(),
-                        &PatchParams::default(),
-                        &Patch::Merge(&body),
-                    )
+                    .patch(&pod.name, &PatchParams::default(), &Patch::Merge(&body))
                     .await;
                 (pod, r)
             }
@@ -559,10 +542,10 @@ async fn change_owners(
     for (pod, r) in results {
         match r {
             Ok(_) => {
-                info!(pod = %pod.name_any(), adopt, "changed pod owner");
+                info!(pod = %pod.name, adopt, "changed pod owner");
                 done.push(pod);
             }
-            Err(e) => debug!(pod = %pod.name_any(), error = %e, adopt, "cannot change pod owner"),
+            Err(e) => debug!(pod = %pod.name, error = %e, adopt, "cannot change pod owner"),
         }
     }
     done
@@ -649,14 +632,16 @@ mod tests {
         );
     }
 
-    fn pod_of(owner: Option<&str>, labels: serde_json::Value) -> Pod {
+    fn pod_of(owner: Option<&str>, labels: serde_json::Value) -> CachedPod {
         let refs = owner.map(|o| {
             json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": o, "uid": "x", "controller": true}])
         });
-        serde_json::from_value(json!({
-            "metadata": {"name": "p1", "namespace": "ns1", "labels": labels, "ownerReferences": refs},
-        }))
-        .unwrap()
+        CachedPod::from_pod(
+            serde_json::from_value(json!({
+                "metadata": {"name": "p1", "namespace": "ns1", "labels": labels, "ownerReferences": refs},
+            }))
+            .unwrap(),
+        )
     }
 
     #[test]
@@ -670,35 +655,12 @@ mod tests {
         assert!(exp.satisfied("ns1/web-abc"));
         exp.expect_deletions("ns1/web-abc", ["p1".to_string()]);
         let mut terminating = p.clone();
-        terminating.metadata.deletion_timestamp = Some(
-            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::UNIX_EPOCH),
-        );
+        terminating.deletion = Some(Timestamp::UNIX_EPOCH);
         observe_pod(&exp, &terminating, false, false);
         assert!(
             exp.satisfied("ns1/web-abc"),
             "terminating counts as deleted"
         );
-    }
-
-    #[test]
-    fn slim_pods_keep_what_the_controllers_read() {
-        let mut p: Pod = serde_json::from_value(json!({
-            "metadata": {"name": "p", "managedFields": [{"manager": "x"}]},
-            "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "i"}]},
-            "status": {"phase": "Running", "podIP": "10.0.0.1",
-                       "conditions": [{"type": "Ready", "status": "True"}],
-                       "containerStatuses": [{"name": "c", "image": "i", "imageID": "", "ready": true, "restartCount": 2}]}
-        }))
-        .unwrap();
-        slim_pod(&mut p);
-        assert!(p.metadata.managed_fields.is_none());
-        let spec = p.spec.as_ref().unwrap();
-        assert_eq!(spec.node_name.as_deref(), Some("n1"));
-        assert!(spec.containers.is_empty());
-        assert!(pods::is_ready(&p));
-        let st = p.status.unwrap();
-        assert_eq!(st.pod_ip, None);
-        assert_eq!(st.container_statuses.unwrap()[0].restart_count, 2);
     }
 
     #[test]

@@ -17,13 +17,15 @@ use k8s_openapi::{
     api::{
         core::v1::{
             EndpointAddress, EndpointPort as CorePort, EndpointSubset, Endpoints, ObjectReference,
-            Pod, Service, ServicePort,
+            Service, ServicePort,
         },
         discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice},
     },
     apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
 };
 use kube::Resource as _;
+
+use crate::podcache::CachedPod;
 
 /// Label naming the Service a slice belongs to.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -77,37 +79,21 @@ pub fn has_selector(svc: &Service) -> bool {
 
 /// The pod's Ready condition is True.
 #[must_use]
-pub fn pod_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .into_iter()
-        .flatten()
-        .any(|c| c.type_ == "Ready" && c.status == "True")
-}
-
-fn terminal(pod: &Pod) -> bool {
-    matches!(
-        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-        Some("Succeeded" | "Failed")
-    )
+pub fn pod_ready(pod: &CachedPod) -> bool {
+    pod.ready
 }
 
 /// The pod's IPv4 address, if it has one yet.
 #[must_use]
-pub fn pod_ipv4(pod: &Pod) -> Option<Ipv4Addr> {
-    let st = pod.status.as_ref()?;
-    st.pod_ip
-        .iter()
-        .chain(st.pod_ips.iter().flatten().map(|p| &p.ip))
-        .find_map(|ip| ip.parse::<Ipv4Addr>().ok())
+pub fn pod_ipv4(pod: &CachedPod) -> Option<Ipv4Addr> {
+    pod.ipv4
 }
 
 /// Endpoint conditions as Kubernetes computes them.
 #[must_use]
-pub fn conditions(pod: &Pod, publish_not_ready: bool) -> EndpointConditions {
+pub fn conditions(pod: &CachedPod, publish_not_ready: bool) -> EndpointConditions {
     let serving = pod_ready(pod);
-    let terminating = pod.metadata.deletion_timestamp.is_some();
+    let terminating = pod.deletion.is_some();
     EndpointConditions {
         ready: Some(publish_not_ready || (serving && !terminating)),
         serving: Some(serving),
@@ -118,22 +104,16 @@ pub fn conditions(pod: &Pod, publish_not_ready: bool) -> EndpointConditions {
 /// The pod port a Service port sends to: a number as is, a name looked up among the pod's
 /// container ports (same protocol). `None` when the pod has no such named port.
 #[must_use]
-pub fn resolve_port(pod: &Pod, sp: &ServicePort) -> Option<i32> {
+pub fn resolve_port(pod: &CachedPod, sp: &ServicePort) -> Option<i32> {
     match &sp.target_port {
         None | Some(IntOrString::Int(0)) => Some(sp.port),
         Some(IntOrString::Int(n)) => Some(*n),
         Some(IntOrString::String(name)) => {
             let proto = sp.protocol.as_deref().unwrap_or("TCP");
-            pod.spec
-                .as_ref()?
-                .containers
+            pod.named_ports
                 .iter()
-                .flat_map(|c| c.ports.iter().flatten())
-                .find(|p| {
-                    p.name.as_deref() == Some(name.as_str())
-                        && p.protocol.as_deref().unwrap_or("TCP") == proto
-                })
-                .map(|p| p.container_port)
+                .find(|p| p.name == *name && p.protocol == proto)
+                .map(|p| p.port)
         }
     }
 }
@@ -141,24 +121,14 @@ pub fn resolve_port(pod: &Pod, sp: &ServicePort) -> Option<i32> {
 /// When the pod last changed in a way its endpoint shows: the newest of its creation, its
 /// conditions' transitions and the start of its deletion.
 #[must_use]
-pub fn change_time(pod: &Pod) -> Option<Timestamp> {
-    let m = &pod.metadata;
-    let deletion_start = m.deletion_timestamp.as_ref().map(|t| {
-        let grace = m.deletion_grace_period_seconds.unwrap_or(0);
-        t.0 - jiff::SignedDuration::from_secs(grace)
+pub fn change_time(pod: &CachedPod) -> Option<Timestamp> {
+    let deletion_start = pod.deletion.map(|t| {
+        let grace = pod.deletion_grace_seconds.unwrap_or(0);
+        t - jiff::SignedDuration::from_secs(grace)
     });
-    let conds = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
+    pod.created
         .into_iter()
-        .flatten()
-        .filter_map(|c| c.last_transition_time.as_ref().map(|t| t.0));
-    m.creation_timestamp
-        .as_ref()
-        .map(|t| t.0)
-        .into_iter()
-        .chain(conds)
+        .chain(pod.conditions_changed)
         .chain(deletion_start)
         .max()
 }
@@ -179,18 +149,20 @@ fn publish_not_ready(svc: &Service) -> bool {
 
 /// The endpoints of a Service with a selector, one per selected pod with an address.
 #[must_use]
-pub fn wanted_for_pods<'a>(svc: &Service, pods: impl IntoIterator<Item = &'a Pod>) -> Vec<Wanted> {
+pub fn wanted_for_pods<'a>(
+    svc: &Service,
+    pods: impl IntoIterator<Item = &'a CachedPod>,
+) -> Vec<Wanted> {
     let selector = svc.spec.as_ref().and_then(|s| s.selector.as_ref());
     let svc_ns = svc.metadata.namespace.as_deref();
     let svc_name = svc.metadata.name.as_deref();
     let publish = publish_not_ready(svc);
     let mut out: Vec<Wanted> = pods
         .into_iter()
-        .filter(|p| p.metadata.namespace.as_deref() == svc_ns)
-        .filter(|p| selects(selector, p.metadata.labels.as_ref()) && !terminal(p))
+        .filter(|p| Some(&*p.namespace) == svc_ns)
+        .filter(|p| selects(selector, Some(&p.labels)) && !p.phase.is_terminal())
         .filter_map(|pod| {
             let ip = pod_ipv4(pod)?;
-            let spec = pod.spec.as_ref();
             let ports = service_ports(svc)
                 .iter()
                 .filter_map(|sp| {
@@ -204,20 +176,22 @@ pub fn wanted_for_pods<'a>(svc: &Service, pods: impl IntoIterator<Item = &'a Pod
                 .collect();
             // As Kubernetes: the hostname is published when the pod asks for this
             // Service as its subdomain.
-            let hostname = spec
-                .filter(|s| s.subdomain.as_deref() == svc_name && s.hostname.is_some())
-                .and_then(|s| s.hostname.clone());
+            let hostname = pod
+                .hostname
+                .as_deref()
+                .filter(|_| pod.subdomain.as_deref() == svc_name)
+                .map(String::from);
             Some(Wanted {
                 endpoint: Endpoint {
                     addresses: vec![ip.to_string()],
                     conditions: Some(conditions(pod, publish)),
                     hostname,
-                    node_name: spec.and_then(|s| s.node_name.clone()),
+                    node_name: pod.node_name.as_deref().map(String::from),
                     target_ref: Some(ObjectReference {
                         kind: Some("Pod".into()),
-                        namespace: pod.metadata.namespace.clone(),
-                        name: pod.metadata.name.clone(),
-                        uid: pod.metadata.uid.clone(),
+                        namespace: Some(pod.namespace.to_string()),
+                        name: Some(pod.name.to_string()),
+                        uid: Some(pod.uid.to_string()),
                         ..Default::default()
                     }),
                     ..Default::default()

@@ -13,10 +13,30 @@ use kube::Resource;
 
 /// The controller ownerReference of an object, if any.
 pub(crate) fn controller_of(meta: &ObjectMeta) -> Option<&OwnerReference> {
-    meta.owner_references
-        .iter()
-        .flatten()
-        .find(|r| r.controller == Some(true))
+    controller_in(meta.owner_references.as_deref().unwrap_or_default())
+}
+
+/// The controller reference among these ownerReferences, if any.
+pub(crate) fn controller_in(refs: &[OwnerReference]) -> Option<&OwnerReference> {
+    refs.iter().find(|r| r.controller == Some(true))
+}
+
+/// What ownership decisions read of a candidate child (an object's metadata, or a cached pod).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Child<'a> {
+    pub owners: &'a [OwnerReference],
+    pub labels: Option<&'a BTreeMap<String, String>>,
+    pub deleting: bool,
+}
+
+impl<'a> Child<'a> {
+    pub(crate) fn of(meta: &'a ObjectMeta) -> Self {
+        Self {
+            owners: meta.owner_references.as_deref().unwrap_or_default(),
+            labels: meta.labels.as_ref(),
+            deleting: meta.deletion_timestamp.is_some(),
+        }
+    }
 }
 
 /// `namespace/name`, the key of expectations and logs.
@@ -72,8 +92,17 @@ pub(crate) fn claim(
     child: &ObjectMeta,
     selector: Option<&LabelSelector>,
 ) -> Claim {
-    let matching = matches(selector, child.labels.as_ref());
-    match controller_of(child) {
+    claim_child(owner_uid, owner_deleting, Child::of(child), selector)
+}
+
+pub(crate) fn claim_child(
+    owner_uid: &str,
+    owner_deleting: bool,
+    child: Child<'_>,
+    selector: Option<&LabelSelector>,
+) -> Claim {
+    let matching = matches(selector, child.labels);
+    match controller_in(child.owners) {
         Some(r) if r.uid == owner_uid => {
             if matching || owner_deleting {
                 Claim::Keep
@@ -82,7 +111,7 @@ pub(crate) fn claim(
             }
         }
         Some(_) => Claim::Ignore,
-        None if matching && !owner_deleting && child.deletion_timestamp.is_none() => Claim::Adopt,
+        None if matching && !owner_deleting && !child.deleting => Claim::Adopt,
         None => Claim::Ignore,
     }
 }
@@ -93,13 +122,21 @@ pub(crate) fn owner_refs_after(
     ours: &OwnerReference,
     adopt: bool,
 ) -> Vec<OwnerReference> {
-    let mut refs: Vec<OwnerReference> = child
-        .owner_references
-        .iter()
-        .flatten()
-        .filter(|r| r.uid != ours.uid)
-        .cloned()
-        .collect();
+    refs_after(
+        child.owner_references.as_deref().unwrap_or_default(),
+        ours,
+        adopt,
+    )
+}
+
+/// [`owner_refs_after`] on the references themselves.
+pub(crate) fn refs_after(
+    refs: &[OwnerReference],
+    ours: &OwnerReference,
+    adopt: bool,
+) -> Vec<OwnerReference> {
+    let mut refs: Vec<OwnerReference> =
+        refs.iter().filter(|r| r.uid != ours.uid).cloned().collect();
     if adopt {
         refs.push(ours.clone());
     }

@@ -19,10 +19,9 @@ use tracing::warn;
 
 /// One change, delivered after the store reflects it.
 pub(crate) enum Change<'a, K> {
-    /// Added or modified; `is_new` when the cache did not have it before.
+    /// Added or modified.
     Applied {
         obj: &'a K,
-        is_new: bool,
     },
     Deleted(&'a K),
     /// A (re)list finished: objects deleted while the watch was down are gone from the
@@ -46,7 +45,7 @@ where
             .modify(move |o| slim(o))
             .boxed();
         // Objects of a relist reach the readable store only at InitDone.
-        let mut relisted: Vec<(ObjectRef<K>, bool)> = Vec::new();
+        let mut relisted: Vec<ObjectRef<K>> = Vec::new();
         while let Some(ev) = events.next().await {
             let ev = match ev {
                 Ok(ev) => ev,
@@ -57,9 +56,8 @@ where
             };
             match &ev {
                 watcher::Event::Apply(o) => {
-                    let is_new = reader.get(&ObjectRef::from_obj(o)).is_none();
                     writer.apply_watcher_event(&ev);
-                    handler(Change::Applied { obj: o, is_new });
+                    handler(Change::Applied { obj: o });
                 }
                 watcher::Event::Delete(o) => {
                     writer.apply_watcher_event(&ev);
@@ -70,16 +68,14 @@ where
                     writer.apply_watcher_event(&ev);
                 }
                 watcher::Event::InitApply(o) => {
-                    let r = ObjectRef::from_obj(o);
-                    let is_new = reader.get(&r).is_none();
                     writer.apply_watcher_event(&ev);
-                    relisted.push((r, is_new));
+                    relisted.push(ObjectRef::from_obj(o));
                 }
                 watcher::Event::InitDone => {
                     writer.apply_watcher_event(&ev);
-                    for (r, is_new) in relisted.drain(..) {
+                    for r in relisted.drain(..) {
                         if let Some(o) = reader.get(&r) {
-                            handler(Change::Applied { obj: &o, is_new });
+                            handler(Change::Applied { obj: &o });
                         }
                     }
                     handler(Change::Relisted);

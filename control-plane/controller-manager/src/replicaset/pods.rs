@@ -4,46 +4,32 @@
 use std::{cmp::Ordering, collections::HashMap};
 
 use jiff::{SignedDuration, Timestamp};
-use k8s_openapi::api::{
-    apps::v1::{ReplicaSet, ReplicaSetCondition, ReplicaSetStatus},
-    core::v1::{Pod, PodCondition},
-};
+use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetCondition, ReplicaSetStatus};
 use kproxy_apimachinery::selector::LabelSelector;
 
-/// Annotation that lets users order scale-down (lower cost goes first).
-pub const DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";
+pub use crate::podcache::DELETION_COST;
+use crate::podcache::{CachedPod, Phase};
 
 /// Counted toward replicas: not finished and not being deleted (FilterActivePods).
-pub fn is_active(pod: &Pod) -> bool {
-    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-    pod.metadata.deletion_timestamp.is_none() && !matches!(phase, Some("Succeeded" | "Failed"))
+pub fn is_active(pod: &CachedPod) -> bool {
+    pod.deletion.is_none() && !pod.phase.is_terminal()
 }
 
-fn ready_condition(pod: &Pod) -> Option<&PodCondition> {
-    pod.status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == "Ready")
-}
-
-pub fn is_ready(pod: &Pod) -> bool {
-    ready_condition(pod).is_some_and(|c| c.status == "True")
+pub fn is_ready(pod: &CachedPod) -> bool {
+    pod.ready
 }
 
 /// When a ready pod is (or will be) available: ready for `min_ready_seconds`.
 /// `None` for a pod that is not ready.
-pub fn available_since(pod: &Pod, min_ready_seconds: i32) -> Option<Timestamp> {
-    let c = ready_condition(pod).filter(|c| c.status == "True")?;
+pub fn available_since(pod: &CachedPod, min_ready_seconds: i32) -> Option<Timestamp> {
+    if !pod.ready {
+        return None;
+    }
     if min_ready_seconds <= 0 {
         return Some(Timestamp::MIN);
     }
     // A ready pod without a transition time has been ready for ever, as far as we know.
-    let since = c
-        .last_transition_time
-        .as_ref()
-        .map_or(Timestamp::MIN, |t| t.0);
+    let since = pod.ready_since.unwrap_or(Timestamp::MIN);
     Some(
         since
             .checked_add(SignedDuration::from_secs(i64::from(min_ready_seconds)))
@@ -52,7 +38,7 @@ pub fn available_since(pod: &Pod, min_ready_seconds: i32) -> Option<Timestamp> {
 }
 
 /// podutil.IsPodAvailable.
-pub fn is_available(pod: &Pod, min_ready_seconds: i32, now: Timestamp) -> bool {
+pub fn is_available(pod: &CachedPod, min_ready_seconds: i32, now: Timestamp) -> bool {
     available_since(pod, min_ready_seconds).is_some_and(|t| t <= now)
 }
 
@@ -74,7 +60,7 @@ fn count(n: usize) -> i32 {
 
 /// calculateStatus's counts over the ReplicaSet's active pods.
 pub fn counts(
-    pods: &[&Pod],
+    pods: &[&CachedPod],
     template_labels: Option<&LabelSelector>,
     min_ready_seconds: i32,
     now: Timestamp,
@@ -87,8 +73,7 @@ pub fn counts(
         next_available: None,
     };
     for p in pods {
-        let labels = p.metadata.labels.clone().unwrap_or_default();
-        if template_labels.is_none_or(|s| s.matches(&labels)) {
+        if template_labels.is_none_or(|s| s.matches(&p.labels)) {
             c.fully_labeled += 1;
         }
         if let Some(at) = available_since(p, min_ready_seconds) {
@@ -171,63 +156,40 @@ pub fn slow_start_batches(n: usize, initial: usize) -> Vec<usize> {
     out
 }
 
-fn phase_rank(pod: &Pod) -> u8 {
-    match pod.status.as_ref().and_then(|s| s.phase.as_deref()) {
-        Some("Pending") => 0,
-        Some("Running") => 2,
+fn phase_rank(pod: &CachedPod) -> u8 {
+    match pod.phase {
+        Phase::Pending => 0,
+        Phase::Running => 2,
         _ => 1, // Unknown (and anything unexpected) between the two
     }
 }
 
-fn deletion_cost(pod: &Pod) -> i32 {
-    pod.metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(DELETION_COST))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-fn restarts(pod: &Pod) -> i32 {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.container_statuses.as_ref())
-        .map_or(0, |cs| cs.iter().map(|c| c.restart_count).sum())
-}
-
-fn node(pod: &Pod) -> Option<&str> {
-    pod.spec
-        .as_ref()?
-        .node_name
-        .as_deref()
-        .filter(|n| !n.is_empty())
+fn node(pod: &CachedPod) -> Option<&str> {
+    pod.node_name.as_deref()
 }
 
 /// `ActivePodsWithRanks.Less`: true when `a` should be deleted before `b`.
 /// Unscheduled < scheduled; Pending < Unknown < Running; not ready < ready; lower
 /// deletion cost first; more pods of the same owner on its node first; ready for a
 /// shorter time first; more restarts first; newer first.
-fn delete_before(a: &Pod, b: &Pod, rank_a: usize, rank_b: usize) -> Ordering {
-    let ready_since =
-        |p: &Pod| ready_condition(p).and_then(|c| c.last_transition_time.as_ref().map(|t| t.0));
-    let created = |p: &Pod| p.metadata.creation_timestamp.as_ref().map(|t| t.0);
+fn delete_before(a: &CachedPod, b: &CachedPod, rank_a: usize, rank_b: usize) -> Ordering {
     node(a)
         .is_some()
         .cmp(&node(b).is_some())
         .then(phase_rank(a).cmp(&phase_rank(b)))
-        .then(is_ready(a).cmp(&is_ready(b)))
-        .then(deletion_cost(a).cmp(&deletion_cost(b)))
+        .then(a.ready.cmp(&b.ready))
+        .then(a.deletion_cost.cmp(&b.deletion_cost))
         .then(rank_b.cmp(&rank_a))
         .then_with(|| {
-            if is_ready(a) && is_ready(b) {
+            if a.ready && b.ready {
                 // Newer readiness first; a missing time sorts as newest.
-                opt_newest_first(ready_since(a), ready_since(b))
+                opt_newest_first(a.ready_since, b.ready_since)
             } else {
                 Ordering::Equal
             }
         })
-        .then(restarts(b).cmp(&restarts(a)))
-        .then_with(|| opt_newest_first(created(a), created(b)))
+        .then(b.restarts.cmp(&a.restarts))
+        .then_with(|| opt_newest_first(a.created, b.created))
 }
 
 fn opt_newest_first(a: Option<Timestamp>, b: Option<Timestamp>) -> Ordering {
@@ -241,27 +203,32 @@ fn opt_newest_first(a: Option<Timestamp>, b: Option<Timestamp>) -> Ordering {
 
 /// The `n` pods to delete, in Kubernetes' order. `related` are the active pods of all the
 /// owner's ReplicaSets (a Deployment's old and new): a node with more of them loses one first.
-pub fn pods_to_delete<'a>(pods: &[&'a Pod], related: &[&Pod], n: usize) -> Vec<&'a Pod> {
+pub fn pods_to_delete<'a>(
+    pods: &[&'a CachedPod],
+    related: &[&CachedPod],
+    n: usize,
+) -> Vec<&'a CachedPod> {
     let mut on_node: HashMap<&str, usize> = HashMap::new();
     for p in related {
         if let Some(n) = node(p) {
             *on_node.entry(n).or_default() += 1;
         }
     }
-    let rank = |p: &Pod| node(p).map_or(0, |n| on_node.get(n).copied().unwrap_or(0));
-    let mut ranked: Vec<(&Pod, usize)> = pods.iter().map(|p| (*p, rank(p))).collect();
+    let rank = |p: &CachedPod| node(p).map_or(0, |n| on_node.get(n).copied().unwrap_or(0));
+    let mut ranked: Vec<(&CachedPod, usize)> = pods.iter().map(|p| (*p, rank(p))).collect();
     ranked.sort_by(|(a, ra), (b, rb)| delete_before(a, b, *ra, *rb));
     ranked.into_iter().take(n).map(|(p, _)| p).collect()
 }
 
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::api::core::v1::{Pod, PodCondition};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use serde_json::json;
 
     use super::*;
 
-    fn pod(name: &str, node: &str, phase: &str, ready: Option<i64>, created: i64) -> Pod {
+    fn pod(name: &str, node: &str, phase: &str, ready: Option<i64>, created: i64) -> CachedPod {
         let mut p: Pod = serde_json::from_value(json!({
             "metadata": {"name": name, "labels": {"app": "web"},
                          "creationTimestamp": Timestamp::from_second(created).unwrap().to_string()},
@@ -277,13 +244,11 @@ mod tests {
                 ..Default::default()
             }]);
         }
-        p
+        CachedPod::from_pod(p)
     }
 
-    fn names(pods: &[&Pod]) -> Vec<String> {
-        pods.iter()
-            .map(|p| p.metadata.name.clone().unwrap())
-            .collect()
+    fn names(pods: &[&CachedPod]) -> Vec<String> {
+        pods.iter().map(|p| p.name.to_string()).collect()
     }
 
     #[test]
@@ -333,7 +298,7 @@ mod tests {
         );
         // The deletion cost overrides both.
         let mut cheap = pod("cheap", "n3", "Running", None, 1);
-        cheap.metadata.annotations = Some([(DELETION_COST.to_string(), "-5".to_string())].into());
+        cheap.deletion_cost = -5;
         assert_eq!(
             names(&pods_to_delete(&[&old, &new, &cheap], &[], 1)),
             ["cheap"]
@@ -356,12 +321,11 @@ mod tests {
         let b = pod("b", "n", "Running", Some(995), 1); // ready 5 s ago
         let c = pod("c", "n", "Pending", None, 1);
         let mut d = pod("d", "n", "Running", Some(100), 1);
-        d.metadata.labels = Some([("app".to_string(), "web".to_string())].into());
-        d.metadata
-            .labels
-            .as_mut()
-            .unwrap()
-            .insert("tier".into(), "x".into());
+        d.labels = std::sync::Arc::new(
+            [("app", "web"), ("tier", "x")]
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .into(),
+        );
         let tmpl = LabelSelector::parse("app=web,tier=x").unwrap();
         let c0 = counts(&[&a, &b, &c, &d], Some(&tmpl), 0, now);
         assert_eq!(
@@ -381,7 +345,7 @@ mod tests {
     fn finished_and_terminating_pods_do_not_count() {
         let done = pod("done", "n", "Succeeded", None, 1);
         let mut going = pod("going", "n", "Running", None, 1);
-        going.metadata.deletion_timestamp = Some(Time(Timestamp::UNIX_EPOCH));
+        going.deletion = Some(Timestamp::UNIX_EPOCH);
         let live = pod("live", "n", "Running", None, 1);
         assert!(!is_active(&done) && !is_active(&going) && is_active(&live));
     }

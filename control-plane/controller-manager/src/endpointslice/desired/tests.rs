@@ -1,6 +1,10 @@
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Pod;
 use serde_json::json;
 
 use super::*;
+use crate::podcache::Phase;
 
 fn svc(extra: serde_json::Value) -> Service {
     let mut v = json!({
@@ -31,8 +35,8 @@ fn json_patch(base: &mut serde_json::Value, extra: serde_json::Value) {
     }
 }
 
-fn pod(name: &str, ip: &str, ready: bool, http_port: i32) -> Pod {
-    serde_json::from_value(json!({
+fn pod(name: &str, ip: &str, ready: bool, http_port: i32) -> CachedPod {
+    let p: Pod = serde_json::from_value(json!({
         "metadata": {"name": name, "namespace": "ns", "uid": format!("uid-{name}"),
                      "labels": {"app": "web"}, "creationTimestamp": "2024-01-01T00:00:00Z"},
         "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "x",
@@ -41,7 +45,8 @@ fn pod(name: &str, ip: &str, ready: bool, http_port: i32) -> Pod {
             {"type": "Ready", "status": if ready { "True" } else { "False" },
              "lastTransitionTime": "2024-01-01T00:00:05Z"}]}
     }))
-    .unwrap()
+    .unwrap();
+    CachedPod::from_pod(p)
 }
 
 fn now() -> Timestamp {
@@ -76,8 +81,7 @@ fn conditions_follow_readiness_and_termination() {
         (c.ready, c.serving, c.terminating),
         (Some(true), Some(true), Some(false))
     );
-    p.metadata.deletion_timestamp =
-        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now()));
+    p.deletion = Some(now());
     let c = conditions(&p, false);
     assert_eq!(
         (c.ready, c.serving, c.terminating),
@@ -139,13 +143,13 @@ fn named_target_ports_resolve_per_pod() {
 fn pods_without_ip_terminal_or_unselected_are_left_out() {
     let s = svc(json!({}));
     let mut no_ip = pod("a", "", true, 8080);
-    no_ip.status.as_mut().unwrap().pod_ip = None;
+    no_ip.ipv4 = None;
     let mut done = pod("b", "10.0.0.2", true, 8080);
-    done.status.as_mut().unwrap().phase = Some("Succeeded".into());
+    done.phase = Phase::Succeeded;
     let mut other = pod("c", "10.0.0.3", true, 8080);
-    other.metadata.labels = Some(BTreeMap::from([("app".into(), "db".into())]));
+    other.labels = Arc::new(BTreeMap::from([("app".into(), "db".into())]));
     let mut other_ns = pod("d", "10.0.0.4", true, 8080);
-    other_ns.metadata.namespace = Some("elsewhere".into());
+    other_ns.namespace = "elsewhere".into();
     let ok = pod("e", "10.0.0.5", true, 8080);
     let w = wanted_for_pods(&s, [&no_ip, &done, &other, &other_ns, &ok]);
     assert_eq!(w.len(), 1);
@@ -166,7 +170,7 @@ fn pods_without_ip_terminal_or_unselected_are_left_out() {
 #[test]
 fn slices_split_at_100_with_labels_owner_and_trigger_time() {
     let s = svc(json!({}));
-    let pods: Vec<Pod> = (0..250)
+    let pods: Vec<CachedPod> = (0..250)
         .map(|i| {
             pod(
                 &format!("p{i}"),
@@ -203,7 +207,7 @@ fn slices_split_at_100_with_labels_owner_and_trigger_time() {
 #[test]
 fn only_changed_slices_are_rewritten() {
     let s = svc(json!({}));
-    let mut pods: Vec<Pod> = (0..150)
+    let mut pods: Vec<CachedPod> = (0..150)
         .map(|i| pod(&format!("p{i}"), &format!("10.0.0.{}", i + 1), true, 8080))
         .collect();
     let mut slices = Vec::new();
@@ -227,12 +231,10 @@ fn only_changed_slices_are_rewritten() {
         .metadata
         .name
         .clone();
-    let st = pods[6].status.as_mut().unwrap();
-    let c = &mut st.conditions.as_mut().unwrap()[0];
-    c.status = "False".into();
-    c.last_transition_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-        "2024-01-01T00:00:42Z".parse().unwrap(),
-    ));
+    let changed: Timestamp = "2024-01-01T00:00:42Z".parse().unwrap();
+    pods[6].ready = false;
+    pods[6].ready_since = Some(changed);
+    pods[6].conditions_changed = Some(changed);
     let plan = plan_slices(&s, &wanted_for_pods(&s, pods.iter()), &slices, now());
     assert!(plan.create.is_empty() && plan.delete.is_empty());
     assert_eq!(plan.update.len(), 1);
@@ -298,9 +300,8 @@ fn a_service_without_endpoints_keeps_one_placeholder() {
 fn legacy_endpoints_split_ready_and_not_ready() {
     let s = svc(json!({}));
     let mut term = pod("t", "10.0.0.3", true, 8080);
-    term.metadata.deletion_timestamp =
-        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now()));
-    term.metadata.deletion_grace_period_seconds = Some(30);
+    term.deletion = Some(now());
+    term.deletion_grace_seconds = Some(30);
     let pods = [
         pod("a", "10.0.0.1", true, 8080),
         pod("b", "10.0.0.2", false, 8080),
