@@ -70,8 +70,28 @@ pub struct Opts {
     /// (without it, such Services are left to their proxy, as kube-proxy does).
     #[arg(long)]
     proxy_name: Option<String>,
+    /// Address ranges served only through translation (the service CIDR, LoadBalancer
+    /// pools): kproxy adds an `unreachable` route for each, so traffic to an address no
+    /// Service uses fails at once on this node instead of leaving by the default route.
+    /// Repeatable; `--keep-local none` adds none.
+    #[arg(long = "keep-local", default_values = ["10.96.0.0/12", "172.30.0.0/24"])]
+    keep_local: Vec<String>,
     #[command(flatten)]
     datapath: DatapathOpts,
+}
+
+/// The `--keep-local` ranges ("none" alone means no range).
+fn keep_local_ranges(args: &[String]) -> Result<Vec<kproxy_podnet::Ipv4Net>> {
+    if args.iter().any(|a| a == "none") {
+        return Ok(Vec::new());
+    }
+    args.iter()
+        .map(|a| {
+            a.parse::<kproxy_podnet::Ipv4Net>()
+                .map(|n| n.trunc())
+                .with_context(|| format!("--keep-local {a}: not an IPv4 CIDR"))
+        })
+        .collect()
 }
 
 /// One watcher event, tagged with its kind.
@@ -266,7 +286,16 @@ struct NodeProxy {
 const NAMES_EVERY: Duration = Duration::from_millis(250);
 
 pub async fn run(bpffs: &Path, opts: Opts) -> Result<()> {
+    let keep_local = keep_local_ranges(&opts.keep_local)?;
     let running = setup::bring_up(bpffs, &opts.datapath).await?;
+    for cidr in &keep_local {
+        kproxy_podnet::ensure_unreachable(*cidr)
+            .await
+            .with_context(|| format!("keeping {cidr} on this node"))?;
+    }
+    if !keep_local.is_empty() {
+        tracing::info!(ranges = ?keep_local, "unreachable routes keep untranslated service traffic on this node");
+    }
     let client = client(&opts.kubeconfig).await?;
     let mut base_node_ips = opts.datapath.node_ips.clone();
     base_node_ips.extend(&running.uplink_ips);

@@ -136,13 +136,37 @@ struct Kproxy {
     daemon: Daemon,
 }
 
-fn start_kproxy(lab: &Lab, kubeconfig: &Path, node: &str, metrics_port: u16) -> Kproxy {
+/// A test-only range (RFC 2544 benchmarking space) that kproxy keeps on the machine with an
+/// unreachable route; the guard removes the route even when the test fails.
+struct KeepLocal(String);
+
+impl KeepLocal {
+    fn new() -> Self {
+        Self(format!("198.18.{}.0/24", std::process::id() % 256))
+    }
+}
+
+impl Drop for KeepLocal {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["route", "del", "unreachable", &self.0])
+            .status();
+    }
+}
+
+fn start_kproxy(
+    lab: &Lab,
+    kubeconfig: &Path,
+    node: &str,
+    metrics_port: u16,
+    keep: &KeepLocal,
+) -> Kproxy {
     let mut cmd = Command::new(bin("kproxy"));
     cmd.arg("--bpffs")
         .arg(lab.bpffs.path())
         .args(["node", "--kubeconfig"])
         .arg(kubeconfig)
-        .args(["--node-name", node, "--cgroup"])
+        .args(["--node-name", node, "--keep-local", &keep.0, "--cgroup"])
         .arg(lab.cgroup.path())
         .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
         .env("RUST_LOG", "info");
@@ -232,7 +256,18 @@ async fn privileged_kproxy_node_programs_services_from_the_api() {
         .args(["--server", &api.url, "--data-dir"])
         .arg(&api.data_dir));
     let metrics_port = free_port();
-    let mut kp = start_kproxy(&lab, &kubeconfig, &node_name, metrics_port);
+    let keep = KeepLocal::new();
+    let mut kp = start_kproxy(&lab, &kubeconfig, &node_name, metrics_port, &keep);
+    // The range is routed nowhere: nothing sent there can leave the machine. (Only the
+    // route is inspected; no traffic is sent to it.)
+    let routes = sh(Command::new("ip").args(["-4", "route", "show", "type", "unreachable"]));
+    assert!(
+        routes
+            .lines()
+            .any(|l| l.split_whitespace().nth(1) == Some(keep.0.as_str())),
+        "unreachable route for {} missing:\n{routes}",
+        keep.0
+    );
     eventually("/healthz 200", || {
         http_get(metrics_port, "/healthz").is_some_and(|(code, body)| {
             code == 200 && body.contains("lastUpdated") && body.contains("currentTime")
@@ -313,14 +348,14 @@ async fn privileged_kproxy_node_programs_services_from_the_api() {
     let foreign_vip = format!("{}:80", cluster_ip(&foreign));
     let (names, _) = spread(&lab, &foreign_vip, 5);
     assert!(names.is_empty(), "foreign service answered: {names:?}");
-    let rows = dump(lab.bpffs.path());
-    for row in &rows {
-        let service = row["service"].as_str().unwrap_or_default();
-        assert!(
-            service.starts_with("default/web"),
-            "only web is programmed: {rows:?}"
-        );
-    }
+    // The names `kproxy dump` shows are published every 250 ms.
+    eventually("only web is programmed", || {
+        dump(lab.bpffs.path()).iter().all(|row| {
+            row["service"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("default/web"))
+        })
+    });
 
     // A conflicting frontend: `clash` claims web's ClusterIP:80 as an externalIP. It gets a
     // Warning Event; web keeps working, and so does clash's own ClusterIP.
@@ -372,7 +407,7 @@ async fn privileged_kproxy_node_programs_services_from_the_api() {
 
     // SIGKILL and restart with an unchanged cluster: zero map writes, still serving.
     kp.daemon.kill();
-    let kp2 = start_kproxy(&lab, &kubeconfig, &node_name, metrics_port);
+    let kp2 = start_kproxy(&lab, &kubeconfig, &node_name, metrics_port, &keep);
     assert_eq!(
         logged_map_ops(&kp2.daemon, "initial sync done"),
         Some(0),

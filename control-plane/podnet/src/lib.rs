@@ -13,6 +13,7 @@ mod ipam;
 mod names;
 mod netns;
 mod nl;
+mod route;
 mod veth;
 
 pub use bridge::ensure_bridge;
@@ -22,4 +23,5 @@ pub use ipam::Ipam;
 /// Re-exported: the pod CIDR type of this API.
 pub use ipnet::Ipv4Net;
 pub use names::{POD_IFNAME, host_ifname, validate_ifname};
+pub use route::{ensure_unreachable, remove_unreachable};
 pub use veth::{attach, detach};
