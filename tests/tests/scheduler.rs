@@ -64,6 +64,22 @@ fn pod(name: &str, cpu: &str, spec: Value) -> Pod {
     serde_json::from_value(p).unwrap()
 }
 
+/// A ReplicaSet to own test pods (no controller runs here, so it only has to exist: the API
+/// server collects pods whose owners are gone). Returns its uid.
+async fn owner(c: &Client, name: &str) -> String {
+    let sets: Api<k8s_openapi::api::apps::v1::ReplicaSet> = Api::default_namespaced(c.clone());
+    let rs = json!({"metadata": {"name": name},
+        "spec": {"replicas": 0, "selector": {"matchLabels": {"owner": name}},
+                 "template": {"metadata": {"labels": {"owner": name}},
+                              "spec": {"containers": [{"name": "c", "image": "kecho"}]}}}});
+    sets.create(&PostParams::default(), &serde_json::from_value(rs).unwrap())
+        .await
+        .unwrap()
+        .metadata
+        .uid
+        .expect("a uid")
+}
+
 fn owned(mut p: Pod, owner_uid: &str) -> Pod {
     p.metadata.owner_references = Some(vec![
         serde_json::from_value(json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
@@ -147,10 +163,11 @@ async fn pods_fit_spread_and_wait_for_a_node_that_fits() {
     let pods: Api<Pod> = Api::default_namespaced(c.clone());
 
     // Six pods of one owner on three equal nodes: two each.
+    let web = owner(&c, "web").await;
     for i in 0..6 {
         pods.create(
             &PostParams::default(),
-            &owned(pod(&format!("web-{i}"), "100m", json!({})), "rs-uid-1"),
+            &owned(pod(&format!("web-{i}"), "100m", json!({})), &web),
         )
         .await
         .unwrap();
@@ -338,15 +355,13 @@ fn cpu_secs(pid: u32) -> f64 {
 }
 
 /// Creates pods `load-{from}..load-{to}` (10m CPU each, seven owners), 64 requests at a time.
-async fn create_load(pods: &Api<Pod>, from: usize, to: usize) {
+async fn create_load(pods: &Api<Pod>, owners: &[String], from: usize, to: usize) {
     futures::stream::iter(from..to)
         .for_each_concurrent(64, |i| {
             let pods = pods.clone();
+            let owner = owners[i % owners.len()].clone();
             async move {
-                let p = owned(
-                    pod(&format!("load-{i:04}"), "10m", json!({})),
-                    &format!("rs-{}", i % 7),
-                );
+                let p = owned(pod(&format!("load-{i:04}"), "10m", json!({})), &owner);
                 pods.create(&PostParams::default(), &p).await.unwrap();
             }
         })
@@ -406,7 +421,11 @@ async fn two_thousand_pods_fill_a_hundred_nodes_to_capacity() {
         })
         .await;
     let pods: Api<Pod> = Api::default_namespaced(c.clone());
-    create_load(&pods, 0, BATCH).await;
+    let mut owners = Vec::new();
+    for i in 0..7 {
+        owners.push(owner(&c, &format!("rs-{i}")).await);
+    }
+    create_load(&pods, &owners, 0, BATCH).await;
 
     let (listed, is_listed) = tokio::sync::oneshot::channel();
     let first = count_bound(&pods, BATCH, listed);
@@ -424,7 +443,7 @@ async fn two_thousand_pods_fill_a_hundred_nodes_to_capacity() {
     let all = count_bound(&pods, 2 * BATCH, listed);
     is_listed.await.unwrap();
     let started = Instant::now();
-    create_load(&pods, BATCH, 2 * BATCH).await;
+    create_load(&pods, &owners, BATCH, 2 * BATCH).await;
     let created = started.elapsed();
     let (done, placed) = tokio::time::timeout(patience(), all)
         .await

@@ -117,24 +117,18 @@ pub async fn run(client: kube::Client, config: Arc<Config>) -> anyhow::Result<()
         sets,
     });
     let queue = rx.map(|r| Ok::<_, Infallible>(ReconcileRequest::from(r)));
-    controller::applier(
-        |d, ctx| Box::pin(reconcile(d, ctx)),
-        error_policy,
-        ctx,
-        deployments,
-        queue,
-        controller::Config::default(),
+    crate::drain(
+        "deployment",
+        controller::applier(
+            |d, ctx| Box::pin(reconcile(d, ctx)),
+            error_policy,
+            ctx,
+            deployments,
+            queue,
+            controller::Config::default(),
+        ),
     )
-    .for_each(|res| {
-        match res {
-            Ok((obj, _)) => debug!(deployment = %obj, "reconciled"),
-            Err(controller::Error::ObjectNotFound(obj)) => debug!(deployment = %obj, "gone"),
-            Err(e) => warn!(error = %e, "deployment reconcile failed"),
-        }
-        std::future::ready(())
-    })
-    .await;
-    Ok(())
+    .await
 }
 
 fn owners_of(rs: &ReplicaSet, deployments: &Store<Deployment>) -> Vec<ObjectRef<Deployment>> {

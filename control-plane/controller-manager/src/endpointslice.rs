@@ -578,25 +578,18 @@ pub async fn run(client: Client, config: Arc<Config>, pods: PodCache) -> anyhow:
 
     let queue = futures::stream::select_all([svc_events, pod_events, slice_events, ep_events]);
     info!("endpointslice controller running");
-    applier(
-        |svc, ctx| Box::pin(reconcile(svc, ctx)),
-        error_policy,
-        Arc::clone(&ctx),
-        services,
-        queue,
-        ApplierConfig::default().concurrency(32),
+    crate::drain(
+        "endpointslice",
+        applier(
+            |svc, ctx| Box::pin(reconcile(svc, ctx)),
+            error_policy,
+            Arc::clone(&ctx),
+            services,
+            queue,
+            ApplierConfig::default().concurrency(32),
+        ),
     )
-    .for_each(|res| {
-        if let Err(e) = res {
-            match e {
-                kube::runtime::controller::Error::ObjectNotFound(_) => {}
-                e => debug!(error = %e, "endpointslice controller"),
-            }
-        }
-        std::future::ready(())
-    })
-    .await;
-    anyhow::bail!("the endpointslice controller's watches ended")
+    .await
 }
 
 /// Cached objects go without managedFields (large, and never read here).

@@ -503,24 +503,18 @@ pub async fn run(client: Client, config: Arc<Config>) -> anyhow::Result<()> {
         .boxed();
     let queue = futures::stream::select(events, woken.map(Ok).boxed());
     info!(pools = ?config.lb_pools, "lbipam controller running");
-    applier(
-        |svc, ctx| Box::pin(reconcile(svc, ctx)),
-        error_policy,
-        ctx,
-        services,
-        queue,
-        ApplierConfig::default().concurrency(64),
+    crate::drain(
+        "lbipam",
+        applier(
+            |svc, ctx| Box::pin(reconcile(svc, ctx)),
+            error_policy,
+            ctx,
+            services,
+            queue,
+            ApplierConfig::default().concurrency(64),
+        ),
     )
-    .for_each(|res| {
-        if let Err(e) = res
-            && !matches!(e, kube::runtime::controller::Error::ObjectNotFound(_))
-        {
-            debug!(error = %e, "lbipam controller");
-        }
-        std::future::ready(())
-    })
-    .await;
-    anyhow::bail!("the lbipam controller's watch ended")
+    .await
 }
 
 #[cfg(test)]

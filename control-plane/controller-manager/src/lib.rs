@@ -94,6 +94,33 @@ impl Config {
     }
 }
 
+/// Runs a controller's applier stream until it ends, logging outcomes at debug level (each
+/// failed reconcile was already logged and requeued by its error policy). The stream ends
+/// only when its watches stop, which is an error for the process.
+pub(crate) async fn drain<T, R, Q>(
+    name: &'static str,
+    results: impl futures::Stream<Item = Result<T, kube::runtime::controller::Error<R, Q>>>,
+) -> anyhow::Result<()>
+where
+    R: std::error::Error + 'static,
+    Q: std::error::Error + 'static,
+{
+    use futures::StreamExt as _;
+    results
+        .for_each(|res| {
+            match res {
+                Ok(_) => {}
+                Err(kube::runtime::controller::Error::ObjectNotFound(obj)) => {
+                    tracing::debug!(controller = name, %obj, "object gone");
+                }
+                Err(e) => tracing::debug!(controller = name, error = %e, "reconcile failed"),
+            }
+            std::future::ready(())
+        })
+        .await;
+    anyhow::bail!("the {name} controller's watches ended")
+}
+
 fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
 }

@@ -25,7 +25,7 @@ use kube::{
 };
 use serde_json::json;
 use thiserror::Error;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::{
     Config,
@@ -326,24 +326,18 @@ pub async fn run(client: Client, config: Arc<Config>) -> anyhow::Result<()> {
             .boxed();
     let queue = futures::stream::select(events, woken.map(Ok).boxed());
     info!(cluster_cidr = %config.cluster_cidr, mask = config.node_cidr_mask, "nodeipam controller running");
-    applier(
-        |n, ctx| Box::pin(reconcile(n, ctx)),
-        error_policy,
-        ctx,
-        nodes,
-        queue,
-        ApplierConfig::default().concurrency(16),
+    crate::drain(
+        "nodeipam",
+        applier(
+            |n, ctx| Box::pin(reconcile(n, ctx)),
+            error_policy,
+            ctx,
+            nodes,
+            queue,
+            ApplierConfig::default().concurrency(16),
+        ),
     )
-    .for_each(|res| {
-        if let Err(e) = res
-            && !matches!(e, kube::runtime::controller::Error::ObjectNotFound(_))
-        {
-            debug!(error = %e, "nodeipam controller");
-        }
-        std::future::ready(())
-    })
-    .await;
-    anyhow::bail!("the nodeipam controller's watch ended")
+    .await
 }
 
 /// For tests and tools: the CIDRs by node, as the allocator sees them.

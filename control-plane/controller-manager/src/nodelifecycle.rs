@@ -36,7 +36,7 @@ use kube::{
 use serde_json::json;
 use thiserror::Error;
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::{
     Config,
@@ -456,24 +456,18 @@ pub async fn run(client: Client, config: Arc<Config>, pods: PodCache) -> anyhow:
 
     let queue = futures::stream::select_all([node_events, lease_events, pod_events]);
     info!(grace = ?config.node_monitor_grace, eviction = ?config.pod_eviction_timeout, "nodelifecycle controller running");
-    applier(
-        |n, ctx| Box::pin(reconcile(n, ctx)),
-        error_policy,
-        ctx,
-        nodes,
-        queue,
-        ApplierConfig::default().concurrency(16),
+    crate::drain(
+        "nodelifecycle",
+        applier(
+            |n, ctx| Box::pin(reconcile(n, ctx)),
+            error_policy,
+            ctx,
+            nodes,
+            queue,
+            ApplierConfig::default().concurrency(16),
+        ),
     )
-    .for_each(|res| {
-        if let Err(e) = res
-            && !matches!(e, kube::runtime::controller::Error::ObjectNotFound(_))
-        {
-            debug!(error = %e, "nodelifecycle controller");
-        }
-        std::future::ready(())
-    })
-    .await;
-    anyhow::bail!("the nodelifecycle controller's watches ended")
+    .await
 }
 
 #[cfg(test)]

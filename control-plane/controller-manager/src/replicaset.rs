@@ -139,24 +139,18 @@ pub async fn run(client: kube::Client, config: Arc<Config>, pods: PodCache) -> a
         events: EventBudget::default(),
     });
     let queue = rx.map(|r| Ok::<_, Infallible>(ReconcileRequest::from(r)));
-    controller::applier(
-        |rs, ctx| Box::pin(reconcile(rs, ctx)),
-        error_policy,
-        ctx,
-        sets,
-        queue,
-        controller::Config::default(),
+    crate::drain(
+        "replicaset",
+        controller::applier(
+            |rs, ctx| Box::pin(reconcile(rs, ctx)),
+            error_policy,
+            ctx,
+            sets,
+            queue,
+            controller::Config::default(),
+        ),
     )
-    .for_each(|res| {
-        match res {
-            Ok((obj, _)) => debug!(rs = %obj, "reconciled"),
-            Err(controller::Error::ObjectNotFound(obj)) => debug!(rs = %obj, "gone"),
-            Err(e) => warn!(error = %e, "replicaset reconcile failed"),
-        }
-        std::future::ready(())
-    })
-    .await;
-    Ok(())
+    .await
 }
 
 pub(crate) fn drop_managed_fields<K: Resource>(o: &mut K) {
