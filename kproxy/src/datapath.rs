@@ -1,6 +1,11 @@
 //! Loading and attaching the eBPF datapath.
 
-use std::path::{Path, PathBuf};
+mod pod_links;
+
+use std::{
+    os::{fd::AsFd as _, unix::fs::MetadataExt as _},
+    path::{Path, PathBuf},
+};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -11,6 +16,7 @@ use aya::{
         tc::{self, SchedClassifierLink},
         xdp::XdpLink,
     },
+    util::KernelVersion,
 };
 use kproxy_common::{
     Backend, MAP_BACKENDS, MAP_CONFIG, MAP_REVNAT, MAP_SERVICES, RevNat, ServiceKey, ServiceValue,
@@ -26,12 +32,16 @@ const PROG_XDP: &str = "kproxy_xdp";
 const PROG_TC_INGRESS: &str = "kproxy_tc_ingress";
 const PROG_TC_EGRESS: &str = "kproxy_tc_egress";
 const PROG_TC_POD: &str = "kproxy_tc_pod";
-/// Socket-LB programs, attached to the cgroup v2 root.
-const SOCK_PROGS: [&str; 4] = [
-    "kproxy_sock4_connect",
-    "kproxy_sock4_sendmsg",
-    "kproxy_sock4_recvmsg",
-    "kproxy_sock4_getpeername",
+/// Pin name tag of pod veth tc links (`link_tc_pod_<iface>`).
+const TC_POD_TAG: &str = "tc_pod";
+/// Socket-LB programs, attached to the cgroup v2 root: program, pin tag (`link_sock_TAG`)
+/// and the kernel attach type (`enum bpf_attach_type`, linux/bpf.h), which tells whether a
+/// pinned link is the one this program belongs in.
+const SOCK_PROGS: [(&str, &str, u32); 4] = [
+    ("kproxy_sock4_connect", "connect4", 10), // BPF_CGROUP_INET4_CONNECT
+    ("kproxy_sock4_sendmsg", "sendmsg4", 14), // BPF_CGROUP_UDP4_SENDMSG
+    ("kproxy_sock4_recvmsg", "recvmsg4", 19), // BPF_CGROUP_UDP4_RECVMSG
+    ("kproxy_sock4_getpeername", "getpeername4", 29), // BPF_CGROUP_INET4_GETPEERNAME
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +67,12 @@ pub enum DatapathError {
         program: &'static str,
         #[source]
         source: aya::programs::ProgramError,
+    },
+    #[error("cannot pin or unpin the link {path}")]
+    PinLink {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
     },
     #[error("cannot open cgroup {path}")]
     Cgroup {
@@ -88,10 +104,13 @@ pub enum XdpAttachMode {
 }
 
 /// A loaded datapath: programs loaded (not yet attached) and maps pinned under `bpffs_dir`.
-/// Dropping it detaches every program it attached; the pinned maps stay.
+/// Dropping it leaves the pinned maps and links in place, so the datapath keeps running;
+/// `cleanup` removes them.
 pub struct Datapath {
     ebpf: Ebpf,
     bpffs_dir: PathBuf,
+    /// Pod interfaces the pod program was attached to (see `pod_links`).
+    pod_ifaces: std::collections::BTreeSet<String>,
 }
 
 impl Datapath {
@@ -118,7 +137,7 @@ impl Datapath {
                 source,
             })?;
         }
-        for name in SOCK_PROGS {
+        for (name, _, _) in SOCK_PROGS {
             let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
             prog.load().map_err(|source| DatapathError::Program {
                 what: "load".into(),
@@ -136,6 +155,7 @@ impl Datapath {
         Ok(Self {
             ebpf,
             bpffs_dir: bpffs_dir.to_path_buf(),
+            pod_ifaces: std::collections::BTreeSet::new(),
         })
     }
 
@@ -161,7 +181,8 @@ impl Datapath {
     /// Attaches the pod program to tc ingress of a pod's host-side veth: per-packet
     /// service translation for traffic socket-LB did not handle, replies, hairpin.
     pub fn attach_pod_iface(&mut self, iface: &str) -> Result<(), DatapathError> {
-        self.attach_tc(PROG_TC_POD, iface, TcAttachType::Ingress, "tc_pod")?;
+        self.attach_tc(PROG_TC_POD, iface, TcAttachType::Ingress, TC_POD_TAG)?;
+        self.pod_ifaces.insert(iface.to_owned());
         tracing::info!(%iface, "pod interface attached (tc ingress)");
         Ok(())
     }
@@ -298,22 +319,111 @@ impl Datapath {
     /// Other programs already attached there keep running: on kernels >= 5.7 aya attaches
     /// through bpf_link, which always coexists with other links (and rejects any mode flag,
     /// hence `Single`, i.e. flags 0).
+    ///
+    /// As on the uplink, the links are pinned next to the maps (`link_sock_*`), so they stay
+    /// attached while kproxy is down and `connect()`s to a service during a restart or after
+    /// a crash are still translated (by the previous programs, from the pinned maps). A
+    /// restarted kproxy swaps its programs into the pinned links atomically
+    /// (`bpf_link_update`) instead of attaching a second time. A pinned link on another
+    /// cgroup (`--cgroup` changed) is replaced, the new link being attached before the old
+    /// one goes, so the cgroup is never without socket-LB.
     pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<(), DatapathError> {
-        let dir = std::fs::File::open(cgroup).map_err(|source| DatapathError::Cgroup {
+        let cgroup_err = |source| DatapathError::Cgroup {
             path: cgroup.to_path_buf(),
             source,
-        })?;
-        for name in SOCK_PROGS {
+        };
+        let dir = std::fs::File::open(cgroup).map_err(cgroup_err)?;
+        // On cgroup v2 the id the kernel reports for a cgroup link is the inode number of
+        // the cgroup's directory.
+        let cgroup_id = dir.metadata().map_err(cgroup_err)?.ino();
+        // Before 5.7 aya attaches with BPF_PROG_ATTACH, which cannot be pinned: keep those
+        // attachments owned by this process (detached when it exits), as before pinning.
+        let pinnable = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(5, 7, 0));
+        let mut reused = 0;
+        for (name, tag, attach_type) in SOCK_PROGS {
+            let pin = self.bpffs_dir.join(format!("link_sock_{tag}"));
             let prog: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
-            prog.attach(&dir, CgroupAttachMode::Single)
-                .map_err(|source| DatapathError::Program {
-                    what: format!("attach to cgroup {}", cgroup.display()),
+            let err = |what: String| {
+                move |source| DatapathError::Program {
+                    what,
                     program: name,
                     source,
-                })?;
+                }
+            };
+            match cgroup_link::open(&pin) {
+                Ok(Some(old)) if old.cgroup_id == cgroup_id && old.attach_type == attach_type => {
+                    let new_prog = prog.fd().map_err(err("get the fd".into()))?;
+                    match old.update(new_prog.as_fd()) {
+                        Ok(()) => {
+                            reused += 1;
+                            continue;
+                        }
+                        Err(e) => tracing::warn!(
+                            pin = %pin.display(), err = %e,
+                            "cannot swap the program of the pinned socket-LB link; attaching anew"
+                        ),
+                    }
+                }
+                Ok(Some(old)) => tracing::info!(
+                    pin = %pin.display(), old_cgroup_id = old.cgroup_id, %cgroup_id,
+                    "pinned socket-LB link is on another (or a removed) cgroup; replacing it"
+                ),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(
+                    pin = %pin.display(), err = %e,
+                    "unusable pinned socket-LB link; replacing it"
+                ),
+            }
+            let id = prog
+                .attach(&dir, CgroupAttachMode::Single)
+                .map_err(err(format!("attach to cgroup {}", cgroup.display())))?;
+            if !pinnable {
+                continue;
+            }
+            let link = prog
+                .take_link(id)
+                .map_err(err(format!("take the link on cgroup {}", cgroup.display())))?;
+            // Cannot fail on >= 5.7, where aya attaches cgroup programs as bpf_links.
+            let link = FdLink::try_from(link).map_err(|e| DatapathError::PinLink {
+                path: pin.clone(),
+                source: std::io::Error::other(e),
+            })?;
+            // The old pin (if any) only goes now, after the new link is attached; removing
+            // it releases that link once nothing else holds it.
+            match std::fs::remove_file(&pin) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(DatapathError::PinLink { path: pin, source }),
+            }
+            // A failed pin drops (and so detaches) the link; that must not go unnoticed.
+            link.pin(&pin).map_err(|e| DatapathError::PinLink {
+                path: pin.clone(),
+                source: std::io::Error::other(e),
+            })?;
         }
-        tracing::info!(cgroup = %cgroup.display(), "socket-LB attached (connect4, sendmsg4, recvmsg4, getpeername4)");
+        tracing::info!(
+            cgroup = %cgroup.display(), reused_pinned_links = reused,
+            "socket-LB attached (connect4, sendmsg4, recvmsg4, getpeername4)"
+        );
         Ok(())
+    }
+
+    /// Removes the pinned socket-LB links of a previous kproxy (socket-LB now off), which
+    /// detaches those programs from their cgroup.
+    pub fn detach_pinned_cgroup_links(&self) -> Result<usize, DatapathError> {
+        let mut removed = 0;
+        for (_, tag, _) in SOCK_PROGS {
+            let pin = self.bpffs_dir.join(format!("link_sock_{tag}"));
+            match std::fs::remove_file(&pin) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(DatapathError::PinLink { path: pin, source }),
+            }
+        }
+        if removed > 0 {
+            tracing::info!(removed, "socket-LB is off: pinned socket-LB links removed");
+        }
+        Ok(removed)
     }
 
     fn set_config(&mut self, slot: u32, value: u32) -> Result<(), DatapathError> {
@@ -459,8 +569,9 @@ fn open_pinned_link(pin: &Path) -> Option<FdLink> {
     Some(fd)
 }
 
-/// Removes the pinned links under `bpffs_dir` (detaching the uplink programs once no process
-/// holds them) and, with `maps`, the pinned maps and the directory too.
+/// Removes the pinned links under `bpffs_dir` (uplink, pod and socket-LB `link_*`: the
+/// kernel detaches each program once no process holds its link) and, with `maps`, the
+/// pinned maps and the directory too.
 pub fn cleanup(bpffs_dir: &Path, maps: bool) -> std::io::Result<usize> {
     let mut removed = 0;
     for entry in std::fs::read_dir(bpffs_dir)? {
@@ -475,4 +586,131 @@ pub fn cleanup(bpffs_dir: &Path, maps: bool) -> std::io::Result<usize> {
         std::fs::remove_dir(bpffs_dir)?;
     }
     Ok(removed)
+}
+
+/// The pinned socket-LB (cgroup) links, through the bpf(2) syscall: aya 0.14 can neither
+/// report a cgroup link's cgroup and attach type nor swap the program of a cgroup link
+/// (`attach_to_link` exists for XDP and tc only).
+mod cgroup_link {
+    use std::{
+        ffi::CString,
+        io,
+        os::{
+            fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+            unix::ffi::OsStrExt as _,
+        },
+        path::Path,
+    };
+
+    // `enum bpf_cmd` and `enum bpf_link_type` in linux/bpf.h.
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    const BPF_LINK_UPDATE: libc::c_long = 29;
+    const BPF_LINK_TYPE_CGROUP: u32 = 3;
+
+    /// A pinned cgroup link, opened.
+    pub struct CgroupLink {
+        fd: OwnedFd,
+        /// 0 once the cgroup was removed (the link is then defunct).
+        pub cgroup_id: u64,
+        pub attach_type: u32,
+    }
+
+    /// `bpf_link_info` up to its `cgroup` member; the kernel copies at most this much.
+    #[repr(C)]
+    #[derive(Default)]
+    struct LinkInfo {
+        link_type: u32,
+        id: u32,
+        prog_id: u32,
+        _pad: u32,
+        cgroup_id: u64,
+        attach_type: u32,
+        _pad2: u32,
+    }
+
+    /// `bpf(cmd, attr)`; the attr structs below are prefixes of `union bpf_attr`, which the
+    /// kernel accepts (it zero-fills the rest).
+    fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
+        let size = u32::try_from(size_of::<T>()).expect("small attr");
+        // SAFETY: `attr` is a live, properly sized #[repr(C)] prefix of `union bpf_attr`
+        // for `cmd`; any pointer inside it points to memory that outlives the call.
+        let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, std::ptr::from_mut(attr), size) };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(rc)
+        }
+    }
+
+    /// Opens the link pinned at `pin`: `None` if there is no pin; an error if it is not a
+    /// cgroup link or cannot be read.
+    pub fn open(pin: &Path) -> io::Result<Option<CgroupLink>> {
+        #[repr(C)]
+        struct ObjGet {
+            pathname: u64,
+            bpf_fd: u32,
+            file_flags: u32,
+        }
+        let path = CString::new(pin.as_os_str().as_bytes())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let mut attr = ObjGet {
+            pathname: path.as_ptr() as u64,
+            bpf_fd: 0,
+            file_flags: 0,
+        };
+        let fd = match bpf(BPF_OBJ_GET, &mut attr) {
+            Ok(fd) => fd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        // SAFETY: BPF_OBJ_GET returned a new file descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(i32::try_from(fd).map_err(io::Error::other)?) };
+
+        #[repr(C)]
+        struct GetInfo {
+            bpf_fd: u32,
+            info_len: u32,
+            info: u64,
+        }
+        let mut info = LinkInfo::default();
+        let mut attr = GetInfo {
+            bpf_fd: fd.as_raw_fd().cast_unsigned(),
+            info_len: u32::try_from(size_of::<LinkInfo>()).expect("small info"),
+            info: std::ptr::from_mut(&mut info) as u64,
+        };
+        bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+        if info.link_type != BPF_LINK_TYPE_CGROUP {
+            return Err(io::Error::other(format!(
+                "not a cgroup link (bpf_link_type {})",
+                info.link_type
+            )));
+        }
+        Ok(Some(CgroupLink {
+            fd,
+            cgroup_id: info.cgroup_id,
+            attach_type: info.attach_type,
+        }))
+    }
+
+    impl CgroupLink {
+        /// Atomically replaces the link's program (`BPF_LINK_UPDATE`): the cgroup runs
+        /// either the old or the new program, never none.
+        pub fn update(&self, prog: BorrowedFd<'_>) -> io::Result<()> {
+            #[repr(C)]
+            struct LinkUpdate {
+                link_fd: u32,
+                new_prog_fd: u32,
+                flags: u32,
+                old_prog_fd: u32,
+            }
+            let mut attr = LinkUpdate {
+                link_fd: self.fd.as_raw_fd().cast_unsigned(),
+                new_prog_fd: prog.as_raw_fd().cast_unsigned(),
+                flags: 0,
+                old_prog_fd: 0,
+            };
+            bpf(BPF_LINK_UPDATE, &mut attr).map(drop)
+        }
+    }
 }

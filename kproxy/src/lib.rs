@@ -10,6 +10,7 @@ pub mod model;
 pub mod names;
 pub mod netif;
 pub mod pinned;
+pub mod pod_veths;
 pub mod source;
 pub mod sync;
 

@@ -45,8 +45,9 @@ enum Command {
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
     },
-    /// Remove the datapath a stopped kproxy left in place: detach the uplink programs
-    /// (unpin their links) and, with --maps, delete the pinned maps and state too.
+    /// Remove the datapath a stopped kproxy left in place: detach the uplink, pod and
+    /// socket-LB programs (unpin their links) and, with --maps, delete the pinned maps and
+    /// state too.
     Cleanup {
         #[arg(long)]
         maps: bool,

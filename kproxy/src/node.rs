@@ -287,7 +287,8 @@ const NAMES_EVERY: Duration = Duration::from_millis(250);
 
 pub async fn run(bpffs: &Path, opts: Opts) -> Result<()> {
     let keep_local = keep_local_ranges(&opts.keep_local)?;
-    let running = setup::bring_up(bpffs, &opts.datapath).await?;
+    let mut running = setup::bring_up(bpffs, &opts.datapath).await?;
+    let mut pod_veths = running.pod_veths.take();
     for cidr in &keep_local {
         kproxy_podnet::ensure_unreachable(*cidr)
             .await
@@ -346,6 +347,11 @@ pub async fn run(bpffs: &Path, opts: Opts) -> Result<()> {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
+            change = setup::next_pod_veth(&mut pod_veths) => {
+                // Attachments do not touch the maps: nothing to sync.
+                setup::apply_pod_veth(&mut node.dp, change);
+                continue;
+            }
             _ = names_tick.tick() => {
                 if node.names_stale {
                     node.names_stale = false;

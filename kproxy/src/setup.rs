@@ -8,10 +8,12 @@ use std::{
     sync::{Arc, RwLock},
 };
 
+use tokio::sync::mpsc;
+
 use anyhow::{Context as _, Result};
 use kproxy::{
     Datapath, XdpAttachMode, datapath::find_cgroup2_root, metrics, names::Names, pinned::PinnedLb,
-    sync::Syncer,
+    pod_veths::PodVethChange, sync::Syncer,
 };
 
 /// Where the uplink's external load balancing runs.
@@ -37,6 +39,11 @@ pub struct DatapathOpts {
     /// (repeatable).
     #[arg(long = "pod-iface")]
     pub pod_ifaces: Vec<String>,
+    /// The pod bridge (e.g. kbr0): every veth enslaved to it gets the pod program as it
+    /// appears and loses it when it goes, followed through rtnetlink link notifications
+    /// (repeatable).
+    #[arg(long = "pod-bridge")]
+    pub pod_bridges: Vec<String>,
     /// Do not attach socket-LB (cgroup connect4/sendmsg4/recvmsg4/getpeername4).
     #[arg(long)]
     pub no_socket_lb: bool,
@@ -63,6 +70,9 @@ pub struct Running {
     pub uplink_ips: Vec<Ipv4Addr>,
     /// Shared with `/metrics`; also saved to a file for `kproxy dump`.
     pub names: Arc<RwLock<Names>>,
+    /// Later pod veth changes on the `--pod-bridge`s, for [`next_pod_veth`] and
+    /// [`apply_pod_veth`] in the main loop (`None` without `--pod-bridge`).
+    pub pod_veths: Option<mpsc::Receiver<PodVethChange>>,
 }
 
 /// Loads the programs (reusing pinned maps), attaches them as `opts` says, rebuilds the
@@ -86,6 +96,33 @@ pub async fn bring_up(bpffs: &Path, opts: &DatapathOpts) -> Result<Running> {
         dp.attach_pod_iface(iface)
             .with_context(|| format!("attaching to pod interface {iface}"))?;
     }
+    let pod_veths = if opts.pod_bridges.is_empty() {
+        None
+    } else {
+        let (initial, rx) = kproxy::pod_veths::start(opts.pod_bridges.clone())
+            .await
+            .context("subscribing to link notifications for --pod-bridge")?;
+        for change in initial {
+            apply_pod_veth(&mut dp, change);
+        }
+        match dp.sweep_stale_pod_links() {
+            Ok(stale) if !stale.is_empty() => {
+                tracing::info!(
+                    ?stale,
+                    "removed the pinned links of pod veths gone while kproxy was down"
+                );
+            }
+            Ok(_) => {}
+            Err(err) => tracing::warn!(%err, "cannot sweep stale pod veth links"),
+        }
+        let attached: Vec<&str> = dp.pod_ifaces().collect();
+        tracing::info!(
+            bridges = ?opts.pod_bridges,
+            ?attached,
+            "following pod veths on the pod bridges"
+        );
+        Some(rx)
+    };
     if !opts.no_socket_lb {
         let cgroup = match &opts.cgroup {
             Some(c) => c.clone(),
@@ -93,6 +130,11 @@ pub async fn bring_up(bpffs: &Path, opts: &DatapathOpts) -> Result<Running> {
         };
         dp.attach_cgroup(&cgroup)
             .with_context(|| format!("attaching socket-LB to {}", cgroup.display()))?;
+    } else {
+        // Socket-LB links outlive kproxy (they are pinned); without this a previous run's
+        // programs would keep translating after socket-LB was switched off.
+        dp.detach_pinned_cgroup_links()
+            .context("removing the pinned socket-LB links")?;
     }
 
     let (s, b, r) = dp.read_lb_maps().context("reading the pinned LB maps")?;
@@ -125,7 +167,40 @@ pub async fn bring_up(bpffs: &Path, opts: &DatapathOpts) -> Result<Running> {
         syncer,
         uplink_ips,
         names,
+        pod_veths,
     })
+}
+
+/// Applies one pod veth change. A failure concerns that veth only, so it is logged and the
+/// proxy goes on (an attach usually fails because the veth vanished meanwhile, and its
+/// removal follows as a detach).
+pub fn apply_pod_veth(dp: &mut Datapath, change: PodVethChange) {
+    match change {
+        PodVethChange::Attach(iface) => {
+            if let Err(err) = dp.attach_pod_iface(&iface) {
+                // `{:#}` shows the aya cause chain, not only the outermost message.
+                let err = format!("{:#}", anyhow::Error::from(err));
+                tracing::error!(%iface, %err, "cannot attach the pod program to a pod veth");
+            }
+        }
+        PodVethChange::Detach(iface) => {
+            if let Err(err) = dp.detach_pod_iface(&iface) {
+                tracing::error!(%iface, %err, "cannot detach the pod program from a pod veth");
+            }
+        }
+    }
+}
+
+/// The next pod veth change; never resolves without `--pod-bridge` or once the link
+/// watcher has stopped (it logs why), so it can sit in a `select!` unconditionally.
+pub async fn next_pod_veth(rx: &mut Option<mpsc::Receiver<PodVethChange>>) -> PodVethChange {
+    if let Some(r) = rx {
+        if let Some(change) = r.recv().await {
+            return change;
+        }
+        *rx = None;
+    }
+    std::future::pending().await
 }
 
 /// Publishes `names` to `/metrics` and saves them for `kproxy dump`.

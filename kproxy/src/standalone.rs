@@ -101,6 +101,7 @@ impl Reconciler {
 pub async fn run(bpffs: &Path, opts: Opts) -> Result<()> {
     let running = setup::bring_up(bpffs, &opts.datapath).await?;
     let mut dp = running.dp;
+    let mut pod_veths = running.pod_veths;
     let node_ips = if opts.datapath.node_ips.is_empty() {
         running.uplink_ips
     } else {
@@ -130,6 +131,7 @@ pub async fn run(bpffs: &Path, opts: Opts) -> Result<()> {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
+            change = setup::next_pod_veth(&mut pod_veths) => setup::apply_pod_veth(&mut dp, change),
             _ = tick.tick() => {
                 if let Some(src) = source.as_mut() {
                     rec.reload(&mut dp, src);

@@ -10,6 +10,7 @@ mod bridge;
 mod error;
 mod forward;
 mod ipam;
+mod links;
 mod names;
 mod netns;
 mod nl;
@@ -22,6 +23,7 @@ pub use forward::{ForwardRule, disable_forwarding, enable_forwarding, forwarding
 pub use ipam::Ipam;
 /// Re-exported: the pod CIDR type of this API.
 pub use ipnet::Ipv4Net;
+pub use links::{LinkEvent, LinkState, LinkWatch};
 pub use names::{POD_IFNAME, host_ifname, validate_ifname};
 pub use route::{ensure_unreachable, remove_unreachable};
 pub use veth::{attach, detach};

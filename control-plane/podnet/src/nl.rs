@@ -5,11 +5,15 @@ use std::net::{IpAddr, Ipv4Addr};
 use futures::TryStreamExt as _;
 use rtnetlink::{
     Handle, LinkUnspec, RouteMessageBuilder,
+    packet_core::NetlinkMessage,
     packet_route::{
+        RouteNetlinkMessage,
         address::{AddressAttribute, AddressMessage},
         link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage},
     },
 };
+
+use rtnetlink::sys::{AsyncSocket as _, SocketAddr};
 
 use crate::{Error, Result};
 
@@ -30,7 +34,28 @@ impl Netlink {
         let task = runtime.spawn(connection);
         Ok(Self { handle, task })
     }
+
+    /// Opens a socket that also receives the multicast notifications of `groups` (a
+    /// `RTMGRP_*` bit mask); they arrive on the returned receiver. Needs a tokio runtime.
+    pub fn open_subscribed(groups: u32) -> Result<(Self, Notifications)> {
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|e| Error::NetlinkSocket(std::io::Error::other(e)))?;
+        let (mut connection, handle, messages) =
+            rtnetlink::new_connection().map_err(Error::NetlinkSocket)?;
+        // Binding must happen before the connection's first request autobinds the socket.
+        connection
+            .socket_mut()
+            .socket_mut()
+            .bind(&SocketAddr::new(0, groups))
+            .map_err(Error::NetlinkSocket)?;
+        let task = runtime.spawn(connection);
+        Ok((Self { handle, task }, messages))
+    }
 }
+
+/// Multicast notifications of a subscribed connection.
+pub(crate) type Notifications =
+    futures::channel::mpsc::UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, SocketAddr)>;
 
 impl Drop for Netlink {
     fn drop(&mut self) {
@@ -50,6 +75,8 @@ pub(crate) fn errno(e: &rtnetlink::Error) -> Option<i32> {
 #[derive(Debug, Clone)]
 pub(crate) struct Link {
     pub index: u32,
+    /// IFLA_IFNAME (empty if the message had none).
+    pub name: String,
     pub kind: Option<InfoKind>,
     /// IFLA_LINK: for a veth, the peer's ifindex (in the peer's namespace).
     pub peer_index: Option<u32>,
@@ -57,9 +84,10 @@ pub(crate) struct Link {
 }
 
 impl Link {
-    fn from_message(msg: &LinkMessage) -> Self {
+    pub(crate) fn from_message(msg: &LinkMessage) -> Self {
         let mut link = Self {
             index: msg.header.index,
+            name: String::new(),
             kind: None,
             peer_index: None,
             controller: None,
@@ -74,6 +102,7 @@ impl Link {
                 }
                 LinkAttribute::Link(i) => link.peer_index = Some(*i),
                 LinkAttribute::Controller(i) => link.controller = Some(*i),
+                LinkAttribute::IfName(n) => link.name.clone_from(n),
                 _ => {}
             }
         }

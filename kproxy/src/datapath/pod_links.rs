@@ -1,0 +1,64 @@
+//! Detaching the pod program from a pod veth, and the bookkeeping of which pod veths carry
+//! it, so pod veths can come and go while kproxy runs (`--pod-bridge`).
+
+use std::path::PathBuf;
+
+use super::{Datapath, TC_POD_TAG};
+
+impl Datapath {
+    /// Where the tc link of pod interface `iface` is pinned (as `attach_tc` names it).
+    fn pod_link_pin(&self, iface: &str) -> PathBuf {
+        self.bpffs_dir.join(format!("link_{TC_POD_TAG}_{iface}"))
+    }
+
+    /// Forgets pod interface `iface` and removes its pinned tc link. Once the pin is gone
+    /// nothing holds the link, so the program leaves the interface if it still exists (a
+    /// veth taken off the bridge); for a deleted veth the kernel already detached it, and
+    /// the pin would only keep a defunct link around. Returns whether `iface` was attached.
+    pub fn detach_pod_iface(&mut self, iface: &str) -> std::io::Result<bool> {
+        let was_attached = self.pod_ifaces.remove(iface);
+        let pin = self.pod_link_pin(iface);
+        match std::fs::remove_file(&pin) {
+            Ok(()) => {}
+            // Not pinned: a netlink (non-TCX) attachment, or never attached.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!("removing the pinned tc link {}: {e}", pin.display()),
+                ));
+            }
+        }
+        if was_attached {
+            tracing::info!(%iface, "pod interface detached (tc ingress)");
+        }
+        Ok(was_attached)
+    }
+
+    /// Removes the pinned pod links of interfaces that are not attached now: a previous
+    /// kproxy's pod veths that were deleted or left the bridge while no kproxy was running
+    /// (nobody saw their events). Call once every wanted pod interface is attached. Returns
+    /// the interface names whose pins were removed.
+    pub fn sweep_stale_pod_links(&mut self) -> std::io::Result<Vec<String>> {
+        let prefix = format!("link_{TC_POD_TAG}_");
+        let mut stale = Vec::new();
+        for entry in std::fs::read_dir(&self.bpffs_dir)? {
+            let file = entry?.file_name();
+            let Some(iface) = file.to_str().and_then(|f| f.strip_prefix(&prefix)) else {
+                continue;
+            };
+            if !self.pod_ifaces.contains(iface) {
+                stale.push(iface.to_owned());
+            }
+        }
+        for iface in &stale {
+            self.detach_pod_iface(iface)?;
+        }
+        Ok(stale)
+    }
+
+    /// The pod interfaces the pod program is attached to, by name.
+    pub fn pod_ifaces(&self) -> impl Iterator<Item = &str> {
+        self.pod_ifaces.iter().map(String::as_str)
+    }
+}
