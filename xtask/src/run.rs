@@ -129,6 +129,9 @@ pub fn run(args: &RunArgs) -> Result<()> {
             &uplink,
             "--xdp-mode",
             &args.xdp_mode,
+            // Pod veths get the per-packet program too, as the kubelet creates them.
+            "--pod-bridge",
+            "kbr0",
             "--metrics-addr",
             "127.0.0.1:9962",
         ],

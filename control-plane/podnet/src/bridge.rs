@@ -24,7 +24,10 @@ pub async fn ensure_bridge(name: &str, gateway: Ipv4Net) -> Result<()> {
     let link = match link_by_name(h, name).await? {
         Some(link) => link,
         None => {
-            match h.link().add(LinkBridge::new(name).build()).execute().await {
+            let bridge = LinkBridge::new(name)
+                .address(bridge_mac(name).to_vec())
+                .build();
+            match h.link().add(bridge).execute().await {
                 // Someone else created it meanwhile: fine, it is checked below.
                 Err(e) if errno(&e) == Some(libc::EEXIST) => {}
                 r => r.map_err(Error::netlink(format!("creating bridge {name}")))?,
@@ -53,9 +56,30 @@ pub async fn ensure_bridge(name: &str, gateway: Ipv4Net) -> Result<()> {
     set_up(h, link.index, name).await
 }
 
+/// A fixed, locally administered MAC for the bridge, derived from its name. Without one a
+/// Linux bridge takes the lowest MAC of its ports, so adding or removing a pod could change
+/// the gateway's MAC under the other pods' ARP caches and stall their new connections.
+fn bridge_mac(name: &str) -> [u8; 6] {
+    use std::hash::Hasher as _;
+    let mut h = fnv::FnvHasher::default();
+    h.write(name.as_bytes());
+    let b = h.finish().to_be_bytes();
+    // 0x02: locally administered, unicast.
+    [0x02, b[3], b[4], b[5], b[6], b[7]]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bridge_mac_is_stable_local_and_unicast() {
+        let a = bridge_mac("kbr0");
+        assert_eq!(a, bridge_mac("kbr0"));
+        assert_ne!(a, bridge_mac("kbr1"));
+        assert_eq!(a[0] & 0x01, 0, "unicast");
+        assert_eq!(a[0] & 0x02, 0x02, "locally administered");
+    }
 
     #[tokio::test]
     async fn bad_input_is_rejected_up_front() {
