@@ -151,11 +151,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     println!("  {kctl} expose deployment httpd --type=LoadBalancer --port=80");
     println!("  {kctl} get svc httpd          # CLUSTER-IP and EXTERNAL-IP (from 172.30.0.0/24)");
     println!("  curl http://<CLUSTER-IP>/     # balanced by kproxy's socket-LB");
-    if args.uplink.is_none() {
-        println!(
-            "  ip netns exec {LAB_NETNS} curl http://<EXTERNAL-IP>/   # from the lab client host, via XDP"
-        );
-    }
+    println!("  curl http://<EXTERNAL-IP>/    # the LoadBalancer address, from the host too");
     println!("  {kctl} rollout restart deployment httpd; {kctl} rollout status deployment httpd");
     println!(
         "  {kctl} create -f {}   # a single pod",
