@@ -234,7 +234,8 @@ impl ManagedFields {
         self.take_from_others(m, diff);
         match self.entries.iter_mut().find(|e| e.manager.same(m)) {
             Some(e) => {
-                e.fields = e.fields.difference(&diff.removed).union(&diff.changed);
+                e.fields = e.fields.difference(&diff.removed);
+                e.fields.union_with(&diff.changed);
                 e.manager.api_version.clone_from(&m.api_version);
                 e.time = Some(now.to_string());
             }
@@ -305,7 +306,9 @@ impl ManagedFields {
     }
 }
 
-fn encode_entry(m: &Manager, time: Option<&str>, fields_v1: Value) -> Value {
+/// One managedFields entry in its wire form.
+#[must_use]
+pub fn encode_entry(m: &Manager, time: Option<&str>, fields_v1: Value) -> Value {
     let mut e = Map::new();
     e.insert("manager".into(), json!(m.name));
     e.insert("operation".into(), json!(m.operation.as_str()));
@@ -381,7 +384,8 @@ pub fn update_encoded(
                     FieldSet::from_json(f).map_err(|err| ManagedFieldsError::Fields(i, err))?
                 }
             };
-            let fields = cur.difference(&diff.removed).union(&diff.changed);
+            let mut fields = cur.difference(&diff.removed);
+            fields.union_with(&diff.changed);
             *e = encode_entry(m, Some(now), fields.to_json());
         }
         None => items.push(encode_entry(m, Some(now), diff.changed.to_json())),
@@ -447,6 +451,7 @@ mod tests {
         );
 
         // Re-applying replicas 3 changes a field the scaler owns.
+        let before = mf.clone();
         let err = mf
             .apply(
                 &applier,
@@ -460,7 +465,6 @@ mod tests {
             err.message(),
             "Apply failed with 1 conflict: conflict with \"kubectl\" with subresource \"scale\" using apps/v1: .spec.replicas"
         );
-        let before = mf.clone();
         assert_eq!(mf, before, "a refused apply records nothing");
 
         mf.apply(

@@ -75,13 +75,15 @@ pub fn spawn_collect_if_orphaned(api: &Api, res: &'static Resource, key: &str, o
     if refs.is_empty() {
         return;
     }
-    let owners: Vec<(String, String)> = refs
+    let owners: Vec<Owner> = refs
         .iter()
         .map(|r| {
-            (
-                r["kind"].as_str().unwrap_or_default().to_string(),
-                r["uid"].as_str().unwrap_or_default().to_string(),
-            )
+            let s = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+            Owner {
+                kind: s("kind"),
+                name: s("name"),
+                uid: s("uid"),
+            }
         })
         .collect();
     let ns = object::namespace(obj).map(String::from);
@@ -110,21 +112,36 @@ pub fn spawn_collect_if_orphaned(api: &Api, res: &'static Resource, key: &str, o
     });
 }
 
-/// Whether any of `owners` (kind, uid) exists in `ns` (or cluster-wide for cluster-scoped
-/// kinds). Unknown kinds count as existing: this server cannot judge them.
-async fn any_owner_exists(
-    api: &Api,
-    ns: Option<&str>,
-    owners: &[(String, String)],
-) -> ApiResult<bool> {
-    for (kind, uid) in owners {
-        let Some(res) = crate::registry::by_kind(kind) else {
+/// An ownerReference, as far as finding its object goes.
+struct Owner {
+    kind: String,
+    name: String,
+    uid: String,
+}
+
+/// Whether any of `owners` exists in `ns` (or cluster-wide for cluster-scoped kinds): an
+/// object of the kind with the uid. Unknown kinds count as existing: this server cannot judge
+/// them. An owner is looked up by its name first, so the usual check (the owner is there) is
+/// one read per reference; only when no owner is found that way are the kinds' objects
+/// searched by uid (for a reference whose name is not its owner's).
+async fn any_owner_exists(api: &Api, ns: Option<&str>, owners: &[Owner]) -> ApiResult<bool> {
+    let mut known = Vec::with_capacity(owners.len());
+    for o in owners {
+        let Some(res) = crate::registry::by_kind(&o.kind) else {
             return Ok(true);
         };
         let scope = if res.namespaced { ns } else { None };
+        if let Some(kv) = api.store.get(&res.key(scope, &o.name)).await?
+            && object::uid(&from_kv(&kv)?) == Some(o.uid.as_str())
+        {
+            return Ok(true);
+        }
+        known.push((res, scope, o.uid.as_str()));
+    }
+    for (res, scope, uid) in known {
         let (kvs, _) = api.store.list(&res.ns_prefix(scope)).await?;
         for kv in kvs {
-            if object::uid(&from_kv(&kv)?) == Some(uid.as_str()) {
+            if object::uid(&from_kv(&kv)?) == Some(uid) {
                 return Ok(true);
             }
         }

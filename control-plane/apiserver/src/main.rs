@@ -29,26 +29,14 @@ enum Command {
     /// Write a kubeconfig for a node's kubelet: the cluster CA and the node's token.
     NodeKubeconfig {
         node: String,
-        /// Where to write it (mode 0600; an existing file is merged into).
-        #[arg(long)]
-        out: std::path::PathBuf,
-        /// The API server's URL as the node reaches it.
-        #[arg(long, default_value = "https://127.0.0.1:6443")]
-        server: String,
-        #[arg(long, default_value = "/var/lib/kproxy/apiserver")]
-        data_dir: std::path::PathBuf,
+        #[command(flatten)]
+        kubeconfig: KubeconfigArgs,
     },
     /// Write an admin kubeconfig (for the scheduler and controller manager): the cluster CA
     /// and the admin token.
     AdminKubeconfig {
-        /// Where to write it (mode 0600; an existing file is merged into).
-        #[arg(long)]
-        out: std::path::PathBuf,
-        /// The API server's URL as the component reaches it.
-        #[arg(long, default_value = "https://127.0.0.1:6443")]
-        server: String,
-        #[arg(long, default_value = "/var/lib/kproxy/apiserver")]
-        data_dir: std::path::PathBuf,
+        #[command(flatten)]
+        kubeconfig: KubeconfigArgs,
     },
     /// Print the admin bearer token.
     AdminToken {
@@ -67,14 +55,31 @@ fn node_token(node: &str, data_dir: &std::path::Path) -> Result<String> {
     TokenStore::open(data_dir)?.node_token(node)
 }
 
-fn cluster_ca(data_dir: &std::path::Path) -> Result<String> {
-    let ca_path = data_dir.join("pki/ca.crt");
-    std::fs::read_to_string(&ca_path).with_context(|| {
-        format!(
-            "reading {} (start the API server once to create it)",
-            ca_path.display()
-        )
-    })
+/// Where a kubeconfig goes and what it names.
+#[derive(clap::Args)]
+struct KubeconfigArgs {
+    /// Where to write it (mode 0600; an existing file is merged into).
+    #[arg(long)]
+    out: std::path::PathBuf,
+    /// The API server's URL as the kubeconfig's user reaches it.
+    #[arg(long, default_value = "https://127.0.0.1:6443")]
+    server: String,
+    #[arg(long, default_value = "/var/lib/kproxy/apiserver")]
+    data_dir: std::path::PathBuf,
+}
+
+impl KubeconfigArgs {
+    /// Writes the cluster CA and `token` to `out`.
+    fn write(&self, token: &str) -> Result<()> {
+        let ca_path = self.data_dir.join("pki/ca.crt");
+        let ca = std::fs::read_to_string(&ca_path).with_context(|| {
+            format!(
+                "reading {} (start the API server once to create it)",
+                ca_path.display()
+            )
+        })?;
+        kubeconfig::write(&self.out, &self.server, &ca, token)
+    }
 }
 
 fn main() -> Result<()> {
@@ -102,25 +107,14 @@ fn main() -> Result<()> {
             println!("{}", node_token(&node, &data_dir)?);
             Ok(())
         }
-        Command::NodeKubeconfig {
-            node,
-            out,
-            server,
-            data_dir,
-        } => {
-            let token = node_token(&node, &data_dir)?;
-            kubeconfig::write(&out, &server, &cluster_ca(&data_dir)?, &token)?;
-            println!("wrote {} for node {node}", out.display());
+        Command::NodeKubeconfig { node, kubeconfig } => {
+            kubeconfig.write(&node_token(&node, &kubeconfig.data_dir)?)?;
+            println!("wrote {} for node {node}", kubeconfig.out.display());
             Ok(())
         }
-        Command::AdminKubeconfig {
-            out,
-            server,
-            data_dir,
-        } => {
-            let token = TokenStore::open(&data_dir)?.admin_token();
-            kubeconfig::write(&out, &server, &cluster_ca(&data_dir)?, &token)?;
-            println!("wrote {} (admin)", out.display());
+        Command::AdminKubeconfig { kubeconfig } => {
+            kubeconfig.write(&TokenStore::open(&kubeconfig.data_dir)?.admin_token())?;
+            println!("wrote {} (admin)", kubeconfig.out.display());
             Ok(())
         }
         Command::AdminToken { data_dir } => {

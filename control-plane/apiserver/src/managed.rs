@@ -258,7 +258,8 @@ pub fn apply_edit(res: &Resource, w: &Writer, cur: &Value) -> ApiResult<Value> {
     if let Some(last) = mf.fields_of(&w.manager) {
         let dropped = last.difference(&a.fields);
         if !dropped.is_empty() {
-            let keep = mf.owned_by_others(&w.manager).union(&a.fields);
+            let mut keep = mf.owned_by_others(&w.manager);
+            keep.union_with(&a.fields);
             fields::prune(res.kind, &mut merged, &dropped, &keep);
         }
     }
@@ -273,17 +274,7 @@ pub fn on_create(res: &Resource, w: &Writer, obj: &mut Value) {
         // The common create: one entry, its fieldsV1 built straight from the object.
         let created = fields::created_fields_v1(res.kind, obj, |k| in_scope(res, None, k));
         if let Some(f) = created {
-            let mut e = json!({
-                "manager": w.manager.name,
-                "operation": "Update",
-                "apiVersion": w.manager.api_version,
-                "time": now,
-                "fieldsType": "FieldsV1",
-                "fieldsV1": f,
-            });
-            if !w.manager.subresource.is_empty() {
-                e["subresource"] = json!(w.manager.subresource);
-            }
+            let e = managed::encode_entry(&w.manager, Some(&now), f);
             meta_mut(obj).insert("managedFields".into(), json!([e]));
         }
         return;
