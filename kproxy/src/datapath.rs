@@ -196,7 +196,7 @@ impl Datapath {
         dir: TcAttachType,
         tag: &str,
     ) -> Result<(), DatapathError> {
-        let pin = self.bpffs_dir.join(format!("link_{tag}_{iface}"));
+        let pin = self.iface_link_pin(tag, iface);
         let prog: &mut SchedClassifier = program(&mut self.ebpf, name)?;
         let err = |what: String| {
             move |source| DatapathError::Program {
@@ -219,19 +219,27 @@ impl Datapath {
         let id = prog
             .attach(iface, dir)
             .map_err(err(format!("tc {dir:?} attach to {iface}")))?;
-        // Only bpf_link (TCX) attachments can be pinned; netlink ones stay owned.
-        let link = prog
-            .take_link(id)
-            .map_err(err(format!("take tc link on {iface}")))?;
-        match FdLink::try_from(link) {
-            Ok(fd) => {
-                if let Err(e) = fd.pin(&pin) {
-                    tracing::warn!(%iface, err = %e, "cannot pin the tc link");
-                }
+        // aya attaches through TCX (a bpf_link) from 6.6 on; older netlink attachments
+        // cannot be pinned and stay owned by the program.
+        if kernel_at_least(6, 6) {
+            let link = prog
+                .take_link(id)
+                .map_err(err(format!("take tc link on {iface}")))?;
+            if let Err(e) = pin_link(link, &pin) {
+                tracing::warn!(%iface, err = %e, "cannot pin the tc link");
             }
-            Err(e) => tracing::warn!(%iface, err = %e, "tc link is not a bpf_link; not pinned"),
         }
         Ok(())
+    }
+
+    /// Where the link of `iface` with pin name tag `tag` (`tc_in`, `xdp_skb`, ...) is pinned.
+    fn iface_link_pin(&self, tag: &str, iface: &str) -> PathBuf {
+        self.bpffs_dir.join(format!("link_{tag}_{iface}"))
+    }
+
+    /// Where the socket-LB link with pin name tag `tag` (see `SOCK_PROGS`) is pinned.
+    fn sock_link_pin(&self, tag: &str) -> PathBuf {
+        self.bpffs_dir.join(format!("link_sock_{tag}"))
     }
 
     fn attach_xdp(
@@ -239,17 +247,9 @@ impl Datapath {
         iface: &str,
         mode: XdpAttachMode,
     ) -> Result<XdpAttachMode, DatapathError> {
-        let pin_for = |m: XdpAttachMode| {
-            let tag = if m == XdpAttachMode::Generic {
-                "skb"
-            } else {
-                "drv"
-            };
-            self.bpffs_dir.join(format!("link_xdp_{tag}_{iface}"))
-        };
         let (pin_drv, pin_skb) = (
-            pin_for(XdpAttachMode::Driver),
-            pin_for(XdpAttachMode::Generic),
+            self.iface_link_pin("xdp_drv", iface),
+            self.iface_link_pin("xdp_skb", iface),
         );
         // The measured winner on veth is generic XDP (docs/ARCHITECTURE.md).
         let driver = crate::netif::driver(iface);
@@ -298,18 +298,22 @@ impl Datapath {
                 }
             },
         };
-        let link = xdp.take_link(id).map_err(|source| DatapathError::Program {
-            what: format!("take xdp link on {iface}"),
-            program: PROG_XDP,
-            source,
-        })?;
-        match FdLink::try_from(link) {
-            Ok(fd) => {
-                if let Err(e) = fd.pin(pin_for(used)) {
-                    tracing::warn!(%iface, err = %e, "cannot pin the XDP link");
-                }
+        // aya attaches through a bpf_link from 5.9 on (falling back to netlink if the
+        // kernel refuses); netlink attachments cannot be pinned and stay owned.
+        if kernel_at_least(5, 9) {
+            let link = xdp.take_link(id).map_err(|source| DatapathError::Program {
+                what: format!("take xdp link on {iface}"),
+                program: PROG_XDP,
+                source,
+            })?;
+            let pin = if used == XdpAttachMode::Generic {
+                &pin_skb
+            } else {
+                &pin_drv
+            };
+            if let Err(e) = pin_link(link, pin) {
+                tracing::warn!(%iface, err = %e, "cannot pin the XDP link");
             }
-            Err(e) => tracing::warn!(%iface, err = %e, "XDP link is not a bpf_link; not pinned"),
         }
         Ok(used)
     }
@@ -338,10 +342,10 @@ impl Datapath {
         let cgroup_id = dir.metadata().map_err(cgroup_err)?.ino();
         // Before 5.7 aya attaches with BPF_PROG_ATTACH, which cannot be pinned: keep those
         // attachments owned by this process (detached when it exits), as before pinning.
-        let pinnable = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(5, 7, 0));
+        let pinnable = kernel_at_least(5, 7);
         let mut reused = 0;
         for (name, tag, attach_type) in SOCK_PROGS {
-            let pin = self.bpffs_dir.join(format!("link_sock_{tag}"));
+            let pin = self.sock_link_pin(tag);
             let prog: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
             let err = |what: String| {
                 move |source| DatapathError::Program {
@@ -383,23 +387,10 @@ impl Datapath {
             let link = prog
                 .take_link(id)
                 .map_err(err(format!("take the link on cgroup {}", cgroup.display())))?;
-            // Cannot fail on >= 5.7, where aya attaches cgroup programs as bpf_links.
-            let link = FdLink::try_from(link).map_err(|e| DatapathError::PinLink {
-                path: pin.clone(),
-                source: std::io::Error::other(e),
-            })?;
-            // The old pin (if any) only goes now, after the new link is attached; removing
-            // it releases that link once nothing else holds it.
-            match std::fs::remove_file(&pin) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => return Err(DatapathError::PinLink { path: pin, source }),
-            }
-            // A failed pin drops (and so detaches) the link; that must not go unnoticed.
-            link.pin(&pin).map_err(|e| DatapathError::PinLink {
-                path: pin.clone(),
-                source: std::io::Error::other(e),
-            })?;
+            // The old pin (if any) only goes now, after the new link is attached, so the
+            // cgroup is never without socket-LB. A failed pin drops (and so detaches) the
+            // new link; that must not go unnoticed.
+            pin_link(link, &pin).map_err(|source| DatapathError::PinLink { path: pin, source })?;
         }
         tracing::info!(
             cgroup = %cgroup.display(), reused_pinned_links = reused,
@@ -413,11 +404,9 @@ impl Datapath {
     pub fn detach_pinned_cgroup_links(&self) -> Result<usize, DatapathError> {
         let mut removed = 0;
         for (_, tag, _) in SOCK_PROGS {
-            let pin = self.bpffs_dir.join(format!("link_sock_{tag}"));
-            match std::fs::remove_file(&pin) {
-                Ok(()) => removed += 1,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => return Err(DatapathError::PinLink { path: pin, source }),
+            let pin = self.sock_link_pin(tag);
+            if remove_pin(&pin).map_err(|source| DatapathError::PinLink { path: pin, source })? {
+                removed += 1;
             }
         }
         if removed > 0 {
@@ -569,6 +558,34 @@ fn open_pinned_link(pin: &Path) -> Option<FdLink> {
     Some(fd)
 }
 
+/// Pins a link taken from its program at `pin`, in place of whatever was pinned there
+/// (removing an old pin releases that link once nothing else holds it). Take only a
+/// bpf_link: any other kind fails here, and a link dropped on failure is detached.
+fn pin_link<L>(link: L, pin: &Path) -> std::io::Result<()>
+where
+    FdLink: TryFrom<L, Error = aya::programs::links::LinkError>,
+{
+    let link = FdLink::try_from(link).map_err(std::io::Error::other)?;
+    remove_pin(pin)?;
+    link.pin(pin).map_err(std::io::Error::other)?;
+    Ok(())
+}
+
+/// Removes a pin; returns whether there was one.
+fn remove_pin(pin: &Path) -> std::io::Result<bool> {
+    match std::fs::remove_file(pin) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether the running kernel is at least `major.minor`, as aya decides it when choosing how
+/// to attach (an unreadable version counts as old).
+fn kernel_at_least(major: u8, minor: u8) -> bool {
+    KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(major, minor, 0))
+}
+
 /// Removes the pinned links under `bpffs_dir` (uplink, pod and socket-LB `link_*`: the
 /// kernel detaches each program once no process holds its link) and, with `maps`, the
 /// pinned maps and the directory too.
@@ -631,10 +648,15 @@ mod cgroup_link {
 
     /// `bpf(cmd, attr)`; the attr structs below are prefixes of `union bpf_attr`, which the
     /// kernel accepts (it zero-fills the rest).
-    fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
+    ///
+    /// # Safety
+    ///
+    /// `T` must be the `#[repr(C)]` layout (or a prefix of it) of `union bpf_attr` for `cmd`,
+    /// and every address in `attr` must point to memory of the size the kernel reads or
+    /// writes there for `cmd`, live for the call.
+    unsafe fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
         let size = u32::try_from(size_of::<T>()).expect("small attr");
-        // SAFETY: `attr` is a live, properly sized #[repr(C)] prefix of `union bpf_attr`
-        // for `cmd`; any pointer inside it points to memory that outlives the call.
+        // SAFETY: the caller's contract; the kernel reads at most `size` bytes of `attr`.
         let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, std::ptr::from_mut(attr), size) };
         if rc < 0 {
             Err(io::Error::last_os_error())
@@ -659,7 +681,9 @@ mod cgroup_link {
             bpf_fd: 0,
             file_flags: 0,
         };
-        let fd = match bpf(BPF_OBJ_GET, &mut attr) {
+        // SAFETY: `ObjGet` is the BPF_OBJ_GET attr; `pathname` is a NUL-terminated string
+        // (`path`) that lives until the end of the function.
+        let fd = match unsafe { bpf(BPF_OBJ_GET, &mut attr) } {
             Ok(fd) => fd,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
@@ -679,7 +703,9 @@ mod cgroup_link {
             info_len: u32::try_from(size_of::<LinkInfo>()).expect("small info"),
             info: std::ptr::from_mut(&mut info) as u64,
         };
-        bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+        // SAFETY: `GetInfo` is the BPF_OBJ_GET_INFO_BY_FD attr; the kernel writes at most
+        // `info_len` bytes to `info`, which points to `info` (a live `LinkInfo`).
+        unsafe { bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr) }?;
         if info.link_type != BPF_LINK_TYPE_CGROUP {
             return Err(io::Error::other(format!(
                 "not a cgroup link (bpf_link_type {})",
@@ -710,7 +736,8 @@ mod cgroup_link {
                 flags: 0,
                 old_prog_fd: 0,
             };
-            bpf(BPF_LINK_UPDATE, &mut attr).map(drop)
+            // SAFETY: `LinkUpdate` is the BPF_LINK_UPDATE attr; it holds no addresses.
+            unsafe { bpf(BPF_LINK_UPDATE, &mut attr) }.map(drop)
         }
     }
 }

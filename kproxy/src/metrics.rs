@@ -43,12 +43,17 @@ pub static NETWORK_PROGRAMMING: LazyLock<Histogram> =
 /// kube-proxy's `kubeproxy_sync_proxy_rules_last_timestamp_seconds`.
 pub static LAST_SYNC: LazyLock<Gauge<f64, AtomicU64>> = LazyLock::new(Gauge::default);
 
+/// Time since the Unix epoch.
+fn unix_now() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
 /// Records one successful sync that took `took`.
 pub fn observe_sync(took: Duration) {
     SYNC_DURATION.observe(took.as_secs_f64());
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
+    let now = unix_now();
     LAST_SYNC.set(now.as_secs_f64());
     HEALTH.last_updated_ms.store(
         u64::try_from(now.as_millis()).unwrap_or(u64::MAX),
@@ -83,13 +88,7 @@ fn rfc3339_ms(ms: u64) -> String {
 /// kube-proxy's `/healthz` shape: 200 once synced, 503 before.
 async fn healthz() -> impl IntoResponse {
     let synced = HEALTH.synced.load(Ordering::Relaxed);
-    let now = u64::try_from(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis(),
-    )
-    .unwrap_or(u64::MAX);
+    let now = u64::try_from(unix_now().as_millis()).unwrap_or(u64::MAX);
     let body = serde_json::json!({
         "lastUpdated": rfc3339_ms(HEALTH.last_updated_ms.load(Ordering::Relaxed)),
         "currentTime": rfc3339_ms(now),

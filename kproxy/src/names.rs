@@ -10,7 +10,7 @@ use kproxy_common::{LbCounter, backend_state};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    model::{BackendState, DesiredState, Frontend, FrontendKey, Proto},
+    model::{BackendState, Proto},
     pinned::{PinnedError, PinnedLb},
     sync::Syncer,
 };
@@ -29,23 +29,14 @@ pub struct Names {
 }
 
 impl Names {
-    #[must_use]
-    pub fn from_state(desired: &DesiredState, syncer: &Syncer) -> Self {
-        Self::build(syncer, |key| desired.frontends.get(key))
-    }
-
-    /// The names of what the syncer last planned (the cluster mode has no whole desired
-    /// state).
+    /// The names of what the syncer last planned (after a successful `plan`, exactly the
+    /// desired state's frontends).
     #[must_use]
     pub fn from_syncer(syncer: &Syncer) -> Self {
-        Self::build(syncer, |key| syncer.frontend(key))
-    }
-
-    fn build<'a>(syncer: &Syncer, frontend: impl Fn(&FrontendKey) -> Option<&'a Frontend>) -> Self {
         let backend_ids: BTreeMap<_, _> = syncer.backend_ids().map(|(id, b)| (b, id)).collect();
         let mut frontends = BTreeMap::new();
         for (id, key) in syncer.revnat_ids() {
-            if let Some(fe) = frontend(&key) {
+            if let Some(fe) = syncer.frontend(&key) {
                 let terminating = fe
                     .backends
                     .iter()

@@ -113,7 +113,6 @@ struct Cache {
     slices: HashMap<String, EndpointSlice>,
     /// Service key → keys of its slices.
     slices_of: HashMap<String, BTreeSet<String>>,
-    node: Option<Node>,
     /// Objects of a re-list in progress, swapped in at its end.
     relist_services: Option<HashMap<String, Service>>,
     relist_slices: Option<HashMap<String, EndpointSlice>>,
@@ -165,6 +164,39 @@ impl Cache {
             }
         }
         vec![owner]
+    }
+
+    /// Takes a re-list's Services; returns the keys of those gone, new or different (an
+    /// unchanged Service need not be re-planned).
+    fn replace_services(&mut self, fresh: HashMap<String, Service>) -> Vec<String> {
+        let old = std::mem::replace(&mut self.services, fresh);
+        let gone = old.keys().filter(|k| !self.services.contains_key(*k));
+        let changed = self
+            .services
+            .iter()
+            .filter(|(k, svc)| old.get(*k) != Some(*svc))
+            .map(|(k, _)| k);
+        gone.chain(changed).cloned().collect()
+    }
+
+    /// Takes a re-list's slices; returns the Services of those gone, new or different.
+    fn replace_slices(&mut self, fresh: HashMap<String, EndpointSlice>) -> Vec<String> {
+        let gone: Vec<String> = self
+            .slices
+            .keys()
+            .filter(|k| !fresh.contains_key(*k))
+            .cloned()
+            .collect();
+        let mut touched = Vec::new();
+        for key in gone {
+            touched.extend(self.remove_slice(&key));
+        }
+        for (key, slice) in fresh {
+            if self.slices.get(&key) != Some(&slice) {
+                touched.extend(self.insert_slice(key, slice));
+            }
+        }
+        touched
     }
 
     fn slices_for(&self, service: &str) -> Vec<&EndpointSlice> {
@@ -277,9 +309,10 @@ struct NodeProxy {
     started: SystemTime,
     bpffs: PathBuf,
     names: Arc<RwLock<Names>>,
-    /// The names (for `/metrics` and `kproxy dump`) are out of date. Rebuilding and saving
-    /// them covers every Service, so it is done on a timer, not per change.
-    names_stale: bool,
+    /// When the out-of-date names (for `/metrics` and `kproxy dump`) are published.
+    /// Rebuilding and saving them covers every Service, so changes within `NAMES_EVERY`
+    /// share one rebuild.
+    names_due: Option<tokio::time::Instant>,
 }
 
 /// How often stale names are published.
@@ -336,14 +369,14 @@ pub async fn run(bpffs: &Path, opts: Opts) -> Result<()> {
             ),
         bpffs: bpffs.to_path_buf(),
         names: running.names,
-        names_stale: false,
+        names_due: None,
     };
     tracing::info!(node = %opts.node_name, "kproxy ready, waiting for the initial lists");
 
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut names_tick = tokio::time::interval(NAMES_EVERY);
     loop {
         let retry = node.retry_at;
+        let names_due = node.names_due;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
@@ -352,15 +385,9 @@ pub async fn run(bpffs: &Path, opts: Opts) -> Result<()> {
                 setup::apply_pod_veth(&mut node.dp, change);
                 continue;
             }
-            _ = names_tick.tick() => {
-                if node.names_stale {
-                    node.names_stale = false;
-                    setup::publish_names(
-                        &node.bpffs,
-                        &node.names,
-                        Names::from_syncer(&node.syncer),
-                    );
-                }
+            () = sleep_until(names_due) => {
+                node.names_due = None;
+                setup::publish_names(&node.bpffs, &node.names, Names::from_syncer(&node.syncer));
                 continue;
             }
             update = rx.recv() => {
@@ -371,14 +398,7 @@ pub async fn run(bpffs: &Path, opts: Opts) -> Result<()> {
                     node.handle(update);
                 }
             }
-            () = async {
-                match retry {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            } => {
-                node.retry_at = None;
-            }
+            () = sleep_until(retry) => node.retry_at = None,
         }
         node.sync();
     }
@@ -387,6 +407,14 @@ pub async fn run(bpffs: &Path, opts: Opts) -> Result<()> {
          `kproxy cleanup` removes it"
     );
     Ok(())
+}
+
+/// Sleeps until `at`; never resolves for `None`.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn client(kubeconfig: &Path) -> Result<Client> {
@@ -479,11 +507,7 @@ impl NodeProxy {
             }
             watcher::Event::InitDone => {
                 let fresh = self.cache.relist_services.take().unwrap_or_default();
-                let old = std::mem::replace(&mut self.cache.services, fresh);
-                // Re-plan what the re-list changed (a no-op plan costs little).
-                for key in old.keys().chain(self.cache.services.keys()) {
-                    self.dirty.insert(key.clone());
-                }
+                self.dirty.extend(self.cache.replace_services(fresh));
                 self.cache.listed[0] = true;
             }
         }
@@ -504,9 +528,7 @@ impl NodeProxy {
             }
             watcher::Event::Delete(slice) => {
                 let key = key_of(&slice.metadata);
-                for svc in self.cache.remove_slice(&key) {
-                    self.dirty.insert(svc);
-                }
+                self.dirty.extend(self.cache.remove_slice(&key));
             }
             watcher::Event::Init => self.cache.relist_slices = Some(HashMap::new()),
             watcher::Event::InitApply(slice) => {
@@ -516,37 +538,32 @@ impl NodeProxy {
             }
             watcher::Event::InitDone => {
                 let fresh = self.cache.relist_slices.take().unwrap_or_default();
-                let old: Vec<String> = self.cache.slices.keys().cloned().collect();
-                for key in old {
-                    for svc in self.cache.remove_slice(&key) {
-                        self.dirty.insert(svc);
-                    }
-                }
-                for (key, slice) in fresh {
-                    for svc in self.cache.insert_slice(key, slice) {
-                        self.dirty.insert(svc);
-                    }
-                }
+                self.dirty.extend(self.cache.replace_slices(fresh));
                 self.cache.listed[1] = true;
             }
         }
     }
 
     fn on_node(&mut self, ev: watcher::Event<Node>) {
-        match ev {
-            watcher::Event::Apply(n) => self.cache.node = Some(n),
-            watcher::Event::Delete(_) => self.cache.node = None,
-            watcher::Event::Init => self.cache.relist_node = Some(None),
-            watcher::Event::InitApply(n) => self.cache.relist_node = Some(Some(n)),
-            watcher::Event::InitDone => {
-                self.cache.node = self.cache.relist_node.take().flatten();
-                self.cache.listed[2] = true;
+        let node = match ev {
+            watcher::Event::Apply(n) => Some(n),
+            watcher::Event::Delete(_) => None,
+            watcher::Event::Init => {
+                self.cache.relist_node = Some(None);
+                return;
             }
-        }
+            watcher::Event::InitApply(n) => {
+                self.cache.relist_node = Some(Some(n));
+                return;
+            }
+            watcher::Event::InitDone => {
+                self.cache.listed[2] = true;
+                self.cache.relist_node.take().flatten()
+            }
+        };
+        // Only its addresses are used: they are kept as `node_ips`, not the object.
         let mut ips = self.base_node_ips.clone();
-        let addrs = self
-            .cache
-            .node
+        let addrs = node
             .as_ref()
             .and_then(|n| n.status.as_ref())
             .and_then(|s| s.addresses.as_ref());
@@ -690,7 +707,8 @@ impl NodeProxy {
 
     /// The Service's frontends as its objects say, and its claims on them updated.
     fn build(&mut self, key: &str) -> model::ServiceFrontends {
-        let built = match self.cache.services.get(key) {
+        let svc = self.cache.services.get(key);
+        let built = match svc {
             Some(svc) => match skip_reason(svc, self.proxy_name.as_deref()) {
                 Some(reason) => {
                     tracing::info!(service = key, reason, "service not proxied");
@@ -703,10 +721,7 @@ impl NodeProxy {
             },
             None => model::ServiceFrontends::default(),
         };
-        let created = self
-            .cache
-            .services
-            .get(key)
+        let created = svc
             .and_then(|s| s.metadata.creation_timestamp.as_ref())
             .map(|t| t.0);
         let claims: Vec<(FrontendKey, Rank)> = built
@@ -714,9 +729,7 @@ impl NodeProxy {
             .iter()
             .map(|(k, fe)| (*k, (kind_rank(fe.kind), created, key.to_string())))
             .collect();
-        for other in self.claims.set(key, claims) {
-            self.dirty.insert(other);
-        }
+        self.dirty.extend(self.claims.set(key, claims));
         built
     }
 
@@ -724,10 +737,9 @@ impl NodeProxy {
     /// precedence on.
     fn program(&mut self, key: &str, mut built: model::ServiceFrontends) -> Result<usize, ()> {
         let started = Instant::now();
-        let mut problems: Vec<(&'static str, String)> = built
-            .problems
-            .iter()
-            .map(|p| ("InvalidInput", p.clone()))
+        let mut problems: Vec<(&'static str, String)> = std::mem::take(&mut built.problems)
+            .into_iter()
+            .map(|p| ("InvalidInput", p))
             .collect();
         built.frontends.retain(|frontend, _| match self.claims.winner(frontend) {
             Some(winner) if winner != key => {
@@ -798,15 +810,16 @@ impl NodeProxy {
         self.backoff = (self.backoff * 2).min(RETRY_MAX);
     }
 
+    /// Schedules publishing the names (at most one rebuild per `NAMES_EVERY`).
     fn publish(&mut self) {
-        self.names_stale = true;
+        self.names_due
+            .get_or_insert_with(|| tokio::time::Instant::now() + NAMES_EVERY);
     }
 
     /// Logs and posts a Warning Event for each problem of `key` not reported already.
     fn report(&mut self, key: &str, problems: Vec<(&'static str, String)>) {
-        let before = self.reported.get(key).cloned().unwrap_or_default();
+        let before = self.reported.remove(key).unwrap_or_default();
         if problems.is_empty() {
-            self.reported.remove(key);
             return;
         }
         let Some(svc) = self.cache.services.get(key) else {
@@ -854,17 +867,13 @@ fn skip_reason(svc: &Service, proxy_name: Option<&str>) -> Option<&'static str> 
 }
 
 fn warning_event(svc: &Service, node: &str, reason: &str, message: &str) -> Event {
-    let now = Time(jiff::Timestamp::now());
+    let now = jiff::Timestamp::now();
     let ns = namespace_of(&svc.metadata).to_string();
     let name = svc.metadata.name.clone().unwrap_or_default();
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos();
     Event {
         metadata: ObjectMeta {
             // Kubernetes' event naming: the object's name and a unique suffix.
-            name: Some(format!("{name}.{nanos:x}")),
+            name: Some(format!("{name}.{:x}", now.as_nanosecond())),
             namespace: Some(ns.clone()),
             ..ObjectMeta::default()
         },
@@ -884,8 +893,8 @@ fn warning_event(svc: &Service, node: &str, reason: &str, message: &str) -> Even
             component: Some("kproxy".into()),
             host: Some(node.into()),
         }),
-        first_timestamp: Some(now.clone()),
-        last_timestamp: Some(now),
+        first_timestamp: Some(Time(now)),
+        last_timestamp: Some(Time(now)),
         count: Some(1),
         ..Event::default()
     }
@@ -944,6 +953,45 @@ mod tests {
         assert_eq!(cache.remove_slice("ns/a-1"), ["ns/a"]);
         assert!(cache.slices_for("ns/a").is_empty());
         assert!(!cache.slices_of.contains_key("ns/a"));
+
+        // A re-list touches only the Services of slices gone, new or different.
+        cache.insert_slice("ns/c-1".into(), slice("c-1", "c"));
+        cache.insert_slice("ns/d-1".into(), slice("d-1", "d"));
+        let mut changed = slice("d-1", "d");
+        changed.metadata.resource_version = Some("2".into());
+        let fresh = HashMap::from([
+            ("ns/a-2".to_string(), slice("a-2", "b")),
+            ("ns/d-1".to_string(), changed),
+            ("ns/e-1".to_string(), slice("e-1", "e")),
+        ]);
+        let touched: BTreeSet<String> = cache.replace_slices(fresh).into_iter().collect();
+        assert_eq!(
+            touched,
+            BTreeSet::from(["ns/c", "ns/d", "ns/e"].map(String::from))
+        );
+        assert_eq!(cache.slices.len(), 3);
+        assert!(cache.slices_for("ns/c").is_empty());
+        assert_eq!(cache.slices_for("ns/e").len(), 1);
+    }
+
+    #[test]
+    fn relisted_services_touch_only_what_changed() {
+        let svc = |name: &str, rv: &str| {
+            let mut s = Service::default();
+            s.metadata.name = Some(name.into());
+            s.metadata.resource_version = Some(rv.into());
+            (format!("ns/{name}"), s)
+        };
+        let mut cache = Cache::default();
+        let first = cache.replace_services(HashMap::from([svc("a", "1"), svc("b", "1")]));
+        assert_eq!(first.len(), 2);
+        let mut touched =
+            cache.replace_services(HashMap::from([svc("a", "1"), svc("b", "2"), svc("c", "1")]));
+        touched.sort();
+        assert_eq!(touched, ["ns/b", "ns/c"]);
+        let mut gone = cache.replace_services(HashMap::from([svc("b", "2")]));
+        gone.sort();
+        assert_eq!(gone, ["ns/a", "ns/c"]);
     }
 
     #[test]

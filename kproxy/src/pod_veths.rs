@@ -117,9 +117,7 @@ impl PodVeths {
                 }
             }
             LinkEvent::Removed(link) => {
-                if self.bridges.get(&link.index) == Some(&link.name) {
-                    self.bridges.remove(&link.index);
-                }
+                self.bridges.remove(&link.index);
                 self.attached
                     .remove(&link.index)
                     .map(PodVethChange::Detach)

@@ -90,11 +90,7 @@ impl Reconciler {
             took = ?took,
             "services synced"
         );
-        setup::publish_names(
-            &self.bpffs,
-            &self.names,
-            Names::from_state(&desired, &self.syncer),
-        );
+        setup::publish_names(&self.bpffs, &self.names, Names::from_syncer(&self.syncer));
     }
 }
 

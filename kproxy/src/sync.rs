@@ -4,8 +4,9 @@
 //! remembers which service owns which frontend and how many frontends list each backend.
 //! [`Syncer::plan`] diffs a whole desired state against the mirror, [`Syncer::plan_service`]
 //! only the frontends of one service (the cluster mode re-plans the one Service an event is
-//! about); both are the same planner and emit only the writes that change something, ordered so the datapath never follows a slot, backend or revnat id that
-//! is not there (yet, or any more):
+//! about); both are the same planner and emit only the writes that change something,
+//! ordered so the datapath never follows a slot, backend or revnat id that is not there
+//! (yet, or any more):
 //!
 //! 1. backends that are new or whose state changed;
 //! 2. revnat entries of new frontends;
@@ -465,11 +466,6 @@ impl Syncer {
             }
         }
         self.plan_changes(&changes, true)
-    }
-
-    /// The frontends (namespace/name) `service` owns in the maps.
-    pub fn frontends_of(&self, service: &str) -> impl Iterator<Item = &FrontendKey> + '_ {
-        self.owned.get(service).into_iter().flatten()
     }
 
     /// What `key` was last planned to be.
@@ -1767,7 +1763,7 @@ mod tests {
                 MapOp::DeleteBackend { id: 2 },
             ]
         );
-        assert_eq!(s.frontends_of("ns/a").copied().collect::<Vec<_>>(), [f2]);
+        assert_eq!(s.owned["ns/a"].iter().copied().collect::<Vec<_>>(), [f2]);
         // Re-planning an unchanged service writes nothing.
         assert_eq!(
             sync_svc(&mut s, &mut maps, "ns/b", &[(f3, frontend(&[(be(1), A)]))]).ops,

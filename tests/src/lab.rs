@@ -412,3 +412,9 @@ impl Drop for Lab {
         let _ = std::fs::remove_file(&self.manifest);
     }
 }
+
+/// The path of the `kpt-net` test tool, as a string for commands run in namespaces.
+#[must_use]
+pub fn kpt() -> String {
+    crate::bin("kpt-net").to_string_lossy().into_owned()
+}

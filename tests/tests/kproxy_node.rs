@@ -7,8 +7,7 @@
 
 use std::{
     collections::BTreeMap,
-    io::{Read as _, Write as _},
-    net::{Ipv4Addr, TcpStream},
+    net::Ipv4Addr,
     path::{Path, PathBuf},
     process::Command,
 };
@@ -20,18 +19,15 @@ use kproxy_tests::{
     bin,
     control::{client, controller_manager},
     eventually,
-    lab::{Lab, backend_ip},
-    privileged, sh, unique,
+    kubelet::http_get,
+    lab::{Lab, backend_ip, kpt},
+    privileged, sh, unique, until,
 };
 use kube::{
     Api,
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
 };
 use serde_json::{Value, json};
-
-fn kpt() -> String {
-    bin("kpt-net").to_string_lossy().into_owned()
-}
 
 fn from<T: k8s_openapi::serde::de::DeserializeOwned>(v: Value) -> T {
     serde_json::from_value(v).expect("valid object")
@@ -113,15 +109,9 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// (status code, body) of a plain HTTP GET.
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let code = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
-    Some((code, body))
+/// The body of `path` on the metrics listener; `None` for an error status (curl --fail).
+fn metrics_get(port: u16, path: &str) -> Option<String> {
+    http_get(&format!("http://127.0.0.1:{port}{path}"))
 }
 
 /// A histogram's `_count` in a Prometheus text page.
@@ -130,10 +120,6 @@ fn histogram_count(page: &str, name: &str) -> u64 {
         .find_map(|l| l.strip_prefix(&format!("{name}_count ")))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0)
-}
-
-struct Kproxy {
-    daemon: Daemon,
 }
 
 /// A test-only range (RFC 2544 benchmarking space) that kproxy keeps on the machine with an
@@ -160,7 +146,7 @@ fn start_kproxy(
     node: &str,
     metrics_port: u16,
     keep: &KeepLocal,
-) -> Kproxy {
+) -> Daemon {
     let mut cmd = Command::new(bin("kproxy"));
     cmd.arg("--bpffs")
         .arg(lab.bpffs.path())
@@ -170,12 +156,7 @@ fn start_kproxy(
         .arg(lab.cgroup.path())
         .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
         .env("RUST_LOG", "info");
-    let mut daemon = Daemon::spawn(cmd);
-    eventually("kproxy node initial sync", || {
-        daemon.assert_running();
-        daemon.logged("initial sync done")
-    });
-    Kproxy { daemon }
+    Daemon::spawn_until_logged(cmd, "initial sync done")
 }
 
 /// The `map_ops` field of the first log line containing `needle`.
@@ -187,6 +168,17 @@ fn logged_map_ops(d: &Daemon, needle: &str) -> Option<u64> {
             .next()?
             .parse()
             .ok()
+    })
+}
+
+/// The FrontendConflict Warning Event on the Service `clash`, if there is one yet.
+async fn conflict_warning(events: &Api<Event>) -> Option<Event> {
+    let list = events
+        .list(&ListParams::default().fields("involvedObject.name=clash"))
+        .await
+        .expect("list events");
+    list.items.into_iter().find(|e| {
+        e.type_.as_deref() == Some("Warning") && e.reason.as_deref() == Some("FrontendConflict")
     })
 }
 
@@ -268,12 +260,12 @@ async fn privileged_kproxy_node_programs_services_from_the_api() {
         "unreachable route for {} missing:\n{routes}",
         keep.0
     );
+    // 503 until the first full sync: `metrics_get` is `None` for it.
     eventually("/healthz 200", || {
-        http_get(metrics_port, "/healthz").is_some_and(|(code, body)| {
-            code == 200 && body.contains("lastUpdated") && body.contains("currentTime")
-        })
+        metrics_get(metrics_port, "/healthz")
+            .is_some_and(|body| body.contains("lastUpdated") && body.contains("currentTime"))
     });
-    assert_eq!(http_get(metrics_port, "/livez").map(|r| r.0), Some(200));
+    assert_eq!(metrics_get(metrics_port, "/livez").as_deref(), Some("ok"));
 
     // Three pods on the lab's backends, Ready.
     let pods: Api<Pod> = Api::default_namespaced(c.clone());
@@ -338,7 +330,7 @@ async fn privileged_kproxy_node_programs_services_from_the_api() {
         ("default/headless", "headless"),
     ] {
         eventually(&format!("{svc} skipped"), || {
-            kp.daemon.lines().iter().any(|l| {
+            kp.lines().iter().any(|l| {
                 l.contains("service not proxied")
                     && l.contains(&format!("service=\"{svc}\""))
                     && l.contains(reason)
@@ -367,21 +359,12 @@ async fn privileged_kproxy_node_programs_services_from_the_api() {
     )
     .await;
     let events: Api<Event> = Api::default_namespaced(c.clone());
-    let mut warning = None;
-    for _ in 0..200 {
-        let list = events
-            .list(&ListParams::default().fields("involvedObject.name=clash"))
-            .await
-            .expect("list events");
-        warning = list.items.into_iter().find(|e| {
-            e.type_.as_deref() == Some("Warning") && e.reason.as_deref() == Some("FrontendConflict")
-        });
-        if warning.is_some() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    let warning = warning.expect("a FrontendConflict Warning Event on clash");
+    until("a FrontendConflict Warning Event on clash", || {
+        let events = events.clone();
+        async move { conflict_warning(&events).await.is_some() }
+    })
+    .await;
+    let warning = conflict_warning(&events).await.expect("the Warning Event");
     assert!(
         warning
             .message
@@ -391,10 +374,10 @@ async fn privileged_kproxy_node_programs_services_from_the_api() {
     );
     wait_spread(&lab, &format!("{}:80", cluster_ip(&clash)), &["b0", "b1"]);
     wait_spread(&lab, &vip, &["b0", "b1"]);
-    assert!(kp.daemon.logged("FrontendConflict"));
+    assert!(kp.logged("FrontendConflict"));
 
     // kube-proxy's metrics, including the programming latency of the readiness change.
-    let (_, page) = http_get(metrics_port, "/metrics").expect("/metrics");
+    let page = metrics_get(metrics_port, "/metrics").expect("/metrics");
     assert!(
         histogram_count(&page, "kubeproxy_sync_proxy_rules_duration_seconds") > 0,
         "{page}"
@@ -406,10 +389,10 @@ async fn privileged_kproxy_node_programs_services_from_the_api() {
     assert!(page.contains("kubeproxy_sync_proxy_rules_last_timestamp_seconds"));
 
     // SIGKILL and restart with an unchanged cluster: zero map writes, still serving.
-    kp.daemon.kill();
+    kp.kill();
     let kp2 = start_kproxy(&lab, &kubeconfig, &node_name, metrics_port, &keep);
     assert_eq!(
-        logged_map_ops(&kp2.daemon, "initial sync done"),
+        logged_map_ops(&kp2, "initial sync done"),
         Some(0),
         "restart wrote to the maps"
     );
@@ -424,7 +407,7 @@ async fn privileged_kproxy_node_programs_services_from_the_api() {
     }
     wait_dead(&lab, &vip);
     eventually("maps empty", || {
-        kp.daemon.assert_running();
+        kp.assert_running();
         dump(lab.bpffs.path()).is_empty()
             && map_len(lab.bpffs.path(), "kproxy_lb4_services_v1") == 0
             && map_len(lab.bpffs.path(), "kproxy_lb4_backends_v1") == 0

@@ -7,8 +7,8 @@
 use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf};
 
 use kproxy_tests::{
-    NetNs, bin, eventually,
-    lab::{Ep, Lab, Svc},
+    NetNs, eventually,
+    lab::{Ep, Lab, Svc, kpt},
     privileged, veth_pair,
 };
 use serde_json::Value;
@@ -16,10 +16,6 @@ use serde_json::Value;
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
 /// The late pod's host-side veth.
 const POD_VETH: &str = "vlate0";
-
-fn kpt() -> String {
-    bin("kpt-net").to_string_lossy().into_owned()
-}
 
 /// Log lines with `message` about interface `iface` (the `iface=` field, matched whole).
 fn iface_lines(lab: &mut Lab, message: &str, iface: &str) -> usize {

@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr, process::Command, thread, time::
 
 use kproxy_tests::{
     bin, eventually,
-    lab::{CLIENT_IP, Ep, Lab, NODE_IP, Svc},
+    lab::{CLIENT_IP, Ep, Lab, NODE_IP, Svc, kpt},
     privileged, sh,
 };
 use serde_json::Value;
@@ -22,10 +22,6 @@ fn web(endpoints: Vec<Ep>) -> Svc {
         node_port: Some(NODE_PORT),
         ..Svc::cluster_ip("web", VIP, endpoints)
     }
-}
-
-fn kpt() -> String {
-    bin("kpt-net").to_string_lossy().into_owned()
 }
 
 fn all_ready(n: usize) -> Vec<Ep> {

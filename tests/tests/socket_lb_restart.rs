@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr, path::Path, process::Command};
 
 use kproxy_tests::{
     bin,
-    lab::{Ep, Lab, Svc},
+    lab::{Ep, Lab, Svc, kpt},
     privileged, sh,
 };
 use serde_json::Value;
@@ -23,10 +23,6 @@ const SOCK_ATTACH_TYPES: [&str; 4] = [
     "cgroup_inet4_getpeername",
 ];
 const PIN_TAGS: [&str; 4] = ["connect4", "sendmsg4", "recvmsg4", "getpeername4"];
-
-fn kpt() -> String {
-    bin("kpt-net").to_string_lossy().into_owned()
-}
 
 /// Attach type → number of programs attached directly to `cgroup` (not inherited).
 fn cgroup_attachments(cgroup: &Path) -> BTreeMap<String, usize> {

@@ -25,5 +25,5 @@ pub use ipam::Ipam;
 pub use ipnet::Ipv4Net;
 pub use links::{LinkEvent, LinkState, LinkWatch};
 pub use names::{POD_IFNAME, host_ifname, validate_ifname};
-pub use route::{ensure_unreachable, remove_unreachable};
+pub use route::ensure_unreachable;
 pub use veth::{attach, detach};

@@ -11,9 +11,8 @@ use rtnetlink::{
         address::{AddressAttribute, AddressMessage},
         link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage},
     },
+    sys::{AsyncSocket as _, SocketAddr},
 };
-
-use rtnetlink::sys::{AsyncSocket as _, SocketAddr};
 
 use crate::{Error, Result};
 
@@ -27,9 +26,7 @@ pub(crate) struct Netlink {
 impl Netlink {
     /// Opens a socket in the calling thread's network namespace. Needs a tokio runtime.
     pub fn open() -> Result<Self> {
-        // A clear error instead of tokio::spawn's panic when called outside a runtime.
-        let runtime = tokio::runtime::Handle::try_current()
-            .map_err(|e| Error::NetlinkSocket(std::io::Error::other(e)))?;
+        let runtime = runtime()?;
         let (connection, handle, _) = rtnetlink::new_connection().map_err(Error::NetlinkSocket)?;
         let task = runtime.spawn(connection);
         Ok(Self { handle, task })
@@ -38,8 +35,7 @@ impl Netlink {
     /// Opens a socket that also receives the multicast notifications of `groups` (a
     /// `RTMGRP_*` bit mask); they arrive on the returned receiver. Needs a tokio runtime.
     pub fn open_subscribed(groups: u32) -> Result<(Self, Notifications)> {
-        let runtime = tokio::runtime::Handle::try_current()
-            .map_err(|e| Error::NetlinkSocket(std::io::Error::other(e)))?;
+        let runtime = runtime()?;
         let (mut connection, handle, messages) =
             rtnetlink::new_connection().map_err(Error::NetlinkSocket)?;
         // Binding must happen before the connection's first request autobinds the socket.
@@ -51,6 +47,13 @@ impl Netlink {
         let task = runtime.spawn(connection);
         Ok((Self { handle, task }, messages))
     }
+}
+
+/// The runtime the connection task goes on: a clear error instead of tokio's panic when
+/// called outside one.
+fn runtime() -> Result<tokio::runtime::Handle> {
+    tokio::runtime::Handle::try_current()
+        .map_err(|e| Error::NetlinkSocket(std::io::Error::other(e)))
 }
 
 /// Multicast notifications of a subscribed connection.
@@ -206,5 +209,9 @@ mod tests {
     #[test]
     fn opening_outside_a_runtime_is_an_error_not_a_panic() {
         assert!(matches!(Netlink::open(), Err(Error::NetlinkSocket(_))));
+        assert!(matches!(
+            Netlink::open_subscribed(0),
+            Err(Error::NetlinkSocket(_))
+        ));
     }
 }

@@ -12,10 +12,7 @@ use rtnetlink::{
     packet_route::route::{RouteProtocol, RouteType},
 };
 
-use crate::{
-    Error, Result,
-    nl::{Netlink, errno},
-};
+use crate::{Error, Result, nl::Netlink};
 
 /// Adds (or replaces) `unreachable CIDR` in the main table. Idempotent.
 pub async fn ensure_unreachable(cidr: Ipv4Net) -> Result<()> {
@@ -29,18 +26,6 @@ pub async fn ensure_unreachable(cidr: Ipv4Net) -> Result<()> {
         .map_err(Error::netlink(format!(
             "adding the unreachable route {cidr}"
         )))
-}
-
-/// Removes `unreachable CIDR` if present.
-pub async fn remove_unreachable(cidr: Ipv4Net) -> Result<()> {
-    let nl = Netlink::open()?;
-    match nl.handle.route().del(unreachable(cidr)).execute().await {
-        Ok(()) => Ok(()),
-        Err(e) if errno(&e) == Some(libc::ESRCH) => Ok(()),
-        Err(e) => Err(Error::netlink(format!(
-            "removing the unreachable route {cidr}"
-        ))(e)),
-    }
 }
 
 fn unreachable(cidr: Ipv4Net) -> rtnetlink::packet_route::route::RouteMessage {

@@ -1,34 +1,24 @@
 //! Detaching the pod program from a pod veth, and the bookkeeping of which pod veths carry
 //! it, so pod veths can come and go while kproxy runs (`--pod-bridge`).
 
-use std::path::PathBuf;
-
-use super::{Datapath, TC_POD_TAG};
+use super::{Datapath, TC_POD_TAG, remove_pin};
 
 impl Datapath {
-    /// Where the tc link of pod interface `iface` is pinned (as `attach_tc` names it).
-    fn pod_link_pin(&self, iface: &str) -> PathBuf {
-        self.bpffs_dir.join(format!("link_{TC_POD_TAG}_{iface}"))
-    }
-
     /// Forgets pod interface `iface` and removes its pinned tc link. Once the pin is gone
     /// nothing holds the link, so the program leaves the interface if it still exists (a
     /// veth taken off the bridge); for a deleted veth the kernel already detached it, and
     /// the pin would only keep a defunct link around. Returns whether `iface` was attached.
     pub fn detach_pod_iface(&mut self, iface: &str) -> std::io::Result<bool> {
         let was_attached = self.pod_ifaces.remove(iface);
-        let pin = self.pod_link_pin(iface);
-        match std::fs::remove_file(&pin) {
-            Ok(()) => {}
-            // Not pinned: a netlink (non-TCX) attachment, or never attached.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(std::io::Error::new(
-                    e.kind(),
-                    format!("removing the pinned tc link {}: {e}", pin.display()),
-                ));
-            }
-        }
+        let pin = self.iface_link_pin(TC_POD_TAG, iface);
+        // Nothing pinned if never attached, or attached through netlink (no TCX before
+        // 6.6): that attachment stays with the program until the veth or kproxy goes.
+        remove_pin(&pin).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("removing the pinned tc link {}: {e}", pin.display()),
+            )
+        })?;
         if was_attached {
             tracing::info!(%iface, "pod interface detached (tc ingress)");
         }
