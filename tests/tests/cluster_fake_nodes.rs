@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kproxy_tests::apiserver::{ApiServer, TempDir};
-use kproxy_tests::{control, eventually};
+use kproxy_tests::{control, kubelet::is_ready, until};
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
 
@@ -16,13 +16,6 @@ fn node_of(p: &Pod) -> String {
         .as_ref()
         .and_then(|s| s.node_name.clone())
         .unwrap_or_default()
-}
-
-fn ready(p: &Pod) -> bool {
-    p.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -52,37 +45,34 @@ async fn a_failed_nodes_pods_are_replaced_on_another_node() {
         .await
         .unwrap();
     let pods: Api<Pod> = Api::default_namespaced(c.clone());
-    let list = || {
-        let pods = pods.clone();
-        async move {
-            pods.list(&ListParams::default().labels("app=web"))
-                .await
-                .unwrap()
-                .items
-        }
+    let list = || async {
+        pods.list(&ListParams::default().labels("app=web"))
+            .await
+            .unwrap()
+            .items
     };
-    let rt = tokio::runtime::Handle::current();
-    let snapshot = || tokio::task::block_in_place(|| rt.block_on(list()));
 
     // The scheduler spreads one owner's pods: one on each node.
-    eventually("one ready pod on each node", || {
+    until("one ready pod on each node", || async {
         let per_node: BTreeMap<String, usize> =
-            snapshot()
+            list()
+                .await
                 .iter()
-                .filter(|p| ready(p))
+                .filter(|p| is_ready(p))
                 .fold(BTreeMap::new(), |mut m, p| {
                     *m.entry(node_of(p)).or_default() += 1;
                     m
                 });
         per_node.get("fa-0") == Some(&1) && per_node.get("fb-0") == Some(&1)
-    });
+    })
+    .await;
 
     // fa-0 stops heartbeating: Unknown + unreachable taint, its pod evicted, a replacement
     // scheduled on fb-0 (the tainted node takes no new pods).
     doomed.kill();
     let nodes: Api<Node> = Api::all(c.clone());
-    eventually("fa-0 is unreachable and tainted", || {
-        let n = tokio::task::block_in_place(|| rt.block_on(nodes.get("fa-0"))).unwrap();
+    until("fa-0 is unreachable and tainted", || async {
+        let n = nodes.get("fa-0").await.unwrap();
         let unknown = n.status.and_then(|s| s.conditions).is_some_and(|cs| {
             cs.iter()
                 .any(|c| c.type_ == "Ready" && c.status == "Unknown")
@@ -92,16 +82,20 @@ async fn a_failed_nodes_pods_are_replaced_on_another_node() {
                 .any(|t| t.key == "node.kubernetes.io/unreachable" && t.effect == "NoExecute")
         });
         unknown && tainted
-    });
-    eventually("two ready pods, both on fb-0", || {
-        let live: Vec<Pod> = snapshot()
+    })
+    .await;
+    until("two ready pods, both on fb-0", || async {
+        let live: Vec<Pod> = list()
+            .await
             .into_iter()
-            .filter(|p| p.metadata.deletion_timestamp.is_none() && ready(p))
+            .filter(|p| p.metadata.deletion_timestamp.is_none() && is_ready(p))
             .collect();
         live.len() == 2 && live.iter().all(|p| node_of(p) == "fb-0")
-    });
-    eventually("the Deployment reports 2 available", || {
-        let d = tokio::task::block_in_place(|| rt.block_on(deps.get_status("web"))).unwrap();
+    })
+    .await;
+    until("the Deployment reports 2 available", || async {
+        let d = deps.get_status("web").await.unwrap();
         d.status.and_then(|s| s.available_replicas) == Some(2)
-    });
+    })
+    .await;
 }

@@ -13,7 +13,6 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    future::Future,
     net::Ipv4Addr,
     process::Command,
     time::{Duration, Instant},
@@ -29,7 +28,7 @@ use kproxy_tests::{
     apiserver::{ApiServer, TempDir},
     bin,
     control::{client, controller_manager},
-    patience,
+    until,
 };
 use kube::{
     Api, Client, ResourceExt as _,
@@ -38,23 +37,6 @@ use kube::{
 use serde_json::{Value, json};
 
 const ALL: &str = "endpointslice,lbipam,nodeipam,nodelifecycle";
-
-/// Polls an async check until it holds, panicking with `what` after the test patience.
-async fn until<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let started = Instant::now();
-    while !check().await {
-        assert!(
-            started.elapsed() < patience(),
-            "timed out after {:?} waiting for: {what}",
-            patience()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 fn from<T: k8s_openapi::serde::de::DeserializeOwned>(v: Value) -> T {
     serde_json::from_value(v).expect("valid object")
@@ -507,7 +489,7 @@ async fn lb_ips_unique_with_1000_concurrent_services_and_across_restart() {
         assert_eq!(after.get(name), Some(ip), "{name} kept its address");
     }
 
-    // Type change: released and the status cleared; delete: released.
+    // Type change: released and the status cleared (release on delete: the next test).
     svcs.patch(
         "s1",
         &PatchParams::default(),

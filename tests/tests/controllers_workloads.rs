@@ -20,7 +20,8 @@ use kproxy_tests::{
     apiserver::{ApiServer, TempDir},
     bin,
     control::{client, controller_manager},
-    patience,
+    kubelet::is_ready,
+    until,
 };
 use kube::{
     Api, ResourceExt as _,
@@ -28,23 +29,6 @@ use kube::{
     runtime::{WatchStreamExt as _, watcher},
 };
 use serde_json::{Value, json};
-
-/// Polls an async condition until it holds (the async twin of `kproxy_tests::eventually`).
-async fn until<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !check().await {
-        assert!(
-            start.elapsed() < patience(),
-            "timed out after {:?} waiting for: {what}",
-            patience()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 struct Cluster {
     _dir: TempDir,
@@ -87,11 +71,53 @@ fn rolling(surge: Value, unavailable: Value) -> Value {
     json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": surge, "maxUnavailable": unavailable}})
 }
 
-fn is_ready(p: &Pod) -> bool {
-    p.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+/// Creates `d` and waits until it is rolled out.
+async fn create_rolled_out(c: &Cluster, d: &Deployment) -> Api<Deployment> {
+    let deploys: Api<Deployment> = Api::default_namespaced(c.client.clone());
+    deploys.create(&PostParams::default(), d).await.unwrap();
+    let name = d.name_any();
+    let replicas = d.spec.as_ref().and_then(|s| s.replicas).unwrap();
+    until(&format!("{replicas} ready pods of {name}"), || {
+        rolled_out(&c.client, &name, replicas)
+    })
+    .await;
+    deploys
+}
+
+/// A new template: the container's image changed.
+async fn set_image(deploys: &Api<Deployment>, name: &str, image: &str) {
+    let patch =
+        json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": image}]}}}});
+    deploys
+        .patch(name, &PatchParams::default(), &Patch::Strategic(&patch))
+        .await
+        .unwrap();
+}
+
+/// Merge-patches the spec of Deployment `name`.
+async fn patch_spec(deploys: &Api<Deployment>, name: &str, spec: Value) {
+    deploys
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": spec })),
+        )
+        .await
+        .unwrap();
+}
+
+/// Resizes through the scale subresource.
+async fn scale<K>(api: &Api<K>, name: &str, replicas: i32)
+where
+    K: kube::Resource + Clone + k8s_openapi::serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.patch_scale(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": replicas}})),
+    )
+    .await
+    .unwrap();
 }
 
 fn hash_of(p: &Pod) -> String {
@@ -182,6 +208,19 @@ fn monitor(client: kube::Client) -> (Arc<Mutex<Seen>>, tokio::task::JoinHandle<(
     (seen, task)
 }
 
+/// [`monitor`], started once the namespace has `pods` pods and its first list shows them.
+async fn monitor_listed(
+    client: &kube::Client,
+    pods: usize,
+) -> (Arc<Mutex<Seen>>, tokio::task::JoinHandle<()>) {
+    let (seen, task) = monitor(client.clone());
+    until("monitor listed", || async {
+        seen.lock().unwrap().max_pods == pods
+    })
+    .await;
+    (seen, task)
+}
+
 async fn pods_of(client: &kube::Client, selector: &str) -> Vec<Pod> {
     let pods: Api<Pod> = Api::default_namespaced(client.clone());
     pods.list(&ListParams::default().labels(selector))
@@ -264,15 +303,11 @@ fn kctl(api: &ApiServer, home: &Path, args: &[&str]) -> (bool, String) {
 async fn deployment_scales_its_replica_set_up_and_down() {
     let c = cluster("kpt-cm-scale").await;
     let _kubelet = mark_ready(c.client.clone(), Duration::ZERO);
-    let deploys: Api<Deployment> = Api::default_namespaced(c.client.clone());
-    deploys
-        .create(
-            &PostParams::default(),
-            &deployment("web", 3, "httpd", rolling(json!(1), json!(0))),
-        )
-        .await
-        .unwrap();
-    until("3 ready pods", || rolled_out(&c.client, "web", 3)).await;
+    let deploys = create_rolled_out(
+        &c,
+        &deployment("web", 3, "httpd", rolling(json!(1), json!(0))),
+    )
+    .await;
 
     // One set named <deployment>-<hash>, the hash on its selector, labels and template.
     let sets = sets_of(&c.client, "app=web").await;
@@ -362,23 +397,9 @@ async fn deployment_scales_its_replica_set_up_and_down() {
     );
 
     // Scale up through the scale subresource, then down.
-    deploys
-        .patch_scale(
-            "web",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"replicas": 10}})),
-        )
-        .await
-        .unwrap();
+    scale(&deploys, "web", 10).await;
     until("10 ready pods", || rolled_out(&c.client, "web", 10)).await;
-    deploys
-        .patch_scale(
-            "web",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"replicas": 2}})),
-        )
-        .await
-        .unwrap();
+    scale(&deploys, "web", 2).await;
     until("2 pods", || rolled_out(&c.client, "web", 2)).await;
     assert_eq!(
         sets_of(&c.client, "app=web").await.len(),
@@ -482,13 +503,7 @@ async fn replica_set_adopts_orphans_never_overshoots_and_deletes_unready_first()
             .is_some_and(|s| s.ready_replicas == Some(3))
     })
     .await;
-    sets.patch_scale(
-        "burst",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"replicas": 3}})),
-    )
-    .await
-    .unwrap();
+    scale(&sets, "burst", 3).await;
     until("3 pods", || async {
         pods_of(&c.client, "app=burst").await.len() == 3
     })
@@ -522,27 +537,15 @@ async fn replica_set_adopts_orphans_never_overshoots_and_deletes_unready_first()
 async fn rolling_update_stays_within_surge_and_unavailability_then_rolls_back() {
     let c = cluster("kpt-cm-roll").await;
     let _kubelet = mark_ready(c.client.clone(), Duration::from_millis(150));
-    let deploys: Api<Deployment> = Api::default_namespaced(c.client.clone());
-    deploys
-        .create(
-            &PostParams::default(),
-            &deployment("web", 6, "kecho:1", rolling(json!(2), json!(1))),
-        )
-        .await
-        .unwrap();
-    until("6 ready pods", || rolled_out(&c.client, "web", 6)).await;
+    let deploys = create_rolled_out(
+        &c,
+        &deployment("web", 6, "kecho:1", rolling(json!(2), json!(1))),
+    )
+    .await;
     let first = sets_of(&c.client, "app=web").await[0].name_any();
 
-    let (seen, _mon) = monitor(c.client.clone());
-    until("monitor listed", || async {
-        seen.lock().unwrap().max_pods == 6
-    })
-    .await;
-    let image = json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "kecho:2"}]}}}});
-    deploys
-        .patch("web", &PatchParams::default(), &Patch::Strategic(&image))
-        .await
-        .unwrap();
+    let (seen, _mon) = monitor_listed(&c.client, 6).await;
+    set_image(&deploys, "web", "kecho:2").await;
     until("rolled out to kecho:2", || rolled_out(&c.client, "web", 6)).await;
     {
         let s = seen.lock().unwrap();
@@ -653,14 +656,7 @@ async fn rolling_update_stays_within_surge_and_unavailability_then_rolls_back() 
     }));
 
     // revisionHistoryLimit 1: only the newest old set is kept.
-    deploys
-        .patch(
-            "web",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"revisionHistoryLimit": 1}})),
-        )
-        .await
-        .unwrap();
+    patch_spec(&deploys, "web", json!({"revisionHistoryLimit": 1})).await;
     until("history pruned", || async {
         sets_of(&c.client, "app=web").await.len() == 2
     })
@@ -671,25 +667,13 @@ async fn rolling_update_stays_within_surge_and_unavailability_then_rolls_back() 
 async fn recreate_removes_old_pods_before_new_ones_start_and_pause_holds_rollouts() {
     let c = cluster("kpt-cm-recreate").await;
     let _kubelet = mark_ready(c.client.clone(), Duration::from_millis(50));
-    let deploys: Api<Deployment> = Api::default_namespaced(c.client.clone());
-    deploys
-        .create(
-            &PostParams::default(),
-            &deployment("db", 3, "kecho:1", json!({"type": "Recreate"})),
-        )
-        .await
-        .unwrap();
-    until("3 ready pods", || rolled_out(&c.client, "db", 3)).await;
-    let (seen, _mon) = monitor(c.client.clone());
-    until("monitor listed", || async {
-        seen.lock().unwrap().max_pods == 3
-    })
+    let deploys = create_rolled_out(
+        &c,
+        &deployment("db", 3, "kecho:1", json!({"type": "Recreate"})),
+    )
     .await;
-    let image = json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "kecho:2"}]}}}});
-    deploys
-        .patch("db", &PatchParams::default(), &Patch::Strategic(&image))
-        .await
-        .unwrap();
+    let (seen, _mon) = monitor_listed(&c.client, 3).await;
+    set_image(&deploys, "db", "kecho:2").await;
     until("recreated with kecho:2", || async {
         rolled_out(&c.client, "db", 3).await && sets_of(&c.client, "app=db").await.len() == 2
     })
@@ -701,24 +685,13 @@ async fn recreate_removes_old_pods_before_new_ones_start_and_pause_holds_rollout
     }
 
     // Paused: a template change makes no new set; the status is still kept.
-    deploys
-        .patch(
-            "db",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"paused": true}})),
-        )
-        .await
-        .unwrap();
+    patch_spec(&deploys, "db", json!({"paused": true})).await;
     until("Progressing DeploymentPaused", || async {
         condition(&deploys.get("db").await.unwrap(), "Progressing")
             == Some(("Unknown".into(), "DeploymentPaused".into()))
     })
     .await;
-    let image = json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "kecho:3"}]}}}});
-    deploys
-        .patch("db", &PatchParams::default(), &Patch::Strategic(&image))
-        .await
-        .unwrap();
+    set_image(&deploys, "db", "kecho:3").await;
     until("generation observed while paused", || async {
         let d = deploys.get("db").await.unwrap();
         d.status.and_then(|s| s.observed_generation) == d.metadata.generation
@@ -730,14 +703,7 @@ async fn recreate_removes_old_pods_before_new_ones_start_and_pause_holds_rollout
         2,
         "no rollout while paused"
     );
-    deploys
-        .patch(
-            "db",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"paused": false}})),
-        )
-        .await
-        .unwrap();
+    patch_spec(&deploys, "db", json!({"paused": false})).await;
     until("resumed rollout", || async {
         rolled_out(&c.client, "db", 3).await && sets_of(&c.client, "app=db").await.len() == 3
     })
@@ -881,44 +847,31 @@ async fn kubectl_rollout_status_history_and_undo() {
     let c = cluster("kpt-cm-kubectl").await;
     let _kubelet = mark_ready(c.client.clone(), Duration::from_millis(20));
     let k = kproxy_tests::kubectl::Kubectl::new(&c.api.kubeconfig, &c.api.data_dir);
-    let kubectl = |args: &[&str]| {
-        let (ok, o, e) = k.run(args);
-        (ok, format!("{o}{e}"))
-    };
     // kubectl blocks; run it off the runtime's threads.
-    let run = |args: Vec<&'static str>| {
-        let kubectl = &kubectl;
-        move || kubectl(&args)
+    let kubectl = |args: &[&str]| {
+        tokio::task::block_in_place(|| {
+            let (ok, o, e) = k.run(args);
+            (ok, format!("{o}{e}"))
+        })
     };
-    let (ok, out) = tokio::task::block_in_place(run(vec![
+    let (ok, out) = kubectl(&[
         "create",
         "deployment",
         "web",
         "--image=kecho:1",
         "--replicas=3",
-    ]));
+    ]);
     assert!(ok, "{out}");
-    let (ok, out) = tokio::task::block_in_place(run(vec![
-        "rollout",
-        "status",
-        "deployment/web",
-        "--timeout=60s",
-    ]));
+    let (ok, out) = kubectl(&["rollout", "status", "deployment/web", "--timeout=60s"]);
     assert!(
         ok && out.contains("deployment \"web\" successfully rolled out"),
         "{out}"
     );
-    let (ok, out) =
-        tokio::task::block_in_place(run(vec!["set", "image", "deployment/web", "kecho=kecho:2"]));
+    let (ok, out) = kubectl(&["set", "image", "deployment/web", "kecho=kecho:2"]);
     assert!(ok, "{out}");
-    let (ok, out) = tokio::task::block_in_place(run(vec![
-        "rollout",
-        "status",
-        "deployment/web",
-        "--timeout=60s",
-    ]));
+    let (ok, out) = kubectl(&["rollout", "status", "deployment/web", "--timeout=60s"]);
     assert!(ok && out.contains("successfully rolled out"), "{out}");
-    let (ok, out) = tokio::task::block_in_place(run(vec!["rollout", "history", "deployment/web"]));
+    let (ok, out) = kubectl(&["rollout", "history", "deployment/web"]);
     assert!(
         ok && out.contains("REVISION") && out.contains("CHANGE-CAUSE"),
         "{out}"
@@ -929,49 +882,34 @@ async fn kubectl_rollout_status_history_and_undo() {
         .filter(|w| w.parse::<u32>().is_ok())
         .collect();
     assert_eq!(revs, ["1", "2"], "{out}");
-    let (ok, out) = tokio::task::block_in_place(run(vec![
-        "rollout",
-        "history",
-        "deployment/web",
-        "--revision=1",
-    ]));
+    let (ok, out) = kubectl(&["rollout", "history", "deployment/web", "--revision=1"]);
     assert!(ok && out.contains("kecho:1"), "{out}");
-    let (ok, out) = tokio::task::block_in_place(run(vec!["rollout", "undo", "deployment/web"]));
+    let (ok, out) = kubectl(&["rollout", "undo", "deployment/web"]);
     assert!(
         ok && out.contains("deployment.apps/web rolled back"),
         "{out}"
     );
-    let (ok, out) = tokio::task::block_in_place(run(vec![
-        "rollout",
-        "status",
-        "deployment/web",
-        "--timeout=60s",
-    ]));
+    let (ok, out) = kubectl(&["rollout", "status", "deployment/web", "--timeout=60s"]);
     assert!(ok && out.contains("successfully rolled out"), "{out}");
-    let (ok, out) = tokio::task::block_in_place(run(vec!["rollout", "history", "deployment/web"]));
+    let (ok, out) = kubectl(&["rollout", "history", "deployment/web"]);
     let revs: Vec<&str> = out
         .lines()
         .filter_map(|l| l.split_whitespace().next())
         .filter(|w| w.parse::<u32>().is_ok())
         .collect();
     assert!(ok && revs == ["2", "3"], "{out}");
-    let (ok, out) = tokio::task::block_in_place(run(vec![
+    let (ok, out) = kubectl(&[
         "get",
         "deployment",
         "web",
         "-o",
         "jsonpath={.spec.template.spec.containers[0].image}",
-    ]));
+    ]);
     assert!(ok && out.trim() == "kecho:1", "{out}");
-    let (ok, out) = tokio::task::block_in_place(run(vec!["rollout", "restart", "deployment/web"]));
+    let (ok, out) = kubectl(&["rollout", "restart", "deployment/web"]);
     assert!(ok && out.contains("restarted"), "{out}");
-    let (ok, out) = tokio::task::block_in_place(run(vec![
-        "rollout",
-        "status",
-        "deployment/web",
-        "--timeout=60s",
-    ]));
+    let (ok, out) = kubectl(&["rollout", "status", "deployment/web", "--timeout=60s"]);
     assert!(ok && out.contains("successfully rolled out"), "{out}");
-    let (ok, out) = tokio::task::block_in_place(run(vec!["describe", "deployment", "web"]));
+    let (ok, out) = kubectl(&["describe", "deployment", "web"]);
     assert!(ok && out.contains("ScalingReplicaSet"), "{out}");
 }

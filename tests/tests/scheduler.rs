@@ -15,7 +15,7 @@ use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::core::v1::{Event, Node, Pod};
 use kproxy_tests::{
     apiserver::{ApiServer, TempDir},
-    control, patience,
+    control, patience, until_some,
 };
 use kube::{
     Api, Client,
@@ -96,24 +96,8 @@ fn node_of(p: &Pod) -> Option<String> {
         .filter(|n| !n.is_empty())
 }
 
-/// Async `eventually`: polls `check` until it returns `Some`, within the test patience.
-async fn until<T, F: Future<Output = Option<T>>>(what: &str, mut check: impl FnMut() -> F) -> T {
-    let started = Instant::now();
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            started.elapsed() < patience(),
-            "timed out after {:?} waiting for: {what}",
-            patience()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn bound_to(pods: &Api<Pod>, name: &str) -> String {
-    until(&format!("pod {name} bound"), || async {
+    until_some(&format!("pod {name} bound"), || async {
         node_of(&pods.get(name).await.unwrap())
     })
     .await
@@ -182,7 +166,7 @@ async fn pods_fit_spread_and_wait_for_a_node_that_fits() {
         per_node,
         BTreeMap::from([("n1".into(), 2), ("n2".into(), 2), ("n3".into(), 2)])
     );
-    let scheduled = until("Scheduled event for web-0", || async {
+    let scheduled = until_some("Scheduled event for web-0", || async {
         events(&c, "web-0", "Scheduled").await.pop()
     })
     .await;
@@ -195,12 +179,12 @@ async fn pods_fit_spread_and_wait_for_a_node_that_fits() {
     pods.create(&PostParams::default(), &pod("big", "3", json!({})))
         .await
         .unwrap();
-    let msg = until("FailedScheduling event for big", || async {
+    let msg = until_some("FailedScheduling event for big", || async {
         events(&c, "big", "FailedScheduling").await.pop()
     })
     .await;
     assert_eq!(msg, "0/3 nodes are available: 3 Insufficient cpu.");
-    let cond = until("PodScheduled=False on big", || async {
+    let cond = until_some("PodScheduled=False on big", || async {
         let p = pods.get("big").await.unwrap();
         p.status?
             .conditions?
@@ -234,7 +218,7 @@ async fn pods_fit_spread_and_wait_for_a_node_that_fits() {
         "big pod bound {:?} after its node was added",
         added.elapsed()
     );
-    let scheduled = until("Scheduled event for big", || async {
+    let scheduled = until_some("Scheduled event for big", || async {
         events(&c, "big", "Scheduled").await.pop()
     })
     .await;
@@ -317,7 +301,7 @@ async fn selectors_taints_and_other_schedulers() {
     )
     .await
     .unwrap();
-    let msg = until("FailedScheduling event for nowhere", || async {
+    let msg = until_some("FailedScheduling event for nowhere", || async {
         events(&c, "nowhere", "FailedScheduling").await.pop()
     })
     .await;

@@ -7,7 +7,8 @@
 //! conditions and progressDeadlineSeconds. `plan` decides, this module executes.
 //!
 //! Runs kube-runtime's controller engine (`applier`) over watch caches of Deployments and
-//! ReplicaSets (see `replicaset::informer`).
+//! ReplicaSets (see `replicaset::informer`); Recreate reads the old pods in the process' pod
+//! cache.
 
 pub mod hash;
 pub mod plan;
@@ -17,15 +18,12 @@ use std::{collections::BTreeMap, convert::Infallible, sync::Arc, time::Duration}
 
 use futures::{StreamExt as _, channel::mpsc};
 use jiff::Timestamp;
-use k8s_openapi::api::{
-    apps::v1::{Deployment, DeploymentStatus, ReplicaSet, ReplicaSetSpec},
-    core::v1::Pod,
-};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus, ReplicaSet, ReplicaSetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kproxy_apimachinery::selector::SelectorError;
+use kproxy_apimachinery::selector::LabelSelector;
 use kube::{
     Api, Resource as _, ResourceExt as _,
-    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+    api::{DeleteParams, Patch, PatchParams, PostParams},
     runtime::{
         controller::{self, Action, ReconcileRequest},
         reflector::{ObjectRef, Store},
@@ -35,48 +33,28 @@ use serde_json::json;
 use tracing::{debug, info, instrument, warn};
 
 use crate::{
-    Config,
+    SyncError as Error, api_err, drop_managed_fields,
     events::{Recorder, Type},
+    podcache::PodCache,
     replicaset::{
         claim::{self, Claim, controller_of, key},
-        drop_managed_fields,
         informer::{self, Change},
     },
 };
 
 const RESYNC: Duration = Duration::from_secs(300);
-/// Recreate waits for the old pods to be gone; their deletion does not trigger us.
+/// Recreate waits for the old pods to be gone (in the pod cache); their deletion does not
+/// trigger us.
 const RECREATE_POLL: Duration = Duration::from_secs(1);
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("object without {0}")]
-    MissingMetadata(&'static str),
-    #[error("invalid selector")]
-    Selector(#[source] SelectorError),
-    #[error("{what}")]
-    Api {
-        what: String,
-        #[source]
-        source: kube::Error,
-    },
-    #[error("replica set {0} exists with another template; collisionCount raised")]
-    HashCollision(String),
-}
-
-fn api_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
-    let what = what.into();
-    move |source| Error::Api { what, source }
-}
 
 pub struct Ctx {
     client: kube::Client,
     sets: Store<ReplicaSet>,
+    pods: PodCache,
     recorder: Recorder,
 }
 
-pub async fn run(client: kube::Client, config: Arc<Config>) -> anyhow::Result<()> {
-    let _ = config;
+pub async fn run(client: kube::Client, pods: PodCache) -> anyhow::Result<()> {
     let (tx, rx) = mpsc::unbounded::<ObjectRef<Deployment>>();
     let deployments = informer::spawn(
         Api::<Deployment>::all(client.clone()),
@@ -110,11 +88,14 @@ pub async fn run(client: kube::Client, config: Arc<Config>) -> anyhow::Result<()
         },
     );
     sets.wait_until_ready().await?;
+    // Recreate must not see old pods as gone because the cache has not listed them yet.
+    pods.wait_until_ready().await;
     info!("deployment controller started");
     let ctx = Arc::new(Ctx {
         recorder: Recorder::new(client.clone(), "deployment-controller"),
         client,
         sets,
+        pods,
     });
     let queue = rx.map(|r| Ok::<_, Infallible>(ReconcileRequest::from(r)));
     crate::drain(
@@ -132,27 +113,12 @@ pub async fn run(client: kube::Client, config: Arc<Config>) -> anyhow::Result<()
 }
 
 fn owners_of(rs: &ReplicaSet, deployments: &Store<Deployment>) -> Vec<ObjectRef<Deployment>> {
-    let ns = rs.namespace().unwrap_or_default();
-    if let Some(owner) = controller_of(&rs.metadata) {
-        return if owner.kind == "Deployment" && owner.api_version == "apps/v1" {
-            vec![ObjectRef::new(&owner.name).within(&ns)]
-        } else {
-            Vec::new()
-        };
-    }
-    deployments
-        .state()
-        .iter()
-        .filter(|d| d.namespace().as_deref() == Some(ns.as_str()))
-        .filter(|d| {
-            let sel = d
-                .spec
-                .as_ref()
-                .and_then(|s| claim::matcher(&s.selector).ok().flatten());
-            claim::matches(sel.as_ref(), rs.metadata.labels.as_ref())
-        })
-        .map(|d| ObjectRef::from_obj(&**d))
-        .collect()
+    claim::owners_to_sync(
+        rs.metadata.namespace.as_deref().unwrap_or_default(),
+        claim::Child::of(&rs.metadata),
+        deployments,
+        |d| d.spec.as_ref().map(|s| &s.selector),
+    )
 }
 
 fn error_policy(d: Arc<Deployment>, error: &Error, _ctx: Arc<Ctx>) -> Action {
@@ -170,8 +136,9 @@ fn error_policy(d: Arc<Deployment>, error: &Error, _ctx: Arc<Ctx>) -> Action {
 async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let ns = d.namespace().ok_or(Error::MissingMetadata("namespace"))?;
     let uid = d.uid().ok_or(Error::MissingMetadata("uid"))?;
-    let spec = d.spec.clone().unwrap_or_default();
-    let selector = claim::matcher(&spec.selector).map_err(Error::Selector)?;
+    let selector = d.spec.as_ref().map(|s| &s.selector);
+    let selector =
+        claim::matcher(selector.unwrap_or(&Default::default())).map_err(Error::Selector)?;
     let deleting = d.metadata.deletion_timestamp.is_some();
 
     let mut sets = Vec::new();
@@ -203,7 +170,7 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         return sync.status_only(&sets).await;
     }
     status::paused_condition(&d, &mut sync.status, sync.now);
-    if spec.paused.unwrap_or(false) {
+    if d.spec.as_ref().and_then(|s| s.paused).unwrap_or(false) {
         return sync.scale_only(sets).await;
     }
     let (new, old) = split(&d, &sets);
@@ -307,7 +274,7 @@ impl Sync<'_> {
             self.apply_steps(&mut sets, steps).await?;
             return self.rollout_status(&sets, new_name.as_deref()).await;
         }
-        if self.old_pods_running(&sets, new_name.as_deref()).await? {
+        if self.old_pods_running(&sets, new_name.as_deref()) {
             self.rollout_status(&sets, new_name.as_deref()).await?;
             return Ok(Action::requeue(RECREATE_POLL));
         }
@@ -599,48 +566,37 @@ impl Sync<'_> {
 
     /// Recreate's `oldPodsRunning`: old sets still report pods, or pods of theirs (also
     /// terminating ones) that have not finished are still there.
-    async fn old_pods_running(
-        &self,
-        sets: &[ReplicaSet],
-        new: Option<&str>,
-    ) -> Result<bool, Error> {
+    fn old_pods_running(&self, sets: &[ReplicaSet], new: Option<&str>) -> bool {
         let (_, old) = split_by_name(sets, new);
         if old
             .iter()
             .any(|rs| rs.status.as_ref().is_some_and(|s| s.replicas > 0))
         {
-            return Ok(true);
+            return true;
         }
         let old_uids: Vec<&str> = old
             .iter()
             .filter_map(|rs| rs.metadata.uid.as_deref())
             .collect();
         if old_uids.is_empty() {
-            return Ok(false);
+            return false;
         }
+        // The Deployment's selector narrows the search; an invalid one does not.
         let selector = self
             .d
             .spec
             .as_ref()
-            .and_then(|s| kproxy_apimachinery::selector::LabelSelector::from_api(&s.selector).ok())
-            .map(|s| s.to_string())
-            .unwrap_or_default();
-        let pods: Api<Pod> = Api::namespaced(
-            self.ctx.client.clone(),
-            &self.d.namespace().unwrap_or_default(),
-        );
-        let list = pods
-            .list(&ListParams::default().labels(&selector))
-            .await
-            .map_err(api_err("listing pods"))?;
-        Ok(list.items.iter().any(|p| {
-            let finished = matches!(
-                p.status.as_ref().and_then(|s| s.phase.as_deref()),
-                Some("Succeeded" | "Failed")
-            );
-            !finished
-                && controller_of(&p.metadata).is_some_and(|o| old_uids.contains(&o.uid.as_str()))
-        }))
+            .and_then(|s| LabelSelector::from_api(&s.selector).ok());
+        self.ctx
+            .pods
+            .in_namespace(self.d.metadata.namespace.as_deref().unwrap_or_default())
+            .iter()
+            .any(|p| {
+                !p.phase.is_terminal()
+                    && selector.as_ref().is_none_or(|s| s.matches(&p.labels))
+                    && p.controller()
+                        .is_some_and(|o| old_uids.contains(&o.uid.as_str()))
+            })
     }
 
     /// `cleanupDeployment`: delete the oldest fully scaled-down sets beyond the history limit.

@@ -26,7 +26,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, ResourceExt as _,
-    api::{DeleteParams, Patch, PatchParams, PostParams},
+    api::{DeleteParams, Patch, PatchParams},
     runtime::{
         WatchStreamExt as _, applier,
         controller::{Action, Config as ApplierConfig},
@@ -34,35 +34,14 @@ use kube::{
         watcher::{self, Event},
     },
 };
-use thiserror::Error;
 use tracing::{debug, info, warn};
 
-pub use desired::{
-    MANAGED_BY, MANAGED_BY_LABEL, MAX_PER_SLICE, SERVICE_NAME_LABEL, TRIGGER_TIME, Wanted,
-    endpoints_object, plan_slices, wanted_for_apiserver, wanted_for_pods,
-};
+use desired::{MANAGED_BY, MANAGED_BY_LABEL, SERVICE_NAME_LABEL};
 
 use crate::{
-    Config,
+    Config, SyncError as Error, api_err as kube_err, drop_managed_fields,
     podcache::{self, CachedPod, PodCache},
 };
-
-#[derive(Debug, Error)]
-pub enum Error {
-    #[error("{what}: {source}")]
-    Kube {
-        what: String,
-        #[source]
-        source: kube::Error,
-    },
-    #[error("a cache stopped: {0}")]
-    Cache(#[from] reflector::store::WriterDropped),
-}
-
-fn kube_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
-    let what = what.into();
-    move |source| Error::Kube { what, source }
-}
 
 type SvcKey = (String, String);
 
@@ -106,7 +85,7 @@ impl Ctx {
     }
 
     /// The Service's slices as they are now: the cache, overridden by our newer writes.
-    fn current_slices(&self, key: &SvcKey) -> Vec<EndpointSlice> {
+    fn current_slices(&self, key: &SvcKey) -> Vec<Arc<EndpointSlice>> {
         let cached = self.slices.state_filter(|s| {
             s.metadata.namespace.as_deref() == Some(key.0.as_str())
                 && s.labels().get(SERVICE_NAME_LABEL) == Some(&key.1)
@@ -114,7 +93,7 @@ impl Ctx {
         });
         self.written(|w| {
             let w = w.entry(key.clone()).or_default();
-            let mut out: BTreeMap<String, EndpointSlice> = BTreeMap::new();
+            let mut out: BTreeMap<String, Arc<EndpointSlice>> = BTreeMap::new();
             let in_cache: BTreeSet<String> = cached.iter().map(|s| s.name_any()).collect();
             w.deleted.retain(|n| in_cache.contains(n));
             for s in cached {
@@ -125,24 +104,23 @@ impl Ctx {
                 match w.slices.get(&n) {
                     Some(ours) if rv(&ours.metadata) >= rv(&s.metadata) => {}
                     _ => {
-                        out.insert(n, (*s).clone());
+                        out.insert(n, s);
                     }
                 }
             }
             for (n, s) in &w.slices {
-                out.entry(n.clone()).or_insert_with(|| (**s).clone());
+                out.entry(n.clone()).or_insert_with(|| Arc::clone(s));
             }
             out.into_values().collect()
         })
     }
 
-    fn current_endpoints(&self, key: &SvcKey) -> Option<Endpoints> {
+    fn current_endpoints(&self, key: &SvcKey) -> Option<Arc<Endpoints>> {
         let cached = self.endpoints.get(&ObjectRef::new(&key.1).within(&key.0));
         let ours = self.written(|w| w.get(key).and_then(|w| w.endpoints.clone()));
         match (cached, ours) {
-            (Some(c), Some(o)) if rv(&c.metadata) > rv(&o.metadata) => Some((*c).clone()),
-            (_, Some(o)) => Some((*o).clone()),
-            (c, None) => c.map(|c| (*c).clone()),
+            (Some(c), Some(o)) if rv(&c.metadata) > rv(&o.metadata) => Some(c),
+            (c, o) => o.or(c),
         }
     }
 
@@ -190,7 +168,7 @@ impl Ctx {
             if svc.metadata.namespace.as_deref() == Some(ns)
                 && desired::selects(
                     svc.spec.as_ref().and_then(|s| s.selector.as_ref()),
-                    Some(&pod.labels),
+                    &pod.labels,
                 )
             {
                 names.insert(svc.name_any());
@@ -216,7 +194,8 @@ fn apiserver_service(svc: &Service, config: &Config) -> Option<std::net::SocketA
     .flatten()
 }
 
-// === writes (one place, to switch to server-side apply later) ===
+// === writes (one place): slices are created with generateName (which apply cannot do),
+// then applied ===
 
 enum Write<'a> {
     Create(&'a EndpointSlice),
@@ -228,10 +207,7 @@ async fn write_slice(
     api: &Api<EndpointSlice>,
     w: Write<'_>,
 ) -> Result<Option<EndpointSlice>, Error> {
-    let pp = PostParams {
-        field_manager: Some(crate::FIELD_MANAGER.into()),
-        ..Default::default()
-    };
+    let pp = crate::post_params();
     match w {
         Write::Create(s) => api
             .create(&pp, s)
@@ -332,7 +308,7 @@ async fn sync(svc: &Service, key: &SvcKey, ctx: &Ctx) -> Result<Action, Error> {
     let now = Timestamp::now();
 
     let existing = ctx.current_slices(key);
-    let plan = desired::plan_slices(svc, &wanted, &existing, now);
+    let plan = desired::plan_slices(svc, &wanted, existing.iter().map(AsRef::as_ref), now);
     if !plan.is_empty() {
         debug!(
             create = plan.create.len(),
@@ -372,7 +348,7 @@ async fn sync(svc: &Service, key: &SvcKey, ctx: &Ctx) -> Result<Action, Error> {
     ctx.set_members(key, members);
 
     let cur = ctx.current_endpoints(key);
-    if let Some(ep) = desired::endpoints_object(svc, &wanted, cur.as_ref(), now) {
+    if let Some(ep) = desired::endpoints_object(svc, &wanted, cur.as_deref(), now) {
         let api: Api<Endpoints> = Api::namespaced(ctx.client.clone(), &key.0);
         let mut done = write_endpoints(&api, &ep).await?;
         done.metadata.managed_fields = None;
@@ -401,10 +377,7 @@ async fn ensure_kubernetes_service(
         target_port: Some(IntOrString::Int(i32::from(addr.port()))),
         ..Default::default()
     };
-    let pp = PostParams {
-        field_manager: Some(crate::FIELD_MANAGER.into()),
-        ..Default::default()
-    };
+    let pp = crate::post_params();
     match api
         .get_opt("kubernetes")
         .await
@@ -535,18 +508,15 @@ pub async fn run(client: Client, config: Arc<Config>, pods: PodCache) -> anyhow:
     .touched_objects()
     .filter_map(move |s| {
         let out = match s {
-            Ok(s) => {
-                let ns = s.namespace().unwrap_or_default();
-                s.labels().get(SERVICE_NAME_LABEL).cloned().and_then(|svc| {
-                    let key = (ns.clone(), svc.clone());
-                    let ours = c.written(|w| {
-                        w.get(&key)
-                            .and_then(|w| w.slices.get(&s.name_any()))
-                            .is_some_and(|o| rv(&o.metadata) >= rv(&s.metadata))
-                    });
-                    (!ours).then(|| Ok(ObjectRef::new(&svc).within(&ns)))
-                })
-            }
+            Ok(s) => s.labels().get(SERVICE_NAME_LABEL).and_then(|svc| {
+                let key = (s.namespace().unwrap_or_default(), svc.clone());
+                let ours = c.written(|w| {
+                    w.get(&key)
+                        .and_then(|w| w.slices.get(&s.name_any()))
+                        .is_some_and(|o| rv(&o.metadata) >= rv(&s.metadata))
+                });
+                (!ours).then(|| Ok(ObjectRef::new(&key.1).within(&key.0)))
+            }),
             Err(e) => Some(Err(e)),
         };
         std::future::ready(out)
@@ -590,11 +560,6 @@ pub async fn run(client: Client, config: Arc<Config>, pods: PodCache) -> anyhow:
         ),
     )
     .await
-}
-
-/// Cached objects go without managedFields (large, and never read here).
-fn drop_managed_fields<K: kube::Resource>(o: &mut K) {
-    o.meta_mut().managed_fields = None;
 }
 
 /// A deleted Service: its slices go with it (owner references); its Endpoints we delete.

@@ -2,6 +2,8 @@
 //! `SuccessfulCreate`, `FailedScheduling`, ...), so `kubectl describe` tells what happened.
 //! Sent in the background: an event that cannot be written never holds up a reconcile.
 
+use std::{collections::HashMap, time::Duration};
+
 use jiff::Timestamp;
 use k8s_openapi::{
     api::core::v1::{Event, EventSource, ObjectReference},
@@ -30,6 +32,8 @@ impl Type {
 pub struct Recorder {
     client: Client,
     component: &'static str,
+    /// Per-object rate limit, for controllers that can emit an event per child.
+    budget: Option<std::sync::Arc<Budget>>,
 }
 
 /// The Event object (pure, for tests). Named `<object>.<hex nanos>` like Kubernetes' events.
@@ -72,11 +76,29 @@ pub fn build(
 impl Recorder {
     #[must_use]
     pub fn new(client: Client, component: &'static str) -> Self {
-        Self { client, component }
+        Self {
+            client,
+            component,
+            budget: None,
+        }
+    }
+
+    /// A recorder whose events are limited per object (by uid) like client-go's spam filter.
+    #[must_use]
+    pub fn throttled(client: Client, component: &'static str) -> Self {
+        Self {
+            budget: Some(std::sync::Arc::default()),
+            ..Self::new(client, component)
+        }
     }
 
     /// Publishes in the background; failures are logged, never returned.
     pub fn publish(&self, regarding: &ObjectReference, type_: Type, reason: &str, message: &str) {
+        if let Some(b) = &self.budget
+            && !b.allow(regarding.uid.as_deref().unwrap_or_default())
+        {
+            return;
+        }
         let ev = build(
             regarding,
             self.component,
@@ -94,6 +116,39 @@ impl Recorder {
                 warn!(error = %e, reason = ev.reason.as_deref().unwrap_or(""), "cannot write event");
             }
         });
+    }
+}
+
+/// client-go's event spam filter per object: a burst of 25, then one per 5 minutes.
+#[derive(Default)]
+struct Budget {
+    buckets: std::sync::Mutex<HashMap<String, (f64, std::time::Instant)>>,
+}
+
+impl Budget {
+    const BURST: f64 = 25.0;
+    const REFILL_PER_SEC: f64 = 1.0 / 300.0;
+
+    fn allow(&self, object: &str) -> bool {
+        let now = std::time::Instant::now();
+        let mut b = self
+            .buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if b.len() > 10_000 {
+            // Forget full buckets of objects long quiet (keeps the map bounded).
+            b.retain(|_, (_, t)| now.duration_since(*t) < Duration::from_secs(3600));
+        }
+        let (tokens, last) = b.entry(object.to_string()).or_insert((Self::BURST, now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * Self::REFILL_PER_SEC)
+            .min(Self::BURST);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
     }
 }
 
@@ -126,5 +181,13 @@ mod tests {
             e.source.unwrap().component.as_deref(),
             Some("deployment-controller")
         );
+    }
+
+    #[test]
+    fn event_budget_allows_a_burst_then_throttles() {
+        let b = Budget::default();
+        let allowed = (0..100).filter(|_| b.allow("u1")).count();
+        assert_eq!(allowed, 25);
+        assert!(b.allow("u2"), "per object");
     }
 }

@@ -5,21 +5,23 @@
 //! One allocator per process (a mutex), rebuilt from the Services' status before the first
 //! allocation, so an address is never handed out twice: not with concurrent creates, not
 //! across restarts. Released when the Service goes or stops being a LoadBalancer; Services
-//! left pending (pool exhausted, requested address taken) are retried when one is released.
+//! left pending (pool exhausted, requested address taken) are retried when one is released,
+//! and show no address meanwhile (one they gave up comes off their status).
 
 use std::{
     collections::{BTreeMap, HashMap},
     net::Ipv4Addr,
+    ops::RangeInclusive,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use futures::{StreamExt as _, channel::mpsc, stream::BoxStream};
 use ipnet::Ipv4Net;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{LoadBalancerIngress, Service};
 use kube::{
     Api, Client, Resource as _, ResourceExt as _,
-    api::{Patch, PatchParams},
+    api::Patch,
     runtime::{
         WatchStreamExt as _, applier,
         controller::{Action, Config as ApplierConfig},
@@ -28,11 +30,10 @@ use kube::{
     },
 };
 use serde_json::json;
-use thiserror::Error;
 use tracing::{debug, info, warn};
 
 use crate::{
-    Config,
+    Config, SyncError as Error, api_err,
     events::{Recorder, Type},
 };
 
@@ -42,7 +43,7 @@ pub const LB_CLASS: &str = "kproxy.io/lb";
 /// A Service, by namespace and name.
 pub type SvcKey = (String, String);
 
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AllocError {
     #[error("requested IP {0} is not in any pool ({1})")]
     NotInPool(Ipv4Addr, String),
@@ -84,21 +85,20 @@ impl Allocator {
     /// Usable addresses of a pool: without the network and broadcast addresses, which
     /// some clients treat specially (as Cilium LB-IPAM does by default); /31 and /32 are
     /// used whole.
-    fn usable(pool: Ipv4Net) -> impl Iterator<Item = Ipv4Addr> {
+    fn usable(pool: Ipv4Net) -> RangeInclusive<u32> {
         let (first, last) = (u32::from(pool.network()), u32::from(pool.broadcast()));
-        let (first, last) = if pool.prefix_len() < 31 {
-            (first + 1, last - 1)
+        if pool.prefix_len() < 31 {
+            first + 1..=last - 1
         } else {
-            (first, last)
-        };
-        (first..=last).map(Ipv4Addr::from)
+            first..=last
+        }
     }
 
     #[must_use]
     pub fn in_pools(&self, ip: Ipv4Addr) -> bool {
-        self.pools.iter().any(|p| {
-            p.contains(&ip) && (p.prefix_len() >= 31 || (ip != p.network() && ip != p.broadcast()))
-        })
+        self.pools
+            .iter()
+            .any(|p| Self::usable(*p).contains(&u32::from(ip)))
     }
 
     #[must_use]
@@ -145,9 +145,13 @@ impl Allocator {
         if let Some(ip) = self.of(owner) {
             return Ok(ip);
         }
-        let free = self.pools.iter().flat_map(|p| Self::usable(*p)).find(|ip| {
-            !self.by_ip.contains_key(ip) && self.reserved.get(ip).is_none_or(|o| o == owner)
-        });
+        let free = self
+            .pools
+            .iter()
+            .flat_map(|p| Self::usable(*p).map(Ipv4Addr::from))
+            .find(|ip| {
+                !self.by_ip.contains_key(ip) && self.reserved.get(ip).is_none_or(|o| o == owner)
+            });
         let ip = free.ok_or_else(|| AllocError::Exhausted(self.pools_text()))?;
         self.claim(owner, ip)?;
         Ok(ip)
@@ -181,16 +185,10 @@ impl Allocator {
 /// Whether this controller serves the Service: type LoadBalancer, no class or ours.
 #[must_use]
 pub fn wants_ip(svc: &Service) -> bool {
-    let Some(spec) = svc.spec.as_ref() else {
-        return false;
-    };
-    spec.type_.as_deref() == Some("LoadBalancer")
-        && spec
-            .load_balancer_class
-            .as_deref()
-            .is_none_or(|c| c == LB_CLASS)
+    svc.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("LoadBalancer") && ours_by_class(svc)
 }
 
+/// No `loadBalancerClass`, or ours (whatever the type).
 fn ours_by_class(svc: &Service) -> bool {
     svc.spec
         .as_ref()
@@ -211,26 +209,25 @@ fn requested_ip(svc: &Service) -> Result<Option<Ipv4Addr>, String> {
     }
 }
 
-/// The ingress IPs in the Service's status.
-#[must_use]
-pub fn status_ips(svc: &Service) -> Vec<Ipv4Addr> {
+fn ingress(svc: &Service) -> &[LoadBalancerIngress] {
     svc.status
         .as_ref()
         .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.as_ref())
-        .into_iter()
-        .flatten()
+        .and_then(|lb| lb.ingress.as_deref())
+        .unwrap_or_default()
+}
+
+/// The ingress IPs in the Service's status.
+#[must_use]
+pub fn status_ips(svc: &Service) -> Vec<Ipv4Addr> {
+    ingress(svc)
+        .iter()
         .filter_map(|i| i.ip.as_deref()?.parse().ok())
         .collect()
 }
 
 fn status_is(svc: &Service, ip: Ipv4Addr) -> bool {
-    let ingress = svc
-        .status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.as_deref())
-        .unwrap_or_default();
+    let ingress = ingress(svc);
     ingress.len() == 1
         && ingress[0].ip.as_deref() == Some(ip.to_string().as_str())
         && ingress[0].ip_mode.as_deref() == Some("VIP")
@@ -245,8 +242,9 @@ pub enum Decision {
     Keep,
     /// Not ours (any more): clear our status if `clear`.
     Release { clear: bool },
-    /// Cannot allocate: stay pending and say why.
-    Pending(String),
+    /// Cannot allocate: stay pending and say why; clear the status if it shows a pool
+    /// address (one given up, or another Service's).
+    Pending { why: String, clear: bool },
 }
 
 /// Decides for `svc` and updates `alloc` accordingly.
@@ -264,21 +262,20 @@ pub fn decide(alloc: &mut Allocator, svc: &Service) -> Decision {
         Ok(r) => r,
         Err(bad) => {
             alloc.forget(&key);
-            return Decision::Pending(format!(
-                "spec.loadBalancerIP {bad:?} is not an IPv4 address"
-            ));
+            return pending(
+                alloc,
+                svc,
+                format!("spec.loadBalancerIP {bad:?} is not an IPv4 address"),
+            );
         }
     };
     let had = alloc.of(&key);
     // After a restart (or a lost write) the status is the record: keep what it shows.
     let result = match (requested, had) {
-        (None, None) => {
-            let shown = status_ips(svc).into_iter().find(|ip| alloc.in_pools(*ip));
-            match shown.map(|ip| alloc.claim(&key, ip)) {
-                Some(Ok(())) => Ok(shown.unwrap_or(Ipv4Addr::UNSPECIFIED)),
-                _ => alloc.allocate(&key, None),
-            }
-        }
+        (None, None) => match status_ips(svc).into_iter().find(|ip| alloc.in_pools(*ip)) {
+            Some(ip) if alloc.claim(&key, ip).is_ok() => Ok(ip),
+            _ => alloc.allocate(&key, None),
+        },
         _ => alloc.allocate(&key, requested),
     };
     if result.is_ok() {
@@ -299,20 +296,18 @@ pub fn decide(alloc: &mut Allocator, svc: &Service) -> Decision {
                     alloc.reserve(&key, ip);
                 }
             }
-            Decision::Pending(e.to_string())
+            pending(alloc, svc, e.to_string())
         }
     }
 }
 
-// === controller ===
-
-#[derive(Debug, Error)]
-pub enum Error {
-    #[error("writing the status of Service {0}: {1}")]
-    Status(String, #[source] kube::Error),
-    #[error("a cache stopped: {0}")]
-    Cache(#[from] reflector::store::WriterDropped),
+/// A pending Service holds no address, so a pool address its status shows is not its own.
+fn pending(alloc: &Allocator, svc: &Service, why: String) -> Decision {
+    let clear = status_ips(svc).iter().any(|ip| alloc.in_pools(*ip));
+    Decision::Pending { why, clear }
 }
+
+// === controller ===
 
 struct State {
     alloc: Allocator,
@@ -374,13 +369,19 @@ async fn write_status(
     name: &str,
     status: serde_json::Value,
 ) -> Result<(), kube::Error> {
-    let pp = PatchParams {
-        field_manager: Some(crate::FIELD_MANAGER.into()),
-        ..Default::default()
-    };
+    let pp = crate::patch_params();
     api.patch_status(name, &pp, &Patch::Merge(json!({ "status": status })))
         .await
         .map(|_| ())
+}
+
+async fn clear_status(api: &Api<Service>, name: &str, id: String) -> Result<(), Error> {
+    match write_status(api, name, json!({"loadBalancer": {"ingress": null}})).await {
+        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        Err(e) => return Err(api_err(format!("writing the status of Service {id}"))(e)),
+        Ok(()) => debug!("LoadBalancer IP released"),
+    }
+    Ok(())
 }
 
 #[tracing::instrument(skip_all, fields(service = %format!("{}/{}", svc.namespace().unwrap_or_default(), svc.name_any())))]
@@ -392,7 +393,7 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
             rebuild(s, &ctx.services.state());
         }
         let d = decide(&mut s.alloc, &svc);
-        if !matches!(d, Decision::Pending(_)) {
+        if !matches!(d, Decision::Pending { .. }) {
             s.pending.remove(&key);
         }
         d
@@ -411,7 +412,7 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                     ctx.wake_pending();
                     return Ok(Action::await_change());
                 }
-                Err(e) => return Err(Error::Status(id, e)),
+                Err(e) => return Err(api_err(format!("writing the status of Service {id}"))(e)),
             }
             info!(%ip, "LoadBalancer IP assigned");
             if fresh {
@@ -426,18 +427,17 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         }
         Decision::Release { clear } => {
             if clear {
-                write_status(&api, &key.1, json!({"loadBalancer": {"ingress": null}}))
-                    .await
-                    .or_else(|e| match e {
-                        kube::Error::Api(ref a) if a.code == 404 => Ok(()),
-                        e => Err(Error::Status(id, e)),
-                    })?;
-                debug!("LoadBalancer IP released");
+                clear_status(&api, &key.1, id).await?;
             }
             ctx.wake_pending();
             Ok(Action::await_change())
         }
-        Decision::Pending(why) => {
+        Decision::Pending { why, clear } => {
+            if clear {
+                // What it showed may be handed out again: off its status first.
+                clear_status(&api, &key.1, id.clone()).await?;
+                ctx.wake_pending();
+            }
             let new =
                 ctx.state(|s| s.pending.insert(key.clone(), why.clone()).as_ref() != Some(&why));
             if new {
@@ -666,16 +666,32 @@ mod tests {
             json!({"type": "LoadBalancer", "loadBalancerIP": "172.30.0.2"}),
             json!({}),
         );
-        let Decision::Pending(why) = decide(&mut a, &req) else {
+        let Decision::Pending { why, clear } = decide(&mut a, &req) else {
             panic!()
         };
         assert!(why.contains("in use by default/k"), "{why}");
+        assert!(!clear, "nothing shown, nothing to clear");
         let bad = svc(
             "r",
             json!({"type": "LoadBalancer", "loadBalancerIP": "nope"}),
             json!({}),
         );
-        assert!(matches!(decide(&mut a, &bad), Decision::Pending(_)));
+        assert!(matches!(decide(&mut a, &bad), Decision::Pending { .. }));
+        // One that had an address asks for a taken one: its old address is free again and
+        // comes off its status, so no two Services show it.
+        let had = svc(
+            "h",
+            json!({"type": "LoadBalancer"}),
+            json!({"loadBalancer": {"ingress": [{"ip": "172.30.0.1", "ipMode": "VIP"}]}}),
+        );
+        assert_eq!(decide(&mut a, &had), Decision::Keep);
+        let mut moved = had.clone();
+        moved.spec.as_mut().unwrap().load_balancer_ip = Some("172.30.0.2".into());
+        let Decision::Pending { clear, .. } = decide(&mut a, &moved) else {
+            panic!()
+        };
+        assert!(clear);
+        assert_eq!(a.holder("172.30.0.1".parse().unwrap()), None);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! each a small `reconcile -> Action` with an error policy. They talk to the API server only
 //! through kube-rs, like every other component.
 //!
-//! The scheduler shares the client setup and the event recorder from here.
+//! The scheduler shares the client setup, the logging setup and the Event builder from here.
 #![forbid(unsafe_code)]
 
 pub mod client;
@@ -92,6 +92,65 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Why a reconcile failed (every controller's error type).
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// An API call failed; `what` says which.
+    #[error("{what}: {source}")]
+    Api {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("a cache stopped: {0}")]
+    Cache(#[from] kube::runtime::reflector::store::WriterDropped),
+    #[error("object without {0}")]
+    MissingMetadata(&'static str),
+    #[error("invalid selector")]
+    Selector(#[source] kproxy_apimachinery::selector::SelectorError),
+    /// Deployments only: the new set's name is taken by another template.
+    #[error("replica set {0} exists with another template; collisionCount raised")]
+    HashCollision(String),
+}
+
+/// Wraps a kube-rs error with what was being done.
+pub(crate) fn api_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> SyncError {
+    let what = what.into();
+    move |source| SyncError::Api { what, source }
+}
+
+/// Patch parameters naming this process as the field manager.
+pub(crate) fn patch_params() -> kube::api::PatchParams {
+    kube::api::PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    }
+}
+
+/// Create/replace parameters naming this process as the field manager.
+pub(crate) fn post_params() -> kube::api::PostParams {
+    kube::api::PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    }
+}
+
+/// Cached objects go without managedFields: large, and never read by a controller.
+pub(crate) fn drop_managed_fields<K: kube::Resource>(o: &mut K) {
+    o.meta_mut().managed_fields = None;
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`), as every control-plane daemon.
+pub fn init_tracing() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 /// Runs a controller's applier stream until it ends, logging outcomes at debug level (each

@@ -4,6 +4,7 @@ use std::{net::SocketAddrV4, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
 use clap::Parser;
+use futures::{FutureExt as _, future::BoxFuture};
 use ipnet::Ipv4Net;
 use kproxy_controller_manager::{
     Config, client, deployment, endpointslice, lbipam, nodeipam, nodelifecycle, podcache::PodCache,
@@ -11,8 +12,8 @@ use kproxy_controller_manager::{
 };
 use tracing::{error, info};
 
-/// mimalloc gives memory back after the bursts of decoding watch events (glibc's heap kept
-/// them: the resident size grew with the number of pods far beyond what the caches hold).
+/// mimalloc, like the scheduler (measured with 10,000 pods: no gain here, the scheduler's RSS
+/// went from 99 to 39 MiB; see docs/ARCHITECTURE.md, Controller measurements).
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -61,13 +62,7 @@ fn secs(v: f64, what: &str) -> Result<Duration> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_ansi(false)
-        .with_writer(std::io::stderr)
-        .init();
+    kproxy_controller_manager::init_tracing();
     let o = Options::parse();
     let config = Config {
         lb_pools: o.lb_pools,
@@ -89,10 +84,12 @@ async fn main() -> Result<()> {
         .context("reaching the API server")?;
 
     // One pod watch and cache for the process, shared by the controllers that read pods.
-    let reads_pods = o
-        .controllers
-        .iter()
-        .any(|c| matches!(c.as_str(), "replicaset" | "endpointslice" | "nodelifecycle"));
+    let reads_pods = o.controllers.iter().any(|c| {
+        matches!(
+            c.as_str(),
+            "deployment" | "replicaset" | "endpointslice" | "nodelifecycle"
+        )
+    });
     let pods = if reads_pods {
         PodCache::spawn(client.clone())
     } else {
@@ -100,38 +97,21 @@ async fn main() -> Result<()> {
     };
 
     let mut tasks = tokio::task::JoinSet::new();
-    for name in &o.controllers {
+    for name in o.controllers {
         let (c, cfg, p) = (client.clone(), Arc::clone(&config), pods.clone());
-        let name: &'static str = match name.as_str() {
-            "deployment" => {
-                tasks.spawn(async move { ("deployment", deployment::run(c, cfg).await) });
-                "deployment"
-            }
-            "replicaset" => {
-                tasks.spawn(async move { ("replicaset", replicaset::run(c, cfg, p).await) });
-                "replicaset"
-            }
-            "endpointslice" => {
-                tasks.spawn(async move { ("endpointslice", endpointslice::run(c, cfg, p).await) });
-                "endpointslice"
-            }
-            "lbipam" => {
-                tasks.spawn(async move { ("lbipam", lbipam::run(c, cfg).await) });
-                "lbipam"
-            }
-            "nodeipam" => {
-                tasks.spawn(async move { ("nodeipam", nodeipam::run(c, cfg).await) });
-                "nodeipam"
-            }
-            "nodelifecycle" => {
-                tasks.spawn(async move { ("nodelifecycle", nodelifecycle::run(c, cfg, p).await) });
-                "nodelifecycle"
-            }
+        let run: BoxFuture<'static, Result<()>> = match name.as_str() {
+            "deployment" => deployment::run(c, p).boxed(),
+            "replicaset" => replicaset::run(c, p).boxed(),
+            "endpointslice" => endpointslice::run(c, cfg, p).boxed(),
+            "lbipam" => lbipam::run(c, cfg).boxed(),
+            "nodeipam" => nodeipam::run(c, cfg).boxed(),
+            "nodelifecycle" => nodelifecycle::run(c, cfg, p).boxed(),
             other => bail!(
                 "unknown controller {other:?} (known: deployment, replicaset, endpointslice, lbipam, nodeipam, nodelifecycle)"
             ),
         };
-        info!(controller = name, "started");
+        info!(controller = %name, "started");
+        tasks.spawn(async move { (name, run.await) });
     }
     info!("controller manager ready");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -144,7 +124,7 @@ async fn main() -> Result<()> {
             match res {
                 Ok(()) => bail!("controller {name} stopped"),
                 Err(e) => {
-                    error!(controller = name, error = format!("{e:#}"), "controller failed");
+                    error!(controller = %name, error = format!("{e:#}"), "controller failed");
                     return Err(e.context(format!("controller {name}")));
                 }
             }

@@ -5,7 +5,7 @@
 //! Node's CIDR is free again.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeSet, HashMap},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -15,7 +15,7 @@ use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Node;
 use kube::{
     Api, Client, Resource as _, ResourceExt as _,
-    api::{Patch, PatchParams},
+    api::Patch,
     runtime::{
         WatchStreamExt as _, applier,
         controller::{Action, Config as ApplierConfig},
@@ -24,15 +24,14 @@ use kube::{
     },
 };
 use serde_json::json;
-use thiserror::Error;
 use tracing::{info, warn};
 
 use crate::{
-    Config,
+    Config, SyncError as Error, api_err,
     events::{Recorder, Type},
 };
 
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CidrError {
     #[error("{0} is not inside the cluster CIDR {1}")]
     Outside(Ipv4Net, Ipv4Net),
@@ -147,14 +146,6 @@ fn node_cidrs(node: &Node) -> Vec<Ipv4Net> {
 
 // === controller ===
 
-#[derive(Debug, Error)]
-pub enum Error {
-    #[error("writing the pod CIDR of Node {0}: {1}")]
-    Write(String, #[source] kube::Error),
-    #[error("a cache stopped: {0}")]
-    Cache(#[from] reflector::store::WriterDropped),
-}
-
 struct State {
     alloc: CidrAllocator,
     rebuilt: bool,
@@ -196,7 +187,8 @@ fn rebuild(state: &mut State, nodes: &[Arc<Node>]) {
 enum Decision {
     Keep,
     Assign(Ipv4Net),
-    Pending(String),
+    /// No CIDR for it; the reason the first time (told in an Event), `None` after.
+    Pending(Option<String>),
 }
 
 #[tracing::instrument(skip_all, fields(node = %node.name_any()))]
@@ -224,22 +216,16 @@ async fn reconcile(node: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, Error> {
             }
             Err(e) => {
                 let first = s.pending.insert(name.clone());
-                if first {
-                    Decision::Pending(e.to_string())
-                } else {
-                    Decision::Keep
-                }
+                Decision::Pending(first.then(|| e.to_string()))
             }
         }
     });
+    let waiting = matches!(decision, Decision::Pending(_));
     match decision {
         Decision::Keep => {}
         Decision::Assign(c) => {
             let api: Api<Node> = Api::all(ctx.client.clone());
-            let pp = PatchParams {
-                field_manager: Some(crate::FIELD_MANAGER.into()),
-                ..Default::default()
-            };
+            let pp = crate::patch_params();
             let patch = json!({"spec": {"podCIDR": c.to_string(), "podCIDRs": [c.to_string()]}});
             match api.patch(&name, &pp, &Patch::Merge(patch)).await {
                 Ok(_) => info!(pod_cidr = %c, "pod CIDR assigned"),
@@ -250,11 +236,12 @@ async fn reconcile(node: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                     // Someone else may have set one (the API refuses changing it): ours is
                     // given back and the next reconcile records theirs.
                     ctx.state(|s| s.alloc.release(&name));
-                    return Err(Error::Write(name, e));
+                    return Err(api_err(format!("writing the pod CIDR of Node {name}"))(e));
                 }
             }
         }
-        Decision::Pending(why) => {
+        Decision::Pending(None) => {}
+        Decision::Pending(Some(why)) => {
             warn!(reason = %why, "no pod CIDR for the node");
             ctx.recorder.publish(
                 &node.object_ref(&()),
@@ -264,8 +251,7 @@ async fn reconcile(node: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, Error> {
             );
         }
     }
-    let pending = ctx.state(|s| s.pending.contains(&name));
-    Ok(if pending {
+    Ok(if waiting {
         Action::requeue(Duration::from_secs(60))
     } else {
         Action::await_change()
@@ -340,15 +326,6 @@ pub async fn run(client: Client, config: Arc<Config>) -> anyhow::Result<()> {
     .await
 }
 
-/// For tests and tools: the CIDRs by node, as the allocator sees them.
-#[must_use]
-pub fn summary(a: &CidrAllocator) -> BTreeMap<String, Vec<Ipv4Net>> {
-    a.by_node
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -393,6 +370,6 @@ mod tests {
         ));
         // Occupying again for the same node is fine.
         assert_eq!(a.occupy("old", net("10.244.0.0/24")), Ok(()));
-        assert_eq!(summary(&a)["big"].len(), 2);
+        assert_eq!(a.by_node["big"].len(), 2);
     }
 }

@@ -25,7 +25,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, Resource as _, ResourceExt as _,
-    api::{DeleteParams, Patch, PatchParams},
+    api::{DeleteParams, Patch},
     runtime::{
         WatchStreamExt as _, applier,
         controller::{Action, Config as ApplierConfig},
@@ -34,12 +34,11 @@ use kube::{
     },
 };
 use serde_json::json;
-use thiserror::Error;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::{
-    Config,
+    Config, SyncError as Error, api_err as kube_err,
     events::{Recorder, Type},
     podcache::{self, CachedPod, PodCache},
 };
@@ -52,16 +51,19 @@ const NO_SCHEDULE: &str = "NoSchedule";
 
 // === decisions (pure) ===
 
-/// The Ready condition's status, if the node has one.
-#[must_use]
-pub fn ready_status(node: &Node) -> Option<&str> {
+fn ready_condition(node: &Node) -> Option<&NodeCondition> {
     node.status
         .as_ref()?
         .conditions
         .as_ref()?
         .iter()
         .find(|c| c.type_ == "Ready")
-        .map(|c| c.status.as_str())
+}
+
+/// The Ready condition's status, if the node has one.
+#[must_use]
+pub fn ready_status(node: &Node) -> Option<&str> {
+    ready_condition(node).map(|c| c.status.as_str())
 }
 
 /// The conditions of a node the kubelet stopped reporting for: all Unknown.
@@ -196,18 +198,6 @@ pub fn eviction_time(
 
 // === controller ===
 
-#[derive(Debug, Error)]
-pub enum Error {
-    #[error("{what}: {source}")]
-    Kube {
-        what: String,
-        #[source]
-        source: kube::Error,
-    },
-    #[error("a cache stopped: {0}")]
-    Cache(#[from] reflector::store::WriterDropped),
-}
-
 /// The last heartbeat seen from a node and when we saw it change.
 struct Probe {
     renew: Option<Timestamp>,
@@ -225,12 +215,7 @@ struct Ctx {
 }
 
 fn heartbeat(node: &Node) -> Option<Timestamp> {
-    node.status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == "Ready")?
+    ready_condition(node)?
         .last_heartbeat_time
         .as_ref()
         .map(|t| t.0)
@@ -261,18 +246,6 @@ impl Ctx {
     }
 }
 
-fn kube_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
-    let what = what.into();
-    move |source| Error::Kube { what, source }
-}
-
-fn pp() -> PatchParams {
-    PatchParams {
-        field_manager: Some(crate::FIELD_MANAGER.into()),
-        ..Default::default()
-    }
-}
-
 #[tracing::instrument(skip_all, fields(node = %node.name_any()))]
 async fn reconcile(node: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     ctx.leases.wait_until_ready().await?;
@@ -287,15 +260,11 @@ async fn reconcile(node: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, Error> {
 
     if silence >= grace {
         if ready.as_deref() != Some("Unknown") {
-            let conds = node
-                .status
-                .as_ref()
-                .and_then(|s| s.conditions.clone())
-                .unwrap_or_default();
-            let new = unknown_conditions(&conds, now);
+            let conds = node.status.as_ref().and_then(|s| s.conditions.as_deref());
+            let new = unknown_conditions(conds.unwrap_or_default(), now);
             api.patch_status(
                 &name,
-                &pp(),
+                &crate::patch_params(),
                 &Patch::Merge(json!({"status": {"conditions": new}})),
             )
             .await
@@ -320,9 +289,13 @@ async fn reconcile(node: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         .unwrap_or_default();
     let taints = match taints_for(&current, ready.as_deref(), now) {
         Some(t) => {
-            api.patch(&name, &pp(), &Patch::Merge(json!({"spec": {"taints": t}})))
-                .await
-                .map_err(kube_err(format!("tainting node {name}")))?;
+            api.patch(
+                &name,
+                &crate::patch_params(),
+                &Patch::Merge(json!({"spec": {"taints": t}})),
+            )
+            .await
+            .map_err(kube_err(format!("tainting node {name}")))?;
             info!(ready = ?ready, taints = ?t.iter().map(|t| format!("{}:{}", t.key, t.effect)).collect::<Vec<_>>(), "node taints updated");
             t
         }
@@ -401,7 +374,7 @@ pub async fn run(client: Client, config: Arc<Config>, pods: PodCache) -> anyhow:
     let node_events: Queue =
         watcher::watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
             .default_backoff()
-            .modify(|n| n.metadata.managed_fields = None)
+            .modify(crate::drop_managed_fields)
             .reflect(node_writer)
             .filter_map(move |ev| {
                 let out = match ev {
@@ -421,7 +394,7 @@ pub async fn run(client: Client, config: Arc<Config>, pods: PodCache) -> anyhow:
         watcher::Config::default(),
     )
     .default_backoff()
-    .modify(|l| l.metadata.managed_fields = None)
+    .modify(crate::drop_managed_fields)
     .reflect(lease_writer)
     .touched_objects()
     .map(|l| l.map(|l| ObjectRef::new(&l.name_any())))

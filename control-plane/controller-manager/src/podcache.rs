@@ -1,5 +1,6 @@
 //! The controller manager's one pod cache: a single watch on all pods for the process, shared
-//! by the ReplicaSet, EndpointSlice and node lifecycle controllers.
+//! by the ReplicaSet, EndpointSlice and node lifecycle controllers (and the Deployment
+//! controller's Recreate, which waits for old pods to be gone).
 //!
 //! Each pod is kept as a [`CachedPod`]: only the fields those controllers read, with the
 //! values many pods share (namespace, node, labels, owner references, named ports,
@@ -121,7 +122,7 @@ impl CachedPod {
     /// The controller ownerReference, if any.
     #[must_use]
     pub fn controller(&self) -> Option<&OwnerReference> {
-        self.owners.iter().find(|r| r.controller == Some(true))
+        crate::replicaset::claim::controller_in(&self.owners)
     }
 
     /// For events about the pod.
@@ -500,7 +501,7 @@ impl Feed {
             watcher::Event::Delete(p) => {
                 let ns = p.metadata.namespace.as_deref().unwrap_or_default();
                 let name = p.metadata.name.as_deref().unwrap_or_default();
-                // The delete's final state (a pod never seen is compacted for the handlers).
+                // Handlers get the delete's final state; a pod the cache never had is no news.
                 let gone = self
                     .cache
                     .remove(ns, name)

@@ -12,15 +12,18 @@ pub(crate) mod claim;
 pub(crate) mod informer;
 pub mod pods;
 
-use std::{collections::HashMap, convert::Infallible, sync::Arc, time::Duration};
+use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use futures::{StreamExt as _, channel::mpsc};
 use jiff::Timestamp;
 use k8s_openapi::{
-    api::{apps::v1::ReplicaSet, core::v1::Pod},
+    api::{
+        apps::v1::{ReplicaSet, ReplicaSetSpec},
+        core::v1::Pod,
+    },
     apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
 };
-use kproxy_apimachinery::selector::{LabelSelector, SelectorError};
+use kproxy_apimachinery::selector::LabelSelector;
 use kube::{
     Api, Resource, ResourceExt as _,
     api::{DeleteParams, Patch, PatchParams, PostParams},
@@ -35,7 +38,7 @@ use tracing::{debug, info, instrument, warn};
 use self::claim::{Child, Claim, controller_of, key};
 use self::informer::Change;
 use crate::{
-    Config,
+    SyncError as Error, api_err, drop_managed_fields,
     events::{Recorder, Type},
     expectations::Expectations,
     podcache::{self, CachedPod, PodCache},
@@ -48,25 +51,6 @@ const MAX_IN_FLIGHT: usize = 64;
 /// Periodic resync; also lets expired expectations (lost events) resume a stuck set.
 const RESYNC: Duration = Duration::from_secs(300);
 
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("object without {0}")]
-    MissingMetadata(&'static str),
-    #[error("invalid selector")]
-    Selector(#[source] SelectorError),
-    #[error("{what}")]
-    Api {
-        what: String,
-        #[source]
-        source: kube::Error,
-    },
-}
-
-fn api_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
-    let what = what.into();
-    move |source| Error::Api { what, source }
-}
-
 /// What the reconciles share.
 pub struct Ctx {
     client: kube::Client,
@@ -74,11 +58,9 @@ pub struct Ctx {
     sets: Store<ReplicaSet>,
     expectations: Arc<Expectations>,
     recorder: Recorder,
-    events: EventBudget,
 }
 
-pub async fn run(client: kube::Client, config: Arc<Config>, pods: PodCache) -> anyhow::Result<()> {
-    let _ = config;
+pub async fn run(client: kube::Client, pods: PodCache) -> anyhow::Result<()> {
     let expectations = Arc::new(Expectations::default());
     let (tx, rx) = mpsc::unbounded::<ObjectRef<ReplicaSet>>();
 
@@ -131,12 +113,12 @@ pub async fn run(client: kube::Client, config: Arc<Config>, pods: PodCache) -> a
     info!("replicaset controller started");
 
     let ctx = Arc::new(Ctx {
-        recorder: Recorder::new(client.clone(), "replicaset-controller"),
+        // Throttled: a 1,000-pod scale-up would otherwise write 1,000 SuccessfulCreate events.
+        recorder: Recorder::throttled(client.clone(), "replicaset-controller"),
         client,
         pods,
         sets: sets.clone(),
         expectations,
-        events: EventBudget::default(),
     });
     let queue = rx.map(|r| Ok::<_, Infallible>(ReconcileRequest::from(r)));
     crate::drain(
@@ -151,10 +133,6 @@ pub async fn run(client: kube::Client, config: Arc<Config>, pods: PodCache) -> a
         ),
     )
     .await
-}
-
-pub(crate) fn drop_managed_fields<K: Resource>(o: &mut K) {
-    o.meta_mut().managed_fields = None;
 }
 
 fn is_rs_ref(r: &OwnerReference) -> bool {
@@ -178,26 +156,9 @@ fn observe_pod(exp: &Expectations, pod: &CachedPod, is_new: bool, deleted: bool)
 /// The set a pod event concerns: its controller, or for an orphan every set of its namespace
 /// whose selector matches (one of them may adopt it).
 fn owners_of(pod: &CachedPod, sets: &Store<ReplicaSet>) -> Vec<ObjectRef<ReplicaSet>> {
-    let ns = &*pod.namespace;
-    if let Some(owner) = pod.controller() {
-        return if is_rs_ref(owner) {
-            vec![ObjectRef::new(&owner.name).within(ns)]
-        } else {
-            Vec::new()
-        };
-    }
-    sets.state()
-        .iter()
-        .filter(|rs| rs.metadata.namespace.as_deref() == Some(ns))
-        .filter(|rs| {
-            let sel = rs
-                .spec
-                .as_ref()
-                .and_then(|s| claim::matcher(&s.selector).ok().flatten());
-            claim::matches(sel.as_ref(), Some(&pod.labels))
-        })
-        .map(|rs| ObjectRef::from_obj(&**rs))
-        .collect()
+    claim::owners_to_sync(&pod.namespace, child(pod), sets, |rs| {
+        rs.spec.as_ref().map(|s| &s.selector)
+    })
 }
 
 fn error_policy(rs: Arc<ReplicaSet>, error: &Error, _ctx: Arc<Ctx>) -> Action {
@@ -212,21 +173,32 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> 
     let uid = rs.uid().ok_or(Error::MissingMetadata("uid"))?;
     // Checked before reading the cache: satisfied means the cache has what we did.
     let needs_sync = ctx.expectations.satisfied(&rs_key);
-    let spec = rs.spec.clone().unwrap_or_default();
+    let no_spec;
+    let spec = match &rs.spec {
+        Some(s) => s,
+        None => {
+            no_spec = ReplicaSetSpec::default();
+            &no_spec
+        }
+    };
     let selector = claim::matcher(&spec.selector).map_err(Error::Selector)?;
     let deleting = rs.metadata.deletion_timestamp.is_some();
 
     let mut owned: Vec<Arc<CachedPod>> = Vec::new();
     let mut adopt = Vec::new();
     let mut release = Vec::new();
-    for pod in ctx.pods.in_namespace(&ns) {
-        if !pods::is_active(&pod) {
-            continue;
-        }
-        match claim::claim_child(&uid, deleting, child(&pod), selector.as_ref()) {
-            Claim::Keep => owned.push(pod),
-            Claim::Adopt => adopt.push(pod),
-            Claim::Release => release.push(pod),
+    // The namespace's active pods (a scale-down also ranks against its siblings' among them).
+    let active: Vec<Arc<CachedPod>> = ctx
+        .pods
+        .in_namespace(&ns)
+        .into_iter()
+        .filter(|p| pods::is_active(p))
+        .collect();
+    for pod in &active {
+        match claim::claim_child(&uid, deleting, child(pod), selector.as_ref()) {
+            Claim::Keep => owned.push(Arc::clone(pod)),
+            Claim::Adopt => adopt.push(Arc::clone(pod)),
+            Claim::Release => release.push(Arc::clone(pod)),
             Claim::Ignore => {}
         }
     }
@@ -238,7 +210,7 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> 
     let mut manage_err = None;
     if needs_sync
         && !deleting
-        && let Err(e) = manage(&rs, &rs_key, &ns, &owned, &ctx).await
+        && let Err(e) = manage(&rs, &rs_key, &ns, &owned, &active, &ctx).await
     {
         if matches!(e, Manage::Create(_)) {
             create_failure = Some(e.to_string());
@@ -299,6 +271,7 @@ async fn manage(
     rs_key: &str,
     ns: &str,
     owned: &[Arc<CachedPod>],
+    active: &[Arc<CachedPod>],
     ctx: &Ctx,
 ) -> Result<(), Manage> {
     let want = usize::try_from(rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)).unwrap_or(0);
@@ -308,8 +281,7 @@ async fn manage(
         create_pods(rs, rs_key, ns, n, ctx).await
     } else if have > want {
         let n = (have - want).min(BURST_REPLICAS);
-        let related = related_pods(rs, ns, ctx);
-        let related: Vec<&CachedPod> = related.iter().map(|p| &**p).collect();
+        let related = related_pods(rs, active, ctx);
         let candidates: Vec<&CachedPod> = owned.iter().map(|p| &**p).collect();
         let doomed: Vec<String> = pods::pods_to_delete(&candidates, &related, n)
             .into_iter()
@@ -426,9 +398,13 @@ async fn delete_pods(
     failure.map_or(Ok(()), |e| Err(Manage::Delete(e)))
 }
 
-/// The active pods of every set sharing this set's controller (a Deployment's old and new
-/// sets): spreading them evenly decides which node loses a pod first.
-fn related_pods(rs: &ReplicaSet, ns: &str, ctx: &Ctx) -> Vec<Arc<CachedPod>> {
+/// Among the namespace's `active` pods, those of every set sharing this set's controller (a
+/// Deployment's old and new sets): spreading them evenly decides which node loses a pod first.
+fn related_pods<'a>(
+    rs: &ReplicaSet,
+    active: &'a [Arc<CachedPod>],
+    ctx: &Ctx,
+) -> Vec<&'a CachedPod> {
     let Some(owner) = controller_of(&rs.metadata) else {
         return Vec::new();
     };
@@ -439,11 +415,10 @@ fn related_pods(rs: &ReplicaSet, ns: &str, ctx: &Ctx) -> Vec<Arc<CachedPod>> {
         .filter(|s| controller_of(&s.metadata).is_some_and(|o| o.uid == owner.uid))
         .filter_map(|s| s.uid())
         .collect();
-    ctx.pods
-        .in_namespace(ns)
-        .into_iter()
-        .filter(|p| pods::is_active(p))
+    active
+        .iter()
         .filter(|p| p.controller().is_some_and(|o| siblings.contains(&o.uid)))
+        .map(|p| &**p)
         .collect()
 }
 
@@ -549,44 +524,8 @@ async fn change_owners(
 
 impl Ctx {
     fn event(&self, rs: &ReplicaSet, type_: Type, reason: &str, message: &str) {
-        if self.events.allow(rs.uid().as_deref().unwrap_or_default()) {
-            self.recorder
-                .publish(&rs.object_ref(&()), type_, reason, message);
-        }
-    }
-}
-
-/// client-go's event spam filter per object: a burst of 25, then one per 5 minutes, so a
-/// 1,000-pod scale-up writes a few dozen Events, not a thousand.
-#[derive(Default)]
-struct EventBudget {
-    buckets: std::sync::Mutex<HashMap<String, (f64, std::time::Instant)>>,
-}
-
-impl EventBudget {
-    const BURST: f64 = 25.0;
-    const REFILL_PER_SEC: f64 = 1.0 / 300.0;
-
-    fn allow(&self, object: &str) -> bool {
-        let now = std::time::Instant::now();
-        let mut b = self
-            .buckets
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if b.len() > 10_000 {
-            // Forget full buckets of objects long quiet (keeps the map bounded).
-            b.retain(|_, (_, t)| now.duration_since(*t) < Duration::from_secs(3600));
-        }
-        let (tokens, last) = b.entry(object.to_string()).or_insert((Self::BURST, now));
-        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * Self::REFILL_PER_SEC)
-            .min(Self::BURST);
-        *last = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        self.recorder
+            .publish(&rs.object_ref(&()), type_, reason, message);
     }
 }
 
@@ -655,13 +594,5 @@ mod tests {
             exp.satisfied("ns1/web-abc"),
             "terminating counts as deleted"
         );
-    }
-
-    #[test]
-    fn event_budget_allows_a_burst_then_throttles() {
-        let b = EventBudget::default();
-        let allowed = (0..100).filter(|_| b.allow("u1")).count();
-        assert_eq!(allowed, 25);
-        assert!(b.allow("u2"), "per object");
     }
 }

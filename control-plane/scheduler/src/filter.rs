@@ -2,17 +2,17 @@
 //! NodeUnschedulable, TaintToleration, NodeAffinity, NodePorts, NodeResourcesFit). A node
 //! fails on its first failing filter; the resource filter names every resource that is short.
 
-use std::{collections::BTreeMap, fmt};
+use std::fmt;
 
 use k8s_openapi::api::core::v1::{
-    NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod, Taint, Toleration,
+    NodeSelectorRequirement, NodeSelectorTerm, Pod, Taint, Toleration,
 };
+use kproxy_apimachinery::selector::{LabelSelector, Operator, Requirement};
+use kproxy_controller_manager::nodelifecycle::{TAINT_NOT_READY, TAINT_UNREACHABLE, tolerates};
 
 use crate::cache::{NodeFacts, NodeInfo, PodFacts};
 
 pub const TAINT_UNSCHEDULABLE: &str = "node.kubernetes.io/unschedulable";
-pub const TAINT_NOT_READY: &str = "node.kubernetes.io/not-ready";
-pub const TAINT_UNREACHABLE: &str = "node.kubernetes.io/unreachable";
 
 /// Why a node cannot take a pod; displayed as kube-scheduler words it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -46,11 +46,40 @@ impl fmt::Display for Reason {
     }
 }
 
-/// The pod being scheduled: the object (selectors, tolerations) and what it occupies.
+/// The pod being scheduled: the object (selectors, tolerations), what it occupies, and its
+/// required node affinity parsed once for all the nodes it is checked against.
 #[derive(Debug, Clone)]
 pub struct PodInfo<'a> {
     pub pod: &'a Pod,
     pub facts: &'a PodFacts,
+    /// The valid terms of the required node affinity; `None` when there is none.
+    affinity: Option<Vec<Term<'a>>>,
+}
+
+impl<'a> PodInfo<'a> {
+    #[must_use]
+    pub fn new(pod: &'a Pod, facts: &'a PodFacts) -> Self {
+        let affinity = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.affinity.as_ref())
+            .and_then(|a| a.node_affinity.as_ref())
+            .and_then(|n| {
+                n.required_during_scheduling_ignored_during_execution
+                    .as_ref()
+            })
+            .map(|r| {
+                r.node_selector_terms
+                    .iter()
+                    .filter_map(Term::parse)
+                    .collect()
+            });
+        PodInfo {
+            pod,
+            facts,
+            affinity,
+        }
+    }
 }
 
 /// Every reason `node` cannot take the pod; empty when it fits.
@@ -65,7 +94,7 @@ pub fn failures(pod: &PodInfo<'_>, node: &NodeFacts, info: &NodeInfo) -> Vec<Rea
     if let Some(r) = readiness(node, tolerations) {
         return vec![r];
     }
-    if node.unschedulable && !tolerates(tolerations, TAINT_UNSCHEDULABLE, "", "NoSchedule") {
+    if node.unschedulable && !tolerates_no_schedule(tolerations, TAINT_UNSCHEDULABLE) {
         return vec![Reason::Unschedulable];
     }
     if let Some(t) = untolerated_taint(&node.taints, tolerations) {
@@ -74,7 +103,7 @@ pub fn failures(pod: &PodInfo<'_>, node: &NodeFacts, info: &NodeInfo) -> Vec<Rea
             value: t.value.clone().unwrap_or_default(),
         }];
     }
-    if !matches_node_affinity(pod.pod, node) {
+    if !matches_node_affinity(pod, node) {
         return vec![Reason::NodeAffinity];
     }
     if pod
@@ -96,31 +125,18 @@ fn readiness(node: &NodeFacts, tolerations: &[Toleration]) -> Option<Reason> {
         Some("Unknown") => TAINT_UNREACHABLE,
         _ => TAINT_NOT_READY,
     };
-    (!tolerates(tolerations, key, "", "NoSchedule")).then_some(Reason::NotReady)
+    (!tolerates_no_schedule(tolerations, key)).then_some(Reason::NotReady)
 }
 
-/// `Toleration.ToleratesTaint`: effect empty or equal; `Exists` with an empty key matches
-/// every taint; otherwise keys equal and, for `Equal` (the default), values equal.
-#[must_use]
-pub fn toleration_matches(t: &Toleration, key: &str, value: &str, effect: &str) -> bool {
-    if let Some(e) = t.effect.as_deref().filter(|e| !e.is_empty())
-        && e != effect
-    {
-        return false;
-    }
-    let t_key = t.key.as_deref().unwrap_or("");
-    if !t_key.is_empty() && t_key != key {
-        return false;
-    }
-    match t.operator.as_deref().unwrap_or("Equal") {
-        "Exists" => true,
-        "Equal" | "" => !t_key.is_empty() && t.value.as_deref().unwrap_or("") == value,
-        _ => false,
-    }
-}
-
-fn tolerates(ts: &[Toleration], key: &str, value: &str, effect: &str) -> bool {
-    ts.iter().any(|t| toleration_matches(t, key, value, effect))
+/// Whether the pod tolerates the `NoSchedule` taint `key` that the node's state (not ready,
+/// cordoned) implies, whether or not the taint is on the node yet.
+fn tolerates_no_schedule(tolerations: &[Toleration], key: &str) -> bool {
+    let taint = Taint {
+        key: key.into(),
+        effect: "NoSchedule".into(),
+        ..Default::default()
+    };
+    tolerations.iter().any(|t| tolerates(t, &taint))
 }
 
 /// The first `NoSchedule`/`NoExecute` taint no toleration covers (`PreferNoSchedule` only
@@ -129,79 +145,74 @@ fn tolerates(ts: &[Toleration], key: &str, value: &str, effect: &str) -> bool {
 pub fn untolerated_taint<'t>(taints: &'t [Taint], tolerations: &[Toleration]) -> Option<&'t Taint> {
     taints.iter().find(|t| {
         matches!(t.effect.as_str(), "NoSchedule" | "NoExecute")
-            && !tolerates(
-                tolerations,
-                &t.key,
-                t.value.as_deref().unwrap_or(""),
-                &t.effect,
-            )
+            && !tolerations.iter().any(|tol| tolerates(tol, t))
     })
 }
 
 /// `spec.nodeSelector` (every pair) and the required node affinity (any term).
 #[must_use]
-pub fn matches_node_affinity(pod: &Pod, node: &NodeFacts) -> bool {
-    let Some(spec) = pod.spec.as_ref() else {
-        return true;
-    };
-    if let Some(sel) = &spec.node_selector
+pub fn matches_node_affinity(pod: &PodInfo<'_>, node: &NodeFacts) -> bool {
+    let selector = pod.pod.spec.as_ref().and_then(|s| s.node_selector.as_ref());
+    if let Some(sel) = selector
         && !sel.iter().all(|(k, v)| node.labels.get(k) == Some(v))
     {
         return false;
     }
-    let required = spec
-        .affinity
+    pod.affinity
         .as_ref()
-        .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|n| {
-            n.required_during_scheduling_ignored_during_execution
-                .as_ref()
-        });
-    required.is_none_or(|r| node_selector_matches(r, node))
+        .is_none_or(|terms| terms.iter().any(|t| t.matches(node)))
 }
 
-/// Terms are ORed; a term with neither expressions nor fields matches nothing.
-#[must_use]
-pub fn node_selector_matches(sel: &NodeSelector, node: &NodeFacts) -> bool {
-    sel.node_selector_terms
-        .iter()
-        .any(|t| term_matches(t, node))
+/// One node selector term: its label expressions (kproxy-apimachinery's selector) and its
+/// field expressions, all of which must hold.
+#[derive(Debug, Clone)]
+struct Term<'a> {
+    labels: LabelSelector,
+    fields: &'a [NodeSelectorRequirement],
 }
 
-fn term_matches(t: &NodeSelectorTerm, node: &NodeFacts) -> bool {
-    let exprs = t.match_expressions.as_deref().unwrap_or_default();
-    let fields = t.match_fields.as_deref().unwrap_or_default();
-    if exprs.is_empty() && fields.is_empty() {
-        return false;
-    }
-    exprs.iter().all(|r| requirement_matches(r, &node.labels))
-        && fields.iter().all(|r| {
-            // metadata.name is the only field Kubernetes allows here.
-            r.key == "metadata.name"
-                && matches!(r.operator.as_str(), "In" | "NotIn")
-                && requirement_matches(
-                    r,
-                    &BTreeMap::from([("metadata.name".to_string(), node.name.clone())]),
-                )
+impl<'a> Term<'a> {
+    /// `None` for a term that matches nothing: without expressions or fields, or with an
+    /// expression Kubernetes would not parse (kube-scheduler skips such terms).
+    fn parse(t: &'a NodeSelectorTerm) -> Option<Self> {
+        let exprs = t.match_expressions.as_deref().unwrap_or_default();
+        let fields = t.match_fields.as_deref().unwrap_or_default();
+        if exprs.is_empty() && fields.is_empty() {
+            return None;
+        }
+        let requirements = exprs
+            .iter()
+            .map(|r| {
+                let op = match r.operator.as_str() {
+                    "In" => Operator::In,
+                    "NotIn" => Operator::NotIn,
+                    "Exists" => Operator::Exists,
+                    "DoesNotExist" => Operator::DoesNotExist,
+                    "Gt" => Operator::GreaterThan,
+                    "Lt" => Operator::LessThan,
+                    _ => return None,
+                };
+                Requirement::new(&r.key, op, r.values.clone().unwrap_or_default()).ok()
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Term {
+            labels: LabelSelector::from_requirements(requirements),
+            fields,
         })
-}
+    }
 
-fn requirement_matches(r: &NodeSelectorRequirement, labels: &BTreeMap<String, String>) -> bool {
-    let values = r.values.as_deref().unwrap_or_default();
-    let label = labels.get(&r.key);
-    let number = |s: &str| s.parse::<i64>().ok();
-    let compare = |cmp: fn(i64, i64) -> bool| match (label.and_then(|l| number(l)), values) {
-        (Some(have), [want]) => number(want).is_some_and(|w| cmp(have, w)),
-        _ => false,
-    };
-    match r.operator.as_str() {
-        "In" => label.is_some_and(|l| values.contains(l)),
-        "NotIn" => label.is_none_or(|l| !values.contains(l)),
-        "Exists" => label.is_some(),
-        "DoesNotExist" => label.is_none(),
-        "Gt" => compare(|a, b| a > b),
-        "Lt" => compare(|a, b| a < b),
-        _ => false,
+    fn matches(&self, node: &NodeFacts) -> bool {
+        self.labels.matches(&node.labels)
+            && self.fields.iter().all(|r| {
+                // metadata.name is the only field Kubernetes allows here.
+                let named = r.values.iter().flatten().any(|v| *v == node.name);
+                r.key == "metadata.name"
+                    && match r.operator.as_str() {
+                        "In" => named,
+                        "NotIn" => !named,
+                        _ => false,
+                    }
+            })
     }
 }
 
@@ -263,17 +274,10 @@ mod tests {
 
     fn check(p: &Pod, n: &NodeFacts, info: &NodeInfo) -> Vec<String> {
         let facts = PodFacts::from_pod(p);
-        failures(
-            &PodInfo {
-                pod: p,
-                facts: &facts,
-            },
-            n,
-            info,
-        )
-        .iter()
-        .map(ToString::to_string)
-        .collect()
+        failures(&PodInfo::new(p, &facts), n, info)
+            .iter()
+            .map(ToString::to_string)
+            .collect()
     }
 
     fn empty() -> NodeInfo {
@@ -382,6 +386,12 @@ mod tests {
             {"key": "zone", "operator": "In", "values": ["a"]},
             {"key": "cores", "operator": "DoesNotExist"}]}])));
         assert!(!aff(json!([{}])));
+        // A term Kubernetes would not parse matches nothing; the other terms still count.
+        assert!(!aff(expr("zone", "NotIn", json!([]))));
+        assert!(aff(json!([
+            {"matchExpressions": [{"key": "zone", "operator": "Exists", "values": ["a"]}]},
+            {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]},
+        ])));
         let field = |op: &str, name: &str| json!([{"matchFields": [{"key": "metadata.name", "operator": op, "values": [name]}]}]);
         assert!(aff(field("In", "n1")));
         assert!(!aff(field("In", "n2")));

@@ -22,7 +22,7 @@ use k8s_openapi::{
 };
 use kproxy_controller_manager::events::{self, Type};
 use kube::{
-    Api, Client,
+    Api, Client, Resource as _,
     api::{Patch, PatchParams, PostParams},
     runtime::{WatchStreamExt as _, watcher},
 };
@@ -185,17 +185,6 @@ fn is_terminal(pod: &Pod) -> bool {
     )
 }
 
-fn pod_ref(pod: &Pod) -> ObjectReference {
-    ObjectReference {
-        api_version: Some("v1".into()),
-        kind: Some("Pod".into()),
-        name: pod.metadata.name.clone(),
-        namespace: pod.metadata.namespace.clone(),
-        uid: pod.metadata.uid.clone(),
-        ..Default::default()
-    }
-}
-
 impl Scheduler {
     fn handle(&mut self, msg: Msg) {
         match msg {
@@ -321,8 +310,7 @@ impl Scheduler {
                 // Finished pods hold nothing on their node.
                 self.cache.remove_pod(&uid)
             } else {
-                let node = node.to_string();
-                self.cache.bound(&uid, &node, PodFacts::from_pod(&pod))
+                self.cache.bound(&uid, node, PodFacts::from_pod(&pod))
             };
             if change == Change::MayFit {
                 self.retry_unschedulable();
@@ -403,10 +391,7 @@ impl Scheduler {
             if p.state != State::Queued {
                 continue;
             }
-            let info = PodInfo {
-                pod: &p.pod,
-                facts: &p.facts,
-            };
+            let info = PodInfo::new(&p.pod, &p.facts);
             match schedule(&info, &self.cache, &mut self.rng) {
                 Ok(node) => {
                     self.cache.assume(&uid, &node, p.facts.clone());
@@ -559,7 +544,7 @@ impl Writes {
 
     fn event(pod: &Pod, type_: Type, reason: &str, message: &str) -> Write {
         Write::Event(Box::new(events::build(
-            &pod_ref(pod),
+            &pod.object_ref(&()),
             COMPONENT,
             type_,
             reason,

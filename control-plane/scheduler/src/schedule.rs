@@ -3,13 +3,13 @@
 //! PodTopologySpread), take the best, ties broken at random so equal nodes fill evenly.
 //! When no node fits, the error counts the reasons over all nodes in kube-scheduler's words.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, fmt::Display};
 
 use rand::Rng;
 
 use crate::{
     cache::{Cache, NodeFacts, NodeInfo, PodFacts},
-    filter::{self, PodInfo},
+    filter::{self, PodInfo, Reason},
 };
 
 pub const MAX_SCORE: i64 = 100;
@@ -21,13 +21,13 @@ const WEIGHT_SPREAD: i64 = 2;
 #[error("{}", message(*.nodes, .reasons))]
 pub struct FitError {
     pub nodes: usize,
-    pub reasons: BTreeMap<String, usize>,
+    pub reasons: BTreeMap<Reason, usize>,
 }
 
 /// kube-scheduler's `FitError` message: "0/3 nodes are available: 1 Insufficient cpu,
 /// 2 node(s) had untolerated taint {k: v}." (entries sorted as strings, as it does).
 #[must_use]
-pub fn message(nodes: usize, reasons: &BTreeMap<String, usize>) -> String {
+pub fn message(nodes: usize, reasons: &BTreeMap<impl Display, usize>) -> String {
     if nodes == 0 {
         return "no nodes available to schedule pods".into();
     }
@@ -68,7 +68,7 @@ pub fn spread(count_on_node: u32, max_count: u32) -> i64 {
 /// The node for `pod`, or why none fits.
 pub fn schedule(pod: &PodInfo<'_>, cache: &Cache, rng: &mut impl Rng) -> Result<String, FitError> {
     let mut feasible: Vec<(&NodeFacts, &NodeInfo)> = Vec::new();
-    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+    let mut reasons: BTreeMap<Reason, usize> = BTreeMap::new();
     let mut nodes = 0;
     for (n, info) in cache.nodes() {
         nodes += 1;
@@ -77,7 +77,7 @@ pub fn schedule(pod: &PodInfo<'_>, cache: &Cache, rng: &mut impl Rng) -> Result<
             feasible.push((n, info));
         } else {
             for r in f {
-                *reasons.entry(r.to_string()).or_default() += 1;
+                *reasons.entry(r).or_default() += 1;
             }
         }
     }
@@ -163,14 +163,7 @@ mod tests {
 
     fn place(cache: &mut Cache, p: &Pod, rng: &mut StdRng, uid: &str) -> Result<String, FitError> {
         let facts = PodFacts::from_pod(p);
-        let node = schedule(
-            &PodInfo {
-                pod: p,
-                facts: &facts,
-            },
-            cache,
-            rng,
-        )?;
+        let node = schedule(&PodInfo::new(p, &facts), cache, rng)?;
         cache.assume(uid, &node, facts);
         Ok(node)
     }
@@ -186,7 +179,7 @@ mod tests {
             "0/3 nodes are available: 1 Insufficient cpu, 2 node(s) had untolerated taint {a: b}."
         );
         assert_eq!(
-            message(0, &BTreeMap::new()),
+            message(0, &BTreeMap::<String, usize>::new()),
             "no nodes available to schedule pods"
         );
     }
@@ -270,18 +263,9 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         let p = pod("100m", None);
         let facts = PodFacts::from_pod(&p);
+        let info = PodInfo::new(&p, &facts);
         for _ in 0..64 {
-            seen.insert(
-                schedule(
-                    &PodInfo {
-                        pod: &p,
-                        facts: &facts,
-                    },
-                    &cache,
-                    &mut rng,
-                )
-                .unwrap(),
-            );
+            seen.insert(schedule(&info, &cache, &mut rng).unwrap());
         }
         assert_eq!(seen.len(), 4);
     }

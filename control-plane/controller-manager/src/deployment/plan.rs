@@ -141,14 +141,15 @@ pub fn max_unavailable(d: &Deployment) -> i32 {
 
 /// `FindNewReplicaSet`: the oldest set whose template is the Deployment's.
 pub fn find_new<'a>(d: &Deployment, sets: &[&'a ReplicaSet]) -> Option<&'a ReplicaSet> {
-    let template = &d.spec.as_ref()?.template;
+    // `hash::equal_ignore_hash`, with the Deployment's side computed once.
+    let template = hash::canonical(&d.spec.as_ref()?.template);
     let mut sorted = sets.to_vec();
     sorted.sort_by(|a, b| by_creation(a, b));
     sorted.into_iter().find(|rs| {
         rs.spec
             .as_ref()
             .and_then(|s| s.template.as_ref())
-            .is_some_and(|t| hash::equal_ignore_hash(t, template))
+            .is_some_and(|t| hash::canonical(t) == template)
     })
 }
 

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::{
-    api::apps::v1::{Deployment, DeploymentCondition, DeploymentStatus, ReplicaSet},
+    api::apps::v1::{
+        Deployment, DeploymentCondition, DeploymentStatus, ReplicaSet, ReplicaSetStatus,
+    },
     apimachinery::pkg::apis::meta::v1::Time,
 };
 
@@ -95,14 +97,14 @@ pub fn calculate(
     now: Timestamp,
 ) -> DeploymentStatus {
     let sum = |f: &dyn Fn(&ReplicaSet) -> i32| all.iter().map(|rs| f(rs)).sum::<i32>();
-    let st = |rs: &ReplicaSet| rs.status.clone().unwrap_or_default();
-    let available = sum(&|rs| st(rs).available_replicas.unwrap_or(0));
+    let st = |rs: &ReplicaSet, f: fn(&ReplicaSetStatus) -> i32| rs.status.as_ref().map_or(0, f);
+    let available = sum(&|rs| st(rs, |s| s.available_replicas.unwrap_or(0)));
     let total = sum(&plan::spec_replicas);
     let mut s = DeploymentStatus {
         observed_generation: d.metadata.generation,
-        replicas: Some(sum(&|rs| st(rs).replicas)),
-        updated_replicas: Some(new.map_or(0, |n| st(n).replicas)),
-        ready_replicas: Some(sum(&|rs| st(rs).ready_replicas.unwrap_or(0))),
+        replicas: Some(sum(&|rs| st(rs, |s| s.replicas))),
+        updated_replicas: Some(new.map_or(0, |n| st(n, |s| s.replicas))),
+        ready_replicas: Some(sum(&|rs| st(rs, |s| s.ready_replicas.unwrap_or(0)))),
         available_replicas: Some(available),
         unavailable_replicas: Some((total - available).max(0)),
         collision_count: base.collision_count,

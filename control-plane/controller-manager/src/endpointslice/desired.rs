@@ -9,7 +9,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{Ipv4Addr, SocketAddrV4},
+    net::SocketAddrV4,
 };
 
 use jiff::Timestamp;
@@ -58,15 +58,9 @@ pub struct Wanted {
 #[must_use]
 pub fn selects(
     selector: Option<&BTreeMap<String, String>>,
-    labels: Option<&BTreeMap<String, String>>,
+    labels: &BTreeMap<String, String>,
 ) -> bool {
-    let Some(sel) = selector.filter(|s| !s.is_empty()) else {
-        return false;
-    };
-    let Some(labels) = labels else {
-        return false;
-    };
-    sel.iter().all(|(k, v)| labels.get(k) == Some(v))
+    selector.is_some_and(|sel| !sel.is_empty() && sel.iter().all(|(k, v)| labels.get(k) == Some(v)))
 }
 
 #[must_use]
@@ -77,22 +71,10 @@ pub fn has_selector(svc: &Service) -> bool {
         .is_some_and(|s| !s.is_empty())
 }
 
-/// The pod's Ready condition is True.
-#[must_use]
-pub fn pod_ready(pod: &CachedPod) -> bool {
-    pod.ready
-}
-
-/// The pod's IPv4 address, if it has one yet.
-#[must_use]
-pub fn pod_ipv4(pod: &CachedPod) -> Option<Ipv4Addr> {
-    pod.ipv4
-}
-
 /// Endpoint conditions as Kubernetes computes them.
 #[must_use]
 pub fn conditions(pod: &CachedPod, publish_not_ready: bool) -> EndpointConditions {
-    let serving = pod_ready(pod);
+    let serving = pod.ready;
     let terminating = pod.deletion.is_some();
     EndpointConditions {
         ready: Some(publish_not_ready || (serving && !terminating)),
@@ -160,9 +142,9 @@ pub fn wanted_for_pods<'a>(
     let mut out: Vec<Wanted> = pods
         .into_iter()
         .filter(|p| Some(&*p.namespace) == svc_ns)
-        .filter(|p| selects(selector, Some(&p.labels)) && !p.phase.is_terminal())
+        .filter(|p| selects(selector, &p.labels) && !p.phase.is_terminal())
         .filter_map(|pod| {
-            let ip = pod_ipv4(pod)?;
+            let ip = pod.ipv4?;
             let ports = service_ports(svc)
                 .iter()
                 .filter_map(|sp| {
@@ -201,7 +183,7 @@ pub fn wanted_for_pods<'a>(
             })
         })
         .collect();
-    out.sort_by_key(|a| ep_key(&a.endpoint));
+    out.sort_by(|a, b| ep_key(&a.endpoint).cmp(&ep_key(&b.endpoint)));
     out
 }
 
@@ -229,12 +211,12 @@ pub fn wanted_for_apiserver(addr: SocketAddrV4) -> Vec<Wanted> {
 }
 
 /// Identity of an endpoint across slices: its address and the pod behind it.
-fn ep_key(e: &Endpoint) -> (String, String) {
+fn ep_key(e: &Endpoint) -> (&str, &str) {
     (
-        e.addresses.first().cloned().unwrap_or_default(),
+        e.addresses.first().map_or("", String::as_str),
         e.target_ref
             .as_ref()
-            .and_then(|r| r.name.clone())
+            .and_then(|r| r.name.as_deref())
             .unwrap_or_default(),
     )
 }
@@ -242,7 +224,7 @@ fn ep_key(e: &Endpoint) -> (String, String) {
 type PortsKey = Vec<(String, i32, String)>;
 
 /// Wanted endpoints by port list: the ports, and the endpoints by identity.
-type Groups<'a> = BTreeMap<PortsKey, (Vec<EndpointPort>, BTreeMap<(String, String), &'a Wanted>)>;
+type Groups<'a> = BTreeMap<PortsKey, (Vec<EndpointPort>, BTreeMap<(&'a str, &'a str), &'a Wanted>)>;
 
 fn ports_key(ports: &[EndpointPort]) -> PortsKey {
     ports
@@ -310,10 +292,10 @@ fn newer(a: Option<Timestamp>, b: Timestamp) -> Option<Timestamp> {
 /// slices with room, then new slices; emptied slices are deleted, except that a Service
 /// without endpoints keeps one empty placeholder slice (as Kubernetes does).
 #[must_use]
-pub fn plan_slices(
+pub fn plan_slices<'a>(
     svc: &Service,
-    wanted: &[Wanted],
-    existing: &[EndpointSlice],
+    wanted: &'a [Wanted],
+    existing: impl IntoIterator<Item = &'a EndpointSlice>,
     now: Timestamp,
 ) -> Plan {
     let mut plan = Plan::default();
@@ -325,7 +307,7 @@ pub fn plan_slices(
             .1
             .insert(ep_key(&w.endpoint), w);
     }
-    let mut existing: Vec<&EndpointSlice> = existing.iter().collect();
+    let mut existing: Vec<&EndpointSlice> = existing.into_iter().collect();
     existing.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
 
     let mut drafts: Vec<Draft> = Vec::new();
@@ -361,10 +343,10 @@ pub fn plan_slices(
         drafts.push(d);
     }
 
-    for (_, (ports, members)) in groups {
-        let key = ports_key(&ports);
-        for (_, w) in members {
-            let fits = |d: &Draft| ports_key(&d.ports) == key && d.endpoints.len() < MAX_PER_SLICE;
+    for (ports, members) in groups.into_values() {
+        for w in members.into_values() {
+            // Drafts of one group hold clones of its port list.
+            let fits = |d: &Draft| d.ports == ports && d.endpoints.len() < MAX_PER_SLICE;
             // Prefer a slice that is written anyway, then any slice with room.
             let slot = drafts
                 .iter()
@@ -414,13 +396,13 @@ pub fn plan_slices(
             }
             continue;
         }
-        d.endpoints.sort_by_key(ep_key);
-        let ports = (!d.ports.is_empty()).then(|| d.ports.clone());
+        d.endpoints.sort_by(|a, b| ep_key(a).cmp(&ep_key(b)));
+        let ports = (!d.ports.is_empty()).then_some(d.ports);
         let owners = owner.clone().map(|o| vec![o]);
         match d.original {
             Some(orig) => {
                 let same = orig.endpoints == d.endpoints
-                    && orig.ports.clone().filter(|p| !p.is_empty()) == ports
+                    && orig.ports.as_ref().filter(|p| !p.is_empty()) == ports.as_ref()
                     && orig.metadata.labels.as_ref() == Some(&labels)
                     && orig.metadata.owner_references == owners;
                 if same {
@@ -496,9 +478,9 @@ pub fn endpoints_object(
         let Some(ip) = w.endpoint.addresses.first() else {
             continue;
         };
-        keys.insert(ip.clone());
+        keys.insert(ip.as_str());
         if let Some(t) = w.changed_at {
-            trigger = Some(trigger.map_or(t, |x| x.max(t)));
+            trigger = newer(trigger, t);
         }
         let ss = subsets
             .entry(ports_key(&w.ports))
@@ -546,23 +528,26 @@ pub fn endpoints_object(
     let labels = labels_for(svc, false);
     let subsets = (!subsets.is_empty()).then_some(subsets);
     if let Some(cur) = existing {
-        let cur_subsets = cur.subsets.clone().filter(|s| !s.is_empty());
+        let cur_subsets = cur.subsets.as_ref().filter(|s| !s.is_empty());
         let cur_truncated = cur
             .metadata
             .annotations
             .as_ref()
             .is_some_and(|a| a.contains_key(OVER_CAPACITY));
-        let cur_labels = cur.metadata.labels.clone().unwrap_or_default();
-        if cur_subsets == subsets && cur_truncated == truncated && cur_labels == labels {
+        let cur_labels = cur.metadata.labels.as_ref();
+        if cur_subsets == subsets.as_ref()
+            && cur_truncated == truncated
+            && cur_labels.map_or(labels.is_empty(), |l| *l == labels)
+        {
             return None;
         }
         // Addresses that went away changed now.
-        let gone = cur_subsets.iter().flatten().any(|s| {
+        let gone = cur_subsets.into_iter().flatten().any(|s| {
             s.addresses
                 .iter()
                 .chain(s.not_ready_addresses.iter())
                 .flatten()
-                .any(|a| !keys.contains(&a.ip))
+                .any(|a| !keys.contains(a.ip.as_str()))
         });
         if gone {
             trigger = Some(now);

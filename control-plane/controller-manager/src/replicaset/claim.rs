@@ -9,7 +9,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     LabelSelector as ApiSelector, ObjectMeta, OwnerReference,
 };
 use kproxy_apimachinery::selector::{LabelSelector, SelectorError};
-use kube::Resource;
+use kube::{
+    Resource,
+    runtime::reflector::{ObjectRef, Store},
+};
 
 /// The controller ownerReference of an object, if any.
 pub(crate) fn controller_of(meta: &ObjectMeta) -> Option<&OwnerReference> {
@@ -69,6 +72,37 @@ pub(crate) fn matches(
 ) -> bool {
     static EMPTY: BTreeMap<String, String> = BTreeMap::new();
     sel.is_some_and(|s| s.matches(labels.unwrap_or(&EMPTY)))
+}
+
+/// The owners an event about `child` (in namespace `ns`) concerns: its controller when that
+/// is a `K`, else, for an orphan, every `K` of the namespace whose selector matches (one of
+/// them may adopt it).
+pub(crate) fn owners_to_sync<K>(
+    ns: &str,
+    child: Child<'_>,
+    owners: &Store<K>,
+    selector: impl Fn(&K) -> Option<&ApiSelector>,
+) -> Vec<ObjectRef<K>>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    if let Some(owner) = controller_in(child.owners) {
+        return if owner.kind == K::kind(&()) && owner.api_version == K::api_version(&()) {
+            vec![ObjectRef::new(&owner.name).within(ns)]
+        } else {
+            Vec::new()
+        };
+    }
+    owners
+        .state()
+        .iter()
+        .filter(|o| o.meta().namespace.as_deref() == Some(ns))
+        .filter(|o| {
+            let sel = selector(o).and_then(|s| matcher(s).ok().flatten());
+            matches(sel.as_ref(), child.labels)
+        })
+        .map(|o| ObjectRef::from_obj(&**o))
+        .collect()
 }
 
 /// What to do with one candidate child.

@@ -7,16 +7,11 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetCondition, ReplicaSetStatus};
 use kproxy_apimachinery::selector::LabelSelector;
 
-pub use crate::podcache::DELETION_COST;
 use crate::podcache::{CachedPod, Phase};
 
 /// Counted toward replicas: not finished and not being deleted (FilterActivePods).
 pub fn is_active(pod: &CachedPod) -> bool {
     pod.deletion.is_none() && !pod.phase.is_terminal()
-}
-
-pub fn is_ready(pod: &CachedPod) -> bool {
-    pod.ready
 }
 
 /// When a ready pod is (or will be) available: ready for `min_ready_seconds`.
@@ -35,11 +30,6 @@ pub fn available_since(pod: &CachedPod, min_ready_seconds: i32) -> Option<Timest
             .checked_add(SignedDuration::from_secs(i64::from(min_ready_seconds)))
             .unwrap_or(Timestamp::MAX),
     )
-}
-
-/// podutil.IsPodAvailable.
-pub fn is_available(pod: &CachedPod, min_ready_seconds: i32, now: Timestamp) -> bool {
-    available_since(pod, min_ready_seconds).is_some_and(|t| t <= now)
 }
 
 /// What a ReplicaSet's status says about its pods, and when it must look again (a ready pod
@@ -96,12 +86,12 @@ pub fn status(
     create_failure: Option<&str>,
     now: Timestamp,
 ) -> ReplicaSetStatus {
-    let old = rs.status.clone().unwrap_or_default();
-    let mut conditions: Vec<ReplicaSetCondition> = old
-        .conditions
-        .unwrap_or_default()
-        .into_iter()
+    let mut conditions: Vec<ReplicaSetCondition> = rs
+        .status
+        .iter()
+        .flat_map(|s| s.conditions.iter().flatten())
         .filter(|c| c.type_ != "ReplicaFailure")
+        .cloned()
         .collect();
     if let Some(msg) = create_failure {
         conditions.push(ReplicaSetCondition {

@@ -20,6 +20,7 @@ use crate::client::Ctx;
 use crate::output;
 use crate::resources::parse_type_args;
 use crate::tabwriter::TabWriter;
+use crate::timefmt::parse_go_duration;
 use crate::yaml;
 
 const REVISION: &str = "deployment.kubernetes.io/revision";
@@ -52,7 +53,7 @@ pub enum RolloutCommand {
         #[arg(short, long, default_value_t = true, action = clap::ArgAction::Set)]
         watch: bool,
         /// Give up after this long (`30s`, `5m`; 0 waits for ever).
-        #[arg(long, default_value = "0s", value_parser = parse_duration)]
+        #[arg(long, default_value = "0s", value_parser = parse_go_duration)]
         timeout: Duration,
     },
     /// View previous rollout revisions.
@@ -78,40 +79,18 @@ pub enum RolloutCommand {
     },
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .map_or((s, "s"), |i| s.split_at(i));
-    let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("invalid duration {s:?}: unknown unit {unit:?}")),
-    };
-    Duration::try_from_secs_f64(secs).map_err(|e| e.to_string())
-}
-
 pub async fn run(ctx: &mut Ctx, args: RolloutArgs) -> Result<()> {
-    let target = match &args.command {
-        RolloutCommand::Status { target, .. }
-        | RolloutCommand::History { target, .. }
-        | RolloutCommand::Undo { target, .. }
-        | RolloutCommand::Restart { target } => target.clone(),
-    };
-    let name = deployment_name(ctx, &target).await?;
+    let (RolloutCommand::Status { target, .. }
+    | RolloutCommand::History { target, .. }
+    | RolloutCommand::Undo { target, .. }
+    | RolloutCommand::Restart { target }) = &args.command;
+    let name = deployment_name(ctx, target).await?;
     let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    let sets: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
     match args.command {
         RolloutCommand::Status { watch, timeout, .. } => status(&api, &name, watch, timeout).await,
-        RolloutCommand::History { revision, .. } => {
-            let sets: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
-            history(&api, &sets, &name, revision).await
-        }
-        RolloutCommand::Undo { to_revision, .. } => {
-            let sets: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
-            undo(&api, &sets, &name, to_revision).await
-        }
+        RolloutCommand::History { revision, .. } => history(&api, &sets, &name, revision).await,
+        RolloutCommand::Undo { to_revision, .. } => undo(&api, &sets, &name, to_revision).await,
         RolloutCommand::Restart { .. } => restart(&api, &name).await,
     }
 }
@@ -294,11 +273,7 @@ async fn history(
 
 /// The pod template of a revision, as YAML under `Pod Template:`.
 fn describe_template(t: &PodTemplateSpec) -> String {
-    let mut t = t.clone();
-    if let Some(l) = t.metadata.as_mut().and_then(|m| m.labels.as_mut()) {
-        l.remove(HASH_LABEL);
-    }
-    let v = serde_json::to_value(&t).unwrap_or(Value::Null);
+    let v = serde_json::to_value(without_hash(t)).unwrap_or(Value::Null);
     let body: String = yaml::to_string(&output::sorted(&v))
         .lines()
         .map(|l| format!("  {l}\n"))
@@ -349,10 +324,7 @@ async fn undo(api: &Api<Deployment>, sets: &Api<ReplicaSet>, name: &str, to: i64
             .and_then(|s| s.template.clone())
             .unwrap_or_default(),
     );
-    let current = d.spec.as_ref().map(|s| without_hash(&s.template));
-    if current.as_ref().map(serde_json::to_value).transpose()?
-        == Some(serde_json::to_value(&template)?)
-    {
+    if d.spec.as_ref().map(|s| without_hash(&s.template)).as_ref() == Some(&template) {
         output::emit(&format!(
             "deployment.apps/{name} skipped rollback (current template already matches revision {rev})\n"
         ))?;
@@ -486,9 +458,23 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
-        assert!(parse_duration("x").is_err());
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            args: RolloutArgs,
+        }
+        let timeout = |t: &str| -> Result<Duration, clap::Error> {
+            let w = Wrapper::try_parse_from(["rollout", "status", "deploy/web", t])?;
+            match w.args.command {
+                RolloutCommand::Status { timeout, .. } => Ok(timeout),
+                _ => unreachable!(),
+            }
+        };
+        assert_eq!(timeout("--timeout=30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(timeout("--timeout=2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(timeout("--timeout=0").unwrap(), Duration::ZERO);
+        assert!(timeout("--timeout=x").is_err());
+        assert_eq!(timeout("--timeout=1m30s").unwrap(), Duration::from_secs(90));
     }
 }

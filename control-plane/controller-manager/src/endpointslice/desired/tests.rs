@@ -6,8 +6,8 @@ use serde_json::json;
 use super::*;
 use crate::podcache::Phase;
 
-fn svc(extra: serde_json::Value) -> Service {
-    let mut v = json!({
+fn svc() -> Service {
+    serde_json::from_value(json!({
         "metadata": {"name": "web", "namespace": "ns", "uid": "svc-uid", "labels": {"team": "a"}},
         "spec": {
             "selector": {"app": "web"},
@@ -15,24 +15,8 @@ fn svc(extra: serde_json::Value) -> Service {
             "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"},
                       {"name": "metrics", "port": 9090, "targetPort": 9090, "protocol": "TCP"}]
         }
-    });
-    json_patch(&mut v, extra);
-    serde_json::from_value(v).unwrap()
-}
-
-fn json_patch(base: &mut serde_json::Value, extra: serde_json::Value) {
-    if let (Some(b), serde_json::Value::Object(e)) = (base.as_object_mut(), extra) {
-        for (k, v) in e {
-            match (b.get_mut(&k), v) {
-                (Some(bv @ serde_json::Value::Object(_)), v @ serde_json::Value::Object(_)) => {
-                    json_patch(bv, v);
-                }
-                (_, v) => {
-                    b.insert(k, v);
-                }
-            }
-        }
-    }
+    }))
+    .unwrap()
 }
 
 fn pod(name: &str, ip: &str, ready: bool, http_port: i32) -> CachedPod {
@@ -100,7 +84,7 @@ fn conditions_follow_readiness_and_termination() {
 
 #[test]
 fn named_target_ports_resolve_per_pod() {
-    let s = svc(json!({}));
+    let s = svc();
     let ports = &s.spec.as_ref().unwrap().ports.as_ref().unwrap();
     assert_eq!(
         resolve_port(&pod("a", "10.0.0.1", true, 8080), &ports[0]),
@@ -141,7 +125,7 @@ fn named_target_ports_resolve_per_pod() {
 
 #[test]
 fn pods_without_ip_terminal_or_unselected_are_left_out() {
-    let s = svc(json!({}));
+    let s = svc();
     let mut no_ip = pod("a", "", true, 8080);
     no_ip.ipv4 = None;
     let mut done = pod("b", "10.0.0.2", true, 8080);
@@ -162,14 +146,14 @@ fn pods_without_ip_terminal_or_unselected_are_left_out() {
         (Some("Pod"), Some("e"), Some("uid-e"))
     );
     // A Service without a selector selects nothing.
-    let mut bare = svc(json!({}));
+    let mut bare = svc();
     bare.spec.as_mut().unwrap().selector = None;
     assert!(wanted_for_pods(&bare, [&ok]).is_empty());
 }
 
 #[test]
 fn slices_split_at_100_with_labels_owner_and_trigger_time() {
-    let s = svc(json!({}));
+    let s = svc();
     let pods: Vec<CachedPod> = (0..250)
         .map(|i| {
             pod(
@@ -206,7 +190,7 @@ fn slices_split_at_100_with_labels_owner_and_trigger_time() {
 
 #[test]
 fn only_changed_slices_are_rewritten() {
-    let s = svc(json!({}));
+    let s = svc();
     let mut pods: Vec<CachedPod> = (0..150)
         .map(|i| pod(&format!("p{i}"), &format!("10.0.0.{}", i + 1), true, 8080))
         .collect();
@@ -275,7 +259,7 @@ fn only_changed_slices_are_rewritten() {
 
 #[test]
 fn a_service_without_endpoints_keeps_one_placeholder() {
-    let s = svc(json!({}));
+    let s = svc();
     let plan = plan_slices(&s, &[], &[], now());
     assert_eq!(plan.create.len(), 1);
     assert!(plan.create[0].endpoints.is_empty() && plan.create[0].ports.is_none());
@@ -298,7 +282,7 @@ fn a_service_without_endpoints_keeps_one_placeholder() {
 
 #[test]
 fn legacy_endpoints_split_ready_and_not_ready() {
-    let s = svc(json!({}));
+    let s = svc();
     let mut term = pod("t", "10.0.0.3", true, 8080);
     term.deletion = Some(now());
     term.deletion_grace_seconds = Some(30);
@@ -329,7 +313,8 @@ fn legacy_endpoints_split_ready_and_not_ready() {
     assert_eq!(t, "2024-01-01T00:00:30Z");
 
     // publishNotReadyAddresses: everything is an address, terminating pods included.
-    let s = svc(json!({"spec": {"publishNotReadyAddresses": true}}));
+    let mut s = svc();
+    s.spec.as_mut().unwrap().publish_not_ready_addresses = Some(true);
     let w = wanted_for_pods(&s, pods.iter());
     let ep = endpoints_object(&s, &w, None, now()).unwrap();
     let ss = &ep.subsets.as_ref().unwrap()[0];
@@ -340,7 +325,7 @@ fn legacy_endpoints_split_ready_and_not_ready() {
 #[test]
 fn apiserver_endpoint() {
     let w = wanted_for_apiserver("192.168.1.5:6443".parse().unwrap());
-    let mut s = svc(json!({}));
+    let mut s = svc();
     s.metadata.name = Some("kubernetes".into());
     s.spec.as_mut().unwrap().selector = None;
     let plan = plan_slices(&s, &w, &[], now());
