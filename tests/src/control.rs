@@ -2,9 +2,9 @@
 //! `kproxy-scheduler` joined to a test [`ApiServer`] with its admin kubeconfig, and a kube-rs
 //! client for the test itself.
 
-use std::process::Command;
+use std::{path::Path, process::Command};
 
-use crate::{Daemon, apiserver::ApiServer, bin, eventually};
+use crate::{Daemon, apiserver::ApiServer, bin};
 
 /// Starts `kproxy-controller-manager` against `api` with extra flags (for example
 /// `--controllers deployment,replicaset`), and waits until it says it is ready.
@@ -28,17 +28,17 @@ fn daemon(name: &str, ready: &str, api: &ApiServer, extra: &[&str]) -> Daemon {
         .arg(&api.kubeconfig)
         .args(extra)
         .env("RUST_LOG", "info");
-    let mut d = Daemon::spawn(cmd);
-    eventually(&format!("{name} ready"), || {
-        d.assert_running();
-        d.logged(ready)
-    });
-    d
+    Daemon::spawn_until_logged(cmd, ready)
 }
 
 /// A kube-rs client with the API server's admin kubeconfig.
 pub async fn client(api: &ApiServer) -> kube::Client {
-    let kc = kube::config::Kubeconfig::read_from(&api.kubeconfig).expect("kubeconfig");
+    kube_client(&api.kubeconfig).await
+}
+
+/// A kube-rs client from a kubeconfig file.
+pub async fn kube_client(kubeconfig: &Path) -> kube::Client {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig).expect("kubeconfig");
     let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
         .await
         .expect("kubeconfig config");
@@ -53,10 +53,5 @@ pub fn fake_nodes(api: &ApiServer, prefix: &str, n: usize, extra: &[&str]) -> Da
         .arg(&api.kubeconfig)
         .args(["--prefix", prefix, "--nodes", &n.to_string()])
         .args(extra);
-    let mut d = Daemon::spawn(cmd);
-    eventually("fake nodes ready", || {
-        d.assert_running();
-        d.logged("fake nodes ready")
-    });
-    d
+    Daemon::spawn_until_logged(cmd, "fake nodes ready")
 }

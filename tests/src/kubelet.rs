@@ -11,7 +11,7 @@ use std::{
     collections::BTreeSet,
     future::Future,
     net::Ipv4Addr,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     thread,
@@ -122,7 +122,7 @@ impl Kubelet {
             .enable_all()
             .build()
             .expect("tokio runtime");
-        let client = rt.block_on(admin_client(&api.kubeconfig));
+        let client = rt.block_on(crate::control::client(api));
 
         let mut args: Vec<String> = vec![
             "--kubeconfig".into(),
@@ -423,14 +423,6 @@ fn quiet(cmd: &mut Command) -> String {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default()
-}
-
-async fn admin_client(kubeconfig: &Path) -> Client {
-    let kc = kube::config::Kubeconfig::read_from(kubeconfig).expect("admin kubeconfig");
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-        .await
-        .expect("kube config");
-    Client::try_from(cfg).expect("kube client")
 }
 
 /// `docker inspect` of one container, as JSON.

@@ -191,6 +191,18 @@ impl Daemon {
         Self { child, lines }
     }
 
+    /// Spawns `cmd` and waits (see [`patience`]) until its log contains `ready`; panics with
+    /// the log if it exits first.
+    pub fn spawn_until_logged(cmd: Command, ready: &str) -> Self {
+        let what = format!("{:?} to log {ready:?}", cmd.get_program());
+        let mut d = Self::spawn(cmd);
+        eventually(&what, || {
+            d.assert_running();
+            d.logged(ready)
+        });
+        d
+    }
+
     #[must_use]
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -275,6 +287,40 @@ pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
             patience()
         );
         thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The async twin of [`eventually`]: awaits `check` until it returns true, panicking with
+/// `what` after [`patience`].
+pub async fn until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    until_some(what, || {
+        let done = check();
+        async move { done.await.then_some(()) }
+    })
+    .await;
+}
+
+/// Like [`until`], for a check that yields a value once it holds.
+pub async fn until_some<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            started.elapsed() < patience(),
+            "timed out after {:?} waiting for: {what}",
+            patience()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -12,14 +12,6 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt as _, reflector, watcher};
 use serde_json::json;
 
-async fn client(s: &ApiServer) -> kube::Client {
-    let kc = kube::config::Kubeconfig::read_from(&s.kubeconfig).expect("kubeconfig");
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-        .await
-        .expect("config");
-    kube::Client::try_from(cfg).expect("client")
-}
-
 fn pod(name: &str, app: &str) -> Pod {
     serde_json::from_value(json!({
         "metadata": {"name": name, "labels": {"app": app}},
@@ -32,7 +24,7 @@ fn pod(name: &str, app: &str) -> Pod {
 async fn typed_crud_selectors_and_errors() {
     let dir = TempDir::new("kpt-kube");
     let s = ApiServer::start(dir.path(), &[]);
-    let c = client(&s).await;
+    let c = kproxy_tests::control::client(&s).await;
     let pods: Api<Pod> = Api::default_namespaced(c.clone());
     for (n, app) in [("a", "web"), ("b", "web"), ("c", "db")] {
         pods.create(&PostParams::default(), &pod(n, app))
@@ -124,7 +116,7 @@ async fn typed_crud_selectors_and_errors() {
 async fn reflector_follows_changes_across_a_server_restart() {
     let dir = TempDir::new("kpt-kube");
     let mut s = ApiServer::start(dir.path(), &[]);
-    let c = client(&s).await;
+    let c = kproxy_tests::control::client(&s).await;
     let pods: Api<Pod> = Api::default_namespaced(c.clone());
     pods.create(&PostParams::default(), &pod("before", "web"))
         .await
@@ -180,7 +172,7 @@ async fn reflector_follows_changes_across_a_server_restart() {
     s.daemon.terminate();
     drop(s);
     let s = ApiServer::start(dir.path(), &["--bind", &format!("127.0.0.1:{port}")]);
-    let c2 = client(&s).await;
+    let c2 = kproxy_tests::control::client(&s).await;
     let pods2: Api<Pod> = Api::default_namespaced(c2);
     pods2
         .delete("before", &DeleteParams::default())

@@ -637,13 +637,8 @@ fn exec_with_a_terminal_through_kube_rs() {
         use kube::api::{Api, AttachParams, TerminalSize};
         use tokio::io::AsyncReadExt as _;
 
-        let config = kube::Config::from_custom_kubeconfig(
-            kube::config::Kubeconfig::read_from(&kubeconfig).unwrap(),
-            &kube::config::KubeConfigOptions::default(),
-        )
-        .await
-        .unwrap();
-        let pods: Api<Pod> = Api::default_namespaced(kube::Client::try_from(config).unwrap());
+        let pods: Api<Pod> =
+            Api::default_namespaced(kproxy_tests::control::kube_client(&kubeconfig).await);
         let script = "sleep 1; tty; stty size";
         let mut attached = None;
         for _ in 0..100 {

@@ -32,7 +32,9 @@ pub(crate) fn rss_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn load(bin: &Path, kubeconfig: &Path, args: &[&str]) -> Result<Value> {
+/// Runs a load generator (`kpt-apiload`, `kpt-ctrlload`) against `kubeconfig`; returns the
+/// JSON line it prints.
+pub(crate) fn load(bin: &Path, kubeconfig: &Path, args: &[&str]) -> Result<Value> {
     let out = Command::new(bin)
         .args(args)
         .env("KUBECONFIG", kubeconfig)
@@ -40,12 +42,13 @@ fn load(bin: &Path, kubeconfig: &Path, args: &[&str]) -> Result<Value> {
         .with_context(|| format!("run {}", bin.display()))?;
     if !out.status.success() {
         bail!(
-            "kpt-apiload {args:?} failed: {}",
+            "{} {args:?} failed: {}",
+            bin.display(),
             String::from_utf8_lossy(&out.stderr)
         );
     }
     let line = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(line.trim()).with_context(|| format!("kpt-apiload output {line:?}"))
+    serde_json::from_str(line.trim()).with_context(|| format!("{} output {line:?}", bin.display()))
 }
 
 struct Figures {

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Result, bail};
 use kproxy_tests::Daemon;
 use kproxy_tests::apiserver::{ApiServer, TempDir};
 use serde_json::Value;
@@ -24,36 +24,19 @@ pub struct ControllersBench {
     pub many_pods: usize,
 }
 
+/// `kpt-ctrlload PHASE ARGS --namespace NS`.
 fn load(bin: &Path, kubeconfig: &Path, ns: &str, args: &[&str]) -> Result<Value> {
-    let out = Command::new(bin)
-        .args(args)
-        .args(["--namespace", ns])
-        .env("KUBECONFIG", kubeconfig)
-        .output()
-        .with_context(|| format!("run {}", bin.display()))?;
-    if !out.status.success() {
-        bail!(
-            "kpt-ctrlload {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let line = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(line.trim()).with_context(|| format!("kpt-ctrlload output {line:?}"))
+    let mut all = args.to_vec();
+    all.extend(["--namespace", ns]);
+    crate::bench_api::load(bin, kubeconfig, &all)
 }
 
-fn spawn(bin: &Path, args: &[&str], ready: &str) -> Result<Daemon> {
+/// A release binary started like the tests start the debug ones, quieter: only kproxy's own
+/// info lines (the readiness line among them) reach the log.
+fn spawn(bin: &Path, args: &[&str], ready: &str) -> Daemon {
     let mut cmd = Command::new(bin);
     cmd.args(args).env("RUST_LOG", "warn,kproxy=info");
-    let mut d = Daemon::spawn(cmd);
-    let t = Instant::now();
-    while !d.logged(ready) {
-        d.assert_running();
-        if t.elapsed().as_secs() > 60 {
-            bail!("{} did not log {ready:?} in 60 s", bin.display());
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    Ok(d)
+    Daemon::spawn_until_logged(cmd, ready)
 }
 
 fn namespace(server: &ApiServer, ns: &str) -> Result<()> {
@@ -79,12 +62,12 @@ pub fn run(b: &ControllersBench, target: &Path, out_dir: &Path) -> Result<()> {
         &rel.join("kproxy-controller-manager"),
         &["--kubeconfig", &kcs, "--lb-pool", "172.30.0.0/20"],
         "controller manager ready",
-    )?;
+    );
     let sched = spawn(
         &rel.join("kproxy-scheduler"),
         &["--kubeconfig", &kcs],
         "scheduler ready",
-    )?;
+    );
     let _nodes = spawn(
         &rel.join("kpt-fakenodes"),
         &[
@@ -100,7 +83,7 @@ pub fn run(b: &ControllersBench, target: &Path, out_dir: &Path) -> Result<()> {
             "256Gi",
         ],
         "fake nodes ready",
-    )?;
+    );
     let load_bin = rel.join("kpt-ctrlload");
     for ns in ["sched", "deploy", "ep", "lb", "many"] {
         namespace(&server, ns)?;

@@ -27,7 +27,7 @@ use kproxy_tests::{
     apiserver::{ApiServer, TempDir},
 };
 use kube::{
-    Api, Client,
+    Api,
     api::{DeleteParams, ListParams, PostParams},
     runtime::wait::{Condition as _, await_condition, conditions},
 };
@@ -295,13 +295,7 @@ async fn measure(
     api: &ApiServer,
     kubelet: &Daemon,
 ) -> Result<Figures> {
-    let cfg = kube::Config::from_custom_kubeconfig(
-        kube::config::Kubeconfig::read_from(&api.kubeconfig)?,
-        &Default::default(),
-    )
-    .await?;
-    let client = Client::try_from(cfg)?;
-    let pods: Api<Pod> = Api::namespaced(client, "default");
+    let pods: Api<Pod> = Api::namespaced(kproxy_tests::control::client(api).await, "default");
     kproxy_podnet::ensure_bridge(BASE_BRIDGE, Ipv4Net::new(BASE_GATEWAY, 24)?).await?;
     let rss_idle_mib = rss_kib(kubelet.pid(), "VmRSS:") as f64 / 1024.0;
 

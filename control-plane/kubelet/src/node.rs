@@ -261,10 +261,8 @@ async fn wait_for_pod_cidr(api: &Api<Node>, name: &str) -> Result<String> {
             .default_backoff()
             .applied_objects()
     );
-    let mut warned = tokio::time::Instant::now();
     loop {
-        let next = tokio::time::timeout(Duration::from_secs(10), nodes.try_next()).await;
-        match next {
+        match tokio::time::timeout(Duration::from_secs(10), nodes.try_next()).await {
             Ok(Ok(Some(node))) => {
                 if let Some(c) = node.spec.and_then(|s| s.pod_cidr) {
                     info!(node = name, pod_cidr = %c, "pod CIDR assigned");
@@ -273,15 +271,12 @@ async fn wait_for_pod_cidr(api: &Api<Node>, name: &str) -> Result<String> {
             }
             Ok(Ok(None)) => anyhow::bail!("the Node watch ended"),
             Ok(Err(e)) => warn!(error = %e, "watching the Node for its pod CIDR"),
-            Err(_) => {}
-        }
-        if warned.elapsed() >= Duration::from_secs(10) {
-            warn!(
+            // Ten quiet seconds: say what is missing.
+            Err(_) => warn!(
                 node = name,
                 "still no pod CIDR: is kproxy-controller-manager (node IPAM) running? \
                  (or start the kubelet with --pod-cidr)"
-            );
-            warned = tokio::time::Instant::now();
+            ),
         }
     }
 }

@@ -11,17 +11,17 @@
 //!   `status.loadBalancer.ingress` holds an address.
 //! * `pods --count N --concurrency C`: N pods in 10 Deployments; waits until all are Ready.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use serde_json::json;
 
@@ -114,6 +114,50 @@ fn ready(p: &Pod) -> bool {
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
+/// Waits, through a watch on the pods with `labels`, until `want` distinct pods are Ready;
+/// returns them. Event-driven: no polling lists that would load the server being measured.
+async fn ready_pods(
+    pods: &Api<Pod>,
+    labels: &str,
+    want: usize,
+    limit: Duration,
+) -> Result<Vec<Pod>> {
+    let mut events = watcher(pods.clone(), watcher::Config::default().labels(labels))
+        .applied_objects()
+        .boxed();
+    let mut ready_now: HashMap<String, Pod> = HashMap::new();
+    while ready_now.len() < want {
+        let p = tokio::time::timeout(limit, events.try_next())
+            .await
+            .with_context(|| format!("timed out: {} of {want} pods Ready", ready_now.len()))??
+            .context("watch ended")?;
+        let name = p.metadata.name.clone().unwrap_or_default();
+        if ready(&p) {
+            ready_now.insert(name, p);
+        } else {
+            ready_now.remove(&name);
+        }
+    }
+    Ok(ready_now.into_values().collect())
+}
+
+/// Consumes `events` until one object satisfies `done`.
+async fn until_seen<K>(
+    events: &mut (impl futures::Stream<Item = Result<K, watcher::Error>> + Unpin),
+    what: &str,
+    mut done: impl FnMut(&K) -> bool,
+) -> Result<()> {
+    loop {
+        let o = tokio::time::timeout(Duration::from_secs(120), events.try_next())
+            .await
+            .with_context(|| format!("timed out waiting for {what}"))??
+            .context("watch ended")?;
+        if done(&o) {
+            return Ok(());
+        }
+    }
+}
+
 async fn schedule(client: kube::Client, ns: &str, count: usize, conc: usize) -> Result<()> {
     let pods: Api<Pod> = Api::namespaced(client, ns);
     // The watch starts before the first create, so no bind is missed.
@@ -177,36 +221,31 @@ async fn deployment_ready(client: kube::Client, ns: &str, replicas: i32) -> Resu
     let deps: Api<Deployment> = Api::namespaced(client.clone(), ns);
     let pods: Api<Pod> = Api::namespaced(client, ns);
     let name = "big";
-    let mut events = watcher(pods, watcher::Config::default().labels("app=big"))
-        .applied_objects()
-        .boxed();
+    let mut status = watcher(
+        deps.clone(),
+        watcher::Config::default().fields(&format!("metadata.name={name}")),
+    )
+    .applied_objects()
+    .boxed();
     let start = Instant::now();
     deps.create(&PostParams::default(), &deployment(name, replicas))
         .await
         .context("create deployment")?;
-    let mut ready_pods = HashSet::new();
-    while ready_pods.len() < replicas as usize {
-        let p = tokio::time::timeout(Duration::from_secs(120), events.try_next())
-            .await
-            .context("timed out waiting for ready pods")??
-            .context("watch ended")?;
-        if ready(&p) {
-            ready_pods.insert(p.metadata.name.unwrap_or_default());
-        }
-    }
+    let want = usize::try_from(replicas).context("replicas")?;
+    ready_pods(&pods, "app=big", want, Duration::from_secs(120)).await?;
     let pods_ready = start.elapsed();
     // Then the Deployment's own status says so.
-    loop {
-        let d = deps.get_status(name).await?;
-        let avail = d.status.and_then(|s| s.available_replicas).unwrap_or(0);
-        if avail >= replicas {
-            break;
-        }
-        if start.elapsed() > Duration::from_secs(120) {
-            bail!("deployment status never reached {replicas} available ({avail})");
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until_seen(
+        &mut status,
+        "the Deployment's available replicas",
+        |d: &Deployment| {
+            d.status
+                .as_ref()
+                .and_then(|s| s.available_replicas)
+                .is_some_and(|a| a >= replicas)
+        },
+    )
+    .await?;
     let status = start.elapsed();
     println!(
         "{}",
@@ -219,16 +258,13 @@ async fn deployment_ready(client: kube::Client, ns: &str, replicas: i32) -> Resu
     Ok(())
 }
 
-/// Whether `slices` lists `ip` with the given readiness.
-fn slices_show(slices: &[EndpointSlice], ip: &str, want_ready: bool) -> bool {
-    slices.iter().any(|s| {
-        s.endpoints.iter().any(|e| {
-            e.addresses.iter().any(|a| a == ip)
-                && e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(false) == want_ready
-        })
+/// Whether `slice` lists `ip` with the given readiness.
+fn slice_shows(slice: &EndpointSlice, ip: &str, want_ready: bool) -> bool {
+    slice.endpoints.iter().any(|e| {
+        e.addresses.iter().any(|a| a == ip)
+            && e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(false) == want_ready
     })
 }
-
 async fn endpoints(client: kube::Client, ns: &str, samples: usize) -> Result<()> {
     let name = "epbench";
     let deps: Api<Deployment> = Api::namespaced(client.clone(), ns);
@@ -242,31 +278,14 @@ async fn endpoints(client: kube::Client, ns: &str, samples: usize) -> Result<()>
         "spec": {"selector": {"app": name}, "ports": [{"port": 80, "targetPort": "http"}]},
     }))?;
     svcs.create(&PostParams::default(), &svc).await?;
-    let lp = ListParams::default().labels(&format!("app={name}"));
-    let start = Instant::now();
-    let ready_pods = loop {
-        let list = pods.list(&lp).await?;
-        let r: Vec<Pod> = list.items.into_iter().filter(ready).collect();
-        if r.len() >= 10 {
-            break r;
-        }
-        if start.elapsed() > Duration::from_secs(60) {
-            bail!("the endpoint bench's 10 pods never became Ready");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    // A reflector on the service's slices: the time a change becomes visible to a watcher,
-    // as it does to the node proxy.
-    let (reader, writer) = kube::runtime::reflector::store();
+    let ready_pods = ready_pods(&pods, &format!("app={name}"), 10, Duration::from_secs(60)).await?;
+    // A watch on the service's slices: the time a change becomes visible to a watcher, as it
+    // does to the node proxy. The pod is in one slice, so the slice that shows its new state
+    // is the answer; events still queued from before show the old state.
     let sel = format!("kubernetes.io/service-name={name}");
-    let refl = kube::runtime::reflector(
-        writer,
-        watcher(slices, watcher::Config::default().labels(&sel)),
-    )
-    .applied_objects()
-    .for_each(|_| async {});
-    let refl = tokio::spawn(refl);
-    reader.wait_until_ready().await?;
+    let mut seen = watcher(slices, watcher::Config::default().labels(&sel))
+        .applied_objects()
+        .boxed();
     let mut ms = Vec::with_capacity(samples);
     for i in 0..samples {
         let p = &ready_pods[i % ready_pods.len()];
@@ -285,21 +304,13 @@ async fn endpoints(client: kube::Client, ns: &str, samples: usize) -> Result<()>
             let t = Instant::now();
             pods.patch_status(&pname, &PatchParams::default(), &Patch::Strategic(patch))
                 .await?;
-            loop {
-                let cur: Vec<EndpointSlice> =
-                    reader.state().iter().map(|s| (**s).clone()).collect();
-                if slices_show(&cur, &ip, want) {
-                    break;
-                }
-                if t.elapsed() > Duration::from_secs(10) {
-                    bail!("EndpointSlice never showed {ip} ready={want}");
-                }
-                tokio::time::sleep(Duration::from_micros(200)).await;
-            }
+            until_seen(&mut seen, &format!("{ip} ready={want} in a slice"), |sl| {
+                slice_shows(sl, &ip, want)
+            })
+            .await?;
             ms.push(t.elapsed().as_secs_f64() * 1e3);
         }
     }
-    refl.abort();
     println!("{}", latency_json(ms));
     Ok(())
 }
@@ -355,24 +366,14 @@ async fn many_pods(client: kube::Client, ns: &str, count: usize) -> Result<()> {
         )
         .await?;
     }
-    let lp = ListParams::default()
-        .labels("app in (many-0,many-1,many-2,many-3,many-4,many-5,many-6,many-7,many-8,many-9)");
-    loop {
-        let n = pods
-            .list(&lp)
-            .await?
-            .items
-            .iter()
-            .filter(|p| ready(p))
-            .count();
-        if n >= per as usize * 10 {
-            break;
-        }
-        if start.elapsed() > Duration::from_secs(300) {
-            bail!("only {n} of {count} pods Ready after 300 s");
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let labels = format!(
+        "app in ({})",
+        (0..10)
+            .map(|d| format!("many-{d}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    ready_pods(&pods, &labels, per as usize * 10, Duration::from_secs(300)).await?;
     println!(
         "{}",
         json!({"pods": per * 10, "all_ready_s": start.elapsed().as_secs_f64()})
