@@ -66,8 +66,9 @@ pub fn spawn_delete_dependents(api: &Api, ns: Option<String>, uid: String) {
 /// After `obj` (just created at `key`) names owners: deletes it when none of them exists any
 /// more, as Kubernetes' garbage collector does with dependents whose owners are gone. This
 /// closes the race of a controller acting on a stale cache, which creates a child of an
-/// owner deleted a moment before: either the owner's deletion lists the new child among its
-/// dependents (the child was stored first), or this check finds the owner gone.
+/// owner deleted a moment before: either the dependents sweep that follows the owner's
+/// deletion (`rest::delete`, Background and Foreground) finds the child (it was stored
+/// first), or this check finds the owner gone.
 pub fn spawn_collect_if_orphaned(api: &Api, res: &'static Resource, key: &str, obj: &Value) {
     let Some(refs) = obj["metadata"]["ownerReferences"].as_array() else {
         return;

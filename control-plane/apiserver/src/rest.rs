@@ -983,7 +983,11 @@ pub async fn delete(
             Ok(kvs) => {
                 let mut gone = cur.clone();
                 set_rv(&mut gone, kvs[0].mod_revision);
-                if policy == "Background" {
+                // Foreground deleted the dependents it listed before this commit; a dependent
+                // created after that listing (a controller on a stale cache) is found by this
+                // sweep, and one created after this commit by its own owner check
+                // (gc::spawn_collect_if_orphaned). Background relies on the sweep alone.
+                if policy != "Orphan" {
                     crate::gc::spawn_delete_dependents(api, ns, uid);
                 }
                 return Ok(gone);
