@@ -50,5 +50,11 @@ pub fn is_root() -> bool {
 pub fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(workspace_root());
+    // A CI clone is built once: incremental caches would only double its disk use.
+    if std::env::var("CI").is_ok_and(|v| v == "true")
+        && std::env::var_os("CARGO_INCREMENTAL").is_none()
+    {
+        cmd.env("CARGO_INCREMENTAL", "0");
+    }
     cmd
 }
