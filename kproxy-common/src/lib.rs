@@ -9,7 +9,7 @@
 /// Name of the per-CPU packet counter array (pinned under the kproxy bpffs directory).
 pub const MAP_IFSTATS: &str = "kproxy_ifstats_v1";
 /// Name of the runtime configuration array (one `u32` per [`config`] index).
-pub const MAP_CONFIG: &str = "kproxy_config_v1";
+pub const MAP_CONFIG: &str = "kproxy_config_v2";
 
 /// Runtime configuration slots in [`MAP_CONFIG`]. Userspace writes them at any time; the
 /// programs read them per packet, so changes take effect without a reload.
@@ -19,8 +19,16 @@ pub mod config {
     /// Non-zero: the uplink's tc ingress program does the external load balancing (when XDP
     /// is not used for it); zero: XDP does it.
     pub const LB_IN_TC: u32 = 1;
+    /// Socket-LB scope: the network namespace cookie (low and high 32 bits) whose sockets
+    /// socket-LB translates; 0 in both means every namespace in the attached cgroup.
+    pub const SOCK_LB_NETNS_LO: u32 = 2;
+    pub const SOCK_LB_NETNS_HI: u32 = 3;
+    /// The uplink's MAC address (bytes 0..4 and 4..6, in wire order as a native `u32`),
+    /// the sender of ARP replies for LoadBalancer IPs.
+    pub const UPLINK_MAC_0: u32 = 4;
+    pub const UPLINK_MAC_4: u32 = 5;
     /// Number of slots.
-    pub const LEN: u32 = 4;
+    pub const LEN: u32 = 8;
 }
 
 /// Packets and bytes, one per CPU in a per-CPU map; userspace sums the CPUs.
@@ -157,7 +165,10 @@ pub const MAP_BACKENDS: &str = "kproxy_lb4_backends_v1";
 /// Reverse NAT table: revnat id (`u32`) → [`RevNat`].
 pub const MAP_REVNAT: &str = "kproxy_lb4_revnat_v1";
 /// Connection tracking for the per-packet paths (LRU): [`CtKey`] → [`CtValue`].
-pub const MAP_CT: &str = "kproxy_lb4_ct_v2";
+pub const MAP_CT: &str = "kproxy_lb4_ct_v3";
+/// LoadBalancer IPs whose ARP requests the uplink answers (the L2 announcement): address
+/// (network byte order, `u32`) → `u32` (unused, 1).
+pub const MAP_L2: &str = "kproxy_lb4_l2_v1";
 /// ClientIP session affinity (LRU): [`AffinityKey`] → [`AffinityValue`].
 pub const MAP_AFFINITY: &str = "kproxy_lb4_affinity_v2";
 /// Socket-LB reverse translation for UDP (LRU): [`SockRevNatKey`] → [`SockRevNatValue`].
@@ -181,6 +192,7 @@ pub const MAX_SERVICE_SLOTS: u32 = 262_144;
 pub const MAX_CT_ENTRIES: u32 = 131_072;
 pub const MAX_AFFINITY_ENTRIES: u32 = 32_768;
 pub const MAX_SOCK_REVNAT_ENTRIES: u32 = 32_768;
+pub const MAX_L2_ENTRIES: u32 = 4_096;
 
 /// Service flags (in [`ServiceValue::flags`]).
 pub mod svc_flags {
@@ -191,6 +203,8 @@ pub mod svc_flags {
     pub const EXTERNAL: u32 = 1 << 1;
     /// A NodePort frontend (the address is one of the node's addresses).
     pub const NODEPORT: u32 = 1 << 2;
+    /// A LoadBalancer ingress IP: the uplink answers ARP for its address (see `MAP_L2`).
+    pub const L2_ANNOUNCE: u32 = 1 << 3;
 }
 
 #[repr(C)]
@@ -270,7 +284,7 @@ const _: () = assert!(core::mem::size_of::<RevNat>() == 8);
 
 /// Connection tracking key: the packet's own 5-tuple as seen at the hook.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct CtKey {
     pub saddr: u32,
     pub daddr: u32,
@@ -305,8 +319,33 @@ pub struct CtValue {
     /// packets that carry its own address as source.
     /// REPLY: the pod's real address, to rewrite the destination back to.
     pub hairpin_addr: u32,
+    /// When the entry expires, in seconds of the monotonic clock (`bpf_ktime_get_ns`,
+    /// CLOCK_MONOTONIC in userspace). Each packet pushes it out by its state's lifetime
+    /// ([`ct_lifetime`]); an expired entry is a new flow, and garbage collection deletes it.
+    pub expires_s: u32,
+    /// [`ct_flags`].
+    pub flags: u32,
 }
-const _: () = assert!(core::mem::size_of::<CtValue>() == 16);
+const _: () = assert!(core::mem::size_of::<CtValue>() == 24);
+
+/// Connection tracking entry flags (in [`CtValue::flags`]).
+pub mod ct_flags {
+    /// A FIN or RST was seen in this direction: the connection is closing, a new SYN on
+    /// the same tuple starts a new flow (and may get another backend).
+    pub const CLOSING: u32 = 1 << 0;
+}
+
+/// Connection tracking lifetimes in seconds, per protocol and state (Cilium's defaults).
+pub mod ct_lifetime {
+    /// TCP before the handshake completed (a packet without ACK seen last).
+    pub const TCP_SYN: u32 = 60;
+    /// Established TCP.
+    pub const TCP_ESTABLISHED: u32 = 21_600;
+    /// TCP after a FIN or RST.
+    pub const TCP_CLOSING: u32 = 10;
+    /// UDP and everything else.
+    pub const NON_TCP: u32 = 60;
+}
 
 /// Source address hairpin flows are translated to (link-local, never on the wire outside
 /// the node; Cilium uses the same idea), network byte order.

@@ -24,8 +24,9 @@ pub struct Selected {
     pub backend: Backend,
 }
 
+/// The backend with this id, if it exists.
 #[inline(always)]
-fn backend_by_id(id: u32) -> Option<Backend> {
+pub fn backend(id: u32) -> Option<Backend> {
     // SAFETY: copied out immediately (see lookup_service).
     unsafe { BACKENDS.get(id) }.copied()
 }
@@ -58,7 +59,7 @@ pub fn select_backend(
         if let Some(a) = unsafe { AFFINITY.get(akey) }.copied() {
             let timeout_ns = u64::from(svc.affinity_timeout_s) * 1_000_000_000;
             if now.wrapping_sub(a.last_used_ns) <= timeout_ns
-                && let Some(b) = backend_by_id(a.backend_id)
+                && let Some(b) = backend(a.backend_id)
                 && b.state == backend_state::ACTIVE
                 && is_in_service(svc_addr, svc_port, proto, svc.count, a.backend_id)
             {
@@ -74,7 +75,7 @@ pub fn select_backend(
     let key = ServiceKey::new(svc_addr, svc_port, proto, slot);
     // SAFETY: copied out immediately.
     let slot_val = unsafe { SERVICES.get(key) }.copied()?;
-    let backend = backend_by_id(slot_val.backend_id)?;
+    let backend = backend(slot_val.backend_id)?;
     if affinity {
         touch_affinity(&akey, slot_val.backend_id, now);
     }

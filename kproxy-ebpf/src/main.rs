@@ -6,6 +6,7 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+mod arp;
 mod lb;
 mod maps;
 mod nat;
@@ -166,15 +167,41 @@ fn try_kproxy_tc_pod(ctx: &TcContext) -> Result<i32, ()> {
     let Some(flow) = packet::inspect(&tc_pkt(ctx)).1 else {
         return Ok(TC_ACT_OK);
     };
-    // A backend answering a translated flow?
-    if let Some(ct) = nat::reply_lookup(&flow, u64::from(ctx.len())) {
-        nat::nat_skb(ctx, &flow, false, ct.nat_addr, ct.nat_port).map_err(|_| ())?;
-        if ct.hairpin_addr != 0 {
-            nat::nat_skb_addr(ctx, &flow, true, flow.daddr, ct.hairpin_addr).map_err(|_| ())?;
-        }
+    // A backend pod answering a translated flow?
+    if pod_revnat(ctx, &flow)? {
         return Ok(TC_ACT_OK);
     }
     tc_lb(ctx, &flow, false)
+}
+
+/// tc egress on a pod's host-side veth (packets going to the pod): reverse NAT of replies
+/// from backends that are not pods on this bridge — host-network backends (the API
+/// server's `kubernetes` endpoint) and backends beyond the uplink. Replies from pod
+/// backends were already translated when they left their own pod.
+#[classifier]
+pub fn kproxy_tc_pod_egress(ctx: TcContext) -> i32 {
+    try_kproxy_tc_pod_egress(&ctx).unwrap_or(TC_ACT_OK)
+}
+
+#[inline(always)]
+fn try_kproxy_tc_pod_egress(ctx: &TcContext) -> Result<i32, ()> {
+    if let Some(flow) = packet::inspect(&tc_pkt(ctx)).1 {
+        pod_revnat(ctx, &flow)?;
+    }
+    Ok(TC_ACT_OK)
+}
+
+/// Reverse NAT of a tracked reply (and undoing the hairpin source); whether it was one.
+#[inline(always)]
+fn pod_revnat(ctx: &TcContext, flow: &nat::Flow) -> Result<bool, ()> {
+    let Some(ct) = nat::reply_lookup(flow, u64::from(ctx.len())) else {
+        return Ok(false);
+    };
+    nat::nat_skb(ctx, flow, false, ct.nat_addr, ct.nat_port).map_err(|_| ())?;
+    if ct.hairpin_addr != 0 {
+        nat::nat_skb_addr(ctx, flow, true, flow.daddr, ct.hairpin_addr).map_err(|_| ())?;
+    }
+    Ok(true)
 }
 
 #[cgroup_sock_addr(connect4)]
@@ -225,6 +252,9 @@ fn try_kproxy_tc_ingress(ctx: &TcContext) -> Result<i32, ()> {
     let (summary, flow) = packet::inspect(&tc_pkt(ctx));
     count(Hook::TcIngress, &summary, u64::from(ctx.len()));
     let Some(flow) = flow else {
+        if let Some(verdict) = arp::answer(ctx) {
+            return Ok(verdict);
+        }
         // XDP only marks packets it parsed; drop a marked one we cannot answer.
         return Ok(if nat::tc_marked_reject(ctx) {
             TC_ACT_SHOT

@@ -8,15 +8,15 @@ use aya_ebpf::{
 };
 use kproxy_common::{
     AffinityKey, AffinityValue, Backend, Counter, CtKey, CtValue, IFSTATS_LEN, LbCounter,
-    MAX_AFFINITY_ENTRIES, MAX_BACKENDS, MAX_CT_ENTRIES, MAX_SERVICE_SLOTS, MAX_SERVICES,
-    MAX_SOCK_REVNAT_ENTRIES, RevNat, ServiceKey, ServiceValue, SockRevNatKey, SockRevNatValue,
-    config,
+    MAX_AFFINITY_ENTRIES, MAX_BACKENDS, MAX_CT_ENTRIES, MAX_L2_ENTRIES, MAX_SERVICE_SLOTS,
+    MAX_SERVICES, MAX_SOCK_REVNAT_ENTRIES, RevNat, ServiceKey, ServiceValue, SockRevNatKey,
+    SockRevNatValue, config,
 };
 
 #[map(name = "kproxy_ifstats_v1")]
 pub static IFSTATS: PerCpuArray<Counter> = PerCpuArray::pinned(IFSTATS_LEN, 0);
 
-#[map(name = "kproxy_config_v1")]
+#[map(name = "kproxy_config_v2")]
 pub static CONFIG: Array<u32> = Array::pinned(config::LEN, 0);
 
 #[map(name = "kproxy_lb4_services_v1")]
@@ -28,8 +28,11 @@ pub static BACKENDS: HashMap<u32, Backend> = HashMap::pinned(MAX_BACKENDS, 0);
 #[map(name = "kproxy_lb4_revnat_v1")]
 pub static REVNAT: HashMap<u32, RevNat> = HashMap::pinned(MAX_SERVICES, 0);
 
-#[map(name = "kproxy_lb4_ct_v2")]
+#[map(name = "kproxy_lb4_ct_v3")]
 pub static CT: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(MAX_CT_ENTRIES, 0);
+
+#[map(name = "kproxy_lb4_l2_v1")]
+pub static L2: HashMap<u32, u32> = HashMap::pinned(MAX_L2_ENTRIES, 0);
 
 #[map(name = "kproxy_lb4_affinity_v2")]
 pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =

@@ -1,17 +1,18 @@
 //! Socket-level load balancing (cgroup/connect4, sendmsg4, recvmsg4, getpeername4). The
-//! translation happens once per connect (or per UDP send) instead of per packet, for every
-//! process on the node (host and pods: the programs sit on the cgroup v2 root).
+//! translation happens once per connect (or per UDP send) instead of per packet, for the
+//! processes of the cgroup the programs are attached to (by default the cgroup v2 root: the
+//! host and every pod), optionally only those of one network namespace.
 
 use aya_ebpf::{
     EbpfContext as _,
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     programs::SockAddrContext,
 };
-use kproxy_common::{IPPROTO_TCP, IPPROTO_UDP, SockRevNatKey, SockRevNatValue};
+use kproxy_common::{IPPROTO_TCP, IPPROTO_UDP, SockRevNatKey, SockRevNatValue, config};
 
 use crate::{
     lb::{self, mix},
-    maps::SOCK_REVNAT,
+    maps::{CONFIG, SOCK_REVNAT},
 };
 
 /// Let the syscall proceed.
@@ -35,8 +36,11 @@ pub fn xlate_forward(ctx: &SockAddrContext, udp_only: bool) -> i32 {
         return SYS_PROCEED;
     };
     // SAFETY: both helpers are valid for sock_addr programs and take the context pointer.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    if !in_scope(netns) {
+        return SYS_PROCEED;
+    }
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let hash = mix((cookie as u32) ^ ((cookie >> 32) as u32));
     let Some(sel) = lb::select_backend(addr, port, proto, &svc, hash, netns) else {
         lb::count(svc.revnat_id, 0, 0, 1, false);
@@ -65,6 +69,17 @@ pub fn xlate_forward(ctx: &SockAddrContext, udp_only: bool) -> i32 {
     }
     lb::count(svc.revnat_id, sel.id, 0, u64::from(udp_only), new_flow);
     SYS_PROCEED
+}
+
+/// Whether socket-LB applies to sockets of network namespace `netns`: every namespace, or
+/// only the one `--socket-lb-scope host` names (namespaces standing for other hosts, and
+/// pods, then take the per-packet paths).
+#[inline(always)]
+fn in_scope(netns: u64) -> bool {
+    let part = |i| CONFIG.get(i).copied().unwrap_or(0);
+    let want = (u64::from(part(config::SOCK_LB_NETNS_HI)) << 32)
+        | u64::from(part(config::SOCK_LB_NETNS_LO));
+    want == 0 || want == netns
 }
 
 /// Makes recvmsg() / getpeername() report the service address the application asked for

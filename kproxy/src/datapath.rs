@@ -19,8 +19,8 @@ use aya::{
     util::KernelVersion,
 };
 use kproxy_common::{
-    Backend, MAP_BACKENDS, MAP_CONFIG, MAP_REVNAT, MAP_SERVICES, RevNat, ServiceKey, ServiceValue,
-    config,
+    Backend, MAP_BACKENDS, MAP_CONFIG, MAP_L2, MAP_REVNAT, MAP_SERVICES, RevNat, ServiceKey,
+    ServiceValue, config,
 };
 
 use crate::sync::MapOp;
@@ -34,6 +34,10 @@ const PROG_TC_EGRESS: &str = "kproxy_tc_egress";
 const PROG_TC_POD: &str = "kproxy_tc_pod";
 /// Pin name tag of pod veth tc links (`link_tc_pod_<iface>`).
 const TC_POD_TAG: &str = "tc_pod";
+const PROG_TC_POD_EGRESS: &str = "kproxy_tc_pod_egress";
+/// Pin name tag of pod veth tc egress links (`link_tc_podeg_<iface>`; not a prefix of
+/// `tc_pod_`, so the two never mix up).
+const TC_POD_EGRESS_TAG: &str = "tc_podeg";
 /// Socket-LB programs, attached to the cgroup v2 root: program, pin tag (`link_sock_TAG`)
 /// and the kernel attach type (`enum bpf_attach_type`, linux/bpf.h), which tells whether a
 /// pinned link is the one this program belongs in.
@@ -129,7 +133,12 @@ impl Datapath {
         if let Err(err) = crate::ebpf_log::spawn(&mut ebpf) {
             tracing::warn!(%err, "eBPF log events will not be shown");
         }
-        for name in [PROG_TC_INGRESS, PROG_TC_EGRESS, PROG_TC_POD] {
+        for name in [
+            PROG_TC_INGRESS,
+            PROG_TC_EGRESS,
+            PROG_TC_POD,
+            PROG_TC_POD_EGRESS,
+        ] {
             let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
             prog.load().map_err(|source| DatapathError::Program {
                 what: "load".into(),
@@ -178,12 +187,20 @@ impl Datapath {
         Ok(used)
     }
 
-    /// Attaches the pod program to tc ingress of a pod's host-side veth: per-packet
-    /// service translation for traffic socket-LB did not handle, replies, hairpin.
+    /// Attaches the pod programs to a pod's host-side veth: tc ingress (packets from the
+    /// pod) does per-packet service translation for traffic socket-LB did not handle,
+    /// reverse NAT of the pod's replies, hairpin; tc egress (packets to the pod) reverse
+    /// NAT of replies from backends that are not pods (host network, beyond the uplink).
     pub fn attach_pod_iface(&mut self, iface: &str) -> Result<(), DatapathError> {
         self.attach_tc(PROG_TC_POD, iface, TcAttachType::Ingress, TC_POD_TAG)?;
+        self.attach_tc(
+            PROG_TC_POD_EGRESS,
+            iface,
+            TcAttachType::Egress,
+            TC_POD_EGRESS_TAG,
+        )?;
         self.pod_ifaces.insert(iface.to_owned());
-        tracing::info!(%iface, "pod interface attached (tc ingress)");
+        tracing::info!(%iface, "pod interface attached (tc ingress and egress)");
         Ok(())
     }
 
@@ -431,6 +448,26 @@ impl Datapath {
         self.set_config(config::DEBUG_EVENTS, u32::from(on))
     }
 
+    /// Limits socket-LB to the sockets of one network namespace (its cookie), or lifts the
+    /// limit (`None`).
+    pub fn set_socket_lb_netns(&mut self, cookie: Option<u64>) -> Result<(), DatapathError> {
+        let c = cookie.unwrap_or(0);
+        self.set_config(config::SOCK_LB_NETNS_HI, (c >> 32) as u32)?;
+        self.set_config(config::SOCK_LB_NETNS_LO, c as u32)
+    }
+
+    /// The address ARP replies for LoadBalancer IPs come from (the uplink's MAC).
+    pub fn set_uplink_mac(&mut self, mac: [u8; 6]) -> Result<(), DatapathError> {
+        self.set_config(
+            config::UPLINK_MAC_0,
+            u32::from_ne_bytes([mac[0], mac[1], mac[2], mac[3]]),
+        )?;
+        self.set_config(
+            config::UPLINK_MAC_4,
+            u32::from_ne_bytes([mac[4], mac[5], 0, 0]),
+        )
+    }
+
     /// Chooses where external traffic is load balanced on the uplink: tc ingress (`true`)
     /// or XDP (`false`).
     pub fn set_lb_in_tc(&mut self, on: bool) -> Result<(), DatapathError> {
@@ -439,9 +476,9 @@ impl Datapath {
 
     /// Applies planned map operations in order.
     pub fn apply(&mut self, ops: &[MapOp]) -> Result<(), DatapathError> {
-        let [svc, be, rn] = self
-            .ebpf
-            .maps_disjoint_mut([MAP_SERVICES, MAP_BACKENDS, MAP_REVNAT]);
+        let [svc, be, rn, l2] =
+            self.ebpf
+                .maps_disjoint_mut([MAP_SERVICES, MAP_BACKENDS, MAP_REVNAT, MAP_L2]);
         let map_err = |name| move |source| DatapathError::Map { name, source };
         let mut services = HashMap::<&mut MapData, ServiceKey, ServiceValue>::try_from(
             svc.ok_or(DatapathError::MissingMap(MAP_SERVICES))?,
@@ -455,6 +492,10 @@ impl Datapath {
             rn.ok_or(DatapathError::MissingMap(MAP_REVNAT))?,
         )
         .map_err(map_err(MAP_REVNAT))?;
+        let mut l2 = HashMap::<&mut MapData, u32, u32>::try_from(
+            l2.ok_or(DatapathError::MissingMap(MAP_L2))?,
+        )
+        .map_err(map_err(MAP_L2))?;
         for op in ops {
             match op {
                 MapOp::PutBackend { id, backend } => backends
@@ -475,9 +516,39 @@ impl Datapath {
                 MapOp::DeleteBackend { id } => {
                     ignore_missing(backends.remove(id)).map_err(map_err(MAP_BACKENDS))?
                 }
+                MapOp::PutL2 { addr } => l2.insert(addr, 1, 0).map_err(map_err(MAP_L2))?,
+                MapOp::DeleteL2 { addr } => {
+                    ignore_missing(l2.remove(addr)).map_err(map_err(MAP_L2))?
+                }
             }
         }
         Ok(())
+    }
+
+    /// A syncer that mirrors what the pinned maps hold now (after a restart: what the
+    /// previous kproxy wrote), so the next plan rewrites nothing that is right already.
+    pub fn restore_syncer(&self) -> Result<crate::sync::Syncer, DatapathError> {
+        let (s, b, r) = self.read_lb_maps()?;
+        Ok(crate::sync::Syncer::from_maps(s, b, r).with_l2(self.read_l2()?))
+    }
+
+    /// The announced LoadBalancer IPs (network byte order).
+    fn read_l2(&self) -> Result<Vec<u32>, DatapathError> {
+        let map = self
+            .ebpf
+            .map(MAP_L2)
+            .ok_or(DatapathError::MissingMap(MAP_L2))?;
+        let l2 =
+            HashMap::<&MapData, u32, u32>::try_from(map).map_err(|source| DatapathError::Map {
+                name: MAP_L2,
+                source,
+            })?;
+        l2.keys()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| DatapathError::Map {
+                name: MAP_L2,
+                source,
+            })
     }
 
     /// The current contents of the service, backend and reverse-NAT maps (after a restart

@@ -2,6 +2,7 @@
 //! (embedded in this binary), attaches them, pins their maps under bpffs so the datapath
 //! state outlives a kproxy restart, and reads their counters.
 
+pub mod ct;
 pub mod datapath;
 pub mod ebpf_log;
 pub mod manifest;

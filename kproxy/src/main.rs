@@ -1,6 +1,7 @@
 //! The kproxy command: run the datapath on a node, or inspect a running one.
 
 mod node;
+mod serve;
 mod setup;
 mod standalone;
 

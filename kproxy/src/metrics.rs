@@ -175,6 +175,16 @@ fn render(ctx: &Ctx) -> String {
     let reg = root.sub_registry_with_prefix("kproxy");
     reg.register("sync_ops", "eBPF map operations applied", SYNC_OPS.clone());
     reg.register(
+        "ct_entries",
+        "Live connection tracking entries (both directions) after the last collection",
+        crate::ct::LIVE.clone(),
+    );
+    reg.register(
+        "ct_gc_deleted",
+        "Expired connection tracking entries deleted by garbage collection",
+        crate::ct::GC_DELETED.clone(),
+    );
+    reg.register(
         "manifest_errors",
         "Rejected manifests or states (the running state was kept)",
         MANIFEST_ERRORS.clone(),

@@ -19,6 +19,11 @@ use kproxy_common::{IPPROTO_TCP, IPPROTO_UDP, svc_flags};
 
 /// Label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// kube-proxy's label: a Service carrying it is served only by the proxy of that name.
+pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
+/// Set on EndpointSlices by the endpoint controller: when the change that produced this
+/// version of the slice happened (a pod turning ready, ...).
+pub const TRIGGER_TIME_ANNOTATION: &str = "endpoints.kubernetes.io/last-change-trigger-time";
 /// Kubernetes' default ClientIP affinity timeout (3 hours).
 pub const DEFAULT_AFFINITY_TIMEOUT_S: u32 = 10_800;
 
@@ -246,6 +251,58 @@ pub fn slice_service(slice: &EndpointSlice) -> Option<&str> {
         .map(String::as_str)
 }
 
+/// Keeps only the entries of `map` under `keep` (`None` when none is left).
+fn retain_keys(map: &mut Option<BTreeMap<String, String>>, keep: &str) {
+    if let Some(m) = map {
+        m.retain(|k, _| k == keep);
+        if m.is_empty() {
+            *map = None;
+        }
+    }
+}
+
+/// Strips a watched Service down to what kproxy reads (names, uid, resourceVersion and
+/// creation time for Events and conflict order, the service-proxy-name label, the spec but
+/// its selector, the LoadBalancer status): a node proxy caches every Service of the
+/// cluster, and most of an object's bytes are fields it never looks at.
+pub fn compact_service(svc: &mut Service) {
+    let meta = &mut svc.metadata;
+    meta.managed_fields = None;
+    meta.annotations = None;
+    meta.owner_references = None;
+    meta.finalizers = None;
+    meta.generate_name = None;
+    retain_keys(&mut meta.labels, SERVICE_PROXY_NAME_LABEL);
+    if let Some(spec) = &mut svc.spec {
+        spec.selector = None;
+    }
+    if let Some(status) = &mut svc.status {
+        status.conditions = None;
+    }
+}
+
+/// Strips a watched EndpointSlice down to what kproxy reads: names and resourceVersion,
+/// the service-name label, the trigger-time annotation, ports, and each endpoint's
+/// addresses and conditions (no target references, node names, zones or hints).
+pub fn compact_slice(slice: &mut EndpointSlice) {
+    let meta = &mut slice.metadata;
+    meta.managed_fields = None;
+    meta.owner_references = None;
+    meta.finalizers = None;
+    meta.generate_name = None;
+    meta.uid = None;
+    retain_keys(&mut meta.labels, SERVICE_NAME_LABEL);
+    retain_keys(&mut meta.annotations, TRIGGER_TIME_ANNOTATION);
+    for ep in &mut slice.endpoints {
+        ep.target_ref = None;
+        ep.node_name = None;
+        ep.hints = None;
+        ep.zone = None;
+        ep.hostname = None;
+        ep.deprecated_topology = None;
+    }
+}
+
 /// The frontends of one Service, and what in it or its slices could not be used.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ServiceFrontends {
@@ -387,7 +444,7 @@ fn add_service(
                 *ip,
                 svc_port,
                 FrontendKind::LoadBalancerIp,
-                svc_flags::EXTERNAL,
+                svc_flags::EXTERNAL | svc_flags::L2_ANNOUNCE,
             );
         }
         if has_node_ports && let Some(node_port) = port.node_port.and_then(valid_port) {
@@ -511,6 +568,93 @@ mod tests {
             }
         }
         build_state(&services, &slices, node_ips)
+    }
+
+    /// Compacting what the watchers cache changes nothing kproxy derives from it.
+    #[test]
+    fn compacted_objects_build_the_same_frontends() {
+        let yaml = r"
+apiVersion: v1
+kind: Service
+metadata:
+  name: shop
+  namespace: store
+  uid: 1c0ffee
+  creationTimestamp: '2026-01-01T00:00:00Z'
+  labels: {app: shop, service.kubernetes.io/service-proxy-name: kproxy}
+  annotations: {note: a long annotation nobody reads}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.0.20
+  externalIPs: [192.0.2.7]
+  selector: {app: shop}
+  sessionAffinity: ClientIP
+  ports: [{name: http, port: 80, targetPort: web, nodePort: 30080}, {name: dns, port: 53, protocol: UDP}]
+status:
+  loadBalancer:
+    ingress: [{ip: 172.30.0.10}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: shop-1
+  namespace: store
+  labels: {kubernetes.io/service-name: shop, endpointslice.kubernetes.io/managed-by: x}
+  annotations: {endpoints.kubernetes.io/last-change-trigger-time: '2026-01-01T00:00:01Z'}
+  ownerReferences: [{apiVersion: v1, kind: Service, name: shop, uid: 1c0ffee}]
+addressType: IPv4
+ports: [{name: http, port: 8080}, {name: dns, port: 5353, protocol: UDP}]
+endpoints:
+- addresses: [10.244.2.2]
+  conditions: {ready: true}
+  nodeName: n1
+  zone: z
+  targetRef: {kind: Pod, name: shop-a, namespace: store, uid: u1}
+- addresses: [10.244.2.3]
+  conditions: {ready: false, serving: true, terminating: true}
+  nodeName: n1
+";
+        use serde::Deserialize as _;
+        let (mut services, mut slices): (Vec<Service>, Vec<EndpointSlice>) = (vec![], vec![]);
+        for doc in serde_yaml::Deserializer::from_str(yaml) {
+            let value = serde_yaml::Value::deserialize(doc).expect("yaml");
+            if value.get("kind").and_then(serde_yaml::Value::as_str) == Some("Service") {
+                services.push(serde_yaml::from_value(value).expect("service"));
+            } else {
+                slices.push(serde_yaml::from_value(value).expect("endpoint slice"));
+            }
+        }
+        let nodes = [Ipv4Addr::new(192, 168, 1, 10)];
+        let full = build_state(&services, &slices, &nodes);
+        assert!(full.frontends.len() >= 4, "{full:?}");
+        let (mut small_svcs, mut small_slices) = (services.clone(), slices.clone());
+        small_svcs.iter_mut().for_each(compact_service);
+        small_slices.iter_mut().for_each(compact_slice);
+        assert_eq!(build_state(&small_svcs, &small_slices, &nodes), full);
+        // What kproxy reads besides the frontends survives too.
+        let svc = &small_svcs[0];
+        assert_eq!(svc.metadata.uid.as_deref(), Some("1c0ffee"));
+        assert!(svc.metadata.creation_timestamp.is_some());
+        assert_eq!(
+            svc.metadata.labels,
+            Some(BTreeMap::from([(
+                SERVICE_PROXY_NAME_LABEL.to_string(),
+                "kproxy".to_string()
+            )]))
+        );
+        let slice = &small_slices[0];
+        assert_eq!(slice_service(slice), Some("shop"));
+        assert!(
+            slice
+                .metadata
+                .annotations
+                .as_ref()
+                .is_some_and(|a| a.contains_key(TRIGGER_TIME_ANNOTATION))
+        );
+        // And it is smaller.
+        let before = serde_json::to_vec(&slices[0]).expect("json").len();
+        let after = serde_json::to_vec(slice).expect("json").len();
+        assert!(after * 4 < before * 3, "{before} -> {after} bytes");
     }
 
     fn fk(addr: [u8; 4], port: u16, proto: Proto) -> FrontendKey {
@@ -659,7 +803,7 @@ endpoints: [{addresses: [10.244.2.2]}]
                 (
                     fk([172, 30, 0, 10], 80, Proto::Tcp),
                     FrontendKind::LoadBalancerIp,
-                    a | ext
+                    a | ext | svc_flags::L2_ANNOUNCE
                 ),
                 (
                     fk([192, 0, 2, 7], 80, Proto::Tcp),

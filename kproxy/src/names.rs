@@ -106,7 +106,10 @@ impl From<LbCounter> for CounterRow {
 #[derive(Debug, Clone, Serialize)]
 pub struct BackendRow {
     pub id: u32,
+    /// `address:port`.
     pub backend: String,
+    pub address: std::net::Ipv4Addr,
+    pub port: u16,
     pub state: &'static str,
     pub counter: CounterRow,
 }
@@ -114,7 +117,14 @@ pub struct BackendRow {
 #[derive(Debug, Clone, Serialize)]
 pub struct ServiceRow {
     pub revnat_id: u16,
+    /// `address:port/protocol`.
     pub frontend: String,
+    pub address: std::net::Ipv4Addr,
+    pub port: u16,
+    /// `TCP`, `UDP` (`?` for a protocol this build does not know).
+    pub protocol: String,
+    /// [`kproxy_common::svc_flags`] bits.
+    pub flags: u32,
     pub kind: String,
     pub service: String,
     pub active_backends: u16,
@@ -159,6 +169,8 @@ pub fn service_table(lb: &PinnedLb, names: &Names) -> Result<Vec<ServiceRow>, Pi
                 Ok(BackendRow {
                     id,
                     backend: fmt_addr(b.addr, b.port),
+                    address: std::net::Ipv4Addr::from(b.addr.to_ne_bytes()),
+                    port: u16::from_be(b.port),
                     state: if b.state == backend_state::TERMINATING {
                         "terminating"
                     } else {
@@ -171,6 +183,10 @@ pub fn service_table(lb: &PinnedLb, names: &Names) -> Result<Vec<ServiceRow>, Pi
         rows.push(ServiceRow {
             revnat_id: val.revnat_id,
             frontend: format!("{}/{proto}", fmt_addr(key.addr, key.port)),
+            address: std::net::Ipv4Addr::from(key.addr.to_ne_bytes()),
+            port: u16::from_be(key.port),
+            protocol: proto,
+            flags: val.flags,
             kind: name.kind,
             service: name.service,
             active_backends: val.count,

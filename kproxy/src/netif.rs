@@ -1,4 +1,5 @@
-//! Interface address lookup (for NodePort frontends on the uplink's addresses).
+//! Interface address lookup (NodePort frontends on the uplink's addresses, the uplink's MAC
+//! for ARP replies).
 
 use std::{ffi::CStr, net::Ipv4Addr};
 
@@ -33,6 +34,48 @@ pub fn ipv4_addrs(iface: &str) -> Vec<Ipv4Addr> {
     // SAFETY: head came from getifaddrs and is freed exactly once.
     unsafe { libc::freeifaddrs(head) };
     out
+}
+
+/// The Ethernet address of `iface` (`None` if it has none, e.g. a tun device, or does not
+/// exist). Read from the link-layer entry getifaddrs reports, so it is the address in the
+/// caller's network namespace.
+#[must_use]
+pub fn mac_addr(iface: &str) -> Option<[u8; 6]> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we free below with freeifaddrs.
+    if unsafe { libc::getifaddrs(&raw mut head) } != 0 {
+        return None;
+    }
+    let mut found = None;
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list returned by getifaddrs.
+        let ifa = unsafe { &*cur };
+        cur = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
+            continue;
+        }
+        // SAFETY: as in ipv4_addrs.
+        let name = unsafe { CStr::from_ptr(ifa.ifa_name) };
+        // SAFETY: ifa_addr is non-null and points to a sockaddr of family sa_family.
+        let family = i32::from(unsafe { (*ifa.ifa_addr).sa_family });
+        if name.to_bytes() != iface.as_bytes() || family != libc::AF_PACKET {
+            continue;
+        }
+        // SAFETY: AF_PACKET entries are sockaddr_ll.
+        let ll = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_ll>() };
+        if ll.sll_halen == 6 {
+            let a = ll.sll_addr;
+            let mac = [a[0], a[1], a[2], a[3], a[4], a[5]];
+            if mac != [0; 6] {
+                found = Some(mac);
+            }
+        }
+        break;
+    }
+    // SAFETY: head came from getifaddrs and is freed exactly once.
+    unsafe { libc::freeifaddrs(head) };
+    found
 }
 
 /// `struct ethtool_drvinfo` from linux/ethtool.h.

@@ -49,11 +49,7 @@ use tokio::{
 
 use crate::setup::{self, DatapathOpts};
 
-/// kube-proxy's label: a Service carrying it is served only by the proxy of that name.
-pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
-/// Set on EndpointSlices by the endpoint controller: when the change that produced this
-/// version of the slice happened (a pod turning ready, ...).
-pub const TRIGGER_TIME_ANNOTATION: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+pub use kproxy::model::{SERVICE_PROXY_NAME_LABEL, TRIGGER_TIME_ANNOTATION};
 
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(30);
@@ -78,6 +74,8 @@ pub struct Opts {
     keep_local: Vec<String>,
     #[command(flatten)]
     datapath: DatapathOpts,
+    #[command(flatten)]
+    serve: crate::serve::ServeOpts,
 }
 
 /// The `--keep-local` ranges ("none" alone means no range).
@@ -143,7 +141,10 @@ impl Cache {
                 .entry(owner.clone())
                 .or_default()
                 .insert(key.clone());
-            touched.push(owner);
+            // An update of a slice touches its Service once (its trigger time counts once).
+            if !touched.contains(&owner) {
+                touched.push(owner);
+            }
         }
         self.slices.insert(key, slice);
         touched
@@ -313,6 +314,8 @@ struct NodeProxy {
     /// Rebuilding and saving them covers every Service, so changes within `NAMES_EVERY`
     /// share one rebuild.
     names_due: Option<tokio::time::Instant>,
+    /// The names being saved; the next save waits for it.
+    names_saving: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// How often stale names are published.
@@ -331,6 +334,13 @@ pub async fn run(bpffs: &Path, opts: Opts) -> Result<()> {
         tracing::info!(ranges = ?keep_local, "unreachable routes keep untranslated service traffic on this node");
     }
     let client = client(&opts.kubeconfig).await?;
+    crate::serve::spawn(
+        &opts.serve,
+        &opts.kubeconfig,
+        &opts.node_name,
+        bpffs,
+        Arc::clone(&running.names),
+    )?;
     let mut base_node_ips = opts.datapath.node_ips.clone();
     base_node_ips.extend(&running.uplink_ips);
     base_node_ips.sort_unstable();
@@ -370,6 +380,7 @@ pub async fn run(bpffs: &Path, opts: Opts) -> Result<()> {
         bpffs: bpffs.to_path_buf(),
         names: running.names,
         names_due: None,
+        names_saving: None,
     };
     tracing::info!(node = %opts.node_name, "kproxy ready, waiting for the initial lists");
 
@@ -386,8 +397,7 @@ pub async fn run(bpffs: &Path, opts: Opts) -> Result<()> {
                 continue;
             }
             () = sleep_until(names_due) => {
-                node.names_due = None;
-                setup::publish_names(&node.bpffs, &node.names, Names::from_syncer(&node.syncer));
+                node.publish_names();
                 continue;
             }
             update = rx.recv() => {
@@ -434,12 +444,15 @@ fn spawn_watchers(client: &Client, node_name: &str, tx: &mpsc::Sender<Update>) {
         api: Api<K>,
         cfg: watcher::Config,
         tx: mpsc::Sender<Update>,
+        compact: fn(&mut K),
         wrap: fn(watcher::Event<K>) -> Update,
     ) where
         K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
     {
         tokio::spawn(async move {
-            let mut stream = watcher(api, cfg).default_backoff().boxed();
+            // Only what kproxy reads is kept (see model::compact_service): the cache holds
+            // every Service and slice of the cluster.
+            let mut stream = watcher(api, cfg).default_backoff().modify(compact).boxed();
             while let Some(item) = stream.next().await {
                 match item {
                     Ok(event) => {
@@ -459,6 +472,7 @@ fn spawn_watchers(client: &Client, node_name: &str, tx: &mpsc::Sender<Update>) {
         Api::<Service>::all(client.clone()),
         watcher::Config::default(),
         tx.clone(),
+        model::compact_service,
         |ev| Update::Service(Box::new(ev)),
     );
     spawn(
@@ -466,6 +480,7 @@ fn spawn_watchers(client: &Client, node_name: &str, tx: &mpsc::Sender<Update>) {
         Api::<EndpointSlice>::all(client.clone()),
         watcher::Config::default(),
         tx.clone(),
+        model::compact_slice,
         |ev| Update::Slice(Box::new(ev)),
     );
     spawn(
@@ -473,6 +488,10 @@ fn spawn_watchers(client: &Client, node_name: &str, tx: &mpsc::Sender<Update>) {
         Api::<Node>::all(client.clone()),
         watcher::Config::default().fields(&format!("metadata.name={node_name}")),
         tx.clone(),
+        |node| {
+            node.metadata.managed_fields = None;
+            node.metadata.annotations = None;
+        },
         |ev| Update::Node(Box::new(ev)),
     );
 }
@@ -801,13 +820,33 @@ impl NodeProxy {
         // full pass after a back-off (a full pass re-plans every Service and sweeps).
         tracing::error!(%err, retry_in = ?self.backoff, "writing the maps failed; retrying");
         metrics::MANIFEST_ERRORS.inc();
-        match self.dp.read_lb_maps() {
-            Ok((s, b, r)) => self.syncer = Syncer::from_maps(s, b, r),
+        match self.dp.restore_syncer() {
+            Ok(syncer) => self.syncer = syncer,
             Err(err) => tracing::error!(%err, "cannot read the maps back"),
         }
         self.full_pass = true;
         self.retry_at = Some(tokio::time::Instant::now() + self.backoff);
         self.backoff = (self.backoff * 2).min(RETRY_MAX);
+    }
+
+    /// Rebuilds the names and saves them on a blocking thread: at 10,000 Services writing
+    /// the file takes milliseconds that endpoint changes would otherwise wait for.
+    fn publish_names(&mut self) {
+        self.names_due = None;
+        if self.names_saving.as_ref().is_some_and(|t| !t.is_finished()) {
+            // One save at a time, so an older one never lands after a newer one.
+            self.publish();
+            return;
+        }
+        let started = Instant::now();
+        let names = Names::from_syncer(&self.syncer);
+        let built = started.elapsed();
+        let (bpffs, shared) = (self.bpffs.clone(), Arc::clone(&self.names));
+        self.names_saving = Some(tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            setup::publish_names(&bpffs, &shared, names);
+            tracing::debug!(?built, saved = ?started.elapsed(), "names published");
+        }));
     }
 
     /// Schedules publishing the names (at most one rebuild per `NAMES_EVERY`).
@@ -944,6 +983,11 @@ mod tests {
         );
         cache.insert_slice("ns/a-2".into(), slice("a-2", "a"));
         assert_eq!(cache.slices_for("ns/a").len(), 2);
+        // An update touches its Service once.
+        assert_eq!(
+            cache.insert_slice("ns/a-2".into(), slice("a-2", "a")),
+            ["ns/a"]
+        );
         // Relabelled to another Service: both are touched.
         assert_eq!(
             cache.insert_slice("ns/a-2".into(), slice("a-2", "b")),

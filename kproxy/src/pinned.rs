@@ -35,13 +35,14 @@ pub struct IfStat {
     pub bytes: u64,
 }
 
-fn open(dir: &Path, name: &'static str) -> Result<MapData, PinnedError> {
+/// Opens the map `name` pinned under `dir`.
+pub(crate) fn open_pinned(dir: &Path, name: &'static str) -> Result<MapData, PinnedError> {
     let path = dir.join(name);
     MapData::from_pin(&path).map_err(|source| PinnedError::Open { path, source })
 }
 
 fn open_ifstats(dir: &Path) -> Result<PerCpuArray<MapData, Counter>, PinnedError> {
-    let map = Map::PerCpuArray(open(dir, MAP_IFSTATS)?);
+    let map = Map::PerCpuArray(open_pinned(dir, MAP_IFSTATS)?);
     PerCpuArray::try_from(map).map_err(|source| PinnedError::Map {
         name: MAP_IFSTATS,
         source,
@@ -76,7 +77,7 @@ fn sum_ifstats(stats: &PerCpuArray<MapData, Counter>) -> Result<Vec<IfStat>, aya
 
 /// Switches the aya-log debug events of a running datapath on or off.
 pub fn set_debug_events(dir: &Path, on: bool) -> Result<(), PinnedError> {
-    let mut map = Map::Array(open(dir, MAP_CONFIG)?);
+    let mut map = Map::Array(open_pinned(dir, MAP_CONFIG)?);
     write_config(&mut map, config::DEBUG_EVENTS, u32::from(on)).map_err(|source| PinnedError::Map {
         name: MAP_CONFIG,
         source,
@@ -125,8 +126,9 @@ pub(crate) fn sum_lb_counter(map: &Map, id: u32) -> Result<LbCounter, MapError> 
     Ok(per_cpu.iter().fold(LbCounter::default(), |a, c| a.plus(*c)))
 }
 
-/// The pinned maps of a running (or stopped) kproxy, opened once: `kproxy dump` and the
-/// `/metrics` endpoint read them.
+/// The pinned maps of a running (or stopped) kproxy, opened once: `kproxy dump`, the
+/// `/metrics` endpoint and the node endpoint's `/lb` read them (`/lb` adds the connection
+/// tracking counts of `ct::CtTable`).
 pub struct PinnedLb {
     services: Map,
     backends: Map,
@@ -139,11 +141,11 @@ pub struct PinnedLb {
 impl PinnedLb {
     pub fn open(dir: &Path) -> Result<Self, PinnedError> {
         Ok(Self {
-            services: Map::HashMap(open(dir, MAP_SERVICES)?),
-            backends: Map::HashMap(open(dir, MAP_BACKENDS)?),
-            revnat: Map::HashMap(open(dir, MAP_REVNAT)?),
-            svc_stats: Map::PerCpuArray(open(dir, MAP_SVC_STATS)?),
-            be_stats: Map::PerCpuArray(open(dir, MAP_BACKEND_STATS)?),
+            services: Map::HashMap(open_pinned(dir, MAP_SERVICES)?),
+            backends: Map::HashMap(open_pinned(dir, MAP_BACKENDS)?),
+            revnat: Map::HashMap(open_pinned(dir, MAP_REVNAT)?),
+            svc_stats: Map::PerCpuArray(open_pinned(dir, MAP_SVC_STATS)?),
+            be_stats: Map::PerCpuArray(open_pinned(dir, MAP_BACKEND_STATS)?),
             ifstats: open_ifstats(dir)?,
         })
     }

@@ -47,9 +47,13 @@ pub struct DatapathOpts {
     /// Do not attach socket-LB (cgroup connect4/sendmsg4/recvmsg4/getpeername4).
     #[arg(long)]
     pub no_socket_lb: bool,
-    /// cgroup v2 directory for socket-LB (default: the cgroup v2 root).
-    #[arg(long)]
-    pub cgroup: Option<PathBuf>,
+    /// Where socket-LB translates connect()/sendmsg(): `all` (every process, attached at
+    /// the cgroup v2 root), `host` (the cgroup v2 root, but only sockets of kproxy's own
+    /// network namespace: pods and namespaces standing for other hosts take the
+    /// per-packet paths, Cilium's `bpf-lb-sock-hostns-only`), or a cgroup v2 directory
+    /// (its processes, in any namespace).
+    #[arg(long, alias = "cgroup", default_value = "all", value_parser = parse_scope)]
+    pub socket_lb_scope: SocketLbScope,
     /// Node addresses that serve NodePorts (standalone default: the uplink's IPv4
     /// addresses; node mode adds the Node's InternalIP/ExternalIP and the uplink's).
     #[arg(long = "node-ip")]
@@ -60,6 +64,51 @@ pub struct DatapathOpts {
     /// Start with aya-log debug events on (switch at run time with `kproxy debug`).
     #[arg(long)]
     pub debug_events: bool,
+    /// Seconds between connection tracking garbage collections (expired entries are
+    /// deleted; the datapath already treats them as gone).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub ct_gc_interval: u64,
+}
+
+/// Where socket-LB applies (`--socket-lb-scope`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SocketLbScope {
+    All,
+    Host,
+    Cgroup(PathBuf),
+}
+
+fn parse_scope(s: &str) -> Result<SocketLbScope, String> {
+    match s {
+        "all" => Ok(SocketLbScope::All),
+        "host" => Ok(SocketLbScope::Host),
+        "" => Err("expected all, host or a cgroup v2 directory".into()),
+        dir if Path::new(dir).is_absolute() => Ok(SocketLbScope::Cgroup(dir.into())),
+        other => Err(format!(
+            "{other:?}: expected all, host or an absolute cgroup v2 directory"
+        )),
+    }
+}
+
+/// The cookie of the calling thread's network namespace (SO_NETNS_COOKIE, Linux 5.14).
+fn own_netns_cookie() -> std::io::Result<u64> {
+    let sock = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
+    let mut cookie = 0u64;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: a valid socket and an out-buffer of the size passed.
+    let r = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&sock),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &raw mut len,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cookie)
 }
 
 /// A loaded and attached datapath, and the syncer that mirrors its maps.
@@ -91,6 +140,15 @@ pub async fn bring_up(bpffs: &Path, opts: &DatapathOpts) -> Result<Running> {
             .with_context(|| format!("attaching to uplink {uplink}"))?;
         tracing::info!(%uplink, xdp_mode = ?mode, lb_mode = ?opts.lb_mode, "uplink ready");
         uplink_ips = kproxy::netif::ipv4_addrs(uplink);
+        match kproxy::netif::mac_addr(uplink) {
+            Some(mac) => dp
+                .set_uplink_mac(mac)
+                .context("setting the uplink's MAC for ARP replies")?,
+            None => tracing::warn!(
+                %uplink,
+                "no MAC address on the uplink: LoadBalancer IPs are not announced by ARP"
+            ),
+        }
     }
     for iface in &opts.pod_ifaces {
         dp.attach_pod_iface(iface)
@@ -124,12 +182,24 @@ pub async fn bring_up(bpffs: &Path, opts: &DatapathOpts) -> Result<Running> {
         Some(rx)
     };
     if !opts.no_socket_lb {
-        let cgroup = match &opts.cgroup {
-            Some(c) => c.clone(),
-            None => find_cgroup2_root().context("finding the cgroup v2 root")?,
+        let (cgroup, netns) = match &opts.socket_lb_scope {
+            SocketLbScope::Cgroup(c) => (c.clone(), None),
+            scope => {
+                let root = find_cgroup2_root().context("finding the cgroup v2 root")?;
+                let netns = if *scope == SocketLbScope::Host {
+                    Some(own_netns_cookie().context("reading the network namespace cookie")?)
+                } else {
+                    None
+                };
+                (root, netns)
+            }
         };
+        // Before attaching: a pinned link of a previous run may already be live.
+        dp.set_socket_lb_netns(netns)
+            .context("setting the socket-LB scope")?;
         dp.attach_cgroup(&cgroup)
             .with_context(|| format!("attaching socket-LB to {}", cgroup.display()))?;
+        tracing::info!(cgroup = %cgroup.display(), netns_cookie = ?netns, "socket-LB scope");
     } else {
         // Socket-LB links outlive kproxy (they are pinned); without this a previous run's
         // programs would keep translating after socket-LB was switched off.
@@ -137,13 +207,16 @@ pub async fn bring_up(bpffs: &Path, opts: &DatapathOpts) -> Result<Running> {
             .context("removing the pinned socket-LB links")?;
     }
 
-    let (s, b, r) = dp.read_lb_maps().context("reading the pinned LB maps")?;
-    let restored = s.len();
-    let syncer = Syncer::from_maps(s, b, r);
+    let syncer = dp.restore_syncer().context("reading the pinned LB maps")?;
     tracing::info!(
-        restored_entries = restored,
+        restored_entries = syncer.service_entries(),
         "state restored from pinned maps"
     );
+    kproxy::ct::spawn_gc(
+        bpffs.to_path_buf(),
+        std::time::Duration::from_secs(opts.ct_gc_interval),
+    )
+    .context("starting connection tracking garbage collection")?;
     // The names saved by the previous kproxy match the restored maps until the first sync.
     let names = Arc::new(RwLock::new(
         kproxy::names::load_names(bpffs).unwrap_or_default(),

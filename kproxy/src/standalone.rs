@@ -69,8 +69,8 @@ impl Reconciler {
             // Partially applied: the syncer assumed success, so resynchronise it from the
             // maps themselves.
             tracing::error!(%err, "applying map updates failed");
-            if let Ok((s, b, r)) = dp.read_lb_maps() {
-                self.syncer = Syncer::from_maps(s, b, r);
+            if let Ok(syncer) = dp.restore_syncer() {
+                self.syncer = syncer;
             }
             return;
         }

@@ -25,8 +25,8 @@ use std::{
 };
 
 use kproxy_common::{
-    Backend, MAX_BACKENDS, MAX_SERVICE_SLOTS, MAX_SERVICES, RevNat, ServiceKey, ServiceValue,
-    backend_state, svc_flags,
+    Backend, MAX_BACKENDS, MAX_L2_ENTRIES, MAX_SERVICE_SLOTS, MAX_SERVICES, RevNat, ServiceKey,
+    ServiceValue, backend_state, svc_flags,
 };
 
 use crate::model::{
@@ -60,6 +60,13 @@ pub enum MapOp {
     DeleteBackend {
         id: u32,
     },
+    /// Announce a LoadBalancer IP on the uplink's segment (network byte order).
+    PutL2 {
+        addr: u32,
+    },
+    DeleteL2 {
+        addr: u32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -76,6 +83,8 @@ pub enum SyncError {
     },
     #[error("the service map would need {needed} entries during this update, it holds {max}")]
     TooManySlots { needed: usize, max: u32 },
+    #[error("{needed} LoadBalancer IPs to announce, the datapath announces at most {max}")]
+    TooManyAnnounced { needed: usize, max: u32 },
 }
 
 /// The service map key of `slot` of a frontend (network byte order).
@@ -220,6 +229,9 @@ pub struct Syncer {
     /// shared by several frontends (of one or several services) is one map entry, deleted
     /// when the last one drops it.
     backend_refs: BTreeMap<BackendAddr, [u32; 2]>,
+    /// Addresses in the L2 announcement map (network byte order): an address is there
+    /// while a programmed LoadBalancer-IP frontend uses it.
+    l2: BTreeSet<u32>,
 }
 
 /// A programmed frontend.
@@ -282,7 +294,37 @@ impl Syncer {
             programmed: BTreeMap::new(),
             owned: BTreeMap::new(),
             backend_refs: BTreeMap::new(),
+            l2: BTreeSet::new(),
         }
+    }
+
+    /// What the L2 announcement map holds (restored next to [`Syncer::from_maps`]), so a
+    /// restart rewrites nothing there either.
+    #[must_use]
+    pub fn with_l2(mut self, addrs: impl IntoIterator<Item = u32>) -> Self {
+        self.l2 = addrs.into_iter().collect();
+        self
+    }
+
+    /// Whether `addr` is to be announced once `changes` are made: a LoadBalancer-IP
+    /// frontend on it is programmed and stays, or comes with the changes.
+    fn announced_after(&self, addr: Ipv4Addr, changes: &Changes<'_>) -> bool {
+        let l2 = |fe: &Frontend| fe.flags & svc_flags::L2_ANNOUNCE != 0;
+        let from = FrontendKey {
+            addr,
+            port: 0,
+            proto: Proto::Tcp,
+        };
+        let staying = self
+            .programmed
+            .range(from..)
+            .take_while(|(key, _)| key.addr == addr)
+            .any(|(key, p)| !changes.contains_key(key) && l2(&p.frontend));
+        staying
+            || changes
+                .range(from..)
+                .take_while(|(key, _)| key.addr == addr)
+                .any(|(_, want)| want.is_some_and(|(_, fe)| l2(fe)))
     }
 
     /// Rebuild from the contents of pinned maps after a kproxy restart so nothing is
@@ -351,6 +393,8 @@ impl Syncer {
                 .collect();
             let kind = if slot0.flags & svc_flags::NODEPORT != 0 {
                 FrontendKind::NodePort
+            } else if slot0.flags & svc_flags::L2_ANNOUNCE != 0 {
+                FrontendKind::LoadBalancerIp
             } else if slot0.flags & svc_flags::EXTERNAL != 0 {
                 FrontendKind::ExternalIp
             } else {
@@ -378,6 +422,12 @@ impl Syncer {
         }
         s.programmed = programmed;
         s
+    }
+
+    /// Number of service map entries (frontends and their backend slots).
+    #[must_use]
+    pub fn service_entries(&self) -> usize {
+        self.service_entries
     }
 
     /// revnat id → frontend, for dumps and metrics labels.
@@ -726,6 +776,34 @@ impl Syncer {
             }
         }
 
+        // 6. L2 announcements, after the frontends they belong to (and before nothing: an
+        // ARP answer for an address without a frontend only leads to a refused flow).
+        let mut addrs: BTreeSet<Ipv4Addr> = changes.keys().map(|key| key.addr).collect();
+        if sweep {
+            addrs.extend(self.l2.iter().map(|a| Ipv4Addr::from(u32::from_be(*a))));
+        }
+        let mut announced = self.l2.len();
+        for addr in addrs {
+            let be = u32::from(addr).to_be();
+            match (self.announced_after(addr, changes), self.l2.contains(&be)) {
+                (true, false) => {
+                    ops.push(MapOp::PutL2 { addr: be });
+                    announced += 1;
+                }
+                (false, true) => {
+                    ops.push(MapOp::DeleteL2 { addr: be });
+                    announced -= 1;
+                }
+                _ => {}
+            }
+        }
+        if announced > MAX_L2_ENTRIES as usize {
+            return Err(SyncError::TooManyAnnounced {
+                needed: announced,
+                max: MAX_L2_ENTRIES,
+            });
+        }
+
         // Writes come before deletes, so the service map peaks in the middle of the plan.
         let mut entries = self.service_entries;
         let mut peak = entries;
@@ -892,6 +970,12 @@ impl Syncer {
             MapOp::DeleteBackend { id } => {
                 self.backends.remove(&id);
             }
+            MapOp::PutL2 { addr } => {
+                self.l2.insert(addr);
+            }
+            MapOp::DeleteL2 { addr } => {
+                self.l2.remove(&addr);
+            }
         }
     }
 }
@@ -944,6 +1028,7 @@ mod tests {
         services: HashMap<ServiceKey, ServiceValue>,
         backends: BTreeMap<u32, Backend>,
         revnats: BTreeMap<u32, RevNat>,
+        l2: BTreeSet<u32>,
     }
 
     impl FakeMaps {
@@ -975,6 +1060,12 @@ mod tests {
                     }
                     MapOp::DeleteBackend { id } => {
                         assert!(self.backends.remove(&id).is_some(), "op {i}: {op:?} absent");
+                    }
+                    MapOp::PutL2 { addr } => {
+                        assert!(self.l2.insert(addr), "op {i}: {op:?} already there");
+                    }
+                    MapOp::DeleteL2 { addr } => {
+                        assert!(self.l2.remove(&addr), "op {i}: {op:?} absent");
                     }
                 }
                 self.check_readers(&format!("after op {i} {op:?}"));
@@ -1055,6 +1146,13 @@ mod tests {
                 .sum();
             assert_eq!(self.services.len(), slots);
             assert_eq!(self.revnats.len(), want.frontends.len());
+            let l2: BTreeSet<u32> = want
+                .frontends
+                .iter()
+                .filter(|(_, f)| f.flags & svc_flags::L2_ANNOUNCE != 0)
+                .map(|(k, _)| u32::from(k.addr).to_be())
+                .collect();
+            assert_eq!(self.l2, l2, "announced LoadBalancer IPs");
             let mut backends = BTreeMap::new();
             for f in want.frontends.values() {
                 for (a, s) in &f.backends {
@@ -1086,6 +1184,7 @@ mod tests {
                 self.backends.iter().map(|(k, v)| (*k, *v)),
                 self.revnats.iter().map(|(k, v)| (*k, *v)),
             )
+            .with_l2(self.l2.iter().copied())
         }
     }
 
@@ -1109,6 +1208,68 @@ mod tests {
             flags: 0,
             affinity_timeout_s: 0,
         }
+    }
+
+    fn lb_ip(port: u16) -> (FrontendKey, Frontend) {
+        let key = FrontendKey {
+            addr: Ipv4Addr::new(172, 30, 0, 1),
+            port,
+            proto: Proto::Tcp,
+        };
+        let fe = Frontend {
+            kind: FrontendKind::LoadBalancerIp,
+            flags: svc_flags::EXTERNAL | svc_flags::L2_ANNOUNCE,
+            ..frontend(&[(be(1), A)])
+        };
+        (key, fe)
+    }
+
+    #[test]
+    fn loadbalancer_ips_are_announced_while_a_frontend_uses_them() {
+        let addr = u32::from(Ipv4Addr::new(172, 30, 0, 1)).to_be();
+        let l2_ops = |ops: &[MapOp]| -> Vec<MapOp> {
+            ops.iter()
+                .copied()
+                .filter(|op| matches!(op, MapOp::PutL2 { .. } | MapOp::DeleteL2 { .. }))
+                .collect()
+        };
+        let mut s = Syncer::new();
+        let mut maps = FakeMaps::default();
+        // Two ports on one address: one announcement.
+        let two = desired(vec![
+            lb_ip(80),
+            lb_ip(443),
+            (fk(1, 80), frontend(&[(be(1), A)])),
+        ]);
+        let ops = sync(&mut s, &mut maps, &two);
+        assert_eq!(l2_ops(&ops), [MapOp::PutL2 { addr }]);
+        // The announcement comes after the frontend it belongs to.
+        let slot0 = ops
+            .iter()
+            .position(|op| matches!(op, MapOp::PutService { key, .. } if key.slot == 0))
+            .expect("a frontend is published");
+        assert!(ops.iter().position(|op| *op == MapOp::PutL2 { addr }) > Some(slot0));
+        // One port left: still announced, nothing written for it.
+        let one = desired(vec![lb_ip(443), (fk(1, 80), frontend(&[(be(1), A)]))]);
+        assert_eq!(l2_ops(&sync(&mut s, &mut maps, &one)), []);
+        // A restart rewrites nothing.
+        let mut restarted = maps.syncer();
+        assert_eq!(restarted.plan(&one).expect("plan"), []);
+        // Per-service planning: the last port goes, the address is withdrawn.
+        let plan = restarted
+            .plan_service("default/test", &BTreeMap::new())
+            .expect("plan");
+        maps.apply(&plan.ops);
+        assert_eq!(l2_ops(&plan.ops), [MapOp::DeleteL2 { addr }]);
+        assert!(maps.l2.is_empty());
+        // A leftover announcement nobody claims is swept.
+        let mut stale = Syncer::new().with_l2([addr]);
+        let mut maps = FakeMaps {
+            l2: [addr].into(),
+            ..FakeMaps::default()
+        };
+        let ops = sync(&mut stale, &mut maps, &desired(vec![]));
+        assert_eq!(ops, [MapOp::DeleteL2 { addr }]);
     }
 
     #[test]
@@ -1527,6 +1688,7 @@ mod tests {
                 services: base.services.clone(),
                 backends: base.backends.clone(),
                 revnats: base.revnats.clone(),
+                l2: base.l2.clone(),
             };
             maps.apply(&ops[..cut]);
             let mut restarted = maps.syncer();

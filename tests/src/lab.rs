@@ -140,7 +140,8 @@ impl Svc {
         }
     }
 
-    fn yaml(&self, out: &mut String) {
+    /// Appends the Service and its EndpointSlice as manifest YAML.
+    pub fn yaml(&self, out: &mut String) {
         let ty = if self.lb_ip.is_some() {
             "LoadBalancer"
         } else if self.node_port.is_some() {
@@ -329,10 +330,12 @@ impl Lab {
             .args(["standalone", "--uplink", "up0", "--xdp-mode", xdp_mode])
             .args(["--lb-mode", lb_mode])
             .arg("--manifests")
-            .arg(&self.manifest)
-            .arg("--cgroup")
-            .arg(self.cgroup.path())
-            .args(extra);
+            .arg(&self.manifest);
+        // Socket-LB on the lab's cgroup unless the test chooses the scope itself.
+        if !extra.contains(&"--socket-lb-scope") {
+            cmd.arg("--socket-lb-scope").arg(self.cgroup.path());
+        }
+        cmd.args(extra);
         let d = Daemon::spawn(cmd);
         let mut d = d;
         eventually("kproxy ready", || {

@@ -152,9 +152,18 @@ fn start_kproxy(
         .arg(lab.bpffs.path())
         .args(["node", "--kubeconfig"])
         .arg(kubeconfig)
-        .args(["--node-name", node, "--keep-local", &keep.0, "--cgroup"])
+        .args([
+            "--node-name",
+            node,
+            "--keep-local",
+            &keep.0,
+            "--socket-lb-scope",
+        ])
         .arg(lab.cgroup.path())
         .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+        // The node endpoint (0.0.0.0:10262) is tested in kctl_lb.rs; parallel tests would
+        // compete for its port.
+        .arg("--no-serve")
         .env("RUST_LOG", "info");
     Daemon::spawn_until_logged(cmd, "initial sync done")
 }
@@ -209,47 +218,92 @@ fn cluster_ip(svc: &Service) -> String {
         .expect("clusterIP allocated")
 }
 
+/// An API server with the EndpointSlice and LB IPAM controllers, a lab, this test's Node
+/// object (InternalIP 192.0.2.2) and a kubeconfig with its identity.
+struct Cluster {
+    _dir: TempDir,
+    _api: ApiServer,
+    _cm: Daemon,
+    c: kube::Client,
+    lab: Lab,
+    node_name: String,
+    kubeconfig: PathBuf,
+}
+
+impl Cluster {
+    async fn new(backends: usize) -> Self {
+        let dir = TempDir::new("kpt-kpnode");
+        let api = ApiServer::start(dir.path(), &[]);
+        let cm = controller_manager(&api, &["--controllers", "endpointslice,lbipam"]);
+        let c = client(&api).await;
+        let lab = Lab::new(backends);
+        let node_name = unique("kpt-node");
+        let nodes: Api<Node> = Api::all(c.clone());
+        nodes
+            .create(
+                &PostParams::default(),
+                &from(json!({"metadata": {"name": node_name}})),
+            )
+            .await
+            .expect("create node");
+        nodes
+            .patch_status(
+                &node_name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {"addresses": [
+                    {"type": "InternalIP", "address": "192.0.2.2"}]}})),
+            )
+            .await
+            .expect("node status");
+        // kproxy authenticates as the node.
+        let kubeconfig: PathBuf = dir.path().join("node-kubeconfig");
+        sh(Command::new(bin("kproxy-apiserver"))
+            .args(["node-kubeconfig", &node_name, "--out"])
+            .arg(&kubeconfig)
+            .args(["--server", &api.url, "--data-dir"])
+            .arg(&api.data_dir));
+        Self {
+            _dir: dir,
+            _api: api,
+            _cm: cm,
+            c,
+            lab,
+            node_name,
+            kubeconfig,
+        }
+    }
+
+    /// Creates pod `name` bound to the node, Ready with the lab's backend `i` address.
+    async fn ready_pod(&self, pods: &Api<Pod>, name: &str, i: usize) {
+        pods.create(
+            &PostParams::default(),
+            &from(json!({
+                "metadata": {"name": name, "labels": {"app": "web"}},
+                "spec": {"nodeName": self.node_name,
+                         "containers": [{"name": "c", "image": "kecho"}]}
+            })),
+        )
+        .await
+        .expect("create pod");
+        set_ready(pods, name, backend_ip(i), true).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn privileged_kproxy_node_programs_services_from_the_api() {
     if !privileged("privileged_kproxy_node_programs_services_from_the_api") {
         return;
     }
-    let dir = TempDir::new("kpt-kpnode");
-    let api = ApiServer::start(dir.path(), &[]);
-    let _cm = controller_manager(&api, &["--controllers", "endpointslice,lbipam"]);
-    let c = client(&api).await;
-    let lab = Lab::new(3);
-    let node_name = unique("kpt-node");
-
-    // The Node object, with an address kproxy takes for NodePorts.
-    let nodes: Api<Node> = Api::all(c.clone());
-    nodes
-        .create(
-            &PostParams::default(),
-            &from(json!({"metadata": {"name": node_name}})),
-        )
-        .await
-        .expect("create node");
-    nodes
-        .patch_status(
-            &node_name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": {"addresses": [
-                {"type": "InternalIP", "address": "192.0.2.2"}]}})),
-        )
-        .await
-        .expect("node status");
-
-    // kproxy authenticates as the node.
-    let kubeconfig: PathBuf = dir.path().join("node-kubeconfig");
-    sh(Command::new(bin("kproxy-apiserver"))
-        .args(["node-kubeconfig", &node_name, "--out"])
-        .arg(&kubeconfig)
-        .args(["--server", &api.url, "--data-dir"])
-        .arg(&api.data_dir));
+    let cluster = Cluster::new(3).await;
+    let (c, lab, node_name, kubeconfig) = (
+        cluster.c.clone(),
+        &cluster.lab,
+        &cluster.node_name,
+        &cluster.kubeconfig,
+    );
     let metrics_port = free_port();
     let keep = KeepLocal::new();
-    let mut kp = start_kproxy(&lab, &kubeconfig, &node_name, metrics_port, &keep);
+    let mut kp = start_kproxy(lab, kubeconfig, node_name, metrics_port, &keep);
     // The range is routed nowhere: nothing sent there can leave the machine. (Only the
     // route is inspected; no traffic is sent to it.)
     let routes = sh(Command::new("ip").args(["-4", "route", "show", "type", "unreachable"]));
@@ -270,17 +324,7 @@ async fn privileged_kproxy_node_programs_services_from_the_api() {
     // Three pods on the lab's backends, Ready.
     let pods: Api<Pod> = Api::default_namespaced(c.clone());
     for i in 0..3 {
-        pods.create(
-            &PostParams::default(),
-            &from(json!({
-                "metadata": {"name": format!("web-{i}"), "labels": {"app": "web"}},
-                "spec": {"nodeName": node_name,
-                         "containers": [{"name": "c", "image": "kecho"}]}
-            })),
-        )
-        .await
-        .expect("create pod");
-        set_ready(&pods, &format!("web-{i}"), backend_ip(i), true).await;
+        cluster.ready_pod(&pods, &format!("web-{i}"), i).await;
     }
 
     // A Service created through the API answers on its ClusterIP, spread over the pods.
@@ -292,8 +336,8 @@ async fn privileged_kproxy_node_programs_services_from_the_api() {
     )
     .await;
     let vip = format!("{}:80", cluster_ip(&web));
-    wait_spread(&lab, &vip, &["b0", "b1", "b2"]);
-    let (names, failed) = spread(&lab, &vip, 150);
+    wait_spread(lab, &vip, &["b0", "b1", "b2"]);
+    let (names, failed) = spread(lab, &vip, 150);
     assert_eq!(failed, 0);
     for (b, n) in &names {
         assert!((20..=90).contains(n), "backend {b} got {n}/150: {names:?}");
@@ -301,7 +345,7 @@ async fn privileged_kproxy_node_programs_services_from_the_api() {
 
     // A pod turning not ready leaves the rotation.
     set_ready(&pods, "web-2", backend_ip(2), false).await;
-    wait_spread(&lab, &vip, &["b0", "b1"]);
+    wait_spread(lab, &vip, &["b0", "b1"]);
 
     // Skipped: a Service for another proxy, an ExternalName and a headless Service.
     let foreign = create_service(
@@ -338,7 +382,7 @@ async fn privileged_kproxy_node_programs_services_from_the_api() {
         });
     }
     let foreign_vip = format!("{}:80", cluster_ip(&foreign));
-    let (names, _) = spread(&lab, &foreign_vip, 5);
+    let (names, _) = spread(lab, &foreign_vip, 5);
     assert!(names.is_empty(), "foreign service answered: {names:?}");
     // The names `kproxy dump` shows are published every 250 ms.
     eventually("only web is programmed", || {
@@ -372,8 +416,8 @@ async fn privileged_kproxy_node_programs_services_from_the_api() {
             .is_some_and(|m| m.contains("default/web") && m.contains(&vip)),
         "{warning:?}"
     );
-    wait_spread(&lab, &format!("{}:80", cluster_ip(&clash)), &["b0", "b1"]);
-    wait_spread(&lab, &vip, &["b0", "b1"]);
+    wait_spread(lab, &format!("{}:80", cluster_ip(&clash)), &["b0", "b1"]);
+    wait_spread(lab, &vip, &["b0", "b1"]);
     assert!(kp.logged("FrontendConflict"));
 
     // kube-proxy's metrics, including the programming latency of the readiness change.
@@ -390,13 +434,13 @@ async fn privileged_kproxy_node_programs_services_from_the_api() {
 
     // SIGKILL and restart with an unchanged cluster: zero map writes, still serving.
     kp.kill();
-    let kp2 = start_kproxy(&lab, &kubeconfig, &node_name, metrics_port, &keep);
+    let kp2 = start_kproxy(lab, kubeconfig, node_name, metrics_port, &keep);
     assert_eq!(
         logged_map_ops(&kp2, "initial sync done"),
         Some(0),
         "restart wrote to the maps"
     );
-    wait_spread(&lab, &vip, &["b0", "b1"]);
+    wait_spread(lab, &vip, &["b0", "b1"]);
     let mut kp = kp2;
 
     // Deleting the Services: they stop answering and nothing is left in the maps.
@@ -405,7 +449,7 @@ async fn privileged_kproxy_node_programs_services_from_the_api() {
             .await
             .expect("delete service");
     }
-    wait_dead(&lab, &vip);
+    wait_dead(lab, &vip);
     eventually("maps empty", || {
         kp.assert_running();
         dump(lab.bpffs.path()).is_empty()
@@ -413,4 +457,112 @@ async fn privileged_kproxy_node_programs_services_from_the_api() {
             && map_len(lab.bpffs.path(), "kproxy_lb4_backends_v1") == 0
             && map_len(lab.bpffs.path(), "kproxy_lb4_revnat_v1") == 0
     });
+}
+
+/// Starts `kpt-net ARGS` from a host process in the socket-LB cgroup, in the background.
+fn background(lab: &Lab, args: &[&str]) -> std::process::Child {
+    lab.host_cmd(&kpt())
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn kpt-net")
+}
+
+/// The JSON lines a background `kpt-net` printed, once it finished.
+fn finished(child: std::process::Child) -> (bool, Vec<Value>) {
+    let out = child.wait_with_output().expect("kpt-net finished");
+    let lines = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    (out.status.success(), lines)
+}
+
+/// Endpoint churn (pods deleted and created again, one after another) and kproxy killed
+/// with SIGKILL and restarted, all under load: new connections and a kept-alive one to the
+/// ClusterIP never fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn privileged_endpoint_churn_and_kill9_lose_no_connection() {
+    if !privileged("privileged_endpoint_churn_and_kill9_lose_no_connection") {
+        return;
+    }
+    let cluster = Cluster::new(3).await;
+    let lab = &cluster.lab;
+    let keep = KeepLocal::new();
+    let metrics_port = free_port();
+    let start = || {
+        start_kproxy(
+            lab,
+            &cluster.kubeconfig,
+            &cluster.node_name,
+            metrics_port,
+            &keep,
+        )
+    };
+    let mut kp = start();
+    let pods: Api<Pod> = Api::default_namespaced(cluster.c.clone());
+    for i in 0..3 {
+        cluster.ready_pod(&pods, &format!("web-{i}"), i).await;
+    }
+    let svcs: Api<Service> = Api::default_namespaced(cluster.c.clone());
+    let web = create_service(
+        &svcs,
+        json!({"metadata": {"name": "web"}, "spec": {"selector": {"app": "web"},
+               "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}),
+    )
+    .await;
+    let vip = format!("{}:80", cluster_ip(&web));
+    wait_spread(lab, &vip, &["b0", "b1", "b2"]);
+
+    let duration_ms = "9000";
+    let conns = background(
+        lab,
+        &[
+            "conns",
+            &vip,
+            "--duration-ms",
+            duration_ms,
+            "--concurrency",
+            "2",
+        ],
+    );
+    let kept = background(lab, &["hold", &vip, "--duration-ms", duration_ms]);
+    // Churn: every pod in turn is deleted and created again (a new pod, same address, as
+    // a ReplicaSet would make it); the others keep serving.
+    let churn_started = std::time::Instant::now();
+    let mut rounds = 0;
+    while churn_started.elapsed() < std::time::Duration::from_secs(5) {
+        let i = rounds % 3;
+        let name = format!("web-{i}");
+        pods.delete(&name, &DeleteParams::default().grace_period(0))
+            .await
+            .expect("delete pod");
+        until("the pod is gone", || {
+            let pods = pods.clone();
+            let name = name.clone();
+            async move { pods.get_opt(&name).await.expect("get pod").is_none() }
+        })
+        .await;
+        cluster.ready_pod(&pods, &name, i).await;
+        rounds += 1;
+    }
+    // SIGKILL and restart while the load goes on.
+    kp.kill();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    kp = start();
+    let (ok, lines) = finished(conns);
+    assert!(ok, "{lines:?}");
+    let report = lines.last().expect("a conns report");
+    assert!(report["conns"].as_u64().unwrap_or(0) > 100, "{report}");
+    assert_eq!(report["errors"], 0, "failed new connections: {report}");
+    let (ok, lines) = finished(kept);
+    assert!(ok, "the kept-alive connection failed: {lines:?}");
+    kp.assert_running();
+    eprintln!(
+        "churn rounds: {rounds}, new connections: {}",
+        report["conns"]
+    );
+    assert!(rounds >= 3, "only {rounds} churn rounds");
+    // The maps converged on the three pods.
+    wait_spread(lab, &vip, &["b0", "b1", "b2"]);
 }

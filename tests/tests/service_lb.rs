@@ -560,3 +560,68 @@ fn privileged_pod_veth_per_packet_and_hairpin() {
     );
     assert!(names(&res).len() >= 2);
 }
+
+/// `--socket-lb-scope host`: socket-LB translates only in kproxy's own network namespace
+/// (the lab's node), so pods and namespaces standing for other hosts are left to the
+/// per-packet paths. A pod with the pod programs on its veth still reaches the ClusterIP,
+/// including a host-network backend, whose replies are reverse-translated on their way into
+/// the pod (tc egress of its veth).
+#[test]
+fn privileged_socket_lb_host_scope_and_host_network_backend() {
+    if !privileged("privileged_socket_lb_host_scope_and_host_network_backend") {
+        return;
+    }
+    let mut lab = Lab::new(2);
+    // A host-network backend: a server in the node namespace, on the bridge address.
+    let host_server = kproxy_tests::Daemon::spawn({
+        let mut cmd = lab.node.cmd(bin("kpt-net"));
+        cmd.args(["serve", "--name", "node", "--port", "9090"]);
+        cmd
+    });
+    eventually("the node server is up", || host_server.logged("serving"));
+    let host_vip = Ipv4Addr::new(10, 96, 0, 20);
+    let mut manifest = String::new();
+    web(all_ready(2)).yaml(&mut manifest);
+    manifest.push_str(&format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: apiserver, namespace: default}}\n\
+         spec:\n  clusterIP: {host_vip}\n  ports:\n  - {{name: https, port: 443, protocol: TCP, \
+         targetPort: 9090}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata:\n  name: apiserver-1\n  namespace: default\n  \
+         labels: {{kubernetes.io/service-name: apiserver}}\naddressType: IPv4\n\
+         ports:\n- {{name: https, port: 9090, protocol: TCP}}\nendpoints:\n\
+         - addresses: [10.244.1.1]\n  conditions: {{ready: true}}\n"
+    ));
+    lab.write_raw_manifest(&manifest);
+    lab.start_kproxy_with(
+        "auto",
+        "xdp",
+        &["--socket-lb-scope", "host", "--pod-iface", "vb1"],
+    );
+    let vip = format!("{VIP}:80");
+    // The node's own processes: socket-LB (nothing else translates in that namespace).
+    let res = Lab::kpt_net(lab.host_cmd(&kpt()), &["tcp", &vip, "--count", "6"]);
+    assert_eq!(names(&res).values().sum::<usize>(), 6);
+    // Pod b0 has no pod programs and is out of socket-LB's scope: untranslated, it fails.
+    let res = Lab::kpt_net(lab.pod_cmd(0, &kpt()), &["tcp", &vip]);
+    assert_eq!(
+        res[0]["ok"], false,
+        "b0 was translated by socket-LB: {res:?}"
+    );
+    // Pod b1: per-packet on its veth.
+    let res = Lab::kpt_net(lab.pod_cmd(1, &kpt()), &["tcp", &vip, "--count", "6"]);
+    assert_eq!(names(&res).values().sum::<usize>(), 6);
+    // Pod b1 to the host-network backend: the reply comes back from the ClusterIP.
+    let target = format!("{host_vip}:443");
+    let res = Lab::kpt_net(lab.pod_cmd(1, &kpt()), &["tcp", &target, "--count", "3"]);
+    for r in &res {
+        assert_eq!(r["ok"], true, "{r}");
+        assert_eq!(r["name"], "node");
+        assert_eq!(r["getpeername"], target.as_str());
+    }
+    // The external client is untouched by socket-LB either way.
+    let res = Lab::kpt_net(
+        lab.client_cmd(&kpt()),
+        &["tcp", &format!("{LB_IP}:80"), "--count", "4"],
+    );
+    assert_eq!(names(&res).values().sum::<usize>(), 4);
+}

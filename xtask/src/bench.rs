@@ -66,7 +66,7 @@ pub struct BenchArgs {
     /// Concurrent workers opening connections.
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
-    /// Service counts to compare (4 endpoints each).
+    /// Service counts to compare (4 endpoints each); proxy: the largest, 3 endpoints each.
     #[arg(long, value_delimiter = ',', default_value = "1,1000,10000")]
     services: Vec<usize>,
     /// Single-service changes timed per mode at the largest service count.
@@ -105,6 +105,10 @@ pub struct BenchArgs {
     /// controllers: pods in the cluster when memory is read.
     #[arg(long, default_value_t = 10_000)]
     ctrl_pods: usize,
+    /// proxy: endpoint changes timed end to end (the Service count is the largest
+    /// --services).
+    #[arg(long, default_value_t = 200)]
+    proxy_changes: usize,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -113,6 +117,7 @@ enum Which {
     Api,
     Kubelet,
     Controllers,
+    Proxy,
 }
 
 pub fn bench(args: &BenchArgs) -> Result<()> {
@@ -128,6 +133,9 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     }
     if args.bench == Some(Which::Controllers) {
         return controllers(args);
+    }
+    if args.bench == Some(Which::Proxy) {
+        return proxy(args);
     }
     if !is_root() {
         bail!("the benchmarks need root (network namespaces, eBPF, iptables)");
@@ -150,12 +158,15 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     std::fs::create_dir_all(&out_dir).with_context(|| format!("mkdir {}", out_dir.display()))?;
     install_signal_handlers();
     match args.bench {
-        Some(Which::Api | Which::Kubelet | Which::Controllers) => unreachable!("handled above"),
+        Some(Which::Api | Which::Kubelet | Which::Controllers | Which::Proxy) => {
+            unreachable!("handled above")
+        }
         Some(Which::Dataplane) => dataplane(args, &services, &bins, &out_dir),
         None => {
             dataplane(args, &services, &bins, &out_dir)?;
             api(args)?;
             controllers(args)?;
+            proxy(args)?;
             kubelet(args)
         }
     }
@@ -209,6 +220,21 @@ fn controllers(args: &BenchArgs) -> Result<()> {
             replicas: args.ctrl_replicas,
             samples: args.ctrl_samples,
             many_pods: args.ctrl_pods,
+        },
+        &target,
+        &out_dir,
+    )
+}
+
+fn proxy(args: &BenchArgs) -> Result<()> {
+    if !is_root() {
+        bail!("the proxy benchmark needs root (eBPF, network namespaces, cgroups)");
+    }
+    let (target, out_dir) = release_build(&["kproxy-apiserver", "kproxy", "kproxy-tests"])?;
+    crate::bench_proxy::run(
+        &crate::bench_proxy::ProxyBench {
+            services: args.services.iter().copied().max().unwrap_or(10_000),
+            changes: args.proxy_changes,
         },
         &target,
         &out_dir,

@@ -5,6 +5,7 @@ mod bench;
 mod bench_api;
 mod bench_controllers;
 mod bench_kubelet;
+mod bench_proxy;
 mod images;
 mod run;
 mod setup;

@@ -114,7 +114,8 @@ pub fn run(args: &RunArgs) -> Result<()> {
 
     step(&format!(
         "run: starting kproxy node on {uplink}: Services and EndpointSlices from the API server \
-         (socket-LB on the cgroup v2 root, XDP + tc on the uplink, log {KPROXY_LOG})"
+         (socket-LB for this host's namespace, tc on pod veths, XDP + tc on the uplink, log \
+         {KPROXY_LOG})"
     ));
     let mut child = start_daemon(
         "kproxy",
@@ -129,9 +130,13 @@ pub fn run(args: &RunArgs) -> Result<()> {
             &uplink,
             "--xdp-mode",
             &args.xdp_mode,
-            // Pod veths get the per-packet program too, as the kubelet creates them.
+            // Pod veths get the per-packet programs, as the kubelet creates them; socket-LB
+            // stays in the host's namespace, so the lab client namespace (another host)
+            // takes the uplink path.
             "--pod-bridge",
             "kbr0",
+            "--socket-lb-scope",
+            "host",
             "--metrics-addr",
             "127.0.0.1:9962",
         ],
@@ -152,6 +157,11 @@ pub fn run(args: &RunArgs) -> Result<()> {
     println!("  {kctl} get svc httpd          # CLUSTER-IP and EXTERNAL-IP (from 172.30.0.0/24)");
     println!("  curl http://<CLUSTER-IP>/     # balanced by kproxy's socket-LB");
     println!("  curl http://<EXTERNAL-IP>/    # the LoadBalancer address, from the host too");
+    if args.uplink.is_none() {
+        println!(
+            "  ip netns exec {LAB_NETNS} curl http://<EXTERNAL-IP>/   # from another host: XDP"
+        );
+    }
     println!("  {kctl} rollout restart deployment httpd; {kctl} rollout status deployment httpd");
     println!(
         "  {kctl} create -f {}   # a single pod",

@@ -86,6 +86,10 @@ fn entries(r: &Resource) -> Vec<Value> {
         out.push(sub("exec", "PodExecOptions", &["create", "get"]));
         out.push(sub("log", "Pod", &["get"]));
     }
+    if r.group.is_empty() && r.kind == "Node" {
+        // Forwarded to an endpoint on the node (proxy.rs); GET only.
+        out.push(sub("proxy", "NodeProxyOptions", &["get"]));
+    }
     out
 }
 
@@ -122,6 +126,7 @@ mod tests {
             names.contains(&"pods")
                 && names.contains(&"pods/status")
                 && names.contains(&"services")
+                && names.contains(&"nodes/proxy")
         );
         let apps = resource_list("apps", "v1").unwrap();
         assert_eq!(apps["groupVersion"], "apps/v1");

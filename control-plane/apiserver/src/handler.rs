@@ -254,6 +254,24 @@ async fn dispatch(State(api): State<Shared>, req: Request) -> Response {
     {
         return json(StatusCode::OK, &doc);
     }
+    if let Some(target) = crate::proxy::node_proxy_target(&path) {
+        // nodes/{name}[:{port}]/proxy/{path}: forwarded to the node, not a stored object.
+        let result = match target {
+            Ok(np) => match crate::proxy::authorize_node_proxy(&id, &parts.method) {
+                Ok(()) => crate::proxy::serve_node(&api, &np, &parts).await,
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        let verb = if parts.method == Method::GET {
+            "get"
+        } else {
+            "unknown"
+        };
+        let resp = result.unwrap_or_else(IntoResponse::into_response);
+        record(&api, verb, "nodes/proxy".into(), resp.status(), start);
+        return resp;
+    }
     let Some((group, version, rest)) = split_path(&path) else {
         return ApiError::no_route().into_response();
     };
@@ -290,12 +308,18 @@ async fn dispatch(State(api): State<Shared>, req: Request) -> Response {
         Some(s) => format!("{}/{s}", t.res.plural),
         None => t.res.plural.to_string(),
     };
+    record(&api, verb, resource, resp.status(), start);
+    resp
+}
+
+/// Counts a request and its latency in `/metrics`.
+fn record(api: &Api, verb: &'static str, resource: String, code: StatusCode, start: Instant) {
     api.metrics
         .requests
         .get_or_create(&RequestLabels {
             verb: verb.into(),
             resource: resource.clone(),
-            code: resp.status().as_u16(),
+            code: code.as_u16(),
         })
         .inc();
     api.metrics
@@ -305,7 +329,6 @@ async fn dispatch(State(api): State<Shared>, req: Request) -> Response {
             resource,
         })
         .observe(start.elapsed().as_secs_f64());
-    resp
 }
 
 async fn handle(api: &Shared, req: &Req, t: &Target, verb: &'static str) -> ApiResult<Response> {

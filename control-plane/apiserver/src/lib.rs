@@ -12,6 +12,7 @@ pub mod managed;
 pub mod metrics;
 pub mod object;
 pub mod openapi;
+pub mod paging;
 pub mod pki;
 pub mod proxy;
 pub mod registry;

@@ -3,6 +3,10 @@
 //! the kubelet's `/containerLogs/..` and `/exec/..` endpoints). A log streams back unchanged;
 //! an exec's WebSocket upgrade is relayed and the connection then copied byte for byte both
 //! ways, so the remotecommand frames pass through untouched.
+//!
+//! `nodes/{name}[:{port}]/proxy/{path}`: a GET forwarded the same way to the node's
+//! InternalIP and the given port (default: the kubelet's), e.g. kproxy's node endpoint for
+//! `kctl lb`; the answer comes back with its status and content type.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -80,7 +84,8 @@ impl KubeletClient {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "ServiceUnavailable",
                 format!(
-                    "error dialing the kubelet of node {:?} at {}: {what}: {e}",
+                    "error dialing {} of node {:?} at {}: {what}: {e}",
+                    ep.what,
                     ep.node,
                     ep.authority()
                 ),
@@ -164,12 +169,14 @@ impl ServerCertVerifier for AnyKubeletCert {
     }
 }
 
-/// Where a node's kubelet listens.
+/// Where a node's kubelet (or another node endpoint) listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
     pub node: String,
     pub host: String,
     pub port: u16,
+    /// Names the peer in errors: "the kubelet", "the endpoint".
+    pub what: &'static str,
 }
 
 impl Endpoint {
@@ -190,10 +197,9 @@ fn unavailable(message: String) -> ApiError {
     )
 }
 
-/// The kubelet endpoint a Node reports: its InternalIP (else Hostname) address and
-/// `status.daemonEndpoints.kubeletEndpoint.Port`.
-pub fn kubelet_endpoint(node: &Value) -> ApiResult<Endpoint> {
-    let name = object::name(node).unwrap_or_default().to_string();
+/// The address a Node is reached at: its InternalIP, else its Hostname address.
+pub fn node_host(node: &Value) -> ApiResult<String> {
+    let name = object::name(node).unwrap_or_default();
     let addresses = node["status"]["addresses"].as_array();
     let address_of = |kind: &str| {
         addresses?
@@ -202,13 +208,21 @@ pub fn kubelet_endpoint(node: &Value) -> ApiResult<Endpoint> {
             .and_then(|a| a["address"].as_str())
             .filter(|a| !a.is_empty())
     };
-    let host = address_of("InternalIP")
+    address_of("InternalIP")
         .or_else(|| address_of("Hostname"))
+        .map(str::to_string)
         .ok_or_else(|| {
             unavailable(format!(
-                "node {name:?} reports no InternalIP or Hostname address: cannot reach its kubelet"
+                "node {name:?} reports no InternalIP or Hostname address: cannot reach it"
             ))
-        })?;
+        })
+}
+
+/// The kubelet endpoint a Node reports: [`node_host`] and
+/// `status.daemonEndpoints.kubeletEndpoint.Port`.
+pub fn kubelet_endpoint(node: &Value) -> ApiResult<Endpoint> {
+    let name = object::name(node).unwrap_or_default().to_string();
+    let host = node_host(node)?;
     let port = node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
         .as_u64()
         .and_then(|p| u16::try_from(p).ok())
@@ -220,8 +234,9 @@ pub fn kubelet_endpoint(node: &Value) -> ApiResult<Endpoint> {
         })?;
     Ok(Endpoint {
         node: name,
-        host: host.to_string(),
+        host,
         port,
+        what: "the kubelet",
     })
 }
 
@@ -415,6 +430,151 @@ pub async fn serve(
     }
 }
 
+/// A `nodes/{name}[:{port}]/proxy[/{path}]` request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeProxyTarget {
+    pub node: String,
+    /// `None`: the kubelet's port (`status.daemonEndpoints.kubeletEndpoint.Port`).
+    pub port: Option<u16>,
+    /// The path on the node, from '/', as the client encoded it.
+    pub path: String,
+}
+
+/// Recognises `/api/v1/nodes/{name}/proxy[/{path}]` (the raw, still percent-encoded
+/// path); `None` for any other path, an error for a malformed `{name}`.
+pub fn node_proxy_target(path: &str) -> Option<ApiResult<NodeProxyTarget>> {
+    let rest = path.strip_prefix("/api/v1/nodes/")?;
+    let (name, rest) = rest.split_once('/')?;
+    let tail = if rest == "proxy" {
+        ""
+    } else {
+        rest.strip_prefix("proxy/")?
+    };
+    Some(
+        parse_node_proxy_name(name).map(|(node, port)| NodeProxyTarget {
+            node,
+            port,
+            path: format!("/{tail}"),
+        }),
+    )
+}
+
+/// Kubernetes' `[scheme:]name[:port]` (only https: node endpoints are TLS).
+pub fn parse_node_proxy_name(raw: &str) -> ApiResult<(String, Option<u16>)> {
+    // Some clients encode the separator.
+    let s = raw.replace("%3A", ":").replace("%3a", ":");
+    let parts: Vec<&str> = s.split(':').collect();
+    let (scheme, name, port) = match parts.as_slice() {
+        [name] => ("", *name, ""),
+        [name, port] => ("", *name, *port),
+        [scheme, name, port] => (*scheme, *name, *port),
+        _ => {
+            return Err(ApiError::bad_request(format!(
+                "invalid node proxy target {s:?}: expected NAME, NAME:PORT or https:NAME:PORT"
+            )));
+        }
+    };
+    if !matches!(scheme, "" | "https") {
+        return Err(ApiError::bad_request(format!(
+            "invalid node proxy target {s:?}: node endpoints are reached over https only"
+        )));
+    }
+    if name.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "invalid node proxy target {s:?}: no node name"
+        )));
+    }
+    let port = match port {
+        "" => None,
+        p => Some(p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "invalid node proxy target {s:?}: port {p:?} is not a number from 1 to 65535"
+            ))
+        })?),
+    };
+    Ok((name.to_string(), port))
+}
+
+/// Only the admin reaches node endpoints: a node (which may read Nodes) must not reach
+/// other nodes through the API server.
+pub fn authorize_node_proxy(id: &Identity, method: &Method) -> ApiResult<()> {
+    if *id == Identity::Admin {
+        return Ok(());
+    }
+    let verb = match *method {
+        Method::POST => "create",
+        Method::PUT => "update",
+        Method::PATCH => "patch",
+        Method::DELETE => "delete",
+        _ => "get",
+    };
+    Err(ApiError::forbidden(&id.user(), verb, "nodes/proxy", None))
+}
+
+/// Serves `nodes/{name}[:{port}]/proxy/{path}`: a GET forwarded to the node over mutual TLS
+/// (our kubelet-client certificate), its answer streamed back with its status.
+pub async fn serve_node(
+    api: &Api,
+    t: &NodeProxyTarget,
+    parts: &Parts,
+) -> ApiResult<axum::response::Response> {
+    if parts.method != Method::GET {
+        return Err(ApiError::method_not_allowed());
+    }
+    let node = read(api, "Node", None, &t.node)
+        .await?
+        .ok_or_else(|| ApiError::not_found("nodes", &t.node))?;
+    let ep = match t.port {
+        Some(port) => Endpoint {
+            node: t.node.clone(),
+            host: node_host(&node)?,
+            port,
+            what: "the endpoint",
+        },
+        None => kubelet_endpoint(&node)?,
+    };
+    let target = match parts.uri.query() {
+        Some(q) => format!("{}?{q}", t.path),
+        None => t.path.clone(),
+    };
+    let mut sender = api.kubelet.connect(&ep).await?;
+    let mut req = Request::builder()
+        .method(Method::GET)
+        .uri(&target)
+        .header(header::HOST, ep.authority());
+    // What the client accepts; never its credentials.
+    for v in parts.headers.get_all(header::ACCEPT) {
+        req = req.header(header::ACCEPT, v);
+    }
+    let req = req
+        .body(Body::empty())
+        .map_err(|e| ApiError::bad_request(format!("invalid node proxy path {target:?}: {e}")))?;
+    let resp = sender.send_request(req).await.map_err(|e| {
+        unavailable(format!(
+            "error talking to {} of node {:?} at {}: {e}",
+            ep.what,
+            t.node,
+            ep.authority()
+        ))
+    })?;
+    tracing::debug!(
+        node = t.node,
+        port = ep.port,
+        target,
+        status = resp.status().as_u16(),
+        "node proxy"
+    );
+    let mut answer = Response::builder().status(resp.status());
+    for h in [header::CONTENT_TYPE, header::CONTENT_ENCODING] {
+        for v in resp.headers().get_all(&h) {
+            answer = answer.header(&h, v);
+        }
+    }
+    answer
+        .body(Body::new(resp.into_body()))
+        .map_err(ApiError::internal)
+}
+
 /// Answers the client's upgrade with the kubelet's 101 and joins the two connections.
 fn relay_upgrade(
     parts: &mut Parts,
@@ -557,6 +717,69 @@ mod tests {
         let e = authorize(&node, "exec", Some("d")).unwrap_err();
         assert!(
             e.message.contains("cannot create resource \"pods/exec\""),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn node_proxy_paths_and_names() {
+        let t = node_proxy_target("/api/v1/nodes/n1:10262/proxy/lb")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            t,
+            NodeProxyTarget {
+                node: "n1".into(),
+                port: Some(10262),
+                path: "/lb".into()
+            }
+        );
+        let t = node_proxy_target("/api/v1/nodes/n1/proxy")
+            .unwrap()
+            .unwrap();
+        assert_eq!((t.port, t.path.as_str()), (None, "/"));
+        let t = node_proxy_target("/api/v1/nodes/https:n.example:1/proxy/a/b%20c/")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (t.node.as_str(), t.port, t.path.as_str()),
+            ("n.example", Some(1), "/a/b%20c/")
+        );
+        let t = node_proxy_target("/api/v1/nodes/n1%3A99/proxy/x")
+            .unwrap()
+            .unwrap();
+        assert_eq!((t.node.as_str(), t.port), ("n1", Some(99)));
+        // Other node paths are not the proxy.
+        for other in [
+            "/api/v1/nodes/n1",
+            "/api/v1/nodes/n1/status",
+            "/api/v1/nodes/n1/proxyx",
+            "/api/v1/nodes",
+            "/api/v1/namespaces/d/nodes/n1/proxy",
+        ] {
+            assert!(node_proxy_target(other).is_none(), "{other}");
+        }
+        for bad in [
+            "n1:0",
+            "n1:http",
+            "n1:70000",
+            "http:n1:80",
+            ":80",
+            "a:b:c:d",
+        ] {
+            let e = parse_node_proxy_name(bad).unwrap_err();
+            assert_eq!(e.code, StatusCode::BAD_REQUEST, "{bad}");
+        }
+    }
+
+    #[test]
+    fn only_the_admin_may_proxy_to_nodes() {
+        assert!(authorize_node_proxy(&Identity::Admin, &Method::GET).is_ok());
+        let e = authorize_node_proxy(&Identity::Node("n1".into()), &Method::GET).unwrap_err();
+        assert_eq!(e.code, StatusCode::FORBIDDEN);
+        assert!(
+            e.message.contains("cannot get resource \"nodes/proxy\""),
             "{}",
             e.message
         );

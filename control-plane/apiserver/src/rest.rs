@@ -174,33 +174,49 @@ fn list_doc(res: &Resource, items: Vec<Value>, rev: u64) -> Value {
 }
 
 async fn list(api: &Api, req: &Req, t: &Target) -> ApiResult<Response> {
+    let (ls, fs) = selectors(req, t.res)?;
+    let filtered = !(ls.is_empty() && fs.is_empty());
+    let keep = |kv: &kproxy_store::KeyValue| Ok(matches(&from_kv(kv)?, &ls, &fs));
+    let prefix = t.res.ns_prefix(t.ns.as_deref());
+    // With a limit only one page is ever held (see `paging`); without one, the whole list.
+    let (kvs, list_meta) = match crate::paging::Paging::from_req(req)? {
+        Some(paging) => {
+            let selector: Option<crate::paging::Keep<'_>> = filtered.then_some(&keep);
+            let page = crate::paging::read(&*api.store, &prefix, &paging, selector).await?;
+            let meta = page.list_meta();
+            (page.kvs, meta)
+        }
+        None => {
+            let (all, rev) = api.store.list(&prefix).await?;
+            let mut kvs = Vec::with_capacity(all.len());
+            for kv in all {
+                if !filtered || keep(&kv)? {
+                    kvs.push(kv);
+                }
+            }
+            (kvs, json!({"resourceVersion": rev.to_string()}))
+        }
+    };
     if req.wants_table() {
-        let (items, rev) = select(api, req, t).await?;
-        let doc = crate::table::table(t.res, &items, Some(rev), req.q("includeObject"));
+        let items = kvs.iter().map(from_kv).collect::<ApiResult<Vec<_>>>()?;
+        let mut doc = crate::table::table(t.res, &items, None, req.q("includeObject"));
+        doc["metadata"] = list_meta;
         return Ok(json_resp(StatusCode::OK, &doc));
     }
     // Items go out as stored (resourceVersion spliced in); objects are parsed only to
     // evaluate selectors.
-    let (ls, fs) = selectors(req, t.res)?;
-    let filtered = !(ls.is_empty() && fs.is_empty());
-    let (kvs, rev) = api.store.list(&t.res.ns_prefix(t.ns.as_deref())).await?;
     let mut body = serde_json::to_vec(&json!({
         "kind": format!("{}List", t.res.kind),
         "apiVersion": t.res.api_version(),
-        "metadata": {"resourceVersion": rev.to_string()},
+        "metadata": list_meta,
     }))
     .expect("serialisable");
     body.pop(); // the closing brace: items follow
     body.extend_from_slice(b",\"items\":[");
-    let mut first = true;
-    for kv in &kvs {
-        if filtered && !matches(&from_kv(kv)?, &ls, &fs) {
-            continue;
-        }
-        if !first {
+    for (i, kv) in kvs.iter().enumerate() {
+        if i > 0 {
             body.push(b',');
         }
-        first = false;
         body.extend_from_slice(&object::with_rv(kv)?);
     }
     body.extend_from_slice(b"]}");

@@ -11,6 +11,8 @@ pub struct ApiError {
     pub reason: &'static str,
     pub message: String,
     pub details: Option<Value>,
+    /// `metadata.continue` of the Status (an Expired list offers a way to go on).
+    pub continue_token: Option<String>,
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
@@ -22,6 +24,7 @@ impl ApiError {
             reason,
             message: message.into(),
             details: None,
+            continue_token: None,
         }
     }
 
@@ -103,6 +106,7 @@ impl ApiError {
             reason: "Invalid",
             message: format!("{qualified} \"{name}\" is invalid: {summary}"),
             details: Some(d),
+            continue_token: None,
         }
     }
 
@@ -157,6 +161,9 @@ impl ApiError {
         });
         if let Some(d) = &self.details {
             s["details"] = d.clone();
+        }
+        if let Some(c) = &self.continue_token {
+            s["metadata"]["continue"] = json!(c);
         }
         s
     }

@@ -160,7 +160,7 @@ pub fn effective_namespace(
     }
 }
 
-async fn load_config(opts: &GlobalOpts) -> Result<Config> {
+pub(crate) async fn load_config(opts: &GlobalOpts) -> Result<Config> {
     let options = KubeConfigOptions {
         context: opts.context.clone(),
         ..Default::default()

@@ -16,11 +16,10 @@ mod exec;
 mod logs;
 mod lookup;
 mod query;
-mod tls;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::Router;
 use axum::extract::Request;
@@ -28,15 +27,10 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bollard::Docker;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 
 pub use error::HttpError;
-
-/// A TLS handshake (or the request line after it) taking longer than this is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -61,56 +55,23 @@ type AppState = Arc<Shared>;
 /// Binds nothing: serves on `listener` until the future is dropped (which also ends every
 /// open connection and exec session).
 pub async fn serve(listener: TcpListener, cfg: ServerConfig, docker: Docker) -> anyhow::Result<()> {
-    let tls = tls::server_config(&cfg.data_dir, &cfg.node_name, &cfg.client_ca_pem)?;
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let tls = kproxy_node_tls::server_config(
+        &kproxy_node_tls::Serving {
+            dir: &cfg.data_dir,
+            component: "kubelet",
+            node_name: &cfg.node_name,
+        },
+        &cfg.client_ca_pem,
+    )?;
     let (_stop, stop_rx) = watch::channel(());
     let app = router(Arc::new(Shared {
         node: cfg.node_name.clone(),
         docker,
         stop: stop_rx,
     }));
-    if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, node = cfg.node_name, "kubelet server listening");
-    }
-    let mut conns = JoinSet::new();
-    loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!("kubelet server accept: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        while conns.try_join_next().is_some() {}
-        let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let app = app.clone();
-        conns.spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::info!(%peer, "kubelet server: TLS handshake refused: {e}");
-                    return;
-                }
-                Err(_) => {
-                    tracing::info!(%peer, "kubelet server: TLS handshake timed out");
-                    return;
-                }
-            };
-            let svc = hyper_util::service::TowerToHyperService::new(app);
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .header_read_timeout(HANDSHAKE_TIMEOUT)
-                .timer(hyper_util::rt::TokioTimer::new())
-                .serve_connection(TokioIo::new(tls), svc)
-                .with_upgrades()
-                .await
-            {
-                tracing::debug!(%peer, "kubelet server connection: {e}");
-            }
-        });
-    }
+    tracing::info!(node = cfg.node_name, "kubelet server starting");
+    kproxy_node_tls::serve(listener, tls, app, "kubelet server").await;
+    Ok(())
 }
 
 fn router(state: AppState) -> Router {

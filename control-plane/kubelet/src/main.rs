@@ -105,7 +105,7 @@ async fn main() -> Result<()> {
         .with_context(|| format!("reading kubeconfig {}", o.kubeconfig.display()))?;
     let client_ca_pem = match &o.client_ca_file {
         Some(p) => std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
-        None => kubeconfig_ca(&kubeconfig)?,
+        None => kproxy_node_tls::kubeconfig_ca(&kubeconfig)?,
     };
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
@@ -201,34 +201,4 @@ async fn shutdown() {
         _ = tokio::signal::ctrl_c() => {},
         _ = term.recv() => {},
     }
-}
-
-/// The PEM of the kubeconfig's cluster CA: the CA that also signs the API server's client
-/// certificate, so the log/exec endpoint only answers the API server.
-fn kubeconfig_ca(k: &Kubeconfig) -> Result<Vec<u8>> {
-    use base64::Engine as _;
-    let ctx_name = k.current_context.clone().unwrap_or_default();
-    let cluster_name = k
-        .contexts
-        .iter()
-        .find(|c| c.name == ctx_name)
-        .and_then(|c| c.context.as_ref())
-        .map(|c| c.cluster.clone())
-        .or_else(|| k.clusters.first().map(|c| c.name.clone()))
-        .context("the kubeconfig has no cluster")?;
-    let cluster = k
-        .clusters
-        .iter()
-        .find(|c| c.name == cluster_name)
-        .and_then(|c| c.cluster.as_ref())
-        .context("the kubeconfig's cluster is missing")?;
-    if let Some(data) = &cluster.certificate_authority_data {
-        return base64::engine::general_purpose::STANDARD
-            .decode(data.trim())
-            .context("decoding certificate-authority-data");
-    }
-    if let Some(path) = &cluster.certificate_authority {
-        return std::fs::read(path).with_context(|| format!("reading {path}"));
-    }
-    bail!("the kubeconfig names no CA; pass --client-ca-file")
 }

@@ -1,15 +1,17 @@
 //! [`Store`] over any [`Engine`]: reads go straight to the engine, writes through the single
 //! writer thread, watches to the shared history.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::engine::Engine;
 use crate::error::StoreError;
 use crate::history::{Shared, Watch};
-use crate::types::{KeyValue, Op, Revision};
+use crate::types::{KeyValue, Op, Page, Revision};
 use crate::writer::{Request, Writer};
 use crate::{Store, StoreOptions};
 
@@ -58,6 +60,116 @@ impl<E: Engine> EngineStore<E> {
     }
 }
 
+/// Page reads retried while the writer sits between committing a batch to the engine and
+/// publishing its events (normally microseconds); the first few only yield, the rest sleep 1 ms.
+const PAGE_ATTEMPTS: usize = 1000;
+const PAGE_YIELDS: usize = 16;
+
+impl<E: Engine> EngineStore<E> {
+    /// One attempt at [`Store::list_page`]; `None` when the engine is ahead of the published
+    /// history (the undo below would miss the unpublished batch).
+    fn read_page(
+        &self,
+        prefix: &str,
+        start: &str,
+        limit: usize,
+        revision: Revision,
+        count: bool,
+    ) -> Result<Option<Page>, StoreError> {
+        // Holding the history lock keeps the published revision (and the events up to it) fixed.
+        let history = self.shared.read();
+        let published = self.shared.revision();
+        let at = if revision == 0 { published } else { revision };
+        if at > published {
+            return Err(StoreError::FutureRevision {
+                requested: at,
+                current: published,
+            });
+        }
+        if at < history.compacted() {
+            return Err(StoreError::Compacted {
+                requested: at,
+                oldest: history.compacted(),
+            });
+        }
+        let start = start.max(prefix);
+        // The engine only has the latest state. For every key in range changed after `at`, the
+        // `prev` of its first later event is its value at `at` (None: it did not exist then).
+        let mut undo: BTreeMap<&str, Option<&KeyValue>> = BTreeMap::new();
+        for ev in history.events_after(at) {
+            let key = ev.kv.key.as_str();
+            if key.starts_with(prefix) && key >= start {
+                undo.entry(key).or_insert(ev.prev.as_ref());
+            }
+        }
+        let mut pager = Pager {
+            limit,
+            count,
+            kvs: Vec::new(),
+            more: false,
+            remaining: 0,
+        };
+        let mut undo = undo.into_iter().peekable();
+        let engine_revision = self
+            .engine
+            .scan(prefix, start, &mut |kv| {
+                // Keys deleted since `at` sort between the engine's keys.
+                while let Some((_, old)) = undo.next_if(|(k, _)| *k < kv.key.as_str()) {
+                    if let Some(old) = old
+                        && !pager.push(old)
+                    {
+                        return false;
+                    }
+                }
+                match undo.next_if(|(k, _)| *k == kv.key.as_str()) {
+                    Some((_, Some(old))) => pager.push(old),
+                    // Created after `at`.
+                    Some((_, None)) => true,
+                    None => pager.push(kv),
+                }
+            })
+            .map_err(|e| StoreError::backend("listing prefix page", e))?;
+        if engine_revision != published {
+            return Ok(None);
+        }
+        for (_, old) in undo {
+            if let Some(old) = old
+                && !pager.push(old)
+            {
+                break;
+            }
+        }
+        Ok(Some(Page {
+            kvs: pager.kvs,
+            revision: at,
+            more: pager.more,
+            remaining: count.then_some(pager.remaining),
+        }))
+    }
+}
+
+/// Collects a page from keys visited in order, then only notes (and optionally counts) the rest.
+struct Pager {
+    limit: usize,
+    count: bool,
+    kvs: Vec<KeyValue>,
+    more: bool,
+    remaining: u64,
+}
+
+impl Pager {
+    /// Takes the next key; false once visiting further keys is pointless.
+    fn push(&mut self, kv: &KeyValue) -> bool {
+        if self.kvs.len() < self.limit {
+            self.kvs.push(kv.clone());
+            return true;
+        }
+        self.more = true;
+        self.remaining += 1;
+        self.count
+    }
+}
+
 fn writer_gone() -> StoreError {
     StoreError::Backend(anyhow::anyhow!("store writer is not running"))
 }
@@ -74,6 +186,29 @@ impl<E: Engine> Store for EngineStore<E> {
         self.engine
             .list(prefix)
             .map_err(|e| StoreError::backend("listing prefix", e))
+    }
+
+    async fn list_page(
+        &self,
+        prefix: &str,
+        start: &str,
+        limit: usize,
+        revision: Revision,
+        count: bool,
+    ) -> Result<Page, StoreError> {
+        for attempt in 0..PAGE_ATTEMPTS {
+            if let Some(page) = self.read_page(prefix, start, limit, revision, count)? {
+                return Ok(page);
+            }
+            if attempt < PAGE_YIELDS {
+                tokio::task::yield_now().await;
+            } else {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        Err(StoreError::Backend(anyhow::anyhow!(
+            "listing {prefix:?}: the writer did not publish its committed batch within a second"
+        )))
     }
 
     async fn txn(&self, ops: Vec<Op>) -> Result<Vec<KeyValue>, StoreError> {

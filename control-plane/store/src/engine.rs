@@ -14,6 +14,24 @@ pub trait Engine: Send + Sync + 'static {
     /// All keys starting with `prefix`, sorted by key, and the revision of that same snapshot.
     fn list(&self, prefix: &str) -> anyhow::Result<(Vec<KeyValue>, Revision)>;
 
+    /// Visits the keys under `prefix` that are `>= start`, in key order, until `visit` returns
+    /// false, and returns the revision of the snapshot visited. The default lists the whole
+    /// prefix first; engines with an ordered index should walk it in place.
+    fn scan(
+        &self,
+        prefix: &str,
+        start: &str,
+        visit: &mut dyn FnMut(&KeyValue) -> bool,
+    ) -> anyhow::Result<Revision> {
+        let (kvs, revision) = self.list(prefix)?;
+        for kv in kvs.iter().filter(|kv| kv.key.as_str() >= start) {
+            if !visit(kv) {
+                break;
+            }
+        }
+        Ok(revision)
+    }
+
     /// The latest committed revision.
     fn revision(&self) -> anyhow::Result<Revision>;
 

@@ -20,6 +20,13 @@ pub enum StoreError {
         requested: Revision,
         oldest: Revision,
     },
+    /// A read asked for a revision this store has not reached (e.g. a token from before a
+    /// restart of an in-memory store).
+    #[error("revision {requested} is newer than the current revision {current}")]
+    FutureRevision {
+        requested: Revision,
+        current: Revision,
+    },
     /// The watcher fell too far behind; it must re-list.
     #[error("watcher fell behind the retained history and must re-list")]
     WatcherLagged,

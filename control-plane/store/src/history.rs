@@ -82,6 +82,12 @@ impl History {
         Ok(self.first_seq + skip as u64)
     }
 
+    /// The retained events with revision > `after`, oldest first.
+    pub(crate) fn events_after(&self, after: Revision) -> impl Iterator<Item = &Event> {
+        let skip = self.events.partition_point(|ev| ev.revision() <= after);
+        self.events.range(skip..).map(|ev| &**ev)
+    }
+
     fn get(&self, seq: u64) -> Option<&Arc<Event>> {
         let idx = usize::try_from(seq.checked_sub(self.first_seq)?).ok()?;
         self.events.get(idx)

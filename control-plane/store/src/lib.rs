@@ -10,6 +10,9 @@
 //!   backend transaction (group commit); a txn returns `Ok` only once it is on disk.
 //! - Reads ([`Store::get`], [`Store::list`]) never wait for the writer; `list` reports the revision
 //!   of the snapshot it read, and `watch(prefix, that_revision)` continues exactly after it.
+//! - [`Store::list_page`] reads a prefix in key-ordered pages, each at a chosen revision: the
+//!   engines keep only the latest state, so an older revision is rebuilt by undoing the retained
+//!   history on top of it; a revision older than the history gives [`StoreError::Compacted`].
 //! - Watches read a single bounded in-memory history by cursor. Resuming before the retained
 //!   history gives [`StoreError::Compacted`]; a watcher overtaken by the bound gets
 //!   [`StoreError::WatcherLagged`] once and must re-list. History is not persisted: after a
@@ -34,7 +37,7 @@ use std::sync::Arc;
 pub use engine::{Change, Engine};
 pub use error::StoreError;
 pub use history::Watch;
-pub use types::{Event, EventKind, KeyValue, Op, Revision};
+pub use types::{Event, EventKind, KeyValue, Op, Page, Revision};
 
 /// Tuning for a store instance.
 #[derive(Clone, Debug)]
@@ -56,6 +59,22 @@ pub trait Store: Send + Sync + 'static {
 
     /// All keys starting with `prefix`, sorted by key, and the store revision the read saw.
     async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision), StoreError>;
+
+    /// Up to `limit` keys under `prefix` that are `>= start` (pass `prefix` or "" to start at
+    /// the beginning), sorted by key, as they were at `revision` (0 = the current revision), so
+    /// that paging with the first page's revision reads one consistent snapshot. Only the page
+    /// (not the whole prefix) is held in memory. With `count` the keys after the page are
+    /// counted (a walk, no copies) into [`Page::remaining`].
+    /// Errors: `revision` older than the retained history → Compacted; newer than the current
+    /// revision → FutureRevision.
+    async fn list_page(
+        &self,
+        prefix: &str,
+        start: &str,
+        limit: usize,
+        revision: Revision,
+        count: bool,
+    ) -> Result<Page, StoreError>;
 
     /// Atomic multi-key transaction: either every op applies (all at ONE new revision, as in etcd)
     /// or none does. Returns one KeyValue per op (for Delete: the deleted kv with mod_revision =

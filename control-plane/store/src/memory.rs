@@ -38,6 +38,26 @@ impl Engine for MemoryEngine {
         Ok((kvs, state.revision))
     }
 
+    fn scan(
+        &self,
+        prefix: &str,
+        start: &str,
+        visit: &mut dyn FnMut(&KeyValue) -> bool,
+    ) -> anyhow::Result<Revision> {
+        let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
+        let from = start.max(prefix);
+        for (_, kv) in state
+            .kvs
+            .range::<str, _>((Bound::Included(from), Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+        {
+            if !visit(kv) {
+                break;
+            }
+        }
+        Ok(state.revision)
+    }
+
     fn revision(&self) -> anyhow::Result<Revision> {
         Ok(self
             .state

@@ -130,6 +130,15 @@ impl Engine for RedbEngine {
         self.cache.list(prefix)
     }
 
+    fn scan(
+        &self,
+        prefix: &str,
+        start: &str,
+        visit: &mut dyn FnMut(&KeyValue) -> bool,
+    ) -> anyhow::Result<Revision> {
+        self.cache.scan(prefix, start, visit)
+    }
+
     fn revision(&self) -> anyhow::Result<Revision> {
         self.cache.revision()
     }

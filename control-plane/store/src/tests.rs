@@ -432,6 +432,195 @@ async fn compacted_history(be: &Backend) {
     assert_eq!(s.list("/k/").await.expect("list").0.len(), 10);
 }
 
+/// The key right after `key` in the store's order: where the next page starts.
+fn after(key: &str) -> String {
+    format!("{key}\0")
+}
+
+async fn list_pages_at_one_revision(be: &Backend) {
+    let s = be.store();
+    for i in 0..25 {
+        let key = format!("/r/pods/k{i:02}");
+        s.create(&key, b("v1")).await.expect("create");
+    }
+    s.create("/r/podsx/other", b("x")).await.expect("create");
+    s.create("/r/a-before", b("x")).await.expect("create");
+
+    let p1 = s
+        .list_page("/r/pods/", "", 10, 0, true)
+        .await
+        .expect("page 1");
+    let rev = p1.revision;
+    assert_eq!(rev, s.revision());
+    assert_eq!(p1.kvs.len(), 10);
+    assert_eq!(p1.kvs[0].key, "/r/pods/k00");
+    assert!(p1.more);
+    assert_eq!(p1.remaining, Some(15));
+
+    // Changes between pages: none of them may show up in the pages read at `rev`.
+    s.create("/r/pods/k05a", b("new")).await.expect("create");
+    s.create("/r/pods/k12a", b("new")).await.expect("create");
+    s.delete("/r/pods/k15", None).await.expect("delete");
+    s.update("/r/pods/k20", b("v2"), None)
+        .await
+        .expect("update");
+    s.delete("/r/pods/k21", None).await.expect("delete");
+    s.create("/r/pods/k21", b("recreated"))
+        .await
+        .expect("recreate");
+    s.create("/r/pods/k99", b("new")).await.expect("create");
+
+    let p2 = s
+        .list_page("/r/pods/", &after(&p1.kvs[9].key), 10, rev, true)
+        .await
+        .expect("page 2");
+    assert_eq!(p2.revision, rev);
+    assert_eq!(
+        keys(&p2.kvs),
+        (10..20)
+            .map(|i| format!("/r/pods/k{i:02}"))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        p2.kvs[5].value,
+        b("v1"),
+        "deleted key read at the old revision"
+    );
+    assert_eq!((p2.more, p2.remaining), (true, Some(5)));
+
+    let p3 = s
+        .list_page("/r/pods/", &after(&p2.kvs[9].key), 10, rev, true)
+        .await
+        .expect("page 3");
+    assert_eq!(
+        keys(&p3.kvs),
+        (20..25)
+            .map(|i| format!("/r/pods/k{i:02}"))
+            .collect::<Vec<_>>()
+    );
+    assert!(p3.kvs.iter().all(|kv| kv.value == b("v1")), "{p3:?}");
+    assert_eq!(
+        (p3.kvs[1].create_revision, p3.kvs[1].mod_revision),
+        (22, 22),
+        "k21 as it was, not as recreated"
+    );
+    assert_eq!((p3.more, p3.remaining), (false, Some(0)));
+
+    // The current revision sees the changes; without `count` nothing is counted.
+    let now = s
+        .list_page("/r/pods/", &after("/r/pods/k12"), 3, 0, false)
+        .await
+        .expect("current page");
+    assert_eq!(now.revision, s.revision());
+    assert_eq!(
+        keys(&now.kvs),
+        ["/r/pods/k12a", "/r/pods/k13", "/r/pods/k14"]
+    );
+    assert_eq!((now.more, now.remaining), (true, None));
+    let tail = s
+        .list_page("/r/pods/", "/r/pods/k2", 100, 0, true)
+        .await
+        .expect("tail");
+    assert_eq!(
+        keys(&tail.kvs),
+        [
+            "/r/pods/k20",
+            "/r/pods/k21",
+            "/r/pods/k22",
+            "/r/pods/k23",
+            "/r/pods/k24",
+            "/r/pods/k99"
+        ]
+    );
+    assert_eq!(tail.kvs[0].value, b("v2"));
+    assert_eq!(tail.kvs[1].value, b("recreated"));
+    // A start before the prefix starts at the prefix.
+    let first = s
+        .list_page("/r/pods/", "/", 1, rev, false)
+        .await
+        .expect("start before prefix");
+    assert_eq!(keys(&first.kvs), ["/r/pods/k00"]);
+
+    let future = s
+        .list_page("/r/pods/", "", 1, s.revision() + 1, false)
+        .await;
+    assert!(
+        matches!(future, Err(StoreError::FutureRevision { .. })),
+        "{future:?}"
+    );
+    s.compact(rev + 1).await.expect("compact");
+    let old = s.list_page("/r/pods/", "", 10, rev, true).await;
+    assert!(
+        matches!(old, Err(StoreError::Compacted { requested, .. }) if requested == rev),
+        "{old:?}"
+    );
+}
+
+/// Paged reads at every past revision equal the full list taken at that revision, over a
+/// pseudo-random mix of creates, updates and deletes (several per txn).
+async fn list_pages_match_snapshots(be: &Backend) {
+    let s = be.store();
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let mut snapshots: Vec<(Revision, Vec<KeyValue>)> = Vec::new();
+    for round in 0..120 {
+        let (current, _) = s.list("/p/").await.expect("list");
+        let present: HashSet<String> = current.iter().map(|kv| kv.key.clone()).collect();
+        let mut ops = Vec::new();
+        let mut touched = HashSet::new();
+        for _ in 0..=next(3) {
+            let key = format!("/p/{:02}", next(40));
+            if !touched.insert(key.clone()) {
+                continue;
+            }
+            let value = b(&format!("r{round}"));
+            ops.push(if !present.contains(&key) {
+                Op::Create { key, value }
+            } else if next(3) == 0 {
+                Op::Delete {
+                    key,
+                    expected: None,
+                }
+            } else {
+                Op::Update {
+                    key,
+                    value,
+                    expected: None,
+                }
+            });
+        }
+        s.txn(ops).await.expect("txn");
+        let (kvs, rev) = s.list("/p/").await.expect("list");
+        snapshots.push((rev, kvs));
+    }
+    for (rev, want) in &snapshots {
+        for limit in [1, 3, 7, 100] {
+            let mut got = Vec::new();
+            let mut start = String::new();
+            loop {
+                let page = s
+                    .list_page("/p/", &start, limit, *rev, true)
+                    .await
+                    .expect("page");
+                assert_eq!(page.revision, *rev);
+                got.extend(page.kvs.iter().cloned());
+                assert_eq!(page.remaining, Some((want.len() - got.len()) as u64));
+                assert_eq!(page.more, got.len() < want.len());
+                match page.kvs.last() {
+                    Some(last) if page.more => start = after(&last.key),
+                    _ => break,
+                }
+            }
+            assert_eq!(&got, want, "revision {rev}, limit {limit}");
+        }
+    }
+}
+
 async fn lagging_watcher(be: &Backend) {
     let s = be.open(4);
     let mut slow = s.watch("/", 0).expect("watch");
@@ -657,6 +846,8 @@ backend_tests!(
     watch_from_past_revision,
     watch_skips_long_runs_of_other_keys,
     compacted_history,
+    list_pages_at_one_revision,
+    list_pages_match_snapshots,
     lagging_watcher,
     watch_ends_when_store_dropped,
     racing_writers_same_key,

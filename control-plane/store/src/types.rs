@@ -16,6 +16,19 @@ pub struct KeyValue {
     pub mod_revision: Revision,
 }
 
+/// One page of a prefix read at a single revision (see [`crate::Store::list_page`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Page {
+    /// Up to `limit` keys, sorted by key.
+    pub kvs: Vec<KeyValue>,
+    /// The revision the page was read at.
+    pub revision: Revision,
+    /// Whether keys under the prefix follow the last returned one.
+    pub more: bool,
+    /// How many keys follow the last returned one; only counted when asked for.
+    pub remaining: Option<u64>,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum EventKind {
     Put,

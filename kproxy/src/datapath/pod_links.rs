@@ -1,7 +1,7 @@
 //! Detaching the pod program from a pod veth, and the bookkeeping of which pod veths carry
 //! it, so pod veths can come and go while kproxy runs (`--pod-bridge`).
 
-use super::{Datapath, TC_POD_TAG, remove_pin};
+use super::{Datapath, TC_POD_EGRESS_TAG, TC_POD_TAG, remove_pin};
 
 impl Datapath {
     /// Forgets pod interface `iface` and removes its pinned tc link. Once the pin is gone
@@ -10,17 +10,19 @@ impl Datapath {
     /// the pin would only keep a defunct link around. Returns whether `iface` was attached.
     pub fn detach_pod_iface(&mut self, iface: &str) -> std::io::Result<bool> {
         let was_attached = self.pod_ifaces.remove(iface);
-        let pin = self.iface_link_pin(TC_POD_TAG, iface);
-        // Nothing pinned if never attached, or attached through netlink (no TCX before
-        // 6.6): that attachment stays with the program until the veth or kproxy goes.
-        remove_pin(&pin).map_err(|e| {
-            std::io::Error::new(
-                e.kind(),
-                format!("removing the pinned tc link {}: {e}", pin.display()),
-            )
-        })?;
+        for tag in [TC_POD_TAG, TC_POD_EGRESS_TAG] {
+            let pin = self.iface_link_pin(tag, iface);
+            // Nothing pinned if never attached, or attached through netlink (no TCX before
+            // 6.6): that attachment stays with the program until the veth or kproxy goes.
+            remove_pin(&pin).map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("removing the pinned tc link {}: {e}", pin.display()),
+                )
+            })?;
+        }
         if was_attached {
-            tracing::info!(%iface, "pod interface detached (tc ingress)");
+            tracing::info!(%iface, "pod interface detached (tc ingress and egress)");
         }
         Ok(was_attached)
     }
@@ -30,17 +32,21 @@ impl Datapath {
     /// (nobody saw their events). Call once every wanted pod interface is attached. Returns
     /// the interface names whose pins were removed.
     pub fn sweep_stale_pod_links(&mut self) -> std::io::Result<Vec<String>> {
-        let prefix = format!("link_{TC_POD_TAG}_");
-        let mut stale = Vec::new();
+        let prefixes = [TC_POD_TAG, TC_POD_EGRESS_TAG].map(|tag| format!("link_{tag}_"));
+        let mut stale = std::collections::BTreeSet::new();
         for entry in std::fs::read_dir(&self.bpffs_dir)? {
             let file = entry?.file_name();
-            let Some(iface) = file.to_str().and_then(|f| f.strip_prefix(&prefix)) else {
+            let Some(iface) = file
+                .to_str()
+                .and_then(|f| prefixes.iter().find_map(|p| f.strip_prefix(p.as_str())))
+            else {
                 continue;
             };
             if !self.pod_ifaces.contains(iface) {
-                stale.push(iface.to_owned());
+                stale.insert(iface.to_owned());
             }
         }
+        let stale: Vec<String> = stale.into_iter().collect();
         for iface in &stale {
             self.detach_pod_iface(iface)?;
         }

@@ -5,10 +5,11 @@
 //!   address it saw. TCP connections then echo each line back.
 //! * `tcp ADDR --count N` — N new connections; prints one JSON line per connection:
 //!   `{"ok":true,"name":..,"seen_peer":..,"getpeername":..}` or the error.
-//! * `udp ADDR --count N` — N datagrams from N new unconnected sockets; prints the answer and
-//!   the address the answer came from (recvfrom).
+//! * `udp ADDR --count N [--sport P]` — N datagrams from N new unconnected sockets (all from
+//!   port P if given); prints the answer and the address the answer came from (recvfrom).
 //! * `hold ADDR --duration-ms D` — one TCP connection, a line every 50 ms, each must echo;
-//!   exits non-zero on the first failure, prints how many round trips worked.
+//!   exits non-zero on the first failure (with the error kind, e.g. `ConnectionReset`),
+//!   prints how many round trips worked.
 //!
 //! Load generators for `cargo xtask bench` (one JSON line each; `--bind IP` sets the source
 //! address, the port is still chosen at connect time):
@@ -58,7 +59,12 @@ fn main() {
                 .expect("--port"),
         ),
         "tcp" => tcp(&args[1], count),
-        "udp" => udp(&args[1], count, args.iter().any(|a| a == "--connected")),
+        "udp" => udp(
+            &args[1],
+            count,
+            args.iter().any(|a| a == "--connected"),
+            arg(&args, "--sport").map_or(0, |p| p.parse().expect("--sport PORT")),
+        ),
         "hold" => hold(
             &args[1],
             arg(&args, "--duration-ms")
@@ -162,11 +168,12 @@ fn tcp(addr: &str, count: usize) -> i32 {
 }
 
 /// `connected`: connect() first (then ICMP errors surface as ECONNREFUSED), else sendto().
-fn udp(addr: &str, count: usize, connected: bool) -> i32 {
+/// `sport` other than 0: every socket sends from that port (the same 5-tuple each time).
+fn udp(addr: &str, count: usize, connected: bool, sport: u16) -> i32 {
     let target: SocketAddr = addr.parse().expect("ADDR is ip:port");
     let mut failures = 0;
     for _ in 0..count {
-        let sock = UdpSocket::bind("0.0.0.0:0").expect("bind");
+        let sock = UdpSocket::bind(("0.0.0.0", sport)).expect("bind");
         sock.set_read_timeout(Some(Duration::from_secs(2))).ok();
         let mut buf = [0u8; 512];
         let res = if connected {
@@ -222,10 +229,16 @@ fn hold(addr: &str, duration_ms: u64) -> i32 {
     while started.elapsed() < Duration::from_millis(duration_ms) {
         let msg = format!("ping {rounds}");
         let mut back = String::new();
-        let ok = w.write_all(format!("{msg}\n").as_bytes()).is_ok()
-            && r.read_line(&mut back).is_ok()
-            && back.trim() == msg;
-        if !ok {
+        let res = w
+            .write_all(format!("{msg}\n").as_bytes())
+            .and_then(|()| r.read_line(&mut back));
+        if let Err(e) = &res {
+            let mut v = io_failure(e);
+            v["rounds"] = json!(rounds);
+            emit(&v);
+            return 1;
+        }
+        if back.trim() != msg {
             emit(
                 &json!({"ok": false, "rounds": rounds, "error": format!("echo failed: {back:?}")}),
             );

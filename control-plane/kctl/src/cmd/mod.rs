@@ -7,6 +7,7 @@ pub mod describe;
 pub mod exec;
 pub mod expose;
 pub mod get;
+pub mod lb;
 pub mod logs;
 pub mod rollout;
 pub mod scale;
@@ -36,6 +37,8 @@ pub enum Command {
     Apply(apply::ApplyArgs),
     /// Print the logs of a container in a pod.
     Logs(logs::LogsArgs),
+    /// Print a node's service load-balancing table (kproxy): frontends, backends, counters.
+    Lb(lb::LbArgs),
     /// Execute a command in a container.
     Exec(exec::ExecArgs),
     /// Print the client and server version.
@@ -63,6 +66,7 @@ pub async fn run(global: &GlobalOpts, command: Command) -> Result<()> {
         Command::Delete(args) => delete::run(&mut ctx, args).await,
         Command::Apply(args) => apply::run(&mut ctx, args).await,
         Command::Logs(args) => logs::run(&mut ctx, args).await,
+        Command::Lb(args) => lb::run(&mut ctx, global, args).await,
         Command::Exec(args) => exec::run(&mut ctx, args).await,
         // Handled before connecting (version) or without a runtime (completion).
         Command::Version(_) | Command::Completion { .. } => Ok(()),
