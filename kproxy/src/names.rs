@@ -10,7 +10,7 @@ use kproxy_common::{LbCounter, backend_state};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    model::{BackendState, Proto},
+    model::{BackendState, FrontendKey, Proto},
     pinned::{PinnedError, PinnedLb},
     sync::Syncer,
 };
@@ -33,27 +33,42 @@ impl Names {
     /// desired state's frontends).
     #[must_use]
     pub fn from_syncer(syncer: &Syncer) -> Self {
-        let backend_ids: BTreeMap<_, _> = syncer.backend_ids().map(|(id, b)| (b, id)).collect();
-        let mut frontends = BTreeMap::new();
-        for (id, key) in syncer.revnat_ids() {
-            if let Some(fe) = syncer.frontend(&key) {
-                let terminating = fe
-                    .backends
-                    .iter()
-                    .filter(|(_, s)| **s == BackendState::Terminating)
-                    .filter_map(|(b, _)| backend_ids.get(b).copied())
-                    .collect();
-                frontends.insert(
-                    id,
-                    FrontendName {
-                        service: fe.service.clone(),
-                        kind: fe.kind.to_string(),
-                        terminating,
-                    },
-                );
+        let frontends = syncer
+            .revnat_ids()
+            .filter_map(|(id, key)| Some((id, Self::frontend(syncer, &key)?)))
+            .collect();
+        Self { frontends }
+    }
+
+    /// The name of one programmed frontend (`None` if the syncer has no such frontend).
+    #[must_use]
+    pub fn frontend(syncer: &Syncer, key: &FrontendKey) -> Option<FrontendName> {
+        let fe = syncer.frontend(key)?;
+        let terminating = fe
+            .backends
+            .iter()
+            .filter(|(_, s)| **s == BackendState::Terminating)
+            .filter_map(|(b, _)| syncer.backend_id(b))
+            .collect();
+        Some(FrontendName {
+            service: fe.service.clone(),
+            kind: fe.kind.to_string(),
+            terminating,
+        })
+    }
+
+    /// Applies the changes of one plan: revnat id → its new name, or `None` when gone.
+    pub fn apply(&mut self, changes: Vec<(u16, Option<FrontendName>)>) {
+        for (id, name) in changes {
+            match name {
+                Some(name) => {
+                    self.frontends.insert(id, name);
+                }
+                None => {
+                    self.frontends.remove(&id);
+                }
             }
         }
-        Self { frontends }
     }
 }
 

@@ -34,7 +34,7 @@ use k8s_openapi::{
 use kproxy::{
     Datapath, metrics,
     model::{self, FrontendKey, FrontendKind, namespace_of},
-    names::Names,
+    names::{FrontendName, Names},
     sync::Syncer,
 };
 use kube::{
@@ -308,18 +308,56 @@ struct NodeProxy {
     retry_at: Option<tokio::time::Instant>,
     backoff: Duration,
     started: SystemTime,
-    bpffs: PathBuf,
-    names: Arc<RwLock<Names>>,
-    /// When the out-of-date names (for `/metrics` and `kproxy dump`) are published.
-    /// Rebuilding and saving them covers every Service, so changes within `NAMES_EVERY`
-    /// share one rebuild.
-    names_due: Option<tokio::time::Instant>,
-    /// The names being saved; the next save waits for it.
-    names_saving: Option<tokio::task::JoinHandle<()>>,
+    /// The names for `/metrics`, `/lb` and `kproxy dump`, kept by their own task.
+    names: mpsc::UnboundedSender<NamesUpdate>,
 }
 
-/// How often stale names are published.
+/// A change of the names (revnat id → Service, kind, terminating backends).
+enum NamesUpdate {
+    /// All of them (after a full pass).
+    Replace(Names),
+    /// Those of one Service's plan.
+    Changes(Vec<(u16, Option<FrontendName>)>),
+}
+
+/// How often changed names are saved for `kproxy dump`.
 const NAMES_EVERY: Duration = Duration::from_millis(250);
+
+/// The task that owns the shared names: it applies the main loop's updates (so the loop
+/// never waits for a lock or a rebuild of every Service's names) and saves them for
+/// `kproxy dump` at most every `NAMES_EVERY`, off the runtime's threads.
+fn spawn_names(bpffs: PathBuf, shared: Arc<RwLock<Names>>) -> mpsc::UnboundedSender<NamesUpdate> {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut due = None;
+        loop {
+            tokio::select! {
+                update = rx.recv() => {
+                    let Some(update) = update else { return };
+                    let mut names = shared.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    match update {
+                        NamesUpdate::Replace(all) => *names = all,
+                        NamesUpdate::Changes(changes) => names.apply(changes),
+                    }
+                    due.get_or_insert_with(|| tokio::time::Instant::now() + NAMES_EVERY);
+                }
+                () = sleep_until(due) => {
+                    due = None;
+                    let (bpffs, shared) = (bpffs.clone(), Arc::clone(&shared));
+                    let saved = tokio::task::spawn_blocking(move || {
+                        let names = shared.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+                        kproxy::names::save_names(&bpffs, &names)
+                    })
+                    .await;
+                    if let Ok(Err(err)) = saved {
+                        tracing::warn!(%err, "cannot save service names for `kproxy dump`");
+                    }
+                }
+            }
+        }
+    });
+    tx
+}
 
 pub async fn run(bpffs: &Path, opts: Opts) -> Result<()> {
     let keep_local = keep_local_ranges(&opts.keep_local)?;
@@ -377,27 +415,19 @@ pub async fn run(bpffs: &Path, opts: Opts) -> Result<()> {
                     .unwrap_or_default()
                     .as_secs(),
             ),
-        bpffs: bpffs.to_path_buf(),
-        names: running.names,
-        names_due: None,
-        names_saving: None,
+        names: spawn_names(bpffs.to_path_buf(), running.names),
     };
     tracing::info!(node = %opts.node_name, "kproxy ready, waiting for the initial lists");
 
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     loop {
         let retry = node.retry_at;
-        let names_due = node.names_due;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
             change = setup::next_pod_veth(&mut pod_veths) => {
                 // Attachments do not touch the maps: nothing to sync.
                 setup::apply_pod_veth(&mut node.dp, change);
-                continue;
-            }
-            () = sleep_until(names_due) => {
-                node.publish_names();
                 continue;
             }
             update = rx.recv() => {
@@ -682,7 +712,9 @@ impl NodeProxy {
             took = ?started.elapsed(),
             "{what}"
         );
-        self.publish();
+        let _ = self
+            .names
+            .send(NamesUpdate::Replace(Names::from_syncer(&self.syncer)));
         // Services waiting for a frontend another one gave up during the pass.
         if !self.dirty.is_empty() {
             self.pass_dirty();
@@ -714,7 +746,6 @@ impl NodeProxy {
             took = ?started.elapsed(),
             "services synced"
         );
-        self.publish();
     }
 
     /// Plans and writes one Service. `Err` when the write failed: a full pass is then
@@ -770,6 +801,11 @@ impl NodeProxy {
             }
             _ => true,
         });
+        let before: Vec<(FrontendKey, u16)> = self
+            .syncer
+            .owned(key)
+            .filter_map(|k| Some((*k, self.syncer.revnat_id(k)?)))
+            .collect();
         let (ops, released) = match self.syncer.plan_service(key, &built.frontends) {
             Ok(plan) => {
                 // Conflicts here are a winner meeting a previous owner that has not given
@@ -811,6 +847,7 @@ impl NodeProxy {
             self.dirty.extend(self.conflicted.iter().cloned());
         }
         tracing::debug!(service = key, map_ops = n, "service synced");
+        self.names_changed(key, before);
         self.report(key, problems);
         Ok(n)
     }
@@ -829,30 +866,23 @@ impl NodeProxy {
         self.backoff = (self.backoff * 2).min(RETRY_MAX);
     }
 
-    /// Rebuilds the names and saves them on a blocking thread: at 10,000 Services writing
-    /// the file takes milliseconds that endpoint changes would otherwise wait for.
-    fn publish_names(&mut self) {
-        self.names_due = None;
-        if self.names_saving.as_ref().is_some_and(|t| !t.is_finished()) {
-            // One save at a time, so an older one never lands after a newer one.
-            self.publish();
-            return;
+    /// Sends the names of `service`'s frontends after its plan: those it had (`before`,
+    /// with their revnat ids) and no longer has are gone, the others are (re)named. A
+    /// plan changes no other Service's names.
+    fn names_changed(&self, service: &str, before: Vec<(FrontendKey, u16)>) {
+        let mut changes: Vec<(u16, Option<FrontendName>)> = before
+            .into_iter()
+            .filter(|(key, id)| self.syncer.revnat_id(key) != Some(*id))
+            .map(|(_, id)| (id, None))
+            .collect();
+        for key in self.syncer.owned(service) {
+            if let Some(id) = self.syncer.revnat_id(key) {
+                changes.push((id, Names::frontend(&self.syncer, key)));
+            }
         }
-        let started = Instant::now();
-        let names = Names::from_syncer(&self.syncer);
-        let built = started.elapsed();
-        let (bpffs, shared) = (self.bpffs.clone(), Arc::clone(&self.names));
-        self.names_saving = Some(tokio::task::spawn_blocking(move || {
-            let started = Instant::now();
-            setup::publish_names(&bpffs, &shared, names);
-            tracing::debug!(?built, saved = ?started.elapsed(), "names published");
-        }));
-    }
-
-    /// Schedules publishing the names (at most one rebuild per `NAMES_EVERY`).
-    fn publish(&mut self) {
-        self.names_due
-            .get_or_insert_with(|| tokio::time::Instant::now() + NAMES_EVERY);
+        if !changes.is_empty() {
+            let _ = self.names.send(NamesUpdate::Changes(changes));
+        }
     }
 
     /// Logs and posts a Warning Event for each problem of `key` not reported already.

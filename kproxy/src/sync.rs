@@ -430,6 +430,23 @@ impl Syncer {
         self.service_entries
     }
 
+    /// The frontends service `service` (`namespace/name`) owns.
+    pub fn owned(&self, service: &str) -> impl Iterator<Item = &FrontendKey> + '_ {
+        self.owned.get(service).into_iter().flatten()
+    }
+
+    /// The revnat id of a frontend.
+    #[must_use]
+    pub fn revnat_id(&self, key: &FrontendKey) -> Option<u16> {
+        self.revnat_ids.get(key).copied()
+    }
+
+    /// The id of a backend.
+    #[must_use]
+    pub fn backend_id(&self, addr: &BackendAddr) -> Option<u32> {
+        self.backend_ids.get(addr).copied()
+    }
+
     /// revnat id → frontend, for dumps and metrics labels.
     pub fn revnat_ids(&self) -> impl Iterator<Item = (u16, FrontendKey)> + '_ {
         self.revnat_ids.iter().map(|(key, id)| (*id, *key))
