@@ -261,17 +261,22 @@ fn retain_keys(map: &mut Option<BTreeMap<String, String>>, keep: &str) {
     }
 }
 
+/// Drops the metadata no watched kind is read for.
+fn strip_meta(meta: &mut ObjectMeta) {
+    meta.managed_fields = None;
+    meta.owner_references = None;
+    meta.finalizers = None;
+    meta.generate_name = None;
+}
+
 /// Strips a watched Service down to what kproxy reads (names, uid, resourceVersion and
 /// creation time for Events and conflict order, the service-proxy-name label, the spec but
 /// its selector, the LoadBalancer status): a node proxy caches every Service of the
 /// cluster, and most of an object's bytes are fields it never looks at.
 pub fn compact_service(svc: &mut Service) {
     let meta = &mut svc.metadata;
-    meta.managed_fields = None;
+    strip_meta(meta);
     meta.annotations = None;
-    meta.owner_references = None;
-    meta.finalizers = None;
-    meta.generate_name = None;
     retain_keys(&mut meta.labels, SERVICE_PROXY_NAME_LABEL);
     if let Some(spec) = &mut svc.spec {
         spec.selector = None;
@@ -286,10 +291,7 @@ pub fn compact_service(svc: &mut Service) {
 /// addresses and conditions (no target references, node names, zones or hints).
 pub fn compact_slice(slice: &mut EndpointSlice) {
     let meta = &mut slice.metadata;
-    meta.managed_fields = None;
-    meta.owner_references = None;
-    meta.finalizers = None;
-    meta.generate_name = None;
+    strip_meta(meta);
     meta.uid = None;
     retain_keys(&mut meta.labels, SERVICE_NAME_LABEL);
     retain_keys(&mut meta.annotations, TRIGGER_TIME_ANNOTATION);

@@ -3,14 +3,13 @@
 
 use std::{ffi::CStr, net::Ipv4Addr};
 
-/// The IPv4 addresses configured on `iface` (empty if it has none or does not exist).
-#[must_use]
-pub fn ipv4_addrs(iface: &str) -> Vec<Ipv4Addr> {
-    let mut out = Vec::new();
+/// Calls `f` with each address getifaddrs reports for `iface` in `family` (in the caller's
+/// network namespace), until it returns `true`.
+fn for_each_addr(iface: &str, family: i32, mut f: impl FnMut(&libc::sockaddr) -> bool) {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `head` with a list we free below with freeifaddrs.
     if unsafe { libc::getifaddrs(&raw mut head) } != 0 {
-        return out;
+        return;
     }
     let mut cur = head;
     while !cur.is_null() {
@@ -23,58 +22,43 @@ pub fn ipv4_addrs(iface: &str) -> Vec<Ipv4Addr> {
         // SAFETY: ifa_name is a NUL-terminated string owned by the list.
         let name = unsafe { CStr::from_ptr(ifa.ifa_name) };
         // SAFETY: ifa_addr is non-null and points to a sockaddr of family sa_family.
-        let family = i32::from(unsafe { (*ifa.ifa_addr).sa_family });
-        if name.to_bytes() != iface.as_bytes() || family != libc::AF_INET {
-            continue;
+        let addr = unsafe { &*ifa.ifa_addr };
+        if name.to_bytes() == iface.as_bytes() && i32::from(addr.sa_family) == family && f(addr) {
+            break;
         }
-        // SAFETY: AF_INET addresses are sockaddr_in.
-        let sin = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in>() };
-        out.push(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
     }
     // SAFETY: head came from getifaddrs and is freed exactly once.
     unsafe { libc::freeifaddrs(head) };
+}
+
+/// The IPv4 addresses configured on `iface` (empty if it has none or does not exist).
+#[must_use]
+pub fn ipv4_addrs(iface: &str) -> Vec<Ipv4Addr> {
+    let mut out = Vec::new();
+    for_each_addr(iface, libc::AF_INET, |sa| {
+        // SAFETY: AF_INET addresses are sockaddr_in.
+        let sin = unsafe { &*std::ptr::from_ref(sa).cast::<libc::sockaddr_in>() };
+        out.push(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+        false
+    });
     out
 }
 
 /// The Ethernet address of `iface` (`None` if it has none, e.g. a tun device, or does not
-/// exist). Read from the link-layer entry getifaddrs reports, so it is the address in the
-/// caller's network namespace.
+/// exist), from its link-layer (AF_PACKET) entry.
 #[must_use]
 pub fn mac_addr(iface: &str) -> Option<[u8; 6]> {
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `head` with a list we free below with freeifaddrs.
-    if unsafe { libc::getifaddrs(&raw mut head) } != 0 {
-        return None;
-    }
     let mut found = None;
-    let mut cur = head;
-    while !cur.is_null() {
-        // SAFETY: `cur` is a node of the list returned by getifaddrs.
-        let ifa = unsafe { &*cur };
-        cur = ifa.ifa_next;
-        if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
-            continue;
-        }
-        // SAFETY: as in ipv4_addrs.
-        let name = unsafe { CStr::from_ptr(ifa.ifa_name) };
-        // SAFETY: ifa_addr is non-null and points to a sockaddr of family sa_family.
-        let family = i32::from(unsafe { (*ifa.ifa_addr).sa_family });
-        if name.to_bytes() != iface.as_bytes() || family != libc::AF_PACKET {
-            continue;
-        }
+    for_each_addr(iface, libc::AF_PACKET, |sa| {
         // SAFETY: AF_PACKET entries are sockaddr_ll.
-        let ll = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_ll>() };
-        if ll.sll_halen == 6 {
-            let a = ll.sll_addr;
-            let mac = [a[0], a[1], a[2], a[3], a[4], a[5]];
-            if mac != [0; 6] {
-                found = Some(mac);
-            }
+        let ll = unsafe { &*std::ptr::from_ref(sa).cast::<libc::sockaddr_ll>() };
+        let a = ll.sll_addr;
+        let mac = [a[0], a[1], a[2], a[3], a[4], a[5]];
+        if ll.sll_halen == 6 && mac != [0; 6] {
+            found = Some(mac);
         }
-        break;
-    }
-    // SAFETY: head came from getifaddrs and is freed exactly once.
-    unsafe { libc::freeifaddrs(head) };
+        true
+    });
     found
 }
 

@@ -421,3 +421,17 @@ impl Drop for Lab {
 pub fn kpt() -> String {
     crate::bin("kpt-net").to_string_lossy().into_owned()
 }
+
+/// `kproxy dump -o json` rows of the datapath pinned under `bpffs`.
+#[must_use]
+pub fn kproxy_dump(bpffs: &Path) -> Vec<serde_json::Value> {
+    let out = sh(Command::new(crate::bin("kproxy"))
+        .arg("--bpffs")
+        .arg(bpffs)
+        .args(["dump", "-o", "json"]));
+    serde_json::from_str::<serde_json::Value>(&out)
+        .expect("dump json")
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}

@@ -33,7 +33,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Command, Output},
     sync::atomic::{AtomicU32, Ordering},
 };
@@ -253,19 +253,6 @@ fn assert_spread(what: &str, out: &Output, pods: &BTreeSet<String>) {
     );
 }
 
-/// `kproxy dump -o json` rows.
-fn dump(bpffs: &Path) -> Vec<Value> {
-    let out = sh(Command::new(bin("kproxy"))
-        .arg("--bpffs")
-        .arg(bpffs)
-        .args(["dump", "-o", "json"]));
-    serde_json::from_str::<Value>(&out)
-        .expect("dump json")
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
-
 /// Whether the dump has `kind` frontend `addr:80/TCP` of `service` whose active backends are
 /// exactly `backends` on port 80.
 fn has_frontend(
@@ -466,7 +453,7 @@ fn privileged_service_answers_from_host_pod_and_outside() {
         "kproxy dump lists the ClusterIP and LB IP frontends",
         || {
             kproxy.assert_running();
-            rows = dump(bpffs.path());
+            rows = kproxy_tests::lab::kproxy_dump(bpffs.path());
             has_frontend(&rows, "ClusterIP", cluster_ip, &service_name, &ips)
                 && has_frontend(&rows, "LoadBalancerIP", lb_ip, &service_name, &ips)
         },

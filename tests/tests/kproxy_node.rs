@@ -78,19 +78,6 @@ fn wait_dead(lab: &Lab, target: &str) {
     });
 }
 
-/// `kproxy dump -o json` rows.
-fn dump(bpffs: &Path) -> Vec<Value> {
-    let out = sh(Command::new(bin("kproxy"))
-        .arg("--bpffs")
-        .arg(bpffs)
-        .args(["dump", "-o", "json"]));
-    serde_json::from_str::<Value>(&out)
-        .expect("dump json")
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
-
 /// Entries of a pinned map, read with bpftool (independent of kproxy's own reader).
 fn map_len(bpffs: &Path, map: &str) -> usize {
     let out = sh(Command::new("bpftool")
@@ -211,6 +198,16 @@ async fn create_service(svcs: &Api<Service>, v: Value) -> Service {
         .expect("create service")
 }
 
+/// Service `web`: port 80 to port 8080 of the `app: web` pods.
+async fn web_service(svcs: &Api<Service>) -> Service {
+    create_service(
+        svcs,
+        json!({"metadata": {"name": "web"}, "spec": {"selector": {"app": "web"},
+               "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}),
+    )
+    .await
+}
+
 fn cluster_ip(svc: &Service) -> String {
     svc.spec
         .as_ref()
@@ -329,12 +326,7 @@ async fn privileged_kproxy_node_programs_services_from_the_api() {
 
     // A Service created through the API answers on its ClusterIP, spread over the pods.
     let svcs: Api<Service> = Api::default_namespaced(c.clone());
-    let web = create_service(
-        &svcs,
-        json!({"metadata": {"name": "web"}, "spec": {"selector": {"app": "web"},
-               "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}),
-    )
-    .await;
+    let web = web_service(&svcs).await;
     let vip = format!("{}:80", cluster_ip(&web));
     wait_spread(lab, &vip, &["b0", "b1", "b2"]);
     let (names, failed) = spread(lab, &vip, 150);
@@ -386,11 +378,13 @@ async fn privileged_kproxy_node_programs_services_from_the_api() {
     assert!(names.is_empty(), "foreign service answered: {names:?}");
     // The names `kproxy dump` shows are published every 250 ms.
     eventually("only web is programmed", || {
-        dump(lab.bpffs.path()).iter().all(|row| {
-            row["service"]
-                .as_str()
-                .is_some_and(|s| s.starts_with("default/web"))
-        })
+        kproxy_tests::lab::kproxy_dump(lab.bpffs.path())
+            .iter()
+            .all(|row| {
+                row["service"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("default/web"))
+            })
     });
 
     // A conflicting frontend: `clash` claims web's ClusterIP:80 as an externalIP. It gets a
@@ -452,7 +446,7 @@ async fn privileged_kproxy_node_programs_services_from_the_api() {
     wait_dead(lab, &vip);
     eventually("maps empty", || {
         kp.assert_running();
-        dump(lab.bpffs.path()).is_empty()
+        kproxy_tests::lab::kproxy_dump(lab.bpffs.path()).is_empty()
             && map_len(lab.bpffs.path(), "kproxy_lb4_services_v1") == 0
             && map_len(lab.bpffs.path(), "kproxy_lb4_backends_v1") == 0
             && map_len(lab.bpffs.path(), "kproxy_lb4_revnat_v1") == 0
@@ -505,12 +499,7 @@ async fn privileged_endpoint_churn_and_kill9_lose_no_connection() {
         cluster.ready_pod(&pods, &format!("web-{i}"), i).await;
     }
     let svcs: Api<Service> = Api::default_namespaced(cluster.c.clone());
-    let web = create_service(
-        &svcs,
-        json!({"metadata": {"name": "web"}, "spec": {"selector": {"app": "web"},
-               "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}),
-    )
-    .await;
+    let web = web_service(&svcs).await;
     let vip = format!("{}:80", cluster_ip(&web));
     wait_spread(lab, &vip, &["b0", "b1", "b2"]);
 
