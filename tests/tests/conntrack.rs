@@ -180,6 +180,39 @@ fn privileged_removed_backend_resets_its_connections() {
     );
 }
 
+/// One TCP connection from the client's port 41000 to the LB IP, ended by a RST.
+fn tcp_from_fixed_port(lab: &Lab) -> String {
+    let res = Lab::kpt_net(
+        lab.client_cmd(&kpt()),
+        &["tcp", &format!("{LB_IP}:80"), "--sport", "41000", "--rst"],
+    );
+    let r = res.into_iter().next().expect("one result");
+    assert_eq!(r["ok"], true, "TCP connection: {r}");
+    r["name"].as_str().expect("backend name").to_string()
+}
+
+/// A new SYN over a closed connection's tuple is a new flow: its backend, now terminating
+/// (it still exists, so the old entry would otherwise be followed), gets no new connection.
+#[test]
+fn privileged_new_syn_over_a_closed_tuple_picks_a_new_backend() {
+    if !privileged("privileged_new_syn_over_a_closed_tuple_picks_a_new_backend") {
+        return;
+    }
+    let mut lab = start(2);
+    let first = tcp_from_fixed_port(&lab);
+    let other = 1 - backend_index(&first);
+    let mut endpoints = vec![Ep::terminating(backend_index(&first)), Ep::ready(other)];
+    endpoints.sort_by_key(|e| e.backend);
+    set_endpoints(&mut lab, endpoints);
+    for _ in 0..3 {
+        assert_eq!(
+            tcp_from_fixed_port(&lab),
+            format!("b{other}"),
+            "a new connection on the old tuple went to the terminating {first}"
+        );
+    }
+}
+
 /// Closed TCP connections leave connection tracking within the closing lifetime: garbage
 /// collection deletes their entries.
 #[test]

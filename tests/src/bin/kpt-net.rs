@@ -3,7 +3,8 @@
 //! * `serve --name N --port P` — TCP and UDP server on P; every answer is
 //!   `<name> <peer-ip>:<peer-port>` so tests see which backend answered and which source
 //!   address it saw. TCP connections then echo each line back.
-//! * `tcp ADDR --count N` — N new connections; prints one JSON line per connection:
+//! * `tcp ADDR --count N [--sport P] [--rst]` — N new connections (from port P; ended by a
+//!   RST instead of a FIN); prints one JSON line per connection:
 //!   `{"ok":true,"name":..,"seen_peer":..,"getpeername":..}` or the error.
 //! * `udp ADDR --count N [--sport P]` — N datagrams from N new unconnected sockets (all from
 //!   port P if given); prints the answer and the address the answer came from (recvfrom).
@@ -58,7 +59,12 @@ fn main() {
                 .and_then(|p| p.parse().ok())
                 .expect("--port"),
         ),
-        "tcp" => tcp(&args[1], count),
+        "tcp" => tcp(
+            &args[1],
+            count,
+            arg(&args, "--sport").map_or(0, |p| p.parse().expect("--sport PORT")),
+            args.iter().any(|a| a == "--rst"),
+        ),
         "udp" => udp(
             &args[1],
             count,
@@ -137,12 +143,39 @@ fn io_failure(e: &std::io::Error) -> Value {
     json!({"ok": false, "error": e.to_string(), "kind": format!("{:?}", e.kind())})
 }
 
-fn tcp(addr: &str, count: usize) -> i32 {
+/// `sport` other than 0: connect from that port. `rst`: end each connection with a RST
+/// (SO_LINGER 0) instead of a FIN, so the port is free again at once (no TIME_WAIT).
+fn tcp(addr: &str, count: usize, sport: u16, rst: bool) -> i32 {
     let target: SocketAddr = addr.parse().expect("ADDR is ip:port");
+    let SocketAddr::V4(target4) = target else {
+        panic!("ADDR is an IPv4 ip:port")
+    };
     let mut failures = 0;
     for _ in 0..count {
-        match TcpStream::connect_timeout(&target, Duration::from_secs(3)) {
+        let connected = if sport == 0 {
+            TcpStream::connect_timeout(&target, Duration::from_secs(3))
+        } else {
+            connect_from_port(target4, sport)
+        };
+        match connected {
             Ok(s) => {
+                if rst {
+                    let linger = libc::linger {
+                        l_onoff: 1,
+                        l_linger: 0,
+                    };
+                    // SAFETY: valid fd, option value of the documented type and size.
+                    unsafe {
+                        libc::setsockopt(
+                            std::os::fd::AsRawFd::as_raw_fd(&s),
+                            libc::SOL_SOCKET,
+                            libc::SO_LINGER,
+                            (&raw const linger).cast(),
+                            libc::socklen_t::try_from(std::mem::size_of::<libc::linger>())
+                                .expect("len"),
+                        )
+                    };
+                }
                 s.set_read_timeout(Some(Duration::from_secs(3))).ok();
                 let getpeername = s.peer_addr().map(|p| p.to_string()).unwrap_or_default();
                 let mut line = String::new();
@@ -335,6 +368,39 @@ fn connect_from(
     let sa = sockaddr_in(target);
     // SAFETY: valid fd and a sockaddr_in of the given length.
     if unsafe { libc::connect(fd, (&raw const sa).cast(), len) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(stream)
+}
+
+/// A blocking connect from local port `sport` (SO_REUSEADDR, so a port just released by a
+/// RST can be taken again).
+fn connect_from_port(target: SocketAddrV4, sport: u16) -> std::io::Result<TcpStream> {
+    let len = libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_in>()).expect("len");
+    // SAFETY: plain socket(2) call.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh socket nobody else owns; the stream closes it on drop.
+    let stream = unsafe { TcpStream::from_raw_fd(fd) };
+    stream.set_write_timeout(Some(Duration::from_secs(3)))?;
+    let one: libc::c_int = 1;
+    let sa = sockaddr_in(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, sport));
+    let target = sockaddr_in(target);
+    // SAFETY: valid fd; option and addresses of the documented types and sizes.
+    let ok = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&raw const one).cast(),
+            libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).expect("len"),
+        ) == 0
+            && libc::bind(fd, (&raw const sa).cast(), len) == 0
+            && libc::connect(fd, (&raw const target).cast(), len) == 0
+    };
+    if !ok {
         return Err(std::io::Error::last_os_error());
     }
     Ok(stream)
