@@ -36,7 +36,10 @@ pub struct Ctx {
 
 impl Ctx {
     pub async fn connect(opts: &GlobalOpts) -> Result<Ctx> {
-        let config = load_config(opts).await?;
+        let mut config = load_config(opts).await?;
+        // kube's default policy retries 503s for minutes: a node proxy, log or exec to an
+        // unreachable node would hang that long before saying so. kubectl reports at once.
+        config.default_retry = false;
         let namespace = opts
             .namespace
             .clone()
@@ -160,7 +163,7 @@ pub fn effective_namespace(
     }
 }
 
-pub(crate) async fn load_config(opts: &GlobalOpts) -> Result<Config> {
+async fn load_config(opts: &GlobalOpts) -> Result<Config> {
     let options = KubeConfigOptions {
         context: opts.context.clone(),
         ..Default::default()

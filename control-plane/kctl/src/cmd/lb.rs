@@ -12,7 +12,7 @@ use kube::api::{Api, ListParams};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::client::{Ctx, GlobalOpts};
+use crate::client::Ctx;
 use crate::output;
 use crate::tabwriter::TabWriter;
 
@@ -223,7 +223,7 @@ fn lb_path(node: &str, port: u16) -> Result<String> {
     Ok(format!("/api/v1/nodes/{node}:{port}/proxy/lb"))
 }
 
-pub async fn run(ctx: &mut Ctx, global: &GlobalOpts, args: LbArgs) -> Result<()> {
+pub async fn run(ctx: &mut Ctx, args: LbArgs) -> Result<()> {
     let node = match &args.node {
         Some(n) => {
             lb_path(n, args.port)?;
@@ -234,12 +234,9 @@ pub async fn run(ctx: &mut Ctx, global: &GlobalOpts, args: LbArgs) -> Result<()>
         None => only_node(ctx).await?,
     };
     let path = lb_path(&node, args.port)?;
-    // The API server answers 503 for a node it cannot reach; kube's default policy would
-    // retry that for minutes before saying so.
-    let mut config = crate::client::load_config(global).await?;
-    config.default_retry = false;
-    let proxy = kube::Client::try_from(config).context("building the API client")?;
-    let (mut table, raw) = fetch(&proxy, &node, args.port, &path).await?;
+    // The API server answers 503 for a node it cannot reach; the context's client reports
+    // it at once (no retries, see `Ctx::connect`).
+    let (mut table, raw) = fetch(&ctx.client, &node, args.port, &path).await?;
     let wide = args.output == Some(LbOutput::Wide);
     let mut tw = TabWriter::for_tables();
     match args.output {
@@ -258,7 +255,7 @@ pub async fn run(ctx: &mut Ctx, global: &GlobalOpts, args: LbArgs) -> Result<()>
     }
     loop {
         tokio::time::sleep(WATCH_EVERY).await;
-        let (now, raw) = fetch(&proxy, &node, args.port, &path).await?;
+        let (now, raw) = fetch(&ctx.client, &node, args.port, &path).await?;
         let changed = changes(&table, &now, wide);
         if !changed.is_empty() {
             match args.output {

@@ -66,7 +66,7 @@ pub async fn run(global: &GlobalOpts, command: Command) -> Result<()> {
         Command::Delete(args) => delete::run(&mut ctx, args).await,
         Command::Apply(args) => apply::run(&mut ctx, args).await,
         Command::Logs(args) => logs::run(&mut ctx, args).await,
-        Command::Lb(args) => lb::run(&mut ctx, global, args).await,
+        Command::Lb(args) => lb::run(&mut ctx, args).await,
         Command::Exec(args) => exec::run(&mut ctx, args).await,
         // Handled before connecting (version) or without a runtime (completion).
         Command::Version(_) | Command::Completion { .. } => Ok(()),
