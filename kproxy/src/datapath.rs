@@ -554,7 +554,7 @@ impl Datapath {
     /// The current contents of the service, backend and reverse-NAT maps (after a restart
     /// they hold what the previous kproxy wrote).
     #[expect(clippy::type_complexity, reason = "three plain entry lists")]
-    pub fn read_lb_maps(
+    fn read_lb_maps(
         &self,
     ) -> Result<
         (

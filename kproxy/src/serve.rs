@@ -152,14 +152,14 @@ async fn lb(State(ctx): State<Ctx>) -> Response {
         Ok(LbTable::new(&ctx.node, rows, &ct))
     })
     .await;
-    match result {
-        Ok(Ok(table)) => (
+    match result.map_err(anyhow::Error::from).and_then(|r| r) {
+        Ok(table) => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "application/json")],
             serde_json::to_vec(&table).unwrap_or_default(),
         )
             .into_response(),
-        Ok(Err(err)) => {
+        Err(err) => {
             let err = format!("{err:#}");
             tracing::warn!(%err, "cannot read the service table");
             (
@@ -168,11 +168,6 @@ async fn lb(State(ctx): State<Ctx>) -> Response {
             )
                 .into_response()
         }
-        Err(err) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("reading the service table: {err}\n"),
-        )
-            .into_response(),
     }
 }
 
@@ -349,7 +344,7 @@ mod tests {
                 },
             ],
         };
-        let t = LbTable::new("n1", vec![row], &BTreeMap::from([(4, 6), (9, 1)]));
+        let t = LbTable::new("n1", vec![row.clone()], &BTreeMap::from([(4, 6), (9, 1)]));
         let v = serde_json::to_value(&t).unwrap();
         assert_eq!(v["kind"], "ServiceTable");
         assert_eq!(v["node"], "n1");
@@ -384,7 +379,8 @@ mod tests {
         assert_eq!(fe["backends"][1]["address"], "10.0.0.2");
         assert_eq!(fe["backends"][0]["newFlows"], 2);
         // A frontend without tracked flows reports 0, not a missing field.
-        let t = LbTable::new("n1", vec![], &BTreeMap::new());
-        assert!(t.frontends.is_empty());
+        let t = LbTable::new("n1", vec![row], &BTreeMap::from([(9, 1)]));
+        let v = serde_json::to_value(&t).unwrap();
+        assert_eq!(v["frontends"][0]["ctEntries"], 0);
     }
 }

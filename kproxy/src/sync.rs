@@ -452,8 +452,10 @@ impl Syncer {
         self.revnat_ids.iter().map(|(key, id)| (*id, *key))
     }
 
-    /// backend id → backend address, for dumps and metrics labels.
-    pub fn backend_ids(&self) -> impl Iterator<Item = (u32, BackendAddr)> + '_ {
+    /// backend id → backend address (the tests check id stability with it; the names use
+    /// [`Syncer::backend_id`]).
+    #[cfg(test)]
+    fn backend_ids(&self) -> impl Iterator<Item = (u32, BackendAddr)> + '_ {
         self.backend_ids.iter().map(|(addr, id)| (*id, *addr))
     }
 

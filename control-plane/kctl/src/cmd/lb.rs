@@ -3,7 +3,7 @@
 //! through the API server's `nodes/NODE:PORT/proxy/lb`, so it works from any machine with
 //! the kubeconfig.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
@@ -202,7 +202,7 @@ fn changes<'a>(before: &'a Table, now: &'a Table, wide: bool) -> Vec<&'a Fronten
         .iter()
         .map(|f| (f.key(), frontend_lines(f, wide)))
         .collect();
-    let current: BTreeMap<_, ()> = now.frontends.iter().map(|f| (f.key(), ())).collect();
+    let current: BTreeSet<_> = now.frontends.iter().map(Frontend::key).collect();
     let mut out: Vec<&Frontend> = ordered(now)
         .into_iter()
         .filter(|f| old.get(&f.key()) != Some(&frontend_lines(f, wide)))
@@ -210,7 +210,7 @@ fn changes<'a>(before: &'a Table, now: &'a Table, wide: bool) -> Vec<&'a Fronten
     out.extend(
         ordered(before)
             .into_iter()
-            .filter(|f| !current.contains_key(&f.key())),
+            .filter(|f| !current.contains(&f.key())),
     );
     out
 }
@@ -224,19 +224,22 @@ fn lb_path(node: &str, port: u16) -> Result<String> {
 }
 
 pub async fn run(ctx: &mut Ctx, args: LbArgs) -> Result<()> {
-    let node = match &args.node {
+    let (node, path) = match &args.node {
         Some(n) => {
-            lb_path(n, args.port)?;
+            let path = lb_path(n, args.port)?;
             // A clear NotFound before the proxy is asked.
             Api::<Node>::all(ctx.client.clone()).get(n).await?;
-            n.clone()
+            (n.clone(), path)
         }
-        None => only_node(ctx).await?,
+        None => {
+            let n = only_node(ctx).await?;
+            let path = lb_path(&n, args.port)?;
+            (n, path)
+        }
     };
-    let path = lb_path(&node, args.port)?;
     // The API server answers 503 for a node it cannot reach; the context's client reports
     // it at once (no retries, see `Ctx::connect`).
-    let (mut table, raw) = fetch(&ctx.client, &node, args.port, &path).await?;
+    let (mut table, mut raw) = fetch(&ctx.client, &node, args.port, &path).await?;
     let wide = args.output == Some(LbOutput::Wide);
     let mut tw = TabWriter::for_tables();
     match args.output {
@@ -255,22 +258,15 @@ pub async fn run(ctx: &mut Ctx, args: LbArgs) -> Result<()> {
     }
     loop {
         tokio::time::sleep(WATCH_EVERY).await;
-        let (now, raw) = fetch(&ctx.client, &node, args.port, &path).await?;
+        let (now, now_raw) = fetch(&ctx.client, &node, args.port, &path).await?;
         let changed = changes(&table, &now, wide);
         if !changed.is_empty() {
             match args.output {
                 Some(f @ (LbOutput::Json | LbOutput::Yaml)) => {
-                    // Each changed frontend as its own document, as `get -w -o json` does.
-                    let by_key: BTreeMap<_, &Value> = raw["frontends"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .map(|v| {
-                            let fe: Frontend =
-                                serde_json::from_value(v.clone()).unwrap_or_default();
-                            (fe.key(), v)
-                        })
-                        .collect();
+                    // Each changed frontend as its own document, as `get -w -o json` does;
+                    // a frontend gone since the last poll as it was then.
+                    let mut by_key = raw_by_key(&table, &raw);
+                    by_key.extend(raw_by_key(&now, &now_raw));
                     for fe in &changed {
                         if let Some(v) = by_key.get(&fe.key()) {
                             output::emit(&watch_document(v, f)?)?;
@@ -291,7 +287,18 @@ pub async fn run(ctx: &mut Ctx, args: LbArgs) -> Result<()> {
             }
         }
         table = now;
+        raw = now_raw;
     }
+}
+
+/// Each frontend's JSON by its key (`table` was decoded from `raw`, in the same order).
+fn raw_by_key<'a>(table: &Table, raw: &'a Value) -> BTreeMap<(String, u16, String), &'a Value> {
+    table
+        .frontends
+        .iter()
+        .map(Frontend::key)
+        .zip(raw["frontends"].as_array().into_iter().flatten())
+        .collect()
 }
 
 /// One document of `-w -o json|yaml` (YAML documents separated by `---`).
@@ -374,6 +381,36 @@ mod tests {
             ]
         }))
         .unwrap()
+    }
+
+    /// The JSON `table()` stands for, reduced to the frontends' keys.
+    fn raw() -> Value {
+        let t = table();
+        serde_json::json!({
+            "kind": "ServiceTable",
+            "frontends": t.frontends.iter().map(|f| serde_json::json!({
+                "address": f.address, "port": f.port, "protocol": f.protocol,
+            })).collect::<Vec<_>>(),
+        })
+    }
+
+    /// `-w -o json` finds the document of a frontend gone since the last poll.
+    #[test]
+    fn watch_documents_include_gone_frontends() {
+        let before = table();
+        let before_raw = raw();
+        let now = Table {
+            frontends: before.frontends[1..].to_vec(),
+        };
+        let now_raw = serde_json::json!({"frontends": [before_raw["frontends"][1].clone()]});
+        let changed = changes(&before, &now, false);
+        assert_eq!(changed.len(), 1, "only the gone DNS frontend");
+        let mut by_key = raw_by_key(&before, &before_raw);
+        by_key.extend(raw_by_key(&now, &now_raw));
+        let doc = by_key
+            .get(&changed[0].key())
+            .expect("a document for the gone frontend");
+        assert_eq!(doc["port"], 53);
     }
 
     #[test]
