@@ -132,6 +132,12 @@ fn closes(f: &Flow) -> bool {
     f.proto == IPPROTO_TCP && f.tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST) != 0
 }
 
+/// Whether the packet opens a TCP connection (SYN without ACK).
+#[inline(always)]
+fn is_new_syn(f: &Flow) -> bool {
+    f.proto == IPPROTO_TCP && f.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN
+}
+
 /// How long an entry lives after this packet: per protocol, and for TCP per state.
 #[inline(always)]
 fn lifetime(f: &Flow, closing: bool) -> u32 {
@@ -174,8 +180,7 @@ fn ct_usable(ct: &CtValue, f: &Flow, now: u32) -> bool {
     if (ct.expires_s.wrapping_sub(now) as i32) < 0 {
         return false;
     }
-    let syn = f.proto == IPPROTO_TCP && f.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
-    if syn && ct.flags & ct_flags::CLOSING != 0 {
+    if is_new_syn(f) && ct.flags & ct_flags::CLOSING != 0 {
         return false;
     }
     match lb::backend(ct.backend_id) {
@@ -227,6 +232,13 @@ pub fn ingress_decision(f: &Flow, bytes: u64, external_only: bool) -> Ingress {
         let _ = CT.remove(reply_key(f, ct.nat_addr, ct.nat_port, ct.hairpin_addr != 0));
     }
     let Some(svc) = lb::lookup_service(f.daddr, f.dport, f.proto) else {
+        // A new connection straight to a non-service address: a reply entry for its tuple can
+        // only be left by an earlier service flow from the same source port (closing entries
+        // live 10 s), and must not rewrite this connection's SYN-ACK to come from that
+        // service.
+        if is_new_syn(f) {
+            let _ = CT.remove(reply_key(f, f.daddr, f.dport, false));
+        }
         return Ingress::Pass;
     };
     if external_only && svc.flags & svc_flags::EXTERNAL == 0 {

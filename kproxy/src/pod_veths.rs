@@ -128,6 +128,20 @@ impl PodVeths {
     }
 }
 
+/// Lets `bridge` take packets whose source is one of this host's addresses. A pod's reply
+/// to a NodePort client leaves the pod program with the node's address as its source (the
+/// frontend the client called) and is routed on to the uplink; without this the kernel
+/// drops it as a martian on the bridge.
+fn accept_local(bridge: &str) {
+    let path = format!("/proc/sys/net/ipv4/conf/{bridge}/accept_local");
+    match std::fs::write(&path, "1") {
+        Ok(()) => tracing::debug!(%bridge, "accept_local set"),
+        Err(err) => {
+            tracing::warn!(%bridge, %err, "cannot set accept_local; NodePort replies from its pods will be dropped")
+        }
+    }
+}
+
 /// Subscribes to link notifications in the calling thread's network namespace and returns
 /// the changes for the links that exist now (apply them before anything else), and a
 /// receiver of later changes. A task follows the notifications until the receiver is
@@ -138,6 +152,9 @@ pub async fn start(
     let (mut watch, links) = LinkWatch::subscribe().await?;
     let mut state = PodVeths::new(bridge_names.iter().cloned());
     let initial = state.resync(&links);
+    for name in state.bridges.values() {
+        accept_local(name);
+    }
     for name in &bridge_names {
         if !state.bridges.values().any(|b| b == name) {
             tracing::info!(
@@ -151,6 +168,13 @@ pub async fn start(
         loop {
             match watch.next().await {
                 Some(Ok(event)) => {
+                    if let LinkEvent::Changed(link) = &event
+                        && link.bridge
+                        && state.bridge_names.contains(&link.name)
+                        && !state.bridges.contains_key(&link.index)
+                    {
+                        accept_local(&link.name);
+                    }
                     for change in state.on_event(event) {
                         if tx.send(change).await.is_err() {
                             return;

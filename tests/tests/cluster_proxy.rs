@@ -25,17 +25,16 @@
 //! (checked once with the address deleted from `kproxy_lb4_l2_v1` by bpftool: the client's
 //! connects failed or timed out).
 //!
-//! This runs in the machine's root namespace, so every address is a test-only range probed
-//! free first (198.19.0.0/16, RFC 2544 benchmarking space), socket-LB never attaches to the
-//! cgroup root, and each target is checked with `ip route get` to resolve into the test's
-//! own links (or the unreachable route) before anything is sent to it.
+//! The cluster is `kproxy_tests::cluster::Cluster`: this runs in the machine's root
+//! namespace, so every address is a test-only range probed free first (198.19.0.0/16, RFC
+//! 2544 benchmarking space), socket-LB never attaches to the cgroup root, and each target is
+//! checked with `ip route get` to resolve into the test's own links (or the unreachable
+//! route) before anything is sent to it.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
-    path::PathBuf,
     process::{Command, Output},
-    sync::atomic::{AtomicU32, Ordering},
 };
 
 use k8s_openapi::api::{
@@ -43,14 +42,10 @@ use k8s_openapi::api::{
     core::v1::{Pod, Service},
 };
 use kproxy_tests::{
-    BpffsDir, Daemon, NetNs,
-    apiserver::{ApiServer, TempDir},
-    bin,
-    control::{controller_manager, scheduler},
+    cluster::{Cluster, assert_route, assert_unreachable_here, run},
     eventually,
     kubelet::{Kubelet, container_status, docker_id, inspect, is_ready, pod_ip},
-    lab::Cgroup,
-    privileged, sh, unique,
+    privileged, unique,
 };
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
@@ -59,151 +54,6 @@ const NS: &str = "default";
 /// Requests per check: with three backends picked by hash, all of them landing on one pod
 /// has a probability of 3 × 3^-12.
 const REQUESTS: usize = 12;
-
-/// A /24 in 198.19.0.0/16 that no address or route on this host falls into yet. Starts at a
-/// per-process offset so concurrent test binaries pick different ones.
-fn free_net() -> u32 {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let base = std::process::id().wrapping_mul(53);
-    for _ in 0..256 {
-        let n = base.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed)) % 256;
-        let cidr = format!("198.19.{n}.0/24");
-        let addrs = sh(Command::new("ip").args(["-4", "-o", "addr", "show", "to", &cidr]));
-        let routes =
-            sh(Command::new("ip").args(["-4", "route", "show", "table", "all", "root", &cidr]));
-        if addrs.trim().is_empty() && routes.trim().is_empty() {
-            return n;
-        }
-    }
-    panic!("no free /24 in 198.19.0.0/16");
-}
-
-/// The uplink: a veth whose host end (`host_if`, in the root namespace) is kproxy's
-/// `--uplink`, and whose other end is `eth0` of the client namespace. Deleting the host end
-/// on drop removes both (the namespace goes with its own guard).
-struct Uplink {
-    host_if: String,
-    client: NetNs,
-}
-
-impl Uplink {
-    fn new(net: u32) -> Self {
-        let client = NetNs::new("kpt-cpc");
-        let host_if = unique("kpu");
-        assert!(
-            host_if.len() <= 15,
-            "{host_if} is too long for an interface"
-        );
-        let up = Self { host_if, client };
-        sh(Command::new("ip").args([
-            "link",
-            "add",
-            &up.host_if,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            up.client.name(),
-        ]));
-        sh(Command::new("ip").args([
-            "addr",
-            "add",
-            &format!("198.19.{net}.1/24"),
-            "dev",
-            &up.host_if,
-        ]));
-        sh(Command::new("ip").args(["link", "set", &up.host_if, "up"]));
-        up.client
-            .ip(&["addr", "add", &format!("198.19.{net}.2/24"), "dev", "eth0"]);
-        up.client.ip(&["link", "set", "eth0", "up"]);
-        up
-    }
-
-    fn host_mac(&self) -> String {
-        let link: Value = serde_json::from_str(&sh(Command::new("ip").args([
-            "-j",
-            "link",
-            "show",
-            "dev",
-            &self.host_if,
-        ])))
-        .expect("ip -j link");
-        link[0]["address"]
-            .as_str()
-            .expect("the uplink has a MAC")
-            .to_string()
-    }
-}
-
-impl Drop for Uplink {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.host_if])
-            .status();
-    }
-}
-
-/// kproxy's `unreachable` route for the test's service CIDR (`--keep-local`), removed on
-/// drop even when kproxy could not remove it.
-struct KeepLocal(String);
-
-impl Drop for KeepLocal {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["route", "del", "unreachable", &self.0])
-            .status();
-    }
-}
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
-}
-
-/// `target` must meet the keep-local route on this host: kproxy's `unreachable` route for
-/// the service CIDR is installed, and `ip route get` of `target` fails with EHOSTUNREACH, so
-/// an untranslated packet to it is refused here instead of leaving by the default route.
-fn assert_unreachable_here(target: Ipv4Addr, svc_cidr: &str) {
-    let routes = sh(Command::new("ip").args(["-4", "route", "show", "type", "unreachable"]));
-    assert!(
-        routes
-            .lines()
-            .any(|l| l.split_whitespace().nth(1) == Some(svc_cidr)),
-        "unreachable route for {svc_cidr} missing:\n{routes}"
-    );
-    let out = run(Command::new("ip").args(["-4", "route", "get", &target.to_string()]));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && stderr.contains("No route to host"),
-        "{target} must hit the unreachable route: {}{stderr}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-}
-
-/// `ip route get` of `target`, run by `ip` (in some namespace), must leave
-/// through `dev` without a gateway other than `via` (if given).
-fn assert_route(mut ip: Command, target: Ipv4Addr, dev: &str, via: Option<Ipv4Addr>) {
-    let out = sh(ip.args(["-4", "route", "get", &target.to_string()]));
-    let words: Vec<&str> = out.split_whitespace().collect();
-    let field = |name: &str| {
-        words
-            .iter()
-            .position(|w| *w == name)
-            .and_then(|i| words.get(i + 1).copied())
-    };
-    assert_eq!(
-        field("dev"),
-        Some(dev),
-        "{target} must leave via {dev}: {out}"
-    );
-    assert_eq!(
-        field("via"),
-        via.map(|v| v.to_string()).as_deref(),
-        "{target}: unexpected gateway: {out}"
-    );
-}
 
 /// Pod names in httpd's pages (`<p>pod: NAME</p>`) and the number of failed requests
 /// (lines the loop printed as `FAILED`).
@@ -295,72 +145,26 @@ fn privileged_service_answers_from_host_pod_and_outside() {
     if !privileged("privileged_service_answers_from_host_pod_and_outside") {
         return;
     }
-    let svc_net = free_net();
-    let up_net = free_net();
-    let svc_cidr = format!("198.19.{svc_net}.0/24");
-    // The pool is part of the uplink's /24 (the client's on-link segment), away from the two
-    // addresses the veth ends use.
-    let pool = format!("198.19.{up_net}.128/28");
-
-    let dir = TempDir::new("kpt-cproxy");
-    let api = ApiServer::start(dir.path(), &["--service-cidr", &svc_cidr]);
-    let _cm = controller_manager(
-        &api,
-        &[
-            "--controllers",
-            "deployment,replicaset,endpointslice,lbipam",
-            "--lb-pool",
-            &pool,
-            "--service-cidr",
-            &svc_cidr,
-        ],
-    );
-    let _sched = scheduler(&api, &[]);
-    let kubelet = Kubelet::start(&api, &[]);
-    let uplink = Uplink::new(up_net);
+    let mut cluster = Cluster::start("kpt-cproxy");
+    let svc_net = cluster.svc_net;
+    let up_net = cluster.uplink.net;
+    let svc_cidr = cluster.svc_cidr().to_string();
+    let pool = cluster.pool().to_string();
     // The host does not own the EXTERNAL-IP and does no proxy ARP on the uplink, so its own
     // stack never answers who-has for it: only kproxy's tc program can.
-    for conf in ["all", uplink.host_if.as_str()] {
+    for conf in ["all", cluster.uplink.host_if.as_str()] {
         let path = format!("/proc/sys/net/ipv4/conf/{conf}/proxy_arp");
         let value = std::fs::read_to_string(&path).expect("read proxy_arp");
         assert_eq!(value.trim(), "0", "{path}");
     }
-    let cgroup = Cgroup::new();
-    let bpffs = BpffsDir::new("kpt-cproxy");
-    let keep = KeepLocal(svc_cidr.clone());
-
-    // kproxy authenticates as the kubelet's node.
-    let kubeconfig: PathBuf = dir.path().join("node-kubeconfig");
-    sh(Command::new(bin("kproxy-apiserver"))
-        .args(["node-kubeconfig", &kubelet.node, "--out"])
-        .arg(&kubeconfig)
-        .args(["--server", &api.url, "--data-dir"])
-        .arg(&api.data_dir));
-    let mut kproxy_cmd = Command::new(bin("kproxy"));
-    kproxy_cmd
-        .arg("--bpffs")
-        .arg(bpffs.path())
-        .args(["node", "--kubeconfig"])
-        .arg(&kubeconfig)
-        .args([
-            "--node-name",
-            &kubelet.node,
-            "--keep-local",
-            &keep.0,
-            // The node endpoint is tested in kctl_lb.rs; parallel tests would compete for
-            // its port.
-            "--no-serve",
-            "--uplink",
-            &uplink.host_if,
-            "--xdp-mode",
-            "generic",
-            "--pod-bridge",
-            &kubelet.bridge,
-            "--socket-lb-scope",
-        ])
-        .arg(cgroup.path())
-        .env("RUST_LOG", "info");
-    let mut kproxy = Daemon::spawn_until_logged(kproxy_cmd, "initial sync done");
+    let bpffs = cluster.bpffs().to_path_buf();
+    let cgroup = cluster.cgroup().to_path_buf();
+    let Cluster {
+        kproxy,
+        kubelet,
+        uplink,
+        ..
+    } = &mut cluster;
 
     // The Deployment and its LoadBalancer Service, through the API.
     let app = unique("web");
@@ -406,7 +210,7 @@ fn privileged_service_answers_from_host_pod_and_outside() {
     let mut pods = Vec::new();
     eventually("three ready pods", || {
         kproxy.assert_running();
-        pods = ready_pods(&kubelet, &app);
+        pods = ready_pods(kubelet, &app);
         pods.len() == 3
     });
     let names: BTreeSet<String> = pods
@@ -453,7 +257,7 @@ fn privileged_service_answers_from_host_pod_and_outside() {
         "kproxy dump lists the ClusterIP and LB IP frontends",
         || {
             kproxy.assert_running();
-            rows = kproxy_tests::lab::kproxy_dump(bpffs.path());
+            rows = kproxy_tests::lab::kproxy_dump(&bpffs);
             has_frontend(&rows, "ClusterIP", cluster_ip, &service_name, &ips)
                 && has_frontend(&rows, "LoadBalancerIP", lb_ip, &service_name, &ips)
         },
@@ -474,7 +278,7 @@ fn privileged_service_answers_from_host_pod_and_outside() {
             r#"echo $$ > "$0/cgroup.procs" && {}"#,
             request_loop(&format!("curl -sS --max-time 3 {url}"))
         ))
-        .arg(cgroup.path()));
+        .arg(&cgroup));
     assert_spread("host → ClusterIP", &host, &names);
 
     // (b) From inside a pod: its default route leads to the bridge's gateway, i.e. into the

@@ -12,7 +12,7 @@ use std::{
 
 use kproxy_tests::{
     eventually,
-    lab::{CLIENT_IP, Ep, Lab, Svc, kpt},
+    lab::{BACKEND_PORT, CLIENT_IP, Ep, Lab, Svc, backend_ip, kpt},
     privileged, sh,
 };
 use serde_json::Value;
@@ -210,6 +210,36 @@ fn privileged_new_syn_over_a_closed_tuple_picks_a_new_backend() {
             format!("b{other}"),
             "a new connection on the old tuple went to the terminating {first}"
         );
+    }
+}
+
+/// A direct connection to a backend's own address that reuses the source port of a closed
+/// service connection (its entries linger 10 s) is not taken for that flow: its SYN-ACK is
+/// not rewritten to come from the service address, so it connects (before the fix it timed
+/// out: `kctl bench` measuring a ClusterIP and then a pod from one client saw it).
+#[test]
+fn privileged_direct_connection_on_a_closed_service_tuple() {
+    if !privileged("privileged_direct_connection_on_a_closed_service_tuple") {
+        return;
+    }
+    let lab = start(1);
+    assert_eq!(tcp_from_fixed_port(&lab), "b0");
+    for _ in 0..2 {
+        let res = Lab::kpt_net(
+            lab.client_cmd(&kpt()),
+            &[
+                "tcp",
+                &format!("{}:{BACKEND_PORT}", backend_ip(0)),
+                "--sport",
+                "41000",
+                "--rst",
+            ],
+        );
+        let r = res.into_iter().next().expect("one result");
+        assert_eq!(r["ok"], true, "direct connection on the old tuple: {r}");
+        assert_eq!(r["name"], "b0", "{r}");
+        // And back through the service on the same tuple.
+        assert_eq!(tcp_from_fixed_port(&lab), "b0");
     }
 }
 

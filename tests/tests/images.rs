@@ -189,27 +189,84 @@ fn httpd_serves_the_pod_name() {
         return;
     }
     require_images();
-    // With an init as PID 1 (the kubelet sets HostConfig.init), SIGTERM reaches httpd.
-    let by_host = Container::run(&["--init", "--hostname", "web-5d8f7-abcde"], HTTPD, &[]);
+    // With an init as PID 1 (the kubelet sets HostConfig.init), SIGTERM reaches the shell only.
+    let by_host = Container::run(
+        &[
+            "--init",
+            "--hostname",
+            "web-5d8f7-abcde",
+            "-e",
+            "DRAIN_SECONDS=2",
+        ],
+        HTTPD,
+        &[],
+    );
     let by_env = Container::run(
         &["--hostname", "ignored-host", "-e", "POD_NAME=web-from-env"],
         "httpd:latest",
         &[],
     );
-    let resp = http_get(&by_host, SocketAddr::from((by_host.ip(), 80)));
+    let addr = SocketAddr::from((by_host.ip(), 80));
+    let mut s = connect(&by_host, addr);
+    let me = s.local_addr().expect("local addr");
+    s.write_all(b"GET / HTTP/1.0\r\nHost: test\r\n\r\n")
+        .expect("send request");
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("read response");
     assert!(
         resp.starts_with("HTTP/1.") && resp.contains(" 200 "),
         "{resp}"
     );
     assert!(resp.contains("web-5d8f7-abcde"), "{resp}");
+    // `-v`: one line per request naming the client's address as the server saw it.
+    let line = format!("{me}: response:200");
+    eventually(&format!("httpd logs {line:?}"), || {
+        by_host.logs().lines().any(|l| l == line)
+    });
     let resp = http_get(&by_env, SocketAddr::from((by_env.ip(), 80)));
     assert!(resp.contains("web-from-env"), "{resp}");
     assert!(!resp.contains("ignored-host"), "{resp}");
-    // SIGTERM through the init stops it promptly (no waiting out the 10 s grace period).
+
+    // SIGTERM starts the drain: httpd keeps answering for DRAIN_SECONDS, then stops.
+    let drain = Duration::from_secs(2);
     let started = Instant::now();
-    sh(Command::new("docker").args(["stop", "-t", "10", &by_host.name]));
+    let stop = {
+        let name = by_host.name.clone();
+        std::thread::spawn(move || sh(Command::new("docker").args(["stop", "-t", "10", &name])))
+    };
+    eventually("httpd logs the start of its drain", || {
+        by_host.logs().contains("httpd: terminating")
+    });
+    let resp = http_get(&by_host, addr);
+    assert!(
+        started.elapsed() < drain,
+        "the check came too late to prove the drain ({:?})",
+        started.elapsed()
+    );
+    assert!(
+        resp.contains(" 200 ") && resp.contains("web-5d8f7-abcde"),
+        "{resp}"
+    );
+    stop.join().expect("docker stop");
     let took = started.elapsed();
-    assert!(took < Duration::from_secs(2), "docker stop took {took:?}");
+    assert!(
+        took >= drain,
+        "docker stop returned before the drain: {took:?}"
+    );
+    assert!(
+        took < drain + Duration::from_millis(1500),
+        "docker stop took {took:?}"
+    );
+    assert_eq!(
+        by_host.inspect("{{.State.ExitCode}}"),
+        "0",
+        "{}",
+        by_host.logs()
+    );
+    assert!(
+        TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_err(),
+        "httpd still accepts after its drain"
+    );
 }
 
 #[test]

@@ -24,10 +24,7 @@ use std::{
     os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, Mutex},
     thread,
     time::{Duration, Instant},
 };
@@ -109,6 +106,15 @@ pub struct BenchArgs {
     /// --services).
     #[arg(long, default_value_t = 200)]
     proxy_changes: usize,
+    /// cluster: `cargo xtask run` starts timed.
+    #[arg(long, default_value_t = 3)]
+    cluster_starts: usize,
+    /// cluster: samples per latency (deployments created, LoadBalancer Services exposed).
+    #[arg(long, default_value_t = 10)]
+    cluster_samples: usize,
+    /// cluster: `kctl bench --duration` in seconds.
+    #[arg(long, default_value_t = 6)]
+    cluster_bench_seconds: u64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -118,6 +124,7 @@ enum Which {
     Kubelet,
     Controllers,
     Proxy,
+    Cluster,
 }
 
 pub fn bench(args: &BenchArgs) -> Result<()> {
@@ -136,6 +143,9 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     }
     if args.bench == Some(Which::Proxy) {
         return proxy(args);
+    }
+    if args.bench == Some(Which::Cluster) {
+        return cluster(args);
     }
     if !is_root() {
         bail!("the benchmarks need root (network namespaces, eBPF, iptables)");
@@ -156,9 +166,9 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     };
     let out_dir = target.join("bench");
     std::fs::create_dir_all(&out_dir).with_context(|| format!("mkdir {}", out_dir.display()))?;
-    install_signal_handlers();
+    crate::util::install_stop_handlers();
     match args.bench {
-        Some(Which::Api | Which::Kubelet | Which::Controllers | Which::Proxy) => {
+        Some(Which::Api | Which::Kubelet | Which::Controllers | Which::Proxy | Which::Cluster) => {
             unreachable!("handled above")
         }
         Some(Which::Dataplane) => dataplane(args, &services, &bins, &out_dir),
@@ -167,7 +177,8 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             api(args)?;
             controllers(args)?;
             proxy(args)?;
-            kubelet(args)
+            kubelet(args)?;
+            cluster(args)
         }
     }
 }
@@ -241,6 +252,23 @@ fn proxy(args: &BenchArgs) -> Result<()> {
     )
 }
 
+fn cluster(args: &BenchArgs) -> Result<()> {
+    if !is_root() {
+        bail!("the cluster benchmark runs `cargo xtask run`: it needs root");
+    }
+    // `cargo xtask run` builds everything; the bench only needs the report directory.
+    let (target, out_dir) = release_build(&["kctl"])?;
+    crate::bench_cluster::run(
+        &crate::bench_cluster::ClusterBench {
+            starts: args.cluster_starts,
+            samples: args.cluster_samples,
+            bench_seconds: args.cluster_bench_seconds,
+        },
+        &target,
+        &out_dir,
+    )
+}
+
 fn kubelet(args: &BenchArgs) -> Result<()> {
     if !is_root() {
         bail!("the kubelet benchmark needs root (Docker, network namespaces)");
@@ -258,25 +286,8 @@ fn kubelet(args: &BenchArgs) -> Result<()> {
 
 // === Interruption ===
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-/// Ctrl-C / SIGTERM only set a flag: the bench stops at the next step and its guards clean
-/// up (the long-lived children run in their own process groups and are killed by guards).
-fn install_signal_handlers() {
-    let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    unsafe {
-        libc::signal(libc::SIGINT, handler);
-        libc::signal(libc::SIGTERM, handler);
-    }
-}
-
 fn check_interrupted() -> Result<()> {
-    if INTERRUPTED.load(Ordering::SeqCst) {
+    if crate::util::stop_requested() {
         bail!("interrupted");
     }
     Ok(())

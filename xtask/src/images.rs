@@ -35,8 +35,9 @@ COPY pause /pause
 ENTRYPOINT [\"/pause\"]
 ";
 
-/// busybox httpd installs no SIGTERM handler, so as PID 1 it ignores SIGTERM; run it with an
-/// init (Docker's `--init`, HostConfig.init, as the kubelet does) and SIGTERM stops it at once.
+/// The entrypoint shell supervises httpd and drains on SIGTERM (see [`HTTPD_ENTRYPOINT`]); it
+/// traps TERM, so it works as PID 1 and behind an init (Docker's `--init`, HostConfig.init, as
+/// the kubelet does) that forwards SIGTERM to it alone.
 const HTTPD_DOCKERFILE: &str = "FROM scratch
 COPY busybox /bin/busybox
 COPY entrypoint.sh /entrypoint.sh
@@ -45,14 +46,41 @@ ENTRYPOINT [\"/bin/busybox\", \"sh\", \"/entrypoint.sh\"]
 ";
 
 /// Writes the page naming the pod (POD_NAME, else the hostname the kubelet sets to the pod
-/// name), escaped for HTML, then becomes the web server. Every tool is called through
-/// busybox: the image has no applet links.
+/// name), escaped for HTML, then runs the web server with `-v`: one line per request on stderr,
+/// `<client-ip>:<port>: response:<status>`, so `kctl logs` shows which address each request
+/// came from. Every tool is called through busybox: the image has no applet links.
+///
+/// On SIGTERM the pod is being deleted, and load balancers drop its endpoint at about the same
+/// time: httpd keeps serving for DRAIN_SECONDS (default 1) so requests routed to it meanwhile
+/// still succeed, then it is stopped and the shell exits 0. httpd runs in the background so
+/// that the shell, which alone receives the signal, can trap it while `wait` blocks.
 const HTTPD_ENTRYPOINT: &str = r#"set -e
 name="${POD_NAME:-$(/bin/busybox hostname)}"
 safe="$(printf '%s' "$name" | /bin/busybox sed -e 's/&/\&amp;/g' -e 's/</\&lt;/g' -e 's/>/\&gt;/g')"
 /bin/busybox mkdir -p /www
 printf '<!DOCTYPE html>\n<html><head><title>%s</title></head>\n<body><h1>kproxy httpd</h1>\n<p>pod: %s</p>\n</body></html>\n' "$safe" "$safe" > /www/index.html
-exec /bin/busybox httpd -f -p 80 -h /www
+drain="${DRAIN_SECONDS:-1}"
+case "$drain" in
+''|*[!0-9.]*) echo "httpd: DRAIN_SECONDS=$drain is not a number of seconds; using 1" >&2; drain=1 ;;
+esac
+set +e
+# IPv4 only: the log then names clients as 198.19.4.2:41690, not [::ffff:198.19.4.2]:41690.
+/bin/busybox httpd -f -v -p 0.0.0.0:80 -h /www &
+pid=$!
+stop() {
+  echo "httpd: terminating: serving ${drain}s more, then stopping" >&2
+  /bin/busybox sleep "$drain"
+  kill -TERM "$pid" 2>/dev/null
+  wait "$pid" 2>/dev/null
+  echo "httpd: stopped" >&2
+  exit 0
+}
+trap stop TERM INT
+# Returns early when a trapped signal arrives; the trap then never returns.
+wait "$pid"
+status=$?
+echo "httpd: exited with status $status" >&2
+exit "$status"
 "#;
 
 const KECHO_DOCKERFILE: &str = "FROM scratch
@@ -238,7 +266,7 @@ pub fn split_tag(reference: &str) -> Result<(&str, &str)> {
     Ok((repo, tag))
 }
 
-async fn connect() -> Result<Docker> {
+pub async fn connect() -> Result<Docker> {
     Docker::connect_with_local_defaults()
         .context("Docker engine client")?
         .negotiate_version()

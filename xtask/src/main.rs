@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_api;
+mod bench_cluster;
 mod bench_controllers;
 mod bench_kubelet;
 mod bench_proxy;
@@ -32,15 +33,27 @@ enum Command {
     Test(test::TestArgs),
     /// Build in release mode and run the benchmarks (`dataplane`: kproxy vs iptables vs
     /// nftables; `api`: the API server under kube-rs clients; `controllers`: scheduler and
-    /// controller manager on 100 fake nodes; `kubelet`); results in target/bench/.
+    /// controller manager on 100 fake nodes; `kubelet`; `cluster`: `cargo xtask run` and the
+    /// tutorial timed end to end); results in target/bench/.
     Bench(bench::BenchArgs),
     /// Build the node's container images locally (kproxy/pause:1, kproxy/httpd:1 alias
     /// httpd:latest, kproxy/kecho:1 alias kecho:latest); skips images already up to date.
     Images,
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+/// Errors end the command with one message and its causes, never a backtrace: these are
+/// things a user can fix (not root, a port taken, a failed step).
+fn main() -> std::process::ExitCode {
+    match dispatch(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Setup(args) => setup::setup(&args),
         Command::Run(args) => run::run(&args),

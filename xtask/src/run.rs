@@ -1,10 +1,16 @@
-//! `cargo xtask run`: set up, build, and start the node in the foreground: the API server,
-//! the kubelet (this host is master and worker at once) and the kproxy datapath on a lab
-//! uplink; then print the next steps.
+//! `cargo xtask run`: set up, build, and run the one-node cluster in the foreground: the API
+//! server, the controller manager, the scheduler, the kubelet (this host is master and worker
+//! at once) and `kproxy node` on a lab uplink, one process each, supervised (a component that
+//! dies is restarted); Ctrl-C stops them in order. State stays in /var/lib/kproxy so the next
+//! run resumes the same cluster; `--reset` starts from scratch.
 
 use std::{
-    path::PathBuf,
-    process::{Command, Stdio},
+    io::{BufRead as _, BufReader},
+    net::{SocketAddr, TcpListener},
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -12,19 +18,40 @@ use clap::Args;
 
 use crate::{
     setup::{SetupArgs, setup},
-    util::{cargo, is_root, output_of, run_cmd, step, workspace_root},
+    util::{
+        cargo, install_stop_handlers, is_root, output_of, run_cmd, step, stop_requested,
+        workspace_root,
+    },
 };
 
 /// The lab "client host": a network namespace reached through a veth that plays the node's
 /// uplink, so nothing is ever attached to this machine's real network interface.
-const LAB_NETNS: &str = "kproxy-client";
+pub const LAB_NETNS: &str = "kproxy-client";
 const LAB_UPLINK: &str = "kp-uplink";
 const LAB_PEER: &str = "kp-client0";
 const LAB_NODE_ADDR: &str = "172.31.0.1/24";
 const LAB_CLIENT_ADDR: &str = "172.31.0.2/24";
 const LAB_NODE_IP: &str = "172.31.0.1";
 /// The controller manager's default LoadBalancer pool.
-const LB_POOL: &str = "172.30.0.0/24";
+pub const LB_POOL: &str = "172.30.0.0/24";
+/// The API server's default service CIDR.
+const SERVICE_CIDR: &str = "10.96.0.0/12";
+
+const LOG_DIR: &str = "/var/log/kproxy";
+const STATE_DIR: &str = "/var/lib/kproxy";
+const APISERVER_DATA: &str = "/var/lib/kproxy/apiserver";
+/// The admin kubeconfig the scheduler and the controller manager use (not the user's, whose
+/// current context may change).
+pub const CONTROL_KUBECONFIG: &str = "/var/lib/kproxy/controller-manager/kubeconfig";
+const KUBELET_DATA: &str = "/var/lib/kproxy/kubelet";
+/// Held (flock) while a `cargo xtask run` runs; holds its pid.
+const LOCK_FILE: &str = "/run/kproxy-run.lock";
+/// kproxy's metrics and /healthz.
+const KPROXY_METRICS: &str = "127.0.0.1:9962";
+/// Where the CLI goes on PATH.
+const KCTL_LINK: &str = "/usr/local/bin/kctl";
+/// The line `run` prints once the cluster serves; `cargo xtask bench cluster` waits for it.
+pub const READY_LINE: &str = "run: cluster ready";
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -34,6 +61,10 @@ pub struct RunArgs {
     /// XDP mode for the uplink: auto, driver or generic.
     #[arg(long, default_value = "auto")]
     xdp_mode: String,
+    /// Start from scratch: delete the previous cluster's objects and state
+    /// (/var/lib/kproxy), its pods' containers and kproxy's pinned maps.
+    #[arg(long)]
+    reset: bool,
 }
 
 fn ip(args: &[&str]) -> Result<()> {
@@ -81,17 +112,459 @@ fn remove_lab_uplink() {
         .status();
 }
 
-pub fn run(args: &RunArgs) -> Result<()> {
+/// Refuses to run without what the node needs, with one message each instead of a failure
+/// deep inside a component.
+fn preflight() -> Result<()> {
     if !is_root() {
         bail!(
-            "`cargo xtask run` loads eBPF programs and creates network namespaces: run it as root"
+            "`cargo xtask run` loads eBPF programs, creates network namespaces and runs Docker \
+             containers: run it as root (e.g. `sudo -E cargo xtask run`)"
         );
     }
+    let mounts = std::fs::read_to_string("/proc/mounts").context("read /proc/mounts")?;
+    if !mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(2) == Some("cgroup2"))
+    {
+        bail!("this host has no cgroup v2 hierarchy mounted: kproxy's socket-LB needs one");
+    }
+    // A one-entry array map: the smallest thing only a kernel with the bpf() syscall does.
+    let mut attr = [0u32; 32];
+    attr[0] = 2; // BPF_MAP_TYPE_ARRAY
+    attr[1] = 4; // key size
+    attr[2] = 4; // value size
+    attr[3] = 1; // max entries
+    // SAFETY: BPF_MAP_CREATE reads `size_of_val(&attr)` bytes of the zero-padded attribute.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            0, // BPF_MAP_CREATE
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if fd < 0 {
+        let err = std::io::Error::last_os_error();
+        bail!(
+            "this kernel refuses eBPF ({err}): kproxy needs a kernel built with \
+             CONFIG_BPF_SYSCALL (and TCX, Linux ≥ 6.6), not in a container without CAP_BPF"
+        );
+    }
+    // SAFETY: closing the descriptor the syscall just returned.
+    unsafe { libc::close(fd as libc::c_int) };
+    Ok(())
+}
+
+/// An exclusive lock on [`LOCK_FILE`] for this run; a second run finds it held and says so.
+struct RunLock(#[allow(dead_code, reason = "held for the flock")] std::fs::File);
+
+impl RunLock {
+    fn acquire() -> Result<Self> {
+        use std::io::{Read as _, Seek as _, Write as _};
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(LOCK_FILE)
+            .with_context(|| format!("open {LOCK_FILE}"))?;
+        // SAFETY: flock on a descriptor we own; the lock goes with the file.
+        if unsafe {
+            libc::flock(
+                std::os::fd::AsRawFd::as_raw_fd(&file),
+                libc::LOCK_EX | libc::LOCK_NB,
+            )
+        } != 0
+        {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            bail!(
+                "a cluster is already running here (`cargo xtask run`, pid {}): use it, or stop \
+                 it with Ctrl-C in its terminal first",
+                pid.trim()
+            );
+        }
+        file.set_len(0)?;
+        file.rewind()?;
+        write!(file, "{}", std::process::id())?;
+        Ok(Self(file))
+    }
+}
+
+/// Fails naming the port and its owner if a component's address is taken.
+fn check_ports() -> Result<()> {
+    let wanted: [(&str, &str); 4] = [
+        ("127.0.0.1:6443", "the API server"),
+        ("0.0.0.0:10250", "the kubelet's log/exec endpoint"),
+        ("0.0.0.0:10262", "kproxy's node endpoint (kctl lb)"),
+        (KPROXY_METRICS, "kproxy's metrics"),
+    ];
+    for (addr, what) in wanted {
+        let sa: SocketAddr = addr.parse().expect("a socket address");
+        if let Err(e) = TcpListener::bind(sa) {
+            let owner = port_owner(sa.port())
+                .map(|o| format!(" by {o}"))
+                .unwrap_or_default();
+            bail!(
+                "port {} ({what}) is taken{owner}: {e}; stop that process first",
+                sa.port()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `pid N (comm)` of the process listening on TCP `port`, if /proc tells.
+fn port_owner(port: u16) -> Option<String> {
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state), Some(inode)) = (f.get(1), f.get(3), f.get(9)) else {
+                continue;
+            };
+            let lport = local
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            // 0A: TCP_LISTEN.
+            if lport == Some(port) && *state == "0A" {
+                inodes.push(format!("socket:[{inode}]"));
+            }
+        }
+    }
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let target = std::fs::read_link(fd.path()).unwrap_or_default();
+            if inodes.iter().any(|i| target.as_os_str() == i.as_str()) {
+                let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+                return Some(format!("pid {pid} ({})", comm.trim()));
+            }
+        }
+    }
+    None
+}
+
+/// `kctl` on PATH: a link to this tree's release build (an existing file that is not our link
+/// is left alone).
+fn link_kctl(kctl: &Path) -> Result<()> {
+    let link = Path::new(KCTL_LINK);
+    match std::fs::read_link(link) {
+        Ok(target) if target == kctl => return Ok(()),
+        Ok(_) => std::fs::remove_file(link).with_context(|| format!("replace {KCTL_LINK}"))?,
+        Err(_) if link.exists() => {
+            println!(
+                "run: {KCTL_LINK} exists and is not a link; leaving it (use {})",
+                kctl.display()
+            );
+            return Ok(());
+        }
+        Err(_) => {}
+    }
+    std::os::unix::fs::symlink(kctl, link).with_context(|| format!("link {KCTL_LINK}"))?;
+    println!(
+        "run: installed kctl on PATH ({KCTL_LINK} → {})",
+        kctl.display()
+    );
+    Ok(())
+}
+
+/// `--reset`: the previous cluster's pods (containers), kproxy's pinned maps and all state.
+fn reset(kproxy: &Path) -> Result<()> {
+    step(&format!(
+        "run --reset: removing the previous cluster: its pods' containers, kproxy's pinned maps, {STATE_DIR}"
+    ));
+    let _ = Command::new(kproxy)
+        .args(["cleanup", "--maps"])
+        .stdout(Stdio::null())
+        .status();
+    let removed = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(remove_pod_containers())?;
+    println!("run --reset: removed {removed} pod containers");
+    match std::fs::remove_dir_all(STATE_DIR) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("remove {STATE_DIR}"));
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Removes every container a kproxy kubelet made (they carry the node label).
+async fn remove_pod_containers() -> Result<usize> {
+    use bollard::query_parameters::{ListContainersOptionsBuilder, RemoveContainerOptionsBuilder};
+    let docker = crate::images::connect().await?;
+    let filters = std::collections::HashMap::from([("label", vec!["io.kproxy.node"])]);
+    let list = docker
+        .list_containers(Some(
+            ListContainersOptionsBuilder::new()
+                .all(true)
+                .filters(&filters)
+                .build(),
+        ))
+        .await
+        .context("list the kubelet's containers")?;
+    let mut n = 0;
+    for c in list {
+        let Some(id) = c.id else { continue };
+        docker
+            .remove_container(
+                &id,
+                Some(RemoveContainerOptionsBuilder::new().force(true).build()),
+            )
+            .await
+            .with_context(|| format!("remove container {id}"))?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// One supervised process: its command line, log and the line that says it is ready.
+struct Component {
+    name: &'static str,
+    bin: PathBuf,
+    args: Vec<String>,
+    log: String,
+    ready: &'static str,
+    child: Option<Child>,
+    /// Where this start's part of the (appended) log begins.
+    log_offset: u64,
+    started: Instant,
+    /// Restarts in a row of a component that died soon after starting.
+    quick_deaths: u32,
+    retry_at: Option<Instant>,
+}
+
+impl Component {
+    fn new(
+        name: &'static str,
+        bin: PathBuf,
+        args: &[&str],
+        log: &str,
+        ready: &'static str,
+    ) -> Self {
+        Self {
+            name,
+            bin,
+            args: args.iter().map(|a| (*a).to_string()).collect(),
+            log: format!("{LOG_DIR}/{log}"),
+            ready,
+            child: None,
+            log_offset: 0,
+            started: Instant::now(),
+            quick_deaths: 0,
+            retry_at: None,
+        }
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        std::fs::create_dir_all(LOG_DIR).with_context(|| format!("create {LOG_DIR}"))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .with_context(|| format!("open {}", self.log))?;
+        self.log_offset = log.metadata().map(|m| m.len()).unwrap_or(0);
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            // Its own process group: the terminal's Ctrl-C reaches only `run`, which stops
+            // the components in order.
+            .process_group(0);
+        // SAFETY: prctl is async-signal-safe; it makes the component die with `run` (even
+        // if `run` is killed) instead of outliving it unsupervised.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        self.child = Some(
+            cmd.spawn()
+                .with_context(|| format!("start {}", self.bin.display()))?,
+        );
+        self.started = Instant::now();
+        Ok(())
+    }
+
+    /// Whether this start's part of the log has the ready line yet.
+    fn logged_ready(&self) -> bool {
+        let Ok(mut f) = std::fs::File::open(&self.log) else {
+            return false;
+        };
+        use std::io::Seek as _;
+        if f.seek(std::io::SeekFrom::Start(self.log_offset)).is_err() {
+            return false;
+        }
+        BufReader::new(f)
+            .lines()
+            .map_while(Result::ok)
+            .any(|l| l.contains(self.ready))
+    }
+
+    /// The exit status if the process ended.
+    fn exited(&mut self) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        let status = child.try_wait().ok().flatten()?;
+        self.child = None;
+        Some(status)
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`.
+    fn stop(&mut self, grace: Duration) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        println!("run: {} did not stop in {grace:?}; killing it", self.name);
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// Waits until every component in `comps` logged its ready line (30 s at most each).
+fn wait_ready(comps: &mut [&mut Component]) -> Result<()> {
+    let started = Instant::now();
+    let mut pending: Vec<usize> = (0..comps.len()).collect();
+    while !pending.is_empty() {
+        if stop_requested() {
+            bail!("interrupted while starting");
+        }
+        let mut still = Vec::new();
+        for i in pending {
+            let c = &mut comps[i];
+            if let Some(status) = c.exited() {
+                bail!("{} exited while starting ({status}); see {}", c.name, c.log);
+            }
+            if !c.logged_ready() {
+                still.push(i);
+            }
+        }
+        pending = still;
+        if started.elapsed() > Duration::from_secs(30) {
+            let names: Vec<&str> = pending.iter().map(|&i| comps[i].name).collect();
+            bail!("not ready after 30 s: {}; see {LOG_DIR}/", names.join(", "));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
+/// This host's node name, as the kubelet derives it.
+fn node_name() -> Result<String> {
+    Ok(std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .context("read the host name")?
+        .trim()
+        .to_lowercase())
+}
+
+/// Writes a kubeconfig with `kproxy-apiserver SUBCOMMAND [ARG] --out PATH`.
+fn write_kubeconfig(apiserver: &Path, what: &[&str], out: &str) -> Result<()> {
+    run_cmd(
+        Command::new(apiserver)
+            .args(what)
+            .args(["--out", out, "--data-dir", APISERVER_DATA])
+            .stdout(Stdio::null()),
+    )
+    .with_context(|| format!("write {out} (kproxy-apiserver {})", what.join(" ")))
+}
+
+/// Waits until the Node object says Ready and the API server and kproxy answer their health
+/// checks.
+fn wait_healthy(node: &str) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let config = kube::Config::from_custom_kubeconfig(
+            kube::config::Kubeconfig::read_from(CONTROL_KUBECONFIG)?,
+            &kube::config::KubeConfigOptions::default(),
+        )
+        .await?;
+        let client = kube::Client::try_from(config)?;
+        let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
+        let started = Instant::now();
+        loop {
+            let ready = match nodes.get_opt(node).await? {
+                Some(n) => n
+                    .status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True"),
+                None => false,
+            };
+            let readyz = client
+                .request_text(http::Request::get("/readyz").body(Vec::new())?)
+                .await
+                .is_ok_and(|t| t.trim() == "ok");
+            let kproxy = http_ok(KPROXY_METRICS, "/healthz").await;
+            if ready && readyz && kproxy {
+                return Ok(());
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                bail!(
+                    "not healthy after 30 s: node Ready {ready}, API server /readyz {readyz}, \
+                     kproxy /healthz {kproxy}; see {LOG_DIR}/"
+                );
+            }
+            if stop_requested() {
+                bail!("interrupted while starting");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+}
+
+/// Whether `GET path` on plain-HTTP `addr` answers 200.
+async fn http_ok(addr: &str, path: &str) -> bool {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+        return false;
+    };
+    let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut buf)).await;
+    buf.starts_with(b"HTTP/1.1 200") || buf.starts_with(b"HTTP/1.0 200")
+}
+
+pub fn run(args: &RunArgs) -> Result<()> {
+    let t0 = Instant::now();
+    preflight()?;
+    let _lock = RunLock::acquire()?;
+    check_ports()?;
     setup(&SetupArgs::default())?;
-    step("run: building kproxy and kctl (release; includes the eBPF programs)");
+    step("run: building the components and kctl (release; includes the eBPF programs)");
     run_cmd(cargo().args(["build", "--release", "--bins"]))?;
     let bin_dir: PathBuf = workspace_root().join("target/release");
     let kproxy = bin_dir.join("kproxy");
+    let apiserver_bin = bin_dir.join("kproxy-apiserver");
+    if args.reset {
+        reset(&kproxy)?;
+    }
+    link_kctl(&bin_dir.join("kctl"))?;
 
     let uplink = match &args.uplink {
         Some(iface) => {
@@ -105,266 +578,225 @@ pub fn run(args: &RunArgs) -> Result<()> {
             LAB_UPLINK.to_string()
         }
     };
-
-    let apiserver = start_apiserver(&bin_dir)?;
-    let (controller_manager, scheduler) = start_controllers(&bin_dir)?;
+    install_stop_handlers();
     let node = node_name()?;
-    let kubelet = start_kubelet(&bin_dir, &node)?;
-    let pod_manifest = demo_pod_manifest()?;
+    let node_kubeconfig = format!("{KUBELET_DATA}/kubeconfig");
+    let mut comps = [
+        Component::new(
+            "the API server",
+            apiserver_bin.clone(),
+            &[
+                "serve",
+                "--data-dir",
+                APISERVER_DATA,
+                "--bind",
+                "127.0.0.1:6443",
+            ],
+            "apiserver.log",
+            "API server ready",
+        ),
+        Component::new(
+            "the controller manager",
+            bin_dir.join("kproxy-controller-manager"),
+            &["--kubeconfig", CONTROL_KUBECONFIG],
+            "controller-manager.log",
+            "controller manager ready",
+        ),
+        Component::new(
+            "the scheduler",
+            bin_dir.join("kproxy-scheduler"),
+            &["--kubeconfig", CONTROL_KUBECONFIG],
+            "scheduler.log",
+            "scheduler ready",
+        ),
+        Component::new(
+            "the kubelet",
+            bin_dir.join("kproxy-kubelet"),
+            &[
+                "--kubeconfig",
+                &node_kubeconfig,
+                "--data-dir",
+                KUBELET_DATA,
+                "--node-name",
+                &node,
+            ],
+            "kubelet.log",
+            "kubelet ready",
+        ),
+        Component::new(
+            "kproxy",
+            kproxy.clone(),
+            &[
+                "node",
+                "--kubeconfig",
+                &node_kubeconfig,
+                "--node-name",
+                &node,
+                "--uplink",
+                &uplink,
+                "--xdp-mode",
+                &args.xdp_mode,
+                // Pod veths get the per-packet programs as the kubelet creates them;
+                // socket-LB stays in the host's namespace, so the lab client namespace
+                // (another host) takes the uplink path.
+                "--pod-bridge",
+                "kbr0",
+                "--socket-lb-scope",
+                "host",
+                "--metrics-addr",
+                KPROXY_METRICS,
+            ],
+            "kproxy.log",
+            "initial sync done",
+        ),
+    ];
+    let started = start_all(&mut comps, &apiserver_bin, &node, &node_kubeconfig, &uplink);
+    if let Err(e) = started {
+        stop_all(&mut comps, &kproxy, args.uplink.is_none());
+        return Err(e);
+    }
+    println!(
+        "{READY_LINE} in {:.2} s: node {node} is Ready, all components healthy",
+        t0.elapsed().as_secs_f64()
+    );
+    print_next_steps(&node, args.uplink.is_none());
 
-    step(&format!(
-        "run: starting kproxy node on {uplink}: Services and EndpointSlices from the API server \
-         (socket-LB for this host's namespace, tc on pod veths, XDP + tc on the uplink, log \
-         {KPROXY_LOG})"
-    ));
-    let mut child = start_daemon(
-        "kproxy",
-        &kproxy,
-        &[
-            "node",
-            "--kubeconfig",
-            &format!("{KUBELET_DATA}/kubeconfig"),
-            "--node-name",
-            &node,
-            "--uplink",
-            &uplink,
-            "--xdp-mode",
-            &args.xdp_mode,
-            // Pod veths get the per-packet programs, as the kubelet creates them; socket-LB
-            // stays in the host's namespace, so the lab client namespace (another host)
-            // takes the uplink path.
-            "--pod-bridge",
-            "kbr0",
-            "--socket-lb-scope",
-            "host",
-            "--metrics-addr",
-            "127.0.0.1:9962",
-        ],
-        KPROXY_LOG,
-        "initial sync done",
-    )?;
-    // Ctrl-C reaches every child (same process group); we wait for kproxy and then stop the
-    // others in order.
-    // SAFETY: ignoring SIGINT in this process only; no handler code runs.
-    unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
-    let kctl = bin_dir.join("kctl");
-    let kctl = kctl.display();
-    let k = kproxy.display();
-    println!("\nThe cluster is running: this host is node {node} (master and worker).");
-    println!("Try, in another terminal:");
-    println!("  {kctl} create deployment httpd --image=httpd");
-    println!("  {kctl} expose deployment httpd --type=LoadBalancer --port=80");
-    println!("  {kctl} get svc httpd          # CLUSTER-IP and EXTERNAL-IP (from 172.30.0.0/24)");
-    println!("  curl http://<CLUSTER-IP>/     # balanced by kproxy's socket-LB");
-    println!("  curl http://<EXTERNAL-IP>/    # the LoadBalancer address, from the host too");
-    if args.uplink.is_none() {
-        println!(
-            "  ip netns exec {LAB_NETNS} curl http://<EXTERNAL-IP>/   # from another host: XDP"
-        );
-    }
-    println!("  {kctl} rollout restart deployment httpd; {kctl} rollout status deployment httpd");
-    println!(
-        "  {kctl} create -f {}   # a single pod",
-        pod_manifest.display()
-    );
-    println!("  {kctl} get pods -o wide; {kctl} logs <pod>; {kctl} exec <pod> -- /bin/busybox ps");
-    println!("  {k} dump                       # the eBPF service table with counters");
-    println!("  curl -s 127.0.0.1:9962/metrics | grep -E 'kubeproxy|kproxy_service'");
-    println!("  kubectl get svc,deploy,pods      # the real kubectl (context `kproxy`)");
-    println!("  tail -f {LOG_DIR}/*.log");
-    println!(
-        "Ctrl-C stops the components (pods keep running in Docker and are adopted next time).\n"
-    );
-    let status = child.wait().context("wait for kproxy")?;
-    // kproxy leaves its datapath attached on exit (so restarts keep flows); `run` owns this
-    // node, so detach it. The pinned maps stay for the next run.
-    let _ = Command::new(&kproxy).arg("cleanup").status();
-    // The kubelet first: its pods keep running and are adopted by the next run.
-    for mut child in [kubelet, scheduler, controller_manager, apiserver] {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-        let _ = child.wait();
-    }
-    println!("run: pods keep running in Docker; the next `cargo xtask run` adopts them");
-    if args.uplink.is_none() {
-        remove_lab_uplink();
-    }
-    println!("run: kproxy exited ({status})");
+    supervise(&mut comps);
+    stop_all(&mut comps, &kproxy, args.uplink.is_none());
     Ok(())
 }
 
-const LOG_DIR: &str = "/var/log/kproxy";
-const APISERVER_LOG: &str = "/var/log/kproxy/apiserver.log";
-const APISERVER_DATA: &str = "/var/lib/kproxy/apiserver";
-const KUBELET_LOG: &str = "/var/log/kproxy/kubelet.log";
-const KPROXY_LOG: &str = "/var/log/kproxy/kproxy.log";
-const CONTROLLER_MANAGER_LOG: &str = "/var/log/kproxy/controller-manager.log";
-const SCHEDULER_LOG: &str = "/var/log/kproxy/scheduler.log";
-/// The admin kubeconfig the scheduler and the controller manager use (not the user's, whose
-/// current context may change).
-const CONTROL_KUBECONFIG: &str = "/var/lib/kproxy/controller-manager/kubeconfig";
-const KUBELET_DATA: &str = "/var/lib/kproxy/kubelet";
-
-/// Starts `bin args` with stderr appended to `log` and waits until this run's part of the log
-/// contains `ready` (30 s at most).
-fn start_daemon(
-    what: &str,
-    bin: &std::path::Path,
-    args: &[&str],
-    log_path: &str,
-    ready: &str,
-) -> Result<std::process::Child> {
-    std::fs::create_dir_all(LOG_DIR).with_context(|| format!("create {LOG_DIR}"))?;
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log_path)
-        .with_context(|| format!("open {log_path}"))?;
-    // Only this run's lines count: the log is appended to across runs.
-    let offset = log.metadata().map(|m| m.len() as usize).unwrap_or(0);
-    let mut child = Command::new(bin)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .with_context(|| format!("start {}", bin.display()))?;
-    let started = std::time::Instant::now();
-    loop {
-        if let Some(status) = child.try_wait()? {
-            bail!("the {what} exited ({status}); see {log_path}");
-        }
-        let log = std::fs::read(log_path).unwrap_or_default();
-        let ours = String::from_utf8_lossy(log.get(offset..).unwrap_or_default());
-        if ours.contains(ready) {
-            return Ok(child);
-        }
-        if started.elapsed() > std::time::Duration::from_secs(30) {
-            let _ = child.kill();
-            bail!("the {what} did not become ready in 30 s; see {log_path}");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-}
-
-/// Starts the API server (state in /var/lib/kproxy/apiserver, kept across runs) and waits until
-/// it answers; it merges the `kproxy` context into the kubeconfig and makes it current.
-fn start_apiserver(bin_dir: &std::path::Path) -> Result<std::process::Child> {
+/// Starts the API server, then the others side by side, and waits until the cluster serves.
+fn start_all(
+    comps: &mut [Component; 5],
+    apiserver_bin: &Path,
+    node: &str,
+    node_kubeconfig: &str,
+    uplink: &str,
+) -> Result<()> {
+    let [api, cm, sched, kubelet, kproxy] = comps;
     step(&format!(
-        "run: starting the API server on https://127.0.0.1:6443 (state {APISERVER_DATA}, log {APISERVER_LOG})"
+        "run: starting the API server on https://127.0.0.1:6443 (state {APISERVER_DATA}, log {})",
+        api.log
     ));
-    let child = start_daemon(
-        "API server",
-        &bin_dir.join("kproxy-apiserver"),
-        &[
-            "serve",
-            "--data-dir",
-            APISERVER_DATA,
-            "--bind",
-            "127.0.0.1:6443",
-        ],
-        APISERVER_LOG,
-        "API server ready",
-    )?;
+    api.spawn()?;
+    wait_ready(&mut [&mut *api])?;
     println!(
         "run: API server ready; kubeconfig context `kproxy` is current (kctl and kubectl use it)"
     );
-    Ok(child)
-}
-
-/// Starts the controller manager (Deployments, ReplicaSets, EndpointSlices, LoadBalancer IPs
-/// from 172.30.0.0/24, node IPAM from 10.244.0.0/16, node lifecycle) and the scheduler, both
-/// with an admin kubeconfig, and waits until their caches are synced.
-fn start_controllers(
-    bin_dir: &std::path::Path,
-) -> Result<(std::process::Child, std::process::Child)> {
-    run_cmd(
-        Command::new(bin_dir.join("kproxy-apiserver"))
-            .args([
-                "admin-kubeconfig",
-                "--out",
-                CONTROL_KUBECONFIG,
-                "--data-dir",
-                APISERVER_DATA,
-            ])
-            .stdout(Stdio::null()),
-    )
-    .context("write the controllers' kubeconfig (kproxy-apiserver admin-kubeconfig)")?;
+    write_kubeconfig(apiserver_bin, &["admin-kubeconfig"], CONTROL_KUBECONFIG)?;
+    write_kubeconfig(apiserver_bin, &["node-kubeconfig", node], node_kubeconfig)?;
     step(&format!(
-        "run: starting the controller manager (LoadBalancer pool 172.30.0.0/24, pod CIDRs from 10.244.0.0/16, log {CONTROLLER_MANAGER_LOG})"
+        "run: starting the controller manager (LoadBalancer pool {LB_POOL}, pod CIDRs from \
+         10.244.0.0/16), the scheduler, the kubelet for node {node} (bridge kbr0, state \
+         {KUBELET_DATA}) and kproxy node on {uplink} (socket-LB for this host's namespace, tc \
+         on pod veths, XDP + tc on the uplink); logs in {LOG_DIR}/"
     ));
-    let cm = start_daemon(
-        "controller manager",
-        &bin_dir.join("kproxy-controller-manager"),
-        &["--kubeconfig", CONTROL_KUBECONFIG],
-        CONTROLLER_MANAGER_LOG,
-        "controller manager ready",
-    )?;
-    step(&format!(
-        "run: starting the scheduler (log {SCHEDULER_LOG})"
-    ));
-    let sched = start_daemon(
-        "scheduler",
-        &bin_dir.join("kproxy-scheduler"),
-        &["--kubeconfig", CONTROL_KUBECONFIG],
-        SCHEDULER_LOG,
-        "scheduler ready",
-    )?;
-    Ok((cm, sched))
+    for c in [&mut *cm, &mut *sched, &mut *kubelet, &mut *kproxy] {
+        c.spawn()?;
+    }
+    wait_ready(&mut [cm, sched, kubelet, kproxy])?;
+    wait_healthy(node)
 }
 
-/// This host's node name, as the kubelet derives it.
-fn node_name() -> Result<String> {
-    Ok(std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .context("read the host name")?
-        .trim()
-        .to_lowercase())
+/// Restarts a component that exits until Ctrl-C; one that keeps dying soon after starting
+/// waits 1, 2, 4 … 30 s between attempts.
+fn supervise(comps: &mut [Component]) {
+    while !stop_requested() {
+        for c in comps.iter_mut() {
+            if let Some(status) = c.exited() {
+                let lived = c.started.elapsed();
+                c.quick_deaths = if lived < Duration::from_secs(30) {
+                    c.quick_deaths + 1
+                } else {
+                    0
+                };
+                let delay = match c.quick_deaths {
+                    0 | 1 => Duration::ZERO,
+                    n => Duration::from_secs(1 << (n - 2).min(5)).min(Duration::from_secs(30)),
+                };
+                println!(
+                    "run: {} exited ({status}) after {:.1} s; restarting it{} (log {})",
+                    c.name,
+                    lived.as_secs_f64(),
+                    if delay.is_zero() {
+                        String::new()
+                    } else {
+                        format!(" in {} s", delay.as_secs())
+                    },
+                    c.log
+                );
+                c.retry_at = Some(Instant::now() + delay);
+            }
+            if c.child.is_none() && c.retry_at.is_some_and(|t| Instant::now() >= t) {
+                c.retry_at = None;
+                let back = c.spawn().and_then(|()| wait_ready(&mut [&mut *c]));
+                match back {
+                    Ok(()) => println!("run: {} is running again", c.name),
+                    Err(e) if stop_requested() => {
+                        println!("run: stopping while {} restarts: {e:#}", c.name)
+                    }
+                    Err(e) => {
+                        println!("run: restarting {} failed: {e:#}", c.name);
+                        if let Some(mut child) = c.child.take() {
+                            let _ = child.kill();
+                            let _ = child.wait();
+                        }
+                        c.quick_deaths += 1;
+                        c.retry_at = Some(Instant::now() + Duration::from_secs(5));
+                    }
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
-/// Starts the kubelet for this host with its own node token (created on first use), so this
-/// host is master and worker at once.
-fn start_kubelet(bin_dir: &std::path::Path, node: &str) -> Result<std::process::Child> {
-    step(&format!(
-        "run: starting the kubelet for node {node} (bridge kbr0, pod CIDR from node IPAM, state {KUBELET_DATA}, log {KUBELET_LOG})"
-    ));
-    let path = format!("{KUBELET_DATA}/kubeconfig");
-    run_cmd(
-        Command::new(bin_dir.join("kproxy-apiserver"))
-            .args([
-                "node-kubeconfig",
-                node,
-                "--out",
-                &path,
-                "--data-dir",
-                APISERVER_DATA,
-            ])
-            .stdout(Stdio::null()),
-    )
-    .context("write the kubelet's kubeconfig (kproxy-apiserver node-kubeconfig)")?;
-    let child = start_daemon(
-        "kubelet",
-        &bin_dir.join("kproxy-kubelet"),
-        &[
-            "--kubeconfig",
-            &path,
-            "--data-dir",
-            KUBELET_DATA,
-            "--node-name",
-            node,
-        ],
-        KUBELET_LOG,
-        "kubelet ready",
-    )?;
-    println!("run: kubelet ready; node {node} is Ready");
-    Ok(child)
+/// Stops kproxy first (and detaches its programs; its pinned maps stay for the next run),
+/// then the kubelet (its pods keep running and are adopted next time), the scheduler, the
+/// controller manager and the API server; removes the lab uplink and the keep-local routes.
+fn stop_all(comps: &mut [Component], kproxy: &Path, lab: bool) {
+    println!("\nrun: stopping the cluster");
+    for c in comps.iter_mut().rev() {
+        c.stop(Duration::from_secs(15));
+        if c.name == "kproxy" {
+            let _ = Command::new(kproxy)
+                .arg("cleanup")
+                .stdout(Stdio::null())
+                .status();
+        }
+    }
+    for cidr in [SERVICE_CIDR, LB_POOL] {
+        let _ = Command::new("ip")
+            .args(["route", "del", "unreachable", cidr])
+            .stderr(Stdio::null())
+            .status();
+    }
+    if lab {
+        remove_lab_uplink();
+    }
+    println!(
+        "run: stopped; pods keep running in Docker and state stays in {STATE_DIR}: the next \
+         `cargo xtask run` resumes this cluster (`--reset` starts from scratch)"
+    );
 }
 
-/// A demo pod, written on every run.
-fn demo_pod_manifest() -> Result<PathBuf> {
-    let dir = workspace_root().join("target/kproxy");
-    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-    let path = dir.join("pod.yaml");
-    let text = "# A pod: httpd (busybox) serving a page with the pod's name.\n\
-apiVersion: v1\nkind: Pod\nmetadata: {name: web, labels: {app: web}}\nspec:\n  containers:\n  - name: httpd\n    image: httpd\n    ports: [{containerPort: 80}]\n    readinessProbe: {httpGet: {path: /, port: 80}, periodSeconds: 2}\n";
-    std::fs::write(&path, text).with_context(|| format!("write {}", path.display()))?;
-    Ok(path)
+fn print_next_steps(node: &str, lab: bool) {
+    println!("\nThis host is node {node} (master and worker). Logs: {LOG_DIR}/*.log");
+    println!("Try, in another terminal:");
+    println!("  kctl create deployment httpd --image=httpd");
+    println!("  kctl expose deployment httpd --type=LoadBalancer --port=80");
+    println!("  kctl get svc httpd          # CLUSTER-IP and EXTERNAL-IP (from {LB_POOL})");
+    println!("  curl http://<CLUSTER-IP>/   # balanced by kproxy's socket-LB");
+    println!("  curl http://<EXTERNAL-IP>/  # the LoadBalancer address, from the host too");
+    if lab {
+        println!(
+            "  ip netns exec {LAB_NETNS} curl http://<EXTERNAL-IP>/   # from another host: XDP + tc"
+        );
+    }
+    println!("  kctl scale deployment httpd --replicas=3; kctl lb   # the service table, counters");
+    println!("  kctl bench svc/httpd        # service hop vs pod-direct: connections/s, latency");
+    println!("  kctl rollout restart deployment httpd; kctl rollout status deployment httpd");
+    println!("  kubectl get svc,deploy,pods # the real kubectl (context `kproxy`)");
+    println!("Ctrl-C stops the cluster (pods keep running and are adopted next time).\n");
 }

@@ -3,9 +3,12 @@
 //! linked statically into `FROM scratch` images, so they use only std and libc.
 //!
 //! This library holds their pure logic (argument parsing, the echo protocol) so it can be
-//! unit-tested; the binaries only do I/O.
+//! unit-tested; the binaries only do I/O. The load engine ([`load`]) is shared with `kctl
+//! bench`, which runs it in a pod through `kecho load` and locally for the client namespace.
 
 pub mod echo;
+pub mod http;
+pub mod load;
 pub mod pause;
 
 /// The pod's name: `POD_NAME` when set and non-empty, else the hostname (the kubelet sets

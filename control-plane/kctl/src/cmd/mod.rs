@@ -1,6 +1,7 @@
 //! One module per command.
 
 pub mod apply;
+pub mod bench;
 pub mod create;
 pub mod delete;
 pub mod describe;
@@ -11,6 +12,7 @@ pub mod lb;
 pub mod logs;
 pub mod rollout;
 pub mod scale;
+pub mod set;
 pub mod version;
 
 use anyhow::Result;
@@ -29,6 +31,8 @@ pub enum Command {
     Expose(expose::ExposeArgs),
     /// Set a new size for a deployment or replica set.
     Scale(scale::ScaleArgs),
+    /// Set specific features on objects (`set image`).
+    Set(set::SetArgs),
     /// Manage the rollout of a deployment (status, history, undo, restart).
     Rollout(rollout::RolloutArgs),
     /// Delete resources by names, selectors or files.
@@ -39,6 +43,9 @@ pub enum Command {
     Logs(logs::LogsArgs),
     /// Print a node's service load-balancing table (kproxy): frontends, backends, counters.
     Lb(lb::LbArgs),
+    /// Measure a service: new connections/s, requests/s and latency to the ClusterIP, to one
+    /// pod directly and to the EXTERNAL-IP, side by side (kproxy).
+    Bench(bench::BenchArgs),
     /// Execute a command in a container.
     Exec(exec::ExecArgs),
     /// Print the client and server version.
@@ -62,11 +69,13 @@ pub async fn run(global: &GlobalOpts, command: Command) -> Result<()> {
         Command::Create(args) => create::run(&mut ctx, args).await,
         Command::Expose(args) => expose::run(&mut ctx, args).await,
         Command::Scale(args) => scale::run(&mut ctx, args).await,
+        Command::Set(args) => set::run(&mut ctx, args).await,
         Command::Rollout(args) => rollout::run(&mut ctx, args).await,
         Command::Delete(args) => delete::run(&mut ctx, args).await,
         Command::Apply(args) => apply::run(&mut ctx, args).await,
         Command::Logs(args) => logs::run(&mut ctx, args).await,
         Command::Lb(args) => lb::run(&mut ctx, args).await,
+        Command::Bench(args) => bench::run(&mut ctx, args).await,
         Command::Exec(args) => exec::run(&mut ctx, args).await,
         // Handled before connecting (version) or without a runtime (completion).
         Command::Version(_) | Command::Completion { .. } => Ok(()),

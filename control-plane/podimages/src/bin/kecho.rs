@@ -1,5 +1,9 @@
 //! `kecho`: TCP/UDP/HTTP echo server naming the pod and the peer it sees (see
 //! `kproxy_podimages::echo`). One thread per TCP connection: tiny and dependency-free.
+//!
+//! Client mode for pods that need one (the images have no curl): `kecho get URL` prints the
+//! body of an HTTP/1.0 GET; `kecho load ... NAME=IP:PORT...` measures connections and
+//! requests per second (see `kproxy_podimages::load`), printing JSON lines.
 
 use std::{
     io::{self, BufRead as _, BufReader, Read as _, Write as _},
@@ -11,6 +15,8 @@ use std::{
 
 use kproxy_podimages::{
     echo::{Sniff, greeting, head_complete, http_response, port_from, sniff},
+    http::{HttpUrl, get_request, parse_response},
+    load::{self, Event, LoadConfig},
     pod_name,
 };
 
@@ -108,8 +114,100 @@ extern "C" fn on_term(_: libc::c_int) {
     unsafe { libc::_exit(0) };
 }
 
+/// The whole `kecho get` exchange may take this long.
+const GET_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `kecho get URL`: the response body, or a one-line error.
+fn get(args: &[String]) -> Result<Vec<u8>, String> {
+    let [url] = args else {
+        return Err("usage: kecho get http://IP:PORT/PATH".to_string());
+    };
+    let url = HttpUrl::parse(url).map_err(|e| e.to_string())?;
+    let deadline = std::time::Instant::now() + GET_TIMEOUT;
+    let left = || {
+        deadline
+            .checked_duration_since(std::time::Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| format!("{}: no response within {GET_TIMEOUT:?}", url.addr))
+    };
+    let mut stream = TcpStream::connect_timeout(&url.addr, GET_TIMEOUT)
+        .map_err(|e| format!("connect {}: {e}", url.addr))?;
+    stream
+        .set_write_timeout(Some(left()?))
+        .and_then(|()| stream.write_all(&get_request(&url.host(), &url.path)))
+        .map_err(|e| format!("send to {}: {e}", url.addr))?;
+    let mut resp = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        stream
+            .set_read_timeout(Some(left()?))
+            .map_err(|e| format!("{}: {e}", url.addr))?;
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => resp.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if is_timeout(&e) => {
+                return Err(format!("{}: no response within {GET_TIMEOUT:?}", url.addr));
+            }
+            Err(e) => return Err(format!("read from {}: {e}", url.addr)),
+        }
+    }
+    parse_response(&resp)
+        .map(<[u8]>::to_vec)
+        .map_err(|e| format!("GET {}{}: {e}", url.addr, url.path))
+}
+
+/// `kecho load`: one JSON line per progress report and per target result on stdout.
+fn load(args: &[String]) -> i32 {
+    let cfg = match LoadConfig::from_args(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("kecho: {e}");
+            return 2;
+        }
+    };
+    eprintln!(
+        "kecho: load: {} connections, {:?} per target in {} rounds, about {:?} in all",
+        cfg.connections,
+        cfg.duration,
+        cfg.rounds,
+        cfg.total()
+    );
+    let mut stdout = io::stdout();
+    let mut broken = false;
+    load::run(&cfg, &mut |event| {
+        let line = match event {
+            Event::Progress(p) => p.to_json(),
+            Event::Result(r) => r.to_json(),
+        };
+        // Stdout is line-buffered: each line leaves as soon as it is written.
+        if !broken && writeln!(stdout, "{line}").is_err() {
+            broken = true;
+        }
+    });
+    i32::from(broken)
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a == "load") {
+        std::process::exit(load(&args[1..]));
+    }
+    if args.first().is_some_and(|a| a == "get") {
+        match get(&args[1..]) {
+            Ok(body) => {
+                let mut out = io::stdout().lock();
+                if out.write_all(&body).and_then(|()| out.flush()).is_err() {
+                    std::process::exit(1);
+                }
+                std::process::exit(0);
+            }
+            Err(e) => {
+                eprintln!("kecho: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
     let port = match port_from(&args, std::env::var("PORT").ok().as_deref()) {
         Ok(p) => p,
         Err(e) => {

@@ -1,0 +1,937 @@
+//! `kctl bench svc/NAME`: what the service hop costs. A load client pod (`kecho load`, see
+//! `kproxy_podimages::load`) on the node of one of the service's ready endpoints measures new
+//! connections/s, requests/s and request latency to that pod directly and to the ClusterIP,
+//! interleaved in rounds; for a LoadBalancer service kctl itself then measures the
+//! EXTERNAL-IP from the client network namespace. The table puts them side by side with the
+//! ratios `ClusterIP ÷ pod` (and `external-ip ÷ pod`).
+
+use std::fmt::Write as _;
+use std::io::{IsTerminal as _, Write as _};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use futures::AsyncBufReadExt as _;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kproxy_podimages::load::{self, LoadConfig, Target};
+use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use crate::client::Ctx;
+use crate::output;
+use crate::tabwriter::TabWriter;
+
+/// The client namespace `cargo xtask run` creates at the other end of the node's uplink.
+const DEFAULT_CLIENT_NETNS: &str = "kproxy-client";
+const NETNS_DIR: &str = "/run/netns";
+const IMAGE: &str = "kecho:latest";
+/// How long the bench pod may take to start.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// Without a terminal the progress line is repeated at most this often.
+const PLAIN_PROGRESS_EVERY: Duration = Duration::from_secs(3);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchOutput {
+    Json,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// The service: svc/NAME, service/NAME or NAME.
+    pub target: String,
+    /// Concurrent connections (workers) per measurement.
+    #[arg(long, default_value_t = load::DEFAULT_CONNECTIONS)]
+    pub connections: usize,
+    /// Measuring time per target (both phases, all rounds): 6s, 500ms, 1m.
+    #[arg(long, default_value = "6s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// The service port (number or name; default: the first TCP port).
+    #[arg(long)]
+    pub port: Option<String>,
+    /// The HTTP path requested.
+    #[arg(long, default_value = "/")]
+    pub path: String,
+    /// The network namespace (/run/netns/NAME) the EXTERNAL-IP is measured from (default:
+    /// kproxy-client when it exists).
+    #[arg(long, value_name = "NAME")]
+    pub client_netns: Option<String>,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum)]
+    pub output: Option<BenchOutput>,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    load::parse_duration(s).map_err(|e| e.to_string())
+}
+
+// === plan ===
+
+/// What to measure, from the Service and its EndpointSlices.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub service: String,
+    /// The ready endpoint measured directly.
+    pub pod: SocketAddr,
+    /// The node of that endpoint: the bench pod runs there.
+    pub node: String,
+    pub cluster_ip: SocketAddr,
+    /// `LBIP:PORT` for a LoadBalancer service with an ingress IP.
+    pub external: Option<SocketAddr>,
+}
+
+/// `svc/NAME`, `service/NAME`, `services/NAME` or `NAME`.
+pub fn service_name(target: &str) -> Result<&str> {
+    let name = match target.split_once('/') {
+        Some(("svc" | "service" | "services", name)) => name,
+        Some((kind, _)) => bail!("kctl bench measures services, not {kind:?} (use svc/NAME)"),
+        None => target,
+    };
+    if name.is_empty() {
+        bail!("no service name in {target:?} (use svc/NAME)");
+    }
+    Ok(name)
+}
+
+/// Picks the port, a ready endpoint and the addresses to measure.
+pub fn plan(svc: &Service, slices: &[EndpointSlice], port: Option<&str>) -> Result<Plan> {
+    let name = svc.metadata.name.clone().unwrap_or_default();
+    let spec = svc.spec.as_ref().context("the service has no spec")?;
+    let cluster_ip = match spec.cluster_ip.as_deref() {
+        None | Some("") => bail!("service {name} has no ClusterIP yet"),
+        Some("None") => {
+            bail!(
+                "service {name} is headless (clusterIP: None): there is no service hop to measure"
+            )
+        }
+        Some(ip) => ip
+            .parse::<IpAddr>()
+            .with_context(|| format!("service {name}: bad ClusterIP {ip:?}"))?,
+    };
+    let ports = spec.ports.as_deref().unwrap_or_default();
+    let is_tcp = |p: &&k8s_openapi::api::core::v1::ServicePort| {
+        p.protocol.as_deref().unwrap_or("TCP") == "TCP"
+    };
+    let sp = match port {
+        Some(want) => ports
+            .iter()
+            .find(|p| p.port.to_string() == want || p.name.as_deref() == Some(want))
+            .with_context(|| {
+                let have: Vec<String> = ports.iter().map(|p| p.port.to_string()).collect();
+                format!(
+                    "service {name} has no port {want:?} (ports: {})",
+                    have.join(", ")
+                )
+            })?,
+        None => ports
+            .iter()
+            .find(is_tcp)
+            .with_context(|| format!("service {name} has no TCP port"))?,
+    };
+    if !is_tcp(&sp) {
+        bail!("port {} of service {name} is not TCP", sp.port);
+    }
+    let service_port = u16::try_from(sp.port).context("service port out of range")?;
+    let port_name = sp.name.as_deref().unwrap_or("");
+    // The endpoint port is the slice's port with the service port's name.
+    let mut candidates = Vec::new();
+    for slice in slices {
+        if slice.address_type != "IPv4" && slice.address_type != "IPv6" {
+            continue;
+        }
+        let Some(ep_port) = slice.ports.as_deref().unwrap_or_default().iter().find(|p| {
+            p.name.as_deref().unwrap_or("") == port_name
+                && p.protocol.as_deref().unwrap_or("TCP") == "TCP"
+        }) else {
+            continue;
+        };
+        let Some(ep_port) = ep_port.port.and_then(|p| u16::try_from(p).ok()) else {
+            continue;
+        };
+        for ep in &slice.endpoints {
+            let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+            let (Some(node), Some(ip)) = (ep.node_name.as_ref(), ep.addresses.first()) else {
+                continue;
+            };
+            if let (true, Ok(ip)) = (ready, ip.parse::<IpAddr>()) {
+                candidates.push((SocketAddr::new(ip, ep_port), node.clone()));
+            }
+        }
+    }
+    // Deterministic: the same endpoint for the same state.
+    candidates.sort();
+    let (pod, node) = candidates.into_iter().next().with_context(|| {
+        format!("service {name} has no ready endpoint on port {service_port} (nothing to measure)")
+    })?;
+    let external = if spec.type_.as_deref() == Some("LoadBalancer") {
+        svc.status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref())
+            .and_then(|i| {
+                i.iter()
+                    .find_map(|i| i.ip.as_deref()?.parse::<IpAddr>().ok())
+            })
+            .map(|ip| SocketAddr::new(ip, service_port))
+    } else {
+        None
+    };
+    Ok(Plan {
+        service: name,
+        pod,
+        node,
+        cluster_ip: SocketAddr::new(cluster_ip, service_port),
+        external,
+    })
+}
+
+// === results ===
+
+/// One phase of a target, as `kecho load` prints it.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+pub struct PhaseOut {
+    pub ok: u64,
+    pub failed: u64,
+    pub seconds: f64,
+    pub per_second: f64,
+    pub p50_us: Option<u32>,
+    pub p90_us: Option<u32>,
+    pub p99_us: Option<u32>,
+    pub first_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+pub struct TargetOut {
+    pub target: String,
+    pub address: String,
+    pub connections: PhaseOut,
+    pub requests: PhaseOut,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct ProgressOut {
+    pub target: String,
+    pub phase: String,
+    pub round: u32,
+    pub rounds: u32,
+    pub slice: u32,
+    pub slices: u32,
+    pub ok: u64,
+    pub failed: u64,
+    pub per_second: f64,
+}
+
+/// A line of `kecho load`'s output.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Line {
+    Progress(ProgressOut),
+    Result(TargetOut),
+}
+
+/// A JSON line of the engine, `None` for anything else (the pod's own messages).
+#[must_use]
+pub fn parse_line(line: &str) -> Option<Line> {
+    let line = line.trim();
+    line.starts_with('{')
+        .then(|| serde_json::from_str(line).ok())
+        .flatten()
+}
+
+/// `part ÷ whole`, when both measured something.
+#[must_use]
+pub fn ratio(part: f64, whole: f64) -> Option<f64> {
+    (whole > 0.0 && part.is_finite()).then(|| part / whole)
+}
+
+fn rate(v: f64) -> String {
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "a rate shown as a whole number"
+    )]
+    let n = v.round().max(0.0) as u64;
+    // Thousands separators: 12,345.
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn latency(us: Option<u32>) -> String {
+    match us {
+        None => "-".to_string(),
+        Some(us) if us < 1000 => format!("{us}µs"),
+        Some(us) if us < 1_000_000 => format!("{:.2}ms", f64::from(us) / 1000.0),
+        Some(us) => format!("{:.2}s", f64::from(us) / 1_000_000.0),
+    }
+}
+
+/// Labels for the ratio lines.
+fn label(target: &str) -> &str {
+    match target {
+        "clusterip" => "ClusterIP",
+        "external-ip" => "EXTERNAL-IP",
+        other => other,
+    }
+}
+
+/// The table and the ratios against `pod`; `notes` are printed under them.
+#[must_use]
+pub fn render(results: &[TargetOut], notes: &[String]) -> String {
+    let mut t = String::from("TARGET\tADDRESS\tCONN/S\tREQ/S\tP50\tP90\tP99\tFAILED\n");
+    for r in results {
+        let _ = writeln!(
+            t,
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            r.target,
+            r.address,
+            rate(r.connections.per_second),
+            rate(r.requests.per_second),
+            latency(r.requests.p50_us),
+            latency(r.requests.p90_us),
+            latency(r.requests.p99_us),
+            r.connections.failed + r.requests.failed
+        );
+    }
+    let mut out = TabWriter::new(6, 3).format(&t);
+    out.push_str("(P50/P90/P99: request latency, connect to last byte)\n");
+    if let Some(pod) = results.iter().find(|r| r.target == "pod") {
+        let mut lines = String::new();
+        for r in results.iter().filter(|r| r.target != "pod") {
+            let show = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.2}"));
+            let _ = writeln!(
+                lines,
+                "{} ÷ pod:\tnew connections/s {}\trequests/s {}",
+                label(&r.target),
+                show(ratio(r.connections.per_second, pod.connections.per_second)),
+                show(ratio(r.requests.per_second, pod.requests.per_second)),
+            );
+        }
+        if !lines.is_empty() {
+            out.push('\n');
+            out.push_str(&TabWriter::new(0, 2).format(&lines));
+        }
+    }
+    let mut failures = false;
+    for r in results {
+        for (phase, p) in [("connections", &r.connections), ("requests", &r.requests)] {
+            if p.failed > 0 {
+                failures = true;
+                let _ = writeln!(
+                    out,
+                    "{}: {} of {} {phase} failed; first error: {}",
+                    r.target,
+                    p.failed,
+                    p.failed + p.ok,
+                    p.first_error.as_deref().unwrap_or("(none recorded)")
+                );
+            }
+        }
+    }
+    if failures {
+        out.push_str(
+            "note: a failed operation stalls its worker (up to its timeout), so a target with failures shows lower rates than its path allows\n",
+        );
+    }
+    for n in notes {
+        let _ = writeln!(out, "{n}");
+    }
+    out
+}
+
+/// `-o json`: the plan, every result, the ratios and the notes.
+#[must_use]
+pub fn to_json(plan: &Plan, results: &[TargetOut], notes: &[String]) -> serde_json::Value {
+    let pod = results.iter().find(|r| r.target == "pod");
+    let ratios: serde_json::Map<String, serde_json::Value> = results
+        .iter()
+        .filter(|r| r.target != "pod")
+        .filter_map(|r| {
+            let pod = pod?;
+            Some((
+                r.target.clone(),
+                json!({
+                    "connectionsPerSecond": ratio(r.connections.per_second, pod.connections.per_second),
+                    "requestsPerSecond": ratio(r.requests.per_second, pod.requests.per_second),
+                }),
+            ))
+        })
+        .collect();
+    json!({
+        "service": plan.service,
+        "node": plan.node,
+        "results": results,
+        "ratiosToPod": ratios,
+        "notes": notes,
+    })
+}
+
+// === progress ===
+
+/// The progress line on stderr: rewritten in place on a terminal, else repeated now and then.
+struct ProgressLine {
+    tty: bool,
+    last: Option<Instant>,
+    shown: bool,
+}
+
+impl ProgressLine {
+    fn new() -> Self {
+        Self {
+            tty: std::io::stderr().is_terminal(),
+            last: None,
+            shown: false,
+        }
+    }
+
+    fn show(&mut self, text: &str) {
+        let mut err = std::io::stderr().lock();
+        if self.tty {
+            let _ = write!(err, "\r{text}\x1b[K");
+            self.shown = true;
+        } else if self
+            .last
+            .is_none_or(|t| t.elapsed() >= PLAIN_PROGRESS_EVERY)
+        {
+            let _ = writeln!(err, "{text}");
+            self.last = Some(Instant::now());
+        }
+        let _ = err.flush();
+    }
+
+    fn clear(&mut self) {
+        if self.shown {
+            let _ = write!(std::io::stderr(), "\r\x1b[K");
+            self.shown = false;
+        }
+    }
+}
+
+/// `bench svc/web [pod 3/12] clusterip requests, round 2/3: 4,553/s, 0 failed`
+#[must_use]
+pub fn progress_text(service: &str, where_: &str, p: &ProgressOut) -> String {
+    format!(
+        "bench svc/{service} [{where_} {}/{}] {} {}, round {}/{}: {}/s, {} failed",
+        p.slice,
+        p.slices,
+        p.target,
+        p.phase,
+        p.round,
+        p.rounds,
+        rate(p.per_second),
+        p.failed
+    )
+}
+
+// === run ===
+
+pub async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<()> {
+    let name = service_name(&args.target)?;
+    let ns = ctx.namespace.clone();
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
+    let svc = services.get(name).await?;
+    let slices: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), &ns);
+    let lp = ListParams::default().labels(&format!("kubernetes.io/service-name={name}"));
+    let slices = slices
+        .list(&lp)
+        .await
+        .with_context(|| format!("listing the EndpointSlices of service {name}"))?
+        .items;
+    let plan = plan(&svc, &slices, args.port.as_deref())?;
+    let in_pod = LoadConfig {
+        connections: args.connections,
+        duration: args.duration,
+        path: args.path.clone(),
+        ..LoadConfig::new(vec![
+            Target {
+                name: "pod".into(),
+                addr: plan.pod,
+            },
+            Target {
+                name: "clusterip".into(),
+                addr: plan.cluster_ip,
+            },
+        ])
+    };
+    in_pod.validate().map_err(|e| anyhow!("{e}"))?;
+    let mut notes = Vec::new();
+    let external = external_netns(&plan, args.client_netns.as_deref(), &mut notes);
+
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let pod = pods
+        .create(&PostParams::default(), &bench_pod(&plan, &in_pod)?)
+        .await
+        .context("creating the bench pod")?;
+    let pod_name = pod.metadata.name.clone().unwrap_or_default();
+    if args.output.is_none() {
+        eprintln!(
+            "bench svc/{}: pod {pod_name} on node {} measures {} (pod) and {} (ClusterIP), {} connections, {:?} each",
+            plan.service, plan.node, plan.pod, plan.cluster_ip, in_pod.connections, in_pod.duration
+        );
+    }
+    let mut progress = ProgressLine::new();
+    let outcome = tokio::select! {
+        r = measure_in_pod(&pods, &pod_name, &plan, &in_pod, &mut progress) => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
+    };
+    progress.clear();
+    // Always: a bench pod left behind would keep loading the service.
+    if let Err(e) = pods
+        .delete(&pod_name, &DeleteParams::default().grace_period(0))
+        .await
+        && !crate::errors::is_not_found(&e)
+    {
+        eprintln!("warning: could not delete bench pod {pod_name}: {e}");
+    }
+    let mut results = outcome?;
+
+    if let Some((netns, addr)) = external {
+        let local = LoadConfig {
+            targets: vec![Target {
+                name: "external-ip".into(),
+                addr,
+            }],
+            ..in_pod.clone()
+        };
+        let outcome = tokio::select! {
+            r = measure_from_netns(&netns, local, &plan, &mut progress) => r,
+            _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
+        };
+        progress.clear();
+        match outcome {
+            Ok(r) => results.extend(r),
+            Err(e) => notes.push(format!("external-ip: skipped: {e:#}")),
+        }
+    }
+    match args.output {
+        Some(BenchOutput::Json) => output::emit(&format!(
+            "{}\n",
+            output::to_json(&to_json(&plan, &results, &notes))?
+        )),
+        None => output::emit(&render(&results, &notes)),
+    }
+}
+
+/// The client namespace to measure the EXTERNAL-IP from, or a note saying why not.
+fn external_netns(
+    plan: &Plan,
+    requested: Option<&str>,
+    notes: &mut Vec<String>,
+) -> Option<(PathBuf, SocketAddr)> {
+    let addr = plan.external?;
+    let name = requested.unwrap_or(DEFAULT_CLIENT_NETNS);
+    let path = Path::new(NETNS_DIR).join(name);
+    if name.contains('/') || !path.exists() {
+        notes.push(format!(
+            "external-ip {addr}: skipped: no network namespace {} (name one with --client-netns)",
+            path.display()
+        ));
+        return None;
+    }
+    Some((path, addr))
+}
+
+fn bench_pod(plan: &Plan, cfg: &LoadConfig) -> Result<Pod> {
+    let mut args = vec!["load".to_string()];
+    args.extend(cfg.to_args());
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "generateName": "kctl-bench-",
+            "labels": {"app.kubernetes.io/managed-by": "kctl-bench"},
+        },
+        "spec": {
+            "nodeName": plan.node,
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 0,
+            "containers": [{
+                "name": "load",
+                "image": IMAGE,
+                "imagePullPolicy": "IfNotPresent",
+                "args": args,
+            }],
+        },
+    }))
+    .context("building the bench pod")
+}
+
+/// Waits until the container runs or has run; fails on a pod that cannot start.
+async fn wait_started(pods: &Api<Pod>, name: &str) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        let pod = pods.get(name).await.context("reading the bench pod")?;
+        let status = pod.status.unwrap_or_default();
+        let cs = status
+            .container_statuses
+            .unwrap_or_default()
+            .into_iter()
+            .next();
+        if let Some(state) = cs.and_then(|c| c.state) {
+            if state.running.is_some() || state.terminated.is_some() {
+                return Ok(());
+            }
+            if let Some(w) = state.waiting {
+                let reason = w.reason.unwrap_or_default();
+                if matches!(
+                    reason.as_str(),
+                    "ErrImagePull"
+                        | "ImagePullBackOff"
+                        | "InvalidImageName"
+                        | "CreateContainerError"
+                ) {
+                    bail!(
+                        "bench pod {name} cannot start: {reason}: {} (the node needs image {IMAGE}: cargo xtask images)",
+                        w.message.unwrap_or_default()
+                    );
+                }
+            }
+        }
+        if status.phase.as_deref() == Some("Failed") {
+            bail!(
+                "bench pod {name} failed: {}",
+                status.message.unwrap_or_default()
+            );
+        }
+        if started.elapsed() > START_TIMEOUT {
+            bail!("bench pod {name} did not start within {START_TIMEOUT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Runs `kecho load` in the bench pod and collects its results from the pod's log.
+async fn measure_in_pod(
+    pods: &Api<Pod>,
+    name: &str,
+    plan: &Plan,
+    cfg: &LoadConfig,
+    progress: &mut ProgressLine,
+) -> Result<Vec<TargetOut>> {
+    progress.show(&format!(
+        "bench svc/{}: starting pod {name} ...",
+        plan.service
+    ));
+    wait_started(pods, name).await?;
+    let lp = LogParams {
+        follow: true,
+        ..Default::default()
+    };
+    let log = pods
+        .log_stream(name, &lp)
+        .await
+        .with_context(|| format!("following the log of bench pod {name}"))?;
+    // The stream type is not Unpin: pin it.
+    let mut lines = Box::pin(log).lines();
+    let mut results = Vec::new();
+    let mut other = Vec::new();
+    while let Some(line) = futures::TryStreamExt::try_next(&mut lines)
+        .await
+        .with_context(|| format!("reading the log of bench pod {name}"))?
+    {
+        match parse_line(&line) {
+            Some(Line::Progress(p)) => progress.show(&progress_text(&plan.service, "pod", &p)),
+            Some(Line::Result(r)) => results.push(r),
+            None => other.push(line),
+        }
+    }
+    if results.len() < cfg.targets.len() {
+        let status = pods
+            .get(name)
+            .await
+            .ok()
+            .and_then(|p| p.status)
+            .and_then(|s| s.container_statuses)
+            .and_then(|c| c.into_iter().next())
+            .and_then(|c| c.state)
+            .and_then(|s| s.terminated)
+            .map(|t| format!(" (exit code {})", t.exit_code))
+            .unwrap_or_default();
+        bail!(
+            "bench pod {name} ended without all results{status}; its log:\n{}",
+            other.join("\n")
+        );
+    }
+    Ok(results)
+}
+
+/// Runs the engine in a thread that entered `netns`, reporting through the same lines as the
+/// pod.
+async fn measure_from_netns(
+    netns: &Path,
+    cfg: LoadConfig,
+    plan: &Plan,
+    progress: &mut ProgressLine,
+) -> Result<Vec<TargetOut>> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Result<String, String>>();
+    let path = netns.to_path_buf();
+    // A dedicated OS thread: setns changes the calling thread only, and the engine blocks.
+    std::thread::Builder::new()
+        .name("bench-netns".into())
+        .spawn(move || {
+            if let Err(e) = enter_netns(&path) {
+                let _ = tx.send(Err(e));
+                return;
+            }
+            load::run(&cfg, &mut |event| {
+                let line = match event {
+                    load::Event::Progress(p) => p.to_json(),
+                    load::Event::Result(r) => r.to_json(),
+                };
+                let _ = tx.send(Ok(line));
+            });
+        })
+        .context("starting the client-namespace thread")?;
+    let mut results = Vec::new();
+    while let Some(msg) = rx.recv().await {
+        match parse_line(&msg.map_err(|e| anyhow!(e))?) {
+            Some(Line::Progress(p)) => {
+                progress.show(&progress_text(&plan.service, "client netns", &p));
+            }
+            Some(Line::Result(r)) => results.push(r),
+            None => {}
+        }
+    }
+    if results.is_empty() {
+        bail!("the client-namespace run ended without a result");
+    }
+    Ok(results)
+}
+
+fn enter_netns(path: &Path) -> Result<(), String> {
+    let f = std::fs::File::open(path).map_err(|e| format!("open {}: {e}", path.display()))?;
+    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
+        if e == nix::errno::Errno::EPERM {
+            format!("entering {} needs root (CAP_SYS_ADMIN)", path.display())
+        } else {
+            format!("setns {}: {e}", path.display())
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(v: serde_json::Value) -> Service {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn web_svc(kind: &str, cluster_ip: &str) -> Service {
+        service(json!({
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"type": kind, "clusterIP": cluster_ip,
+                     "ports": [{"name": "udp", "port": 53, "protocol": "UDP"},
+                               {"name": "http", "port": 80, "targetPort": 8080}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "198.19.0.10"}]}},
+        }))
+    }
+
+    fn slice(endpoints: serde_json::Value) -> EndpointSlice {
+        serde_json::from_value(json!({
+            "metadata": {"name": "web-abc"},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"},
+                      {"name": "udp", "port": 5353, "protocol": "UDP"}],
+            "endpoints": endpoints,
+        }))
+        .unwrap()
+    }
+
+    fn ep(ip: &str, node: &str, ready: bool) -> serde_json::Value {
+        json!({"addresses": [ip], "nodeName": node, "conditions": {"ready": ready}})
+    }
+
+    #[test]
+    fn service_names() {
+        assert_eq!(service_name("svc/web").unwrap(), "web");
+        assert_eq!(service_name("service/web").unwrap(), "web");
+        assert_eq!(service_name("web").unwrap(), "web");
+        let e = service_name("deploy/web").unwrap_err().to_string();
+        assert!(e.contains("not \"deploy\""), "{e}");
+        assert!(service_name("svc/").is_err());
+    }
+
+    #[test]
+    fn plan_picks_a_ready_endpoint_and_the_tcp_port() {
+        let slices = [slice(json!([
+            ep("10.244.0.9", "node-b", false),
+            ep("10.244.0.7", "node-a", true),
+            ep("10.244.0.8", "node-a", true),
+        ]))];
+        let p = plan(&web_svc("LoadBalancer", "10.96.0.20"), &slices, None).unwrap();
+        assert_eq!(p.service, "web");
+        assert_eq!(p.pod, "10.244.0.7:8080".parse().unwrap());
+        assert_eq!(p.node, "node-a");
+        assert_eq!(p.cluster_ip, "10.96.0.20:80".parse().unwrap());
+        assert_eq!(p.external, Some("198.19.0.10:80".parse().unwrap()));
+        // By name or number; ClusterIP services have no external target.
+        let p = plan(&web_svc("ClusterIP", "10.96.0.20"), &slices, Some("http")).unwrap();
+        assert_eq!((p.cluster_ip.port(), p.external), (80, None));
+        assert!(plan(&web_svc("ClusterIP", "10.96.0.20"), &slices, Some("80")).is_ok());
+    }
+
+    #[test]
+    fn plan_errors_are_clear() {
+        let ready = [slice(json!([ep("10.244.0.7", "node-a", true)]))];
+        let err = |svc: &Service, slices: &[EndpointSlice], port| {
+            plan(svc, slices, port).unwrap_err().to_string()
+        };
+        let e = err(&web_svc("ClusterIP", "None"), &ready, None);
+        assert!(e.contains("headless"), "{e}");
+        let e = err(&web_svc("ClusterIP", ""), &ready, None);
+        assert!(e.contains("no ClusterIP"), "{e}");
+        let unready = [slice(json!([ep("10.244.0.7", "node-a", false)]))];
+        let e = err(&web_svc("ClusterIP", "10.96.0.20"), &unready, None);
+        assert!(e.contains("no ready endpoint"), "{e}");
+        let e = err(&web_svc("ClusterIP", "10.96.0.20"), &[], None);
+        assert!(e.contains("no ready endpoint"), "{e}");
+        let e = err(&web_svc("ClusterIP", "10.96.0.20"), &ready, Some("8443"));
+        assert!(
+            e.contains("no port \"8443\"") && e.contains("53, 80"),
+            "{e}"
+        );
+        let e = err(&web_svc("ClusterIP", "10.96.0.20"), &ready, Some("udp"));
+        assert!(e.contains("not TCP"), "{e}");
+    }
+
+    #[test]
+    fn bad_durations_are_rejected() {
+        assert_eq!(parse_duration("6s"), Ok(Duration::from_secs(6)));
+        let e = parse_duration("fast").unwrap_err();
+        assert!(e.contains("6s, 500ms or 1m"), "{e}");
+        // Too short for 3 rounds of two phases: refused before a pod is created.
+        let cfg = LoadConfig {
+            duration: Duration::from_millis(300),
+            ..LoadConfig::new(vec![Target::parse("pod=10.0.0.1:80").unwrap()])
+        };
+        assert!(cfg.validate().unwrap_err().to_string().contains("600ms"));
+    }
+
+    fn phase(per_second: f64, failed: u64) -> PhaseOut {
+        PhaseOut {
+            ok: 100,
+            failed,
+            seconds: 1.0,
+            per_second,
+            p50_us: Some(850),
+            p90_us: Some(1500),
+            p99_us: Some(2_500_000),
+            first_error: (failed > 0).then(|| "connect: Connection refused".to_string()),
+        }
+    }
+
+    #[test]
+    fn engine_lines_parse() {
+        let r = load::TargetResult {
+            target: "clusterip".into(),
+            address: "10.96.0.20:80".parse().unwrap(),
+            connections: load::PhaseStats {
+                ok: 3,
+                elapsed: Duration::from_secs(1),
+                latencies_us: vec![5, 6, 7],
+                ..Default::default()
+            }
+            .summary(),
+            requests: load::PhaseStats::default().summary(),
+        };
+        let Some(Line::Result(out)) = parse_line(&r.to_json()) else {
+            panic!("{}", r.to_json());
+        };
+        assert_eq!(out.target, "clusterip");
+        assert_eq!(out.address, "10.96.0.20:80");
+        assert_eq!(out.connections.ok, 3);
+        assert_eq!(out.connections.p50_us, Some(6));
+        assert_eq!(out.requests.p50_us, None);
+        let p = load::Progress {
+            target: "pod".into(),
+            phase: load::Phase::Requests,
+            round: 2,
+            rounds: 3,
+            slice: 6,
+            slices: 12,
+            ok: 10,
+            failed: 1,
+            per_second: 12345.4,
+        };
+        let Some(Line::Progress(out)) = parse_line(&p.to_json()) else {
+            panic!("{}", p.to_json());
+        };
+        assert_eq!(
+            progress_text("web", "pod", &out),
+            "bench svc/web [pod 6/12] pod requests, round 2/3: 12,345/s, 1 failed"
+        );
+        assert_eq!(parse_line("kecho: load: 8 connections"), None);
+        assert_eq!(parse_line("{not json"), None);
+    }
+
+    #[test]
+    fn table_and_ratios() {
+        let results = vec![
+            TargetOut {
+                target: "pod".into(),
+                address: "10.244.0.7:8080".into(),
+                connections: phase(5000.0, 0),
+                requests: phase(4000.0, 0),
+            },
+            TargetOut {
+                target: "clusterip".into(),
+                address: "10.96.0.20:80".into(),
+                connections: phase(4900.0, 0),
+                requests: phase(3600.0, 2),
+            },
+        ];
+        let out = render(&results, &["external-ip: skipped: no netns".into()]);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            lines[0],
+            "TARGET      ADDRESS           CONN/S   REQ/S   P50     P90      P99     FAILED"
+        );
+        assert_eq!(
+            lines[1],
+            "pod         10.244.0.7:8080   5,000    4,000   850µs   1.50ms   2.50s   0"
+        );
+        assert!(
+            lines[2].starts_with("clusterip   10.96.0.20:80     4,900    3,600 "),
+            "{out}"
+        );
+        assert!(lines[2].ends_with("   2"), "{out}");
+        assert!(
+            out.contains("ClusterIP ÷ pod:  new connections/s 0.98  requests/s 0.90\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "clusterip: 2 of 102 requests failed; first error: connect: Connection refused"
+            ),
+            "{out}"
+        );
+        assert!(out.contains("\nnote: a failed operation stalls"), "{out}");
+        assert!(out.ends_with("external-ip: skipped: no netns\n"), "{out}");
+        let plan = Plan {
+            service: "web".into(),
+            pod: "10.244.0.7:8080".parse().unwrap(),
+            node: "node-a".into(),
+            cluster_ip: "10.96.0.20:80".parse().unwrap(),
+            external: None,
+        };
+        let j = to_json(&plan, &results, &[]);
+        assert_eq!(
+            j["ratiosToPod"]["clusterip"]["connectionsPerSecond"],
+            json!(0.98)
+        );
+        assert_eq!(j["results"][1]["requests"]["failed"], json!(2));
+        assert_eq!(ratio(1.0, 0.0), None);
+        assert_eq!(rate(999.6), "1,000");
+        assert_eq!(rate(1_234_567.0), "1,234,567");
+    }
+}

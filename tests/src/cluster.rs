@@ -1,0 +1,411 @@
+//! A whole one-node cluster with kproxy as its service proxy, on this machine's real kernel:
+//! a real API server, controller manager (deployment, replicaset, endpointslice, lbipam),
+//! scheduler and kubelet running Docker pods on a test bridge; `kproxy node` with the node's
+//! kubeconfig, XDP/tc on a test uplink (a veth whose peer is a client namespace standing for
+//! another host on the node's segment), the pod programs on the kubelet's bridge, socket-LB
+//! scoped to a test cgroup, and its node endpoint (`kctl lb`) on a free loopback port.
+//!
+//! It runs in the machine's root namespace, so every address is a test-only range probed free
+//! first (198.19.0.0/16, RFC 2544 benchmarking space): the service CIDR is one /24, the uplink
+//! another, and the LoadBalancer pool a /28 of the uplink's /24 (the client's on-link
+//! segment). kproxy keeps the service CIDR and the pool local (`unreachable` routes), so an
+//! untranslated packet to either is refused on the host, never forwarded. Socket-LB never
+//! attaches to the cgroup root. Tests check each target with [`assert_unreachable_here`] or
+//! [`assert_route`] before sending anything to it.
+//!
+//! Dropping a [`Cluster`] (also when a test panics) stops kproxy first, then removes the
+//! routes, pins, cgroup, uplink and client namespace, the kubelet's pods and bridge, the
+//! control plane and its data directory.
+
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use serde_json::Value;
+
+use crate::{
+    BpffsDir, Daemon, NetNs,
+    apiserver::{ApiServer, TempDir},
+    bin,
+    control::{controller_manager, scheduler},
+    eventually,
+    kubelet::Kubelet,
+    lab::{Cgroup, kproxy_dump},
+    sh, unique,
+};
+
+/// A /24 in 198.19.0.0/16 that no address or route on this host falls into yet. Starts at a
+/// per-process offset so concurrent test binaries pick different ones.
+#[must_use]
+pub fn free_net() -> u32 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = std::process::id().wrapping_mul(53);
+    for _ in 0..256 {
+        let n = base.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed)) % 256;
+        let cidr = format!("198.19.{n}.0/24");
+        let addrs = sh(Command::new("ip").args(["-4", "-o", "addr", "show", "to", &cidr]));
+        let routes =
+            sh(Command::new("ip").args(["-4", "route", "show", "table", "all", "root", &cidr]));
+        if addrs.trim().is_empty() && routes.trim().is_empty() {
+            return n;
+        }
+    }
+    panic!("no free /24 in 198.19.0.0/16");
+}
+
+/// A free TCP port on loopback (bound and released: good enough between tests).
+#[must_use]
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// The uplink: a veth whose host end (`host_if`, in the root namespace, `198.19.NET.1`) is
+/// kproxy's `--uplink`, and whose other end is `eth0` (`198.19.NET.2`) of the client
+/// namespace. Deleting the host end on drop removes both (the namespace goes with its own
+/// guard).
+pub struct Uplink {
+    pub host_if: String,
+    pub client: NetNs,
+    pub net: u32,
+}
+
+impl Uplink {
+    #[must_use]
+    pub fn new(net: u32) -> Self {
+        let client = NetNs::new("kpt-cpc");
+        let host_if = unique("kpu");
+        assert!(
+            host_if.len() <= 15,
+            "{host_if} is too long for an interface"
+        );
+        let up = Self {
+            host_if,
+            client,
+            net,
+        };
+        sh(Command::new("ip").args([
+            "link",
+            "add",
+            &up.host_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            up.client.name(),
+        ]));
+        sh(Command::new("ip").args([
+            "addr",
+            "add",
+            &format!("{}/24", up.host_ip()),
+            "dev",
+            &up.host_if,
+        ]));
+        sh(Command::new("ip").args(["link", "set", &up.host_if, "up"]));
+        up.client.ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", up.client_ip()),
+            "dev",
+            "eth0",
+        ]);
+        up.client.ip(&["link", "set", "eth0", "up"]);
+        up
+    }
+
+    /// The host end's address (the node's address on the segment: NodePorts answer here).
+    #[must_use]
+    pub fn host_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::new(198, 19, self.octet(), 1)
+    }
+
+    /// The client namespace's address.
+    #[must_use]
+    pub fn client_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::new(198, 19, self.octet(), 2)
+    }
+
+    fn octet(&self) -> u8 {
+        u8::try_from(self.net).expect("a /24 number is a byte")
+    }
+
+    #[must_use]
+    pub fn host_mac(&self) -> String {
+        let link: Value = serde_json::from_str(&sh(Command::new("ip").args([
+            "-j",
+            "link",
+            "show",
+            "dev",
+            &self.host_if,
+        ])))
+        .expect("ip -j link");
+        link[0]["address"]
+            .as_str()
+            .expect("the uplink has a MAC")
+            .to_string()
+    }
+}
+
+impl Drop for Uplink {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .status();
+    }
+}
+
+/// kproxy's `unreachable` routes for the test's ranges (`--keep-local`), removed on drop even
+/// when kproxy could not remove them.
+pub struct KeepLocal(pub Vec<String>);
+
+impl Drop for KeepLocal {
+    fn drop(&mut self) {
+        for cidr in &self.0 {
+            let _ = Command::new("ip")
+                .args(["route", "del", "unreachable", cidr])
+                .status();
+        }
+    }
+}
+
+/// Runs a command and returns its output whatever its exit status.
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+/// `target` must meet the keep-local route `cidr` on this host: kproxy's `unreachable` route
+/// for it is installed, and `ip route get` of `target` fails with EHOSTUNREACH, so an
+/// untranslated packet to it is refused here instead of leaving by the default route.
+pub fn assert_unreachable_here(target: Ipv4Addr, cidr: &str) {
+    let routes = sh(Command::new("ip").args(["-4", "route", "show", "type", "unreachable"]));
+    assert!(
+        routes
+            .lines()
+            .any(|l| l.split_whitespace().nth(1) == Some(cidr)),
+        "unreachable route for {cidr} missing:\n{routes}"
+    );
+    let out = run(Command::new("ip").args(["-4", "route", "get", &target.to_string()]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("No route to host"),
+        "{target} must hit the unreachable route: {}{stderr}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// `ip route get` of `target`, run by `ip` (in some namespace), must leave through `dev`
+/// without a gateway other than `via` (if given).
+pub fn assert_route(mut ip: Command, target: Ipv4Addr, dev: &str, via: Option<Ipv4Addr>) {
+    let out = sh(ip.args(["-4", "route", "get", &target.to_string()]));
+    let words: Vec<&str> = out.split_whitespace().collect();
+    let field = |name: &str| {
+        words
+            .iter()
+            .position(|w| *w == name)
+            .and_then(|i| words.get(i + 1).copied())
+    };
+    assert_eq!(
+        field("dev"),
+        Some(dev),
+        "{target} must leave via {dev}: {out}"
+    );
+    assert_eq!(
+        field("via"),
+        via.map(|v| v.to_string()).as_deref(),
+        "{target}: unexpected gateway: {out}"
+    );
+}
+
+/// The running cluster. Fields are dropped in declaration order: kproxy first (it detaches
+/// from the cgroup and uplink and removes its routes), the control plane and its files last.
+pub struct Cluster {
+    /// `kproxy node`, with its log.
+    pub kproxy: Daemon,
+    _keep_local: KeepLocal,
+    bpffs: BpffsDir,
+    cgroup: Cgroup,
+    pub uplink: Uplink,
+    pub kubelet: Kubelet,
+    _scheduler: Daemon,
+    _controller_manager: Daemon,
+    pub api: ApiServer,
+    /// 198.19.`svc_net`.0/24 is the service CIDR.
+    pub svc_net: u32,
+    /// kproxy's node endpoint port on 127.0.0.1 (`kctl lb NODE --port PORT`).
+    pub serve_port: u16,
+    svc_cidr: String,
+    pool: String,
+    dir: TempDir,
+}
+
+impl Cluster {
+    /// Starts every component and returns once kproxy has done its initial sync and serves
+    /// its node endpoint. `prefix` names the test's scratch directory and pins.
+    #[must_use]
+    pub fn start(prefix: &str) -> Self {
+        let svc_net = free_net();
+        let up_net = free_net();
+        let svc_cidr = format!("198.19.{svc_net}.0/24");
+        // The pool is part of the uplink's /24 (the client's on-link segment), away from the
+        // two addresses the veth ends use.
+        let pool = format!("198.19.{up_net}.128/28");
+
+        let dir = TempDir::new(prefix);
+        let api = ApiServer::start(dir.path(), &["--service-cidr", &svc_cidr]);
+        let controller_manager = controller_manager(
+            &api,
+            &[
+                "--controllers",
+                "deployment,replicaset,endpointslice,lbipam",
+                "--lb-pool",
+                &pool,
+                "--service-cidr",
+                &svc_cidr,
+            ],
+        );
+        let scheduler = scheduler(&api, &[]);
+        let kubelet = Kubelet::start(&api, &[]);
+        let uplink = Uplink::new(up_net);
+        let cgroup = Cgroup::new();
+        let bpffs = BpffsDir::new(prefix);
+        let keep_local = KeepLocal(vec![svc_cidr.clone(), pool.clone()]);
+
+        // kproxy authenticates as the kubelet's node.
+        let kubeconfig: PathBuf = dir.path().join("node-kubeconfig");
+        sh(Command::new(bin("kproxy-apiserver"))
+            .args(["node-kubeconfig", &kubelet.node, "--out"])
+            .arg(&kubeconfig)
+            .args(["--server", &api.url, "--data-dir"])
+            .arg(&api.data_dir));
+        // The API server reaches the endpoint at the Node's InternalIP (the kubelet's
+        // `--node-ip 127.0.0.1`) and this port.
+        let serve_port = free_port();
+        let mut cmd = Command::new(bin("kproxy"));
+        cmd.arg("--bpffs")
+            .arg(bpffs.path())
+            .args(["node", "--kubeconfig"])
+            .arg(&kubeconfig)
+            .args(["--node-name", &kubelet.node]);
+        for cidr in &keep_local.0 {
+            cmd.args(["--keep-local", cidr]);
+        }
+        cmd.args([
+            "--serve-addr",
+            &format!("127.0.0.1:{serve_port}"),
+            "--serve-cert-dir",
+        ])
+        .arg(dir.path().join("kproxy-pki"))
+        .args([
+            "--uplink",
+            &uplink.host_if,
+            "--xdp-mode",
+            "generic",
+            "--pod-bridge",
+            &kubelet.bridge,
+            "--socket-lb-scope",
+        ])
+        .arg(cgroup.path())
+        .env("RUST_LOG", "info");
+        let mut kproxy = Daemon::spawn_until_logged(cmd, "initial sync done");
+        eventually("kproxy's node endpoint listening", || {
+            kproxy.assert_running();
+            kproxy.logged("kproxy node endpoint listening")
+        });
+        Self {
+            kproxy,
+            _keep_local: keep_local,
+            bpffs,
+            cgroup,
+            uplink,
+            kubelet,
+            _scheduler: scheduler,
+            _controller_manager: controller_manager,
+            api,
+            svc_net,
+            serve_port,
+            svc_cidr,
+            pool,
+            dir,
+        }
+    }
+
+    /// The admin kubeconfig (for kctl, kubectl and kube-rs clients).
+    #[must_use]
+    pub fn kubeconfig(&self) -> &Path {
+        &self.api.kubeconfig
+    }
+
+    /// The node's name (the kubelet's and kproxy's).
+    #[must_use]
+    pub fn node(&self) -> &str {
+        &self.kubelet.node
+    }
+
+    /// The service CIDR (ClusterIPs), a keep-local range.
+    #[must_use]
+    pub fn svc_cidr(&self) -> &str {
+        &self.svc_cidr
+    }
+
+    /// The LoadBalancer pool (EXTERNAL-IPs), a keep-local range on the uplink's segment.
+    #[must_use]
+    pub fn pool(&self) -> &str {
+        &self.pool
+    }
+
+    /// The socket-LB cgroup: host processes in it get their connects translated.
+    #[must_use]
+    pub fn cgroup(&self) -> &Path {
+        self.cgroup.path()
+    }
+
+    /// kproxy's pinned maps and links.
+    #[must_use]
+    pub fn bpffs(&self) -> &Path {
+        self.bpffs.path()
+    }
+
+    /// A scratch directory removed with the cluster.
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The client namespace (another host on the uplink's segment).
+    #[must_use]
+    pub fn client(&self) -> &NetNs {
+        &self.uplink.client
+    }
+
+    /// `program ARGS...` as a host process inside the socket-LB cgroup.
+    #[must_use]
+    pub fn host_cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(r#"echo $$ > "$0/cgroup.procs" && exec "$@""#)
+            .arg(self.cgroup.path())
+            .arg(program);
+        cmd
+    }
+
+    /// `program ARGS...` in the client namespace (outside the socket-LB cgroup: its traffic
+    /// takes the uplink's per-packet path).
+    #[must_use]
+    pub fn client_cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        self.uplink.client.cmd(program)
+    }
+
+    /// `kproxy dump -o json` rows of this cluster's datapath.
+    #[must_use]
+    pub fn dump(&self) -> Vec<Value> {
+        kproxy_dump(self.bpffs.path())
+    }
+}

@@ -1,0 +1,645 @@
+//! `cargo xtask bench cluster`: the product as a user meets it. Runs `cargo xtask run` (the
+//! tree already built) several times and times each start until its "cluster ready" line;
+//! then, in the running cluster, times `create deployment` → the pod answering on its
+//! ClusterIP (from this host, socket-LB) and `expose --type=LoadBalancer` → the EXTERNAL-IP
+//! answering from the lab client namespace (XDP/tc), reads every component's memory while
+//! idle with one httpd Deployment, and runs `kctl bench` for the service hop's cost. Writes
+//! target/bench/cluster.md and cluster.svg.
+
+use std::{
+    fmt::Write as _,
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::Service};
+use kube::api::{Api, DeleteParams, PostParams};
+use serde_json::{Value, json};
+
+use crate::{
+    bench_api::rss_kib,
+    run::{CONTROL_KUBECONFIG, LAB_NETNS, READY_LINE},
+    util::{cargo, step},
+};
+
+pub struct ClusterBench {
+    /// `cargo xtask run` starts timed (the last one stays up for the other figures).
+    pub starts: usize,
+    /// Samples of each latency.
+    pub samples: usize,
+    /// `kctl bench --duration`, seconds.
+    pub bench_seconds: u64,
+}
+
+const NS: &str = "default";
+/// The component binaries whose memory is summed.
+const COMPONENTS: [&str; 5] = [
+    "kproxy-apiserver",
+    "kproxy-controller-manager",
+    "kproxy-scheduler",
+    "kproxy-kubelet",
+    "kproxy",
+];
+
+/// A `cargo xtask run` in the background, its output copied to a log; SIGINT stops it.
+struct Running {
+    child: Child,
+    ready: mpsc::Receiver<String>,
+}
+
+impl Running {
+    fn start(log: &Path) -> Result<(Self, Duration, String)> {
+        let started = Instant::now();
+        let mut child = cargo()
+            .args(["xtask", "run"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("start `cargo xtask run`")?;
+        let out = child.stdout.take().expect("piped stdout");
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("open {}", log.display()))?;
+        let (tx, ready) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = writeln!(file, "{line}");
+                if line.starts_with(READY_LINE) {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        let mut running = Self { child, ready };
+        match running.ready.recv_timeout(Duration::from_secs(120)) {
+            Ok(line) => Ok((running, started.elapsed(), line)),
+            Err(_) => {
+                running.stop();
+                bail!(
+                    "`cargo xtask run` did not print its ready line; see {}",
+                    log.display()
+                )
+            }
+        }
+    }
+
+    /// Ctrl-C, as a user would; waits until everything is stopped.
+    fn stop(&mut self) {
+        // SAFETY: signalling our own child (cargo execs into xtask on Unix).
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGINT) };
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.stop();
+        }
+    }
+}
+
+/// One HTTP/1.0 GET with short timeouts; the body if the answer is a 200.
+fn http_get(addr: SocketAddr, timeout: Duration) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr, timeout).ok()?;
+    s.set_read_timeout(Some(timeout)).ok()?;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    buf.starts_with("HTTP/1.").then_some(())?;
+    buf.contains(" 200 ").then_some(buf)
+}
+
+/// Polls `addr` every 2 ms from the network namespace at `netns` (or this one) until a page
+/// contains `needle`; the time it took, `None` after `limit`.
+fn until_answered(
+    addr: SocketAddr,
+    needle: String,
+    netns: Option<PathBuf>,
+    since: Instant,
+    limit: Duration,
+) -> Result<Option<Duration>> {
+    thread::spawn(move || -> Result<Option<Duration>> {
+        if let Some(path) = netns {
+            let f =
+                std::fs::File::open(&path).with_context(|| format!("open {}", path.display()))?;
+            // SAFETY: a valid namespace fd; setns changes only this thread's namespace.
+            if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(std::io::Error::last_os_error())
+                    .with_context(|| format!("setns {}", path.display()));
+            }
+        }
+        while since.elapsed() < limit {
+            if http_get(addr, Duration::from_millis(300)).is_some_and(|b| b.contains(&needle)) {
+                return Ok(Some(since.elapsed()));
+            }
+            thread::sleep(Duration::from_millis(2));
+        }
+        Ok(None)
+    })
+    .join()
+    .map_err(|_| anyhow!("the polling thread panicked"))?
+}
+
+fn deployment(name: &str, replicas: i32) -> Result<Deployment> {
+    // What `kctl create deployment NAME --image=httpd` creates.
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "httpd", "image": "httpd"}]},
+            },
+        },
+    }))?)
+}
+
+fn service(name: &str, app: &str, kind: &str) -> Result<Service> {
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name},
+        "spec": {
+            "type": kind,
+            "selector": {"app": app},
+            "ports": [{"port": 80, "targetPort": 80, "protocol": "TCP"}],
+        },
+    }))?)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    percentile(v, 0.5)
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i.min(v.len() - 1)]
+}
+
+/// The resident memory (MiB) of each component, found by executable under `bin_dir`.
+fn component_rss(bin_dir: &Path) -> Vec<(&'static str, f64)> {
+    let mut out = Vec::new();
+    for name in COMPONENTS {
+        let exe = bin_dir.join(name);
+        let mut kib = 0;
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            if std::fs::read_link(entry.path().join("exe")).is_ok_and(|p| p == exe) {
+                kib += rss_kib(pid, "VmRSS:");
+            }
+        }
+        out.push((name, kib as f64 / 1024.0));
+    }
+    out
+}
+
+struct Row {
+    what: &'static str,
+    target: &'static str,
+    figure: String,
+    met: bool,
+    /// Measured ÷ target bound, for the plot (below 1 is better, except ratios).
+    fraction: f64,
+}
+
+pub fn run(b: &ClusterBench, target: &Path, out_dir: &Path) -> Result<()> {
+    let bin_dir = target.join("release");
+    let log = out_dir.join("cluster-run.log");
+    let _ = std::fs::remove_file(&log);
+    // 1. Starts of the whole cluster.
+    let mut starts = Vec::new();
+    let mut running = None;
+    for i in 1..=b.starts.max(1) {
+        step(&format!(
+            "bench cluster: `cargo xtask run` start {i} of {} (output in {})",
+            b.starts,
+            log.display()
+        ));
+        let (r, took, line) = Running::start(&log)?;
+        println!(
+            "bench: {line} (seen by the bench after {:.2} s)",
+            took.as_secs_f64()
+        );
+        starts.push(took.as_secs_f64());
+        if i < b.starts {
+            let mut r = r;
+            r.stop();
+        } else {
+            running = Some(r);
+        }
+    }
+    let mut running = running.expect("the last start stays up");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let figures = rt.block_on(measure(b, &bin_dir));
+    let figures = match figures {
+        Ok(f) => f,
+        Err(e) => {
+            running.stop();
+            return Err(e);
+        }
+    };
+    running.stop();
+
+    let Figures {
+        create_to_clusterip,
+        expose_to_external,
+        rss,
+        bench,
+    } = figures;
+    let mut starts_sorted = starts.clone();
+    let start_p50 = median(&mut starts_sorted);
+    let mut c = create_to_clusterip.clone();
+    let create_p50 = median(&mut c);
+    let mut e = expose_to_external.clone();
+    let expose_p50 = median(&mut e);
+    let rss_total: f64 = rss.iter().map(|(_, m)| m).sum();
+    let mut rows = vec![
+        Row {
+            what: "`cargo xtask run` → node Ready, all components healthy (built tree)",
+            target: "≤ 3 s",
+            figure: format!(
+                "{start_p50:.2} s median of {} ({})",
+                starts.len(),
+                starts
+                    .iter()
+                    .map(|s| format!("{s:.2}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            met: start_p50 <= 3.0,
+            fraction: start_p50 / 3.0,
+        },
+        Row {
+            what: "`expose --type=LoadBalancer` → EXTERNAL-IP answering from the client netns",
+            target: "p50 ≤ 1 s",
+            figure: format!(
+                "p50 {:.0} ms (max {:.0} ms, n = {})",
+                expose_p50 * 1e3,
+                e.last().copied().unwrap_or(f64::NAN) * 1e3,
+                e.len()
+            ),
+            met: expose_p50 <= 1.0 && e.len() == b.samples,
+            fraction: expose_p50 / 1.0,
+        },
+        Row {
+            what: "`create deployment` → the pod answering on its ClusterIP",
+            target: "≤ 1.5 s",
+            figure: format!(
+                "p50 {:.0} ms (max {:.0} ms, n = {})",
+                create_p50 * 1e3,
+                c.last().copied().unwrap_or(f64::NAN) * 1e3,
+                c.len()
+            ),
+            met: c.last().is_some_and(|m| *m <= 1.5) && c.len() == b.samples,
+            fraction: create_p50 / 1.5,
+        },
+        Row {
+            what: "all components together, RSS idle with the httpd Deployment",
+            target: "≤ 100 MB",
+            figure: format!(
+                "{:.1} MB ({})",
+                rss_total * 1.048_576,
+                rss.iter()
+                    .map(|(n, m)| format!("{n} {m:.1} MiB"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            met: rss_total * 1.048_576 <= 100.0,
+            fraction: rss_total * 1.048_576 / 100.0,
+        },
+    ];
+    let ratio = bench.ratio;
+    rows.push(Row {
+        what: "`kctl bench`: ClusterIP ÷ pod-direct, new connections/s",
+        target: "≥ 0.95",
+        figure: format!("{ratio:.3} ({})", bench.summary),
+        met: ratio >= 0.95,
+        fraction: if ratio > 0.0 { 0.95 / ratio } else { f64::NAN },
+    });
+
+    let mut md = String::from("# cargo xtask bench cluster\n\n");
+    let _ = writeln!(
+        md,
+        "The product as a user meets it: `cargo xtask run` on this host (lab uplink, one node), \
+         the API driven with kube-rs as `kctl` would, requests from this host and from the lab \
+         client namespace. {} samples per latency.\n",
+        b.samples
+    );
+    md.push_str("| figure | target | measured | met |\n|---|---|---|---|\n");
+    for r in &rows {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} |",
+            r.what,
+            r.target,
+            r.figure,
+            if r.met { "yes" } else { "**no**" }
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\n`kctl bench` output:\n\n```\n{}\n```",
+        bench.table.trim_end()
+    );
+    std::fs::write(out_dir.join("cluster.md"), &md)?;
+    std::fs::write(out_dir.join("cluster.svg"), svg(&rows))?;
+    println!("\n{md}");
+    println!(
+        "bench: wrote {} and cluster.svg",
+        out_dir.join("cluster.md").display()
+    );
+    Ok(())
+}
+
+struct Figures {
+    create_to_clusterip: Vec<f64>,
+    expose_to_external: Vec<f64>,
+    rss: Vec<(&'static str, f64)>,
+    bench: BenchFigures,
+}
+
+struct BenchFigures {
+    ratio: f64,
+    summary: String,
+    table: String,
+}
+
+async fn measure(b: &ClusterBench, bin_dir: &Path) -> Result<Figures> {
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(CONTROL_KUBECONFIG)?,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await?;
+    let client = kube::Client::try_from(config)?;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), NS);
+    let services: Api<Service> = Api::namespaced(client.clone(), NS);
+    let pp = PostParams::default();
+    let tag = std::process::id();
+    let mut names: Vec<(bool, String)> = Vec::new();
+    let result = async {
+        // 2. create deployment → its pod answering on the ClusterIP (the Service exists).
+        step("bench cluster: create deployment → the pod answering on its ClusterIP");
+        let mut create = Vec::new();
+        for i in 0..b.samples {
+            let name = format!("bench-cd-{tag}-{i}");
+            let svc = services.create(&pp, &service(&name, &name, "ClusterIP")?).await?;
+            names.push((false, name.clone()));
+            let ip: Ipv4Addr = svc
+                .spec
+                .and_then(|s| s.cluster_ip)
+                .ok_or_else(|| anyhow!("no ClusterIP"))?
+                .parse()?;
+            let t0 = Instant::now();
+            deployments.create(&pp, &deployment(&name, 1)?).await?;
+            names.push((true, name.clone()));
+            let took = until_answered(
+                SocketAddr::from((ip, 80)),
+                format!("pod: {name}-"),
+                None,
+                t0,
+                Duration::from_secs(30),
+            )?
+            .ok_or_else(|| anyhow!("{name}: no answer on {ip}:80 within 30 s"))?;
+            println!("bench: {name} answered on {ip} after {:.0} ms", took.as_secs_f64() * 1e3);
+            create.push(took.as_secs_f64());
+        }
+        // 3. expose → EXTERNAL-IP answering from the client namespace (pods already Ready).
+        step("bench cluster: expose --type=LoadBalancer → the EXTERNAL-IP answering from the client netns");
+        let app = format!("bench-lb-{tag}");
+        deployments.create(&pp, &deployment(&app, 1)?).await?;
+        names.push((true, app.clone()));
+        let warm = format!("{app}-warm");
+        let svc = services.create(&pp, &service(&warm, &app, "ClusterIP")?).await?;
+        names.push((false, warm.clone()));
+        let ip: Ipv4Addr = svc
+            .spec
+            .and_then(|s| s.cluster_ip)
+            .ok_or_else(|| anyhow!("no ClusterIP"))?
+            .parse()?;
+        until_answered(
+            SocketAddr::from((ip, 80)),
+            format!("pod: {app}-"),
+            None,
+            Instant::now(),
+            Duration::from_secs(30),
+        )?
+        .ok_or_else(|| anyhow!("{app} never answered on {ip}"))?;
+        let netns = PathBuf::from(format!("/run/netns/{LAB_NETNS}"));
+        let mut expose = Vec::new();
+        let mut kept = None;
+        for i in 0..b.samples {
+            let name = format!("{app}-{i}");
+            let t0 = Instant::now();
+            services.create(&pp, &service(&name, &app, "LoadBalancer")?).await?;
+            names.push((false, name.clone()));
+            let lb_ip: Ipv4Addr = loop {
+                let s = services.get(&name).await?;
+                if let Some(ip) = s
+                    .status
+                    .and_then(|s| s.load_balancer?.ingress?.into_iter().next()?.ip)
+                {
+                    break ip.parse()?;
+                }
+                if t0.elapsed() > Duration::from_secs(30) {
+                    bail!("{name}: no EXTERNAL-IP within 30 s");
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            };
+            let took = until_answered(
+                SocketAddr::from((lb_ip, 80)),
+                format!("pod: {app}-"),
+                Some(netns.clone()),
+                t0,
+                Duration::from_secs(30),
+            )?
+            .ok_or_else(|| anyhow!("{name}: {lb_ip} did not answer the client within 30 s"))?;
+            println!(
+                "bench: {name} answered on {lb_ip} from {LAB_NETNS} after {:.0} ms",
+                took.as_secs_f64() * 1e3
+            );
+            expose.push(took.as_secs_f64());
+            if i + 1 < b.samples {
+                services.delete(&name, &DeleteParams::default()).await?;
+            } else {
+                kept = Some(name);
+            }
+        }
+        // 4. Memory, idle with one httpd Deployment: the others go first.
+        step("bench cluster: memory of all components, idle with one httpd Deployment");
+        for (is_deploy, name) in &names {
+            if *is_deploy && name != &app {
+                deployments.delete(name, &DeleteParams::default()).await?;
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        let rss = component_rss(bin_dir);
+        // 5. kctl bench on the kept LoadBalancer Service.
+        let kept = kept.ok_or_else(|| anyhow!("no LoadBalancer Service kept"))?;
+        step(&format!("bench cluster: kctl bench svc/{kept}"));
+        let bench = kctl_bench(bin_dir, &kept, b.bench_seconds)?;
+        Ok(Figures {
+            create_to_clusterip: create,
+            expose_to_external: expose,
+            rss,
+            bench,
+        })
+    }
+    .await;
+    // The bench's objects go, whatever happened; the user's stay.
+    for (is_deploy, name) in names.iter().rev() {
+        if *is_deploy {
+            let _ = deployments.delete(name, &DeleteParams::default()).await;
+        } else {
+            let _ = services.delete(name, &DeleteParams::default()).await;
+        }
+    }
+    result
+}
+
+/// Runs `kctl bench svc/NAME -o json` and reads the ClusterIP ÷ pod-direct ratio of new
+/// connections/s.
+fn kctl_bench(bin_dir: &Path, svc: &str, seconds: u64) -> Result<BenchFigures> {
+    let kctl = bin_dir.join("kctl");
+    let run = |json: bool| -> Result<String> {
+        let mut cmd = Command::new(&kctl);
+        cmd.args([
+            "bench",
+            &format!("svc/{svc}"),
+            "--duration",
+            &format!("{seconds}s"),
+        ]);
+        if json {
+            cmd.args(["-o", "json"]);
+        }
+        let out = cmd
+            .env("KUBECONFIG", CONTROL_KUBECONFIG)
+            .stderr(Stdio::inherit())
+            .output()
+            .context("run kctl bench")?;
+        if !out.status.success() {
+            bail!("kctl bench failed ({})", out.status);
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let table = run(false)?;
+    let v: Value = serde_json::from_str(&run(true)?).context("kctl bench -o json")?;
+    let ratio = v["ratiosToPod"]["clusterip"]["connectionsPerSecond"]
+        .as_f64()
+        .ok_or_else(|| anyhow!("kctl bench -o json has no ClusterIP ratio: {v}"))?;
+    let summary = "from the `-o json` run; the table below is a second run".to_string();
+    Ok(BenchFigures {
+        ratio,
+        summary,
+        table,
+    })
+}
+
+/// One bar per figure: measured ÷ target (the line at 1 is the target).
+fn svg(rows: &[Row]) -> String {
+    let (w, left, top, bar_h, gap) = (760.0, 330.0, 40.0, 22.0, 12.0);
+    let h = top + rows.len() as f64 * (bar_h + gap) + 40.0;
+    let right = w - 30.0;
+    let xmax = rows
+        .iter()
+        .map(|r| r.fraction)
+        .filter(|f| f.is_finite())
+        .fold(1.5_f64, f64::max)
+        .min(10.0);
+    let x = |f: f64| left + f.min(xmax) / xmax * (right - left);
+    let mut s = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = write!(
+        s,
+        r#"<text x="10" y="20" font-size="14">kproxy cluster: measured ÷ target (left of the red line meets it)</text>"#
+    );
+    for (i, r) in rows.iter().enumerate() {
+        let y = top + i as f64 * (bar_h + gap);
+        let label: String = r.what.replace('`', "");
+        let label = if label.len() > 52 {
+            format!(
+                "{}…",
+                &label[..label.char_indices().nth(50).map_or(label.len(), |c| c.0)]
+            )
+        } else {
+            label
+        };
+        let color = if r.met { "#2f855a" } else { "#c53030" };
+        let f = if r.fraction.is_finite() {
+            r.fraction
+        } else {
+            xmax
+        };
+        let _ = write!(
+            s,
+            r#"<text x="{}" y="{}" text-anchor="end">{}</text><rect x="{left}" y="{y}" width="{:.1}" height="{bar_h}" fill="{color}"/><text x="{:.1}" y="{}">{:.2}</text>"#,
+            left - 6.0,
+            y + 15.0,
+            xml_escape(&label),
+            (x(f) - left).max(1.0),
+            x(f) + 4.0,
+            y + 15.0,
+            f
+        );
+    }
+    let tx = x(1.0);
+    let _ = write!(
+        s,
+        r#"<line x1="{tx}" x2="{tx}" y1="{}" y2="{}" stroke="red" stroke-dasharray="4"/>"#,
+        top - 6.0,
+        h - 30.0
+    );
+    s.push_str("</svg>\n");
+    s
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_of_small_samples() {
+        assert!(median(&mut []).is_nan());
+        assert!((median(&mut [3.0, 1.0, 2.0]) - 2.0).abs() < 1e-12);
+        assert!((percentile(&mut [1.0, 2.0, 3.0, 4.0], 1.0) - 4.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn svg_escapes_labels_and_marks_misses() {
+        let rows = [Row {
+            what: "a <b> & c",
+            target: "≤ 1",
+            figure: String::new(),
+            met: false,
+            fraction: 2.0,
+        }];
+        let s = svg(&rows);
+        assert!(s.contains("a &lt;b&gt; &amp; c"));
+        assert!(s.contains("#c53030"));
+    }
+}
