@@ -23,6 +23,7 @@ use kproxy_tests::{
     Daemon,
     apiserver::{ApiServer, TempDir},
     bin,
+    cluster::free_port,
     control::{client, controller_manager},
     eventually,
     kubectl::{self, Kubectl},
@@ -37,13 +38,6 @@ use serde_json::{Value, json};
 
 fn from<T: k8s_openapi::serde::de::DeserializeOwned>(v: Value) -> T {
     serde_json::from_value(v).expect("valid object")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
 }
 
 /// Runs kctl with the admin kubeconfig: (success, stdout, stderr).

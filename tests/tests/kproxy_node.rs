@@ -17,6 +17,7 @@ use kproxy_tests::{
     Daemon,
     apiserver::{ApiServer, TempDir},
     bin,
+    cluster::free_port,
     control::{client, controller_manager},
     eventually,
     kubelet::http_get,
@@ -87,13 +88,6 @@ fn map_len(bpffs: &Path, map: &str) -> usize {
         .expect("bpftool json")
         .as_array()
         .map_or(0, Vec::len)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
 }
 
 /// The body of `path` on the metrics listener; `None` for an error status (curl --fail).

@@ -256,7 +256,12 @@ fn cluster(args: &BenchArgs) -> Result<()> {
     if !is_root() {
         bail!("the cluster benchmark runs `cargo xtask run`: it needs root");
     }
-    // `cargo xtask run` builds everything; the bench only needs the report directory.
+    crate::util::install_stop_handlers();
+    // Everything `cargo xtask run` starts, and `cargo xtask` itself, so that the timed
+    // starts build nothing.
+    step("bench: cargo build --release --bins; cargo build -p xtask");
+    run_cmd(cargo().args(["build", "--release", "--bins"]))?;
+    run_cmd(cargo().args(["build", "-p", "xtask"]))?;
     let (target, out_dir) = release_build(&["kctl"])?;
     crate::bench_cluster::run(
         &crate::bench_cluster::ClusterBench {
@@ -643,7 +648,11 @@ fn log_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 
 pub(crate) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
-    if v.is_empty() { 0.0 } else { v[v.len() / 2] }
+    if v.is_empty() {
+        0.0
+    } else {
+        crate::util::percentile(v, 0.5)
+    }
 }
 
 // === Service sets ===

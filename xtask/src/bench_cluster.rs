@@ -8,8 +8,8 @@
 
 use std::{
     fmt::Write as _,
-    io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, TcpStream},
+    io::{BufRead as _, BufReader, Write as _},
+    net::{Ipv4Addr, SocketAddr},
     os::fd::AsRawFd as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 use crate::{
     bench_api::rss_kib,
     run::{CONTROL_KUBECONFIG, LAB_NETNS, READY_LINE},
-    util::{cargo, step},
+    util::{cargo, http_get, percentile, step, stop_requested},
 };
 
 pub struct ClusterBench {
@@ -80,6 +80,7 @@ impl Running {
             }
         });
         let mut running = Self { child, ready };
+        // The tree is built (see `cluster` in bench.rs): this is startup alone.
         match running.ready.recv_timeout(Duration::from_secs(120)) {
             Ok(line) => Ok((running, started.elapsed(), line)),
             Err(_) => {
@@ -92,10 +93,11 @@ impl Running {
         }
     }
 
-    /// Ctrl-C, as a user would; waits until everything is stopped.
+    /// What Ctrl-C does (`run` treats SIGTERM the same; SIGINT may be ignored in a
+    /// background job); waits until everything is stopped.
     fn stop(&mut self) {
         // SAFETY: signalling our own child (cargo execs into xtask on Unix).
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGINT) };
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
         let _ = self.child.wait();
     }
 }
@@ -106,17 +108,6 @@ impl Drop for Running {
             self.stop();
         }
     }
-}
-
-/// One HTTP/1.0 GET with short timeouts; the body if the answer is a 200.
-fn http_get(addr: SocketAddr, timeout: Duration) -> Option<String> {
-    let mut s = TcpStream::connect_timeout(&addr, timeout).ok()?;
-    s.set_read_timeout(Some(timeout)).ok()?;
-    s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    buf.starts_with("HTTP/1.").then_some(())?;
-    buf.contains(" 200 ").then_some(buf)
 }
 
 /// Polls `addr` every 2 ms from the network namespace at `netns` (or this one) until a page
@@ -139,7 +130,11 @@ fn until_answered(
             }
         }
         while since.elapsed() < limit {
-            if http_get(addr, Duration::from_millis(300)).is_some_and(|b| b.contains(&needle)) {
+            if crate::util::stop_requested() {
+                bail!("interrupted");
+            }
+            let page = http_get(addr, "/", Duration::from_millis(300));
+            if page.is_ok_and(|(status, body)| status == 200 && body.contains(&needle)) {
                 return Ok(Some(since.elapsed()));
             }
             thread::sleep(Duration::from_millis(2));
@@ -178,19 +173,6 @@ fn service(name: &str, app: &str, kind: &str) -> Result<Service> {
     }))?)
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    percentile(v, 0.5)
-}
-
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v[i.min(v.len() - 1)]
-}
-
 /// The resident memory (MiB) of each component, found by executable under `bin_dir`.
 fn component_rss(bin_dir: &Path) -> Vec<(&'static str, f64)> {
     let mut out = Vec::new();
@@ -225,6 +207,7 @@ pub fn run(b: &ClusterBench, target: &Path, out_dir: &Path) -> Result<()> {
     let _ = std::fs::remove_file(&log);
     // 1. Starts of the whole cluster.
     let mut starts = Vec::new();
+    let mut own_clock = Vec::new();
     let mut running = None;
     for i in 1..=b.starts.max(1) {
         step(&format!(
@@ -238,6 +221,8 @@ pub fn run(b: &ClusterBench, target: &Path, out_dir: &Path) -> Result<()> {
             took.as_secs_f64()
         );
         starts.push(took.as_secs_f64());
+        // "run: cluster ready in 1.07 s: …"
+        own_clock.push(line.split_whitespace().nth(4).unwrap_or("?").to_string());
         if i < b.starts {
             let mut r = r;
             r.stop();
@@ -265,25 +250,30 @@ pub fn run(b: &ClusterBench, target: &Path, out_dir: &Path) -> Result<()> {
         rss,
         bench,
     } = figures;
-    let mut starts_sorted = starts.clone();
-    let start_p50 = median(&mut starts_sorted);
-    let mut c = create_to_clusterip.clone();
-    let create_p50 = median(&mut c);
-    let mut e = expose_to_external.clone();
-    let expose_p50 = median(&mut e);
+    let sorted = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v
+    };
+    let start_p50 = percentile(&sorted(&starts), 0.5);
+    let c = sorted(&create_to_clusterip);
+    let create_max = c.last().copied().unwrap_or(f64::NAN);
+    let e = sorted(&expose_to_external);
+    let expose_p50 = percentile(&e, 0.5);
     let rss_total: f64 = rss.iter().map(|(_, m)| m).sum();
     let mut rows = vec![
         Row {
             what: "`cargo xtask run` → node Ready, all components healthy (built tree)",
             target: "≤ 3 s",
             figure: format!(
-                "{start_p50:.2} s median of {} ({})",
+                "{start_p50:.2} s median of {} (each: {}; `run`'s own clock: {})",
                 starts.len(),
                 starts
                     .iter()
                     .map(|s| format!("{s:.2}"))
                     .collect::<Vec<_>>()
-                    .join(", ")
+                    .join(", "),
+                own_clock.join(", ")
             ),
             met: start_p50 <= 3.0,
             fraction: start_p50 / 3.0,
@@ -297,20 +287,20 @@ pub fn run(b: &ClusterBench, target: &Path, out_dir: &Path) -> Result<()> {
                 e.last().copied().unwrap_or(f64::NAN) * 1e3,
                 e.len()
             ),
-            met: expose_p50 <= 1.0 && e.len() == b.samples,
+            met: expose_p50 <= 1.0,
             fraction: expose_p50 / 1.0,
         },
         Row {
             what: "`create deployment` → the pod answering on its ClusterIP",
-            target: "≤ 1.5 s",
+            target: "≤ 1.5 s (every sample)",
             figure: format!(
-                "p50 {:.0} ms (max {:.0} ms, n = {})",
-                create_p50 * 1e3,
-                c.last().copied().unwrap_or(f64::NAN) * 1e3,
+                "max {:.0} ms (p50 {:.0} ms, n = {})",
+                create_max * 1e3,
+                percentile(&c, 0.5) * 1e3,
                 c.len()
             ),
-            met: c.last().is_some_and(|m| *m <= 1.5) && c.len() == b.samples,
-            fraction: create_p50 / 1.5,
+            met: create_max <= 1.5,
+            fraction: create_max / 1.5,
         },
         Row {
             what: "all components together, RSS idle with the httpd Deployment",
@@ -332,7 +322,7 @@ pub fn run(b: &ClusterBench, target: &Path, out_dir: &Path) -> Result<()> {
         what: "`kctl bench`: ClusterIP ÷ pod-direct, new connections/s",
         target: "≥ 0.95",
         figure: format!("{ratio:.3} ({})", bench.summary),
-        met: ratio >= 0.95,
+        met: ratio >= 0.95 && bench.failed == 0,
         fraction: if ratio > 0.0 { 0.95 / ratio } else { f64::NAN },
     });
 
@@ -379,6 +369,7 @@ struct Figures {
 
 struct BenchFigures {
     ratio: f64,
+    failed: u64,
     summary: String,
     table: String,
 }
@@ -400,6 +391,9 @@ async fn measure(b: &ClusterBench, bin_dir: &Path) -> Result<Figures> {
         step("bench cluster: create deployment → the pod answering on its ClusterIP");
         let mut create = Vec::new();
         for i in 0..b.samples {
+            if stop_requested() {
+                bail!("interrupted");
+            }
             let name = format!("bench-cd-{tag}-{i}");
             let svc = services.create(&pp, &service(&name, &name, "ClusterIP")?).await?;
             names.push((false, name.clone()));
@@ -447,6 +441,9 @@ async fn measure(b: &ClusterBench, bin_dir: &Path) -> Result<Figures> {
         let mut expose = Vec::new();
         let mut kept = None;
         for i in 0..b.samples {
+            if stop_requested() {
+                bail!("interrupted");
+            }
             let name = format!("{app}-{i}");
             let t0 = Instant::now();
             services.create(&pp, &service(&name, &app, "LoadBalancer")?).await?;
@@ -515,41 +512,58 @@ async fn measure(b: &ClusterBench, bin_dir: &Path) -> Result<Figures> {
     result
 }
 
-/// Runs `kctl bench svc/NAME -o json` and reads the ClusterIP ÷ pod-direct ratio of new
-/// connections/s.
+/// Runs `kctl bench svc/NAME -o json` once: the ClusterIP ÷ pod-direct ratio of new
+/// connections/s, the failed count over all rows, and the rows as a table.
 fn kctl_bench(bin_dir: &Path, svc: &str, seconds: u64) -> Result<BenchFigures> {
-    let kctl = bin_dir.join("kctl");
-    let run = |json: bool| -> Result<String> {
-        let mut cmd = Command::new(&kctl);
-        cmd.args([
+    let out = Command::new(bin_dir.join("kctl"))
+        .args([
             "bench",
             &format!("svc/{svc}"),
             "--duration",
             &format!("{seconds}s"),
-        ]);
-        if json {
-            cmd.args(["-o", "json"]);
-        }
-        let out = cmd
-            .env("KUBECONFIG", CONTROL_KUBECONFIG)
-            .stderr(Stdio::inherit())
-            .output()
-            .context("run kctl bench")?;
-        if !out.status.success() {
-            bail!("kctl bench failed ({})", out.status);
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    };
-    let table = run(false)?;
-    let v: Value = serde_json::from_str(&run(true)?).context("kctl bench -o json")?;
+            "-o",
+            "json",
+        ])
+        .env("KUBECONFIG", CONTROL_KUBECONFIG)
+        .stderr(Stdio::inherit())
+        .output()
+        .context("run kctl bench")?;
+    if !out.status.success() {
+        bail!("kctl bench failed ({})", out.status);
+    }
+    let v: Value = serde_json::from_slice(&out.stdout).context("kctl bench -o json")?;
     let ratio = v["ratiosToPod"]["clusterip"]["connectionsPerSecond"]
         .as_f64()
         .ok_or_else(|| anyhow!("kctl bench -o json has no ClusterIP ratio: {v}"))?;
-    let summary = "from the `-o json` run; the table below is a second run".to_string();
+    let mut table = String::from(
+        "target       address                conn/s    req/s   p50 µs   p99 µs  failed\n",
+    );
+    let mut failed = 0;
+    for r in v["results"].as_array().into_iter().flatten() {
+        let f = r["connections"]["failed"].as_u64().unwrap_or(0)
+            + r["requests"]["failed"].as_u64().unwrap_or(0);
+        failed += f;
+        let _ = writeln!(
+            table,
+            "{:<12} {:<22} {:>7.0} {:>8.0} {:>8} {:>8} {:>7}",
+            r["target"].as_str().unwrap_or("?"),
+            r["address"].as_str().unwrap_or("?"),
+            r["connections"]["per_second"].as_f64().unwrap_or(f64::NAN),
+            r["requests"]["per_second"].as_f64().unwrap_or(f64::NAN),
+            r["requests"]["p50_us"]
+                .as_u64()
+                .map_or("-".to_string(), |u| u.to_string()),
+            r["requests"]["p99_us"]
+                .as_u64()
+                .map_or("-".to_string(), |u| u.to_string()),
+            f
+        );
+    }
     Ok(BenchFigures {
         ratio,
-        summary,
+        summary: format!("{failed} failed requests or connections over all rows"),
         table,
+        failed,
     })
 }
 
@@ -621,13 +635,6 @@ fn xml_escape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn percentiles_of_small_samples() {
-        assert!(median(&mut []).is_nan());
-        assert!((median(&mut [3.0, 1.0, 2.0]) - 2.0).abs() < 1e-12);
-        assert!((percentile(&mut [1.0, 2.0, 3.0, 4.0], 1.0) - 4.0).abs() < 1e-12);
-    }
 
     #[test]
     fn svg_escapes_labels_and_marks_misses() {

@@ -24,8 +24,6 @@
 
 use std::{
     fmt::Write as _,
-    io::{Read as _, Write as _},
-    net::TcpStream,
     path::Path,
     process::{Command, Stdio},
     thread,
@@ -42,7 +40,7 @@ use kproxy_tests::{
 use serde_json::Value;
 
 use crate::bench_api::rss_kib;
-use crate::util::step;
+use crate::util::{percentile, step};
 
 /// The endpoint addresses `kpt-proxyload` uses (routed to the backend namespace).
 const POOL: &str = "10.192.0.0/12";
@@ -101,25 +99,6 @@ fn cpu_time(pid: u32) -> Result<(Duration, Duration)> {
         Duration::from_nanos(ticks * 1_000_000_000 / hz.max(1)),
         Duration::from_nanos(sched_ns),
     ))
-}
-
-/// `GET path` on a plain-HTTP listener.
-fn http_get(port: u16, path: &str) -> Result<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).context("connect to /metrics")?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)?;
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow!("no HTTP header end"))?;
-    if !head.starts_with("HTTP/1.1 200") {
-        bail!("GET {path}: {}", head.lines().next().unwrap_or(""));
-    }
-    Ok(body.to_string())
 }
 
 /// A Prometheus histogram from a text page: cumulative buckets, sum, count.
@@ -192,14 +171,6 @@ fn fmt_bound(ms: f64) -> String {
     } else {
         format!("{ms:.0}")
     }
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 /// The value of `key=` in a tracing log line.
@@ -386,7 +357,14 @@ pub fn run(b: &ProxyBench, target: &Path, out_dir: &Path) -> Result<()> {
     let cpu1 = cpu_time(pid)?;
     kp.assert_running();
     let mem_churn = Memory::of(pid);
-    let page = http_get(metrics_port, "/metrics")?;
+    let (status, page) = crate::util::http_get(
+        std::net::SocketAddr::from(([127, 0, 0, 1], metrics_port)),
+        "/metrics",
+        Duration::from_secs(5),
+    )?;
+    if status != 200 {
+        bail!("GET /metrics: status {status}");
+    }
     let programming = Histogram::parse(&page, "kubeproxy_network_programming_duration_seconds");
     let sync_hist = Histogram::parse(&page, "kubeproxy_sync_proxy_rules_duration_seconds");
 

@@ -277,7 +277,7 @@ fn link_kctl(kctl: &Path) -> Result<()> {
 }
 
 /// `--reset`: the previous cluster's pods (containers), kproxy's pinned maps and all state.
-fn reset(kproxy: &Path) -> Result<()> {
+fn reset(kproxy: &Path, node: &str) -> Result<()> {
     step(&format!(
         "run --reset: removing the previous cluster: its pods' containers, kproxy's pinned maps, {STATE_DIR}"
     ));
@@ -288,7 +288,7 @@ fn reset(kproxy: &Path) -> Result<()> {
     let removed = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
-        .block_on(remove_pod_containers())?;
+        .block_on(remove_pod_containers(node))?;
     println!("run --reset: removed {removed} pod containers");
     match std::fs::remove_dir_all(STATE_DIR) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -299,11 +299,13 @@ fn reset(kproxy: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Removes every container a kproxy kubelet made (they carry the node label).
-async fn remove_pod_containers() -> Result<usize> {
+/// Removes every container this node's kubelet made (labelled with the node: other
+/// kubelets on this Docker engine, such as the tests', keep theirs).
+async fn remove_pod_containers(node: &str) -> Result<usize> {
     use bollard::query_parameters::{ListContainersOptionsBuilder, RemoveContainerOptionsBuilder};
     let docker = crate::images::connect().await?;
-    let filters = std::collections::HashMap::from([("label", vec!["io.kproxy.node"])]);
+    let label = format!("io.kproxy.node={node}");
+    let filters = std::collections::HashMap::from([("label", vec![label.as_str()])]);
     let list = docker
         .list_containers(Some(
             ListContainersOptionsBuilder::new()
@@ -517,7 +519,12 @@ fn wait_healthy(node: &str) -> Result<()> {
                 .request_text(http::Request::get("/readyz").body(Vec::new())?)
                 .await
                 .is_ok_and(|t| t.trim() == "ok");
-            let kproxy = http_ok(KPROXY_METRICS, "/healthz").await;
+            let kproxy = crate::util::http_get(
+                KPROXY_METRICS.parse().expect("a socket address"),
+                "/healthz",
+                Duration::from_secs(1),
+            )
+            .is_ok_and(|(status, _)| status == 200);
             if ready && readyz && kproxy {
                 return Ok(());
             }
@@ -535,34 +542,25 @@ fn wait_healthy(node: &str) -> Result<()> {
     })
 }
 
-/// Whether `GET path` on plain-HTTP `addr` answers 200.
-async fn http_ok(addr: &str, path: &str) -> bool {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
-        return false;
-    };
-    let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
-    if s.write_all(req.as_bytes()).await.is_err() {
-        return false;
-    }
-    let mut buf = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut buf)).await;
-    buf.starts_with(b"HTTP/1.1 200") || buf.starts_with(b"HTTP/1.0 200")
-}
-
 pub fn run(args: &RunArgs) -> Result<()> {
     let t0 = Instant::now();
     preflight()?;
     let _lock = RunLock::acquire()?;
+    // From here Ctrl-C / SIGTERM only set a flag: `run` stops what it started, in order.
+    install_stop_handlers();
     check_ports()?;
     setup(&SetupArgs::default())?;
     step("run: building the components and kctl (release; includes the eBPF programs)");
     run_cmd(cargo().args(["build", "--release", "--bins"]))?;
+    if stop_requested() {
+        bail!("interrupted");
+    }
     let bin_dir: PathBuf = workspace_root().join("target/release");
     let kproxy = bin_dir.join("kproxy");
     let apiserver_bin = bin_dir.join("kproxy-apiserver");
+    let node = node_name()?;
     if args.reset {
-        reset(&kproxy)?;
+        reset(&kproxy, &node)?;
     }
     link_kctl(&bin_dir.join("kctl"))?;
 
@@ -578,8 +576,6 @@ pub fn run(args: &RunArgs) -> Result<()> {
             LAB_UPLINK.to_string()
         }
     };
-    install_stop_handlers();
-    let node = node_name()?;
     let node_kubeconfig = format!("{KUBELET_DATA}/kubeconfig");
     let mut comps = [
         Component::new(

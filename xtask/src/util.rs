@@ -79,3 +79,74 @@ pub fn install_stop_handlers() {
 pub fn stop_requested() -> bool {
     STOP.load(std::sync::atomic::Ordering::SeqCst)
 }
+
+/// One plain-HTTP `GET path` (HTTP/1.0, the server closes) with `timeout` for connect and
+/// reads; the status code and the body.
+pub fn http_get(
+    addr: std::net::SocketAddr,
+    path: &str,
+    timeout: std::time::Duration,
+) -> Result<(u16, String)> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)
+        .with_context(|| format!("connect to {addr}"))?;
+    s.set_read_timeout(Some(timeout))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)
+        .with_context(|| format!("read the answer of {addr}{path}"))?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("{addr}{path}: no HTTP header end"))?;
+    let status = head
+        .lines()
+        .next()
+        .filter(|l| l.starts_with("HTTP/1."))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .with_context(|| format!("{addr}{path}: not an HTTP status line"))?;
+    Ok((status, body.to_string()))
+}
+
+/// The `p` quantile (0..=1) of ascending `sorted` by the nearest rank; NaN if empty.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        assert!(percentile(&[], 0.5).is_nan());
+        assert!((percentile(&[1.0, 2.0, 3.0], 0.5) - 2.0).abs() < 1e-12);
+        assert!((percentile(&[1.0, 2.0, 3.0, 4.0], 1.0) - 4.0).abs() < 1e-12);
+        assert!((percentile(&[1.0, 2.0, 3.0, 4.0], 0.0) - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn http_get_reads_status_and_body_and_rejects_non_http() {
+        use std::io::{Read as _, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            for answer in [
+                &b"HTTP/1.1 404 Not Found\r\n\r\nnope"[..],
+                b"SSH-2.0\r\n\r\n",
+            ] {
+                let (mut c, _) = listener.accept().unwrap();
+                let mut buf = [0u8; 512];
+                let _ = c.read(&mut buf);
+                c.write_all(answer).unwrap();
+            }
+        });
+        let t = std::time::Duration::from_secs(2);
+        assert_eq!(http_get(addr, "/x", t).unwrap(), (404, "nope".to_string()));
+        assert!(http_get(addr, "/x", t).is_err());
+        server.join().unwrap();
+    }
+}

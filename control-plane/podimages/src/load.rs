@@ -1,5 +1,7 @@
 //! The load engine behind `kecho load` and `kctl bench`: new TCP connections per second and
-//! HTTP/1.0 requests per second, with latency percentiles, against a few targets.
+//! HTTP/1.0 requests per second, with latency percentiles, against a few targets. A target
+//! may have several addresses (`pods=IP:PORT,IP:PORT`): each new connection takes the next
+//! one, round-robin, so a set of pods can be compared with a service spreading over them.
 //!
 //! Each target is measured in two phases:
 //! - *connections*: every worker connects, half-closes, waits for the server to close and
@@ -10,8 +12,9 @@
 //!
 //! Machine noise (another build, a CPU frequency change) would favour whichever target ran
 //! in a quiet moment, so targets are interleaved: `rounds` rounds, each running every target
-//! for `duration / rounds`, half of it per phase. Failures are counted and reported, with the
-//! first error's message, never dropped.
+//! for `duration / rounds`, half of it per phase; even rounds run the targets in reverse
+//! order (A B, B A, A B, ...) so that no target always runs right after another. Failures are
+//! counted and reported, with the first error's message, never dropped.
 //!
 //! Std only (it runs in a `FROM scratch` image); threads, not async: one per worker.
 
@@ -22,7 +25,7 @@ use std::{
     os::fd::AsRawFd as _,
     sync::{
         Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     thread,
     time::{Duration, Instant},
@@ -37,6 +40,8 @@ pub const MAX_CONNECTIONS: usize = 1024;
 /// Each phase slice must last long enough to mean something.
 pub const MIN_SLICE: Duration = Duration::from_millis(100);
 pub const MAX_DURATION: Duration = Duration::from_secs(600);
+/// Addresses one target may spread its connections over.
+pub const MAX_ADDRESSES: usize = 256;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// A failing target (refused, unreachable) answers at once: pausing after a failure keeps
@@ -46,18 +51,29 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
 // === config ===
 
-/// One address to measure, with the name it is reported under (`pod`, `clusterip`, ...).
+/// What to measure, with the name it is reported under (`pod`, `clusterip`, ...): one
+/// address, or several that new connections take in turn.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     pub name: String,
-    pub addr: SocketAddr,
+    /// Never empty, no duplicates.
+    pub addrs: Vec<SocketAddr>,
 }
 
 impl Target {
-    /// Parses `NAME=IP:PORT`.
+    /// A target with one address.
+    #[must_use]
+    pub fn single(name: &str, addr: SocketAddr) -> Self {
+        Self {
+            name: name.to_string(),
+            addrs: vec![addr],
+        }
+    }
+
+    /// Parses `NAME=IP:PORT[,IP:PORT...]`.
     pub fn parse(s: &str) -> Result<Self, LoadError> {
         let bad = || LoadError::BadTarget(s.to_string());
-        let (name, addr) = s.split_once('=').ok_or_else(bad)?;
+        let (name, list) = s.split_once('=').ok_or_else(bad)?;
         let name_ok = !name.is_empty()
             && name
                 .chars()
@@ -65,20 +81,45 @@ impl Target {
         if !name_ok {
             return Err(bad());
         }
-        let addr: SocketAddr = addr.parse().map_err(|_| bad())?;
-        if addr.port() == 0 {
-            return Err(bad());
+        let mut addrs = Vec::new();
+        for item in list.split(',') {
+            let addr: SocketAddr = item.parse().map_err(|_| bad())?;
+            if addr.port() == 0 || addrs.contains(&addr) {
+                return Err(bad());
+            }
+            addrs.push(addr);
+        }
+        if addrs.len() > MAX_ADDRESSES {
+            return Err(LoadError::TooManyAddresses(name.to_string(), addrs.len()));
         }
         Ok(Self {
             name: name.to_string(),
-            addr,
+            addrs,
         })
     }
 }
 
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}={}", self.name, self.addr)
+        write!(f, "{}=", self.name)?;
+        for (i, a) in self.addrs.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{a}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The order targets run in round `round` (1-based): as given in odd rounds, reversed in
+/// even ones (ABBA), so that no target always runs right after another.
+#[must_use]
+pub fn round_order(targets: usize, round: u32) -> Vec<usize> {
+    if round.is_multiple_of(2) {
+        (0..targets).rev().collect()
+    } else {
+        (0..targets).collect()
     }
 }
 
@@ -107,8 +148,8 @@ impl LoadConfig {
         }
     }
 
-    /// Parses `kecho load`'s arguments (after `load`):
-    /// `[--connections N] [--duration D] [--rounds R] [--path P] NAME=IP:PORT...`.
+    /// Parses `kecho load`'s arguments (after `load`): `[--connections N] [--duration D]
+    /// [--rounds R] [--path P] NAME=IP:PORT[,IP:PORT...]...`.
     pub fn from_args(args: &[String]) -> Result<Self, LoadError> {
         let mut cfg = Self::new(Vec::new());
         let mut it = args.iter();
@@ -148,6 +189,14 @@ impl LoadConfig {
     pub fn validate(&self) -> Result<(), LoadError> {
         if self.targets.is_empty() {
             return Err(LoadError::NoTargets);
+        }
+        for t in &self.targets {
+            if t.addrs.is_empty() {
+                return Err(LoadError::BadTarget(t.to_string()));
+            }
+            if t.addrs.len() > MAX_ADDRESSES {
+                return Err(LoadError::TooManyAddresses(t.name.clone(), t.addrs.len()));
+            }
         }
         if !(1..=MAX_CONNECTIONS).contains(&self.connections) {
             return Err(LoadError::BadConnections(self.connections.to_string()));
@@ -201,6 +250,7 @@ impl LoadConfig {
 pub enum LoadError {
     NoTargets,
     BadTarget(String),
+    TooManyAddresses(String, usize),
     BadConnections(String),
     BadRounds(String),
     BadDuration(String),
@@ -213,8 +263,15 @@ pub enum LoadError {
 impl fmt::Display for LoadError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::NoTargets => write!(f, "no target given (NAME=IP:PORT)"),
-            Self::BadTarget(t) => write!(f, "target {t:?} is not NAME=IP:PORT"),
+            Self::NoTargets => write!(f, "no target given (NAME=IP:PORT[,IP:PORT...])"),
+            Self::BadTarget(t) => write!(
+                f,
+                "target {t:?} is not NAME=IP:PORT[,IP:PORT...] (distinct addresses, port not 0)"
+            ),
+            Self::TooManyAddresses(name, n) => write!(
+                f,
+                "target {name:?} has {n} addresses: at most {MAX_ADDRESSES}"
+            ),
             Self::BadConnections(v) => {
                 write!(f, "connections {v:?}: expected 1 to {MAX_CONNECTIONS}")
             }
@@ -231,7 +288,7 @@ impl fmt::Display for LoadError {
             Self::MissingValue(flag) => write!(f, "{flag} needs a value"),
             Self::UnknownArgument(a) => write!(
                 f,
-                "unknown argument {a:?} (usage: kecho load [--connections N] [--duration D] [--rounds R] [--path P] NAME=IP:PORT...)"
+                "unknown argument {a:?} (usage: kecho load [--connections N] [--duration D] [--rounds R] [--path P] NAME=IP:PORT[,IP:PORT...]...)"
             ),
         }
     }
@@ -362,7 +419,8 @@ pub struct PhaseResult {
 #[derive(Debug, Clone, PartialEq)]
 pub struct TargetResult {
     pub target: String,
-    pub address: SocketAddr,
+    /// The target's addresses, connections spread round-robin over them.
+    pub addresses: Vec<SocketAddr>,
     pub connections: PhaseResult,
     pub requests: PhaseResult,
 }
@@ -460,13 +518,18 @@ impl PhaseResult {
 }
 
 impl TargetResult {
-    /// `{"type":"result","target":..,"address":..,"connections":{..},"requests":{..}}`
+    /// `{"type":"result","target":..,"addresses":[..],"connections":{..},"requests":{..}}`
     #[must_use]
     pub fn to_json(&self) -> String {
+        let addresses: Vec<String> = self
+            .addresses
+            .iter()
+            .map(|a| json_string(&a.to_string()))
+            .collect();
         format!(
-            "{{\"type\":\"result\",\"target\":{},\"address\":{},\"connections\":{},\"requests\":{}}}",
+            "{{\"type\":\"result\",\"target\":{},\"addresses\":[{}],\"connections\":{},\"requests\":{}}}",
             json_string(&self.target),
-            json_string(&self.address.to_string()),
+            addresses.join(","),
             self.connections.to_json(),
             self.requests.to_json(),
         )
@@ -587,23 +650,43 @@ struct Shared {
     ok: AtomicU64,
     failed: AtomicU64,
     first_error: Mutex<Option<String>>,
+    /// The next connection's address (index modulo the target's addresses).
+    next: AtomicUsize,
 }
 
-/// One worker: operations back to back until `deadline`.
+impl Shared {
+    fn fail(&self, error: String) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut first) = self.first_error.lock()
+            && first.is_none()
+        {
+            *first = Some(error);
+        }
+    }
+}
+
+/// One worker: operations back to back until `deadline`, each new connection to the
+/// target's next address.
 fn worker(
-    addr: SocketAddr,
+    target: &Target,
     phase: Phase,
     path: &str,
     deadline: Instant,
     shared: &Shared,
 ) -> Vec<u32> {
-    let request = get_request(&addr.to_string(), path);
+    let requests: Vec<Vec<u8>> = target
+        .addrs
+        .iter()
+        .map(|a| get_request(&a.to_string(), path))
+        .collect();
     let mut buf = vec![0u8; 16 * 1024];
     let mut latencies = Vec::new();
     while Instant::now() < deadline {
+        let i = shared.next.fetch_add(1, Ordering::Relaxed) % target.addrs.len();
+        let addr = target.addrs[i];
         let result = match phase {
             Phase::Connections => connect_once(addr, &mut buf),
-            Phase::Requests => request_once(addr, &request, &mut buf),
+            Phase::Requests => request_once(addr, &requests[i], &mut buf),
         };
         match result {
             Ok(took) => {
@@ -611,12 +694,7 @@ fn worker(
                 shared.ok.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => {
-                shared.failed.fetch_add(1, Ordering::Relaxed);
-                if let Ok(mut first) = shared.first_error.lock()
-                    && first.is_none()
-                {
-                    *first = Some(e);
-                }
+                shared.fail(e);
                 thread::sleep(FAILURE_PAUSE);
             }
         }
@@ -642,6 +720,7 @@ fn run_slice(
         ok: AtomicU64::new(0),
         failed: AtomicU64::new(0),
         first_error: Mutex::new(None),
+        next: AtomicUsize::new(0),
     };
     let started = Instant::now();
     let deadline = started + cfg.slice();
@@ -651,7 +730,7 @@ fn run_slice(
         let workers: Vec<_> = (0..cfg.connections)
             .map(|_| {
                 let shared = &shared;
-                scope.spawn(move || worker(at.target.addr, at.phase, &cfg.path, deadline, shared))
+                scope.spawn(move || worker(at.target, at.phase, &cfg.path, deadline, shared))
             })
             .collect();
         let report = |on_event: &mut dyn FnMut(Event<'_>)| {
@@ -680,9 +759,14 @@ fn run_slice(
             next += PROGRESS_EVERY;
         }
         for w in workers {
-            // A worker only panics on a bug; its figures are then missing, not invented.
-            if let Ok(l) = w.join() {
-                latencies.extend(l);
+            // A worker only panics on a bug; its figures are then missing, not invented,
+            // and the panic is reported as a failure.
+            match w.join() {
+                Ok(l) => latencies.extend(l),
+                Err(panic) => shared.fail(format!(
+                    "a load worker thread panicked: {}",
+                    panic_message(panic.as_ref())
+                )),
             }
         }
         report(on_event);
@@ -696,13 +780,24 @@ fn run_slice(
     }
 }
 
+/// The message of a panic payload (`panic!` with a string or a format).
+#[must_use]
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(ToString::to_string)
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_string())
+}
+
 /// Runs the whole measurement (see the module doc), reporting progress and each target's
 /// result as soon as its last round is done. `cfg` must be valid ([`LoadConfig::validate`]).
 pub fn run(cfg: &LoadConfig, on_event: &mut dyn FnMut(Event<'_>)) -> Vec<TargetResult> {
     let mut stats: Vec<[PhaseStats; 2]> = vec![Default::default(); cfg.targets.len()];
     let mut slice = 0;
     for round in 1..=cfg.rounds {
-        for (i, target) in cfg.targets.iter().enumerate() {
+        for i in round_order(cfg.targets.len(), round) {
+            let target = &cfg.targets[i];
             for (p, phase) in [Phase::Connections, Phase::Requests]
                 .into_iter()
                 .enumerate()
@@ -723,7 +818,7 @@ pub fn run(cfg: &LoadConfig, on_event: &mut dyn FnMut(Event<'_>)) -> Vec<TargetR
     for (target, [conns, reqs]) in cfg.targets.iter().zip(stats) {
         let r = TargetResult {
             target: target.name.clone(),
-            address: target.addr,
+            addresses: target.addrs.clone(),
             connections: conns.summary(),
             requests: reqs.summary(),
         };
