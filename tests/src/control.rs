@@ -26,6 +26,8 @@ fn daemon(name: &str, ready: &str, api: &ApiServer, extra: &[&str]) -> Daemon {
     let mut cmd = Command::new(bin(name));
     cmd.arg("--kubeconfig")
         .arg(&api.kubeconfig)
+        // Tests run side by side: no fixed health port.
+        .args(["--health-addr", "127.0.0.1:0"])
         .args(extra)
         .env("RUST_LOG", "info");
     Daemon::spawn_until_logged(cmd, ready)

@@ -60,12 +60,19 @@ pub fn run(b: &ControllersBench, target: &Path, out_dir: &Path) -> Result<()> {
     step("bench controllers: starting the controller manager, the scheduler, 100 fake nodes");
     let cm = spawn(
         &rel.join("kproxy-controller-manager"),
-        &["--kubeconfig", &kcs, "--lb-pool", "172.30.0.0/20"],
+        &[
+            "--kubeconfig",
+            &kcs,
+            "--lb-pool",
+            "172.30.0.0/20",
+            "--health-addr",
+            "127.0.0.1:0",
+        ],
         "controller manager ready",
     );
     let sched = spawn(
         &rel.join("kproxy-scheduler"),
-        &["--kubeconfig", &kcs],
+        &["--kubeconfig", &kcs, "--health-addr", "127.0.0.1:0"],
         "scheduler ready",
     );
     let _nodes = spawn(

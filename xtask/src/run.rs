@@ -48,6 +48,9 @@ const KUBELET_DATA: &str = "/var/lib/kproxy/kubelet";
 const LOCK_FILE: &str = "/run/kproxy-run.lock";
 /// kproxy's metrics and /healthz.
 const KPROXY_METRICS: &str = "127.0.0.1:9962";
+/// The controller manager's and the scheduler's /healthz and /readyz (Kubernetes' ports).
+const CM_HEALTH: &str = "127.0.0.1:10257";
+const SCHEDULER_HEALTH: &str = "127.0.0.1:10259";
 /// Where the CLI goes on PATH.
 const KCTL_LINK: &str = "/usr/local/bin/kctl";
 /// The line `run` prints once the cluster serves; `cargo xtask bench cluster` waits for it.
@@ -159,15 +162,15 @@ fn preflight() -> Result<()> {
 struct RunLock(#[allow(dead_code, reason = "held for the flock")] std::fs::File);
 
 impl RunLock {
-    fn acquire() -> Result<Self> {
+    fn acquire(path: &str) -> Result<Self> {
         use std::io::{Read as _, Seek as _, Write as _};
         let mut file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .read(true)
             .write(true)
-            .open(LOCK_FILE)
-            .with_context(|| format!("open {LOCK_FILE}"))?;
+            .open(path)
+            .with_context(|| format!("open {path}"))?;
         // SAFETY: flock on a descriptor we own; the lock goes with the file.
         if unsafe {
             libc::flock(
@@ -193,13 +196,21 @@ impl RunLock {
 
 /// Fails naming the port and its owner if a component's address is taken.
 fn check_ports() -> Result<()> {
-    let wanted: [(&str, &str); 4] = [
-        ("127.0.0.1:6443", "the API server"),
-        ("0.0.0.0:10250", "the kubelet's log/exec endpoint"),
-        ("0.0.0.0:10262", "kproxy's node endpoint (kctl lb)"),
-        (KPROXY_METRICS, "kproxy's metrics"),
-    ];
-    for (addr, what) in wanted {
+    check_free(&PORTS)
+}
+
+/// The listening addresses of the components, and whose they are.
+const PORTS: [(&str, &str); 6] = [
+    ("127.0.0.1:6443", "the API server"),
+    (CM_HEALTH, "the controller manager's health endpoint"),
+    (SCHEDULER_HEALTH, "the scheduler's health endpoint"),
+    ("0.0.0.0:10250", "the kubelet's log/exec endpoint"),
+    ("0.0.0.0:10262", "kproxy's node endpoint (kctl lb)"),
+    (KPROXY_METRICS, "kproxy's metrics"),
+];
+
+fn check_free(wanted: &[(&str, &str)]) -> Result<()> {
+    for &(addr, what) in wanted {
         let sa: SocketAddr = addr.parse().expect("a socket address");
         if let Err(e) = TcpListener::bind(sa) {
             let owner = port_owner(sa.port())
@@ -519,19 +530,25 @@ fn wait_healthy(node: &str) -> Result<()> {
                 .request_text(http::Request::get("/readyz").body(Vec::new())?)
                 .await
                 .is_ok_and(|t| t.trim() == "ok");
-            let kproxy = crate::util::http_get(
-                KPROXY_METRICS.parse().expect("a socket address"),
-                "/healthz",
-                Duration::from_secs(1),
-            )
-            .is_ok_and(|(status, _)| status == 200);
-            if ready && readyz && kproxy {
+            let ok = |addr: &str, path: &str| {
+                crate::util::http_get(
+                    addr.parse().expect("a socket address"),
+                    path,
+                    Duration::from_secs(1),
+                )
+                .is_ok_and(|(status, _)| status == 200)
+            };
+            let cm = ok(CM_HEALTH, "/readyz");
+            let sched = ok(SCHEDULER_HEALTH, "/readyz");
+            let kproxy = ok(KPROXY_METRICS, "/healthz");
+            if ready && readyz && cm && sched && kproxy {
                 return Ok(());
             }
             if started.elapsed() > Duration::from_secs(30) {
                 bail!(
                     "not healthy after 30 s: node Ready {ready}, API server /readyz {readyz}, \
-                     kproxy /healthz {kproxy}; see {LOG_DIR}/"
+                     controller manager /readyz {cm}, scheduler /readyz {sched}, kproxy \
+                     /healthz {kproxy}; see {LOG_DIR}/"
                 );
             }
             if stop_requested() {
@@ -545,7 +562,7 @@ fn wait_healthy(node: &str) -> Result<()> {
 pub fn run(args: &RunArgs) -> Result<()> {
     let t0 = Instant::now();
     preflight()?;
-    let _lock = RunLock::acquire()?;
+    let _lock = RunLock::acquire(LOCK_FILE)?;
     // From here Ctrl-C / SIGTERM only set a flag: `run` stops what it started, in order.
     install_stop_handlers();
     check_ports()?;
@@ -655,6 +672,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         "{READY_LINE} in {:.2} s: node {node} is Ready, all components healthy",
         t0.elapsed().as_secs_f64()
     );
+    print_components(&comps);
     print_next_steps(&node, args.uplink.is_none());
 
     supervise(&mut comps);
@@ -777,6 +795,27 @@ fn stop_all(comps: &mut [Component], kproxy: &Path, lab: bool) {
     );
 }
 
+/// What runs where: one line per component.
+fn print_components(comps: &[Component]) {
+    let serves = |name: &str| match name {
+        "the API server" => "https://127.0.0.1:6443",
+        "the controller manager" => "health http://127.0.0.1:10257",
+        "the scheduler" => "health http://127.0.0.1:10259",
+        "the kubelet" => "logs/exec :10250 (via the API server)",
+        _ => "metrics http://127.0.0.1:9962, kctl lb :10262",
+    };
+    println!();
+    for c in comps {
+        let pid = c.child.as_ref().map_or(0, Child::id);
+        println!(
+            "  {:<24} pid {pid:<8} {:<40} {}",
+            c.name.trim_start_matches("the "),
+            serves(c.name),
+            c.log
+        );
+    }
+}
+
 fn print_next_steps(node: &str, lab: bool) {
     println!("\nThis host is node {node} (master and worker). Logs: {LOG_DIR}/*.log");
     println!("Try, in another terminal:");
@@ -795,4 +834,46 @@ fn print_next_steps(node: &str, lab: bool) {
     println!("  kctl rollout restart deployment httpd; kctl rollout status deployment httpd");
     println!("  kubectl get svc,deploy,pods # the real kubectl (context `kproxy`)");
     println!("Ctrl-C stops the cluster (pods keep running and are adopted next time).\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_run_finds_the_lock_held() {
+        let path =
+            std::env::temp_dir().join(format!("kproxy-run-test-{}.lock", std::process::id()));
+        let path = path.to_str().unwrap();
+        let first = RunLock::acquire(path).unwrap();
+        let err = RunLock::acquire(path).err().expect("the lock is held");
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("already running") && msg.contains(&std::process::id().to_string()),
+            "{msg}"
+        );
+        drop(first);
+        drop(RunLock::acquire(path).expect("free again once the first run ends"));
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn a_taken_port_is_named_with_its_owner() {
+        let held = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = held.local_addr().unwrap().to_string();
+        let err =
+            check_free(&[(addr.as_str(), "the test's endpoint")]).expect_err("the port is taken");
+        let msg = format!("{err:#}");
+        let port = held.local_addr().unwrap().port().to_string();
+        assert!(
+            msg.contains(&format!("port {port} (the test's endpoint) is taken")),
+            "{msg}"
+        );
+        assert!(
+            msg.contains(&format!("pid {}", std::process::id())),
+            "{msg}"
+        );
+        drop(held);
+        check_free(&[(addr.as_str(), "the test's endpoint")]).expect("free once released");
+    }
 }

@@ -10,6 +10,7 @@ pub mod deployment;
 pub mod endpointslice;
 pub mod events;
 pub mod expectations;
+pub mod health;
 pub mod lbipam;
 pub mod nodeipam;
 pub mod nodelifecycle;

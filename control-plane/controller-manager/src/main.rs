@@ -54,6 +54,9 @@ struct Options {
         default_value = "deployment,replicaset,endpointslice,lbipam,nodeipam,nodelifecycle"
     )]
     controllers: Vec<String>,
+    /// Where `/healthz` and `/readyz` are served (plain HTTP; port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:10257")]
+    health_addr: std::net::SocketAddr,
 }
 
 fn secs(v: f64, what: &str) -> Result<Duration> {
@@ -77,6 +80,8 @@ async fn main() -> Result<()> {
         bail!("{e}");
     }
     let config = Arc::new(config);
+    let readiness = kproxy_controller_manager::health::Readiness::default();
+    let health = kproxy_controller_manager::health::serve(o.health_addr, readiness.clone()).await?;
     let client = client::from_kubeconfig(o.kubeconfig.as_deref()).await?;
     client
         .apiserver_version()
@@ -113,7 +118,8 @@ async fn main() -> Result<()> {
         info!(controller = %name, "started");
         tasks.spawn(async move { (name, run.await) });
     }
-    info!("controller manager ready");
+    readiness.set_ready();
+    info!(%health, "controller manager ready");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("SIGTERM handler")?;
     tokio::select! {

@@ -859,11 +859,17 @@ mod tests {
     fn targets() {
         assert_eq!(
             Target::parse("pod=10.0.0.5:80"),
-            Ok(Target {
-                name: "pod".into(),
-                addr: "10.0.0.5:80".parse().unwrap()
-            })
+            Ok(Target::single("pod", "10.0.0.5:80".parse().unwrap()))
         );
+        let pods = Target::parse("pods=10.0.0.5:80,10.0.0.6:8080,[fd00::1]:80").unwrap();
+        assert_eq!(pods.name, "pods");
+        assert_eq!(pods.addrs.len(), 3);
+        assert_eq!(pods.addrs[1], "10.0.0.6:8080".parse().unwrap());
+        assert_eq!(
+            pods.to_string(),
+            "pods=10.0.0.5:80,10.0.0.6:8080,[fd00::1]:80"
+        );
+        assert_eq!(Target::parse(&pods.to_string()), Ok(pods));
         for bad in [
             "10.0.0.5:80",
             "=10.0.0.5:80",
@@ -871,6 +877,11 @@ mod tests {
             "a b=1.2.3.4:1",
             "pod=x:80",
             "pod=1.2.3.4:0",
+            "pod=",
+            "pod=1.2.3.4:80,",
+            "pod=1.2.3.4:80,,1.2.3.5:80",
+            "pod=1.2.3.4:80,1.2.3.4:80",
+            "pod=1.2.3.4:80,1.2.3.5:0",
         ] {
             assert_eq!(
                 Target::parse(bad),
@@ -878,6 +889,30 @@ mod tests {
                 "{bad}"
             );
         }
+        let msg = Target::parse("pod=1.2.3.4").unwrap_err().to_string();
+        assert!(msg.contains("NAME=IP:PORT[,IP:PORT...]"), "{msg}");
+        let many: Vec<String> = (1..=300).map(|p| format!("10.0.0.1:{p}")).collect();
+        let e = Target::parse(&format!("pods={}", many.join(","))).unwrap_err();
+        assert_eq!(e, LoadError::TooManyAddresses("pods".into(), 300));
+        assert!(e.to_string().contains("at most 256"), "{e}");
+        // A config built in code is checked too.
+        let empty = LoadConfig::new(vec![Target {
+            name: "pods".into(),
+            addrs: vec![],
+        }]);
+        assert!(matches!(empty.validate(), Err(LoadError::BadTarget(_))));
+    }
+
+    #[test]
+    fn even_rounds_reverse_the_order() {
+        assert_eq!(round_order(2, 1), [0, 1]);
+        assert_eq!(round_order(2, 2), [1, 0]);
+        assert_eq!(round_order(2, 3), [0, 1]);
+        assert_eq!(round_order(3, 4), [2, 1, 0]);
+        assert_eq!(round_order(1, 2), [0]);
+        // Over the rounds each target runs right after the other one as often (ABBA).
+        let seq: Vec<usize> = (1..=4).flat_map(|r| round_order(2, r)).collect();
+        assert_eq!(seq, [0, 1, 1, 0, 0, 1, 1, 0]);
     }
 
     #[test]
@@ -890,7 +925,7 @@ mod tests {
             "2",
             "--path",
             "/x",
-            "pod=10.0.0.5:80",
+            "pod=10.0.0.5:80,10.0.0.6:80",
             "clusterip=10.96.0.10:80",
         ]))
         .unwrap();
@@ -1004,7 +1039,10 @@ mod tests {
     fn result_json() {
         let r = TargetResult {
             target: "pod".into(),
-            address: "10.0.0.5:80".parse().unwrap(),
+            addresses: vec![
+                "10.0.0.5:80".parse().unwrap(),
+                "10.0.0.6:80".parse().unwrap(),
+            ],
             connections: PhaseResult {
                 ok: 10,
                 failed: 0,
@@ -1028,7 +1066,7 @@ mod tests {
         };
         assert_eq!(
             r.to_json(),
-            "{\"type\":\"result\",\"target\":\"pod\",\"address\":\"10.0.0.5:80\",\
+            "{\"type\":\"result\",\"target\":\"pod\",\"addresses\":[\"10.0.0.5:80\",\"10.0.0.6:80\"],\
              \"connections\":{\"ok\":10,\"failed\":0,\"seconds\":1.000,\"per_second\":10.000,\
              \"p50_us\":100,\"p90_us\":200,\"p99_us\":300,\"first_error\":null},\
              \"requests\":{\"ok\":0,\"failed\":2,\"seconds\":0.500,\"per_second\":0.000,\
@@ -1040,11 +1078,19 @@ mod tests {
 
     /// A tiny HTTP/1.0 server on loopback: answers every request with `status` and closes.
     fn serve(status: &'static str) -> SocketAddr {
+        serve_counting(status).0
+    }
+
+    /// [`serve`], counting the connections it accepted.
+    fn serve_counting(status: &'static str) -> (SocketAddr, std::sync::Arc<AtomicU64>) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
+        let accepted = std::sync::Arc::new(AtomicU64::new(0));
+        let count = accepted.clone();
         thread::spawn(move || {
             for s in l.incoming() {
                 let Ok(mut s) = s else { continue };
+                count.fetch_add(1, Ordering::Relaxed);
                 thread::spawn(move || {
                     let mut buf = [0u8; 1024];
                     let mut got = Vec::new();
@@ -1060,7 +1106,38 @@ mod tests {
                 });
             }
         });
-        addr
+        (addr, accepted)
+    }
+
+    #[test]
+    fn connections_take_the_addresses_in_turn() {
+        let servers: Vec<_> = (0..3).map(|_| serve_counting("200 OK")).collect();
+        let mut cfg = LoadConfig::new(vec![Target {
+            name: "pods".into(),
+            addrs: servers.iter().map(|(a, _)| *a).collect(),
+        }]);
+        cfg.connections = 3;
+        cfg.duration = Duration::from_millis(400);
+        cfg.rounds = 1;
+        cfg.validate().unwrap();
+        let results = run(&cfg, &mut |_| {});
+        let r = &results[0];
+        assert_eq!(r.addresses.len(), 3);
+        assert!(r.requests.ok > 30 && r.requests.failed == 0, "{r:?}");
+        // Round-robin: every server got a third of the connections, give or take the
+        // few in flight when a slice ended.
+        let counts: Vec<u64> = servers
+            .iter()
+            .map(|(_, n)| n.load(Ordering::Relaxed))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        assert!(
+            total >= r.connections.ok + r.requests.ok,
+            "{counts:?} {r:?}"
+        );
+        for n in &counts {
+            assert!(n.abs_diff(total / 3) <= 8, "uneven spread {counts:?}");
+        }
     }
 
     #[test]
@@ -1073,18 +1150,9 @@ mod tests {
             .local_addr()
             .unwrap();
         let mut cfg = LoadConfig::new(vec![
-            Target {
-                name: "good".into(),
-                addr: good,
-            },
-            Target {
-                name: "missing".into(),
-                addr: missing,
-            },
-            Target {
-                name: "closed".into(),
-                addr: closed,
-            },
+            Target::single("good", good),
+            Target::single("missing", missing),
+            Target::single("closed", closed),
         ]);
         cfg.connections = 2;
         cfg.duration = Duration::from_millis(800);
@@ -1102,8 +1170,21 @@ mod tests {
         let slices: Vec<u32> = progress.iter().map(|p| p.slice).collect();
         assert!(slices.windows(2).all(|w| w[0] <= w[1]), "{slices:?}");
         assert_eq!(slices.last(), Some(&12));
-        assert_eq!(progress[0].target, "good");
         assert_eq!(progress.last().unwrap().round, 2);
+        // The slices' targets: in order in round 1, reversed in round 2.
+        let mut order: Vec<(u32, String)> = progress
+            .iter()
+            .map(|p| (p.slice, p.target.clone()))
+            .collect();
+        order.dedup();
+        let names: Vec<&str> = order.iter().map(|(_, t)| t.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "good", "good", "missing", "missing", "closed", "closed", // round 1
+                "closed", "closed", "missing", "missing", "good", "good", // round 2
+            ]
+        );
 
         let [g, m, c] = &results[..] else {
             unreachable!()

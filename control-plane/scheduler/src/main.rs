@@ -26,6 +26,9 @@ struct Flags {
     /// Binds in flight at most.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
     parallelism: u16,
+    /// Where `/healthz` and `/readyz` are served (plain HTTP; port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:10259")]
+    health_addr: std::net::SocketAddr,
 }
 
 #[tokio::main]
@@ -37,9 +40,13 @@ async fn main() -> Result<()> {
         .apiserver_version()
         .await
         .context("reaching the API server")?;
+    let readiness = kproxy_controller_manager::health::Readiness::default();
+    let health = kproxy_controller_manager::health::serve(f.health_addr, readiness.clone()).await?;
+    info!(%health, "health endpoint");
     let opts = Options {
         scheduler_name: f.scheduler_name,
         parallelism: usize::from(f.parallelism),
+        readiness,
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("SIGTERM handler")?;

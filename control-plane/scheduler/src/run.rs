@@ -47,6 +47,8 @@ pub struct Options {
     pub scheduler_name: String,
     /// Binds in flight at most.
     pub parallelism: usize,
+    /// Set once the node and pod caches are synced (`/readyz`).
+    pub readiness: kproxy_controller_manager::health::Readiness,
 }
 
 impl Default for Options {
@@ -54,6 +56,7 @@ impl Default for Options {
         Self {
             scheduler_name: COMPONENT.into(),
             parallelism: 32,
+            readiness: kproxy_controller_manager::health::Readiness::default(),
         }
     }
 }
@@ -276,6 +279,7 @@ impl Scheduler {
     fn check_ready(&mut self) {
         if !self.ready && self.nodes_synced && self.pods_synced {
             self.ready = true;
+            self.opts.readiness.set_ready();
             info!(
                 nodes = self.cache.nodes().count(),
                 placed_pods = self.cache.pod_count(),

@@ -1,9 +1,11 @@
 //! `kctl bench svc/NAME`: what the service hop costs. A load client pod (`kecho load`, see
 //! `kproxy_podimages::load`) on the node of one of the service's ready endpoints measures new
-//! connections/s, requests/s and request latency to that pod directly and to the ClusterIP,
-//! interleaved in rounds; for a LoadBalancer service kctl itself then measures the
-//! EXTERNAL-IP from the client network namespace. The table puts them side by side with the
-//! ratios `ClusterIP ÷ pod` (and `external-ip ÷ pod`).
+//! connections/s, requests/s and request latency to the ClusterIP and directly to the same
+//! pods (every ready endpoint of the port, new connections taking them in turn, as the
+//! service spreads them), interleaved in rounds; for a LoadBalancer service kctl itself then
+//! measures the EXTERNAL-IP from the client network namespace. The table puts them side by
+//! side with the ratios `ClusterIP ÷ pod` (and `external-ip ÷ pod`): the service hop against
+//! going straight to the same pods.
 
 use std::fmt::Write as _;
 use std::io::{IsTerminal as _, Write as _};
@@ -16,9 +18,11 @@ use futures::AsyncBufReadExt as _;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kproxy_podimages::load::{self, LoadConfig, Target};
+use kube::ResourceExt as _;
 use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
 use crate::client::Ctx;
@@ -31,6 +35,10 @@ const NETNS_DIR: &str = "/run/netns";
 const IMAGE: &str = "kecho:latest";
 /// How long the bench pod may take to start.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// Slack for the bench pod beyond its start and its planned measuring time.
+const RUN_SLACK: Duration = Duration::from_secs(30);
+/// The label on the bench pod.
+pub const POD_LABEL: (&str, &str) = ("app.kubernetes.io/managed-by", "kctl-bench");
 /// Without a terminal the progress line is repeated at most this often.
 const PLAIN_PROGRESS_EVERY: Duration = Duration::from_secs(3);
 
@@ -55,8 +63,8 @@ pub struct BenchArgs {
     /// The HTTP path requested.
     #[arg(long, default_value = "/")]
     pub path: String,
-    /// The network namespace (/run/netns/NAME) the EXTERNAL-IP is measured from (default:
-    /// kproxy-client when it exists).
+    /// The network namespace (/run/netns/NAME: give NAME) the EXTERNAL-IP is measured from
+    /// (default: kproxy-client when it exists).
     #[arg(long, value_name = "NAME")]
     pub client_netns: Option<String>,
     /// Output format.
@@ -74,9 +82,9 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     pub service: String,
-    /// The ready endpoint measured directly.
-    pub pod: SocketAddr,
-    /// The node of that endpoint: the bench pod runs there.
+    /// Every ready endpoint of the port, sorted: measured directly, in turn (the `pod` row).
+    pub pods: Vec<SocketAddr>,
+    /// The node of the first endpoint that names one: the bench pod runs there.
     pub node: String,
     pub cluster_ip: SocketAddr,
     /// `LBIP:PORT` for a LoadBalancer service with an ingress IP.
@@ -96,7 +104,7 @@ pub fn service_name(target: &str) -> Result<&str> {
     Ok(name)
 }
 
-/// Picks the port, a ready endpoint and the addresses to measure.
+/// Picks the port, the ready endpoints, the bench pod's node and the addresses to measure.
 pub fn plan(svc: &Service, slices: &[EndpointSlice], port: Option<&str>) -> Result<Plan> {
     let name = svc.metadata.name.clone().unwrap_or_default();
     let spec = svc.spec.as_ref().context("the service has no spec")?;
@@ -137,7 +145,7 @@ pub fn plan(svc: &Service, slices: &[EndpointSlice], port: Option<&str>) -> Resu
     let service_port = u16::try_from(sp.port).context("service port out of range")?;
     let port_name = sp.name.as_deref().unwrap_or("");
     // The endpoint port is the slice's port with the service port's name.
-    let mut candidates = Vec::new();
+    let mut ready = std::collections::BTreeMap::<SocketAddr, Option<String>>::new();
     for slice in slices {
         if slice.address_type != "IPv4" && slice.address_type != "IPv6" {
             continue;
@@ -152,20 +160,27 @@ pub fn plan(svc: &Service, slices: &[EndpointSlice], port: Option<&str>) -> Resu
             continue;
         };
         for ep in &slice.endpoints {
-            let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
-            let (Some(node), Some(ip)) = (ep.node_name.as_ref(), ep.addresses.first()) else {
+            let is_ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+            let Some(Ok(ip)) = ep.addresses.first().map(|ip| ip.parse::<IpAddr>()) else {
                 continue;
             };
-            if let (true, Ok(ip)) = (ready, ip.parse::<IpAddr>()) {
-                candidates.push((SocketAddr::new(ip, ep_port), node.clone()));
+            if is_ready {
+                // An endpoint in two slices (during an update) counts once.
+                let node = ready.entry(SocketAddr::new(ip, ep_port)).or_default();
+                if node.is_none() {
+                    node.clone_from(&ep.node_name);
+                }
             }
         }
     }
-    // Deterministic: the same endpoint for the same state.
-    candidates.sort();
-    let (pod, node) = candidates.into_iter().next().with_context(|| {
-        format!("service {name} has no ready endpoint on port {service_port} (nothing to measure)")
+    if ready.is_empty() {
+        bail!("service {name} has no ready endpoint on port {service_port} (nothing to measure)");
+    }
+    // Deterministic: the same node for the same state.
+    let node = ready.values().flatten().next().cloned().with_context(|| {
+        format!("no ready endpoint of service {name} names its node: nowhere to run the bench pod")
     })?;
+    let pods: Vec<SocketAddr> = ready.into_keys().collect();
     let external = if spec.type_.as_deref() == Some("LoadBalancer") {
         svc.status
             .as_ref()
@@ -181,7 +196,7 @@ pub fn plan(svc: &Service, slices: &[EndpointSlice], port: Option<&str>) -> Resu
     };
     Ok(Plan {
         service: name,
-        pod,
+        pods,
         node,
         cluster_ip: SocketAddr::new(cluster_ip, service_port),
         external,
@@ -206,7 +221,8 @@ pub struct PhaseOut {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 pub struct TargetOut {
     pub target: String,
-    pub address: String,
+    /// One address, or the endpoints the connections took in turn.
+    pub addresses: Vec<String>,
     pub connections: PhaseOut,
     pub requests: PhaseOut,
 }
@@ -275,6 +291,15 @@ fn latency(us: Option<u32>) -> String {
     }
 }
 
+/// The ADDRESS cell: the address, or how many endpoints the row spread over.
+fn address_cell(addresses: &[String]) -> String {
+    match addresses {
+        [] => "-".to_string(),
+        [one] => one.clone(),
+        many => format!("{} endpoints", many.len()),
+    }
+}
+
 /// Labels for the ratio lines.
 fn label(target: &str) -> &str {
     match target {
@@ -293,7 +318,7 @@ pub fn render(results: &[TargetOut], notes: &[String]) -> String {
             t,
             "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
             r.target,
-            r.address,
+            address_cell(&r.addresses),
             rate(r.connections.per_second),
             rate(r.requests.per_second),
             latency(r.requests.p50_us),
@@ -305,6 +330,13 @@ pub fn render(results: &[TargetOut], notes: &[String]) -> String {
     let mut out = TabWriter::new(6, 3).format(&t);
     out.push_str("(P50/P90/P99: request latency, connect to last byte)\n");
     if let Some(pod) = results.iter().find(|r| r.target == "pod") {
+        if pod.addresses.len() > 1 {
+            let _ = writeln!(
+                out,
+                "(pod: the service's {} ready endpoints directly, new connections taking them in turn)",
+                pod.addresses.len()
+            );
+        }
         let mut lines = String::new();
         for r in results.iter().filter(|r| r.target != "pod") {
             let show = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.2}"));
@@ -436,6 +468,9 @@ pub fn progress_text(service: &str, where_: &str, p: &ProgressOut) -> String {
 
 pub async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<()> {
     let name = service_name(&args.target)?;
+    if let Some(netns) = &args.client_netns {
+        check_netns_name(netns)?;
+    }
     let ns = ctx.namespace.clone();
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
     let svc = services.get(name).await?;
@@ -454,34 +489,47 @@ pub async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<()> {
         ..LoadConfig::new(vec![
             Target {
                 name: "pod".into(),
-                addr: plan.pod,
+                addrs: plan.pods.clone(),
             },
-            Target {
-                name: "clusterip".into(),
-                addr: plan.cluster_ip,
-            },
+            Target::single("clusterip", plan.cluster_ip),
         ])
     };
     in_pod.validate().map_err(|e| anyhow!("{e}"))?;
     let mut notes = Vec::new();
     let external = external_netns(&plan, args.client_netns.as_deref(), &mut notes);
 
+    // Listening before the pod exists: from here on a Ctrl-C no longer kills kctl but is
+    // noticed below, so the pod is deleted whenever it comes.
+    let mut interrupt =
+        signal(SignalKind::interrupt()).context("listening for Ctrl-C (SIGINT)")?;
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let pod = pods
         .create(&PostParams::default(), &bench_pod(&plan, &in_pod)?)
         .await
         .context("creating the bench pod")?;
-    let pod_name = pod.metadata.name.clone().unwrap_or_default();
+    let pod_name = pod.name_any();
     if args.output.is_none() {
         eprintln!(
-            "bench svc/{}: pod {pod_name} on node {} measures {} (pod) and {} (ClusterIP), {} connections, {:?} each",
-            plan.service, plan.node, plan.pod, plan.cluster_ip, in_pod.connections, in_pod.duration
+            "bench svc/{}: pod {pod_name} on node {} measures {} directly (pod) and {} (ClusterIP), {} connections, {:?} each",
+            plan.service,
+            plan.node,
+            endpoints_text(&plan.pods),
+            plan.cluster_ip,
+            in_pod.connections,
+            in_pod.duration
         );
     }
     let mut progress = ProgressLine::new();
+    let budget = in_pod.total() + START_TIMEOUT + RUN_SLACK;
     let outcome = tokio::select! {
-        r = measure_in_pod(&pods, &pod_name, &plan, &in_pod, &mut progress) => r,
-        _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
+        r = tokio::time::timeout(
+            budget,
+            measure_in_pod(&pods, &pod_name, &plan, &in_pod, &mut progress),
+        ) => r.unwrap_or_else(|_| Err(anyhow!(
+            "bench pod {pod_name} gave no complete result within {budget:?} ({:?} of measuring, {START_TIMEOUT:?} to start, {RUN_SLACK:?} slack); it is deleted",
+            in_pod.total()
+        ))),
+        _ = interrupt.recv() => Err(anyhow!("interrupted; bench pod {pod_name} is deleted")),
     };
     progress.clear();
     // Always: a bench pod left behind would keep loading the service.
@@ -496,15 +544,16 @@ pub async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<()> {
 
     if let Some((netns, addr)) = external {
         let local = LoadConfig {
-            targets: vec![Target {
-                name: "external-ip".into(),
-                addr,
-            }],
+            targets: vec![Target::single("external-ip", addr)],
             ..in_pod.clone()
         };
         let outcome = tokio::select! {
             r = measure_from_netns(&netns, local, &plan, &mut progress) => r,
-            _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
+            // Not a skipped measurement: the user stopped kctl.
+            _ = interrupt.recv() => {
+                progress.clear();
+                bail!("interrupted while measuring the EXTERNAL-IP {addr}");
+            }
         };
         progress.clear();
         match outcome {
@@ -521,7 +570,32 @@ pub async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<()> {
     }
 }
 
+/// `10.244.0.7:8080`, or `3 endpoints (10.244.0.7:8080, ...)`.
+fn endpoints_text(pods: &[SocketAddr]) -> String {
+    match pods {
+        [one] => one.to_string(),
+        many => {
+            let list: Vec<String> = many.iter().map(ToString::to_string).collect();
+            format!("{} endpoints ({})", many.len(), list.join(", "))
+        }
+    }
+}
+
+/// `--client-netns` names a namespace under /run/netns.
+pub fn check_netns_name(name: &str) -> Result<()> {
+    if name.contains('/') {
+        bail!(
+            "--client-netns {name:?}: must be a namespace name (as in {NETNS_DIR}/NAME), not a path"
+        );
+    }
+    if name.is_empty() || name == "." || name == ".." {
+        bail!("--client-netns {name:?}: must be a namespace name (as in {NETNS_DIR}/NAME)");
+    }
+    Ok(())
+}
+
 /// The client namespace to measure the EXTERNAL-IP from, or a note saying why not.
+/// `requested` has passed [`check_netns_name`].
 fn external_netns(
     plan: &Plan,
     requested: Option<&str>,
@@ -530,7 +604,7 @@ fn external_netns(
     let addr = plan.external?;
     let name = requested.unwrap_or(DEFAULT_CLIENT_NETNS);
     let path = Path::new(NETNS_DIR).join(name);
-    if name.contains('/') || !path.exists() {
+    if !path.exists() {
         notes.push(format!(
             "external-ip {addr}: skipped: no network namespace {} (name one with --client-netns)",
             path.display()
@@ -548,7 +622,7 @@ fn bench_pod(plan: &Plan, cfg: &LoadConfig) -> Result<Pod> {
         "kind": "Pod",
         "metadata": {
             "generateName": "kctl-bench-",
-            "labels": {"app.kubernetes.io/managed-by": "kctl-bench"},
+            "labels": {POD_LABEL.0: POD_LABEL.1},
         },
         "spec": {
             "nodeName": plan.node,
@@ -654,7 +728,11 @@ async fn measure_in_pod(
             .and_then(|c| c.into_iter().next())
             .and_then(|c| c.state)
             .and_then(|s| s.terminated)
-            .map(|t| format!(" (exit code {})", t.exit_code))
+            .map(|t| match t.exit_code {
+                // Rust's exit code after a panic on the main thread.
+                101 => " (exit code 101: the load engine panicked)".to_string(),
+                code => format!(" (exit code {code})"),
+            })
             .unwrap_or_default();
         bail!(
             "bench pod {name} ended without all results{status}; its log:\n{}",
@@ -675,7 +753,7 @@ async fn measure_from_netns(
     let (tx, mut rx) = mpsc::unbounded_channel::<Result<String, String>>();
     let path = netns.to_path_buf();
     // A dedicated OS thread: setns changes the calling thread only, and the engine blocks.
-    std::thread::Builder::new()
+    let engine = std::thread::Builder::new()
         .name("bench-netns".into())
         .spawn(move || {
             if let Err(e) = enter_netns(&path) {
@@ -702,7 +780,17 @@ async fn measure_from_netns(
         }
     }
     if results.is_empty() {
-        bail!("the client-namespace run ended without a result");
+        // The channel closed: the thread has ended (or is unwinding); say how.
+        let joined = tokio::task::spawn_blocking(move || engine.join())
+            .await
+            .context("waiting for the client-namespace engine thread")?;
+        match joined {
+            Err(panic) => bail!(
+                "the client-namespace engine thread panicked: {}",
+                load::panic_message(panic.as_ref())
+            ),
+            Ok(()) => bail!("the client-namespace engine thread ended without a result"),
+        }
     }
     Ok(results)
 }
@@ -761,16 +849,31 @@ mod tests {
         assert!(service_name("svc/").is_err());
     }
 
+    fn addrs(list: &[&str]) -> Vec<SocketAddr> {
+        list.iter().map(|a| a.parse().unwrap()).collect()
+    }
+
     #[test]
-    fn plan_picks_a_ready_endpoint_and_the_tcp_port() {
-        let slices = [slice(json!([
-            ep("10.244.0.9", "node-b", false),
-            ep("10.244.0.7", "node-a", true),
-            ep("10.244.0.8", "node-a", true),
-        ]))];
+    fn plan_takes_every_ready_endpoint_and_the_tcp_port() {
+        let slices = [
+            slice(json!([
+                ep("10.244.0.9", "node-b", false),
+                ep("10.244.0.8", "node-b", true),
+                ep("10.244.0.7", "node-a", true),
+            ])),
+            // During an update an endpoint may be in two slices: it counts once.
+            slice(json!([
+                ep("10.244.0.7", "node-a", true),
+                ep("10.244.0.10", "node-c", true),
+            ])),
+        ];
         let p = plan(&web_svc("LoadBalancer", "10.96.0.20"), &slices, None).unwrap();
         assert_eq!(p.service, "web");
-        assert_eq!(p.pod, "10.244.0.7:8080".parse().unwrap());
+        // All ready ones, on every node: the ClusterIP spreads over the same set.
+        assert_eq!(
+            p.pods,
+            addrs(&["10.244.0.7:8080", "10.244.0.8:8080", "10.244.0.10:8080"])
+        );
         assert_eq!(p.node, "node-a");
         assert_eq!(p.cluster_ip, "10.96.0.20:80".parse().unwrap());
         assert_eq!(p.external, Some("198.19.0.10:80".parse().unwrap()));
@@ -778,6 +881,30 @@ mod tests {
         let p = plan(&web_svc("ClusterIP", "10.96.0.20"), &slices, Some("http")).unwrap();
         assert_eq!((p.cluster_ip.port(), p.external), (80, None));
         assert!(plan(&web_svc("ClusterIP", "10.96.0.20"), &slices, Some("80")).is_ok());
+        // The bench pod goes to a node an endpoint names.
+        let slices = [slice(json!([
+            {"addresses": ["10.244.0.5"], "conditions": {"ready": true}},
+            ep("10.244.0.6", "node-b", true),
+        ]))];
+        let p = plan(&web_svc("ClusterIP", "10.96.0.20"), &slices, None).unwrap();
+        assert_eq!(p.pods, addrs(&["10.244.0.5:8080", "10.244.0.6:8080"]));
+        assert_eq!(p.node, "node-b");
+    }
+
+    #[test]
+    fn client_netns_is_a_name() {
+        assert!(check_netns_name("kproxy-client").is_ok());
+        for bad in ["/run/netns/x", "a/b", "../x"] {
+            let e = check_netns_name(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("must be a namespace name (as in /run/netns/NAME), not a path"),
+                "{e}"
+            );
+        }
+        for bad in ["", ".", ".."] {
+            let e = check_netns_name(bad).unwrap_err().to_string();
+            assert!(e.contains("must be a namespace name"), "{e}");
+        }
     }
 
     #[test]
@@ -802,6 +929,9 @@ mod tests {
         );
         let e = err(&web_svc("ClusterIP", "10.96.0.20"), &ready, Some("udp"));
         assert!(e.contains("not TCP"), "{e}");
+        let nowhere = [slice(json!([{"addresses": ["10.244.0.5"]}]))];
+        let e = err(&web_svc("ClusterIP", "10.96.0.20"), &nowhere, None);
+        assert!(e.contains("names its node"), "{e}");
     }
 
     #[test]
@@ -812,7 +942,7 @@ mod tests {
         // Too short for 3 rounds of two phases: refused before a pod is created.
         let cfg = LoadConfig {
             duration: Duration::from_millis(300),
-            ..LoadConfig::new(vec![Target::parse("pod=10.0.0.1:80").unwrap()])
+            ..LoadConfig::new(vec![Target::parse("pod=10.0.0.1:80,10.0.0.2:80").unwrap()])
         };
         assert!(cfg.validate().unwrap_err().to_string().contains("600ms"));
     }
@@ -834,7 +964,7 @@ mod tests {
     fn engine_lines_parse() {
         let r = load::TargetResult {
             target: "clusterip".into(),
-            address: "10.96.0.20:80".parse().unwrap(),
+            addresses: addrs(&["10.96.0.20:80"]),
             connections: load::PhaseStats {
                 ok: 3,
                 elapsed: Duration::from_secs(1),
@@ -848,7 +978,7 @@ mod tests {
             panic!("{}", r.to_json());
         };
         assert_eq!(out.target, "clusterip");
-        assert_eq!(out.address, "10.96.0.20:80");
+        assert_eq!(out.addresses, ["10.96.0.20:80"]);
         assert_eq!(out.connections.ok, 3);
         assert_eq!(out.connections.p50_us, Some(6));
         assert_eq!(out.requests.p50_us, None);
@@ -879,13 +1009,17 @@ mod tests {
         let results = vec![
             TargetOut {
                 target: "pod".into(),
-                address: "10.244.0.7:8080".into(),
+                addresses: vec![
+                    "10.244.0.7:8080".into(),
+                    "10.244.0.8:8080".into(),
+                    "10.244.0.9:8080".into(),
+                ],
                 connections: phase(5000.0, 0),
                 requests: phase(4000.0, 0),
             },
             TargetOut {
                 target: "clusterip".into(),
-                address: "10.96.0.20:80".into(),
+                addresses: vec!["10.96.0.20:80".into()],
                 connections: phase(4900.0, 0),
                 requests: phase(3600.0, 2),
             },
@@ -894,17 +1028,21 @@ mod tests {
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(
             lines[0],
-            "TARGET      ADDRESS           CONN/S   REQ/S   P50     P90      P99     FAILED"
+            "TARGET      ADDRESS         CONN/S   REQ/S   P50     P90      P99     FAILED"
         );
         assert_eq!(
             lines[1],
-            "pod         10.244.0.7:8080   5,000    4,000   850µs   1.50ms   2.50s   0"
+            "pod         3 endpoints     5,000    4,000   850µs   1.50ms   2.50s   0"
         );
         assert!(
-            lines[2].starts_with("clusterip   10.96.0.20:80     4,900    3,600 "),
+            lines[2].starts_with("clusterip   10.96.0.20:80   4,900    3,600 "),
             "{out}"
         );
         assert!(lines[2].ends_with("   2"), "{out}");
+        assert!(
+            out.contains("(pod: the service's 3 ready endpoints directly, new connections taking them in turn)\n"),
+            "{out}"
+        );
         assert!(
             out.contains("ClusterIP ÷ pod:  new connections/s 0.98  requests/s 0.90\n"),
             "{out}"
@@ -919,7 +1057,7 @@ mod tests {
         assert!(out.ends_with("external-ip: skipped: no netns\n"), "{out}");
         let plan = Plan {
             service: "web".into(),
-            pod: "10.244.0.7:8080".parse().unwrap(),
+            pods: addrs(&["10.244.0.7:8080", "10.244.0.8:8080", "10.244.0.9:8080"]),
             node: "node-a".into(),
             cluster_ip: "10.96.0.20:80".parse().unwrap(),
             external: None,
@@ -930,6 +1068,11 @@ mod tests {
             json!(0.98)
         );
         assert_eq!(j["results"][1]["requests"]["failed"], json!(2));
+        assert_eq!(j["results"][0]["target"], "pod");
+        assert_eq!(j["results"][0]["addresses"].as_array().map(Vec::len), Some(3));
+        // A single-address row shows the address itself.
+        assert_eq!(address_cell(&["10.96.0.20:80".into()]), "10.96.0.20:80");
+        assert_eq!(address_cell(&[]), "-");
         assert_eq!(ratio(1.0, 0.0), None);
         assert_eq!(rate(999.6), "1,000");
         assert_eq!(rate(1_234_567.0), "1,234,567");

@@ -2,8 +2,8 @@
 //! `kproxy_podimages::echo`). One thread per TCP connection: tiny and dependency-free.
 //!
 //! Client mode for pods that need one (the images have no curl): `kecho get URL` prints the
-//! body of an HTTP/1.0 GET; `kecho load ... NAME=IP:PORT...` measures connections and
-//! requests per second (see `kproxy_podimages::load`), printing JSON lines.
+//! body of an HTTP/1.0 GET; `kecho load ... NAME=IP:PORT[,IP:PORT...]...` measures
+//! connections and requests per second (see `kproxy_podimages::load`), printing JSON lines.
 
 use std::{
     io::{self, BufRead as _, BufReader, Read as _, Write as _},
