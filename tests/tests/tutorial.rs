@@ -686,9 +686,10 @@ fn tutorial(cli: &Cli, cluster: &mut Cluster) {
         "new flows per backend (table before {before:?}, after {after:?}) must match the pages"
     );
 
-    // 3b. `kctl bench`: a load pod on the node measures the pod, the ClusterIP and (from
-    // the client namespace) the EXTERNAL-IP side by side; every row carries traffic, none
-    // fails, and the ratios to the pod are there. (kctl only: kubectl has no such command.)
+    // 3b. `kctl bench`: a load pod on the node measures the pods directly (all 3 ready
+    // endpoints, in turn), the ClusterIP and (from the client namespace) the EXTERNAL-IP
+    // side by side; every row carries traffic, none fails, the ratios to the pods are there,
+    // and the load pod is gone when kctl returns. (kctl only: kubectl has no such command.)
     if cli.name == "kctl" {
         step("kctl bench");
         let out = cli.ok(&[
@@ -717,6 +718,35 @@ fn tutorial(cli: &Cli, cluster: &mut Cluster) {
             let ratio = v["ratiosToPod"][t]["connectionsPerSecond"].as_f64();
             assert!(ratio.is_some_and(|r| r > 0.0), "{t} ratio in {v}");
         }
+        // The direct row covers the same 3 pods the service spreads over.
+        let direct: BTreeSet<Ipv4Addr> = rows[0]["addresses"]
+            .as_array()
+            .expect("addresses of the pod row")
+            .iter()
+            .map(|a| {
+                let a: std::net::SocketAddr =
+                    a.as_str().and_then(|a| a.parse().ok()).expect("IP:PORT");
+                match a.ip() {
+                    std::net::IpAddr::V4(ip) => ip,
+                    std::net::IpAddr::V6(ip) => panic!("IPv6 endpoint {ip}"),
+                }
+            })
+            .collect();
+        assert_eq!(direct, ips, "the pod row's endpoints in {v}");
+        // kctl bench deletes its pod before returning (label from kctl's bench.rs).
+        let k = &cluster.kubelet;
+        let all: Api<Pod> = Api::namespaced(k.client(), "default");
+        let left = k
+            .block_on(
+                all.list(&ListParams::default().labels("app.kubernetes.io/managed-by=kctl-bench")),
+            )
+            .expect("list bench pods");
+        let names: Vec<String> = left
+            .items
+            .iter()
+            .map(|p| p.metadata.name.clone().unwrap_or_default())
+            .collect();
+        assert!(names.is_empty(), "bench pods left behind: {names:?}");
     }
 
     // 4. A deleted pod is replaced; once the endpoints settle nothing fails and the

@@ -547,7 +547,11 @@ fn kctl_bench(bin_dir: &Path, svc: &str, seconds: u64) -> Result<BenchFigures> {
             table,
             "{:<12} {:<22} {:>7.0} {:>8.0} {:>8} {:>8} {:>7}",
             r["target"].as_str().unwrap_or("?"),
-            r["address"].as_str().unwrap_or("?"),
+            match r["addresses"].as_array().map(Vec::len) {
+                Some(1) => r["addresses"][0].as_str().unwrap_or("?").to_string(),
+                Some(n) => format!("{n} endpoints"),
+                None => "?".to_string(),
+            },
             r["connections"]["per_second"].as_f64().unwrap_or(f64::NAN),
             r["requests"]["per_second"].as_f64().unwrap_or(f64::NAN),
             r["requests"]["p50_us"]

@@ -500,8 +500,7 @@ pub async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<()> {
 
     // Listening before the pod exists: from here on a Ctrl-C no longer kills kctl but is
     // noticed below, so the pod is deleted whenever it comes.
-    let mut interrupt =
-        signal(SignalKind::interrupt()).context("listening for Ctrl-C (SIGINT)")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("listening for Ctrl-C (SIGINT)")?;
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let pod = pods
         .create(&PostParams::default(), &bench_pod(&plan, &in_pod)?)
@@ -1069,7 +1068,10 @@ mod tests {
         );
         assert_eq!(j["results"][1]["requests"]["failed"], json!(2));
         assert_eq!(j["results"][0]["target"], "pod");
-        assert_eq!(j["results"][0]["addresses"].as_array().map(Vec::len), Some(3));
+        assert_eq!(
+            j["results"][0]["addresses"].as_array().map(Vec::len),
+            Some(3)
+        );
         // A single-address row shows the address itself.
         assert_eq!(address_cell(&["10.96.0.20:80".into()]), "10.96.0.20:80");
         assert_eq!(address_cell(&[]), "-");

@@ -43,8 +43,8 @@ pub enum Command {
     Logs(logs::LogsArgs),
     /// Print a node's service load-balancing table (kproxy): frontends, backends, counters.
     Lb(lb::LbArgs),
-    /// Measure a service: new connections/s, requests/s and latency to the ClusterIP, to one
-    /// pod directly and to the EXTERNAL-IP, side by side (kproxy).
+    /// Measure a service: new connections/s, requests/s and latency to the ClusterIP, to the
+    /// same ready pods directly and to the EXTERNAL-IP, side by side (kproxy).
     Bench(bench::BenchArgs),
     /// Execute a command in a container.
     Exec(exec::ExecArgs),
