@@ -259,10 +259,8 @@ fn cluster(args: &BenchArgs) -> Result<()> {
     crate::util::install_stop_handlers();
     // Everything `cargo xtask run` starts, and `cargo xtask` itself, so that the timed
     // starts build nothing.
-    step("bench: cargo build --release --bins; cargo build -p xtask");
-    run_cmd(cargo().args(["build", "--release", "--bins"]))?;
+    let (target, out_dir) = release_build(&crate::run::COMPONENT_PACKAGES)?;
     run_cmd(cargo().args(["build", "-p", "xtask"]))?;
-    let (target, out_dir) = release_build(&["kctl"])?;
     crate::bench_cluster::run(
         &crate::bench_cluster::ClusterBench {
             starts: args.cluster_starts,

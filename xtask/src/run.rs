@@ -51,6 +51,16 @@ const KPROXY_METRICS: &str = "127.0.0.1:9962";
 /// The controller manager's and the scheduler's /healthz and /readyz (Kubernetes' ports).
 const CM_HEALTH: &str = "127.0.0.1:10257";
 const SCHEDULER_HEALTH: &str = "127.0.0.1:10259";
+/// The packages of the five components and kctl: all `run` builds (release, fat LTO: each
+/// binary takes a while to link, so nothing else).
+pub const COMPONENT_PACKAGES: [&str; 6] = [
+    "kproxy",
+    "kproxy-apiserver",
+    "kproxy-controller-manager",
+    "kproxy-scheduler",
+    "kproxy-kubelet",
+    "kctl",
+];
 /// Where the CLI goes on PATH.
 const KCTL_LINK: &str = "/usr/local/bin/kctl";
 /// The line `run` prints once the cluster serves; `cargo xtask bench cluster` waits for it.
@@ -567,8 +577,14 @@ pub fn run(args: &RunArgs) -> Result<()> {
     install_stop_handlers();
     check_ports()?;
     setup(&SetupArgs::default())?;
-    step("run: building the components and kctl (release; includes the eBPF programs)");
-    run_cmd(cargo().args(["build", "--release", "--bins"]))?;
+    step(
+        "run: building the five components and kctl (release, link-time optimised: the first build takes several minutes; includes the eBPF programs)",
+    );
+    run_cmd(
+        cargo()
+            .args(["build", "--release", "--bins"])
+            .args(COMPONENT_PACKAGES.iter().flat_map(|p| ["-p", p])),
+    )?;
     if stop_requested() {
         bail!("interrupted");
     }

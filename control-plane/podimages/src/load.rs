@@ -16,7 +16,8 @@
 //! order (A B, B A, A B, ...) so that no target always runs right after another. Failures are
 //! counted and reported, with the first error's message, never dropped.
 //!
-//! Std only (it runs in a `FROM scratch` image); threads, not async: one per worker.
+//! Std plus serde (it runs in a `FROM scratch` image); threads, not async: one per worker.
+//! The JSON lines it reports ([`Line`]) are read back by `kctl bench` with the same types.
 
 use std::{
     fmt,
@@ -30,6 +31,8 @@ use std::{
     thread,
     time::{Duration, Instant},
 };
+
+use serde::{Deserialize, Serialize};
 
 use crate::http::{get_request, status};
 
@@ -334,7 +337,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, LoadError> {
 
 // === results ===
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Phase {
     Connections,
     Requests,
@@ -402,7 +406,7 @@ impl PhaseStats {
 }
 
 /// What one phase measured.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PhaseResult {
     pub ok: u64,
     pub failed: u64,
@@ -415,8 +419,9 @@ pub struct PhaseResult {
     pub first_error: Option<String>,
 }
 
-/// One target's figures: the final line of `kecho load` for it.
-#[derive(Debug, Clone, PartialEq)]
+/// One target's figures: the final line of `kecho load` for it (and a row of `kctl bench -o
+/// json`'s `results`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TargetResult {
     pub target: String,
     /// The target's addresses, connections spread round-robin over them.
@@ -426,7 +431,7 @@ pub struct TargetResult {
 }
 
 /// Where the run is, reported about once a second.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Progress {
     pub target: String,
     pub phase: Phase,
@@ -442,9 +447,41 @@ pub struct Progress {
     pub per_second: f64,
 }
 
+/// What [`run`] reports as it goes; serialized, the same JSON as a [`Line`].
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
 pub enum Event<'a> {
     Progress(&'a Progress),
     Result(&'a TargetResult),
+}
+
+impl Event<'_> {
+    /// The JSON line `kecho load` prints: `{"type":"progress",...}` or `{"type":"result",...}`.
+    #[must_use]
+    pub fn to_json(&self) -> String {
+        // Plain structs of numbers, strings and addresses: serializing them cannot fail (a
+        // non-finite rate becomes null).
+        serde_json::to_string(self).expect("serializing a load event")
+    }
+}
+
+/// A JSON line of the engine, read back (an owned [`Event`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Line {
+    Progress(Progress),
+    Result(TargetResult),
+}
+
+impl Line {
+    /// A JSON line of the engine, `None` for anything else (a pod's own messages).
+    #[must_use]
+    pub fn parse(line: &str) -> Option<Self> {
+        let line = line.trim();
+        line.starts_with('{')
+            .then(|| serde_json::from_str(line).ok())
+            .flatten()
+    }
 }
 
 /// The nearest-rank percentile `p` (0-100] of sorted `values`; `None` when empty.
@@ -461,97 +498,6 @@ pub fn percentile(sorted: &[u32], p: f64) -> Option<u32> {
     )]
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     Some(sorted[rank.clamp(1, sorted.len()) - 1])
-}
-
-// === JSON ===
-
-/// `s` as a JSON string literal.
-#[must_use]
-pub fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-fn json_opt_u32(v: Option<u32>) -> String {
-    v.map_or_else(|| "null".to_string(), |v| v.to_string())
-}
-
-/// A finite number as JSON (rates are never NaN, but JSON has no NaN).
-fn json_f64(v: f64) -> String {
-    if v.is_finite() {
-        format!("{v:.3}")
-    } else {
-        "null".to_string()
-    }
-}
-
-impl PhaseResult {
-    #[must_use]
-    pub fn to_json(&self) -> String {
-        format!(
-            "{{\"ok\":{},\"failed\":{},\"seconds\":{},\"per_second\":{},\"p50_us\":{},\"p90_us\":{},\"p99_us\":{},\"first_error\":{}}}",
-            self.ok,
-            self.failed,
-            json_f64(self.seconds),
-            json_f64(self.per_second),
-            json_opt_u32(self.p50_us),
-            json_opt_u32(self.p90_us),
-            json_opt_u32(self.p99_us),
-            self.first_error
-                .as_deref()
-                .map_or_else(|| "null".to_string(), json_string),
-        )
-    }
-}
-
-impl TargetResult {
-    /// `{"type":"result","target":..,"addresses":[..],"connections":{..},"requests":{..}}`
-    #[must_use]
-    pub fn to_json(&self) -> String {
-        let addresses: Vec<String> = self
-            .addresses
-            .iter()
-            .map(|a| json_string(&a.to_string()))
-            .collect();
-        format!(
-            "{{\"type\":\"result\",\"target\":{},\"addresses\":[{}],\"connections\":{},\"requests\":{}}}",
-            json_string(&self.target),
-            addresses.join(","),
-            self.connections.to_json(),
-            self.requests.to_json(),
-        )
-    }
-}
-
-impl Progress {
-    #[must_use]
-    pub fn to_json(&self) -> String {
-        format!(
-            "{{\"type\":\"progress\",\"target\":{},\"phase\":\"{}\",\"round\":{},\"rounds\":{},\"slice\":{},\"slices\":{},\"ok\":{},\"failed\":{},\"per_second\":{}}}",
-            json_string(&self.target),
-            self.phase.as_str(),
-            self.round,
-            self.rounds,
-            self.slice,
-            self.slices,
-            self.ok,
-            self.failed,
-            json_f64(self.per_second),
-        )
-    }
 }
 
 // === engine ===
@@ -1036,7 +982,7 @@ mod tests {
     }
 
     #[test]
-    fn result_json() {
+    fn json_lines_round_trip() {
         let r = TargetResult {
             target: "pod".into(),
             addresses: vec![
@@ -1064,16 +1010,71 @@ mod tests {
                 first_error: Some("HTTP status 404 \"x\"\n".into()),
             },
         };
+        let line = Event::Result(&r).to_json();
+        // The shape `kctl bench` and its `-o json` readers rely on.
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(
-            r.to_json(),
-            "{\"type\":\"result\",\"target\":\"pod\",\"addresses\":[\"10.0.0.5:80\",\"10.0.0.6:80\"],\
-             \"connections\":{\"ok\":10,\"failed\":0,\"seconds\":1.000,\"per_second\":10.000,\
-             \"p50_us\":100,\"p90_us\":200,\"p99_us\":300,\"first_error\":null},\
-             \"requests\":{\"ok\":0,\"failed\":2,\"seconds\":0.500,\"per_second\":0.000,\
-             \"p50_us\":null,\"p90_us\":null,\"p99_us\":null,\
-             \"first_error\":\"HTTP status 404 \\\"x\\\"\\n\"}}"
+            v,
+            serde_json::json!({
+                "type": "result",
+                "target": "pod",
+                "addresses": ["10.0.0.5:80", "10.0.0.6:80"],
+                "connections": {"ok": 10, "failed": 0, "seconds": 1.0, "per_second": 10.0,
+                                "p50_us": 100, "p90_us": 200, "p99_us": 300, "first_error": null},
+                "requests": {"ok": 0, "failed": 2, "seconds": 0.5, "per_second": 0.0,
+                             "p50_us": null, "p90_us": null, "p99_us": null,
+                             "first_error": "HTTP status 404 \"x\"\n"},
+            })
         );
-        assert_eq!(json_string("a\u{1}b\\"), "\"a\\u0001b\\\\\"");
+        assert!(!line.contains('\n'), "one line: {line}");
+        assert_eq!(Line::parse(&line), Some(Line::Result(r)));
+
+        let p = Progress {
+            target: "clusterip".into(),
+            phase: Phase::Requests,
+            round: 2,
+            rounds: 3,
+            slice: 6,
+            slices: 12,
+            ok: 10,
+            failed: 1,
+            per_second: 12345.5,
+        };
+        let line = Event::Progress(&p).to_json();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type": "progress", "target": "clusterip", "phase": "requests",
+                               "round": 2, "rounds": 3, "slice": 6, "slices": 12,
+                               "ok": 10, "failed": 1, "per_second": 12345.5})
+        );
+        assert_eq!(Line::parse(&format!("  {line}\n")), Some(Line::Progress(p)));
+        // A rate is never NaN, but if it were the line would still be JSON.
+        let nan = Progress {
+            per_second: f64::NAN,
+            ..Progress {
+                target: "pod".into(),
+                phase: Phase::Connections,
+                round: 1,
+                rounds: 1,
+                slice: 1,
+                slices: 2,
+                ok: 0,
+                failed: 0,
+                per_second: 0.0,
+            }
+        };
+        let v: serde_json::Value = serde_json::from_str(&Event::Progress(&nan).to_json()).unwrap();
+        assert_eq!(v["per_second"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn other_lines_are_not_engine_lines() {
+        assert_eq!(Line::parse("kecho: load: 8 connections"), None);
+        assert_eq!(Line::parse("{not json"), None);
+        assert_eq!(Line::parse(r#"{"type":"other","target":"pod"}"#), None);
+        assert_eq!(Line::parse(r#"{"type":"result","target":"pod"}"#), None);
+        assert_eq!(Line::parse(""), None);
     }
 
     /// A tiny HTTP/1.0 server on loopback: answers every request with `status` and closes.
@@ -1162,10 +1163,10 @@ mod tests {
         let mut finals = Vec::new();
         let results = run(&cfg, &mut |e| match e {
             Event::Progress(p) => progress.push(p.clone()),
-            Event::Result(r) => finals.push(r.to_json()),
+            Event::Result(r) => finals.push(r.clone()),
         });
         assert_eq!(results.len(), 3);
-        assert_eq!(finals.len(), 3);
+        assert_eq!(finals, results);
         // Every slice reported at least once, in order, interleaving targets by round.
         let slices: Vec<u32> = progress.iter().map(|p| p.slice).collect();
         assert!(slices.windows(2).all(|w| w[0] <= w[1]), "{slices:?}");

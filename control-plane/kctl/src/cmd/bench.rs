@@ -17,10 +17,9 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use futures::AsyncBufReadExt as _;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kproxy_podimages::load::{self, LoadConfig, Target};
+use kproxy_podimages::load::{self, Line, LoadConfig, Progress, Target, TargetResult};
 use kube::ResourceExt as _;
 use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams};
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
@@ -205,58 +204,6 @@ pub fn plan(svc: &Service, slices: &[EndpointSlice], port: Option<&str>) -> Resu
 
 // === results ===
 
-/// One phase of a target, as `kecho load` prints it.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
-pub struct PhaseOut {
-    pub ok: u64,
-    pub failed: u64,
-    pub seconds: f64,
-    pub per_second: f64,
-    pub p50_us: Option<u32>,
-    pub p90_us: Option<u32>,
-    pub p99_us: Option<u32>,
-    pub first_error: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-pub struct TargetOut {
-    pub target: String,
-    /// One address, or the endpoints the connections took in turn.
-    pub addresses: Vec<String>,
-    pub connections: PhaseOut,
-    pub requests: PhaseOut,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-pub struct ProgressOut {
-    pub target: String,
-    pub phase: String,
-    pub round: u32,
-    pub rounds: u32,
-    pub slice: u32,
-    pub slices: u32,
-    pub ok: u64,
-    pub failed: u64,
-    pub per_second: f64,
-}
-
-/// A line of `kecho load`'s output.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(tag = "type", rename_all = "lowercase")]
-pub enum Line {
-    Progress(ProgressOut),
-    Result(TargetOut),
-}
-
-/// A JSON line of the engine, `None` for anything else (the pod's own messages).
-#[must_use]
-pub fn parse_line(line: &str) -> Option<Line> {
-    let line = line.trim();
-    line.starts_with('{')
-        .then(|| serde_json::from_str(line).ok())
-        .flatten()
-}
-
 /// `part ÷ whole`, when both measured something.
 #[must_use]
 pub fn ratio(part: f64, whole: f64) -> Option<f64> {
@@ -292,10 +239,10 @@ fn latency(us: Option<u32>) -> String {
 }
 
 /// The ADDRESS cell: the address, or how many endpoints the row spread over.
-fn address_cell(addresses: &[String]) -> String {
+fn address_cell(addresses: &[SocketAddr]) -> String {
     match addresses {
         [] => "-".to_string(),
-        [one] => one.clone(),
+        [one] => one.to_string(),
         many => format!("{} endpoints", many.len()),
     }
 }
@@ -311,7 +258,7 @@ fn label(target: &str) -> &str {
 
 /// The table and the ratios against `pod`; `notes` are printed under them.
 #[must_use]
-pub fn render(results: &[TargetOut], notes: &[String]) -> String {
+pub fn render(results: &[TargetResult], notes: &[String]) -> String {
     let mut t = String::from("TARGET\tADDRESS\tCONN/S\tREQ/S\tP50\tP90\tP99\tFAILED\n");
     for r in results {
         let _ = writeln!(
@@ -382,7 +329,7 @@ pub fn render(results: &[TargetOut], notes: &[String]) -> String {
 
 /// `-o json`: the plan, every result, the ratios and the notes.
 #[must_use]
-pub fn to_json(plan: &Plan, results: &[TargetOut], notes: &[String]) -> serde_json::Value {
+pub fn to_json(plan: &Plan, results: &[TargetResult], notes: &[String]) -> serde_json::Value {
     let pod = results.iter().find(|r| r.target == "pod");
     let ratios: serde_json::Map<String, serde_json::Value> = results
         .iter()
@@ -450,13 +397,13 @@ impl ProgressLine {
 
 /// `bench svc/web [pod 3/12] clusterip requests, round 2/3: 4,553/s, 0 failed`
 #[must_use]
-pub fn progress_text(service: &str, where_: &str, p: &ProgressOut) -> String {
+pub fn progress_text(service: &str, where_: &str, p: &Progress) -> String {
     format!(
         "bench svc/{service} [{where_} {}/{}] {} {}, round {}/{}: {}/s, {} failed",
         p.slice,
         p.slices,
         p.target,
-        p.phase,
+        p.phase.as_str(),
         p.round,
         p.rounds,
         rate(p.per_second),
@@ -689,7 +636,7 @@ async fn measure_in_pod(
     plan: &Plan,
     cfg: &LoadConfig,
     progress: &mut ProgressLine,
-) -> Result<Vec<TargetOut>> {
+) -> Result<Vec<TargetResult>> {
     progress.show(&format!(
         "bench svc/{}: starting pod {name} ...",
         plan.service
@@ -711,7 +658,7 @@ async fn measure_in_pod(
         .await
         .with_context(|| format!("reading the log of bench pod {name}"))?
     {
-        match parse_line(&line) {
+        match Line::parse(&line) {
             Some(Line::Progress(p)) => progress.show(&progress_text(&plan.service, "pod", &p)),
             Some(Line::Result(r)) => results.push(r),
             None => other.push(line),
@@ -741,15 +688,14 @@ async fn measure_in_pod(
     Ok(results)
 }
 
-/// Runs the engine in a thread that entered `netns`, reporting through the same lines as the
-/// pod.
+/// Runs the engine in a thread that entered `netns`, reporting the same lines as the pod.
 async fn measure_from_netns(
     netns: &Path,
     cfg: LoadConfig,
     plan: &Plan,
     progress: &mut ProgressLine,
-) -> Result<Vec<TargetOut>> {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Result<String, String>>();
+) -> Result<Vec<TargetResult>> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Result<Line, String>>();
     let path = netns.to_path_buf();
     // A dedicated OS thread: setns changes the calling thread only, and the engine blocks.
     let engine = std::thread::Builder::new()
@@ -761,8 +707,8 @@ async fn measure_from_netns(
             }
             load::run(&cfg, &mut |event| {
                 let line = match event {
-                    load::Event::Progress(p) => p.to_json(),
-                    load::Event::Result(r) => r.to_json(),
+                    load::Event::Progress(p) => Line::Progress(p.clone()),
+                    load::Event::Result(r) => Line::Result(r.clone()),
                 };
                 let _ = tx.send(Ok(line));
             });
@@ -770,12 +716,11 @@ async fn measure_from_netns(
         .context("starting the client-namespace thread")?;
     let mut results = Vec::new();
     while let Some(msg) = rx.recv().await {
-        match parse_line(&msg.map_err(|e| anyhow!(e))?) {
-            Some(Line::Progress(p)) => {
+        match msg.map_err(|e| anyhow!(e))? {
+            Line::Progress(p) => {
                 progress.show(&progress_text(&plan.service, "client netns", &p));
             }
-            Some(Line::Result(r)) => results.push(r),
-            None => {}
+            Line::Result(r) => results.push(r),
         }
     }
     if results.is_empty() {
@@ -946,8 +891,8 @@ mod tests {
         assert!(cfg.validate().unwrap_err().to_string().contains("600ms"));
     }
 
-    fn phase(per_second: f64, failed: u64) -> PhaseOut {
-        PhaseOut {
+    fn phase(per_second: f64, failed: u64) -> load::PhaseResult {
+        load::PhaseResult {
             ok: 100,
             failed,
             seconds: 1.0,
@@ -961,7 +906,7 @@ mod tests {
 
     #[test]
     fn engine_lines_parse() {
-        let r = load::TargetResult {
+        let r = TargetResult {
             target: "clusterip".into(),
             addresses: addrs(&["10.96.0.20:80"]),
             connections: load::PhaseStats {
@@ -973,15 +918,10 @@ mod tests {
             .summary(),
             requests: load::PhaseStats::default().summary(),
         };
-        let Some(Line::Result(out)) = parse_line(&r.to_json()) else {
-            panic!("{}", r.to_json());
-        };
-        assert_eq!(out.target, "clusterip");
-        assert_eq!(out.addresses, ["10.96.0.20:80"]);
-        assert_eq!(out.connections.ok, 3);
-        assert_eq!(out.connections.p50_us, Some(6));
-        assert_eq!(out.requests.p50_us, None);
-        let p = load::Progress {
+        // A result line of the bench pod's log reads back as what the engine reported.
+        let line = load::Event::Result(&r).to_json();
+        assert_eq!(Line::parse(&line), Some(Line::Result(r)), "{line}");
+        let p = Progress {
             target: "pod".into(),
             phase: load::Phase::Requests,
             round: 2,
@@ -992,33 +932,30 @@ mod tests {
             failed: 1,
             per_second: 12345.4,
         };
-        let Some(Line::Progress(out)) = parse_line(&p.to_json()) else {
-            panic!("{}", p.to_json());
+        let line = load::Event::Progress(&p).to_json();
+        let Some(Line::Progress(out)) = Line::parse(&line) else {
+            panic!("{line}");
         };
+        assert_eq!(out, p);
         assert_eq!(
             progress_text("web", "pod", &out),
             "bench svc/web [pod 6/12] pod requests, round 2/3: 12,345/s, 1 failed"
         );
-        assert_eq!(parse_line("kecho: load: 8 connections"), None);
-        assert_eq!(parse_line("{not json"), None);
+        assert_eq!(Line::parse("kecho: load: 8 connections"), None);
     }
 
     #[test]
     fn table_and_ratios() {
         let results = vec![
-            TargetOut {
+            TargetResult {
                 target: "pod".into(),
-                addresses: vec![
-                    "10.244.0.7:8080".into(),
-                    "10.244.0.8:8080".into(),
-                    "10.244.0.9:8080".into(),
-                ],
+                addresses: addrs(&["10.244.0.7:8080", "10.244.0.8:8080", "10.244.0.9:8080"]),
                 connections: phase(5000.0, 0),
                 requests: phase(4000.0, 0),
             },
-            TargetOut {
+            TargetResult {
                 target: "clusterip".into(),
-                addresses: vec!["10.96.0.20:80".into()],
+                addresses: addrs(&["10.96.0.20:80"]),
                 connections: phase(4900.0, 0),
                 requests: phase(3600.0, 2),
             },
@@ -1068,12 +1005,36 @@ mod tests {
         );
         assert_eq!(j["results"][1]["requests"]["failed"], json!(2));
         assert_eq!(j["results"][0]["target"], "pod");
+        assert_eq!(j["results"][0]["addresses"][0], "10.244.0.7:8080");
+        // The engine's field names, as scripts reading `-o json` know them (no line `type`).
+        let keys = |v: &serde_json::Value| {
+            let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+            k.sort();
+            k
+        };
+        assert_eq!(
+            keys(&j["results"][1]),
+            ["addresses", "connections", "requests", "target"]
+        );
+        assert_eq!(
+            keys(&j["results"][1]["requests"]),
+            [
+                "failed",
+                "first_error",
+                "ok",
+                "p50_us",
+                "p90_us",
+                "p99_us",
+                "per_second",
+                "seconds"
+            ]
+        );
         assert_eq!(
             j["results"][0]["addresses"].as_array().map(Vec::len),
             Some(3)
         );
         // A single-address row shows the address itself.
-        assert_eq!(address_cell(&["10.96.0.20:80".into()]), "10.96.0.20:80");
+        assert_eq!(address_cell(&addrs(&["10.96.0.20:80"])), "10.96.0.20:80");
         assert_eq!(address_cell(&[]), "-");
         assert_eq!(ratio(1.0, 0.0), None);
         assert_eq!(rate(999.6), "1,000");

@@ -16,7 +16,7 @@ use std::{
 use kproxy_podimages::{
     echo::{Sniff, greeting, head_complete, http_response, port_from, sniff},
     http::{HttpUrl, get_request, parse_response},
-    load::{self, Event, LoadConfig},
+    load::{self, LoadConfig},
     pod_name,
 };
 
@@ -176,10 +176,7 @@ fn load(args: &[String]) -> i32 {
     let mut stdout = io::stdout();
     let mut broken = false;
     load::run(&cfg, &mut |event| {
-        let line = match event {
-            Event::Progress(p) => p.to_json(),
-            Event::Result(r) => r.to_json(),
-        };
+        let line = event.to_json();
         // Stdout is line-buffered: each line leaves as soon as it is written.
         if !broken && writeln!(stdout, "{line}").is_err() {
             broken = true;
