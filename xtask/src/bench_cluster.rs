@@ -347,7 +347,10 @@ pub fn run(b: &ClusterBench, target: &Path, out_dir: &Path) -> Result<()> {
     }
     let _ = writeln!(
         md,
-        "\n`kctl bench` output:\n\n```\n{}\n```",
+        "\n`kctl bench svc/… --duration {}s -o json` (requests: latency p50/p99; the \
+         pod row goes to the service's ready pods directly, the external-ip row comes from \
+         the client namespace after the in-pod rounds):\n\n```\n{}\n```",
+        b.bench_seconds,
         bench.table.trim_end()
     );
     std::fs::write(out_dir.join("cluster.md"), &md)?;

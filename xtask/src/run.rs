@@ -356,6 +356,7 @@ struct Component {
     name: &'static str,
     bin: PathBuf,
     args: Vec<String>,
+    env: Vec<(&'static str, &'static str)>,
     log: String,
     ready: &'static str,
     child: Option<Child>,
@@ -379,6 +380,7 @@ impl Component {
             name,
             bin,
             args: args.iter().map(|a| (*a).to_string()).collect(),
+            env: Vec::new(),
             log: format!("{LOG_DIR}/{log}"),
             ready,
             child: None,
@@ -399,6 +401,7 @@ impl Component {
         self.log_offset = log.metadata().map(|m| m.len()).unwrap_or(0);
         let mut cmd = Command::new(&self.bin);
         cmd.args(&self.args)
+            .envs(self.env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -679,6 +682,16 @@ pub fn run(args: &RunArgs) -> Result<()> {
             "initial sync done",
         ),
     ];
+    // The controller manager and the scheduler use mimalloc, which commits its first arena
+    // at once: 11-13 MB each of untouched memory at idle (measured: 13.1 → 1.7 MB anonymous
+    // for the scheduler). Committing on demand changes nothing else; the variable must be
+    // set before the process's first allocation, so it goes in the environment.
+    for c in comps
+        .iter_mut()
+        .filter(|c| matches!(c.name, "the controller manager" | "the scheduler"))
+    {
+        c.env.push(("MIMALLOC_ARENA_EAGER_COMMIT", "0"));
+    }
     let started = start_all(&mut comps, &apiserver_bin, &node, &node_kubeconfig, &uplink);
     if let Err(e) = started {
         stop_all(&mut comps, &kproxy, args.uplink.is_none());
