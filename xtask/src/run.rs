@@ -366,6 +366,8 @@ struct Component {
     /// Restarts in a row of a component that died soon after starting.
     quick_deaths: u32,
     retry_at: Option<Instant>,
+    /// Restarted by the supervisor at this time, not yet ready.
+    restarting: Option<Instant>,
 }
 
 impl Component {
@@ -388,6 +390,7 @@ impl Component {
             started: Instant::now(),
             quick_deaths: 0,
             retry_at: None,
+            restarting: None,
         }
     }
 
@@ -748,16 +751,14 @@ fn supervise(comps: &mut [Component]) {
     while !stop_requested() {
         for c in comps.iter_mut() {
             if let Some(status) = c.exited() {
+                c.restarting = None;
                 let lived = c.started.elapsed();
                 c.quick_deaths = if lived < Duration::from_secs(30) {
                     c.quick_deaths + 1
                 } else {
                     0
                 };
-                let delay = match c.quick_deaths {
-                    0 | 1 => Duration::ZERO,
-                    n => Duration::from_secs(1 << (n - 2).min(5)).min(Duration::from_secs(30)),
-                };
+                let delay = restart_delay(c.quick_deaths);
                 println!(
                     "run: {} exited ({status}) after {:.1} s; restarting it{} (log {})",
                     c.name,
@@ -773,25 +774,45 @@ fn supervise(comps: &mut [Component]) {
             }
             if c.child.is_none() && c.retry_at.is_some_and(|t| Instant::now() >= t) {
                 c.retry_at = None;
-                let back = c.spawn().and_then(|()| wait_ready(&mut [&mut *c]));
-                match back {
-                    Ok(()) => println!("run: {} is running again", c.name),
-                    Err(e) if stop_requested() => {
-                        println!("run: stopping while {} restarts: {e:#}", c.name)
-                    }
+                match c.spawn() {
+                    Ok(()) => c.restarting = Some(Instant::now()),
                     Err(e) => {
                         println!("run: restarting {} failed: {e:#}", c.name);
-                        if let Some(mut child) = c.child.take() {
-                            let _ = child.kill();
-                            let _ = child.wait();
-                        }
-                        c.quick_deaths += 1;
                         c.retry_at = Some(Instant::now() + Duration::from_secs(5));
                     }
                 }
             }
+            // Readiness of a restarted component is polled here, not waited for, so the
+            // others stay watched meanwhile.
+            if let Some(since) = c.restarting {
+                if c.logged_ready() {
+                    c.restarting = None;
+                    println!("run: {} is running again", c.name);
+                } else if since.elapsed() > Duration::from_secs(30) {
+                    println!(
+                        "run: {} did not become ready in 30 s; restarting it (log {})",
+                        c.name, c.log
+                    );
+                    c.restarting = None;
+                    if let Some(mut child) = c.child.take() {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                    }
+                    c.quick_deaths += 1;
+                    c.retry_at = Some(Instant::now() + restart_delay(c.quick_deaths));
+                }
+            }
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// No wait for a component that ran a while; then 1, 2, 4 … 30 s while it keeps dying soon
+/// after starting.
+fn restart_delay(quick_deaths: u32) -> Duration {
+    match quick_deaths {
+        0 | 1 => Duration::ZERO,
+        n => Duration::from_secs(1 << (n - 2).min(5)).min(Duration::from_secs(30)),
     }
 }
 
@@ -868,6 +889,12 @@ fn print_next_steps(node: &str, lab: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn restart_delays_grow_to_half_a_minute() {
+        let d: Vec<u64> = (0..9).map(|n| restart_delay(n).as_secs()).collect();
+        assert_eq!(d, [0, 0, 1, 2, 4, 8, 16, 30, 30]);
+    }
 
     #[test]
     fn a_second_run_finds_the_lock_held() {
