@@ -12,25 +12,24 @@ pub trait Engine: Send + Sync + 'static {
     fn get(&self, key: &str) -> anyhow::Result<Option<KeyValue>>;
 
     /// All keys starting with `prefix`, sorted by key, and the revision of that same snapshot.
-    fn list(&self, prefix: &str) -> anyhow::Result<(Vec<KeyValue>, Revision)>;
+    fn list(&self, prefix: &str) -> anyhow::Result<(Vec<KeyValue>, Revision)> {
+        let mut kvs = Vec::new();
+        let revision = self.scan(prefix, prefix, &mut |kv| {
+            kvs.push(kv.clone());
+            true
+        })?;
+        Ok((kvs, revision))
+    }
 
     /// Visits the keys under `prefix` that are `>= start`, in key order, until `visit` returns
-    /// false, and returns the revision of the snapshot visited. The default lists the whole
-    /// prefix first; engines with an ordered index should walk it in place.
+    /// false, and returns the revision of the snapshot visited (in place, on the ordered
+    /// index).
     fn scan(
         &self,
         prefix: &str,
         start: &str,
         visit: &mut dyn FnMut(&KeyValue) -> bool,
-    ) -> anyhow::Result<Revision> {
-        let (kvs, revision) = self.list(prefix)?;
-        for kv in kvs.iter().filter(|kv| kv.key.as_str() >= start) {
-            if !visit(kv) {
-                break;
-            }
-        }
-        Ok(revision)
-    }
+    ) -> anyhow::Result<Revision>;
 
     /// The latest committed revision.
     fn revision(&self) -> anyhow::Result<Revision>;

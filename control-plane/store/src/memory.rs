@@ -27,17 +27,6 @@ impl Engine for MemoryEngine {
         Ok(state.kvs.get(key).cloned())
     }
 
-    fn list(&self, prefix: &str) -> anyhow::Result<(Vec<KeyValue>, Revision)> {
-        let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
-        let kvs = state
-            .kvs
-            .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(_, kv)| kv.clone())
-            .collect();
-        Ok((kvs, state.revision))
-    }
-
     fn scan(
         &self,
         prefix: &str,

@@ -126,10 +126,6 @@ impl Engine for RedbEngine {
         self.cache.get(key)
     }
 
-    fn list(&self, prefix: &str) -> anyhow::Result<(Vec<KeyValue>, Revision)> {
-        self.cache.list(prefix)
-    }
-
     fn scan(
         &self,
         prefix: &str,
