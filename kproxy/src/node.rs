@@ -344,14 +344,11 @@ fn spawn_names(bpffs: PathBuf, shared: Arc<RwLock<Names>>) -> mpsc::UnboundedSen
                 () = sleep_until(due) => {
                     due = None;
                     let (bpffs, shared) = (bpffs.clone(), Arc::clone(&shared));
-                    let saved = tokio::task::spawn_blocking(move || {
+                    let _ = tokio::task::spawn_blocking(move || {
                         let names = shared.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-                        kproxy::names::save_names(&bpffs, &names)
+                        setup::save_names_logged(&bpffs, &names);
                     })
                     .await;
-                    if let Ok(Err(err)) = saved {
-                        tracing::warn!(%err, "cannot save service names for `kproxy dump`");
-                    }
                 }
             }
         }

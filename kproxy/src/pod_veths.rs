@@ -168,14 +168,15 @@ pub async fn start(
         loop {
             match watch.next().await {
                 Some(Ok(event)) => {
-                    if let LinkEvent::Changed(link) = &event
-                        && link.bridge
-                        && state.bridge_names.contains(&link.name)
-                        && !state.bridges.contains_key(&link.index)
-                    {
-                        accept_local(&link.name);
+                    let known: BTreeSet<u32> = state.bridges.keys().copied().collect();
+                    let changes = state.on_event(event);
+                    // A pod bridge that appeared (by a notification or a re-dump).
+                    for (index, name) in &state.bridges {
+                        if !known.contains(index) {
+                            accept_local(name);
+                        }
                     }
-                    for change in state.on_event(event) {
+                    for change in changes {
                         if tx.send(change).await.is_err() {
                             return;
                         }

@@ -276,11 +276,16 @@ pub async fn next_pod_veth(rx: &mut Option<mpsc::Receiver<PodVethChange>>) -> Po
     std::future::pending().await
 }
 
-/// Publishes `names` to `/metrics` and saves them for `kproxy dump`.
-pub fn publish_names(bpffs: &Path, shared: &RwLock<Names>, names: Names) {
-    if let Err(err) = kproxy::names::save_names(bpffs, &names) {
+/// Saves `names` for `kproxy dump`; a failure is logged (the datapath does not depend on it).
+pub fn save_names_logged(bpffs: &Path, names: &Names) {
+    if let Err(err) = kproxy::names::save_names(bpffs, names) {
         tracing::warn!(%err, "cannot save service names for `kproxy dump`");
     }
+}
+
+/// Publishes `names` to `/metrics` and saves them for `kproxy dump`.
+pub fn publish_names(bpffs: &Path, shared: &RwLock<Names>, names: Names) {
+    save_names_logged(bpffs, &names);
     *shared
         .write()
         .unwrap_or_else(std::sync::PoisonError::into_inner) = names;

@@ -57,3 +57,37 @@ pub fn fake_nodes(api: &ApiServer, prefix: &str, n: usize, extra: &[&str]) -> Da
         .args(extra);
     Daemon::spawn_until_logged(cmd, "fake nodes ready")
 }
+
+/// A typed object from JSON (test fixtures); panics on a malformed one.
+pub fn from_json<T: k8s_openapi::serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
+    serde_json::from_value(v).expect("valid object")
+}
+
+/// Creates Node `name` whose status has InternalIP `ip` and, if given, the kubelet port.
+pub async fn create_node(
+    nodes: &kube::Api<k8s_openapi::api::core::v1::Node>,
+    name: &str,
+    ip: &str,
+    kubelet_port: Option<u16>,
+) {
+    use kube::api::{Patch, PatchParams, PostParams};
+    nodes
+        .create(
+            &PostParams::default(),
+            &from_json(serde_json::json!({"metadata": {"name": name}})),
+        )
+        .await
+        .expect("create node");
+    let mut status = serde_json::json!({"addresses": [{"type": "InternalIP", "address": ip}]});
+    if let Some(port) = kubelet_port {
+        status["daemonEndpoints"] = serde_json::json!({"kubeletEndpoint": {"Port": port}});
+    }
+    nodes
+        .patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({ "status": status })),
+        )
+        .await
+        .expect("node status");
+}

@@ -38,10 +38,6 @@ use serde_json::{Value, json};
 
 const ALL: &str = "endpointslice,lbipam,nodeipam,nodelifecycle";
 
-fn from<T: k8s_openapi::serde::de::DeserializeOwned>(v: Value) -> T {
-    serde_json::from_value(v).expect("valid object")
-}
-
 async fn create<K>(api: &Api<K>, v: Value) -> K
 where
     K: kube::Resource
@@ -50,7 +46,7 @@ where
         + k8s_openapi::serde::Serialize
         + std::fmt::Debug,
 {
-    api.create(&PostParams::default(), &from(v))
+    api.create(&PostParams::default(), &kproxy_tests::control::from_json(v))
         .await
         .expect("create")
 }

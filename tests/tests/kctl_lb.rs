@@ -36,10 +36,6 @@ use kube::{
 };
 use serde_json::{Value, json};
 
-fn from<T: k8s_openapi::serde::de::DeserializeOwned>(v: Value) -> T {
-    serde_json::from_value(v).expect("valid object")
-}
-
 /// Runs kctl with the admin kubeconfig: (success, stdout, stderr).
 fn kctl(kubeconfig: &Path, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(bin("kctl"))
@@ -59,23 +55,7 @@ fn kctl(kubeconfig: &Path, args: &[&str]) -> (bool, String, String) {
 /// A Node object whose InternalIP is loopback (where this test's kproxy listens) and whose
 /// kubelet port is `kubelet_port`.
 async fn create_node(nodes: &Api<Node>, name: &str, kubelet_port: u16) {
-    nodes
-        .create(
-            &PostParams::default(),
-            &from(json!({"metadata": {"name": name}})),
-        )
-        .await
-        .expect("create node");
-    nodes
-        .patch_status(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": {
-                "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
-                "daemonEndpoints": {"kubeletEndpoint": {"Port": kubelet_port}}}})),
-        )
-        .await
-        .expect("node status");
+    kproxy_tests::control::create_node(nodes, name, "127.0.0.1", Some(kubelet_port)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -337,7 +317,7 @@ async fn privileged_kctl_lb_shows_the_flows_sent_to_a_service() {
     for i in 0..2 {
         pods.create(
             &PostParams::default(),
-            &from(json!({
+            &kproxy_tests::control::from_json(json!({
                 "metadata": {"name": format!("web-{i}"), "labels": {"app": "web"}},
                 "spec": {"nodeName": node, "containers": [{"name": "c", "image": "kecho"}]}
             })),
@@ -358,7 +338,7 @@ async fn privileged_kctl_lb_shows_the_flows_sent_to_a_service() {
     let svc: Service = Api::default_namespaced(c.clone())
         .create(
             &PostParams::default(),
-            &from(
+            &kproxy_tests::control::from_json(
                 json!({"metadata": {"name": "web"}, "spec": {"selector": {"app": "web"},
                    "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}),
             ),

@@ -30,10 +30,6 @@ use kube::{
 };
 use serde_json::{Value, json};
 
-fn from<T: k8s_openapi::serde::de::DeserializeOwned>(v: Value) -> T {
-    serde_json::from_value(v).expect("valid object")
-}
-
 /// Backend name → answers, and the number of failed requests, for `count` new TCP
 /// connections to `target` from a host process in the socket-LB cgroup.
 fn spread(lab: &Lab, target: &str, count: usize) -> (BTreeMap<String, usize>, usize) {
@@ -187,7 +183,7 @@ async fn set_ready(pods: &Api<Pod>, name: &str, ip: Ipv4Addr, ready: bool) {
 }
 
 async fn create_service(svcs: &Api<Service>, v: Value) -> Service {
-    svcs.create(&PostParams::default(), &from(v))
+    svcs.create(&PostParams::default(), &kproxy_tests::control::from_json(v))
         .await
         .expect("create service")
 }
@@ -230,22 +226,7 @@ impl Cluster {
         let lab = Lab::new(backends);
         let node_name = unique("kpt-node");
         let nodes: Api<Node> = Api::all(c.clone());
-        nodes
-            .create(
-                &PostParams::default(),
-                &from(json!({"metadata": {"name": node_name}})),
-            )
-            .await
-            .expect("create node");
-        nodes
-            .patch_status(
-                &node_name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": {"addresses": [
-                    {"type": "InternalIP", "address": "192.0.2.2"}]}})),
-            )
-            .await
-            .expect("node status");
+        kproxy_tests::control::create_node(&nodes, &node_name, "192.0.2.2", None).await;
         // kproxy authenticates as the node.
         let kubeconfig: PathBuf = dir.path().join("node-kubeconfig");
         sh(Command::new(bin("kproxy-apiserver"))
@@ -268,7 +249,7 @@ impl Cluster {
     async fn ready_pod(&self, pods: &Api<Pod>, name: &str, i: usize) {
         pods.create(
             &PostParams::default(),
-            &from(json!({
+            &kproxy_tests::control::from_json(json!({
                 "metadata": {"name": name, "labels": {"app": "web"}},
                 "spec": {"nodeName": self.node_name,
                          "containers": [{"name": "c", "image": "kecho"}]}

@@ -69,7 +69,6 @@ pub async fn serve(listener: TcpListener, cfg: ServerConfig, docker: Docker) -> 
         docker,
         stop: stop_rx,
     }));
-    tracing::info!(node = cfg.node_name, "kubelet server starting");
     kproxy_node_tls::serve(listener, tls, app, "kubelet server").await;
     Ok(())
 }

@@ -87,7 +87,6 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
         pod_relist: None,
         nodes_synced: false,
         pods_synced: false,
-        ready: false,
     };
     while let Some(msg) = rx.recv().await {
         s.handle(msg);
@@ -174,7 +173,6 @@ struct Scheduler {
     pod_relist: Option<HashSet<String>>,
     nodes_synced: bool,
     pods_synced: bool,
-    ready: bool,
 }
 
 fn uid_of(pod: &Pod) -> Option<String> {
@@ -277,8 +275,7 @@ impl Scheduler {
     }
 
     fn check_ready(&mut self) {
-        if !self.ready && self.nodes_synced && self.pods_synced {
-            self.ready = true;
+        if !self.opts.readiness.is_ready() && self.nodes_synced && self.pods_synced {
             self.opts.readiness.set_ready();
             info!(
                 nodes = self.cache.nodes().count(),
@@ -382,7 +379,7 @@ impl Scheduler {
 
     /// Decides for queued pods while there is room for binds.
     fn schedule_queued(&mut self) {
-        if !self.ready {
+        if !self.opts.readiness.is_ready() {
             return;
         }
         while self.in_flight < self.opts.parallelism {
