@@ -21,7 +21,6 @@ use std::{
     net::Ipv4Addr,
     path::{Path, PathBuf},
     process::{Command, Output},
-    sync::atomic::{AtomicU32, Ordering},
 };
 
 use serde_json::Value;
@@ -41,19 +40,7 @@ use crate::{
 /// per-process offset so concurrent test binaries pick different ones.
 #[must_use]
 pub fn free_net() -> u32 {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let base = std::process::id().wrapping_mul(53);
-    for _ in 0..256 {
-        let n = base.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed)) % 256;
-        let cidr = format!("198.19.{n}.0/24");
-        let addrs = sh(Command::new("ip").args(["-4", "-o", "addr", "show", "to", &cidr]));
-        let routes =
-            sh(Command::new("ip").args(["-4", "route", "show", "table", "all", "root", &cidr]));
-        if addrs.trim().is_empty() && routes.trim().is_empty() {
-            return n;
-        }
-    }
-    panic!("no free /24 in 198.19.0.0/16");
+    u32::from(crate::free_slash24("198.19", 53))
 }
 
 /// A free TCP port on loopback (bound and released: good enough between tests).

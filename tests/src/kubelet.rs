@@ -13,7 +13,6 @@ use std::{
     net::Ipv4Addr,
     path::PathBuf,
     process::{Command, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
     thread,
     time::{Duration, Instant},
 };
@@ -58,22 +57,9 @@ pub struct Kubelet {
 /// per-process offset so parallel tests and concurrent test binaries pick different ones.
 #[must_use]
 pub fn free_cidr() -> Ipv4Net {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let base = std::process::id().wrapping_mul(37);
-    for _ in 0..256 {
-        let n = base.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed)) % 256;
-        let cidr: Ipv4Net = format!("10.251.{n}.0/24").parse().expect("valid CIDR");
-        let used = sh(Command::new("ip")
-            .args(["-4", "-o", "addr", "show", "to"])
-            .arg(cidr.to_string()));
-        let routed = sh(Command::new("ip")
-            .args(["-4", "route", "show"])
-            .arg(cidr.to_string()));
-        if used.trim().is_empty() && routed.trim().is_empty() {
-            return cidr;
-        }
-    }
-    panic!("no free pod CIDR in 10.251.0.0/16");
+    format!("10.251.{}.0/24", crate::free_slash24("10.251", 37))
+        .parse()
+        .expect("valid CIDR")
 }
 
 /// The node's kubeconfig: the API server, its CA inline, the node's bearer token.

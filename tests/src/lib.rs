@@ -356,3 +356,23 @@ pub fn bin(name: &str) -> PathBuf {
     );
     path
 }
+
+/// The third octet N of a `{net16}.N.0/24` that no address or route on this host falls into
+/// yet. Starts at a per-process offset (`salt` spreads the binaries) so concurrent test
+/// binaries pick different ones.
+#[must_use]
+pub fn free_slash24(net16: &str, salt: u32) -> u8 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = std::process::id().wrapping_mul(salt);
+    for _ in 0..256 {
+        let n = base.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed)) % 256;
+        let cidr = format!("{net16}.{n}.0/24");
+        let addrs = sh(Command::new("ip").args(["-4", "-o", "addr", "show", "to", &cidr]));
+        let routes =
+            sh(Command::new("ip").args(["-4", "route", "show", "table", "all", "root", &cidr]));
+        if addrs.trim().is_empty() && routes.trim().is_empty() {
+            return u8::try_from(n).expect("below 256");
+        }
+    }
+    panic!("no free /24 in {net16}.0.0/16");
+}

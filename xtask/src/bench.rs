@@ -1677,7 +1677,7 @@ mod report {
         let (lo, hi) = (b.n_min, b.n_max);
         let mut s = String::new();
         let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-        let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+        let cpus = crate::util::cpus();
         let _ = writeln!(s, "# kproxy dataplane benchmark\n");
         let _ = writeln!(
             s,

@@ -152,7 +152,7 @@ pub fn run(b: &ApiBench, target: &Path, out_dir: &Path) -> Result<()> {
         b.get_seconds,
         b.watchers,
         b.watch_events,
-        std::thread::available_parallelism().map_or(0, usize::from),
+        crate::util::cpus(),
         started.elapsed().as_secs_f64()
     )?;
     writeln!(

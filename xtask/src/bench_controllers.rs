@@ -170,7 +170,7 @@ pub fn run(b: &ControllersBench, target: &Path, out_dir: &Path) -> Result<()> {
          (kpt-fakenodes) on this machine ({} CPUs), release builds; every figure is end to \
          end from the API write to what the controllers produce, seen by a kube-rs watcher. \
          Took {:.0} s.\n",
-        std::thread::available_parallelism().map_or(0, usize::from),
+        crate::util::cpus(),
         started.elapsed().as_secs_f64()
     )?;
     writeln!(md, "| measure | figure |\n|---|---:|")?;

@@ -405,7 +405,7 @@ pub fn run(b: &ProxyBench, target: &Path, out_dir: &Path) -> Result<()> {
          (3 ready endpoints each, trigger-time annotation set like the endpoint controller). \
          Probe connections come from a process in kproxy's socket-LB cgroup; every endpoint \
          is a real listener that answers with the address it was reached on. Took {:.0} s.\n",
-        std::thread::available_parallelism().map_or(0, usize::from),
+        crate::util::cpus(),
         started.elapsed().as_secs_f64()
     )?;
     writeln!(md, "| measure | figure |\n|---|---:|")?;

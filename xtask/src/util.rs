@@ -107,6 +107,11 @@ pub fn http_get(
     Ok((status, body.to_string()))
 }
 
+/// The CPUs this process may use, for the reports' headers (0 if unknown).
+pub fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(0, usize::from)
+}
+
 /// The `p` quantile (0..=1) of ascending `sorted` by the nearest rank; NaN if empty.
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {

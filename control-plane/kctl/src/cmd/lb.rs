@@ -354,7 +354,7 @@ async fn fetch(client: &kube::Client, node: &str, port: u16, path: &str) -> Resu
     if raw["kind"] != "ServiceTable" {
         bail!("node {node:?} port {port} did not answer with kproxy's service table");
     }
-    let table = serde_json::from_value(raw.clone()).context("decoding the service table")?;
+    let table = Table::deserialize(&raw).context("decoding the service table")?;
     Ok((table, raw))
 }
 

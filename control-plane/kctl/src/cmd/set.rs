@@ -163,24 +163,29 @@ async fn image(ctx: &mut Ctx, args: ImageArgs) -> Result<()> {
         targets.push((info, t.names));
     }
     let mut failed = false;
-    for (info, mut names) in targets {
+    for (info, names) in targets {
         let api = ctx.api(&info, Some(&ctx.namespace));
-        if by_selector {
+        // Named objects are read one by one; a selector's list already holds them.
+        let objects: Vec<(String, Option<_>)> = if by_selector {
             let mut lp = ListParams::default();
             if let Some(s) = &args.selector {
                 lp = lp.labels(s);
             }
-            names = api
-                .list(&lp)
+            api.list(&lp)
                 .await?
                 .items
                 .into_iter()
-                .filter_map(|o| o.metadata.name)
-                .collect();
-        }
-        for name in names {
+                .filter_map(|o| Some((o.metadata.name.clone()?, Some(o))))
+                .collect()
+        } else {
+            names.into_iter().map(|n| (n, None)).collect()
+        };
+        for (name, listed) in objects {
             let result = async {
-                let object = serde_json::to_value(api.get(&name).await?)?;
+                let object = match listed {
+                    Some(o) => serde_json::to_value(o)?,
+                    None => serde_json::to_value(api.get(&name).await?)?,
+                };
                 let Some(patch) = image_patch(&info.kind, &object, &updates)
                     .map_err(|e| e.context(format!("{}/{name}", info.kind_ref())))?
                 else {
