@@ -508,17 +508,17 @@ impl Datapath {
                     .insert(key, value, 0)
                     .map_err(map_err(MAP_SERVICES))?,
                 MapOp::DeleteService { key } => {
-                    ignore_missing(services.remove(key)).map_err(map_err(MAP_SERVICES))?
+                    ignore_missing(services.remove(key)).map_err(map_err(MAP_SERVICES))?;
                 }
                 MapOp::DeleteRevNat { id } => {
-                    ignore_missing(revnat.remove(&u32::from(*id))).map_err(map_err(MAP_REVNAT))?
+                    ignore_missing(revnat.remove(&u32::from(*id))).map_err(map_err(MAP_REVNAT))?;
                 }
                 MapOp::DeleteBackend { id } => {
-                    ignore_missing(backends.remove(id)).map_err(map_err(MAP_BACKENDS))?
+                    ignore_missing(backends.remove(id)).map_err(map_err(MAP_BACKENDS))?;
                 }
                 MapOp::PutL2 { addr } => l2.insert(addr, 1, 0).map_err(map_err(MAP_L2))?,
                 MapOp::DeleteL2 { addr } => {
-                    ignore_missing(l2.remove(addr)).map_err(map_err(MAP_L2))?
+                    ignore_missing(l2.remove(addr)).map_err(map_err(MAP_L2))?;
                 }
             }
         }

@@ -542,13 +542,12 @@ fn valid_port(port: i32) -> Option<u16> {
 }
 
 fn parse_ipv4(ip: &str, field: &str, ns: &str, name: &str) -> Option<Ipv4Addr> {
-    match ip.parse() {
-        Ok(ip) => Some(ip),
-        Err(_) => {
-            // Typically the IPv6 half of a dual-stack service; kproxy is IPv4 only.
-            tracing::debug!(service = %format_args!("{ns}/{name}"), field, %ip, "skipping non-IPv4 address");
-            None
-        }
+    if let Ok(ip) = ip.parse() {
+        Some(ip)
+    } else {
+        // Typically the IPv6 half of a dual-stack service; kproxy is IPv4 only.
+        tracing::debug!(service = %format_args!("{ns}/{name}"), field, %ip, "skipping non-IPv4 address");
+        None
     }
 }
 

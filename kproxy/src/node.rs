@@ -756,16 +756,15 @@ impl NodeProxy {
     fn build(&mut self, key: &str) -> model::ServiceFrontends {
         let svc = self.cache.services.get(key);
         let built = match svc {
-            Some(svc) => match skip_reason(svc, self.proxy_name.as_deref()) {
-                Some(reason) => {
+            Some(svc) => {
+                if let Some(reason) = skip_reason(svc, self.proxy_name.as_deref()) {
                     tracing::info!(service = key, reason, "service not proxied");
                     model::ServiceFrontends::default()
-                }
-                None => {
+                } else {
                     let slices = self.cache.slices_for(key);
                     model::build_service(svc, &slices, &self.node_ips)
                 }
-            },
+            }
             None => model::ServiceFrontends::default(),
         };
         let created = svc

@@ -137,7 +137,7 @@ fn accept_local(bridge: &str) {
     match std::fs::write(&path, "1") {
         Ok(()) => tracing::debug!(%bridge, "accept_local set"),
         Err(err) => {
-            tracing::warn!(%bridge, %err, "cannot set accept_local; NodePort replies from its pods will be dropped")
+            tracing::warn!(%bridge, %err, "cannot set accept_local; NodePort replies from its pods will be dropped");
         }
     }
 }

@@ -82,14 +82,13 @@ pub fn spawn(
         tracing::info!("node endpoint off (--no-serve)");
         return Ok(());
     }
-    let ca = match &opts.client_ca_file {
-        Some(p) => std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
-        None => {
-            let kc = kube::config::Kubeconfig::read_from(kubeconfig)
-                .with_context(|| format!("reading kubeconfig {}", kubeconfig.display()))?;
-            kproxy_node_tls::kubeconfig_ca(&kc)
-                .with_context(|| format!("the client CA from {}", kubeconfig.display()))?
-        }
+    let ca = if let Some(p) = &opts.client_ca_file {
+        std::fs::read(p).with_context(|| format!("reading {}", p.display()))?
+    } else {
+        let kc = kube::config::Kubeconfig::read_from(kubeconfig)
+            .with_context(|| format!("reading kubeconfig {}", kubeconfig.display()))?;
+        kproxy_node_tls::kubeconfig_ca(&kc)
+            .with_context(|| format!("the client CA from {}", kubeconfig.display()))?
     };
     let tls = kproxy_node_tls::server_config(
         &kproxy_node_tls::Serving {

@@ -140,14 +140,14 @@ pub async fn bring_up(bpffs: &Path, opts: &DatapathOpts) -> Result<Running> {
             .with_context(|| format!("attaching to uplink {uplink}"))?;
         tracing::info!(%uplink, xdp_mode = ?mode, lb_mode = ?opts.lb_mode, "uplink ready");
         uplink_ips = kproxy::netif::ipv4_addrs(uplink);
-        match kproxy::netif::mac_addr(uplink) {
-            Some(mac) => dp
-                .set_uplink_mac(mac)
-                .context("setting the uplink's MAC for ARP replies")?,
-            None => tracing::warn!(
+        if let Some(mac) = kproxy::netif::mac_addr(uplink) {
+            dp.set_uplink_mac(mac)
+                .context("setting the uplink's MAC for ARP replies")?;
+        } else {
+            tracing::warn!(
                 %uplink,
                 "no MAC address on the uplink: LoadBalancer IPs are not announced by ARP"
-            ),
+            );
         }
     }
     for iface in &opts.pod_ifaces {
@@ -181,7 +181,12 @@ pub async fn bring_up(bpffs: &Path, opts: &DatapathOpts) -> Result<Running> {
         );
         Some(rx)
     };
-    if !opts.no_socket_lb {
+    if opts.no_socket_lb {
+        // Socket-LB links outlive kproxy (they are pinned); without this a previous run's
+        // programs would keep translating after socket-LB was switched off.
+        dp.detach_pinned_cgroup_links()
+            .context("removing the pinned socket-LB links")?;
+    } else {
         let (cgroup, netns) = match &opts.socket_lb_scope {
             SocketLbScope::Cgroup(c) => (c.clone(), None),
             scope => {
@@ -200,11 +205,6 @@ pub async fn bring_up(bpffs: &Path, opts: &DatapathOpts) -> Result<Running> {
         dp.attach_cgroup(&cgroup)
             .with_context(|| format!("attaching socket-LB to {}", cgroup.display()))?;
         tracing::info!(cgroup = %cgroup.display(), netns_cookie = ?netns, "socket-LB scope");
-    } else {
-        // Socket-LB links outlive kproxy (they are pinned); without this a previous run's
-        // programs would keep translating after socket-LB was switched off.
-        dp.detach_pinned_cgroup_links()
-            .context("removing the pinned socket-LB links")?;
     }
 
     let syncer = dp.restore_syncer().context("reading the pinned LB maps")?;

@@ -2077,7 +2077,7 @@ mod tests {
                 } else {
                     // Each service has its own addresses; backends come from a small
                     // shared pool, so services share them.
-                    (0..rng.below(3) + 1)
+                    (0..=rng.below(3))
                         .map(|p| {
                             let key =
                                 fk(u8::try_from(n).unwrap() + 1, 80 + u16::try_from(p).unwrap());

@@ -309,10 +309,10 @@ impl Kubelet {
                 return pod.expect("checked Some");
             }
             if started.elapsed() > limit {
-                let status = pod
-                    .and_then(|p| p.status)
-                    .map(|s| serde_json::to_string_pretty(&s).unwrap_or_default())
-                    .unwrap_or_else(|| "(no pod)".into());
+                let status = pod.and_then(|p| p.status).map_or_else(
+                    || "(no pod)".into(),
+                    |s| serde_json::to_string_pretty(&s).unwrap_or_default(),
+                );
                 panic!(
                     "timed out after {limit:?} waiting for {ns}/{name}: {what}; status:\n{status}"
                 );

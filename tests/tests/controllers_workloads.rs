@@ -487,7 +487,11 @@ async fn replica_set_adopts_orphans_never_overshoots_and_deletes_unready_first()
 
     // Three pods ready; scaling down to 3 keeps exactly those.
     let all = pods_of(&c.client, "app=burst").await;
-    let keep: Vec<String> = all.iter().take(3).map(|p| p.name_any()).collect();
+    let keep: Vec<String> = all
+        .iter()
+        .take(3)
+        .map(kube::ResourceExt::name_any)
+        .collect();
     for name in &keep {
         let status = json!({"status": {"phase": "Running",
             "conditions": [{"type": "Ready", "status": "True"}]}});
@@ -511,7 +515,7 @@ async fn replica_set_adopts_orphans_never_overshoots_and_deletes_unready_first()
     let mut left: Vec<String> = pods_of(&c.client, "app=burst")
         .await
         .iter()
-        .map(|p| p.name_any())
+        .map(kube::ResourceExt::name_any)
         .collect();
     left.sort();
     let mut keep = keep;

@@ -16,7 +16,7 @@ use kproxy_tests::{bin, eventually};
 use serde_json::{Map, Value, json};
 
 /// A kctl run still going after this is hung (e.g. a delete waiting for ever), not slow.
-const HANG: Duration = Duration::from_secs(120);
+const HANG: Duration = Duration::from_mins(2);
 
 struct Out {
     code: Option<i32>,

@@ -141,7 +141,7 @@ fn node_registers_ready_and_renews_its_lease() {
         .expect("Ready condition");
     assert_eq!(ready.status, "True");
     let cap = status.capacity.expect("capacity");
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     assert_eq!(cap["cpu"].0, cpus.to_string());
     assert!(
         cap["memory"].0.ends_with("Ki") && cap["memory"].0 != "0Ki",

@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 const KUBECTL: &str = "/usr/bin/kubectl";
 const IMAGE: &str = "kproxy/httpd:1";
 /// A client still running after this is hung, not slow.
-const HANG: Duration = Duration::from_secs(60);
+const HANG: Duration = Duration::from_mins(1);
 
 /// A running container's script: two known lines (one on stderr), then a tick every 200 ms.
 const TICKER: &str = "echo first line; sleep 0.1; echo to stderr >&2; i=0; \
@@ -109,7 +109,12 @@ struct Containers(Mutex<Vec<String>>);
 
 impl Drop for Containers {
     fn drop(&mut self) {
-        let names = std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()));
+        let names = std::mem::take(
+            &mut *self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
         if !names.is_empty() {
             let _ = Command::new("docker")
                 .args(["rm", "-f"])

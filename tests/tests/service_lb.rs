@@ -308,7 +308,7 @@ fn privileged_restart_keeps_established_flows() {
     }
     let mut lab = lab_with_web("auto", "xdp");
     let holds = spawn_holds(&lab, 5000);
-    thread::sleep(Duration::from_millis(1000));
+    thread::sleep(Duration::from_secs(1));
     lab.kill_kproxy();
     thread::sleep(Duration::from_millis(300));
     lab.start_kproxy("auto", "xdp");

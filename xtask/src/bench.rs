@@ -1178,7 +1178,7 @@ fn start_kproxy(
         .arg(b.topo.cgroup.path());
     let t = Instant::now();
     let mut proc = Proc::spawn(cmd)?;
-    let synced = proc.wait_line("services synced", 0, Duration::from_secs(180))?;
+    let synced = proc.wait_line("services synced", 0, Duration::from_mins(3))?;
     proc.wait_line("kproxy ready", 0, Duration::from_secs(30))?;
     let start_wall = t.elapsed();
     let took = log_field(&synced, "took")
@@ -1336,7 +1336,7 @@ fn ebpf_phase(b: &mut Bench<'_>, services: &[usize]) -> Result<()> {
         replace_manifest(&k.manifest.join("services.yaml"), &text)?;
         let line = k
             .proc
-            .wait_line("services synced", before, Duration::from_secs(120))?;
+            .wait_line("services synced", before, Duration::from_mins(2))?;
         prog.noop_took = log_field(&line, "took").and_then(parse_debug_duration);
         if n == b.n_max {
             ebpf_changes(b, &mut k, n)?;
@@ -1398,7 +1398,7 @@ fn ebpf_changes(b: &mut Bench<'_>, k: &mut Kproxy, n: usize) -> Result<()> {
         })?;
         let line = k
             .proc
-            .wait_line("services synced", before, Duration::from_secs(60))?;
+            .wait_line("services synced", before, Duration::from_mins(1))?;
         let took = log_field(&line, "took")
             .and_then(parse_debug_duration)
             .unwrap_or_default();

@@ -81,15 +81,14 @@ impl Running {
         });
         let mut running = Self { child, ready };
         // The tree is built (see `cluster` in bench.rs): this is startup alone.
-        match running.ready.recv_timeout(Duration::from_secs(120)) {
-            Ok(line) => Ok((running, started.elapsed(), line)),
-            Err(_) => {
-                running.stop();
-                bail!(
-                    "`cargo xtask run` did not print its ready line; see {}",
-                    log.display()
-                )
-            }
+        if let Ok(line) = running.ready.recv_timeout(Duration::from_mins(2)) {
+            Ok((running, started.elapsed(), line))
+        } else {
+            running.stop();
+            bail!(
+                "`cargo xtask run` did not print its ready line; see {}",
+                log.display()
+            )
         }
     }
 

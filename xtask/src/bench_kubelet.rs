@@ -215,7 +215,7 @@ async fn delete_all(pods: &Api<Pod>) -> Result<()> {
         .await?;
     let t0 = Instant::now();
     while !pods.list(&ListParams::default()).await?.items.is_empty() {
-        if t0.elapsed() > Duration::from_secs(120) {
+        if t0.elapsed() > Duration::from_mins(2) {
             bail!("pods not deleted within 120 s");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -227,7 +227,7 @@ async fn kubelet_once(pods: &Api<Pod>, i: usize) -> Result<Duration> {
     let name = format!("lat-{i}");
     let t0 = Instant::now();
     pods.create(&PostParams::default(), &pod(&name)?).await?;
-    wait_ready(pods, &name, Duration::from_secs(60)).await?;
+    wait_ready(pods, &name, Duration::from_mins(1)).await?;
     let took = t0.elapsed();
     delete_all(pods).await?;
     Ok(took)
@@ -343,7 +343,7 @@ async fn measure(
     futures::future::try_join_all(
         names
             .iter()
-            .map(|n| wait_ready(&pods, n, Duration::from_secs(120))),
+            .map(|n| wait_ready(&pods, n, Duration::from_mins(2))),
     )
     .await?;
     let bulk_s = t0.elapsed().as_secs_f64();

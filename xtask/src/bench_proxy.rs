@@ -312,10 +312,9 @@ pub fn run(b: &ProxyBench, target: &Path, out_dir: &Path) -> Result<()> {
     let (_, ready_at) = wait_logged(
         &mut kp,
         "waiting for the initial lists",
-        Duration::from_secs(60),
+        Duration::from_mins(1),
     )?;
-    let (sync_line, synced_at) =
-        wait_logged(&mut kp, "initial sync done", Duration::from_secs(120))?;
+    let (sync_line, synced_at) = wait_logged(&mut kp, "initial sync done", Duration::from_mins(2))?;
     let to_ready = ready_at - t0;
     let to_sync = synced_at - t0;
     let pass_took = log_field(&sync_line, "took").unwrap_or("?").to_string();

@@ -401,7 +401,7 @@ impl Component {
             .append(true)
             .open(&self.log)
             .with_context(|| format!("open {}", self.log))?;
-        self.log_offset = log.metadata().map(|m| m.len()).unwrap_or(0);
+        self.log_offset = log.metadata().map_or(0, |m| m.len());
         let mut cmd = Command::new(&self.bin);
         cmd.args(&self.args)
             .envs(self.env.iter().copied())
@@ -603,17 +603,14 @@ pub fn run(args: &RunArgs) -> Result<()> {
     }
     link_kctl(&bin_dir.join("kctl"))?;
 
-    let uplink = match &args.uplink {
-        Some(iface) => {
-            if output_of(Command::new("ip").args(["link", "show", iface])).is_none() {
-                bail!("interface {iface} does not exist");
-            }
-            iface.clone()
+    let uplink = if let Some(iface) = &args.uplink {
+        if output_of(Command::new("ip").args(["link", "show", iface])).is_none() {
+            bail!("interface {iface} does not exist");
         }
-        None => {
-            create_lab_uplink()?;
-            LAB_UPLINK.to_string()
-        }
+        iface.clone()
+    } else {
+        create_lab_uplink()?;
+        LAB_UPLINK.to_string()
     };
     let node_kubeconfig = format!("{KUBELET_DATA}/kubeconfig");
     let mut comps = [

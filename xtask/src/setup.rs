@@ -296,7 +296,7 @@ fn docker_engine() -> Result<()> {
         ],
         "dockerd.log",
     )?;
-    wait_for("dockerd", Duration::from_secs(60), || {
+    wait_for("dockerd", Duration::from_mins(1), || {
         docker_ping().is_some()
     })
 }

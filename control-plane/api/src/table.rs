@@ -113,10 +113,9 @@ pub fn row(kind: &str, obj: &Value, now: Timestamp) -> Vec<Value> {
         "Event" => cluster::event_row(&typed(obj), now),
         _ => {
             let meta = metadata(obj);
-            let created = meta
-                .creation_timestamp
-                .map(|t| Value::String(t.0.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()))
-                .unwrap_or(Value::Null);
+            let created = meta.creation_timestamp.map_or(Value::Null, |t| {
+                Value::String(t.0.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+            });
             vec![json!(meta.name.unwrap_or_default()), created]
         }
     }

@@ -573,18 +573,15 @@ fn diff_at(shape: Shape, old: &Value, new: &Value, d: &mut Diff) {
             };
             let old_items: BTreeMap<&String, &Value> = ok.iter().zip(o).collect();
             for (k, item) in nk.iter().zip(n) {
-                match old_items.get(k) {
-                    Some(prev) => {
-                        let mut cd = Diff::default();
-                        diff_at(Shape::Map(ty), prev, item, &mut cd);
-                        d.changed.insert(k.clone(), cd.changed);
-                        d.removed.insert(k.clone(), cd.removed);
-                    }
-                    None => {
-                        let mut c = set_of(Shape::Map(ty), item, true);
-                        c.member = true;
-                        d.changed.insert(k.clone(), c);
-                    }
+                if let Some(prev) = old_items.get(k) {
+                    let mut cd = Diff::default();
+                    diff_at(Shape::Map(ty), prev, item, &mut cd);
+                    d.changed.insert(k.clone(), cd.changed);
+                    d.removed.insert(k.clone(), cd.removed);
+                } else {
+                    let mut c = set_of(Shape::Map(ty), item, true);
+                    c.member = true;
+                    d.changed.insert(k.clone(), c);
                 }
             }
             for (k, item) in ok.iter().zip(o) {

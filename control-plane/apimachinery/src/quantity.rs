@@ -42,8 +42,7 @@ impl Quantity {
         let num_end = s
             .char_indices()
             .find(|&(i, c)| !(c.is_ascii_digit() || c == '.' || ((c == '+' || c == '-') && i == 0)))
-            .map(|(i, _)| i)
-            .unwrap_or(s.len());
+            .map_or(s.len(), |(i, _)| i);
         let (number, suffix) = s.split_at(num_end);
         let mantissa_nanos = parse_decimal_nanos(number)
             .ok_or_else(|| QuantityError(format!("invalid quantity {s:?}")))?;

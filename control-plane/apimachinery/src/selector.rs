@@ -170,7 +170,7 @@ impl Requirement {
 impl fmt::Display for Requirement {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let key = &self.key;
-        let first = self.values.first().map(String::as_str).unwrap_or("");
+        let first = self.values.first().map_or("", String::as_str);
         match self.op {
             Operator::Exists => write!(f, "{key}"),
             Operator::DoesNotExist => write!(f, "!{key}"),
@@ -831,7 +831,7 @@ mod tests {
         assert!(matches!(err("a in ()"), SelectorError::EmptySet { .. }));
         match err("a ~ b") {
             SelectorError::UnknownOperator { key, op } => {
-                assert_eq!((key, op), ("a".into(), "~".into()))
+                assert_eq!((key, op), ("a".into(), "~".into()));
             }
             e => panic!("{e:?}"),
         }
@@ -856,7 +856,8 @@ mod tests {
                     .map(|(k, op, vals)| LabelSelectorRequirement {
                         key: k.to_string(),
                         operator: op.to_string(),
-                        values: vals.map(|v| v.iter().map(|s| s.to_string()).collect()),
+                        values: vals
+                            .map(|v| v.iter().map(std::string::ToString::to_string).collect()),
                     })
                     .collect()
             }),

@@ -130,7 +130,7 @@ impl TokenStore {
     pub fn admin_token(&self) -> String {
         self.state
             .read()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .1
             .admin
             .clone()
@@ -138,7 +138,10 @@ impl TokenStore {
 
     /// The node's token, created and saved if it has none.
     pub fn node_token(&self, node: &str) -> Result<String> {
-        let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
+        let mut st = self
+            .state
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut tokens = read(&self.path)?;
         let tok = tokens
             .nodes
@@ -168,7 +171,10 @@ impl TokenStore {
             return None;
         }
         {
-            let st = self.state.read().unwrap_or_else(|e| e.into_inner());
+            let st = self
+                .state
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             if let Some(id) = Self::lookup(&st.1, token) {
                 return Some(id);
             }
@@ -177,7 +183,10 @@ impl TokenStore {
             }
         }
         // The file changed (a node token was added): reload once.
-        let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
+        let mut st = self
+            .state
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         match read(&self.path) {
             Ok(t) => *st = (mtime(&self.path), t),
             Err(e) => tracing::warn!("token file: {e:#}"),

@@ -48,7 +48,7 @@ fn list_mut<'a>(doc: &'a mut Mapping, key: &str) -> Result<&'a mut Vec<Value>> {
 pub fn merge(existing: Option<&str>, server: &str, ca_pem: &str, token: &str) -> Result<String> {
     let mut doc = match existing.map(serde_yaml::from_str::<Value>).transpose() {
         Ok(Some(Value::Mapping(m))) => m,
-        Ok(Some(Value::Null)) | Ok(None) => Mapping::new(),
+        Ok(Some(Value::Null) | None) => Mapping::new(),
         Ok(Some(_)) => bail!("the existing kubeconfig is not a YAML mapping"),
         Err(e) => bail!("the existing kubeconfig is not valid YAML: {e}"),
     };

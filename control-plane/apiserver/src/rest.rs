@@ -58,7 +58,7 @@ pub async fn serve(
             Ok(json_resp(StatusCode::CREATED, &obj))
         }
         ("create", Some("binding")) => bind(api, req, t).await,
-        ("update", sub) | ("patch", sub) => {
+        ("update" | "patch", sub) => {
             let body = if verb == "update" {
                 Edit::Replace(object::parse_body(req.content_type(), &req.body)?)
             } else {
@@ -179,23 +179,20 @@ async fn list(api: &Api, req: &Req, t: &Target) -> ApiResult<Response> {
     let keep = |kv: &kproxy_store::KeyValue| Ok(matches(&from_kv(kv)?, &ls, &fs));
     let prefix = t.res.ns_prefix(t.ns.as_deref());
     // With a limit only one page is ever held (see `paging`); without one, the whole list.
-    let (kvs, list_meta) = match crate::paging::Paging::from_req(req)? {
-        Some(paging) => {
-            let selector: Option<crate::paging::Keep<'_>> = filtered.then_some(&keep);
-            let page = crate::paging::read(&*api.store, &prefix, &paging, selector).await?;
-            let meta = page.list_meta();
-            (page.kvs, meta)
-        }
-        None => {
-            let (all, rev) = api.store.list(&prefix).await?;
-            let mut kvs = Vec::with_capacity(all.len());
-            for kv in all {
-                if !filtered || keep(&kv)? {
-                    kvs.push(kv);
-                }
+    let (kvs, list_meta) = if let Some(paging) = crate::paging::Paging::from_req(req)? {
+        let selector: Option<crate::paging::Keep<'_>> = filtered.then_some(&keep);
+        let page = crate::paging::read(&*api.store, &prefix, &paging, selector).await?;
+        let meta = page.list_meta();
+        (page.kvs, meta)
+    } else {
+        let (all, rev) = api.store.list(&prefix).await?;
+        let mut kvs = Vec::with_capacity(all.len());
+        for kv in all {
+            if !filtered || keep(&kv)? {
+                kvs.push(kv);
             }
-            (kvs, json!({"resourceVersion": rev.to_string()}))
         }
+        (kvs, json!({"resourceVersion": rev.to_string()}))
     };
     if req.wants_table() {
         let items = kvs.iter().map(from_kv).collect::<ApiResult<Vec<_>>>()?;

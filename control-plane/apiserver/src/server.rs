@@ -152,7 +152,7 @@ pub async fn run(opts: Options, shutdown: impl std::future::Future<Output = ()>)
                 Ok(c) => c,
                 Err(e) => { tracing::warn!("accept: {e}"); continue; }
             },
-            _ = &mut shutdown => break,
+            () = &mut shutdown => break,
         };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();

@@ -81,7 +81,7 @@ impl ApiError {
         name: &str,
         errs: &[kproxy_api::validate::FieldError],
     ) -> Self {
-        let list: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        let list: Vec<String> = errs.iter().map(std::string::ToString::to_string).collect();
         let summary = if list.len() == 1 {
             list[0].clone()
         } else {

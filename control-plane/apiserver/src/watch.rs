@@ -122,8 +122,8 @@ pub async fn serve(api: &Api, req: &Req, t: &Target) -> ApiResult<Response> {
                     if tx.send(Ok(line("BOOKMARK", &b))).await.is_err() { return; }
                     continue;
                 }
-                _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => return,
-                _ = tx.closed() => return,
+                () = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => return,
+                () = tx.closed() => return,
             };
             let ev = match ev {
                 None => return,

@@ -42,7 +42,7 @@ use crate::{
     },
 };
 
-const RESYNC: Duration = Duration::from_secs(300);
+const RESYNC: Duration = Duration::from_mins(5);
 /// Recreate waits for the old pods to be gone (in the pod cache); their deletion does not
 /// trigger us.
 const RECREATE_POLL: Duration = Duration::from_secs(1);
@@ -653,7 +653,7 @@ impl Sync<'_> {
                     done.push(updated);
                 }
                 Err(e) => {
-                    debug!(rs = %rs.name_any(), error = %e, "cannot change replica set owner")
+                    debug!(rs = %rs.name_any(), error = %e, "cannot change replica set owner");
                 }
             }
         }

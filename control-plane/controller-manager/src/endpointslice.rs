@@ -162,7 +162,7 @@ impl Ctx {
             .get(&(Arc::clone(&pod.namespace), Arc::clone(&pod.name)))
             .into_iter()
             .flatten()
-            .map(|s| s.to_string())
+            .map(std::string::ToString::to_string)
             .collect();
         for svc in self.services.state() {
             if svc.metadata.namespace.as_deref() == Some(ns)
@@ -354,7 +354,7 @@ async fn sync(svc: &Service, key: &SvcKey, ctx: &Ctx) -> Result<Action, Error> {
         done.metadata.managed_fields = None;
         ctx.written(|w| w.entry(key.clone()).or_default().endpoints = Some(Arc::new(done)));
     }
-    Ok(Action::requeue(Duration::from_secs(300)))
+    Ok(Action::requeue(Duration::from_mins(5)))
 }
 
 fn error_policy(svc: Arc<Service>, err: &Error, _ctx: Arc<Ctx>) -> Action {

@@ -137,7 +137,7 @@ impl Budget {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if b.len() > 10_000 {
             // Forget full buckets of objects long quiet (keeps the map bounded).
-            b.retain(|_, (_, t)| now.duration_since(*t) < Duration::from_secs(3600));
+            b.retain(|_, (_, t)| now.duration_since(*t) < Duration::from_hours(1));
         }
         let (tokens, last) = b.entry(object.to_string()).or_insert((Self::BURST, now));
         *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * Self::REFILL_PER_SEC)

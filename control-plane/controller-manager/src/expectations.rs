@@ -14,7 +14,7 @@ use std::{
 
 /// How long unobserved expectations block a controller (kube-controller-manager's
 /// `ExpectationsTimeout`): a lost watch event must not stall it for ever.
-pub const TIMEOUT: Duration = Duration::from_secs(5 * 60);
+pub const TIMEOUT: Duration = Duration::from_mins(5);
 
 #[derive(Debug)]
 struct Entry {

@@ -450,7 +450,7 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                 );
             }
             // Woken when an address is released; this is only the safety net.
-            Ok(Action::requeue(Duration::from_secs(60)))
+            Ok(Action::requeue(Duration::from_mins(1)))
         }
     }
 }

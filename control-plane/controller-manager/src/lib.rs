@@ -50,7 +50,7 @@ impl Default for Config {
             node_cidr_mask: 24,
             service_cidr: "10.96.0.0/12".parse().expect("valid"),
             node_monitor_grace: Duration::from_secs(40),
-            pod_eviction_timeout: Duration::from_secs(300),
+            pod_eviction_timeout: Duration::from_mins(5),
             apiserver_endpoint: None,
         }
     }

@@ -252,7 +252,7 @@ async fn reconcile(node: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         }
     }
     Ok(if waiting {
-        Action::requeue(Duration::from_secs(60))
+        Action::requeue(Duration::from_mins(1))
     } else {
         Action::await_change()
     })

@@ -279,7 +279,7 @@ async fn reconcile(node: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, Error> {
             ready = Some("Unknown".into());
         }
     } else {
-        next = Some(grace - silence);
+        next = Some(grace.checked_sub(silence).unwrap());
     }
 
     let current = node
@@ -530,7 +530,7 @@ mod tests {
 
     #[test]
     fn eviction_timing() {
-        let default = Duration::from_secs(300);
+        let default = Duration::from_mins(5);
         let now = t("2024-01-01T00:10:00Z");
         let unreachable = [taint(
             TAINT_UNREACHABLE,

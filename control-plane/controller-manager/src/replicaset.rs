@@ -49,7 +49,7 @@ const BURST_REPLICAS: usize = 500;
 /// Most API calls of one batch in flight at once.
 const MAX_IN_FLIGHT: usize = 64;
 /// Periodic resync; also lets expired expectations (lost events) resume a stuck set.
-const RESYNC: Duration = Duration::from_secs(300);
+const RESYNC: Duration = Duration::from_mins(5);
 
 /// What the reconciles share.
 pub struct Ctx {
@@ -174,12 +174,11 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> 
     // Checked before reading the cache: satisfied means the cache has what we did.
     let needs_sync = ctx.expectations.satisfied(&rs_key);
     let no_spec;
-    let spec = match &rs.spec {
-        Some(s) => s,
-        None => {
-            no_spec = ReplicaSetSpec::default();
-            &no_spec
-        }
+    let spec = if let Some(s) = &rs.spec {
+        s
+    } else {
+        no_spec = ReplicaSetSpec::default();
+        &no_spec
     };
     let selector = claim::matcher(&spec.selector).map_err(Error::Selector)?;
     let deleting = rs.metadata.deletion_timestamp.is_some();

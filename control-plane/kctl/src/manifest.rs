@@ -255,7 +255,7 @@ spec:
             {"apiVersion":"v1","kind":"ServiceList","items":[{"apiVersion":"v1","kind":"Service","metadata":{"name":"b"}}]}]}
             {"apiVersion":"v1","kind":"Pod","metadata":{"generateName":"p-"}}"#;
         let docs = parse_documents(text, "STDIN", None).unwrap();
-        let names: Vec<&str> = docs.iter().map(|d| d.name()).collect();
+        let names: Vec<&str> = docs.iter().map(super::Manifest::name).collect();
         assert_eq!(names, ["a", "b", ""]);
         assert_eq!(docs[2].kind(), "Pod");
     }
@@ -318,7 +318,7 @@ spec:
             .collect();
         assert_eq!(rel, ["a.json", "b.yaml", "sub/c.yml", "sub/deeper/d.yaml"]);
         let all = load_all(&[root.display().to_string()]).unwrap();
-        let names: Vec<&str> = all.iter().map(|m| m.name()).collect();
+        let names: Vec<&str> = all.iter().map(super::Manifest::name).collect();
         assert_eq!(names, ["a", "b", "c"]);
         // A single file works too; a missing path and an empty directory are errors.
         assert_eq!(

@@ -323,7 +323,7 @@ pub(crate) mod tests {
         APIResource {
             name: name.into(),
             singular_name: singular.into(),
-            short_names: Some(short.iter().map(|s| s.to_string()).collect()),
+            short_names: Some(short.iter().map(std::string::ToString::to_string).collect()),
             categories: Some(if all { vec!["all".to_string()] } else { vec![] }),
             ..Default::default()
         }
@@ -486,7 +486,7 @@ pub(crate) mod tests {
     }
 
     fn args(a: &[&str]) -> Vec<String> {
-        a.iter().map(|s| s.to_string()).collect()
+        a.iter().map(std::string::ToString::to_string).collect()
     }
 
     #[test]

@@ -94,10 +94,7 @@ mod tests {
             parse_go_duration("500ms").unwrap(),
             Duration::from_millis(500)
         );
-        assert_eq!(
-            parse_go_duration("1.5h").unwrap(),
-            Duration::from_secs(5400)
-        );
+        assert_eq!(parse_go_duration("1.5h").unwrap(), Duration::from_mins(90));
         assert_eq!(parse_go_duration("0").unwrap(), Duration::ZERO);
         assert_eq!(parse_go_duration("45").unwrap(), Duration::from_secs(45));
         for bad in ["", "s", "5x", "1m5", "-3s", "abc"] {

@@ -40,7 +40,7 @@ type Output = Pin<Box<dyn Stream<Item = Result<LogOutput, bollard::errors::Error
 /// How long the client gets to answer our close frame before the connection is dropped.
 /// Its answer comes after it has read everything before it, so a slow reader (a pipe into
 /// a slow consumer) needs the time; dropping earlier could cut the end of the output.
-const CLOSE_GRACE: Duration = Duration::from_secs(60);
+const CLOSE_GRACE: Duration = Duration::from_mins(1);
 
 pub async fn handle(
     State(st): State<AppState>,

@@ -192,7 +192,7 @@ mod tests {
                 ("command".to_string(), "sh".to_string()),
                 ("command".into(), "-c".into()),
                 ("command".into(), "echo a&b".into()),
-                ("x".into(), "".into()),
+                ("x".into(), String::new()),
             ]
         );
         assert!(pairs(None).is_empty());

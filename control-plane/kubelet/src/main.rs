@@ -137,7 +137,7 @@ async fn main() -> Result<()> {
         ip: node_ip.to_string(),
         hostname: node_name.clone(),
         kubelet_port: port,
-        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        cpus: std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
         memory_kib: node::memory_kib(),
         max_pods: o.max_pods,
         runtime_version: version.version.unwrap_or_default(),
@@ -187,7 +187,7 @@ async fn main() -> Result<()> {
     tokio::select! {
         r = manager::run(shared) => r,
         r = server => r.context("the kubelet endpoint"),
-        _ = shutdown() => {
+        () = shutdown() => {
             info!("kubelet stopping; its pods keep running and are adopted at the next start");
             Ok(())
         }

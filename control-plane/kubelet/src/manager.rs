@@ -162,7 +162,7 @@ async fn remove_orphans(shared: Arc<Shared>, live: HashSet<String>) {
         .net
         .ipam
         .lock()
-        .unwrap_or_else(|e| e.into_inner())
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
         .allocations()
         .keys()
         .cloned()

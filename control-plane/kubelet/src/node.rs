@@ -310,7 +310,7 @@ pub async fn heartbeat(client: Client, f: NodeFacts, every: Duration) {
         if let Err(e) = renew(&leases, &f.name).await {
             warn!("renewing the node lease: {e:#}");
         }
-        if last_status.elapsed() >= Duration::from_secs(60) {
+        if last_status.elapsed() >= Duration::from_mins(1) {
             match update_status(&client, &f).await {
                 Ok(()) => last_status = tokio::time::Instant::now(),
                 Err(e) => warn!("{e:#}"),

@@ -44,7 +44,7 @@ impl Net {
     pub fn allocate(&self, uid: &str) -> Result<Ipv4Addr> {
         self.ipam
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .allocate(uid)
             .context("allocating the pod IP")
     }
@@ -71,7 +71,7 @@ impl Net {
             .context("removing the pod's veth")?;
         self.ipam
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .release(uid)
             .context("releasing the pod IP")?;
         Ok(())
@@ -210,8 +210,8 @@ impl Worker {
                     }
                     return;
                 },
-                _ = wake.notified() => {},
-                _ = tokio::time::sleep(wait) => {},
+                () = wake.notified() => {},
+                () = tokio::time::sleep(wait) => {},
             }
         }
     }
@@ -444,7 +444,7 @@ impl Worker {
                             "Started",
                             &format!("Started container {}", c.name),
                         );
-                        started.push(id)
+                        started.push(id);
                     }
                     Err((reason, message, retry)) => {
                         if reason != "ImagePullBackOff" {
@@ -509,10 +509,9 @@ impl Worker {
                 if let Err(why) = &result {
                     debug!(pod = %format!("{ns}/{name}"), container = %c.name, ?kind, "probe failed: {why}");
                 }
-                let verdict = probes
-                    .state_mut(kind)
-                    .map(|s| s.record(p, result.is_ok(), Instant::now()))
-                    .unwrap_or(Verdict::Unchanged);
+                let verdict = probes.state_mut(kind).map_or(Verdict::Unchanged, |s| {
+                    s.record(p, result.is_ok(), Instant::now())
+                });
                 if verdict == Verdict::Failed {
                     let why = result.as_ref().err().cloned().unwrap_or_default();
                     Self::event(
@@ -541,8 +540,7 @@ impl Worker {
                     info!(pod = %format!("{ns}/{name}"), container = %c.name, ?kind, "probe failed, restarting the container: {why}");
                     let grace = p
                         .termination_grace_period_seconds
-                        .map(|s| Duration::from_secs(s.max(0) as u64))
-                        .unwrap_or_else(|| grace_of(pod));
+                        .map_or_else(|| grace_of(pod), |s| Duration::from_secs(s.max(0) as u64));
                     kills.push((cur.id.clone(), grace));
                 }
             }
@@ -570,8 +568,8 @@ impl Worker {
                 current: cur,
                 previous: attempts.len().checked_sub(2).map(|i| attempts[i]),
                 waiting: waiting.get(&c.name).cloned(),
-                started: probes.is_none_or(|p| p.started()),
-                ready: probes.is_none_or(|p| p.ready()),
+                started: probes.is_none_or(super::probe::Probes::started),
+                ready: probes.is_none_or(super::probe::Probes::ready),
             })
         };
         let init_statuses = init_containers
@@ -667,7 +665,7 @@ impl Worker {
                 ),
             ),
         );
-        Decision::Wait(Instant::now() + (delay - since))
+        Decision::Wait(Instant::now() + delay.checked_sub(since).unwrap())
     }
 
     /// Whether any container is running or will be (re)started.

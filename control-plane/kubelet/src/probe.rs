@@ -342,7 +342,7 @@ mod tests {
             ..Default::default()
         };
         let t = Instant::now();
-        let later = t + Duration::from_secs(60);
+        let later = t + Duration::from_mins(1);
         let mut p = Probes::new(&c, t);
         assert!(!p.started() && !p.ready());
         assert_eq!(p.due(later), vec![Kind::Startup]);

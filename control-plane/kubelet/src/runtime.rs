@@ -169,9 +169,11 @@ impl Runtime {
         let st = info.state.unwrap_or_default();
         let started = docker_time(st.started_at.as_deref());
         let state = match st.status {
-            Some(ContainerStateStatusEnum::RUNNING)
-            | Some(ContainerStateStatusEnum::PAUSED)
-            | Some(ContainerStateStatusEnum::RESTARTING) => RunState::Running {
+            Some(
+                ContainerStateStatusEnum::RUNNING
+                | ContainerStateStatusEnum::PAUSED
+                | ContainerStateStatusEnum::RESTARTING,
+            ) => RunState::Running {
                 started: started.unwrap_or_else(Timestamp::now),
                 pid: st.pid.unwrap_or(0),
             },

@@ -93,7 +93,7 @@ pub fn container_status(v: &ContainerView) -> ContainerStatus {
             .map(|o| format!("docker://{}", o.image_id))
             .unwrap_or_default(),
         container_id: v.current.map(|o| format!("docker://{}", o.id)),
-        restart_count: v.current.map(|o| o.attempt as i32).unwrap_or(0),
+        restart_count: v.current.map_or(0, |o| o.attempt as i32),
         ready: running && v.ready,
         started: Some(running && v.started),
         state: Some(state),

@@ -42,7 +42,7 @@ pub const DEFAULT_ROUNDS: u32 = 3;
 pub const MAX_CONNECTIONS: usize = 1024;
 /// Each phase slice must last long enough to mean something.
 pub const MIN_SLICE: Duration = Duration::from_millis(100);
-pub const MAX_DURATION: Duration = Duration::from_secs(600);
+pub const MAX_DURATION: Duration = Duration::from_mins(10);
 /// Addresses one target may spread its connections over.
 pub const MAX_ADDRESSES: usize = 256;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -790,7 +790,7 @@ mod tests {
         assert_eq!(parse_duration("6"), Ok(Duration::from_secs(6)));
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_mins(2)));
         assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
         for bad in ["", "s", "6x", "-1s", "6 s", "1..2s", "ms5", "-3"] {
             assert_eq!(

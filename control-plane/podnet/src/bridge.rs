@@ -21,21 +21,20 @@ pub async fn ensure_bridge(name: &str, gateway: Ipv4Net) -> Result<()> {
     }
     let nl = Netlink::open()?;
     let h = &nl.handle;
-    let link = match link_by_name(h, name).await? {
-        Some(link) => link,
-        None => {
-            let bridge = LinkBridge::new(name)
-                .address(bridge_mac(name).to_vec())
-                .build();
-            match h.link().add(bridge).execute().await {
-                // Someone else created it meanwhile: fine, it is checked below.
-                Err(e) if errno(&e) == Some(libc::EEXIST) => {}
-                r => r.map_err(Error::netlink(format!("creating bridge {name}")))?,
-            }
-            link_by_name(h, name)
-                .await?
-                .ok_or_else(|| Error::LinkMissing(name.to_owned()))?
+    let link = if let Some(link) = link_by_name(h, name).await? {
+        link
+    } else {
+        let bridge = LinkBridge::new(name)
+            .address(bridge_mac(name).to_vec())
+            .build();
+        match h.link().add(bridge).execute().await {
+            // Someone else created it meanwhile: fine, it is checked below.
+            Err(e) if errno(&e) == Some(libc::EEXIST) => {}
+            r => r.map_err(Error::netlink(format!("creating bridge {name}")))?,
         }
+        link_by_name(h, name)
+            .await?
+            .ok_or_else(|| Error::LinkMissing(name.to_owned()))?
     };
     if link.kind != Some(InfoKind::Bridge) {
         return Err(Error::WrongLinkKind {

@@ -190,7 +190,7 @@ mod tests {
     fn rules_accept_both_directions_and_masquerade_leaving_traffic() {
         let rules = forwarding_rules("kbr0", "10.244.0.7/24".parse().unwrap(), DOCKER_USER);
         let lines: Vec<String> = rules.iter().map(|r| r.args(r.add_op()).join(" ")).collect();
-        let c = r#"-m comment --comment kproxy podnet kbr0"#;
+        let c = r"-m comment --comment kproxy podnet kbr0";
         assert_eq!(
             lines,
             [

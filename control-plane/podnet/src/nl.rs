@@ -171,7 +171,7 @@ pub(crate) async fn ensure_v4_addr(
                     .await
                     .map_err(Error::netlink(format!(
                         "removing a stale address from {name}"
-                    )))?
+                    )))?;
             }
             _ => {}
         }

@@ -119,7 +119,7 @@ where
                     }
                 }
                 Err(e) => {
-                    warn!(kind = %K::kind(&Default::default()), error = %e, "watch failed, retrying")
+                    warn!(kind = %K::kind(&Default::default()), error = %e, "watch failed, retrying");
                 }
             }
         }
@@ -324,36 +324,33 @@ impl Scheduler {
             }
             return;
         }
-        match self.pending.get_mut(&uid) {
-            Some(p) => {
-                // Our own status write comes back as an update; only a change to what
-                // scheduling reads makes an unschedulable pod worth another try.
-                let relevant = p.pod.spec != pod.spec
-                    || p.pod.metadata.owner_references != pod.metadata.owner_references;
-                if relevant {
-                    p.facts = PodFacts::from_pod(&pod);
-                }
-                p.pod = Arc::new(pod);
-                if relevant && p.state == State::Unschedulable {
-                    p.state = State::Queued;
-                    self.unschedulable.remove(&uid);
-                    self.queue.push_back(uid);
-                }
+        if let Some(p) = self.pending.get_mut(&uid) {
+            // Our own status write comes back as an update; only a change to what
+            // scheduling reads makes an unschedulable pod worth another try.
+            let relevant = p.pod.spec != pod.spec
+                || p.pod.metadata.owner_references != pod.metadata.owner_references;
+            if relevant {
+                p.facts = PodFacts::from_pod(&pod);
             }
-            None => {
-                let facts = PodFacts::from_pod(&pod);
-                self.pending.insert(
-                    uid.clone(),
-                    Pending {
-                        pod: Arc::new(pod),
-                        facts,
-                        state: State::Queued,
-                        failed_binds: 0,
-                        reported: None,
-                    },
-                );
+            p.pod = Arc::new(pod);
+            if relevant && p.state == State::Unschedulable {
+                p.state = State::Queued;
+                self.unschedulable.remove(&uid);
                 self.queue.push_back(uid);
             }
+        } else {
+            let facts = PodFacts::from_pod(&pod);
+            self.pending.insert(
+                uid.clone(),
+                Pending {
+                    pod: Arc::new(pod),
+                    facts,
+                    state: State::Queued,
+                    failed_binds: 0,
+                    reported: None,
+                },
+            );
+            self.queue.push_back(uid);
         }
     }
 

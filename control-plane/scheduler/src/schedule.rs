@@ -51,7 +51,10 @@ pub fn least_allocated(pod: &PodFacts, node: &NodeFacts, info: &NodeInfo) -> i64
                 .unwrap_or(0)
         }
     };
-    (share(alloc.milli_cpu, used.milli_cpu) + share(alloc.memory, used.memory)) / 2
+    i64::midpoint(
+        share(alloc.milli_cpu, used.milli_cpu),
+        share(alloc.memory, used.memory),
+    )
 }
 
 /// Spreading one owner's pods: a node with fewer of them scores higher, normalized by the

@@ -88,7 +88,7 @@ impl RedbEngine {
 fn read_revision(txn: &ReadTransaction) -> anyhow::Result<Revision> {
     let meta = txn.open_table(META).context("opening table meta")?;
     let rev = meta.get(REVISION_KEY).context("reading revision")?;
-    Ok(rev.map(|g| g.value()).unwrap_or(0))
+    Ok(rev.map_or(0, |g| g.value()))
 }
 
 pub(crate) fn encode(kv: &KeyValue) -> Vec<u8> {

@@ -213,7 +213,10 @@ async fn main() -> Result<()> {
                                 None => break,
                             }
                         }
-                        let at = start.get().map(|s| s.elapsed()).unwrap_or_default();
+                        let at = start
+                            .get()
+                            .map(std::time::Instant::elapsed)
+                            .unwrap_or_default();
                         Ok::<_, anyhow::Error>((seen == events, in_order, at))
                     })
                 })
@@ -240,7 +243,7 @@ async fn main() -> Result<()> {
             let mut ordered = 0;
             let mut last = Duration::ZERO;
             for h in handles {
-                let (c, o, at) = tokio::time::timeout(Duration::from_secs(120), h)
+                let (c, o, at) = tokio::time::timeout(Duration::from_mins(2), h)
                     .await
                     .context("watchers timed out")???;
                 complete += usize::from(c);

@@ -148,7 +148,7 @@ async fn until_seen<K>(
     mut done: impl FnMut(&K) -> bool,
 ) -> Result<()> {
     loop {
-        let o = tokio::time::timeout(Duration::from_secs(120), events.try_next())
+        let o = tokio::time::timeout(Duration::from_mins(2), events.try_next())
             .await
             .with_context(|| format!("timed out waiting for {what}"))??
             .context("watch ended")?;
@@ -192,7 +192,7 @@ async fn schedule(client: kube::Client, ns: &str, count: usize, conc: usize) -> 
         })
     };
     let mut bound = HashSet::new();
-    let deadline = Duration::from_secs(120);
+    let deadline = Duration::from_mins(2);
     while bound.len() < count {
         let p = tokio::time::timeout(deadline, events.try_next())
             .await
@@ -232,7 +232,7 @@ async fn deployment_ready(client: kube::Client, ns: &str, replicas: i32) -> Resu
         .await
         .context("create deployment")?;
     let want = usize::try_from(replicas).context("replicas")?;
-    ready_pods(&pods, "app=big", want, Duration::from_secs(120)).await?;
+    ready_pods(&pods, "app=big", want, Duration::from_mins(2)).await?;
     let pods_ready = start.elapsed();
     // Then the Deployment's own status says so.
     until_seen(
@@ -278,7 +278,7 @@ async fn endpoints(client: kube::Client, ns: &str, samples: usize) -> Result<()>
         "spec": {"selector": {"app": name}, "ports": [{"port": 80, "targetPort": "http"}]},
     }))?;
     svcs.create(&PostParams::default(), &svc).await?;
-    let ready_pods = ready_pods(&pods, &format!("app={name}"), 10, Duration::from_secs(60)).await?;
+    let ready_pods = ready_pods(&pods, &format!("app={name}"), 10, Duration::from_mins(1)).await?;
     // A watch on the service's slices: the time a change becomes visible to a watcher, as it
     // does to the node proxy. The pod is in one slice, so the slice that shows its new state
     // is the answer; events still queued from before show the old state.
@@ -373,7 +373,7 @@ async fn many_pods(client: kube::Client, ns: &str, count: usize) -> Result<()> {
             .collect::<Vec<_>>()
             .join(",")
     );
-    ready_pods(&pods, &labels, per as usize * 10, Duration::from_secs(300)).await?;
+    ready_pods(&pods, &labels, per as usize * 10, Duration::from_mins(5)).await?;
     println!(
         "{}",
         json!({"pods": per * 10, "all_ready_s": start.elapsed().as_secs_f64()})

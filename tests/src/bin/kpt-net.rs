@@ -48,7 +48,7 @@ fn arg(args: &[String], name: &str) -> Option<String> {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let cmd = args.first().map(String::as_str).unwrap_or("");
+    let cmd = args.first().map_or("", String::as_str);
     let count: usize = arg(&args, "--count")
         .and_then(|c| c.parse().ok())
         .unwrap_or(1);
@@ -296,12 +296,10 @@ struct Load {
 impl Load {
     fn from_args(args: &[String]) -> Self {
         let num = |name: &str, default: u64| {
-            arg(args, name)
-                .map(|v| {
-                    v.parse()
-                        .unwrap_or_else(|_| panic!("{name} takes a number"))
-                })
-                .unwrap_or(default)
+            arg(args, name).map_or(default, |v| {
+                v.parse()
+                    .unwrap_or_else(|_| panic!("{name} takes a number"))
+            })
         };
         Self {
             target: args

@@ -478,14 +478,15 @@ async fn churn(
             .await?
             .context("probe thread gone")?;
         attempts_total += attempts;
-        match seen {
-            Some(d) => latencies.push(d.as_secs_f64() * 1000.0),
-            None => {
-                eprintln!(
-                    "kpt-proxyload: change {c}: {name} {old} -> {new} not seen within {timeout:?}"
-                );
-                failed.push(json!({"service": name.clone(), "old": old.to_string(), "new": new.to_string()}));
-            }
+        if let Some(d) = seen {
+            latencies.push(d.as_secs_f64() * 1000.0)
+        } else {
+            eprintln!(
+                "kpt-proxyload: change {c}: {name} {old} -> {new} not seen within {timeout:?}"
+            );
+            failed.push(
+                json!({"service": name.clone(), "old": old.to_string(), "new": new.to_string()}),
+            );
         }
         if (c + 1) % (changes / 4).max(1) == 0 {
             eprintln!("kpt-proxyload: {}/{changes} endpoint changes", c + 1);

@@ -139,8 +139,7 @@ fn main() {
     );
     let iface = CString::new(a[0].as_str()).expect("iface");
     let src_mac = std::fs::read_to_string(format!("/sys/class/net/{}/address", a[0]))
-        .map(|s| mac(s.trim()))
-        .unwrap_or([2, 0, 0, 0, 0, 1]);
+        .map_or([2, 0, 0, 0, 0, 1], |s| mac(s.trim()));
     let ctx = Ctx {
         src_mac,
         dst_mac: mac(&a[1]),

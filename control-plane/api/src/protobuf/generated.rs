@@ -15,7 +15,11 @@
 // - k8s.io/api/autoscaling/v1
 // - k8s.io/api/policy/v1
 
-use super::table::{Card::*, Field, INLINE, Message, OMIT, PTR, Ty::*};
+use super::table::{
+    Card::{Many, Map, One},
+    Field, INLINE, Message, OMIT, PTR,
+    Ty::{Bool, Bytes, I32, I64, Msg, Str},
+};
 
 const fn f(
     num: u32,

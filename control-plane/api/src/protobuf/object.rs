@@ -284,10 +284,10 @@ impl Decoder {
                             self.path.pop();
                         }
                         (Ty::Str | Ty::Bytes, value) => {
-                            items.push(self.scalar(m.name, f.name, ty, *value)?)
+                            items.push(self.scalar(m.name, f.name, ty, *value)?);
                         }
                         (ty, WireValue::Bytes(packed)) => {
-                            self.packed(m, f, ty, packed, &mut items)?
+                            self.packed(m, f, ty, packed, &mut items)?;
                         }
                         (ty, value) => items.push(self.scalar(m.name, f.name, ty, *value)?),
                     }

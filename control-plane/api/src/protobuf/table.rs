@@ -110,7 +110,7 @@ mod tests {
     #[test]
     fn table_is_sorted_and_consistent() {
         assert!(MESSAGES.windows(2).all(|w| w[0].name < w[1].name));
-        for m in MESSAGES.iter() {
+        for m in &MESSAGES {
             assert!(
                 m.fields.windows(2).all(|w| w[0].num < w[1].num),
                 "{}",

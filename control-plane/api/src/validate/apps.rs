@@ -104,15 +104,16 @@ fn selector_and_template(
 ) -> Result<Vec<FieldError>, Invalid> {
     let mut errs = Vec::new();
     let sel_path = spec_path.child("selector");
-    let empty = selector.match_labels.as_ref().is_none_or(|m| m.is_empty())
+    let empty = selector
+        .match_labels
+        .as_ref()
+        .is_none_or(std::collections::BTreeMap::is_empty)
         && selector
             .match_expressions
             .as_ref()
-            .is_none_or(|e| e.is_empty());
+            .is_none_or(std::vec::Vec::is_empty);
     let mut selector_ok = true;
-    if !has_selector {
-        errs.push(FieldError::required(&sel_path, ""));
-    } else {
+    if has_selector {
         let sel_errs = meta::label_selector(selector, &sel_path);
         selector_ok = sel_errs.is_empty();
         errs.extend(sel_errs);
@@ -130,6 +131,8 @@ fn selector_and_template(
                 "empty selector is invalid for deployment",
             ));
         }
+    } else {
+        errs.push(FieldError::required(&sel_path, ""));
     }
 
     let tpath = spec_path.child("template");

@@ -44,7 +44,7 @@ pub async fn run(ctx: &mut Ctx, args: ApplyArgs) -> Result<()> {
     for m in &manifests {
         match apply_one(ctx, m).await {
             Ok((kind_ref, name, outcome)) => {
-                output::emit(&format!("{kind_ref}/{name} {}\n", outcome.as_str()))?
+                output::emit(&format!("{kind_ref}/{name} {}\n", outcome.as_str()))?;
             }
             Err(e) => {
                 failed = true;
@@ -78,7 +78,7 @@ async fn apply_one(ctx: &mut Ctx, m: &Manifest) -> Result<(String, String, Outco
         Some(current) => {
             let current = serde_json::to_value(&current).context("encoding the live object")?;
             let patch = three_way_patch(last_applied(&current).as_ref(), &modified, &current);
-            if patch.as_object().is_none_or(|p| p.is_empty()) {
+            if patch.as_object().is_none_or(serde_json::Map::is_empty) {
                 Outcome::Unchanged
             } else {
                 api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))

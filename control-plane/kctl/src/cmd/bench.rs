@@ -33,7 +33,7 @@ const DEFAULT_CLIENT_NETNS: &str = "kproxy-client";
 const NETNS_DIR: &str = "/run/netns";
 const IMAGE: &str = "kecho:latest";
 /// How long the bench pod may take to start.
-const START_TIMEOUT: Duration = Duration::from_secs(60);
+const START_TIMEOUT: Duration = Duration::from_mins(1);
 /// Slack for the bench pod beyond its start and its planned measuring time.
 const RUN_SLACK: Duration = Duration::from_secs(30);
 /// The label on the bench pod.

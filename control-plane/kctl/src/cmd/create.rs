@@ -313,7 +313,7 @@ mod tests {
     use super::*;
 
     fn images(list: &[&str]) -> Vec<String> {
-        list.iter().map(|s| s.to_string()).collect()
+        list.iter().map(std::string::ToString::to_string).collect()
     }
 
     #[test]

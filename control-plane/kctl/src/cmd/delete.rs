@@ -78,33 +78,7 @@ pub async fn run(ctx: &mut Ctx, args: DeleteArgs) -> Result<()> {
     };
     let mut failed = false;
     let mut deleted = Vec::new();
-    if !args.filenames.is_empty() {
-        for m in manifest::load_all(&args.filenames)? {
-            let target = async {
-                let info = ctx
-                    .resolve_kind(m.api_version(), m.kind())
-                    .await
-                    .map_err(|e| e.context(mapping_error(&m)))?;
-                let ns = ctx.manifest_namespace(&info, m.namespace())?;
-                anyhow::Ok((info, ns))
-            }
-            .await;
-            match target {
-                Ok((info, ns)) => {
-                    if let Err(e) =
-                        delete_one(ctx, &info, ns, m.name(), &dp, &args, &mut deleted).await
-                    {
-                        failed = true;
-                        eprintln!("{}", render_manifest_error(&e, "deleting", &m));
-                    }
-                }
-                Err(e) => {
-                    failed = true;
-                    eprintln!("{}", errors::render(&e));
-                }
-            }
-        }
-    } else {
+    if args.filenames.is_empty() {
         let targets = parse_type_args(&args.args)?;
         let by_name = targets.iter().any(|t| !t.names.is_empty());
         let by_query = args.all || args.selector.is_some() || args.field_selector.is_some();
@@ -163,6 +137,32 @@ pub async fn run(ctx: &mut Ctx, args: DeleteArgs) -> Result<()> {
         if by_query && !matched_any && !failed {
             eprintln!("No resources found");
         }
+    } else {
+        for m in manifest::load_all(&args.filenames)? {
+            let target = async {
+                let info = ctx
+                    .resolve_kind(m.api_version(), m.kind())
+                    .await
+                    .map_err(|e| e.context(mapping_error(&m)))?;
+                let ns = ctx.manifest_namespace(&info, m.namespace())?;
+                anyhow::Ok((info, ns))
+            }
+            .await;
+            match target {
+                Ok((info, ns)) => {
+                    if let Err(e) =
+                        delete_one(ctx, &info, ns, m.name(), &dp, &args, &mut deleted).await
+                    {
+                        failed = true;
+                        eprintln!("{}", render_manifest_error(&e, "deleting", &m));
+                    }
+                }
+                Err(e) => {
+                    failed = true;
+                    eprintln!("{}", errors::render(&e));
+                }
+            }
+        }
     }
     if args.wait
         && let Err(e) = wait_gone(ctx, &deleted, effective_timeout(args.timeout)).await
@@ -209,7 +209,7 @@ pub fn deleted_line(kind_ref: &str, name: &str) -> String {
 /// kubectl's `--timeout=0`: wait "forever", which it defines as a week.
 fn effective_timeout(t: Duration) -> Duration {
     if t.is_zero() {
-        Duration::from_secs(7 * 24 * 3600)
+        Duration::from_hours(168)
     } else {
         t
     }
@@ -284,10 +284,7 @@ mod tests {
     fn wait_defaults_and_timeouts() {
         let a = parse(&["pod", "x"]).unwrap();
         assert!(a.wait);
-        assert_eq!(
-            effective_timeout(a.timeout),
-            Duration::from_secs(7 * 24 * 3600)
-        );
+        assert_eq!(effective_timeout(a.timeout), Duration::from_hours(168));
         assert!(!parse(&["pod", "x", "--wait=false"]).unwrap().wait);
         assert!(parse(&["pod", "x", "--wait"]).unwrap().wait);
         assert_eq!(

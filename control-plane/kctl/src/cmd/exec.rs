@@ -49,15 +49,14 @@ pub async fn run(ctx: &mut Ctx, args: ExecArgs) -> Result<()> {
     {
         bail!("cannot exec into a container in a completed pod; current phase is {phase}");
     }
-    let container = match &args.container {
-        Some(c) => c.clone(),
-        None => {
-            let (name, note) = logs::default_container(&pod)?;
-            if let Some(note) = note {
-                eprintln!("{note}");
-            }
-            name
+    let container = if let Some(c) = &args.container {
+        c.clone()
+    } else {
+        let (name, note) = logs::default_container(&pod)?;
+        if let Some(note) = note {
+            eprintln!("{note}");
         }
+        name
     };
     // As kubectl: a terminal only for input that comes from one.
     let stdin_is_terminal = std::io::stdin().is_terminal();
@@ -90,7 +89,7 @@ pub async fn run(ctx: &mut Ctx, args: ExecArgs) -> Result<()> {
         None => None,
     };
     // The streams end once the session does; then the session's own result.
-    let _ = copies.await;
+    let () = copies.await;
     proc.join().await?;
     outcome(status)
 }

@@ -172,11 +172,7 @@ pub fn build_service(kind: &str, source: &Value, args: &ExposeArgs) -> Result<Se
         .map(|(i, (port, proto))| ServicePort {
             name: many.then(|| format!("port-{}", i + 1)),
             port,
-            protocol: Some(
-                args.protocol
-                    .map(|p| p.as_str().to_string())
-                    .unwrap_or(proto),
-            ),
+            protocol: Some(args.protocol.map_or(proto, |p| p.as_str().to_string())),
             // Without --target-port, traffic goes to the same port number on the pods.
             target_port: Some(target_port.clone().unwrap_or(IntOrString::Int(port))),
             ..Default::default()

@@ -224,18 +224,15 @@ fn lb_path(node: &str, port: u16) -> Result<String> {
 }
 
 pub async fn run(ctx: &mut Ctx, args: LbArgs) -> Result<()> {
-    let (node, path) = match &args.node {
-        Some(n) => {
-            let path = lb_path(n, args.port)?;
-            // A clear NotFound before the proxy is asked.
-            Api::<Node>::all(ctx.client.clone()).get(n).await?;
-            (n.clone(), path)
-        }
-        None => {
-            let n = only_node(ctx).await?;
-            let path = lb_path(&n, args.port)?;
-            (n, path)
-        }
+    let (node, path) = if let Some(n) = &args.node {
+        let path = lb_path(n, args.port)?;
+        // A clear NotFound before the proxy is asked.
+        Api::<Node>::all(ctx.client.clone()).get(n).await?;
+        (n.clone(), path)
+    } else {
+        let n = only_node(ctx).await?;
+        let path = lb_path(&n, args.port)?;
+        (n, path)
     };
     // The API server answers 503 for a node it cannot reach; the context's client reports
     // it at once (no retries, see `Ctx::connect`).
@@ -261,29 +258,26 @@ pub async fn run(ctx: &mut Ctx, args: LbArgs) -> Result<()> {
         let (now, now_raw) = fetch(&ctx.client, &node, args.port, &path).await?;
         let changed = changes(&table, &now, wide);
         if !changed.is_empty() {
-            match args.output {
-                Some(f @ (LbOutput::Json | LbOutput::Yaml)) => {
-                    // Each changed frontend as its own document, as `get -w -o json` does;
-                    // a frontend gone since the last poll as it was then.
-                    let mut by_key = raw_by_key(&table, &raw);
-                    by_key.extend(raw_by_key(&now, &now_raw));
-                    for fe in &changed {
-                        if let Some(v) = by_key.get(&fe.key()) {
-                            output::emit(&watch_document(v, f)?)?;
-                        }
+            if let Some(f @ (LbOutput::Json | LbOutput::Yaml)) = args.output {
+                // Each changed frontend as its own document, as `get -w -o json` does;
+                // a frontend gone since the last poll as it was then.
+                let mut by_key = raw_by_key(&table, &raw);
+                by_key.extend(raw_by_key(&now, &now_raw));
+                for fe in &changed {
+                    if let Some(v) = by_key.get(&fe.key()) {
+                        output::emit(&watch_document(v, f)?)?;
                     }
                 }
-                _ => {
-                    let mut text = String::new();
-                    // A header the first time the watch adds to an empty table.
-                    if table.frontends.is_empty() {
-                        text.push_str(&header(wide));
-                    }
-                    for fe in changed {
-                        text.push_str(&frontend_lines(fe, wide));
-                    }
-                    output::emit(&aligned(&mut tw, &text))?;
+            } else {
+                let mut text = String::new();
+                // A header the first time the watch adds to an empty table.
+                if table.frontends.is_empty() {
+                    text.push_str(&header(wide));
                 }
+                for fe in changed {
+                    text.push_str(&frontend_lines(fe, wide));
+                }
+                output::emit(&aligned(&mut tw, &text))?;
             }
         }
         table = now;

@@ -33,15 +33,14 @@ pub async fn run(ctx: &mut Ctx, args: LogsArgs) -> Result<()> {
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
     let pod_name = pod_for(ctx, &args.target).await?;
     let pod = pods.get(&pod_name).await?;
-    let container = match &args.container {
-        Some(c) => c.clone(),
-        None => {
-            let (name, note) = default_container(&pod)?;
-            if let Some(note) = note {
-                eprintln!("{note}");
-            }
-            name
+    let container = if let Some(c) = &args.container {
+        c.clone()
+    } else {
+        let (name, note) = default_container(&pod)?;
+        if let Some(note) = note {
+            eprintln!("{note}");
         }
+        name
     };
     let lp = LogParams {
         container: Some(container),

@@ -472,7 +472,7 @@ mod tests {
             }
         };
         assert_eq!(timeout("--timeout=30s").unwrap(), Duration::from_secs(30));
-        assert_eq!(timeout("--timeout=2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(timeout("--timeout=2m").unwrap(), Duration::from_mins(2));
         assert_eq!(timeout("--timeout=0").unwrap(), Duration::ZERO);
         assert!(timeout("--timeout=x").is_err());
         assert_eq!(timeout("--timeout=1m30s").unwrap(), Duration::from_secs(90));

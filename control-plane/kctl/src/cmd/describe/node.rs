@@ -234,9 +234,7 @@ fn taints(w: &mut Writer, list: &Value) {
 }
 
 fn canonical(q: &str) -> String {
-    Quantity::parse(q)
-        .map(|q| q.to_string())
-        .unwrap_or_else(|_| q.to_string())
+    Quantity::parse(q).map_or_else(|_| q.to_string(), |q| q.to_string())
 }
 
 /// A pod's total requests or limits (`key`): the containers' sum, or the largest init
@@ -406,9 +404,9 @@ mod tests {
     #[test]
     fn roles_and_totals() {
         let labels = BTreeMap::from([
-            ("node-role.kubernetes.io/worker".to_string(), "".to_string()),
+            ("node-role.kubernetes.io/worker".to_string(), String::new()),
             ("kubernetes.io/role".to_string(), "edge".to_string()),
-            ("node-role.kubernetes.io/".to_string(), "".to_string()),
+            ("node-role.kubernetes.io/".to_string(), String::new()),
         ]);
         assert_eq!(roles(&labels), ["edge", "worker"]);
         let p = json!({"spec": {

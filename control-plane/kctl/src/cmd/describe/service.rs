@@ -296,8 +296,7 @@ pub(super) fn render_endpoint_slice(
             };
             let port = p["port"]
                 .as_i64()
-                .map(|n| n.to_string())
-                .unwrap_or_else(|| "<unset>".into());
+                .map_or_else(|| "<unset>".into(), |n| n.to_string());
             put!(w, 1, "{name}\t{port}\t{}\n", str_of(&p["protocol"]));
         }
     }
@@ -306,11 +305,7 @@ pub(super) fn render_endpoint_slice(
         w.write(0, "Endpoints: <none>\n");
     } else {
         w.write(0, "Endpoints:\n");
-        let unset = |v: &Value| {
-            v.as_str()
-                .map(str::to_string)
-                .unwrap_or_else(|| "<unset>".into())
-        };
+        let unset = |v: &Value| v.as_str().map_or_else(|| "<unset>".into(), str::to_string);
         for e in endpoints {
             let addrs: Vec<&str> = items(&e["addresses"]).iter().map(str_of).collect();
             put!(
@@ -326,8 +321,7 @@ pub(super) fn render_endpoint_slice(
             w.write(2, "Conditions:\n");
             let ready = e["conditions"]["ready"]
                 .as_bool()
-                .map(|b| b.to_string())
-                .unwrap_or_else(|| "<unset>".into());
+                .map_or_else(|| "<unset>".into(), |b| b.to_string());
             put!(w, 3, "Ready:\t{ready}\n");
             put!(w, 2, "Hostname:\t{}\n", unset(&e["hostname"]));
             if e["targetRef"].is_object() {

@@ -64,8 +64,7 @@ fn controller_uid(obj: &Value) -> &str {
     items(&obj["metadata"]["ownerReferences"])
         .iter()
         .find(|r| r["controller"].as_bool() == Some(true))
-        .map(|r| str_of(&r["uid"]))
-        .unwrap_or("")
+        .map_or("", |r| str_of(&r["uid"]))
 }
 
 /// Counts the replica set's own pods by phase.
