@@ -10,6 +10,7 @@ mod bench_proxy;
 mod images;
 mod run;
 mod setup;
+mod shape;
 mod test;
 mod util;
 
@@ -39,6 +40,9 @@ enum Command {
     /// Build the node's container images locally (kproxy/pause:1, kproxy/httpd:1 alias
     /// httpd:latest, kproxy/kecho:1 alias kecho:latest); skips images already up to date.
     Images,
+    /// Check the code's shape: no import cycle between the modules of a crate, no source file
+    /// over 800 lines (test modules aside). Part of `cargo xtask test`.
+    Shape,
 }
 
 /// Errors end the command with one message and its causes, never a backtrace: these are
@@ -60,5 +64,6 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Test(args) => test::test(&args),
         Command::Bench(args) => bench::bench(&args),
         Command::Images => images::images(),
+        Command::Shape => shape::shape(),
     }
 }

@@ -41,6 +41,7 @@ pub fn test(args: &TestArgs) -> Result<()> {
             "-D",
             "warnings",
         ]))?;
+        crate::shape::shape()?;
     }
     // End-to-end tests start the workspace binaries, so build them first.
     step("test: building the workspace binaries (includes the eBPF programs)");
