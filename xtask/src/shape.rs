@@ -9,6 +9,8 @@
 //! 2. **No source file over [`MAX_LINES`] lines**, not counting a trailing `#[cfg(test)]`
 //!    module block, files named `tests.rs`, integration tests (`tests/` directories) and
 //!    generated code (an `@generated` marker in its first lines).
+//! 3. **Imports grouped** std/core/alloc, then external crates, then `crate`/`super`/`self`,
+//!    each group after a blank line: rustfmt's `group_imports` would do it, but only on nightly.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -41,6 +43,12 @@ pub fn shape() -> Result<()> {
     for file in source_files(&root)? {
         let text = std::fs::read_to_string(root.join(&file))
             .with_context(|| format!("reading {}", file.display()))?;
+        for line in misgrouped_imports(&text) {
+            problems.push(format!(
+                "{}:{line}: imports out of their groups (std, external crates, then crate/super/self; a blank line between groups)",
+                file.display()
+            ));
+        }
         if exempt_from_length(&file, &text) {
             continue;
         }
@@ -154,6 +162,53 @@ pub fn counted_lines(text: &str) -> usize {
         i += 1;
     }
     n
+}
+
+/// Lines of top-level `use` items that break the grouping: a group after a later one, or a new
+/// group without a blank line before it. Items separated by other code are not compared.
+pub fn misgrouped_imports(text: &str) -> Vec<usize> {
+    let lines: Vec<&str> = text.lines().collect();
+    // (first line, last line, group) of each top-level `use`.
+    let mut uses: Vec<(usize, usize, u8)> = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let l = lines[i];
+        let rest = l
+            .strip_prefix("pub(crate) use ")
+            .or_else(|| l.strip_prefix("pub(super) use "))
+            .or_else(|| l.strip_prefix("pub use "))
+            .or_else(|| l.strip_prefix("use "));
+        if let Some(rest) = rest {
+            let root: String = rest
+                .trim_start_matches("::")
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            let group = match root.as_str() {
+                "std" | "core" | "alloc" => 0,
+                "crate" | "super" | "self" => 2,
+                _ => 1,
+            };
+            let start = i;
+            while i < lines.len() && !lines[i].trim_end().ends_with(';') {
+                i += 1;
+            }
+            uses.push((start, i, group));
+        }
+        i += 1;
+    }
+    uses.windows(2)
+        .filter_map(|w| {
+            let ((_, a_end, a), (b_start, _, b)) = (w[0], w[1]);
+            let between = &lines[a_end + 1..b_start];
+            let adjacent = between.iter().all(|l| {
+                let t = l.trim();
+                t.is_empty() || t.starts_with("#[") || t.starts_with("//")
+            });
+            let blank = between.iter().any(|l| l.trim().is_empty());
+            (adjacent && (b < a || (b != a && !blank))).then_some(b_start + 1)
+        })
+        .collect()
 }
 
 fn is_inline_mod(line: &str) -> bool {
@@ -702,6 +757,20 @@ mod tests {
         );
         // Four lines are counted: the test block (lines 2–5) is not.
         assert_eq!(counted_lines(src), 4);
+    }
+
+    #[test]
+    fn imports_keep_their_groups() {
+        let good = "use std::fmt;\n\nuse anyhow::Result;\nuse clap::{\n    Args,\n};\n\nuse crate::x;\npub use super::y;\n";
+        assert!(misgrouped_imports(good).is_empty());
+        // crate before an external crate; then an external crate right after std.
+        let bad = "use crate::x;\n\nuse anyhow::Result;\nfn f() {}\nuse std::fmt;\nuse serde::Serialize;\n";
+        assert_eq!(misgrouped_imports(bad), [3, 6]);
+        // Code between two items ends the comparison; indented uses are not top-level.
+        assert!(
+            misgrouped_imports("use crate::x;\nmod m {\n    use std::fmt;\n}\nuse std::io;\n")
+                .is_empty()
+        );
     }
 
     #[test]
