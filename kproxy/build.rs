@@ -1,5 +1,5 @@
 //! Builds `kproxy-ebpf` for bpfel-unknown-none and leaves the object in OUT_DIR, where
-//! `src/datapath.rs` embeds it. Finds a toolchain that can build Rust eBPF on this machine
+//! `src/datapath/load.rs` embeds it. Finds a toolchain that can build Rust eBPF on this machine
 //! and, when a piece is missing, stops with one message naming the command that fixes it.
 
 use std::{

@@ -1,15 +1,97 @@
-//! The map ABI between `kproxy-ebpf` and `kproxy`: map names, key/value layouts and the
+//! The map ABI between `kproxy-ebpf` and `kproxy`: map and program names, key/value layouts and
 //! index constants both sides agree on. Everything here is `#[repr(C)]`, `Copy`, has explicit
 //! padding and no `bool`s, so the byte layout is the same in the kernel and in userspace.
 //!
 //! When a layout changes, bump the `_vN` suffix of the map name so a kproxy upgrade never
 //! reuses a pinned map of the old shape.
 #![no_std]
+// The only unsafe code is the `aya::Pod` impls of the `user` feature (see `mod user`).
+#![deny(unsafe_code)]
+
+// === Map and program names ===
+//
+// kproxy-ebpf can only name a map or a program with a literal token: `#[map(name = "..")]`
+// takes a string literal, and a program is called like its entry-point function. So each
+// name is written once, in `map_name!` or `program_name!`, which hand the token to the
+// caller's macro; the `MAP_*` and `PROG_*` constants are made from the same tokens.
+
+/// The name of a map, by its constant: `map_name!(MAP_CT)` is `"kproxy_lb4_ct_v3"`, and
+/// `map_name!(MAP_CT => m! { tokens })` expands to `m! { "kproxy_lb4_ct_v3", tokens }`.
+#[macro_export]
+macro_rules! map_name {
+    (MAP_IFSTATS $($then:tt)*) => { $crate::__with_name! { "kproxy_ifstats_v1" $($then)* } };
+    (MAP_CONFIG $($then:tt)*) => { $crate::__with_name! { "kproxy_config_v2" $($then)* } };
+    (MAP_SERVICES $($then:tt)*) => { $crate::__with_name! { "kproxy_lb4_services_v1" $($then)* } };
+    (MAP_BACKENDS $($then:tt)*) => { $crate::__with_name! { "kproxy_lb4_backends_v1" $($then)* } };
+    (MAP_REVNAT $($then:tt)*) => { $crate::__with_name! { "kproxy_lb4_revnat_v1" $($then)* } };
+    (MAP_CT $($then:tt)*) => { $crate::__with_name! { "kproxy_lb4_ct_v3" $($then)* } };
+    (MAP_L2 $($then:tt)*) => { $crate::__with_name! { "kproxy_lb4_l2_v1" $($then)* } };
+    (MAP_AFFINITY $($then:tt)*) => { $crate::__with_name! { "kproxy_lb4_affinity_v2" $($then)* } };
+    (MAP_SOCK_REVNAT $($then:tt)*) => {
+        $crate::__with_name! { "kproxy_lb4_sock_revnat_v2" $($then)* }
+    };
+    (MAP_SVC_STATS $($then:tt)*) => { $crate::__with_name! { "kproxy_lb4_svc_stats_v1" $($then)* } };
+    (MAP_BACKEND_STATS $($then:tt)*) => {
+        $crate::__with_name! { "kproxy_lb4_be_stats_v1" $($then)* }
+    };
+    (MAP_SCRATCH $($then:tt)*) => { $crate::__with_name! { "kproxy_scratch_v1" $($then)* } };
+}
+
+/// The name of a program (its entry-point function in kproxy-ebpf), by its constant:
+/// `program_name!(PROG_XDP)` is `"kproxy_xdp"`, and `program_name!(PROG_XDP => m! { tokens })`
+/// expands to `m! { kproxy_xdp, tokens }`.
+#[macro_export]
+macro_rules! program_name {
+    (PROG_XDP $($then:tt)*) => { $crate::__with_name! { kproxy_xdp $($then)* } };
+    (PROG_TC_INGRESS $($then:tt)*) => { $crate::__with_name! { kproxy_tc_ingress $($then)* } };
+    (PROG_TC_EGRESS $($then:tt)*) => { $crate::__with_name! { kproxy_tc_egress $($then)* } };
+    (PROG_TC_POD $($then:tt)*) => { $crate::__with_name! { kproxy_tc_pod $($then)* } };
+    (PROG_TC_POD_EGRESS $($then:tt)*) => { $crate::__with_name! { kproxy_tc_pod_egress $($then)* } };
+    (PROG_SOCK4_CONNECT $($then:tt)*) => { $crate::__with_name! { kproxy_sock4_connect $($then)* } };
+    (PROG_SOCK4_SENDMSG $($then:tt)*) => { $crate::__with_name! { kproxy_sock4_sendmsg $($then)* } };
+    (PROG_SOCK4_RECVMSG $($then:tt)*) => { $crate::__with_name! { kproxy_sock4_recvmsg $($then)* } };
+    (PROG_SOCK4_GETPEERNAME $($then:tt)*) => {
+        $crate::__with_name! { kproxy_sock4_getpeername $($then)* }
+    };
+}
+
+/// The tail of `map_name!` and `program_name!`: the name as a `&str` constant expression,
+/// or handed to the caller's macro as its first token.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __with_name {
+    ($name:literal) => { $name };
+    ($name:ident) => { ::core::stringify!($name) };
+    ($name:tt => $then:ident! { $($tokens:tt)* }) => { $then! { $name, $($tokens)* } };
+}
 
 /// Name of the per-CPU packet counter array (pinned under the kproxy bpffs directory).
-pub const MAP_IFSTATS: &str = "kproxy_ifstats_v1";
+pub const MAP_IFSTATS: &str = map_name!(MAP_IFSTATS);
 /// Name of the runtime configuration array (one `u32` per [`config`] index).
-pub const MAP_CONFIG: &str = "kproxy_config_v2";
+pub const MAP_CONFIG: &str = map_name!(MAP_CONFIG);
+/// Per-CPU scratch space the tc programs build reply packets in (the BPF stack is only 512
+/// bytes); not pinned, it holds nothing between packets.
+pub const MAP_SCRATCH: &str = map_name!(MAP_SCRATCH);
+
+/// XDP on the uplink: per-packet load balancing of external traffic, counters.
+pub const PROG_XDP: &str = program_name!(PROG_XDP);
+/// tc ingress on the uplink: refusals XDP marked, ARP for LoadBalancer IPs, or the external
+/// load balancing in tc mode.
+pub const PROG_TC_INGRESS: &str = program_name!(PROG_TC_INGRESS);
+/// tc egress on the uplink: reverse NAT of replies.
+pub const PROG_TC_EGRESS: &str = program_name!(PROG_TC_EGRESS);
+/// tc ingress on a pod's host-side veth (packets from the pod).
+pub const PROG_TC_POD: &str = program_name!(PROG_TC_POD);
+/// tc egress on a pod's host-side veth (packets to the pod).
+pub const PROG_TC_POD_EGRESS: &str = program_name!(PROG_TC_POD_EGRESS);
+/// Socket-LB, cgroup/connect4.
+pub const PROG_SOCK4_CONNECT: &str = program_name!(PROG_SOCK4_CONNECT);
+/// Socket-LB, cgroup/sendmsg4.
+pub const PROG_SOCK4_SENDMSG: &str = program_name!(PROG_SOCK4_SENDMSG);
+/// Socket-LB, cgroup/recvmsg4.
+pub const PROG_SOCK4_RECVMSG: &str = program_name!(PROG_SOCK4_RECVMSG);
+/// Socket-LB, cgroup/getpeername4.
+pub const PROG_SOCK4_GETPEERNAME: &str = program_name!(PROG_SOCK4_GETPEERNAME);
 
 /// Runtime configuration slots in [`MAP_CONFIG`]. Userspace writes them at any time; the
 /// programs read them per packet, so changes take effect without a reload.
@@ -64,7 +146,9 @@ pub enum Hook {
 }
 
 impl Hook {
-    pub const ALL: [Self; 3] = [Self::XdpIngress, Self::TcIngress, Self::TcEgress];
+    pub const COUNT: u32 = 3;
+    pub const ALL: [Self; Self::COUNT as usize] =
+        [Self::XdpIngress, Self::TcIngress, Self::TcEgress];
 
     #[must_use]
     pub const fn name(self) -> &'static str {
@@ -92,7 +176,8 @@ pub enum PacketClass {
 }
 
 impl PacketClass {
-    pub const ALL: [Self; 6] = [
+    pub const COUNT: u32 = 6;
+    pub const ALL: [Self; Self::COUNT as usize] = [
         Self::NonIpv4,
         Self::Malformed,
         Self::Icmp,
@@ -100,7 +185,6 @@ impl PacketClass {
         Self::Udp,
         Self::OtherIpv4,
     ];
-    pub const COUNT: u32 = Self::ALL.len() as u32;
 
     #[must_use]
     pub const fn name(self) -> &'static str {
@@ -133,7 +217,7 @@ pub const fn ifstats_index(hook: Hook, class: PacketClass) -> u32 {
 }
 
 /// Number of slots in [`MAP_IFSTATS`].
-pub const IFSTATS_LEN: u32 = Hook::ALL.len() as u32 * PacketClass::COUNT;
+pub const IFSTATS_LEN: u32 = Hook::COUNT * PacketClass::COUNT;
 
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_HLEN: usize = 14;
@@ -159,24 +243,24 @@ pub const IPPROTO_UDP: u8 = 17;
 // All addresses and ports are stored in network byte order, as they are on the wire.
 
 /// Service table: [`ServiceKey`] → [`ServiceValue`].
-pub const MAP_SERVICES: &str = "kproxy_lb4_services_v1";
+pub const MAP_SERVICES: &str = map_name!(MAP_SERVICES);
 /// Backend table: backend id (`u32`) → [`Backend`].
-pub const MAP_BACKENDS: &str = "kproxy_lb4_backends_v1";
+pub const MAP_BACKENDS: &str = map_name!(MAP_BACKENDS);
 /// Reverse NAT table: revnat id (`u32`) → [`RevNat`].
-pub const MAP_REVNAT: &str = "kproxy_lb4_revnat_v1";
+pub const MAP_REVNAT: &str = map_name!(MAP_REVNAT);
 /// Connection tracking for the per-packet paths (LRU): [`CtKey`] → [`CtValue`].
-pub const MAP_CT: &str = "kproxy_lb4_ct_v3";
+pub const MAP_CT: &str = map_name!(MAP_CT);
 /// LoadBalancer IPs whose ARP requests the uplink answers (the L2 announcement): address
 /// (network byte order, `u32`) → `u32` (unused, 1).
-pub const MAP_L2: &str = "kproxy_lb4_l2_v1";
+pub const MAP_L2: &str = map_name!(MAP_L2);
 /// ClientIP session affinity (LRU): [`AffinityKey`] → [`AffinityValue`].
-pub const MAP_AFFINITY: &str = "kproxy_lb4_affinity_v2";
+pub const MAP_AFFINITY: &str = map_name!(MAP_AFFINITY);
 /// Socket-LB reverse translation for UDP (LRU): [`SockRevNatKey`] → [`SockRevNatValue`].
-pub const MAP_SOCK_REVNAT: &str = "kproxy_lb4_sock_revnat_v2";
+pub const MAP_SOCK_REVNAT: &str = map_name!(MAP_SOCK_REVNAT);
 /// Per-CPU counters per service, indexed by revnat id: [`LbCounter`].
-pub const MAP_SVC_STATS: &str = "kproxy_lb4_svc_stats_v1";
+pub const MAP_SVC_STATS: &str = map_name!(MAP_SVC_STATS);
 /// Per-CPU counters per backend, indexed by backend id: [`LbCounter`].
-pub const MAP_BACKEND_STATS: &str = "kproxy_lb4_be_stats_v1";
+pub const MAP_BACKEND_STATS: &str = map_name!(MAP_BACKEND_STATS);
 
 /// Capacities. Service and backend ids are below these bounds (id 0 is never used).
 /// All maps are preallocated (fast, predictable updates); the sizes keep the kernel memory
@@ -218,6 +302,10 @@ pub struct ServiceKey {
     pub slot: u16,
     /// IPPROTO_TCP or IPPROTO_UDP.
     pub proto: u8,
+    #[expect(
+        clippy::pub_underscore_fields,
+        reason = "explicit padding, public so literals can zero it"
+    )]
     pub _pad: [u8; 3],
 }
 const _: () = assert!(core::mem::size_of::<ServiceKey>() == 12);
@@ -278,6 +366,10 @@ pub struct RevNat {
     /// Frontend address and port, network byte order.
     pub addr: u32,
     pub port: u16,
+    #[expect(
+        clippy::pub_underscore_fields,
+        reason = "explicit padding, public so literals can zero it"
+    )]
     pub _pad: u16,
 }
 const _: () = assert!(core::mem::size_of::<RevNat>() == 8);
@@ -293,6 +385,10 @@ pub struct CtKey {
     pub proto: u8,
     /// [`ct_dir`].
     pub dir: u8,
+    #[expect(
+        clippy::pub_underscore_fields,
+        reason = "explicit padding, public so literals can zero it"
+    )]
     pub _pad: u16,
 }
 const _: () = assert!(core::mem::size_of::<CtKey>() == 16);
@@ -358,6 +454,10 @@ pub struct AffinityKey {
     /// (socket-LB, where the source address is not known yet at connect time).
     pub client: u64,
     pub revnat_id: u16,
+    #[expect(
+        clippy::pub_underscore_fields,
+        reason = "explicit padding, public so literals can zero it"
+    )]
     pub _pad: [u16; 3],
 }
 const _: () = assert!(core::mem::size_of::<AffinityKey>() == 16);
@@ -366,6 +466,10 @@ const _: () = assert!(core::mem::size_of::<AffinityKey>() == 16);
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AffinityValue {
     pub backend_id: u32,
+    #[expect(
+        clippy::pub_underscore_fields,
+        reason = "explicit padding, public so literals can zero it"
+    )]
     pub _pad: u32,
     /// bpf_ktime_get_ns() of the last use.
     pub last_used_ns: u64,
@@ -379,6 +483,10 @@ pub struct SockRevNatKey {
     /// Backend address and port the socket was translated to, network byte order.
     pub addr: u32,
     pub port: u16,
+    #[expect(
+        clippy::pub_underscore_fields,
+        reason = "explicit padding, public so literals can zero it"
+    )]
     pub _pad: u16,
 }
 const _: () = assert!(core::mem::size_of::<SockRevNatKey>() == 16);
@@ -416,6 +524,10 @@ impl LbCounter {
 }
 
 #[cfg(feature = "user")]
+#[expect(
+    unsafe_code,
+    reason = "aya::Pod is an unsafe trait: each impl vouches for the layout"
+)]
 mod user {
     // SAFETY: Counter is #[repr(C)], Copy, has no padding and every bit pattern is valid.
     unsafe impl aya::Pod for super::Counter {}

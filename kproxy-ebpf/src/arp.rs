@@ -4,10 +4,9 @@
 //! client's traffic then arrives on the uplink and takes the XDP path. Done in tc rather
 //! than XDP because XDP_TX on a veth uplink needs an XDP program on the peer.
 
-use aya_ebpf::{helpers::bpf_redirect, programs::TcContext};
-use kproxy_common::config;
+use aya_ebpf::programs::TcContext;
 
-use crate::maps::{CONFIG, L2};
+use crate::{config::uplink_mac, maps::L2, verdict::redirect_back};
 
 const ETH_P_ARP: u16 = 0x0806;
 /// Hardware type Ethernet, protocol IPv4, address lengths 6 and 4, operation request.
@@ -21,15 +20,6 @@ const OFF_SHA: usize = 22;
 const OFF_SPA: usize = 28;
 const OFF_THA: usize = 32;
 const OFF_TPA: usize = 38;
-
-/// The uplink's MAC address, once userspace has set it.
-#[inline(always)]
-fn uplink_mac() -> Option<[u8; 6]> {
-    let lo = CONFIG.get(config::UPLINK_MAC_0).copied()?.to_ne_bytes();
-    let hi = CONFIG.get(config::UPLINK_MAC_4).copied()?.to_ne_bytes();
-    let mac = [lo[0], lo[1], lo[2], lo[3], hi[0], hi[1]];
-    if mac == [0; 6] { None } else { Some(mac) }
-}
 
 /// Answers an ARP request for an announced address: returns the verdict (the reply is
 /// redirected out of the interface it came in on), or `None` when the packet is not one.
@@ -57,8 +47,5 @@ pub fn answer(ctx: &TcContext) -> Option<i32> {
     ctx.store(OFF_SPA, &target, 0).ok()?;
     ctx.store(OFF_THA, &asker_mac, 0).ok()?;
     ctx.store(OFF_TPA, &asker_ip, 0).ok()?;
-    // SAFETY: the context pointer is valid for the program's duration.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    // SAFETY: helper without memory arguments; sends the skb out of `ifindex`.
-    Some(unsafe { bpf_redirect(ifindex, 0) } as i32)
+    Some(redirect_back(ctx))
 }

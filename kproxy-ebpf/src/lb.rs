@@ -71,6 +71,7 @@ pub fn select_backend(
             }
         }
     }
+    #[expect(clippy::cast_possible_truncation, reason = "below count, a u16")]
     let slot = 1 + (hash % u32::from(svc.count)) as u16;
     let key = ServiceKey::new(svc_addr, svc_port, proto, slot);
     // SAFETY: copied out immediately.
@@ -154,4 +155,21 @@ pub fn mix(mut h: u32) -> u32 {
     h ^= h >> 13;
     h = h.wrapping_mul(0xc2b2_ae35);
     h ^ (h >> 16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flow_hash_spreads_ports() {
+        let mut buckets = [0u32; 3];
+        for port in 1000u16..4000 {
+            let h = flow_hash(0x0102_0304, 0x0a60_000a, port.to_be(), 80u16.to_be(), 6);
+            buckets[(h % 3) as usize] += 1;
+        }
+        for b in buckets {
+            assert!((900..=1100).contains(&b), "uneven spread {buckets:?}");
+        }
+    }
 }

@@ -1,10 +1,91 @@
-//! Parsing shared by the XDP and tc programs: one pass over the headers yields both the
-//! counter class (every packet) and, for TCP/UDP over unfragmented IPv4, the flow the load
-//! balancer works on.
+//! Packet types and the parsing shared by the XDP and tc programs: header layouts, the
+//! bounds-checked packet view, and one pass over the headers that yields both the counter
+//! class (every packet) and, for TCP/UDP over unfragmented IPv4, the flow the load balancer
+//! works on.
 
 use kproxy_common::{ETH_HLEN, ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP, PacketClass};
 
-use crate::nat::{EthHdr, Flow, IpHdr, Pkt, TcpHdr, UdpHdr};
+/// Ethernet header.
+#[repr(C)]
+pub struct EthHdr {
+    pub dst: [u8; 6],
+    pub src: [u8; 6],
+    pub proto: u16,
+}
+
+/// IPv4 header without options.
+#[repr(C)]
+pub struct IpHdr {
+    pub version_ihl: u8,
+    pub tos: u8,
+    pub tot_len: u16,
+    pub id: u16,
+    pub frag_off: u16,
+    pub ttl: u8,
+    pub protocol: u8,
+    pub check: u16,
+    pub saddr: u32,
+    pub daddr: u32,
+}
+
+#[repr(C)]
+pub struct TcpHdr {
+    pub source: u16,
+    pub dest: u16,
+    pub seq: u32,
+    pub ack_seq: u32,
+    /// Data offset, reserved bits and flags, as one 16-bit word.
+    pub off_flags: u16,
+    pub window: u16,
+    pub check: u16,
+    pub urg_ptr: u16,
+}
+
+#[repr(C)]
+pub struct UdpHdr {
+    pub source: u16,
+    pub dest: u16,
+    pub len: u16,
+    pub check: u16,
+}
+
+/// TCP flags, as bits of [`Flow::tcp_flags`].
+pub const TCP_FLAG_FIN: u16 = 0x01;
+pub const TCP_FLAG_RST: u16 = 0x04;
+pub const TCP_FLAG_SYN: u16 = 0x02;
+pub const TCP_FLAG_ACK: u16 = 0x10;
+
+/// A packet's linear bytes: `[data, end)`.
+#[derive(Clone, Copy)]
+pub struct Pkt {
+    pub data: usize,
+    pub end: usize,
+}
+
+impl Pkt {
+    /// Pointer to a `T` at `off`, or `None` if it would cross the end. Every packet access
+    /// goes through here so the verifier sees the bound check.
+    #[inline(always)]
+    pub fn ptr<T>(&self, off: usize) -> Option<*mut T> {
+        if self.data + off + core::mem::size_of::<T>() > self.end {
+            return None;
+        }
+        Some((self.data + off) as *mut T)
+    }
+}
+
+/// The parsed 5-tuple of a TCP or UDP IPv4 packet (network byte order), with offsets.
+#[derive(Clone, Copy)]
+pub struct Flow {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub l4_off: usize,
+    /// TCP flags word (host order), 0 for UDP.
+    pub tcp_flags: u16,
+}
 
 /// The parts of a packet the counters and debug events need.
 #[derive(Clone, Copy)]

@@ -8,20 +8,21 @@ use aya_ebpf::{
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     programs::SockAddrContext,
 };
-use kproxy_common::{IPPROTO_TCP, IPPROTO_UDP, SockRevNatKey, SockRevNatValue, config};
+use kproxy_common::{IPPROTO_TCP, IPPROTO_UDP, SockRevNatKey, SockRevNatValue};
 
 use crate::{
+    config::socket_lb_in_scope,
     lb::{self, mix},
-    maps::{CONFIG, SOCK_REVNAT},
+    maps::SOCK_REVNAT,
+    verdict::{SYS_PROCEED, SYS_REJECT},
 };
-
-/// Let the syscall proceed.
-pub const SYS_PROCEED: i32 = 1;
-/// Fail the syscall (EPERM): a service without ready backends refuses new connections.
-pub const SYS_REJECT: i32 = 0;
 
 /// Translates the destination of connect() / sendmsg() when it is a service frontend.
 #[inline(always)]
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "bpf_sock_addr's u32 fields hold a protocol number and a 16-bit port; the cookie hash folds its halves"
+)]
 pub fn xlate_forward(ctx: &SockAddrContext, udp_only: bool) -> i32 {
     let sa = ctx.sock_addr;
     // SAFETY: the kernel hands us a valid bpf_sock_addr for the duration of the program.
@@ -37,7 +38,7 @@ pub fn xlate_forward(ctx: &SockAddrContext, udp_only: bool) -> i32 {
     };
     // SAFETY: both helpers are valid for sock_addr programs and take the context pointer.
     let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-    if !in_scope(netns) {
+    if !socket_lb_in_scope(netns) {
         return SYS_PROCEED;
     }
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
@@ -71,20 +72,13 @@ pub fn xlate_forward(ctx: &SockAddrContext, udp_only: bool) -> i32 {
     SYS_PROCEED
 }
 
-/// Whether socket-LB applies to sockets of network namespace `netns`: every namespace, or
-/// only the one `--socket-lb-scope host` names (namespaces standing for other hosts, and
-/// pods, then take the per-packet paths).
-#[inline(always)]
-fn in_scope(netns: u64) -> bool {
-    let part = |i| CONFIG.get(i).copied().unwrap_or(0);
-    let want = (u64::from(part(config::SOCK_LB_NETNS_HI)) << 32)
-        | u64::from(part(config::SOCK_LB_NETNS_LO));
-    want == 0 || want == netns
-}
-
 /// Makes recvmsg() / getpeername() report the service address the application asked for
 /// instead of the backend it was translated to.
 #[inline(always)]
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "user_port holds the 16-bit port in its low bits"
+)]
 pub fn xlate_reverse(ctx: &SockAddrContext) -> i32 {
     let sa = ctx.sock_addr;
     // SAFETY: valid for the duration of the program.

@@ -1,9 +1,35 @@
-//! Detaching the pod program from a pod veth, and the bookkeeping of which pod veths carry
-//! it, so pod veths can come and go while kproxy runs (`--pod-bridge`).
+//! The pod programs on pod veths: attaching, detaching, and the bookkeeping of which pod
+//! veths carry them, so pod veths can come and go while kproxy runs (`--pod-bridge`).
 
-use super::{Datapath, TC_POD_EGRESS_TAG, TC_POD_TAG, remove_pin};
+use aya::programs::TcAttachType;
+use kproxy_common::{PROG_TC_POD, PROG_TC_POD_EGRESS};
+
+use super::{Datapath, DatapathError, pin::remove_pin};
+
+/// Pin name tag of pod veth tc links (`link_tc_pod_<iface>`).
+const TC_POD_TAG: &str = "tc_pod";
+/// Pin name tag of pod veth tc egress links (`link_tc_podeg_<iface>`; not a prefix of
+/// `tc_pod_`, so the two never mix up).
+const TC_POD_EGRESS_TAG: &str = "tc_podeg";
 
 impl Datapath {
+    /// Attaches the pod programs to a pod's host-side veth: tc ingress (packets from the
+    /// pod) does per-packet service translation for traffic socket-LB did not handle,
+    /// reverse NAT of the pod's replies, hairpin; tc egress (packets to the pod) reverse
+    /// NAT of replies from backends that are not pods (host network, beyond the uplink).
+    pub fn attach_pod_iface(&mut self, iface: &str) -> Result<(), DatapathError> {
+        self.attach_tc(PROG_TC_POD, iface, TcAttachType::Ingress, TC_POD_TAG)?;
+        self.attach_tc(
+            PROG_TC_POD_EGRESS,
+            iface,
+            TcAttachType::Egress,
+            TC_POD_EGRESS_TAG,
+        )?;
+        self.pod_ifaces.insert(iface.to_owned());
+        tracing::info!(%iface, "pod interface attached (tc ingress and egress)");
+        Ok(())
+    }
+
     /// Forgets pod interface `iface` and removes its pinned tc link. Once the pin is gone
     /// nothing holds the link, so the program leaves the interface if it still exists (a
     /// veth taken off the bridge); for a deleted veth the kernel already detached it, and

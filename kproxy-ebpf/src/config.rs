@@ -1,0 +1,38 @@
+//! The runtime configuration userspace writes into `CONFIG` (slots in
+//! `kproxy_common::config`), read per packet so changes take effect without a reload.
+
+use kproxy_common::config;
+
+use crate::maps::CONFIG;
+
+/// Whether to emit aya-log debug events for every classified packet.
+#[inline(always)]
+pub fn debug_events_enabled() -> bool {
+    matches!(CONFIG.get(config::DEBUG_EVENTS), Some(v) if *v != 0)
+}
+
+/// Whether the uplink's external load balancing runs in tc ingress instead of XDP.
+#[inline(always)]
+pub fn lb_in_tc() -> bool {
+    matches!(CONFIG.get(config::LB_IN_TC), Some(v) if *v != 0)
+}
+
+/// The uplink's MAC address, once userspace has set it.
+#[inline(always)]
+pub fn uplink_mac() -> Option<[u8; 6]> {
+    let lo = CONFIG.get(config::UPLINK_MAC_0).copied()?.to_ne_bytes();
+    let hi = CONFIG.get(config::UPLINK_MAC_4).copied()?.to_ne_bytes();
+    let mac = [lo[0], lo[1], lo[2], lo[3], hi[0], hi[1]];
+    if mac == [0; 6] { None } else { Some(mac) }
+}
+
+/// Whether socket-LB applies to sockets of network namespace `netns`: every namespace, or
+/// only the one `--socket-lb-scope host` names (namespaces standing for other hosts, and
+/// pods, then take the per-packet paths).
+#[inline(always)]
+pub fn socket_lb_in_scope(netns: u64) -> bool {
+    let part = |i| CONFIG.get(i).copied().unwrap_or(0);
+    let want = (u64::from(part(config::SOCK_LB_NETNS_HI)) << 32)
+        | u64::from(part(config::SOCK_LB_NETNS_LO));
+    want == 0 || want == netns
+}

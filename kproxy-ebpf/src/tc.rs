@@ -1,0 +1,150 @@
+//! The tc programs: on the uplink (ingress: refusals XDP marked, ARP for LoadBalancer IPs,
+//! or the external load balancing in tc mode; egress: reverse NAT of replies) and on pod
+//! veths (per-packet load balancing of traffic socket-LB did not translate, reverse NAT,
+//! hairpin). Each returns the tc verdict; errors let the packet continue.
+
+use aya_ebpf::programs::TcContext;
+use aya_log_ebpf::debug;
+use kproxy_common::Hook;
+
+use crate::{
+    arp,
+    config::{debug_events_enabled, lb_in_tc},
+    ct::{self, Ingress},
+    ifstats, nat,
+    packet::{self, Flow, Pkt},
+    reject,
+    verdict::{TC_ACT_OK, TC_ACT_SHOT},
+};
+
+/// Headers we may need linear: Ethernet, IPv4 with options, TCP.
+const MAX_HDR: u32 = 14 + 60 + 20;
+
+/// Makes the headers directly readable and returns the packet bounds.
+#[inline(always)]
+fn tc_pkt(ctx: &TcContext) -> Pkt {
+    let want = if ctx.len() < MAX_HDR {
+        ctx.len()
+    } else {
+        MAX_HDR
+    };
+    // Usually the headers are linear already; pull only when they are not.
+    if ctx.data_end() - ctx.data() < want as usize {
+        let _ = ctx.pull_data(want);
+    }
+    Pkt {
+        data: ctx.data(),
+        end: ctx.data_end(),
+    }
+}
+
+/// Per-packet load balancing of a parsed flow in tc (uplink ingress in tc mode, pod veths).
+#[inline(always)]
+fn tc_lb(ctx: &TcContext, flow: &Flow, external_only: bool) -> Result<i32, ()> {
+    match ct::ingress_decision(flow, u64::from(ctx.len()), external_only) {
+        Ingress::Pass => Ok(TC_ACT_OK),
+        Ingress::Dnat { addr, port, snat } => {
+            nat::nat_skb(ctx, flow, true, addr, port).map_err(|_| ())?;
+            if snat != 0 {
+                nat::nat_skb_addr(ctx, flow, false, flow.saddr, snat).map_err(|_| ())?;
+            }
+            Ok(TC_ACT_OK)
+        }
+        Ingress::Reject => reject::reject_skb(ctx, flow).map_err(|_| ()),
+    }
+}
+
+/// tc egress on the uplink: replies of load-balanced flows leave with the frontend as source.
+#[inline(always)]
+fn tc_egress_revnat(ctx: &TcContext, flow: &Flow) -> Result<i32, ()> {
+    // Uplink flows never hairpin (clients there are not backends of this node).
+    if let Some(ct) = ct::reply_lookup(flow, u64::from(ctx.len())) {
+        nat::nat_skb(ctx, flow, false, ct.nat_addr, ct.nat_port).map_err(|_| ())?;
+    }
+    Ok(TC_ACT_OK)
+}
+
+/// Reverse NAT of a tracked reply (and undoing the hairpin source); whether it was one.
+#[inline(always)]
+fn pod_revnat(ctx: &TcContext, flow: &Flow) -> Result<bool, ()> {
+    let Some(ct) = ct::reply_lookup(flow, u64::from(ctx.len())) else {
+        return Ok(false);
+    };
+    nat::nat_skb(ctx, flow, false, ct.nat_addr, ct.nat_port).map_err(|_| ())?;
+    if ct.hairpin_addr != 0 {
+        nat::nat_skb_addr(ctx, flow, true, flow.daddr, ct.hairpin_addr).map_err(|_| ())?;
+    }
+    Ok(true)
+}
+
+/// tc ingress on the uplink.
+#[inline(always)]
+pub fn uplink_ingress(ctx: &TcContext) -> Result<i32, ()> {
+    let (summary, flow) = packet::inspect(&tc_pkt(ctx));
+    ifstats::count(Hook::TcIngress, &summary, u64::from(ctx.len()));
+    let Some(flow) = flow else {
+        if let Some(verdict) = arp::answer(ctx) {
+            return Ok(verdict);
+        }
+        // XDP only marks packets it parsed; drop a marked one we cannot answer.
+        return Ok(if reject::tc_marked_reject(ctx) {
+            TC_ACT_SHOT
+        } else {
+            TC_ACT_OK
+        });
+    };
+    if lb_in_tc() {
+        // The uplink's external load balancing runs here instead of in XDP.
+        return tc_lb(ctx, &flow, true);
+    }
+    if reject::tc_marked_reject(ctx) {
+        return reject::reject_skb(ctx, &flow).map_err(|_| ());
+    }
+    Ok(TC_ACT_OK)
+}
+
+/// tc egress on the uplink.
+#[inline(always)]
+pub fn uplink_egress(ctx: &TcContext) -> Result<i32, ()> {
+    let (summary, flow) = packet::inspect(&tc_pkt(ctx));
+    let len = u64::from(ctx.len());
+    ifstats::count(Hook::TcEgress, &summary, len);
+    // Debug events only here: with the LB and reject paths, the ingress program's stack
+    // plus aya-log's record buffer would exceed the 512-byte BPF stack.
+    if debug_events_enabled() {
+        debug!(
+            ctx,
+            "tc-egress {} {:i} -> {:i} len {}",
+            summary.class.name(),
+            u32::from_be(summary.saddr),
+            u32::from_be(summary.daddr),
+            len
+        );
+    }
+    match flow {
+        Some(flow) => tc_egress_revnat(ctx, &flow),
+        None => Ok(TC_ACT_OK),
+    }
+}
+
+/// tc ingress on a pod's host-side veth (packets leaving the pod).
+#[inline(always)]
+pub fn pod_ingress(ctx: &TcContext) -> Result<i32, ()> {
+    let Some(flow) = packet::inspect(&tc_pkt(ctx)).1 else {
+        return Ok(TC_ACT_OK);
+    };
+    // A backend pod answering a translated flow?
+    if pod_revnat(ctx, &flow)? {
+        return Ok(TC_ACT_OK);
+    }
+    tc_lb(ctx, &flow, false)
+}
+
+/// tc egress on a pod's host-side veth (packets going to the pod).
+#[inline(always)]
+pub fn pod_egress(ctx: &TcContext) -> Result<i32, ()> {
+    if let Some(flow) = packet::inspect(&tc_pkt(ctx)).1 {
+        pod_revnat(ctx, &flow)?;
+    }
+    Ok(TC_ACT_OK)
+}

@@ -1,0 +1,168 @@
+//! Runtime configuration (the config map the programs read per packet) and the
+//! load-balancer maps: applying planned operations, reading them back after a restart.
+
+use aya::maps::{HashMap, MapData};
+use kproxy_common::{
+    Backend, MAP_BACKENDS, MAP_CONFIG, MAP_L2, MAP_REVNAT, MAP_SERVICES, RevNat, ServiceKey,
+    ServiceValue, config,
+};
+
+use super::{Datapath, DatapathError};
+use crate::sync::MapOp;
+
+impl Datapath {
+    fn set_config(&mut self, slot: u32, value: u32) -> Result<(), DatapathError> {
+        let map = self
+            .ebpf
+            .map_mut(MAP_CONFIG)
+            .ok_or(DatapathError::MissingMap(MAP_CONFIG))?;
+        crate::pinned::write_config(map, slot, value).map_err(|source| DatapathError::Map {
+            name: MAP_CONFIG,
+            source,
+        })
+    }
+
+    /// Switches aya-log debug events on or off; takes effect for the next packet.
+    pub fn set_debug_events(&mut self, on: bool) -> Result<(), DatapathError> {
+        self.set_config(config::DEBUG_EVENTS, u32::from(on))
+    }
+
+    /// Limits socket-LB to the sockets of one network namespace (its cookie), or lifts the
+    /// limit (`None`).
+    pub fn set_socket_lb_netns(&mut self, cookie: Option<u64>) -> Result<(), DatapathError> {
+        let c = cookie.unwrap_or(0);
+        #[expect(clippy::cast_possible_truncation, reason = "the cookie's low 32 bits")]
+        let lo = c as u32;
+        self.set_config(config::SOCK_LB_NETNS_HI, (c >> 32) as u32)?;
+        self.set_config(config::SOCK_LB_NETNS_LO, lo)
+    }
+
+    /// The address ARP replies for LoadBalancer IPs come from (the uplink's MAC).
+    pub fn set_uplink_mac(&mut self, mac: [u8; 6]) -> Result<(), DatapathError> {
+        self.set_config(
+            config::UPLINK_MAC_0,
+            u32::from_ne_bytes([mac[0], mac[1], mac[2], mac[3]]),
+        )?;
+        self.set_config(
+            config::UPLINK_MAC_4,
+            u32::from_ne_bytes([mac[4], mac[5], 0, 0]),
+        )
+    }
+
+    /// Chooses where external traffic is load balanced on the uplink: tc ingress (`true`)
+    /// or XDP (`false`).
+    pub fn set_lb_in_tc(&mut self, on: bool) -> Result<(), DatapathError> {
+        self.set_config(config::LB_IN_TC, u32::from(on))
+    }
+
+    /// Applies planned map operations in order.
+    pub fn apply(&mut self, ops: &[MapOp]) -> Result<(), DatapathError> {
+        let [svc, be, rn, l2] =
+            self.ebpf
+                .maps_disjoint_mut([MAP_SERVICES, MAP_BACKENDS, MAP_REVNAT, MAP_L2]);
+        let map_err = |name| move |source| DatapathError::Map { name, source };
+        let mut services = HashMap::<&mut MapData, ServiceKey, ServiceValue>::try_from(
+            svc.ok_or(DatapathError::MissingMap(MAP_SERVICES))?,
+        )
+        .map_err(map_err(MAP_SERVICES))?;
+        let mut backends = HashMap::<&mut MapData, u32, Backend>::try_from(
+            be.ok_or(DatapathError::MissingMap(MAP_BACKENDS))?,
+        )
+        .map_err(map_err(MAP_BACKENDS))?;
+        let mut revnat = HashMap::<&mut MapData, u32, RevNat>::try_from(
+            rn.ok_or(DatapathError::MissingMap(MAP_REVNAT))?,
+        )
+        .map_err(map_err(MAP_REVNAT))?;
+        let mut l2 = HashMap::<&mut MapData, u32, u32>::try_from(
+            l2.ok_or(DatapathError::MissingMap(MAP_L2))?,
+        )
+        .map_err(map_err(MAP_L2))?;
+        for op in ops {
+            match op {
+                MapOp::PutBackend { id, backend } => backends
+                    .insert(id, backend, 0)
+                    .map_err(map_err(MAP_BACKENDS))?,
+                MapOp::PutRevNat { id, revnat: r } => revnat
+                    .insert(u32::from(*id), r, 0)
+                    .map_err(map_err(MAP_REVNAT))?,
+                MapOp::PutService { key, value } => services
+                    .insert(key, value, 0)
+                    .map_err(map_err(MAP_SERVICES))?,
+                MapOp::DeleteService { key } => {
+                    ignore_missing(services.remove(key)).map_err(map_err(MAP_SERVICES))?;
+                }
+                MapOp::DeleteRevNat { id } => {
+                    ignore_missing(revnat.remove(&u32::from(*id))).map_err(map_err(MAP_REVNAT))?;
+                }
+                MapOp::DeleteBackend { id } => {
+                    ignore_missing(backends.remove(id)).map_err(map_err(MAP_BACKENDS))?;
+                }
+                MapOp::PutL2 { addr } => l2.insert(addr, 1, 0).map_err(map_err(MAP_L2))?,
+                MapOp::DeleteL2 { addr } => {
+                    ignore_missing(l2.remove(addr)).map_err(map_err(MAP_L2))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A syncer that mirrors what the pinned maps hold now (after a restart: what the
+    /// previous kproxy wrote), so the next plan rewrites nothing that is right already.
+    pub fn restore_syncer(&self) -> Result<crate::sync::Syncer, DatapathError> {
+        let (s, b, r) = self.read_lb_maps()?;
+        Ok(crate::sync::Syncer::from_maps(s, b, r).with_l2(self.read_l2()?))
+    }
+
+    /// The announced LoadBalancer IPs (network byte order).
+    fn read_l2(&self) -> Result<Vec<u32>, DatapathError> {
+        let map = self
+            .ebpf
+            .map(MAP_L2)
+            .ok_or(DatapathError::MissingMap(MAP_L2))?;
+        let l2 =
+            HashMap::<&MapData, u32, u32>::try_from(map).map_err(|source| DatapathError::Map {
+                name: MAP_L2,
+                source,
+            })?;
+        l2.keys()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| DatapathError::Map {
+                name: MAP_L2,
+                source,
+            })
+    }
+
+    /// The current contents of the service, backend and reverse-NAT maps (after a restart
+    /// they hold what the previous kproxy wrote).
+    #[expect(clippy::type_complexity, reason = "three plain entry lists")]
+    fn read_lb_maps(
+        &self,
+    ) -> Result<
+        (
+            Vec<(ServiceKey, ServiceValue)>,
+            Vec<(u32, Backend)>,
+            Vec<(u32, RevNat)>,
+        ),
+        DatapathError,
+    > {
+        crate::pinned::read_lb_maps_from(
+            self.ebpf
+                .map(MAP_SERVICES)
+                .ok_or(DatapathError::MissingMap(MAP_SERVICES))?,
+            self.ebpf
+                .map(MAP_BACKENDS)
+                .ok_or(DatapathError::MissingMap(MAP_BACKENDS))?,
+            self.ebpf
+                .map(MAP_REVNAT)
+                .ok_or(DatapathError::MissingMap(MAP_REVNAT))?,
+        )
+        .map_err(|(name, source)| DatapathError::Map { name, source })
+    }
+}
+
+fn ignore_missing(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
+    match r {
+        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        other => other,
+    }
+}
