@@ -4,7 +4,7 @@
 
 use std::{
     collections::BTreeMap,
-    path::{Path, PathBuf},
+    path::Path,
     sync::{
         LazyLock,
         atomic::{AtomicI64, AtomicU64},
@@ -26,6 +26,11 @@ pub static LIVE: LazyLock<Gauge<i64, AtomicI64>> = LazyLock::new(Gauge::default)
 /// Seconds of CLOCK_MONOTONIC, the clock `bpf_ktime_get_ns` reads: the unit of
 /// [`CtValue::expires_s`].
 #[must_use]
+#[expect(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "the datapath keeps monotonic seconds in a wrapping u32 too; tv_sec is never negative"
+)]
 pub fn monotonic_s() -> u32 {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -39,7 +44,7 @@ pub fn monotonic_s() -> u32 {
 /// Whether an entry has expired at `now` (wrapping compare, as the datapath does).
 #[must_use]
 pub fn expired(value: &CtValue, now: u32) -> bool {
-    (value.expires_s.wrapping_sub(now) as i32) < 0
+    value.expires_s.wrapping_sub(now).cast_signed() < 0
 }
 
 /// The pinned connection tracking map.
@@ -119,8 +124,8 @@ impl CtTable {
 
 /// Collects expired entries every `every`, on a thread of its own (a walk of a full table
 /// takes a few hundred milliseconds of syscalls; the sync loop must not wait for it).
-pub fn spawn_gc(dir: PathBuf, every: Duration) -> std::io::Result<()> {
-    let mut table = CtTable::open(&dir).map_err(std::io::Error::other)?;
+pub fn spawn_gc(dir: &Path, every: Duration) -> std::io::Result<()> {
+    let mut table = CtTable::open(dir).map_err(std::io::Error::other)?;
     std::thread::Builder::new()
         .name("ct-gc".into())
         .spawn(move || {

@@ -13,6 +13,7 @@ use k8s_openapi::{
     api::{core::v1::Service, discovery::v1::EndpointSlice},
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
+use kproxy_apimachinery::names;
 use serde::Deserialize as _;
 
 use crate::model::{SERVICE_NAME_LABEL, namespace_of};
@@ -260,40 +261,35 @@ fn validate_meta(ctx: &Ctx<'_>, meta: &ObjectMeta, rule: NameRule) -> Result<(),
         .as_deref()
         .filter(|n| !n.is_empty())
         .ok_or_else(|| ctx.invalid("metadata.name", "missing"))?;
-    match rule {
-        NameRule::Dns1035Label if !is_dns1035_label(name) => {
-            return Err(ctx.invalid(
-                "metadata.name",
-                format!(
-                    "{name:?} is not a valid DNS-1035 label (lowercase letters, digits and '-', \
-                     starting with a letter, ending with a letter or digit, at most 63 \
-                     characters)"
-                ),
-            ));
-        }
-        NameRule::Dns1123Subdomain if !is_dns1123_subdomain(name) => {
-            return Err(ctx.invalid(
-                "metadata.name",
-                format!(
-                    "{name:?} is not a valid DNS-1123 subdomain (lowercase letters, digits, '-' \
-                     and '.', starting and ending with a letter or digit, at most 253 \
-                     characters)"
-                ),
-            ));
-        }
-        _ => {}
-    }
+    let name_errors = match rule {
+        NameRule::Dns1035Label => names::dns1035_label(name),
+        NameRule::Dns1123Subdomain => names::dns1123_subdomain(name),
+    };
+    invalid_value(ctx, "metadata.name", name, &name_errors)?;
     let namespace = namespace_of(meta);
-    if !is_dns1123_label(namespace) {
-        return Err(ctx.invalid(
-            "metadata.namespace",
-            format!(
-                "{namespace:?} is not a valid DNS-1123 label (lowercase letters, digits and '-', \
-                 starting and ending with a letter or digit, at most 63 characters)"
-            ),
-        ));
+    invalid_value(
+        ctx,
+        "metadata.namespace",
+        namespace,
+        &names::dns1123_label(namespace),
+    )
+}
+
+/// The API server's wording for a value a name rule rejects: `Invalid value: "x": why`.
+fn invalid_value(
+    ctx: &Ctx<'_>,
+    field: &str,
+    value: &str,
+    errors: &[String],
+) -> Result<(), ManifestError> {
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ctx.invalid(
+            field,
+            format!("Invalid value: {value:?}: {}", errors.join("; ")),
+        ))
     }
-    Ok(())
 }
 
 fn validate_service(ctx: &Ctx<'_>, svc: &Service) -> Result<(), ManifestError> {
@@ -458,35 +454,6 @@ fn validate_slice(ctx: &Ctx<'_>, slice: &EndpointSlice) -> Result<(), ManifestEr
     Ok(())
 }
 
-fn is_label_char(c: u8) -> bool {
-    c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-'
-}
-
-fn is_dns1123_label(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 63
-        && b.iter().all(|c| is_label_char(*c))
-        && b[0] != b'-'
-        && b[b.len() - 1] != b'-'
-}
-
-fn is_dns1035_label(s: &str) -> bool {
-    is_dns1123_label(s) && s.as_bytes()[0].is_ascii_lowercase()
-}
-
-fn is_dns1123_subdomain(s: &str) -> bool {
-    // Each dot-separated part follows the label character rules; only the total is bounded.
-    s.len() <= 253
-        && s.split('.').all(|part| {
-            let b = part.as_bytes();
-            !b.is_empty()
-                && b.iter().all(|c| is_label_char(*c))
-                && b[0] != b'-'
-                && b[b.len() - 1] != b'-'
-        })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -574,15 +541,15 @@ mod tests {
             ("spec: {ports: [{port: 80}]}", "metadata.name: missing"),
             (
                 "metadata: {name: Web}\nspec: {ports: [{port: 80}]}",
-                "metadata.name: \"Web\" is not a valid DNS-1035 label",
+                "metadata.name: Invalid value: \"Web\": a DNS-1035 label must consist of",
             ),
             (
                 "metadata: {name: 1web}\nspec: {ports: [{port: 80}]}",
-                "metadata.name: \"1web\"",
+                "metadata.name: Invalid value: \"1web\": a DNS-1035 label",
             ),
             (
                 "metadata: {name: web, namespace: my.ns}\nspec: {ports: [{port: 80}]}",
-                "metadata.namespace: \"my.ns\" is not a valid DNS-1123 label",
+                "metadata.namespace: Invalid value: \"my.ns\": a lowercase RFC 1123 label",
             ),
             ("metadata: {name: web}", "spec: missing"),
             (
@@ -673,7 +640,7 @@ mod tests {
         let cases: &[(&str, &str)] = &[
             (
                 "metadata: {name: Web_1, labels: {kubernetes.io/service-name: web}}\naddressType: IPv4\nendpoints: []",
-                "metadata.name: \"Web_1\" is not a valid DNS-1123 subdomain",
+                "metadata.name: Invalid value: \"Web_1\": a lowercase RFC 1123 subdomain",
             ),
             (
                 "metadata: {name: web-1, labels: {kubernetes.io/service-name: web}}\naddressType: IPv6\nendpoints: []",
@@ -787,18 +754,5 @@ mod tests {
             )),
             "{got}"
         );
-    }
-
-    #[test]
-    fn name_rules() {
-        assert!(is_dns1035_label("web-1"));
-        assert!(!is_dns1035_label("web-"));
-        assert!(!is_dns1035_label(&"a".repeat(64)));
-        assert!(is_dns1035_label(&"a".repeat(63)));
-        assert!(is_dns1123_label("1abc"));
-        assert!(is_dns1123_subdomain("a.b-c.1"));
-        assert!(!is_dns1123_subdomain("a..b"));
-        assert!(!is_dns1123_subdomain("a.-b"));
-        assert!(!is_dns1123_subdomain(&"a".repeat(254)));
     }
 }

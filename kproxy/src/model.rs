@@ -216,7 +216,7 @@ pub fn build_state(
             .unwrap_or_default();
         let built = build_service(svc, own_slices, node_ips);
         for problem in &built.problems {
-            tracing::warn!(service = %format_args!("{ns}/{name}"), "{problem}");
+            tracing::warn!(service = %format_args!("{ns}/{name}"), %problem, "service not fully served");
         }
         for (key, frontend) in built.frontends {
             match state.frontends.entry(key) {
@@ -553,12 +553,13 @@ fn parse_ipv4(ip: &str, field: &str, ns: &str, name: &str) -> Option<Ipv4Addr> {
 
 #[cfg(test)]
 mod tests {
+    use serde::Deserialize as _;
+
     use super::*;
 
     /// Decodes the objects without the manifest validation, so tests can also feed what
     /// the API server may hold but the manifest loader rejects (IPv6 slices, ...).
     fn state(yaml: &str, node_ips: &[Ipv4Addr]) -> DesiredState {
-        use serde::Deserialize as _;
         let (mut services, mut slices) = (Vec::new(), Vec::new());
         for doc in serde_yaml::Deserializer::from_str(yaml) {
             let value = serde_yaml::Value::deserialize(doc).expect("yaml");
@@ -615,7 +616,6 @@ endpoints:
   conditions: {ready: false, serving: true, terminating: true}
   nodeName: n1
 ";
-        use serde::Deserialize as _;
         let (mut services, mut slices): (Vec<Service>, Vec<EndpointSlice>) = (vec![], vec![]);
         for doc in serde_yaml::Deserializer::from_str(yaml) {
             let value = serde_yaml::Value::deserialize(doc).expect("yaml");
@@ -969,7 +969,6 @@ spec: {clusterIP: 10.96.0.61, externalIPs: [10.96.0.60], ports: [{port: 80}]}
 
     #[test]
     fn one_service_with_its_problems() {
-        use serde::Deserialize as _;
         let yaml = r"
 apiVersion: v1
 kind: Service

@@ -36,8 +36,12 @@ fn for_each_addr(iface: &str, family: i32, mut f: impl FnMut(&libc::sockaddr) ->
 pub fn ipv4_addrs(iface: &str) -> Vec<Ipv4Addr> {
     let mut out = Vec::new();
     for_each_addr(iface, libc::AF_INET, |sa| {
-        // SAFETY: AF_INET addresses are sockaddr_in.
-        let sin = unsafe { &*std::ptr::from_ref(sa).cast::<libc::sockaddr_in>() };
+        // SAFETY: AF_INET addresses are sockaddr_in; read as a copy, which needs no alignment.
+        let sin = unsafe {
+            std::ptr::from_ref(sa)
+                .cast::<libc::sockaddr_in>()
+                .read_unaligned()
+        };
         out.push(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
         false
     });
@@ -50,8 +54,12 @@ pub fn ipv4_addrs(iface: &str) -> Vec<Ipv4Addr> {
 pub fn mac_addr(iface: &str) -> Option<[u8; 6]> {
     let mut found = None;
     for_each_addr(iface, libc::AF_PACKET, |sa| {
-        // SAFETY: AF_PACKET entries are sockaddr_ll.
-        let ll = unsafe { &*std::ptr::from_ref(sa).cast::<libc::sockaddr_ll>() };
+        // SAFETY: AF_PACKET entries are sockaddr_ll; read as a copy, which needs no alignment.
+        let ll = unsafe {
+            std::ptr::from_ref(sa)
+                .cast::<libc::sockaddr_ll>()
+                .read_unaligned()
+        };
         let a = ll.sll_addr;
         let mac = [a[0], a[1], a[2], a[3], a[4], a[5]];
         if ll.sll_halen == 6 && mac != [0; 6] {
@@ -106,7 +114,7 @@ pub fn driver(iface: &str) -> Option<String> {
     // SAFETY: ifreq is plain data; zeroed is a valid value.
     let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
     for (dst, src) in ifr.ifr_name.iter_mut().zip(name) {
-        *dst = *src as libc::c_char;
+        *dst = libc::c_char::from_ne_bytes([*src]);
     }
     ifr.ifr_ifru.ifru_data = (&raw mut info).cast();
     // SAFETY: a datagram socket only used for the ioctl, closed below; `ifr` points to

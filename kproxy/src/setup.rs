@@ -94,6 +94,10 @@ fn parse_scope(s: &str) -> Result<SocketLbScope, String> {
 fn own_netns_cookie() -> std::io::Result<u64> {
     let sock = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
     let mut cookie = 0u64;
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "the size of a u64 fits any socklen_t"
+    )]
     let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
     // SAFETY: a valid socket and an out-buffer of the size passed.
     let r = unsafe {
@@ -212,11 +216,8 @@ pub async fn bring_up(bpffs: &Path, opts: &DatapathOpts) -> Result<Running> {
         restored_entries = syncer.service_entries(),
         "state restored from pinned maps"
     );
-    kproxy::ct::spawn_gc(
-        bpffs.to_path_buf(),
-        std::time::Duration::from_secs(opts.ct_gc_interval),
-    )
-    .context("starting connection tracking garbage collection")?;
+    kproxy::ct::spawn_gc(bpffs, std::time::Duration::from_secs(opts.ct_gc_interval))
+        .context("starting connection tracking garbage collection")?;
     // The names saved by the previous kproxy match the restored maps until the first sync.
     let names = Arc::new(RwLock::new(
         kproxy::names::load_names(bpffs).unwrap_or_default(),

@@ -49,7 +49,7 @@ impl Reconciler {
             Some(Ok(objs)) => objs,
             Some(Err(err)) => {
                 metrics::MANIFEST_ERRORS.inc();
-                tracing::error!("manifest rejected, keeping the running state: {err}");
+                tracing::error!(%err, "manifest rejected, keeping the running state");
                 return;
             }
         };

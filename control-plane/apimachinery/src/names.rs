@@ -175,6 +175,24 @@ mod tests {
     }
 
     #[test]
+    fn dns1035_labels() {
+        assert!(dns1035_label("web-1").is_empty());
+        assert!(dns1035_label(&"a".repeat(63)).is_empty());
+        assert!(!dns1035_label("web-").is_empty());
+        assert!(!dns1035_label("-web").is_empty());
+        assert!(!dns1035_label("Web").is_empty());
+        assert!(!dns1035_label("web.1").is_empty());
+        assert!(!dns1035_label("").is_empty());
+        // Too long and malformed: both problems are reported.
+        assert_eq!(dns1035_label(&format!("1{}", "a".repeat(63))).len(), 2);
+        // Subdomains bound only the total length; each part follows the label shape.
+        assert!(dns1123_subdomain("a.b-c.1").is_empty());
+        assert!(!dns1123_subdomain("a.-b").is_empty());
+        assert!(!dns1123_subdomain(&"a".repeat(254)).is_empty());
+        assert!(dns1123_label("1abc").is_empty());
+    }
+
+    #[test]
     fn qualified_names_and_values() {
         assert!(qualified_name("app").is_empty());
         assert!(qualified_name("app.kubernetes.io/name").is_empty());

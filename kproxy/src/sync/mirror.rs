@@ -1,0 +1,83 @@
+//! The [`Syncer`]'s copy of the service, backend, revnat and L2 maps, kept as if every
+//! planned op was written.
+
+use kproxy_common::{ServiceKey, ServiceValue};
+
+use super::{MapOp, Syncer, codec::decode_service_key};
+
+impl Syncer {
+    pub(super) fn has_service_key(&self, key: &ServiceKey) -> bool {
+        match decode_service_key(key) {
+            Some((frontend, slot)) => self
+                .services
+                .get(&frontend)
+                .is_some_and(|slots| slots.contains_key(&slot)),
+            None => self.foreign_services.contains(key),
+        }
+    }
+
+    pub(super) fn insert_service(&mut self, key: ServiceKey, value: ServiceValue) {
+        match decode_service_key(&key) {
+            Some((frontend, slot)) => {
+                if self
+                    .services
+                    .entry(frontend)
+                    .or_default()
+                    .insert(slot, value)
+                    .is_none()
+                {
+                    self.service_entries += 1;
+                }
+            }
+            None => {
+                if !self.foreign_services.contains(&key) {
+                    self.foreign_services.push(key);
+                    self.service_entries += 1;
+                }
+            }
+        }
+    }
+
+    /// Updates the mirror as if `op` was written to the maps.
+    pub(super) fn apply(&mut self, op: &MapOp) {
+        match *op {
+            MapOp::PutBackend { id, backend } => {
+                self.backends.insert(id, backend);
+            }
+            MapOp::PutRevNat { id, revnat } => {
+                self.revnats.insert(id, revnat);
+            }
+            MapOp::PutService { key, value } => self.insert_service(key, value),
+            MapOp::DeleteService { key } => match decode_service_key(&key) {
+                Some((frontend, slot)) => {
+                    if let Some(slots) = self.services.get_mut(&frontend) {
+                        if slots.remove(&slot).is_some() {
+                            self.service_entries -= 1;
+                        }
+                        if slots.is_empty() {
+                            self.services.remove(&frontend);
+                        }
+                    }
+                }
+                None => {
+                    if let Some(pos) = self.foreign_services.iter().position(|k| *k == key) {
+                        self.foreign_services.swap_remove(pos);
+                        self.service_entries -= 1;
+                    }
+                }
+            },
+            MapOp::DeleteRevNat { id } => {
+                self.revnats.remove(&id);
+            }
+            MapOp::DeleteBackend { id } => {
+                self.backends.remove(&id);
+            }
+            MapOp::PutL2 { addr } => {
+                self.l2.insert(addr);
+            }
+            MapOp::DeleteL2 { addr } => {
+                self.l2.remove(&addr);
+            }
+        }
+    }
+}

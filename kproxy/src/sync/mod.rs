@@ -1,0 +1,229 @@
+//! Plans the map writes that turn what the load-balancer maps hold into a [`DesiredState`].
+//!
+//! [`Syncer`] mirrors the three maps (services, backends, revnat), owns the id allocators and
+//! remembers which service owns which frontend and how many frontends list each backend.
+//! [`Syncer::plan`] diffs a whole desired state against the mirror, [`Syncer::plan_service`]
+//! only the frontends of one service (the cluster mode re-plans the one Service an event is
+//! about); both are the same planner and emit only the writes that change something,
+//! ordered so the datapath never follows a slot, backend or revnat id that is not there
+//! (yet, or any more):
+//!
+//! 1. backends that are new or whose state changed;
+//! 2. revnat entries of new frontends;
+//! 3. per new or changed frontend: backend slots, then slot 0 (which publishes the count),
+//!    then the slots beyond the new count;
+//! 4. removed frontends: slot 0 first (which unpublishes it), its slots, its revnat entry;
+//! 5. backends nothing references any more.
+//!
+//! Ids are freed only after the plan that deletes them, so a plan never reuses an id that an
+//! entry written earlier in the same plan could still reference.
+//!
+//! [`DesiredState`]: crate::model::DesiredState
+
+mod codec;
+mod ids;
+mod mirror;
+mod plan;
+mod restore;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use kproxy_common::{Backend, MAX_BACKENDS, MAX_SERVICES, RevNat, ServiceKey, ServiceValue};
+
+pub use self::codec::{
+    backend_value, decode_backend, decode_service_key, revnat_value, service_key,
+};
+use self::ids::IdAlloc;
+use crate::model::{BackendAddr, BackendState, Frontend, FrontendKey};
+
+// Revnat ids are u16 in the maps' values: every id below MAX_SERVICES must fit.
+const _: () = assert!(MAX_SERVICES <= u16::MAX as u32 + 1);
+
+/// One map write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapOp {
+    PutBackend {
+        id: u32,
+        backend: Backend,
+    },
+    PutRevNat {
+        id: u16,
+        revnat: RevNat,
+    },
+    PutService {
+        key: ServiceKey,
+        value: ServiceValue,
+    },
+    DeleteService {
+        key: ServiceKey,
+    },
+    DeleteRevNat {
+        id: u16,
+    },
+    DeleteBackend {
+        id: u32,
+    },
+    /// Announce a LoadBalancer IP on the uplink's segment (network byte order).
+    PutL2 {
+        addr: u32,
+    },
+    DeleteL2 {
+        addr: u32,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SyncError {
+    #[error("too many backends: {needed} backend ids needed, the datapath has {max}")]
+    TooManyBackends { needed: usize, max: u32 },
+    #[error("too many frontends: {needed} revnat ids needed, the datapath has {max}")]
+    TooManyFrontends { needed: usize, max: u32 },
+    #[error("frontend {frontend} has {count} active backends, a frontend holds at most {max}")]
+    TooManyActiveBackends {
+        frontend: FrontendKey,
+        count: usize,
+        max: u16,
+    },
+    #[error("the service map would need {needed} entries during this update, it holds {max}")]
+    TooManySlots { needed: usize, max: u32 },
+    #[error("{needed} LoadBalancer IPs to announce, the datapath announces at most {max}")]
+    TooManyAnnounced { needed: usize, max: u32 },
+}
+
+/// What the maps hold, and which ids belong to which frontend and backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Syncer {
+    /// Service map entries, grouped by frontend: slot → value.
+    services: BTreeMap<FrontendKey, BTreeMap<u16, ServiceValue>>,
+    /// Service map entries no frontend key describes (found by `from_maps`); the next plan
+    /// deletes them.
+    foreign_services: Vec<ServiceKey>,
+    /// Number of service map entries, for the capacity check.
+    service_entries: usize,
+    backends: BTreeMap<u32, Backend>,
+    revnats: BTreeMap<u16, RevNat>,
+    backend_ids: BTreeMap<BackendAddr, u32>,
+    revnat_ids: BTreeMap<FrontendKey, u16>,
+    backend_alloc: IdAlloc,
+    revnat_alloc: IdAlloc,
+    /// What each frontend was last planned to be and which service owns it; the
+    /// per-service planner diffs against it and the reference counts come from it.
+    programmed: BTreeMap<FrontendKey, Programmed>,
+    /// Service (`namespace/name`) → the frontends it owns.
+    owned: BTreeMap<String, BTreeSet<FrontendKey>>,
+    /// Backend → how many programmed frontends list it, [active, terminating]: a backend
+    /// shared by several frontends (of one or several services) is one map entry, deleted
+    /// when the last one drops it.
+    backend_refs: BTreeMap<BackendAddr, [u32; 2]>,
+    /// Addresses in the L2 announcement map (network byte order): an address is there
+    /// while a programmed LoadBalancer-IP frontend uses it.
+    l2: BTreeSet<u32>,
+}
+
+/// A programmed frontend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Programmed {
+    /// `None`: restored from the maps by `from_maps` and not claimed by a service since.
+    owner: Option<String>,
+    frontend: Frontend,
+}
+
+/// The frontends one plan may touch and what each becomes: (owning service, frontend), or
+/// `None` when it is deleted.
+type Changes<'a> = BTreeMap<FrontendKey, Option<(&'a str, &'a Frontend)>>;
+
+const fn ref_index(state: BackendState) -> usize {
+    match state {
+        BackendState::Active => 0,
+        BackendState::Terminating => 1,
+    }
+}
+
+/// The result of [`Syncer::plan_service`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicePlan {
+    pub ops: Vec<MapOp>,
+    /// Frontends of the service that another service owns; they were left out.
+    pub conflicts: Vec<Conflict>,
+    /// How many frontends the service gave up (another service may now claim them).
+    pub released: usize,
+}
+
+/// A frontend two services claim.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conflict {
+    pub frontend: FrontendKey,
+    /// The service (`namespace/name`) that has it.
+    pub owner: String,
+}
+
+impl Default for Syncer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Syncer {
+    /// A syncer for empty maps.
+    #[must_use]
+    pub fn new() -> Self {
+        Self {
+            services: BTreeMap::new(),
+            foreign_services: Vec::new(),
+            service_entries: 0,
+            backends: BTreeMap::new(),
+            revnats: BTreeMap::new(),
+            backend_ids: BTreeMap::new(),
+            revnat_ids: BTreeMap::new(),
+            backend_alloc: IdAlloc::new(MAX_BACKENDS),
+            revnat_alloc: IdAlloc::new(MAX_SERVICES),
+            programmed: BTreeMap::new(),
+            owned: BTreeMap::new(),
+            backend_refs: BTreeMap::new(),
+            l2: BTreeSet::new(),
+        }
+    }
+
+    /// Number of service map entries (frontends and their backend slots).
+    #[must_use]
+    pub fn service_entries(&self) -> usize {
+        self.service_entries
+    }
+
+    /// The frontends service `service` (`namespace/name`) owns.
+    pub fn owned(&self, service: &str) -> impl Iterator<Item = &FrontendKey> + '_ {
+        self.owned.get(service).into_iter().flatten()
+    }
+
+    /// The revnat id of a frontend.
+    #[must_use]
+    pub fn revnat_id(&self, key: &FrontendKey) -> Option<u16> {
+        self.revnat_ids.get(key).copied()
+    }
+
+    /// The id of a backend.
+    #[must_use]
+    pub fn backend_id(&self, addr: &BackendAddr) -> Option<u32> {
+        self.backend_ids.get(addr).copied()
+    }
+
+    /// revnat id → frontend, for dumps and metrics labels.
+    pub fn revnat_ids(&self) -> impl Iterator<Item = (u16, FrontendKey)> + '_ {
+        self.revnat_ids.iter().map(|(key, id)| (*id, *key))
+    }
+
+    /// backend id → backend address (the tests check id stability with it; the names use
+    /// [`Syncer::backend_id`]).
+    #[cfg(test)]
+    fn backend_ids(&self) -> impl Iterator<Item = (u32, BackendAddr)> + '_ {
+        self.backend_ids.iter().map(|(addr, id)| (*id, *addr))
+    }
+
+    /// What `key` was last planned to be.
+    #[must_use]
+    pub fn frontend(&self, key: &FrontendKey) -> Option<&Frontend> {
+        self.programmed.get(key).map(|p| &p.frontend)
+    }
+}

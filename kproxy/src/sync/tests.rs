@@ -1,0 +1,1148 @@
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::Ipv4Addr,
+};
+
+use kproxy_common::{
+    Backend, MAX_BACKENDS, MAX_SERVICES, RevNat, ServiceKey, ServiceValue, backend_state, svc_flags,
+};
+
+use super::*;
+use crate::model::{
+    BackendAddr, BackendState, DesiredState, Frontend, FrontendKey, FrontendKind, Proto,
+};
+
+fn fk(last: u8, port: u16) -> FrontendKey {
+    FrontendKey {
+        addr: Ipv4Addr::new(10, 96, 0, last),
+        port,
+        proto: Proto::Tcp,
+    }
+}
+
+fn be(last: u8) -> BackendAddr {
+    BackendAddr {
+        addr: Ipv4Addr::new(10, 244, 0, last),
+        port: 8080,
+        proto: Proto::Tcp,
+    }
+}
+
+const A: BackendState = BackendState::Active;
+const T: BackendState = BackendState::Terminating;
+
+fn frontend(backends: &[(BackendAddr, BackendState)]) -> Frontend {
+    Frontend {
+        service: "default/test".into(),
+        kind: FrontendKind::ClusterIp,
+        flags: 0,
+        affinity_timeout_s: 0,
+        backends: backends.iter().copied().collect(),
+    }
+}
+
+fn desired(frontends: Vec<(FrontendKey, Frontend)>) -> DesiredState {
+    DesiredState {
+        frontends: frontends.into_iter().collect(),
+    }
+}
+
+/// The maps as the datapath sees them. Every op is checked against the readers'
+/// invariants, so each test also proves its plan's ordering safe.
+#[derive(Default)]
+struct FakeMaps {
+    services: HashMap<ServiceKey, ServiceValue>,
+    backends: BTreeMap<u32, Backend>,
+    revnats: BTreeMap<u32, RevNat>,
+    l2: BTreeSet<u32>,
+}
+
+impl FakeMaps {
+    fn apply(&mut self, ops: &[MapOp]) {
+        for (i, op) in ops.iter().enumerate() {
+            match *op {
+                MapOp::PutBackend { id, backend } => {
+                    assert!(id != 0 && id < MAX_BACKENDS);
+                    self.backends.insert(id, backend);
+                }
+                MapOp::PutRevNat { id, revnat } => {
+                    assert!(id != 0);
+                    self.revnats.insert(u32::from(id), revnat);
+                }
+                MapOp::PutService { key, value } => {
+                    self.services.insert(key, value);
+                }
+                MapOp::DeleteService { key } => {
+                    assert!(
+                        self.services.remove(&key).is_some(),
+                        "op {i}: {op:?} absent"
+                    );
+                }
+                MapOp::DeleteRevNat { id } => {
+                    assert!(
+                        self.revnats.remove(&u32::from(id)).is_some(),
+                        "op {i}: {op:?} absent"
+                    );
+                }
+                MapOp::DeleteBackend { id } => {
+                    assert!(self.backends.remove(&id).is_some(), "op {i}: {op:?} absent");
+                }
+                MapOp::PutL2 { addr } => {
+                    assert!(self.l2.insert(addr), "op {i}: {op:?} already there");
+                }
+                MapOp::DeleteL2 { addr } => {
+                    assert!(self.l2.remove(&addr), "op {i}: {op:?} absent");
+                }
+            }
+            self.check_readers(&format!("after op {i} {op:?}"));
+        }
+    }
+
+    /// A reader of any published frontend finds all its slots, backends and revnat.
+    fn check_readers(&self, when: &str) {
+        for (key, value) in &self.services {
+            if key.slot != 0 {
+                continue;
+            }
+            assert!(
+                self.revnats.contains_key(&u32::from(value.revnat_id)),
+                "{when}: revnat {} missing",
+                value.revnat_id
+            );
+            for slot in 1..=value.count {
+                let k = ServiceKey { slot, ..*key };
+                let Some(v) = self.services.get(&k) else {
+                    panic!("{when}: slot {slot} of {key:?} missing");
+                };
+                assert!(
+                    self.backends.contains_key(&v.backend_id),
+                    "{when}: backend {} missing",
+                    v.backend_id
+                );
+            }
+        }
+    }
+
+    /// What a reader sees: frontend → (flags, timeout, active backends, revnat value).
+    fn describe(&self) -> BTreeMap<FrontendKey, (u32, u32, Vec<BackendAddr>, RevNat)> {
+        let mut out = BTreeMap::new();
+        for (key, value) in &self.services {
+            let Some((frontend, 0)) = decode_service_key(key) else {
+                continue;
+            };
+            let active = (1..=value.count)
+                .map(|slot| {
+                    let v = self.services[&ServiceKey { slot, ..*key }];
+                    decode_backend(&self.backends[&v.backend_id]).expect("known proto")
+                })
+                .collect();
+            let revnat = self.revnats[&u32::from(value.revnat_id)];
+            out.insert(
+                frontend,
+                (value.flags, value.affinity_timeout_s, active, revnat),
+            );
+        }
+        out
+    }
+
+    fn expect_exactly(&self, want: &DesiredState) {
+        let got = self.describe();
+        let expected: BTreeMap<_, _> = want
+            .frontends
+            .iter()
+            .map(|(k, f)| {
+                (
+                    *k,
+                    (
+                        f.flags,
+                        f.affinity_timeout_s,
+                        f.active().copied().collect(),
+                        revnat_value(k),
+                    ),
+                )
+            })
+            .collect();
+        assert_eq!(got, expected);
+        // Nothing left over: slots = frontends + active backends, one revnat per
+        // frontend, exactly the listed backends with their states.
+        let slots: usize = want
+            .frontends
+            .values()
+            .map(|f| 1 + f.active().count())
+            .sum();
+        assert_eq!(self.services.len(), slots);
+        assert_eq!(self.revnats.len(), want.frontends.len());
+        let l2: BTreeSet<u32> = want
+            .frontends
+            .iter()
+            .filter(|(_, f)| f.flags & svc_flags::L2_ANNOUNCE != 0)
+            .map(|(k, _)| u32::from(k.addr).to_be())
+            .collect();
+        assert_eq!(self.l2, l2, "announced LoadBalancer IPs");
+        let mut backends = BTreeMap::new();
+        for f in want.frontends.values() {
+            for (a, s) in &f.backends {
+                backends
+                    .entry(*a)
+                    .and_modify(|x: &mut BackendState| *x = (*x).min(*s))
+                    .or_insert(*s);
+            }
+        }
+        let got_backends: BTreeMap<_, _> = self
+            .backends
+            .values()
+            .map(|b| {
+                let state = if b.state == backend_state::ACTIVE {
+                    A
+                } else {
+                    T
+                };
+                (decode_backend(b).expect("known proto"), state)
+            })
+            .collect();
+        assert_eq!(got_backends, backends);
+        assert_eq!(self.backends.len(), backends.len(), "one id per backend");
+    }
+
+    fn syncer(&self) -> Syncer {
+        Syncer::from_maps(
+            self.services.iter().map(|(k, v)| (*k, *v)),
+            self.backends.iter().map(|(k, v)| (*k, *v)),
+            self.revnats.iter().map(|(k, v)| (*k, *v)),
+        )
+        .with_l2(self.l2.iter().copied())
+    }
+}
+
+/// Plans `want`, applies it to `maps` with the reader checks, and checks the result.
+fn sync(syncer: &mut Syncer, maps: &mut FakeMaps, want: &DesiredState) -> Vec<MapOp> {
+    let ops = syncer.plan(want).expect("plan");
+    maps.apply(&ops);
+    maps.expect_exactly(want);
+    ops
+}
+
+fn skey(f: FrontendKey, slot: u16) -> ServiceKey {
+    service_key(&f, slot)
+}
+
+fn sval(backend_id: u32, count: u16, revnat_id: u16) -> ServiceValue {
+    ServiceValue {
+        backend_id,
+        count,
+        revnat_id,
+        flags: 0,
+        affinity_timeout_s: 0,
+    }
+}
+
+fn lb_ip(port: u16) -> (FrontendKey, Frontend) {
+    let key = FrontendKey {
+        addr: Ipv4Addr::new(172, 30, 0, 1),
+        port,
+        proto: Proto::Tcp,
+    };
+    let fe = Frontend {
+        kind: FrontendKind::LoadBalancerIp,
+        flags: svc_flags::EXTERNAL | svc_flags::L2_ANNOUNCE,
+        ..frontend(&[(be(1), A)])
+    };
+    (key, fe)
+}
+
+#[test]
+fn loadbalancer_ips_are_announced_while_a_frontend_uses_them() {
+    let addr = u32::from(Ipv4Addr::new(172, 30, 0, 1)).to_be();
+    let l2_ops = |ops: &[MapOp]| -> Vec<MapOp> {
+        ops.iter()
+            .copied()
+            .filter(|op| matches!(op, MapOp::PutL2 { .. } | MapOp::DeleteL2 { .. }))
+            .collect()
+    };
+    let mut s = Syncer::new();
+    let mut maps = FakeMaps::default();
+    // Two ports on one address: one announcement.
+    let two = desired(vec![
+        lb_ip(80),
+        lb_ip(443),
+        (fk(1, 80), frontend(&[(be(1), A)])),
+    ]);
+    let ops = sync(&mut s, &mut maps, &two);
+    assert_eq!(l2_ops(&ops), [MapOp::PutL2 { addr }]);
+    // The announcement comes after the frontend it belongs to.
+    let slot0 = ops
+        .iter()
+        .position(|op| matches!(op, MapOp::PutService { key, .. } if key.slot == 0))
+        .expect("a frontend is published");
+    assert!(ops.iter().position(|op| *op == MapOp::PutL2 { addr }) > Some(slot0));
+    // One port left: still announced, nothing written for it.
+    let one = desired(vec![lb_ip(443), (fk(1, 80), frontend(&[(be(1), A)]))]);
+    assert_eq!(l2_ops(&sync(&mut s, &mut maps, &one)), []);
+    // A restart rewrites nothing.
+    let mut restarted = maps.syncer();
+    assert_eq!(restarted.plan(&one).expect("plan"), []);
+    // Per-service planning: the last port goes, the address is withdrawn.
+    let plan = restarted
+        .plan_service("default/test", &BTreeMap::new())
+        .expect("plan");
+    maps.apply(&plan.ops);
+    assert_eq!(l2_ops(&plan.ops), [MapOp::DeleteL2 { addr }]);
+    assert!(maps.l2.is_empty());
+    // A leftover announcement nobody claims is swept.
+    let mut stale = Syncer::new().with_l2([addr]);
+    let mut maps = FakeMaps {
+        l2: [addr].into(),
+        ..FakeMaps::default()
+    };
+    let ops = sync(&mut stale, &mut maps, &desired(vec![]));
+    assert_eq!(ops, [MapOp::DeleteL2 { addr }]);
+}
+
+#[test]
+fn network_byte_order() {
+    let key = service_key(&fk(10, 80), 3);
+    assert_eq!(key.addr.to_ne_bytes(), [10, 96, 0, 10]);
+    assert_eq!(key.port.to_ne_bytes(), [0, 80]);
+    assert_eq!(key.proto, kproxy_common::IPPROTO_TCP);
+    assert_eq!(key.slot, 3);
+    assert_eq!(decode_service_key(&key), Some((fk(10, 80), 3)));
+    let b = backend_value(&be(2), T);
+    assert_eq!(b.addr.to_ne_bytes(), [10, 244, 0, 2]);
+    assert_eq!(b.port.to_ne_bytes(), 8080u16.to_be_bytes());
+    assert_eq!(b.state, backend_state::TERMINATING);
+    assert_eq!(decode_backend(&b), Some(be(2)));
+    let r = revnat_value(&fk(10, 443));
+    assert_eq!(r.addr.to_ne_bytes(), [10, 96, 0, 10]);
+    assert_eq!(r.port.to_ne_bytes(), 443u16.to_be_bytes());
+}
+
+#[test]
+fn empty_to_state_in_order() {
+    let f = fk(1, 80);
+    let want = desired(vec![(f, frontend(&[(be(2), A), (be(1), A), (be(3), T)]))]);
+    let mut s = Syncer::new();
+    let mut maps = FakeMaps::default();
+    let ops = sync(&mut s, &mut maps, &want);
+    assert_eq!(
+        ops,
+        [
+            MapOp::PutBackend {
+                id: 1,
+                backend: backend_value(&be(1), A)
+            },
+            MapOp::PutBackend {
+                id: 2,
+                backend: backend_value(&be(2), A)
+            },
+            MapOp::PutBackend {
+                id: 3,
+                backend: backend_value(&be(3), T)
+            },
+            MapOp::PutRevNat {
+                id: 1,
+                revnat: revnat_value(&f)
+            },
+            MapOp::PutService {
+                key: skey(f, 1),
+                value: sval(1, 0, 1)
+            },
+            MapOp::PutService {
+                key: skey(f, 2),
+                value: sval(2, 0, 1)
+            },
+            MapOp::PutService {
+                key: skey(f, 0),
+                value: sval(0, 2, 1)
+            },
+        ]
+    );
+    assert_eq!(s.revnat_ids().collect::<Vec<_>>(), [(1, f)]);
+    assert_eq!(
+        s.backend_ids().collect::<Vec<_>>(),
+        [(1, be(1)), (2, be(2)), (3, be(3))]
+    );
+}
+
+#[test]
+fn flags_and_timeout_in_every_slot() {
+    let f = fk(1, 80);
+    let mut fe = frontend(&[(be(1), A)]);
+    fe.flags = svc_flags::AFFINITY | svc_flags::EXTERNAL;
+    fe.affinity_timeout_s = 60;
+    let mut s = Syncer::new();
+    let ops = s.plan(&desired(vec![(f, fe.clone())])).expect("plan");
+    let values: Vec<ServiceValue> = ops
+        .iter()
+        .filter_map(|op| match op {
+            MapOp::PutService { value, .. } => Some(*value),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(values.len(), 2);
+    for v in values {
+        assert_eq!(v.flags, fe.flags);
+        assert_eq!(v.affinity_timeout_s, 60);
+        assert_eq!(v.revnat_id, 1);
+    }
+    // Changing the flags rewrites every slot, slot 0 last.
+    fe.flags = 0;
+    let ops = s.plan(&desired(vec![(f, fe)])).expect("plan");
+    let keys: Vec<u16> = ops
+        .iter()
+        .map(|op| match op {
+            MapOp::PutService { key, .. } => key.slot,
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(keys, [1, 0]);
+}
+
+#[test]
+fn planning_twice_is_idempotent() {
+    let want = desired(vec![
+        (fk(1, 80), frontend(&[(be(1), A), (be(2), T)])),
+        (fk(2, 53), frontend(&[])),
+    ]);
+    let mut s = Syncer::new();
+    let mut maps = FakeMaps::default();
+    assert!(!sync(&mut s, &mut maps, &want).is_empty());
+    assert_eq!(s.plan(&want).expect("plan"), []);
+}
+
+#[test]
+fn add_and_remove_backend_minimal_ops() {
+    let f = fk(1, 80);
+    let mut s = Syncer::new();
+    let mut maps = FakeMaps::default();
+    sync(
+        &mut s,
+        &mut maps,
+        &desired(vec![(f, frontend(&[(be(1), A), (be(2), A)]))]),
+    );
+
+    // A backend sorting last: one backend, one slot, then the count.
+    let ops = sync(
+        &mut s,
+        &mut maps,
+        &desired(vec![(f, frontend(&[(be(1), A), (be(2), A), (be(4), A)]))]),
+    );
+    assert_eq!(
+        ops,
+        [
+            MapOp::PutBackend {
+                id: 3,
+                backend: backend_value(&be(4), A)
+            },
+            MapOp::PutService {
+                key: skey(f, 3),
+                value: sval(3, 0, 1)
+            },
+            MapOp::PutService {
+                key: skey(f, 0),
+                value: sval(0, 3, 1)
+            },
+        ]
+    );
+
+    // Removing the first one shifts the slots: rewrite them, lower the count, then drop
+    // the last slot and finally the backend.
+    let ops = sync(
+        &mut s,
+        &mut maps,
+        &desired(vec![(f, frontend(&[(be(2), A), (be(4), A)]))]),
+    );
+    assert_eq!(
+        ops,
+        [
+            MapOp::PutService {
+                key: skey(f, 1),
+                value: sval(2, 0, 1)
+            },
+            MapOp::PutService {
+                key: skey(f, 2),
+                value: sval(3, 0, 1)
+            },
+            MapOp::PutService {
+                key: skey(f, 0),
+                value: sval(0, 2, 1)
+            },
+            MapOp::DeleteService { key: skey(f, 3) },
+            MapOp::DeleteBackend { id: 1 },
+        ]
+    );
+}
+
+#[test]
+fn backend_turning_terminating() {
+    let f = fk(1, 80);
+    let mut s = Syncer::new();
+    let mut maps = FakeMaps::default();
+    sync(
+        &mut s,
+        &mut maps,
+        &desired(vec![(f, frontend(&[(be(1), A), (be(2), A)]))]),
+    );
+    let ops = sync(
+        &mut s,
+        &mut maps,
+        &desired(vec![(f, frontend(&[(be(1), A), (be(2), T)]))]),
+    );
+    assert_eq!(
+        ops,
+        [
+            MapOp::PutBackend {
+                id: 2,
+                backend: backend_value(&be(2), T)
+            },
+            MapOp::PutService {
+                key: skey(f, 0),
+                value: sval(0, 1, 1)
+            },
+            MapOp::DeleteService { key: skey(f, 2) },
+        ]
+    );
+    // Gone for good: only the backend entry goes.
+    let ops = sync(
+        &mut s,
+        &mut maps,
+        &desired(vec![(f, frontend(&[(be(1), A)]))]),
+    );
+    assert_eq!(ops, [MapOp::DeleteBackend { id: 2 }]);
+}
+
+#[test]
+fn remove_frontend_order() {
+    let (f1, f2) = (fk(1, 80), fk(2, 80));
+    let mut s = Syncer::new();
+    let mut maps = FakeMaps::default();
+    sync(
+        &mut s,
+        &mut maps,
+        &desired(vec![
+            (f1, frontend(&[(be(1), A)])),
+            (f2, frontend(&[(be(2), A), (be(3), A), (be(4), T)])),
+        ]),
+    );
+    let ops = sync(
+        &mut s,
+        &mut maps,
+        &desired(vec![(f1, frontend(&[(be(1), A)]))]),
+    );
+    assert_eq!(
+        ops,
+        [
+            MapOp::DeleteService { key: skey(f2, 0) },
+            MapOp::DeleteService { key: skey(f2, 1) },
+            MapOp::DeleteService { key: skey(f2, 2) },
+            MapOp::DeleteRevNat { id: 2 },
+            MapOp::DeleteBackend { id: 2 },
+            MapOp::DeleteBackend { id: 3 },
+            MapOp::DeleteBackend { id: 4 },
+        ]
+    );
+    assert_eq!(s.revnat_ids().collect::<Vec<_>>(), [(1, f1)]);
+}
+
+#[test]
+fn ids_are_stable_and_reused() {
+    let fronts = [fk(1, 80), fk(2, 80), fk(3, 80)];
+    let mut s = Syncer::new();
+    let mut maps = FakeMaps::default();
+    let all = |skip: Option<usize>, extra: Option<(FrontendKey, BackendAddr)>| {
+        let mut v: Vec<_> = fronts
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| Some(*i) != skip)
+            .map(|(i, f)| {
+                (
+                    *f,
+                    frontend(&[(be(u8::try_from(i + 1).expect("few frontends")), A)]),
+                )
+            })
+            .collect();
+        v.extend(extra.map(|(f, b)| (f, frontend(&[(b, A)]))));
+        desired(v)
+    };
+    sync(&mut s, &mut maps, &all(None, None));
+    let ids = |s: &Syncer| s.revnat_ids().collect::<BTreeMap<_, _>>();
+    assert_eq!(
+        ids(&s),
+        [(1, fronts[0]), (2, fronts[1]), (3, fronts[2])].into()
+    );
+
+    // Removing the middle one keeps the others' ids...
+    sync(&mut s, &mut maps, &all(Some(1), None));
+    assert_eq!(ids(&s), [(1, fronts[0]), (3, fronts[2])].into());
+    // ... and its ids go to the next new frontend and backend.
+    let f9 = fk(9, 80);
+    let ops = sync(&mut s, &mut maps, &all(Some(1), Some((f9, be(9)))));
+    assert_eq!(ids(&s), [(1, fronts[0]), (2, f9), (3, fronts[2])].into());
+    assert!(ops.contains(&MapOp::PutBackend {
+        id: 2,
+        backend: backend_value(&be(9), A)
+    }));
+    assert_eq!(
+        s.backend_ids().collect::<BTreeMap<_, _>>(),
+        [(1, be(1)), (2, be(9)), (3, be(3))].into()
+    );
+}
+
+#[test]
+fn ids_are_not_reused_within_one_plan() {
+    let (f1, f2) = (fk(1, 80), fk(2, 80));
+    let mut s = Syncer::new();
+    let mut maps = FakeMaps::default();
+    sync(
+        &mut s,
+        &mut maps,
+        &desired(vec![(f1, frontend(&[(be(1), A)]))]),
+    );
+    // f1 and be(1) go while f2 and be(2) come: new ids, since slot entries written
+    // before the deletes still carry the old ones.
+    sync(
+        &mut s,
+        &mut maps,
+        &desired(vec![(f2, frontend(&[(be(2), A)]))]),
+    );
+    assert_eq!(s.revnat_ids().collect::<Vec<_>>(), [(2, f2)]);
+    assert_eq!(s.backend_ids().collect::<Vec<_>>(), [(2, be(2))]);
+    // Freed afterwards: the next new ones get id 1.
+    let f3 = fk(3, 80);
+    sync(
+        &mut s,
+        &mut maps,
+        &desired(vec![
+            (f2, frontend(&[(be(2), A)])),
+            (f3, frontend(&[(be(3), A)])),
+        ]),
+    );
+    assert_eq!(s.revnat_ids().collect::<Vec<_>>(), [(2, f2), (1, f3)]);
+}
+
+#[test]
+fn shared_backend_lives_while_any_frontend_lists_it() {
+    let (f1, f2) = (fk(1, 80), fk(2, 80));
+    let shared = be(5);
+    let mut s = Syncer::new();
+    let mut maps = FakeMaps::default();
+    let ops = sync(
+        &mut s,
+        &mut maps,
+        &desired(vec![
+            (f1, frontend(&[(shared, A)])),
+            (f2, frontend(&[(shared, T)])),
+        ]),
+    );
+    // One entry, active because one frontend still sends it new flows.
+    assert_eq!(
+        ops.iter()
+            .filter(|op| matches!(op, MapOp::PutBackend { .. }))
+            .count(),
+        1
+    );
+    assert_eq!(s.backend_ids().collect::<Vec<_>>(), [(1, shared)]);
+
+    // f1 goes; f2 still lists it (terminating): it stays, now terminating.
+    let ops = sync(
+        &mut s,
+        &mut maps,
+        &desired(vec![(f2, frontend(&[(shared, T)]))]),
+    );
+    assert!(ops.contains(&MapOp::PutBackend {
+        id: 1,
+        backend: backend_value(&shared, T)
+    }));
+    assert!(
+        !ops.iter()
+            .any(|op| matches!(op, MapOp::DeleteBackend { .. }))
+    );
+    // f2 drops it: now it goes.
+    let ops = sync(&mut s, &mut maps, &desired(vec![(f2, frontend(&[]))]));
+    assert_eq!(ops, [MapOp::DeleteBackend { id: 1 }]);
+}
+
+fn sample() -> DesiredState {
+    let mut ext = frontend(&[(be(1), A), (be(3), A)]);
+    ext.flags = svc_flags::EXTERNAL | svc_flags::AFFINITY;
+    ext.affinity_timeout_s = 600;
+    let mut udp = fk(3, 53);
+    udp.proto = Proto::Udp;
+    let udp_be = BackendAddr {
+        proto: Proto::Udp,
+        port: 53,
+        ..be(7)
+    };
+    desired(vec![
+        (fk(1, 80), frontend(&[(be(1), A), (be(2), A), (be(3), T)])),
+        (fk(2, 443), ext),
+        (udp, frontend(&[(udp_be, A)])),
+        // Same address and port as the UDP one, other protocol: its own revnat id.
+        (fk(3, 53), frontend(&[(be(7), A)])),
+        (fk(4, 80), frontend(&[])),
+    ])
+}
+
+#[test]
+fn from_maps_round_trip_is_empty_plan() {
+    let want = sample();
+    let mut s = Syncer::new();
+    let mut maps = FakeMaps::default();
+    sync(&mut s, &mut maps, &want);
+
+    let mut restarted = maps.syncer();
+    assert_eq!(restarted.plan(&want).expect("plan"), []);
+    assert_eq!(restarted, s, "restored mirror, ids, allocators and owners");
+    let mut next = want.clone();
+    next.frontends.remove(&fk(1, 80));
+    next.frontends.insert(fk(5, 80), frontend(&[(be(9), A)]));
+    let ops = restarted.plan(&next).expect("plan");
+    assert_eq!(ops, s.plan(&next).expect("plan"), "same ids either way");
+}
+
+#[test]
+fn recovers_from_an_interrupted_plan() {
+    let before = sample();
+    let mut after = sample();
+    after.frontends.remove(&fk(1, 80));
+    after
+        .frontends
+        .insert(fk(5, 80), frontend(&[(be(9), A), (be(1), A)]));
+    after.frontends.insert(fk(2, 443), frontend(&[(be(3), A)]));
+
+    let mut s = Syncer::new();
+    let mut base = FakeMaps::default();
+    sync(&mut s, &mut base, &before);
+    let ops = s.plan(&after).expect("plan");
+    // Crash after any prefix of the plan, restart from the maps, sync again.
+    for cut in 0..=ops.len() {
+        let mut maps = FakeMaps {
+            services: base.services.clone(),
+            backends: base.backends.clone(),
+            revnats: base.revnats.clone(),
+            l2: base.l2.clone(),
+        };
+        maps.apply(&ops[..cut]);
+        let mut restarted = maps.syncer();
+        sync(&mut restarted, &mut maps, &after);
+        assert_eq!(restarted.plan(&after).expect("plan"), [], "cut {cut}");
+    }
+}
+
+#[test]
+fn from_maps_cleans_leftovers() {
+    let f = fk(1, 80);
+    let mut maps = FakeMaps::default();
+    let mut s = Syncer::new();
+    let want = desired(vec![(f, frontend(&[(be(1), A)]))]);
+    sync(&mut s, &mut maps, &want);
+    // Junk: a slot beyond the count, an orphan backend, an orphan revnat, a key with an
+    // unknown protocol and an unpublished frontend's slot.
+    maps.services.insert(skey(f, 2), sval(1, 0, 1));
+    maps.backends.insert(40, backend_value(&be(40), A));
+    maps.revnats.insert(30, revnat_value(&fk(30, 80)));
+    let mut icmp = skey(f, 0);
+    icmp.proto = 1;
+    maps.services.insert(icmp, sval(0, 0, 1));
+    maps.services.insert(skey(fk(7, 80), 1), sval(1, 0, 7));
+
+    let mut restarted = maps.syncer();
+    let ops = restarted.plan(&want).expect("plan");
+    maps.apply(&ops);
+    maps.expect_exactly(&want);
+    assert_eq!(restarted.plan(&want).expect("plan"), []);
+    // The leftovers' ids are free again.
+    assert!(restarted.revnat_alloc.free.contains(&30));
+    assert!(restarted.backend_alloc.free.contains(&40));
+}
+
+#[test]
+fn capacity_errors_leave_state_unchanged() {
+    let mut s = Syncer::new();
+    let mut maps = FakeMaps::default();
+    let small = sample();
+    sync(&mut s, &mut maps, &small);
+    let before = s.clone();
+
+    let backend_n = |n: u32| BackendAddr {
+        addr: Ipv4Addr::from(0x0a00_0000 + n),
+        port: 80,
+        proto: Proto::Tcp,
+    };
+    let frontend_n = |n: u32| FrontendKey {
+        addr: Ipv4Addr::from(0x6400_0000 + n),
+        port: 80,
+        proto: Proto::Tcp,
+    };
+
+    // More distinct backends than ids.
+    let mut big = small.clone();
+    for f in 0..2 {
+        let list: Vec<_> = (0..40_000)
+            .map(|i| (backend_n(f * 40_000 + i), A))
+            .collect();
+        big.frontends.insert(frontend_n(f), frontend(&list));
+    }
+    assert!(matches!(
+        s.plan(&big),
+        Err(SyncError::TooManyBackends { .. })
+    ));
+    assert_eq!(s, before);
+
+    // More frontends than revnat ids.
+    let mut big = small.clone();
+    for f in 0..MAX_SERVICES {
+        big.frontends.insert(frontend_n(f), frontend(&[]));
+    }
+    assert!(matches!(
+        s.plan(&big),
+        Err(SyncError::TooManyFrontends { .. })
+    ));
+    assert_eq!(s, before);
+
+    // More slots than the service map holds (few backends, shared by many frontends).
+    let mut big = small.clone();
+    let list: Vec<_> = (0..60_000).map(|i| (backend_n(i), A)).collect();
+    let shared = frontend(&list);
+    for f in 0..5 {
+        big.frontends.insert(frontend_n(f), shared.clone());
+    }
+    let err = s.plan(&big).expect_err("too many slots");
+    assert!(matches!(err, SyncError::TooManySlots { .. }), "{err}");
+    assert_eq!(s, before);
+
+    assert_eq!(s.plan(&small).expect("plan"), []);
+}
+
+#[test]
+fn one_change_among_10000_services_is_a_handful_of_ops() {
+    let mut want = DesiredState::default();
+    for n in 0..10_000u32 {
+        let key = FrontendKey {
+            addr: Ipv4Addr::from(0x0a60_0000 + n),
+            port: 80,
+            proto: Proto::Tcp,
+        };
+        let backends: Vec<_> = (0..3)
+            .map(|b| {
+                (
+                    BackendAddr {
+                        addr: Ipv4Addr::from(0x0af4_0000 + n * 4 + b),
+                        port: 8080,
+                        proto: Proto::Tcp,
+                    },
+                    A,
+                )
+            })
+            .collect();
+        want.frontends.insert(key, frontend(&backends));
+    }
+    let mut s = Syncer::new();
+    let first = s.plan(&want).expect("plan");
+    assert_eq!(first.len(), 10_000 * (3 + 1 + 1 + 3));
+    assert_eq!(s.plan(&want).expect("plan"), []);
+
+    // One service: one backend replaced by another.
+    let key = FrontendKey {
+        addr: Ipv4Addr::from(0x0a60_0000 + 1234),
+        port: 80,
+        proto: Proto::Tcp,
+    };
+    let fe = want.frontends.get_mut(&key).expect("frontend");
+    let old = *fe.backends.keys().nth(1).expect("backend");
+    fe.backends.remove(&old);
+    fe.backends.insert(
+        BackendAddr {
+            addr: Ipv4Addr::new(192, 0, 2, 1),
+            ..old
+        },
+        A,
+    );
+    let ops = s.plan(&want).expect("plan");
+    assert!(ops.len() < 10, "{} ops: {ops:?}", ops.len());
+    assert!(!ops.is_empty());
+}
+
+// === per-service plans ===
+
+fn svc_frontends(list: &[(FrontendKey, Frontend)]) -> BTreeMap<FrontendKey, Frontend> {
+    list.iter().cloned().collect()
+}
+
+/// Plans one service, applies it with the reader checks, returns the plan.
+fn sync_svc(
+    s: &mut Syncer,
+    maps: &mut FakeMaps,
+    service: &str,
+    list: &[(FrontendKey, Frontend)],
+) -> ServicePlan {
+    let plan = s.plan_service(service, &svc_frontends(list)).expect("plan");
+    maps.apply(&plan.ops);
+    plan
+}
+
+#[test]
+fn service_plans_share_backends_across_services() {
+    let (f1, f2) = (fk(1, 80), fk(2, 80));
+    let shared = be(5);
+    let mut s = Syncer::new();
+    let mut maps = FakeMaps::default();
+    let a = sync_svc(&mut s, &mut maps, "ns/a", &[(f1, frontend(&[(shared, T)]))]);
+    assert!(a.ops.contains(&MapOp::PutBackend {
+        id: 1,
+        backend: backend_value(&shared, T)
+    }));
+    // b lists it active: the one entry turns active, no second entry.
+    let b = sync_svc(
+        &mut s,
+        &mut maps,
+        "ns/b",
+        &[(f2, frontend(&[(shared, A), (be(6), A)]))],
+    );
+    let puts: Vec<_> = b
+        .ops
+        .iter()
+        .filter_map(|op| match op {
+            MapOp::PutBackend { id, backend } => Some((*id, *backend)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        puts,
+        [
+            (1, backend_value(&shared, A)),
+            (2, backend_value(&be(6), A))
+        ]
+    );
+    // b goes: the shared backend stays for a (terminating again), be(6) goes.
+    let gone = sync_svc(&mut s, &mut maps, "ns/b", &[]);
+    assert_eq!(gone.released, 1);
+    assert!(gone.ops.contains(&MapOp::PutBackend {
+        id: 1,
+        backend: backend_value(&shared, T)
+    }));
+    assert!(gone.ops.contains(&MapOp::DeleteBackend { id: 2 }));
+    assert!(!gone.ops.contains(&MapOp::DeleteBackend { id: 1 }));
+    maps.expect_exactly(&desired(vec![(f1, frontend(&[(shared, T)]))]));
+    // a goes: nothing left.
+    sync_svc(&mut s, &mut maps, "ns/a", &[]);
+    maps.expect_exactly(&DesiredState::default());
+    assert!(s.programmed.is_empty() && s.owned.is_empty() && s.backend_refs.is_empty());
+}
+
+#[test]
+fn service_removal_deletes_its_frontends_in_order() {
+    let (f1, f2, f3) = (fk(1, 80), fk(1, 443), fk(2, 80));
+    let mut s = Syncer::new();
+    let mut maps = FakeMaps::default();
+    sync_svc(
+        &mut s,
+        &mut maps,
+        "ns/a",
+        &[
+            (f1, frontend(&[(be(1), A), (be(2), A)])),
+            (f2, frontend(&[(be(1), A)])),
+        ],
+    );
+    sync_svc(&mut s, &mut maps, "ns/b", &[(f3, frontend(&[(be(1), A)]))]);
+    // a keeps f2 only: f1 is unpublished first, then its slots, then its revnat.
+    let plan = sync_svc(&mut s, &mut maps, "ns/a", &[(f2, frontend(&[(be(1), A)]))]);
+    assert_eq!(
+        plan.ops,
+        [
+            MapOp::DeleteService { key: skey(f1, 0) },
+            MapOp::DeleteService { key: skey(f1, 1) },
+            MapOp::DeleteService { key: skey(f1, 2) },
+            MapOp::DeleteRevNat { id: 1 },
+            MapOp::DeleteBackend { id: 2 },
+        ]
+    );
+    assert_eq!(s.owned["ns/a"].iter().copied().collect::<Vec<_>>(), [f2]);
+    // Re-planning an unchanged service writes nothing.
+    assert_eq!(
+        sync_svc(&mut s, &mut maps, "ns/b", &[(f3, frontend(&[(be(1), A)]))]).ops,
+        []
+    );
+}
+
+#[test]
+fn conflicting_frontend_is_reported_and_taken_once_released() {
+    let (vip, other) = (fk(1, 80), fk(2, 80));
+    let mut s = Syncer::new();
+    let mut maps = FakeMaps::default();
+    sync_svc(&mut s, &mut maps, "ns/a", &[(vip, frontend(&[(be(1), A)]))]);
+    let b_list = [
+        (vip, frontend(&[(be(2), A)])),
+        (other, frontend(&[(be(2), A)])),
+    ];
+    let plan = sync_svc(&mut s, &mut maps, "ns/b", &b_list);
+    assert_eq!(
+        plan.conflicts,
+        [Conflict {
+            frontend: vip,
+            owner: "ns/a".into()
+        }]
+    );
+    // a's frontend is untouched, b's other frontend is programmed.
+    let mut want = desired(vec![(vip, frontend(&[(be(1), A)]))]);
+    want.frontends.insert(other, frontend(&[(be(2), A)]));
+    maps.expect_exactly(&want);
+    // a goes; b planned again takes the address.
+    assert_eq!(sync_svc(&mut s, &mut maps, "ns/a", &[]).released, 1);
+    let plan = sync_svc(&mut s, &mut maps, "ns/b", &b_list);
+    assert!(plan.conflicts.is_empty());
+    maps.expect_exactly(&desired(b_list.to_vec()));
+}
+
+#[test]
+fn service_capacity_error_leaves_state_unchanged() {
+    let mut s = Syncer::new();
+    let mut maps = FakeMaps::default();
+    sync_svc(
+        &mut s,
+        &mut maps,
+        "ns/a",
+        &[(fk(1, 80), frontend(&[(be(1), A)]))],
+    );
+    let before = s.clone();
+    let list: Vec<_> = (0..MAX_BACKENDS)
+        .map(|n| {
+            (
+                BackendAddr {
+                    addr: Ipv4Addr::from(0x0a00_0000 + n),
+                    port: 80,
+                    proto: Proto::Tcp,
+                },
+                A,
+            )
+        })
+        .collect();
+    let err = s
+        .plan_service("ns/big", &svc_frontends(&[(fk(2, 80), frontend(&list))]))
+        .expect_err("too many backends");
+    assert!(matches!(err, SyncError::TooManyBackends { .. }), "{err}");
+    assert_eq!(s, before);
+    // The other service keeps being programmed.
+    let plan = sync_svc(
+        &mut s,
+        &mut maps,
+        "ns/c",
+        &[(fk(3, 80), frontend(&[(be(3), A)]))],
+    );
+    assert!(!plan.ops.is_empty());
+}
+
+#[test]
+fn restart_with_service_plans_and_sweep() {
+    let mut s = Syncer::new();
+    let mut maps = FakeMaps::default();
+    let a = [(fk(1, 80), frontend(&[(be(1), A), (be(2), T)]))];
+    let b = [(fk(2, 80), frontend(&[(be(2), A)]))];
+    let c = [(fk(3, 80), frontend(&[(be(3), T), (be(4), A)]))];
+    for (name, list) in [("ns/a", &a[..]), ("ns/b", &b[..]), ("ns/c", &c[..])] {
+        sync_svc(&mut s, &mut maps, name, list);
+    }
+    // Unchanged cluster: zero writes.
+    let mut restarted = maps.syncer();
+    for (name, list) in [("ns/a", &a[..]), ("ns/b", &b[..]), ("ns/c", &c[..])] {
+        assert_eq!(
+            sync_svc(&mut restarted, &mut maps, name, list).ops,
+            [],
+            "{name}"
+        );
+    }
+    assert_eq!(restarted.sweep().expect("sweep"), []);
+    assert_eq!(restarted, s);
+    // c deleted while kproxy was down: the sweep removes it, with its terminating
+    // backend that no slot showed.
+    let mut restarted = maps.syncer();
+    for (name, list) in [("ns/a", &a[..]), ("ns/b", &b[..])] {
+        assert_eq!(
+            sync_svc(&mut restarted, &mut maps, name, list).ops,
+            [],
+            "{name}"
+        );
+    }
+    let ops = restarted.sweep().expect("sweep");
+    maps.apply(&ops);
+    let mut want = desired(a.to_vec());
+    want.frontends.extend(b.iter().cloned());
+    maps.expect_exactly(&want);
+    assert!(ops.contains(&MapOp::DeleteBackend { id: 3 }), "{ops:?}");
+}
+
+/// xorshift64*: deterministic pseudo-random numbers without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+    }
+}
+
+#[test]
+fn service_plans_match_the_whole_state_plan_on_random_inputs() {
+    for seed in 1..=20u64 {
+        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let mut services: BTreeMap<String, Vec<(FrontendKey, Frontend)>> = BTreeMap::new();
+        let (mut inc, mut inc_maps) = (Syncer::new(), FakeMaps::default());
+        let (mut whole, mut whole_maps) = (Syncer::new(), FakeMaps::default());
+        for step in 0..60 {
+            let n = rng.below(8);
+            let name = format!("ns/s{n}");
+            let list: Vec<_> = if rng.below(4) == 0 {
+                Vec::new()
+            } else {
+                // Each service has its own addresses; backends come from a small
+                // shared pool, so services share them.
+                (0..=rng.below(3))
+                    .map(|p| {
+                        let key = fk(u8::try_from(n).unwrap() + 1, 80 + u16::try_from(p).unwrap());
+                        let bes: Vec<_> = (0..rng.below(5))
+                            .map(|_| {
+                                let state = if rng.below(3) == 0 { T } else { A };
+                                (be(u8::try_from(rng.below(10)).unwrap() + 1), state)
+                            })
+                            .collect();
+                        let mut fe = frontend(&bes);
+                        fe.service = name.clone();
+                        (key, fe)
+                    })
+                    .collect()
+            };
+            sync_svc(&mut inc, &mut inc_maps, &name, &list);
+            if list.is_empty() {
+                services.remove(&name);
+            } else {
+                services.insert(name, list);
+            }
+            let want = desired(services.values().flatten().cloned().collect());
+            sync(&mut whole, &mut whole_maps, &want);
+            inc_maps.expect_exactly(&want);
+            assert_eq!(
+                inc_maps.describe(),
+                whole_maps.describe(),
+                "seed {seed} step {step}"
+            );
+            // The two planners agree on what they remember.
+            assert_eq!(
+                whole.plan(&want).expect("plan"),
+                [],
+                "seed {seed} step {step}"
+            );
+            assert_eq!(
+                inc.clone().plan(&want).expect("plan"),
+                [],
+                "seed {seed} step {step}"
+            );
+        }
+        // A restart then every service planned and a sweep: zero writes.
+        let mut r = inc_maps.syncer();
+        for (name, list) in &services {
+            assert_eq!(sync_svc(&mut r, &mut inc_maps, name, list).ops, []);
+        }
+        assert_eq!(r.sweep().expect("sweep"), [], "seed {seed}");
+    }
+}
