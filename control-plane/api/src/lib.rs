@@ -4,6 +4,7 @@
 
 pub mod defaults;
 pub mod protobuf;
+pub mod qos;
 pub mod strict;
 pub mod table;
 pub mod validate;

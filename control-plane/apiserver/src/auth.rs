@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 use std::time::SystemTime;
 
-use anyhow::{Context, Result};
 use rand::Rng as _;
 use serde::{Deserialize, Serialize};
 
+use crate::error::{Error, Result};
 use crate::registry::Resource;
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -89,7 +89,11 @@ pub struct TokenStore {
 
 fn new_token() -> String {
     let bytes: [u8; 24] = rand::rng().random();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    bytes.iter().fold(String::with_capacity(48), |mut s, b| {
+        use std::fmt::Write as _;
+        let _ = write!(s, "{b:02x}");
+        s
+    })
 }
 
 fn mtime(path: &Path) -> Option<SystemTime> {
@@ -97,13 +101,16 @@ fn mtime(path: &Path) -> Option<SystemTime> {
 }
 
 fn read(path: &Path) -> Result<Tokens> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    let text = std::fs::read_to_string(path).map_err(Error::io("reading", path))?;
+    serde_json::from_str(&text).map_err(|source| Error::Tokens {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn write(path: &Path, t: &Tokens) -> Result<()> {
-    crate::pki::write_private(path, &serde_json::to_string_pretty(t)?)
+    let text = serde_json::to_string_pretty(t).expect("tokens always serialise");
+    crate::pki::write_private(path, &text)
 }
 
 impl TokenStore {
@@ -111,7 +118,7 @@ impl TokenStore {
     pub fn open(dir: &Path) -> Result<Self> {
         let path = dir.join("tokens.json");
         if !path.exists() {
-            std::fs::create_dir_all(dir)?;
+            std::fs::create_dir_all(dir).map_err(Error::io("creating", dir))?;
             write(
                 &path,
                 &Tokens {
@@ -189,7 +196,7 @@ impl TokenStore {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         match read(&self.path) {
             Ok(t) => *st = (mtime(&self.path), t),
-            Err(e) => tracing::warn!("token file: {e:#}"),
+            Err(e) => tracing::warn!(path = %self.path.display(), error = %e, "token file"),
         }
         Self::lookup(&st.1, token)
     }

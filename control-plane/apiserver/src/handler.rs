@@ -2,86 +2,22 @@
 //! then hand the request to the verb implementation in `rest`.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use kproxy_store::Store;
 use serde_json::Value;
 
-use crate::alloc::Ranges;
-use crate::auth::{Access, Identity, TokenStore};
+use crate::auth::{Access, Identity};
+use crate::context::{Api, Req, Shared, Target, json, query_pairs};
 use crate::discovery;
-use crate::metrics::{Metrics, RequestLabels, VerbLabels};
-use crate::registry::{self, Resource};
+use crate::metrics::{RequestLabels, VerbLabels};
+use crate::proxy;
+use crate::registry;
 use crate::status::{ApiError, ApiResult};
-
-pub struct Api {
-    pub store: Arc<dyn Store>,
-    pub tokens: TokenStore,
-    pub ranges: Ranges,
-    pub metrics: Metrics,
-    /// Largest accepted request body (Kubernetes: 3 MiB).
-    pub max_body: usize,
-    /// host:port clients use to reach us (discovery's serverAddressByClientCIDRs).
-    pub advertise: String,
-    /// Lets background work (garbage collection) outlive the request that started it.
-    pub me: std::sync::Weak<Api>,
-    /// Connections to kubelets for pods/log and pods/exec.
-    pub kubelet: crate::proxy::KubeletClient,
-}
-
-pub type Shared = Arc<Api>;
-
-/// What a resource request addresses.
-#[derive(Debug, Clone)]
-pub struct Target {
-    pub res: &'static Resource,
-    pub ns: Option<String>,
-    pub name: Option<String>,
-    pub sub: Option<String>,
-}
-
-/// A parsed request, passed to the verb implementations.
-pub struct Req {
-    pub method: Method,
-    pub query: HashMap<String, String>,
-    pub headers: HeaderMap,
-    pub body: bytes::Bytes,
-    pub id: Identity,
-}
-
-impl Req {
-    pub fn q(&self, k: &str) -> Option<&str> {
-        self.query
-            .get(k)
-            .map(String::as_str)
-            .filter(|s| !s.is_empty())
-    }
-    pub fn flag(&self, k: &str) -> bool {
-        matches!(self.q(k), Some("true" | "1"))
-    }
-    pub fn content_type(&self) -> &str {
-        self.headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("application/json")
-    }
-    /// kubectl asks for server-side printing with `Accept: application/json;as=Table;...`.
-    pub fn wants_table(&self) -> bool {
-        self.headers
-            .get(header::ACCEPT)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|a| a.contains("as=Table"))
-    }
-    pub fn dry_run(&self) -> bool {
-        self.q("dryRun") == Some("All")
-    }
-}
 
 pub fn router(api: Shared) -> Router {
     Router::new()
@@ -107,53 +43,6 @@ async fn ready(State(api): State<Shared>) -> Response {
 
 async fn version() -> Response {
     json(StatusCode::OK, &discovery::version())
-}
-
-pub fn json(code: StatusCode, v: &Value) -> Response {
-    (
-        code,
-        [(header::CONTENT_TYPE, "application/json")],
-        serde_json::to_vec(v).expect("a Value always serialises"),
-    )
-        .into_response()
-}
-
-fn parse_query(q: Option<&str>) -> HashMap<String, String> {
-    q.map(form_urlencoded).unwrap_or_default()
-}
-
-/// application/x-www-form-urlencoded decoding of a query string.
-fn form_urlencoded(q: &str) -> HashMap<String, String> {
-    fn decode(s: &str) -> String {
-        let bytes = s.as_bytes();
-        let mut out = Vec::with_capacity(bytes.len());
-        let mut i = 0;
-        while i < bytes.len() {
-            match bytes[i] {
-                b'+' => out.push(b' '),
-                b'%' if i + 2 < bytes.len() => {
-                    let hex = |c: u8| (c as char).to_digit(16);
-                    match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                        (Some(h), Some(l)) => {
-                            out.push((h * 16 + l) as u8);
-                            i += 2;
-                        }
-                        _ => out.push(b'%'),
-                    }
-                }
-                b => out.push(b),
-            }
-            i += 1;
-        }
-        String::from_utf8_lossy(&out).into_owned()
-    }
-    q.split('&')
-        .filter(|kv| !kv.is_empty())
-        .map(|kv| {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            (decode(k), decode(v))
-        })
-        .collect()
 }
 
 /// Splits `/api/v1/...` or `/apis/G/V/...` into (group, version, rest).
@@ -222,16 +111,15 @@ async fn dispatch(State(api): State<Shared>, req: Request) -> Response {
     let start = Instant::now();
     let (mut parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();
-    let query = parse_query(parts.uri.query());
+    let query: HashMap<String, String> = query_pairs(parts.uri.query()).into_iter().collect();
 
-    let id = match api.tokens.authenticate(
+    let Some(id) = api.tokens.authenticate(
         parts
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok()),
-    ) {
-        Some(id) => id,
-        None => return ApiError::unauthorized().into_response(),
+    ) else {
+        return ApiError::unauthorized().into_response();
     };
 
     if path == "/metrics" {
@@ -239,7 +127,9 @@ async fn dispatch(State(api): State<Shared>, req: Request) -> Response {
             return ApiError::forbidden(&id.user(), "get", "/metrics", None).into_response();
         }
         // The store's revision is read at scrape time rather than tracked on every write.
-        api.metrics.revision.set(api.store.revision() as i64);
+        api.metrics
+            .revision
+            .set(i64::try_from(api.store.revision()).unwrap_or(i64::MAX));
         return (
             [(
                 header::CONTENT_TYPE,
@@ -254,13 +144,10 @@ async fn dispatch(State(api): State<Shared>, req: Request) -> Response {
     {
         return json(StatusCode::OK, &doc);
     }
-    if let Some(target) = crate::proxy::node_proxy_target(&path) {
+    if let Some(target) = proxy::node_proxy_target(&path) {
         // nodes/{name}[:{port}]/proxy/{path}: forwarded to the node, not a stored object.
         let result = match target {
-            Ok(np) => match crate::proxy::authorize_node_proxy(&id, &parts.method) {
-                Ok(()) => crate::proxy::serve_node(&api, &np, &parts).await,
-                Err(e) => Err(e),
-            },
+            Ok(np) => proxy::serve_node(&api, &id, &np, &parts).await,
             Err(e) => Err(e),
         };
         let verb = if parts.method == Method::GET {
@@ -285,10 +172,7 @@ async fn dispatch(State(api): State<Shared>, req: Request) -> Response {
     let result = if let Some(sub @ ("log" | "exec")) = t.sub.as_deref() {
         // Streams from the node's kubelet, not stored objects: no body to read, and an exec
         // upgrade needs the request's own parts.
-        match crate::proxy::authorize(&id, sub, t.ns.as_deref()) {
-            Ok(()) => crate::proxy::serve(&api, &t, &mut parts).await,
-            Err(e) => Err(e),
-        }
+        proxy::serve_pod(&api, &id, sub, &t, &mut parts).await
     } else {
         let body = match read_body(body, api.max_body).await {
             Ok(b) => b,
@@ -415,28 +299,32 @@ mod tests {
 
     #[test]
     fn paths() {
-        let a = t("/api/v1/namespaces/default/pods/web/status").unwrap();
+        let status = t("/api/v1/namespaces/default/pods/web/status").unwrap();
         assert_eq!(
             (
-                a.res.plural,
-                a.ns.as_deref(),
-                a.name.as_deref(),
-                a.sub.as_deref()
+                status.res.plural,
+                status.ns.as_deref(),
+                status.name.as_deref(),
+                status.sub.as_deref()
             ),
             ("pods", Some("default"), Some("web"), Some("status"))
         );
-        let b = t("/api/v1/namespaces/kube-system").unwrap();
+        let ns = t("/api/v1/namespaces/kube-system").unwrap();
         assert_eq!(
-            (b.res.plural, b.name.as_deref()),
+            (ns.res.plural, ns.name.as_deref()),
             ("namespaces", Some("kube-system"))
         );
-        let c = t("/api/v1/namespaces/x/status").unwrap();
+        let ns_status = t("/api/v1/namespaces/x/status").unwrap();
         assert_eq!(
-            (c.res.plural, c.name.as_deref(), c.sub.as_deref()),
+            (
+                ns_status.res.plural,
+                ns_status.name.as_deref(),
+                ns_status.sub.as_deref()
+            ),
             ("namespaces", Some("x"), Some("status"))
         );
-        let d = t("/apis/apps/v1/namespaces/d/deployments/web/scale").unwrap();
-        assert_eq!(d.sub.as_deref(), Some("scale"));
+        let scale = t("/apis/apps/v1/namespaces/d/deployments/web/scale").unwrap();
+        assert_eq!(scale.sub.as_deref(), Some("scale"));
         assert_eq!(t("/api/v1/pods").unwrap().ns, None);
         assert!(t("/api/v1/widgets").is_err());
         assert!(
@@ -450,14 +338,5 @@ mod tests {
             assert_eq!(p.sub.as_deref(), Some(sub));
             assert!(t(&format!("/api/v1/namespaces/d/services/x/{sub}")).is_err());
         }
-    }
-
-    #[test]
-    fn query_decoding() {
-        let q = form_urlencoded("labelSelector=app%3Dweb%2Ctier+in+%28a%29&watch=1&x");
-        assert_eq!(q["labelSelector"], "app=web,tier in (a)");
-        assert_eq!(q["watch"], "1");
-        assert_eq!(q["x"], "");
-        assert_eq!(form_urlencoded("a=%zz%4")["a"], "%zz%4");
     }
 }

@@ -3,9 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
 use base64::Engine as _;
 use serde_yaml::{Mapping, Value};
+
+use crate::error::{Error, Result};
 
 pub const CONTEXT: &str = "kproxy";
 const USER: &str = "kproxy-admin";
@@ -41,7 +42,14 @@ fn list_mut<'a>(doc: &'a mut Mapping, key: &str) -> Result<&'a mut Vec<Value>> {
         *v = Value::Sequence(vec![]);
     }
     v.as_sequence_mut()
-        .with_context(|| format!("kubeconfig field {key} is not a list"))
+        .ok_or_else(|| Error::Kubeconfig(format!("kubeconfig field {key} is not a list")))
+}
+
+fn yaml(source: serde_yaml::Error) -> Error {
+    Error::Yaml {
+        what: "encoding the kubeconfig".into(),
+        source,
+    }
 }
 
 /// Returns the merged document for `existing` (None = no file yet).
@@ -49,8 +57,17 @@ pub fn merge(existing: Option<&str>, server: &str, ca_pem: &str, token: &str) ->
     let mut doc = match existing.map(serde_yaml::from_str::<Value>).transpose() {
         Ok(Some(Value::Mapping(m))) => m,
         Ok(Some(Value::Null) | None) => Mapping::new(),
-        Ok(Some(_)) => bail!("the existing kubeconfig is not a YAML mapping"),
-        Err(e) => bail!("the existing kubeconfig is not valid YAML: {e}"),
+        Ok(Some(_)) => {
+            return Err(Error::Kubeconfig(
+                "the existing kubeconfig is not a YAML mapping".into(),
+            ));
+        }
+        Err(source) => {
+            return Err(Error::Yaml {
+                what: "the existing kubeconfig is not valid YAML".into(),
+                source,
+            });
+        }
     };
     doc.insert("apiVersion".into(), "v1".into());
     doc.insert("kind".into(), "Config".into());
@@ -61,13 +78,14 @@ pub fn merge(existing: Option<&str>, server: &str, ca_pem: &str, token: &str) ->
         "cluster",
         serde_yaml::to_value(serde_json::json!({
             "server": server, "certificate-authority-data": ca
-        }))?,
+        }))
+        .map_err(yaml)?,
     );
     upsert(
         list_mut(&mut doc, "users")?,
         USER,
         "user",
-        serde_yaml::to_value(serde_json::json!({ "token": token }))?,
+        serde_yaml::to_value(serde_json::json!({ "token": token })).map_err(yaml)?,
     );
     upsert(
         list_mut(&mut doc, "contexts")?,
@@ -75,10 +93,11 @@ pub fn merge(existing: Option<&str>, server: &str, ca_pem: &str, token: &str) ->
         "context",
         serde_yaml::to_value(serde_json::json!({
             "cluster": CONTEXT, "user": USER, "namespace": "default"
-        }))?,
+        }))
+        .map_err(yaml)?,
     );
     doc.insert("current-context".into(), CONTEXT.into());
-    Ok(serde_yaml::to_string(&doc)?)
+    serde_yaml::to_string(&doc).map_err(yaml)
 }
 
 /// Merges into the file at `path` (created with mode 0600 if missing).
@@ -86,12 +105,12 @@ pub fn write(path: &Path, server: &str, ca_pem: &str, token: &str) -> Result<()>
     let existing = match std::fs::read_to_string(path) {
         Ok(s) => Some(s),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        Err(e) => return Err(Error::io("reading", path)(e)),
     };
     let merged = merge(existing.as_deref(), server, ca_pem, token)
-        .with_context(|| format!("merging into {}", path.display()))?;
+        .map_err(|e| e.context(format!("merging into {}", path.display())))?;
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(Error::io("creating", dir))?;
     }
     crate::pki::write_private(path, &merged)
 }

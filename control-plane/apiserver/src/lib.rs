@@ -4,10 +4,12 @@
 
 pub mod alloc;
 pub mod auth;
+pub mod context;
 pub mod discovery;
-pub mod gc;
+pub mod error;
 pub mod handler;
 pub mod kubeconfig;
+pub mod kubelet;
 pub mod managed;
 pub mod metrics;
 pub mod object;
@@ -20,4 +22,6 @@ pub mod rest;
 pub mod server;
 pub mod status;
 pub mod table;
-pub mod watch;
+
+#[cfg(test)]
+mod tests;

@@ -52,7 +52,7 @@ fn node_token(node: &str, data_dir: &std::path::Path) -> Result<String> {
         "invalid node name {node:?}: {}",
         errs.join("; ")
     );
-    TokenStore::open(data_dir)?.node_token(node)
+    Ok(TokenStore::open(data_dir)?.node_token(node)?)
 }
 
 /// Where a kubeconfig goes and what it names.
@@ -78,7 +78,7 @@ impl KubeconfigArgs {
                 ca_path.display()
             )
         })?;
-        kubeconfig::write(&self.out, &self.server, &ca, token)
+        Ok(kubeconfig::write(&self.out, &self.server, &ca, token)?)
     }
 }
 
@@ -102,7 +102,8 @@ fn main() -> Result<()> {
                     _ = tokio::signal::ctrl_c() => {}
                     _ = term.recv() => {}
                 }
-            })),
+            }))
+            .context("serving the API"),
         Command::NodeToken { node, data_dir } => {
             println!("{}", node_token(&node, &data_dir)?);
             Ok(())

@@ -7,7 +7,7 @@ use kproxy_apimachinery::fields::{self, Diff, FieldSet};
 use kproxy_apimachinery::managed::{self, Conflicts, ManagedFields, Manager, Operation};
 use serde_json::{Map, Value, json};
 
-use crate::handler::{Req, Target};
+use crate::context::{Req, Target};
 use crate::object::{self, meta, meta_mut};
 use crate::registry::Resource;
 use crate::status::{ApiError, ApiResult};
@@ -345,7 +345,7 @@ pub fn on_update(
         Some(a) => {
             let mut mf = entries_for_apply(res, cur);
             mf.apply(&w.manager, a.fields.clone(), &d, a.force, &now)
-                .map_err(conflict_error)?;
+                .map_err(|c| conflict_error(&c))?;
             mf
         }
     };
@@ -362,7 +362,7 @@ pub fn keep(cur: &Value, new: &mut Value) {
 }
 
 /// 409 as Kubernetes words it, with one FieldManagerConflict cause per field.
-fn conflict_error(c: Conflicts) -> ApiError {
+fn conflict_error(c: &Conflicts) -> ApiError {
     let causes: Vec<Value> =
         c.0.iter()
             .map(|x| {

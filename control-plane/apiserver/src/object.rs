@@ -197,7 +197,11 @@ pub fn random_suffix(n: usize) -> String {
 pub fn new_uid() -> String {
     use rand::Rng as _;
     let b: [u8; 16] = rand::rng().random();
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    let h = b.iter().fold(String::with_capacity(32), |mut h, x| {
+        use std::fmt::Write as _;
+        let _ = write!(h, "{x:02x}");
+        h
+    });
     // Version 4 layout, as Kubernetes' uids are.
     format!(
         "{}-{}-4{}-{:x}{}-{}",

@@ -21,7 +21,7 @@ use kproxy_store::{KeyValue, Revision, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::handler::Req;
+use crate::context::Req;
 use crate::status::{ApiError, ApiResult};
 
 const TOKEN_VERSION: &str = "meta.k8s.io/v1";
@@ -314,8 +314,8 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-            headers: Default::default(),
-            body: Default::default(),
+            headers: axum::http::HeaderMap::default(),
+            body: bytes::Bytes::default(),
             id: crate::auth::Identity::Admin,
         }
     }

@@ -6,11 +6,12 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose, SanType,
 };
+
+use crate::error::{Error, Result};
 
 pub struct Pki {
     pub ca_pem: String,
@@ -42,32 +43,31 @@ fn paths(dir: &Path) -> [PathBuf; 3] {
 pub fn load_or_create(dir: &Path, extra_ips: &[IpAddr]) -> Result<Pki> {
     let [ca_path, crt_path, key_path] = paths(dir);
     if !ca_path.exists() || !crt_path.exists() || !key_path.exists() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(Error::io("creating", dir))?;
         generate(dir, extra_ips)?;
         tracing::info!(dir = %dir.display(), "generated cluster CA and API server certificate");
     }
-    let ca_pem = std::fs::read_to_string(&ca_path)
-        .with_context(|| format!("reading {}", ca_path.display()))?;
+    let ca_pem = std::fs::read_to_string(&ca_path).map_err(Error::io("reading", &ca_path))?;
     // Also for data directories from before the API server talked to kubelets.
     let kubelet_client = kubelet_client(dir)?;
-    let crt_pem =
-        std::fs::read(&crt_path).with_context(|| format!("reading {}", crt_path.display()))?;
-    let key_pem =
-        std::fs::read(&key_path).with_context(|| format!("reading {}", key_path.display()))?;
+    let crt_pem = std::fs::read(&crt_path).map_err(Error::io("reading", &crt_path))?;
+    let key_pem = std::fs::read(&key_path).map_err(Error::io("reading", &key_path))?;
     let chain = rustls_pemfile::certs(&mut crt_pem.as_slice())
         .collect::<Result<Vec<_>, _>>()
-        .context("parsing the serving certificate")?;
+        .map_err(Error::pem("the serving certificate"))?;
     let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
-        .context("parsing the serving key")?
-        .context("no private key in apiserver.key")?;
+        .map_err(Error::pem("the serving key"))?
+        .ok_or(Error::Missing {
+            what: "private key in apiserver.key",
+        })?;
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
-    .context("TLS protocol versions")?
+    .map_err(Error::tls("TLS protocol versions"))?
     .with_no_client_auth()
     .with_single_cert(chain, key)
-    .context("serving certificate and key do not match")?;
+    .map_err(Error::tls("serving certificate and key do not match"))?;
     // kubectl (Go) negotiates HTTP/2 when offered; both work.
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Pki {
@@ -81,7 +81,8 @@ pub fn load_or_create(dir: &Path, extra_ips: &[IpAddr]) -> Result<Pki> {
 /// subject and the stored key make an issuer that verifiers cannot tell from the original
 /// certificate.
 fn ca_params() -> Result<CertificateParams> {
-    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    let mut ca = CertificateParams::new(Vec::<String>::new())
+        .map_err(Error::certificate("the CA's parameters"))?;
     ca.distinguished_name = DistinguishedName::new();
     ca.distinguished_name.push(DnType::CommonName, "kproxy-ca");
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -103,14 +104,18 @@ fn kubelet_client(dir: &Path) -> Result<ClientCert> {
     let key_path = dir.join(KUBELET_CLIENT_KEY);
     if !crt_path.exists() || !key_path.exists() {
         let ca_key_path = dir.join("ca.key");
-        let ca_key_pem = std::fs::read_to_string(&ca_key_path)
-            .with_context(|| format!("reading {}", ca_key_path.display()))?;
-        let ca_key = KeyPair::from_pem(&ca_key_pem).context("parsing the CA key")?;
+        let ca_key_pem =
+            std::fs::read_to_string(&ca_key_path).map_err(Error::io("reading", &ca_key_path))?;
+        let ca_key =
+            KeyPair::from_pem(&ca_key_pem).map_err(Error::certificate("parsing the CA key"))?;
         let issuer = ca_params()?
             .self_signed(&ca_key)
-            .context("rebuilding the CA issuer")?;
-        let key = KeyPair::generate().context("generating the kubelet client key")?;
-        let mut params = CertificateParams::new(Vec::<String>::new())?;
+            .map_err(Error::certificate("rebuilding the CA issuer"))?;
+        let key =
+            KeyPair::generate().map_err(Error::certificate("generating the kubelet client key"))?;
+        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(
+            Error::certificate("the kubelet client certificate's parameters"),
+        )?;
         params.distinguished_name = DistinguishedName::new();
         params
             .distinguished_name
@@ -124,30 +129,28 @@ fn kubelet_client(dir: &Path) -> Result<ClientCert> {
         params.not_after = rcgen::date_time_ymd(2124, 1, 1);
         let cert = params
             .signed_by(&key, &issuer, &ca_key)
-            .context("signing the kubelet client certificate")?;
+            .map_err(Error::certificate("signing the kubelet client certificate"))?;
         write_private(&key_path, &key.serialize_pem())?;
         // The certificate last: its presence marks a complete pair.
-        std::fs::write(&crt_path, cert.pem())
-            .with_context(|| format!("writing {}", crt_path.display()))?;
+        std::fs::write(&crt_path, cert.pem()).map_err(Error::io("writing", &crt_path))?;
         tracing::info!(path = %crt_path.display(), "generated the API server's kubelet client certificate");
     }
     Ok(ClientCert {
-        cert_pem: std::fs::read_to_string(&crt_path)
-            .with_context(|| format!("reading {}", crt_path.display()))?,
-        key_pem: std::fs::read_to_string(&key_path)
-            .with_context(|| format!("reading {}", key_path.display()))?,
+        cert_pem: std::fs::read_to_string(&crt_path).map_err(Error::io("reading", &crt_path))?,
+        key_pem: std::fs::read_to_string(&key_path).map_err(Error::io("reading", &key_path))?,
     })
 }
 
 fn generate(dir: &Path, extra_ips: &[IpAddr]) -> Result<()> {
     let [ca_path, crt_path, key_path] = paths(dir);
-    let ca_key = KeyPair::generate().context("generating the CA key")?;
+    let ca_key = KeyPair::generate().map_err(Error::certificate("generating the CA key"))?;
     let ca_cert = ca_params()?
         .self_signed(&ca_key)
-        .context("self-signing the CA")?;
+        .map_err(Error::certificate("self-signing the CA"))?;
 
-    let key = KeyPair::generate().context("generating the serving key")?;
-    let mut params = CertificateParams::new(vec!["localhost".to_string(), "kubernetes".into()])?;
+    let key = KeyPair::generate().map_err(Error::certificate("generating the serving key"))?;
+    let mut params = CertificateParams::new(vec!["localhost".to_string(), "kubernetes".into()])
+        .map_err(Error::certificate("the serving certificate's parameters"))?;
     params.distinguished_name = DistinguishedName::new();
     params
         .distinguished_name
@@ -167,13 +170,13 @@ fn generate(dir: &Path, extra_ips: &[IpAddr]) -> Result<()> {
     params.not_after = rcgen::date_time_ymd(2124, 1, 1);
     let cert = params
         .signed_by(&key, &ca_cert, &ca_key)
-        .context("signing the serving certificate")?;
+        .map_err(Error::certificate("signing the serving certificate"))?;
 
     write_private(&dir.join("ca.key"), &ca_key.serialize_pem())?;
     write_private(&key_path, &key.serialize_pem())?;
-    std::fs::write(&crt_path, cert.pem())?;
+    std::fs::write(&crt_path, cert.pem()).map_err(Error::io("writing", &crt_path))?;
     // The CA certificate last: its presence marks a complete PKI.
-    std::fs::write(&ca_path, ca_cert.pem())?;
+    std::fs::write(&ca_path, ca_cert.pem()).map_err(Error::io("writing", &ca_path))?;
     Ok(())
 }
 
@@ -188,10 +191,11 @@ pub fn write_private(path: &Path, contents: &str) -> Result<()> {
         .truncate(true)
         .mode(0o600)
         .open(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    f.write_all(contents.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+        .map_err(Error::io("writing", &tmp))?;
+    f.write_all(contents.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(Error::io("writing", &tmp))?;
+    std::fs::rename(&tmp, path).map_err(Error::io("renaming to", path))?;
     Ok(())
 }
 

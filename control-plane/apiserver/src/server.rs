@@ -5,16 +5,18 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use kproxy_store::{Op, Store, StoreError, StoreOptions};
 use serde_json::json;
 
 use crate::alloc::Ranges;
 use crate::auth::TokenStore;
-use crate::handler::{Api, router};
-use crate::metrics::Metrics;
+use crate::context::Api;
+use crate::error::{Error, Result};
+use crate::handler::router;
+use crate::kubelet::KubeletClient;
 use crate::object;
+use crate::registry::{self, SYSTEM_NAMESPACES};
 
 #[derive(Clone, Debug, clap::ValueEnum)]
 pub enum StoreKind {
@@ -63,11 +65,9 @@ fn parse_range(s: &str) -> Result<(u16, u16), String> {
     Ok((a, b))
 }
 
-pub const SYSTEM_NAMESPACES: &[&str] =
-    &["default", "kube-system", "kube-public", "kube-node-lease"];
-
-async fn bootstrap(store: &dyn Store) -> Result<()> {
-    let res = crate::registry::by_kind("Namespace").expect("registered");
+/// Creates the system namespaces (once; they are never deleted).
+pub(crate) async fn bootstrap(store: &dyn Store) -> Result<()> {
+    let res = registry::by_kind("Namespace").expect("registered");
     for ns in SYSTEM_NAMESPACES {
         let obj = json!({
             "apiVersion": "v1",
@@ -89,7 +89,12 @@ async fn bootstrap(store: &dyn Store) -> Result<()> {
             .await
         {
             Ok(_) | Err(StoreError::AlreadyExists(_)) => {}
-            Err(e) => return Err(e).context("creating system namespaces"),
+            Err(e) => {
+                return Err(Error::Store {
+                    what: "creating system namespaces".into(),
+                    source: e.into(),
+                });
+            }
         }
     }
     Ok(())
@@ -97,10 +102,9 @@ async fn bootstrap(store: &dyn Store) -> Result<()> {
 
 /// Runs until `shutdown` resolves; logs "API server ready" once the socket accepts connections.
 pub async fn run(opts: Options, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
-    std::fs::create_dir_all(&opts.data_dir)
-        .with_context(|| format!("creating {}", opts.data_dir.display()))?;
+    std::fs::create_dir_all(&opts.data_dir).map_err(Error::io("creating", &opts.data_dir))?;
     let pki = crate::pki::load_or_create(&opts.data_dir.join("pki"), &[opts.bind.ip()])?;
-    let kubelet = crate::proxy::KubeletClient::new(&pki.kubelet_client)?;
+    let kubelet = KubeletClient::new(&pki.kubelet_client)?;
     let tokens = TokenStore::open(&opts.data_dir)?;
     let sopts = StoreOptions {
         history: opts.history,
@@ -108,8 +112,10 @@ pub async fn run(opts: Options, shutdown: impl std::future::Future<Output = ()>)
     let store: Arc<dyn Store> = match opts.store {
         StoreKind::Redb => {
             let path = opts.data_dir.join("store.redb");
-            kproxy_store::open_redb(&path, sopts)
-                .with_context(|| format!("opening {}", path.display()))?
+            kproxy_store::open_redb(&path, sopts).map_err(|e| Error::Store {
+                what: format!("opening {}", path.display()),
+                source: e.into(),
+            })?
         }
         StoreKind::Memory => kproxy_store::memory(sopts),
     };
@@ -117,8 +123,14 @@ pub async fn run(opts: Options, shutdown: impl std::future::Future<Output = ()>)
 
     let listener = tokio::net::TcpListener::bind(opts.bind)
         .await
-        .with_context(|| format!("binding {}", opts.bind))?;
-    let local = listener.local_addr()?;
+        .map_err(|source| Error::Bind {
+            addr: opts.bind,
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| Error::Bind {
+        addr: opts.bind,
+        source,
+    })?;
     let server_url = format!("https://{local}");
     if !opts.no_kubeconfig
         && let Some(path) = opts
@@ -129,19 +141,11 @@ pub async fn run(opts: Options, shutdown: impl std::future::Future<Output = ()>)
         crate::kubeconfig::write(&path, &server_url, &pki.ca_pem, &tokens.admin_token())?;
         tracing::info!(path = %path.display(), "kubeconfig context `kproxy` is current");
     }
-    let api = Arc::new_cyclic(|me| Api {
-        store,
-        tokens,
-        ranges: Ranges {
-            service_cidr: opts.service_cidr,
-            node_ports: opts.node_port_range,
-        },
-        metrics: Metrics::default(),
-        max_body: 3 * 1024 * 1024,
-        advertise: local.to_string(),
-        me: me.clone(),
-        kubelet,
-    });
+    let ranges = Ranges {
+        service_cidr: opts.service_cidr,
+        node_ports: opts.node_port_range,
+    };
+    let api = Api::new(store, tokens, ranges, kubelet, local.to_string());
     let app = router(api.clone());
     let acceptor = tokio_rustls::TlsAcceptor::from(pki.server_config.clone());
     tracing::info!(url = %server_url, revision = api.store.revision(), "API server ready");
@@ -150,7 +154,7 @@ pub async fn run(opts: Options, shutdown: impl std::future::Future<Output = ()>)
         let (tcp, _peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(c) => c,
-                Err(e) => { tracing::warn!("accept: {e}"); continue; }
+                Err(e) => { tracing::warn!(error = %e, "accept"); continue; }
             },
             () = &mut shutdown => break,
         };
@@ -161,7 +165,7 @@ pub async fn run(opts: Options, shutdown: impl std::future::Future<Output = ()>)
             let tls = match acceptor.accept(tcp).await {
                 Ok(t) => t,
                 Err(e) => {
-                    tracing::debug!("TLS handshake: {e}");
+                    tracing::debug!(error = %e, "TLS handshake");
                     return;
                 }
             };

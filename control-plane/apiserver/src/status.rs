@@ -205,6 +205,6 @@ impl IntoResponse for ApiError {
 }
 
 /// A success Status (e.g. the answer to a delete with no object left to return).
-pub fn success(details: Value) -> Value {
+pub fn success(details: &Value) -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details})
 }

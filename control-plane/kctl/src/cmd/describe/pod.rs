@@ -129,39 +129,9 @@ pub(super) fn render(pod: &Value, events: Option<&[Event]>, clock: &Clock) -> St
     w.finish()
 }
 
-/// The pod's QoS class: the server's, else derived like Kubernetes does (Guaranteed when every
-/// container's CPU and memory requests equal its limits, BestEffort when nothing is set).
-pub(super) fn qos_class(pod: &Value) -> String {
-    let given = str_of(&pod["status"]["qosClass"]);
-    if !given.is_empty() {
-        return given.to_string();
-    }
-    let all: Vec<&Value> = items(&pod["spec"]["containers"])
-        .iter()
-        .chain(items(&pod["spec"]["initContainers"]))
-        .collect();
-    let mut any_set = false;
-    let mut guaranteed = true;
-    for c in &all {
-        let limits = string_map(&c["resources"]["limits"]);
-        let mut requests = string_map(&c["resources"]["requests"]);
-        // Requests default to limits.
-        for (k, v) in &limits {
-            requests.entry(k.clone()).or_insert_with(|| v.clone());
-        }
-        any_set |= !limits.is_empty() || !requests.is_empty();
-        for res in ["cpu", "memory"] {
-            match (limits.get(res), requests.get(res)) {
-                (Some(l), Some(r)) if l == r => {}
-                _ => guaranteed = false,
-            }
-        }
-    }
-    match (any_set, guaranteed && !all.is_empty()) {
-        (false, _) => "BestEffort".into(),
-        (true, true) => "Guaranteed".into(),
-        (true, false) => "Burstable".into(),
-    }
+/// The pod's QoS class: the server's, else derived as Kubernetes does.
+pub(super) fn qos_class(pod: &Value) -> &'static str {
+    kproxy_api::qos::QosClass::of_pod(pod).as_str()
 }
 
 #[cfg(test)]

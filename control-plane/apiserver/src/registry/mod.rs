@@ -1,6 +1,25 @@
-//! The resource registry: everything the generic handler needs to know about a resource.
-//! Adding a resource kind is one entry here (plus its defaults/validation/columns in
-//! kproxy-api); the handler has no per-kind code paths beyond the flags below.
+//! The resource registry: everything the generic verbs need to know about a resource.
+//! Adding a resource kind is one entry in `table.rs` plus its hooks (a module here, like
+//! `pod.rs`), and its defaults/validation/columns in kproxy-api; the verbs have no per-kind
+//! code paths beyond the flags and hooks below.
+
+mod namespace;
+mod pod;
+mod service;
+mod table;
+
+use futures::future::BoxFuture;
+use kproxy_api::validate::FieldError;
+use kproxy_store::{Op, Store};
+use serde_json::Value;
+
+pub use self::table::RESOURCES;
+use crate::alloc::Ranges;
+use crate::status::ApiResult;
+
+/// The namespaces the cluster itself lives in: created at start, never deleted.
+pub const SYSTEM_NAMESPACES: &[&str] =
+    &["default", "kube-system", "kube-public", "kube-node-lease"];
 
 /// Subresources a resource offers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -29,7 +48,80 @@ pub struct Resource {
     pub fields: &'static [&'static str],
     /// Whether `.spec` changes bump metadata.generation.
     pub has_spec: bool,
+    /// The kind's own rules on create, update and delete.
+    pub hooks: Hooks,
 }
+
+/// Per-kind rules the verbs call at fixed points; [`Hooks::NONE`] for a kind without any.
+#[derive(Debug, Clone, Copy)]
+pub struct Hooks {
+    /// The status a new object starts with (the status subresource owns it afterwards);
+    /// called with the object as the client sent it.
+    pub initial_status: Option<fn(&Value) -> Value>,
+    /// On update, before defaults and validation: what the change from `cur` makes `new`
+    /// drop (a Service's type-dependent fields).
+    pub prepare_update: Option<fn(cur: &Value, new: &mut Value)>,
+    /// Store-held allocations claimed with the object and released with it.
+    pub allocator: Option<Allocator>,
+    /// How a delete request treats the object (`None`: [`Deletion::Remove`]).
+    pub delete: Option<DeleteHook>,
+    /// Edits the object when it is marked for deletion (a Namespace turns `Terminating`).
+    pub on_mark: Option<fn(&mut Value)>,
+    /// Whether an update that removes the last finalizer of an object marked for deletion
+    /// deletes it. Not where someone else removes it: the kubelet a pod, the namespace
+    /// cleanup its namespace.
+    pub last_finalizer_deletes: bool,
+}
+
+impl Hooks {
+    pub const NONE: Hooks = Hooks {
+        initial_status: None,
+        prepare_update: None,
+        allocator: None,
+        delete: None,
+        on_mark: None,
+        last_finalizer_deletes: true,
+    };
+}
+
+/// Decides how a delete treats `cur`, given the request's gracePeriodSeconds; an error
+/// refuses the delete.
+pub type DeleteHook = fn(cur: &Value, grace: Option<i64>) -> ApiResult<Deletion>;
+
+/// What a delete does with an object (finalizers aside, which always mark it first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deletion {
+    /// Removed now.
+    Remove,
+    /// Marked with a deletionTimestamp `grace` seconds ahead; its runner (the node's kubelet)
+    /// removes it.
+    Graceful { grace: i64 },
+    /// Marked; the server deletes everything in it, then it (a Namespace).
+    Contents,
+}
+
+/// Claims what an object needs (e.g. a Service's ClusterIP and NodePorts) as store keys, in
+/// the same transaction as the object's write.
+#[derive(Debug, Clone, Copy)]
+pub struct Allocator {
+    /// Fills in what `obj` lacks (keeping what `old` held on update) and returns the ops that
+    /// claim new keys and release dropped ones; field errors are the request's 422.
+    pub assign: AssignFn,
+    /// The ops that release everything a deleted object held.
+    pub release: fn(&Value) -> Vec<Op>,
+    /// Whether a store key is one of this allocator's (a conflict on it is a lost race for
+    /// an address, worth a retry).
+    pub owns_key: fn(&str) -> bool,
+}
+
+/// See [`Allocator::assign`]: (ranges, store, object, old object, the object's key).
+pub type AssignFn = for<'a> fn(
+    &'a Ranges,
+    &'a dyn Store,
+    &'a mut Value,
+    Option<&'a Value>,
+    &'a str,
+) -> BoxFuture<'a, ApiResult<Result<Vec<Op>, Vec<FieldError>>>>;
 
 impl Resource {
     pub fn api_version(&self) -> String {
@@ -79,165 +171,6 @@ impl Resource {
         f
     }
 }
-
-const NONE: &[&str] = &[];
-const ALL: &[&str] = &["all"];
-
-const fn res(
-    group: &'static str,
-    version: &'static str,
-    kind: &'static str,
-    plural: &'static str,
-    singular: &'static str,
-    namespaced: bool,
-) -> Resource {
-    Resource {
-        group,
-        version,
-        kind,
-        plural,
-        singular,
-        namespaced,
-        short_names: NONE,
-        categories: NONE,
-        sub: Subresources {
-            status: false,
-            scale: false,
-            pod: false,
-        },
-        fields: NONE,
-        has_spec: true,
-    }
-}
-
-pub static RESOURCES: &[Resource] = &[
-    Resource {
-        short_names: &["ns"],
-        sub: Subresources {
-            status: true,
-            scale: false,
-            pod: false,
-        },
-        fields: &["status.phase"],
-        ..res("", "v1", "Namespace", "namespaces", "namespace", false)
-    },
-    Resource {
-        short_names: &["po"],
-        categories: ALL,
-        sub: Subresources {
-            status: true,
-            scale: false,
-            pod: true,
-        },
-        fields: &[
-            "spec.nodeName",
-            "spec.restartPolicy",
-            "spec.schedulerName",
-            "spec.serviceAccountName",
-            "status.phase",
-            "status.podIP",
-            "status.nominatedNodeName",
-        ],
-        ..res("", "v1", "Pod", "pods", "pod", true)
-    },
-    Resource {
-        short_names: &["svc"],
-        categories: ALL,
-        sub: Subresources {
-            status: true,
-            scale: false,
-            pod: false,
-        },
-        fields: &["spec.clusterIP", "spec.type"],
-        ..res("", "v1", "Service", "services", "service", true)
-    },
-    Resource {
-        short_names: &["ep"],
-        has_spec: false,
-        ..res("", "v1", "Endpoints", "endpoints", "endpoints", true)
-    },
-    Resource {
-        short_names: &["no"],
-        sub: Subresources {
-            status: true,
-            scale: false,
-            pod: false,
-        },
-        fields: &["spec.unschedulable"],
-        ..res("", "v1", "Node", "nodes", "node", false)
-    },
-    Resource {
-        short_names: &["ev"],
-        has_spec: false,
-        fields: &[
-            "involvedObject.kind",
-            "involvedObject.namespace",
-            "involvedObject.name",
-            "involvedObject.uid",
-            "involvedObject.apiVersion",
-            "involvedObject.resourceVersion",
-            "involvedObject.fieldPath",
-            "reason",
-            "reportingComponent",
-            "source",
-            "type",
-        ],
-        ..res("", "v1", "Event", "events", "event", true)
-    },
-    Resource {
-        has_spec: false,
-        ..res(
-            "discovery.k8s.io",
-            "v1",
-            "EndpointSlice",
-            "endpointslices",
-            "endpointslice",
-            true,
-        )
-    },
-    res(
-        "coordination.k8s.io",
-        "v1",
-        "Lease",
-        "leases",
-        "lease",
-        true,
-    ),
-    Resource {
-        short_names: &["deploy"],
-        categories: ALL,
-        sub: Subresources {
-            status: true,
-            scale: true,
-            pod: false,
-        },
-        ..res(
-            "apps",
-            "v1",
-            "Deployment",
-            "deployments",
-            "deployment",
-            true,
-        )
-    },
-    Resource {
-        short_names: &["rs"],
-        categories: ALL,
-        sub: Subresources {
-            status: true,
-            scale: true,
-            pod: false,
-        },
-        ..res(
-            "apps",
-            "v1",
-            "ReplicaSet",
-            "replicasets",
-            "replicaset",
-            true,
-        )
-    },
-];
 
 /// The resource served at `group`/`version` under `plural`.
 pub fn lookup(group: &str, version: &str, plural: &str) -> Option<&'static Resource> {

@@ -9,9 +9,9 @@ use axum::response::{IntoResponse, Response};
 use kproxy_store::{EventKind, StoreError};
 use serde_json::{Value, json};
 
-use crate::handler::{Api, Req, Target};
+use super::select::{matches, selectors};
+use crate::context::{Api, Req, Target};
 use crate::object::{from_kv, set_rv};
-use crate::rest::{matches, selectors};
 use crate::status::{ApiError, ApiResult};
 
 /// How often a watch that asked for bookmarks gets one (Kubernetes: about a minute; shorter

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use kproxy_store::KeyValue;
 use serde_json::Value;
 
-use crate::handler::Api;
+use super::{DeleteOptions, delete};
+use crate::context::Api;
 use crate::object::{self, from_kv};
 use crate::registry::{RESOURCES, Resource};
-use crate::rest::{DeleteOptions, delete};
 use crate::status::{ApiError, ApiResult};
 
 /// Objects (same namespace) that name `uid` among their owners.
@@ -58,7 +58,7 @@ pub fn spawn_delete_dependents(api: &Api, ns: Option<String>, uid: String) {
     let Some(api) = api.me.upgrade() else { return };
     tokio::spawn(async move {
         if let Err(e) = delete_dependents(&api, ns.as_deref(), &uid).await {
-            tracing::warn!(uid, "deleting dependents: {}", e.message);
+            tracing::warn!(uid, error = e.message, "deleting dependents");
         }
     });
 }
@@ -67,7 +67,7 @@ pub fn spawn_delete_dependents(api: &Api, ns: Option<String>, uid: String) {
 /// more, as Kubernetes' garbage collector does with dependents whose owners are gone. This
 /// closes the race of a controller acting on a stale cache, which creates a child of an
 /// owner deleted a moment before: either the dependents sweep that follows the owner's
-/// deletion (`rest::delete`, Background and Foreground) finds the child (it was stored
+/// deletion (`delete`, Background and Foreground) finds the child (it was stored
 /// first), or this check finds the owner gone.
 pub fn spawn_collect_if_orphaned(api: &Api, res: &'static Resource, key: &str, obj: &Value) {
     let Some(refs) = obj["metadata"]["ownerReferences"].as_array() else {
@@ -105,10 +105,10 @@ pub fn spawn_collect_if_orphaned(api: &Api, res: &'static Resource, key: &str, o
                 if let Err(e) = delete(&api, res, &key, &opts, None).await
                     && e.code != axum::http::StatusCode::NOT_FOUND
                 {
-                    tracing::warn!(key, "collecting an orphan: {}", e.message);
+                    tracing::warn!(key, error = e.message, "collecting an orphan");
                 }
             }
-            Err(e) => tracing::warn!(key, "checking owners: {}", e.message),
+            Err(e) => tracing::warn!(key, error = e.message, "checking owners"),
         }
     });
 }
@@ -174,7 +174,7 @@ pub fn spawn_namespace_cleanup(api: &Api, ns: String) {
     let Some(api) = api.me.upgrade() else { return };
     tokio::spawn(async move {
         if let Err(e) = namespace_cleanup(&api, &ns).await {
-            tracing::warn!(namespace = ns, "namespace cleanup: {}", e.message);
+            tracing::warn!(namespace = ns, error = e.message, "namespace cleanup");
         }
     });
 }

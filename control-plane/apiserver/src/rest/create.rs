@@ -1,0 +1,149 @@
+//! create: a new object from a request body (or an apply's configuration), named, defaulted,
+//! validated and given its kind's initial status and allocations.
+
+use axum::http::StatusCode;
+use kproxy_store::{Op, StoreError};
+use serde_json::{Value, json};
+
+use super::delete::spawn_collect_if_orphaned;
+use super::{RETRIES, allocate, check_type, invalid, is_alloc_conflict, strict_fields};
+use crate::context::{Api, Req, Target};
+use crate::managed;
+use crate::object::{self, from_kv, meta_mut, set_rv, str_at, to_stored};
+use crate::status::{ApiError, ApiResult};
+
+async fn check_namespace(api: &Api, ns: &str) -> ApiResult<()> {
+    let key = crate::registry::by_kind("Namespace")
+        .expect("registered")
+        .key(None, ns);
+    match api.store.get(&key).await? {
+        None => Err(ApiError::not_found("namespaces", ns)),
+        Some(kv) if object::is_deleting(&from_kv(&kv)?) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            format!(
+                "unable to create new content in namespace {ns} because it is being terminated"
+            ),
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+/// POST: creates the object in the body.
+pub async fn create(api: &Api, req: &Req, t: &Target) -> ApiResult<Value> {
+    let obj = object::parse_body(req.content_type(), &req.body)?;
+    let w = managed::Writer::update(req, t.res, None)?;
+    create_object(api, req, t, obj, &w).await
+}
+
+pub async fn create_object(
+    api: &Api,
+    req: &Req,
+    t: &Target,
+    mut obj: Value,
+    w: &managed::Writer,
+) -> ApiResult<Value> {
+    check_type(t.res, &mut obj)?;
+    strict_fields(req, t.res, &obj)?;
+    kproxy_api::strict::prune_unknown(t.res.kind, &mut obj);
+    if t.res.namespaced {
+        let ns = t.ns.as_deref().unwrap_or("default");
+        match object::namespace(&obj) {
+            Some(o) if o != ns => {
+                return Err(ApiError::bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                ));
+            }
+            _ => {
+                meta_mut(&mut obj).insert("namespace".into(), json!(ns));
+            }
+        }
+    } else {
+        meta_mut(&mut obj).remove("namespace");
+    }
+    if str_at(&obj, &["metadata", "resourceVersion"]).is_some_and(|s| !s.is_empty()) {
+        return Err(ApiError::bad_request(
+            "resourceVersion should not be set on objects to be created",
+        ));
+    }
+    let generate = str_at(&obj, &["metadata", "generateName"]).map(String::from);
+    if object::name(&obj).is_none() && generate.is_none() {
+        let errs = vec![kproxy_api::validate::FieldError {
+            field: "metadata.name".into(),
+            error_type: kproxy_api::validate::ErrorType::Required,
+            value: None,
+            detail: "name or generateName is required".into(),
+        }];
+        return Err(ApiError::invalid(t.res.kind, t.res.group, "", &errs));
+    }
+    if let Some(ns) = t.ns.as_deref().filter(|_| t.res.namespaced) {
+        check_namespace(api, ns).await?;
+    }
+    let named = object::name(&obj).is_some();
+    for _ in 0..RETRIES {
+        let mut o = obj.clone();
+        if !named {
+            let g = generate.as_deref().unwrap_or_default();
+            meta_mut(&mut o).insert(
+                "name".into(),
+                json!(format!("{g}{}", object::random_suffix(5))),
+            );
+        }
+        let name = object::name(&o).unwrap_or_default().to_string();
+        {
+            let m = meta_mut(&mut o);
+            m.insert("uid".into(), json!(object::new_uid()));
+            m.insert("creationTimestamp".into(), json!(object::now_rfc3339()));
+            for k in [
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "resourceVersion",
+                "selfLink",
+            ] {
+                m.remove(k);
+            }
+            if t.res.has_spec {
+                m.insert("generation".into(), json!(1));
+            } else {
+                m.remove("generation");
+            }
+        }
+        if let Some(status) = t.res.hooks.initial_status {
+            o["status"] = status(&o);
+        }
+        kproxy_api::defaults::apply_defaults(t.res.kind, &mut o);
+        kproxy_api::validate::validate(t.res.kind, &o, None)
+            .map_err(|e| invalid(t.res, &name, e))?;
+        managed::on_create(t.res, w, &mut o);
+        let key = t.res.key(t.ns.as_deref(), &name);
+        let mut ops = allocate(api, t.res, &name, &mut o, None, &key).await?;
+        if req.dry_run() {
+            return Ok(o);
+        }
+        ops.insert(
+            0,
+            Op::Create {
+                key: key.clone(),
+                value: to_stored(&o),
+            },
+        );
+        match api.store.txn(ops).await {
+            Ok(kvs) => {
+                set_rv(&mut o, kvs[0].mod_revision);
+                spawn_collect_if_orphaned(api, t.res, &key, &o);
+                return Ok(o);
+            }
+            Err(StoreError::AlreadyExists(k)) if k == key && !named => {}
+            Err(StoreError::AlreadyExists(k)) if k == key => {
+                return Err(ApiError::already_exists(&t.res.group_resource(), &name));
+            }
+            Err(e) if is_alloc_conflict(t.res, &e) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::new(
+        StatusCode::CONFLICT,
+        "AlreadyExists",
+        "could not find a free name or address after several attempts; try again",
+    ))
+}

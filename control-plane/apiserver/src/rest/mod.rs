@@ -1,0 +1,170 @@
+//! The verbs: get, list, watch, create, update, patch, delete (and the status, scale and
+//! binding subresources), identical for every resource in the registry; per-kind rules come
+//! from the resource's hooks (`registry::Hooks`).
+
+mod apply;
+mod binding;
+mod create;
+mod delete;
+mod list;
+mod patch;
+mod scale;
+mod select;
+mod update;
+mod watch;
+
+use axum::http::StatusCode;
+use axum::response::Response;
+use kproxy_api::validate::Invalid;
+use kproxy_store::{Op, StoreError};
+use serde_json::{Value, json};
+
+use crate::context::{Api, Req, Target, json as json_resp, raw_json};
+use crate::object::{self, from_kv, meta_mut};
+use crate::registry::Resource;
+use crate::status::{ApiError, ApiResult};
+
+/// Attempts for writes that lose a race they can safely retry (no explicit resourceVersion,
+/// or a randomly picked address taken meanwhile).
+const RETRIES: usize = 8;
+
+/// Serves `verb` on `t`; `bound_to` is the node a node's pod write must stay on.
+pub async fn serve(
+    api: &Api,
+    req: &Req,
+    t: &Target,
+    verb: &str,
+    bound_to: Option<String>,
+) -> ApiResult<Response> {
+    if t.res.namespaced && t.ns.is_none() && !matches!(verb, "list" | "watch") {
+        return Err(ApiError::no_route());
+    }
+    let ok = |v: &Value| json_resp(StatusCode::OK, v);
+    match (verb, t.sub.as_deref()) {
+        ("list", None) => list::serve(api, req, t).await,
+        ("watch", None) => watch::serve(api, req, t).await,
+        ("get", None | Some("status")) if !req.wants_table() => {
+            // The hot path: stored bytes with the resourceVersion spliced in, no parse.
+            Ok(raw_json(object::with_rv(&get_kv(api, t).await?)?))
+        }
+        ("get", None | Some("status")) => {
+            let obj = get(api, t).await?;
+            let rev = object::field_value(&obj, "metadata.resourceVersion")
+                .parse()
+                .ok();
+            Ok(ok(&crate::table::table(
+                t.res,
+                &[obj],
+                rev,
+                req.q("includeObject"),
+            )))
+        }
+        ("get", Some("scale")) => Ok(ok(&scale::scale_of(&get(api, t).await?))),
+        ("create", None) => {
+            let obj = create::create(api, req, t).await?;
+            Ok(json_resp(StatusCode::CREATED, &obj))
+        }
+        ("create", Some("binding")) => binding::bind(api, req, t).await,
+        ("update" | "patch", sub) => patch::serve(api, req, t, verb, sub, bound_to).await,
+        ("delete", None) => delete::serve(api, req, t, bound_to.as_deref()).await,
+        ("deletecollection", None) => delete::serve_collection(api, req, t).await,
+        _ => Err(ApiError::method_not_allowed()),
+    }
+}
+
+async fn get_kv(api: &Api, t: &Target) -> ApiResult<kproxy_store::KeyValue> {
+    let name = t.name.as_deref().unwrap_or_default();
+    api.store
+        .get(&t.res.key(t.ns.as_deref(), name))
+        .await?
+        .ok_or_else(|| ApiError::not_found(&t.res.group_resource(), name))
+}
+
+async fn get(api: &Api, t: &Target) -> ApiResult<Value> {
+    from_kv(&get_kv(api, t).await?)
+}
+
+/// Checks (or fills in) apiVersion and kind of a request body.
+fn check_type(res: &Resource, obj: &mut Value) -> ApiResult<()> {
+    let want_av = res.api_version();
+    match obj["apiVersion"].as_str() {
+        None | Some("") => obj["apiVersion"] = json!(want_av),
+        Some(av) if av == want_av => {}
+        Some(av) => {
+            return Err(ApiError::bad_request(format!(
+                "the API version in the data ({av}) does not match the expected API version ({want_av})"
+            )));
+        }
+    }
+    match obj["kind"].as_str() {
+        None | Some("") => obj["kind"] = json!(res.kind),
+        Some(k) if k == res.kind => {}
+        Some(k) => {
+            return Err(ApiError::bad_request(format!(
+                "the kind in the data ({k}) does not match the expected kind ({})",
+                res.kind
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// fieldValidation=Strict (kubectl's default): fields the schema lacks are an error instead of
+/// being dropped. (Unset or Warn/Ignore: dropped, as Kubernetes does with Ignore.)
+fn strict_fields(req: &Req, res: &Resource, obj: &Value) -> ApiResult<()> {
+    if req.q("fieldValidation") != Some("Strict") {
+        return Ok(());
+    }
+    let unknown = kproxy_api::strict::unknown_fields(res.kind, obj);
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = unknown
+        .iter()
+        .map(|f| format!("unknown field \"{f}\""))
+        .collect();
+    Err(ApiError::bad_request(format!(
+        "strict decoding error: {}",
+        list.join(", ")
+    )))
+}
+
+fn invalid(res: &Resource, name: &str, e: Invalid) -> ApiError {
+    match e {
+        Invalid::Decode(msg) => {
+            ApiError::bad_request(format!("error decoding {}: {msg}", res.kind))
+        }
+        Invalid::Fields(errs) => ApiError::invalid(res.kind, res.group, name, &errs),
+    }
+}
+
+fn without_rv(v: &Value) -> Value {
+    let mut v = v.clone();
+    meta_mut(&mut v).remove("resourceVersion");
+    v
+}
+
+/// The kind's allocations for `obj` (see `registry::Allocator`): the store ops that claim
+/// and release them. Their field errors are the request's 422.
+async fn allocate(
+    api: &Api,
+    res: &Resource,
+    name: &str,
+    obj: &mut Value,
+    old: Option<&Value>,
+    key: &str,
+) -> ApiResult<Vec<Op>> {
+    let Some(alloc) = res.hooks.allocator else {
+        return Ok(Vec::new());
+    };
+    (alloc.assign)(&api.ranges, api.store.as_ref(), obj, old, key)
+        .await?
+        .map_err(|errs| ApiError::invalid(res.kind, res.group, name, &errs))
+}
+
+/// A write that lost the race for one of the kind's allocations (an address another write
+/// claimed meanwhile): worth a retry with another.
+fn is_alloc_conflict(res: &Resource, e: &StoreError) -> bool {
+    matches!(e, StoreError::AlreadyExists(k)
+        if res.hooks.allocator.is_some_and(|a| (a.owns_key)(k)))
+}
