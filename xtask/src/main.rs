@@ -2,11 +2,6 @@
 //! contract; both call `setup` first so a fresh Debian/Ubuntu machine needs nothing else.
 
 mod bench;
-mod bench_api;
-mod bench_cluster;
-mod bench_controllers;
-mod bench_kubelet;
-mod bench_proxy;
 mod images;
 mod run;
 mod setup;

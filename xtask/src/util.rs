@@ -91,7 +91,8 @@ pub fn http_get(
     let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)
         .with_context(|| format!("connect to {addr}"))?;
     s.set_read_timeout(Some(timeout))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    // One write: `write!` on the stream would send the request in pieces.
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())?;
     let mut text = String::new();
     s.read_to_string(&mut text)
         .with_context(|| format!("read the answer of {addr}{path}"))?;
@@ -113,12 +114,27 @@ pub fn cpus() -> usize {
 }
 
 /// The `p` quantile (0..=1) of ascending `sorted` by the nearest rank; NaN if empty.
+#[expect(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "a rank between 0 and len - 1"
+)]
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
+}
+
+/// The median of `v` (sorted in place); 0 if empty.
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        0.0
+    } else {
+        percentile(v, 0.5)
+    }
 }
 
 #[cfg(test)]
@@ -144,8 +160,14 @@ mod tests {
                 b"SSH-2.0\r\n\r\n",
             ] {
                 let (mut c, _) = listener.accept().unwrap();
+                // The whole request, so closing leaves nothing unread (which would reset).
+                let mut got = Vec::new();
                 let mut buf = [0u8; 512];
-                let _ = c.read(&mut buf);
+                while !got.ends_with(b"\r\n\r\n") {
+                    let n = c.read(&mut buf).unwrap();
+                    assert!(n > 0, "the request ended early");
+                    got.extend_from_slice(&buf[..n]);
+                }
                 c.write_all(answer).unwrap();
             }
         });

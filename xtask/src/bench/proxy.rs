@@ -39,7 +39,11 @@ use kproxy_tests::{
 };
 use serde_json::Value;
 
-use crate::bench_api::rss_kib;
+use super::{
+    chart::{Axis, Chart},
+    log_field,
+    procfs::status_kib,
+};
 use crate::util::{percentile, step};
 
 /// The endpoint addresses `kpt-proxyload` uses (routed to the backend namespace).
@@ -140,6 +144,11 @@ impl Histogram {
     }
 
     /// The upper bound of the bucket holding quantile `q` (the histogram cannot say more).
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "a count between 0 and self.count"
+    )]
     fn quantile_bound(&self, q: f64) -> f64 {
         let want = (q * self.count as f64).ceil() as u64;
         self.buckets
@@ -171,12 +180,6 @@ fn fmt_bound(ms: f64) -> String {
     } else {
         format!("{ms:.0}")
     }
-}
-
-/// The value of `key=` in a tracing log line.
-fn log_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
 }
 
 /// Waits until a log line of `d` contains `needle`, polling every millisecond; returns the
@@ -213,8 +216,8 @@ struct Memory {
 impl Memory {
     fn of(pid: u32) -> Self {
         Self {
-            rss_kib: rss_kib(pid, "VmRSS:"),
-            hwm_kib: rss_kib(pid, "VmHWM:"),
+            rss_kib: status_kib(pid, "VmRSS:").unwrap_or(0),
+            hwm_kib: status_kib(pid, "VmHWM:").unwrap_or(0),
         }
     }
 
@@ -231,15 +234,58 @@ impl Memory {
     }
 }
 
-#[expect(
-    clippy::too_many_lines,
-    reason = "one linear script: set up, load, start, churn, report"
-)]
+/// What one run measured, for the report.
+struct Figures {
+    /// `kpt-proxyload load`'s figures (seconds, objects_per_s).
+    loaded: Value,
+    api_rss: Memory,
+    to_ready: Duration,
+    to_sync: Duration,
+    /// `took=`, `map_ops=` and `services=` of kproxy's `initial sync done` line.
+    pass_took: String,
+    map_ops: String,
+    synced_services: String,
+    probed_ok: u64,
+    probed_n: u64,
+    mem_sync: Memory,
+    mem_churn: Memory,
+    /// The latencies of the changes seen, ascending (ms).
+    lat: Vec<f64>,
+    /// Changes never seen.
+    failed: usize,
+    /// The API writes' round trips, ascending (ms).
+    write: Vec<f64>,
+    programming: Histogram,
+    sync_hist: Histogram,
+    /// kproxy's CPU per change: utime + stime, and the threads' schedstat (ms).
+    cpu_ticks_ms: f64,
+    cpu_sched_ms: f64,
+}
+
 pub fn run(b: &ProxyBench, target: &Path, out_dir: &Path) -> Result<()> {
     if b.services == 0 || b.services > 100_000 || b.changes == 0 {
         bail!("bench proxy: --services takes 1..=100000 and --proxy-changes at least 1");
     }
     let started = Instant::now();
+    let (f, churned) = measure(b, target)?;
+    let md = markdown(b, &f, started.elapsed());
+    std::fs::write(out_dir.join("proxy.md"), &md)?;
+    std::fs::write(out_dir.join("proxy.json"), churned.to_string())?;
+    std::fs::write(
+        out_dir.join("proxy.svg"),
+        cdf_svg(&f.lat, f.failed, b.changes),
+    )?;
+    println!("\n{md}");
+    println!(
+        "bench: wrote {}, proxy.svg and proxy.json (raw latencies)",
+        out_dir.join("proxy.md").display()
+    );
+    Ok(())
+}
+
+/// The lab, the API server loaded with the Services, kproxy started and timed, probed and
+/// churned; returns the figures and `kpt-proxyload churn`'s raw output.
+fn measure(b: &ProxyBench, target: &Path) -> Result<(Figures, Value)> {
     let rel = target.join("release");
     let load_bin = rel.join("kpt-proxyload");
     let kproxy_bin = rel.join("kproxy");
@@ -382,6 +428,60 @@ pub fn run(b: &ProxyBench, target: &Path, out_dir: &Path) -> Result<()> {
         .filter_map(Value::as_f64)
         .collect();
     write.sort_by(f64::total_cmp);
+    let n = b.changes as f64;
+    let cpu_ticks_ms = (cpu1.0.saturating_sub(cpu0.0)).as_secs_f64() * 1000.0 / n;
+    let cpu_sched_ms = (cpu1.1.saturating_sub(cpu0.1)).as_secs_f64() * 1000.0 / n;
+    // kproxy first (its pinned links go with the bpffs directory), then the rest.
+    drop(kp);
+    drop(bpffs);
+    let figures = Figures {
+        loaded,
+        api_rss,
+        to_ready,
+        to_sync,
+        pass_took,
+        map_ops,
+        synced_services,
+        probed_ok,
+        probed_n,
+        mem_sync,
+        mem_churn,
+        lat,
+        failed,
+        write,
+        programming,
+        sync_hist,
+        cpu_ticks_ms,
+        cpu_sched_ms,
+    };
+    Ok((figures, churned))
+}
+
+/// `proxy.md`: the figures, then the targets.
+fn markdown(b: &ProxyBench, f: &Figures, elapsed: Duration) -> String {
+    let Figures {
+        loaded,
+        api_rss,
+        to_ready,
+        to_sync,
+        pass_took,
+        map_ops,
+        synced_services,
+        probed_ok,
+        probed_n,
+        mem_sync,
+        mem_churn,
+        lat,
+        failed,
+        write,
+        programming,
+        sync_hist,
+        cpu_ticks_ms,
+        cpu_sched_ms,
+    } = f;
+    let (to_ready, to_sync, failed) = (*to_ready, *to_sync, *failed);
+    let (probed_ok, probed_n) = (*probed_ok, *probed_n);
+    let (cpu_ticks_ms, cpu_sched_ms) = (*cpu_ticks_ms, *cpu_sched_ms);
     // A change never seen counts as slower than every one seen.
     let mut lat_all = lat.clone();
     lat_all.extend(std::iter::repeat_n(f64::INFINITY, failed));
@@ -390,14 +490,11 @@ pub fn run(b: &ProxyBench, target: &Path, out_dir: &Path) -> Result<()> {
         percentile(&lat_all, 0.99),
         lat_all.last().copied().unwrap_or(f64::NAN),
     );
-    let n = b.changes as f64;
-    let cpu_ticks_ms = (cpu1.0.saturating_sub(cpu0.0)).as_secs_f64() * 1000.0 / n;
-    let cpu_sched_ms = (cpu1.1.saturating_sub(cpu0.1)).as_secs_f64() * 1000.0 / n;
     let rss_max = mem_sync.rss_mb().max(mem_churn.rss_mb());
 
     let mut md = String::new();
-    writeln!(md, "# kproxy node benchmark\n")?;
-    writeln!(
+    let _ = writeln!(md, "# kproxy node benchmark\n");
+    let _ = writeln!(
         md,
         "`kproxy node` (release build) against a real API server (redb) on this machine ({} \
          CPUs), no controller manager: kpt-proxyload writes the Services and EndpointSlices \
@@ -405,10 +502,10 @@ pub fn run(b: &ProxyBench, target: &Path, out_dir: &Path) -> Result<()> {
          Probe connections come from a process in kproxy's socket-LB cgroup; every endpoint \
          is a real listener that answers with the address it was reached on. Took {:.0} s.\n",
         crate::util::cpus(),
-        started.elapsed().as_secs_f64()
-    )?;
-    writeln!(md, "| measure | figure |\n|---|---:|")?;
-    writeln!(
+        elapsed.as_secs_f64()
+    );
+    let _ = writeln!(md, "| measure | figure |\n|---|---:|");
+    let _ = writeln!(
         md,
         "| {} Services + {} slices created before kproxy starts | {:.1} s ({:.0} objects/s); API server {} |",
         b.services,
@@ -416,58 +513,58 @@ pub fn run(b: &ProxyBench, target: &Path, out_dir: &Path) -> Result<()> {
         loaded["seconds"].as_f64().unwrap_or(f64::NAN),
         loaded["objects_per_s"].as_f64().unwrap_or(f64::NAN),
         api_rss.describe()
-    )?;
-    writeln!(
+    );
+    let _ = writeln!(
         md,
         "| kproxy start → datapath loaded, watching (`kproxy ready`) | {:.0} ms |",
         to_ready.as_secs_f64() * 1000.0
-    )?;
-    writeln!(
+    );
+    let _ = writeln!(
         md,
         "| kproxy start → `initial sync done` ({synced_services} Services, {map_ops} map ops; the full pass itself took {pass_took}) | {:.0} ms |",
         to_sync.as_secs_f64() * 1000.0
-    )?;
-    writeln!(
+    );
+    let _ = writeln!(
         md,
         "| ClusterIPs probed after the sync that reached one of their endpoints | {probed_ok}/{probed_n} |"
-    )?;
-    writeln!(
+    );
+    let _ = writeln!(
         md,
         "| endpoint change: API write → connection reaches the new address (n={}, failed {failed}) | p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms |",
         b.changes
-    )?;
-    writeln!(
+    );
+    let _ = writeln!(
         md,
         "| … of which the API write (PATCH round trip) | p50 {:.2} ms, p99 {:.2} ms |",
-        percentile(&write, 0.5),
-        percentile(&write, 0.99)
-    )?;
-    writeln!(
+        percentile(write, 0.5),
+        percentile(write, 0.99)
+    );
+    let _ = writeln!(
         md,
         "| kproxy's kubeproxy_network_programming_duration_seconds | {} |",
         programming.describe_ms()
-    )?;
-    writeln!(
+    );
+    let _ = writeln!(
         md,
         "| kproxy's kubeproxy_sync_proxy_rules_duration_seconds (per Service synced) | {} |",
         sync_hist.describe_ms()
-    )?;
-    writeln!(
+    );
+    let _ = writeln!(
         md,
         "| kproxy memory after the initial sync | {} |",
         mem_sync.describe()
-    )?;
-    writeln!(
+    );
+    let _ = writeln!(
         md,
         "| kproxy memory after the churn | {} |",
         mem_churn.describe()
-    )?;
-    writeln!(
+    );
+    let _ = writeln!(
         md,
         "| kproxy CPU per endpoint change (utime+stime over {} changes; threads' schedstat) | {cpu_ticks_ms:.3} ms ({cpu_sched_ms:.3} ms) |\n",
         b.changes
-    )?;
-    writeln!(md, "| target | measured | met |\n|---|---:|---|")?;
+    );
+    let _ = writeln!(md, "| target | measured | met |\n|---|---:|---|");
     let at_scale = b.services >= 10_000;
     let scale_note = if at_scale {
         String::new()
@@ -482,7 +579,7 @@ pub fn run(b: &ProxyBench, target: &Path, out_dir: &Path) -> Result<()> {
         };
         writeln!(md, "| {name} | {v}{scale_note} | {verdict} |")
     };
-    row(
+    let _ = row(
         &mut md,
         "initial sync of 10,000 Services ≤ 1 s from kproxy start",
         format!(
@@ -490,111 +587,112 @@ pub fn run(b: &ProxyBench, target: &Path, out_dir: &Path) -> Result<()> {
             to_sync.as_secs_f64() * 1000.0
         ),
         to_sync <= Duration::from_secs(1) && probed_ok == probed_n && probed_n > 0,
-    )?;
-    row(
+    );
+    let _ = row(
         &mut md,
         "one endpoint change in the datapath p99 ≤ 10 ms after the API write",
         format!("p99 {p99:.2} ms"),
         p99 <= 10.0,
-    )?;
-    row(
+    );
+    let _ = row(
         &mut md,
         "kproxy RSS ≤ 40 MB at 10,000 Services",
         format!("{rss_max:.1} MB"),
         rss_max <= 40.0,
-    )?;
+    );
     // utime+stime comes in clock ticks and lags (the kernel scales sampled ticks to the
     // runtime lazily); the threads' schedstat is exact. The larger one is judged.
     let cpu_ms = cpu_ticks_ms.max(cpu_sched_ms);
-    row(
+    let _ = row(
         &mut md,
         "CPU time per endpoint change ≤ 1 ms",
         format!("{cpu_ms:.3} ms"),
         cpu_ms <= 1.0,
-    )?;
-    std::fs::write(out_dir.join("proxy.md"), &md)?;
-    std::fs::write(out_dir.join("proxy.json"), churned.to_string())?;
-    std::fs::write(out_dir.join("proxy.svg"), cdf_svg(&lat, failed, b.changes))?;
-    println!("\n{md}");
-    println!(
-        "bench: wrote {}, proxy.svg and proxy.json (raw latencies)",
-        out_dir.join("proxy.md").display()
     );
-    // kproxy first (its pinned links go with the bpffs directory), then the rest.
-    drop(kp);
-    drop(bpffs);
-    Ok(())
+    md
 }
 
 /// The CDF of the endpoint-change latencies, with the 10 ms target.
 fn cdf_svg(sorted_ms: &[f64], failed: usize, total: usize) -> String {
-    let (w, h, left, bottom, top) = (620.0, 320.0, 50.0, 270.0, 30.0);
-    let right = w - 20.0;
     // The x axis spans the slowest change, at least past the target, at most 1 s.
     let xmax = sorted_ms
         .last()
         .copied()
         .unwrap_or(10.0)
         .clamp(12.0, 1000.0);
-    let x = |ms: f64| left + ms.min(xmax) / xmax * (right - left);
-    let y = |f: f64| bottom - f * (bottom - top);
-    let mut s = format!(
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = write!(
-        s,
-        r#"<text x="10" y="18" font-size="14">kproxy node: API write → new backend reached, CDF of {total} changes ({failed} never seen)</text>"#
-    );
-    let _ = write!(
-        s,
-        r#"<line x1="{left}" x2="{right}" y1="{bottom}" y2="{bottom}" stroke="black"/><line x1="{left}" x2="{left}" y1="{top}" y2="{bottom}" stroke="black"/>"#
-    );
-    for i in 0..=4 {
-        let f = f64::from(i) / 4.0;
-        let _ = write!(
-            s,
-            r#"<text x="{}" y="{}" text-anchor="end">{:.0}%</text>"#,
-            left - 4.0,
-            y(f) + 4.0,
-            f * 100.0
-        );
-        let ms = xmax * f;
-        let _ = write!(
-            s,
-            r#"<text x="{}" y="{}" text-anchor="middle">{ms:.1} ms</text>"#,
-            x(ms),
-            bottom + 16.0
-        );
-    }
-    let mut points = String::new();
     let n = total.max(1) as f64;
-    for (i, ms) in sorted_ms.iter().enumerate() {
-        let _ = write!(points, "{:.1},{:.1} ", x(*ms), y(i as f64 / n));
-        let _ = write!(points, "{:.1},{:.1} ", x(*ms), y((i + 1) as f64 / n));
-    }
-    let _ = write!(
-        s,
-        r##"<polyline points="{points}" fill="none" stroke="#2b6cb0" stroke-width="2"/>"##
-    );
-    let tx = x(10.0);
-    let _ = write!(
-        s,
-        r#"<line x1="{tx}" x2="{tx}" y1="{top}" y2="{bottom}" stroke="red" stroke-dasharray="4"/><text x="{}" y="{}" fill="red">target p99 10 ms</text>"#,
-        tx + 4.0,
-        top + 12.0
-    );
-    let py = y(0.99);
-    let _ = write!(
-        s,
-        r#"<line x1="{left}" x2="{right}" y1="{py}" y2="{py}" stroke="gray" stroke-dasharray="2"/>"#
-    );
-    s.push_str("</svg>\n");
-    s
+    // A step per change: the share seen rises at its latency.
+    let points = sorted_ms
+        .iter()
+        .enumerate()
+        .flat_map(|(i, ms)| [(*ms, i as f64 / n), (*ms, (i + 1) as f64 / n)])
+        .collect();
+    Chart::lines(&format!(
+        "kproxy node: API write → new backend reached, CDF of {total} changes ({failed} never seen)"
+    ))
+    .size(820.0, 360.0)
+    .x_label("ms from the API write")
+    .y_label("changes seen")
+    .x_max(xmax)
+    .y_max(1.0)
+    .y_percent()
+    .line("endpoint changes", "#2b6cb0", points)
+    .rule(Axis::X, 10.0, "target p99 10 ms", "red")
+    .rule(Axis::Y, 0.99, "p99", "gray")
+    .render()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn report_judges_the_targets_at_scale_only() {
+        let h = || Histogram::parse("", "x");
+        let f = Figures {
+            loaded: serde_json::json!({"seconds": 2.5, "objects_per_s": 8000.0}),
+            api_rss: Memory {
+                rss_kib: 30_000,
+                hwm_kib: 40_000,
+            },
+            to_ready: Duration::from_millis(120),
+            to_sync: Duration::from_millis(640),
+            pass_took: "410ms".into(),
+            map_ops: "60002".into(),
+            synced_services: "1000".into(),
+            probed_ok: 20,
+            probed_n: 20,
+            mem_sync: Memory {
+                rss_kib: 20_000,
+                hwm_kib: 21_000,
+            },
+            mem_churn: Memory {
+                rss_kib: 21_000,
+                hwm_kib: 22_000,
+            },
+            lat: vec![1.0, 2.0, 3.0],
+            failed: 1,
+            write: vec![0.5, 0.6],
+            programming: h(),
+            sync_hist: h(),
+            cpu_ticks_ms: 0.2,
+            cpu_sched_ms: 0.3,
+        };
+        let b = ProxyBench {
+            services: 1000,
+            changes: 4,
+        };
+        let md = markdown(&b, &f, Duration::from_secs(9));
+        assert!(md.starts_with("# kproxy node benchmark\n"));
+        assert!(md.contains("Took 9 s."));
+        // The change never seen is the slowest: p99 is infinite, a miss.
+        assert!(
+            md.contains("| p99 inf ms (at 1000 Services, not 10,000) | **no** |"),
+            "{md}"
+        );
+        assert!(md.contains("| 0.300 ms (at 1000 Services, not 10,000) | yes at this scale |"));
+        assert!(md.contains("(n=4, failed 1) | p50 3.00 ms"));
+    }
 
     #[test]
     fn histogram_from_a_prometheus_page() {
@@ -615,13 +713,5 @@ kubeproxy_sync_proxy_rules_duration_seconds_count 99
         assert!((h.quantile_bound(0.5) - 0.002).abs() < 1e-9);
         assert!(h.quantile_bound(0.99).is_infinite());
         assert!(h.describe_ms().contains("mean 3.00 ms"));
-    }
-
-    #[test]
-    fn fields_of_a_log_line() {
-        let l = "2026-01-01T00:00:00.1Z  INFO kproxy::node: initial sync done services=10001 map_ops=60002 took=412.3ms";
-        assert_eq!(log_field(l, "services"), Some("10001"));
-        assert_eq!(log_field(l, "took"), Some("412.3ms"));
-        assert_eq!(log_field(l, "apply"), None);
     }
 }

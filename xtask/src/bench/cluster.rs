@@ -23,8 +23,11 @@ use k8s_openapi::api::{apps::v1::Deployment, core::v1::Service};
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::{Value, json};
 
+use super::{
+    chart::{Axis, Chart},
+    procfs::status_kib,
+};
 use crate::{
-    bench_api::rss_kib,
     run::{CONTROL_KUBECONFIG, LAB_NETNS, READY_LINE},
     util::{cargo, http_get, percentile, step, stop_requested},
 };
@@ -80,7 +83,7 @@ impl Running {
             }
         });
         let mut running = Self { child, ready };
-        // The tree is built (see `cluster` in bench.rs): this is startup alone.
+        // The tree is built (see `cluster` in bench/mod.rs): this is startup alone.
         if let Ok(line) = running.ready.recv_timeout(Duration::from_mins(2)) {
             Ok((running, started.elapsed(), line))
         } else {
@@ -95,8 +98,9 @@ impl Running {
     /// What Ctrl-C does (`run` treats SIGTERM the same; SIGINT may be ignored in a
     /// background job); waits until everything is stopped.
     fn stop(&mut self) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("a pid fits pid_t");
         // SAFETY: signalling our own child (cargo execs into xtask on Unix).
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        unsafe { libc::kill(pid, libc::SIGTERM) };
         let _ = self.child.wait();
     }
 }
@@ -183,7 +187,7 @@ fn component_rss(bin_dir: &Path) -> Vec<(&'static str, f64)> {
                 continue;
             };
             if std::fs::read_link(entry.path().join("exe")).is_ok_and(|p| p == exe) {
-                kib += rss_kib(pid, "VmRSS:");
+                kib += status_kib(pid, "VmRSS:").unwrap_or(0);
             }
         }
         out.push((name, kib as f64 / 1024.0));
@@ -573,69 +577,31 @@ fn kctl_bench(bin_dir: &Path, svc: &str, seconds: u64) -> Result<BenchFigures> {
     })
 }
 
-/// One bar per figure: measured ÷ target (the line at 1 is the target).
+/// One bar per figure: measured ÷ target (the line at 1 is the target), green where met.
 fn svg(rows: &[Row]) -> String {
-    let (w, left, top, bar_h, gap) = (760.0, 330.0, 40.0, 22.0, 12.0);
-    let h = top + rows.len() as f64 * (bar_h + gap) + 40.0;
-    let right = w - 30.0;
-    let xmax = rows
-        .iter()
-        .map(|r| r.fraction)
-        .filter(|f| f.is_finite())
-        .fold(1.5_f64, f64::max)
-        .min(10.0);
-    let x = |f: f64| left + f.min(xmax) / xmax * (right - left);
-    let mut s = format!(
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = write!(
-        s,
-        r#"<text x="10" y="20" font-size="14">kproxy cluster: measured ÷ target (left of the red line meets it)</text>"#
-    );
-    for (i, r) in rows.iter().enumerate() {
-        let y = top + i as f64 * (bar_h + gap);
-        let label: String = r.what.replace('`', "");
-        let label = if label.len() > 52 {
-            format!(
-                "{}…",
-                &label[..label.char_indices().nth(50).map_or(label.len(), |c| c.0)]
-            )
+    // A figure that could not be taken, or a far miss, shows at the cap.
+    let fraction = |r: &Row| {
+        if r.fraction.is_finite() {
+            r.fraction.min(10.0)
         } else {
-            label
-        };
-        let color = if r.met { "#2f855a" } else { "#c53030" };
-        let f = if r.fraction.is_finite() {
-            r.fraction
-        } else {
-            xmax
-        };
-        let _ = write!(
-            s,
-            r#"<text x="{}" y="{}" text-anchor="end">{}</text><rect x="{left}" y="{y}" width="{:.1}" height="{bar_h}" fill="{color}"/><text x="{:.1}" y="{}">{:.2}</text>"#,
-            left - 6.0,
-            y + 15.0,
-            xml_escape(&label),
-            (x(f) - left).max(1.0),
-            x(f) + 4.0,
-            y + 15.0,
-            f
-        );
-    }
-    let tx = x(1.0);
-    let _ = write!(
-        s,
-        r#"<line x1="{tx}" x2="{tx}" y1="{}" y2="{}" stroke="red" stroke-dasharray="4"/>"#,
-        top - 6.0,
-        h - 30.0
-    );
-    s.push_str("</svg>\n");
-    s
-}
-
-fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
+            10.0
+        }
+    };
+    let of = |met: bool| {
+        rows.iter()
+            .map(|r| (r.met == met).then(|| fraction(r)))
+            .collect()
+    };
+    Chart::bars(
+        "kproxy cluster: measured ÷ target (below the dashed line meets it)",
+        rows.iter().map(|r| r.what.replace('`', "")),
+    )
+    .size(900.0, 420.0)
+    .y_label("measured ÷ target")
+    .bar_series("meets the target", "#2f855a", of(true))
+    .bar_series("misses the target", "#c53030", of(false))
+    .rule(Axis::Y, 1.0, "target", "red")
+    .render()
 }
 
 #[cfg(test)]
@@ -653,6 +619,7 @@ mod tests {
         }];
         let s = svg(&rows);
         assert!(s.contains("a &lt;b&gt; &amp; c"));
-        assert!(s.contains("#c53030"));
+        assert!(s.contains(r##"fill="#c53030"><title>misses the target"##));
+        assert!(!s.contains(r##"fill="#2f855a"><title>"##));
     }
 }

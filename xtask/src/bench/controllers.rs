@@ -14,7 +14,10 @@ use kproxy_tests::Daemon;
 use kproxy_tests::apiserver::{ApiServer, TempDir};
 use serde_json::Value;
 
-use crate::bench_api::rss_kib;
+use super::{
+    chart::{Axis, Chart},
+    procfs::status_kib,
+};
 use crate::util::step;
 
 pub struct ControllersBench {
@@ -28,7 +31,7 @@ pub struct ControllersBench {
 fn load(bin: &Path, kubeconfig: &Path, ns: &str, args: &[&str]) -> Result<Value> {
     let mut all = args.to_vec();
     all.extend(["--namespace", ns]);
-    crate::bench_api::load(bin, kubeconfig, &all)
+    super::load(bin, kubeconfig, &all)
 }
 
 /// A release binary started like the tests start the debug ones, quieter: only kproxy's own
@@ -136,7 +139,7 @@ pub fn run(b: &ControllersBench, target: &Path, out_dir: &Path) -> Result<()> {
         "lb",
         &["lbip", "--samples", &b.samples.to_string()],
     )?;
-    let total_pods = b.schedule_pods + b.replicas as usize + 10;
+    let total_pods = b.schedule_pods + usize::try_from(b.replicas).unwrap_or(0) + 10;
     let extra = b.many_pods.saturating_sub(total_pods);
     step(&format!(
         "bench controllers: {extra} more pods in 10 Deployments ({} in all), then memory",
@@ -150,8 +153,8 @@ pub fn run(b: &ControllersBench, target: &Path, out_dir: &Path) -> Result<()> {
     )?;
     // Let the controllers settle (status writes, expectations) before reading memory.
     std::thread::sleep(std::time::Duration::from_secs(3));
-    let cm_rss = rss_kib(cm.pid(), "VmRSS:") as f64 / 1024.0;
-    let sched_rss = rss_kib(sched.pid(), "VmRSS:") as f64 / 1024.0;
+    let cm_rss = status_kib(cm.pid(), "VmRSS:").unwrap_or(0) as f64 / 1024.0;
+    let sched_rss = status_kib(sched.pid(), "VmRSS:").unwrap_or(0) as f64 / 1024.0;
     let pods_total = extra + total_pods;
 
     let bound_per_s = sched_fig["bound_per_s"].as_f64().unwrap_or(0.0);
@@ -266,28 +269,19 @@ pub fn run(b: &ControllersBench, target: &Path, out_dir: &Path) -> Result<()> {
 /// Each figure as a fraction of its target (1.0 = the target line; pods/s must be above it,
 /// the others below).
 fn svg(bars: &[(&str, f64)]) -> String {
-    let max = bars.iter().map(|b| b.1).fold(1.5, f64::max);
-    let mut s = String::from(
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="620" height="300" font-family="sans-serif" font-size="12">"#,
-    );
-    s.push_str(r#"<text x="10" y="18" font-size="14">Controllers: figure ÷ target (dashed line = target)</text>"#);
-    for (i, (label, v)) in bars.iter().enumerate() {
-        let v = if v.is_finite() { *v } else { 0.0 };
-        let h = v / max * 200.0;
-        let x = 30.0 + i as f64 * 118.0;
-        let _ = write!(
-            s,
-            r##"<rect x="{x}" y="{}" width="70" height="{h}" fill="#2b6cb0"/><text x="{x}" y="{}">{v:.2}</text><text x="{x}" y="{}" font-size="10">{label}</text>"##,
-            250.0 - h,
-            245.0 - h,
-            270.0 + (i % 2) as f64 * 14.0
-        );
-    }
-    let ty = 250.0 - 1.0 / max * 200.0;
-    let _ = write!(
-        s,
-        r#"<line x1="20" x2="610" y1="{ty}" y2="{ty}" stroke="red" stroke-dasharray="4"/>"#
-    );
-    s.push_str("</svg>\n");
-    s
+    Chart::bars(
+        "Controllers: figure ÷ target (dashed line = target)",
+        bars.iter().map(|b| b.0),
+    )
+    .y_label("figure ÷ target")
+    .bar_series(
+        "figure ÷ target",
+        "#2b6cb0",
+        // A figure that could not be taken shows as 0, as a miss.
+        bars.iter()
+            .map(|b| Some(if b.1.is_finite() { b.1 } else { 0.0 }))
+            .collect(),
+    )
+    .rule(Axis::Y, 1.0, "target", "red")
+    .render()
 }

@@ -2,15 +2,17 @@
 //! the embedded redb store (durable before each answer) and, side by side, the in-memory
 //! store as the reference for what durability costs. Results: target/bench/api.{md,svg}.
 
-use std::fmt::Write as _;
-use std::path::Path;
-use std::process::Command;
-use std::time::Instant;
+use std::{fmt::Write as _, path::Path, time::Instant};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::Result;
 use kproxy_tests::apiserver::{ApiServer, TempDir};
 use serde_json::Value;
 
+use super::{
+    chart::{Axis, Chart},
+    load,
+    procfs::status_kib,
+};
 use crate::util::step;
 
 pub struct ApiBench {
@@ -19,36 +21,6 @@ pub struct ApiBench {
     pub get_seconds: f64,
     pub watchers: usize,
     pub watch_events: usize,
-}
-
-pub(crate) fn rss_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-/// Runs a load generator (`kpt-apiload`, `kpt-ctrlload`) against `kubeconfig`; returns the
-/// JSON line it prints.
-pub(crate) fn load(bin: &Path, kubeconfig: &Path, args: &[&str]) -> Result<Value> {
-    let out = Command::new(bin)
-        .args(args)
-        .env("KUBECONFIG", kubeconfig)
-        .output()
-        .with_context(|| format!("run {}", bin.display()))?;
-    if !out.status.success() {
-        bail!(
-            "{} {args:?} failed: {}",
-            bin.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let line = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(line.trim()).with_context(|| format!("{} output {line:?}", bin.display()))
 }
 
 struct Figures {
@@ -72,7 +44,7 @@ fn one(b: &ApiBench, target: &Path, store: &'static str, with_watch: bool) -> Re
     let pid = server.daemon.pid();
     let kc = server.kubeconfig.clone();
     let load_bin = target.join("release/kpt-apiload");
-    let rss_idle = rss_kib(pid, "VmRSS:");
+    let rss_idle = status_kib(pid, "VmRSS:").unwrap_or(0);
     let (n, c) = (b.objects.to_string(), b.concurrency.to_string());
 
     step(&format!(
@@ -84,7 +56,7 @@ fn one(b: &ApiBench, target: &Path, store: &'static str, with_watch: bool) -> Re
         &kc,
         &["creates", "--count", &n, "--concurrency", &c],
     )?;
-    let rss_loaded = rss_kib(pid, "VmRSS:");
+    let rss_loaded = status_kib(pid, "VmRSS:").unwrap_or(0);
     step(&format!(
         "bench api [{store}]: gets for {} s",
         b.get_seconds
@@ -123,7 +95,7 @@ fn one(b: &ApiBench, target: &Path, store: &'static str, with_watch: bool) -> Re
     } else {
         Value::Null
     };
-    let hwm = rss_kib(pid, "VmHWM:");
+    let hwm = status_kib(pid, "VmHWM:").unwrap_or(0);
     Ok(Figures {
         store,
         creates_per_s: creates["creates_per_s"].as_f64().unwrap_or(0.0),
@@ -224,49 +196,25 @@ pub fn run(b: &ApiBench, target: &Path, out_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Grouped bars: creates/s and gets/s per store.
+/// Grouped bars: creates/s and gets/s per store, the targets dashed.
 fn svg(redb: &Figures, mem: &Figures) -> String {
-    let max = [
-        redb.creates_per_s,
-        redb.gets_per_s,
-        mem.creates_per_s,
-        mem.gets_per_s,
-    ]
-    .into_iter()
-    .fold(1.0, f64::max);
-    let mut s = String::from(
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="520" height="300" font-family="sans-serif" font-size="12">"#,
-    );
-    s.push_str(r#"<text x="10" y="18" font-size="14">API server: requests per second (kube-rs clients)</text>"#);
-    let groups = [
-        ("creates/s", redb.creates_per_s, mem.creates_per_s, 5000.0),
-        ("gets/s", redb.gets_per_s, mem.gets_per_s, 20000.0),
-    ];
-    for (gi, (label, r, m, target)) in groups.iter().enumerate() {
-        let x0 = 60.0 + gi as f64 * 230.0;
-        for (bi, (v, color, name)) in [(r, "#2b6cb0", "redb"), (m, "#a0aec0", "memory")]
-            .iter()
-            .enumerate()
-        {
-            let h = **v / max * 220.0;
-            let x = x0 + bi as f64 * 80.0;
-            let _ = write!(
-                s,
-                r#"<rect x="{x}" y="{}" width="60" height="{h}" fill="{color}"/><text x="{x}" y="{}">{:.0}</text><text x="{x}" y="290">{name}</text>"#,
-                260.0 - h,
-                255.0 - h,
-                v
-            );
-        }
-        let ty = 260.0 - target / max * 220.0;
-        let _ = write!(
-            s,
-            r#"<line x1="{}" x2="{}" y1="{ty}" y2="{ty}" stroke="red" stroke-dasharray="4"/><text x="{}" y="275">{label} (target dashed)</text>"#,
-            x0 - 5.0,
-            x0 + 145.0,
-            x0
-        );
-    }
-    s.push_str("</svg>\n");
-    s
+    Chart::bars(
+        "API server: requests per second (kube-rs clients)",
+        ["creates/s", "gets/s"],
+    )
+    .size(620.0, 340.0)
+    .y_label("requests/s")
+    .bar_series(
+        "redb",
+        "#2b6cb0",
+        vec![Some(redb.creates_per_s), Some(redb.gets_per_s)],
+    )
+    .bar_series(
+        "memory",
+        "#a0aec0",
+        vec![Some(mem.creates_per_s), Some(mem.gets_per_s)],
+    )
+    .rule(Axis::Y, 5000.0, "creates/s target", "red")
+    .rule(Axis::Y, 20000.0, "gets/s target", "#e8590c")
+    .render()
 }

@@ -32,7 +32,8 @@ use kube::{
     runtime::wait::{Condition as _, await_condition, conditions},
 };
 
-use crate::{bench::median, bench_api::rss_kib, util::step};
+use super::{chart::Chart, procfs::status_kib};
+use crate::util::{median, step};
 
 pub struct KubeletBench {
     /// Pods started one at a time (and as many bare containers), for the latency medians.
@@ -50,7 +51,10 @@ const IMAGE: &str = "kproxy/httpd:1";
 
 /// Removes what the bench created on the host, also after an earlier interrupted run.
 async fn cleanup(docker: &Docker) {
-    let filters = HashMap::from([("label".to_string(), vec![format!("io.kproxy.node={NODE}")])]);
+    let filters = HashMap::from([(
+        "label".to_string(),
+        vec![kproxy_pod_labels::node_filter(NODE)],
+    )]);
     let base = HashMap::from([(
         "label".to_string(),
         vec!["io.kproxy.bench=base".to_string()],
@@ -150,7 +154,7 @@ async fn bare_once(docker: &Docker, i: usize, pod: bool) -> Result<Duration> {
         .state
         .and_then(|s| s.pid)
         .context("no pid")?;
-    let ip = Ipv4Addr::new(10, 253, 0, 10 + (i % 200) as u8);
+    let ip = Ipv4Addr::new(10, 253, 0, 10 + u8::try_from(i % 200).expect("below 200"));
     kproxy_podnet::attach(
         Path::new(&format!("/proc/{pid}/ns/net")),
         BASE_BRIDGE,
@@ -297,7 +301,7 @@ async fn measure(
 ) -> Result<Figures> {
     let pods: Api<Pod> = Api::namespaced(kproxy_tests::control::client(api).await, "default");
     kproxy_podnet::ensure_bridge(BASE_BRIDGE, Ipv4Net::new(BASE_GATEWAY, 24)?).await?;
-    let rss_idle_mib = rss_kib(kubelet.pid(), "VmRSS:") as f64 / 1024.0;
+    let rss_idle_mib = status_kib(kubelet.pid(), "VmRSS:").unwrap_or(0) as f64 / 1024.0;
 
     step(&format!(
         "bench kubelet: {} pod starts, interleaved with as many bare docker run + veth",
@@ -350,7 +354,7 @@ async fn measure(
     println!("  {} pods Ready in {bulk_s:.1} s", b.bulk);
     // Let the kubelet settle into its steady state before reading its memory.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let rss_bulk_mib = rss_kib(kubelet.pid(), "VmRSS:") as f64 / 1024.0;
+    let rss_bulk_mib = status_kib(kubelet.pid(), "VmRSS:").unwrap_or(0) as f64 / 1024.0;
     delete_all(&pods).await?;
     Ok(Figures {
         bare_ms,
@@ -432,56 +436,20 @@ fn write_report(f: &Figures, out_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Start latency of each run, bare and via the kubelet, as two point series.
+/// Start latency of each run: bare, by hand and via the kubelet, one line each.
 fn svg(f: &Figures) -> String {
-    let (w, h, pad) = (560.0, 300.0, 50.0);
-    let n = f.kubelet_ms.len().max(1) as f64;
-    let top = f
-        .kubelet_ms
-        .iter()
-        .chain(&f.bare_ms)
-        .chain(&f.by_hand_ms)
-        .copied()
-        .fold(1.0, f64::max)
-        * 1.1;
-    let x = |i: usize| pad + (i as f64 + 0.5) * (w - 2.0 * pad) / n;
-    let y = |v: f64| h - pad - v / top * (h - 2.0 * pad);
-    let mut s = format!(
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = write!(
-        s,
-        r#"<text x="{pad}" y="20">pod start latency per run (ms)</text><line x1="{pad}" y1="{}" x2="{}" y2="{}" stroke="black"/><line x1="{pad}" y1="{pad}" x2="{pad}" y2="{}" stroke="black"/><text x="5" y="{}">{top:.0}</text><text x="5" y="{}">0</text>"#,
-        h - pad,
-        w - pad,
-        h - pad,
-        h - pad,
-        pad + 4.0,
-        h - pad
-    );
-    for (series, color) in [
-        (&f.bare_ms, "#888"),
-        (&f.by_hand_ms, "#2ca02c"),
-        (&f.kubelet_ms, "#1f77b4"),
-    ] {
-        let pts: Vec<String> = series
-            .iter()
+    let points = |v: &[f64]| -> Vec<(f64, f64)> {
+        v.iter()
             .enumerate()
-            .map(|(i, v)| format!("{:.1},{:.1}", x(i), y(*v)))
-            .collect();
-        let _ = write!(
-            s,
-            r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
-            pts.join(" ")
-        );
-    }
-    let _ = write!(
-        s,
-        r##"<text x="{}" y="40" fill="#888">(a) bare</text><text x="{}" y="56" fill="#2ca02c">(b) by hand</text><text x="{}" y="72" fill="#1f77b4">kubelet</text></svg>"##,
-        w - 110.0,
-        w - 110.0,
-        w - 110.0
-    );
-    s.push('\n');
-    s
+            .map(|(i, ms)| ((i + 1) as f64, *ms))
+            .collect()
+    };
+    Chart::lines("pod start latency per run (ms)")
+        .size(660.0, 340.0)
+        .x_label("run")
+        .y_label("ms")
+        .line("(a) bare", "#888", points(&f.bare_ms))
+        .line("(b) by hand", "#2ca02c", points(&f.by_hand_ms))
+        .line("kubelet", "#1f77b4", points(&f.kubelet_ms))
+        .render()
 }
