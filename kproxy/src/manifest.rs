@@ -13,8 +13,7 @@ use k8s_openapi::{
     api::{core::v1::Service, discovery::v1::EndpointSlice},
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
-use kproxy_apimachinery::names;
-use serde::Deserialize as _;
+use kproxy_apimachinery::{names, yaml};
 
 use crate::model::{SERVICE_NAME_LABEL, namespace_of};
 
@@ -37,10 +36,11 @@ pub enum ManifestError {
         path: PathBuf,
         inner: Box<ManifestError>,
     },
-    #[error("document {doc}: malformed YAML: {error}")]
+    #[error("document {doc} (line {line}): malformed YAML: {error}")]
     Yaml {
         doc: usize,
-        error: serde_yaml::Error,
+        line: usize,
+        error: yaml::YamlError,
     },
     /// Not an object of a kind kproxy reads.
     #[error("document {doc}: {message}")]
@@ -50,7 +50,7 @@ pub enum ManifestError {
     Decode {
         doc: usize,
         object: String,
-        error: serde_yaml::Error,
+        error: serde_path_to_error::Error<serde_json::Error>,
     },
     #[error("document {doc} ({object}): {field}: {problem}")]
     Invalid {
@@ -100,10 +100,13 @@ pub fn parse_manifests(text: &str) -> Result<(Vec<Service>, Vec<EndpointSlice>),
     let mut slices = Vec::new();
     let mut seen: HashMap<(Kind, String, String), usize> = HashMap::new();
 
-    for (i, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+    for (i, document) in yaml::split(text).into_iter().enumerate() {
         let doc = i + 1;
-        let value = serde_yaml::Value::deserialize(document)
-            .map_err(|error| ManifestError::Yaml { doc, error })?;
+        let value = document.value().map_err(|error| ManifestError::Yaml {
+            doc,
+            line: document.line,
+            error,
+        })?;
         if value.is_null() {
             continue;
         }
@@ -113,7 +116,7 @@ pub fn parse_manifests(text: &str) -> Result<(Vec<Service>, Vec<EndpointSlice>),
             value
                 .get("metadata")
                 .and_then(|m| m.get(field))
-                .and_then(serde_yaml::Value::as_str)
+                .and_then(serde_json::Value::as_str)
                 .map(str::to_owned)
         };
         let name = meta_str("name").unwrap_or_default();
@@ -132,12 +135,12 @@ pub fn parse_manifests(text: &str) -> Result<(Vec<Service>, Vec<EndpointSlice>),
 
         match kind {
             Kind::Service => {
-                let svc: Service = decode(text, i, value).map_err(|e| ctx.decode(e))?;
+                let svc: Service = decode(value).map_err(|e| ctx.decode(e))?;
                 validate_service(&ctx, &svc)?;
                 services.push(svc);
             }
             Kind::EndpointSlice => {
-                let slice: EndpointSlice = decode(text, i, value).map_err(|e| ctx.decode(e))?;
+                let slice: EndpointSlice = decode(value).map_err(|e| ctx.decode(e))?;
                 validate_slice(&ctx, &slice)?;
                 slices.push(slice);
             }
@@ -153,31 +156,21 @@ pub fn parse_manifests(text: &str) -> Result<(Vec<Service>, Vec<EndpointSlice>),
     Ok((services, slices))
 }
 
-/// Decodes document `index` of `text` (already parsed into `value`).
+/// Decodes a document's value; an error names the field path (`spec.ports[0].port`).
 fn decode<T: serde::de::DeserializeOwned>(
-    text: &str,
-    index: usize,
-    value: serde_yaml::Value,
-) -> Result<T, serde_yaml::Error> {
-    serde_yaml::from_value(value).map_err(|err| {
-        // Errors from a Value carry no field path or line; decoding the document's text
-        // again (only on this error path) gives serde_yaml's error with both.
-        serde_yaml::Deserializer::from_str(text)
-            .nth(index)
-            .map(T::deserialize)
-            .and_then(Result::err)
-            .unwrap_or(err)
-    })
+    value: serde_json::Value,
+) -> Result<T, serde_path_to_error::Error<serde_json::Error>> {
+    serde_path_to_error::deserialize(value)
 }
 
-fn kind_of(doc: usize, value: &serde_yaml::Value) -> Result<Kind, ManifestError> {
-    if !value.is_mapping() {
+fn kind_of(doc: usize, value: &serde_json::Value) -> Result<Kind, ManifestError> {
+    if !value.is_object() {
         return Err(ManifestError::Unsupported {
             doc,
             message: format!("not an object ({EXPECTED_KINDS})"),
         });
     }
-    let field = |name: &str| value.get(name).and_then(serde_yaml::Value::as_str);
+    let field = |name: &str| value.get(name).and_then(serde_json::Value::as_str);
     match (field("apiVersion"), field("kind")) {
         (Some("v1"), Some("Service")) => Ok(Kind::Service),
         (Some("discovery.k8s.io/v1"), Some("EndpointSlice")) => Ok(Kind::EndpointSlice),
@@ -212,7 +205,7 @@ impl Ctx<'_> {
         }
     }
 
-    fn decode(&self, error: serde_yaml::Error) -> ManifestError {
+    fn decode(&self, error: serde_path_to_error::Error<serde_json::Error>) -> ManifestError {
         ManifestError::Decode {
             doc: self.doc,
             object: self.object.to_owned(),
@@ -706,8 +699,11 @@ mod tests {
         let got = err(&format!(
             "{SVC}metadata: {{name: a}}\nspec: {{ports: [{{port: 80}}]}}\n---\nkind: [unclosed\n"
         ));
-        assert!(got.starts_with("document 2: malformed YAML: "), "{got}");
-        assert!(got.contains("line"), "serde_yaml's location kept: {got}");
+        assert!(
+            got.starts_with("document 2 (line 6): malformed YAML: "),
+            "{got}"
+        );
+        assert!(got.contains("line 1"), "the parser's location kept: {got}");
         let got = svc_err("metadata: {name: web}\nspec: {ports: [{port: eighty}]}");
         assert!(
             got.starts_with("document 1 (Service default/web): spec.ports[0].port: invalid type"),

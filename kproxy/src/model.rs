@@ -553,20 +553,17 @@ fn parse_ipv4(ip: &str, field: &str, ns: &str, name: &str) -> Option<Ipv4Addr> {
 
 #[cfg(test)]
 mod tests {
-    use serde::Deserialize as _;
-
     use super::*;
 
     /// Decodes the objects without the manifest validation, so tests can also feed what
     /// the API server may hold but the manifest loader rejects (IPv6 slices, ...).
     fn state(yaml: &str, node_ips: &[Ipv4Addr]) -> DesiredState {
         let (mut services, mut slices) = (Vec::new(), Vec::new());
-        for doc in serde_yaml::Deserializer::from_str(yaml) {
-            let value = serde_yaml::Value::deserialize(doc).expect("yaml");
-            if value.get("kind").and_then(serde_yaml::Value::as_str) == Some("Service") {
-                services.push(serde_yaml::from_value(value).expect("service"));
+        for value in kproxy_apimachinery::yaml::documents(yaml).expect("yaml") {
+            if value.get("kind").and_then(serde_json::Value::as_str) == Some("Service") {
+                services.push(serde_json::from_value(value).expect("service"));
             } else {
-                slices.push(serde_yaml::from_value(value).expect("endpoint slice"));
+                slices.push(serde_json::from_value(value).expect("endpoint slice"));
             }
         }
         build_state(&services, &slices, node_ips)
@@ -617,12 +614,11 @@ endpoints:
   nodeName: n1
 ";
         let (mut services, mut slices): (Vec<Service>, Vec<EndpointSlice>) = (vec![], vec![]);
-        for doc in serde_yaml::Deserializer::from_str(yaml) {
-            let value = serde_yaml::Value::deserialize(doc).expect("yaml");
-            if value.get("kind").and_then(serde_yaml::Value::as_str) == Some("Service") {
-                services.push(serde_yaml::from_value(value).expect("service"));
+        for value in kproxy_apimachinery::yaml::documents(yaml).expect("yaml") {
+            if value.get("kind").and_then(serde_json::Value::as_str) == Some("Service") {
+                services.push(serde_json::from_value(value).expect("service"));
             } else {
-                slices.push(serde_yaml::from_value(value).expect("endpoint slice"));
+                slices.push(serde_json::from_value(value).expect("endpoint slice"));
             }
         }
         let nodes = [Ipv4Addr::new(192, 168, 1, 10)];
@@ -992,10 +988,11 @@ addressType: IPv4
 ports: [{name: http, port: 70000}]
 endpoints: [{addresses: [10.244.7.3]}]
 ";
-        let mut docs = serde_yaml::Deserializer::from_str(yaml)
-            .map(|d| serde_yaml::Value::deserialize(d).expect("yaml"));
-        let svc: Service = serde_yaml::from_value(docs.next().unwrap()).unwrap();
-        let slices: Vec<EndpointSlice> = docs.map(|v| serde_yaml::from_value(v).unwrap()).collect();
+        let mut docs = kproxy_apimachinery::yaml::documents(yaml)
+            .expect("yaml")
+            .into_iter();
+        let svc: Service = serde_json::from_value(docs.next().unwrap()).unwrap();
+        let slices: Vec<EndpointSlice> = docs.map(|v| serde_json::from_value(v).unwrap()).collect();
         assert_eq!(slice_service(&slices[0]), Some("web"));
         let refs: Vec<&EndpointSlice> = slices.iter().collect();
         let built = build_service(&svc, &refs, &[]);

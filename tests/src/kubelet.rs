@@ -18,6 +18,11 @@ use std::{
 };
 
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+/// The kubelet's Docker labels (`kproxy_pod_labels`), under the names the tests use.
+pub use kproxy_pod_labels::{
+    ATTEMPT as ATTEMPT_LABEL, CONTAINER_NAME as CONTAINER_NAME_LABEL, KIND as KIND_LABEL,
+    KIND_CONTAINER, KIND_SANDBOX, NODE as NODE_LABEL, POD_UID as POD_UID_LABEL,
+};
 use kproxy_podnet::Ipv4Net;
 use kube::{
     Api, Client,
@@ -30,14 +35,6 @@ use crate::{
     apiserver::{ApiServer, TempDir},
     bin, patience, sh, unique,
 };
-
-/// Docker label naming the node (kubelet) that owns a container; see
-/// `kproxy_kubelet_server::labels`.
-pub const NODE_LABEL: &str = "io.kproxy.node";
-pub const POD_UID_LABEL: &str = "io.kproxy.pod.uid";
-pub const CONTAINER_NAME_LABEL: &str = "io.kproxy.container.name";
-pub const ATTEMPT_LABEL: &str = "io.kproxy.container.attempt";
-pub const KIND_LABEL: &str = "io.kproxy.container.kind";
 
 pub struct Kubelet {
     pub node: String,

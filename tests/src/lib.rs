@@ -195,7 +195,7 @@ impl Daemon {
     /// Spawns `cmd` and waits (see [`patience`]) until its log contains `ready`; panics with
     /// the log if it exits first.
     pub fn spawn_until_logged(cmd: Command, ready: &str) -> Self {
-        let what = format!("{:?} to log {ready:?}", cmd.get_program());
+        let what = format!("{} to log {ready:?}", cmd.get_program().display());
         let mut d = Self::spawn(cmd);
         eventually(&what, || {
             d.assert_running();

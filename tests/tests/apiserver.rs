@@ -1,6 +1,7 @@
 //! The API server over real HTTPS (curl): CRUD, conflicts, selectors, watch resume and 410,
 //! the three patch kinds, validation errors, authentication and authorization, service address
 //! allocation. Unprivileged: loopback only.
+#![forbid(unsafe_code)]
 
 use kproxy_tests::apiserver::{ApiServer, Http, TempDir};
 use serde_json::{Value, json};
@@ -12,6 +13,10 @@ fn server(extra: &[&str]) -> (TempDir, ApiServer, Http) {
     (dir, s, h)
 }
 
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "callers write the JSON inline as json! literals"
+)]
 fn pod(name: &str, labels: Value) -> Value {
     json!({
         "apiVersion": "v1", "kind": "Pod",
@@ -585,7 +590,15 @@ fn service_addresses_are_allocated_once_and_released() {
     assert_eq!(r.code, 201, "{}", r.body);
     let np = r.json()["spec"]["ports"][0]["nodePort"].as_u64().unwrap();
     assert!((30000..=32767).contains(&np));
-    let r = h.post(SVCS, &svc("np2", "LoadBalancer", None, Some(np as u16)));
+    let r = h.post(
+        SVCS,
+        &svc(
+            "np2",
+            "LoadBalancer",
+            None,
+            Some(u16::try_from(np).unwrap()),
+        ),
+    );
     assert_eq!(r.code, 422, "node port taken: {}", r.body);
     // A fixed port for the rest of the test, one the random allocation above did not take.
     let fixed: u16 = if np == 31999 { 31998 } else { 31999 };

@@ -1,6 +1,7 @@
 //! The store behind the API server under stress: kill -9 during concurrent writes loses no
 //! acknowledged write and leaves nothing half-written; watchers see concurrent writes once
 //! each, in order.
+#![forbid(unsafe_code)]
 
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -13,7 +14,7 @@ const CMS: &str = "/api/v1/namespaces/default/endpoints";
 
 fn endpoints(name: &str, i: usize) -> Value {
     json!({"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": name, "labels": {"seq": i.to_string()}},
-        "subsets": [{"addresses": [{"ip": "10.244.0.5"}], "ports": [{"port": 80 + i as i64 % 100}]}]})
+        "subsets": [{"addresses": [{"ip": "10.244.0.5"}], "ports": [{"port": 80 + i % 100}]}]})
 }
 
 #[test]

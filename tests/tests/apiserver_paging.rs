@@ -2,6 +2,7 @@
 //! kubectl's `--chunk-size`: pages come from one snapshot, tokens are checked, selectors apply
 //! before paging, and an expired token is a 410 that offers an inconsistent continuation.
 //! Unprivileged: loopback only.
+#![forbid(unsafe_code)]
 
 use std::time::Duration;
 

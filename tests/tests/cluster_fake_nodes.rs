@@ -1,6 +1,7 @@
 //! The controllers and the scheduler together on fake nodes (kpt-fakenodes: Nodes, Leases,
 //! pods reported Running/Ready, no containers): a node that stops heartbeating becomes
 //! unreachable, and its Deployment's pods are replaced on the node that is left.
+#![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
 

@@ -2,6 +2,7 @@
 //! the controller manager create a ReplicaSet and a pod, the scheduler binds it to the only
 //! node, node IPAM gives that node its pod CIDR, the kubelet runs it, and the pod serves its
 //! page; scaling and deleting follow.
+#![forbid(unsafe_code)]
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, Pod};

@@ -30,6 +30,7 @@
 //! 2544 benchmarking space), socket-LB never attaches to the cgroup root, and each target is
 //! checked with `ip route get` to resolve into the test's own links (or the unreachable
 //! route) before anything is sent to it.
+#![forbid(unsafe_code)]
 
 use std::{
     collections::{BTreeMap, BTreeSet},

@@ -1,6 +1,7 @@
 //! Privileged: the connection tracking lifecycle of the per-packet paths, and the ARP
 //! answers that make a LoadBalancer IP reachable on the uplink's segment. kproxy runs in the
 //! lab's node namespace; the client namespace stands for another host behind the uplink.
+#![forbid(unsafe_code)]
 
 use std::{
     io::{BufRead as _, BufReader, Read as _},

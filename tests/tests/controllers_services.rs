@@ -10,6 +10,7 @@
 //! - node IPAM hands out distinct CIDRs and says when there are none left;
 //! - a node whose Lease stops becomes Unknown, is tainted, and its pods are evicted;
 //! - a pool overlapping the service CIDR is refused at start.
+#![forbid(unsafe_code)]
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -306,6 +307,10 @@ async fn endpoints_follow_readiness_termination_and_named_ports() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[expect(
+    clippy::many_single_char_names,
+    reason = "short names for the objects of one scenario"
+)]
 async fn slices_split_at_100_and_kubernetes_service() {
     let dir = TempDir::new("kpt-eps100");
     let api = ApiServer::start(dir.path(), &[]);

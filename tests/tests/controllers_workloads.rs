@@ -2,6 +2,7 @@
 //! `kproxy-controller-manager --controllers deployment,replicaset`, and the test itself
 //! playing kubelet (it marks pods Running/Ready through the status subresource, as admin).
 //! A watch on the pods checks the rollout invariants on every intermediate state.
+#![forbid(unsafe_code)]
 
 use std::{
     collections::{HashMap, HashSet},
@@ -50,6 +51,10 @@ async fn cluster(prefix: &str) -> Cluster {
     }
 }
 
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "callers write the JSON inline as json! literals"
+)]
 fn deployment(name: &str, replicas: i32, image: &str, strategy: Value) -> Deployment {
     serde_json::from_value(json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
@@ -67,6 +72,10 @@ fn deployment(name: &str, replicas: i32, image: &str, strategy: Value) -> Deploy
     .unwrap()
 }
 
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "callers write the JSON inline as json! literals"
+)]
 fn rolling(surge: Value, unavailable: Value) -> Value {
     json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": surge, "maxUnavailable": unavailable}})
 }
@@ -762,11 +771,6 @@ async fn a_thousand_replicas_exactly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_specs_are_rejected_before_any_controller() {
-    let dir = TempDir::new("kpt-cm-invalid");
-    let api = ApiServer::start(dir.path(), &[]);
-    let c = client(&api).await;
-    let deploys: Api<Deployment> = Api::default_namespaced(c.clone());
-    let sets: Api<ReplicaSet> = Api::default_namespaced(c);
     fn code<T>(r: Result<T, kube::Error>) -> (u16, String) {
         match r {
             Err(kube::Error::Api(s)) => (s.code, s.message),
@@ -774,6 +778,11 @@ async fn invalid_specs_are_rejected_before_any_controller() {
             Err(e) => panic!("{e}"),
         }
     }
+    let dir = TempDir::new("kpt-cm-invalid");
+    let api = ApiServer::start(dir.path(), &[]);
+    let c = client(&api).await;
+    let deploys: Api<Deployment> = Api::default_namespaced(c.clone());
+    let sets: Api<ReplicaSet> = Api::default_namespaced(c);
 
     let mut mismatch = deployment("a", 1, "x", rolling(json!(1), json!(0)));
     mismatch

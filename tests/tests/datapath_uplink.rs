@@ -1,6 +1,7 @@
 //! Privileged: kproxy attaches XDP and tc programs to a veth inside a node namespace; real
 //! traffic from a client namespace flows through it; the per-CPU counters read back from
 //! the pinned maps match exactly what was sent, and an aya-log event reaches kproxy's log.
+#![forbid(unsafe_code)]
 
 use std::process::Command;
 

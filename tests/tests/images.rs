@@ -3,6 +3,7 @@
 //!
 //! The tests drive the `docker` CLI on purpose (the product talks to the Engine API) and only
 //! talk to the containers' own addresses on Docker's default bridge.
+#![forbid(unsafe_code)]
 
 use std::io::{BufRead, BufReader, Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
@@ -107,6 +108,10 @@ fn read_line(r: &mut impl BufRead) -> String {
 }
 
 #[test]
+#[expect(
+    clippy::many_single_char_names,
+    reason = "short names for the probes of one scenario"
+)]
 fn kecho_answers_tcp_udp_and_http() {
     if !privileged("kecho_answers_tcp_udp_and_http") {
         return;

@@ -2,6 +2,7 @@
 //! with kubectl's conventions checked precisely (table headers, column alignment, rows,
 //! messages on the right stream, exit codes). The same workflow as `kubectl.rs`, which drives
 //! the real kubectl.
+#![forbid(unsafe_code)]
 
 use std::io::{BufRead as _, BufReader, Read as _};
 use std::net::Ipv4Addr;

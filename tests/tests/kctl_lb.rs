@@ -8,6 +8,7 @@
 //!   process in that cgroup show up in `kctl lb` as N new flows, split over the backends as
 //!   the backends saw them; `-o json`, `-o wide`, `-w` and `kubectl get --raw` work; a direct
 //!   HTTPS GET to kproxy's endpoint without the API server's client certificate is refused.
+#![forbid(unsafe_code)]
 
 use std::{
     collections::BTreeMap,
@@ -265,6 +266,8 @@ impl Drop for Watch {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn privileged_kctl_lb_shows_the_flows_sent_to_a_service() {
+    // Connections per measurement.
+    const N: usize = 40;
     if !privileged("privileged_kctl_lb_shows_the_flows_sent_to_a_service") {
         return;
     }
@@ -374,7 +377,6 @@ async fn privileged_kctl_lb_shows_the_flows_sent_to_a_service() {
     // N connections: the frontend's new flows grow by N, each backend's by what it answered.
     let before = lb_json(&api.kubeconfig, &node, port);
     let (fe_before, be_before) = flows(&before, &vip_s, 80);
-    const N: usize = 40;
     let answered = connect(&lab, &target, N);
     let after = lb_json(&api.kubeconfig, &node, port);
     assert_eq!(after["kind"], "ServiceTable");

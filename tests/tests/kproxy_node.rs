@@ -4,6 +4,7 @@
 //! runs with the node's kubeconfig, socket-LB attached to the lab's cgroup, maps pinned in
 //! the lab's bpffs directory; traffic comes from a process in that cgroup, inside the lab's
 //! node namespace.
+#![forbid(unsafe_code)]
 
 use std::{
     collections::BTreeMap,

@@ -1,6 +1,7 @@
 //! kube-rs — the client every cluster component uses — against our API server: typed CRUD,
 //! selectors, and kube-runtime's watcher/reflector (the basis of controllers), including a
 //! watch that is resumed after the server restarts.
+#![forbid(unsafe_code)]
 
 use std::time::Duration;
 

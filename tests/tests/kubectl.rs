@@ -1,5 +1,6 @@
 //! The real kubectl (/usr/bin/kubectl, which runs the bundled client matching our /version)
 //! against our API server: the everyday workflow end to end.
+#![forbid(unsafe_code)]
 
 use kproxy_tests::apiserver::{ApiServer, TempDir};
 use kproxy_tests::kubectl::{Kubectl, available};

@@ -6,6 +6,7 @@
 //! specs the API refuses. Each test has its own API server and kubelet (node, bridge, pod
 //! CIDR), so they run in parallel; the harness removes what they leave (see
 //! `kproxy_tests::kubelet`).
+#![forbid(unsafe_code)]
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -18,9 +19,9 @@ use kproxy_tests::{
     apiserver::{ApiServer, TempDir},
     eventually,
     kubelet::{
-        ATTEMPT_LABEL, KIND_LABEL, Kubelet, POD_UID_LABEL, condition, consistently,
-        container_status, docker_exec, docker_id, docker_logs, http_get, inspect, is_ready,
-        link_exists, phase, pod_ip, try_inspect, uid,
+        ATTEMPT_LABEL, CONTAINER_NAME_LABEL, KIND_CONTAINER, KIND_LABEL, KIND_SANDBOX, Kubelet,
+        POD_UID_LABEL, condition, consistently, container_status, docker_exec, docker_id,
+        docker_logs, http_get, inspect, is_ready, link_exists, phase, pod_ip, try_inspect, uid,
     },
     privileged,
 };
@@ -271,7 +272,7 @@ fn crash_loop_backs_off_longer_each_time() {
         |p| {
             for id in k.pod_containers(&pod_uid) {
                 let Some(c) = try_inspect(&id) else { continue };
-                if c["Config"]["Labels"][KIND_LABEL] != "container" {
+                if c["Config"]["Labels"][KIND_LABEL] != KIND_CONTAINER {
                     continue;
                 }
                 let attempt: u32 = c["Config"]["Labels"][ATTEMPT_LABEL]
@@ -383,7 +384,7 @@ fn restart_policies_decide_the_phase() {
         eventually(&format!("{name}: the address is released"), || {
             !k.ipam_owners().contains(pod_uid)
         });
-        let app = k.containers(&[(POD_UID_LABEL, pod_uid), (KIND_LABEL, "container")]);
+        let app = k.containers(&[(POD_UID_LABEL, pod_uid), (KIND_LABEL, KIND_CONTAINER)]);
         assert_eq!(app.len(), 1, "{name}: one attempt only");
         assert_eq!(inspect(&app[0])["State"]["Running"], json!(false));
         let p = k.get_pod(NS, name).expect("pod");
@@ -812,7 +813,7 @@ fn dead_sandbox_is_replaced_with_the_same_address() {
     let web = k.create_pod(NS, "web", json!({"containers": [httpd("web")]}));
     let p = k.wait_pod(NS, "web", "Ready", is_ready);
     let ip = pod_ip(&p).expect("ip");
-    let sandbox = k.containers(&[(POD_UID_LABEL, &uid(&web)), (KIND_LABEL, "sandbox")]);
+    let sandbox = k.containers(&[(POD_UID_LABEL, &uid(&web)), (KIND_LABEL, KIND_SANDBOX)]);
     assert_eq!(sandbox.len(), 1, "one sandbox: {sandbox:?}");
     kproxy_tests::sh(std::process::Command::new("docker").args(["kill", &sandbox[0]]));
     // The app container lost its network with the sandbox: it is restarted in a new one.
@@ -820,7 +821,7 @@ fn dead_sandbox_is_replaced_with_the_same_address() {
         restarts(p, "web") >= 1 && is_ready(p)
     });
     assert_eq!(pod_ip(&p), Some(ip), "the pod keeps its address");
-    let sandboxes = k.containers(&[(POD_UID_LABEL, &uid(&web)), (KIND_LABEL, "sandbox")]);
+    let sandboxes = k.containers(&[(POD_UID_LABEL, &uid(&web)), (KIND_LABEL, KIND_SANDBOX)]);
     assert_eq!(
         sandboxes.len(),
         1,
@@ -1016,7 +1017,7 @@ fn init_containers_run_in_order_before_the_app() {
     );
     let p = k.wait_pod(NS, "init-fails", "Failed", |p| phase(p) == Some("Failed"));
     assert_eq!(condition(&p, "Initialized"), Some("False"));
-    let app_containers = k.containers(&[("io.kproxy.container.name", "app")]);
+    let app_containers = k.containers(&[(CONTAINER_NAME_LABEL, "app")]);
     assert!(
         app_containers.is_empty(),
         "the app was created: {app_containers:?}"

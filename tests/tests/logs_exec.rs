@@ -6,6 +6,7 @@
 //!
 //! The containers are made with the `docker` CLI on purpose (the product uses the Engine
 //! API); every one is removed when its test ends, also on failure.
+#![forbid(unsafe_code)]
 
 use std::io::{BufRead as _, BufReader, Read, Write as _};
 use std::net::SocketAddr;
@@ -15,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use kproxy_kubelet_server::labels;
+use kproxy_pod_labels as labels;
 use kproxy_tests::apiserver::{ApiServer, Http, TempDir};
 use kproxy_tests::{bin, eventually, privileged, sh, unique};
 use serde_json::{Value, json};
@@ -164,6 +165,10 @@ impl Cluster {
         c
     }
 
+    #[expect(
+        clippy::needless_pass_by_value,
+        reason = "callers write the JSON inline as json! literals"
+    )]
     fn node_object(&self, name: &str, status: Value) {
         let r = self.http.post(
             "/api/v1/nodes",
@@ -241,6 +246,10 @@ impl Cluster {
     }
 
     /// Waits until the container has exited.
+    #[expect(
+        clippy::unused_self,
+        reason = "one of the cluster handle's steps, like its siblings"
+    )]
     fn wait_exited(&self, pod: &str, uid: &str, container: &str, attempt: u32) {
         let name = labels::container_name(container, pod, "default", uid, attempt);
         sh(Command::new("docker").args(["wait", &name]));
@@ -591,7 +600,7 @@ fn exec_through_kubectl_and_kctl() {
         assert_eq!(r.stdout.as_bytes(), input);
         let r = client.run_with(
             &["exec", "-i", "web", "--", bb, "wc", "-c"],
-            Some(&[b'x'; 100_000]),
+            Some(&vec![b'x'; 100_000]),
         );
         assert_eq!(r.stdout.trim(), "100000", "{}", r.stderr);
 

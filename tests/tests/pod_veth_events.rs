@@ -3,6 +3,7 @@
 //! path (socket-LB is off, and the node has no route to the service range, so nothing else
 //! could answer); deleting the veth detaches it (no stale pin, kproxy keeps running);
 //! re-creating it attaches it again.
+#![forbid(unsafe_code)]
 
 use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf};
 

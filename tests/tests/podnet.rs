@@ -2,6 +2,7 @@
 //! Two "pods" (network namespaces) on a test bridge reach each other and the host; attaching
 //! twice changes nothing; detaching removes both veth ends; the forwarding rules are added
 //! once and removed again. Every bridge, namespace, veth and pod CIDR is this test's own.
+#![forbid(unsafe_code)]
 
 use std::{
     net::Ipv4Addr,

@@ -5,6 +5,7 @@
 //! another scheduler are left alone, and 2,000 pods (half waiting, half created while the
 //! scheduler runs) fill 100 nodes exactly to their pod capacity (no overcommit with many binds
 //! in flight).
+#![forbid(unsafe_code)]
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -56,6 +57,10 @@ fn merge(a: &mut Value, b: Value) {
     }
 }
 
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "callers write the JSON inline as json! literals"
+)]
 fn pod(name: &str, cpu: &str, spec: Value) -> Pod {
     let mut p = json!({"metadata": {"name": name, "labels": {"app": "t"}},
         "spec": {"containers": [{"name": "c", "image": "kecho",
@@ -400,7 +405,14 @@ async fn two_thousand_pods_fill_a_hundred_nodes_to_capacity() {
         .for_each_concurrent(16, |i| {
             let c = c.clone();
             async move {
-                add_node(&c, &format!("node-{i:03}"), "8", PER_NODE as u32, json!({})).await;
+                add_node(
+                    &c,
+                    &format!("node-{i:03}"),
+                    "8",
+                    u32::try_from(PER_NODE).unwrap(),
+                    json!({}),
+                )
+                .await;
             }
         })
         .await;

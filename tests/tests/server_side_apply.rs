@@ -1,6 +1,7 @@
 //! Server-side apply end to end: the real kubectl (`apply --server-side`, `scale`,
 //! `--force-conflicts`), kube-rs `Patch::Apply`, field ownership recorded by ordinary writes,
 //! and bad apply input. API-only: no root, no Docker.
+#![forbid(unsafe_code)]
 
 use k8s_openapi::api::apps::v1::Deployment;
 use kproxy_tests::apiserver::{ApiServer, Http, TempDir};
@@ -65,6 +66,10 @@ fn rv(obj: &Value) -> String {
 }
 
 #[test]
+#[expect(
+    clippy::many_single_char_names,
+    reason = "short names for the objects of one scenario"
+)]
 fn kubectl_apply_server_side_scale_conflict_force_and_removal() {
     if !available() {
         return;
@@ -357,6 +362,10 @@ fn bad_apply_input_is_rejected_and_changes_nothing() {
 }
 
 #[test]
+#[expect(
+    clippy::many_single_char_names,
+    reason = "short names for the objects of one scenario"
+)]
 fn ordinary_writes_record_update_entries_and_take_changed_fields() {
     let dir = TempDir::new("kpt-ssa-update");
     let s = ApiServer::start(dir.path(), &[]);

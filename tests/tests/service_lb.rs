@@ -1,6 +1,8 @@
 //! Privileged: service load balancing end to end. kproxy runs in a node namespace with real
 //! backends behind a bridge and an external client behind the uplink (see `kproxy_tests::lab`).
+#![forbid(unsafe_code)]
 
+use std::fmt::Write as _;
 use std::{collections::BTreeMap, net::Ipv4Addr, process::Command, thread, time::Duration};
 
 use kproxy_tests::{
@@ -582,7 +584,8 @@ fn privileged_socket_lb_host_scope_and_host_network_backend() {
     let host_vip = Ipv4Addr::new(10, 96, 0, 20);
     let mut manifest = String::new();
     web(all_ready(2)).yaml(&mut manifest);
-    manifest.push_str(&format!(
+    let _ = write!(
+        manifest,
         "---\napiVersion: v1\nkind: Service\nmetadata: {{name: apiserver, namespace: default}}\n\
          spec:\n  clusterIP: {host_vip}\n  ports:\n  - {{name: https, port: 443, protocol: TCP, \
          targetPort: 9090}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
@@ -590,7 +593,7 @@ fn privileged_socket_lb_host_scope_and_host_network_backend() {
          labels: {{kubernetes.io/service-name: apiserver}}\naddressType: IPv4\n\
          ports:\n- {{name: https, port: 9090, protocol: TCP}}\nendpoints:\n\
          - addresses: [10.244.1.1]\n  conditions: {{ready: true}}\n"
-    ));
+    );
     lab.write_raw_manifest(&manifest);
     lab.start_kproxy_with(
         "auto",

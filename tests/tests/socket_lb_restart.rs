@@ -3,6 +3,7 @@
 //! backend; the restarted kproxy swaps its programs into the same links (no second
 //! attachment) and `kproxy cleanup` detaches them. All traffic stays inside the lab's
 //! namespaces and its own socket-LB cgroup (see `kproxy_tests::lab`).
+#![forbid(unsafe_code)]
 
 use std::{collections::BTreeMap, net::Ipv4Addr, path::Path, process::Command};
 

@@ -24,6 +24,7 @@
 //! 8. `delete svc`: both addresses stop answering at once (refused or unreachable; the routes
 //!    are checked first so nothing can be forwarded out) and nothing of the Service is left
 //!    in `kproxy dump` or the service table.
+#![forbid(unsafe_code)]
 
 use std::{
     collections::{BTreeMap, BTreeSet},

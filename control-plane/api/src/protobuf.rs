@@ -9,6 +9,7 @@
 //! core/v1, apps/v1, discovery/v1, coordination/v1, autoscaling/v1 and policy/v1.
 
 mod generated;
+mod messages;
 mod object;
 mod special;
 mod table;

@@ -12,11 +12,11 @@ mod ip;
 mod meta;
 mod network;
 mod pod;
-pub(crate) mod quantity;
 mod service;
 mod simple;
 
 use std::fmt;
+use std::fmt::Write as _;
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -176,14 +176,14 @@ impl std::error::Error for Invalid {}
 pub fn validate(kind: &str, obj: &Value, old: Option<&Value>) -> Result<(), Invalid> {
     type_meta(kind, obj)?;
     let errs = match kind {
-        "Namespace" => run(obj, old, simple::namespace)?,
+        "Namespace" => run(obj, old, fields_only(simple::namespace))?,
         "Pod" => run(obj, old, pod::pod)?,
-        "Service" => run(obj, old, service::service)?,
-        "Endpoints" => run(obj, old, network::endpoints)?,
-        "EndpointSlice" => run(obj, old, network::endpoint_slice)?,
-        "Node" => run(obj, old, simple::node)?,
-        "Event" => run(obj, old, simple::event)?,
-        "Lease" => run(obj, old, simple::lease)?,
+        "Service" => run(obj, old, fields_only(service::service))?,
+        "Endpoints" => run(obj, old, fields_only(network::endpoints))?,
+        "EndpointSlice" => run(obj, old, fields_only(network::endpoint_slice))?,
+        "Node" => run(obj, old, fields_only(simple::node))?,
+        "Event" => run(obj, old, fields_only(simple::event))?,
+        "Lease" => run(obj, old, fields_only(simple::lease))?,
         "Deployment" | "ReplicaSet" => {
             // A missing selector and `selector: {}` decode alike; Kubernetes tells them apart.
             let has_selector = !obj
@@ -196,7 +196,7 @@ pub fn validate(kind: &str, obj: &Value, old: Option<&Value>) -> Result<(), Inva
                 run(obj, old, |r, o| apps::replica_set(r, o, has_selector))?
             }
         }
-        _ => run(obj, old, simple::generic)?,
+        _ => run(obj, old, fields_only(simple::generic))?,
     };
     if errs.is_empty() {
         Ok(())
@@ -217,6 +217,13 @@ fn run<T: DeserializeOwned>(
     // older format), the update-only checks are skipped rather than blocking every update.
     let old: Option<T> = old.and_then(|o| decode(o).ok());
     check(&new, old.as_ref())
+}
+
+/// Adapts a check that finds only field errors (nothing it rejects while decoding) to [`run`].
+fn fields_only<T>(
+    check: fn(&T, Option<&T>) -> Vec<FieldError>,
+) -> impl FnOnce(&T, Option<&T>) -> Result<Vec<FieldError>, Invalid> {
+    move |new, old| Ok(check(new, old))
 }
 
 /// The apiVersion each served kind is written in.
@@ -317,35 +324,35 @@ impl fmt::Display for Path {
 /// How a bad value appears in a message (Go's `%q` for strings, `%v` for numbers, JSON for
 /// structures, as Kubernetes ≥ 1.34 prints them).
 pub(crate) trait Render {
-    fn render(&self) -> String;
+    fn render(self) -> String;
 }
 
 impl Render for &str {
-    fn render(&self) -> String {
+    fn render(self) -> String {
         go_quote(self)
     }
 }
 
 impl Render for &String {
-    fn render(&self) -> String {
+    fn render(self) -> String {
         go_quote(self)
     }
 }
 
 impl Render for String {
-    fn render(&self) -> String {
-        go_quote(self)
+    fn render(self) -> String {
+        go_quote(&self)
     }
 }
 
 impl Render for i32 {
-    fn render(&self) -> String {
+    fn render(self) -> String {
         self.to_string()
     }
 }
 
 impl Render for i64 {
-    fn render(&self) -> String {
+    fn render(self) -> String {
         self.to_string()
     }
 }
@@ -354,8 +361,8 @@ impl Render for i64 {
 pub(crate) struct Raw(pub String);
 
 impl Render for Raw {
-    fn render(&self) -> String {
-        self.0.clone()
+    fn render(self) -> String {
+        self.0
     }
 }
 
@@ -363,7 +370,7 @@ impl Render for Raw {
 pub(crate) struct Json<'a, T: serde::Serialize>(pub &'a T);
 
 impl<T: serde::Serialize> Render for Json<'_, T> {
-    fn render(&self) -> String {
+    fn render(self) -> String {
         serde_json::to_string(self.0).unwrap_or_else(|_| "<unprintable>".into())
     }
 }
@@ -384,7 +391,7 @@ pub(crate) fn go_quote(s: &str) -> String {
             '\u{c}' => out.push_str("\\f"),
             '\u{b}' => out.push_str("\\v"),
             c if (c as u32) < 0x20 || c as u32 == 0x7f => {
-                out.push_str(&format!("\\x{:02x}", c as u32));
+                let _ = write!(out, "\\x{:02x}", c as u32);
             }
             c => out.push(c),
         }

@@ -15,6 +15,7 @@
 //! fields themselves, and so conflicts, are the same.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 
 use serde_json::{Map, Value};
 
@@ -225,12 +226,18 @@ pub fn display_path(elems: &[String]) -> String {
             "k:" => match serde_json::from_str::<Map<String, Value>>(rest) {
                 Ok(keys) => {
                     let parts: Vec<String> = keys.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                    out.push_str(&format!("[{}]", parts.join(",")));
+                    let _ = write!(out, "[{}]", parts.join(","));
                 }
-                Err(_) => out.push_str(&format!("[{rest}]")),
+                Err(_) => {
+                    let _ = write!(out, "[{rest}]");
+                }
             },
-            "v:" => out.push_str(&format!("[={rest}]")),
-            "i:" => out.push_str(&format!("[{rest}]")),
+            "v:" => {
+                let _ = write!(out, "[={rest}]");
+            }
+            "i:" => {
+                let _ = write!(out, "[{rest}]");
+            }
             _ => out.push_str(e),
         }
     }

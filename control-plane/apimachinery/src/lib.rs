@@ -9,3 +9,4 @@ pub mod names;
 pub mod patch;
 pub mod quantity;
 pub mod selector;
+pub mod yaml;

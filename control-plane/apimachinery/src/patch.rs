@@ -802,11 +802,19 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    #[expect(
+        clippy::needless_pass_by_value,
+        reason = "callers write the patch inline as a json! literal"
+    )]
     fn smp(kind: &str, target: &Value, patch: Value) -> Value {
         let bytes = serde_json::to_vec(&patch).expect("serialize");
         strategic_merge_patch(kind, target, &bytes).unwrap_or_else(|e| panic!("{e}"))
     }
 
+    #[expect(
+        clippy::needless_pass_by_value,
+        reason = "callers write the patch inline as a json! literal"
+    )]
     fn smp_err_of(kind: &str, target: &Value, patch: Value) -> PatchError {
         let bytes = serde_json::to_vec(&patch).expect("serialize");
         let before = target.clone();

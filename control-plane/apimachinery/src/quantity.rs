@@ -1,18 +1,29 @@
-//! Resource quantities (`250m`, `128Mi`, `1.5`, `2e3`): parsing, adding and printing in the
-//! canonical form Kubernetes uses (the per-node sums of `describe node`, the kubelet's limits).
+//! Resource quantities (`250m`, `128Mi`, `1.5`, `2e3`), as Kubernetes' `resource.Quantity`:
+//! parsing (the API server's validation, the scheduler's and kubelet's arithmetic), exact
+//! comparison, adding, and printing in the canonical form (the per-node sums of `describe node`).
 
+use std::cmp::Ordering;
 use std::fmt;
+
+/// The message Kubernetes gives for a malformed quantity (`resource.ErrFormatWrong`).
+pub const FORMAT_WRONG: &str =
+    "quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'";
 
 /// Why a quantity string was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct QuantityError(String);
+pub enum QuantityError {
+    /// Not `[+-]digits[.digits]suffix`.
+    #[error("invalid quantity {input:?}")]
+    Invalid { input: String },
+    /// The number is fine, the suffix is none Kubernetes knows.
+    #[error("invalid quantity {input:?}: unknown suffix {suffix:?}")]
+    UnknownSuffix { input: String, suffix: String },
+    /// Well formed, but too large to count exactly in nano-units (only [`Quantity::parse`]).
+    #[error("quantity {input:?} is out of range")]
+    OutOfRange { input: String },
+}
 
 type Result<T> = std::result::Result<T, QuantityError>;
-
-macro_rules! bail {
-    ($($t:tt)*) => { return Err(QuantityError(format!($($t)*))) };
-}
 
 /// How a quantity was written, which decides how sums are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,7 +35,10 @@ pub enum Format {
 }
 
 /// A quantity held exactly as a count of nano-units.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// Equality and order compare values only (`1Ki == 1024`), as `Quantity.Cmp` does; the format
+/// only decides how the quantity prints.
+#[derive(Debug, Clone, Copy)]
 pub struct Quantity {
     nanos: i128,
     format: Format,
@@ -33,66 +47,86 @@ pub struct Quantity {
 const NANO: i128 = 1_000_000_000;
 
 impl Quantity {
+    #[must_use]
     pub fn zero(format: Format) -> Self {
         Quantity { nanos: 0, format }
     }
 
+    /// Parses `s` for arithmetic: the value must be exact, so a quantity beyond the range of
+    /// nano-units (about 10^29 units) is an error. Surrounding whitespace is ignored.
     pub fn parse(s: &str) -> Result<Self> {
         let s = s.trim();
-        let num_end = s
-            .char_indices()
-            .find(|&(i, c)| !(c.is_ascii_digit() || c == '.' || ((c == '+' || c == '-') && i == 0)))
-            .map_or(s.len(), |(i, _)| i);
-        let (number, suffix) = s.split_at(num_end);
-        let mantissa_nanos = parse_decimal_nanos(number)
-            .ok_or_else(|| QuantityError(format!("invalid quantity {s:?}")))?;
-        let (multiplier, divisor, format): (i128, i128, Format) = match suffix {
-            "" => (1, 1, Format::DecimalSi),
-            "n" => (1, 1_000_000_000, Format::DecimalSi),
-            "u" => (1, 1_000_000, Format::DecimalSi),
-            "m" => (1, 1_000, Format::DecimalSi),
-            "k" => (1_000, 1, Format::DecimalSi),
-            "M" => (1_000_000, 1, Format::DecimalSi),
-            "G" => (1_000_000_000, 1, Format::DecimalSi),
-            "T" => (1_000_000_000_000, 1, Format::DecimalSi),
-            "P" => (1_000_000_000_000_000, 1, Format::DecimalSi),
-            "E" => (1_000_000_000_000_000_000, 1, Format::DecimalSi),
-            "Ki" => (1 << 10, 1, Format::BinarySi),
-            "Mi" => (1 << 20, 1, Format::BinarySi),
-            "Gi" => (1 << 30, 1, Format::BinarySi),
-            "Ti" => (1 << 40, 1, Format::BinarySi),
-            "Pi" => (1 << 50, 1, Format::BinarySi),
-            "Ei" => (1 << 60, 1, Format::BinarySi),
-            exp if exp.starts_with(['e', 'E']) => {
-                let e: i32 = exp[1..]
-                    .parse()
-                    .map_err(|_| QuantityError(format!("invalid quantity {s:?}")))?;
-                if !(-9..=18).contains(&e) {
-                    bail!("quantity {s:?} is out of range");
-                }
-                if e >= 0 {
-                    (10i128.pow(e.unsigned_abs()), 1, Format::DecimalSi)
-                } else {
-                    (1, 10i128.pow(e.unsigned_abs()), Format::DecimalSi)
+        let (q, exact) = Self::parse_inner(s)?;
+        if !exact {
+            return Err(QuantityError::OutOfRange {
+                input: s.to_owned(),
+            });
+        }
+        Ok(q)
+    }
+
+    /// Parses `s` as the API server decodes it: every well-formed quantity is accepted, and
+    /// values beyond the range of nano-units saturate (Kubernetes caps them too), which keeps
+    /// the order of anything a cluster can meaningfully express.
+    pub fn parse_saturating(s: &str) -> Result<Self> {
+        Self::parse_inner(s).map(|(q, _)| q)
+    }
+
+    /// The quantity and whether it is exact (false: it saturated).
+    fn parse_inner(s: &str) -> Result<(Self, bool)> {
+        let invalid = || QuantityError::Invalid {
+            input: s.to_owned(),
+        };
+        let (negative, rest) = match s.as_bytes().first() {
+            Some(b'+') => (false, &s[1..]),
+            Some(b'-') => (true, &s[1..]),
+            _ => (false, s),
+        };
+        let num_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let (number, suffix) = rest.split_at(num_end);
+        if number.matches('.').count() > 1 || !number.bytes().any(|b| b.is_ascii_digit()) {
+            return Err(invalid());
+        }
+        let (dec_exp, bin_exp, format) = suffix_exponents(suffix).ok_or_else(|| {
+            if suffix.starts_with(['e', 'E']) {
+                invalid()
+            } else {
+                QuantityError::UnknownSuffix {
+                    input: s.to_owned(),
+                    suffix: suffix.to_owned(),
                 }
             }
-            _ => bail!("invalid quantity {s:?}: unknown suffix {suffix:?}"),
-        };
-        let scaled = mantissa_nanos
-            .checked_mul(multiplier)
-            .ok_or_else(|| QuantityError(format!("quantity {s:?} is out of range")))?;
-        // Finer than a nano-unit rounds up, as Kubernetes does.
-        let nanos = if scaled % divisor == 0 {
-            scaled / divisor
+        })?;
+        let (int_part, frac_part) = number.split_once('.').unwrap_or((number, ""));
+        // Trailing zeros of the fraction change nothing but the digit count.
+        let frac_part = frac_part.trim_end_matches('0');
+        let mut value = Saturating::default();
+        for d in int_part.bytes().chain(frac_part.bytes()) {
+            value.mul(Some(10));
+            value.add(i128::from(d - b'0'));
+        }
+        value.mul(Some(1i128 << bin_exp));
+        let frac_len = i32::try_from(frac_part.len()).map_err(|_| invalid())?;
+        let exp10 = dec_exp.saturating_add(9).saturating_sub(frac_len);
+        if exp10 >= 0 {
+            value.mul(pow10(exp10.unsigned_abs()));
         } else {
-            scaled / divisor + scaled.signum()
-        };
-        Ok(Quantity { nanos, format })
+            // Below one nano-unit Kubernetes rounds up (away from zero).
+            value.div_ceil(pow10(exp10.unsigned_abs()));
+        }
+        let nanos = if negative { -value.n } else { value.n };
+        Ok((Quantity { nanos, format }, value.exact))
     }
 
     /// The sum keeps the receiver's format, like `Quantity.Add`.
     // A named method, as in apimachinery's Quantity.Add; sums never overflow (saturating).
-    #[allow(clippy::should_implement_trait)]
+    #[expect(
+        clippy::should_implement_trait,
+        reason = "Kubernetes' Quantity.Add keeps the receiver's format, which `+` would hide"
+    )]
+    #[must_use]
     pub fn add(self, other: Quantity) -> Quantity {
         Quantity {
             nanos: self.nanos.saturating_add(other.nanos),
@@ -109,48 +143,120 @@ impl Quantity {
     pub fn value(&self) -> i128 {
         ceil_div(self.nanos, NANO)
     }
+
+    pub fn is_negative(&self) -> bool {
+        self.nanos < 0
+    }
+
+    /// Whether this is a whole number (extended resources must be).
+    pub fn is_whole(&self) -> bool {
+        self.nanos % NANO == 0
+    }
+}
+
+impl PartialEq for Quantity {
+    fn eq(&self, other: &Self) -> bool {
+        self.nanos == other.nanos
+    }
+}
+
+impl Eq for Quantity {}
+
+impl PartialOrd for Quantity {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Quantity {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.nanos.cmp(&other.nanos)
+    }
+}
+
+/// A non-negative count that sticks at `i128::MAX` and remembers that it did.
+struct Saturating {
+    n: i128,
+    exact: bool,
+}
+
+impl Default for Saturating {
+    fn default() -> Self {
+        Self { n: 0, exact: true }
+    }
+}
+
+impl Saturating {
+    /// `by` is `None` when the factor itself is beyond i128.
+    fn mul(&mut self, by: Option<i128>) {
+        if self.n != 0 {
+            self.set(by.and_then(|by| self.n.checked_mul(by)));
+        }
+    }
+
+    fn add(&mut self, by: i128) {
+        self.set(self.n.checked_add(by));
+    }
+
+    fn div_ceil(&mut self, by: Option<i128>) {
+        self.n = match by {
+            Some(by) => self.n.div_euclid(by) + i128::from(self.n.rem_euclid(by) != 0),
+            // A divisor beyond i128 leaves less than one nano-unit, which rounds up.
+            None => i128::from(self.n > 0),
+        };
+    }
+
+    fn set(&mut self, n: Option<i128>) {
+        match n {
+            Some(n) if self.exact => self.n = n,
+            _ => {
+                self.n = i128::MAX;
+                self.exact = false;
+            }
+        }
+    }
+}
+
+/// (power of ten, power of two, format) of a suffix.
+fn suffix_exponents(suffix: &str) -> Option<(i32, u32, Format)> {
+    let dec = |e| (e, 0, Format::DecimalSi);
+    let bin = |e| (0, e, Format::BinarySi);
+    Some(match suffix {
+        "" => dec(0),
+        "n" => dec(-9),
+        "u" => dec(-6),
+        "m" => dec(-3),
+        "k" => dec(3),
+        "M" => dec(6),
+        "G" => dec(9),
+        "T" => dec(12),
+        "P" => dec(15),
+        "E" => dec(18),
+        "Ki" => bin(10),
+        "Mi" => bin(20),
+        "Gi" => bin(30),
+        "Ti" => bin(40),
+        "Pi" => bin(50),
+        "Ei" => bin(60),
+        s if s.starts_with(['e', 'E']) => {
+            let digits = s[1..].trim_start_matches(['+', '-']);
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            dec(s[1..].parse::<i32>().ok()?)
+        }
+        _ => return None,
+    })
+}
+
+/// 10^e, if it fits.
+fn pow10(e: u32) -> Option<i128> {
+    10i128.checked_pow(e)
 }
 
 fn ceil_div(a: i128, b: i128) -> i128 {
     let q = a / b;
     if a % b != 0 && a > 0 { q + 1 } else { q }
-}
-
-/// `"1.25"` → 1_250_000_000 nano-units.
-fn parse_decimal_nanos(s: &str) -> Option<i128> {
-    let (negative, digits) = match s.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, s.strip_prefix('+').unwrap_or(s)),
-    };
-    let (int_part, frac_part) = digits.split_once('.').unwrap_or((digits, ""));
-    if int_part.is_empty() && frac_part.is_empty() {
-        return None;
-    }
-    if !int_part
-        .chars()
-        .chain(frac_part.chars())
-        .all(|c| c.is_ascii_digit())
-    {
-        return None;
-    }
-    let int: i128 = if int_part.is_empty() {
-        0
-    } else {
-        int_part.parse().ok()?
-    };
-    let mut frac_nanos: i128 = 0;
-    for (i, c) in frac_part.chars().enumerate() {
-        let d = i128::from(c.to_digit(10)?);
-        if i < 9 {
-            frac_nanos += d * 10i128.pow(8 - i as u32);
-        } else if d > 0 {
-            // Beyond nano precision: round up.
-            frac_nanos += 1;
-            break;
-        }
-    }
-    let v = int.checked_mul(NANO)?.checked_add(frac_nanos)?;
-    Some(if negative { -v } else { v })
 }
 
 impl fmt::Display for Quantity {
@@ -179,19 +285,18 @@ impl fmt::Display for Quantity {
                 return write!(f, "{units}");
             }
         }
-        for (exp, suffix) in [
-            (18, "E"),
-            (15, "P"),
-            (12, "T"),
-            (9, "G"),
-            (6, "M"),
-            (3, "k"),
-            (0, ""),
-            (-3, "m"),
-            (-6, "u"),
-            (-9, "n"),
+        // (nano-units per unit of the suffix, suffix)
+        for (unit, suffix) in [
+            (NANO * 1_000_000_000_000_000_000, "E"),
+            (NANO * 1_000_000_000_000_000, "P"),
+            (NANO * 1_000_000_000_000, "T"),
+            (NANO * 1_000_000_000, "G"),
+            (NANO * 1_000_000, "M"),
+            (NANO * 1_000, "k"),
+            (NANO, ""),
+            (1_000_000, "m"),
+            (1_000, "u"),
         ] {
-            let unit = 10i128.pow((exp + 9) as u32);
             if self.nanos % unit == 0 {
                 return write!(f, "{}{suffix}", self.nanos / unit);
             }
@@ -205,7 +310,7 @@ mod tests {
     use super::*;
 
     fn q(s: &str) -> Quantity {
-        Quantity::parse(s).unwrap()
+        Quantity::parse(s).unwrap_or_else(|e| panic!("{s} should parse: {e}"))
     }
 
     #[test]
@@ -228,9 +333,72 @@ mod tests {
             ("-250m", "-250m"),
             ("1n", "1n"),
             ("0.0000000001", "1n"),
+            ("0e100", "0"),
+            ("1.50000000000000000000000000000000000000000", "1500m"),
         ] {
             assert_eq!(q(input).to_string(), canonical, "{input}");
         }
+    }
+
+    #[test]
+    fn parses_the_usual_forms() {
+        assert_eq!(q("1"), q("1000m"));
+        assert_eq!(q("0.1"), q("100m"));
+        assert_eq!(q(".5"), q("500m"));
+        assert_eq!(q("5."), q("5"));
+        assert_eq!(q("1Ki"), q("1024"));
+        assert_eq!(q("1.5Gi"), q("1536Mi"));
+        assert_eq!(q("1k"), q("1e3"));
+        assert_eq!(q("1E3"), q("1k"));
+        assert_eq!(q("1E"), q("1e18"));
+        assert_eq!(q("2e-3"), q("2m"));
+        assert_eq!(q("+3"), q("3"));
+        assert!(q("-1").is_negative());
+        assert_eq!(q("1n"), q("0.000000001"));
+        assert!(q("64Mi").is_whole());
+        assert!(!q("1500m").is_whole());
+    }
+
+    #[test]
+    fn sub_nano_values_round_up_after_scaling() {
+        // 1e-10 k is 1e-7: exactly 100n, not a nano-unit rounded up first and then scaled.
+        assert_eq!(q("0.0000000001k").to_string(), "100n");
+        // 1.024e-7 rounds up to 103n.
+        assert_eq!(q("0.0000000001Ki").to_string(), "103n");
+        assert_eq!(q("1e-20").to_string(), "1n");
+        assert_eq!(q("-0.1n").to_string(), "-1n");
+    }
+
+    #[test]
+    fn orders_exactly() {
+        assert_eq!(q("100m").cmp(&q("0.1")), Ordering::Equal);
+        assert_eq!(q("500m").cmp(&q("1")), Ordering::Less);
+        assert_eq!(q("1Gi").cmp(&q("1G")), Ordering::Greater);
+        assert_eq!(q("128Mi").cmp(&q("64Mi")), Ordering::Greater);
+        // Sub-nano values round up to one nano-unit.
+        assert_eq!(q("0.1n").cmp(&q("1n")), Ordering::Equal);
+    }
+
+    #[test]
+    fn saturates_only_when_asked() {
+        let huge = Quantity::parse_saturating("1e100").expect("well formed");
+        // Absurdly large values saturate instead of overflowing.
+        assert_eq!(huge.cmp(&q("1Ei")), Ordering::Greater);
+        assert!(
+            Quantity::parse_saturating("-1e100")
+                .expect("well formed")
+                .is_negative()
+        );
+        assert_eq!(
+            Quantity::parse("1e100"),
+            Err(QuantityError::OutOfRange {
+                input: "1e100".into()
+            })
+        );
+        assert_eq!(
+            Quantity::parse_saturating("1e-100").expect("well formed"),
+            q("1n")
+        );
     }
 
     #[test]
@@ -255,8 +423,39 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        for bad in ["", "abc", "1.2.3", "5X", "1e99", "Mi", ".", "--1"] {
+        for bad in [
+            "", "abc", "1.2.3", "5X", "1e99", "Mi", ".", "--1", "1x", "1 Mi", "1e", "1e+", "1Ki1",
+            "1mi",
+        ] {
             assert!(Quantity::parse(bad).is_err(), "{bad:?} should be rejected");
+            if bad != "1e99" {
+                assert!(
+                    Quantity::parse_saturating(bad).is_err(),
+                    "{bad:?} should not parse"
+                );
+            }
         }
+        assert!(matches!(
+            Quantity::parse("5X"),
+            Err(QuantityError::UnknownSuffix { suffix, .. }) if suffix == "X"
+        ));
+    }
+
+    #[test]
+    fn saturating_counter_sticks() {
+        let mut s = Saturating {
+            n: i128::MAX / 2,
+            exact: true,
+        };
+        s.mul(Some(3));
+        assert!(!s.exact);
+        s.div_ceil(Some(10));
+        assert!(!s.exact, "a saturated value stays inexact");
+        let mut zero = Saturating::default();
+        zero.mul(None);
+        assert!(
+            zero.exact && zero.n == 0,
+            "zero times anything is exactly zero"
+        );
     }
 }

@@ -53,7 +53,7 @@ pub enum Error {
     Yaml {
         what: String,
         #[source]
-        source: serde_yaml::Error,
+        source: kproxy_apimachinery::yaml::YamlError,
     },
     /// A kubeconfig that cannot be merged into.
     #[error("{0}")]

@@ -4,7 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
-use serde_yaml::{Mapping, Value};
+use kproxy_apimachinery::yaml::{self, YamlError};
+use serde_json::{Map, Value, json};
 
 use crate::error::{Error, Result};
 
@@ -21,9 +22,9 @@ pub fn default_path() -> Option<PathBuf> {
 }
 
 fn upsert(list: &mut Vec<Value>, name: &str, field: &str, body: Value) {
-    let entry = Value::Mapping(Mapping::from_iter([
-        (Value::from("name"), Value::from(name)),
-        (Value::from(field), body),
+    let entry = Value::Object(Map::from_iter([
+        ("name".to_owned(), Value::from(name)),
+        (field.to_owned(), body),
     ]));
     match list
         .iter_mut()
@@ -34,39 +35,37 @@ fn upsert(list: &mut Vec<Value>, name: &str, field: &str, body: Value) {
     }
 }
 
-fn list_mut<'a>(doc: &'a mut Mapping, key: &str) -> Result<&'a mut Vec<Value>> {
-    let v = doc
-        .entry(Value::from(key))
-        .or_insert_with(|| Value::Sequence(vec![]));
+fn list_mut<'a>(doc: &'a mut Map<String, Value>, key: &str) -> Result<&'a mut Vec<Value>> {
+    let v = doc.entry(key).or_insert_with(|| Value::Array(vec![]));
     if v.is_null() {
-        *v = Value::Sequence(vec![]);
+        *v = Value::Array(vec![]);
     }
-    v.as_sequence_mut()
+    v.as_array_mut()
         .ok_or_else(|| Error::Kubeconfig(format!("kubeconfig field {key} is not a list")))
 }
 
-fn yaml(source: serde_yaml::Error) -> Error {
-    Error::Yaml {
-        what: "encoding the kubeconfig".into(),
+fn yaml_error(what: &str) -> impl FnOnce(YamlError) -> Error {
+    move |source| Error::Yaml {
+        what: what.into(),
         source,
     }
 }
 
 /// Returns the merged document for `existing` (None = no file yet).
 pub fn merge(existing: Option<&str>, server: &str, ca_pem: &str, token: &str) -> Result<String> {
-    let mut doc = match existing.map(serde_yaml::from_str::<Value>).transpose() {
-        Ok(Some(Value::Mapping(m))) => m,
-        Ok(Some(Value::Null) | None) => Mapping::new(),
-        Ok(Some(_)) => {
+    let docs = existing
+        .map(yaml::documents)
+        .transpose()
+        .map_err(yaml_error("the existing kubeconfig is not valid YAML"))?
+        .unwrap_or_default();
+    let mut doc = match <[Value; 1]>::try_from(docs) {
+        Ok([Value::Object(m)]) => m,
+        Ok([Value::Null]) => Map::new(),
+        Err(docs) if docs.is_empty() => Map::new(),
+        _ => {
             return Err(Error::Kubeconfig(
-                "the existing kubeconfig is not a YAML mapping".into(),
+                "the existing kubeconfig is not one YAML mapping".into(),
             ));
-        }
-        Err(source) => {
-            return Err(Error::Yaml {
-                what: "the existing kubeconfig is not valid YAML".into(),
-                source,
-            });
         }
     };
     doc.insert("apiVersion".into(), "v1".into());
@@ -76,28 +75,22 @@ pub fn merge(existing: Option<&str>, server: &str, ca_pem: &str, token: &str) ->
         list_mut(&mut doc, "clusters")?,
         CONTEXT,
         "cluster",
-        serde_yaml::to_value(serde_json::json!({
-            "server": server, "certificate-authority-data": ca
-        }))
-        .map_err(yaml)?,
+        json!({ "server": server, "certificate-authority-data": ca }),
     );
     upsert(
         list_mut(&mut doc, "users")?,
         USER,
         "user",
-        serde_yaml::to_value(serde_json::json!({ "token": token })).map_err(yaml)?,
+        json!({ "token": token }),
     );
     upsert(
         list_mut(&mut doc, "contexts")?,
         CONTEXT,
         "context",
-        serde_yaml::to_value(serde_json::json!({
-            "cluster": CONTEXT, "user": USER, "namespace": "default"
-        }))
-        .map_err(yaml)?,
+        json!({ "cluster": CONTEXT, "user": USER, "namespace": "default" }),
     );
     doc.insert("current-context".into(), CONTEXT.into());
-    serde_yaml::to_string(&doc).map_err(yaml)
+    yaml::to_string(&doc).map_err(yaml_error("encoding the kubeconfig"))
 }
 
 /// Merges into the file at `path` (created with mode 0600 if missing).
@@ -125,16 +118,17 @@ mod tests {
         let once = merge(Some(other), "https://127.0.0.1:6443", "CA", "tok").unwrap();
         let twice = merge(Some(&once), "https://127.0.0.1:6443", "CA", "tok").unwrap();
         assert_eq!(once, twice);
-        let v: Value = serde_yaml::from_str(&once).unwrap();
-        assert_eq!(v["current-context"], Value::from("kproxy"));
-        assert_eq!(v["clusters"].as_sequence().unwrap().len(), 2);
-        assert_eq!(v["contexts"].as_sequence().unwrap().len(), 2);
-        assert_eq!(v["users"][1]["user"]["token"], Value::from("tok"));
+        let v: Value = yaml::from_str(&once).unwrap();
+        assert_eq!(v["current-context"], "kproxy");
+        assert_eq!(v["clusters"].as_array().unwrap().len(), 2);
+        assert_eq!(v["contexts"].as_array().unwrap().len(), 2);
+        assert_eq!(v["users"][1]["user"]["token"], "tok");
     }
 
     #[test]
     fn bad_existing_file_is_an_error() {
         assert!(merge(Some("- a\n- b\n"), "s", "c", "t").is_err());
+        assert!(merge(Some("a: 1\n---\nb: 2\n"), "s", "c", "t").is_err());
         assert!(merge(Some("a: [\n"), "s", "c", "t").is_err());
         assert!(merge(Some(""), "s", "c", "t").is_ok());
     }

@@ -166,7 +166,7 @@ pub fn parse_body(content_type: &str, body: &[u8]) -> ApiResult<Value> {
         ));
     }
     let v: Value = if content_type.contains("yaml") {
-        serde_yaml::from_slice(body)
+        kproxy_apimachinery::yaml::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?
     } else {
         serde_json::from_slice(body).map_err(|e| {

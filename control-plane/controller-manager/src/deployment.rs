@@ -121,6 +121,10 @@ fn owners_of(rs: &ReplicaSet, deployments: &Store<Deployment>) -> Vec<ObjectRef<
     )
 }
 
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "kube-runtime's Controller::run hands error_policy owned Arcs"
+)]
 fn error_policy(d: Arc<Deployment>, error: &Error, _ctx: Arc<Ctx>) -> Action {
     // Conflicts are expected (our cache behind our own writes): retry soon, quietly.
     let conflict = matches!(error, Error::Api { source: kube::Error::Api(s), .. } if s.code == 409);
@@ -137,8 +141,11 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let ns = d.namespace().ok_or(Error::MissingMetadata("namespace"))?;
     let uid = d.uid().ok_or(Error::MissingMetadata("uid"))?;
     let selector = d.spec.as_ref().map(|s| &s.selector);
-    let selector =
-        claim::matcher(selector.unwrap_or(&Default::default())).map_err(Error::Selector)?;
+    let selector = claim::matcher(
+        selector
+            .unwrap_or(&k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector::default()),
+    )
+    .map_err(Error::Selector)?;
     let deleting = d.metadata.deletion_timestamp.is_some();
 
     let mut sets = Vec::new();

@@ -125,17 +125,17 @@ impl Ctx {
     }
 
     /// Records which pods `svc` holds now, so their next change triggers it.
-    fn set_members(&self, key: &SvcKey, pods: BTreeSet<Arc<str>>) {
+    fn set_members(&self, key: &SvcKey, pods: &BTreeSet<Arc<str>>) {
         let old = self.written(|w| {
             std::mem::replace(&mut w.entry(key.clone()).or_default().pods, pods.clone())
         });
-        if old == pods {
+        if old == *pods {
             return;
         }
         let ns: Arc<str> = key.0.as_str().into();
         let svc: Arc<str> = key.1.as_str().into();
         let mut m = self.members.lock().expect("members lock");
-        for gone in old.difference(&pods) {
+        for gone in old.difference(pods) {
             let k = (Arc::clone(&ns), Arc::clone(gone));
             if let Some(services) = m.get_mut(&k) {
                 services.retain(|s| *s != svc);
@@ -181,7 +181,7 @@ impl Ctx {
     }
 
     fn forget(&self, key: &SvcKey) {
-        self.set_members(key, BTreeSet::new());
+        self.set_members(key, &BTreeSet::new());
         self.written(|w| w.remove(key));
     }
 }
@@ -345,7 +345,7 @@ async fn sync(svc: &Service, key: &SvcKey, ctx: &Ctx) -> Result<Action, Error> {
             w.deleted.insert(n.clone());
         });
     }
-    ctx.set_members(key, members);
+    ctx.set_members(key, &members);
 
     let cur = ctx.current_endpoints(key);
     if let Some(ep) = desired::endpoints_object(svc, &wanted, cur.as_deref(), now) {
@@ -357,6 +357,10 @@ async fn sync(svc: &Service, key: &SvcKey, ctx: &Ctx) -> Result<Action, Error> {
     Ok(Action::requeue(Duration::from_mins(5)))
 }
 
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "kube-runtime's Controller::run hands error_policy owned Arcs"
+)]
 fn error_policy(svc: Arc<Service>, err: &Error, _ctx: Arc<Ctx>) -> Action {
     warn!(service = %svc.name_any(), error = %err, "endpoints sync failed, retrying");
     Action::requeue(Duration::from_millis(200))
@@ -424,6 +428,9 @@ async fn ensure_kubernetes_service(
     Ok(())
 }
 
+/// The merged trigger stream the controller runs on.
+type Queue = BoxStream<'static, Result<ObjectRef<Service>, watcher::Error>>;
+
 pub async fn run(client: Client, config: Arc<Config>, pods: PodCache) -> anyhow::Result<()> {
     if let Some(addr) = config.apiserver_endpoint {
         // Retried: the Service is also reconciled by the loop below once it exists.
@@ -448,7 +455,6 @@ pub async fn run(client: Client, config: Arc<Config>, pods: PodCache) -> anyhow:
         members: Mutex::default(),
     });
 
-    type Queue = BoxStream<'static, Result<ObjectRef<Service>, watcher::Error>>;
     let wc = watcher::Config::default;
 
     let c = Arc::clone(&ctx);

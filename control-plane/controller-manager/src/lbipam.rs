@@ -455,10 +455,17 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     }
 }
 
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "kube-runtime's Controller::run hands error_policy owned Arcs"
+)]
 fn error_policy(svc: Arc<Service>, err: &Error, _ctx: Arc<Ctx>) -> Action {
     warn!(service = %svc.name_any(), error = %err, "LoadBalancer IP sync failed, retrying");
     Action::requeue(Duration::from_millis(500))
 }
+
+/// The merged trigger stream the controller runs on.
+type Queue = BoxStream<'static, Result<ObjectRef<Service>, watcher::Error>>;
 
 pub async fn run(client: Client, config: Arc<Config>) -> anyhow::Result<()> {
     let (services, writer) = reflector::store::<Service>();
@@ -474,7 +481,6 @@ pub async fn run(client: Client, config: Arc<Config>) -> anyhow::Result<()> {
         recorder: Recorder::new(client.clone(), "lb-ipam"),
         wake,
     });
-    type Queue = BoxStream<'static, Result<ObjectRef<Service>, watcher::Error>>;
     let c = Arc::clone(&ctx);
     let events: Queue = watcher::watcher(Api::<Service>::all(client), watcher::Config::default())
         .default_backoff()
@@ -527,6 +533,10 @@ mod tests {
         ("default".into(), n.into())
     }
 
+    #[expect(
+        clippy::needless_pass_by_value,
+        reason = "callers write the JSON inline as json! literals"
+    )]
     fn svc(name: &str, spec: serde_json::Value, status: serde_json::Value) -> Service {
         serde_json::from_value(json!({
             "metadata": {"name": name, "namespace": "default"},

@@ -20,6 +20,7 @@ pub mod replicaset;
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
 /// Field manager of the controller manager's writes (server-side apply and updates).
 pub const FIELD_MANAGER: &str = "kproxy-controller-manager";
@@ -136,6 +137,12 @@ pub(crate) fn post_params() -> kube::api::PostParams {
         field_manager: Some(FIELD_MANAGER.into()),
         ..Default::default()
     }
+}
+
+/// The controller reference among these ownerReferences, if any (shared by the pod cache and
+/// the ownership rules of `replicaset::claim`).
+pub(crate) fn controller_in(refs: &[OwnerReference]) -> Option<&OwnerReference> {
+    refs.iter().find(|r| r.controller == Some(true))
 }
 
 /// Cached objects go without managedFields: large, and never read by a controller.

@@ -1,4 +1,5 @@
 //! kproxy-controller-manager: runs every controller of the cluster in one process.
+#![forbid(unsafe_code)]
 
 use std::{net::SocketAddrV4, path::PathBuf, sync::Arc, time::Duration};
 

@@ -222,7 +222,8 @@ async fn reconcile(node: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     });
     let waiting = matches!(decision, Decision::Pending(_));
     match decision {
-        Decision::Keep => {}
+        // Nothing to write, or a pending node already warned about.
+        Decision::Keep | Decision::Pending(None) => {}
         Decision::Assign(c) => {
             let api: Api<Node> = Api::all(ctx.client.clone());
             let pp = crate::patch_params();
@@ -240,7 +241,6 @@ async fn reconcile(node: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                 }
             }
         }
-        Decision::Pending(None) => {}
         Decision::Pending(Some(why)) => {
             warn!(reason = %why, "no pod CIDR for the node");
             ctx.recorder.publish(
@@ -258,6 +258,10 @@ async fn reconcile(node: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     })
 }
 
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "kube-runtime's Controller::run hands error_policy owned Arcs"
+)]
 fn error_policy(node: Arc<Node>, err: &Error, _ctx: Arc<Ctx>) -> Action {
     warn!(node = %node.name_any(), error = %err, "node IPAM failed, retrying");
     Action::requeue(Duration::from_millis(500))

@@ -343,6 +343,10 @@ async fn evict(ctx: &Ctx, pod: &CachedPod) -> Result<(), Error> {
     Ok(())
 }
 
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "kube-runtime's Controller::run hands error_policy owned Arcs"
+)]
 fn error_policy(node: Arc<Node>, err: &Error, _ctx: Arc<Ctx>) -> Action {
     warn!(node = %node.name_any(), error = %err, "node lifecycle failed, retrying");
     Action::requeue(Duration::from_millis(500))
@@ -462,6 +466,10 @@ mod tests {
         }
     }
 
+    #[expect(
+        clippy::needless_pass_by_value,
+        reason = "callers write the JSON inline as json! literals"
+    )]
     fn pod(tolerations: serde_json::Value) -> CachedPod {
         CachedPod::from_pod(
             serde_json::from_value(json!({

@@ -122,7 +122,7 @@ impl CachedPod {
     /// The controller ownerReference, if any.
     #[must_use]
     pub fn controller(&self) -> Option<&OwnerReference> {
-        crate::replicaset::claim::controller_in(&self.owners)
+        crate::controller_in(&self.owners)
     }
 
     /// For events about the pod.
@@ -563,6 +563,10 @@ mod tests {
 
     use super::*;
 
+    #[expect(
+        clippy::needless_pass_by_value,
+        reason = "callers write the JSON inline as json! literals"
+    )]
     fn pod(name: &str, rv: &str, labels: serde_json::Value) -> Pod {
         serde_json::from_value(json!({
             "metadata": {"name": name, "namespace": "ns", "resourceVersion": rv, "labels": labels,
@@ -650,6 +654,7 @@ mod tests {
     }
 
     #[test]
+    #[expect(clippy::many_single_char_names, reason = "pods a to e of one scenario")]
     fn shared_values_are_interned_and_swept() {
         let mut i = Interners::default();
         let a = i.pod(pod("a", "1", json!({"app": "web"})));

@@ -161,6 +161,10 @@ fn owners_of(pod: &CachedPod, sets: &Store<ReplicaSet>) -> Vec<ObjectRef<Replica
     })
 }
 
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "kube-runtime's Controller::run hands error_policy owned Arcs"
+)]
 fn error_policy(rs: Arc<ReplicaSet>, error: &Error, _ctx: Arc<Ctx>) -> Action {
     warn!(rs = %key(&rs.metadata), error = %error, cause = ?std::error::Error::source(error), "replicaset sync failed");
     Action::requeue(Duration::from_millis(500))
@@ -275,20 +279,22 @@ async fn manage(
 ) -> Result<(), Manage> {
     let want = usize::try_from(rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)).unwrap_or(0);
     let have = owned.len();
-    if have < want {
-        let n = (want - have).min(BURST_REPLICAS);
-        create_pods(rs, rs_key, ns, n, ctx).await
-    } else if have > want {
-        let n = (have - want).min(BURST_REPLICAS);
-        let related = related_pods(rs, active, ctx);
-        let candidates: Vec<&CachedPod> = owned.iter().map(|p| &**p).collect();
-        let doomed: Vec<String> = pods::pods_to_delete(&candidates, &related, n)
-            .into_iter()
-            .map(|p| p.name.to_string())
-            .collect();
-        delete_pods(rs, rs_key, ns, doomed, ctx).await
-    } else {
-        Ok(())
+    match have.cmp(&want) {
+        std::cmp::Ordering::Less => {
+            let n = (want - have).min(BURST_REPLICAS);
+            create_pods(rs, rs_key, ns, n, ctx).await
+        }
+        std::cmp::Ordering::Greater => {
+            let n = (have - want).min(BURST_REPLICAS);
+            let related = related_pods(rs, active, ctx);
+            let candidates: Vec<&CachedPod> = owned.iter().map(|p| &**p).collect();
+            let doomed: Vec<String> = pods::pods_to_delete(&candidates, &related, n)
+                .into_iter()
+                .map(|p| p.name.to_string())
+                .collect();
+            delete_pods(rs, rs_key, ns, doomed, ctx).await
+        }
+        std::cmp::Ordering::Equal => Ok(()),
     }
 }
 
@@ -564,6 +570,10 @@ mod tests {
         );
     }
 
+    #[expect(
+        clippy::needless_pass_by_value,
+        reason = "callers write the JSON inline as json! literals"
+    )]
     fn pod_of(owner: Option<&str>, labels: serde_json::Value) -> CachedPod {
         let refs = owner.map(|o| {
             json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": o, "uid": "x", "controller": true}])

@@ -6,7 +6,6 @@ use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
-use serde::Deserialize as _;
 use serde_json::Value;
 
 /// One object from a manifest, with where it came from (for error messages).
@@ -109,8 +108,12 @@ pub fn parse_documents(text: &str, source: &str, extension: Option<&str>) -> Res
             .collect::<Result<_, _>>()
             .with_context(|| format!("error parsing {source}"))?
     } else {
-        serde_yaml::Deserializer::from_str(text)
-            .map(Value::deserialize)
+        kproxy_apimachinery::yaml::split(text)
+            .iter()
+            .map(|doc| {
+                doc.value()
+                    .with_context(|| format!("document at line {}", doc.line))
+            })
             .collect::<Result<_, _>>()
             .with_context(|| format!("error parsing {source}"))?
     };

@@ -20,7 +20,7 @@ pub fn name_line(kind_ref: &str, name: &str) -> String {
 }
 
 /// Wraps several objects the way kubectl does for `-o yaml|json`.
-pub fn as_list(items: Vec<Value>) -> Value {
+pub fn as_list(items: &[Value]) -> Value {
     json!({
         "apiVersion": "v1",
         "items": items,
@@ -59,8 +59,8 @@ pub fn to_json(v: &Value) -> Result<String> {
 }
 
 /// kubectl's YAML (see [`crate::yaml`]).
-pub fn to_yaml(v: &Value) -> Result<String> {
-    Ok(crate::yaml::to_string(v))
+pub fn to_yaml(v: &Value) -> String {
+    crate::yaml::to_string(v)
 }
 
 /// Writes to stdout. A closed pipe (`kctl get pods | head -1`) ends the program quietly, as it
@@ -78,7 +78,7 @@ pub fn emit(text: &str) -> Result<()> {
 pub fn render(v: &Value, format: OutputFormat) -> Result<String> {
     match format {
         OutputFormat::Json => to_json(v),
-        _ => to_yaml(v),
+        _ => Ok(to_yaml(v)),
     }
 }
 
@@ -94,7 +94,7 @@ mod tests {
 
     #[test]
     fn lists_wrap_items() {
-        let l = as_list(vec![json!({"kind": "Pod"})]);
+        let l = as_list(&[json!({"kind": "Pod"})]);
         assert_eq!(l["kind"], "List");
         assert_eq!(l["apiVersion"], "v1");
         assert_eq!(l["items"][0]["kind"], "Pod");
@@ -112,8 +112,7 @@ mod tests {
 
     #[test]
     fn yaml_sorts_keys() {
-        let s = to_yaml(&json!({"kind": "Pod", "apiVersion": "v1", "metadata": {"name": "web"}}))
-            .unwrap();
+        let s = to_yaml(&json!({"kind": "Pod", "apiVersion": "v1", "metadata": {"name": "web"}}));
         assert_eq!(s, "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n");
         let s = render(&json!({"items": []}), OutputFormat::Yaml).unwrap();
         assert_eq!(s, "items: []\n");

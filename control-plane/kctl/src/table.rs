@@ -69,6 +69,10 @@ impl Row {
 
 /// How to lay a table out.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "independent kubectl print switches"
+)]
 pub struct PrintOptions {
     /// `-o wide`: include priority > 0 columns.
     pub wide: bool,

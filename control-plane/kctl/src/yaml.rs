@@ -3,6 +3,8 @@
 //! where a plain scalar would be read back as something else (`"5"`, `"true"`,
 //! `"2024-01-01T00:00:00Z"`) or is not allowed (`'*'`, `'a: b'`).
 
+use std::fmt::Write as _;
+
 use serde_json::Value;
 
 /// `v` as a YAML document (no `---`), ending with a newline.
@@ -157,9 +159,9 @@ fn double_quoted(s: &str) -> String {
             c if needs_escape(c) => {
                 let n = c as u32;
                 if n <= 0xff {
-                    out.push_str(&format!("\\x{n:02X}"));
+                    let _ = write!(out, "\\x{n:02X}");
                 } else {
-                    out.push_str(&format!("\\u{n:04X}"));
+                    let _ = write!(out, "\\u{n:04X}");
                 }
             }
             c => out.push(c),

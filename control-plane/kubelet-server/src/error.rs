@@ -47,6 +47,14 @@ impl HttpError {
     }
 }
 
+/// Why the endpoint could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The serving certificate or the client CA.
+    #[error("setting up the kubelet endpoint's TLS")]
+    Tls(#[source] kproxy_node_tls::TlsError),
+}
+
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
         (

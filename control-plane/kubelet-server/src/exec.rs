@@ -33,6 +33,15 @@ use crate::error::HttpError;
 use crate::lookup;
 use crate::query::{self, ExecOptions};
 
+/// Why an exec session ended before its outcome reached the client.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("upgrading the connection")]
+    Upgrade(#[source] hyper::Error),
+    #[error("{0}")]
+    Client(&'static str, #[source] tungstenite::Error),
+}
+
 type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 type Stdin = Pin<Box<dyn AsyncWrite + Send>>;
 type Output = Pin<Box<dyn Stream<Item = Result<LogOutput, bollard::errors::Error>> + Send>>;
@@ -91,7 +100,7 @@ pub async fn handle(
         tokio::select! {
             r = session(docker, on_upgrade, exec.id, opts, protocol) => {
                 if let Err(e) = r {
-                    tracing::info!("exec session ended early: {e:#}");
+                    tracing::info!(error = &e as &dyn std::error::Error, "exec session ended early");
                 }
             }
             // The server's future was dropped: end the session with it.
@@ -169,9 +178,8 @@ async fn session(
     exec_id: String,
     opts: ExecOptions,
     protocol: Protocol,
-) -> anyhow::Result<()> {
-    use anyhow::Context as _;
-    let upgraded = on_upgrade.await.context("upgrading the connection")?;
+) -> Result<(), SessionError> {
+    let upgraded = on_upgrade.await.map_err(SessionError::Upgrade)?;
     let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
     let (mut tx, rx) = ws.split();
     // As the kubelet does: an empty message on the lowest writable channel tells the client
@@ -185,7 +193,7 @@ async fn session(
     };
     tx.send(protocol.frame(first, &[]))
         .await
-        .context("greeting the client")?;
+        .map_err(|e| SessionError::Client("greeting the client", e))?;
 
     let started = docker
         .start_exec(
@@ -219,7 +227,7 @@ async fn session(
     ));
     tokio::select! {
         sent = forward_output(&mut tx, output, protocol) => {
-            let outcome = match sent.context("sending output to the client")? {
+            let outcome = match sent.map_err(|e| SessionError::Client("sending output to the client", e))? {
                 None => exit_outcome(&docker, &exec_id).await,
                 Some(docker_error) => Outcome::Failed(docker_error),
             };
@@ -263,16 +271,19 @@ async fn finish(
     protocol: Protocol,
     outcome: &Outcome,
     command: &[String],
-) -> anyhow::Result<()> {
+) -> Result<(), SessionError> {
+    let closing = |e| SessionError::Client("sending the outcome to the client", e);
     if let Some(status) = protocol.status(outcome, command) {
-        tx.feed(protocol.frame(channel::ERROR, &status)).await?;
+        tx.feed(protocol.frame(channel::ERROR, &status))
+            .await
+            .map_err(closing)?;
     }
     tx.send(Message::Close(Some(CloseFrame {
         code: CloseCode::Normal,
         reason: "".into(),
     })))
-    .await?;
-    Ok(())
+    .await
+    .map_err(closing)
 }
 
 /// The command's exit code. Docker may report the exec as running for a moment after its
@@ -311,7 +322,7 @@ async fn read_client(
             Ok(Message::Close(_)) => break,
             Ok(m) => m,
             Err(e) => {
-                tracing::debug!("exec {exec_id}: reading from the client: {e}");
+                tracing::debug!(exec = exec_id, error = %e, "reading from the client");
                 break;
             }
         };
@@ -321,7 +332,7 @@ async fn read_client(
                     && let Err(e) = w.write_all(&data).await
                 {
                     // The command closed its stdin; later input has nowhere to go.
-                    tracing::debug!("exec {exec_id}: writing stdin: {e}");
+                    tracing::debug!(exec = exec_id, error = %e, "writing stdin");
                     stdin = None;
                 }
             }
@@ -336,11 +347,11 @@ async fn read_client(
                     h: i32::from(size.height),
                 };
                 if let Err(e) = docker.resize_exec(&exec_id, resize).await {
-                    tracing::debug!("exec {exec_id}: resize: {e}");
+                    tracing::debug!(exec = exec_id, error = %e, "resize");
                 }
             }
             Ok(_) => {}
-            Err(e) => tracing::debug!("exec {exec_id}: ignoring a client message: {e}"),
+            Err(e) => tracing::debug!(exec = exec_id, error = %e, "ignoring a client message"),
         }
     }
     if let Some(mut w) = stdin.take() {

@@ -1,6 +1,6 @@
 //! The kubelet's HTTPS endpoint, reached only through the API server (mutual TLS): container
-//! logs and exec sessions for `pods/log` and `pods/exec`. Also home of the Docker label scheme
-//! that ties containers to pods, shared by the kubelet and this server.
+//! logs and exec sessions for `pods/log` and `pods/exec`. It finds containers through the
+//! Docker label scheme of `kproxy-pod-labels`.
 //!
 //! - `GET /containerLogs/{namespace}/{pod}/{container}` (follow, previous, tailLines,
 //!   timestamps, sinceSeconds, sinceTime, limitBytes): the Docker log, streamed.
@@ -8,7 +8,7 @@
 //!   Kubernetes' remotecommand protocol (v5/v4 channel.k8s.io).
 //! - anything else: 404.
 
-pub mod labels;
+#![forbid(unsafe_code)]
 
 mod channel;
 mod error;
@@ -30,7 +30,7 @@ use bollard::Docker;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub use error::HttpError;
+pub use error::{HttpError, ServeError};
 
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -54,7 +54,11 @@ type AppState = Arc<Shared>;
 
 /// Binds nothing: serves on `listener` until the future is dropped (which also ends every
 /// open connection and exec session).
-pub async fn serve(listener: TcpListener, cfg: ServerConfig, docker: Docker) -> anyhow::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    cfg: ServerConfig,
+    docker: Docker,
+) -> Result<(), ServeError> {
     let tls = kproxy_node_tls::server_config(
         &kproxy_node_tls::Serving {
             dir: &cfg.data_dir,
@@ -62,7 +66,8 @@ pub async fn serve(listener: TcpListener, cfg: ServerConfig, docker: Docker) -> 
             node_name: &cfg.node_name,
         },
         &cfg.client_ca_pem,
-    )?;
+    )
+    .map_err(ServeError::Tls)?;
     let (_stop, stop_rx) = watch::channel(());
     let app = router(Arc::new(Shared {
         node: cfg.node_name.clone(),

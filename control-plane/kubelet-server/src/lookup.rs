@@ -6,8 +6,9 @@ use bollard::Docker;
 use bollard::models::{ContainerSummary, ContainerSummaryStateEnum};
 use bollard::query_parameters::ListContainersOptions;
 
+use kproxy_pod_labels as labels;
+
 use crate::error::HttpError;
-use crate::labels;
 
 /// One Docker container of the wanted pod container (any pod uid, any attempt).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,11 +103,11 @@ pub async fn find(
     let filters = HashMap::from([(
         "label".to_string(),
         vec![
-            format!("{}={node}", labels::NODE),
-            format!("{}={namespace}", labels::POD_NAMESPACE),
-            format!("{}={pod}", labels::POD_NAME),
-            format!("{}={}", labels::KIND, labels::KIND_CONTAINER),
-            format!("{}={container}", labels::CONTAINER_NAME),
+            labels::node_filter(node),
+            labels::filter(labels::POD_NAMESPACE, namespace),
+            labels::filter(labels::POD_NAME, pod),
+            labels::filter(labels::KIND, labels::KIND_CONTAINER),
+            labels::filter(labels::CONTAINER_NAME, container),
         ],
     )]);
     let list = docker

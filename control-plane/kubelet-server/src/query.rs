@@ -34,9 +34,8 @@ impl Params<'_> {
     /// value) means true, as for a flag.
     fn flag(&self, key: &str) -> Result<bool, HttpError> {
         match self.get(key) {
-            None => Ok(false),
             Some("" | "1" | "t" | "T" | "true" | "TRUE" | "True") => Ok(true),
-            Some("0" | "f" | "F" | "false" | "FALSE" | "False") => Ok(false),
+            None | Some("0" | "f" | "F" | "false" | "FALSE" | "False") => Ok(false),
             Some(other) => Err(HttpError::bad_request(format!(
                 "invalid value {other:?} for query parameter {key}: must be true or false"
             ))),
@@ -133,6 +132,10 @@ impl LogOptions {
 
 /// `/exec/...` options (Kubernetes' PodExecOptions, as the kubelet receives them).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "Kubernetes' PodExecOptions: one flag per stream and the terminal"
+)]
 pub struct ExecOptions {
     pub command: Vec<String>,
     pub stdin: bool,
@@ -217,14 +220,15 @@ mod tests {
             }
         );
         let now: jiff::Timestamp = "2024-05-01T00:00:10Z".parse().unwrap();
-        assert_eq!(o.docker_since(now), now.as_second() as i32 - 5);
+        let secs = i32::try_from(now.as_second()).unwrap();
+        assert_eq!(o.docker_since(now), secs - 5);
         assert_eq!(o.docker_tail(), "0");
         assert_eq!(LogOptions::default().docker_tail(), "all");
         assert_eq!(LogOptions::default().docker_since(now), 0);
 
         let t = LogOptions::parse(&q("sinceTime=2024-05-01T00%3A00%3A00Z&follow=false")).unwrap();
         assert!(!t.follow);
-        assert_eq!(t.docker_since(now), now.as_second() as i32 - 10);
+        assert_eq!(t.docker_since(now), secs - 10);
         let old = LogOptions::parse(&q("sinceTime=1900-01-01T00:00:00Z")).unwrap();
         assert_eq!(old.docker_since(now), 0);
     }

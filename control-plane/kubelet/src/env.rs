@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 pub fn build(
     pod: &Pod,
     c: &Container,
-    pod_ip: Option<String>,
+    pod_ip: Option<&str>,
     host_ip: &str,
 ) -> Result<Vec<String>, String> {
     if c.env_from.as_ref().is_some_and(|e| !e.is_empty()) {
@@ -27,7 +27,7 @@ pub fn build(
                         e.name
                     ));
                 };
-                field(pod, &f.field_path, pod_ip.as_deref(), host_ip).ok_or_else(|| {
+                field(pod, &f.field_path, pod_ip, host_ip).ok_or_else(|| {
                     format!("env {}: unsupported fieldPath {:?}", e.name, f.field_path)
                 })?
             }
@@ -137,7 +137,7 @@ mod tests {
             ]),
             ..Default::default()
         };
-        let env = build(&pod(), &c, Some("10.244.0.7".into()), "192.0.2.1").unwrap();
+        let env = build(&pod(), &c, Some("10.244.0.7"), "192.0.2.1").unwrap();
         assert_eq!(
             env,
             [

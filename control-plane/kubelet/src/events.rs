@@ -94,9 +94,41 @@ pub fn record(
     );
     tokio::spawn(async move {
         if let Err(e) = api.create(&PostParams::default(), &ev).await {
-            warn!("writing an event: {e}");
+            warn!(error = %e, "writing an event");
         }
     });
+}
+
+/// The events of one pod, as its worker sends them.
+#[derive(Clone, Copy)]
+pub struct Recorder<'a> {
+    pub client: &'a Client,
+    pub pod: &'a Pod,
+    pub node: &'a str,
+}
+
+impl Recorder<'_> {
+    /// A Normal event about `container` (or the pod).
+    pub fn normal(&self, container: Option<&str>, reason: &str, message: &str) {
+        self.send(container, Kind::Normal, reason, message);
+    }
+
+    /// A Warning event about `container` (or the pod).
+    pub fn warning(&self, container: Option<&str>, reason: &str, message: &str) {
+        self.send(container, Kind::Warning, reason, message);
+    }
+
+    fn send(&self, container: Option<&str>, kind: Kind, reason: &str, message: &str) {
+        record(
+            self.client,
+            self.pod,
+            self.node,
+            container,
+            kind,
+            reason,
+            message,
+        );
+    }
 }
 
 #[cfg(test)]

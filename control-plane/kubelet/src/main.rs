@@ -1,14 +1,19 @@
 //! kproxy-kubelet: the node agent. Registers this host as a Node, heartbeats its Lease, and
 //! runs the pods bound to it as Docker containers in network namespaces on the node bridge.
 
+#![forbid(unsafe_code)]
+
 mod backoff;
+mod create;
 mod env;
 mod events;
 mod manager;
 mod node;
+mod plan;
 mod pod;
 mod probe;
 mod runtime;
+mod shared;
 mod status;
 mod volumes;
 
@@ -19,6 +24,8 @@ use clap::Parser;
 use ipnet::Ipv4Net;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use tracing::info;
+
+use crate::runtime::PodRuntime as _;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -160,10 +167,10 @@ async fn main() -> Result<()> {
     kproxy_podnet::enable_forwarding(&o.bridge, cidr).context("allowing pod traffic")?;
     let ipam = kproxy_podnet::Ipam::open(o.data_dir.join("ipam.json"), cidr, gateway)?;
 
-    let shared = Arc::new(pod::Shared {
+    let shared = Arc::new(shared::Shared {
         runtime: rt,
         client: client.clone(),
-        net: pod::Net {
+        net: shared::Net {
             bridge: o.bridge.clone(),
             cidr,
             gateway,

@@ -12,7 +12,7 @@ use anyhow::Result;
 use bollard::query_parameters::EventsOptions;
 use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::core::v1::Pod;
-use kproxy_kubelet_server::labels;
+use kproxy_pod_labels as labels;
 use kube::{
     Api,
     api::ListParams,
@@ -24,7 +24,11 @@ use tokio::{
 };
 use tracing::{info, warn};
 
-use crate::pod::{Shared, Worker, teardown};
+use crate::{
+    plan,
+    pod::{Worker, teardown},
+    shared::Shared,
+};
 
 struct Handle {
     tx: watch::Sender<Option<Pod>>,
@@ -45,7 +49,7 @@ pub async fn run(shared: Arc<Shared>) -> Result<()> {
         tokio::select! {
             ev = pods.next() => match ev {
                 None => anyhow::bail!("the pod watch ended"),
-                Some(Err(e)) => warn!("pod watch: {e}"),
+                Some(Err(e)) => warn!(error = %e, "pod watch"),
                 Some(Ok(watcher::Event::Init)) => listed.clear(),
                 Some(Ok(watcher::Event::InitApply(pod))) => {
                     if let Some(uid) = pod.metadata.uid.clone() {
@@ -88,9 +92,10 @@ fn upsert(shared: &Arc<Shared>, workers: &mut HashMap<String, Handle>, pod: Pod)
             let _ = h.tx.send(Some(pod));
         }
         _ => {
+            let key = plan::key(&pod);
             let (tx, rx) = watch::channel(Some(pod));
             let wake = Arc::new(Notify::new());
-            let worker = Worker::new(shared.clone(), uid.clone());
+            let worker = Worker::new(shared.clone(), uid.clone(), key);
             let task = tokio::spawn(worker.run(rx, wake.clone()));
             workers.insert(uid, Handle { tx, wake, task });
         }
@@ -112,10 +117,7 @@ fn docker_events(shared: &Arc<Shared>) -> impl futures::Stream<Item = String> + 
             }
             let filters = HashMap::from([
                 ("type".to_string(), vec!["container".to_string()]),
-                (
-                    "label".to_string(),
-                    vec![format!("{}={node}", labels::NODE)],
-                ),
+                ("label".to_string(), vec![labels::node_filter(&node)]),
                 (
                     "event".to_string(),
                     ["start", "die", "oom", "destroy"]
@@ -143,7 +145,7 @@ fn docker_events(shared: &Arc<Shared>) -> impl futures::Stream<Item = String> + 
             match r {
                 Ok(uid) => Some(uid),
                 Err(e) => {
-                    warn!("docker events: {e}");
+                    warn!(error = %e, "docker events");
                     None
                 }
             }
@@ -156,7 +158,7 @@ async fn remove_orphans(shared: Arc<Shared>, live: HashSet<String>) {
     // Snapshot what exists first: containers and addresses of this node.
     let containers = match shared.runtime.pod_uids().await {
         Ok(u) => u,
-        Err(e) => return warn!("looking for orphaned containers: {e:#}"),
+        Err(e) => return warn!(error = %format_args!("{e:#}"), "looking for orphaned containers"),
     };
     let addresses: Vec<String> = shared
         .net
@@ -177,14 +179,14 @@ async fn remove_orphans(shared: Arc<Shared>, live: HashSet<String>) {
     let lp = ListParams::default().fields(&format!("spec.nodeName={}", shared.runtime.node));
     let bound: HashSet<String> = match api.list(&lp).await {
         Ok(l) => l.items.into_iter().filter_map(|p| p.metadata.uid).collect(),
-        Err(e) => return warn!("looking for orphaned pods: {e}"),
+        Err(e) => return warn!(error = %e, "looking for orphaned pods"),
     };
     let orphan = |uid: &String| !live.contains(uid) && !bound.contains(uid);
     for (uid, (ns, name)) in containers.iter().filter(|(u, _)| orphan(u)) {
-        info!(pod = %format!("{ns}/{name}"), %uid, "removing the containers of a pod that is gone");
+        info!(namespace = %ns, pod = %name, %uid, "removing the containers of a pod that is gone");
         // Also frees the address.
         if let Err(e) = teardown(&shared, uid, Duration::ZERO).await {
-            warn!(%uid, "removing an orphaned pod: {e:#}");
+            warn!(%uid, error = %format_args!("{e:#}"), "removing an orphaned pod");
         }
     }
     for uid in addresses
@@ -192,7 +194,7 @@ async fn remove_orphans(shared: Arc<Shared>, live: HashSet<String>) {
         .filter(|u| orphan(u) && !containers.contains_key(*u))
     {
         if let Err(e) = shared.net.release(uid).await {
-            warn!(%uid, "releasing an orphaned address: {e:#}");
+            warn!(%uid, error = %format_args!("{e:#}"), "releasing an orphaned address");
         }
     }
 }

@@ -308,12 +308,12 @@ pub async fn heartbeat(client: Client, f: NodeFacts, every: Duration) {
     let mut last_status = tokio::time::Instant::now();
     loop {
         if let Err(e) = renew(&leases, &f.name).await {
-            warn!("renewing the node lease: {e:#}");
+            warn!(error = %format_args!("{e:#}"), "renewing the node lease");
         }
         if last_status.elapsed() >= Duration::from_mins(1) {
             match update_status(&client, &f).await {
                 Ok(()) => last_status = tokio::time::Instant::now(),
-                Err(e) => warn!("{e:#}"),
+                Err(e) => warn!(error = %format_args!("{e:#}"), "updating the node status"),
             }
         }
         tokio::time::sleep(every).await;
@@ -396,7 +396,7 @@ mod tests {
     #[test]
     fn meminfo_total() {
         let t = "MemTotal:        8041652 kB\nMemFree:  100 kB\n";
-        assert_eq!(parse_meminfo(t), Some(8041652));
+        assert_eq!(parse_meminfo(t), Some(8_041_652));
         assert_eq!(parse_meminfo("nonsense"), None);
     }
 

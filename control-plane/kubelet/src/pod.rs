@@ -1,12 +1,12 @@
-//! One worker per pod: compares the pod's spec with what Docker runs, starts, restarts and
-//! stops containers, runs the probes, and writes the pod's status. Everything it needs to
-//! remember across kubelet restarts is in Docker's labels and the IPAM file.
+//! One worker per pod: observes the pod's containers, asks [`plan`](crate::plan) what to do,
+//! carries the plan out (containers through [`PodRuntime`], the network, the API), runs the
+//! probes that are due and writes the pod's status. Everything it needs to remember across
+//! kubelet restarts is in Docker's labels and the IPAM file.
 
 use std::{
     collections::{HashMap, HashSet},
     net::Ipv4Addr,
-    path::PathBuf,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -15,128 +15,35 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Container, Pod, PodStatus};
 use kube::{
     Api,
-    api::{DeleteParams, Preconditions},
+    api::{DeleteParams, PostParams, Preconditions},
 };
 use tokio::sync::{Notify, watch};
-use tracing::{debug, info, warn};
+use tracing::{debug, info, instrument, warn};
 
 use crate::{
-    backoff::Backoff,
-    events::{
-        self,
-        Kind::{Normal, Warning},
-    },
+    create::{self, Failure, Pulls},
+    events::Recorder,
+    plan::{self, Now, Observation, Plan, Run, Sandbox, Waiting},
     probe::{self, Probes, Verdict},
-    runtime::{Observed, RunState, Runtime},
-    status::{self, ContainerView, StatusInput},
+    runtime::{Observed, PodRuntime, RunState, Runtime},
+    shared::Shared,
+    status::{self, StatusInput},
 };
 
-/// The node bridge and its pod addresses.
-pub struct Net {
-    pub bridge: String,
-    pub cidr: ipnet::Ipv4Net,
-    pub gateway: Ipv4Addr,
-    pub ipam: Mutex<kproxy_podnet::Ipam>,
-}
-
-impl Net {
-    /// The pod's address: the one it has, or a new one.
-    pub fn allocate(&self, uid: &str) -> Result<Ipv4Addr> {
-        self.ipam
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .allocate(uid)
-            .context("allocating the pod IP")
-    }
-
-    /// Gives the sandbox (process `pid`) its eth0 with `ip` on the bridge.
-    pub async fn plumb(&self, uid: &str, ip: Ipv4Addr, pid: i64) -> Result<()> {
-        let netns = PathBuf::from(format!("/proc/{pid}/ns/net"));
-        kproxy_podnet::attach(
-            &netns,
-            &self.bridge,
-            &kproxy_podnet::host_ifname(uid),
-            ip,
-            self.cidr.prefix_len(),
-            self.gateway,
-        )
-        .await
-        .context("connecting the pod to the node bridge")
-    }
-
-    /// Removes the pod's veth and frees its address. Idempotent.
-    pub async fn release(&self, uid: &str) -> Result<()> {
-        kproxy_podnet::detach(&kproxy_podnet::host_ifname(uid))
-            .await
-            .context("removing the pod's veth")?;
-        self.ipam
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .release(uid)
-            .context("releasing the pod IP")?;
-        Ok(())
-    }
-}
-
-/// What all pod workers share.
-pub struct Shared {
-    pub runtime: Runtime,
-    pub client: kube::Client,
-    pub net: Net,
-    pub node_ip: String,
-    pub backoff: Backoff,
-    /// The kubelet's state directory (pods' emptyDir volumes live under it).
-    pub state_dir: PathBuf,
-}
-
-/// Failed pulls of one image reference.
-struct PullFailure {
-    failures: u32,
-    retry_at: Instant,
-    message: String,
-}
-
-pub struct Worker {
-    shared: Arc<Shared>,
+pub struct Worker<R = Runtime> {
+    shared: Arc<Shared<R>>,
     uid: String,
+    /// `namespace/name`, the worker's span names the pod with it.
+    key: String,
     /// Probe state per running container (Docker id): a new attempt starts over.
     probes: HashMap<String, Probes>,
     /// Exited attempts already announced with a BackOff event.
     backoff_reported: HashSet<(String, u32)>,
-    pulls: HashMap<String, PullFailure>,
+    pulls: Pulls,
     /// The last status written (or read) for this pod.
     written: Option<PodStatus>,
     /// The pod IP once the network was set up by this worker.
     ip: Option<Ipv4Addr>,
-}
-
-/// The attempts of spec container `name`, oldest first (as the runtime lists them).
-fn attempts<'a>(observed: &'a [Observed], name: &str) -> Vec<&'a Observed> {
-    observed
-        .iter()
-        .filter(|o| !o.sandbox && o.name == name)
-        .collect()
-}
-
-/// Whether an app container that exited with `code` is started again under `policy`.
-fn restarts_after(policy: &str, code: i32) -> bool {
-    match policy {
-        "Never" => false,
-        "OnFailure" => code != 0,
-        _ => true,
-    }
-}
-
-/// What one container needs.
-enum Decision {
-    /// Create and start this attempt.
-    Start(u32),
-    /// Running: leave it.
-    Keep,
-    /// Exited and not to be restarted.
-    Done,
-    /// Exited; restarted after the back-off, at this time.
-    Wait(Instant),
 }
 
 /// Until when a worker may sleep.
@@ -145,32 +52,34 @@ enum Next {
     Finished,
 }
 
-const RESYNC: Duration = Duration::from_secs(10);
-
-fn meta(pod: &Pod) -> (&str, &str) {
-    (
-        pod.metadata.namespace.as_deref().unwrap_or_default(),
-        pod.metadata.name.as_deref().unwrap_or_default(),
-    )
+/// What one pass learns while it carries out a plan.
+struct Pass {
+    /// The pod's containers, updated with the attempts this pass started.
+    observed: Vec<Observed>,
+    waiting: HashMap<String, Waiting>,
+    wake: Instant,
 }
 
-fn grace_of(pod: &Pod) -> Duration {
-    let secs = pod.metadata.deletion_grace_period_seconds.or_else(|| {
-        pod.spec
-            .as_ref()
-            .and_then(|s| s.termination_grace_period_seconds)
-    });
-    Duration::from_secs(secs.unwrap_or(30).max(0) as u64)
+/// After a failed pass, the worker tries again this soon.
+const RETRY: Duration = Duration::from_secs(2);
+
+fn recorder<'a, R: PodRuntime>(shared: &'a Shared<R>, pod: &'a Pod) -> Recorder<'a> {
+    Recorder {
+        client: &shared.client,
+        pod,
+        node: shared.runtime.node(),
+    }
 }
 
-impl Worker {
-    pub fn new(shared: Arc<Shared>, uid: String) -> Self {
+impl<R: PodRuntime> Worker<R> {
+    pub fn new(shared: Arc<Shared<R>>, uid: String, key: String) -> Self {
         Self {
             shared,
             uid,
+            key,
             probes: HashMap::new(),
             backoff_reported: HashSet::new(),
-            pulls: HashMap::new(),
+            pulls: Pulls::default(),
             written: None,
             ip: None,
         }
@@ -178,6 +87,7 @@ impl Worker {
 
     /// Runs until the pod is gone from the node. `rx` carries the newest version of the pod
     /// (`None` once it was deleted from the API); `wake` is poked on container events.
+    #[instrument(name = "pod", skip_all, fields(pod = %self.key, uid = %self.uid))]
     pub async fn run(mut self, mut rx: watch::Receiver<Option<Pod>>, wake: Arc<Notify>) {
         loop {
             let pod = rx.borrow_and_update().clone();
@@ -185,18 +95,14 @@ impl Worker {
                 None => match self.teardown(Duration::ZERO).await {
                     Ok(()) => Next::Finished,
                     Err(e) => {
-                        warn!(uid = %self.uid, "tearing down a deleted pod: {e:#}");
-                        Next::After(Duration::from_secs(2))
+                        warn!(error = %format_args!("{e:#}"), "tearing down a deleted pod");
+                        Next::After(RETRY)
                     }
                 },
-                Some(pod) => match self.sync(&pod).await {
-                    Ok(n) => n,
-                    Err(e) => {
-                        let (ns, name) = meta(&pod);
-                        warn!(pod = %format!("{ns}/{name}"), "sync failed: {e:#}");
-                        Next::After(Duration::from_secs(2))
-                    }
-                },
+                Some(pod) => self.sync(&pod).await.unwrap_or_else(|e| {
+                    warn!(error = %format_args!("{e:#}"), "sync failed");
+                    Next::After(RETRY)
+                }),
             };
             let wait = match next {
                 Next::Finished => return,
@@ -206,7 +112,7 @@ impl Worker {
                 r = rx.changed() => if r.is_err() {
                     // The manager dropped us: the pod left this node.
                     if let Err(e) = self.teardown(Duration::ZERO).await {
-                        warn!(uid = %self.uid, "tearing down: {e:#}");
+                        warn!(error = %format_args!("{e:#}"), "tearing down");
                     }
                     return;
                 },
@@ -224,367 +130,127 @@ impl Worker {
         Ok(())
     }
 
+    /// One pass: observe, plan, carry the plan out.
     async fn sync(&mut self, pod: &Pod) -> Result<Next> {
         if self.written.is_none() {
-            self.written = pod.status.clone();
+            self.written.clone_from(&pod.status);
         }
-        let (ns, name) = meta(pod);
-        if pod.metadata.deletion_timestamp.is_some() {
-            let grace = grace_of(pod);
-            info!(pod = %format!("{ns}/{name}"), ?grace, "stopping the pod's containers");
-            for o in self.shared.runtime.pod_containers(&self.uid).await? {
-                if !o.sandbox && o.state.is_running() {
-                    Self::event(
-                        &self.shared,
-                        pod,
-                        Some(&o.name),
-                        Normal,
-                        "Killing",
-                        &format!("Stopping container {}", o.name),
-                    );
-                }
-            }
-            self.teardown(grace).await?;
-            let api: Api<Pod> = Api::namespaced(self.shared.client.clone(), ns);
-            let dp = DeleteParams {
-                grace_period_seconds: Some(0),
-                preconditions: Some(Preconditions {
-                    uid: Some(self.uid.clone()),
-                    resource_version: None,
-                }),
-                ..Default::default()
+        let mut repaired = false;
+        loop {
+            let observed = self.shared.runtime.pod_containers(&self.uid).await?;
+            let now = Now::current();
+            let seen = Observation {
+                containers: &observed,
+                plumbed: self.ip.is_some(),
             };
-            match api.delete(name, &dp).await {
-                Ok(_) => info!(pod = %format!("{ns}/{name}"), "pod deleted"),
-                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
-                Err(e) => return Err(e).context("deleting the pod object"),
-            }
-            return Ok(Next::Finished);
-        }
-        let spec = pod.spec.clone().unwrap_or_default();
-        let host_network = spec.host_network == Some(true);
-        let restart_policy = spec
-            .restart_policy
-            .as_deref()
-            .unwrap_or("Always")
-            .to_string();
-        let now = Instant::now();
-        let mut wake = now + RESYNC;
-
-        let mut observed = self.shared.runtime.pod_containers(&self.uid).await?;
-        let mut sandbox = observed.iter().find(|o| o.sandbox).cloned();
-
-        // A dead sandbox took the network with it: its app containers go too and come back
-        // in a new one.
-        if sandbox.as_ref().is_some_and(|s| !s.state.is_running()) {
-            let wanted = self.any_wanted(&spec.containers, &observed, &restart_policy);
-            if wanted {
-                for o in observed
-                    .iter()
-                    .filter(|o| !o.sandbox && o.state.is_running())
-                {
-                    self.shared.runtime.stop(&o.id, Duration::ZERO).await?;
-                }
-                if let Some(s) = sandbox.take() {
-                    self.shared.runtime.remove(&s.id).await?;
-                }
-                self.ip = None;
-                observed = self.shared.runtime.pod_containers(&self.uid).await?;
-            }
-        }
-
-        // Decide per container: init containers one after another to success, then the
-        // app containers.
-        let newest = |name: &str| attempts(&observed, name).last().map(|o| (*o).clone());
-        let mut waiting: HashMap<String, (String, String)> = HashMap::new();
-        let mut to_start: Vec<(&Container, u32)> = Vec::new();
-        let init_containers = spec.init_containers.clone().unwrap_or_default();
-        let mut initialized = true;
-        let mut init_failed = false;
-        for c in &init_containers {
-            let cur = newest(&c.name);
-            let never = restart_policy == "Never";
-            let d = self.decide(
-                pod,
-                c,
-                cur.as_ref(),
-                |code| code != 0 && !never,
-                &mut waiting,
-            );
-            match d {
-                Decision::Done => {
-                    if cur.as_ref().is_some_and(
-                        |o| matches!(o.state, RunState::Exited { code, .. } if code != 0),
-                    ) {
-                        init_failed = true;
-                        initialized = false;
-                        break;
+            match plan::plan(pod, &seen, now, &self.shared.backoff) {
+                Plan::Delete { grace, running } => return self.delete(pod, grace, &running).await,
+                Plan::Repair { stop, sandbox } => {
+                    anyhow::ensure!(!repaired, "the dead pod sandbox {sandbox} came back");
+                    info!(%sandbox, "the pod sandbox died: starting the pod over in a new one");
+                    for id in &stop {
+                        self.shared.runtime.stop(id, Duration::ZERO).await?;
                     }
-                    continue;
+                    self.shared.runtime.remove(&sandbox).await?;
+                    self.ip = None;
+                    repaired = true;
                 }
-                Decision::Start(attempt) => to_start.push((c, attempt)),
-                Decision::Wait(at) => wake = wake.min(at),
-                Decision::Keep => {}
-            }
-            initialized = false;
-            break;
-        }
-        let mut done = 0;
-        for c in &spec.containers {
-            if !initialized {
-                if !init_failed {
-                    waiting.insert(c.name.clone(), ("PodInitializing".into(), String::new()));
-                }
-                continue;
-            }
-            let cur = newest(&c.name);
-            let policy = restart_policy.clone();
-            let restart = move |code: i32| restarts_after(&policy, code);
-            match self.decide(pod, c, cur.as_ref(), restart, &mut waiting) {
-                Decision::Done => done += 1,
-                Decision::Start(attempt) => to_start.push((c, attempt)),
-                Decision::Wait(at) => wake = wake.min(at),
-                Decision::Keep => {}
+                Plan::Run(run) => return self.apply(pod, run, observed).await,
             }
         }
-        let terminal =
-            init_failed || (done == spec.containers.len() && !spec.containers.is_empty());
+    }
 
-        let mut sandbox_ready = false;
-        if terminal {
-            // Nothing will run again: free the network, keep the exited containers for logs.
-            if let Some(s) = &sandbox {
-                self.shared.runtime.stop(&s.id, Duration::ZERO).await?;
-            }
-            if !host_network {
-                self.shared.net.release(&self.uid).await?;
-            }
-            self.ip = None;
-        } else {
-            let new_sandbox = !sandbox.as_ref().is_some_and(|s| s.state.is_running());
-            if new_sandbox {
-                self.ip = None;
-            }
-            // The address is known before the network exists (IPAM is keyed by uid), so the
-            // containers' environment (status.podIP) does not wait for the plumbing.
-            let ip = if host_network {
-                self.shared.node_ip.parse().unwrap_or(Ipv4Addr::LOCALHOST)
-            } else {
-                self.shared.net.allocate(&self.uid)?
-            };
-            let sandbox_id = match &sandbox {
-                Some(s) if !new_sandbox => s.id.clone(),
-                _ => {
-                    info!(pod = %format!("{ns}/{name}"), "creating the pod sandbox");
-                    self.shared
-                        .runtime
-                        .create_sandbox(pod, host_network)
-                        .await?
-                }
-            };
-            // The sandbox starting and getting its network, and the app containers being
-            // created, are independent: do them at the same time.
-            let plumb = {
-                let shared = self.shared.clone();
-                let (uid, sid) = (self.uid.clone(), sandbox_id.clone());
-                let needed = self.ip.is_none() && !host_network;
-                async move {
-                    if new_sandbox {
-                        shared
-                            .runtime
-                            .start(&sid)
-                            .await
-                            .context("starting the pod sandbox")?;
-                    }
-                    if needed {
-                        let s = shared
-                            .runtime
-                            .inspect(&sid)
-                            .await?
-                            .context("the sandbox vanished")?;
-                        let RunState::Running { pid, .. } = s.state else {
-                            anyhow::bail!("the sandbox is not running");
-                        };
-                        shared.net.plumb(&uid, ip, pid).await?;
-                    }
-                    anyhow::Ok(())
-                }
-            };
-            let create = async {
-                let mut created = Vec::new();
-                for (c, attempt) in &to_start {
-                    created.push((*c, self.create(pod, c, *attempt, &sandbox_id, ip).await));
-                }
-                created
-            };
-            let (plumbed, created) = tokio::join!(plumb, create);
-            plumbed?;
-            self.ip = Some(ip);
-            sandbox_ready = true;
-            let mut started = Vec::new();
-            for (c, r) in created {
-                let r = match r {
-                    Ok(id) => self.shared.runtime.start(&id).await.map(|()| id).map_err(|e| {
-                        warn!(pod = %format!("{ns}/{name}"), container = %c.name, "start failed: {e:#}");
-                        (
-                            "RunContainerError".to_string(),
-                            format!("{e:#}"),
-                            Some(Instant::now() + self.shared.backoff.base),
-                        )
-                    }),
-                    Err(e) => Err(e),
-                };
-                match r {
-                    Ok(id) => {
-                        Self::event(
-                            &self.shared,
-                            pod,
-                            Some(&c.name),
-                            Normal,
-                            "Started",
-                            &format!("Started container {}", c.name),
-                        );
-                        started.push(id);
-                    }
-                    Err((reason, message, retry)) => {
-                        if reason != "ImagePullBackOff" {
-                            Self::event(
-                                &self.shared,
-                                pod,
-                                Some(&c.name),
-                                Warning,
-                                "Failed",
-                                &format!("Error: {reason}: {message}"),
-                            );
-                        }
-                        if let Some(at) = retry {
-                            wake = wake.min(at);
-                        }
-                        waiting.insert(c.name.clone(), (reason, message));
-                    }
-                }
-            }
-            if !started.is_empty() {
-                for id in started {
-                    if let Some(o) = self.shared.runtime.inspect(&id).await? {
-                        observed.retain(|x| x.id != o.id);
-                        observed.push(o);
-                    }
-                }
-                observed.sort_by_key(|o| (o.sandbox, o.name.clone(), o.attempt));
-                self.remove_old_attempts(&observed).await;
-            }
+    /// Stops the containers of a pod being deleted (Killing events), removes them and the
+    /// network, then deletes the Pod object.
+    async fn delete(&mut self, pod: &Pod, grace: Duration, running: &[String]) -> Result<Next> {
+        info!(?grace, "stopping the pod's containers");
+        let shared = self.shared.clone();
+        let events = recorder(&shared, pod);
+        for name in running {
+            events.normal(Some(name), "Killing", &format!("Stopping container {name}"));
         }
-
-        // Probes for running containers.
-        let pod_ip = self.ip.map(|ip| ip.to_string());
-        self.probes
-            .retain(|id, _| observed.iter().any(|o| &o.id == id && o.state.is_running()));
-        let mut kills = Vec::new();
-        for c in &spec.containers {
-            let Some(cur) = attempts(&observed, &c.name)
-                .last()
-                .copied()
-                .filter(|o| o.state.is_running())
-            else {
-                continue;
-            };
-            let probes = self
-                .probes
-                .entry(cur.id.clone())
-                .or_insert_with(|| Probes::new(c, now));
-            let due = probes.due(Instant::now());
-            for kind in due {
-                let Some(p) = probe::spec(c, kind) else {
-                    continue;
-                };
-                let result = probe::check(
-                    p,
-                    c,
-                    pod_ip.as_deref().unwrap_or("127.0.0.1"),
-                    &self.shared.runtime,
-                    &cur.id,
-                )
-                .await;
-                if let Err(why) = &result {
-                    debug!(pod = %format!("{ns}/{name}"), container = %c.name, ?kind, "probe failed: {why}");
-                }
-                let verdict = probes.state_mut(kind).map_or(Verdict::Unchanged, |s| {
-                    s.record(p, result.is_ok(), Instant::now())
-                });
-                if verdict == Verdict::Failed {
-                    let why = result.as_ref().err().cloned().unwrap_or_default();
-                    Self::event(
-                        &self.shared,
-                        pod,
-                        Some(&c.name),
-                        Warning,
-                        "Unhealthy",
-                        &format!("{kind:?} probe failed: {why}"),
-                    );
-                }
-                if verdict == Verdict::Failed && kind != probe::Kind::Readiness {
-                    let why = result.err().unwrap_or_default();
-                    Self::event(
-                        &self.shared,
-                        pod,
-                        Some(&c.name),
-                        Normal,
-                        "Killing",
-                        &format!(
-                            "Container {} failed {} probe, will be restarted",
-                            c.name,
-                            format!("{kind:?}").to_lowercase()
-                        ),
-                    );
-                    info!(pod = %format!("{ns}/{name}"), container = %c.name, ?kind, "probe failed, restarting the container: {why}");
-                    let grace = p
-                        .termination_grace_period_seconds
-                        .map_or_else(|| grace_of(pod), |s| Duration::from_secs(s.max(0) as u64));
-                    kills.push((cur.id.clone(), grace));
-                }
-            }
-            if let Some(at) = probes.next_due() {
-                wake = wake.min(at);
-            }
-        }
-        if !kills.is_empty() {
-            for (id, grace) in kills {
-                self.shared.runtime.stop(&id, grace).await?;
-                self.probes.remove(&id);
-            }
-            // Restart decisions come with the next pass.
-            wake = Instant::now();
-        }
-
-        // Status.
-        let status_of = |c: &Container| {
-            let attempts = attempts(&observed, &c.name);
-            let cur = attempts.last().copied();
-            // Only running app containers have probes; without any, started and ready.
-            let probes = cur.and_then(|o| self.probes.get(&o.id));
-            status::container_status(&ContainerView {
-                spec: c,
-                current: cur,
-                previous: attempts.len().checked_sub(2).map(|i| attempts[i]),
-                waiting: waiting.get(&c.name).cloned(),
-                started: probes.is_none_or(super::probe::Probes::started),
-                ready: probes.is_none_or(super::probe::Probes::ready),
-            })
+        self.teardown(grace).await?;
+        let (ns, name) = plan::meta(pod);
+        let api: Api<Pod> = Api::namespaced(shared.client.clone(), ns);
+        let dp = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(Preconditions {
+                uid: Some(self.uid.clone()),
+                resource_version: None,
+            }),
+            ..Default::default()
         };
-        let init_statuses = init_containers
-            .iter()
-            .map(|c| {
-                let mut st = status_of(c);
-                // An init container is "ready" once it completed successfully.
-                st.ready = attempts(&observed, &c.name)
-                    .last()
-                    .is_some_and(|o| matches!(o.state, RunState::Exited { code: 0, .. }));
-                st
-            })
-            .collect();
-        let statuses = spec.containers.iter().map(status_of).collect();
-        let pod_ip = pod_ip.or_else(|| {
+        match api.delete(name, &dp).await {
+            Ok(_) => info!("pod deleted"),
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+            Err(e) => return Err(e).context("deleting the pod object"),
+        }
+        Ok(Next::Finished)
+    }
+
+    /// Carries out `run`, probes, and writes the status.
+    async fn apply(
+        &mut self,
+        pod: &Pod,
+        mut run: Run<'_>,
+        observed: Vec<Observed>,
+    ) -> Result<Next> {
+        let shared = self.shared.clone();
+        let events = recorder(&shared, pod);
+        let (ns, name) = plan::meta(pod);
+        for b in &run.back_off {
+            if self
+                .backoff_reported
+                .insert((b.container.clone(), b.attempt))
+            {
+                events.warning(
+                    Some(&b.container),
+                    "BackOff",
+                    &format!(
+                        "Back-off restarting failed container {} in pod {name}_{ns}({})",
+                        b.container, self.uid
+                    ),
+                );
+            }
+        }
+        let mut pass = Pass {
+            observed,
+            waiting: std::mem::take(&mut run.waiting),
+            wake: run.wake,
+        };
+        let sandbox_ready = match run.sandbox {
+            Sandbox::Release { stop } => {
+                // Nothing will run again: free the network, keep the exited containers.
+                if let Some(id) = stop {
+                    shared.runtime.stop(&id, Duration::ZERO).await?;
+                }
+                if !run.host_network {
+                    shared.net.release(&self.uid).await?;
+                }
+                self.ip = None;
+                false
+            }
+            Sandbox::Keep { ref id, plumb } => {
+                let id = Some(id.clone());
+                self.bring_up(&events, id, plumb, &run, &mut pass).await?;
+                true
+            }
+            Sandbox::Create { plumb } => {
+                self.ip = None;
+                self.bring_up(&events, None, plumb, &run, &mut pass).await?;
+                true
+            }
+        };
+        let spec = pod.spec.as_ref();
+        let app = spec.map_or(&[][..], |s| s.containers.as_slice());
+        let init = spec
+            .and_then(|s| s.init_containers.as_deref())
+            .unwrap_or_default();
+        self.probe(&events, app, &mut pass).await?;
+
+        let (init_statuses, statuses) =
+            status::containers(init, app, &pass.observed, &pass.waiting, &self.probes);
+        let pod_ip = self.ip.map(|ip| ip.to_string()).or_else(|| {
             // A finished pod keeps reporting the address it had.
             self.written.as_ref().and_then(|s| s.pod_ip.clone())
         });
@@ -592,281 +258,223 @@ impl Worker {
             old: self.written.as_ref(),
             containers: statuses,
             init_containers: init_statuses,
-            initialized,
-            init_failed,
-            restart_policy: &restart_policy,
+            initialized: run.initialized,
+            init_failed: run.init_failed,
+            restart_policy: run.restart_policy,
             sandbox_ready,
             pod_ip,
             host_ip: self.shared.node_ip.clone(),
             now: Timestamp::now(),
         });
         self.write_status(pod, new).await?;
-        let wait = wake.saturating_duration_since(Instant::now());
+        let wait = pass.wake.saturating_duration_since(Instant::now());
         Ok(Next::After(wait.max(Duration::from_millis(50))))
     }
 
-    /// What to do with container `c` whose newest attempt is `cur`; `restart(code)` says
-    /// whether an exit with that code is restarted. A wait is recorded in `waiting`.
-    fn decide(
+    /// Makes the sandbox run (`sandbox`: the running one; `None`: create one) with its
+    /// network (`plumb`: connect it), and creates and starts the run's attempts meanwhile.
+    async fn bring_up(
         &mut self,
-        pod: &Pod,
-        c: &Container,
-        cur: Option<&Observed>,
-        restart: impl Fn(i32) -> bool,
-        waiting: &mut HashMap<String, (String, String)>,
-    ) -> Decision {
-        let Some(o) = cur else {
-            return Decision::Start(0);
+        events: &Recorder<'_>,
+        sandbox: Option<String>,
+        plumb: bool,
+        run: &Run<'_>,
+        pass: &mut Pass,
+    ) -> Result<()> {
+        let host_network = run.host_network;
+        let shared = self.shared.clone();
+        // The address is known before the network exists (IPAM is keyed by uid), so the
+        // containers' environment (status.podIP) does not wait for the plumbing.
+        let ip = if host_network {
+            shared.node_ip.parse().unwrap_or(Ipv4Addr::LOCALHOST)
+        } else {
+            shared.net.allocate(&self.uid)?
         };
-        let (code, started, finished) = match &o.state {
-            RunState::Created => return Decision::Start(o.attempt),
-            RunState::Running { .. } => return Decision::Keep,
-            RunState::Exited {
-                code,
-                started,
-                finished,
-                ..
-            } => (*code, *started, *finished),
+        let new_sandbox = sandbox.is_none();
+        let sandbox_id = if let Some(id) = sandbox {
+            id
+        } else {
+            info!("creating the pod sandbox");
+            shared
+                .runtime
+                .create_sandbox(events.pod, host_network)
+                .await?
         };
-        if !restart(code) {
-            return Decision::Done;
-        }
-        let ran = started
-            .map(|s| finished.duration_since(s).unsigned_abs())
-            .unwrap_or_default();
-        let delay = self.shared.backoff.delay(o.attempt, ran);
-        let since = Timestamp::now().duration_since(finished).unsigned_abs();
-        if since >= delay {
-            return Decision::Start(o.attempt + 1);
-        }
-        let (ns, name) = meta(pod);
-        if self.backoff_reported.insert((c.name.clone(), o.attempt)) {
-            Self::event(
-                &self.shared,
-                pod,
-                Some(&c.name),
-                Warning,
-                "BackOff",
-                &format!(
-                    "Back-off restarting failed container {} in pod {name}_{ns}({})",
-                    c.name, self.uid
-                ),
-            );
-        }
-        waiting.insert(
-            c.name.clone(),
-            (
-                "CrashLoopBackOff".into(),
-                format!(
-                    "back-off {}s restarting failed container={} pod={name}_{ns}({})",
-                    delay.as_secs(),
-                    c.name,
-                    self.uid
-                ),
-            ),
-        );
-        Decision::Wait(Instant::now() + delay.checked_sub(since).unwrap())
-    }
-
-    /// Whether any container is running or will be (re)started.
-    fn any_wanted(&self, containers: &[Container], observed: &[Observed], policy: &str) -> bool {
-        containers.iter().any(
-            |c| match attempts(observed, &c.name).last().map(|o| &o.state) {
-                Some(RunState::Exited { code, .. }) => restarts_after(policy, *code),
-                _ => true,
-            },
-        )
-    }
-
-    /// Creates one attempt (image, environment, container); on failure returns the waiting
-    /// reason, message and retry time.
-    async fn create(
-        &mut self,
-        pod: &Pod,
-        c: &Container,
-        attempt: u32,
-        sandbox_id: &str,
-        ip: Ipv4Addr,
-    ) -> std::result::Result<String, (String, String, Option<Instant>)> {
-        let image = c.image.clone().unwrap_or_default();
-        self.ensure_image(pod, &c.name, &image, c.image_pull_policy.as_deref())
-            .await?;
-        let env = crate::env::build(pod, c, Some(ip.to_string()), &self.shared.node_ip)
-            .map_err(|e| ("CreateContainerConfigError".to_string(), e, None))?;
-        let pod_dir = crate::volumes::pod_dir(&self.shared.state_dir, &self.uid);
-        let binds = crate::volumes::binds(pod, c, &pod_dir)
-            .and_then(|b| crate::volumes::prepare(&b))
-            .map_err(|e| ("CreateContainerConfigError".to_string(), e, None))?;
-        let (ns, name) = meta(pod);
-        info!(pod = %format!("{ns}/{name}"), container = %c.name, attempt, "starting container");
-        let created = self
-            .shared
-            .runtime
-            .create_container(pod, c, attempt, sandbox_id, env, binds)
-            .await;
-        if created.is_ok() {
-            Self::event(
-                &self.shared,
-                pod,
-                Some(&c.name),
-                Normal,
-                "Created",
-                &format!("Created container: {}", c.name),
-            );
-        }
-        created.map_err(|e| {
-            warn!(pod = %format!("{ns}/{name}"), container = %c.name, "create failed: {e:#}");
-            (
-                "CreateContainerError".to_string(),
-                format!("{e:#}"),
-                Some(Instant::now() + self.shared.backoff.base),
-            )
-        })
-    }
-
-    /// Makes the image present: locally built images (no registry digest) are used as they
-    /// are even with `Always`, since no registry has them; otherwise pulls as the policy says,
-    /// backing off between failed pulls.
-    async fn ensure_image(
-        &mut self,
-        pod: &Pod,
-        container: &str,
-        image: &str,
-        policy: Option<&str>,
-    ) -> std::result::Result<(), (String, String, Option<Instant>)> {
-        let err = |r: &str, m: String| (r.to_string(), m, None);
-        let local = self
-            .shared
-            .runtime
-            .image_origin(image)
-            .await
-            .map_err(|e| err("ErrImageInspect", format!("{e:#}")))?;
-        let pull = match (policy.unwrap_or("IfNotPresent"), local) {
-            (_, Some(crate::runtime::Origin::Local)) => false,
-            ("Never", None) => {
-                return Err(err(
-                    "ErrImageNeverPull",
-                    format!("Container image \"{image}\" is not present with pull policy of Never"),
-                ));
+        // The sandbox starting and getting its network, and the app containers being
+        // created, are independent: do them at the same time.
+        let plumbing = {
+            let (shared, uid, sid) = (shared.clone(), self.uid.clone(), sandbox_id.clone());
+            async move {
+                if new_sandbox {
+                    shared
+                        .runtime
+                        .start(&sid)
+                        .await
+                        .context("starting the pod sandbox")?;
+                }
+                if plumb {
+                    let s = shared
+                        .runtime
+                        .inspect(&sid)
+                        .await?
+                        .context("the sandbox vanished")?;
+                    let RunState::Running { pid, .. } = s.state else {
+                        anyhow::bail!("the sandbox is not running");
+                    };
+                    shared.net.plumb(&uid, ip, pid).await?;
+                }
+                anyhow::Ok(())
             }
-            ("Never", Some(_)) => false,
-            ("Always", _) => true,
-            (_, present) => present.is_none(),
         };
-        if !pull {
-            Self::event(
-                &self.shared,
-                pod,
-                Some(container),
-                Normal,
-                "Pulled",
-                &format!("Container image \"{image}\" already present on machine"),
-            );
-            return Ok(());
-        }
-        let now = Instant::now();
-        if let Some(f) = self.pulls.get(image)
-            && f.retry_at > now
-        {
-            return Err((
-                "ImagePullBackOff".into(),
-                format!("Back-off pulling image \"{image}\": {}", f.message),
-                Some(f.retry_at),
-            ));
-        }
-        info!(%image, "pulling image");
-        Self::event(
-            &self.shared,
-            pod,
-            Some(container),
-            Normal,
-            "Pulling",
-            &format!("Pulling image \"{image}\""),
-        );
-        match self.shared.runtime.pull(image).await {
-            Ok(()) => {
-                self.pulls.remove(image);
-                Self::event(
-                    &self.shared,
-                    pod,
-                    Some(container),
-                    Normal,
-                    "Pulled",
-                    &format!("Successfully pulled image \"{image}\""),
-                );
-                Ok(())
+        let pulls = &mut self.pulls;
+        let creating = async {
+            let mut created = Vec::new();
+            for s in &run.start {
+                let c = s.container;
+                let r = create::create(&shared, pulls, events, c, s.attempt, &sandbox_id, ip);
+                created.push((c, r.await));
             }
-            Err(message) => {
-                warn!(%image, "pull failed: {message}");
-                let failures = self.pulls.get(image).map_or(0, |f| f.failures) + 1;
-                let retry_at = now + self.shared.backoff.delay(failures - 1, Duration::ZERO);
-                self.pulls.insert(
-                    image.to_string(),
-                    PullFailure {
-                        failures,
-                        retry_at,
-                        message: message.clone(),
-                    },
-                );
-                Err((
-                    "ErrImagePull".into(),
-                    format!("failed to pull image \"{image}\": {message}"),
-                    Some(retry_at),
-                ))
-            }
-        }
-    }
-
-    fn event(
-        shared: &Shared,
-        pod: &Pod,
-        container: Option<&str>,
-        kind: events::Kind,
-        reason: &str,
-        message: &str,
-    ) {
-        events::record(
-            &shared.client,
-            pod,
-            &shared.runtime.node,
-            container,
-            kind,
-            reason,
-            message,
-        );
-    }
-
-    /// Keeps the current and the previous attempt of each container (for `logs --previous`).
-    async fn remove_old_attempts(&self, observed: &[Observed]) {
-        let mut by_name: HashMap<&str, Vec<&Observed>> = HashMap::new();
-        for o in observed.iter().filter(|o| !o.sandbox) {
-            by_name.entry(&o.name).or_default().push(o);
-        }
-        for attempts in by_name.values() {
-            if attempts.len() > 2 {
-                for o in &attempts[..attempts.len() - 2] {
-                    if !o.state.is_running()
-                        && let Err(e) = self.shared.runtime.remove(&o.id).await
-                    {
-                        warn!("removing an old container: {e:#}");
+            created
+        };
+        let (plumbed, created) = tokio::join!(plumbing, creating);
+        plumbed?;
+        self.ip = Some(ip);
+        let mut started = Vec::new();
+        for (c, r) in created {
+            let r = match r {
+                Ok(id) => shared.runtime.start(&id).await.map(|()| id).map_err(|e| {
+                    warn!(container = %c.name, error = %format_args!("{e:#}"), "start failed");
+                    Failure::new(
+                        "RunContainerError",
+                        format!("{e:#}"),
+                        Some(Instant::now() + shared.backoff.base),
+                    )
+                }),
+                Err(e) => Err(e),
+            };
+            match r {
+                Ok(id) => {
+                    events.normal(
+                        Some(&c.name),
+                        "Started",
+                        &format!("Started container {}", c.name),
+                    );
+                    started.push(id);
+                }
+                Err(f) => {
+                    if f.reason != "ImagePullBackOff" {
+                        events.warning(
+                            Some(&c.name),
+                            "Failed",
+                            &format!("Error: {}: {}", f.reason, f.message),
+                        );
                     }
+                    if let Some(at) = f.retry {
+                        pass.wake = pass.wake.min(at);
+                    }
+                    pass.waiting.insert(c.name.clone(), (f.reason, f.message));
                 }
             }
         }
+        if !started.is_empty() {
+            for id in started {
+                if let Some(o) = shared.runtime.inspect(&id).await? {
+                    pass.observed.retain(|x| x.id != o.id);
+                    pass.observed.push(o);
+                }
+            }
+            pass.observed
+                .sort_by_key(|o| (o.sandbox, o.name.clone(), o.attempt));
+            for id in plan::old_attempts(&pass.observed) {
+                if let Err(e) = shared.runtime.remove(id).await {
+                    warn!(error = %format_args!("{e:#}"), "removing an old container");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the probes that are due; restarts containers whose startup or liveness probe
+    /// failed.
+    async fn probe(
+        &mut self,
+        events: &Recorder<'_>,
+        app: &[Container],
+        pass: &mut Pass,
+    ) -> Result<()> {
+        let pod_ip = self.ip.map(|ip| ip.to_string());
+        let due = plan::probes_due(app, &pass.observed, &mut self.probes, Instant::now());
+        let mut kills = Vec::new();
+        for run in due {
+            let c = run.container;
+            for kind in run.kinds {
+                let Some(p) = probe::spec(c, kind) else {
+                    continue;
+                };
+                let host = pod_ip.as_deref().unwrap_or("127.0.0.1");
+                let result = probe::check(p, c, host, &self.shared.runtime, &run.id).await;
+                if let Err(why) = &result {
+                    debug!(container = %c.name, ?kind, reason = %why, "probe failed");
+                }
+                let verdict = self
+                    .probes
+                    .get_mut(&run.id)
+                    .and_then(|s| s.state_mut(kind))
+                    .map_or(Verdict::Unchanged, |s| {
+                        s.record(p, result.is_ok(), Instant::now())
+                    });
+                let why = result.err().unwrap_or_default();
+                if verdict == Verdict::Failed {
+                    events.warning(
+                        Some(&c.name),
+                        "Unhealthy",
+                        &format!("{kind:?} probe failed: {why}"),
+                    );
+                }
+                if let Some(grace) = plan::kill_after(events.pod, c, kind, verdict) {
+                    let kind_name = format!("{kind:?}").to_lowercase();
+                    events.normal(
+                        Some(&c.name),
+                        "Killing",
+                        &format!(
+                            "Container {} failed {kind_name} probe, will be restarted",
+                            c.name
+                        ),
+                    );
+                    info!(container = %c.name, ?kind, reason = %why, "probe failed, restarting the container");
+                    kills.push((run.id.clone(), grace));
+                }
+            }
+        }
+        if let Some(at) = self.probes.values().filter_map(Probes::next_due).min() {
+            pass.wake = pass.wake.min(at);
+        }
+        if !kills.is_empty() {
+            for (id, grace) in kills {
+                self.shared.runtime.stop(&id, grace).await?;
+                self.probes.remove(&id);
+            }
+            // Restart decisions come with the next pass.
+            pass.wake = Instant::now();
+        }
+        Ok(())
     }
 
     async fn write_status(&mut self, pod: &Pod, new: PodStatus) -> Result<()> {
         if self.written.as_ref() == Some(&new) {
             return Ok(());
         }
-        let (ns, name) = meta(pod);
+        let (ns, name) = plan::meta(pod);
         let api: Api<Pod> = Api::namespaced(self.shared.client.clone(), ns);
         let mut latest = pod.clone();
         for _ in 0..5 {
             latest.status = Some(new.clone());
-            match api.replace_status(name, &Default::default(), &latest).await {
+            match api
+                .replace_status(name, &PostParams::default(), &latest)
+                .await
+            {
                 Ok(_) => {
-                    debug!(pod = %format!("{ns}/{name}"), phase = ?new.phase, "status written");
+                    debug!(phase = ?new.phase, "status written");
                     self.written = Some(new);
                     return Ok(());
                 }
@@ -884,9 +492,7 @@ impl Worker {
     }
 }
 
-/// Stops (SIGTERM, then SIGKILL after `grace`) and removes all containers of pod `uid`, then
-/// removes its veth and frees its address.
-pub async fn teardown(shared: &Shared, uid: &str, grace: Duration) -> Result<()> {
+pub async fn teardown<R: PodRuntime>(shared: &Shared<R>, uid: &str, grace: Duration) -> Result<()> {
     let observed = shared.runtime.pod_containers(uid).await?;
     let stops = observed
         .iter()

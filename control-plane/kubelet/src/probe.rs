@@ -15,7 +15,7 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::runtime::Runtime;
+use crate::runtime::PodRuntime;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -43,7 +43,7 @@ pub enum Verdict {
 }
 
 fn secs(v: Option<i32>, default: i32) -> Duration {
-    Duration::from_secs(v.unwrap_or(default).max(0) as u64)
+    Duration::from_secs(u64::try_from(v.unwrap_or(default)).unwrap_or(0))
 }
 
 impl ProbeState {
@@ -199,7 +199,7 @@ pub async fn check(
     probe: &Probe,
     c: &Container,
     pod_ip: &str,
-    runtime: &Runtime,
+    runtime: &impl PodRuntime,
     container_id: &str,
 ) -> Result<(), String> {
     let timeout = secs(probe.timeout_seconds, 1).max(Duration::from_secs(1));
@@ -269,7 +269,7 @@ async fn http_get(
         "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: kube-probe/1.33\r\nAccept: */*\r\nConnection: close\r\n"
     );
     for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
+        req.extend([k.as_str(), ": ", v.as_str(), "\r\n"]);
     }
     req.push_str("\r\n");
     s.write_all(req.as_bytes())

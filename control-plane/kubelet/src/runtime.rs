@@ -1,8 +1,11 @@
 //! The container runtime: Docker through bollard. A pod is a sandbox container (the `pause`
 //! image, owner of the pod's network namespace) plus one Docker container per app container
-//! and start attempt, all labelled with the pod (see `kproxy_kubelet_server::labels`).
+//! and start attempt, all labelled with the pod (see `kproxy_pod_labels`).
+//!
+//! The pod worker reaches Docker only through [`PodRuntime`], so its plan can be tested
+//! without one.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, future::Future, time::Duration};
 
 use anyhow::{Context as _, Result, anyhow};
 use bollard::{
@@ -18,7 +21,7 @@ use futures::StreamExt as _;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Container, Pod};
 use kproxy_apimachinery::quantity::Quantity;
-use kproxy_kubelet_server::labels;
+use kproxy_pod_labels as labels;
 
 /// The image of every pod's sandbox, built by `cargo xtask images`.
 pub const PAUSE_IMAGE: &str = "kproxy/pause:1";
@@ -59,6 +62,61 @@ impl RunState {
     }
 }
 
+/// The attempts of spec container `name`, oldest first (as the runtime lists them).
+pub fn attempts<'a>(observed: &'a [Observed], name: &str) -> Vec<&'a Observed> {
+    observed
+        .iter()
+        .filter(|o| !o.sandbox && o.name == name)
+        .collect()
+}
+
+/// The newest attempt of spec container `name`.
+pub fn current<'a>(observed: &'a [Observed], name: &str) -> Option<&'a Observed> {
+    observed.iter().rfind(|o| !o.sandbox && o.name == name)
+}
+
+/// What a pod worker does to containers. Docker ([`Runtime`]) implements it.
+pub trait PodRuntime: Send + Sync + 'static {
+    /// This kubelet's node (events name it).
+    fn node(&self) -> &str;
+    /// The pod's containers (sandboxes included), oldest attempt first.
+    fn pod_containers(&self, uid: &str) -> impl Future<Output = Result<Vec<Observed>>> + Send;
+    /// One container; `None` when it is gone.
+    fn inspect(&self, id: &str) -> impl Future<Output = Result<Option<Observed>>> + Send;
+    /// Creates (does not start) the pod's sandbox; returns its id.
+    fn create_sandbox(
+        &self,
+        pod: &Pod,
+        host_network: bool,
+    ) -> impl Future<Output = Result<String>> + Send;
+    /// Creates (does not start) attempt `attempt` of `container` in the sandbox's namespaces.
+    fn create_container(
+        &self,
+        pod: &Pod,
+        container: &Container,
+        attempt: u32,
+        sandbox_id: &str,
+        env: Vec<String>,
+        binds: Vec<String>,
+    ) -> impl Future<Output = Result<String>> + Send;
+    /// Starts a created container.
+    fn start(&self, id: &str) -> impl Future<Output = Result<()>> + Send;
+    /// SIGTERM, then SIGKILL after `grace`. Already stopped or gone is fine.
+    fn stop(&self, id: &str, grace: Duration) -> impl Future<Output = Result<()>> + Send;
+    /// Removes a container, running or not. Gone is fine.
+    fn remove(&self, id: &str) -> impl Future<Output = Result<()>> + Send;
+    /// Where a locally present image came from; `None` when it is not present.
+    fn image_origin(&self, image: &str) -> impl Future<Output = Result<Option<Origin>>> + Send;
+    /// Pulls `image` from its registry; the error is the engine's message.
+    fn pull(&self, image: &str) -> impl Future<Output = std::result::Result<(), String>> + Send;
+    /// Runs `cmd` in the container; returns its exit code and (capped) combined output.
+    fn exec(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+    ) -> impl Future<Output = Result<(i64, String)>> + Send;
+}
+
 /// A present image was built here (no registry digest) or pulled from a registry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
@@ -89,6 +147,11 @@ fn docker_time(s: Option<&str>) -> Option<Timestamp> {
         .filter(|t| t.as_second() > 0)
 }
 
+/// A quantity in Docker's i64 fields (no real limit comes near the bounds).
+fn saturate(v: i128) -> i64 {
+    i64::try_from(v).unwrap_or(if v < 0 { i64::MIN } else { i64::MAX })
+}
+
 /// Docker's message without bollard's wrapping, for container statuses.
 pub fn docker_message(e: &DockerError) -> String {
     match e {
@@ -100,8 +163,8 @@ pub fn docker_message(e: &DockerError) -> String {
 
 impl Runtime {
     fn filters(&self, extra: &[(&str, &str)]) -> HashMap<String, Vec<String>> {
-        let mut labels_f = vec![format!("{}={}", labels::NODE, self.node)];
-        labels_f.extend(extra.iter().map(|(k, v)| format!("{k}={v}")));
+        let mut labels_f = vec![labels::node_filter(&self.node)];
+        labels_f.extend(extra.iter().map(|(k, v)| labels::filter(k, v)));
         HashMap::from([("label".to_string(), labels_f)])
     }
 
@@ -131,132 +194,14 @@ impl Runtime {
             .collect())
     }
 
-    /// The pod's containers (sandboxes included), oldest attempt first.
-    pub async fn pod_containers(&self, uid: &str) -> Result<Vec<Observed>> {
-        let list = self
-            .docker
-            .list_containers(Some(ListContainersOptions {
-                all: true,
-                filters: Some(self.filters(&[(labels::POD_UID, uid)])),
-                ..Default::default()
-            }))
-            .await
-            .context("listing the pod's containers")?;
-        let mut out = Vec::with_capacity(list.len());
-        for c in list {
-            let Some(id) = c.id else { continue };
-            match self.inspect(&id).await {
-                Ok(Some(o)) => out.push(o),
-                Ok(None) => {} // removed meanwhile
-                Err(e) => return Err(e),
-            }
+    fn pod_labels<'a>(&'a self, pod: &'a Pod) -> labels::Pod<'a> {
+        let m = &pod.metadata;
+        labels::Pod {
+            node: &self.node,
+            uid: m.uid.as_deref().unwrap_or_default(),
+            name: m.name.as_deref().unwrap_or_default(),
+            namespace: m.namespace.as_deref().unwrap_or_default(),
         }
-        out.sort_by_key(|o| (o.sandbox, o.name.clone(), o.attempt));
-        Ok(out)
-    }
-
-    pub async fn inspect(&self, id: &str) -> Result<Option<Observed>> {
-        let info = match self.docker.inspect_container(id, None).await {
-            Ok(i) => i,
-            Err(e) if is_not_found(&e) => return Ok(None),
-            Err(e) => return Err(e).context(format!("inspecting container {id}")),
-        };
-        let l = info
-            .config
-            .as_ref()
-            .and_then(|c| c.labels.clone())
-            .unwrap_or_default();
-        let st = info.state.unwrap_or_default();
-        let started = docker_time(st.started_at.as_deref());
-        let state = match st.status {
-            Some(
-                ContainerStateStatusEnum::RUNNING
-                | ContainerStateStatusEnum::PAUSED
-                | ContainerStateStatusEnum::RESTARTING,
-            ) => RunState::Running {
-                started: started.unwrap_or_else(Timestamp::now),
-                pid: st.pid.unwrap_or(0),
-            },
-            Some(ContainerStateStatusEnum::CREATED) => RunState::Created,
-            _ => {
-                let code = st.exit_code.unwrap_or(-1) as i32;
-                RunState::Exited {
-                    code,
-                    reason: if st.oom_killed == Some(true) {
-                        "OOMKilled"
-                    } else if code == 0 {
-                        "Completed"
-                    } else {
-                        "Error"
-                    },
-                    started,
-                    finished: docker_time(st.finished_at.as_deref())
-                        .or(started)
-                        .unwrap_or_else(Timestamp::now),
-                }
-            }
-        };
-        Ok(Some(Observed {
-            id: info.id.unwrap_or_else(|| id.to_string()),
-            sandbox: l.get(labels::KIND).map(String::as_str) == Some(labels::KIND_SANDBOX),
-            name: l.get(labels::CONTAINER_NAME).cloned().unwrap_or_default(),
-            attempt: l
-                .get(labels::ATTEMPT)
-                .and_then(|a| a.parse().ok())
-                .unwrap_or(0),
-            image: info.config.and_then(|c| c.image).unwrap_or_default(),
-            image_id: info.image.unwrap_or_default(),
-            state,
-        }))
-    }
-
-    fn pod_labels(&self, pod: &Pod) -> HashMap<String, String> {
-        let m = &pod.metadata;
-        HashMap::from([
-            (labels::NODE.into(), self.node.clone()),
-            (labels::POD_UID.into(), m.uid.clone().unwrap_or_default()),
-            (labels::POD_NAME.into(), m.name.clone().unwrap_or_default()),
-            (
-                labels::POD_NAMESPACE.into(),
-                m.namespace.clone().unwrap_or_default(),
-            ),
-        ])
-    }
-
-    /// Creates (does not start) the pod's sandbox; returns its id.
-    pub async fn create_sandbox(&self, pod: &Pod, host_network: bool) -> Result<String> {
-        let m = &pod.metadata;
-        let (name, ns, uid) = (
-            m.name.as_deref().unwrap_or_default(),
-            m.namespace.as_deref().unwrap_or_default(),
-            m.uid.as_deref().unwrap_or_default(),
-        );
-        let mut l = self.pod_labels(pod);
-        l.insert(labels::KIND.into(), labels::KIND_SANDBOX.into());
-        let hostname: String = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.hostname.clone())
-            .unwrap_or_else(|| name.to_string())
-            .chars()
-            .take(63)
-            .collect();
-        let body = ContainerCreateBody {
-            image: Some(PAUSE_IMAGE.into()),
-            hostname: (!host_network).then_some(hostname),
-            labels: Some(l),
-            host_config: Some(HostConfig {
-                network_mode: Some(if host_network { "host" } else { "none" }.into()),
-                // The app containers join its IPC namespace too.
-                ipc_mode: Some("shareable".into()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let docker_name = labels::sandbox_name(name, ns, uid);
-        self.create_named(&docker_name, body).await.context(
-            "creating the pod sandbox (is the kproxy/pause:1 image built? `cargo xtask images`)",
-        )
     }
 
     /// Creates a container under `name`; a leftover of that name (a dead attempt of an earlier
@@ -283,14 +228,6 @@ impl Runtime {
         }
     }
 
-    /// Starts a created container.
-    pub async fn start(&self, id: &str) -> Result<()> {
-        self.docker
-            .start_container(id, None)
-            .await
-            .map_err(|e| anyhow!(docker_message(&e)))
-    }
-
     async fn remove_named(&self, name: &str) -> Result<()> {
         match self
             .docker
@@ -308,9 +245,134 @@ impl Runtime {
             Err(e) => Err(e).context(format!("removing container {name}")),
         }
     }
+}
 
-    /// Creates (does not start) attempt `attempt` of `container` in the sandbox's namespaces.
-    pub async fn create_container(
+impl PodRuntime for Runtime {
+    fn node(&self) -> &str {
+        &self.node
+    }
+
+    async fn pod_containers(&self, uid: &str) -> Result<Vec<Observed>> {
+        let list = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(self.filters(&[(labels::POD_UID, uid)])),
+                ..Default::default()
+            }))
+            .await
+            .context("listing the pod's containers")?;
+        let mut out = Vec::with_capacity(list.len());
+        for c in list {
+            let Some(id) = c.id else { continue };
+            match self.inspect(&id).await {
+                Ok(Some(o)) => out.push(o),
+                Ok(None) => {} // removed meanwhile
+                Err(e) => return Err(e),
+            }
+        }
+        out.sort_by_key(|o| (o.sandbox, o.name.clone(), o.attempt));
+        Ok(out)
+    }
+
+    async fn inspect(&self, id: &str) -> Result<Option<Observed>> {
+        let info = match self.docker.inspect_container(id, None).await {
+            Ok(i) => i,
+            Err(e) if is_not_found(&e) => return Ok(None),
+            Err(e) => return Err(e).context(format!("inspecting container {id}")),
+        };
+        let l = info
+            .config
+            .as_ref()
+            .and_then(|c| c.labels.clone())
+            .unwrap_or_default();
+        let st = info.state.unwrap_or_default();
+        let started = docker_time(st.started_at.as_deref());
+        let state = match st.status {
+            Some(
+                ContainerStateStatusEnum::RUNNING
+                | ContainerStateStatusEnum::PAUSED
+                | ContainerStateStatusEnum::RESTARTING,
+            ) => RunState::Running {
+                started: started.unwrap_or_else(Timestamp::now),
+                pid: st.pid.unwrap_or(0),
+            },
+            Some(ContainerStateStatusEnum::CREATED) => RunState::Created,
+            _ => {
+                let code = st
+                    .exit_code
+                    .and_then(|c| i32::try_from(c).ok())
+                    .unwrap_or(-1);
+                RunState::Exited {
+                    code,
+                    reason: if st.oom_killed == Some(true) {
+                        "OOMKilled"
+                    } else if code == 0 {
+                        "Completed"
+                    } else {
+                        "Error"
+                    },
+                    started,
+                    finished: docker_time(st.finished_at.as_deref())
+                        .or(started)
+                        .unwrap_or_else(Timestamp::now),
+                }
+            }
+        };
+        let parsed = labels::parse(&l);
+        Ok(Some(Observed {
+            id: info.id.unwrap_or_else(|| id.to_string()),
+            sandbox: parsed.sandbox,
+            name: parsed.container.to_string(),
+            attempt: parsed.attempt,
+            image: info.config.and_then(|c| c.image).unwrap_or_default(),
+            image_id: info.image.unwrap_or_default(),
+            state,
+        }))
+    }
+
+    async fn create_sandbox(&self, pod: &Pod, host_network: bool) -> Result<String> {
+        let m = &pod.metadata;
+        let (name, ns, uid) = (
+            m.name.as_deref().unwrap_or_default(),
+            m.namespace.as_deref().unwrap_or_default(),
+            m.uid.as_deref().unwrap_or_default(),
+        );
+        let l = self.pod_labels(pod).sandbox();
+        let hostname: String = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.hostname.clone())
+            .unwrap_or_else(|| name.to_string())
+            .chars()
+            .take(63)
+            .collect();
+        let body = ContainerCreateBody {
+            image: Some(PAUSE_IMAGE.into()),
+            hostname: (!host_network).then_some(hostname),
+            labels: Some(l),
+            host_config: Some(HostConfig {
+                network_mode: Some(if host_network { "host" } else { "none" }.into()),
+                // The app containers join its IPC namespace too.
+                ipc_mode: Some("shareable".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let docker_name = labels::sandbox_name(name, ns, uid);
+        self.create_named(&docker_name, body).await.context(
+            "creating the pod sandbox (is the kproxy/pause:1 image built? `cargo xtask images`)",
+        )
+    }
+
+    async fn start(&self, id: &str) -> Result<()> {
+        self.docker
+            .start_container(id, None)
+            .await
+            .map_err(|e| anyhow!(docker_message(&e)))
+    }
+
+    async fn create_container(
         &self,
         pod: &Pod,
         container: &Container,
@@ -320,19 +382,16 @@ impl Runtime {
         binds: Vec<String>,
     ) -> Result<String> {
         let m = &pod.metadata;
-        let mut l = self.pod_labels(pod);
-        l.insert(labels::KIND.into(), labels::KIND_CONTAINER.into());
-        l.insert(labels::CONTAINER_NAME.into(), container.name.clone());
-        l.insert(labels::ATTEMPT.into(), attempt.to_string());
+        let l = self.pod_labels(pod).container(&container.name, attempt);
         let limits = container.resources.as_ref().and_then(|r| r.limits.as_ref());
         let memory = limits
             .and_then(|l| l.get("memory"))
-            .map(|q| Quantity::parse(&q.0).map(|q| q.value() as i64))
+            .map(|q| Quantity::parse(&q.0).map(|q| saturate(q.value())))
             .transpose()
             .context("resources.limits.memory")?;
         let nano_cpus = limits
             .and_then(|l| l.get("cpu"))
-            .map(|q| Quantity::parse(&q.0).map(|q| q.milli_value() as i64 * 1_000_000))
+            .map(|q| Quantity::parse(&q.0).map(|q| saturate(q.milli_value() * 1_000_000)))
             .transpose()
             .context("resources.limits.cpu")?;
         // Requests become relative CPU weight, as Kubernetes' milliCPU → cpu.shares.
@@ -341,7 +400,7 @@ impl Runtime {
             .as_ref()
             .and_then(|r| r.requests.as_ref())
             .and_then(|r| r.get("cpu"))
-            .map(|q| Quantity::parse(&q.0).map(|q| (q.milli_value() as i64 * 1024 / 1000).max(2)))
+            .map(|q| Quantity::parse(&q.0).map(|q| saturate(q.milli_value() * 1024 / 1000).max(2)))
             .transpose()
             .context("resources.requests.cpu")?;
         let join = format!("container:{sandbox_id}");
@@ -377,9 +436,8 @@ impl Runtime {
         self.create_named(&docker_name, body).await
     }
 
-    /// SIGTERM, then SIGKILL after `grace`. Already stopped or gone is fine.
-    pub async fn stop(&self, id: &str, grace: Duration) -> Result<()> {
-        let t = grace.as_secs().min(i32::MAX as u64) as i32;
+    async fn stop(&self, id: &str, grace: Duration) -> Result<()> {
+        let t = i32::try_from(grace.as_secs()).unwrap_or(i32::MAX);
         match self
             .docker
             .stop_container(
@@ -391,22 +449,21 @@ impl Runtime {
             )
             .await
         {
-            Ok(()) => Ok(()),
-            Err(e) if is_not_found(&e) => Ok(()),
-            // 304: already stopped.
-            Err(DockerError::DockerResponseServerError {
-                status_code: 304, ..
+            // 304: already stopped; 404: gone.
+            Ok(())
+            | Err(DockerError::DockerResponseServerError {
+                status_code: 304 | 404,
+                ..
             }) => Ok(()),
             Err(e) => Err(e).context(format!("stopping container {id}")),
         }
     }
 
-    pub async fn remove(&self, id: &str) -> Result<()> {
+    async fn remove(&self, id: &str) -> Result<()> {
         self.remove_named(id).await
     }
 
-    /// Where a locally present image came from; `None` when it is not present.
-    pub async fn image_origin(&self, image: &str) -> Result<Option<Origin>> {
+    async fn image_origin(&self, image: &str) -> Result<Option<Origin>> {
         match self.docker.inspect_image(image).await {
             Ok(i) => Ok(Some(if i.repo_digests.unwrap_or_default().is_empty() {
                 Origin::Local
@@ -418,8 +475,7 @@ impl Runtime {
         }
     }
 
-    /// Pulls `image` from its registry; the error is the engine's message.
-    pub async fn pull(&self, image: &str) -> std::result::Result<(), String> {
+    async fn pull(&self, image: &str) -> std::result::Result<(), String> {
         let (repo, tag) = split_image(image);
         let mut stream = self.docker.create_image(
             Some(CreateImageOptions {
@@ -443,9 +499,7 @@ impl Runtime {
         Ok(())
     }
 
-    /// Runs `cmd` in the container; returns its exit code and combined output. Used by exec
-    /// probes, so the output is capped.
-    pub async fn exec(&self, id: &str, cmd: Vec<String>) -> Result<(i64, String)> {
+    async fn exec(&self, id: &str, cmd: Vec<String>) -> Result<(i64, String)> {
         let exec = self
             .docker
             .create_exec(
@@ -511,8 +565,8 @@ fn apply_security(pod: &Pod, c: &Container, body: &mut ContainerCreateBody) {
         hc.privileged = sc.privileged;
         hc.readonly_rootfs = sc.read_only_root_filesystem;
         if let Some(caps) = &sc.capabilities {
-            hc.cap_add = caps.add.clone();
-            hc.cap_drop = caps.drop.clone();
+            hc.cap_add.clone_from(&caps.add);
+            hc.cap_drop.clone_from(&caps.drop);
         }
         if sc.allow_privilege_escalation == Some(false) {
             hc.security_opt = Some(vec!["no-new-privileges".into()]);

@@ -1,6 +1,8 @@
 //! Pod status from what the runtime and the probes observed: container states, the phase and
 //! the conditions, computed the way the Kubernetes kubelet does (pure functions).
 
+use std::collections::HashMap;
+
 use jiff::Timestamp;
 use k8s_openapi::{
     api::core::v1::{
@@ -10,7 +12,10 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::Time,
 };
 
-use crate::runtime::{Observed, RunState};
+use crate::{
+    probe::Probes,
+    runtime::{Observed, RunState, attempts},
+};
 
 /// The kubelet's view of one spec container.
 #[derive(Debug, Clone)]
@@ -93,7 +98,9 @@ pub fn container_status(v: &ContainerView) -> ContainerStatus {
             .map(|o| format!("docker://{}", o.image_id))
             .unwrap_or_default(),
         container_id: v.current.map(|o| format!("docker://{}", o.id)),
-        restart_count: v.current.map_or(0, |o| o.attempt as i32),
+        restart_count: v
+            .current
+            .map_or(0, |o| i32::try_from(o.attempt).unwrap_or(i32::MAX)),
         ready: running && v.ready,
         started: Some(running && v.started),
         state: Some(state),
@@ -103,6 +110,44 @@ pub fn container_status(v: &ContainerView) -> ContainerStatus {
         }),
         ..Default::default()
     }
+}
+
+/// The statuses of the pod's init and app containers: their attempts as the runtime shows
+/// them, the kubelet's waiting reasons (per container name) and the running attempts'
+/// probes (per Docker id).
+pub fn containers(
+    init: &[Container],
+    app: &[Container],
+    observed: &[Observed],
+    waiting: &HashMap<String, (String, String)>,
+    probes: &HashMap<String, Probes>,
+) -> (Vec<ContainerStatus>, Vec<ContainerStatus>) {
+    let status_of = |c: &Container| {
+        let attempts = attempts(observed, &c.name);
+        let cur = attempts.last().copied();
+        // Only running app containers have probes; without any, started and ready.
+        let probes = cur.and_then(|o| probes.get(&o.id));
+        container_status(&ContainerView {
+            spec: c,
+            current: cur,
+            previous: attempts.len().checked_sub(2).map(|i| attempts[i]),
+            waiting: waiting.get(&c.name).cloned(),
+            started: probes.is_none_or(Probes::started),
+            ready: probes.is_none_or(Probes::ready),
+        })
+    };
+    let init_statuses = init
+        .iter()
+        .map(|c| {
+            let mut st = status_of(c);
+            // An init container is "ready" once it completed successfully.
+            st.ready = attempts(observed, &c.name)
+                .last()
+                .is_some_and(|o| matches!(o.state, RunState::Exited { code: 0, .. }));
+            st
+        })
+        .collect();
+    (init_statuses, app.iter().map(status_of).collect())
 }
 
 /// Kubernetes' pod phase rules (kubelet getPhase) for pods without init containers.

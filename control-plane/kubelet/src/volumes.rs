@@ -106,7 +106,7 @@ pub fn prepare(binds: &[Bind]) -> Result<Vec<String>, String> {
 mod tests {
     use super::*;
 
-    fn pod(volumes: serde_json::Value) -> Pod {
+    fn pod(volumes: &serde_json::Value) -> Pod {
         serde_json::from_value(serde_json::json!({
             "metadata": {"name": "p", "uid": "u1"},
             "spec": {"containers": [], "volumes": volumes}
@@ -114,17 +114,17 @@ mod tests {
         .unwrap()
     }
 
-    fn container(mounts: serde_json::Value) -> Container {
+    fn container(mounts: &serde_json::Value) -> Container {
         serde_json::from_value(serde_json::json!({"name": "c", "volumeMounts": mounts})).unwrap()
     }
 
     #[test]
     fn empty_dirs_and_host_paths_become_binds() {
-        let p = pod(serde_json::json!([
+        let p = pod(&serde_json::json!([
             {"name": "scratch", "emptyDir": {}},
             {"name": "logs", "hostPath": {"path": "/var/log", "type": "Directory"}}
         ]));
-        let c = container(serde_json::json!([
+        let c = container(&serde_json::json!([
             {"name": "scratch", "mountPath": "/data"},
             {"name": "scratch", "mountPath": "/sub", "subPath": "a/b"},
             {"name": "logs", "mountPath": "/host-logs", "readOnly": true}
@@ -145,13 +145,13 @@ mod tests {
 
     #[test]
     fn unsupported_or_unsafe_mounts_are_refused() {
-        let p = pod(serde_json::json!([
+        let p = pod(&serde_json::json!([
             {"name": "cfg", "configMap": {"name": "x"}},
             {"name": "scratch", "emptyDir": {}},
             {"name": "sock", "hostPath": {"path": "/run/x.sock", "type": "Socket"}}
         ]));
         let dir = Path::new("/s");
-        let err = |m| binds(&p, &container(m), dir).unwrap_err();
+        let err = |m| binds(&p, &container(&m), dir).unwrap_err();
         assert!(
             err(serde_json::json!([{"name": "cfg", "mountPath": "/c"}])).contains("only emptyDir")
         );

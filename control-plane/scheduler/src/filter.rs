@@ -265,6 +265,10 @@ mod tests {
         }
     }
 
+    #[expect(
+        clippy::needless_pass_by_value,
+        reason = "callers write the spec inline as a json! literal"
+    )]
     fn pod(spec: serde_json::Value) -> Pod {
         let mut base = json!({"metadata": {"name": "p"},
             "spec": {"containers": [{"name": "c", "image": "i"}]}});

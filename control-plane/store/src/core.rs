@@ -25,9 +25,13 @@ pub(crate) struct EngineStore<E> {
 }
 
 impl<E: Engine> EngineStore<E> {
-    pub(crate) fn start(engine: E, revision: Revision, opts: StoreOptions) -> Self {
+    pub(crate) fn start(
+        engine: E,
+        revision: Revision,
+        StoreOptions { history }: StoreOptions,
+    ) -> Self {
         let engine = Arc::new(engine);
-        let shared = Arc::new(Shared::new(revision, opts.history));
+        let shared = Arc::new(Shared::new(revision, history));
         let (tx, rx) = mpsc::unbounded_channel();
         let (notify_tx, notify_rx) = watch::channel(0);
         let writer = Writer {
@@ -44,7 +48,7 @@ impl<E: Engine> EngineStore<E> {
         let writer = match handle {
             Ok(h) => Some(h),
             Err(err) => {
-                // Without a writer every txn fails with a Backend error (channel closed), which
+                // Without a writer every txn fails with WriterStopped (channel closed), which
                 // is the honest outcome; reads still work.
                 tracing::error!(error = %err, "cannot spawn store writer thread");
                 None
@@ -171,7 +175,7 @@ impl Pager {
 }
 
 fn writer_gone() -> StoreError {
-    StoreError::Backend(anyhow::anyhow!("store writer is not running"))
+    StoreError::WriterStopped
 }
 
 #[async_trait::async_trait]
@@ -206,9 +210,9 @@ impl<E: Engine> Store for EngineStore<E> {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
         }
-        Err(StoreError::Backend(anyhow::anyhow!(
-            "listing {prefix:?}: the writer did not publish its committed batch within a second"
-        )))
+        Err(StoreError::PageTimeout {
+            prefix: prefix.to_owned(),
+        })
     }
 
     async fn txn(&self, ops: Vec<Op>) -> Result<Vec<KeyValue>, StoreError> {

@@ -1,5 +1,6 @@
 //! The small synchronous engine interface the shared store implementation runs on.
 
+use crate::error::EngineError;
 use crate::types::{KeyValue, Revision};
 
 /// The final state of one key after a committed batch: `Some` to write, `None` to delete.
@@ -9,10 +10,10 @@ pub type Change = (String, Option<KeyValue>);
 /// implementations need no write-write coordination; reads may run concurrently with a commit.
 pub trait Engine: Send + Sync + 'static {
     /// The current value of `key`.
-    fn get(&self, key: &str) -> anyhow::Result<Option<KeyValue>>;
+    fn get(&self, key: &str) -> Result<Option<KeyValue>, EngineError>;
 
     /// All keys starting with `prefix`, sorted by key, and the revision of that same snapshot.
-    fn list(&self, prefix: &str) -> anyhow::Result<(Vec<KeyValue>, Revision)> {
+    fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision), EngineError> {
         let mut kvs = Vec::new();
         let revision = self.scan(prefix, prefix, &mut |kv| {
             kvs.push(kv.clone());
@@ -29,12 +30,12 @@ pub trait Engine: Send + Sync + 'static {
         prefix: &str,
         start: &str,
         visit: &mut dyn FnMut(&KeyValue) -> bool,
-    ) -> anyhow::Result<Revision>;
+    ) -> Result<Revision, EngineError>;
 
     /// The latest committed revision.
-    fn revision(&self) -> anyhow::Result<Revision>;
+    fn revision(&self) -> Result<Revision, EngineError>;
 
     /// Atomically (and durably, if the engine is durable) applies `changes` and records
     /// `revision` as the current revision: after a crash either all of it is visible or none.
-    fn commit(&self, revision: Revision, changes: &[Change]) -> anyhow::Result<()>;
+    fn commit(&self, revision: Revision, changes: &[Change]) -> Result<(), EngineError>;
 }

@@ -1,4 +1,7 @@
-//! The store's error type.
+//! The store's error types: [`StoreError`] for callers of the store, [`EngineError`] for the
+//! storage engines under it.
+
+use std::sync::Arc;
 
 use crate::types::Revision;
 
@@ -30,13 +33,62 @@ pub enum StoreError {
     /// The watcher fell too far behind; it must re-list.
     #[error("watcher fell behind the retained history and must re-list")]
     WatcherLagged,
-    #[error("storage backend error: {0:#}")]
-    Backend(anyhow::Error),
+    /// The engine failed while the store was doing `action`. One failed commit fails every txn
+    /// of its batch, hence the shared source.
+    #[error("storage backend error: {action}")]
+    Backend {
+        action: &'static str,
+        #[source]
+        source: Arc<EngineError>,
+    },
+    /// The writer thread is gone (the store is shutting down).
+    #[error("storage backend error: store writer is not running")]
+    WriterStopped,
+    /// A paged read waited in vain for the writer to publish a batch it had committed.
+    #[error(
+        "storage backend error: listing {prefix:?}: the writer did not publish its committed \
+         batch within a second"
+    )]
+    PageTimeout { prefix: String },
+    /// A single-op txn did not return exactly one result (a bug in the store).
+    #[error("storage backend error: single-op txn returned {count} results")]
+    UnexpectedResults { count: usize },
 }
 
 impl StoreError {
     /// Wraps a backend failure with a short description of what was being done.
-    pub(crate) fn backend(context: &str, err: anyhow::Error) -> Self {
-        StoreError::Backend(err.context(context.to_owned()))
+    pub(crate) fn backend(action: &'static str, err: EngineError) -> Self {
+        StoreError::Backend {
+            action,
+            source: Arc::new(err),
+        }
+    }
+}
+
+/// Why an [`Engine`](crate::Engine) operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The storage under the engine failed while the engine was doing `action`.
+    #[error("{action}")]
+    Storage {
+        action: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A stored record does not decode.
+    #[error("corrupt record for key {key:?}: {reason}")]
+    Corrupt { key: String, reason: String },
+}
+
+impl EngineError {
+    /// A failure of the storage layer while doing `action` (e.g. "opening table kv").
+    pub fn storage(
+        action: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        EngineError::Storage {
+            action: action.into(),
+            source: source.into(),
+        }
     }
 }

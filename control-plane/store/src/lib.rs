@@ -35,7 +35,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use engine::{Change, Engine};
-pub use error::StoreError;
+pub use error::{EngineError, StoreError};
 pub use history::Watch;
 pub use types::{Event, EventKind, KeyValue, Op, Page, Revision};
 
@@ -133,9 +133,9 @@ pub trait Store: Send + Sync + 'static {
 fn single(mut kvs: Vec<KeyValue>) -> Result<KeyValue, StoreError> {
     match (kvs.pop(), kvs.is_empty()) {
         (Some(kv), true) => Ok(kv),
-        _ => Err(StoreError::Backend(anyhow::anyhow!(
-            "single-op txn returned an unexpected number of results"
-        ))),
+        (last, _) => Err(StoreError::UnexpectedResults {
+            count: kvs.len() + usize::from(last.is_some()),
+        }),
     }
 }
 
@@ -149,12 +149,15 @@ pub fn memory(opts: StoreOptions) -> Arc<dyn Store> {
 }
 
 /// Opens (or creates) a durable store in the redb file at `path`.
-pub fn open_redb(path: &Path, opts: StoreOptions) -> anyhow::Result<Arc<dyn Store>> {
+pub fn open_redb(path: &Path, opts: StoreOptions) -> Result<Arc<dyn Store>, EngineError> {
     with_engine(redb_engine::RedbEngine::open(path)?, opts)
 }
 
 /// Builds a store over any [`Engine`]; the history starts empty at the engine's revision.
-pub fn with_engine<E: Engine>(engine: E, opts: StoreOptions) -> anyhow::Result<Arc<dyn Store>> {
+pub fn with_engine<E: Engine>(
+    engine: E,
+    opts: StoreOptions,
+) -> Result<Arc<dyn Store>, EngineError> {
     let revision = engine.revision()?;
     Ok(Arc::new(core::EngineStore::start(engine, revision, opts)))
 }

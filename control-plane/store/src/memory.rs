@@ -6,6 +6,7 @@ use std::ops::Bound;
 use std::sync::{PoisonError, RwLock};
 
 use crate::engine::{Change, Engine};
+use crate::error::EngineError;
 use crate::types::{KeyValue, Revision};
 
 #[derive(Default)]
@@ -20,7 +21,7 @@ struct State {
 }
 
 impl Engine for MemoryEngine {
-    fn get(&self, key: &str) -> anyhow::Result<Option<KeyValue>> {
+    fn get(&self, key: &str) -> Result<Option<KeyValue>, EngineError> {
         // A poisoned lock only means a panic elsewhere; the map itself is always consistent
         // because commit never panics halfway through an update.
         let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
@@ -32,7 +33,7 @@ impl Engine for MemoryEngine {
         prefix: &str,
         start: &str,
         visit: &mut dyn FnMut(&KeyValue) -> bool,
-    ) -> anyhow::Result<Revision> {
+    ) -> Result<Revision, EngineError> {
         let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
         let from = start.max(prefix);
         for (_, kv) in state
@@ -47,7 +48,7 @@ impl Engine for MemoryEngine {
         Ok(state.revision)
     }
 
-    fn revision(&self) -> anyhow::Result<Revision> {
+    fn revision(&self) -> Result<Revision, EngineError> {
         Ok(self
             .state
             .read()
@@ -55,7 +56,7 @@ impl Engine for MemoryEngine {
             .revision)
     }
 
-    fn commit(&self, revision: Revision, changes: &[Change]) -> anyhow::Result<()> {
+    fn commit(&self, revision: Revision, changes: &[Change]) -> Result<(), EngineError> {
         let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
         for (key, kv) in changes {
             match kv {

@@ -11,11 +11,11 @@
 
 use std::path::Path;
 
-use anyhow::{Context, bail};
 use bytes::Bytes;
 use redb::{Database, Durability, ReadTransaction, TableDefinition};
 
 use crate::engine::{Change, Engine};
+use crate::error::EngineError;
 use crate::memory::MemoryEngine;
 use crate::types::{KeyValue, Revision};
 
@@ -31,21 +31,23 @@ pub(crate) struct RedbEngine {
 }
 
 impl RedbEngine {
-    pub(crate) fn open(path: &Path) -> anyhow::Result<Self> {
+    pub(crate) fn open(path: &Path) -> Result<Self, EngineError> {
         // redb's default page cache may grow to 1 GiB; the API server's memory budget is tens of
         // MB, and the OS page cache already holds the file.
         let db = redb::Builder::new()
             .set_cache_size(REDB_CACHE_BYTES)
             .create(path)
-            .with_context(|| format!("opening redb database {}", path.display()))?;
+            .map_err(|e| {
+                EngineError::storage(format!("opening redb database {}", path.display()), e)
+            })?;
         // Create both tables up front so readers never see a missing table.
         let mut txn = db
             .begin_write()
-            .context("starting initial write transaction")?;
+            .map_err(at("starting initial write transaction"))?;
         txn.set_durability(Durability::Immediate);
-        txn.open_table(KV).context("creating table kv")?;
-        txn.open_table(META).context("creating table meta")?;
-        txn.commit().context("committing initial tables")?;
+        txn.open_table(KV).map_err(at("creating table kv"))?;
+        txn.open_table(META).map_err(at("creating table meta"))?;
+        txn.commit().map_err(at("committing initial tables"))?;
         let engine = Self {
             db,
             cache: MemoryEngine::default(),
@@ -60,17 +62,18 @@ impl RedbEngine {
     }
 
     /// Keys under `prefix` and the revision, read from the database itself.
-    fn load(&self, prefix: &str) -> anyhow::Result<(Vec<KeyValue>, Revision)> {
+    fn load(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision), EngineError> {
         // One read transaction for both, so the revision matches the listed snapshot.
         let txn = self.read()?;
         let revision = read_revision(&txn)?;
-        let table = txn.open_table(KV).context("opening table kv")?;
+        let table = txn.open_table(KV).map_err(at("opening table kv"))?;
         let mut out = Vec::new();
         for entry in table
             .range::<&str>(prefix..)
-            .with_context(|| format!("listing {prefix:?}"))?
+            .map_err(|e| EngineError::storage(format!("listing {prefix:?}"), e))?
         {
-            let (k, v) = entry.with_context(|| format!("listing {prefix:?}"))?;
+            let (k, v) =
+                entry.map_err(|e| EngineError::storage(format!("listing {prefix:?}"), e))?;
             let key = k.value();
             if !key.starts_with(prefix) {
                 break;
@@ -80,14 +83,16 @@ impl RedbEngine {
         Ok((out, revision))
     }
 
-    fn read(&self) -> anyhow::Result<ReadTransaction> {
-        self.db.begin_read().context("starting read transaction")
+    fn read(&self) -> Result<ReadTransaction, EngineError> {
+        self.db
+            .begin_read()
+            .map_err(at("starting read transaction"))
     }
 }
 
-fn read_revision(txn: &ReadTransaction) -> anyhow::Result<Revision> {
-    let meta = txn.open_table(META).context("opening table meta")?;
-    let rev = meta.get(REVISION_KEY).context("reading revision")?;
+fn read_revision(txn: &ReadTransaction) -> Result<Revision, EngineError> {
+    let meta = txn.open_table(META).map_err(at("opening table meta"))?;
+    let rev = meta.get(REVISION_KEY).map_err(at("reading revision"))?;
     Ok(rev.map_or(0, |g| g.value()))
 }
 
@@ -99,30 +104,36 @@ pub(crate) fn encode(kv: &KeyValue) -> Vec<u8> {
     out
 }
 
-pub(crate) fn decode(key: &str, raw: &[u8]) -> anyhow::Result<KeyValue> {
-    if raw.len() < HEADER_LEN {
-        bail!(
-            "corrupt record for key {key:?}: {} bytes, shorter than the {HEADER_LEN}-byte header",
-            raw.len()
-        );
-    }
-    let (create, rest) = raw.split_at(8);
-    let (modr, value) = rest.split_at(8);
-    let word = |b: &[u8]| -> anyhow::Result<u64> {
-        Ok(u64::from_le_bytes(
-            b.try_into().context("header word is not 8 bytes")?,
-        ))
+pub(crate) fn decode(key: &str, raw: &[u8]) -> Result<KeyValue, EngineError> {
+    let header = raw
+        .split_first_chunk::<8>()
+        .and_then(|(create, rest)| Some((create, rest.split_first_chunk::<8>()?)));
+    let Some((create, (modr, value))) = header else {
+        return Err(EngineError::Corrupt {
+            key: key.to_owned(),
+            reason: format!(
+                "{} bytes, shorter than the {HEADER_LEN}-byte header",
+                raw.len()
+            ),
+        });
     };
     Ok(KeyValue {
         key: key.to_owned(),
         value: Bytes::copy_from_slice(value),
-        create_revision: word(create)?,
-        mod_revision: word(modr)?,
+        create_revision: u64::from_le_bytes(*create),
+        mod_revision: u64::from_le_bytes(*modr),
     })
 }
 
+/// A redb failure as an [`EngineError`] that says what the engine was doing.
+fn at<E: Into<Box<dyn std::error::Error + Send + Sync>>>(
+    action: &'static str,
+) -> impl FnOnce(E) -> EngineError {
+    move |e| EngineError::storage(action, e)
+}
+
 impl Engine for RedbEngine {
-    fn get(&self, key: &str) -> anyhow::Result<Option<KeyValue>> {
+    fn get(&self, key: &str) -> Result<Option<KeyValue>, EngineError> {
         self.cache.get(key)
     }
 
@@ -131,39 +142,39 @@ impl Engine for RedbEngine {
         prefix: &str,
         start: &str,
         visit: &mut dyn FnMut(&KeyValue) -> bool,
-    ) -> anyhow::Result<Revision> {
+    ) -> Result<Revision, EngineError> {
         self.cache.scan(prefix, start, visit)
     }
 
-    fn revision(&self) -> anyhow::Result<Revision> {
+    fn revision(&self) -> Result<Revision, EngineError> {
         self.cache.revision()
     }
 
-    fn commit(&self, revision: Revision, changes: &[Change]) -> anyhow::Result<()> {
+    fn commit(&self, revision: Revision, changes: &[Change]) -> Result<(), EngineError> {
         let mut txn = self
             .db
             .begin_write()
-            .context("starting write transaction")?;
+            .map_err(at("starting write transaction"))?;
         txn.set_durability(Durability::Immediate);
         {
-            let mut kv = txn.open_table(KV).context("opening table kv")?;
+            let mut kv = txn.open_table(KV).map_err(at("opening table kv"))?;
             for (key, change) in changes {
                 match change {
                     Some(value) => {
                         kv.insert(key.as_str(), encode(value).as_slice())
-                            .with_context(|| format!("writing {key:?}"))?;
+                            .map_err(|e| EngineError::storage(format!("writing {key:?}"), e))?;
                     }
                     None => {
                         kv.remove(key.as_str())
-                            .with_context(|| format!("deleting {key:?}"))?;
+                            .map_err(|e| EngineError::storage(format!("deleting {key:?}"), e))?;
                     }
                 }
             }
-            let mut meta = txn.open_table(META).context("opening table meta")?;
+            let mut meta = txn.open_table(META).map_err(at("opening table meta"))?;
             meta.insert(REVISION_KEY, revision)
-                .context("writing revision")?;
+                .map_err(at("writing revision"))?;
         }
-        txn.commit().context("committing write transaction")?;
+        txn.commit().map_err(at("committing write transaction"))?;
         // Visible to readers only once durable.
         self.cache.commit(revision, changes)
     }

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::{Event, EventKind, KeyValue, Op, Revision, Store, StoreError, StoreOptions, Watch};
+use crate::{
+    EngineError, Event, EventKind, KeyValue, Op, Revision, Store, StoreError, StoreOptions, Watch,
+};
 
 /// A unique directory under the system temp dir, removed on drop.
 struct TempDir(PathBuf);
@@ -714,7 +716,7 @@ async fn concurrent_writers_and_watchers(be: &Backend) {
     }
     let deletes = TASKS * PER_TASK.div_ceil(4);
     let final_rev = s.revision();
-    assert_eq!(final_rev as usize, TOTAL + deletes);
+    assert_eq!(usize::try_from(final_rev), Ok(TOTAL + deletes));
 
     for mut w in watchers {
         let mut seen = HashSet::new();
@@ -805,7 +807,7 @@ async fn throughput(be: &Backend) {
     }
     let elapsed = start.elapsed();
     let total = TASKS * PER_TASK;
-    assert_eq!(s.revision() as usize, total);
+    assert_eq!(usize::try_from(s.revision()), Ok(total));
     println!(
         "{} backend: {total} single-op creates from {TASKS} tasks in {:.3}s = {:.0} creates/s",
         be.name(),
@@ -901,7 +903,7 @@ async fn redb_open_rejects_garbage_file() {
     let err = crate::open_redb(&path, StoreOptions::default())
         .err()
         .expect("garbage file must not open");
-    assert!(format!("{err:#}").contains("garbage.redb"), "{err:#}");
+    assert!(err.to_string().contains("garbage.redb"), "{err}");
 }
 
 #[test]
@@ -920,9 +922,23 @@ fn error_messages_are_descriptive() {
         oldest: 9,
     };
     assert!(gone.to_string().contains("revision 2 has been compacted"));
-    let backend = StoreError::backend("reading key", anyhow::anyhow!("io failure"));
-    assert_eq!(
-        backend.to_string(),
-        "storage backend error: reading key: io failure"
+    let backend = StoreError::backend(
+        "reading key",
+        EngineError::storage("starting read transaction", "io failure"),
     );
+    assert_eq!(
+        chain(&backend),
+        [
+            "storage backend error: reading key",
+            "starting read transaction",
+            "io failure"
+        ]
+    );
+}
+
+/// An error and its sources, outermost first.
+pub(crate) fn chain(err: &dyn std::error::Error) -> Vec<String> {
+    std::iter::successors(Some(err), |e| e.source())
+        .map(ToString::to_string)
+        .collect()
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::engine::{Change, Engine};
-use crate::error::StoreError;
+use crate::error::{EngineError, StoreError};
 use crate::history::Shared;
 use crate::types::{Event, EventKind, KeyValue, Op, Revision};
 
@@ -35,7 +35,7 @@ pub(crate) struct Applied {
 pub(crate) fn apply_txn(
     ops: Vec<Op>,
     revision: Revision,
-    lookup: &dyn Fn(&str) -> anyhow::Result<Option<KeyValue>>,
+    lookup: &dyn Fn(&str) -> Result<Option<KeyValue>, EngineError>,
 ) -> Result<Applied, StoreError> {
     let mut staged: HashMap<String, Option<KeyValue>> = HashMap::new();
     let mut applied = Applied {
@@ -177,14 +177,19 @@ impl<E: Engine> Writer<E> {
                     }
                 }
                 Err(err) => {
-                    tracing::error!(error = format!("{err:#}"), "store commit failed");
+                    tracing::error!(
+                        error = &err as &dyn std::error::Error,
+                        "store commit failed"
+                    );
                     // Nothing of the batch is in the engine; every txn that would have
                     // committed fails with the cause.
+                    let err = Arc::new(err);
                     for (_, outcome) in &mut outcomes {
                         if outcome.is_ok() {
-                            *outcome = Err(StoreError::Backend(anyhow::anyhow!(
-                                "committing batch: {err:#}"
-                            )));
+                            *outcome = Err(StoreError::Backend {
+                                action: "committing batch",
+                                source: Arc::clone(&err),
+                            });
                         }
                     }
                 }
@@ -217,7 +222,7 @@ mod tests {
         }
     }
 
-    fn state(entries: Vec<KeyValue>) -> impl Fn(&str) -> anyhow::Result<Option<KeyValue>> {
+    fn state(entries: Vec<KeyValue>) -> impl Fn(&str) -> Result<Option<KeyValue>, EngineError> {
         move |key| Ok(entries.iter().find(|kv| kv.key == key).cloned())
     }
 
@@ -296,13 +301,22 @@ mod tests {
 
     #[test]
     fn lookup_failure_is_backend_error() {
-        let failing = |_: &str| -> anyhow::Result<Option<KeyValue>> { anyhow::bail!("disk gone") };
+        let failing = |_: &str| -> Result<Option<KeyValue>, EngineError> {
+            Err(EngineError::storage("reading", "disk gone"))
+        };
         let ops = vec![Op::Delete {
             key: "/k".into(),
             expected: None,
         }];
         let err = apply_txn(ops, 1, &failing).expect_err("lookup failure propagates");
-        assert!(matches!(err, StoreError::Backend(_)));
-        assert!(err.to_string().contains("disk gone"), "{err}");
+        assert!(matches!(err, StoreError::Backend { .. }));
+        assert_eq!(
+            crate::tests::chain(&err),
+            [
+                "storage backend error: reading key for txn precondition",
+                "reading",
+                "disk gone"
+            ]
+        );
     }
 }

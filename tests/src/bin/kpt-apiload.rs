@@ -7,6 +7,7 @@
 //! * `watch --watchers W --events E --concurrency C` — W watch streams from the current
 //!   resourceVersion, then E label patches: every watcher must see every event in order.
 //!   `{"watchers":W,"complete":..,"in_order":..,"last_delivery_ms":..}`.
+#![forbid(unsafe_code)]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -127,7 +128,7 @@ async fn main() -> Result<()> {
             let rate = count as f64 / took.as_secs_f64();
             println!(
                 "{}",
-                json!({"creates": count, "elapsed_ms": took.as_millis() as u64, "creates_per_s": rate})
+                json!({"creates": count, "elapsed_ms": u64::try_from(took.as_millis()).unwrap_or(u64::MAX), "creates_per_s": rate})
             );
         }
         Phase::Gets {

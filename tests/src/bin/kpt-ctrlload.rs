@@ -10,6 +10,7 @@
 //! * `lbip --samples S`: S LoadBalancer Services created one by one, each timed until
 //!   `status.loadBalancer.ingress` holds an address.
 //! * `pods --count N --concurrency C`: N pods in 10 Deployments; waits until all are Ready.
+#![forbid(unsafe_code)]
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -89,6 +90,11 @@ fn deployment(name: &str, replicas: i32) -> Deployment {
     .expect("a valid deployment")
 }
 
+#[expect(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "the rank is rounded and between 0 and len - 1"
+)]
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -373,7 +379,13 @@ async fn many_pods(client: kube::Client, ns: &str, count: usize) -> Result<()> {
             .collect::<Vec<_>>()
             .join(",")
     );
-    ready_pods(&pods, &labels, per as usize * 10, Duration::from_mins(5)).await?;
+    ready_pods(
+        &pods,
+        &labels,
+        usize::try_from(per)? * 10,
+        Duration::from_mins(5),
+    )
+    .await?;
     println!(
         "{}",
         json!({"pods": per * 10, "all_ready_s": start.elapsed().as_secs_f64()})

@@ -4,6 +4,7 @@
 //! kubelet would. Killing the process stops the heartbeats, which is how tests fail a node.
 //!
 //! Prints `fake nodes ready` on stderr once the Nodes exist and the pod watch runs.
+#![forbid(unsafe_code)]
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;

@@ -264,8 +264,9 @@ async fn load(
                     .parse()
                     .context("ClusterIP")?;
                 let base = u32::try_from(i * ENDPOINTS).context("too many endpoints")?;
-                let eps: Vec<Ipv4Addr> =
-                    (0..ENDPOINTS as u32).map(|e| pool_addr(base + e)).collect();
+                let eps: Vec<Ipv4Addr> = (0..u32::try_from(ENDPOINTS).expect("few endpoints"))
+                    .map(|e| pool_addr(base + e))
+                    .collect();
                 slices
                     .create(&PostParams::default(), &slice(&name, &eps))
                     .await
@@ -308,6 +309,10 @@ async fn load(
 struct Rng(u64);
 
 impl Rng {
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "the seed keeps the low 64 bits of the clock"
+    )]
     fn new() -> Self {
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -319,7 +324,7 @@ impl Rng {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
-        (self.0 % n as u64) as usize
+        usize::try_from(self.0 % n as u64).expect("below n, which is a usize")
     }
 }
 
@@ -479,7 +484,7 @@ async fn churn(
             .context("probe thread gone")?;
         attempts_total += attempts;
         if let Some(d) = seen {
-            latencies.push(d.as_secs_f64() * 1000.0)
+            latencies.push(d.as_secs_f64() * 1000.0);
         } else {
             eprintln!(
                 "kpt-proxyload: change {c}: {name} {old} -> {new} not seen within {timeout:?}"

@@ -13,7 +13,8 @@ fn csum(data: &[u8], mut sum: u32) -> u16 {
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
-    !(sum as u16)
+    // Folded above into 16 bits.
+    !u16::try_from(sum).expect("folded to 16 bits")
 }
 
 struct Ctx {
@@ -152,7 +153,11 @@ fn main() {
         let fd = libc::socket(
             libc::AF_PACKET,
             libc::SOCK_RAW,
-            i32::from((libc::ETH_P_ALL as u16).to_be()),
+            i32::from(
+                u16::try_from(libc::ETH_P_ALL)
+                    .expect("ETH_P_ALL fits")
+                    .to_be(),
+            ),
         );
         assert!(
             fd >= 0,
@@ -164,7 +169,7 @@ fn main() {
         for case in &a[5..] {
             let frame = ctx.frame(case);
             let mut sll: libc::sockaddr_ll = std::mem::zeroed();
-            sll.sll_family = libc::AF_PACKET as u16;
+            sll.sll_family = u16::try_from(libc::AF_PACKET).expect("AF_PACKET fits");
             sll.sll_ifindex = i32::try_from(ifindex).unwrap();
             sll.sll_halen = 6;
             sll.sll_addr[..6].copy_from_slice(&ctx.dst_mac);

@@ -8,12 +8,14 @@
 //! value (nothing, `null`, `0`, `""`, `{}`, ...).
 
 use std::borrow::Cow;
+use std::fmt::Write as _;
 
 use serde_json::{Map, Value, json};
 
 use super::ProtobufError;
+use super::messages;
 use super::special::{self, Special};
-use super::table::{self, Card, Field, INLINE, Message, OMIT, PTR, Ty};
+use super::table::{Card, Field, INLINE, Message, OMIT, PTR, Ty};
 use super::wire::{Reader, WireError, WireValue};
 
 /// Nesting limit for messages (and objects embedded in RawExtensions), so hostile input
@@ -59,8 +61,12 @@ impl Decoder {
                     }
                     out.push_str(name);
                 }
-                Seg::Index(i) => out.push_str(&format!("[{i}]")),
-                Seg::Key(k) => out.push_str(&format!("[{k:?}]")),
+                Seg::Index(i) => {
+                    let _ = write!(out, "[{i}]");
+                }
+                Seg::Key(k) => {
+                    let _ = write!(out, "[{k:?}]");
+                }
             }
         }
         out
@@ -155,8 +161,8 @@ impl Decoder {
                 content_encoding: encoding,
             });
         }
-        let root = table::root(&api_version, &kind)
-            .map(table::message)
+        let root = messages::root(&api_version, &kind)
+            .map(messages::message)
             .filter(|m| Special::of(m.name).is_none())
             .ok_or_else(|| ProtobufError::UnknownKind {
                 api_version: api_version.clone(),
@@ -216,7 +222,7 @@ impl Decoder {
         index: u16,
         data: &[u8],
     ) -> Result<Value, ProtobufError> {
-        let m = table::message(index);
+        let m = messages::message(index);
         self.enter()?;
         let value = match Special::of(m.name) {
             Some(s) => self.special(s, m, data)?,
@@ -381,6 +387,14 @@ impl Decoder {
         Ok((key, value))
     }
 
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "protobuf decoders narrow a varint by keeping its low bits"
+    )]
+    #[expect(
+        clippy::match_same_arms,
+        reason = "one arm per (type, wire type) pair reads as the protobuf table"
+    )]
     fn scalar(
         &self,
         message: &str,
@@ -393,16 +407,16 @@ impl Decoder {
         Ok(match (ty, value) {
             (Ty::Bool, W::Varint(v)) => Value::Bool(v != 0),
             (Ty::I32, W::Varint(v)) => json!(v as i32),
-            (Ty::I64, W::Varint(v)) => json!(v as i64),
+            (Ty::I64, W::Varint(v)) => json!(v.cast_signed()),
             (Ty::U32, W::Varint(v)) => json!(v as u32),
             (Ty::U64, W::Varint(v)) => json!(v),
             (Ty::S32, W::Varint(v)) => {
                 let v = v as u32;
-                json!((v >> 1) as i32 ^ -((v & 1) as i32))
+                json!((v >> 1).cast_signed() ^ -(v & 1).cast_signed())
             }
-            (Ty::S64, W::Varint(v)) => json!((v >> 1) as i64 ^ -((v & 1) as i64)),
+            (Ty::S64, W::Varint(v)) => json!((v >> 1).cast_signed() ^ -(v & 1).cast_signed()),
             (Ty::Fixed32, W::Fixed32(v)) => json!(v),
-            (Ty::SFixed32, W::Fixed32(v)) => json!(v as i32),
+            (Ty::SFixed32, W::Fixed32(v)) => json!(v.cast_signed()),
             // Go prints a float32 by its shortest float32 form ("0.1", not 0.10000000149).
             (Ty::F32, W::Fixed32(v)) => {
                 let shortest = f32::from_bits(v)
@@ -412,7 +426,7 @@ impl Decoder {
                 self.float(message, field, shortest)?
             }
             (Ty::Fixed64, W::Fixed64(v)) => json!(v),
-            (Ty::SFixed64, W::Fixed64(v)) => json!(v as i64),
+            (Ty::SFixed64, W::Fixed64(v)) => json!(v.cast_signed()),
             (Ty::F64, W::Fixed64(v)) => self.float(message, field, f64::from_bits(v))?,
             (Ty::Str, W::Bytes(b)) => Value::String(
                 std::str::from_utf8(b)
@@ -533,7 +547,7 @@ fn zero_field(f: &Field) -> Option<Value> {
 }
 
 fn zero_message(index: u16) -> Value {
-    let m = table::message(index);
+    let m = messages::message(index);
     if let Some(s) = Special::of(m.name) {
         return s.zero();
     }
@@ -578,7 +592,7 @@ mod tests {
     }
 
     fn value(index: &str, data: &[u8]) -> Result<Value, ProtobufError> {
-        let m = table::find(index).unwrap();
+        let m = messages::find(index).unwrap();
         Decoder::new().message_value(m, data)
     }
 

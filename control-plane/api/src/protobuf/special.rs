@@ -1,6 +1,8 @@
 //! Messages whose JSON is not an object of their fields (Go types with their own JSON
 //! marshalling), and the value formats Kubernetes' JSON uses for them.
 
+use std::fmt::Write as _;
+
 use serde_json::{Value, json};
 
 /// A message with a hand-written JSON form.
@@ -94,7 +96,7 @@ pub(super) fn rfc3339(seconds: i64, nanos: i64, micro: bool) -> Result<Option<St
         dt.second()
     );
     if micro {
-        s.push_str(&format!(".{:06}", dt.subsec_nanosecond() / 1000));
+        let _ = write!(s, ".{:06}", dt.subsec_nanosecond() / 1000);
     }
     s.push('Z');
     Ok(Some(s))
@@ -113,7 +115,7 @@ pub(super) fn go_duration(nanos: i64) -> String {
             _ => (6, "ms"),
         };
         let (frac, int) = fraction(u, prec);
-        out.push_str(&format!("{int}{frac}{unit}"));
+        let _ = write!(out, "{int}{frac}{unit}");
     } else {
         let (frac, secs) = fraction(u, 9);
         u = secs / 60;

@@ -45,7 +45,7 @@ impl std::fmt::Display for WireError {
     }
 }
 
-const MAX_FIELD_NUMBER: u64 = (1 << 29) - 1;
+const MAX_FIELD_NUMBER: u32 = (1 << 29) - 1;
 
 /// A cursor over one message's bytes.
 pub(super) struct Reader<'a> {
@@ -104,11 +104,12 @@ impl<'a> Reader<'a> {
             return Ok(None);
         }
         let tag = self.varint()?;
-        let number = tag >> 3;
-        if number == 0 || number > MAX_FIELD_NUMBER {
-            return Err(WireError::FieldNumber(number));
-        }
-        let value = match tag & 7 {
+        let number = match u32::try_from(tag >> 3) {
+            Ok(n) if n != 0 && n <= MAX_FIELD_NUMBER => n,
+            _ => return Err(WireError::FieldNumber(tag >> 3)),
+        };
+        // The wire type is the tag's low three bits.
+        let value = match tag.to_le_bytes()[0] & 7 {
             0 => WireValue::Varint(self.varint()?),
             1 => WireValue::Fixed64(self.fixed64()?),
             2 => {
@@ -116,10 +117,9 @@ impl<'a> Reader<'a> {
                 WireValue::Bytes(self.take(len)?)
             }
             5 => WireValue::Fixed32(self.fixed32()?),
-            other => return Err(WireError::WireType(other as u8)),
+            other => return Err(WireError::WireType(other)),
         };
-        // Checked above: the number fits in 29 bits.
-        Ok(Some((number as u32, value)))
+        Ok(Some((number, value)))
     }
 }
 
@@ -178,7 +178,7 @@ mod tests {
         // Field 2^29 - 1, varint 0.
         assert_eq!(
             fields(&[0xf8, 0xff, 0xff, 0xff, 0x0f, 0]).unwrap(),
-            vec![(MAX_FIELD_NUMBER as u32, WireValue::Varint(0))]
+            vec![(MAX_FIELD_NUMBER, WireValue::Varint(0))]
         );
         assert_eq!(
             fields(&[0x80, 0x80, 0x80, 0x80, 0x10, 0]),

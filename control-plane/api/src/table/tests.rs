@@ -208,6 +208,10 @@ fn column_sets_match_kubectl() {
     }
 }
 
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "callers write the parts inline as json! literals"
+)]
 fn pod(status: Value) -> Value {
     json!({
         "apiVersion": "v1", "kind": "Pod",
@@ -402,6 +406,10 @@ fn readiness_gates() {
     assert_eq!(row("Pod", &p, now())[8], "1/2");
 }
 
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "callers write the parts inline as json! literals"
+)]
 fn service(spec: Value, status: Value) -> Value {
     json!({
         "apiVersion": "v1", "kind": "Service",
@@ -627,6 +635,10 @@ fn endpoint_slices() {
     );
 }
 
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "callers write the parts inline as json! literals"
+)]
 fn node(conditions: Value, labels: Value) -> Value {
     json!({
         "apiVersion": "v1", "kind": "Node",

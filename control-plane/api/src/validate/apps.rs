@@ -6,7 +6,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::meta::{self, NameRule, Scope};
-use super::{FieldError, Invalid, Json, Path, Raw, non_negative, one_of, pod, quantity};
+use super::{FieldError, Invalid, Json, Path, Raw, non_negative, one_of, pod};
 use crate::labels;
 
 const STRATEGY_TYPES: &[&str] = &["Recreate", "RollingUpdate"];
@@ -156,7 +156,7 @@ fn selector_and_template(
 
     let pod_spec = template.spec.clone().unwrap_or_default();
     let spec_path = tpath.child("spec");
-    quantity::check_pod_spec(&pod_spec, &spec_path)?;
+    pod::check_quantities(&pod_spec, &spec_path)?;
     errs.extend(pod::pod_spec(&pod_spec, &spec_path));
     // Controllers restart their pods themselves by replacing them.
     if let Some(policy) = pod_spec

@@ -7,17 +7,14 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kproxy_apimachinery::names;
 
 use super::meta::{self, NameRule, Scope};
-use super::{FieldError, Invalid, Path, ip, name_errors, port_num, protocol};
+use super::{FieldError, Path, ip, name_errors, port_num, protocol};
 
 const ADDRESS_TYPES: &[&str] = &["FQDN", "IPv4", "IPv6"];
 const MAX_ENDPOINTS: usize = 1000;
 const MAX_ADDRESSES: usize = 100;
 const MAX_PORTS: usize = 20000;
 
-pub(crate) fn endpoints(
-    ep: &Endpoints,
-    old: Option<&Endpoints>,
-) -> Result<Vec<FieldError>, Invalid> {
+pub(crate) fn endpoints(ep: &Endpoints, old: Option<&Endpoints>) -> Vec<FieldError> {
     let mut errs = meta::object_meta(&ep.metadata, Scope::Namespaced, NameRule::Subdomain);
     if let Some(old) = old {
         errs.extend(meta::object_meta_update(&ep.metadata, &old.metadata));
@@ -62,7 +59,7 @@ pub(crate) fn endpoints(
             }
         }
     }
-    Ok(errs)
+    errs
 }
 
 fn endpoint_address(addr: &EndpointAddress, path: &Path) -> Vec<FieldError> {
@@ -87,7 +84,7 @@ fn endpoint_address(addr: &EndpointAddress, path: &Path) -> Vec<FieldError> {
 pub(crate) fn endpoint_slice(
     slice: &EndpointSlice,
     old: Option<&EndpointSlice>,
-) -> Result<Vec<FieldError>, Invalid> {
+) -> Vec<FieldError> {
     let mut errs = meta::object_meta(&slice.metadata, Scope::Namespaced, NameRule::Subdomain);
     let at_path = Path::root("addressType");
     let addr_type = slice.address_type.as_str();
@@ -186,7 +183,7 @@ pub(crate) fn endpoint_slice(
             ));
         }
     }
-    Ok(errs)
+    errs
 }
 
 /// Kubernetes' "Too many" has no ErrorType of its own here; it is an invalid value.

@@ -9,9 +9,9 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity as Q;
 use kproxy_apimachinery::names;
+use kproxy_apimachinery::quantity::{self, Quantity};
 
 use super::meta::{self, NameRule, Scope};
-use super::quantity::{self, Quantity};
 use super::{
     FieldError, Invalid, NON_NEGATIVE_MSG, Path, name_errors, non_negative, one_of, port_num,
     port_num_or_name, protocol,
@@ -45,7 +45,7 @@ pub(crate) fn pod(pod: &Pod, old: Option<&Pod>) -> Result<Vec<FieldError>, Inval
     let default = PodSpec::default();
     let spec = pod.spec.as_ref().unwrap_or(&default);
     let path = Path::root("spec");
-    quantity::check_pod_spec(spec, &path)?;
+    check_quantities(spec, &path)?;
     errs.extend(pod_spec(spec, &path));
     Ok(errs)
 }
@@ -405,7 +405,7 @@ fn standard_container_resource(name: &str) -> bool {
     matches!(name, "cpu" | "memory" | "ephemeral-storage")
         || name
             .strip_prefix("hugepages-")
-            .is_some_and(|size| Quantity::parse(size).is_some())
+            .is_some_and(|size| Quantity::parse_saturating(size).is_ok())
 }
 
 /// Native resources may be overcommitted (requests below limits); extended ones may not.
@@ -463,23 +463,23 @@ fn resources(r: &ResourceRequirements, path: &Path) -> Vec<FieldError> {
         let p = lim_path.key(name);
         errs.extend(resource_name(name, &p));
         // Malformed quantities were rejected while decoding.
-        if let Some(parsed) = Quantity::parse(&q.0) {
+        if let Ok(parsed) = Quantity::parse_saturating(&q.0) {
             errs.extend(quantity_value(name, &q.0, parsed, &p));
         }
     }
     for (name, q) in requests {
         let p = req_path.key(name);
         errs.extend(resource_name(name, &p));
-        let Some(parsed) = Quantity::parse(&q.0) else {
+        let Ok(parsed) = Quantity::parse_saturating(&q.0) else {
             continue;
         };
         errs.extend(quantity_value(name, &q.0, parsed, &p));
         match limits.get(name) {
             Some(lim) => {
-                let Some(lim_q) = Quantity::parse(&lim.0) else {
+                let Ok(lim_q) = Quantity::parse_saturating(&lim.0) else {
                     continue;
                 };
-                let order = parsed.cmp_to(&lim_q);
+                let order = parsed.cmp(&lim_q);
                 if order != Ordering::Equal && !overcommit_allowed(name) {
                     errs.push(FieldError::invalid(
                         &req_path,
@@ -693,4 +693,55 @@ fn tolerations(spec: &PodSpec, path: &Path) -> Vec<FieldError> {
         }
     }
     errs
+}
+
+/// Every quantity of a pod spec must parse (container resources, emptyDir size limits).
+/// Kubernetes rejects a malformed quantity while decoding the body, hence [`Invalid::Decode`].
+pub(crate) fn check_quantities(spec: &PodSpec, path: &Path) -> Result<(), Invalid> {
+    let lists = [
+        (
+            "initContainers",
+            spec.init_containers.as_deref().unwrap_or_default(),
+        ),
+        ("containers", spec.containers.as_slice()),
+    ];
+    for (list, containers) in lists {
+        for (i, c) in containers.iter().enumerate() {
+            let res_path = path.child(list).index(i).child("resources");
+            if let Some(r) = &c.resources {
+                check_quantity_map(r.limits.as_ref(), &res_path.child("limits"))?;
+                check_quantity_map(r.requests.as_ref(), &res_path.child("requests"))?;
+            }
+        }
+    }
+    for (i, v) in spec.volumes.iter().flatten().enumerate() {
+        if let Some(limit) = v.empty_dir.as_ref().and_then(|e| e.size_limit.as_ref()) {
+            check_quantity(
+                limit,
+                &path
+                    .child("volumes")
+                    .index(i)
+                    .child("emptyDir")
+                    .child("sizeLimit"),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn check_quantity_map(map: Option<&BTreeMap<String, Q>>, path: &Path) -> Result<(), Invalid> {
+    for (k, q) in map.into_iter().flatten() {
+        check_quantity(q, &path.key(k))?;
+    }
+    Ok(())
+}
+
+fn check_quantity(q: &Q, path: &Path) -> Result<(), Invalid> {
+    match Quantity::parse_saturating(&q.0) {
+        Ok(_) => Ok(()),
+        Err(_) => Err(Invalid::Decode(format!(
+            "{path}: {}",
+            quantity::FORMAT_WRONG
+        ))),
+    }
 }

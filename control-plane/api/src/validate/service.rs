@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::meta::{self, NameRule, Scope};
 use super::{
-    FieldError, Invalid, Json, Path, ip, name_errors, one_of, port_num, port_num_or_name, protocol,
+    FieldError, Json, Path, ip, name_errors, one_of, port_num, port_num_or_name, protocol,
 };
 
 const TYPES: &[&str] = &["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"];
@@ -20,7 +20,7 @@ const IP_FAMILY_POLICIES: &[&str] = &["PreferDualStack", "RequireDualStack", "Si
 const NODE_PORT_RANGE: (i32, i32) = (30000, 32767);
 const MAX_AFFINITY_TIMEOUT: i32 = 86400;
 
-pub(crate) fn service(svc: &Service, old: Option<&Service>) -> Result<Vec<FieldError>, Invalid> {
+pub(crate) fn service(svc: &Service, old: Option<&Service>) -> Vec<FieldError> {
     let mut errs = meta::object_meta(&svc.metadata, Scope::Namespaced, NameRule::Dns1035);
     let default = ServiceSpec::default();
     let spec = svc.spec.as_ref().unwrap_or(&default);
@@ -90,7 +90,7 @@ pub(crate) fn service(svc: &Service, old: Option<&Service>) -> Result<Vec<FieldE
             &path,
         ));
     }
-    Ok(errs)
+    errs
 }
 
 fn ports(spec: &ServiceSpec, ty: &str, path: &Path) -> Vec<FieldError> {

@@ -3,13 +3,13 @@
 use std::collections::HashSet;
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Event, Namespace, Node};
+use k8s_openapi::api::core::v1::{Event, Namespace, Node, NodeSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kproxy_apimachinery::names;
 use serde::Deserialize;
 
 use super::meta::{self, NameRule, Scope};
-use super::{FieldError, Invalid, Json, Path, ip, name_errors, one_of};
+use super::{FieldError, Json, Path, ip, name_errors, one_of};
 
 const TAINT_EFFECTS: &[&str] = &["NoExecute", "NoSchedule", "PreferNoSchedule"];
 const LEASE_STRATEGIES: &[&str] = &["OldestEmulationVersion"];
@@ -17,10 +17,7 @@ const LEASE_STRATEGIES: &[&str] = &["OldestEmulationVersion"];
 const EVENT_FIELD_LIMIT: usize = 128;
 const EVENT_NOTE_LIMIT: usize = 1024;
 
-pub(crate) fn namespace(
-    ns: &Namespace,
-    old: Option<&Namespace>,
-) -> Result<Vec<FieldError>, Invalid> {
+pub(crate) fn namespace(ns: &Namespace, old: Option<&Namespace>) -> Vec<FieldError> {
     let mut errs = meta::object_meta(&ns.metadata, Scope::Cluster, NameRule::Label);
     let fin_path = Path::root("spec").child("finalizers");
     for f in ns.spec.iter().flat_map(|s| s.finalizers.iter().flatten()) {
@@ -29,12 +26,12 @@ pub(crate) fn namespace(
     if let Some(old) = old {
         errs.extend(meta::object_meta_update(&ns.metadata, &old.metadata));
     }
-    Ok(errs)
+    errs
 }
 
-pub(crate) fn node(node: &Node, old: Option<&Node>) -> Result<Vec<FieldError>, Invalid> {
+pub(crate) fn node(node: &Node, old: Option<&Node>) -> Vec<FieldError> {
     let mut errs = meta::object_meta(&node.metadata, Scope::Cluster, NameRule::Subdomain);
-    let default = Default::default();
+    let default = NodeSpec::default();
     let spec = node.spec.as_ref().unwrap_or(&default);
     let path = Path::root("spec");
     if let Some(cidr) = spec.pod_cidr.as_deref().filter(|c| !c.is_empty()) {
@@ -95,12 +92,12 @@ pub(crate) fn node(node: &Node, old: Option<&Node>) -> Result<Vec<FieldError>, I
             ));
         }
     }
-    Ok(errs)
+    errs
 }
 
 /// core/v1 Events (legacyValidateEvent): the namespace must agree with the involved object;
 /// series-style events (with eventTime) must say who reported them.
-pub(crate) fn event(ev: &Event, old: Option<&Event>) -> Result<Vec<FieldError>, Invalid> {
+pub(crate) fn event(ev: &Event, old: Option<&Event>) -> Vec<FieldError> {
     let mut errs = meta::object_meta(&ev.metadata, Scope::Namespaced, NameRule::Subdomain);
     let ns = ev.metadata.namespace.as_deref().unwrap_or_default();
     let involved_ns = ev.involved_object.namespace.as_deref().unwrap_or_default();
@@ -165,10 +162,10 @@ pub(crate) fn event(ev: &Event, old: Option<&Event>) -> Result<Vec<FieldError>, 
     if let Some(old) = old {
         errs.extend(meta::object_meta_update(&ev.metadata, &old.metadata));
     }
-    Ok(errs)
+    errs
 }
 
-pub(crate) fn lease(lease: &Lease, old: Option<&Lease>) -> Result<Vec<FieldError>, Invalid> {
+pub(crate) fn lease(lease: &Lease, old: Option<&Lease>) -> Vec<FieldError> {
     let mut errs = meta::object_meta(&lease.metadata, Scope::Namespaced, NameRule::Subdomain);
     if let Some(spec) = &lease.spec {
         let path = Path::root("spec");
@@ -200,7 +197,7 @@ pub(crate) fn lease(lease: &Lease, old: Option<&Lease>) -> Result<Vec<FieldError
     if let Some(old) = old {
         errs.extend(meta::object_meta_update(&lease.metadata, &old.metadata));
     }
-    Ok(errs)
+    errs
 }
 
 /// Any other object: metadata only, names as DNS subdomains.
@@ -210,13 +207,10 @@ pub(crate) struct AnyObject {
     metadata: ObjectMeta,
 }
 
-pub(crate) fn generic(
-    obj: &AnyObject,
-    old: Option<&AnyObject>,
-) -> Result<Vec<FieldError>, Invalid> {
+pub(crate) fn generic(obj: &AnyObject, old: Option<&AnyObject>) -> Vec<FieldError> {
     let mut errs = meta::object_meta(&obj.metadata, Scope::Namespaced, NameRule::Subdomain);
     if let Some(old) = old {
         errs.extend(meta::object_meta_update(&obj.metadata, &old.metadata));
     }
-    Ok(errs)
+    errs
 }

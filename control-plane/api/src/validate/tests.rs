@@ -38,6 +38,10 @@ fn assert_valid(kind: &str, obj: Value) {
 }
 
 #[track_caller]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "callers write the object inline as a json! literal"
+)]
 fn assert_decode(kind: &str, obj: Value, expected: &str) {
     match validate(kind, &obj, None) {
         Err(Invalid::Decode(msg)) => assert!(msg.contains(expected), "{msg:?} lacks {expected:?}"),
@@ -176,7 +180,7 @@ fn renders_like_kubernetes() {
         "x: Forbidden: nope"
     );
     assert_eq!(
-        FieldError::too_long(&Path::root("metadata").child("annotations"), 262144).to_string(),
+        FieldError::too_long(&Path::root("metadata").child("annotations"), 262_144).to_string(),
         "metadata.annotations: Too long: must have at most 262144 bytes"
     );
     assert_eq!(

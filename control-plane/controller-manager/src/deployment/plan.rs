@@ -460,10 +460,15 @@ pub fn history_to_delete(d: &Deployment, old: &[&ReplicaSet]) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::api::apps::v1::{DeploymentStatus, DeploymentStrategy};
     use serde_json::{Value, json};
 
     use super::*;
 
+    #[expect(
+        clippy::needless_pass_by_value,
+        reason = "callers write the JSON inline as json! literals"
+    )]
     fn deploy(replicas: i32, surge: Value, unavailable: Value) -> Deployment {
         serde_json::from_value(json!({
             "metadata": {"name": "web", "namespace": "default", "uid": "d1", "generation": 1},
@@ -560,7 +565,7 @@ mod tests {
         let new = rs("n", 1, 0, 0, 0);
         assert_eq!(reconcile_new(&d, &[&new], &new), Some(2));
         let mut recreate = deploy(3, json!(1), json!(0));
-        recreate.spec.as_mut().unwrap().strategy = Some(Default::default());
+        recreate.spec.as_mut().unwrap().strategy = Some(DeploymentStrategy::default());
         recreate
             .spec
             .as_mut()
@@ -579,7 +584,7 @@ mod tests {
     fn proportional_scaling_shares_a_resize() {
         // Mid-rollout (10 replicas, surge 3): old 8, new 5; scaled to 20 (max 23).
         let mut d = deploy(20, json!(3), json!(2));
-        d.status = Some(Default::default());
+        d.status = Some(DeploymentStatus::default());
         let mut old = rs("old", 1, 8, 8, 8);
         let mut new = rs("new", 2, 5, 5, 0);
         for r in [&mut old, &mut new] {

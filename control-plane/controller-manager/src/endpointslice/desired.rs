@@ -283,8 +283,8 @@ struct Draft<'a> {
     placeholder: bool,
 }
 
-fn newer(a: Option<Timestamp>, b: Timestamp) -> Option<Timestamp> {
-    Some(a.map_or(b, |a| a.max(b)))
+fn newer(a: Option<Timestamp>, b: Timestamp) -> Timestamp {
+    a.map_or(b, |a| a.max(b))
 }
 
 /// Plans the slices of `svc` so they hold `wanted`, rewriting as few slices as it can:
@@ -332,12 +332,12 @@ pub fn plan_slices<'a>(
             match members.remove(&ep_key(e)) {
                 Some(w) => {
                     if w.endpoint != *e {
-                        d.trigger = newer(d.trigger, w.changed_at.unwrap_or(now));
+                        d.trigger = Some(newer(d.trigger, w.changed_at.unwrap_or(now)));
                     }
                     d.endpoints.push(w.endpoint.clone());
                 }
                 // Gone (or a duplicate of an endpoint placed already).
-                None => d.trigger = newer(d.trigger, now),
+                None => d.trigger = Some(newer(d.trigger, now)),
             }
         }
         drafts.push(d);
@@ -364,7 +364,7 @@ pub fn plan_slices<'a>(
             });
             let d = &mut drafts[i];
             d.endpoints.push(w.endpoint.clone());
-            d.trigger = newer(d.trigger, w.changed_at.unwrap_or(now));
+            d.trigger = Some(newer(d.trigger, w.changed_at.unwrap_or(now)));
         }
     }
 
@@ -480,7 +480,7 @@ pub fn endpoints_object(
         };
         keys.insert(ip.as_str());
         if let Some(t) = w.changed_at {
-            trigger = newer(trigger, t);
+            trigger = Some(newer(trigger, t));
         }
         let ss = subsets
             .entry(ports_key(&w.ports))

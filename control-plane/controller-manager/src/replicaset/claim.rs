@@ -14,14 +14,11 @@ use kube::{
     runtime::reflector::{ObjectRef, Store},
 };
 
+use crate::controller_in;
+
 /// The controller ownerReference of an object, if any.
 pub(crate) fn controller_of(meta: &ObjectMeta) -> Option<&OwnerReference> {
     controller_in(meta.owner_references.as_deref().unwrap_or_default())
-}
-
-/// The controller reference among these ownerReferences, if any.
-pub(crate) fn controller_in(refs: &[OwnerReference]) -> Option<&OwnerReference> {
-    refs.iter().find(|r| r.controller == Some(true))
 }
 
 /// What ownership decisions read of a candidate child (an object's metadata, or a cached pod).
@@ -144,9 +141,9 @@ pub(crate) fn claim_child(
                 Claim::Release
             }
         }
-        Some(_) => Claim::Ignore,
         None if matching && !owner_deleting && !child.deleting => Claim::Adopt,
-        None => Claim::Ignore,
+        // Another controller's child, or an orphan we may not adopt.
+        Some(_) | None => Claim::Ignore,
     }
 }
 

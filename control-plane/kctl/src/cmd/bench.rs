@@ -768,6 +768,10 @@ mod tests {
         }))
     }
 
+    #[expect(
+        clippy::needless_pass_by_value,
+        reason = "callers write the JSON inline as json! literals"
+    )]
     fn slice(endpoints: serde_json::Value) -> EndpointSlice {
         serde_json::from_value(json!({
             "metadata": {"name": "web-abc"},

@@ -15,6 +15,7 @@ use crate::resources::{ResourceInfo, parse_type_args};
 use crate::timefmt::parse_go_duration;
 
 #[derive(clap::Args, Debug, Clone)]
+#[expect(clippy::struct_excessive_bools, reason = "one field per kubectl flag")]
 pub struct DeleteArgs {
     /// TYPE[,TYPE...] [NAME...] or TYPE/NAME...
     #[arg(value_name = "TYPE [NAME...]", required_unless_present = "filenames")]

@@ -18,6 +18,7 @@ mod service;
 mod workload;
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 
 use anyhow::Result;
 use jiff::Timestamp;
@@ -85,7 +86,10 @@ pub async fn run(ctx: &mut Ctx, args: DescribeArgs) -> Result<()> {
     if !reports.is_empty() {
         // kubectl ends each prefix match with a blank line, and separates exact ones by two.
         let text = if by_prefix {
-            reports.iter().map(|r| format!("{r}\n")).collect::<String>()
+            reports
+                .iter()
+                .flat_map(|r| [r.as_str(), "\n"])
+                .collect::<String>()
         } else {
             reports.join("\n\n")
         };
@@ -246,7 +250,7 @@ async fn events_for(ctx: &Ctx, info: &ResourceInfo, obj: &Value) -> Vec<Event> {
 pub(crate) fn event_selector(name: &str, namespace: &str, uid: &str) -> String {
     let mut s = format!("involvedObject.name={name},involvedObject.namespace={namespace}");
     if !uid.is_empty() {
-        s.push_str(&format!(",involvedObject.uid={uid}"));
+        let _ = write!(s, ",involvedObject.uid={uid}");
     }
     s
 }
@@ -319,7 +323,7 @@ pub(crate) fn str_of(v: &Value) -> &str {
 }
 
 pub(crate) fn items(v: &Value) -> &[Value] {
-    v.as_array().map(Vec::as_slice).unwrap_or(&[])
+    v.as_array().map_or(&[], Vec::as_slice)
 }
 
 pub(crate) fn int(v: &Value) -> i64 {

@@ -251,6 +251,10 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    #[expect(
+        clippy::unnecessary_wraps,
+        reason = "`outcome` takes what the error channel gave: maybe a Status"
+    )]
     fn status(v: serde_json::Value) -> Option<Status> {
         Some(serde_json::from_value(v).unwrap())
     }

@@ -4,6 +4,7 @@
 mod watch;
 
 use std::collections::BTreeSet;
+use std::fmt::Write as _;
 
 use anyhow::{Context as _, Result, bail};
 use http::header::{ACCEPT, HeaderValue};
@@ -20,6 +21,7 @@ use crate::tabwriter::TabWriter;
 use crate::timefmt;
 
 #[derive(clap::Args, Debug, Clone)]
+#[expect(clippy::struct_excessive_bools, reason = "one field per kubectl flag")]
 pub struct GetArgs {
     /// TYPE[,TYPE...] [NAME...], or TYPE/NAME... (e.g. `pods`, `deploy web`, `svc/web`).
     #[arg(required = true, value_name = "TYPE [NAME...]")]
@@ -130,7 +132,7 @@ async fn tables(ctx: &Ctx, args: &GetArgs, targets: &[Target]) -> Result<()> {
     if !text.is_empty() {
         output::emit(&text)?;
     }
-    finish(ctx, args, targets, text.is_empty(), errs)
+    finish(ctx, args, targets, text.is_empty(), &errs)
 }
 
 /// All tables, kubectl-style: a blank line between kinds, `kind/name` when the answers span
@@ -161,7 +163,7 @@ fn finish(
     args: &GetArgs,
     targets: &[Target],
     nothing_printed: bool,
-    errs: Vec<anyhow::Error>,
+    errs: &[anyhow::Error],
 ) -> Result<()> {
     if nothing_printed && errs.is_empty() && !args.ignore_not_found {
         let all_namespaced = !args.all_namespaces && targets.iter().all(|t| t.info.namespaced);
@@ -173,7 +175,7 @@ fn finish(
     if errs.is_empty() {
         return Ok(());
     }
-    for e in &errs {
+    for e in errs {
         eprintln!("{}", errors::render(e));
     }
     Err(Reported.into())
@@ -278,7 +280,7 @@ async fn collect_objects(
 
 /// The object as JSON with `apiVersion` and `kind` (list items arrive without them).
 pub(crate) fn typed(obj: DynamicObject, info: &ResourceInfo) -> Value {
-    let mut v = serde_json::to_value(&obj).unwrap_or(Value::Null);
+    let mut v = serde_json::to_value(obj).unwrap_or(Value::Null);
     if let Some(m) = v.as_object_mut() {
         m.insert("apiVersion".into(), Value::String(info.api_version()));
         m.insert("kind".into(), Value::String(info.kind.clone()));
@@ -294,32 +296,30 @@ async fn objects(ctx: &Ctx, args: &GetArgs, targets: &[Target]) -> Result<()> {
         (true, 0) => None,
         (true, _) => objects.into_iter().next().map(|(_, v)| v),
         (false, _) => Some(output::as_list(
-            objects.into_iter().map(|(_, v)| v).collect(),
+            &objects.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
         )),
     };
     if let Some(doc) = doc {
         output::emit(&output::render(&doc, format)?)?;
     }
     // An empty List was printed, so no "No resources found".
-    finish(ctx, args, targets, false, errs)
+    finish(ctx, args, targets, false, &errs)
 }
 
 async fn names(ctx: &Ctx, args: &GetArgs, targets: &[Target]) -> Result<()> {
     let (objects, errs) = collect_objects(ctx, args, targets).await;
-    let text: String = objects
+    let text = objects
         .iter()
-        .map(|(kind_ref, v)| {
-            format!(
-                "{}\n",
-                output::name_line(kind_ref, v["metadata"]["name"].as_str().unwrap_or(""))
-            )
-        })
-        .collect();
+        .fold(String::new(), |mut text, (kind_ref, v)| {
+            let name = v["metadata"]["name"].as_str().unwrap_or("");
+            let _ = writeln!(text, "{}", output::name_line(kind_ref, name));
+            text
+        });
     if !text.is_empty() {
         output::emit(&text)?;
     }
     // kubectl's name printer stays silent when nothing matched.
-    finish(ctx, args, targets, false, errs)
+    finish(ctx, args, targets, false, &errs)
 }
 
 #[cfg(test)]

@@ -241,7 +241,7 @@ pub async fn run(ctx: &mut Ctx, args: LbArgs) -> Result<()> {
     let mut tw = TabWriter::for_tables();
     match args.output {
         Some(LbOutput::Json) => output::emit(&output::to_json(&raw)?)?,
-        Some(LbOutput::Yaml) => output::emit(&output::to_yaml(&raw)?)?,
+        Some(LbOutput::Yaml) => output::emit(&output::to_yaml(&raw))?,
         _ => {
             let text = render(&table, wide, &mut tw);
             if text.is_empty() {
@@ -299,7 +299,7 @@ fn raw_by_key<'a>(table: &Table, raw: &'a Value) -> BTreeMap<(String, u16, Strin
 fn watch_document(v: &Value, f: LbOutput) -> Result<String> {
     match f {
         LbOutput::Json => output::to_json(v),
-        _ => Ok(format!("---\n{}", output::to_yaml(v)?)),
+        _ => Ok(format!("---\n{}", output::to_yaml(v))),
     }
 }
 

@@ -2,6 +2,7 @@
 //! client-side: the old ReplicaSet's template is written back into the Deployment, and the
 //! controller turns that set into the new one).
 
+use std::fmt::Write as _;
 use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
@@ -262,7 +263,7 @@ async fn history(
             .annotations()
             .get(CHANGE_CAUSE)
             .map_or("<none>", String::as_str);
-        text.push_str(&format!("{rev}\t{cause}\n"));
+        let _ = writeln!(text, "{rev}\t{cause}");
     }
     output::emit(&format!(
         "deployment.apps/{name} \n{}\n",
@@ -274,10 +275,12 @@ async fn history(
 /// The pod template of a revision, as YAML under `Pod Template:`.
 fn describe_template(t: &PodTemplateSpec) -> String {
     let v = serde_json::to_value(without_hash(t)).unwrap_or(Value::Null);
-    let body: String = yaml::to_string(&output::sorted(&v))
+    let body = yaml::to_string(&output::sorted(&v))
         .lines()
-        .map(|l| format!("  {l}\n"))
-        .collect();
+        .fold(String::new(), |mut body, l| {
+            let _ = writeln!(body, "  {l}");
+            body
+        });
     format!("Pod Template:\n{body}")
 }
 
@@ -377,6 +380,10 @@ async fn restart(api: &Api<Deployment>, name: &str) -> Result<()> {
 mod tests {
     use super::*;
 
+    #[expect(
+        clippy::needless_pass_by_value,
+        reason = "callers write the JSON inline as json! literals"
+    )]
     fn deploy(generation: i64, status: Value) -> Deployment {
         serde_json::from_value(json!({
             "metadata": {"name": "web", "generation": generation},

@@ -1,6 +1,7 @@
 //! Containers, volumes and pod templates: the parts pods, deployments and replica sets share.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 
 use serde_json::Value;
 
@@ -495,10 +496,10 @@ pub(super) fn tolerations(w: &mut Writer, title: &str, list: &Value) {
         let (key, value, effect) = (str_of(&t["key"]), str_of(&t["value"]), str_of(&t["effect"]));
         let mut s = key.to_string();
         if !value.is_empty() {
-            s.push_str(&format!("={value}"));
+            let _ = write!(s, "={value}");
         }
         if !effect.is_empty() {
-            s.push_str(&format!(":{effect}"));
+            let _ = write!(s, ":{effect}");
         }
         if str_of(&t["operator"]) == "Exists" && value.is_empty() {
             s.push_str(if key.is_empty() && effect.is_empty() {
@@ -508,7 +509,7 @@ pub(super) fn tolerations(w: &mut Writer, title: &str, list: &Value) {
             });
         }
         if let Some(secs) = t["tolerationSeconds"].as_i64() {
-            s.push_str(&format!(" for {secs}s"));
+            let _ = write!(s, " for {secs}s");
         }
         put!(w, 0, "{s}\n");
     }

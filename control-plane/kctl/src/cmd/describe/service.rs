@@ -183,10 +183,10 @@ fn joined_or_none(list: &Value, sep: &str) -> String {
 /// Ready endpoints serving the port named `port` (`None`: all ports) as `ip:port,...`, at
 /// most three and then `+ N more...`.
 pub(super) fn format_endpoint_slices(slices: &[Value], port: Option<&str>) -> String {
+    const MAX: usize = 3;
     if slices.is_empty() {
         return "<none>".into();
     }
-    const MAX: usize = 3;
     let mut list: Vec<String> = Vec::new();
     let mut count = 0;
     let ready = |e: &Value| e["conditions"]["ready"].as_bool() != Some(false);
@@ -347,6 +347,10 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    #[expect(
+        clippy::needless_pass_by_value,
+        reason = "callers write the JSON inline as json! literals"
+    )]
     fn slice(addrs: &[(&str, bool)], ports: Value) -> Value {
         let endpoints: Vec<Value> = addrs
             .iter()

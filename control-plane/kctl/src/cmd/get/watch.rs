@@ -120,9 +120,9 @@ async fn watch_table(
             let mut t = to_table(object, jiff::Timestamp::now())?;
             // Watch events may leave the columns out after the first one.
             if t.column_definitions.is_empty() {
-                t.column_definitions = columns.clone();
+                t.column_definitions.clone_from(&columns);
             } else {
-                columns = t.column_definitions.clone();
+                columns.clone_from(&t.column_definitions);
             }
             if let Some(last) = t
                 .rows
@@ -168,7 +168,7 @@ async fn watch_objects(
     let list = api.list(&lp).await?;
     let mut rv = list.metadata.resource_version.clone().unwrap_or_default();
     for obj in list.items {
-        print_object(typed(obj, info), &info.kind_ref(), format)?;
+        print_object(&typed(obj, info), &info.kind_ref(), format)?;
     }
     loop {
         let mut events = api.watch(wp, &rv).await?.boxed();
@@ -178,9 +178,9 @@ async fn watch_objects(
             match event {
                 WatchEvent::Added(o) | WatchEvent::Modified(o) | WatchEvent::Deleted(o) => {
                     if let Some(v) = &o.metadata.resource_version {
-                        rv = v.clone();
+                        rv.clone_from(v);
                     }
-                    print_object(typed(o, info), &info.kind_ref(), format)?;
+                    print_object(&typed(o, info), &info.kind_ref(), format)?;
                 }
                 WatchEvent::Bookmark(b) => rv = b.metadata.resource_version,
                 WatchEvent::Error(status) if status.code == 410 => {
@@ -199,15 +199,15 @@ async fn watch_objects(
     }
 }
 
-fn print_object(v: Value, kind_ref: &str, format: OutputFormat) -> Result<()> {
+fn print_object(v: &Value, kind_ref: &str, format: OutputFormat) -> Result<()> {
     let text = match format {
         OutputFormat::Name => format!(
             "{}\n",
             output::name_line(kind_ref, v["metadata"]["name"].as_str().unwrap_or(""))
         ),
         // One YAML document per object.
-        OutputFormat::Yaml => format!("---\n{}", output::to_yaml(&v)?),
-        _ => output::to_json(&v)?,
+        OutputFormat::Yaml => format!("---\n{}", output::to_yaml(v)),
+        _ => output::to_json(v)?,
     };
     output::emit(&text)
 }
