@@ -12,7 +12,7 @@
 //! it compiles as an ordinary program that says so, which keeps the whole workspace lintable.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
-#![allow(
+#![expect(
     clippy::inline_always,
     reason = "helpers are inlined into each program on purpose: one verifier pass per program, no BPF-to-BPF calls with packet pointers"
 )]

@@ -304,7 +304,7 @@ impl Cluster {
         let mut kproxy = Daemon::spawn_until_logged(cmd, "initial sync done");
         eventually("kproxy's node endpoint listening", || {
             kproxy.assert_running();
-            kproxy.logged("kproxy node endpoint listening")
+            kproxy.logged("listening endpoint=\"kproxy node endpoint\"")
         });
         Self {
             kproxy,

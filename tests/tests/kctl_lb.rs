@@ -311,7 +311,7 @@ async fn privileged_kctl_lb_shows_the_flows_sent_to_a_service() {
     let mut kp = Daemon::spawn_until_logged(cmd, "initial sync done");
     eventually("the node endpoint listening", || {
         kp.assert_running();
-        kp.logged("kproxy node endpoint listening")
+        kp.logged("listening endpoint=\"kproxy node endpoint\"")
     });
     assert!(certs.join("kproxy.crt").exists() && certs.join("kproxy.key").exists());
 

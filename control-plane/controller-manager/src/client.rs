@@ -3,22 +3,28 @@
 
 use std::path::Path;
 
-use anyhow::{Context as _, Result};
 use kube::config::{KubeConfigOptions, Kubeconfig};
+
+use crate::error::{Error, Result};
 
 /// A kube-rs client from `path`, or from `$KUBECONFIG` / `~/.kube/config` when `None`.
 pub async fn from_kubeconfig(path: Option<&Path>) -> Result<kube::Client> {
     let config = match path {
         Some(p) => {
-            let kc = Kubeconfig::read_from(p)
-                .with_context(|| format!("reading kubeconfig {}", p.display()))?;
+            let kc = Kubeconfig::read_from(p).map_err(|source| Error::ReadKubeconfig {
+                path: p.to_owned(),
+                source,
+            })?;
             kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
                 .await
-                .with_context(|| format!("loading kubeconfig {}", p.display()))?
+                .map_err(|source| Error::LoadKubeconfig {
+                    path: p.to_owned(),
+                    source,
+                })?
         }
         None => kube::Config::infer()
             .await
-            .context("finding a kubeconfig ($KUBECONFIG or ~/.kube/config)")?,
+            .map_err(Error::InferKubeconfig)?,
     };
-    kube::Client::try_from(config).context("building the API client")
+    kube::Client::try_from(config).map_err(Error::Client)
 }

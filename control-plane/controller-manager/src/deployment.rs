@@ -54,7 +54,7 @@ pub struct Ctx {
     recorder: Recorder,
 }
 
-pub async fn run(client: kube::Client, pods: PodCache) -> anyhow::Result<()> {
+pub async fn run(client: kube::Client, pods: PodCache) -> crate::error::Result<()> {
     let (tx, rx) = mpsc::unbounded::<ObjectRef<Deployment>>();
     let deployments = informer::spawn(
         Api::<Deployment>::all(client.clone()),
@@ -87,7 +87,9 @@ pub async fn run(client: kube::Client, pods: PodCache) -> anyhow::Result<()> {
             }
         },
     );
-    sets.wait_until_ready().await?;
+    sets.wait_until_ready()
+        .await
+        .map_err(|_| crate::error::Error::CacheStopped("deployment"))?;
     // Recreate must not see old pods as gone because the cache has not listed them yet.
     pods.wait_until_ready().await;
     info!("deployment controller started");

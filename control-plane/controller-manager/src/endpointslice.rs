@@ -431,7 +431,7 @@ async fn ensure_kubernetes_service(
 /// The merged trigger stream the controller runs on.
 type Queue = BoxStream<'static, Result<ObjectRef<Service>, watcher::Error>>;
 
-pub async fn run(client: Client, config: Arc<Config>, pods: PodCache) -> anyhow::Result<()> {
+pub async fn run(client: Client, config: Arc<Config>, pods: PodCache) -> crate::error::Result<()> {
     if let Some(addr) = config.apiserver_endpoint {
         // Retried: the Service is also reconciled by the loop below once it exists.
         let mut delay = Duration::from_millis(100);

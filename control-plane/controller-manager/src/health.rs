@@ -11,8 +11,9 @@ use std::{
     },
 };
 
-use anyhow::{Context as _, Result};
 use axum::{Router, http::StatusCode, routing::get};
+
+use crate::error::{Error, Result};
 
 /// Whether the component's caches are synced; set once by the component.
 #[derive(Clone, Default, Debug)]
@@ -51,10 +52,9 @@ fn router(ready: Readiness) -> Router {
 /// Binds `addr` (an error names it, e.g. when another process holds the port) and serves in
 /// a background task; the bound address (port 0 picks one).
 pub async fn serve(addr: SocketAddr, ready: Readiness) -> Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("--health-addr {addr}: cannot listen"))?;
-    let bound = listener.local_addr()?;
+    let listen = |source| Error::HealthListen { addr, source };
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(listen)?;
+    let bound = listener.local_addr().map_err(listen)?;
     tokio::spawn(async move {
         if let Err(err) = axum::serve(listener, router(ready)).await {
             tracing::error!(%err, "health endpoint stopped");

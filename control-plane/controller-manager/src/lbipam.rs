@@ -467,7 +467,7 @@ fn error_policy(svc: Arc<Service>, err: &Error, _ctx: Arc<Ctx>) -> Action {
 /// The merged trigger stream the controller runs on.
 type Queue = BoxStream<'static, Result<ObjectRef<Service>, watcher::Error>>;
 
-pub async fn run(client: Client, config: Arc<Config>) -> anyhow::Result<()> {
+pub async fn run(client: Client, config: Arc<Config>) -> crate::error::Result<()> {
     let (services, writer) = reflector::store::<Service>();
     let (wake, woken) = mpsc::unbounded();
     let ctx = Arc::new(Ctx {

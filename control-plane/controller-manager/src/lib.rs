@@ -8,6 +8,7 @@
 pub mod client;
 pub mod deployment;
 pub mod endpointslice;
+pub mod error;
 pub mod events;
 pub mod expectations;
 pub mod health;
@@ -167,7 +168,7 @@ pub fn init_tracing() {
 pub(crate) async fn drain<T, R, Q>(
     name: &'static str,
     results: impl futures::Stream<Item = Result<T, kube::runtime::controller::Error<R, Q>>>,
-) -> anyhow::Result<()>
+) -> error::Result<()>
 where
     R: std::error::Error + 'static,
     Q: std::error::Error + 'static,
@@ -185,7 +186,7 @@ where
             std::future::ready(())
         })
         .await;
-    anyhow::bail!("the {name} controller's watches ended")
+    Err(error::Error::WatchesEnded(name))
 }
 
 fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {

@@ -105,7 +105,9 @@ async fn main() -> Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
     for name in o.controllers {
         let (c, cfg, p) = (client.clone(), Arc::clone(&config), pods.clone());
-        let run: BoxFuture<'static, Result<()>> = match name.as_str() {
+        let run: BoxFuture<'static, kproxy_controller_manager::error::Result<()>> = match name
+            .as_str()
+        {
             "deployment" => deployment::run(c, p).boxed(),
             "replicaset" => replicaset::run(c, p).boxed(),
             "endpointslice" => endpointslice::run(c, cfg, p).boxed(),
@@ -131,8 +133,9 @@ async fn main() -> Result<()> {
             match res {
                 Ok(()) => bail!("controller {name} stopped"),
                 Err(e) => {
+                    let e = anyhow::Error::new(e).context(format!("controller {name}"));
                     error!(controller = %name, error = format!("{e:#}"), "controller failed");
-                    return Err(e.context(format!("controller {name}")));
+                    return Err(e);
                 }
             }
         }

@@ -267,7 +267,7 @@ fn error_policy(node: Arc<Node>, err: &Error, _ctx: Arc<Ctx>) -> Action {
     Action::requeue(Duration::from_millis(500))
 }
 
-pub async fn run(client: Client, config: Arc<Config>) -> anyhow::Result<()> {
+pub async fn run(client: Client, config: Arc<Config>) -> crate::error::Result<()> {
     let (nodes, writer) = reflector::store::<Node>();
     let (wake, woken) = mpsc::unbounded();
     let ctx = Arc::new(Ctx {

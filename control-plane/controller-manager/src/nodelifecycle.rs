@@ -362,7 +362,7 @@ fn has_no_execute(node: &Node) -> bool {
         .is_some_and(|t| t.iter().any(|t| t.effect == NO_EXECUTE))
 }
 
-pub async fn run(client: Client, config: Arc<Config>, pods: PodCache) -> anyhow::Result<()> {
+pub async fn run(client: Client, config: Arc<Config>, pods: PodCache) -> crate::error::Result<()> {
     let (nodes, node_writer) = reflector::store::<Node>();
     let (leases, lease_writer) = reflector::store::<Lease>();
     let ctx = Arc::new(Ctx {

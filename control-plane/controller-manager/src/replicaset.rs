@@ -60,7 +60,7 @@ pub struct Ctx {
     recorder: Recorder,
 }
 
-pub async fn run(client: kube::Client, pods: PodCache) -> anyhow::Result<()> {
+pub async fn run(client: kube::Client, pods: PodCache) -> crate::error::Result<()> {
     let expectations = Arc::new(Expectations::default());
     let (tx, rx) = mpsc::unbounded::<ObjectRef<ReplicaSet>>();
 

@@ -256,7 +256,7 @@ pub async fn serve(
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "{what} listening");
+        tracing::info!(endpoint = what, %addr, "listening");
     }
     let mut conns = JoinSet::new();
     loop {
@@ -264,7 +264,7 @@ pub async fn serve(
             Ok(c) => c,
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!("{what} accept: {e}");
+                tracing::warn!(endpoint = what, error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
@@ -277,11 +277,11 @@ pub async fn serve(
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
-                    tracing::info!(%peer, "{what}: TLS handshake refused: {e}");
+                    tracing::info!(endpoint = what, %peer, error = %e, "TLS handshake refused");
                     return;
                 }
                 Err(_) => {
-                    tracing::info!(%peer, "{what}: TLS handshake timed out");
+                    tracing::info!(endpoint = what, %peer, "TLS handshake timed out");
                     return;
                 }
             };
@@ -293,7 +293,7 @@ pub async fn serve(
                 .with_upgrades()
                 .await
             {
-                tracing::debug!(%peer, "{what} connection: {e}");
+                tracing::debug!(endpoint = what, %peer, error = %e, "connection ended with an error");
             }
         });
     }

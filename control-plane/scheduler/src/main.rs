@@ -51,7 +51,7 @@ async fn main() -> Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("SIGTERM handler")?;
     tokio::select! {
-        r = kproxy_scheduler::run(client, opts) => r,
+        r = kproxy_scheduler::run(client, opts) => Ok(r?),
         _ = tokio::signal::ctrl_c() => { info!("interrupted, stopping"); Ok(()) }
         _ = term.recv() => { info!("terminated, stopping"); Ok(()) }
     }

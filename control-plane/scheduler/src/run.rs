@@ -61,8 +61,13 @@ impl Default for Options {
     }
 }
 
+/// Why the scheduler stopped: its watches of nodes and pods ended.
+#[derive(Debug, thiserror::Error)]
+#[error("the scheduler's watches ended")]
+pub struct WatchesEnded;
+
 /// Runs until the watches end (never, normally).
-pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
+pub async fn run(client: Client, opts: Options) -> Result<(), WatchesEnded> {
     // Small: a full channel holds the watchers back rather than buffering decoded pods.
     let (tx, mut rx) = mpsc::channel(256);
     watch(Api::<Node>::all(client.clone()), tx.clone(), |e| {
@@ -100,7 +105,7 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
         }
         s.schedule_queued();
     }
-    anyhow::bail!("the watches ended")
+    Err(WatchesEnded)
 }
 
 fn watch<K>(api: Api<K>, tx: mpsc::Sender<Msg>, wrap: fn(watcher::Event<K>) -> Msg)

@@ -53,7 +53,7 @@ pub fn preflight() -> Result<()> {
 }
 
 /// An exclusive lock on [`super::LOCK_FILE`] for this run; a second run finds it held and says so.
-pub struct RunLock(#[allow(dead_code, reason = "held for the flock")] std::fs::File);
+pub struct RunLock(#[expect(dead_code, reason = "held for the flock")] std::fs::File);
 
 impl RunLock {
     pub fn acquire(path: &str) -> Result<Self> {

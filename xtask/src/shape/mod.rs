@@ -9,7 +9,8 @@
 //! 2. **No source file over [`MAX_LINES`] lines**, not counting a trailing `#[cfg(test)]`
 //!    module block, files named `tests.rs`, integration tests (`tests/` directories) and
 //!    generated code (an `@generated` marker in its first lines).
-//! 3. **Imports grouped** std/core/alloc, then external crates, then `crate`/`super`/`self`,
+//! 3. **The crate graph in docs/ARCHITECTURE.md** is the one Cargo builds (`crate_graph.rs`).
+//! 4. **Imports grouped** std/core/alloc, then external crates, then `crate`/`super`/`self`,
 //!    each group after a blank line: rustfmt's `group_imports` would do it, but only on nightly.
 
 use std::{
@@ -23,14 +24,24 @@ use anyhow::{Context, Result, bail};
 
 use crate::util::{step, workspace_root};
 
+mod crate_graph;
+
 /// The longest a source file may be, test modules aside.
 pub const MAX_LINES: usize = 800;
 
 pub fn shape() -> Result<()> {
-    step("shape: module import cycles and file lengths");
+    step("shape: import cycles, file lengths, import groups, the documented crate graph");
     let root = workspace_root();
     let mut problems = Vec::new();
-    for (package, target_root) in targets(&root)? {
+    let meta = metadata(&root)?;
+    let doc_path = root.join("docs/ARCHITECTURE.md");
+    let doc = std::fs::read_to_string(&doc_path)
+        .with_context(|| format!("reading {}", doc_path.display()))?;
+    let drawn = crate_graph::from_doc(&doc).context("the crate graph in docs/ARCHITECTURE.md")?;
+    for d in crate_graph::differences(&drawn, &crate_graph::from_metadata(&meta)) {
+        problems.push(format!("docs/ARCHITECTURE.md crate graph: {d}"));
+    }
+    for (package, target_root) in targets(&meta) {
         let target_root = target_root
             .strip_prefix(&root)
             .map_or(target_root.clone(), Path::to_path_buf);
@@ -61,7 +72,9 @@ pub fn shape() -> Result<()> {
         }
     }
     if problems.is_empty() {
-        println!("shape: no import cycles, no file over {MAX_LINES} lines");
+        println!(
+            "shape: no import cycles, no file over {MAX_LINES} lines, imports grouped, the crate graph drawn as built"
+        );
         return Ok(());
     }
     for p in &problems {
@@ -70,8 +83,8 @@ pub fn shape() -> Result<()> {
     bail!("{} shape problem(s), listed above", problems.len())
 }
 
-/// (package name, root file) of every library and binary target of the workspace's packages.
-fn targets(root: &Path) -> Result<Vec<(String, PathBuf)>> {
+/// `cargo metadata` of the workspace's own packages.
+fn metadata(root: &Path) -> Result<serde_json::Value> {
     let out = Command::new(env!("CARGO"))
         .args(["metadata", "--no-deps", "--format-version", "1"])
         .current_dir(root)
@@ -83,8 +96,11 @@ fn targets(root: &Path) -> Result<Vec<(String, PathBuf)>> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let meta: serde_json::Value =
-        serde_json::from_slice(&out.stdout).context("parsing cargo metadata")?;
+    serde_json::from_slice(&out.stdout).context("parsing cargo metadata")
+}
+
+/// (package name, root file) of every library and binary target of the workspace's packages.
+fn targets(meta: &serde_json::Value) -> Vec<(String, PathBuf)> {
     let mut targets = Vec::new();
     for package in meta["packages"].as_array().into_iter().flatten() {
         let name = package["name"].as_str().unwrap_or("?");
@@ -104,7 +120,7 @@ fn targets(root: &Path) -> Result<Vec<(String, PathBuf)>> {
             }
         }
     }
-    Ok(targets)
+    targets
 }
 
 /// The tracked Rust files, relative to the workspace root.
