@@ -18,7 +18,12 @@ use crate::packet::{Flow, IpHdr, Pkt, TcpHdr, UdpHdr};
 /// The checksum `check` after a 16-bit word changed from `old` to `new`.
 #[inline(always)]
 pub fn csum_replace2(check: u16, old: u16, new: u16) -> u16 {
-    let mut sum = u32::from(!check) + u32::from(!old) + u32::from(new);
+    fold(u32::from(!check) + u32::from(!old) + u32::from(new))
+}
+
+/// The checksum of a one's-complement sum of 16-bit words (at most 2^16 of them).
+#[inline(always)]
+pub fn fold(mut sum: u32) -> u16 {
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
     #[expect(

@@ -13,6 +13,7 @@ use aya_ebpf::{
 use kproxy_common::{ETH_HLEN, ETH_P_IP, IPPROTO_ICMP, IPPROTO_TCP};
 
 use crate::{
+    nat::fold,
     packet::{Flow, TCP_FLAG_ACK, TCP_FLAG_RST, TCP_FLAG_SYN, TcpHdr},
     scratch::{SCRATCH, first_bytes, scratch},
     verdict::{TC_ACT_SHOT, redirect_back},
@@ -63,18 +64,6 @@ fn sum16<const N: usize>(buf: &[u8; N], start: usize, len: usize, mut sum: u32) 
         i += 2;
     }
     sum
-}
-
-/// The checksum of a one's-complement sum.
-#[inline(always)]
-fn fold(mut sum: u32) -> u16 {
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    #[expect(
-        clippy::cast_possible_truncation,
-        reason = "folded twice: fits 16 bits"
-    )]
-    !(sum as u16)
 }
 
 #[inline(always)]
