@@ -71,12 +71,31 @@ pub async fn create<R: PodRuntime>(
         )
         .await?;
     let config_error = |e| Failure::new("CreateContainerConfigError", e, None);
+    if crate::nonroot::required(pod, c) {
+        let user = shared
+            .runtime
+            .image_user(&image)
+            .await
+            .map_err(|e| Failure::new("ErrImageInspect", format!("{e:#}"), None))?;
+        crate::nonroot::verify(pod, c, || crate::nonroot::ImageUser::parse(&user))
+            .map_err(config_error)?;
+    }
     let env =
         crate::env::build(pod, c, Some(&ip.to_string()), &shared.node_ip).map_err(config_error)?;
     let pod_dir = crate::volumes::pod_dir(&shared.state_dir, uid);
-    let binds = crate::volumes::binds(pod, c, &pod_dir)
-        .and_then(|b| crate::volumes::prepare(&b))
-        .map_err(config_error)?;
+    let binds = crate::volumes::binds(pod, c, &pod_dir).map_err(config_error)?;
+    let binds = crate::volumes::prepare(&binds).map_err(|e| {
+        // The kubelet's volume manager reports what it could not mount this way.
+        events.warning(
+            None,
+            "FailedMount",
+            &format!(
+                "MountVolume.SetUp failed for volume \"{}\" : {}",
+                e.volume, e.message
+            ),
+        );
+        config_error(e.message)
+    })?;
     info!(container = %c.name, attempt, "starting container");
     let created = shared
         .runtime

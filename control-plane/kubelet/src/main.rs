@@ -7,8 +7,10 @@ mod backoff;
 mod create;
 mod env;
 mod events;
+mod health;
 mod manager;
 mod node;
+mod nonroot;
 mod plan;
 mod pod;
 mod probe;
@@ -74,10 +76,45 @@ struct Options {
     /// Pods this node accepts (reported as capacity).
     #[arg(long, default_value_t = 110)]
     max_pods: u32,
+    /// The Docker Engine endpoint (unix:///path or tcp://host:port).
+    #[arg(
+        long,
+        env = "DOCKER_HOST",
+        default_value = "unix:///var/run/docker.sock"
+    )]
+    docker_host: String,
+    /// Hard eviction thresholds: MemoryPressure / DiskPressure when a signal falls below its
+    /// value (memory.available, nodefs.available, nodefs.inodesFree, imagefs.available,
+    /// imagefs.inodesFree; a quantity or a percentage). Replaces the defaults as a whole.
+    #[arg(long, default_value = health::DEFAULT_EVICTION_HARD, value_parser = health::Thresholds::parse)]
+    eviction_hard: health::Thresholds,
+    /// A container's log is rotated at this size (a quantity: 10Mi).
+    #[arg(long, default_value = "10Mi")]
+    container_log_max_size: String,
+    /// Log files kept per container, the current one included (at least 2).
+    #[arg(long, default_value_t = 5)]
+    container_log_max_files: u32,
 }
 
 fn secs(v: f64, what: &str) -> Result<Duration> {
     Duration::try_from_secs_f64(v).with_context(|| format!("--{what} {v}: not a duration"))
+}
+
+/// `--container-log-max-size` and `--container-log-max-files`, checked as the kubelet does.
+fn log_rotation(size: &str, files: u32) -> Result<runtime::LogRotation> {
+    let q = kproxy_apimachinery::quantity::Quantity::parse(size)
+        .with_context(|| format!("--container-log-max-size {size}: not a quantity"))?;
+    let max_size = u64::try_from(q.value())
+        .ok()
+        .filter(|s| *s > 0)
+        .with_context(|| format!("--container-log-max-size {size}: must be positive"))?;
+    if files < 2 {
+        bail!("--container-log-max-files {files}: must be at least 2");
+    }
+    Ok(runtime::LogRotation {
+        max_size,
+        max_files: files,
+    })
 }
 
 #[tokio::main]
@@ -119,13 +156,22 @@ async fn main() -> Result<()> {
         .context("loading the kubeconfig")?;
     let client = kube::Client::try_from(config).context("building the API client")?;
 
-    let docker = bollard::Docker::connect_with_local_defaults().context("connecting to Docker")?;
+    let logs = log_rotation(&o.container_log_max_size, o.container_log_max_files)?;
+    let docker = bollard::Docker::connect_with_host(&o.docker_host)
+        .with_context(|| format!("connecting to Docker at {}", o.docker_host))?;
     let version = docker.version().await.context(
         "asking Docker for its version (is dockerd running? `cargo xtask setup` starts it)",
     )?;
+    let docker_root = docker
+        .info()
+        .await
+        .context("asking Docker for its root directory")?
+        .docker_root_dir
+        .map(PathBuf::from);
     let rt = runtime::Runtime {
         docker: docker.clone(),
         node: node_name.clone(),
+        logs,
     };
     if rt.image_origin(runtime::PAUSE_IMAGE).await?.is_none() {
         bail!(
@@ -149,9 +195,17 @@ async fn main() -> Result<()> {
         max_pods: o.max_pods,
         runtime_version: version.version.unwrap_or_default(),
     };
+    let probe = health::Probe {
+        docker: docker.clone(),
+        thresholds: o.eviction_hard,
+        state_dir: o.data_dir.clone(),
+        docker_root,
+    };
+    let health = probe.check().await;
     let cidr: Ipv4Net = node::register(
         &client,
         &facts,
+        &health,
         o.pod_cidr.map(|c| c.trunc().to_string()).as_deref(),
     )
     .await?
@@ -180,7 +234,7 @@ async fn main() -> Result<()> {
         state_dir: o.data_dir.clone(),
         backoff,
     });
-    tokio::spawn(node::heartbeat(client, facts, heartbeat));
+    tokio::spawn(node::heartbeat(client, facts, heartbeat, probe, health));
     let server = kproxy_kubelet_server::serve(
         listener,
         kproxy_kubelet_server::ServerConfig {

@@ -24,6 +24,8 @@ use kube::{
 };
 use tracing::{info, warn};
 
+use crate::health::{Health, Probe};
+
 pub const LEASE_NAMESPACE: &str = "kube-node-lease";
 pub const LEASE_DURATION_SECS: i32 = 40;
 /// Reported as the kubelet version: the API level this node speaks.
@@ -91,7 +93,7 @@ pub fn default_ip() -> Ipv4Addr {
     probe().unwrap_or(Ipv4Addr::LOCALHOST)
 }
 
-pub fn status(f: &NodeFacts, now: Timestamp) -> NodeStatus {
+pub fn status(f: &NodeFacts, h: &Health, now: Timestamp) -> NodeStatus {
     let resources = BTreeMap::from([
         ("cpu".to_string(), Quantity(f.cpus.to_string())),
         (
@@ -142,30 +144,56 @@ pub fn status(f: &NodeFacts, now: Timestamp) -> NodeStatus {
             ..Default::default()
         }),
         conditions: Some(vec![
-            cond(
-                "MemoryPressure",
-                "False",
-                "KubeletHasSufficientMemory",
-                "kubelet has sufficient memory available",
-            ),
-            cond(
-                "DiskPressure",
-                "False",
-                "KubeletHasNoDiskPressure",
-                "kubelet has no disk pressure",
-            ),
+            if h.memory_pressure {
+                cond(
+                    "MemoryPressure",
+                    "True",
+                    "KubeletHasInsufficientMemory",
+                    "kubelet has insufficient memory available",
+                )
+            } else {
+                cond(
+                    "MemoryPressure",
+                    "False",
+                    "KubeletHasSufficientMemory",
+                    "kubelet has sufficient memory available",
+                )
+            },
+            if h.disk_pressure {
+                cond(
+                    "DiskPressure",
+                    "True",
+                    "KubeletHasDiskPressure",
+                    "kubelet has disk pressure",
+                )
+            } else {
+                cond(
+                    "DiskPressure",
+                    "False",
+                    "KubeletHasNoDiskPressure",
+                    "kubelet has no disk pressure",
+                )
+            },
             cond(
                 "PIDPressure",
                 "False",
                 "KubeletHasSufficientPID",
                 "kubelet has sufficient PID available",
             ),
-            cond(
-                "Ready",
-                "True",
-                "KubeletReady",
-                "kubelet is posting ready status",
-            ),
+            match &h.runtime_down {
+                Some(why) => cond(
+                    "Ready",
+                    "False",
+                    "KubeletNotReady",
+                    &format!("container runtime is down: {why}"),
+                ),
+                None => cond(
+                    "Ready",
+                    "True",
+                    "KubeletReady",
+                    "kubelet is posting ready status",
+                ),
+            },
         ]),
         ..Default::default()
     }
@@ -186,7 +214,12 @@ fn keep_transition_times(new: &mut NodeStatus, old: &[NodeCondition]) {
 /// Registers the node (or adopts the existing object) and returns its pod CIDR: the one the
 /// control plane assigned (node IPAM in the controller manager) if any; else `configured`
 /// (`--pod-cidr`), which is then recorded in the spec; with neither, it waits for node IPAM.
-pub async fn register(client: &Client, f: &NodeFacts, configured: Option<&str>) -> Result<String> {
+pub async fn register(
+    client: &Client,
+    f: &NodeFacts,
+    health: &Health,
+    configured: Option<&str>,
+) -> Result<String> {
     let api: Api<Node> = Api::all(client.clone());
     let existing = api.get_opt(&f.name).await.context("reading the Node")?;
     let assigned = match existing {
@@ -240,7 +273,7 @@ pub async fn register(client: &Client, f: &NodeFacts, configured: Option<&str>) 
         },
     };
     // The status first: node IPAM and the scheduler look at a registered, reporting node.
-    update_status(client, f).await?;
+    update_status(client, f, health).await?;
     match assigned {
         Some(c) => Ok(c),
         None => wait_for_pod_cidr(&api, &f.name).await,
@@ -281,9 +314,9 @@ async fn wait_for_pod_cidr(api: &Api<Node>, name: &str) -> Result<String> {
     }
 }
 
-pub async fn update_status(client: &Client, f: &NodeFacts) -> Result<()> {
+pub async fn update_status(client: &Client, f: &NodeFacts, h: &Health) -> Result<()> {
     let api: Api<Node> = Api::all(client.clone());
-    let mut new = status(f, Timestamp::now());
+    let mut new = status(f, h, Timestamp::now());
     let old = api
         .get_status(&f.name)
         .await
@@ -302,17 +335,39 @@ pub async fn update_status(client: &Client, f: &NodeFacts) -> Result<()> {
     Ok(())
 }
 
-/// Renews the node's Lease every `every`, and the Node status every minute, forever.
-pub async fn heartbeat(client: Client, f: NodeFacts, every: Duration) {
+/// Renews the node's Lease every `every`, forever; checks the node's health as often and
+/// writes the Node status when it changed (at once: Ready follows Docker within a beat) or a
+/// minute passed. `posted` is the health the registration reported.
+pub async fn heartbeat(
+    client: Client,
+    f: NodeFacts,
+    every: Duration,
+    probe: Probe,
+    posted: Health,
+) {
     let leases: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
     let mut last_status = tokio::time::Instant::now();
+    let mut posted = posted;
     loop {
         if let Err(e) = renew(&leases, &f.name).await {
             warn!(error = %format_args!("{e:#}"), "renewing the node lease");
         }
-        if last_status.elapsed() >= Duration::from_mins(1) {
-            match update_status(&client, &f).await {
-                Ok(()) => last_status = tokio::time::Instant::now(),
+        let health = probe.check().await;
+        let changed = health != posted;
+        if changed || last_status.elapsed() >= Duration::from_mins(1) {
+            match update_status(&client, &f, &health).await {
+                Ok(()) => {
+                    if changed {
+                        info!(
+                            runtime_down = health.runtime_down.as_deref(),
+                            memory_pressure = health.memory_pressure,
+                            disk_pressure = health.disk_pressure,
+                            "node conditions changed"
+                        );
+                    }
+                    last_status = tokio::time::Instant::now();
+                    posted = health;
+                }
                 Err(e) => warn!(error = %format_args!("{e:#}"), "updating the node status"),
             }
         }
@@ -373,13 +428,21 @@ mod tests {
             max_pods: 110,
             runtime_version: "20.10.24".into(),
         };
-        let early = status(&f, Timestamp::from_second(1000).unwrap());
+        let early = status(
+            &f,
+            &Health::default(),
+            Timestamp::from_second(1000).unwrap(),
+        );
         let mut old = early.conditions.unwrap();
         old.iter_mut()
             .find(|c| c.type_ == "MemoryPressure")
             .unwrap()
             .status = "True".into();
-        let mut late = status(&f, Timestamp::from_second(2000).unwrap());
+        let mut late = status(
+            &f,
+            &Health::default(),
+            Timestamp::from_second(2000).unwrap(),
+        );
         keep_transition_times(&mut late, &old);
         for c in late.conditions.unwrap() {
             let secs = c.last_transition_time.unwrap().0.as_second();
@@ -412,7 +475,7 @@ mod tests {
             max_pods: 110,
             runtime_version: "20.10.24".into(),
         };
-        let s = status(&f, Timestamp::UNIX_EPOCH);
+        let s = status(&f, &Health::default(), Timestamp::UNIX_EPOCH);
         let cap = s.capacity.unwrap();
         assert_eq!(cap["cpu"].0, "2");
         assert_eq!(cap["memory"].0, "1024Ki");
@@ -435,5 +498,40 @@ mod tests {
                 .container_runtime_version
                 .starts_with("docker://")
         );
+    }
+
+    #[test]
+    fn conditions_follow_health() {
+        let f = NodeFacts {
+            name: "n1".into(),
+            ip: "192.0.2.7".into(),
+            hostname: "host".into(),
+            kubelet_port: 10250,
+            cpus: 2,
+            memory_kib: 1024,
+            max_pods: 110,
+            runtime_version: "20.10.24".into(),
+        };
+        let h = Health {
+            runtime_down: Some("docker did not answer".into()),
+            memory_pressure: true,
+            disk_pressure: true,
+        };
+        let conds = status(&f, &h, Timestamp::UNIX_EPOCH).conditions.unwrap();
+        let get = |kind: &str| {
+            let c = conds.iter().find(|c| c.type_ == kind).unwrap();
+            (
+                c.status.as_str(),
+                c.reason.as_deref().unwrap(),
+                c.message.clone().unwrap(),
+            )
+        };
+        let (st, reason, msg) = get("Ready");
+        assert_eq!((st, reason), ("False", "KubeletNotReady"));
+        assert_eq!(msg, "container runtime is down: docker did not answer");
+        assert_eq!(get("MemoryPressure").1, "KubeletHasInsufficientMemory");
+        assert_eq!(get("MemoryPressure").0, "True");
+        assert_eq!(get("DiskPressure").1, "KubeletHasDiskPressure");
+        assert_eq!(get("PIDPressure").0, "False");
     }
 }

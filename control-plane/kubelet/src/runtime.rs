@@ -11,7 +11,9 @@ use anyhow::{Context as _, Result, anyhow};
 use bollard::{
     Docker,
     errors::Error as DockerError,
-    models::{ContainerCreateBody, ContainerStateStatusEnum, ExecConfig, HostConfig},
+    models::{
+        ContainerCreateBody, ContainerStateStatusEnum, ExecConfig, HostConfig, HostConfigLogConfig,
+    },
     query_parameters::{
         CreateContainerOptions, CreateImageOptions, ListContainersOptions, RemoveContainerOptions,
         StopContainerOptions,
@@ -107,6 +109,8 @@ pub trait PodRuntime: Send + Sync + 'static {
     fn remove(&self, id: &str) -> impl Future<Output = Result<()>> + Send;
     /// Where a locally present image came from; `None` when it is not present.
     fn image_origin(&self, image: &str) -> impl Future<Output = Result<Option<Origin>>> + Send;
+    /// The user the image runs as (`Config.User`; empty: root).
+    fn image_user(&self, image: &str) -> impl Future<Output = Result<String>> + Send;
     /// Pulls `image` from its registry; the error is the engine's message.
     fn pull(&self, image: &str) -> impl Future<Output = std::result::Result<(), String>> + Send;
     /// Runs `cmd` in the container; returns its exit code and (capped) combined output.
@@ -128,6 +132,29 @@ pub enum Origin {
 pub struct Runtime {
     pub docker: Docker,
     pub node: String,
+    pub logs: LogRotation,
+}
+
+/// Bounds on each container's log: Docker's json-file driver rotates it at `max_size` bytes
+/// and keeps `max_files` files (the kubelet's containerLogMaxSize / containerLogMaxFiles).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogRotation {
+    pub max_size: u64,
+    pub max_files: u32,
+}
+
+impl LogRotation {
+    /// The container's `HostConfig.LogConfig`. json-file whatever the daemon's default: its
+    /// rotated files are what Docker's logs API (kubectl logs) reads across.
+    pub fn log_config(self) -> HostConfigLogConfig {
+        HostConfigLogConfig {
+            typ: Some("json-file".into()),
+            config: Some(HashMap::from([
+                ("max-size".to_string(), self.max_size.to_string()),
+                ("max-file".to_string(), self.max_files.to_string()),
+            ])),
+        }
+    }
 }
 
 /// Docker says "no such container/image" with a 404.
@@ -355,6 +382,7 @@ impl PodRuntime for Runtime {
                 network_mode: Some(if host_network { "host" } else { "none" }.into()),
                 // The app containers join its IPC namespace too.
                 ipc_mode: Some("shareable".into()),
+                log_config: Some(self.logs.log_config()),
                 ..Default::default()
             }),
             ..Default::default()
@@ -419,6 +447,7 @@ impl PodRuntime for Runtime {
                 binds: (!binds.is_empty()).then_some(binds),
                 cpu_shares,
                 init: Some(true),
+                log_config: Some(self.logs.log_config()),
                 memory,
                 nano_cpus,
                 ..Default::default()
@@ -473,6 +502,15 @@ impl PodRuntime for Runtime {
             Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => Err(e).context(format!("inspecting image {image}")),
         }
+    }
+
+    async fn image_user(&self, image: &str) -> Result<String> {
+        let i = self
+            .docker
+            .inspect_image(image)
+            .await
+            .with_context(|| format!("inspecting image {image}"))?;
+        Ok(i.config.and_then(|c| c.user).unwrap_or_default())
     }
 
     async fn pull(&self, image: &str) -> std::result::Result<(), String> {
@@ -645,5 +683,18 @@ mod tests {
         assert_eq!(docker_time(Some("0001-01-01T00:00:00Z")), None);
         assert!(docker_time(Some("2026-11-26T22:01:34.123456789Z")).is_some());
         assert_eq!(docker_time(None), None);
+    }
+
+    #[test]
+    fn logs_rotate_with_json_file() {
+        let lc = LogRotation {
+            max_size: 10 * 1024 * 1024,
+            max_files: 5,
+        }
+        .log_config();
+        assert_eq!(lc.typ.as_deref(), Some("json-file"));
+        let c = lc.config.unwrap();
+        assert_eq!(c["max-size"], "10485760");
+        assert_eq!(c["max-file"], "5");
     }
 }

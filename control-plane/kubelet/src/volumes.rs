@@ -1,18 +1,35 @@
 //! Pod volumes as Docker bind mounts: `emptyDir` (a directory per pod under the kubelet's
-//! state, shared by the pod's containers and removed with the pod) and `hostPath`. Other
-//! volume types need objects this node does not serve (ConfigMaps, Secrets, claims), so a
-//! container mounting one waits with CreateContainerConfigError instead of starting without it.
+//! state, shared by the pod's containers and removed with the pod) and `hostPath` (its `type`
+//! checked, or the path created, as the kubelet's hostPath plugin does). Other volume types
+//! need objects this node does not serve (ConfigMaps, Secrets, claims), so a container mounting
+//! one waits with CreateContainerConfigError instead of starting without it.
+//!
+//! A `subPath` is resolved inside its volume with `openat2(RESOLVE_BENEATH)`: a container can
+//! write symlinks into a shared volume, and one that leads out of it (`evil -> /`) must not
+//! give another container the host's files (CVE-2017-1002101). Docker gets the resolved path.
 
-use std::path::{Component, Path, PathBuf};
+use std::{
+    os::{
+        fd::{AsRawFd as _, OwnedFd},
+        unix::fs::FileTypeExt as _,
+    },
+    path::{Component, Path, PathBuf},
+};
 
 use k8s_openapi::api::core::v1::{Container, Pod};
+use nix::{
+    errno::Errno,
+    fcntl::{OFlag, OpenHow, ResolveFlag},
+    sys::stat::Mode,
+};
 
 /// Where the pod's emptyDir volumes live.
 pub fn pod_dir(state: &Path, uid: &str) -> PathBuf {
     state.join("pods").join(uid)
 }
 
-/// A relative path that stays inside its volume.
+/// A relative path that stays inside its volume (lexically; symlinks are checked when it is
+/// resolved on the host).
 fn safe_sub_path(sub: &str) -> Result<(), String> {
     let p = Path::new(sub);
     if p.is_absolute()
@@ -26,26 +43,69 @@ fn safe_sub_path(sub: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// One mount: host path, container path, read-only; directories it needs on the host.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Bind {
-    pub host: PathBuf,
-    pub container: String,
-    pub read_only: bool,
-    /// Created before the container starts (emptyDir, hostPath DirectoryOrCreate, subPath).
-    pub create: bool,
+/// `hostPath.type`: what must be at the path, or be created there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostPathType {
+    /// `""`: no check.
+    Any,
+    Directory,
+    DirectoryOrCreate,
+    File,
+    FileOrCreate,
+    Socket,
+    CharDevice,
+    BlockDevice,
 }
 
-impl Bind {
-    /// Docker's `HostConfig.Binds` form.
-    pub fn docker(&self) -> String {
-        format!(
-            "{}:{}{}",
-            self.host.display(),
-            self.container,
-            if self.read_only { ":ro" } else { "" }
-        )
+impl HostPathType {
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "" => Self::Any,
+            "Directory" => Self::Directory,
+            "DirectoryOrCreate" => Self::DirectoryOrCreate,
+            "File" => Self::File,
+            "FileOrCreate" => Self::FileOrCreate,
+            "Socket" => Self::Socket,
+            "CharDevice" => Self::CharDevice,
+            "BlockDevice" => Self::BlockDevice,
+            _ => return None,
+        })
     }
+}
+
+/// What backs a mount on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    EmptyDir,
+    HostPath(HostPathType),
+}
+
+/// One mount: the volume's host path, the subPath in it, container path, read-only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bind {
+    pub volume: String,
+    pub root: PathBuf,
+    pub source: Source,
+    pub sub_path: Option<String>,
+    pub container: String,
+    pub read_only: bool,
+}
+
+/// A volume that cannot be mounted: the container waits (CreateContainerConfigError) and the
+/// pod gets a FailedMount event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountError {
+    pub volume: String,
+    pub message: String,
+}
+
+/// Docker's `HostConfig.Binds` form of a resolved host path.
+fn docker_bind(host: &Path, container: &str, read_only: bool) -> String {
+    format!(
+        "{}:{container}{}",
+        host.display(),
+        if read_only { ":ro" } else { "" }
+    )
 }
 
 /// The binds for `c`'s volumeMounts (pure: paths only).
@@ -61,49 +121,208 @@ pub fn binds(pod: &Pod, c: &Container, pod_dir: &Path) -> Result<Vec<Bind>, Stri
             .iter()
             .find(|v| v.name == m.name)
             .ok_or_else(|| format!("volumeMount {:?}: no volume of that name", m.name))?;
-        let (mut host, mut create) = if v.empty_dir.is_some() {
-            (pod_dir.join("volumes").join(&v.name), true)
+        let (root, source) = if v.empty_dir.is_some() {
+            (pod_dir.join("volumes").join(&v.name), Source::EmptyDir)
         } else if let Some(h) = &v.host_path {
             let kind = h.type_.as_deref().unwrap_or("");
-            if !matches!(kind, "" | "Directory" | "DirectoryOrCreate" | "File") {
-                return Err(format!(
+            let kind = HostPathType::parse(kind).ok_or_else(|| {
+                format!(
                     "volume {:?}: hostPath type {kind:?} is not supported by this node",
                     v.name
+                )
+            })?;
+            // Docker splits bind strings at ':'; the API refuses such paths too.
+            if !h.path.starts_with('/') || h.path.contains(':') {
+                return Err(format!(
+                    "volume {:?}: hostPath {:?} must be absolute, without ':'",
+                    v.name, h.path
                 ));
             }
-            (PathBuf::from(&h.path), kind == "DirectoryOrCreate")
+            (PathBuf::from(&h.path), Source::HostPath(kind))
         } else {
             return Err(format!(
                 "volume {:?}: only emptyDir and hostPath volumes are supported by this node",
                 v.name
             ));
         };
-        if let Some(sub) = m.sub_path.as_deref().filter(|s| !s.is_empty()) {
+        let sub_path = m.sub_path.clone().filter(|s| !s.is_empty());
+        if let Some(sub) = &sub_path {
             safe_sub_path(sub)?;
-            host = host.join(sub);
-            create = true;
         }
         out.push(Bind {
-            host,
+            volume: v.name.clone(),
+            root,
+            source,
+            sub_path,
             container: m.mount_path.clone(),
             read_only: m.read_only == Some(true),
-            create,
         });
     }
     Ok(out)
 }
 
-/// Creates the host directories the binds need; returns Docker's bind strings.
-pub fn prepare(binds: &[Bind]) -> Result<Vec<String>, String> {
-    for b in binds.iter().filter(|b| b.create) {
-        std::fs::create_dir_all(&b.host)
-            .map_err(|e| format!("creating {}: {e}", b.host.display()))?;
+/// Makes the binds' host paths ready (emptyDir directories, hostPath checks, subPaths resolved
+/// inside their volume); returns Docker's bind strings.
+pub fn prepare(binds: &[Bind]) -> Result<Vec<String>, MountError> {
+    binds
+        .iter()
+        .map(|b| {
+            let err = |message: String| MountError {
+                volume: b.volume.clone(),
+                message,
+            };
+            match b.source {
+                Source::EmptyDir => std::fs::create_dir_all(&b.root)
+                    .map_err(|e| err(format!("creating {}: {e}", b.root.display())))?,
+                Source::HostPath(kind) => check_host_path(&b.root, kind).map_err(err)?,
+            }
+            let host = match &b.sub_path {
+                Some(sub) => resolve_sub_path(&b.root, sub)
+                    .map_err(|e| err(format!("subPath {sub:?} of volume {:?}: {e}", b.volume)))?,
+                None => b.root.clone(),
+            };
+            if host.to_string_lossy().contains(':') {
+                return Err(err(format!(
+                    "{} contains ':', which Docker cannot bind",
+                    host.display()
+                )));
+            }
+            Ok(docker_bind(&host, &b.container, b.read_only))
+        })
+        .collect()
+}
+
+/// The kubelet's hostPath type check (and creation for the `...OrCreate` types); messages as
+/// the kubelet words them.
+pub fn check_host_path(path: &Path, kind: HostPathType) -> Result<(), String> {
+    let failed = |what: &str| {
+        Err(format!(
+            "hostPath type check failed: {} is not a {what}",
+            path.display()
+        ))
+    };
+    // Symlinks are followed, as the kubelet's os.Stat does.
+    let meta = std::fs::metadata(path).ok();
+    let ft = meta.as_ref().map(std::fs::Metadata::file_type);
+    match kind {
+        HostPathType::Any => Ok(()),
+        HostPathType::DirectoryOrCreate if meta.is_none() => std::fs::create_dir_all(path)
+            .map_err(|e| format!("creating hostPath {}: {e}", path.display())),
+        HostPathType::Directory | HostPathType::DirectoryOrCreate => {
+            if ft.is_some_and(|t| t.is_dir()) {
+                Ok(())
+            } else {
+                failed("directory")
+            }
+        }
+        // The parent is not created: the kubelet's FileOrCreate does not either.
+        HostPathType::FileOrCreate if meta.is_none() => std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map(drop)
+            .map_err(|e| format!("creating hostPath {}: {e}", path.display())),
+        HostPathType::File | HostPathType::FileOrCreate => {
+            if ft.is_some_and(|t| t.is_file()) {
+                Ok(())
+            } else {
+                failed("file")
+            }
+        }
+        HostPathType::Socket => {
+            if ft.is_some_and(|t| t.is_socket()) {
+                Ok(())
+            } else {
+                failed("socket file")
+            }
+        }
+        HostPathType::CharDevice => {
+            if ft.is_some_and(|t| t.is_char_device()) {
+                Ok(())
+            } else {
+                failed("character device")
+            }
+        }
+        HostPathType::BlockDevice => {
+            if ft.is_some_and(|t| t.is_block_device()) {
+                Ok(())
+            } else {
+                failed("block device")
+            }
+        }
     }
-    Ok(binds.iter().map(Bind::docker).collect())
+}
+
+/// Opens `path` below `root` without leaving it: absolute symlinks and `..` that climb out
+/// fail with EXDEV instead of being followed.
+fn open_beneath(root: &OwnedFd, path: &Path) -> nix::Result<OwnedFd> {
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    nix::fcntl::openat2(root, path, how)
+}
+
+fn describe(e: Errno) -> String {
+    match e {
+        Errno::EXDEV => "symlinks lead outside the volume".into(),
+        Errno::ELOOP => "too many levels of symlinks".into(),
+        other => other.desc().to_string(),
+    }
+}
+
+/// The host path of `sub` inside the volume at `root`, symlinks resolved without leaving the
+/// volume; missing directories are created (each under a parent opened beneath the root).
+pub fn resolve_sub_path(root: &Path, sub: &str) -> Result<PathBuf, String> {
+    let root_fd = nix::fcntl::open(
+        root,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| format!("opening the volume {}: {}", root.display(), e.desc()))?;
+    let target = Path::new(sub);
+    let fd = match open_beneath(&root_fd, target) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) => {
+            let mut prefix = PathBuf::new();
+            for comp in target.components() {
+                let Component::Normal(name) = comp else {
+                    continue;
+                };
+                let parent = if prefix.as_os_str().is_empty() {
+                    root_fd.try_clone().map_err(|e| e.to_string())?
+                } else {
+                    open_beneath(&root_fd, &prefix).map_err(describe)?
+                };
+                prefix.push(name);
+                match open_beneath(&root_fd, &prefix) {
+                    Ok(_) => {}
+                    Err(Errno::ENOENT) => {
+                        // mkdirat does not follow a final symlink: a dangling one stays an
+                        // error (EEXIST, then ENOENT below).
+                        match nix::sys::stat::mkdirat(
+                            &parent,
+                            name,
+                            Mode::from_bits_truncate(0o755),
+                        ) {
+                            Ok(()) | Err(Errno::EEXIST) => {}
+                            Err(e) => return Err(format!("creating it: {}", e.desc())),
+                        }
+                    }
+                    Err(e) => return Err(describe(e)),
+                }
+            }
+            open_beneath(&root_fd, target).map_err(describe)?
+        }
+        Err(e) => return Err(describe(e)),
+    };
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .map_err(|e| format!("reading where it leads: {e}"))
 }
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::symlink;
+
     use super::*;
 
     fn pod(volumes: &serde_json::Value) -> Pod {
@@ -118,29 +337,45 @@ mod tests {
         serde_json::from_value(serde_json::json!({"name": "c", "volumeMounts": mounts})).unwrap()
     }
 
+    struct Tmp(PathBuf);
+
+    impl Tmp {
+        fn new(name: &str) -> Self {
+            let p = std::env::temp_dir().join(format!("kubelet-vol-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&p);
+            std::fs::create_dir_all(&p).unwrap();
+            Self(p)
+        }
+    }
+
+    impl Drop for Tmp {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
     #[test]
     fn empty_dirs_and_host_paths_become_binds() {
         let p = pod(&serde_json::json!([
             {"name": "scratch", "emptyDir": {}},
-            {"name": "logs", "hostPath": {"path": "/var/log", "type": "Directory"}}
+            {"name": "logs", "hostPath": {"path": "/var/log", "type": "Directory"}},
+            {"name": "sock", "hostPath": {"path": "/run/x.sock", "type": "Socket"}}
         ]));
         let c = container(&serde_json::json!([
             {"name": "scratch", "mountPath": "/data"},
             {"name": "scratch", "mountPath": "/sub", "subPath": "a/b"},
-            {"name": "logs", "mountPath": "/host-logs", "readOnly": true}
+            {"name": "logs", "mountPath": "/host-logs", "readOnly": true},
+            {"name": "sock", "mountPath": "/x.sock"}
         ]));
         let dir = Path::new("/state/pods/u1");
         let b = binds(&p, &c, dir).unwrap();
-        let docker: Vec<String> = b.iter().map(Bind::docker).collect();
-        assert_eq!(
-            docker,
-            [
-                "/state/pods/u1/volumes/scratch:/data",
-                "/state/pods/u1/volumes/scratch/a/b:/sub",
-                "/var/log:/host-logs:ro"
-            ]
-        );
-        assert!(b[0].create && b[1].create && !b[2].create);
+        assert_eq!(b[0].root, Path::new("/state/pods/u1/volumes/scratch"));
+        assert_eq!(b[0].source, Source::EmptyDir);
+        assert_eq!(b[1].sub_path.as_deref(), Some("a/b"));
+        assert_eq!(b[2].root, Path::new("/var/log"));
+        assert_eq!(b[2].source, Source::HostPath(HostPathType::Directory));
+        assert!(b[2].read_only);
+        assert_eq!(b[3].source, Source::HostPath(HostPathType::Socket));
     }
 
     #[test]
@@ -148,7 +383,9 @@ mod tests {
         let p = pod(&serde_json::json!([
             {"name": "cfg", "configMap": {"name": "x"}},
             {"name": "scratch", "emptyDir": {}},
-            {"name": "sock", "hostPath": {"path": "/run/x.sock", "type": "Socket"}}
+            {"name": "odd", "hostPath": {"path": "/run/x", "type": "Fifo"}},
+            {"name": "colon", "hostPath": {"path": "/a:/b"}},
+            {"name": "rel", "hostPath": {"path": "etc"}}
         ]));
         let dir = Path::new("/s");
         let err = |m| binds(&p, &container(&m), dir).unwrap_err();
@@ -158,7 +395,9 @@ mod tests {
         assert!(
             err(serde_json::json!([{"name": "nope", "mountPath": "/c"}])).contains("no volume")
         );
-        assert!(err(serde_json::json!([{"name": "sock", "mountPath": "/c"}])).contains("Socket"));
+        assert!(err(serde_json::json!([{"name": "odd", "mountPath": "/c"}])).contains("Fifo"));
+        assert!(err(serde_json::json!([{"name": "colon", "mountPath": "/c"}])).contains("':'"));
+        assert!(err(serde_json::json!([{"name": "rel", "mountPath": "/c"}])).contains("absolute"));
         assert!(
             err(
                 serde_json::json!([{"name": "scratch", "mountPath": "/c", "subPath": "../../etc"}])
@@ -172,19 +411,121 @@ mod tests {
     }
 
     #[test]
-    fn prepare_creates_directories() {
-        let tmp = std::env::temp_dir().join(format!("kubelet-vol-{}", std::process::id()));
-        let b = Bind {
-            host: tmp.join("volumes/x"),
+    fn prepare_creates_empty_dirs_and_sub_paths() {
+        let tmp = Tmp::new("prepare");
+        let root = tmp.0.join("volumes/x");
+        let bind = |sub: Option<&str>| Bind {
+            volume: "x".into(),
+            root: root.clone(),
+            source: Source::EmptyDir,
+            sub_path: sub.map(String::from),
             container: "/x".into(),
             read_only: false,
-            create: true,
         };
         assert_eq!(
-            prepare(std::slice::from_ref(&b)).unwrap(),
-            [format!("{}:/x", b.host.display())]
+            prepare(&[bind(None), bind(Some("a/b"))]).unwrap(),
+            [
+                format!("{}:/x", root.display()),
+                format!("{}:/x", root.join("a/b").display())
+            ]
         );
-        assert!(b.host.is_dir());
-        std::fs::remove_dir_all(&tmp).unwrap();
+        assert!(root.join("a/b").is_dir());
+    }
+
+    #[test]
+    fn sub_path_symlinks_stay_inside_the_volume() {
+        let tmp = Tmp::new("symlinks");
+        let root = tmp.0.join("vol");
+        std::fs::create_dir_all(root.join("inner/deeper")).unwrap();
+        std::fs::create_dir_all(tmp.0.join("outside")).unwrap();
+        symlink("/", root.join("evil")).unwrap();
+        symlink("../outside", root.join("up")).unwrap();
+        symlink("inner", root.join("good")).unwrap();
+        symlink("../../inner", root.join("inner/deeper/back")).unwrap();
+        symlink("/nonexistent-kubelet-test", root.join("dangling")).unwrap();
+        symlink("missing", root.join("inside-dangling")).unwrap();
+        let real = std::fs::canonicalize(&root).unwrap();
+        assert_eq!(resolve_sub_path(&root, "good").unwrap(), real.join("inner"));
+        assert_eq!(
+            resolve_sub_path(&root, "inner/deeper/back").unwrap(),
+            real.join("inner")
+        );
+        for escape in [
+            "evil",
+            "evil/etc",
+            "up",
+            "dangling",
+            "dangling/x",
+            "good/../../outside",
+        ] {
+            let e = resolve_sub_path(&root, escape).unwrap_err();
+            assert!(e.contains("outside the volume"), "{escape}: {e}");
+        }
+        assert!(!Path::new("/nonexistent-kubelet-test").exists());
+        assert!(resolve_sub_path(&root, "inside-dangling").is_err());
+        // Created through an inside link, inside the volume.
+        assert_eq!(
+            resolve_sub_path(&root, "good/new/dir").unwrap(),
+            real.join("inner/new/dir")
+        );
+        let b = Bind {
+            volume: "v".into(),
+            root: root.clone(),
+            source: Source::EmptyDir,
+            sub_path: Some("evil".into()),
+            container: "/m".into(),
+            read_only: true,
+        };
+        let e = prepare(&[b]).unwrap_err();
+        assert_eq!(e.volume, "v");
+        assert!(
+            e.message.starts_with("subPath \"evil\" of volume \"v\""),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn host_path_types_are_checked_as_the_kubelet_does() {
+        let tmp = Tmp::new("hostpath");
+        let file = tmp.0.join("f");
+        std::fs::write(&file, "x").unwrap();
+        let dir = tmp.0.join("d");
+        std::fs::create_dir(&dir).unwrap();
+        let sock = tmp.0.join("s.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let null = Path::new("/dev/null");
+        let ok = [
+            (&dir, HostPathType::Directory),
+            (&file, HostPathType::File),
+            (&sock, HostPathType::Socket),
+            (&file, HostPathType::Any),
+        ];
+        for (p, t) in ok {
+            check_host_path(p, t).unwrap_or_else(|e| panic!("{t:?}: {e}"));
+        }
+        check_host_path(null, HostPathType::CharDevice).unwrap();
+        let bad = [
+            (&file, HostPathType::Directory, "is not a directory"),
+            (&dir, HostPathType::File, "is not a file"),
+            (&file, HostPathType::Socket, "is not a socket file"),
+            (&dir, HostPathType::CharDevice, "is not a character device"),
+        ];
+        for (p, t, msg) in bad {
+            let e = check_host_path(p, t).unwrap_err();
+            assert!(
+                e.starts_with("hostPath type check failed: ") && e.ends_with(msg),
+                "{e}"
+            );
+        }
+        let e = check_host_path(null, HostPathType::BlockDevice).unwrap_err();
+        assert!(e.ends_with("/dev/null is not a block device"), "{e}");
+        let missing = tmp.0.join("missing");
+        assert!(check_host_path(&missing, HostPathType::Directory).is_err());
+        check_host_path(&missing.join("a"), HostPathType::DirectoryOrCreate).unwrap();
+        assert!(missing.join("a").is_dir());
+        check_host_path(&tmp.0.join("new"), HostPathType::FileOrCreate).unwrap();
+        assert!(tmp.0.join("new").is_file());
+        assert!(check_host_path(&tmp.0.join("no/parent"), HostPathType::FileOrCreate).is_err());
+        assert!(check_host_path(&file, HostPathType::DirectoryOrCreate).is_err());
     }
 }

@@ -23,6 +23,16 @@ const PULL_POLICIES: &[&str] = &["Always", "IfNotPresent", "Never"];
 const URI_SCHEMES: &[&str] = &["HTTP", "HTTPS"];
 const TOLERATION_OPERATORS: &[&str] = &["Equal", "Exists"];
 const TAINT_EFFECTS: &[&str] = &["NoExecute", "NoSchedule", "PreferNoSchedule"];
+const HOST_PATH_TYPES: &[&str] = &[
+    "",
+    "BlockDevice",
+    "CharDevice",
+    "Directory",
+    "DirectoryOrCreate",
+    "File",
+    "FileOrCreate",
+    "Socket",
+];
 /// Downward-API fields an environment variable may reference (besides labels/annotations).
 const ENV_FIELD_PATHS: &[&str] = &[
     "metadata.name",
@@ -147,6 +157,9 @@ fn validate_volumes(volumes: &[Volume], path: &Path) -> Vec<FieldError> {
                 .collect(),
             _ => Vec::new(),
         };
+        if let Some(h) = &v.host_path {
+            errs.extend(host_path(&h.path, h.type_.as_deref(), &p.child("hostPath")));
+        }
         match sources.as_slice() {
             [] => errs.push(FieldError::required(&p, "must specify a volume type")),
             [_] => {}
@@ -160,6 +173,33 @@ fn validate_volumes(volumes: &[Volume], path: &Path) -> Vec<FieldError> {
             }
         }
     }
+    errs
+}
+
+fn has_backsteps(path: &str) -> bool {
+    path.split('/').any(|c| c == "..")
+}
+
+/// ValidateHostPathVolumeSource, plus what the node's runtime needs: an absolute path (a node
+/// has no working directory to resolve it against) without ':' (Docker's bind syntax
+/// separates its fields with it).
+fn host_path(path: &str, kind: Option<&str>, p: &Path) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    let pp = p.child("path");
+    if path.is_empty() {
+        errs.push(FieldError::required(&pp, ""));
+    } else {
+        if !path.starts_with('/') {
+            errs.push(FieldError::invalid(&pp, path, "must be an absolute path"));
+        }
+        if has_backsteps(path) {
+            errs.push(FieldError::invalid(&pp, path, "must not contain '..'"));
+        }
+        if path.contains(':') {
+            errs.push(FieldError::invalid(&pp, path, "must not contain ':'"));
+        }
+    }
+    errs.extend(one_of(&p.child("type"), kind, HOST_PATH_TYPES));
     errs
 }
 
@@ -259,6 +299,15 @@ fn container(
         }
         if m.mount_path.is_empty() {
             errs.push(FieldError::required(&p.child("mountPath"), ""));
+        }
+        if let Some(sub) = m.sub_path.as_deref().filter(|s| !s.is_empty()) {
+            let sp = p.child("subPath");
+            if sub.starts_with('/') {
+                errs.push(FieldError::invalid(&sp, sub, "must be a relative path"));
+            }
+            if has_backsteps(sub) {
+                errs.push(FieldError::invalid(&sp, sub, "must not contain '..'"));
+            }
         }
     }
     errs
@@ -743,5 +792,95 @@ fn check_quantity(q: &Q, path: &Path) -> Result<(), Invalid> {
             "{path}: {}",
             quantity::FORMAT_WRONG
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn messages(path: &str, kind: Option<&str>) -> Vec<String> {
+        host_path(
+            path,
+            kind,
+            &Path::root("spec")
+                .child("volumes")
+                .index(0)
+                .child("hostPath"),
+        )
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+    }
+
+    #[test]
+    fn host_paths_are_absolute_without_backsteps_or_colons() {
+        for ok in ["/var/log", "/run/docker.sock", "/a/..b/c.."] {
+            assert!(messages(ok, Some("")).is_empty(), "{ok}");
+        }
+        let p = "spec.volumes[0].hostPath";
+        assert_eq!(messages("", None), [format!("{p}.path: Required value")]);
+        assert_eq!(
+            messages("var/log", None),
+            [format!(
+                "{p}.path: Invalid value: \"var/log\": must be an absolute path"
+            )]
+        );
+        assert_eq!(
+            messages("/a/../../etc", None),
+            [format!(
+                "{p}.path: Invalid value: \"/a/../../etc\": must not contain '..'"
+            )]
+        );
+        assert_eq!(
+            messages("/a:/b", None),
+            [format!(
+                "{p}.path: Invalid value: \"/a:/b\": must not contain ':'"
+            )]
+        );
+        let e = messages("/x", Some("Fifo"));
+        assert_eq!(e.len(), 1);
+        assert!(
+            e[0].starts_with(&format!("{p}.type: Unsupported value: \"Fifo\"")),
+            "{e:?}"
+        );
+        for t in HOST_PATH_TYPES {
+            assert!(messages("/x", Some(t)).is_empty(), "{t}");
+        }
+    }
+
+    #[test]
+    fn sub_paths_are_relative_without_backsteps() {
+        let pod = |sub: &str| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "p", "namespace": "default"},
+                "spec": {"containers": [{"name": "c", "image": "i", "volumeMounts": [
+                    {"name": "v", "mountPath": "/m", "subPath": sub}]}],
+                         "volumes": [{"name": "v", "emptyDir": {}}]}
+            }))
+            .unwrap()
+        };
+        let errs = |sub| -> Vec<String> {
+            self::pod(&pod(sub), None)
+                .unwrap()
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        };
+        assert!(errs("a/b").is_empty());
+        assert!(errs("a..b").is_empty());
+        let m = "spec.containers[0].volumeMounts[0].subPath";
+        assert_eq!(
+            errs("/etc"),
+            [format!(
+                "{m}: Invalid value: \"/etc\": must be a relative path"
+            )]
+        );
+        assert_eq!(
+            errs("a/../../x"),
+            [format!(
+                "{m}: Invalid value: \"a/../../x\": must not contain '..'"
+            )]
+        );
     }
 }
