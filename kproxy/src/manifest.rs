@@ -751,4 +751,36 @@ mod tests {
             "{got}"
         );
     }
+
+    /// A Service whose `b` is 20,000 references to a 20,000-element list: 400 million
+    /// nodes if it were expanded.
+    fn alias_bomb() -> String {
+        let items = vec!["x"; 20_000].join(",");
+        let refs = vec!["*a"; 20_000].join(",");
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: bomb}}\n\
+             data:\n  a: &a [{items}]\n  b: [{refs}]\n"
+        )
+    }
+
+    #[test]
+    fn yaml_alias_bombs_are_refused_not_expanded() {
+        let path =
+            std::env::temp_dir().join(format!("kproxy-manifest-bomb-{}.yaml", std::process::id()));
+        std::fs::write(&path, alias_bomb()).expect("write temp file");
+        let started = std::time::Instant::now();
+        let got = load_file(&path).expect_err("an alias bomb").to_string();
+        let took = started.elapsed();
+        let _ = std::fs::remove_file(&path);
+        assert!(
+            got.starts_with(&format!("{}: document 1 (line 1): ", path.display())),
+            "{got}"
+        );
+        assert!(
+            got.contains("too large once its aliases are expanded"),
+            "{got}"
+        );
+        // A debug build; a release build refuses it in milliseconds.
+        assert!(took < std::time::Duration::from_secs(3), "{took:?}");
+    }
 }

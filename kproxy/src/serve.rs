@@ -113,7 +113,8 @@ pub fn spawn(
         loop {
             match tokio::net::TcpListener::bind(addr).await {
                 Ok(listener) => {
-                    kproxy_node_tls::serve(listener, tls, app, "kproxy node endpoint").await;
+                    let endpoint = kproxy_node_tls::Endpoint::node("kproxy node endpoint");
+                    kproxy_node_tls::serve(listener, tls, app, &endpoint).await;
                     return;
                 }
                 Err(err) => {

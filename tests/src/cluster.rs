@@ -16,8 +16,14 @@
 //! Dropping a [`Cluster`] (also when a test panics) stops kproxy first, then removes the
 //! routes, pins, cgroup, uplink and client namespace, the kubelet's pods and bridge, the
 //! control plane and its data directory.
+//!
+//! The fault suite kills and restarts single components with their state kept
+//! ([`Cluster::restart_apiserver`], [`Cluster::restart_kproxy`], ...): the API server listens
+//! on a fixed port of its own so every client's kubeconfig stays valid across a restart, and
+//! [`Options::api_tmpfs`] puts its data directory on a small tmpfs that a test can fill.
 
 use std::{
+    ffi::OsString,
     net::Ipv4Addr,
     path::{Path, PathBuf},
     process::{Command, Output},
@@ -211,6 +217,48 @@ pub fn assert_route(mut ip: Command, target: Ipv4Addr, dev: &str, via: Option<Ip
     );
 }
 
+/// A tmpfs mounted on a fresh directory, unmounted on drop (also when a test panics).
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (`mount -o size=`, e.g. `16m`) on `path` (created).
+    #[must_use]
+    pub fn mount(path: &Path, size: &str) -> Self {
+        std::fs::create_dir_all(path).expect("create the tmpfs mount point");
+        sh(Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(path));
+        Self(path.to_path_buf())
+    }
+
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        // Lazy: a process that still has a file open there must not keep the mount.
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// How [`Cluster::start_with`] sets the cluster up.
+#[derive(Default)]
+pub struct Options {
+    /// The API server's data directory on a tmpfs of this size (`16m`), for tests that fill
+    /// the store's disk ([`Cluster::api_tmpfs`]).
+    pub api_tmpfs: Option<String>,
+}
+
 /// The running cluster. Fields are dropped in declaration order: kproxy first (it detaches
 /// from the cgroup and uplink and removes its routes), the control plane and its files last.
 pub struct Cluster {
@@ -222,8 +270,14 @@ pub struct Cluster {
     pub uplink: Uplink,
     pub kubelet: Kubelet,
     _scheduler: Daemon,
-    _controller_manager: Daemon,
+    controller_manager: Daemon,
     pub api: ApiServer,
+    /// Dropped after the API server that writes there, before `dir` that holds it.
+    api_tmpfs: Option<Tmpfs>,
+    /// What restarts the API server, the controller manager and kproxy with.
+    api_args: Vec<String>,
+    cm_args: Vec<String>,
+    kproxy_args: Vec<OsString>,
     /// 198.19.`svc_net`.0/24 is the service CIDR.
     pub svc_net: u32,
     /// kproxy's node endpoint port on 127.0.0.1 (`kctl lb NODE --port PORT`).
@@ -238,6 +292,12 @@ impl Cluster {
     /// its node endpoint. `prefix` names the test's scratch directory and pins.
     #[must_use]
     pub fn start(prefix: &str) -> Self {
+        Self::start_with(prefix, &Options::default())
+    }
+
+    /// [`Cluster::start`] with [`Options`].
+    #[must_use]
+    pub fn start_with(prefix: &str, options: &Options) -> Self {
         let svc_net = free_net();
         let up_net = free_net();
         let svc_cidr = format!("198.19.{svc_net}.0/24");
@@ -246,18 +306,35 @@ impl Cluster {
         let pool = format!("198.19.{up_net}.128/28");
 
         let dir = TempDir::new(prefix);
-        let api = ApiServer::start(dir.path(), &["--service-cidr", &svc_cidr]);
-        let controller_manager = controller_manager(
-            &api,
-            &[
-                "--controllers",
-                "deployment,replicaset,endpointslice,lbipam",
-                "--lb-pool",
-                &pool,
-                "--service-cidr",
-                &svc_cidr,
-            ],
-        );
+        let api_tmpfs = options
+            .api_tmpfs
+            .as_deref()
+            .map(|size| Tmpfs::mount(&dir.path().join("apiserver-fs"), size));
+        let api_dir = api_tmpfs
+            .as_ref()
+            .map_or_else(|| dir.path().to_path_buf(), |t| t.path().join("data"));
+        std::fs::create_dir_all(&api_dir).expect("create the API server's data directory");
+        // A port of its own (not :0), so that a restarted API server keeps its URL.
+        let api_args: Vec<String> = [
+            "--service-cidr",
+            &svc_cidr,
+            "--bind",
+            &format!("127.0.0.1:{}", free_port()),
+        ]
+        .map(String::from)
+        .to_vec();
+        let api = ApiServer::start(&api_dir, &strs(&api_args));
+        let cm_args: Vec<String> = [
+            "--controllers",
+            "deployment,replicaset,endpointslice,lbipam",
+            "--lb-pool",
+            &pool,
+            "--service-cidr",
+            &svc_cidr,
+        ]
+        .map(String::from)
+        .to_vec();
+        let controller_manager = controller_manager(&api, &strs(&cm_args));
         let scheduler = scheduler(&api, &[]);
         let kubelet = Kubelet::start(&api, &[]);
         let uplink = Uplink::new(up_net);
@@ -275,22 +352,19 @@ impl Cluster {
         // The API server reaches the endpoint at the Node's InternalIP (the kubelet's
         // `--node-ip 127.0.0.1`) and this port.
         let serve_port = free_port();
-        let mut cmd = Command::new(bin("kproxy"));
-        cmd.arg("--bpffs")
-            .arg(bpffs.path())
-            .args(["node", "--kubeconfig"])
-            .arg(&kubeconfig)
-            .args(["--node-name", &kubelet.node]);
+        let mut kproxy_args: Vec<OsString> = vec!["--bpffs".into(), bpffs.path().into()];
+        kproxy_args.extend(["node".into(), "--kubeconfig".into(), kubeconfig.into()]);
+        kproxy_args.extend(["--node-name".into(), kubelet.node.clone().into()]);
         for cidr in &keep_local.0 {
-            cmd.args(["--keep-local", cidr]);
+            kproxy_args.extend(["--keep-local".into(), cidr.into()]);
         }
-        cmd.args([
-            "--serve-addr",
-            &format!("127.0.0.1:{serve_port}"),
-            "--serve-cert-dir",
-        ])
-        .arg(dir.path().join("kproxy-pki"))
-        .args([
+        kproxy_args.extend([
+            "--serve-addr".into(),
+            format!("127.0.0.1:{serve_port}").into(),
+            "--serve-cert-dir".into(),
+            dir.path().join("kproxy-pki").into(),
+        ]);
+        for arg in [
             "--uplink",
             &uplink.host_if,
             "--xdp-mode",
@@ -298,14 +372,11 @@ impl Cluster {
             "--pod-bridge",
             &kubelet.bridge,
             "--socket-lb-scope",
-        ])
-        .arg(cgroup.path())
-        .env("RUST_LOG", "info");
-        let mut kproxy = Daemon::spawn_until_logged(cmd, "initial sync done");
-        eventually("kproxy's node endpoint listening", || {
-            kproxy.assert_running();
-            kproxy.logged("listening endpoint=\"kproxy node endpoint\"")
-        });
+        ] {
+            kproxy_args.push(arg.into());
+        }
+        kproxy_args.push(cgroup.path().into());
+        let kproxy = spawn_kproxy(&kproxy_args);
         Self {
             kproxy,
             _keep_local: keep_local,
@@ -314,8 +385,12 @@ impl Cluster {
             uplink,
             kubelet,
             _scheduler: scheduler,
-            _controller_manager: controller_manager,
+            controller_manager,
             api,
+            api_tmpfs,
+            api_args,
+            cm_args,
+            kproxy_args,
             svc_net,
             serve_port,
             svc_cidr,
@@ -395,4 +470,65 @@ impl Cluster {
     pub fn dump(&self) -> Vec<Value> {
         kproxy_dump(self.bpffs.path())
     }
+
+    /// The tmpfs under the API server's data directory ([`Options::api_tmpfs`]).
+    #[must_use]
+    pub fn api_tmpfs(&self) -> Option<&Path> {
+        self.api_tmpfs.as_ref().map(Tmpfs::path)
+    }
+
+    /// SIGKILL to the API server: no chance to flush or close anything.
+    pub fn kill_apiserver(&mut self) {
+        self.api.daemon.kill();
+    }
+
+    /// Starts the API server again on the same data directory and port (kills it first if
+    /// it still runs); returns once it is ready.
+    pub fn restart_apiserver(&mut self) {
+        self.kill_apiserver();
+        let data_dir = self.api.data_dir.clone();
+        let url = self.api.url.clone();
+        self.api = ApiServer::start(&data_dir, &strs(&self.api_args));
+        assert_eq!(self.api.url, url, "the restarted API server moved");
+    }
+
+    /// SIGKILL to the controller manager.
+    pub fn kill_controller_manager(&mut self) {
+        self.controller_manager.kill();
+    }
+
+    /// Starts the controller manager again with the same flags (kills it first if it still
+    /// runs); returns once it is ready.
+    pub fn restart_controller_manager(&mut self) {
+        self.kill_controller_manager();
+        self.controller_manager = controller_manager(&self.api, &strs(&self.cm_args));
+    }
+
+    /// SIGKILL to kproxy: its programs and maps stay pinned and keep serving.
+    pub fn kill_kproxy(&mut self) {
+        self.kproxy.kill();
+    }
+
+    /// Starts kproxy again with the same flags and pins (kills it first if it still runs);
+    /// returns once it has synced and serves its node endpoint.
+    pub fn restart_kproxy(&mut self) {
+        self.kill_kproxy();
+        self.kproxy = spawn_kproxy(&self.kproxy_args);
+    }
+}
+
+/// Starts `kproxy ARGS` and waits for its initial sync and its node endpoint.
+fn spawn_kproxy(args: &[OsString]) -> Daemon {
+    let mut cmd = Command::new(bin("kproxy"));
+    cmd.args(args).env("RUST_LOG", "info");
+    let mut kproxy = Daemon::spawn_until_logged(cmd, "initial sync done");
+    eventually("kproxy's node endpoint listening", || {
+        kproxy.assert_running();
+        kproxy.logged("listening endpoint=\"kproxy node endpoint\"")
+    });
+    kproxy
+}
+
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
 }

@@ -98,7 +98,15 @@ fn event_reasons(k: &Kubelet, name: &str) -> Vec<String> {
     let lp = kube::api::ListParams::default().fields(&format!("involvedObject.name={name}"));
     let mut events = k.block_on(api.list(&lp)).expect("list events").items;
     events.sort_by_key(|e| e.metadata.name.clone());
-    events.into_iter().filter_map(|e| e.reason).collect()
+    // A repeated event is one object with a count (aggregated as the kubelet's recorder does):
+    // one entry per occurrence.
+    events
+        .into_iter()
+        .flat_map(|e| {
+            let n = usize::try_from(e.count.unwrap_or(1)).unwrap_or(1);
+            std::iter::repeat_n(e.reason, n).flatten()
+        })
+        .collect()
 }
 
 fn pod_cleaned(k: &Kubelet, pod_uid: &str) -> bool {

@@ -22,7 +22,7 @@ use k8s_openapi::api::core::v1::{Node, NodeCondition, Pod};
 use kproxy_tests::{
     apiserver::{ApiServer, TempDir},
     eventually,
-    kubelet::{Kubelet, container_status, docker_exec, docker_id, inspect, is_ready},
+    kubelet::{Kubelet, consistently, container_status, docker_exec, docker_id, inspect, is_ready},
     privileged,
 };
 use serde_json::{Value, json};
@@ -500,4 +500,219 @@ fn container_logs_are_rotated() {
         "the oldest lines were rotated away"
     );
     assert!(logs.contains("line-02999 "), "{logs}");
+}
+
+/// Mount points at or below `dir` (mountinfo's 5th field; test paths need no unescaping).
+fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .expect("mountinfo")
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(PathBuf::from)
+        .filter(|p| p.starts_with(&dir))
+        .collect()
+}
+
+/// Declared after the [`Kubelet`]: on a failed test, unmounts what is left under its state
+/// before its directory is removed recursively (which would go through a hostPath mount).
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let mut left = mounts_under(&self.0);
+        left.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        for m in left {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&m)
+                .status();
+        }
+    }
+}
+
+fn pod_dir(k: &Kubelet, uid: &str) -> PathBuf {
+    k.state_dir().join("pods").join(uid)
+}
+
+fn mount_of<'a>(info: &'a Value, destination: &str) -> &'a Value {
+    info["Mounts"]
+        .as_array()
+        .expect("Mounts")
+        .iter()
+        .find(|m| m["Destination"] == json!(destination))
+        .unwrap_or_else(|| panic!("no mount at {destination}: {}", info["Mounts"]))
+}
+
+fn dev_ino(p: &Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = std::fs::metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    (m.dev(), m.ino())
+}
+
+/// A container that sleeps with `mounts`.
+fn sleeper(name: &str, mounts: Value) -> Value {
+    let mut c = shell(name, "exec /bin/busybox sleep 3600");
+    c["volumeMounts"] = mounts;
+    c
+}
+
+#[test]
+fn sub_paths_reach_docker_as_kubelet_owned_bind_mounts() {
+    if !privileged("sub_paths_reach_docker_as_kubelet_owned_bind_mounts") {
+        return;
+    }
+    let (_dir, api) = api_server();
+    let k = Kubelet::start(&api, &[]);
+    let _unmount = Unmount(k.state_dir());
+    let mut init = shell(
+        "plant",
+        "cd /vol && /bin/busybox mkdir inner && echo inside > inner/note && \
+         /bin/busybox ln -s inner link",
+    );
+    init["volumeMounts"] = json!([{"name": "v", "mountPath": "/vol"}]);
+    let app = sleeper(
+        "app",
+        json!([{"name": "v", "mountPath": "/vol"},
+               {"name": "v", "mountPath": "/mnt", "subPath": "link"},
+               {"name": "v", "mountPath": "/note", "subPath": "inner/note", "readOnly": true}]),
+    );
+    k.create_pod(
+        NS,
+        "pinned",
+        json!({"initContainers": [init], "containers": [app],
+               "volumes": [{"name": "v", "emptyDir": {}}]}),
+    );
+    let p = k.wait_pod(NS, "pinned", "app runs", |p| running(p, "app"));
+    let uid = p.metadata.uid.clone().expect("uid");
+    let id = container_id(&p, "app");
+    let dir = pod_dir(&k, &uid);
+    let info = inspect(&id);
+    // Docker binds the kubelet's targets, not a path in the volume it would resolve again.
+    let targets = dir.join("volume-subpaths/v/app");
+    let mnt = mount_of(&info, "/mnt");
+    assert_eq!(mnt["Source"], json!(targets.join("1")), "{mnt}");
+    let note = mount_of(&info, "/note");
+    assert_eq!(note["Source"], json!(targets.join("2")), "{note}");
+    assert_eq!(note["RW"], json!(false), "{note}");
+    let mounted = mounts_under(&dir);
+    for t in ["1", "2"] {
+        assert!(
+            mounted.contains(&targets.join(t)),
+            "{t} is not a mount point: {mounted:?}"
+        );
+    }
+    // Each is a bind mount of the resolved file: the link's target, the note itself.
+    let volume = dir.join("volumes/v");
+    assert_eq!(dev_ino(&targets.join("1")), dev_ino(&volume.join("inner")));
+    assert_eq!(
+        dev_ino(&targets.join("2")),
+        dev_ino(&volume.join("inner/note"))
+    );
+    assert_eq!(
+        docker_exec(&id, &["/bin/busybox", "cat", "/mnt/note", "/note"]),
+        "inside\ninside\n"
+    );
+    k.delete_pod(NS, "pinned", Some(0));
+    k.wait_gone(NS, "pinned", Duration::from_secs(30));
+    eventually("the pod directory is removed", || !dir.exists());
+    assert_eq!(mounts_under(&k.state_dir()), Vec::<PathBuf>::new());
+}
+
+#[test]
+fn host_path_sub_path_mounts_go_without_touching_the_host() {
+    if !privileged("host_path_sub_path_mounts_go_without_touching_the_host") {
+        return;
+    }
+    let (_dir, api) = api_server();
+    let k = Kubelet::start(&api, &[]);
+    let _unmount = Unmount(k.state_dir());
+    let host = TempDir::new("kpt-klh-subhost");
+    std::fs::create_dir(host.path().join("data")).expect("mkdir");
+    let marker = host.path().join("data/marker");
+    std::fs::write(&marker, "keep me\n").expect("write");
+    let app = sleeper(
+        "app",
+        json!([{"name": "h", "mountPath": "/data", "subPath": "data"},
+               {"name": "h", "mountPath": "/marker", "subPath": "data/marker"}]),
+    );
+    k.create_pod(
+        NS,
+        "host-sub",
+        json!({"containers": [app],
+               "volumes": [{"name": "h",
+                            "hostPath": {"path": host.path(), "type": "Directory"}}]}),
+    );
+    let p = k.wait_pod(NS, "host-sub", "app runs", |p| running(p, "app"));
+    let uid = p.metadata.uid.clone().expect("uid");
+    let id = container_id(&p, "app");
+    assert_eq!(
+        docker_exec(&id, &["/bin/busybox", "cat", "/data/marker", "/marker"]),
+        "keep me\nkeep me\n"
+    );
+    let dir = pod_dir(&k, &uid);
+    assert_eq!(mounts_under(&dir).len(), 2, "{:?}", mounts_under(&dir));
+    k.delete_pod(NS, "host-sub", Some(0));
+    k.wait_gone(NS, "host-sub", Duration::from_secs(30));
+    eventually("the pod directory is removed", || !dir.exists());
+    assert_eq!(mounts_under(&k.state_dir()), Vec::<PathBuf>::new());
+    assert_eq!(
+        std::fs::read_to_string(&marker).expect("the host's file survives"),
+        "keep me\n"
+    );
+}
+
+#[test]
+fn a_restarted_kubelet_unmounts_sub_paths_of_adopted_and_vanished_pods() {
+    if !privileged("a_restarted_kubelet_unmounts_sub_paths_of_adopted_and_vanished_pods") {
+        return;
+    }
+    let (_dir, api) = api_server();
+    let mut k = Kubelet::start(&api, &[]);
+    let unmount = Unmount(k.state_dir());
+    let spec = || {
+        json!({"containers": [sleeper("app", json!([{"name": "v", "mountPath": "/s", "subPath": "a/b"}]))],
+               "volumes": [{"name": "v", "emptyDir": {}}]})
+    };
+    k.create_pod(NS, "kept", spec());
+    k.create_pod(NS, "gone", spec());
+    let mut uids = Vec::new();
+    let mut ids = Vec::new();
+    for name in ["kept", "gone"] {
+        let p = k.wait_pod(NS, name, "app runs", |p| running(p, "app"));
+        let uid = p.metadata.uid.clone().expect("uid");
+        assert_eq!(mounts_under(&pod_dir(&k, &uid)).len(), 1, "{name}");
+        ids.push(container_id(&p, "app"));
+        uids.push(uid);
+    }
+    k.kill();
+    // Gone while the kubelet is away: a grace of 0 removes it from the API at once. Its
+    // containers go too, so only its directory (with the mount) is left to find.
+    k.delete_pod(NS, "gone", Some(0));
+    k.wait_gone(NS, "gone", Duration::from_secs(10));
+    for id in k.pod_containers(&uids[1]) {
+        kproxy_tests::sh(std::process::Command::new("docker").args(["rm", "-f", &id]));
+    }
+    k.restart();
+    let gone = pod_dir(&k, &uids[1]);
+    eventually(
+        "the vanished pod's directory and mounts are removed",
+        || !gone.exists() && k.pod_containers(&uids[1]).is_empty(),
+    );
+    assert_eq!(mounts_under(&gone), Vec::<PathBuf>::new());
+    assert!(k.logged("removing the directory of a pod that is gone"));
+    // The running pod is adopted: same container, its mount still in place.
+    consistently("the kept pod runs on", Duration::from_secs(2), || {
+        k.get_pod(NS, "kept").is_some_and(|p| {
+            running(&p, "app")
+                && container_status(&p, "app").and_then(docker_id) == Some(ids[0].as_str())
+        })
+    });
+    let kept = pod_dir(&k, &uids[0]);
+    assert_eq!(mounts_under(&kept).len(), 1);
+    k.delete_pod(NS, "kept", Some(0));
+    k.wait_gone(NS, "kept", Duration::from_secs(30));
+    eventually("the kept pod's directory is removed", || !kept.exists());
+    assert_eq!(mounts_under(&unmount.0), Vec::<PathBuf>::new());
+    k.assert_running();
 }

@@ -3,7 +3,9 @@
 //! server-side apply tracks.
 #![forbid(unsafe_code)]
 
+pub mod events;
 pub mod fields;
+pub mod jsonpatch;
 pub mod managed;
 pub mod names;
 pub mod patch;

@@ -16,8 +16,8 @@ pub enum PatchError {
     InvalidJson(#[source] serde_json::Error),
     #[error("invalid JSON patch document: {0}")]
     InvalidJsonPatch(#[source] serde_json::Error),
-    #[error("the JSON patch could not be applied: {0}")]
-    JsonPatchFailed(#[source] json_patch::PatchError),
+    #[error(transparent)]
+    JsonPatch(#[from] crate::jsonpatch::JsonPatchError),
     #[error("{what} must be a JSON object")]
     NotAnObject { what: &'static str },
     #[error("invalid strategic merge patch at {path}: {reason}")]
@@ -32,7 +32,8 @@ impl PatchError {
             PatchError::InvalidJson(_)
             | PatchError::InvalidJsonPatch(_)
             | PatchError::NotAnObject { .. } => 400,
-            PatchError::JsonPatchFailed(_) | PatchError::Strategic { .. } => 422,
+            PatchError::JsonPatch(e) => e.status_code(),
+            PatchError::Strategic { .. } => 422,
         }
     }
 }
@@ -76,14 +77,13 @@ impl PatchType {
     }
 }
 
-/// RFC 6902. The operations apply atomically: on error the target is left as it was.
+/// RFC 6902, bounded as Kubernetes bounds it (see [`crate::jsonpatch`]). The operations apply
+/// atomically: on error the target is left as it was.
 pub fn json_patch(target: &Value, patch: &[u8]) -> Result<Value, PatchError> {
     let raw: Value = serde_json::from_slice(patch).map_err(PatchError::InvalidJson)?;
     let ops: json_patch::Patch =
         serde_json::from_value(raw).map_err(PatchError::InvalidJsonPatch)?;
-    let mut doc = target.clone();
-    json_patch::patch(&mut doc, &ops).map_err(PatchError::JsonPatchFailed)?;
-    Ok(doc)
+    Ok(crate::jsonpatch::apply(target, &ops)?)
 }
 
 /// RFC 7386. Only object patches are accepted: a Kubernetes object can't be replaced by a
@@ -1509,5 +1509,100 @@ mod tests {
             msg.contains("spec.template.spec.containers[name=\"web\"].env"),
             "{msg}"
         );
+    }
+
+    /// An Event, and a JSON patch of `n` operations that each copy the whole document into a
+    /// new key of itself: each one doubles it.
+    fn doubling_copies(n: usize) -> (Value, Vec<u8>) {
+        let event = json!({
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": "e", "namespace": "default"},
+            "involvedObject": {"kind": "Pod", "name": "p", "namespace": "default"},
+            "reason": "Bomb", "message": "x".repeat(100),
+        });
+        let ops: Vec<Value> = (0..n)
+            .map(|i| json!({"op": "copy", "from": "", "path": format!("/x{i}")}))
+            .collect();
+        (event, serde_json::to_vec(&ops).expect("serialize"))
+    }
+
+    #[test]
+    fn json_patch_copy_bombs_are_refused_before_they_grow() {
+        // A few doublings are an ordinary (if odd) patch.
+        let (event, patch) = doubling_copies(4);
+        let out = json_patch(&event, &patch).expect("16 Events' worth is fine");
+        assert_eq!(out["x3"]["x2"]["x1"]["x0"]["message"], event["message"]);
+        // 20 would be 2^20 Events (~300 MB), 40 would be 2^40: refused once the copies add
+        // more than the limit, before the copy that would pass it is made.
+        for n in [20, 40] {
+            let (event, patch) = doubling_copies(n);
+            let started = std::time::Instant::now();
+            let Err(err) = json_patch(&event, &patch) else {
+                panic!("{n} doubling copies applied in {:?}", started.elapsed());
+            };
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(1),
+                "{:?}",
+                started.elapsed()
+            );
+            assert_eq!(err.status_code(), 422, "{err}");
+            assert!(err.to_string().contains("copy"), "{err}");
+        }
+    }
+
+    #[test]
+    fn json_patch_operation_count_is_capped() {
+        let target = json!({"spec": {"replicas": 1}});
+        let ops = |n: usize| {
+            let op = json!({"op": "test", "path": "/spec/replicas", "value": 1});
+            serde_json::to_vec(&vec![op; n]).expect("serialize")
+        };
+        assert_eq!(
+            json_patch(&target, &ops(10_000)).expect("at the cap"),
+            target
+        );
+        let Err(err) = json_patch(&target, &ops(10_001)) else {
+            panic!("10,001 operations applied");
+        };
+        assert_eq!(err.status_code(), 413, "{err}");
+        assert_eq!(
+            err.to_string(),
+            "The allowed maximum operations in a JSON patch is 10000, got 10001"
+        );
+    }
+
+    #[test]
+    fn json_patch_errors_name_the_operation() {
+        let target = json!({"a": 1});
+        let patch = br#"[{"op": "test", "path": "/a", "value": 1},
+                         {"op": "copy", "from": "/nope", "path": "/b"}]"#;
+        let err = json_patch(&target, patch).expect_err("bad from");
+        assert_eq!(err.status_code(), 422);
+        assert!(
+            err.to_string()
+                .contains("operation '/1' failed at path '/b': \"from\" path is invalid"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn json_patch_results_stay_readable() {
+        // Stored objects are read back by a parser that nests at most 128 levels: a patch may
+        // not build one deeper.
+        let mut deep = json!(1);
+        for _ in 0..120 {
+            deep = json!([deep]);
+        }
+        let target = json!({"a": {"b": {"c": {}}}});
+        let patch = serde_json::to_vec(&json!([
+            {"op": "add", "path": "/a/b/c/d", "value": deep},
+            {"op": "copy", "from": "/a", "path": "/a/b/c/e"},
+        ]))
+        .expect("serialize");
+        let Err(err) = json_patch(&target, &patch) else {
+            panic!("a 125-level object was built");
+        };
+        assert_eq!(err.status_code(), 422, "{err}");
+        assert!(err.to_string().contains("nest"), "{err}");
     }
 }

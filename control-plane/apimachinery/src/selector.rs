@@ -9,6 +9,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1 as metav1;
 
 use crate::names;
 
+/// Longest label or field selector accepted. kube-apiserver sets no bound of its own (its HTTP
+/// server bounds the request line); this one holds wherever a selector comes from.
+pub const MAX_SELECTOR_LEN: usize = 64 * 1024;
+
+/// Most requirements (or field terms) one selector may have: every object a list or watch
+/// reads is matched against each of them.
+pub const MAX_REQUIREMENTS: usize = 100;
+
 /// Why a selector was rejected. The messages are meant to be returned verbatim in a 400 Status.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SelectorError {
@@ -47,6 +55,10 @@ pub enum SelectorError {
     InvalidFieldValue { value: String, reason: &'static str },
     #[error("field label not supported: {0}")]
     UnsupportedField(String),
+    #[error("the selector is {0} bytes long: at most {MAX_SELECTOR_LEN} are allowed")]
+    TooLong(usize),
+    #[error("the selector has too many requirements: at most {MAX_REQUIREMENTS} are allowed")]
+    TooManyRequirements,
 }
 
 /// A label requirement's operator (k8s.io/apimachinery/pkg/selection).
@@ -146,7 +158,8 @@ impl Requirement {
 
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
         let actual = labels.get(&self.key);
-        let in_set = |v: &String| self.values.iter().any(|x| x == v);
+        // Values are sorted (see `new`).
+        let in_set = |v: &String| self.values.binary_search(v).is_ok();
         match self.op {
             Operator::Equals | Operator::DoubleEquals | Operator::In => actual.is_some_and(in_set),
             // Like Kubernetes: a missing label satisfies `!=` and `notin`.
@@ -197,6 +210,9 @@ impl LabelSelector {
     /// (exists), `!a` (does not exist), `a>1`, `a<1`, comma-separated, whitespace tolerant.
     /// Empty string = everything.
     pub fn parse(s: &str) -> Result<Self, SelectorError> {
+        if s.len() > MAX_SELECTOR_LEN {
+            return Err(SelectorError::TooLong(s.len()));
+        }
         let mut parser = Parser {
             lexer: Lexer::new(s),
             peeked: None,
@@ -207,6 +223,9 @@ impl LabelSelector {
             return Ok(Self::default());
         }
         loop {
+            if requirements.len() == MAX_REQUIREMENTS {
+                return Err(SelectorError::TooManyRequirements);
+            }
             requirements.push(parser.requirement()?);
             match parser.next() {
                 Token::Comma => {}
@@ -549,11 +568,17 @@ impl FieldSelector {
     /// `allowed` = the field names the resource supports; others are rejected like Kubernetes'
     /// `field label not supported: x`. Values may escape `\,`, `\=` and `\\`.
     pub fn parse(s: &str, allowed: &[&str]) -> Result<Self, SelectorError> {
+        if s.len() > MAX_SELECTOR_LEN {
+            return Err(SelectorError::TooLong(s.len()));
+        }
         let mut terms = Vec::new();
         for part in split_unescaped_commas(s) {
             let part = part.trim();
             if part.is_empty() {
                 continue;
+            }
+            if terms.len() == MAX_REQUIREMENTS {
+                return Err(SelectorError::TooManyRequirements);
             }
             let (field, op, raw_value) = split_field_term(part)
                 .ok_or_else(|| SelectorError::InvalidFieldTerm(part.into()))?;
@@ -1000,5 +1025,44 @@ mod tests {
             SelectorError::InvalidFieldValue { .. }
         ));
         assert!(matches!(err("=x"), SelectorError::UnsupportedField(_)));
+    }
+
+    #[test]
+    fn selectors_are_bounded() {
+        let labels = |n: usize| (0..n).map(|i| format!("k{i}!=v")).collect::<Vec<_>>();
+        let fields = |n: usize| (0..n).map(|i| format!("a!=x{i}")).collect::<Vec<_>>();
+        assert_eq!(
+            LabelSelector::parse(&labels(100).join(","))
+                .unwrap()
+                .requirements()
+                .len(),
+            100
+        );
+        assert_eq!(
+            LabelSelector::parse(&labels(101).join(",")),
+            Err(SelectorError::TooManyRequirements)
+        );
+        assert!(FieldSelector::parse(&fields(100).join(","), &["a"]).is_ok());
+        assert_eq!(
+            FieldSelector::parse(&fields(101).join(","), &["a"]),
+            Err(SelectorError::TooManyRequirements)
+        );
+        // Length is checked before anything is parsed.
+        let long = format!("a in ({})", vec!["v"; 40_000].join(","));
+        assert_eq!(
+            LabelSelector::parse(&long),
+            Err(SelectorError::TooLong(long.len()))
+        );
+        let long = format!("a={}", "\\,".repeat(40_000));
+        assert_eq!(
+            FieldSelector::parse(&long, &["a"]),
+            Err(SelectorError::TooLong(long.len()))
+        );
+        // A large set is matched by lookup.
+        let set: Vec<String> = (0..5_000).map(|i| format!("v{i}")).collect();
+        let sel = LabelSelector::parse(&format!("a in ({})", set.join(","))).unwrap();
+        let labels = |v: &str| BTreeMap::from([("a".to_string(), v.to_string())]);
+        assert!(sel.matches(&labels("v4999")));
+        assert!(!sel.matches(&labels("w")));
     }
 }

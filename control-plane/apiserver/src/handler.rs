@@ -20,6 +20,12 @@ use crate::registry;
 use crate::status::{ApiError, ApiResult};
 
 pub fn router(api: Shared) -> Router {
+    router_with(api, &crate::inflight::Limits::default())
+}
+
+/// The router with the in-flight and per-user watch bounds of `limits` in front.
+pub fn router_with(api: Shared, limits: &crate::inflight::Limits) -> Router {
+    let inflight = crate::inflight::Inflight::new(api.clone(), limits);
     Router::new()
         .route("/healthz", get(health))
         .route("/livez", get(health))
@@ -27,6 +33,10 @@ pub fn router(api: Shared) -> Router {
         .route("/version", get(version))
         .fallback(dispatch)
         .with_state(api)
+        .layer(axum::middleware::from_fn_with_state(
+            inflight,
+            crate::inflight::limit,
+        ))
 }
 
 async fn health() -> &'static str {
@@ -34,10 +44,17 @@ async fn health() -> &'static str {
 }
 
 async fn ready(State(api): State<Shared>) -> Response {
-    // Ready when the store answers a read.
-    match api.store.get("/registry/core/namespaces/default").await {
-        Ok(_) => "ok".into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}")).into_response(),
+    // Ready when the store takes writes (reads are served from memory even when it does not).
+    match api.store.ready().await {
+        Ok(()) => "ok".into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "[-]etcd failed: {}\nreadyz check failed\n",
+                crate::status::causes(&e)
+            ),
+        )
+            .into_response(),
     }
 }
 

@@ -7,7 +7,9 @@ pub mod auth;
 pub mod context;
 pub mod discovery;
 pub mod error;
+pub mod events_ttl;
 pub mod handler;
+pub mod inflight;
 pub mod kubeconfig;
 pub mod kubelet;
 pub mod managed;
@@ -25,3 +27,7 @@ pub mod table;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_identity;
+#[cfg(test)]
+mod tests_limits;

@@ -1,11 +1,12 @@
-//! Starting the API server: PKI, tokens, store, bootstrap objects, kubeconfig, and the HTTPS
-//! accept loop (HTTP/1.1 and HTTP/2 over rustls).
+//! Starting the API server: PKI, tokens, store, bootstrap objects, kubeconfig, then serving
+//! HTTP/1.1 and HTTP/2 over rustls through the accept loop shared with the kubelet
+//! (kproxy-node-tls: handshake and idle timeouts, connection bound, accept back-off).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use kproxy_store::{Op, Store, StoreError, StoreOptions};
 use serde_json::json;
 
@@ -13,7 +14,7 @@ use crate::alloc::Ranges;
 use crate::auth::TokenStore;
 use crate::context::Api;
 use crate::error::{Error, Result};
-use crate::handler::router;
+use crate::handler::router_with;
 use crate::kubelet::KubeletClient;
 use crate::object;
 use crate::registry::{self, SYSTEM_NAMESPACES};
@@ -51,6 +52,17 @@ pub struct Options {
     /// Watch history kept in memory (events); older resourceVersions get 410 Gone.
     #[arg(long, default_value_t = 100_000)]
     pub history: usize,
+    /// Open connections at most; more wait in the listen backlog until one closes.
+    #[arg(long, default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Seconds a connection may stay with no request in flight (idle keep-alive, or a request
+    /// head not yet complete) before it is closed.
+    #[arg(long, default_value_t = 20)]
+    pub idle_timeout_seconds: u64,
+    #[command(flatten)]
+    pub limits: crate::inflight::Limits,
+    #[command(flatten)]
+    pub events: crate::events_ttl::EventTtl,
 }
 
 fn parse_range(s: &str) -> Result<(u16, u16), String> {
@@ -102,6 +114,17 @@ pub(crate) async fn bootstrap(store: &dyn Store) -> Result<()> {
 
 /// Runs until `shutdown` resolves; logs "API server ready" once the socket accepts connections.
 pub async fn run(opts: Options, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    // Every connection is a file descriptor: the bound on connections must fit under this.
+    let open_files = kproxy_node_tls::raise_open_files_limit();
+    if let Some(n) = open_files
+        && n < u64::try_from(opts.max_connections).unwrap_or(u64::MAX) + 256
+    {
+        tracing::warn!(
+            open_files = n,
+            max_connections = opts.max_connections,
+            "the open-file limit is below --max-connections: accept will fail (and back off) first"
+        );
+    }
     std::fs::create_dir_all(&opts.data_dir).map_err(Error::io("creating", &opts.data_dir))?;
     let pki = crate::pki::load_or_create(&opts.data_dir.join("pki"), &[opts.bind.ip()])?;
     let kubelet = KubeletClient::new(&pki.kubelet_client)?;
@@ -146,34 +169,19 @@ pub async fn run(opts: Options, shutdown: impl std::future::Future<Output = ()>)
         node_ports: opts.node_port_range,
     };
     let api = Api::new(store, tokens, ranges, kubelet, local.to_string());
-    let app = router(api.clone());
-    let acceptor = tokio_rustls::TlsAcceptor::from(pki.server_config.clone());
+    crate::events_ttl::spawn(api.store.clone(), &opts.events);
+    let app = router_with(api.clone(), &opts.limits);
+    let endpoint = kproxy_node_tls::Endpoint {
+        name: "API server",
+        http2: true,
+        handshake_timeout: kproxy_node_tls::HANDSHAKE_TIMEOUT,
+        idle_timeout: Duration::from_secs(opts.idle_timeout_seconds),
+        max_connections: opts.max_connections,
+    };
     tracing::info!(url = %server_url, revision = api.store.revision(), "API server ready");
-    tokio::pin!(shutdown);
-    loop {
-        let (tcp, _peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => { tracing::warn!(error = %e, "accept"); continue; }
-            },
-            () = &mut shutdown => break,
-        };
-        let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let app = app.clone();
-        tokio::spawn(async move {
-            let tls = match acceptor.accept(tcp).await {
-                Ok(t) => t,
-                Err(e) => {
-                    tracing::debug!(error = %e, "TLS handshake");
-                    return;
-                }
-            };
-            let svc = hyper_util::service::TowerToHyperService::new(app);
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection_with_upgrades(TokioIo::new(tls), svc)
-                .await;
-        });
+    tokio::select! {
+        () = kproxy_node_tls::serve(listener, pki.server_config.clone(), app, &endpoint) => {}
+        () = shutdown => {}
     }
     tracing::info!("API server stopped");
     Ok(())

@@ -187,9 +187,23 @@ impl From<kproxy_store::StoreError> for ApiError {
             kproxy_store::StoreError::Compacted { requested, oldest } => {
                 ApiError::gone(format!("too old resource version: {requested} ({oldest})"))
             }
-            other => ApiError::internal(other),
+            // The whole chain, so clients see the cause ("No space left on device"), as
+            // kube-apiserver passes etcd's "mvcc: database space exceeded" on.
+            other => ApiError::internal(causes(&other)),
         }
     }
+}
+
+/// An error and its sources, joined with ": ".
+pub fn causes(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut next = err.source();
+    while let Some(e) = next {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        next = e.source();
+    }
+    out
 }
 
 impl IntoResponse for ApiError {

@@ -1,15 +1,25 @@
 //! core/v1 Events as kube-controller-manager and kube-scheduler write them (`ScalingReplicaSet`,
 //! `SuccessfulCreate`, `FailedScheduling`, ...), so `kubectl describe` tells what happened.
 //! Sent in the background: an event that cannot be written never holds up a reconcile.
+//! Repeats are aggregated as client-go's recorder does (one object, a growing `count`).
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
 
 use jiff::Timestamp;
 use k8s_openapi::{
     api::core::v1::{Event, EventSource, ObjectReference},
     apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
 };
-use kube::{Api, Client, api::PostParams};
+use kproxy_apimachinery::events::{Correlator, Write, patch_body};
+use kube::{
+    Api, Client,
+    api::{Patch, PatchParams, PostParams},
+};
+use tokio::sync::mpsc::{self, error::TrySendError};
 use tracing::warn;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,8 +43,15 @@ pub struct Recorder {
     client: Client,
     component: &'static str,
     /// Per-object rate limit, for controllers that can emit an event per child.
-    budget: Option<std::sync::Arc<Budget>>,
+    budget: Option<Arc<Budget>>,
+    /// The writer task's queue (started on the first event, shared by clones). One writer, so
+    /// events are written in order and a repeat finds the object its first occurrence created.
+    sink: Arc<Mutex<Option<mpsc::Sender<Event>>>>,
 }
+
+/// Events waiting for the writer; beyond this they are dropped, as client-go's broadcaster
+/// drops them, rather than grow without bound while the API server is away.
+const QUEUE: usize = 1000;
 
 /// The Event object (pure, for tests). Named `<object>.<hex nanos>` like Kubernetes' events.
 pub fn build(
@@ -80,6 +97,7 @@ impl Recorder {
             client,
             component,
             budget: None,
+            sink: Arc::default(),
         }
     }
 
@@ -87,7 +105,7 @@ impl Recorder {
     #[must_use]
     pub fn throttled(client: Client, component: &'static str) -> Self {
         Self {
-            budget: Some(std::sync::Arc::default()),
+            budget: Some(Arc::default()),
             ..Self::new(client, component)
         }
     }
@@ -107,16 +125,64 @@ impl Recorder {
             message,
             Timestamp::now(),
         );
-        let api: Api<Event> = Api::namespaced(
-            self.client.clone(),
-            ev.metadata.namespace.as_deref().unwrap_or("default"),
-        );
-        tokio::spawn(async move {
-            if let Err(e) = api.create(&PostParams::default(), &ev).await {
-                warn!(error = %e, reason = ev.reason.as_deref().unwrap_or(""), "cannot write event");
-            }
-        });
+        self.enqueue(ev);
     }
+
+    fn enqueue(&self, ev: Event) {
+        let mut sink = self.sink.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut ev = ev;
+        if let Some(tx) = sink.as_ref() {
+            match tx.try_send(ev) {
+                Ok(()) => return,
+                Err(TrySendError::Full(ev)) => {
+                    warn!(
+                        reason = ev.reason.as_deref().unwrap_or_default(),
+                        "event queue full; dropping an event"
+                    );
+                    return;
+                }
+                // The runtime that ran the writer is gone (tests run one per test).
+                Err(TrySendError::Closed(back)) => ev = back,
+            }
+        }
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(write_events(self.client.clone(), rx));
+        let _ = tx.try_send(ev);
+        *sink = Some(tx);
+    }
+}
+
+async fn write_events(client: Client, mut rx: mpsc::Receiver<Event>) {
+    let mut correlator = Correlator::default();
+    while let Some(ev) = rx.recv().await {
+        let reason = ev.reason.clone().unwrap_or_default();
+        if let Err(e) = write(&client, correlator.observe(ev)).await {
+            warn!(error = %e, reason, "cannot write event");
+        }
+    }
+}
+
+/// Creates a new event, or patches the count of the object a repeat belongs to (creating it
+/// again if it expired meanwhile).
+async fn write(client: &Client, w: Write) -> Result<(), kube::Error> {
+    let ev = match &w {
+        Write::Create(ev) | Write::Patch(ev) => ev,
+    };
+    let api: Api<Event> = Api::namespaced(
+        client.clone(),
+        ev.metadata.namespace.as_deref().unwrap_or("default"),
+    );
+    if let Write::Patch(ev) = &w {
+        let name = ev.metadata.name.as_deref().unwrap_or_default();
+        match api
+            .patch(name, &PatchParams::default(), &Patch::Merge(patch_body(ev)))
+            .await
+        {
+            Err(kube::Error::Api(s)) if s.is_not_found() => {}
+            other => return other.map(drop),
+        }
+    }
+    api.create(&PostParams::default(), ev).await.map(drop)
 }
 
 /// client-go's event spam filter per object: a burst of 25, then one per 5 minutes.

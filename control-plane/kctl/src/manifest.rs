@@ -333,4 +333,34 @@ spec:
         assert!(load_all(&[root.join("missing.yaml").display().to_string()]).is_err());
         assert!(load_all(&[root.join("sub/deeper").display().to_string()]).is_err());
     }
+
+    /// A ConfigMap whose `b` is 20,000 references to a 20,000-element list: 400 million
+    /// nodes if it were expanded.
+    fn alias_bomb() -> String {
+        let items = vec!["x"; 20_000].join(",");
+        let refs = vec!["*a"; 20_000].join(",");
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: bomb}}\n\
+             data:\n  a: &a [{items}]\n  b: [{refs}]\n"
+        )
+    }
+
+    #[test]
+    fn yaml_alias_bombs_are_refused_not_expanded() {
+        // `kctl apply -f bomb.yaml`: refused while reading the file, naming it.
+        let dir = TempDir::new("bomb");
+        let path = dir.0.join("bomb.yaml");
+        std::fs::write(&path, alias_bomb()).unwrap();
+        let started = std::time::Instant::now();
+        let err = load_all(&[path.display().to_string()]).expect_err("an alias bomb");
+        let took = started.elapsed();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("bomb.yaml"), "{msg}");
+        assert!(
+            msg.contains("too large once its aliases are expanded"),
+            "{msg}"
+        );
+        // A debug build; a release build refuses it in milliseconds.
+        assert!(took < std::time::Duration::from_secs(3), "{took:?}");
+    }
 }

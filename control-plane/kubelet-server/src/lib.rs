@@ -74,7 +74,13 @@ pub async fn serve(
         docker,
         stop: stop_rx,
     }));
-    kproxy_node_tls::serve(listener, tls, app, "kubelet server").await;
+    kproxy_node_tls::serve(
+        listener,
+        tls,
+        app,
+        &kproxy_node_tls::Endpoint::node("kubelet server"),
+    )
+    .await;
     Ok(())
 }
 

@@ -17,6 +17,7 @@ mod probe;
 mod runtime;
 mod shared;
 mod status;
+mod subpath;
 mod volumes;
 
 use std::{net::Ipv4Addr, path::PathBuf, sync::Arc, time::Duration};

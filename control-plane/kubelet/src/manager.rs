@@ -153,13 +153,15 @@ fn docker_events(shared: &Arc<Shared>) -> impl futures::Stream<Item = String> + 
     })
 }
 
-/// Tears down containers and addresses of pods that are no longer bound here.
+/// Tears down containers, pod directories (and their subPath mounts) and addresses of pods
+/// that are no longer bound here.
 async fn remove_orphans(shared: Arc<Shared>, live: HashSet<String>) {
-    // Snapshot what exists first: containers and addresses of this node.
+    // Snapshot what exists first: containers, pod directories and addresses of this node.
     let containers = match shared.runtime.pod_uids().await {
         Ok(u) => u,
         Err(e) => return warn!(error = %format_args!("{e:#}"), "looking for orphaned containers"),
     };
+    let dirs = crate::volumes::pod_uids(&shared.state_dir);
     let addresses: Vec<String> = shared
         .net
         .ipam
@@ -170,7 +172,10 @@ async fn remove_orphans(shared: Arc<Shared>, live: HashSet<String>) {
         .cloned()
         .collect();
     let suspects = |uid: &String| !live.contains(uid);
-    if !containers.keys().any(suspects) && !addresses.iter().any(suspects) {
+    if !containers.keys().any(suspects)
+        && !addresses.iter().any(suspects)
+        && !dirs.iter().any(suspects)
+    {
         return;
     }
     // A pod bound after the watch's listing is not in `live`, yet its worker may already have
@@ -189,9 +194,19 @@ async fn remove_orphans(shared: Arc<Shared>, live: HashSet<String>) {
             warn!(%uid, error = %format_args!("{e:#}"), "removing an orphaned pod");
         }
     }
-    for uid in addresses
+    // A pod whose containers are gone may still have mounts in its directory.
+    for uid in dirs
         .iter()
         .filter(|u| orphan(u) && !containers.contains_key(*u))
+    {
+        info!(%uid, "removing the directory of a pod that is gone");
+        if let Err(e) = teardown(&shared, uid, Duration::ZERO).await {
+            warn!(%uid, error = %format_args!("{e:#}"), "removing an orphaned pod directory");
+        }
+    }
+    for uid in addresses
+        .iter()
+        .filter(|u| orphan(u) && !containers.contains_key(*u) && !dirs.contains(*u))
     {
         if let Err(e) = shared.net.release(uid).await {
             warn!(%uid, error = %format_args!("{e:#}"), "releasing an orphaned address");

@@ -18,7 +18,7 @@ use kube::{
     api::{DeleteParams, PostParams, Preconditions},
 };
 use tokio::sync::{Notify, watch};
-use tracing::{debug, info, instrument, warn};
+use tracing::{debug, error, info, instrument, warn};
 
 use crate::{
     create::{self, Failure, Pulls},
@@ -509,6 +509,12 @@ pub async fn teardown<R: PodRuntime>(shared: &Shared<R>, uid: &str, grace: Durat
     }
     shared.net.release(uid).await?;
     let dir = crate::volumes::pod_dir(&shared.state_dir, uid);
+    // Unmounted first: removing recursively across a subPath mount would delete the volume's
+    // (for hostPath, the host's) files.
+    if let Err(e) = crate::subpath::clean(&dir) {
+        error!(error = %format_args!("{e:#}"), "unmounting the pod's subPaths: its directory stays");
+        return Err(e.context("unmounting the pod's subPaths"));
+    }
     match std::fs::remove_dir_all(&dir) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             Err(e).with_context(|| format!("removing {}", dir.display()))

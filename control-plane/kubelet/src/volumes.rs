@@ -6,13 +6,13 @@
 //!
 //! A `subPath` is resolved inside its volume with `openat2(RESOLVE_BENEATH)`: a container can
 //! write symlinks into a shared volume, and one that leads out of it (`evil -> /`) must not
-//! give another container the host's files (CVE-2017-1002101). Docker gets the resolved path.
+//! give another container the host's files (CVE-2017-1002101). Docker gets a kubelet-owned
+//! bind mount of what was opened ([`subpath`](crate::subpath)), not a path it would resolve
+//! again.
 
 use std::{
-    os::{
-        fd::{AsRawFd as _, OwnedFd},
-        unix::fs::FileTypeExt as _,
-    },
+    collections::HashSet,
+    os::{fd::OwnedFd, unix::fs::FileTypeExt as _},
     path::{Component, Path, PathBuf},
 };
 
@@ -26,6 +26,16 @@ use nix::{
 /// Where the pod's emptyDir volumes live.
 pub fn pod_dir(state: &Path, uid: &str) -> PathBuf {
     state.join("pods").join(uid)
+}
+
+/// The uids of the pods that have a directory under the kubelet's state.
+pub fn pod_uids(state: &Path) -> HashSet<String> {
+    std::fs::read_dir(state.join("pods"))
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect()
 }
 
 /// A relative path that stays inside its volume (lexically; symlinks are checked when it is
@@ -80,13 +90,20 @@ pub enum Source {
     HostPath(HostPathType),
 }
 
+/// A subPath of a volume and the kubelet-owned path it is bind-mounted onto.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubPath {
+    pub path: String,
+    pub target: PathBuf,
+}
+
 /// One mount: the volume's host path, the subPath in it, container path, read-only.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bind {
     pub volume: String,
     pub root: PathBuf,
     pub source: Source,
-    pub sub_path: Option<String>,
+    pub sub_path: Option<SubPath>,
     pub container: String,
     pub read_only: bool,
 }
@@ -116,7 +133,7 @@ pub fn binds(pod: &Pod, c: &Container, pod_dir: &Path) -> Result<Vec<Bind>, Stri
         .and_then(|s| s.volumes.clone())
         .unwrap_or_default();
     let mut out = Vec::new();
-    for m in c.volume_mounts.iter().flatten() {
+    for (index, m) in c.volume_mounts.iter().flatten().enumerate() {
         let v = volumes
             .iter()
             .find(|v| v.name == m.name)
@@ -145,10 +162,16 @@ pub fn binds(pod: &Pod, c: &Container, pod_dir: &Path) -> Result<Vec<Bind>, Stri
                 v.name
             ));
         };
-        let sub_path = m.sub_path.clone().filter(|s| !s.is_empty());
-        if let Some(sub) = &sub_path {
-            safe_sub_path(sub)?;
-        }
+        let sub_path = match m.sub_path.as_deref().filter(|s| !s.is_empty()) {
+            Some(sub) => {
+                safe_sub_path(sub)?;
+                Some(SubPath {
+                    path: sub.to_string(),
+                    target: crate::subpath::target(pod_dir, &v.name, &c.name, index)?,
+                })
+            }
+            None => None,
+        };
         out.push(Bind {
             volume: v.name.clone(),
             root,
@@ -162,7 +185,7 @@ pub fn binds(pod: &Pod, c: &Container, pod_dir: &Path) -> Result<Vec<Bind>, Stri
 }
 
 /// Makes the binds' host paths ready (emptyDir directories, hostPath checks, subPaths resolved
-/// inside their volume); returns Docker's bind strings.
+/// inside their volume and bind-mounted onto their targets); returns Docker's bind strings.
 pub fn prepare(binds: &[Bind]) -> Result<Vec<String>, MountError> {
     binds
         .iter()
@@ -177,8 +200,19 @@ pub fn prepare(binds: &[Bind]) -> Result<Vec<String>, MountError> {
                 Source::HostPath(kind) => check_host_path(&b.root, kind).map_err(err)?,
             }
             let host = match &b.sub_path {
-                Some(sub) => resolve_sub_path(&b.root, sub)
-                    .map_err(|e| err(format!("subPath {sub:?} of volume {:?}: {e}", b.volume)))?,
+                Some(sub) => {
+                    let failed = |e: String| {
+                        err(format!(
+                            "subPath {:?} of volume {:?}: {e}",
+                            sub.path, b.volume
+                        ))
+                    };
+                    let fd = open_sub_path(&b.root, &sub.path).map_err(failed)?;
+                    crate::subpath::bind(&fd, &sub.target).map_err(|e| failed(format!("{e:#}")))?;
+                    // The mount holds the directory now; the fd may go.
+                    drop(fd);
+                    sub.target.clone()
+                }
                 None => b.root.clone(),
             };
             if host.to_string_lossy().contains(':') {
@@ -270,9 +304,9 @@ fn describe(e: Errno) -> String {
     }
 }
 
-/// The host path of `sub` inside the volume at `root`, symlinks resolved without leaving the
+/// Opens `sub` inside the volume at `root` (`O_PATH`), symlinks resolved without leaving the
 /// volume; missing directories are created (each under a parent opened beneath the root).
-pub fn resolve_sub_path(root: &Path, sub: &str) -> Result<PathBuf, String> {
+pub fn open_sub_path(root: &Path, sub: &str) -> Result<OwnedFd, String> {
     let root_fd = nix::fcntl::open(
         root,
         OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
@@ -280,8 +314,8 @@ pub fn resolve_sub_path(root: &Path, sub: &str) -> Result<PathBuf, String> {
     )
     .map_err(|e| format!("opening the volume {}: {}", root.display(), e.desc()))?;
     let target = Path::new(sub);
-    let fd = match open_beneath(&root_fd, target) {
-        Ok(fd) => fd,
+    match open_beneath(&root_fd, target) {
+        Ok(fd) => Ok(fd),
         Err(Errno::ENOENT) => {
             let mut prefix = PathBuf::new();
             for comp in target.components() {
@@ -311,19 +345,26 @@ pub fn resolve_sub_path(root: &Path, sub: &str) -> Result<PathBuf, String> {
                     Err(e) => return Err(describe(e)),
                 }
             }
-            open_beneath(&root_fd, target).map_err(describe)?
+            open_beneath(&root_fd, target).map_err(describe)
         }
-        Err(e) => return Err(describe(e)),
-    };
-    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-        .map_err(|e| format!("reading where it leads: {e}"))
+        Err(e) => Err(describe(e)),
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::os::unix::fs::symlink;
+    use std::os::{
+        fd::AsRawFd as _,
+        unix::fs::{MetadataExt as _, symlink},
+    };
 
     use super::*;
+
+    /// Where `sub` leads, read back from the opened file.
+    fn resolve_sub_path(root: &Path, sub: &str) -> Result<PathBuf, String> {
+        let fd = open_sub_path(root, sub)?;
+        Ok(std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap())
+    }
 
     fn pod(volumes: &serde_json::Value) -> Pod {
         serde_json::from_value(serde_json::json!({
@@ -371,7 +412,13 @@ mod tests {
         let b = binds(&p, &c, dir).unwrap();
         assert_eq!(b[0].root, Path::new("/state/pods/u1/volumes/scratch"));
         assert_eq!(b[0].source, Source::EmptyDir);
-        assert_eq!(b[1].sub_path.as_deref(), Some("a/b"));
+        assert_eq!(
+            b[1].sub_path,
+            Some(SubPath {
+                path: "a/b".into(),
+                target: "/state/pods/u1/volume-subpaths/scratch/c/1".into()
+            })
+        );
         assert_eq!(b[2].root, Path::new("/var/log"));
         assert_eq!(b[2].source, Source::HostPath(HostPathType::Directory));
         assert!(b[2].read_only);
@@ -410,26 +457,66 @@ mod tests {
         );
     }
 
+    fn sub(path: &str, target: PathBuf) -> SubPath {
+        SubPath {
+            path: path.into(),
+            target,
+        }
+    }
+
     #[test]
     fn prepare_creates_empty_dirs_and_sub_paths() {
         let tmp = Tmp::new("prepare");
         let root = tmp.0.join("volumes/x");
-        let bind = |sub: Option<&str>| Bind {
+        let bind = |sub_path: Option<SubPath>| Bind {
             volume: "x".into(),
             root: root.clone(),
             source: Source::EmptyDir,
-            sub_path: sub.map(String::from),
+            sub_path,
             container: "/x".into(),
             read_only: false,
         };
         assert_eq!(
-            prepare(&[bind(None), bind(Some("a/b"))]).unwrap(),
+            prepare(&[bind(None)]).unwrap(),
+            [format!("{}:/x", root.display())]
+        );
+        assert!(root.is_dir());
+        // Bind mounts need root; the privileged e2e tests cover them too.
+        if std::fs::metadata("/proc/self").map_or(true, |m| m.uid() != 0) {
+            return;
+        }
+        std::fs::create_dir_all(root.join("f")).unwrap();
+        std::fs::write(root.join("f/file"), "in the volume").unwrap();
+        let dir_target = tmp.0.join("volume-subpaths/x/c/0");
+        let file_target = tmp.0.join("volume-subpaths/x/c/1");
+        let binds = [
+            bind(Some(sub("a/b", dir_target.clone()))),
+            bind(Some(sub("f/file", file_target.clone()))),
+        ];
+        let mounted = prepare(&binds);
+        // A second attempt replaces the mounts instead of stacking them.
+        let again = prepare(&binds);
+        let ino = |p: &Path| std::fs::metadata(p).map(|m| (m.dev(), m.ino())).unwrap();
+        let seen = (ino(&dir_target), std::fs::read_to_string(&file_target));
+        let points = crate::subpath::mounts_under(&tmp.0).unwrap();
+        crate::subpath::clean(&tmp.0).unwrap();
+        assert_eq!(
+            mounted.unwrap(),
             [
-                format!("{}:/x", root.display()),
-                format!("{}:/x", root.join("a/b").display())
+                format!("{}:/x", dir_target.display()),
+                format!("{}:/x", file_target.display())
             ]
         );
-        assert!(root.join("a/b").is_dir());
+        again.unwrap();
+        assert_eq!(seen.0, ino(&root.join("a/b")));
+        assert_eq!(seen.1.unwrap(), "in the volume");
+        assert_eq!(points.len(), 2, "{points:?}");
+        assert!(!tmp.0.join("volume-subpaths").exists());
+        assert!(crate::subpath::mounts_under(&tmp.0).unwrap().is_empty());
+        assert_eq!(
+            std::fs::read_to_string(root.join("f/file")).unwrap(),
+            "in the volume"
+        );
     }
 
     #[test]
@@ -472,7 +559,7 @@ mod tests {
             volume: "v".into(),
             root: root.clone(),
             source: Source::EmptyDir,
-            sub_path: Some("evil".into()),
+            sub_path: Some(sub("evil", tmp.0.join("volume-subpaths/v/c/0"))),
             container: "/m".into(),
             read_only: true,
         };

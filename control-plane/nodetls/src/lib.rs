@@ -8,22 +8,21 @@
 //! - Client certificates are required and verified against the cluster CA, which signs the
 //!   API server's kubelet-client certificate: only the API server gets an answer.
 //! - The CA comes from the node's kubeconfig ([`kubeconfig_ca`]), as the kubelet's does.
-//! - [`serve`]: the accept loop (TLS handshake with a timeout, HTTP/1.1 with upgrades).
+//! - [`serve`]: the accept loop, shared with the API server (timeouts for the handshake and
+//!   idle connections, a bound on open connections, accept back-off; HTTP/1.1 with upgrades,
+//!   and HTTP/2 where the endpoint allows it).
 #![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, SanType};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
-use tokio::net::TcpListener;
-use tokio::task::JoinSet;
 
-/// A TLS handshake (or the request line after it) taking longer than this is dropped.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub use serve::{Endpoint, HANDSHAKE_TIMEOUT, hold, raise_open_files_limit, serve};
+
+mod serve;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -244,59 +243,6 @@ pub fn kubeconfig_ca(k: &kube::config::Kubeconfig) -> Result<Vec<u8>, TlsError> 
     Err(TlsError::Kubeconfig(
         "the kubeconfig names no CA; pass --client-ca-file".into(),
     ))
-}
-
-/// Serves `app` over mutual TLS on `listener` until the future is dropped (which also ends
-/// every open connection). `what` names the endpoint in the log.
-pub async fn serve(
-    listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
-    app: axum::Router,
-    what: &'static str,
-) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    if let Ok(addr) = listener.local_addr() {
-        tracing::info!(endpoint = what, %addr, "listening");
-    }
-    let mut conns = JoinSet::new();
-    loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(endpoint = what, error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        while conns.try_join_next().is_some() {}
-        let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let app = app.clone();
-        conns.spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::info!(endpoint = what, %peer, error = %e, "TLS handshake refused");
-                    return;
-                }
-                Err(_) => {
-                    tracing::info!(endpoint = what, %peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let svc = hyper_util::service::TowerToHyperService::new(app);
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .header_read_timeout(HANDSHAKE_TIMEOUT)
-                .timer(hyper_util::rt::TokioTimer::new())
-                .serve_connection(TokioIo::new(tls), svc)
-                .with_upgrades()
-                .await
-            {
-                tracing::debug!(endpoint = what, %peer, error = %e, "connection ended with an error");
-            }
-        });
-    }
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -22,6 +23,8 @@ pub(crate) struct EngineStore<E> {
     requests: Option<mpsc::UnboundedSender<Request>>,
     notify: watch::Receiver<u64>,
     writer: Option<JoinHandle<()>>,
+    /// False while commits fail (see [`Store::ready`]).
+    healthy: Arc<AtomicBool>,
 }
 
 impl<E: Engine> EngineStore<E> {
@@ -34,12 +37,15 @@ impl<E: Engine> EngineStore<E> {
         let shared = Arc::new(Shared::new(revision, history));
         let (tx, rx) = mpsc::unbounded_channel();
         let (notify_tx, notify_rx) = watch::channel(0);
+        let healthy = Arc::new(AtomicBool::new(true));
         let writer = Writer {
             engine: engine.clone(),
             shared: shared.clone(),
             requests: rx,
             notify: notify_tx,
             revision,
+            healthy: Arc::clone(&healthy),
+            failure: None,
         };
         // A plain thread: commits block on fsync, and the store may be built outside a runtime.
         let handle = std::thread::Builder::new()
@@ -60,7 +66,19 @@ impl<E: Engine> EngineStore<E> {
             requests: Some(tx),
             notify: notify_rx,
             writer,
+            healthy,
         }
+    }
+
+    /// Queues `ops` (empty: a readiness probe) for the writer and awaits its answer.
+    async fn send(&self, ops: Vec<Op>) -> Result<Vec<KeyValue>, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .as_ref()
+            .ok_or_else(writer_gone)?
+            .send(Request { ops, reply })
+            .map_err(|_| writer_gone())?;
+        answer.await.map_err(|_| writer_gone())?
     }
 }
 
@@ -219,13 +237,15 @@ impl<E: Engine> Store for EngineStore<E> {
         if ops.is_empty() {
             return Ok(Vec::new());
         }
-        let (reply, answer) = oneshot::channel();
-        self.requests
-            .as_ref()
-            .ok_or_else(writer_gone)?
-            .send(Request { ops, reply })
-            .map_err(|_| writer_gone())?;
-        answer.await.map_err(|_| writer_gone())?
+        self.send(ops).await
+    }
+
+    async fn ready(&self) -> Result<(), StoreError> {
+        if self.healthy.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        // Through the writer, which retries its storage on the way.
+        self.send(Vec::new()).await.map(drop)
     }
 
     fn watch(&self, prefix: &str, after: Revision) -> Result<Watch, StoreError> {

@@ -37,5 +37,14 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Atomically (and durably, if the engine is durable) applies `changes` and records
     /// `revision` as the current revision: after a crash either all of it is visible or none.
+    /// A failed commit changes nothing readers see; the writer calls [`Engine::recover`] before
+    /// committing again.
     fn commit(&self, revision: Revision, changes: &[Change]) -> Result<(), EngineError>;
+
+    /// Makes the engine writable again after a failed commit (e.g. the disk was full), with its
+    /// durable state equal to what it reported committed. An error means it is still not
+    /// writable; the writer tries again later.
+    fn recover(&self) -> Result<(), EngineError> {
+        Ok(())
+    }
 }

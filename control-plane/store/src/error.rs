@@ -1,6 +1,7 @@
 //! The store's error types: [`StoreError`] for callers of the store, [`EngineError`] for the
 //! storage engines under it.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::types::Revision;
@@ -78,6 +79,17 @@ pub enum EngineError {
     /// A stored record does not decode.
     #[error("corrupt record for key {key:?}: {reason}")]
     Corrupt { key: String, reason: String },
+    /// The store file cannot be read as a store (damaged, or not a store at all).
+    #[error(
+        "store file {} is corrupt; restore it from a backup, or move it away to start with an \
+         empty store",
+        path.display()
+    )]
+    CorruptFile {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl EngineError {

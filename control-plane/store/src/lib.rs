@@ -17,8 +17,12 @@
 //!   history gives [`StoreError::Compacted`]; a watcher overtaken by the bound gets
 //!   [`StoreError::WatcherLagged`] once and must re-list. History is not persisted: after a
 //!   restart `compacted_revision() == revision()`.
+//! - A failed commit (a full disk, an I/O error) fails its batch and changes nothing; until the
+//!   engine recovers (the redb engine reopens its file, at most every 500 ms, on the next write
+//!   or [`Store::ready`]) writes fail at once and `ready` reports the cause.
 #![forbid(unsafe_code)]
 
+mod catch;
 mod core;
 mod engine;
 mod error;
@@ -28,6 +32,8 @@ mod redb_engine;
 mod types;
 mod writer;
 
+#[cfg(test)]
+mod fault_tests;
 #[cfg(test)]
 mod tests;
 
@@ -85,6 +91,11 @@ pub trait Store: Send + Sync + 'static {
     /// txn in op order), first from retained history, then live. `after` older than the retained
     /// history → Err(Compacted). `after == 0` means "from now" (only live events).
     fn watch(&self, prefix: &str, after: Revision) -> Result<Watch, StoreError>;
+
+    /// Whether writes commit. After a failed commit (a full disk, an I/O error) this is the
+    /// cause until the store has made its storage writable again; asking retries that, as the
+    /// next write does. Reads keep working meanwhile.
+    async fn ready(&self) -> Result<(), StoreError>;
 
     /// The latest committed revision.
     fn revision(&self) -> Revision;
@@ -148,7 +159,8 @@ pub fn memory(opts: StoreOptions) -> Arc<dyn Store> {
     ))
 }
 
-/// Opens (or creates) a durable store in the redb file at `path`.
+/// Opens (or creates) a durable store in the redb file at `path`. A damaged file (or one that
+/// is not a store) is [`EngineError::CorruptFile`].
 pub fn open_redb(path: &Path, opts: StoreOptions) -> Result<Arc<dyn Store>, EngineError> {
     with_engine(redb_engine::RedbEngine::open(path)?, opts)
 }

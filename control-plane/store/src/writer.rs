@@ -4,6 +4,8 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -15,8 +17,14 @@ use crate::types::{Event, EventKind, KeyValue, Op, Revision};
 /// Upper bound on txns per batch, so one huge burst cannot delay its first callers for long.
 const MAX_BATCH: usize = 1024;
 
+/// After a failed commit, how often the writer tries to make the engine writable again; in
+/// between, writes fail at once with the last cause (a full disk stays full for a while, and
+/// reopening a large file is not free).
+const RECOVER_EVERY: Duration = Duration::from_millis(500);
+
 pub(crate) type Reply = oneshot::Sender<Result<Vec<KeyValue>, StoreError>>;
 
+/// A txn; empty `ops` is a readiness probe (the store never queues an empty txn).
 pub(crate) struct Request {
     pub ops: Vec<Op>,
     pub reply: Reply,
@@ -121,6 +129,10 @@ pub(crate) struct Writer<E> {
     pub notify: watch::Sender<u64>,
     /// Last committed revision (the writer is its only author).
     pub revision: Revision,
+    /// False from a failed commit until the engine recovered (the store's readiness).
+    pub healthy: Arc<AtomicBool>,
+    /// When recovery was last tried, and the failure it is still recovering from.
+    pub failure: Option<(Instant, Arc<EngineError>)>,
 }
 
 impl<E: Engine> Writer<E> {
@@ -140,11 +152,48 @@ impl<E: Engine> Writer<E> {
         tracing::debug!(revision = self.revision, "store writer stopped");
     }
 
+    /// Makes the engine writable again after a failed commit, at most every [`RECOVER_EVERY`].
+    fn recover(&mut self) -> Result<(), Arc<EngineError>> {
+        let Some((tried, cause)) = &self.failure else {
+            return Ok(());
+        };
+        if tried.elapsed() < RECOVER_EVERY {
+            return Err(Arc::clone(cause));
+        }
+        match self.engine.recover() {
+            Ok(()) => {
+                tracing::info!(revision = self.revision, "store writable again");
+                self.failure = None;
+                self.healthy.store(true, Ordering::Release);
+                Ok(())
+            }
+            Err(err) => {
+                let err = Arc::new(err);
+                self.failure = Some((Instant::now(), Arc::clone(&err)));
+                Err(err)
+            }
+        }
+    }
+
     fn process(&mut self, batch: &mut Vec<Request>) {
+        if let Err(cause) = self.recover() {
+            for Request { reply, .. } in batch.drain(..) {
+                let _ = reply.send(Err(StoreError::Backend {
+                    action: "recovering storage after a failed commit",
+                    source: Arc::clone(&cause),
+                }));
+            }
+            return;
+        }
         let mut overlay: HashMap<String, Option<KeyValue>> = HashMap::new();
         let mut revision = self.revision;
         let mut outcomes = Vec::with_capacity(batch.len());
         for Request { ops, reply } in batch.drain(..) {
+            if ops.is_empty() {
+                // A probe: reaching here means the engine takes writes.
+                outcomes.push((reply, Ok((Vec::new(), Vec::new()))));
+                continue;
+            }
             let engine = &self.engine;
             let lookup = |key: &str| match overlay.get(key) {
                 Some(v) => Ok(v.clone()),
@@ -182,8 +231,10 @@ impl<E: Engine> Writer<E> {
                         "store commit failed"
                     );
                     // Nothing of the batch is in the engine; every txn that would have
-                    // committed fails with the cause.
+                    // committed fails with the cause, and later ones until it recovers.
                     let err = Arc::new(err);
+                    self.healthy.store(false, Ordering::Release);
+                    self.failure = Some((Instant::now(), Arc::clone(&err)));
                     for (_, outcome) in &mut outcomes {
                         if outcome.is_ok() {
                             *outcome = Err(StoreError::Backend {

@@ -1,12 +1,20 @@
 //! `cargo xtask bench api`: the API server under load from kube-rs clients (kpt-apiload), with
 //! the embedded redb store (durable before each answer) and, side by side, the in-memory
-//! store as the reference for what durability costs. Results: target/bench/api.{md,svg}.
+//! store as the reference for what durability costs; then a fresh server under 2,000 idle
+//! connections and a JSON-patch bomb (memory, `/healthz` latency). Results:
+//! target/bench/api.{md,svg}.
 
-use std::{fmt::Write as _, path::Path, time::Instant};
+use std::{
+    fmt::Write as _,
+    net::TcpStream,
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use kproxy_tests::apiserver::{ApiServer, TempDir};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use super::{
     chart::{Axis, Chart},
@@ -107,10 +115,151 @@ fn one(b: &ApiBench, target: &Path, store: &'static str, with_watch: bool) -> Re
     })
 }
 
+/// Idle connections held open during [`pressure`].
+const IDLE_CONNECTIONS: usize = 2000;
+
+/// The server under [`IDLE_CONNECTIONS`] idle connections and a patch bomb.
+struct Pressure {
+    rss_max_mib: f64,
+    hwm_mib: f64,
+    healthz_p50_ms: f64,
+    healthz_p99_ms: f64,
+    healthz_failed: usize,
+    probes: usize,
+    bomb_status: u16,
+    bomb_ms: f64,
+}
+
+/// Raises this process's soft open-file limit to its hard limit: the idle connections need
+/// one descriptor each.
+fn raise_open_files() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid resource and a valid rlimit to fill or read.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &raw const lim);
+        }
+    }
+}
+
+/// One `/healthz` through curl on a fresh connection (handshake included): the status and
+/// curl's own total time, in ms.
+fn healthz(url: &str, ca: &Path) -> (u16, f64) {
+    let out = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "--max-time", "5", "--cacert"])
+        .arg(ca)
+        .args(["-w", "%{http_code} %{time_total}"])
+        .arg(format!("{url}/healthz"))
+        .output();
+    let text = out
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let mut f = text.split_whitespace();
+    let code = f.next().and_then(|c| c.parse().ok()).unwrap_or(0);
+    let secs: f64 = f.next().and_then(|t| t.parse().ok()).unwrap_or(5.0);
+    (code, secs * 1000.0)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "an index into a short, non-empty list"
+    )]
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// A fresh server (redb) holding [`IDLE_CONNECTIONS`] idle TCP connections while a patch bomb
+/// (40 copies of an Event into itself: 2^40 Events if executed) is sent; `/healthz` is probed
+/// and RSS sampled meanwhile. All within the server's 10 s TLS handshake timeout, which
+/// closes the idle connections.
+fn pressure(target: &Path) -> Result<Pressure> {
+    raise_open_files();
+    let dir = TempDir::new("kproxy-bench-pressure");
+    let server = ApiServer::start_with(
+        &target.join("release/kproxy-apiserver"),
+        dir.path(),
+        &["--store", "redb"],
+    );
+    let pid = server.daemon.pid();
+    let http = server.http();
+    let events = "/api/v1/namespaces/default/events";
+    let created = http.post(
+        events,
+        &json!({
+            "apiVersion": "v1", "kind": "Event", "metadata": {"name": "bomb"},
+            "involvedObject": {"kind": "Node", "name": "n1"},
+            "reason": "Bench", "message": "m", "type": "Normal",
+        }),
+    );
+    anyhow::ensure!(created.code == 201, "creating the Event: {}", created.body);
+    let addr = server.url.trim_start_matches("https://").to_string();
+    let ca = server.data_dir.join("pki/ca.crt");
+
+    step(&format!(
+        "bench api [pressure]: {IDLE_CONNECTIONS} idle connections and a patch bomb"
+    ));
+    let started = Instant::now();
+    let idle = (0..IDLE_CONNECTIONS)
+        .map(|_| TcpStream::connect(&addr))
+        .collect::<Result<Vec<_>, _>>()
+        .context("opening the idle connections")?;
+    let doubling: Vec<Value> = (0..40)
+        .map(|i| json!({"op": "copy", "from": "", "path": format!("/x{i}")}))
+        .collect();
+    let bomb = std::thread::spawn(move || {
+        let t = Instant::now();
+        let r = http.try_req(
+            "PATCH",
+            &format!("{events}/bomb"),
+            "application/json-patch+json",
+            Some(&serde_json::to_vec(&doubling).unwrap_or_default()),
+        );
+        (r.map_or(0, |r| r.code), t.elapsed())
+    });
+    let (mut lat, mut failed, mut rss_max) = (Vec::new(), 0, 0);
+    while started.elapsed() < Duration::from_secs(8) && (lat.len() < 50 || !bomb.is_finished()) {
+        let (code, ms) = healthz(&server.url, &ca);
+        if code == 200 {
+            lat.push(ms);
+        } else {
+            failed += 1;
+        }
+        rss_max = rss_max.max(status_kib(pid, "VmRSS:").unwrap_or(0));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let hwm = status_kib(pid, "VmHWM:").unwrap_or(0);
+    drop(idle);
+    let (bomb_status, bomb_took) = bomb
+        .join()
+        .map_err(|_| anyhow::anyhow!("the patch bomb thread panicked"))?;
+    let probes = lat.len() + failed;
+    lat.sort_by(f64::total_cmp);
+    Ok(Pressure {
+        rss_max_mib: rss_max as f64 / 1024.0,
+        hwm_mib: hwm as f64 / 1024.0,
+        healthz_p50_ms: percentile(&lat, 0.5),
+        healthz_p99_ms: percentile(&lat, 0.99),
+        healthz_failed: failed,
+        probes,
+        bomb_status,
+        bomb_ms: bomb_took.as_secs_f64() * 1000.0,
+    })
+}
+
 pub fn run(b: &ApiBench, target: &Path, out_dir: &Path) -> Result<()> {
     let started = Instant::now();
     let redb = one(b, target, "redb", true)?;
     let mem = one(b, target, "memory", false)?;
+    let p = pressure(target)?;
     let w = &redb.watch;
     let mut md = String::new();
     writeln!(md, "# API server benchmark\n")?;
@@ -157,6 +306,29 @@ pub fn run(b: &ApiBench, target: &Path, out_dir: &Path) -> Result<()> {
         w["watchers"],
         w["last_delivery_ms"].as_f64().unwrap_or(0.0)
     )?;
+    writeln!(
+        md,
+        "Under pressure (a fresh redb server): {IDLE_CONNECTIONS} idle TCP connections held \
+         open and a JSON-patch bomb (40 copies of an Event into itself) sent, while `/healthz` is \
+         probed through curl on fresh connections (TLS handshake included) and RSS sampled.\n"
+    )?;
+    writeln!(
+        md,
+        "| idle connections | patch bomb | /healthz p50 | /healthz p99 | failed probes | RSS max | peak RSS |"
+    )?;
+    writeln!(md, "|---:|---|---:|---:|---:|---:|---:|")?;
+    writeln!(
+        md,
+        "| {IDLE_CONNECTIONS} | {} in {:.0} ms | {:.1} ms | {:.1} ms | {}/{} | {:.1} MiB | {:.1} MiB |\n",
+        p.bomb_status,
+        p.bomb_ms,
+        p.healthz_p50_ms,
+        p.healthz_p99_ms,
+        p.healthz_failed,
+        p.probes,
+        p.rss_max_mib,
+        p.hwm_mib
+    )?;
     writeln!(md, "| target | measured (redb) | met |\n|---|---:|---|")?;
     let row = |md: &mut String, name: &str, v: String, ok: bool| {
         writeln!(md, "| {name} | {v} | {} |", if ok { "yes" } else { "no" })
@@ -185,6 +357,24 @@ pub fn run(b: &ApiBench, target: &Path, out_dir: &Path) -> Result<()> {
         "RSS ≤ 50 MB with 10,000 objects",
         format!("{:.1} MiB", redb.rss_loaded_mib),
         redb.rss_loaded_mib * 1.048_576 <= 50.0,
+    )?;
+    row(
+        &mut md,
+        "≤ 100 MB RSS under 2,000 idle connections and a patch bomb",
+        format!("{:.1} MiB", p.hwm_mib),
+        p.hwm_mib * 1.048_576 <= 100.0,
+    )?;
+    row(
+        &mut md,
+        "/healthz ≤ 100 ms under them (p99)",
+        format!("{:.1} ms", p.healthz_p99_ms),
+        p.healthz_p99_ms <= 100.0 && p.healthz_failed == 0,
+    )?;
+    row(
+        &mut md,
+        "the patch bomb refused (4xx) in well under a second",
+        format!("{} in {:.0} ms", p.bomb_status, p.bomb_ms),
+        (400..500).contains(&p.bomb_status) && p.bomb_ms < 1000.0,
     )?;
     std::fs::write(out_dir.join("api.md"), &md)?;
     std::fs::write(out_dir.join("api.svg"), svg(&redb, &mem))?;

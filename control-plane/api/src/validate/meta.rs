@@ -172,6 +172,15 @@ fn owner_references(meta: &ObjectMeta, path: &Path) -> Vec<FieldError> {
                 errs.push(FieldError::invalid(&path.child(field), value, msg));
             }
         }
+        // Not a Kubernetes rule (its collector ignores such a reference): an object cannot be
+        // its own owner, and refusing it here keeps the reference out of garbage collection.
+        if !r.uid.is_empty() && meta.uid.as_deref() == Some(r.uid.as_str()) {
+            errs.push(FieldError::invalid(
+                &path.child("uid"),
+                &r.uid,
+                "an object cannot be its own owner",
+            ));
+        }
         if r.controller == Some(true) {
             let this = format!("{}/{}", r.kind, r.name);
             match &controller {

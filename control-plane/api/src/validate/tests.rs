@@ -456,6 +456,18 @@ fn owner_references_and_finalizers() {
             .any(|m| m.contains("Only one reference can have Controller set to true"))
     );
 
+    let mut own = with(pod(), "/metadata/uid", json!("u-1"));
+    own = with(
+        own,
+        "/metadata/ownerReferences",
+        json!([{"apiVersion": "v1", "kind": "Pod", "name": "nginx", "uid": "u-1"}]),
+    );
+    assert_has(
+        "Pod",
+        own,
+        "metadata.ownerReferences.uid: Invalid value: \"u-1\": an object cannot be its own owner",
+    );
+
     let fin = with(
         pod(),
         "/metadata/finalizers",

@@ -6,7 +6,7 @@ use kproxy_store::{Op, StoreError};
 use serde_json::{Value, json};
 
 use super::delete::spawn_collect_if_orphaned;
-use super::{RETRIES, allocate, check_type, invalid, is_alloc_conflict, strict_fields};
+use super::{RETRIES, admit, allocate, check_type, invalid, is_alloc_conflict, strict_fields};
 use crate::context::{Api, Req, Target};
 use crate::managed;
 use crate::object::{self, from_kv, meta_mut, set_rv, str_at, to_stored};
@@ -66,6 +66,14 @@ pub async fn create_object(
             "resourceVersion should not be set on objects to be created",
         ));
     }
+    // A server-side apply that creates: the configuration names the object in the path.
+    if let (Some(path), Some(body)) = (t.name.as_deref(), object::name(&obj))
+        && path != body
+    {
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({body}) does not match the name on the URL ({path})"
+        )));
+    }
     let generate = str_at(&obj, &["metadata", "generateName"]).map(String::from);
     if object::name(&obj).is_none() && generate.is_none() {
         let errs = vec![kproxy_api::validate::FieldError {
@@ -112,6 +120,7 @@ pub async fn create_object(
             o["status"] = status(&o);
         }
         kproxy_api::defaults::apply_defaults(t.res.kind, &mut o);
+        admit(req, t, &o, None)?;
         kproxy_api::validate::validate(t.res.kind, &o, None)
             .map_err(|e| invalid(t.res, &name, e))?;
         managed::on_create(t.res, w, &mut o);

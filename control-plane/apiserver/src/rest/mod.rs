@@ -60,6 +60,9 @@ pub async fn serve(
             )))
         }
         ("get", Some("scale")) => Ok(ok(&scale::scale_of(&get(api, t).await?))),
+        // As in Kubernetes, objects are created by POSTing to their collection; a name in the
+        // path would be one more name to keep equal to the body's.
+        ("create", None) if t.name.is_some() => Err(ApiError::method_not_allowed()),
         ("create", None) => {
             let obj = create::create(api, req, t).await?;
             Ok(json_resp(StatusCode::CREATED, &obj))
@@ -136,6 +139,21 @@ fn invalid(res: &Resource, name: &str, e: Invalid) -> ApiError {
         }
         Invalid::Fields(errs) => ApiError::invalid(res.kind, res.group, name, &errs),
     }
+}
+
+/// A node's write of `new` (`old`: the stored object) through NodeRestriction admission.
+fn admit(req: &Req, t: &Target, new: &Value, old: Option<&Value>) -> ApiResult<()> {
+    crate::auth::admit(&req.id, t.res, t.ns.as_deref(), new, old).map_err(|why| {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            format!(
+                "{} \"{}\" is forbidden: {why}",
+                t.res.group_resource(),
+                object::name(new).unwrap_or_default()
+            ),
+        )
+    })
 }
 
 fn without_rv(v: &Value) -> Value {

@@ -6,7 +6,9 @@ use kproxy_apimachinery::patch::{self, PatchType};
 use kproxy_store::{Op, StoreError};
 use serde_json::{Value, json};
 
-use super::{RETRIES, allocate, check_type, invalid, is_alloc_conflict, strict_fields, without_rv};
+use super::{
+    RETRIES, admit, allocate, check_type, invalid, is_alloc_conflict, strict_fields, without_rv,
+};
 use crate::context::{Api, Req, Target};
 use crate::managed;
 use crate::object::{self, from_kv, meta, meta_mut, set_rv, str_at, to_stored};
@@ -40,6 +42,11 @@ impl Edit {
                 };
                 let mut v = r.map_err(|e| match e.status_code() {
                     400 => ApiError::bad_request(e.to_string()),
+                    413 => ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "RequestEntityTooLarge",
+                        e.to_string(),
+                    ),
                     _ => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", e.to_string()),
                 })?;
                 if !v.is_object() {
@@ -153,6 +160,7 @@ pub async fn update(
             prepare(&cur, &mut new);
         }
         kproxy_api::defaults::apply_defaults(t.res.kind, &mut new);
+        admit(req, t, &new, Some(&cur))?;
         kproxy_api::validate::validate(t.res.kind, &new, Some(&cur))
             .map_err(|e| invalid(t.res, name, e))?;
         if t.res.has_spec && new["spec"] != cur["spec"] {

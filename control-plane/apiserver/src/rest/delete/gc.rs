@@ -38,13 +38,25 @@ async fn dependents(
     Ok(out)
 }
 
-/// Deletes the dependents of `uid` (and theirs, as each delete propagates in the background).
-pub async fn delete_dependents(api: &Api, ns: Option<&str>, uid: &str) -> ApiResult<()> {
+/// Deletes the dependents of `uid` (and theirs, each in the foreground). `chain` holds the
+/// uids being deleted in the foreground down to `uid` itself: those are not deleted again
+/// (an object that owns itself, an owner cycle), as Kubernetes' collector deletes an object
+/// whose owners are all waiting for their dependents.
+pub async fn delete_dependents(
+    api: &Api,
+    ns: Option<&str>,
+    uid: &str,
+    chain: &[String],
+) -> ApiResult<()> {
     let opts = DeleteOptions {
         propagation: Some("Foreground".into()),
+        deleting: chain.to_vec(),
         ..Default::default()
     };
-    for (res, kv, _) in dependents(api, ns, uid).await? {
+    for (res, kv, dep) in dependents(api, ns, uid).await? {
+        if object::uid(&dep).is_some_and(|u| chain.iter().any(|c| c == u)) {
+            continue;
+        }
         match Box::pin(delete(api, res, &kv.key, &opts, None)).await {
             Ok(_) => {}
             Err(e) if e.code == axum::http::StatusCode::NOT_FOUND => {}
@@ -54,10 +66,11 @@ pub async fn delete_dependents(api: &Api, ns: Option<&str>, uid: &str) -> ApiRes
     Ok(())
 }
 
-pub fn spawn_delete_dependents(api: &Api, ns: Option<String>, uid: String) {
+/// [`delete_dependents`] on a task of its own.
+pub fn spawn_delete_dependents(api: &Api, ns: Option<String>, uid: String, chain: Vec<String>) {
     let Some(api) = api.me.upgrade() else { return };
     tokio::spawn(async move {
-        if let Err(e) = delete_dependents(&api, ns.as_deref(), &uid).await {
+        if let Err(e) = delete_dependents(&api, ns.as_deref(), &uid, &chain).await {
             tracing::warn!(uid, error = e.message, "deleting dependents");
         }
     });

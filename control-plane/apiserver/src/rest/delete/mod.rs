@@ -25,7 +25,16 @@ pub struct DeleteOptions {
     pub propagation: Option<String>,
     pub uid: Option<String>,
     pub resource_version: Option<String>,
+    /// Not a request option: the uids of the objects whose foreground deletion led to this
+    /// one (owner first). Their deletes are under way, so as dependents they are skipped:
+    /// an object owning itself, or an owner cycle, ends there instead of recursing forever.
+    pub deleting: Vec<String>,
 }
+
+/// How deep foreground deletion recurses on one task; below that, dependents are left to the
+/// sweep that follows the owner's deletion (a task of its own), so a long owner chain cannot
+/// exhaust the stack.
+const MAX_FOREGROUND_DEPTH: usize = 32;
 
 impl DeleteOptions {
     pub fn from_req(req: &Req) -> ApiResult<Self> {
@@ -190,9 +199,13 @@ pub async fn delete(
             return Ok(new);
         }
 
+        let mut chain = opts.deleting.clone();
+        chain.push(uid.clone());
         match policy {
             "Orphan" => gc::orphan(api, ns.as_deref(), &uid).await?,
-            "Foreground" => gc::delete_dependents(api, ns.as_deref(), &uid).await?,
+            "Foreground" if chain.len() <= MAX_FOREGROUND_DEPTH => {
+                gc::delete_dependents(api, ns.as_deref(), &uid, &chain).await?;
+            }
             _ => {}
         }
         let mut ops = vec![Op::Delete {
@@ -211,7 +224,7 @@ pub async fn delete(
                 // sweep, and one created after this commit by its own owner check
                 // (gc::spawn_collect_if_orphaned). Background relies on the sweep alone.
                 if policy != "Orphan" {
-                    gc::spawn_delete_dependents(api, ns, uid);
+                    gc::spawn_delete_dependents(api, ns, uid, chain);
                 }
                 return Ok(gone);
             }

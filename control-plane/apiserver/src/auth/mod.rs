@@ -1,0 +1,138 @@
+//! Who is asking and what they may do: bearer tokens (`tokens`), a small node authorizer
+//! (`authorize`, Kubernetes' Node authorizer over request names) and node admission
+//! (`node::admit`, Kubernetes' NodeRestriction over the objects written).
+//!
+//! `kproxy-apiserver node-token NAME` adds a node token; the server picks up new and removed
+//! tokens without a restart.
+
+mod node;
+mod tokens;
+
+pub use self::node::admit;
+pub use self::tokens::{TokenStore, Tokens};
+use crate::registry::Resource;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Identity {
+    Admin,
+    Node(String),
+}
+
+impl Identity {
+    pub fn user(&self) -> String {
+        match self {
+            Identity::Admin => "kproxy-admin".into(),
+            Identity::Node(n) => format!("system:node:{n}"),
+        }
+    }
+}
+
+/// What the authorizer decided; `PodBoundTo` leaves the last check to the handler, which
+/// knows the stored pod.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Access {
+    Allowed,
+    Denied,
+    PodBoundTo(String),
+}
+
+pub const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
+
+/// `verb` is Kubernetes' verb (get, list, watch, create, update, patch, delete,
+/// deletecollection); `name` is the object's name (for create, the name in the body).
+pub fn authorize(
+    id: &Identity,
+    verb: &str,
+    res: &Resource,
+    ns: Option<&str>,
+    name: Option<&str>,
+    sub: Option<&str>,
+) -> Access {
+    let node = match id {
+        Identity::Admin => return Access::Allowed,
+        Identity::Node(n) => n.as_str(),
+    };
+    if matches!(verb, "get" | "list" | "watch") {
+        return Access::Allowed;
+    }
+    let own = name == Some(node);
+    match (res.group, res.plural) {
+        ("", "nodes") if own && verb != "deletecollection" => Access::Allowed,
+        ("coordination.k8s.io", "leases") if own && ns == Some(NODE_LEASE_NAMESPACE) => {
+            Access::Allowed
+        }
+        ("", "pods")
+            if (sub == Some("status") && matches!(verb, "update" | "patch"))
+                || (sub.is_none() && verb == "delete") =>
+        {
+            Access::PodBoundTo(node.to_string())
+        }
+        ("", "events") if verb == "create" || verb == "patch" => Access::Allowed,
+        _ => Access::Denied,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::lookup;
+
+    #[test]
+    fn node_authorizer() {
+        let n = Identity::Node("n1".into());
+        let nodes = lookup("", "v1", "nodes").unwrap();
+        let pods = lookup("", "v1", "pods").unwrap();
+        let leases = lookup("coordination.k8s.io", "v1", "leases").unwrap();
+        let svcs = lookup("", "v1", "services").unwrap();
+        assert_eq!(
+            authorize(&n, "list", svcs, None, None, None),
+            Access::Allowed
+        );
+        assert_eq!(
+            authorize(&n, "update", nodes, None, Some("n1"), Some("status")),
+            Access::Allowed
+        );
+        assert_eq!(
+            authorize(&n, "update", nodes, None, Some("n2"), Some("status")),
+            Access::Denied
+        );
+        assert_eq!(
+            authorize(
+                &n,
+                "update",
+                leases,
+                Some(NODE_LEASE_NAMESPACE),
+                Some("n1"),
+                None
+            ),
+            Access::Allowed
+        );
+        assert_eq!(
+            authorize(&n, "update", leases, Some("default"), Some("n1"), None),
+            Access::Denied
+        );
+        assert_eq!(
+            authorize(
+                &n,
+                "patch",
+                pods,
+                Some("default"),
+                Some("p"),
+                Some("status")
+            ),
+            Access::PodBoundTo("n1".into())
+        );
+        assert_eq!(
+            authorize(&n, "update", pods, Some("default"), Some("p"), None),
+            Access::Denied
+        );
+        assert_eq!(
+            authorize(&n, "create", svcs, Some("default"), Some("s"), None),
+            Access::Denied
+        );
+        assert_eq!(
+            authorize(&Identity::Admin, "delete", nodes, None, Some("x"), None),
+            Access::Allowed
+        );
+    }
+}
