@@ -1199,13 +1199,17 @@ fn privileged_faults() {
     ];
     for fault in faults {
         let o = fault(&mut s);
-        println!("{}", o.line());
+        // Straight to stderr, past the test harness's capture: `cargo xtask test` (and CI's
+        // log) shows the suite's lines even when it passes.
+        let mut err = std::io::stderr().lock();
+        let _ = writeln!(err, "{}", o.line());
         for n in &o.notes {
-            println!("    {n}");
+            let _ = writeln!(err, "    {n}");
         }
         for p in &o.problems {
-            println!("    PROBLEM: {p}");
+            let _ = writeln!(err, "    PROBLEM: {p}");
         }
+        drop(err);
         outcomes.push(o);
     }
     for l in &mut s.loops {
