@@ -26,6 +26,8 @@ pub mod status;
 pub mod table;
 
 #[cfg(test)]
+mod test_api;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tests_identity;

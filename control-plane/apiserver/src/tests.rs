@@ -1,7 +1,6 @@
 //! Handler-level tests: requests through `handler::router` in-process (`tower::ServiceExt`),
 //! over the memory store, with no TLS, sockets or processes.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use axum::Router;
@@ -10,53 +9,23 @@ use axum::http::{Method, Request, StatusCode, header};
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
 
-use crate::alloc::Ranges;
-use crate::auth::TokenStore;
-use crate::context::Api;
 use crate::handler::router;
-use crate::kubelet::KubeletClient;
+use crate::test_api::{Answer, TempDir, test_api};
 
 /// A router over a fresh memory store, and the admin token it accepts.
 struct Server {
     app: Router,
     token: String,
-    dir: PathBuf,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// An answer: its status and its body as JSON (`Null` when the body is not JSON).
-struct Answer {
-    code: StatusCode,
-    body: Value,
+    _dir: TempDir,
 }
 
 impl Server {
     async fn new(name: &str) -> Server {
-        let dir =
-            std::env::temp_dir().join(format!("kproxy-apiserver-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let pki = crate::pki::load_or_create(&dir.join("pki"), &[]).unwrap();
-        let kubelet = KubeletClient::new(&pki.kubelet_client).unwrap();
-        let tokens = TokenStore::open(&dir).unwrap();
-        let token = tokens.admin_token();
-        let store = kproxy_store::memory(kproxy_store::StoreOptions { history: 1000 });
-        crate::server::bootstrap(store.as_ref()).await.unwrap();
-        let api = Api::new(
-            store,
-            tokens,
-            Ranges::default(),
-            kubelet,
-            "127.0.0.1:6443".into(),
-        );
+        let t = test_api(name, 1000, &[]).await;
         Server {
-            app: router(api),
-            token,
-            dir,
+            app: router(t.api),
+            token: t.admin,
+            _dir: t.dir,
         }
     }
 
@@ -275,7 +244,10 @@ async fn services_get_addresses_from_the_allocator() {
         .unwrap()
         .parse()
         .unwrap();
-    assert!(Ranges::default().service_cidr.contains(&ip), "{ip}");
+    assert!(
+        crate::alloc::Ranges::default().service_cidr.contains(&ip),
+        "{ip}"
+    );
     assert_eq!(created.body["spec"]["clusterIPs"], json!([ip.to_string()]));
     assert_eq!(created.body["status"], json!({"loadBalancer": {}}));
 

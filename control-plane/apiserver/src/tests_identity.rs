@@ -1,7 +1,6 @@
 //! Identity and garbage-collection hardening (issue 14: node restriction, owner cycles, token
 //! revocation): requests through `handler::router` in-process, as nodes and as the admin.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -10,11 +9,9 @@ use axum::http::{Method, Request, StatusCode, header};
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
 
-use crate::alloc::Ranges;
-use crate::auth::TokenStore;
-use crate::context::{Api, Shared};
+use crate::context::Shared;
 use crate::handler::router;
-use crate::kubelet::KubeletClient;
+use crate::test_api::{Answer, TempDir, test_api};
 
 /// A router over a fresh memory store, with the admin's and two nodes' tokens.
 struct Server {
@@ -23,47 +20,20 @@ struct Server {
     admin: String,
     n1: String,
     n2: String,
-    dir: PathBuf,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-struct Answer {
-    code: StatusCode,
-    body: Value,
+    dir: TempDir,
 }
 
 impl Server {
     async fn new(name: &str) -> Server {
-        let dir =
-            std::env::temp_dir().join(format!("kproxy-identity-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let pki = crate::pki::load_or_create(&dir.join("pki"), &[]).unwrap();
-        let kubelet = KubeletClient::new(&pki.kubelet_client).unwrap();
-        let tokens = TokenStore::open(&dir).unwrap();
-        let admin = tokens.admin_token();
-        let n1 = tokens.node_token("n1").unwrap();
-        let n2 = tokens.node_token("n2").unwrap();
-        let store = kproxy_store::memory(kproxy_store::StoreOptions { history: 1000 });
-        crate::server::bootstrap(store.as_ref()).await.unwrap();
-        let api = Api::new(
-            store,
-            tokens,
-            Ranges::default(),
-            kubelet,
-            "127.0.0.1:6443".into(),
-        );
+        let t = test_api(&format!("identity-{name}"), 1000, &["n1", "n2"]).await;
+        let [n1, n2] = <[String; 2]>::try_from(t.nodes).unwrap();
         Server {
-            app: router(api.clone()),
-            api,
-            admin,
+            app: router(t.api.clone()),
+            api: t.api,
+            admin: t.admin,
             n1,
             n2,
-            dir,
+            dir: t.dir,
         }
     }
 

@@ -1,7 +1,6 @@
 //! Input limits (issue 14: patch bombs, YAML bombs, watch and list limits): requests through
 //! `handler::router` in-process, over the memory store.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -11,11 +10,9 @@ use futures::StreamExt as _;
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
 
-use crate::alloc::Ranges;
-use crate::auth::TokenStore;
-use crate::context::{Api, Shared};
+use crate::context::Shared;
 use crate::handler::router;
-use crate::kubelet::KubeletClient;
+use crate::test_api::{Answer, TempDir, test_api};
 
 /// A router over a fresh memory store keeping `history` events, with the admin's and a node's
 /// tokens.
@@ -24,18 +21,7 @@ struct Server {
     api: Shared,
     admin: String,
     node: String,
-    dir: PathBuf,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-struct Answer {
-    code: StatusCode,
-    body: Value,
+    _dir: TempDir,
 }
 
 impl Answer {
@@ -46,28 +32,13 @@ impl Answer {
 
 impl Server {
     async fn new(name: &str, history: usize) -> Server {
-        let dir = std::env::temp_dir().join(format!("kproxy-limits-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let pki = crate::pki::load_or_create(&dir.join("pki"), &[]).unwrap();
-        let kubelet = KubeletClient::new(&pki.kubelet_client).unwrap();
-        let tokens = TokenStore::open(&dir).unwrap();
-        let admin = tokens.admin_token();
-        let node = tokens.node_token("n1").unwrap();
-        let store = kproxy_store::memory(kproxy_store::StoreOptions { history });
-        crate::server::bootstrap(store.as_ref()).await.unwrap();
-        let api = Api::new(
-            store,
-            tokens,
-            Ranges::default(),
-            kubelet,
-            "127.0.0.1:6443".into(),
-        );
+        let mut t = test_api(&format!("limits-{name}"), history, &["n1"]).await;
         Server {
-            app: router(api.clone()),
-            api,
-            admin,
-            node,
-            dir,
+            app: router(t.api.clone()),
+            api: t.api,
+            admin: t.admin,
+            node: t.nodes.remove(0),
+            _dir: t.dir,
         }
     }
 
