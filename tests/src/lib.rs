@@ -11,6 +11,7 @@ pub mod control;
 pub mod kubectl;
 pub mod kubelet;
 pub mod lab;
+pub mod requests;
 
 use std::{
     io::{BufRead as _, BufReader},

@@ -31,10 +31,10 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     fs::OpenOptions,
-    io::{BufRead as _, BufReader, Write as _},
+    io::Write as _,
     net::Ipv4Addr,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    path::Path,
+    process::{Command, Stdio},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -58,7 +58,8 @@ use kproxy_tests::{
     control::{from_json, kube_client},
     eventually,
     kubelet::{docker_id, is_ready},
-    privileged, unique,
+    privileged,
+    requests::{RequestLoop, page_pod},
 };
 use kube::{
     Api, Client,
@@ -118,60 +119,32 @@ impl Outcome {
     }
 }
 
-/// A request loop in the background (one curl per request, a short pause between them);
-/// every output line is kept with its arrival time.
-struct Loop {
-    what: &'static str,
-    child: Child,
-    stop_file: PathBuf,
-    lines: Arc<Mutex<Vec<(Instant, String)>>>,
-    reader: Option<thread::JoinHandle<()>>,
-}
+/// A request loop in the background; every output line is kept with its arrival time.
+struct Loop(RequestLoop);
 
 impl Loop {
-    fn start(mut sh: Command, url: &str, what: &'static str, dir: &Path) -> Self {
-        let stop_file = dir.join(unique("stop"));
-        let script = format!(
-            r#"while [ ! -e "{}" ]; do out=$(curl -sS --fail --max-time 3 {url} 2>&1) && echo "$out" || echo "FAILED rc=$? $(echo $out)"; sleep 0.1; done"#,
-            stop_file.display(),
-        );
-        let mut child = sh
-            .args(["-c", &script])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start a request loop");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&lines);
-        let reader = thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push((Instant::now(), line));
-            }
-        });
-        Self {
+    fn start(sh: Command, url: &str, what: &str, dir: &Path) -> Self {
+        Self(RequestLoop::start(
+            sh,
+            url,
             what,
-            child,
-            stop_file,
-            lines,
-            reader: Some(reader),
-        }
+            dir,
+            Duration::from_millis(100),
+        ))
     }
 
     /// Requests finished since `since`, and the failures among them.
     fn since(&self, since: Instant) -> (usize, Vec<String>) {
-        let lines = self.lines.lock().unwrap();
         let mut sent = 0;
         let mut failures = Vec::new();
-        for (t, l) in lines.iter().filter(|(t, _)| *t >= since) {
-            if page_pod(l).is_some() {
+        for (t, l) in self.0.lines_since(since) {
+            if page_pod(&l).is_some() {
                 sent += 1;
             } else if l.starts_with("FAILED") {
                 sent += 1;
                 failures.push(format!(
                     "{}: {l} (at +{:?})",
-                    self.what,
+                    self.0.what,
                     t.duration_since(since)
                 ));
             }
@@ -182,43 +155,19 @@ impl Loop {
     /// The pods that answered the last `n` requests since `since` (`None` for a failure);
     /// fewer than `n` if fewer finished.
     fn last(&self, since: Instant, n: usize) -> Vec<Option<String>> {
-        let lines = self.lines.lock().unwrap();
-        let done: Vec<Option<String>> = lines
+        let done: Vec<Option<String>> = self
+            .0
+            .lines_since(since)
             .iter()
-            .filter(|(t, l)| *t >= since && (l.starts_with("FAILED") || page_pod(l).is_some()))
+            .filter(|(_, l)| l.starts_with("FAILED") || page_pod(l).is_some())
             .map(|(_, l)| page_pod(l).map(str::to_string))
             .collect();
         done[done.len().saturating_sub(n)..].to_vec()
     }
 
     fn stop(&mut self) {
-        let _ = std::fs::write(&self.stop_file, b"");
-        let started = Instant::now();
-        while matches!(self.child.try_wait(), Ok(None))
-            && started.elapsed() < Duration::from_secs(10)
-        {
-            thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if let Some(r) = self.reader.take() {
-            let _ = r.join();
-        }
+        self.0.stop();
     }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.stop_file);
-    }
-}
-
-/// The pod named on an httpd page (`<p>pod: NAME</p>`).
-fn page_pod(line: &str) -> Option<&str> {
-    let rest = line.split("<p>pod: ").nth(1)?;
-    Some(rest.split('<').next()?.trim())
 }
 
 /// One create the writer tried: the Lease's name, when the answer came, its status code

@@ -28,12 +28,9 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    io::{BufRead as _, BufReader},
     net::Ipv4Addr,
     path::PathBuf,
-    process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
-    thread,
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -46,6 +43,7 @@ use kproxy_tests::{
     kubectl::{self, KUBECTL},
     kubelet::{is_ready, pod_ip},
     privileged,
+    requests::{RequestLoop, curl_line, page_pod},
 };
 use kube::api::{Api, ListParams};
 use serde_json::Value;
@@ -280,12 +278,6 @@ fn client_lines(cli: &Cli, pod: &str, client: Ipv4Addr) -> usize {
         .count()
 }
 
-/// The pod named on an httpd page (`<p>pod: NAME</p>`).
-fn page_pod(line: &str) -> Option<&str> {
-    let rest = line.split("<p>pod: ").nth(1)?;
-    Some(rest.split('<').next()?.trim())
-}
-
 /// What a batch of requests got: answers per pod, and each failure as curl reported it.
 #[derive(Debug, Default)]
 struct Answers {
@@ -309,13 +301,6 @@ impl Answers {
     fn answered(&self) -> usize {
         self.pods.values().sum()
     }
-}
-
-/// One request: the page, or `FAILED rc=N <curl's error>`.
-fn curl_line(url: &str) -> String {
-    format!(
-        r#"out=$(curl -sS --fail --max-time 3 {url} 2>&1) && echo "$out" || echo "FAILED rc=$? $(echo $out)""#
-    )
 }
 
 /// `n` requests to `url`, one connection each, run by `sh` as `cmd` starts it (host cgroup
@@ -348,55 +333,27 @@ fn batch(mut sh: Command, url: &str, n: usize, what: &str, pods: &BTreeSet<Strin
     a
 }
 
-/// A request loop in the background (a shell with one curl per request, a short pause
-/// between them) until [`Loop::stop`]; each output line is kept with its arrival time.
-struct Loop {
-    what: String,
-    child: Child,
-    stop_file: PathBuf,
-    lines: Arc<Mutex<Vec<(Instant, String)>>>,
-    reader: Option<thread::JoinHandle<()>>,
-}
+/// A request loop in the background until [`Loop::stop`]; each output line is kept with its
+/// arrival time.
+struct Loop(RequestLoop);
 
 impl Loop {
-    fn start(mut sh: Command, url: &str, what: &str, dir: &std::path::Path) -> Self {
-        let stop_file = dir.join(kproxy_tests::unique("stop"));
-        let script = format!(
-            r#"while [ ! -e "{}" ]; do {}; sleep 0.05; done"#,
-            stop_file.display(),
-            curl_line(url)
-        );
-        let mut child = sh
-            .args(["-c", &script])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start a request loop");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&lines);
-        let reader = thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push((Instant::now(), line));
-            }
-        });
-        Self {
-            what: what.to_string(),
-            child,
-            stop_file,
-            lines,
-            reader: Some(reader),
-        }
+    fn start(sh: Command, url: &str, what: &str, dir: &std::path::Path) -> Self {
+        Self(RequestLoop::start(
+            sh,
+            url,
+            what,
+            dir,
+            Duration::from_millis(50),
+        ))
     }
 
     /// Answers (pod names) and failures since `since`.
     fn since(&self, since: Instant) -> (Vec<String>, Vec<String>) {
-        let lines = self.lines.lock().unwrap();
         let mut pods = Vec::new();
         let mut failures = Vec::new();
-        for (t, l) in lines.iter().filter(|(t, _)| *t >= since) {
-            if let Some(p) = page_pod(l) {
+        for (t, l) in self.0.lines_since(since) {
+            if let Some(p) = page_pod(&l) {
                 pods.push(p.to_string());
             } else if l.starts_with("FAILED") {
                 failures.push(format!("{l} (at +{:?})", t.duration_since(since)));
@@ -407,8 +364,9 @@ impl Loop {
 
     /// The last `n` answers (pod names).
     fn last(&self, n: usize) -> Vec<String> {
-        let lines = self.lines.lock().unwrap();
-        let pods: Vec<String> = lines
+        let pods: Vec<String> = self
+            .0
+            .lines()
             .iter()
             .filter_map(|(_, l)| page_pod(l).map(str::to_string))
             .collect();
@@ -417,27 +375,11 @@ impl Loop {
 
     /// Stops the loop after its current request and waits for it.
     fn stop(&mut self) {
-        std::fs::write(&self.stop_file, b"").expect("write the stop file");
-        let started = Instant::now();
-        while self.child.try_wait().expect("wait for the loop").is_none() {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "{}: the request loop did not stop",
-                self.what
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-        if let Some(r) = self.reader.take() {
-            r.join().expect("the loop's reader");
-        }
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.stop_file);
+        assert!(
+            self.0.stop(),
+            "{}: the request loop did not stop",
+            self.0.what
+        );
     }
 }
 
@@ -503,7 +445,7 @@ fn rollout_under_load(
         }
         eprintln!(
             "{change:?} under load, {}: {} answers in {:?} {per_pod:?}, {} failed",
-            l.what,
+            l.0.what,
             pods.len(),
             started.elapsed(),
             failures.len()
@@ -513,7 +455,7 @@ fn rollout_under_load(
             "{change:?}: {} requests of {} failed during the rollout (old pods {old:?}, new \
              {new:?} at {ips:?}): {failures:#?}",
             failures.len(),
-            l.what
+            l.0.what
         );
     }
     new
