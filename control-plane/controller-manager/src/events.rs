@@ -164,7 +164,7 @@ async fn write_events(client: Client, mut rx: mpsc::Receiver<Event>) {
 
 /// Creates a new event, or patches the count of the object a repeat belongs to (creating it
 /// again if it expired meanwhile).
-async fn write(client: &Client, w: Write) -> Result<(), kube::Error> {
+pub async fn write(client: &Client, w: Write) -> Result<(), kube::Error> {
     let ev = match &w {
         Write::Create(ev) | Write::Patch(ev) => ev,
     };

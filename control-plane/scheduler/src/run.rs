@@ -10,7 +10,7 @@
 use std::{
     collections::{HashMap, HashSet, VecDeque},
     pin::pin,
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -20,6 +20,7 @@ use k8s_openapi::{
     api::core::v1::{Binding, Event, Node, ObjectReference, Pod},
     apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
 };
+use kproxy_apimachinery::events::Correlator;
 use kproxy_controller_manager::events::{self, Type};
 use kube::{
     Api, Client, Resource as _,
@@ -504,6 +505,9 @@ impl Scheduler {
 /// API writes that report rather than decide.
 enum Write {
     Event(Box<Event>),
+    /// A `FailedScheduling` event after the correlator: a new object, or a repeat that
+    /// raises the count of the first (client-go's EventCorrelator, as kube-scheduler uses).
+    Correlated(Box<kproxy_apimachinery::events::Write>),
     PodUnschedulable {
         ns: String,
         name: String,
@@ -517,6 +521,7 @@ enum Write {
 struct Writes {
     failures: mpsc::UnboundedSender<Write>,
     scheduled: mpsc::Sender<Write>,
+    correlator: Arc<Mutex<Correlator>>,
 }
 
 impl Writes {
@@ -542,6 +547,7 @@ impl Writes {
         Self {
             failures,
             scheduled,
+            correlator: Arc::default(),
         }
     }
 
@@ -568,9 +574,14 @@ impl Writes {
 
     /// A `FailedScheduling` event, and the PodScheduled condition unless it already says so.
     fn unschedulable(&self, pod: &Pod, message: &str) {
-        let _ = self
-            .failures
-            .send(Self::event(pod, Type::Warning, "FailedScheduling", message));
+        if let Write::Event(ev) = Self::event(pod, Type::Warning, "FailedScheduling", message) {
+            let w = self
+                .correlator
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .observe(*ev);
+            let _ = self.failures.send(Write::Correlated(Box::new(w)));
+        }
         if !has_unschedulable_condition(pod, message) {
             let _ = self.failures.send(Write::PodUnschedulable {
                 ns: pod.metadata.namespace.clone().unwrap_or_default(),
@@ -604,6 +615,11 @@ async fn write(client: Client, w: Write) {
                 .await
             {
                 warn!(error = %e, reason = ev.reason.as_deref().unwrap_or(""), "cannot write event");
+            }
+        }
+        Write::Correlated(w) => {
+            if let Err(e) = events::write(&client, *w).await {
+                warn!(error = %e, "cannot write a FailedScheduling event");
             }
         }
         Write::PodUnschedulable { ns, name, message } => {
