@@ -416,9 +416,8 @@ async fn renew(leases: &Api<Lease>, node: &str) -> Result<()> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn unchanged_conditions_keep_their_transition_time() {
-        let f = NodeFacts {
+    fn facts() -> NodeFacts {
+        NodeFacts {
             name: "n1".into(),
             ip: "192.0.2.7".into(),
             hostname: "host".into(),
@@ -427,7 +426,12 @@ mod tests {
             memory_kib: 1024,
             max_pods: 110,
             runtime_version: "20.10.24".into(),
-        };
+        }
+    }
+
+    #[test]
+    fn unchanged_conditions_keep_their_transition_time() {
+        let f = facts();
         let early = status(
             &f,
             &Health::default(),
@@ -465,16 +469,7 @@ mod tests {
 
     #[test]
     fn status_reports_ready_with_capacity_and_endpoint() {
-        let f = NodeFacts {
-            name: "n1".into(),
-            ip: "192.0.2.7".into(),
-            hostname: "host".into(),
-            kubelet_port: 10250,
-            cpus: 2,
-            memory_kib: 1024,
-            max_pods: 110,
-            runtime_version: "20.10.24".into(),
-        };
+        let f = facts();
         let s = status(&f, &Health::default(), Timestamp::UNIX_EPOCH);
         let cap = s.capacity.unwrap();
         assert_eq!(cap["cpu"].0, "2");
@@ -502,16 +497,7 @@ mod tests {
 
     #[test]
     fn conditions_follow_health() {
-        let f = NodeFacts {
-            name: "n1".into(),
-            ip: "192.0.2.7".into(),
-            hostname: "host".into(),
-            kubelet_port: 10250,
-            cpus: 2,
-            memory_kib: 1024,
-            max_pods: 110,
-            runtime_version: "20.10.24".into(),
-        };
+        let f = facts();
         let h = Health {
             runtime_down: Some("docker did not answer".into()),
             memory_pressure: true,
