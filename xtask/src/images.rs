@@ -1,6 +1,7 @@
 //! `cargo xtask images`: the node's container images, built locally (no registry is
-//! reachable): `kproxy/pause:1` (pod sandbox), `kproxy/httpd:1` (busybox httpd naming the pod)
-//! and `kproxy/kecho:1` (TCP/UDP/HTTP echo). Each is `FROM scratch` plus static binaries; the
+//! reachable): `kproxy/pause:1` (pod sandbox), `kproxy/httpd:1` (busybox httpd naming the pod),
+//! `kproxy/kecho:1` (TCP/UDP/HTTP echo) and `kproxy/busybox:1` (a shell and the usual tools, for
+//! `kubectl run -it`, `kubectl debug` and `kubectl cp`, which needs `tar`). Each is `FROM scratch` plus static binaries; the
 //! build context is a tar assembled in memory and sent to the Docker Engine API.
 //!
 //! Idempotent: every image carries a label with the hash of its build context, and an image
@@ -83,6 +84,14 @@ echo "httpd: exited with status $status" >&2
 exit "$status"
 "#;
 
+/// Every applet is a symlink in /bin (made in the build context), so `sh`, `tar`, `ls` … are on
+/// the PATH as in Docker Hub's busybox image.
+const BUSYBOX_DOCKERFILE: &str = "FROM scratch
+COPY bin/ /bin/
+ENV PATH=/bin
+CMD [\"sh\"]
+";
+
 const KECHO_DOCKERFILE: &str = "FROM scratch
 COPY kecho /kecho
 EXPOSE 8080 8080/udp
@@ -94,6 +103,8 @@ pub struct ContextFile {
     pub path: String,
     pub mode: u32,
     pub data: Vec<u8>,
+    /// Makes the entry a symlink to this target (`data` is then empty).
+    pub link: Option<String>,
 }
 
 /// An image to build: its main tag, further tags, and its build context.
@@ -167,7 +178,15 @@ fn image_specs(bin_dir: &Path) -> Result<Vec<ImageSpec>> {
         path: path.to_string(),
         mode,
         data,
+        link: None,
     };
+    let mut busybox_files = vec![file("bin/busybox", 0o755, busybox.clone())];
+    busybox_files.extend(busybox_applets()?.into_iter().map(|applet| ContextFile {
+        path: format!("bin/{applet}"),
+        mode: 0o777,
+        data: Vec::new(),
+        link: Some("busybox".to_string()),
+    }));
     Ok(vec![
         ImageSpec {
             tag: "kproxy/pause:1",
@@ -191,7 +210,35 @@ fn image_specs(bin_dir: &Path) -> Result<Vec<ImageSpec>> {
             dockerfile: KECHO_DOCKERFILE,
             files: vec![file("kecho", 0o755, bin("kecho")?)],
         },
+        ImageSpec {
+            tag: "kproxy/busybox:1",
+            // Tutorials' `kubectl run -it --rm --image=busybox -- sh` must work offline.
+            extra_tags: &["busybox:latest"],
+            dockerfile: BUSYBOX_DOCKERFILE,
+            files: busybox_files,
+        },
     ])
+}
+
+/// The applets the host's busybox-static provides (`busybox --list`), sorted so the build
+/// context stays the same from run to run.
+fn busybox_applets() -> Result<Vec<String>> {
+    let out = std::process::Command::new(BUSYBOX)
+        .arg("--list")
+        .output()
+        .with_context(|| format!("run {BUSYBOX} --list"))?;
+    if !out.status.success() {
+        bail!("{BUSYBOX} --list failed: {}", out.status);
+    }
+    let mut applets: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|a| !a.is_empty() && *a != "busybox" && !a.contains('/'))
+        .map(str::to_string)
+        .collect();
+    applets.sort();
+    applets.dedup();
+    Ok(applets)
 }
 
 /// `Some(true)` for an x86-64 ELF executable without a program interpreter (static or
@@ -225,21 +272,28 @@ pub fn is_static_elf(data: &[u8]) -> Option<bool> {
 /// inputs always give the same bytes and the same [`context_hash`].
 pub fn context_tar(dockerfile: &str, files: &[ContextFile]) -> Result<Vec<u8>> {
     let mut tar = tar::Builder::new(Vec::new());
-    let entries = std::iter::once(("Dockerfile", 0o644, dockerfile.as_bytes())).chain(
+    let entries = std::iter::once(("Dockerfile", 0o644, dockerfile.as_bytes(), None)).chain(
         files
             .iter()
-            .map(|f| (f.path.as_str(), f.mode, f.data.as_slice())),
+            .map(|f| (f.path.as_str(), f.mode, f.data.as_slice(), f.link.as_deref())),
     );
-    for (path, mode, data) in entries {
+    for (path, mode, data, link) in entries {
         let mut header = tar::Header::new_gnu();
-        header.set_entry_type(tar::EntryType::Regular);
-        header.set_size(data.len() as u64);
         header.set_mode(mode);
         header.set_mtime(0);
         header.set_uid(0);
         header.set_gid(0);
-        tar.append_data(&mut header, path, data)
-            .with_context(|| format!("add {path} to the build context"))?;
+        if let Some(target) = link {
+            header.set_entry_type(tar::EntryType::Symlink);
+            header.set_size(0);
+            tar.append_link(&mut header, path, target)
+                .with_context(|| format!("add the link {path} to the build context"))?;
+        } else {
+            header.set_entry_type(tar::EntryType::Regular);
+            header.set_size(data.len() as u64);
+            tar.append_data(&mut header, path, data)
+                .with_context(|| format!("add {path} to the build context"))?;
+        }
     }
     tar.into_inner().context("finish the build context tar")
 }
@@ -425,6 +479,7 @@ mod tests {
             path: "bin".into(),
             mode: 0o755,
             data: data.to_vec(),
+            link: None,
         }]
     }
 
@@ -463,6 +518,25 @@ mod tests {
                 ("Dockerfile".to_string(), 0o644, 0),
                 ("bin".to_string(), 0o755, 0)
             ]
+        );
+    }
+
+    #[test]
+    fn context_tar_holds_symlinks() {
+        let link = ContextFile {
+            path: "bin/sh".into(),
+            mode: 0o777,
+            data: Vec::new(),
+            link: Some("busybox".into()),
+        };
+        let t = context_tar("FROM scratch\n", &[link]).unwrap();
+        let mut ar = tar::Archive::new(t.as_slice());
+        let e = ar.entries().unwrap().nth(1).unwrap().unwrap();
+        assert_eq!(e.header().entry_type(), tar::EntryType::Symlink);
+        assert_eq!(e.path().unwrap().display().to_string(), "bin/sh");
+        assert_eq!(
+            e.link_name().unwrap().unwrap().display().to_string(),
+            "busybox"
         );
     }
 
