@@ -15,11 +15,20 @@ use kproxy_tests::{eventually, privileged, sh, unique};
 const PAUSE: &str = "kproxy/pause:1";
 const HTTPD: &str = "kproxy/httpd:1";
 const KECHO: &str = "kproxy/kecho:1";
+const BUSYBOX: &str = "kproxy/busybox:1";
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Fails clearly when the images have not been built (`cargo xtask test` builds them first).
 fn require_images() {
-    for image in [PAUSE, HTTPD, KECHO, "httpd:latest", "kecho:latest"] {
+    for image in [
+        PAUSE,
+        HTTPD,
+        KECHO,
+        BUSYBOX,
+        "httpd:latest",
+        "kecho:latest",
+        "busybox:latest",
+    ] {
         let ok = Command::new("docker")
             .args(["image", "inspect", "--format", "{{.Id}}", image])
             .output()
@@ -272,6 +281,37 @@ fn httpd_serves_the_pod_name() {
         TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_err(),
         "httpd still accepts after its drain"
     );
+}
+
+/// `kubectl cp` runs `tar` and `kubectl run -it` runs `sh`: both must be on the PATH, and the
+/// default command is a shell.
+#[test]
+fn busybox_has_a_shell_and_tar_on_the_path() {
+    if !privileged("images") {
+        return;
+    }
+    require_images();
+    let out = sh(Command::new("docker").args([
+        "run",
+        "--rm",
+        BUSYBOX,
+        "sh",
+        "-c",
+        "which tar ls; echo data | tar -cf - -C /bin busybox | tar -tf -",
+    ]));
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["/bin/tar", "/bin/ls", "busybox"],
+        "{out}"
+    );
+    let cmd = sh(Command::new("docker").args([
+        "image",
+        "inspect",
+        "--format",
+        "{{json .Config.Cmd}}",
+        BUSYBOX,
+    ]));
+    assert_eq!(cmd.trim(), r#"["sh"]"#);
 }
 
 #[test]
