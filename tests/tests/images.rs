@@ -297,11 +297,11 @@ fn busybox_has_a_shell_and_tar_on_the_path() {
         BUSYBOX,
         "sh",
         "-c",
-        "which tar ls; echo data | tar -cf - -C /bin busybox | tar -tf -",
+        "which tar ls; echo data | tar -cf - -C /bin busybox | tar -tf -; stat -c %a /tmp",
     ]));
     assert_eq!(
         out.lines().collect::<Vec<_>>(),
-        ["/bin/tar", "/bin/ls", "busybox"],
+        ["/bin/tar", "/bin/ls", "busybox", "1777"],
         "{out}"
     );
     let cmd = sh(Command::new("docker").args([

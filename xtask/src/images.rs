@@ -85,9 +85,10 @@ exit "$status"
 "#;
 
 /// Every applet is a symlink in /bin (made in the build context), so `sh`, `tar`, `ls` … are on
-/// the PATH as in Docker Hub's busybox image.
+/// the PATH as in Docker Hub's busybox image; /tmp (mode 1777) is there for `kubectl cp`.
+/// Copying the contents of `rootfs/` keeps the modes of the directories inside it.
 const BUSYBOX_DOCKERFILE: &str = "FROM scratch
-COPY bin/ /bin/
+COPY rootfs/ /
 ENV PATH=/bin
 CMD [\"sh\"]
 ";
@@ -105,6 +106,8 @@ pub struct ContextFile {
     pub data: Vec<u8>,
     /// Makes the entry a symlink to this target (`data` is then empty).
     pub link: Option<String>,
+    /// Makes the entry a directory (`data` is then empty).
+    pub dir: bool,
 }
 
 /// An image to build: its main tag, further tags, and its build context.
@@ -179,13 +182,18 @@ fn image_specs(bin_dir: &Path) -> Result<Vec<ImageSpec>> {
         mode,
         data,
         link: None,
+        dir: false,
     };
-    let mut busybox_files = vec![file("bin/busybox", 0o755, busybox.clone())];
+    let mut busybox_files = vec![
+        ContextFile {
+            dir: true,
+            ..file("rootfs/tmp", 0o1777, Vec::new())
+        },
+        file("rootfs/bin/busybox", 0o755, busybox.clone()),
+    ];
     busybox_files.extend(busybox_applets()?.into_iter().map(|applet| ContextFile {
-        path: format!("bin/{applet}"),
-        mode: 0o777,
-        data: Vec::new(),
         link: Some("busybox".to_string()),
+        ..file(&format!("rootfs/bin/{applet}"), 0o777, Vec::new())
     }));
     Ok(vec![
         ImageSpec {
@@ -272,18 +280,29 @@ pub fn is_static_elf(data: &[u8]) -> Option<bool> {
 /// inputs always give the same bytes and the same [`context_hash`].
 pub fn context_tar(dockerfile: &str, files: &[ContextFile]) -> Result<Vec<u8>> {
     let mut tar = tar::Builder::new(Vec::new());
-    let entries = std::iter::once(("Dockerfile", 0o644, dockerfile.as_bytes(), None)).chain(
-        files
-            .iter()
-            .map(|f| (f.path.as_str(), f.mode, f.data.as_slice(), f.link.as_deref())),
+    let entries = std::iter::once(("Dockerfile", 0o644, dockerfile.as_bytes(), None, false)).chain(
+        files.iter().map(|f| {
+            (
+                f.path.as_str(),
+                f.mode,
+                f.data.as_slice(),
+                f.link.as_deref(),
+                f.dir,
+            )
+        }),
     );
-    for (path, mode, data, link) in entries {
+    for (path, mode, data, link, dir) in entries {
         let mut header = tar::Header::new_gnu();
         header.set_mode(mode);
         header.set_mtime(0);
         header.set_uid(0);
         header.set_gid(0);
-        if let Some(target) = link {
+        if dir {
+            header.set_entry_type(tar::EntryType::Directory);
+            header.set_size(0);
+            tar.append_data(&mut header, path, std::io::empty())
+                .with_context(|| format!("add the directory {path} to the build context"))?;
+        } else if let Some(target) = link {
             header.set_entry_type(tar::EntryType::Symlink);
             header.set_size(0);
             tar.append_link(&mut header, path, target)
@@ -480,6 +499,7 @@ mod tests {
             mode: 0o755,
             data: data.to_vec(),
             link: None,
+            dir: false,
         }]
     }
 
@@ -528,6 +548,7 @@ mod tests {
             mode: 0o777,
             data: Vec::new(),
             link: Some("busybox".into()),
+            dir: false,
         };
         let t = context_tar("FROM scratch\n", &[link]).unwrap();
         let mut ar = tar::Archive::new(t.as_slice());
