@@ -33,6 +33,8 @@ PACKAGES = [
     "k8s.io/api/coordination/v1",
     "k8s.io/api/autoscaling/v1",
     "k8s.io/api/policy/v1",
+    "k8s.io/api/authentication/v1",
+    "k8s.io/api/authorization/v1",
 ]
 
 # Messages with a hand-written JSON form (see protobuf/special.rs); their Go types have
@@ -43,6 +45,8 @@ SPECIAL = {
     "k8s.io.apimachinery.pkg.apis.meta.v1.Duration",
     "k8s.io.apimachinery.pkg.apis.meta.v1.FieldsV1",
     "k8s.io.apimachinery.pkg.apis.meta.v1.Verbs",
+    "k8s.io.api.authentication.v1.ExtraValue",
+    "k8s.io.api.authorization.v1.ExtraValue",
     "k8s.io.apimachinery.pkg.apis.meta.v1.Patch",
     "k8s.io.apimachinery.pkg.api.resource.Quantity",
     "k8s.io.apimachinery.pkg.api.resource.QuantityValue",
@@ -265,7 +269,7 @@ def main():
     for p in PACKAGES:
         w(f"// - {p}")
     w("")
-    w("use super::table::{Card::*, Field, INLINE, Message, OMIT, PTR, Ty::*};")
+    w("use super::table::{Card::{CARDS}, Field, INLINE, Message, OMIT, PTR, Ty::{TYS}};")
     w("")
     w("const fn f(num: u32, name: &'static str, ty: super::table::Ty, card: super::table::Card, go: u8) -> Field {")
     w("    Field { num, name, ty, card, go }")
@@ -284,7 +288,9 @@ def main():
             if g is None and not special:
                 sys.exit(f"no Go field for {m['name']}.{f['name']}")
             g = g or dict(json=f["name"], omitempty=False, inline=False, kind="")
-            if not g["inline"] and not special and g["json"] != f["name"]:
+            # Case aside: a few .proto names spell an initialism differently (authentication/v1
+            # BoundObjectReference.uID is JSON "uid"); the JSON name is what is written below.
+            if not g["inline"] and not special and g["json"].lower() != f["name"].lower():
                 sys.exit(f"JSON name {g['json']} != proto name {f['name']} in {m['name']}")
             flags = []
             if g["kind"] == "ptr":
@@ -309,6 +315,13 @@ def main():
             w(f'        f({f["num"]}, "{name}", {t}, {card}, {go_flags}),')
         w("    ] },")
     w("];")
+    # The variants used, named (clippy's enum_glob_use refuses `Card::*`).
+    text = "\n".join(out)
+    used = lambda names: "{" + ", ".join(n for n in names if re.search(rf"\b{n}\b", text.split("MESSAGES", 1)[1])) + "}"
+    out[out.index("use super::table::{Card::{CARDS}, Field, INLINE, Message, OMIT, PTR, Ty::{TYS}};")] = (
+        "use super::table::{Card::" + used(["Many", "Map", "One"]) + ", Field, INLINE, Message, OMIT, PTR, Ty::"
+        + used(sorted(set(SCALAR.values()) | {"Msg"})) + "};"
+    )
     # rustfmt's layout, so that `cargo fmt` leaves the generated file alone.
     formatted = subprocess.run(
         ["rustfmt", "--edition", "2024", "--emit", "stdout"],

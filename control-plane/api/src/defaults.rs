@@ -109,6 +109,10 @@ fn pod_spec(spec: &mut Obj, is_pod: bool) {
             }
         }
     }
+    // SetDefaults_EphemeralContainer: the container defaults (they have no resources).
+    for c in objects(spec, "ephemeralContainers") {
+        container(c, host_network);
+    }
     for v in objects(spec, "volumes") {
         volume(v);
     }

@@ -8,6 +8,7 @@
 //! the same verdict on those fields.
 
 mod apps;
+mod ephemeral;
 mod ip;
 mod meta;
 mod network;
@@ -30,6 +31,7 @@ pub enum ErrorType {
     Duplicate,
     TooLong,
     Forbidden,
+    NotFound,
 }
 
 impl ErrorType {
@@ -42,6 +44,7 @@ impl ErrorType {
             ErrorType::Duplicate => "Duplicate value",
             ErrorType::TooLong => "Too long",
             ErrorType::Forbidden => "Forbidden",
+            ErrorType::NotFound => "Not found",
         }
     }
 }
@@ -69,6 +72,7 @@ impl FieldError {
             ErrorType::Duplicate => "FieldValueDuplicate",
             ErrorType::TooLong => "FieldValueTooLong",
             ErrorType::Forbidden => "FieldValueForbidden",
+            ErrorType::NotFound => "FieldValueNotFound",
         }
     }
 
@@ -125,6 +129,10 @@ impl FieldError {
     pub(crate) fn forbidden(field: &Path, detail: impl Into<String>) -> Self {
         Self::new(field, ErrorType::Forbidden, None, detail)
     }
+
+    pub(crate) fn not_found(field: &Path, value: impl Render) -> Self {
+        Self::new(field, ErrorType::NotFound, Some(value.render()), "")
+    }
 }
 
 impl fmt::Display for FieldError {
@@ -177,7 +185,11 @@ pub fn validate(kind: &str, obj: &Value, old: Option<&Value>) -> Result<(), Inva
     type_meta(kind, obj)?;
     let errs = match kind {
         "Namespace" => run(obj, old, fields_only(simple::namespace))?,
-        "Pod" => run(obj, old, pod::pod)?,
+        "Pod" => run(obj, old, |p, o| {
+            let mut errs = pod::pod(p, o)?;
+            errs.extend(ephemeral::pod(p, o));
+            Ok(errs)
+        })?,
         "Service" => run(obj, old, fields_only(service::service))?,
         "Endpoints" => run(obj, old, fields_only(network::endpoints))?,
         "EndpointSlice" => run(obj, old, fields_only(network::endpoint_slice))?,

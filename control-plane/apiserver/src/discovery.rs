@@ -36,12 +36,21 @@ fn group_doc(name: &str, version: &str) -> Value {
 }
 
 pub fn group_list() -> Value {
-    let groups: Vec<Value> = groups().into_iter().map(|(g, v)| group_doc(g, v)).collect();
+    let groups: Vec<Value> = groups()
+        .into_iter()
+        .chain(crate::review::groups())
+        .chain(crate::metrics_api::groups())
+        .map(|(g, v)| group_doc(g, v))
+        .collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
 pub fn group(name: &str) -> Option<Value> {
-    let (g, v) = groups().into_iter().find(|(g, _)| *g == name)?;
+    let (g, v) = groups()
+        .into_iter()
+        .chain(crate::review::groups())
+        .chain(crate::metrics_api::groups())
+        .find(|(g, _)| *g == name)?;
     let mut doc = group_doc(g, v);
     doc["kind"] = json!("APIGroup");
     doc["apiVersion"] = json!("v1");
@@ -83,8 +92,15 @@ fn entries(r: &Resource) -> Vec<Value> {
     if r.sub.pod {
         out.push(sub("binding", "Binding", &["create"]));
         // Proxied to the pod's kubelet (proxy.rs), as Kubernetes lists them.
+        out.push(sub("attach", "PodAttachOptions", &["create", "get"]));
+        out.push(sub("ephemeralcontainers", "Pod", SUB_VERBS));
         out.push(sub("exec", "PodExecOptions", &["create", "get"]));
         out.push(sub("log", "Pod", &["get"]));
+        out.push(sub(
+            "portforward",
+            "PodPortForwardOptions",
+            &["create", "get"],
+        ));
     }
     if r.group.is_empty() && r.kind == "Node" {
         // Forwarded to an endpoint on the node (proxy.rs); GET only.
@@ -96,7 +112,8 @@ fn entries(r: &Resource) -> Vec<Value> {
 pub fn resource_list(group: &str, version: &str) -> Option<Value> {
     let rs = crate::registry::in_group_version(group, version);
     if rs.is_empty() {
-        return None;
+        return crate::review::resource_list(group, version)
+            .or_else(|| crate::metrics_api::resource_list(group, version));
     }
     let gv = if group.is_empty() {
         version.to_string()

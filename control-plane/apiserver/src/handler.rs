@@ -99,7 +99,9 @@ fn target(group: &str, version: &str, rest: &[&str]) -> ApiResult<Target> {
         let ok = match s.as_str() {
             "status" => res.sub.status,
             "scale" => res.sub.scale,
-            "binding" | "log" | "exec" => res.sub.pod,
+            "binding" | "log" | "exec" | "attach" | "ephemeralcontainers" | "portforward" => {
+                res.sub.pod
+            }
             _ => false,
         };
         if !ok {
@@ -140,7 +142,7 @@ async fn dispatch(State(api): State<Shared>, req: Request) -> Response {
     };
 
     if path == "/metrics" {
-        if id != Identity::Admin {
+        if !crate::auth::allows_path(&id, "get", "/metrics") {
             return ApiError::forbidden(&id.user(), "get", "/metrics", None).into_response();
         }
         // The store's revision is read at scrape time rather than tracked on every write.
@@ -176,6 +178,30 @@ async fn dispatch(State(api): State<Shared>, req: Request) -> Response {
         record(&api, verb, "nodes/proxy".into(), resp.status(), start);
         return resp;
     }
+    if let Some(target) = crate::metrics_api::target(&path) {
+        // metrics.k8s.io: figures asked from the kubelets, not stored objects.
+        let (verb, resource, resp) = match target {
+            Ok(t) => {
+                let (verb, resp) = crate::metrics_api::serve(&api, &id, &parts, &t).await;
+                (verb, t.resource(), resp)
+            }
+            Err(e) => ("unknown", "metrics.k8s.io".into(), e.into_response()),
+        };
+        record(&api, verb, resource, resp.status(), start);
+        return resp;
+    }
+    if let Some(review) = crate::review::route(&path) {
+        // Create-only reviews of the caller's own rights and identity: not stored objects.
+        let resp = serve_review(&api, &id, review, parts, body).await;
+        record(
+            &api,
+            "create",
+            review.resource().into(),
+            resp.status(),
+            start,
+        );
+        return resp;
+    }
     let Some((group, version, rest)) = split_path(&path) else {
         return ApiError::no_route().into_response();
     };
@@ -186,7 +212,10 @@ async fn dispatch(State(api): State<Shared>, req: Request) -> Response {
     let watch = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
     let verb = verb(&parts.method, &t, watch);
 
-    let result = if let Some(sub @ ("log" | "exec")) = t.sub.as_deref() {
+    let result = if t.sub.as_deref() == Some("portforward") {
+        // An upgrade relayed to the node's kubelet (proxy/portforward.rs).
+        proxy::serve_portforward(&api, &id, &t, &mut parts).await
+    } else if let Some(sub @ ("log" | "exec" | "attach")) = t.sub.as_deref() {
         // Streams from the node's kubelet, not stored objects: no body to read, and an exec
         // upgrade needs the request's own parts.
         proxy::serve_pod(&api, &id, sub, &t, &mut parts).await
@@ -211,6 +240,27 @@ async fn dispatch(State(api): State<Shared>, req: Request) -> Response {
     };
     record(&api, verb, resource, resp.status(), start);
     resp
+}
+
+async fn serve_review(
+    api: &Shared,
+    id: &Identity,
+    review: crate::review::Review,
+    parts: axum::http::request::Parts,
+    body: axum::body::Body,
+) -> Response {
+    let body = match read_body(body, api.max_body).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    crate::review::serve(api, id, review, &parts.method, content_type, &body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
 /// Counts a request and its latency in `/metrics`.
@@ -350,7 +400,7 @@ mod tests {
         );
         assert!(t("/api/v1/namespaces/d/services/x/scale").is_err());
         assert!(t("/api/v1/namespaces/d/pods/x/status/y").is_err());
-        for sub in ["log", "exec"] {
+        for sub in ["log", "exec", "attach", "ephemeralcontainers"] {
             let p = t(&format!("/api/v1/namespaces/d/pods/x/{sub}")).unwrap();
             assert_eq!(p.sub.as_deref(), Some(sub));
             assert!(t(&format!("/api/v1/namespaces/d/services/x/{sub}")).is_err());

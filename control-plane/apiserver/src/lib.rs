@@ -14,6 +14,7 @@ pub mod kubeconfig;
 pub mod kubelet;
 pub mod managed;
 pub mod metrics;
+pub mod metrics_api;
 pub mod object;
 pub mod openapi;
 pub mod paging;
@@ -21,6 +22,7 @@ pub mod pki;
 pub mod proxy;
 pub mod registry;
 pub mod rest;
+pub mod review;
 pub mod server;
 pub mod status;
 pub mod table;
@@ -30,6 +32,12 @@ mod test_api;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_ephemeral;
+#[cfg(test)]
 mod tests_identity;
 #[cfg(test)]
 mod tests_limits;
+#[cfg(test)]
+mod tests_portforward;
+#[cfg(test)]
+mod tests_review;

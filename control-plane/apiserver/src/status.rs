@@ -89,7 +89,16 @@ impl ApiError {
         };
         let causes: Vec<Value> = errs
             .iter()
-            .map(|e| json!({"reason": e.reason(), "message": e.to_string(), "field": e.field}))
+            .map(|e| {
+                // Kubernetes' cause message is the error without its field (ErrorBody):
+                // kubectl prints causes as `field: message`.
+                let text = e.to_string();
+                let body = text
+                    .strip_prefix(&format!("{}: ", e.field))
+                    .unwrap_or(&text)
+                    .to_string();
+                json!({"reason": e.reason(), "message": body, "field": e.field})
+            })
             .collect();
         let mut d = json!({"name": name, "group": group, "kind": kind, "causes": causes});
         if group.is_empty() {

@@ -6,16 +6,30 @@
 //!   timestamps, sinceSeconds, sinceTime, limitBytes): the Docker log, streamed.
 //! - `GET|POST /exec/{namespace}/{pod}/{container}?command=..`: a WebSocket speaking
 //!   Kubernetes' remotecommand protocol (v5/v4 channel.k8s.io).
+//! - `GET|POST /portForward/{namespace}/{pod}`: connections to the pod's ports inside its
+//!   network namespace, over SPDY/3.1 (kubectl) or the v4 WebSocket channel protocol.
+//! - `GET /stats/summary`: CPU and memory of the node and its pods' containers (the Summary
+//!   API the API server's Metrics API reads), from a background sampler (`stats`).
+//! - `GET|POST /attach/{namespace}/{pod}/{container}?stdin=..`: the same WebSocket, joined
+//!   to the running container's own stdio.
 //! - anything else: 404.
 
 #![forbid(unsafe_code)]
 
+mod attach;
 mod channel;
 mod error;
 mod exec;
 mod logs;
 mod lookup;
+mod netns;
+mod pfspdy;
+mod pfws;
+mod portforward;
 mod query;
+mod session;
+mod spdy;
+mod stats;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -48,6 +62,8 @@ struct Shared {
     docker: Docker,
     /// Never sent on; closes (and wakes every exec session) when `serve` is dropped.
     stop: watch::Receiver<()>,
+    /// The node's and its containers' last CPU and memory readings.
+    stats: Arc<stats::Sampler>,
 }
 
 type AppState = Arc<Shared>;
@@ -69,10 +85,14 @@ pub async fn serve(
     )
     .map_err(ServeError::Tls)?;
     let (_stop, stop_rx) = watch::channel(());
+    let sampler = Arc::new(stats::Sampler::new(cfg.node_name.clone(), docker.clone()));
+    // Ends with `serve` (when `_stop` is dropped).
+    tokio::spawn(sampler.clone().run(stop_rx.clone()));
     let app = router(Arc::new(Shared {
         node: cfg.node_name.clone(),
         docker,
         stop: stop_rx,
+        stats: sampler,
     }));
     kproxy_node_tls::serve(
         listener,
@@ -93,6 +113,17 @@ fn router(state: AppState) -> Router {
         .route(
             "/exec/{namespace}/{pod}/{container}",
             get(exec::handle).post(exec::handle).fallback(not_found),
+        )
+        .route(
+            "/portForward/{namespace}/{pod}",
+            get(portforward::handle)
+                .post(portforward::handle)
+                .fallback(not_found),
+        )
+        .route("/stats/summary", get(stats::handle).fallback(not_found))
+        .route(
+            "/attach/{namespace}/{pod}/{container}",
+            get(attach::handle).post(attach::handle).fallback(not_found),
         )
         .fallback(not_found)
         .layer(middleware::from_fn(log_request))
@@ -133,6 +164,7 @@ mod tests {
         std::mem::forget(tx);
         Arc::new(Shared {
             node: "n".into(),
+            stats: Arc::new(stats::Sampler::new("n".into(), docker.clone())),
             docker,
             stop: rx,
         })
@@ -181,5 +213,13 @@ mod tests {
         let (code, body) = call("GET", "/exec/ns/p/c?stdout=true").await;
         assert_eq!(code, StatusCode::BAD_REQUEST);
         assert!(body.contains("missing command"), "{body}");
+        // port-forward: an upgrade (SPDY or WebSocket) or nothing.
+        let (code, body) = call("POST", "/portForward/ns/p?port=80").await;
+        assert_eq!(code, StatusCode::BAD_REQUEST);
+        assert!(body.contains("missing upgrade headers"), "{body}");
+        assert_eq!(
+            call("DELETE", "/portForward/ns/p").await.0,
+            StatusCode::NOT_FOUND
+        );
     }
 }

@@ -91,6 +91,17 @@ pub fn waiting_error(pod: &str, container: &str) -> HttpError {
     ))
 }
 
+/// Exec and attach need the container running; Kubernetes' words when it is not.
+pub fn ensure_running(target: &Candidate, pod: &str, container: &str) -> Result<(), HttpError> {
+    if target.running {
+        Ok(())
+    } else {
+        Err(HttpError::bad_request(format!(
+            "container {container:?} in pod {pod:?} is not running"
+        )))
+    }
+}
+
 /// The Docker container for `namespace/pod`'s `container` on this node.
 pub async fn find(
     docker: &Docker,

@@ -178,6 +178,46 @@ impl ExecOptions {
     }
 }
 
+/// `/attach/...` options (Kubernetes' PodAttachOptions, as the kubelet receives them): the
+/// streams alone, as for exec, with no command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "Kubernetes' PodAttachOptions: one flag per stream and the terminal"
+)]
+pub struct AttachOptions {
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+    pub tty: bool,
+}
+
+impl AttachOptions {
+    pub fn parse(pairs: &[(String, String)]) -> Result<Self, HttpError> {
+        let p = Params(pairs);
+        let (stdin, stdout, mut stderr, tty) = (
+            p.flag("stdin")?,
+            p.flag("stdout")?,
+            p.flag("stderr")?,
+            p.flag("tty")?,
+        );
+        if !stdin && !stdout && !stderr {
+            return Err(HttpError::bad_request(
+                "you must specify at least 1 of stdin, stdout, stderr",
+            ));
+        }
+        if tty {
+            stderr = false;
+        }
+        Ok(Self {
+            stdin,
+            stdout,
+            stderr,
+            tty,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -279,5 +319,33 @@ mod tests {
         );
         let flag = ExecOptions::parse(&q("command=ls&stdout=maybe")).unwrap_err();
         assert!(flag.message.contains("stdout"), "{}", flag.message);
+    }
+
+    #[test]
+    fn attach_options() {
+        let o = AttachOptions::parse(&q("stdin=true&stdout=true&stderr=true")).unwrap();
+        assert_eq!(
+            o,
+            AttachOptions {
+                stdin: true,
+                stdout: true,
+                stderr: true,
+                tty: false
+            }
+        );
+        // A command is no attach parameter: ignored, as the kubelet ignores unknown ones.
+        let t = AttachOptions::parse(&q("stdout=1&stderr=1&tty=true&command=ls")).unwrap();
+        assert!(
+            t.tty && t.stdout && !t.stderr && !t.stdin,
+            "tty drops stderr"
+        );
+        let none = AttachOptions::parse(&q("tty=true")).unwrap_err();
+        assert_eq!(none.code, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            none.message,
+            "you must specify at least 1 of stdin, stdout, stderr"
+        );
+        let flag = AttachOptions::parse(&q("stdin=yes")).unwrap_err();
+        assert!(flag.message.contains("stdin"), "{}", flag.message);
     }
 }

@@ -12,7 +12,7 @@ use tracing::{info, warn};
 
 use crate::{
     events::Recorder,
-    runtime::{Origin, PodRuntime},
+    runtime::{Namespaces, Origin, PodRuntime},
     shared::Shared,
 };
 
@@ -47,7 +47,7 @@ struct PullFailure {
 #[derive(Default)]
 pub struct Pulls(HashMap<String, PullFailure>);
 
-/// Creates attempt `attempt` of `c` in sandbox `sandbox_id` (pod address `ip`); returns the
+/// Creates attempt `attempt` of `c` in the namespaces `ns` (pod address `ip`); returns the
 /// container's id.
 pub async fn create<R: PodRuntime>(
     shared: &Shared<R>,
@@ -55,7 +55,7 @@ pub async fn create<R: PodRuntime>(
     events: &Recorder<'_>,
     c: &Container,
     attempt: u32,
-    sandbox_id: &str,
+    ns: Namespaces<'_>,
     ip: Ipv4Addr,
 ) -> Result<String, Failure> {
     let pod = events.pod;
@@ -99,7 +99,7 @@ pub async fn create<R: PodRuntime>(
     info!(container = %c.name, attempt, "starting container");
     let created = shared
         .runtime
-        .create_container(pod, c, attempt, sandbox_id, env, binds)
+        .create_container(pod, c, attempt, ns, env, binds)
         .await;
     match created {
         Ok(id) => {

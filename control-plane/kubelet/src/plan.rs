@@ -10,6 +10,9 @@ use std::{
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Container, Pod};
 
+mod ephemeral;
+
+pub use self::ephemeral::{EphemeralStart, as_container};
 use crate::{
     backoff::Backoff,
     probe::{self, Probes, Verdict},
@@ -76,6 +79,8 @@ pub struct Run<'p> {
     pub sandbox: Sandbox,
     /// Attempts to create and start, in order (at most one init container).
     pub start: Vec<Start<'p>>,
+    /// Ephemeral containers to create and start (each once).
+    pub ephemeral: Vec<EphemeralStart<'p>>,
     /// Per spec container name.
     pub waiting: HashMap<String, Waiting>,
     /// Crash-looping attempts to announce with a BackOff event (once per attempt).
@@ -341,6 +346,7 @@ pub fn plan<'p>(pod: &'p Pod, seen: &Observation<'_>, now: Now, backoff: &Backof
             host_network,
             sandbox: Sandbox::Create { plumb: false },
             start: Vec::new(),
+            ephemeral: Vec::new(),
             waiting: HashMap::new(),
             back_off: Vec::new(),
             initialized: true,
@@ -351,6 +357,12 @@ pub fn plan<'p>(pod: &'p Pod, seen: &Observation<'_>, now: Now, backoff: &Backof
     p.run.init_failed = p.init_containers(init, observed);
     let done = p.app_containers(containers, observed);
     let terminal = p.run.init_failed || (done == containers.len() && !containers.is_empty());
+    if !terminal {
+        let ephemeral = spec
+            .and_then(|s| s.ephemeral_containers.as_deref())
+            .unwrap_or_default();
+        p.run.ephemeral = ephemeral::starts(ephemeral, observed, &mut p.run.waiting);
+    }
     p.run.sandbox = match sandbox {
         _ if terminal => Sandbox::Release {
             stop: sandbox.map(|s| s.id.clone()),

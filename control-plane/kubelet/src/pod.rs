@@ -25,7 +25,7 @@ use crate::{
     events::Recorder,
     plan::{self, Now, Observation, Plan, Run, Sandbox, Waiting},
     probe::{self, Probes, Verdict},
-    runtime::{Observed, PodRuntime, RunState, Runtime},
+    runtime::{Namespaces, Observed, PodRuntime, RunState, Runtime},
     shared::Shared,
     status::{self, StatusInput},
 };
@@ -250,6 +250,13 @@ impl<R: PodRuntime> Worker<R> {
 
         let (init_statuses, statuses) =
             status::containers(init, app, &pass.observed, &pass.waiting, &self.probes);
+        let ephemeral: Vec<Container> = spec
+            .and_then(|s| s.ephemeral_containers.as_deref())
+            .unwrap_or_default()
+            .iter()
+            .map(plan::as_container)
+            .collect();
+        let ephemeral_statuses = status::ephemeral(&ephemeral, &pass.observed, &pass.waiting);
         let pod_ip = self.ip.map(|ip| ip.to_string()).or_else(|| {
             // A finished pod keeps reporting the address it had.
             self.written.as_ref().and_then(|s| s.pod_ip.clone())
@@ -258,6 +265,7 @@ impl<R: PodRuntime> Worker<R> {
             old: self.written.as_ref(),
             containers: statuses,
             init_containers: init_statuses,
+            ephemeral_containers: ephemeral_statuses,
             initialized: run.initialized,
             init_failed: run.init_failed,
             restart_policy: run.restart_policy,
@@ -329,10 +337,20 @@ impl<R: PodRuntime> Worker<R> {
         let pulls = &mut self.pulls;
         let creating = async {
             let mut created = Vec::new();
+            let sandbox = |pid_target| Namespaces {
+                sandbox: &sandbox_id,
+                pid_target,
+            };
             for s in &run.start {
                 let c = s.container;
-                let r = create::create(&shared, pulls, events, c, s.attempt, &sandbox_id, ip);
-                created.push((c, r.await));
+                let r = create::create(&shared, pulls, events, c, s.attempt, sandbox(None), ip);
+                created.push((c.name.clone(), r.await));
+            }
+            for e in &run.ephemeral {
+                let c = plan::as_container(e.container);
+                let ns = sandbox(e.pid_target.as_deref());
+                let r = create::create(&shared, pulls, events, &c, e.attempt, ns, ip).await;
+                created.push((c.name, r));
             }
             created
         };
@@ -340,10 +358,10 @@ impl<R: PodRuntime> Worker<R> {
         plumbed?;
         self.ip = Some(ip);
         let mut started = Vec::new();
-        for (c, r) in created {
+        for (name, r) in created {
             let r = match r {
                 Ok(id) => shared.runtime.start(&id).await.map(|()| id).map_err(|e| {
-                    warn!(container = %c.name, error = %format_args!("{e:#}"), "start failed");
+                    warn!(container = %name, error = %format_args!("{e:#}"), "start failed");
                     Failure::new(
                         "RunContainerError",
                         format!("{e:#}"),
@@ -354,17 +372,13 @@ impl<R: PodRuntime> Worker<R> {
             };
             match r {
                 Ok(id) => {
-                    events.normal(
-                        Some(&c.name),
-                        "Started",
-                        &format!("Started container {}", c.name),
-                    );
+                    events.normal(Some(&name), "Started", &format!("Started container {name}"));
                     started.push(id);
                 }
                 Err(f) => {
                     if f.reason != "ImagePullBackOff" {
                         events.warning(
-                            Some(&c.name),
+                            Some(&name),
                             "Failed",
                             &format!("Error: {}: {}", f.reason, f.message),
                         );
@@ -372,7 +386,7 @@ impl<R: PodRuntime> Worker<R> {
                     if let Some(at) = f.retry {
                         pass.wake = pass.wake.min(at);
                     }
-                    pass.waiting.insert(c.name.clone(), (f.reason, f.message));
+                    pass.waiting.insert(name, (f.reason, f.message));
                 }
             }
         }

@@ -91,13 +91,15 @@ pub trait PodRuntime: Send + Sync + 'static {
         pod: &Pod,
         host_network: bool,
     ) -> impl Future<Output = Result<String>> + Send;
-    /// Creates (does not start) attempt `attempt` of `container` in the sandbox's namespaces.
+    /// Creates (does not start) attempt `attempt` of `container` in the sandbox's namespaces
+    /// (and in the process namespace of the container `pid_target`, an ephemeral
+    /// container's target).
     fn create_container(
         &self,
         pod: &Pod,
         container: &Container,
         attempt: u32,
-        sandbox_id: &str,
+        ns: Namespaces<'_>,
         env: Vec<String>,
         binds: Vec<String>,
     ) -> impl Future<Output = Result<String>> + Send;
@@ -119,6 +121,14 @@ pub trait PodRuntime: Send + Sync + 'static {
         id: &str,
         cmd: Vec<String>,
     ) -> impl Future<Output = Result<(i64, String)>> + Send;
+}
+
+/// The namespaces a container joins: the sandbox's network and IPC, and optionally another
+/// container's processes.
+#[derive(Debug, Clone, Copy)]
+pub struct Namespaces<'a> {
+    pub sandbox: &'a str,
+    pub pid_target: Option<&'a str>,
 }
 
 /// A present image was built here (no registry digest) or pulled from a registry.
@@ -405,7 +415,7 @@ impl PodRuntime for Runtime {
         pod: &Pod,
         container: &Container,
         attempt: u32,
-        sandbox_id: &str,
+        ns: Namespaces<'_>,
         env: Vec<String>,
         binds: Vec<String>,
     ) -> Result<String> {
@@ -431,19 +441,24 @@ impl PodRuntime for Runtime {
             .map(|q| Quantity::parse(&q.0).map(|q| saturate(q.milli_value() * 1024 / 1000).max(2)))
             .transpose()
             .context("resources.requests.cpu")?;
-        let join = format!("container:{sandbox_id}");
+        let join = format!("container:{}", ns.sandbox);
         let mut body = ContainerCreateBody {
             image: container.image.clone(),
             entrypoint: container.command.clone(),
             cmd: container.args.clone(),
             env: Some(env),
             working_dir: container.working_dir.clone(),
+            // Kept open for `kubectl attach` (the kubelet's Stdin/StdinOnce/Tty); with
+            // stdinOnce the end of the first attach's stdin closes it.
             tty: container.tty,
             open_stdin: container.stdin,
+            stdin_once: container.stdin_once,
+            attach_stdin: container.stdin,
             labels: Some(l),
             host_config: Some(HostConfig {
                 network_mode: Some(join.clone()),
                 ipc_mode: Some(join),
+                pid_mode: ns.pid_target.map(|id| format!("container:{id}")),
                 binds: (!binds.is_empty()).then_some(binds),
                 cpu_shares,
                 init: Some(true),

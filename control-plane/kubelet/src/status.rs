@@ -150,6 +150,32 @@ pub fn containers(
     (init_statuses, app.iter().map(status_of).collect())
 }
 
+/// The statuses of the pod's ephemeral containers (as Containers, see
+/// `plan::as_container`): like app containers', but never ready (no probes, not part of the
+/// pod's work) and never restarted.
+pub fn ephemeral(
+    ephemeral: &[Container],
+    observed: &[Observed],
+    waiting: &HashMap<String, (String, String)>,
+) -> Vec<ContainerStatus> {
+    ephemeral
+        .iter()
+        .map(|c| {
+            let current = attempts(observed, &c.name).last().copied();
+            let mut st = container_status(&ContainerView {
+                spec: c,
+                current,
+                previous: None,
+                waiting: waiting.get(&c.name).cloned(),
+                started: true,
+                ready: false,
+            });
+            st.restart_count = 0;
+            st
+        })
+        .collect()
+}
+
 /// Kubernetes' pod phase rules (kubelet getPhase) for pods without init containers.
 pub fn phase(statuses: &[ContainerStatus], restart_policy: &str) -> &'static str {
     let (mut waiting, mut running, mut stopped, mut succeeded) = (0, 0, 0, 0);
@@ -221,6 +247,7 @@ pub struct StatusInput<'a> {
     pub old: Option<&'a PodStatus>,
     pub containers: Vec<ContainerStatus>,
     pub init_containers: Vec<ContainerStatus>,
+    pub ephemeral_containers: Vec<ContainerStatus>,
     /// Every init container completed successfully.
     pub initialized: bool,
     /// An init container failed and will not be retried (restartPolicy Never).
@@ -339,6 +366,8 @@ pub fn pod_status(i: StatusInput) -> PodStatus {
         start_time: Some(start_time),
         container_statuses: Some(i.containers),
         init_container_statuses: (!i.init_containers.is_empty()).then_some(i.init_containers),
+        ephemeral_container_statuses: (!i.ephemeral_containers.is_empty())
+            .then_some(i.ephemeral_containers),
         qos_class: i.old.and_then(|s| s.qos_class.clone()),
         ..Default::default()
     }
@@ -476,6 +505,7 @@ mod tests {
             old: None,
             containers: cs(),
             init_containers: Vec::new(),
+            ephemeral_containers: Vec::new(),
             initialized: true,
             init_failed: false,
             restart_policy: "Always",
@@ -488,6 +518,7 @@ mod tests {
             old: Some(&first),
             containers: cs(),
             init_containers: Vec::new(),
+            ephemeral_containers: Vec::new(),
             initialized: true,
             init_failed: false,
             restart_policy: "Always",
@@ -534,6 +565,7 @@ mod tests {
             old: None,
             containers: vec![app_st.clone()],
             init_containers: vec![init_st.clone()],
+            ephemeral_containers: Vec::new(),
             initialized,
             init_failed,
             restart_policy: "Never",
@@ -576,6 +608,7 @@ mod tests {
                 ready: false,
             })],
             init_containers: Vec::new(),
+            ephemeral_containers: Vec::new(),
             initialized: true,
             init_failed: false,
             restart_policy: "Always",
@@ -594,5 +627,35 @@ mod tests {
             Some("containers with unready status: [web]")
         );
         assert_eq!(find("ContainersReady").message, ready.message);
+    }
+
+    #[test]
+    fn ephemeral_statuses_are_never_ready_nor_restarted() {
+        let (d, w) = (spec("debugger"), spec("waiting"));
+        let observed = [obs("debugger", 0, exited(0))];
+        let waiting = HashMap::from([(
+            "waiting".to_string(),
+            (
+                "CreateContainerConfigError".to_string(),
+                "unable to find target container main".to_string(),
+            ),
+        )]);
+        let st = ephemeral(&[d, w], &observed, &waiting);
+        let term = st[0].state.as_ref().unwrap().terminated.as_ref().unwrap();
+        assert_eq!(
+            (term.exit_code, term.reason.as_deref()),
+            (0, Some("Completed"))
+        );
+        assert!(!st[0].ready);
+        assert_eq!(st[0].restart_count, 0);
+        let wait = st[1].state.as_ref().unwrap().waiting.as_ref().unwrap();
+        assert_eq!(wait.reason.as_deref(), Some("CreateContainerConfigError"));
+        let running = ephemeral(
+            &[spec("debugger")],
+            &[obs("debugger", 0, running())],
+            &HashMap::new(),
+        );
+        assert!(running[0].state.as_ref().unwrap().running.is_some());
+        assert!(!running[0].ready && running[0].started == Some(true));
     }
 }

@@ -14,6 +14,8 @@
 // - k8s.io/api/coordination/v1
 // - k8s.io/api/autoscaling/v1
 // - k8s.io/api/policy/v1
+// - k8s.io/api/authentication/v1
+// - k8s.io/api/authorization/v1
 
 use super::table::{
     Card::{Many, Map, One},
@@ -37,13 +39,13 @@ const fn f(
     }
 }
 
-pub(super) static MESSAGES: [Message; 349] = [
+pub(super) static MESSAGES: [Message; 376] = [
     // 0
     Message {
         name: "k8s.io.api.apps.v1.ControllerRevision",
         fields: &[
-            f(1, "metadata", Msg(326), One, OMIT),
-            f(2, "data", Msg(345), One, OMIT),
+            f(1, "metadata", Msg(353), One, OMIT),
+            f(2, "data", Msg(372), One, OMIT),
             f(3, "revision", I64, One, 0),
         ],
     },
@@ -51,7 +53,7 @@ pub(super) static MESSAGES: [Message; 349] = [
     Message {
         name: "k8s.io.api.apps.v1.ControllerRevisionList",
         fields: &[
-            f(1, "metadata", Msg(322), One, OMIT),
+            f(1, "metadata", Msg(349), One, OMIT),
             f(2, "items", Msg(0), Many, 0),
         ],
     },
@@ -59,7 +61,7 @@ pub(super) static MESSAGES: [Message; 349] = [
     Message {
         name: "k8s.io.api.apps.v1.DaemonSet",
         fields: &[
-            f(1, "metadata", Msg(326), One, OMIT),
+            f(1, "metadata", Msg(353), One, OMIT),
             f(2, "spec", Msg(5), One, OMIT),
             f(3, "status", Msg(6), One, OMIT),
         ],
@@ -70,7 +72,7 @@ pub(super) static MESSAGES: [Message; 349] = [
         fields: &[
             f(1, "type", Str, One, 0),
             f(2, "status", Str, One, 0),
-            f(3, "lastTransitionTime", Msg(339), One, OMIT),
+            f(3, "lastTransitionTime", Msg(366), One, OMIT),
             f(4, "reason", Str, One, OMIT),
             f(5, "message", Str, One, OMIT),
         ],
@@ -79,7 +81,7 @@ pub(super) static MESSAGES: [Message; 349] = [
     Message {
         name: "k8s.io.api.apps.v1.DaemonSetList",
         fields: &[
-            f(1, "metadata", Msg(322), One, OMIT),
+            f(1, "metadata", Msg(349), One, OMIT),
             f(2, "items", Msg(2), Many, 0),
         ],
     },
@@ -87,8 +89,8 @@ pub(super) static MESSAGES: [Message; 349] = [
     Message {
         name: "k8s.io.api.apps.v1.DaemonSetSpec",
         fields: &[
-            f(1, "selector", Msg(319), One, PTR),
-            f(2, "template", Msg(210), One, 0),
+            f(1, "selector", Msg(346), One, PTR),
+            f(2, "template", Msg(237), One, 0),
             f(3, "updateStrategy", Msg(7), One, OMIT),
             f(4, "minReadySeconds", I32, One, OMIT),
             f(6, "revisionHistoryLimit", I32, One, PTR | OMIT),
@@ -122,7 +124,7 @@ pub(super) static MESSAGES: [Message; 349] = [
     Message {
         name: "k8s.io.api.apps.v1.Deployment",
         fields: &[
-            f(1, "metadata", Msg(326), One, OMIT),
+            f(1, "metadata", Msg(353), One, OMIT),
             f(2, "spec", Msg(11), One, OMIT),
             f(3, "status", Msg(12), One, OMIT),
         ],
@@ -135,15 +137,15 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(2, "status", Str, One, 0),
             f(4, "reason", Str, One, OMIT),
             f(5, "message", Str, One, OMIT),
-            f(6, "lastUpdateTime", Msg(339), One, OMIT),
-            f(7, "lastTransitionTime", Msg(339), One, OMIT),
+            f(6, "lastUpdateTime", Msg(366), One, OMIT),
+            f(7, "lastTransitionTime", Msg(366), One, OMIT),
         ],
     },
     // 10
     Message {
         name: "k8s.io.api.apps.v1.DeploymentList",
         fields: &[
-            f(1, "metadata", Msg(322), One, OMIT),
+            f(1, "metadata", Msg(349), One, OMIT),
             f(2, "items", Msg(8), Many, 0),
         ],
     },
@@ -152,8 +154,8 @@ pub(super) static MESSAGES: [Message; 349] = [
         name: "k8s.io.api.apps.v1.DeploymentSpec",
         fields: &[
             f(1, "replicas", I32, One, PTR | OMIT),
-            f(2, "selector", Msg(319), One, PTR),
-            f(3, "template", Msg(210), One, 0),
+            f(2, "selector", Msg(346), One, PTR),
+            f(3, "template", Msg(237), One, 0),
             f(4, "strategy", Msg(13), One, OMIT),
             f(5, "minReadySeconds", I32, One, OMIT),
             f(6, "revisionHistoryLimit", I32, One, PTR | OMIT),
@@ -188,7 +190,7 @@ pub(super) static MESSAGES: [Message; 349] = [
     Message {
         name: "k8s.io.api.apps.v1.ReplicaSet",
         fields: &[
-            f(1, "metadata", Msg(326), One, OMIT),
+            f(1, "metadata", Msg(353), One, OMIT),
             f(2, "spec", Msg(17), One, OMIT),
             f(3, "status", Msg(18), One, OMIT),
         ],
@@ -199,7 +201,7 @@ pub(super) static MESSAGES: [Message; 349] = [
         fields: &[
             f(1, "type", Str, One, 0),
             f(2, "status", Str, One, 0),
-            f(3, "lastTransitionTime", Msg(339), One, OMIT),
+            f(3, "lastTransitionTime", Msg(366), One, OMIT),
             f(4, "reason", Str, One, OMIT),
             f(5, "message", Str, One, OMIT),
         ],
@@ -208,7 +210,7 @@ pub(super) static MESSAGES: [Message; 349] = [
     Message {
         name: "k8s.io.api.apps.v1.ReplicaSetList",
         fields: &[
-            f(1, "metadata", Msg(322), One, OMIT),
+            f(1, "metadata", Msg(349), One, OMIT),
             f(2, "items", Msg(14), Many, 0),
         ],
     },
@@ -217,8 +219,8 @@ pub(super) static MESSAGES: [Message; 349] = [
         name: "k8s.io.api.apps.v1.ReplicaSetSpec",
         fields: &[
             f(1, "replicas", I32, One, PTR | OMIT),
-            f(2, "selector", Msg(319), One, PTR),
-            f(3, "template", Msg(210), One, OMIT),
+            f(2, "selector", Msg(346), One, PTR),
+            f(3, "template", Msg(237), One, OMIT),
             f(4, "minReadySeconds", I32, One, OMIT),
         ],
     },
@@ -239,16 +241,16 @@ pub(super) static MESSAGES: [Message; 349] = [
     Message {
         name: "k8s.io.api.apps.v1.RollingUpdateDaemonSet",
         fields: &[
-            f(1, "maxUnavailable", Msg(348), One, PTR | OMIT),
-            f(2, "maxSurge", Msg(348), One, PTR | OMIT),
+            f(1, "maxUnavailable", Msg(375), One, PTR | OMIT),
+            f(2, "maxSurge", Msg(375), One, PTR | OMIT),
         ],
     },
     // 20
     Message {
         name: "k8s.io.api.apps.v1.RollingUpdateDeployment",
         fields: &[
-            f(1, "maxUnavailable", Msg(348), One, PTR | OMIT),
-            f(2, "maxSurge", Msg(348), One, PTR | OMIT),
+            f(1, "maxUnavailable", Msg(375), One, PTR | OMIT),
+            f(2, "maxSurge", Msg(375), One, PTR | OMIT),
         ],
     },
     // 21
@@ -256,14 +258,14 @@ pub(super) static MESSAGES: [Message; 349] = [
         name: "k8s.io.api.apps.v1.RollingUpdateStatefulSetStrategy",
         fields: &[
             f(1, "partition", I32, One, PTR | OMIT),
-            f(2, "maxUnavailable", Msg(348), One, PTR | OMIT),
+            f(2, "maxUnavailable", Msg(375), One, PTR | OMIT),
         ],
     },
     // 22
     Message {
         name: "k8s.io.api.apps.v1.StatefulSet",
         fields: &[
-            f(1, "metadata", Msg(326), One, OMIT),
+            f(1, "metadata", Msg(353), One, OMIT),
             f(2, "spec", Msg(27), One, OMIT),
             f(3, "status", Msg(28), One, OMIT),
         ],
@@ -274,7 +276,7 @@ pub(super) static MESSAGES: [Message; 349] = [
         fields: &[
             f(1, "type", Str, One, 0),
             f(2, "status", Str, One, 0),
-            f(3, "lastTransitionTime", Msg(339), One, OMIT),
+            f(3, "lastTransitionTime", Msg(366), One, OMIT),
             f(4, "reason", Str, One, OMIT),
             f(5, "message", Str, One, OMIT),
         ],
@@ -283,7 +285,7 @@ pub(super) static MESSAGES: [Message; 349] = [
     Message {
         name: "k8s.io.api.apps.v1.StatefulSetList",
         fields: &[
-            f(1, "metadata", Msg(322), One, OMIT),
+            f(1, "metadata", Msg(349), One, OMIT),
             f(2, "items", Msg(22), Many, 0),
         ],
     },
@@ -305,9 +307,9 @@ pub(super) static MESSAGES: [Message; 349] = [
         name: "k8s.io.api.apps.v1.StatefulSetSpec",
         fields: &[
             f(1, "replicas", I32, One, PTR | OMIT),
-            f(2, "selector", Msg(319), One, PTR),
-            f(3, "template", Msg(210), One, 0),
-            f(4, "volumeClaimTemplates", Msg(172), Many, OMIT),
+            f(2, "selector", Msg(346), One, PTR),
+            f(3, "template", Msg(237), One, 0),
+            f(4, "volumeClaimTemplates", Msg(199), Many, OMIT),
             f(5, "serviceName", Str, One, 0),
             f(6, "podManagementPolicy", Str, One, OMIT),
             f(7, "updateStrategy", Msg(29), One, OMIT),
@@ -349,25 +351,256 @@ pub(super) static MESSAGES: [Message; 349] = [
     },
     // 30
     Message {
+        name: "k8s.io.api.authentication.v1.BoundObjectReference",
+        fields: &[
+            f(1, "kind", Str, One, OMIT),
+            f(2, "apiVersion", Str, One, OMIT),
+            f(3, "name", Str, One, OMIT),
+            f(4, "uid", Str, One, OMIT),
+        ],
+    },
+    // 31
+    Message {
+        name: "k8s.io.api.authentication.v1.ExtraValue",
+        fields: &[f(1, "items", Str, Many, 0)],
+    },
+    // 32
+    Message {
+        name: "k8s.io.api.authentication.v1.SelfSubjectReview",
+        fields: &[
+            f(1, "metadata", Msg(353), One, OMIT),
+            f(2, "status", Msg(33), One, OMIT),
+        ],
+    },
+    // 33
+    Message {
+        name: "k8s.io.api.authentication.v1.SelfSubjectReviewStatus",
+        fields: &[f(1, "userInfo", Msg(40), One, OMIT)],
+    },
+    // 34
+    Message {
+        name: "k8s.io.api.authentication.v1.TokenRequest",
+        fields: &[
+            f(1, "metadata", Msg(353), One, OMIT),
+            f(2, "spec", Msg(35), One, 0),
+            f(3, "status", Msg(36), One, OMIT),
+        ],
+    },
+    // 35
+    Message {
+        name: "k8s.io.api.authentication.v1.TokenRequestSpec",
+        fields: &[
+            f(1, "audiences", Str, Many, 0),
+            f(3, "boundObjectRef", Msg(30), One, PTR),
+            f(4, "expirationSeconds", I64, One, PTR),
+        ],
+    },
+    // 36
+    Message {
+        name: "k8s.io.api.authentication.v1.TokenRequestStatus",
+        fields: &[
+            f(1, "token", Str, One, 0),
+            f(2, "expirationTimestamp", Msg(366), One, 0),
+        ],
+    },
+    // 37
+    Message {
+        name: "k8s.io.api.authentication.v1.TokenReview",
+        fields: &[
+            f(1, "metadata", Msg(353), One, OMIT),
+            f(2, "spec", Msg(38), One, 0),
+            f(3, "status", Msg(39), One, OMIT),
+        ],
+    },
+    // 38
+    Message {
+        name: "k8s.io.api.authentication.v1.TokenReviewSpec",
+        fields: &[
+            f(1, "token", Str, One, OMIT),
+            f(2, "audiences", Str, Many, OMIT),
+        ],
+    },
+    // 39
+    Message {
+        name: "k8s.io.api.authentication.v1.TokenReviewStatus",
+        fields: &[
+            f(1, "authenticated", Bool, One, OMIT),
+            f(2, "user", Msg(40), One, OMIT),
+            f(3, "error", Str, One, OMIT),
+            f(4, "audiences", Str, Many, OMIT),
+        ],
+    },
+    // 40
+    Message {
+        name: "k8s.io.api.authentication.v1.UserInfo",
+        fields: &[
+            f(1, "username", Str, One, OMIT),
+            f(2, "uid", Str, One, OMIT),
+            f(3, "groups", Str, Many, OMIT),
+            f(4, "extra", Msg(31), Map, OMIT),
+        ],
+    },
+    // 41
+    Message {
+        name: "k8s.io.api.authorization.v1.ExtraValue",
+        fields: &[f(1, "items", Str, Many, 0)],
+    },
+    // 42
+    Message {
+        name: "k8s.io.api.authorization.v1.FieldSelectorAttributes",
+        fields: &[
+            f(1, "rawSelector", Str, One, OMIT),
+            f(2, "requirements", Msg(337), Many, OMIT),
+        ],
+    },
+    // 43
+    Message {
+        name: "k8s.io.api.authorization.v1.LabelSelectorAttributes",
+        fields: &[
+            f(1, "rawSelector", Str, One, OMIT),
+            f(2, "requirements", Msg(347), Many, OMIT),
+        ],
+    },
+    // 44
+    Message {
+        name: "k8s.io.api.authorization.v1.LocalSubjectAccessReview",
+        fields: &[
+            f(1, "metadata", Msg(353), One, OMIT),
+            f(2, "spec", Msg(54), One, 0),
+            f(3, "status", Msg(55), One, OMIT),
+        ],
+    },
+    // 45
+    Message {
+        name: "k8s.io.api.authorization.v1.NonResourceAttributes",
+        fields: &[f(1, "path", Str, One, OMIT), f(2, "verb", Str, One, OMIT)],
+    },
+    // 46
+    Message {
+        name: "k8s.io.api.authorization.v1.NonResourceRule",
+        fields: &[
+            f(1, "verbs", Str, Many, 0),
+            f(2, "nonResourceURLs", Str, Many, OMIT),
+        ],
+    },
+    // 47
+    Message {
+        name: "k8s.io.api.authorization.v1.ResourceAttributes",
+        fields: &[
+            f(1, "namespace", Str, One, OMIT),
+            f(2, "verb", Str, One, OMIT),
+            f(3, "group", Str, One, OMIT),
+            f(4, "version", Str, One, OMIT),
+            f(5, "resource", Str, One, OMIT),
+            f(6, "subresource", Str, One, OMIT),
+            f(7, "name", Str, One, OMIT),
+            f(8, "fieldSelector", Msg(42), One, PTR | OMIT),
+            f(9, "labelSelector", Msg(43), One, PTR | OMIT),
+        ],
+    },
+    // 48
+    Message {
+        name: "k8s.io.api.authorization.v1.ResourceRule",
+        fields: &[
+            f(1, "verbs", Str, Many, 0),
+            f(2, "apiGroups", Str, Many, OMIT),
+            f(3, "resources", Str, Many, OMIT),
+            f(4, "resourceNames", Str, Many, OMIT),
+        ],
+    },
+    // 49
+    Message {
+        name: "k8s.io.api.authorization.v1.SelfSubjectAccessReview",
+        fields: &[
+            f(1, "metadata", Msg(353), One, OMIT),
+            f(2, "spec", Msg(50), One, 0),
+            f(3, "status", Msg(55), One, OMIT),
+        ],
+    },
+    // 50
+    Message {
+        name: "k8s.io.api.authorization.v1.SelfSubjectAccessReviewSpec",
+        fields: &[
+            f(1, "resourceAttributes", Msg(47), One, PTR | OMIT),
+            f(2, "nonResourceAttributes", Msg(45), One, PTR | OMIT),
+        ],
+    },
+    // 51
+    Message {
+        name: "k8s.io.api.authorization.v1.SelfSubjectRulesReview",
+        fields: &[
+            f(1, "metadata", Msg(353), One, OMIT),
+            f(2, "spec", Msg(52), One, 0),
+            f(3, "status", Msg(56), One, OMIT),
+        ],
+    },
+    // 52
+    Message {
+        name: "k8s.io.api.authorization.v1.SelfSubjectRulesReviewSpec",
+        fields: &[f(1, "namespace", Str, One, OMIT)],
+    },
+    // 53
+    Message {
+        name: "k8s.io.api.authorization.v1.SubjectAccessReview",
+        fields: &[
+            f(1, "metadata", Msg(353), One, OMIT),
+            f(2, "spec", Msg(54), One, 0),
+            f(3, "status", Msg(55), One, OMIT),
+        ],
+    },
+    // 54
+    Message {
+        name: "k8s.io.api.authorization.v1.SubjectAccessReviewSpec",
+        fields: &[
+            f(1, "resourceAttributes", Msg(47), One, PTR | OMIT),
+            f(2, "nonResourceAttributes", Msg(45), One, PTR | OMIT),
+            f(3, "user", Str, One, OMIT),
+            f(4, "groups", Str, Many, OMIT),
+            f(5, "extra", Msg(41), Map, OMIT),
+            f(6, "uid", Str, One, OMIT),
+        ],
+    },
+    // 55
+    Message {
+        name: "k8s.io.api.authorization.v1.SubjectAccessReviewStatus",
+        fields: &[
+            f(1, "allowed", Bool, One, 0),
+            f(2, "reason", Str, One, OMIT),
+            f(3, "evaluationError", Str, One, OMIT),
+            f(4, "denied", Bool, One, OMIT),
+        ],
+    },
+    // 56
+    Message {
+        name: "k8s.io.api.authorization.v1.SubjectRulesReviewStatus",
+        fields: &[
+            f(1, "resourceRules", Msg(48), Many, 0),
+            f(2, "nonResourceRules", Msg(46), Many, 0),
+            f(3, "incomplete", Bool, One, 0),
+            f(4, "evaluationError", Str, One, OMIT),
+        ],
+    },
+    // 57
+    Message {
         name: "k8s.io.api.autoscaling.v1.ContainerResourceMetricSource",
         fields: &[
             f(1, "name", Str, One, 0),
             f(2, "targetAverageUtilization", I32, One, PTR | OMIT),
-            f(3, "targetAverageValue", Msg(298), One, PTR | OMIT),
+            f(3, "targetAverageValue", Msg(325), One, PTR | OMIT),
             f(5, "container", Str, One, 0),
         ],
     },
-    // 31
+    // 58
     Message {
         name: "k8s.io.api.autoscaling.v1.ContainerResourceMetricStatus",
         fields: &[
             f(1, "name", Str, One, 0),
             f(2, "currentAverageUtilization", I32, One, PTR | OMIT),
-            f(3, "currentAverageValue", Msg(298), One, 0),
+            f(3, "currentAverageValue", Msg(325), One, 0),
             f(4, "container", Str, One, 0),
         ],
     },
-    // 32
+    // 59
     Message {
         name: "k8s.io.api.autoscaling.v1.CrossVersionObjectReference",
         fields: &[
@@ -376,172 +609,172 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(3, "apiVersion", Str, One, OMIT),
         ],
     },
-    // 33
+    // 60
     Message {
         name: "k8s.io.api.autoscaling.v1.ExternalMetricSource",
         fields: &[
             f(1, "metricName", Str, One, 0),
-            f(2, "metricSelector", Msg(319), One, PTR | OMIT),
-            f(3, "targetValue", Msg(298), One, PTR | OMIT),
-            f(4, "targetAverageValue", Msg(298), One, PTR | OMIT),
+            f(2, "metricSelector", Msg(346), One, PTR | OMIT),
+            f(3, "targetValue", Msg(325), One, PTR | OMIT),
+            f(4, "targetAverageValue", Msg(325), One, PTR | OMIT),
         ],
     },
-    // 34
+    // 61
     Message {
         name: "k8s.io.api.autoscaling.v1.ExternalMetricStatus",
         fields: &[
             f(1, "metricName", Str, One, 0),
-            f(2, "metricSelector", Msg(319), One, PTR | OMIT),
-            f(3, "currentValue", Msg(298), One, 0),
-            f(4, "currentAverageValue", Msg(298), One, PTR | OMIT),
+            f(2, "metricSelector", Msg(346), One, PTR | OMIT),
+            f(3, "currentValue", Msg(325), One, 0),
+            f(4, "currentAverageValue", Msg(325), One, PTR | OMIT),
         ],
     },
-    // 35
+    // 62
     Message {
         name: "k8s.io.api.autoscaling.v1.HorizontalPodAutoscaler",
         fields: &[
-            f(1, "metadata", Msg(326), One, OMIT),
-            f(2, "spec", Msg(38), One, OMIT),
-            f(3, "status", Msg(39), One, OMIT),
+            f(1, "metadata", Msg(353), One, OMIT),
+            f(2, "spec", Msg(65), One, OMIT),
+            f(3, "status", Msg(66), One, OMIT),
         ],
     },
-    // 36
+    // 63
     Message {
         name: "k8s.io.api.autoscaling.v1.HorizontalPodAutoscalerCondition",
         fields: &[
             f(1, "type", Str, One, 0),
             f(2, "status", Str, One, 0),
-            f(3, "lastTransitionTime", Msg(339), One, OMIT),
+            f(3, "lastTransitionTime", Msg(366), One, OMIT),
             f(4, "reason", Str, One, OMIT),
             f(5, "message", Str, One, OMIT),
         ],
     },
-    // 37
+    // 64
     Message {
         name: "k8s.io.api.autoscaling.v1.HorizontalPodAutoscalerList",
         fields: &[
-            f(1, "metadata", Msg(322), One, OMIT),
-            f(2, "items", Msg(35), Many, 0),
+            f(1, "metadata", Msg(349), One, OMIT),
+            f(2, "items", Msg(62), Many, 0),
         ],
     },
-    // 38
+    // 65
     Message {
         name: "k8s.io.api.autoscaling.v1.HorizontalPodAutoscalerSpec",
         fields: &[
-            f(1, "scaleTargetRef", Msg(32), One, 0),
+            f(1, "scaleTargetRef", Msg(59), One, 0),
             f(2, "minReplicas", I32, One, PTR | OMIT),
             f(3, "maxReplicas", I32, One, 0),
             f(4, "targetCPUUtilizationPercentage", I32, One, PTR | OMIT),
         ],
     },
-    // 39
+    // 66
     Message {
         name: "k8s.io.api.autoscaling.v1.HorizontalPodAutoscalerStatus",
         fields: &[
             f(1, "observedGeneration", I64, One, PTR | OMIT),
-            f(2, "lastScaleTime", Msg(339), One, PTR | OMIT),
+            f(2, "lastScaleTime", Msg(366), One, PTR | OMIT),
             f(3, "currentReplicas", I32, One, 0),
             f(4, "desiredReplicas", I32, One, 0),
             f(5, "currentCPUUtilizationPercentage", I32, One, PTR | OMIT),
         ],
     },
-    // 40
+    // 67
     Message {
         name: "k8s.io.api.autoscaling.v1.MetricSpec",
         fields: &[
             f(1, "type", Str, One, 0),
-            f(2, "object", Msg(42), One, PTR | OMIT),
-            f(3, "pods", Msg(44), One, PTR | OMIT),
-            f(4, "resource", Msg(46), One, PTR | OMIT),
-            f(5, "external", Msg(33), One, PTR | OMIT),
-            f(7, "containerResource", Msg(30), One, PTR | OMIT),
+            f(2, "object", Msg(69), One, PTR | OMIT),
+            f(3, "pods", Msg(71), One, PTR | OMIT),
+            f(4, "resource", Msg(73), One, PTR | OMIT),
+            f(5, "external", Msg(60), One, PTR | OMIT),
+            f(7, "containerResource", Msg(57), One, PTR | OMIT),
         ],
     },
-    // 41
+    // 68
     Message {
         name: "k8s.io.api.autoscaling.v1.MetricStatus",
         fields: &[
             f(1, "type", Str, One, 0),
-            f(2, "object", Msg(43), One, PTR | OMIT),
-            f(3, "pods", Msg(45), One, PTR | OMIT),
-            f(4, "resource", Msg(47), One, PTR | OMIT),
-            f(5, "external", Msg(34), One, PTR | OMIT),
-            f(7, "containerResource", Msg(31), One, PTR | OMIT),
+            f(2, "object", Msg(70), One, PTR | OMIT),
+            f(3, "pods", Msg(72), One, PTR | OMIT),
+            f(4, "resource", Msg(74), One, PTR | OMIT),
+            f(5, "external", Msg(61), One, PTR | OMIT),
+            f(7, "containerResource", Msg(58), One, PTR | OMIT),
         ],
     },
-    // 42
+    // 69
     Message {
         name: "k8s.io.api.autoscaling.v1.ObjectMetricSource",
         fields: &[
-            f(1, "target", Msg(32), One, 0),
+            f(1, "target", Msg(59), One, 0),
             f(2, "metricName", Str, One, 0),
-            f(3, "targetValue", Msg(298), One, 0),
-            f(4, "selector", Msg(319), One, PTR | OMIT),
-            f(5, "averageValue", Msg(298), One, PTR | OMIT),
+            f(3, "targetValue", Msg(325), One, 0),
+            f(4, "selector", Msg(346), One, PTR | OMIT),
+            f(5, "averageValue", Msg(325), One, PTR | OMIT),
         ],
     },
-    // 43
+    // 70
     Message {
         name: "k8s.io.api.autoscaling.v1.ObjectMetricStatus",
         fields: &[
-            f(1, "target", Msg(32), One, 0),
+            f(1, "target", Msg(59), One, 0),
             f(2, "metricName", Str, One, 0),
-            f(3, "currentValue", Msg(298), One, 0),
-            f(4, "selector", Msg(319), One, PTR | OMIT),
-            f(5, "averageValue", Msg(298), One, PTR | OMIT),
+            f(3, "currentValue", Msg(325), One, 0),
+            f(4, "selector", Msg(346), One, PTR | OMIT),
+            f(5, "averageValue", Msg(325), One, PTR | OMIT),
         ],
     },
-    // 44
+    // 71
     Message {
         name: "k8s.io.api.autoscaling.v1.PodsMetricSource",
         fields: &[
             f(1, "metricName", Str, One, 0),
-            f(2, "targetAverageValue", Msg(298), One, 0),
-            f(3, "selector", Msg(319), One, PTR | OMIT),
+            f(2, "targetAverageValue", Msg(325), One, 0),
+            f(3, "selector", Msg(346), One, PTR | OMIT),
         ],
     },
-    // 45
+    // 72
     Message {
         name: "k8s.io.api.autoscaling.v1.PodsMetricStatus",
         fields: &[
             f(1, "metricName", Str, One, 0),
-            f(2, "currentAverageValue", Msg(298), One, 0),
-            f(3, "selector", Msg(319), One, PTR | OMIT),
+            f(2, "currentAverageValue", Msg(325), One, 0),
+            f(3, "selector", Msg(346), One, PTR | OMIT),
         ],
     },
-    // 46
+    // 73
     Message {
         name: "k8s.io.api.autoscaling.v1.ResourceMetricSource",
         fields: &[
             f(1, "name", Str, One, 0),
             f(2, "targetAverageUtilization", I32, One, PTR | OMIT),
-            f(3, "targetAverageValue", Msg(298), One, PTR | OMIT),
+            f(3, "targetAverageValue", Msg(325), One, PTR | OMIT),
         ],
     },
-    // 47
+    // 74
     Message {
         name: "k8s.io.api.autoscaling.v1.ResourceMetricStatus",
         fields: &[
             f(1, "name", Str, One, 0),
             f(2, "currentAverageUtilization", I32, One, PTR | OMIT),
-            f(3, "currentAverageValue", Msg(298), One, 0),
+            f(3, "currentAverageValue", Msg(325), One, 0),
         ],
     },
-    // 48
+    // 75
     Message {
         name: "k8s.io.api.autoscaling.v1.Scale",
         fields: &[
-            f(1, "metadata", Msg(326), One, OMIT),
-            f(2, "spec", Msg(49), One, OMIT),
-            f(3, "status", Msg(50), One, OMIT),
+            f(1, "metadata", Msg(353), One, OMIT),
+            f(2, "spec", Msg(76), One, OMIT),
+            f(3, "status", Msg(77), One, OMIT),
         ],
     },
-    // 49
+    // 76
     Message {
         name: "k8s.io.api.autoscaling.v1.ScaleSpec",
         fields: &[f(1, "replicas", I32, One, OMIT)],
     },
-    // 50
+    // 77
     Message {
         name: "k8s.io.api.autoscaling.v1.ScaleStatus",
         fields: &[
@@ -549,36 +782,36 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(2, "selector", Str, One, OMIT),
         ],
     },
-    // 51
+    // 78
     Message {
         name: "k8s.io.api.coordination.v1.Lease",
         fields: &[
-            f(1, "metadata", Msg(326), One, OMIT),
-            f(2, "spec", Msg(53), One, OMIT),
+            f(1, "metadata", Msg(353), One, OMIT),
+            f(2, "spec", Msg(80), One, OMIT),
         ],
     },
-    // 52
+    // 79
     Message {
         name: "k8s.io.api.coordination.v1.LeaseList",
         fields: &[
-            f(1, "metadata", Msg(322), One, OMIT),
-            f(2, "items", Msg(51), Many, 0),
+            f(1, "metadata", Msg(349), One, OMIT),
+            f(2, "items", Msg(78), Many, 0),
         ],
     },
-    // 53
+    // 80
     Message {
         name: "k8s.io.api.coordination.v1.LeaseSpec",
         fields: &[
             f(1, "holderIdentity", Str, One, PTR | OMIT),
             f(2, "leaseDurationSeconds", I32, One, PTR | OMIT),
-            f(3, "acquireTime", Msg(325), One, PTR | OMIT),
-            f(4, "renewTime", Msg(325), One, PTR | OMIT),
+            f(3, "acquireTime", Msg(352), One, PTR | OMIT),
+            f(4, "renewTime", Msg(352), One, PTR | OMIT),
             f(5, "leaseTransitions", I32, One, PTR | OMIT),
             f(6, "strategy", Str, One, PTR | OMIT),
             f(7, "preferredHolder", Str, One, PTR | OMIT),
         ],
     },
-    // 54
+    // 81
     Message {
         name: "k8s.io.api.core.v1.AWSElasticBlockStoreVolumeSource",
         fields: &[
@@ -588,16 +821,16 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(4, "readOnly", Bool, One, OMIT),
         ],
     },
-    // 55
+    // 82
     Message {
         name: "k8s.io.api.core.v1.Affinity",
         fields: &[
-            f(1, "nodeAffinity", Msg(152), One, PTR | OMIT),
-            f(2, "podAffinity", Msg(185), One, PTR | OMIT),
-            f(3, "podAntiAffinity", Msg(187), One, PTR | OMIT),
+            f(1, "nodeAffinity", Msg(179), One, PTR | OMIT),
+            f(2, "podAffinity", Msg(212), One, PTR | OMIT),
+            f(3, "podAntiAffinity", Msg(214), One, PTR | OMIT),
         ],
     },
-    // 56
+    // 83
     Message {
         name: "k8s.io.api.core.v1.AppArmorProfile",
         fields: &[
@@ -605,17 +838,17 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(2, "localhostProfile", Str, One, PTR | OMIT),
         ],
     },
-    // 57
+    // 84
     Message {
         name: "k8s.io.api.core.v1.AttachedVolume",
         fields: &[f(1, "name", Str, One, 0), f(2, "devicePath", Str, One, 0)],
     },
-    // 58
+    // 85
     Message {
         name: "k8s.io.api.core.v1.AvoidPods",
-        fields: &[f(1, "preferAvoidPods", Msg(214), Many, OMIT)],
+        fields: &[f(1, "preferAvoidPods", Msg(241), Many, OMIT)],
     },
-    // 59
+    // 86
     Message {
         name: "k8s.io.api.core.v1.AzureDiskVolumeSource",
         fields: &[
@@ -627,7 +860,7 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(6, "kind", Str, One, PTR | OMIT),
         ],
     },
-    // 60
+    // 87
     Message {
         name: "k8s.io.api.core.v1.AzureFilePersistentVolumeSource",
         fields: &[
@@ -637,7 +870,7 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(4, "secretNamespace", Str, One, PTR),
         ],
     },
-    // 61
+    // 88
     Message {
         name: "k8s.io.api.core.v1.AzureFileVolumeSource",
         fields: &[
@@ -646,15 +879,15 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(3, "readOnly", Bool, One, OMIT),
         ],
     },
-    // 62
+    // 89
     Message {
         name: "k8s.io.api.core.v1.Binding",
         fields: &[
-            f(1, "metadata", Msg(326), One, OMIT),
-            f(2, "target", Msg(170), One, 0),
+            f(1, "metadata", Msg(353), One, OMIT),
+            f(2, "target", Msg(197), One, 0),
         ],
     },
-    // 63
+    // 90
     Message {
         name: "k8s.io.api.core.v1.CSIPersistentVolumeSource",
         fields: &[
@@ -663,14 +896,14 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(3, "readOnly", Bool, One, OMIT),
             f(4, "fsType", Str, One, OMIT),
             f(5, "volumeAttributes", Str, Map, OMIT),
-            f(6, "controllerPublishSecretRef", Msg(248), One, PTR | OMIT),
-            f(7, "nodeStageSecretRef", Msg(248), One, PTR | OMIT),
-            f(8, "nodePublishSecretRef", Msg(248), One, PTR | OMIT),
-            f(9, "controllerExpandSecretRef", Msg(248), One, PTR | OMIT),
-            f(10, "nodeExpandSecretRef", Msg(248), One, PTR | OMIT),
+            f(6, "controllerPublishSecretRef", Msg(275), One, PTR | OMIT),
+            f(7, "nodeStageSecretRef", Msg(275), One, PTR | OMIT),
+            f(8, "nodePublishSecretRef", Msg(275), One, PTR | OMIT),
+            f(9, "controllerExpandSecretRef", Msg(275), One, PTR | OMIT),
+            f(10, "nodeExpandSecretRef", Msg(275), One, PTR | OMIT),
         ],
     },
-    // 64
+    // 91
     Message {
         name: "k8s.io.api.core.v1.CSIVolumeSource",
         fields: &[
@@ -678,15 +911,15 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(2, "readOnly", Bool, One, PTR | OMIT),
             f(3, "fsType", Str, One, PTR | OMIT),
             f(4, "volumeAttributes", Str, Map, OMIT),
-            f(5, "nodePublishSecretRef", Msg(141), One, PTR | OMIT),
+            f(5, "nodePublishSecretRef", Msg(168), One, PTR | OMIT),
         ],
     },
-    // 65
+    // 92
     Message {
         name: "k8s.io.api.core.v1.Capabilities",
         fields: &[f(1, "add", Str, Many, OMIT), f(2, "drop", Str, Many, OMIT)],
     },
-    // 66
+    // 93
     Message {
         name: "k8s.io.api.core.v1.CephFSPersistentVolumeSource",
         fields: &[
@@ -694,11 +927,11 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(2, "path", Str, One, OMIT),
             f(3, "user", Str, One, OMIT),
             f(4, "secretFile", Str, One, OMIT),
-            f(5, "secretRef", Msg(248), One, PTR | OMIT),
+            f(5, "secretRef", Msg(275), One, PTR | OMIT),
             f(6, "readOnly", Bool, One, OMIT),
         ],
     },
-    // 67
+    // 94
     Message {
         name: "k8s.io.api.core.v1.CephFSVolumeSource",
         fields: &[
@@ -706,47 +939,47 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(2, "path", Str, One, OMIT),
             f(3, "user", Str, One, OMIT),
             f(4, "secretFile", Str, One, OMIT),
-            f(5, "secretRef", Msg(141), One, PTR | OMIT),
+            f(5, "secretRef", Msg(168), One, PTR | OMIT),
             f(6, "readOnly", Bool, One, OMIT),
         ],
     },
-    // 68
+    // 95
     Message {
         name: "k8s.io.api.core.v1.CinderPersistentVolumeSource",
         fields: &[
             f(1, "volumeID", Str, One, 0),
             f(2, "fsType", Str, One, OMIT),
             f(3, "readOnly", Bool, One, OMIT),
-            f(4, "secretRef", Msg(248), One, PTR | OMIT),
+            f(4, "secretRef", Msg(275), One, PTR | OMIT),
         ],
     },
-    // 69
+    // 96
     Message {
         name: "k8s.io.api.core.v1.CinderVolumeSource",
         fields: &[
             f(1, "volumeID", Str, One, 0),
             f(2, "fsType", Str, One, OMIT),
             f(3, "readOnly", Bool, One, OMIT),
-            f(4, "secretRef", Msg(141), One, PTR | OMIT),
+            f(4, "secretRef", Msg(168), One, PTR | OMIT),
         ],
     },
-    // 70
+    // 97
     Message {
         name: "k8s.io.api.core.v1.ClientIPConfig",
         fields: &[f(1, "timeoutSeconds", I32, One, PTR | OMIT)],
     },
-    // 71
+    // 98
     Message {
         name: "k8s.io.api.core.v1.ClusterTrustBundleProjection",
         fields: &[
             f(1, "name", Str, One, PTR | OMIT),
             f(2, "signerName", Str, One, PTR | OMIT),
-            f(3, "labelSelector", Msg(319), One, PTR | OMIT),
+            f(3, "labelSelector", Msg(346), One, PTR | OMIT),
             f(4, "path", Str, One, 0),
             f(5, "optional", Bool, One, PTR | OMIT),
         ],
     },
-    // 72
+    // 99
     Message {
         name: "k8s.io.api.core.v1.ComponentCondition",
         fields: &[
@@ -756,58 +989,58 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(4, "error", Str, One, OMIT),
         ],
     },
-    // 73
+    // 100
     Message {
         name: "k8s.io.api.core.v1.ComponentStatus",
         fields: &[
-            f(1, "metadata", Msg(326), One, OMIT),
-            f(2, "conditions", Msg(72), Many, OMIT),
+            f(1, "metadata", Msg(353), One, OMIT),
+            f(2, "conditions", Msg(99), Many, OMIT),
         ],
     },
-    // 74
+    // 101
     Message {
         name: "k8s.io.api.core.v1.ComponentStatusList",
         fields: &[
-            f(1, "metadata", Msg(322), One, OMIT),
-            f(2, "items", Msg(73), Many, 0),
+            f(1, "metadata", Msg(349), One, OMIT),
+            f(2, "items", Msg(100), Many, 0),
         ],
     },
-    // 75
+    // 102
     Message {
         name: "k8s.io.api.core.v1.ConfigMap",
         fields: &[
-            f(1, "metadata", Msg(326), One, OMIT),
+            f(1, "metadata", Msg(353), One, OMIT),
             f(2, "data", Str, Map, OMIT),
             f(3, "binaryData", Bytes, Map, OMIT),
             f(4, "immutable", Bool, One, PTR | OMIT),
         ],
     },
-    // 76
+    // 103
     Message {
         name: "k8s.io.api.core.v1.ConfigMapEnvSource",
         fields: &[
-            f(1, "localObjectReference", Msg(141), One, INLINE),
+            f(1, "localObjectReference", Msg(168), One, INLINE),
             f(2, "optional", Bool, One, PTR | OMIT),
         ],
     },
-    // 77
+    // 104
     Message {
         name: "k8s.io.api.core.v1.ConfigMapKeySelector",
         fields: &[
-            f(1, "localObjectReference", Msg(141), One, INLINE),
+            f(1, "localObjectReference", Msg(168), One, INLINE),
             f(2, "key", Str, One, 0),
             f(3, "optional", Bool, One, PTR | OMIT),
         ],
     },
-    // 78
+    // 105
     Message {
         name: "k8s.io.api.core.v1.ConfigMapList",
         fields: &[
-            f(1, "metadata", Msg(322), One, OMIT),
-            f(2, "items", Msg(75), Many, 0),
+            f(1, "metadata", Msg(349), One, OMIT),
+            f(2, "items", Msg(102), Many, 0),
         ],
     },
-    // 79
+    // 106
     Message {
         name: "k8s.io.api.core.v1.ConfigMapNodeConfigSource",
         fields: &[
@@ -818,26 +1051,26 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(5, "kubeletConfigKey", Str, One, 0),
         ],
     },
-    // 80
+    // 107
     Message {
         name: "k8s.io.api.core.v1.ConfigMapProjection",
         fields: &[
-            f(1, "localObjectReference", Msg(141), One, INLINE),
-            f(2, "items", Msg(130), Many, OMIT),
+            f(1, "localObjectReference", Msg(168), One, INLINE),
+            f(2, "items", Msg(157), Many, OMIT),
             f(4, "optional", Bool, One, PTR | OMIT),
         ],
     },
-    // 81
+    // 108
     Message {
         name: "k8s.io.api.core.v1.ConfigMapVolumeSource",
         fields: &[
-            f(1, "localObjectReference", Msg(141), One, INLINE),
-            f(2, "items", Msg(130), Many, OMIT),
+            f(1, "localObjectReference", Msg(168), One, INLINE),
+            f(2, "items", Msg(157), Many, OMIT),
             f(3, "defaultMode", I32, One, PTR | OMIT),
             f(4, "optional", Bool, One, PTR | OMIT),
         ],
     },
-    // 82
+    // 109
     Message {
         name: "k8s.io.api.core.v1.Container",
         fields: &[
@@ -846,28 +1079,28 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(3, "command", Str, Many, OMIT),
             f(4, "args", Str, Many, OMIT),
             f(5, "workingDir", Str, One, OMIT),
-            f(6, "ports", Msg(84), Many, OMIT),
-            f(7, "env", Msg(103), Many, OMIT),
-            f(8, "resources", Msg(235), One, OMIT),
-            f(9, "volumeMounts", Msg(276), Many, OMIT),
-            f(10, "livenessProbe", Msg(216), One, PTR | OMIT),
-            f(11, "readinessProbe", Msg(216), One, PTR | OMIT),
-            f(12, "lifecycle", Msg(131), One, PTR | OMIT),
+            f(6, "ports", Msg(111), Many, OMIT),
+            f(7, "env", Msg(130), Many, OMIT),
+            f(8, "resources", Msg(262), One, OMIT),
+            f(9, "volumeMounts", Msg(303), Many, OMIT),
+            f(10, "livenessProbe", Msg(243), One, PTR | OMIT),
+            f(11, "readinessProbe", Msg(243), One, PTR | OMIT),
+            f(12, "lifecycle", Msg(158), One, PTR | OMIT),
             f(13, "terminationMessagePath", Str, One, OMIT),
             f(14, "imagePullPolicy", Str, One, OMIT),
-            f(15, "securityContext", Msg(250), One, PTR | OMIT),
+            f(15, "securityContext", Msg(277), One, PTR | OMIT),
             f(16, "stdin", Bool, One, OMIT),
             f(17, "stdinOnce", Bool, One, OMIT),
             f(18, "tty", Bool, One, OMIT),
-            f(19, "envFrom", Msg(102), Many, OMIT),
+            f(19, "envFrom", Msg(129), Many, OMIT),
             f(20, "terminationMessagePolicy", Str, One, OMIT),
-            f(21, "volumeDevices", Msg(275), Many, OMIT),
-            f(22, "startupProbe", Msg(216), One, PTR | OMIT),
-            f(23, "resizePolicy", Msg(85), Many, OMIT),
+            f(21, "volumeDevices", Msg(302), Many, OMIT),
+            f(22, "startupProbe", Msg(243), One, PTR | OMIT),
+            f(23, "resizePolicy", Msg(112), Many, OMIT),
             f(24, "restartPolicy", Str, One, PTR | OMIT),
         ],
     },
-    // 83
+    // 110
     Message {
         name: "k8s.io.api.core.v1.ContainerImage",
         fields: &[
@@ -875,7 +1108,7 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(2, "sizeBytes", I64, One, OMIT),
         ],
     },
-    // 84
+    // 111
     Message {
         name: "k8s.io.api.core.v1.ContainerPort",
         fields: &[
@@ -886,7 +1119,7 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(5, "hostIP", Str, One, OMIT),
         ],
     },
-    // 85
+    // 112
     Message {
         name: "k8s.io.api.core.v1.ContainerResizePolicy",
         fields: &[
@@ -894,21 +1127,21 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(2, "restartPolicy", Str, One, 0),
         ],
     },
-    // 86
+    // 113
     Message {
         name: "k8s.io.api.core.v1.ContainerState",
         fields: &[
-            f(1, "waiting", Msg(89), One, PTR | OMIT),
-            f(2, "running", Msg(87), One, PTR | OMIT),
-            f(3, "terminated", Msg(88), One, PTR | OMIT),
+            f(1, "waiting", Msg(116), One, PTR | OMIT),
+            f(2, "running", Msg(114), One, PTR | OMIT),
+            f(3, "terminated", Msg(115), One, PTR | OMIT),
         ],
     },
-    // 87
+    // 114
     Message {
         name: "k8s.io.api.core.v1.ContainerStateRunning",
-        fields: &[f(1, "startedAt", Msg(339), One, OMIT)],
+        fields: &[f(1, "startedAt", Msg(366), One, OMIT)],
     },
-    // 88
+    // 115
     Message {
         name: "k8s.io.api.core.v1.ContainerStateTerminated",
         fields: &[
@@ -916,12 +1149,12 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(2, "signal", I32, One, OMIT),
             f(3, "reason", Str, One, OMIT),
             f(4, "message", Str, One, OMIT),
-            f(5, "startedAt", Msg(339), One, OMIT),
-            f(6, "finishedAt", Msg(339), One, OMIT),
+            f(5, "startedAt", Msg(366), One, OMIT),
+            f(6, "finishedAt", Msg(366), One, OMIT),
             f(7, "containerID", Str, One, OMIT),
         ],
     },
-    // 89
+    // 116
     Message {
         name: "k8s.io.api.core.v1.ContainerStateWaiting",
         fields: &[
@@ -929,79 +1162,79 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(2, "message", Str, One, OMIT),
         ],
     },
-    // 90
+    // 117
     Message {
         name: "k8s.io.api.core.v1.ContainerStatus",
         fields: &[
             f(1, "name", Str, One, 0),
-            f(2, "state", Msg(86), One, OMIT),
-            f(3, "lastState", Msg(86), One, OMIT),
+            f(2, "state", Msg(113), One, OMIT),
+            f(3, "lastState", Msg(113), One, OMIT),
             f(4, "ready", Bool, One, 0),
             f(5, "restartCount", I32, One, 0),
             f(6, "image", Str, One, 0),
             f(7, "imageID", Str, One, 0),
             f(8, "containerID", Str, One, OMIT),
             f(9, "started", Bool, One, PTR | OMIT),
-            f(10, "allocatedResources", Msg(298), Map, OMIT),
-            f(11, "resources", Msg(235), One, PTR | OMIT),
-            f(12, "volumeMounts", Msg(277), Many, OMIT),
-            f(13, "user", Msg(91), One, PTR | OMIT),
-            f(14, "allocatedResourcesStatus", Msg(236), Many, OMIT),
+            f(10, "allocatedResources", Msg(325), Map, OMIT),
+            f(11, "resources", Msg(262), One, PTR | OMIT),
+            f(12, "volumeMounts", Msg(304), Many, OMIT),
+            f(13, "user", Msg(118), One, PTR | OMIT),
+            f(14, "allocatedResourcesStatus", Msg(263), Many, OMIT),
             f(15, "stopSignal", Str, One, PTR | OMIT),
         ],
     },
-    // 91
+    // 118
     Message {
         name: "k8s.io.api.core.v1.ContainerUser",
-        fields: &[f(1, "linux", Msg(137), One, PTR | OMIT)],
+        fields: &[f(1, "linux", Msg(164), One, PTR | OMIT)],
     },
-    // 92
+    // 119
     Message {
         name: "k8s.io.api.core.v1.DaemonEndpoint",
         fields: &[f(1, "Port", I32, One, 0)],
     },
-    // 93
+    // 120
     Message {
         name: "k8s.io.api.core.v1.DownwardAPIProjection",
-        fields: &[f(1, "items", Msg(94), Many, OMIT)],
+        fields: &[f(1, "items", Msg(121), Many, OMIT)],
     },
-    // 94
+    // 121
     Message {
         name: "k8s.io.api.core.v1.DownwardAPIVolumeFile",
         fields: &[
             f(1, "path", Str, One, 0),
-            f(2, "fieldRef", Msg(169), One, PTR | OMIT),
-            f(3, "resourceFieldRef", Msg(229), One, PTR | OMIT),
+            f(2, "fieldRef", Msg(196), One, PTR | OMIT),
+            f(3, "resourceFieldRef", Msg(256), One, PTR | OMIT),
             f(4, "mode", I32, One, PTR | OMIT),
         ],
     },
-    // 95
+    // 122
     Message {
         name: "k8s.io.api.core.v1.DownwardAPIVolumeSource",
         fields: &[
-            f(1, "items", Msg(94), Many, OMIT),
+            f(1, "items", Msg(121), Many, OMIT),
             f(2, "defaultMode", I32, One, PTR | OMIT),
         ],
     },
-    // 96
+    // 123
     Message {
         name: "k8s.io.api.core.v1.EmptyDirVolumeSource",
         fields: &[
             f(1, "medium", Str, One, OMIT),
-            f(2, "sizeLimit", Msg(298), One, PTR | OMIT),
+            f(2, "sizeLimit", Msg(325), One, PTR | OMIT),
         ],
     },
-    // 97
+    // 124
     Message {
         name: "k8s.io.api.core.v1.EndpointAddress",
         fields: &[
             f(1, "ip", Str, One, 0),
-            f(2, "targetRef", Msg(170), One, PTR | OMIT),
+            f(2, "targetRef", Msg(197), One, PTR | OMIT),
             f(3, "hostname", Str, One, OMIT),
             f(4, "nodeName", Str, One, PTR | OMIT),
         ],
     },
-    // 98
+    // 125
     Message {
         name: "k8s.io.api.core.v1.EndpointPort",
         fields: &[
@@ -1011,68 +1244,68 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(4, "appProtocol", Str, One, PTR | OMIT),
         ],
     },
-    // 99
+    // 126
     Message {
         name: "k8s.io.api.core.v1.EndpointSubset",
         fields: &[
-            f(1, "addresses", Msg(97), Many, OMIT),
-            f(2, "notReadyAddresses", Msg(97), Many, OMIT),
-            f(3, "ports", Msg(98), Many, OMIT),
+            f(1, "addresses", Msg(124), Many, OMIT),
+            f(2, "notReadyAddresses", Msg(124), Many, OMIT),
+            f(3, "ports", Msg(125), Many, OMIT),
         ],
     },
-    // 100
+    // 127
     Message {
         name: "k8s.io.api.core.v1.Endpoints",
         fields: &[
-            f(1, "metadata", Msg(326), One, OMIT),
-            f(2, "subsets", Msg(99), Many, OMIT),
+            f(1, "metadata", Msg(353), One, OMIT),
+            f(2, "subsets", Msg(126), Many, OMIT),
         ],
     },
-    // 101
+    // 128
     Message {
         name: "k8s.io.api.core.v1.EndpointsList",
         fields: &[
-            f(1, "metadata", Msg(322), One, OMIT),
-            f(2, "items", Msg(100), Many, 0),
+            f(1, "metadata", Msg(349), One, OMIT),
+            f(2, "items", Msg(127), Many, 0),
         ],
     },
-    // 102
+    // 129
     Message {
         name: "k8s.io.api.core.v1.EnvFromSource",
         fields: &[
             f(1, "prefix", Str, One, OMIT),
-            f(2, "configMapRef", Msg(76), One, PTR | OMIT),
-            f(3, "secretRef", Msg(244), One, PTR | OMIT),
+            f(2, "configMapRef", Msg(103), One, PTR | OMIT),
+            f(3, "secretRef", Msg(271), One, PTR | OMIT),
         ],
     },
-    // 103
+    // 130
     Message {
         name: "k8s.io.api.core.v1.EnvVar",
         fields: &[
             f(1, "name", Str, One, 0),
             f(2, "value", Str, One, OMIT),
-            f(3, "valueFrom", Msg(104), One, PTR | OMIT),
+            f(3, "valueFrom", Msg(131), One, PTR | OMIT),
         ],
     },
-    // 104
+    // 131
     Message {
         name: "k8s.io.api.core.v1.EnvVarSource",
         fields: &[
-            f(1, "fieldRef", Msg(169), One, PTR | OMIT),
-            f(2, "resourceFieldRef", Msg(229), One, PTR | OMIT),
-            f(3, "configMapKeyRef", Msg(77), One, PTR | OMIT),
-            f(4, "secretKeyRef", Msg(245), One, PTR | OMIT),
+            f(1, "fieldRef", Msg(196), One, PTR | OMIT),
+            f(2, "resourceFieldRef", Msg(256), One, PTR | OMIT),
+            f(3, "configMapKeyRef", Msg(104), One, PTR | OMIT),
+            f(4, "secretKeyRef", Msg(272), One, PTR | OMIT),
         ],
     },
-    // 105
+    // 132
     Message {
         name: "k8s.io.api.core.v1.EphemeralContainer",
         fields: &[
-            f(1, "ephemeralContainerCommon", Msg(106), One, INLINE),
+            f(1, "ephemeralContainerCommon", Msg(133), One, INLINE),
             f(2, "targetContainerName", Str, One, OMIT),
         ],
     },
-    // 106
+    // 133
     Message {
         name: "k8s.io.api.core.v1.EphemeralContainerCommon",
         fields: &[
@@ -1081,70 +1314,70 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(3, "command", Str, Many, OMIT),
             f(4, "args", Str, Many, OMIT),
             f(5, "workingDir", Str, One, OMIT),
-            f(6, "ports", Msg(84), Many, OMIT),
-            f(7, "env", Msg(103), Many, OMIT),
-            f(8, "resources", Msg(235), One, OMIT),
-            f(9, "volumeMounts", Msg(276), Many, OMIT),
-            f(10, "livenessProbe", Msg(216), One, PTR | OMIT),
-            f(11, "readinessProbe", Msg(216), One, PTR | OMIT),
-            f(12, "lifecycle", Msg(131), One, PTR | OMIT),
+            f(6, "ports", Msg(111), Many, OMIT),
+            f(7, "env", Msg(130), Many, OMIT),
+            f(8, "resources", Msg(262), One, OMIT),
+            f(9, "volumeMounts", Msg(303), Many, OMIT),
+            f(10, "livenessProbe", Msg(243), One, PTR | OMIT),
+            f(11, "readinessProbe", Msg(243), One, PTR | OMIT),
+            f(12, "lifecycle", Msg(158), One, PTR | OMIT),
             f(13, "terminationMessagePath", Str, One, OMIT),
             f(14, "imagePullPolicy", Str, One, OMIT),
-            f(15, "securityContext", Msg(250), One, PTR | OMIT),
+            f(15, "securityContext", Msg(277), One, PTR | OMIT),
             f(16, "stdin", Bool, One, OMIT),
             f(17, "stdinOnce", Bool, One, OMIT),
             f(18, "tty", Bool, One, OMIT),
-            f(19, "envFrom", Msg(102), Many, OMIT),
+            f(19, "envFrom", Msg(129), Many, OMIT),
             f(20, "terminationMessagePolicy", Str, One, OMIT),
-            f(21, "volumeDevices", Msg(275), Many, OMIT),
-            f(22, "startupProbe", Msg(216), One, PTR | OMIT),
-            f(23, "resizePolicy", Msg(85), Many, OMIT),
+            f(21, "volumeDevices", Msg(302), Many, OMIT),
+            f(22, "startupProbe", Msg(243), One, PTR | OMIT),
+            f(23, "resizePolicy", Msg(112), Many, OMIT),
             f(24, "restartPolicy", Str, One, PTR | OMIT),
         ],
     },
-    // 107
+    // 134
     Message {
         name: "k8s.io.api.core.v1.EphemeralVolumeSource",
-        fields: &[f(1, "volumeClaimTemplate", Msg(177), One, PTR | OMIT)],
+        fields: &[f(1, "volumeClaimTemplate", Msg(204), One, PTR | OMIT)],
     },
-    // 108
+    // 135
     Message {
         name: "k8s.io.api.core.v1.Event",
         fields: &[
-            f(1, "metadata", Msg(326), One, 0),
-            f(2, "involvedObject", Msg(170), One, 0),
+            f(1, "metadata", Msg(353), One, 0),
+            f(2, "involvedObject", Msg(197), One, 0),
             f(3, "reason", Str, One, OMIT),
             f(4, "message", Str, One, OMIT),
-            f(5, "source", Msg(111), One, OMIT),
-            f(6, "firstTimestamp", Msg(339), One, OMIT),
-            f(7, "lastTimestamp", Msg(339), One, OMIT),
+            f(5, "source", Msg(138), One, OMIT),
+            f(6, "firstTimestamp", Msg(366), One, OMIT),
+            f(7, "lastTimestamp", Msg(366), One, OMIT),
             f(8, "count", I32, One, OMIT),
             f(9, "type", Str, One, OMIT),
-            f(10, "eventTime", Msg(325), One, OMIT),
-            f(11, "series", Msg(110), One, PTR | OMIT),
+            f(10, "eventTime", Msg(352), One, OMIT),
+            f(11, "series", Msg(137), One, PTR | OMIT),
             f(12, "action", Str, One, OMIT),
-            f(13, "related", Msg(170), One, PTR | OMIT),
+            f(13, "related", Msg(197), One, PTR | OMIT),
             f(14, "reportingComponent", Str, One, 0),
             f(15, "reportingInstance", Str, One, 0),
         ],
     },
-    // 109
+    // 136
     Message {
         name: "k8s.io.api.core.v1.EventList",
         fields: &[
-            f(1, "metadata", Msg(322), One, OMIT),
-            f(2, "items", Msg(108), Many, 0),
+            f(1, "metadata", Msg(349), One, OMIT),
+            f(2, "items", Msg(135), Many, 0),
         ],
     },
-    // 110
+    // 137
     Message {
         name: "k8s.io.api.core.v1.EventSeries",
         fields: &[
             f(1, "count", I32, One, OMIT),
-            f(2, "lastObservedTime", Msg(325), One, OMIT),
+            f(2, "lastObservedTime", Msg(352), One, OMIT),
         ],
     },
-    // 111
+    // 138
     Message {
         name: "k8s.io.api.core.v1.EventSource",
         fields: &[
@@ -1152,12 +1385,12 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(2, "host", Str, One, OMIT),
         ],
     },
-    // 112
+    // 139
     Message {
         name: "k8s.io.api.core.v1.ExecAction",
         fields: &[f(1, "command", Str, Many, OMIT)],
     },
-    // 113
+    // 140
     Message {
         name: "k8s.io.api.core.v1.FCVolumeSource",
         fields: &[
@@ -1168,29 +1401,29 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(5, "wwids", Str, Many, OMIT),
         ],
     },
-    // 114
+    // 141
     Message {
         name: "k8s.io.api.core.v1.FlexPersistentVolumeSource",
         fields: &[
             f(1, "driver", Str, One, 0),
             f(2, "fsType", Str, One, OMIT),
-            f(3, "secretRef", Msg(248), One, PTR | OMIT),
+            f(3, "secretRef", Msg(275), One, PTR | OMIT),
             f(4, "readOnly", Bool, One, OMIT),
             f(5, "options", Str, Map, OMIT),
         ],
     },
-    // 115
+    // 142
     Message {
         name: "k8s.io.api.core.v1.FlexVolumeSource",
         fields: &[
             f(1, "driver", Str, One, 0),
             f(2, "fsType", Str, One, OMIT),
-            f(3, "secretRef", Msg(141), One, PTR | OMIT),
+            f(3, "secretRef", Msg(168), One, PTR | OMIT),
             f(4, "readOnly", Bool, One, OMIT),
             f(5, "options", Str, Map, OMIT),
         ],
     },
-    // 116
+    // 143
     Message {
         name: "k8s.io.api.core.v1.FlockerVolumeSource",
         fields: &[
@@ -1198,7 +1431,7 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(2, "datasetUUID", Str, One, OMIT),
         ],
     },
-    // 117
+    // 144
     Message {
         name: "k8s.io.api.core.v1.GCEPersistentDiskVolumeSource",
         fields: &[
@@ -1208,12 +1441,12 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(4, "readOnly", Bool, One, OMIT),
         ],
     },
-    // 118
+    // 145
     Message {
         name: "k8s.io.api.core.v1.GRPCAction",
         fields: &[f(1, "port", I32, One, 0), f(2, "service", Str, One, PTR)],
     },
-    // 119
+    // 146
     Message {
         name: "k8s.io.api.core.v1.GitRepoVolumeSource",
         fields: &[
@@ -1222,7 +1455,7 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(3, "directory", Str, One, OMIT),
         ],
     },
-    // 120
+    // 147
     Message {
         name: "k8s.io.api.core.v1.GlusterfsPersistentVolumeSource",
         fields: &[
@@ -1232,7 +1465,7 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(4, "endpointsNamespace", Str, One, PTR | OMIT),
         ],
     },
-    // 121
+    // 148
     Message {
         name: "k8s.io.api.core.v1.GlusterfsVolumeSource",
         fields: &[
@@ -1241,33 +1474,33 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(3, "readOnly", Bool, One, OMIT),
         ],
     },
-    // 122
+    // 149
     Message {
         name: "k8s.io.api.core.v1.HTTPGetAction",
         fields: &[
             f(1, "path", Str, One, OMIT),
-            f(2, "port", Msg(348), One, 0),
+            f(2, "port", Msg(375), One, 0),
             f(3, "host", Str, One, OMIT),
             f(4, "scheme", Str, One, OMIT),
-            f(5, "httpHeaders", Msg(123), Many, OMIT),
+            f(5, "httpHeaders", Msg(150), Many, OMIT),
         ],
     },
-    // 123
+    // 150
     Message {
         name: "k8s.io.api.core.v1.HTTPHeader",
         fields: &[f(1, "name", Str, One, 0), f(2, "value", Str, One, 0)],
     },
-    // 124
+    // 151
     Message {
         name: "k8s.io.api.core.v1.HostAlias",
         fields: &[f(1, "ip", Str, One, 0), f(2, "hostnames", Str, Many, OMIT)],
     },
-    // 125
+    // 152
     Message {
         name: "k8s.io.api.core.v1.HostIP",
         fields: &[f(1, "ip", Str, One, 0)],
     },
-    // 126
+    // 153
     Message {
         name: "k8s.io.api.core.v1.HostPathVolumeSource",
         fields: &[
@@ -1275,7 +1508,7 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(2, "type", Str, One, PTR | OMIT),
         ],
     },
-    // 127
+    // 154
     Message {
         name: "k8s.io.api.core.v1.ISCSIPersistentVolumeSource",
         fields: &[
@@ -1287,12 +1520,12 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(6, "readOnly", Bool, One, OMIT),
             f(7, "portals", Str, Many, OMIT),
             f(8, "chapAuthDiscovery", Bool, One, OMIT),
-            f(10, "secretRef", Msg(248), One, PTR | OMIT),
+            f(10, "secretRef", Msg(275), One, PTR | OMIT),
             f(11, "chapAuthSession", Bool, One, OMIT),
             f(12, "initiatorName", Str, One, PTR | OMIT),
         ],
     },
-    // 128
+    // 155
     Message {
         name: "k8s.io.api.core.v1.ISCSIVolumeSource",
         fields: &[
@@ -1304,12 +1537,12 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(6, "readOnly", Bool, One, OMIT),
             f(7, "portals", Str, Many, OMIT),
             f(8, "chapAuthDiscovery", Bool, One, OMIT),
-            f(10, "secretRef", Msg(141), One, PTR | OMIT),
+            f(10, "secretRef", Msg(168), One, PTR | OMIT),
             f(11, "chapAuthSession", Bool, One, OMIT),
             f(12, "initiatorName", Str, One, PTR | OMIT),
         ],
     },
-    // 129
+    // 156
     Message {
         name: "k8s.io.api.core.v1.ImageVolumeSource",
         fields: &[
@@ -1317,7 +1550,7 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(2, "pullPolicy", Str, One, OMIT),
         ],
     },
-    // 130
+    // 157
     Message {
         name: "k8s.io.api.core.v1.KeyToPath",
         fields: &[
@@ -1326,59 +1559,59 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(3, "mode", I32, One, PTR | OMIT),
         ],
     },
-    // 131
+    // 158
     Message {
         name: "k8s.io.api.core.v1.Lifecycle",
         fields: &[
-            f(1, "postStart", Msg(132), One, PTR | OMIT),
-            f(2, "preStop", Msg(132), One, PTR | OMIT),
+            f(1, "postStart", Msg(159), One, PTR | OMIT),
+            f(2, "preStop", Msg(159), One, PTR | OMIT),
             f(3, "stopSignal", Str, One, PTR | OMIT),
         ],
     },
-    // 132
+    // 159
     Message {
         name: "k8s.io.api.core.v1.LifecycleHandler",
         fields: &[
-            f(1, "exec", Msg(112), One, PTR | OMIT),
-            f(2, "httpGet", Msg(122), One, PTR | OMIT),
-            f(3, "tcpSocket", Msg(266), One, PTR | OMIT),
-            f(4, "sleep", Msg(262), One, PTR | OMIT),
+            f(1, "exec", Msg(139), One, PTR | OMIT),
+            f(2, "httpGet", Msg(149), One, PTR | OMIT),
+            f(3, "tcpSocket", Msg(293), One, PTR | OMIT),
+            f(4, "sleep", Msg(289), One, PTR | OMIT),
         ],
     },
-    // 133
+    // 160
     Message {
         name: "k8s.io.api.core.v1.LimitRange",
         fields: &[
-            f(1, "metadata", Msg(326), One, OMIT),
-            f(2, "spec", Msg(136), One, OMIT),
+            f(1, "metadata", Msg(353), One, OMIT),
+            f(2, "spec", Msg(163), One, OMIT),
         ],
     },
-    // 134
+    // 161
     Message {
         name: "k8s.io.api.core.v1.LimitRangeItem",
         fields: &[
             f(1, "type", Str, One, 0),
-            f(2, "max", Msg(298), Map, OMIT),
-            f(3, "min", Msg(298), Map, OMIT),
-            f(4, "default", Msg(298), Map, OMIT),
-            f(5, "defaultRequest", Msg(298), Map, OMIT),
-            f(6, "maxLimitRequestRatio", Msg(298), Map, OMIT),
+            f(2, "max", Msg(325), Map, OMIT),
+            f(3, "min", Msg(325), Map, OMIT),
+            f(4, "default", Msg(325), Map, OMIT),
+            f(5, "defaultRequest", Msg(325), Map, OMIT),
+            f(6, "maxLimitRequestRatio", Msg(325), Map, OMIT),
         ],
     },
-    // 135
+    // 162
     Message {
         name: "k8s.io.api.core.v1.LimitRangeList",
         fields: &[
-            f(1, "metadata", Msg(322), One, OMIT),
-            f(2, "items", Msg(133), Many, 0),
+            f(1, "metadata", Msg(349), One, OMIT),
+            f(2, "items", Msg(160), Many, 0),
         ],
     },
-    // 136
+    // 163
     Message {
         name: "k8s.io.api.core.v1.LimitRangeSpec",
-        fields: &[f(1, "limits", Msg(134), Many, 0)],
+        fields: &[f(1, "limits", Msg(161), Many, 0)],
     },
-    // 137
+    // 164
     Message {
         name: "k8s.io.api.core.v1.LinuxContainerUser",
         fields: &[
@@ -1387,35 +1620,35 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(3, "supplementalGroups", I64, Many, OMIT),
         ],
     },
-    // 138
+    // 165
     Message {
         name: "k8s.io.api.core.v1.List",
         fields: &[
-            f(1, "metadata", Msg(322), One, OMIT),
-            f(2, "items", Msg(345), Many, 0),
+            f(1, "metadata", Msg(349), One, OMIT),
+            f(2, "items", Msg(372), Many, 0),
         ],
     },
-    // 139
+    // 166
     Message {
         name: "k8s.io.api.core.v1.LoadBalancerIngress",
         fields: &[
             f(1, "ip", Str, One, OMIT),
             f(2, "hostname", Str, One, OMIT),
             f(3, "ipMode", Str, One, PTR | OMIT),
-            f(4, "ports", Msg(211), Many, OMIT),
+            f(4, "ports", Msg(238), Many, OMIT),
         ],
     },
-    // 140
+    // 167
     Message {
         name: "k8s.io.api.core.v1.LoadBalancerStatus",
-        fields: &[f(1, "ingress", Msg(139), Many, OMIT)],
+        fields: &[f(1, "ingress", Msg(166), Many, OMIT)],
     },
-    // 141
+    // 168
     Message {
         name: "k8s.io.api.core.v1.LocalObjectReference",
         fields: &[f(1, "name", Str, One, OMIT)],
     },
-    // 142
+    // 169
     Message {
         name: "k8s.io.api.core.v1.LocalVolumeSource",
         fields: &[
@@ -1423,7 +1656,7 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(2, "fsType", Str, One, PTR | OMIT),
         ],
     },
-    // 143
+    // 170
     Message {
         name: "k8s.io.api.core.v1.ModifyVolumeStatus",
         fields: &[
@@ -1431,7 +1664,7 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(2, "status", Str, One, 0),
         ],
     },
-    // 144
+    // 171
     Message {
         name: "k8s.io.api.core.v1.NFSVolumeSource",
         fields: &[
@@ -1440,140 +1673,140 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(3, "readOnly", Bool, One, OMIT),
         ],
     },
-    // 145
+    // 172
     Message {
         name: "k8s.io.api.core.v1.Namespace",
         fields: &[
-            f(1, "metadata", Msg(326), One, OMIT),
-            f(2, "spec", Msg(148), One, OMIT),
-            f(3, "status", Msg(149), One, OMIT),
+            f(1, "metadata", Msg(353), One, OMIT),
+            f(2, "spec", Msg(175), One, OMIT),
+            f(3, "status", Msg(176), One, OMIT),
         ],
     },
-    // 146
+    // 173
     Message {
         name: "k8s.io.api.core.v1.NamespaceCondition",
         fields: &[
             f(1, "type", Str, One, 0),
             f(2, "status", Str, One, 0),
-            f(4, "lastTransitionTime", Msg(339), One, OMIT),
+            f(4, "lastTransitionTime", Msg(366), One, OMIT),
             f(5, "reason", Str, One, OMIT),
             f(6, "message", Str, One, OMIT),
         ],
     },
-    // 147
+    // 174
     Message {
         name: "k8s.io.api.core.v1.NamespaceList",
         fields: &[
-            f(1, "metadata", Msg(322), One, OMIT),
-            f(2, "items", Msg(145), Many, 0),
+            f(1, "metadata", Msg(349), One, OMIT),
+            f(2, "items", Msg(172), Many, 0),
         ],
     },
-    // 148
+    // 175
     Message {
         name: "k8s.io.api.core.v1.NamespaceSpec",
         fields: &[f(1, "finalizers", Str, Many, OMIT)],
     },
-    // 149
+    // 176
     Message {
         name: "k8s.io.api.core.v1.NamespaceStatus",
         fields: &[
             f(1, "phase", Str, One, OMIT),
-            f(2, "conditions", Msg(146), Many, OMIT),
+            f(2, "conditions", Msg(173), Many, OMIT),
         ],
     },
-    // 150
+    // 177
     Message {
         name: "k8s.io.api.core.v1.Node",
         fields: &[
-            f(1, "metadata", Msg(326), One, OMIT),
-            f(2, "spec", Msg(165), One, OMIT),
-            f(3, "status", Msg(166), One, OMIT),
+            f(1, "metadata", Msg(353), One, OMIT),
+            f(2, "spec", Msg(192), One, OMIT),
+            f(3, "status", Msg(193), One, OMIT),
         ],
     },
-    // 151
+    // 178
     Message {
         name: "k8s.io.api.core.v1.NodeAddress",
         fields: &[f(1, "type", Str, One, 0), f(2, "address", Str, One, 0)],
     },
-    // 152
+    // 179
     Message {
         name: "k8s.io.api.core.v1.NodeAffinity",
         fields: &[
             f(
                 1,
                 "requiredDuringSchedulingIgnoredDuringExecution",
-                Msg(162),
+                Msg(189),
                 One,
                 PTR | OMIT,
             ),
             f(
                 2,
                 "preferredDuringSchedulingIgnoredDuringExecution",
-                Msg(215),
+                Msg(242),
                 Many,
                 OMIT,
             ),
         ],
     },
-    // 153
+    // 180
     Message {
         name: "k8s.io.api.core.v1.NodeCondition",
         fields: &[
             f(1, "type", Str, One, 0),
             f(2, "status", Str, One, 0),
-            f(3, "lastHeartbeatTime", Msg(339), One, OMIT),
-            f(4, "lastTransitionTime", Msg(339), One, OMIT),
+            f(3, "lastHeartbeatTime", Msg(366), One, OMIT),
+            f(4, "lastTransitionTime", Msg(366), One, OMIT),
             f(5, "reason", Str, One, OMIT),
             f(6, "message", Str, One, OMIT),
         ],
     },
-    // 154
+    // 181
     Message {
         name: "k8s.io.api.core.v1.NodeConfigSource",
-        fields: &[f(2, "configMap", Msg(79), One, PTR | OMIT)],
+        fields: &[f(2, "configMap", Msg(106), One, PTR | OMIT)],
     },
-    // 155
+    // 182
     Message {
         name: "k8s.io.api.core.v1.NodeConfigStatus",
         fields: &[
-            f(1, "assigned", Msg(154), One, PTR | OMIT),
-            f(2, "active", Msg(154), One, PTR | OMIT),
-            f(3, "lastKnownGood", Msg(154), One, PTR | OMIT),
+            f(1, "assigned", Msg(181), One, PTR | OMIT),
+            f(2, "active", Msg(181), One, PTR | OMIT),
+            f(3, "lastKnownGood", Msg(181), One, PTR | OMIT),
             f(4, "error", Str, One, OMIT),
         ],
     },
-    // 156
+    // 183
     Message {
         name: "k8s.io.api.core.v1.NodeDaemonEndpoints",
-        fields: &[f(1, "kubeletEndpoint", Msg(92), One, OMIT)],
+        fields: &[f(1, "kubeletEndpoint", Msg(119), One, OMIT)],
     },
-    // 157
+    // 184
     Message {
         name: "k8s.io.api.core.v1.NodeFeatures",
         fields: &[f(1, "supplementalGroupsPolicy", Bool, One, PTR | OMIT)],
     },
-    // 158
+    // 185
     Message {
         name: "k8s.io.api.core.v1.NodeList",
         fields: &[
-            f(1, "metadata", Msg(322), One, OMIT),
-            f(2, "items", Msg(150), Many, 0),
+            f(1, "metadata", Msg(349), One, OMIT),
+            f(2, "items", Msg(177), Many, 0),
         ],
     },
-    // 159
+    // 186
     Message {
         name: "k8s.io.api.core.v1.NodeProxyOptions",
         fields: &[f(1, "path", Str, One, OMIT)],
     },
-    // 160
+    // 187
     Message {
         name: "k8s.io.api.core.v1.NodeRuntimeHandler",
         fields: &[
             f(1, "name", Str, One, 0),
-            f(2, "features", Msg(161), One, PTR | OMIT),
+            f(2, "features", Msg(188), One, PTR | OMIT),
         ],
     },
-    // 161
+    // 188
     Message {
         name: "k8s.io.api.core.v1.NodeRuntimeHandlerFeatures",
         fields: &[
@@ -1581,12 +1814,12 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(2, "userNamespaces", Bool, One, PTR | OMIT),
         ],
     },
-    // 162
+    // 189
     Message {
         name: "k8s.io.api.core.v1.NodeSelector",
-        fields: &[f(1, "nodeSelectorTerms", Msg(164), Many, 0)],
+        fields: &[f(1, "nodeSelectorTerms", Msg(191), Many, 0)],
     },
-    // 163
+    // 190
     Message {
         name: "k8s.io.api.core.v1.NodeSelectorRequirement",
         fields: &[
@@ -1595,15 +1828,15 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(3, "values", Str, Many, OMIT),
         ],
     },
-    // 164
+    // 191
     Message {
         name: "k8s.io.api.core.v1.NodeSelectorTerm",
         fields: &[
-            f(1, "matchExpressions", Msg(163), Many, OMIT),
-            f(2, "matchFields", Msg(163), Many, OMIT),
+            f(1, "matchExpressions", Msg(190), Many, OMIT),
+            f(2, "matchFields", Msg(190), Many, OMIT),
         ],
     },
-    // 165
+    // 192
     Message {
         name: "k8s.io.api.core.v1.NodeSpec",
         fields: &[
@@ -1611,36 +1844,36 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(2, "externalID", Str, One, OMIT),
             f(3, "providerID", Str, One, OMIT),
             f(4, "unschedulable", Bool, One, OMIT),
-            f(5, "taints", Msg(267), Many, OMIT),
-            f(6, "configSource", Msg(154), One, PTR | OMIT),
+            f(5, "taints", Msg(294), Many, OMIT),
+            f(6, "configSource", Msg(181), One, PTR | OMIT),
             f(7, "podCIDRs", Str, Many, OMIT),
         ],
     },
-    // 166
+    // 193
     Message {
         name: "k8s.io.api.core.v1.NodeStatus",
         fields: &[
-            f(1, "capacity", Msg(298), Map, OMIT),
-            f(2, "allocatable", Msg(298), Map, OMIT),
+            f(1, "capacity", Msg(325), Map, OMIT),
+            f(2, "allocatable", Msg(325), Map, OMIT),
             f(3, "phase", Str, One, OMIT),
-            f(4, "conditions", Msg(153), Many, OMIT),
-            f(5, "addresses", Msg(151), Many, OMIT),
-            f(6, "daemonEndpoints", Msg(156), One, OMIT),
-            f(7, "nodeInfo", Msg(168), One, OMIT),
-            f(8, "images", Msg(83), Many, OMIT),
+            f(4, "conditions", Msg(180), Many, OMIT),
+            f(5, "addresses", Msg(178), Many, OMIT),
+            f(6, "daemonEndpoints", Msg(183), One, OMIT),
+            f(7, "nodeInfo", Msg(195), One, OMIT),
+            f(8, "images", Msg(110), Many, OMIT),
             f(9, "volumesInUse", Str, Many, OMIT),
-            f(10, "volumesAttached", Msg(57), Many, OMIT),
-            f(11, "config", Msg(155), One, PTR | OMIT),
-            f(12, "runtimeHandlers", Msg(160), Many, OMIT),
-            f(13, "features", Msg(157), One, PTR | OMIT),
+            f(10, "volumesAttached", Msg(84), Many, OMIT),
+            f(11, "config", Msg(182), One, PTR | OMIT),
+            f(12, "runtimeHandlers", Msg(187), Many, OMIT),
+            f(13, "features", Msg(184), One, PTR | OMIT),
         ],
     },
-    // 167
+    // 194
     Message {
         name: "k8s.io.api.core.v1.NodeSwapStatus",
         fields: &[f(1, "capacity", I64, One, PTR | OMIT)],
     },
-    // 168
+    // 195
     Message {
         name: "k8s.io.api.core.v1.NodeSystemInfo",
         fields: &[
@@ -1654,10 +1887,10 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(8, "kubeProxyVersion", Str, One, 0),
             f(9, "operatingSystem", Str, One, 0),
             f(10, "architecture", Str, One, 0),
-            f(11, "swap", Msg(167), One, PTR | OMIT),
+            f(11, "swap", Msg(194), One, PTR | OMIT),
         ],
     },
-    // 169
+    // 196
     Message {
         name: "k8s.io.api.core.v1.ObjectFieldSelector",
         fields: &[
@@ -1665,7 +1898,7 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(2, "fieldPath", Str, One, 0),
         ],
     },
-    // 170
+    // 197
     Message {
         name: "k8s.io.api.core.v1.ObjectReference",
         fields: &[
@@ -1678,82 +1911,82 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(7, "fieldPath", Str, One, OMIT),
         ],
     },
-    // 171
+    // 198
     Message {
         name: "k8s.io.api.core.v1.PersistentVolume",
         fields: &[
-            f(1, "metadata", Msg(326), One, OMIT),
-            f(2, "spec", Msg(181), One, OMIT),
-            f(3, "status", Msg(182), One, OMIT),
+            f(1, "metadata", Msg(353), One, OMIT),
+            f(2, "spec", Msg(208), One, OMIT),
+            f(3, "status", Msg(209), One, OMIT),
         ],
     },
-    // 172
+    // 199
     Message {
         name: "k8s.io.api.core.v1.PersistentVolumeClaim",
         fields: &[
-            f(1, "metadata", Msg(326), One, OMIT),
-            f(2, "spec", Msg(175), One, OMIT),
-            f(3, "status", Msg(176), One, OMIT),
+            f(1, "metadata", Msg(353), One, OMIT),
+            f(2, "spec", Msg(202), One, OMIT),
+            f(3, "status", Msg(203), One, OMIT),
         ],
     },
-    // 173
+    // 200
     Message {
         name: "k8s.io.api.core.v1.PersistentVolumeClaimCondition",
         fields: &[
             f(1, "type", Str, One, 0),
             f(2, "status", Str, One, 0),
-            f(3, "lastProbeTime", Msg(339), One, OMIT),
-            f(4, "lastTransitionTime", Msg(339), One, OMIT),
+            f(3, "lastProbeTime", Msg(366), One, OMIT),
+            f(4, "lastTransitionTime", Msg(366), One, OMIT),
             f(5, "reason", Str, One, OMIT),
             f(6, "message", Str, One, OMIT),
         ],
     },
-    // 174
+    // 201
     Message {
         name: "k8s.io.api.core.v1.PersistentVolumeClaimList",
         fields: &[
-            f(1, "metadata", Msg(322), One, OMIT),
-            f(2, "items", Msg(172), Many, 0),
+            f(1, "metadata", Msg(349), One, OMIT),
+            f(2, "items", Msg(199), Many, 0),
         ],
     },
-    // 175
+    // 202
     Message {
         name: "k8s.io.api.core.v1.PersistentVolumeClaimSpec",
         fields: &[
             f(1, "accessModes", Str, Many, OMIT),
-            f(2, "resources", Msg(280), One, OMIT),
+            f(2, "resources", Msg(307), One, OMIT),
             f(3, "volumeName", Str, One, OMIT),
-            f(4, "selector", Msg(319), One, PTR | OMIT),
+            f(4, "selector", Msg(346), One, PTR | OMIT),
             f(5, "storageClassName", Str, One, PTR | OMIT),
             f(6, "volumeMode", Str, One, PTR | OMIT),
-            f(7, "dataSource", Msg(272), One, PTR | OMIT),
-            f(8, "dataSourceRef", Msg(273), One, PTR | OMIT),
+            f(7, "dataSource", Msg(299), One, PTR | OMIT),
+            f(8, "dataSourceRef", Msg(300), One, PTR | OMIT),
             f(9, "volumeAttributesClassName", Str, One, PTR | OMIT),
         ],
     },
-    // 176
+    // 203
     Message {
         name: "k8s.io.api.core.v1.PersistentVolumeClaimStatus",
         fields: &[
             f(1, "phase", Str, One, OMIT),
             f(2, "accessModes", Str, Many, OMIT),
-            f(3, "capacity", Msg(298), Map, OMIT),
-            f(4, "conditions", Msg(173), Many, OMIT),
-            f(5, "allocatedResources", Msg(298), Map, OMIT),
+            f(3, "capacity", Msg(325), Map, OMIT),
+            f(4, "conditions", Msg(200), Many, OMIT),
+            f(5, "allocatedResources", Msg(325), Map, OMIT),
             f(7, "allocatedResourceStatuses", Str, Map, OMIT),
             f(8, "currentVolumeAttributesClassName", Str, One, PTR | OMIT),
-            f(9, "modifyVolumeStatus", Msg(143), One, PTR | OMIT),
+            f(9, "modifyVolumeStatus", Msg(170), One, PTR | OMIT),
         ],
     },
-    // 177
+    // 204
     Message {
         name: "k8s.io.api.core.v1.PersistentVolumeClaimTemplate",
         fields: &[
-            f(1, "metadata", Msg(326), One, OMIT),
-            f(2, "spec", Msg(175), One, 0),
+            f(1, "metadata", Msg(353), One, OMIT),
+            f(2, "spec", Msg(202), One, 0),
         ],
     },
-    // 178
+    // 205
     Message {
         name: "k8s.io.api.core.v1.PersistentVolumeClaimVolumeSource",
         fields: &[
@@ -1761,135 +1994,135 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(2, "readOnly", Bool, One, OMIT),
         ],
     },
-    // 179
+    // 206
     Message {
         name: "k8s.io.api.core.v1.PersistentVolumeList",
         fields: &[
-            f(1, "metadata", Msg(322), One, OMIT),
-            f(2, "items", Msg(171), Many, 0),
+            f(1, "metadata", Msg(349), One, OMIT),
+            f(2, "items", Msg(198), Many, 0),
         ],
     },
-    // 180
+    // 207
     Message {
         name: "k8s.io.api.core.v1.PersistentVolumeSource",
         fields: &[
-            f(1, "gcePersistentDisk", Msg(117), One, PTR | OMIT),
-            f(2, "awsElasticBlockStore", Msg(54), One, PTR | OMIT),
-            f(3, "hostPath", Msg(126), One, PTR | OMIT),
-            f(4, "glusterfs", Msg(120), One, PTR | OMIT),
-            f(5, "nfs", Msg(144), One, PTR | OMIT),
-            f(6, "rbd", Msg(220), One, PTR | OMIT),
-            f(7, "iscsi", Msg(127), One, PTR | OMIT),
-            f(8, "cinder", Msg(68), One, PTR | OMIT),
-            f(9, "cephfs", Msg(66), One, PTR | OMIT),
-            f(10, "fc", Msg(113), One, PTR | OMIT),
-            f(11, "flocker", Msg(116), One, PTR | OMIT),
-            f(12, "flexVolume", Msg(114), One, PTR | OMIT),
-            f(13, "azureFile", Msg(60), One, PTR | OMIT),
-            f(14, "vsphereVolume", Msg(282), One, PTR | OMIT),
-            f(15, "quobyte", Msg(219), One, PTR | OMIT),
-            f(16, "azureDisk", Msg(59), One, PTR | OMIT),
-            f(17, "photonPersistentDisk", Msg(183), One, PTR | OMIT),
-            f(18, "portworxVolume", Msg(212), One, PTR | OMIT),
-            f(19, "scaleIO", Msg(238), One, PTR | OMIT),
-            f(20, "local", Msg(142), One, PTR | OMIT),
-            f(21, "storageos", Msg(263), One, PTR | OMIT),
-            f(22, "csi", Msg(63), One, PTR | OMIT),
+            f(1, "gcePersistentDisk", Msg(144), One, PTR | OMIT),
+            f(2, "awsElasticBlockStore", Msg(81), One, PTR | OMIT),
+            f(3, "hostPath", Msg(153), One, PTR | OMIT),
+            f(4, "glusterfs", Msg(147), One, PTR | OMIT),
+            f(5, "nfs", Msg(171), One, PTR | OMIT),
+            f(6, "rbd", Msg(247), One, PTR | OMIT),
+            f(7, "iscsi", Msg(154), One, PTR | OMIT),
+            f(8, "cinder", Msg(95), One, PTR | OMIT),
+            f(9, "cephfs", Msg(93), One, PTR | OMIT),
+            f(10, "fc", Msg(140), One, PTR | OMIT),
+            f(11, "flocker", Msg(143), One, PTR | OMIT),
+            f(12, "flexVolume", Msg(141), One, PTR | OMIT),
+            f(13, "azureFile", Msg(87), One, PTR | OMIT),
+            f(14, "vsphereVolume", Msg(309), One, PTR | OMIT),
+            f(15, "quobyte", Msg(246), One, PTR | OMIT),
+            f(16, "azureDisk", Msg(86), One, PTR | OMIT),
+            f(17, "photonPersistentDisk", Msg(210), One, PTR | OMIT),
+            f(18, "portworxVolume", Msg(239), One, PTR | OMIT),
+            f(19, "scaleIO", Msg(265), One, PTR | OMIT),
+            f(20, "local", Msg(169), One, PTR | OMIT),
+            f(21, "storageos", Msg(290), One, PTR | OMIT),
+            f(22, "csi", Msg(90), One, PTR | OMIT),
         ],
     },
-    // 181
+    // 208
     Message {
         name: "k8s.io.api.core.v1.PersistentVolumeSpec",
         fields: &[
-            f(1, "capacity", Msg(298), Map, OMIT),
-            f(2, "persistentVolumeSource", Msg(180), One, INLINE),
+            f(1, "capacity", Msg(325), Map, OMIT),
+            f(2, "persistentVolumeSource", Msg(207), One, INLINE),
             f(3, "accessModes", Str, Many, OMIT),
-            f(4, "claimRef", Msg(170), One, PTR | OMIT),
+            f(4, "claimRef", Msg(197), One, PTR | OMIT),
             f(5, "persistentVolumeReclaimPolicy", Str, One, OMIT),
             f(6, "storageClassName", Str, One, OMIT),
             f(7, "mountOptions", Str, Many, OMIT),
             f(8, "volumeMode", Str, One, PTR | OMIT),
-            f(9, "nodeAffinity", Msg(278), One, PTR | OMIT),
+            f(9, "nodeAffinity", Msg(305), One, PTR | OMIT),
             f(10, "volumeAttributesClassName", Str, One, PTR | OMIT),
         ],
     },
-    // 182
+    // 209
     Message {
         name: "k8s.io.api.core.v1.PersistentVolumeStatus",
         fields: &[
             f(1, "phase", Str, One, OMIT),
             f(2, "message", Str, One, OMIT),
             f(3, "reason", Str, One, OMIT),
-            f(4, "lastPhaseTransitionTime", Msg(339), One, PTR | OMIT),
+            f(4, "lastPhaseTransitionTime", Msg(366), One, PTR | OMIT),
         ],
     },
-    // 183
+    // 210
     Message {
         name: "k8s.io.api.core.v1.PhotonPersistentDiskVolumeSource",
         fields: &[f(1, "pdID", Str, One, 0), f(2, "fsType", Str, One, OMIT)],
     },
-    // 184
+    // 211
     Message {
         name: "k8s.io.api.core.v1.Pod",
         fields: &[
-            f(1, "metadata", Msg(326), One, OMIT),
-            f(2, "spec", Msg(205), One, OMIT),
-            f(3, "status", Msg(206), One, OMIT),
+            f(1, "metadata", Msg(353), One, OMIT),
+            f(2, "spec", Msg(232), One, OMIT),
+            f(3, "status", Msg(233), One, OMIT),
         ],
     },
-    // 185
+    // 212
     Message {
         name: "k8s.io.api.core.v1.PodAffinity",
         fields: &[
             f(
                 1,
                 "requiredDuringSchedulingIgnoredDuringExecution",
-                Msg(186),
+                Msg(213),
                 Many,
                 OMIT,
             ),
             f(
                 2,
                 "preferredDuringSchedulingIgnoredDuringExecution",
-                Msg(283),
+                Msg(310),
                 Many,
                 OMIT,
             ),
         ],
     },
-    // 186
+    // 213
     Message {
         name: "k8s.io.api.core.v1.PodAffinityTerm",
         fields: &[
-            f(1, "labelSelector", Msg(319), One, PTR | OMIT),
+            f(1, "labelSelector", Msg(346), One, PTR | OMIT),
             f(2, "namespaces", Str, Many, OMIT),
             f(3, "topologyKey", Str, One, 0),
-            f(4, "namespaceSelector", Msg(319), One, PTR | OMIT),
+            f(4, "namespaceSelector", Msg(346), One, PTR | OMIT),
             f(5, "matchLabelKeys", Str, Many, OMIT),
             f(6, "mismatchLabelKeys", Str, Many, OMIT),
         ],
     },
-    // 187
+    // 214
     Message {
         name: "k8s.io.api.core.v1.PodAntiAffinity",
         fields: &[
             f(
                 1,
                 "requiredDuringSchedulingIgnoredDuringExecution",
-                Msg(186),
+                Msg(213),
                 Many,
                 OMIT,
             ),
             f(
                 2,
                 "preferredDuringSchedulingIgnoredDuringExecution",
-                Msg(283),
+                Msg(310),
                 Many,
                 OMIT,
             ),
         ],
     },
-    // 188
+    // 215
     Message {
         name: "k8s.io.api.core.v1.PodAttachOptions",
         fields: &[
@@ -1900,29 +2133,29 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(5, "container", Str, One, OMIT),
         ],
     },
-    // 189
+    // 216
     Message {
         name: "k8s.io.api.core.v1.PodCondition",
         fields: &[
             f(1, "type", Str, One, 0),
             f(2, "status", Str, One, 0),
-            f(3, "lastProbeTime", Msg(339), One, OMIT),
-            f(4, "lastTransitionTime", Msg(339), One, OMIT),
+            f(3, "lastProbeTime", Msg(366), One, OMIT),
+            f(4, "lastTransitionTime", Msg(366), One, OMIT),
             f(5, "reason", Str, One, OMIT),
             f(6, "message", Str, One, OMIT),
             f(7, "observedGeneration", I64, One, OMIT),
         ],
     },
-    // 190
+    // 217
     Message {
         name: "k8s.io.api.core.v1.PodDNSConfig",
         fields: &[
             f(1, "nameservers", Str, Many, OMIT),
             f(2, "searches", Str, Many, OMIT),
-            f(3, "options", Msg(191), Many, OMIT),
+            f(3, "options", Msg(218), Many, OMIT),
         ],
     },
-    // 191
+    // 218
     Message {
         name: "k8s.io.api.core.v1.PodDNSConfigOption",
         fields: &[
@@ -1930,7 +2163,7 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(2, "value", Str, One, PTR | OMIT),
         ],
     },
-    // 192
+    // 219
     Message {
         name: "k8s.io.api.core.v1.PodExecOptions",
         fields: &[
@@ -1942,20 +2175,20 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(6, "command", Str, Many, 0),
         ],
     },
-    // 193
+    // 220
     Message {
         name: "k8s.io.api.core.v1.PodIP",
         fields: &[f(1, "ip", Str, One, 0)],
     },
-    // 194
+    // 221
     Message {
         name: "k8s.io.api.core.v1.PodList",
         fields: &[
-            f(1, "metadata", Msg(322), One, OMIT),
-            f(2, "items", Msg(184), Many, 0),
+            f(1, "metadata", Msg(349), One, OMIT),
+            f(2, "items", Msg(211), Many, 0),
         ],
     },
-    // 195
+    // 222
     Message {
         name: "k8s.io.api.core.v1.PodLogOptions",
         fields: &[
@@ -1963,7 +2196,7 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(2, "follow", Bool, One, OMIT),
             f(3, "previous", Bool, One, OMIT),
             f(4, "sinceSeconds", I64, One, PTR | OMIT),
-            f(5, "sinceTime", Msg(339), One, PTR | OMIT),
+            f(5, "sinceTime", Msg(366), One, PTR | OMIT),
             f(6, "timestamps", Bool, One, OMIT),
             f(7, "tailLines", I64, One, PTR | OMIT),
             f(8, "limitBytes", I64, One, PTR | OMIT),
@@ -1971,27 +2204,27 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(10, "stream", Str, One, PTR | OMIT),
         ],
     },
-    // 196
+    // 223
     Message {
         name: "k8s.io.api.core.v1.PodOS",
         fields: &[f(1, "name", Str, One, 0)],
     },
-    // 197
+    // 224
     Message {
         name: "k8s.io.api.core.v1.PodPortForwardOptions",
         fields: &[f(1, "ports", I32, Many, OMIT)],
     },
-    // 198
+    // 225
     Message {
         name: "k8s.io.api.core.v1.PodProxyOptions",
         fields: &[f(1, "path", Str, One, OMIT)],
     },
-    // 199
+    // 226
     Message {
         name: "k8s.io.api.core.v1.PodReadinessGate",
         fields: &[f(1, "conditionType", Str, One, 0)],
     },
-    // 200
+    // 227
     Message {
         name: "k8s.io.api.core.v1.PodResourceClaim",
         fields: &[
@@ -2000,7 +2233,7 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(4, "resourceClaimTemplateName", Str, One, PTR | OMIT),
         ],
     },
-    // 201
+    // 228
     Message {
         name: "k8s.io.api.core.v1.PodResourceClaimStatus",
         fields: &[
@@ -2008,41 +2241,41 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(2, "resourceClaimName", Str, One, PTR | OMIT),
         ],
     },
-    // 202
+    // 229
     Message {
         name: "k8s.io.api.core.v1.PodSchedulingGate",
         fields: &[f(1, "name", Str, One, 0)],
     },
-    // 203
+    // 230
     Message {
         name: "k8s.io.api.core.v1.PodSecurityContext",
         fields: &[
-            f(1, "seLinuxOptions", Msg(237), One, PTR | OMIT),
+            f(1, "seLinuxOptions", Msg(264), One, PTR | OMIT),
             f(2, "runAsUser", I64, One, PTR | OMIT),
             f(3, "runAsNonRoot", Bool, One, PTR | OMIT),
             f(4, "supplementalGroups", I64, Many, OMIT),
             f(5, "fsGroup", I64, One, PTR | OMIT),
             f(6, "runAsGroup", I64, One, PTR | OMIT),
-            f(7, "sysctls", Msg(265), Many, OMIT),
-            f(8, "windowsOptions", Msg(284), One, PTR | OMIT),
+            f(7, "sysctls", Msg(292), Many, OMIT),
+            f(8, "windowsOptions", Msg(311), One, PTR | OMIT),
             f(9, "fsGroupChangePolicy", Str, One, PTR | OMIT),
-            f(10, "seccompProfile", Msg(242), One, PTR | OMIT),
-            f(11, "appArmorProfile", Msg(56), One, PTR | OMIT),
+            f(10, "seccompProfile", Msg(269), One, PTR | OMIT),
+            f(11, "appArmorProfile", Msg(83), One, PTR | OMIT),
             f(12, "supplementalGroupsPolicy", Str, One, PTR | OMIT),
             f(13, "seLinuxChangePolicy", Str, One, PTR | OMIT),
         ],
     },
-    // 204
+    // 231
     Message {
         name: "k8s.io.api.core.v1.PodSignature",
-        fields: &[f(1, "podController", Msg(327), One, PTR | OMIT)],
+        fields: &[f(1, "podController", Msg(354), One, PTR | OMIT)],
     },
-    // 205
+    // 232
     Message {
         name: "k8s.io.api.core.v1.PodSpec",
         fields: &[
-            f(1, "volumes", Msg(274), Many, OMIT),
-            f(2, "containers", Msg(82), Many, 0),
+            f(1, "volumes", Msg(301), Many, OMIT),
+            f(2, "containers", Msg(109), Many, 0),
             f(3, "restartPolicy", Str, One, OMIT),
             f(4, "terminationGracePeriodSeconds", I64, One, PTR | OMIT),
             f(5, "activeDeadlineSeconds", I64, One, PTR | OMIT),
@@ -2054,91 +2287,91 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(11, "hostNetwork", Bool, One, OMIT),
             f(12, "hostPID", Bool, One, OMIT),
             f(13, "hostIPC", Bool, One, OMIT),
-            f(14, "securityContext", Msg(203), One, PTR | OMIT),
-            f(15, "imagePullSecrets", Msg(141), Many, OMIT),
+            f(14, "securityContext", Msg(230), One, PTR | OMIT),
+            f(15, "imagePullSecrets", Msg(168), Many, OMIT),
             f(16, "hostname", Str, One, OMIT),
             f(17, "subdomain", Str, One, OMIT),
-            f(18, "affinity", Msg(55), One, PTR | OMIT),
+            f(18, "affinity", Msg(82), One, PTR | OMIT),
             f(19, "schedulerName", Str, One, OMIT),
-            f(20, "initContainers", Msg(82), Many, OMIT),
+            f(20, "initContainers", Msg(109), Many, OMIT),
             f(21, "automountServiceAccountToken", Bool, One, PTR | OMIT),
-            f(22, "tolerations", Msg(268), Many, OMIT),
-            f(23, "hostAliases", Msg(124), Many, OMIT),
+            f(22, "tolerations", Msg(295), Many, OMIT),
+            f(23, "hostAliases", Msg(151), Many, OMIT),
             f(24, "priorityClassName", Str, One, OMIT),
             f(25, "priority", I32, One, PTR | OMIT),
-            f(26, "dnsConfig", Msg(190), One, PTR | OMIT),
+            f(26, "dnsConfig", Msg(217), One, PTR | OMIT),
             f(27, "shareProcessNamespace", Bool, One, PTR | OMIT),
-            f(28, "readinessGates", Msg(199), Many, OMIT),
+            f(28, "readinessGates", Msg(226), Many, OMIT),
             f(29, "runtimeClassName", Str, One, PTR | OMIT),
             f(30, "enableServiceLinks", Bool, One, PTR | OMIT),
             f(31, "preemptionPolicy", Str, One, PTR | OMIT),
-            f(32, "overhead", Msg(298), Map, OMIT),
-            f(33, "topologySpreadConstraints", Msg(271), Many, OMIT),
-            f(34, "ephemeralContainers", Msg(105), Many, OMIT),
+            f(32, "overhead", Msg(325), Map, OMIT),
+            f(33, "topologySpreadConstraints", Msg(298), Many, OMIT),
+            f(34, "ephemeralContainers", Msg(132), Many, OMIT),
             f(35, "setHostnameAsFQDN", Bool, One, PTR | OMIT),
-            f(36, "os", Msg(196), One, PTR | OMIT),
+            f(36, "os", Msg(223), One, PTR | OMIT),
             f(37, "hostUsers", Bool, One, PTR | OMIT),
-            f(38, "schedulingGates", Msg(202), Many, OMIT),
-            f(39, "resourceClaims", Msg(200), Many, OMIT),
-            f(40, "resources", Msg(235), One, PTR | OMIT),
+            f(38, "schedulingGates", Msg(229), Many, OMIT),
+            f(39, "resourceClaims", Msg(227), Many, OMIT),
+            f(40, "resources", Msg(262), One, PTR | OMIT),
         ],
     },
-    // 206
+    // 233
     Message {
         name: "k8s.io.api.core.v1.PodStatus",
         fields: &[
             f(1, "phase", Str, One, OMIT),
-            f(2, "conditions", Msg(189), Many, OMIT),
+            f(2, "conditions", Msg(216), Many, OMIT),
             f(3, "message", Str, One, OMIT),
             f(4, "reason", Str, One, OMIT),
             f(5, "hostIP", Str, One, OMIT),
             f(6, "podIP", Str, One, OMIT),
-            f(7, "startTime", Msg(339), One, PTR | OMIT),
-            f(8, "containerStatuses", Msg(90), Many, OMIT),
+            f(7, "startTime", Msg(366), One, PTR | OMIT),
+            f(8, "containerStatuses", Msg(117), Many, OMIT),
             f(9, "qosClass", Str, One, OMIT),
-            f(10, "initContainerStatuses", Msg(90), Many, OMIT),
+            f(10, "initContainerStatuses", Msg(117), Many, OMIT),
             f(11, "nominatedNodeName", Str, One, OMIT),
-            f(12, "podIPs", Msg(193), Many, OMIT),
-            f(13, "ephemeralContainerStatuses", Msg(90), Many, OMIT),
+            f(12, "podIPs", Msg(220), Many, OMIT),
+            f(13, "ephemeralContainerStatuses", Msg(117), Many, OMIT),
             f(14, "resize", Str, One, OMIT),
-            f(15, "resourceClaimStatuses", Msg(201), Many, OMIT),
-            f(16, "hostIPs", Msg(125), Many, OMIT),
+            f(15, "resourceClaimStatuses", Msg(228), Many, OMIT),
+            f(16, "hostIPs", Msg(152), Many, OMIT),
             f(17, "observedGeneration", I64, One, OMIT),
         ],
     },
-    // 207
+    // 234
     Message {
         name: "k8s.io.api.core.v1.PodStatusResult",
         fields: &[
-            f(1, "metadata", Msg(326), One, OMIT),
-            f(2, "status", Msg(206), One, OMIT),
+            f(1, "metadata", Msg(353), One, OMIT),
+            f(2, "status", Msg(233), One, OMIT),
         ],
     },
-    // 208
+    // 235
     Message {
         name: "k8s.io.api.core.v1.PodTemplate",
         fields: &[
-            f(1, "metadata", Msg(326), One, OMIT),
-            f(2, "template", Msg(210), One, OMIT),
+            f(1, "metadata", Msg(353), One, OMIT),
+            f(2, "template", Msg(237), One, OMIT),
         ],
     },
-    // 209
+    // 236
     Message {
         name: "k8s.io.api.core.v1.PodTemplateList",
         fields: &[
-            f(1, "metadata", Msg(322), One, OMIT),
-            f(2, "items", Msg(208), Many, 0),
+            f(1, "metadata", Msg(349), One, OMIT),
+            f(2, "items", Msg(235), Many, 0),
         ],
     },
-    // 210
+    // 237
     Message {
         name: "k8s.io.api.core.v1.PodTemplateSpec",
         fields: &[
-            f(1, "metadata", Msg(326), One, OMIT),
-            f(2, "spec", Msg(205), One, OMIT),
+            f(1, "metadata", Msg(353), One, OMIT),
+            f(2, "spec", Msg(232), One, OMIT),
         ],
     },
-    // 211
+    // 238
     Message {
         name: "k8s.io.api.core.v1.PortStatus",
         fields: &[
@@ -2147,7 +2380,7 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(3, "error", Str, One, PTR | OMIT),
         ],
     },
-    // 212
+    // 239
     Message {
         name: "k8s.io.api.core.v1.PortworxVolumeSource",
         fields: &[
@@ -2156,34 +2389,34 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(3, "readOnly", Bool, One, OMIT),
         ],
     },
-    // 213
+    // 240
     Message {
         name: "k8s.io.api.core.v1.Preconditions",
         fields: &[f(1, "uid", Str, One, PTR | OMIT)],
     },
-    // 214
+    // 241
     Message {
         name: "k8s.io.api.core.v1.PreferAvoidPodsEntry",
         fields: &[
-            f(1, "podSignature", Msg(204), One, 0),
-            f(2, "evictionTime", Msg(339), One, OMIT),
+            f(1, "podSignature", Msg(231), One, 0),
+            f(2, "evictionTime", Msg(366), One, OMIT),
             f(3, "reason", Str, One, OMIT),
             f(4, "message", Str, One, OMIT),
         ],
     },
-    // 215
+    // 242
     Message {
         name: "k8s.io.api.core.v1.PreferredSchedulingTerm",
         fields: &[
             f(1, "weight", I32, One, 0),
-            f(2, "preference", Msg(164), One, 0),
+            f(2, "preference", Msg(191), One, 0),
         ],
     },
-    // 216
+    // 243
     Message {
         name: "k8s.io.api.core.v1.Probe",
         fields: &[
-            f(1, "handler", Msg(217), One, INLINE),
+            f(1, "handler", Msg(244), One, INLINE),
             f(2, "initialDelaySeconds", I32, One, OMIT),
             f(3, "timeoutSeconds", I32, One, OMIT),
             f(4, "periodSeconds", I32, One, OMIT),
@@ -2192,25 +2425,25 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(7, "terminationGracePeriodSeconds", I64, One, PTR | OMIT),
         ],
     },
-    // 217
+    // 244
     Message {
         name: "k8s.io.api.core.v1.ProbeHandler",
         fields: &[
-            f(1, "exec", Msg(112), One, PTR | OMIT),
-            f(2, "httpGet", Msg(122), One, PTR | OMIT),
-            f(3, "tcpSocket", Msg(266), One, PTR | OMIT),
-            f(4, "grpc", Msg(118), One, PTR | OMIT),
+            f(1, "exec", Msg(139), One, PTR | OMIT),
+            f(2, "httpGet", Msg(149), One, PTR | OMIT),
+            f(3, "tcpSocket", Msg(293), One, PTR | OMIT),
+            f(4, "grpc", Msg(145), One, PTR | OMIT),
         ],
     },
-    // 218
+    // 245
     Message {
         name: "k8s.io.api.core.v1.ProjectedVolumeSource",
         fields: &[
-            f(1, "sources", Msg(279), Many, 0),
+            f(1, "sources", Msg(306), Many, 0),
             f(2, "defaultMode", I32, One, PTR | OMIT),
         ],
     },
-    // 219
+    // 246
     Message {
         name: "k8s.io.api.core.v1.QuobyteVolumeSource",
         fields: &[
@@ -2222,7 +2455,7 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(6, "tenant", Str, One, OMIT),
         ],
     },
-    // 220
+    // 247
     Message {
         name: "k8s.io.api.core.v1.RBDPersistentVolumeSource",
         fields: &[
@@ -2232,11 +2465,11 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(4, "pool", Str, One, OMIT),
             f(5, "user", Str, One, OMIT),
             f(6, "keyring", Str, One, OMIT),
-            f(7, "secretRef", Msg(248), One, PTR | OMIT),
+            f(7, "secretRef", Msg(275), One, PTR | OMIT),
             f(8, "readOnly", Bool, One, OMIT),
         ],
     },
-    // 221
+    // 248
     Message {
         name: "k8s.io.api.core.v1.RBDVolumeSource",
         fields: &[
@@ -2246,58 +2479,58 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(4, "pool", Str, One, OMIT),
             f(5, "user", Str, One, OMIT),
             f(6, "keyring", Str, One, OMIT),
-            f(7, "secretRef", Msg(141), One, PTR | OMIT),
+            f(7, "secretRef", Msg(168), One, PTR | OMIT),
             f(8, "readOnly", Bool, One, OMIT),
         ],
     },
-    // 222
+    // 249
     Message {
         name: "k8s.io.api.core.v1.RangeAllocation",
         fields: &[
-            f(1, "metadata", Msg(326), One, OMIT),
+            f(1, "metadata", Msg(353), One, OMIT),
             f(2, "range", Str, One, 0),
             f(3, "data", Bytes, One, 0),
         ],
     },
-    // 223
+    // 250
     Message {
         name: "k8s.io.api.core.v1.ReplicationController",
         fields: &[
-            f(1, "metadata", Msg(326), One, OMIT),
-            f(2, "spec", Msg(226), One, OMIT),
-            f(3, "status", Msg(227), One, OMIT),
+            f(1, "metadata", Msg(353), One, OMIT),
+            f(2, "spec", Msg(253), One, OMIT),
+            f(3, "status", Msg(254), One, OMIT),
         ],
     },
-    // 224
+    // 251
     Message {
         name: "k8s.io.api.core.v1.ReplicationControllerCondition",
         fields: &[
             f(1, "type", Str, One, 0),
             f(2, "status", Str, One, 0),
-            f(3, "lastTransitionTime", Msg(339), One, OMIT),
+            f(3, "lastTransitionTime", Msg(366), One, OMIT),
             f(4, "reason", Str, One, OMIT),
             f(5, "message", Str, One, OMIT),
         ],
     },
-    // 225
+    // 252
     Message {
         name: "k8s.io.api.core.v1.ReplicationControllerList",
         fields: &[
-            f(1, "metadata", Msg(322), One, OMIT),
-            f(2, "items", Msg(223), Many, 0),
+            f(1, "metadata", Msg(349), One, OMIT),
+            f(2, "items", Msg(250), Many, 0),
         ],
     },
-    // 226
+    // 253
     Message {
         name: "k8s.io.api.core.v1.ReplicationControllerSpec",
         fields: &[
             f(1, "replicas", I32, One, PTR | OMIT),
             f(2, "selector", Str, Map, OMIT),
-            f(3, "template", Msg(210), One, PTR | OMIT),
+            f(3, "template", Msg(237), One, PTR | OMIT),
             f(4, "minReadySeconds", I32, One, OMIT),
         ],
     },
-    // 227
+    // 254
     Message {
         name: "k8s.io.api.core.v1.ReplicationControllerStatus",
         fields: &[
@@ -2306,24 +2539,24 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(3, "observedGeneration", I64, One, OMIT),
             f(4, "readyReplicas", I32, One, OMIT),
             f(5, "availableReplicas", I32, One, OMIT),
-            f(6, "conditions", Msg(224), Many, OMIT),
+            f(6, "conditions", Msg(251), Many, OMIT),
         ],
     },
-    // 228
+    // 255
     Message {
         name: "k8s.io.api.core.v1.ResourceClaim",
         fields: &[f(1, "name", Str, One, 0), f(2, "request", Str, One, OMIT)],
     },
-    // 229
+    // 256
     Message {
         name: "k8s.io.api.core.v1.ResourceFieldSelector",
         fields: &[
             f(1, "containerName", Str, One, OMIT),
             f(2, "resource", Str, One, 0),
-            f(3, "divisor", Msg(298), One, OMIT),
+            f(3, "divisor", Msg(325), One, OMIT),
         ],
     },
-    // 230
+    // 257
     Message {
         name: "k8s.io.api.core.v1.ResourceHealth",
         fields: &[
@@ -2331,58 +2564,58 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(2, "health", Str, One, OMIT),
         ],
     },
-    // 231
+    // 258
     Message {
         name: "k8s.io.api.core.v1.ResourceQuota",
         fields: &[
-            f(1, "metadata", Msg(326), One, OMIT),
-            f(2, "spec", Msg(233), One, OMIT),
-            f(3, "status", Msg(234), One, OMIT),
+            f(1, "metadata", Msg(353), One, OMIT),
+            f(2, "spec", Msg(260), One, OMIT),
+            f(3, "status", Msg(261), One, OMIT),
         ],
     },
-    // 232
+    // 259
     Message {
         name: "k8s.io.api.core.v1.ResourceQuotaList",
         fields: &[
-            f(1, "metadata", Msg(322), One, OMIT),
-            f(2, "items", Msg(231), Many, 0),
+            f(1, "metadata", Msg(349), One, OMIT),
+            f(2, "items", Msg(258), Many, 0),
         ],
     },
-    // 233
+    // 260
     Message {
         name: "k8s.io.api.core.v1.ResourceQuotaSpec",
         fields: &[
-            f(1, "hard", Msg(298), Map, OMIT),
+            f(1, "hard", Msg(325), Map, OMIT),
             f(2, "scopes", Str, Many, OMIT),
-            f(3, "scopeSelector", Msg(240), One, PTR | OMIT),
+            f(3, "scopeSelector", Msg(267), One, PTR | OMIT),
         ],
     },
-    // 234
+    // 261
     Message {
         name: "k8s.io.api.core.v1.ResourceQuotaStatus",
         fields: &[
-            f(1, "hard", Msg(298), Map, OMIT),
-            f(2, "used", Msg(298), Map, OMIT),
+            f(1, "hard", Msg(325), Map, OMIT),
+            f(2, "used", Msg(325), Map, OMIT),
         ],
     },
-    // 235
+    // 262
     Message {
         name: "k8s.io.api.core.v1.ResourceRequirements",
         fields: &[
-            f(1, "limits", Msg(298), Map, OMIT),
-            f(2, "requests", Msg(298), Map, OMIT),
-            f(3, "claims", Msg(228), Many, OMIT),
+            f(1, "limits", Msg(325), Map, OMIT),
+            f(2, "requests", Msg(325), Map, OMIT),
+            f(3, "claims", Msg(255), Many, OMIT),
         ],
     },
-    // 236
+    // 263
     Message {
         name: "k8s.io.api.core.v1.ResourceStatus",
         fields: &[
             f(1, "name", Str, One, 0),
-            f(2, "resources", Msg(230), Many, OMIT),
+            f(2, "resources", Msg(257), Many, OMIT),
         ],
     },
-    // 237
+    // 264
     Message {
         name: "k8s.io.api.core.v1.SELinuxOptions",
         fields: &[
@@ -2392,13 +2625,13 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(4, "level", Str, One, OMIT),
         ],
     },
-    // 238
+    // 265
     Message {
         name: "k8s.io.api.core.v1.ScaleIOPersistentVolumeSource",
         fields: &[
             f(1, "gateway", Str, One, 0),
             f(2, "system", Str, One, 0),
-            f(3, "secretRef", Msg(248), One, PTR),
+            f(3, "secretRef", Msg(275), One, PTR),
             f(4, "sslEnabled", Bool, One, OMIT),
             f(5, "protectionDomain", Str, One, OMIT),
             f(6, "storagePool", Str, One, OMIT),
@@ -2408,13 +2641,13 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(10, "readOnly", Bool, One, OMIT),
         ],
     },
-    // 239
+    // 266
     Message {
         name: "k8s.io.api.core.v1.ScaleIOVolumeSource",
         fields: &[
             f(1, "gateway", Str, One, 0),
             f(2, "system", Str, One, 0),
-            f(3, "secretRef", Msg(141), One, PTR),
+            f(3, "secretRef", Msg(168), One, PTR),
             f(4, "sslEnabled", Bool, One, OMIT),
             f(5, "protectionDomain", Str, One, OMIT),
             f(6, "storagePool", Str, One, OMIT),
@@ -2424,12 +2657,12 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(10, "readOnly", Bool, One, OMIT),
         ],
     },
-    // 240
+    // 267
     Message {
         name: "k8s.io.api.core.v1.ScopeSelector",
-        fields: &[f(1, "matchExpressions", Msg(241), Many, OMIT)],
+        fields: &[f(1, "matchExpressions", Msg(268), Many, OMIT)],
     },
-    // 241
+    // 268
     Message {
         name: "k8s.io.api.core.v1.ScopedResourceSelectorRequirement",
         fields: &[
@@ -2438,7 +2671,7 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(3, "values", Str, Many, OMIT),
         ],
     },
-    // 242
+    // 269
     Message {
         name: "k8s.io.api.core.v1.SeccompProfile",
         fields: &[
@@ -2446,52 +2679,52 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(2, "localhostProfile", Str, One, PTR | OMIT),
         ],
     },
-    // 243
+    // 270
     Message {
         name: "k8s.io.api.core.v1.Secret",
         fields: &[
-            f(1, "metadata", Msg(326), One, OMIT),
+            f(1, "metadata", Msg(353), One, OMIT),
             f(2, "data", Bytes, Map, OMIT),
             f(3, "type", Str, One, OMIT),
             f(4, "stringData", Str, Map, OMIT),
             f(5, "immutable", Bool, One, PTR | OMIT),
         ],
     },
-    // 244
+    // 271
     Message {
         name: "k8s.io.api.core.v1.SecretEnvSource",
         fields: &[
-            f(1, "localObjectReference", Msg(141), One, INLINE),
+            f(1, "localObjectReference", Msg(168), One, INLINE),
             f(2, "optional", Bool, One, PTR | OMIT),
         ],
     },
-    // 245
+    // 272
     Message {
         name: "k8s.io.api.core.v1.SecretKeySelector",
         fields: &[
-            f(1, "localObjectReference", Msg(141), One, INLINE),
+            f(1, "localObjectReference", Msg(168), One, INLINE),
             f(2, "key", Str, One, 0),
             f(3, "optional", Bool, One, PTR | OMIT),
         ],
     },
-    // 246
+    // 273
     Message {
         name: "k8s.io.api.core.v1.SecretList",
         fields: &[
-            f(1, "metadata", Msg(322), One, OMIT),
-            f(2, "items", Msg(243), Many, 0),
+            f(1, "metadata", Msg(349), One, OMIT),
+            f(2, "items", Msg(270), Many, 0),
         ],
     },
-    // 247
+    // 274
     Message {
         name: "k8s.io.api.core.v1.SecretProjection",
         fields: &[
-            f(1, "localObjectReference", Msg(141), One, INLINE),
-            f(2, "items", Msg(130), Many, OMIT),
+            f(1, "localObjectReference", Msg(168), One, INLINE),
+            f(2, "items", Msg(157), Many, OMIT),
             f(4, "optional", Bool, One, PTR | OMIT),
         ],
     },
-    // 248
+    // 275
     Message {
         name: "k8s.io.api.core.v1.SecretReference",
         fields: &[
@@ -2499,67 +2732,67 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(2, "namespace", Str, One, OMIT),
         ],
     },
-    // 249
+    // 276
     Message {
         name: "k8s.io.api.core.v1.SecretVolumeSource",
         fields: &[
             f(1, "secretName", Str, One, OMIT),
-            f(2, "items", Msg(130), Many, OMIT),
+            f(2, "items", Msg(157), Many, OMIT),
             f(3, "defaultMode", I32, One, PTR | OMIT),
             f(4, "optional", Bool, One, PTR | OMIT),
         ],
     },
-    // 250
+    // 277
     Message {
         name: "k8s.io.api.core.v1.SecurityContext",
         fields: &[
-            f(1, "capabilities", Msg(65), One, PTR | OMIT),
+            f(1, "capabilities", Msg(92), One, PTR | OMIT),
             f(2, "privileged", Bool, One, PTR | OMIT),
-            f(3, "seLinuxOptions", Msg(237), One, PTR | OMIT),
+            f(3, "seLinuxOptions", Msg(264), One, PTR | OMIT),
             f(4, "runAsUser", I64, One, PTR | OMIT),
             f(5, "runAsNonRoot", Bool, One, PTR | OMIT),
             f(6, "readOnlyRootFilesystem", Bool, One, PTR | OMIT),
             f(7, "allowPrivilegeEscalation", Bool, One, PTR | OMIT),
             f(8, "runAsGroup", I64, One, PTR | OMIT),
             f(9, "procMount", Str, One, PTR | OMIT),
-            f(10, "windowsOptions", Msg(284), One, PTR | OMIT),
-            f(11, "seccompProfile", Msg(242), One, PTR | OMIT),
-            f(12, "appArmorProfile", Msg(56), One, PTR | OMIT),
+            f(10, "windowsOptions", Msg(311), One, PTR | OMIT),
+            f(11, "seccompProfile", Msg(269), One, PTR | OMIT),
+            f(12, "appArmorProfile", Msg(83), One, PTR | OMIT),
         ],
     },
-    // 251
+    // 278
     Message {
         name: "k8s.io.api.core.v1.SerializedReference",
-        fields: &[f(1, "reference", Msg(170), One, OMIT)],
+        fields: &[f(1, "reference", Msg(197), One, OMIT)],
     },
-    // 252
+    // 279
     Message {
         name: "k8s.io.api.core.v1.Service",
         fields: &[
-            f(1, "metadata", Msg(326), One, OMIT),
-            f(2, "spec", Msg(259), One, OMIT),
-            f(3, "status", Msg(260), One, OMIT),
+            f(1, "metadata", Msg(353), One, OMIT),
+            f(2, "spec", Msg(286), One, OMIT),
+            f(3, "status", Msg(287), One, OMIT),
         ],
     },
-    // 253
+    // 280
     Message {
         name: "k8s.io.api.core.v1.ServiceAccount",
         fields: &[
-            f(1, "metadata", Msg(326), One, OMIT),
-            f(2, "secrets", Msg(170), Many, OMIT),
-            f(3, "imagePullSecrets", Msg(141), Many, OMIT),
+            f(1, "metadata", Msg(353), One, OMIT),
+            f(2, "secrets", Msg(197), Many, OMIT),
+            f(3, "imagePullSecrets", Msg(168), Many, OMIT),
             f(4, "automountServiceAccountToken", Bool, One, PTR | OMIT),
         ],
     },
-    // 254
+    // 281
     Message {
         name: "k8s.io.api.core.v1.ServiceAccountList",
         fields: &[
-            f(1, "metadata", Msg(322), One, OMIT),
-            f(2, "items", Msg(253), Many, 0),
+            f(1, "metadata", Msg(349), One, OMIT),
+            f(2, "items", Msg(280), Many, 0),
         ],
     },
-    // 255
+    // 282
     Message {
         name: "k8s.io.api.core.v1.ServiceAccountTokenProjection",
         fields: &[
@@ -2568,36 +2801,36 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(3, "path", Str, One, 0),
         ],
     },
-    // 256
+    // 283
     Message {
         name: "k8s.io.api.core.v1.ServiceList",
         fields: &[
-            f(1, "metadata", Msg(322), One, OMIT),
-            f(2, "items", Msg(252), Many, 0),
+            f(1, "metadata", Msg(349), One, OMIT),
+            f(2, "items", Msg(279), Many, 0),
         ],
     },
-    // 257
+    // 284
     Message {
         name: "k8s.io.api.core.v1.ServicePort",
         fields: &[
             f(1, "name", Str, One, OMIT),
             f(2, "protocol", Str, One, OMIT),
             f(3, "port", I32, One, 0),
-            f(4, "targetPort", Msg(348), One, OMIT),
+            f(4, "targetPort", Msg(375), One, OMIT),
             f(5, "nodePort", I32, One, OMIT),
             f(6, "appProtocol", Str, One, PTR | OMIT),
         ],
     },
-    // 258
+    // 285
     Message {
         name: "k8s.io.api.core.v1.ServiceProxyOptions",
         fields: &[f(1, "path", Str, One, OMIT)],
     },
-    // 259
+    // 286
     Message {
         name: "k8s.io.api.core.v1.ServiceSpec",
         fields: &[
-            f(1, "ports", Msg(257), Many, OMIT),
+            f(1, "ports", Msg(284), Many, OMIT),
             f(2, "selector", Str, Map, OMIT),
             f(3, "clusterIP", Str, One, OMIT),
             f(4, "type", Str, One, OMIT),
@@ -2609,7 +2842,7 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(11, "externalTrafficPolicy", Str, One, OMIT),
             f(12, "healthCheckNodePort", I32, One, OMIT),
             f(13, "publishNotReadyAddresses", Bool, One, OMIT),
-            f(14, "sessionAffinityConfig", Msg(261), One, PTR | OMIT),
+            f(14, "sessionAffinityConfig", Msg(288), One, PTR | OMIT),
             f(17, "ipFamilyPolicy", Str, One, PTR | OMIT),
             f(18, "clusterIPs", Str, Many, OMIT),
             f(19, "ipFamilies", Str, Many, OMIT),
@@ -2619,25 +2852,25 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(23, "trafficDistribution", Str, One, PTR | OMIT),
         ],
     },
-    // 260
+    // 287
     Message {
         name: "k8s.io.api.core.v1.ServiceStatus",
         fields: &[
-            f(1, "loadBalancer", Msg(140), One, OMIT),
-            f(2, "conditions", Msg(306), Many, OMIT),
+            f(1, "loadBalancer", Msg(167), One, OMIT),
+            f(2, "conditions", Msg(333), Many, OMIT),
         ],
     },
-    // 261
+    // 288
     Message {
         name: "k8s.io.api.core.v1.SessionAffinityConfig",
-        fields: &[f(1, "clientIP", Msg(70), One, PTR | OMIT)],
+        fields: &[f(1, "clientIP", Msg(97), One, PTR | OMIT)],
     },
-    // 262
+    // 289
     Message {
         name: "k8s.io.api.core.v1.SleepAction",
         fields: &[f(1, "seconds", I64, One, 0)],
     },
-    // 263
+    // 290
     Message {
         name: "k8s.io.api.core.v1.StorageOSPersistentVolumeSource",
         fields: &[
@@ -2645,10 +2878,10 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(2, "volumeNamespace", Str, One, OMIT),
             f(3, "fsType", Str, One, OMIT),
             f(4, "readOnly", Bool, One, OMIT),
-            f(5, "secretRef", Msg(170), One, PTR | OMIT),
+            f(5, "secretRef", Msg(197), One, PTR | OMIT),
         ],
     },
-    // 264
+    // 291
     Message {
         name: "k8s.io.api.core.v1.StorageOSVolumeSource",
         fields: &[
@@ -2656,30 +2889,30 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(2, "volumeNamespace", Str, One, OMIT),
             f(3, "fsType", Str, One, OMIT),
             f(4, "readOnly", Bool, One, OMIT),
-            f(5, "secretRef", Msg(141), One, PTR | OMIT),
+            f(5, "secretRef", Msg(168), One, PTR | OMIT),
         ],
     },
-    // 265
+    // 292
     Message {
         name: "k8s.io.api.core.v1.Sysctl",
         fields: &[f(1, "name", Str, One, 0), f(2, "value", Str, One, 0)],
     },
-    // 266
+    // 293
     Message {
         name: "k8s.io.api.core.v1.TCPSocketAction",
-        fields: &[f(1, "port", Msg(348), One, 0), f(2, "host", Str, One, OMIT)],
+        fields: &[f(1, "port", Msg(375), One, 0), f(2, "host", Str, One, OMIT)],
     },
-    // 267
+    // 294
     Message {
         name: "k8s.io.api.core.v1.Taint",
         fields: &[
             f(1, "key", Str, One, 0),
             f(2, "value", Str, One, OMIT),
             f(3, "effect", Str, One, 0),
-            f(4, "timeAdded", Msg(339), One, PTR | OMIT),
+            f(4, "timeAdded", Msg(366), One, PTR | OMIT),
         ],
     },
-    // 268
+    // 295
     Message {
         name: "k8s.io.api.core.v1.Toleration",
         fields: &[
@@ -2690,31 +2923,31 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(5, "tolerationSeconds", I64, One, PTR | OMIT),
         ],
     },
-    // 269
+    // 296
     Message {
         name: "k8s.io.api.core.v1.TopologySelectorLabelRequirement",
         fields: &[f(1, "key", Str, One, 0), f(2, "values", Str, Many, 0)],
     },
-    // 270
+    // 297
     Message {
         name: "k8s.io.api.core.v1.TopologySelectorTerm",
-        fields: &[f(1, "matchLabelExpressions", Msg(269), Many, OMIT)],
+        fields: &[f(1, "matchLabelExpressions", Msg(296), Many, OMIT)],
     },
-    // 271
+    // 298
     Message {
         name: "k8s.io.api.core.v1.TopologySpreadConstraint",
         fields: &[
             f(1, "maxSkew", I32, One, 0),
             f(2, "topologyKey", Str, One, 0),
             f(3, "whenUnsatisfiable", Str, One, 0),
-            f(4, "labelSelector", Msg(319), One, PTR | OMIT),
+            f(4, "labelSelector", Msg(346), One, PTR | OMIT),
             f(5, "minDomains", I32, One, PTR | OMIT),
             f(6, "nodeAffinityPolicy", Str, One, PTR | OMIT),
             f(7, "nodeTaintsPolicy", Str, One, PTR | OMIT),
             f(8, "matchLabelKeys", Str, Many, OMIT),
         ],
     },
-    // 272
+    // 299
     Message {
         name: "k8s.io.api.core.v1.TypedLocalObjectReference",
         fields: &[
@@ -2723,7 +2956,7 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(3, "name", Str, One, 0),
         ],
     },
-    // 273
+    // 300
     Message {
         name: "k8s.io.api.core.v1.TypedObjectReference",
         fields: &[
@@ -2733,20 +2966,20 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(4, "namespace", Str, One, PTR | OMIT),
         ],
     },
-    // 274
+    // 301
     Message {
         name: "k8s.io.api.core.v1.Volume",
         fields: &[
             f(1, "name", Str, One, 0),
-            f(2, "volumeSource", Msg(281), One, INLINE),
+            f(2, "volumeSource", Msg(308), One, INLINE),
         ],
     },
-    // 275
+    // 302
     Message {
         name: "k8s.io.api.core.v1.VolumeDevice",
         fields: &[f(1, "name", Str, One, 0), f(2, "devicePath", Str, One, 0)],
     },
-    // 276
+    // 303
     Message {
         name: "k8s.io.api.core.v1.VolumeMount",
         fields: &[
@@ -2759,7 +2992,7 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(7, "recursiveReadOnly", Str, One, PTR | OMIT),
         ],
     },
-    // 277
+    // 304
     Message {
         name: "k8s.io.api.core.v1.VolumeMountStatus",
         fields: &[
@@ -2769,67 +3002,67 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(4, "recursiveReadOnly", Str, One, PTR | OMIT),
         ],
     },
-    // 278
+    // 305
     Message {
         name: "k8s.io.api.core.v1.VolumeNodeAffinity",
-        fields: &[f(1, "required", Msg(162), One, PTR | OMIT)],
+        fields: &[f(1, "required", Msg(189), One, PTR | OMIT)],
     },
-    // 279
+    // 306
     Message {
         name: "k8s.io.api.core.v1.VolumeProjection",
         fields: &[
-            f(1, "secret", Msg(247), One, PTR | OMIT),
-            f(2, "downwardAPI", Msg(93), One, PTR | OMIT),
-            f(3, "configMap", Msg(80), One, PTR | OMIT),
-            f(4, "serviceAccountToken", Msg(255), One, PTR | OMIT),
-            f(5, "clusterTrustBundle", Msg(71), One, PTR | OMIT),
+            f(1, "secret", Msg(274), One, PTR | OMIT),
+            f(2, "downwardAPI", Msg(120), One, PTR | OMIT),
+            f(3, "configMap", Msg(107), One, PTR | OMIT),
+            f(4, "serviceAccountToken", Msg(282), One, PTR | OMIT),
+            f(5, "clusterTrustBundle", Msg(98), One, PTR | OMIT),
         ],
     },
-    // 280
+    // 307
     Message {
         name: "k8s.io.api.core.v1.VolumeResourceRequirements",
         fields: &[
-            f(1, "limits", Msg(298), Map, OMIT),
-            f(2, "requests", Msg(298), Map, OMIT),
+            f(1, "limits", Msg(325), Map, OMIT),
+            f(2, "requests", Msg(325), Map, OMIT),
         ],
     },
-    // 281
+    // 308
     Message {
         name: "k8s.io.api.core.v1.VolumeSource",
         fields: &[
-            f(1, "hostPath", Msg(126), One, PTR | OMIT),
-            f(2, "emptyDir", Msg(96), One, PTR | OMIT),
-            f(3, "gcePersistentDisk", Msg(117), One, PTR | OMIT),
-            f(4, "awsElasticBlockStore", Msg(54), One, PTR | OMIT),
-            f(5, "gitRepo", Msg(119), One, PTR | OMIT),
-            f(6, "secret", Msg(249), One, PTR | OMIT),
-            f(7, "nfs", Msg(144), One, PTR | OMIT),
-            f(8, "iscsi", Msg(128), One, PTR | OMIT),
-            f(9, "glusterfs", Msg(121), One, PTR | OMIT),
-            f(10, "persistentVolumeClaim", Msg(178), One, PTR | OMIT),
-            f(11, "rbd", Msg(221), One, PTR | OMIT),
-            f(12, "flexVolume", Msg(115), One, PTR | OMIT),
-            f(13, "cinder", Msg(69), One, PTR | OMIT),
-            f(14, "cephfs", Msg(67), One, PTR | OMIT),
-            f(15, "flocker", Msg(116), One, PTR | OMIT),
-            f(16, "downwardAPI", Msg(95), One, PTR | OMIT),
-            f(17, "fc", Msg(113), One, PTR | OMIT),
-            f(18, "azureFile", Msg(61), One, PTR | OMIT),
-            f(19, "configMap", Msg(81), One, PTR | OMIT),
-            f(20, "vsphereVolume", Msg(282), One, PTR | OMIT),
-            f(21, "quobyte", Msg(219), One, PTR | OMIT),
-            f(22, "azureDisk", Msg(59), One, PTR | OMIT),
-            f(23, "photonPersistentDisk", Msg(183), One, PTR | OMIT),
-            f(24, "portworxVolume", Msg(212), One, PTR | OMIT),
-            f(25, "scaleIO", Msg(239), One, PTR | OMIT),
-            f(26, "projected", Msg(218), One, PTR | OMIT),
-            f(27, "storageos", Msg(264), One, PTR | OMIT),
-            f(28, "csi", Msg(64), One, PTR | OMIT),
-            f(29, "ephemeral", Msg(107), One, PTR | OMIT),
-            f(30, "image", Msg(129), One, PTR | OMIT),
+            f(1, "hostPath", Msg(153), One, PTR | OMIT),
+            f(2, "emptyDir", Msg(123), One, PTR | OMIT),
+            f(3, "gcePersistentDisk", Msg(144), One, PTR | OMIT),
+            f(4, "awsElasticBlockStore", Msg(81), One, PTR | OMIT),
+            f(5, "gitRepo", Msg(146), One, PTR | OMIT),
+            f(6, "secret", Msg(276), One, PTR | OMIT),
+            f(7, "nfs", Msg(171), One, PTR | OMIT),
+            f(8, "iscsi", Msg(155), One, PTR | OMIT),
+            f(9, "glusterfs", Msg(148), One, PTR | OMIT),
+            f(10, "persistentVolumeClaim", Msg(205), One, PTR | OMIT),
+            f(11, "rbd", Msg(248), One, PTR | OMIT),
+            f(12, "flexVolume", Msg(142), One, PTR | OMIT),
+            f(13, "cinder", Msg(96), One, PTR | OMIT),
+            f(14, "cephfs", Msg(94), One, PTR | OMIT),
+            f(15, "flocker", Msg(143), One, PTR | OMIT),
+            f(16, "downwardAPI", Msg(122), One, PTR | OMIT),
+            f(17, "fc", Msg(140), One, PTR | OMIT),
+            f(18, "azureFile", Msg(88), One, PTR | OMIT),
+            f(19, "configMap", Msg(108), One, PTR | OMIT),
+            f(20, "vsphereVolume", Msg(309), One, PTR | OMIT),
+            f(21, "quobyte", Msg(246), One, PTR | OMIT),
+            f(22, "azureDisk", Msg(86), One, PTR | OMIT),
+            f(23, "photonPersistentDisk", Msg(210), One, PTR | OMIT),
+            f(24, "portworxVolume", Msg(239), One, PTR | OMIT),
+            f(25, "scaleIO", Msg(266), One, PTR | OMIT),
+            f(26, "projected", Msg(245), One, PTR | OMIT),
+            f(27, "storageos", Msg(291), One, PTR | OMIT),
+            f(28, "csi", Msg(91), One, PTR | OMIT),
+            f(29, "ephemeral", Msg(134), One, PTR | OMIT),
+            f(30, "image", Msg(156), One, PTR | OMIT),
         ],
     },
-    // 282
+    // 309
     Message {
         name: "k8s.io.api.core.v1.VsphereVirtualDiskVolumeSource",
         fields: &[
@@ -2839,15 +3072,15 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(4, "storagePolicyID", Str, One, OMIT),
         ],
     },
-    // 283
+    // 310
     Message {
         name: "k8s.io.api.core.v1.WeightedPodAffinityTerm",
         fields: &[
             f(1, "weight", I32, One, 0),
-            f(2, "podAffinityTerm", Msg(186), One, 0),
+            f(2, "podAffinityTerm", Msg(213), One, 0),
         ],
     },
-    // 284
+    // 311
     Message {
         name: "k8s.io.api.core.v1.WindowsSecurityContextOptions",
         fields: &[
@@ -2857,21 +3090,21 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(4, "hostProcess", Bool, One, PTR | OMIT),
         ],
     },
-    // 285
+    // 312
     Message {
         name: "k8s.io.api.discovery.v1.Endpoint",
         fields: &[
             f(1, "addresses", Str, Many, 0),
-            f(2, "conditions", Msg(286), One, OMIT),
+            f(2, "conditions", Msg(313), One, OMIT),
             f(3, "hostname", Str, One, PTR | OMIT),
-            f(4, "targetRef", Msg(170), One, PTR | OMIT),
+            f(4, "targetRef", Msg(197), One, PTR | OMIT),
             f(5, "deprecatedTopology", Str, Map, OMIT),
             f(6, "nodeName", Str, One, PTR | OMIT),
             f(7, "zone", Str, One, PTR | OMIT),
-            f(8, "hints", Msg(287), One, PTR | OMIT),
+            f(8, "hints", Msg(314), One, PTR | OMIT),
         ],
     },
-    // 286
+    // 313
     Message {
         name: "k8s.io.api.discovery.v1.EndpointConditions",
         fields: &[
@@ -2880,15 +3113,15 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(3, "terminating", Bool, One, PTR | OMIT),
         ],
     },
-    // 287
+    // 314
     Message {
         name: "k8s.io.api.discovery.v1.EndpointHints",
         fields: &[
-            f(1, "forZones", Msg(292), Many, OMIT),
-            f(2, "forNodes", Msg(291), Many, OMIT),
+            f(1, "forZones", Msg(319), Many, OMIT),
+            f(2, "forNodes", Msg(318), Many, OMIT),
         ],
     },
-    // 288
+    // 315
     Message {
         name: "k8s.io.api.discovery.v1.EndpointPort",
         fields: &[
@@ -2898,115 +3131,115 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(4, "appProtocol", Str, One, PTR | OMIT),
         ],
     },
-    // 289
+    // 316
     Message {
         name: "k8s.io.api.discovery.v1.EndpointSlice",
         fields: &[
-            f(1, "metadata", Msg(326), One, OMIT),
-            f(2, "endpoints", Msg(285), Many, 0),
-            f(3, "ports", Msg(288), Many, 0),
+            f(1, "metadata", Msg(353), One, OMIT),
+            f(2, "endpoints", Msg(312), Many, 0),
+            f(3, "ports", Msg(315), Many, 0),
             f(4, "addressType", Str, One, 0),
         ],
     },
-    // 290
+    // 317
     Message {
         name: "k8s.io.api.discovery.v1.EndpointSliceList",
         fields: &[
-            f(1, "metadata", Msg(322), One, OMIT),
-            f(2, "items", Msg(289), Many, 0),
+            f(1, "metadata", Msg(349), One, OMIT),
+            f(2, "items", Msg(316), Many, 0),
         ],
     },
-    // 291
+    // 318
     Message {
         name: "k8s.io.api.discovery.v1.ForNode",
         fields: &[f(1, "name", Str, One, 0)],
     },
-    // 292
+    // 319
     Message {
         name: "k8s.io.api.discovery.v1.ForZone",
         fields: &[f(1, "name", Str, One, 0)],
     },
-    // 293
+    // 320
     Message {
         name: "k8s.io.api.policy.v1.Eviction",
         fields: &[
-            f(1, "metadata", Msg(326), One, OMIT),
-            f(2, "deleteOptions", Msg(308), One, PTR | OMIT),
+            f(1, "metadata", Msg(353), One, OMIT),
+            f(2, "deleteOptions", Msg(335), One, PTR | OMIT),
         ],
     },
-    // 294
+    // 321
     Message {
         name: "k8s.io.api.policy.v1.PodDisruptionBudget",
         fields: &[
-            f(1, "metadata", Msg(326), One, OMIT),
-            f(2, "spec", Msg(296), One, OMIT),
-            f(3, "status", Msg(297), One, OMIT),
+            f(1, "metadata", Msg(353), One, OMIT),
+            f(2, "spec", Msg(323), One, OMIT),
+            f(3, "status", Msg(324), One, OMIT),
         ],
     },
-    // 295
+    // 322
     Message {
         name: "k8s.io.api.policy.v1.PodDisruptionBudgetList",
         fields: &[
-            f(1, "metadata", Msg(322), One, OMIT),
-            f(2, "items", Msg(294), Many, 0),
+            f(1, "metadata", Msg(349), One, OMIT),
+            f(2, "items", Msg(321), Many, 0),
         ],
     },
-    // 296
+    // 323
     Message {
         name: "k8s.io.api.policy.v1.PodDisruptionBudgetSpec",
         fields: &[
-            f(1, "minAvailable", Msg(348), One, PTR | OMIT),
-            f(2, "selector", Msg(319), One, PTR | OMIT),
-            f(3, "maxUnavailable", Msg(348), One, PTR | OMIT),
+            f(1, "minAvailable", Msg(375), One, PTR | OMIT),
+            f(2, "selector", Msg(346), One, PTR | OMIT),
+            f(3, "maxUnavailable", Msg(375), One, PTR | OMIT),
             f(4, "unhealthyPodEvictionPolicy", Str, One, PTR | OMIT),
         ],
     },
-    // 297
+    // 324
     Message {
         name: "k8s.io.api.policy.v1.PodDisruptionBudgetStatus",
         fields: &[
             f(1, "observedGeneration", I64, One, OMIT),
-            f(2, "disruptedPods", Msg(339), Map, OMIT),
+            f(2, "disruptedPods", Msg(366), Map, OMIT),
             f(3, "disruptionsAllowed", I32, One, 0),
             f(4, "currentHealthy", I32, One, 0),
             f(5, "desiredHealthy", I32, One, 0),
             f(6, "expectedPods", I32, One, 0),
-            f(7, "conditions", Msg(306), Many, OMIT),
+            f(7, "conditions", Msg(333), Many, OMIT),
         ],
     },
-    // 298
+    // 325
     Message {
         name: "k8s.io.apimachinery.pkg.api.resource.Quantity",
         fields: &[f(1, "string", Str, One, 0)],
     },
-    // 299
+    // 326
     Message {
         name: "k8s.io.apimachinery.pkg.api.resource.QuantityValue",
         fields: &[f(1, "string", Str, One, 0)],
     },
-    // 300
+    // 327
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.APIGroup",
         fields: &[
             f(1, "name", Str, One, 0),
-            f(2, "versions", Msg(316), Many, 0),
-            f(3, "preferredVersion", Msg(316), One, OMIT),
-            f(4, "serverAddressByClientCIDRs", Msg(334), Many, OMIT),
+            f(2, "versions", Msg(343), Many, 0),
+            f(3, "preferredVersion", Msg(343), One, OMIT),
+            f(4, "serverAddressByClientCIDRs", Msg(361), Many, OMIT),
         ],
     },
-    // 301
+    // 328
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.APIGroupList",
-        fields: &[f(1, "groups", Msg(300), Many, 0)],
+        fields: &[f(1, "groups", Msg(327), Many, 0)],
     },
-    // 302
+    // 329
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.APIResource",
         fields: &[
             f(1, "name", Str, One, 0),
             f(2, "namespaced", Bool, One, 0),
             f(3, "kind", Str, One, 0),
-            f(4, "verbs", Msg(343), One, 0),
+            f(4, "verbs", Msg(370), One, 0),
             f(5, "shortNames", Str, Many, OMIT),
             f(6, "singularName", Str, One, 0),
             f(7, "categories", Str, Many, OMIT),
@@ -3015,23 +3248,23 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(10, "storageVersionHash", Str, One, OMIT),
         ],
     },
-    // 303
+    // 330
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.APIResourceList",
         fields: &[
             f(1, "groupVersion", Str, One, 0),
-            f(2, "resources", Msg(302), Many, 0),
+            f(2, "resources", Msg(329), Many, 0),
         ],
     },
-    // 304
+    // 331
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.APIVersions",
         fields: &[
             f(1, "versions", Str, Many, 0),
-            f(2, "serverAddressByClientCIDRs", Msg(334), Many, 0),
+            f(2, "serverAddressByClientCIDRs", Msg(361), Many, 0),
         ],
     },
-    // 305
+    // 332
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.ApplyOptions",
         fields: &[
@@ -3040,19 +3273,19 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(3, "fieldManager", Str, One, 0),
         ],
     },
-    // 306
+    // 333
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.Condition",
         fields: &[
             f(1, "type", Str, One, 0),
             f(2, "status", Str, One, 0),
             f(3, "observedGeneration", I64, One, OMIT),
-            f(4, "lastTransitionTime", Msg(339), One, 0),
+            f(4, "lastTransitionTime", Msg(366), One, 0),
             f(5, "reason", Str, One, 0),
             f(6, "message", Str, One, 0),
         ],
     },
-    // 307
+    // 334
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.CreateOptions",
         fields: &[
@@ -3061,12 +3294,12 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(4, "fieldValidation", Str, One, OMIT),
         ],
     },
-    // 308
+    // 335
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.DeleteOptions",
         fields: &[
             f(1, "gracePeriodSeconds", I64, One, PTR | OMIT),
-            f(2, "preconditions", Msg(332), One, PTR | OMIT),
+            f(2, "preconditions", Msg(359), One, PTR | OMIT),
             f(3, "orphanDependents", Bool, One, PTR | OMIT),
             f(4, "propagationPolicy", Str, One, PTR | OMIT),
             f(5, "dryRun", Str, Many, OMIT),
@@ -3079,12 +3312,12 @@ pub(super) static MESSAGES: [Message; 349] = [
             ),
         ],
     },
-    // 309
+    // 336
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.Duration",
         fields: &[f(1, "duration", I64, One, 0)],
     },
-    // 310
+    // 337
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.FieldSelectorRequirement",
         fields: &[
@@ -3093,32 +3326,32 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(3, "values", Str, Many, OMIT),
         ],
     },
-    // 311
+    // 338
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.FieldsV1",
         fields: &[f(1, "Raw", Bytes, One, 0)],
     },
-    // 312
+    // 339
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.GetOptions",
         fields: &[f(1, "resourceVersion", Str, One, OMIT)],
     },
-    // 313
+    // 340
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.GroupKind",
         fields: &[f(1, "group", Str, One, 0), f(2, "kind", Str, One, 0)],
     },
-    // 314
+    // 341
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.GroupResource",
         fields: &[f(1, "group", Str, One, 0), f(2, "resource", Str, One, 0)],
     },
-    // 315
+    // 342
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.GroupVersion",
         fields: &[f(1, "group", Str, One, 0), f(2, "version", Str, One, 0)],
     },
-    // 316
+    // 343
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.GroupVersionForDiscovery",
         fields: &[
@@ -3126,7 +3359,7 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(2, "version", Str, One, 0),
         ],
     },
-    // 317
+    // 344
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.GroupVersionKind",
         fields: &[
@@ -3135,7 +3368,7 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(3, "kind", Str, One, 0),
         ],
     },
-    // 318
+    // 345
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.GroupVersionResource",
         fields: &[
@@ -3144,15 +3377,15 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(3, "resource", Str, One, 0),
         ],
     },
-    // 319
+    // 346
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.LabelSelector",
         fields: &[
             f(1, "matchLabels", Str, Map, OMIT),
-            f(2, "matchExpressions", Msg(320), Many, OMIT),
+            f(2, "matchExpressions", Msg(347), Many, OMIT),
         ],
     },
-    // 320
+    // 347
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.LabelSelectorRequirement",
         fields: &[
@@ -3161,15 +3394,15 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(3, "values", Str, Many, OMIT),
         ],
     },
-    // 321
+    // 348
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.List",
         fields: &[
-            f(1, "metadata", Msg(322), One, OMIT),
-            f(2, "items", Msg(345), Many, 0),
+            f(1, "metadata", Msg(349), One, OMIT),
+            f(2, "items", Msg(372), Many, 0),
         ],
     },
-    // 322
+    // 349
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.ListMeta",
         fields: &[
@@ -3179,7 +3412,7 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(4, "remainingItemCount", I64, One, PTR | OMIT),
         ],
     },
-    // 323
+    // 350
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.ListOptions",
         fields: &[
@@ -3195,25 +3428,25 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(11, "sendInitialEvents", Bool, One, PTR | OMIT),
         ],
     },
-    // 324
+    // 351
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.ManagedFieldsEntry",
         fields: &[
             f(1, "manager", Str, One, OMIT),
             f(2, "operation", Str, One, OMIT),
             f(3, "apiVersion", Str, One, OMIT),
-            f(4, "time", Msg(339), One, PTR | OMIT),
+            f(4, "time", Msg(366), One, PTR | OMIT),
             f(6, "fieldsType", Str, One, OMIT),
-            f(7, "fieldsV1", Msg(311), One, PTR | OMIT),
+            f(7, "fieldsV1", Msg(338), One, PTR | OMIT),
             f(8, "subresource", Str, One, OMIT),
         ],
     },
-    // 325
+    // 352
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.MicroTime",
         fields: &[f(1, "seconds", I64, One, 0), f(2, "nanos", I32, One, 0)],
     },
-    // 326
+    // 353
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta",
         fields: &[
@@ -3224,17 +3457,17 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(5, "uid", Str, One, OMIT),
             f(6, "resourceVersion", Str, One, OMIT),
             f(7, "generation", I64, One, OMIT),
-            f(8, "creationTimestamp", Msg(339), One, OMIT),
-            f(9, "deletionTimestamp", Msg(339), One, PTR | OMIT),
+            f(8, "creationTimestamp", Msg(366), One, OMIT),
+            f(9, "deletionTimestamp", Msg(366), One, PTR | OMIT),
             f(10, "deletionGracePeriodSeconds", I64, One, PTR | OMIT),
             f(11, "labels", Str, Map, OMIT),
             f(12, "annotations", Str, Map, OMIT),
-            f(13, "ownerReferences", Msg(327), Many, OMIT),
+            f(13, "ownerReferences", Msg(354), Many, OMIT),
             f(14, "finalizers", Str, Many, OMIT),
-            f(17, "managedFields", Msg(324), Many, OMIT),
+            f(17, "managedFields", Msg(351), Many, OMIT),
         ],
     },
-    // 327
+    // 354
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.OwnerReference",
         fields: &[
@@ -3246,25 +3479,25 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(7, "blockOwnerDeletion", Bool, One, PTR | OMIT),
         ],
     },
-    // 328
+    // 355
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.PartialObjectMetadata",
-        fields: &[f(1, "metadata", Msg(326), One, OMIT)],
+        fields: &[f(1, "metadata", Msg(353), One, OMIT)],
     },
-    // 329
+    // 356
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.PartialObjectMetadataList",
         fields: &[
-            f(1, "metadata", Msg(322), One, OMIT),
-            f(2, "items", Msg(328), Many, 0),
+            f(1, "metadata", Msg(349), One, OMIT),
+            f(2, "items", Msg(355), Many, 0),
         ],
     },
-    // 330
+    // 357
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.Patch",
         fields: &[],
     },
-    // 331
+    // 358
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.PatchOptions",
         fields: &[
@@ -3274,7 +3507,7 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(4, "fieldValidation", Str, One, OMIT),
         ],
     },
-    // 332
+    // 359
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.Preconditions",
         fields: &[
@@ -3282,12 +3515,12 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(2, "resourceVersion", Str, One, PTR | OMIT),
         ],
     },
-    // 333
+    // 360
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.RootPaths",
         fields: &[f(1, "paths", Str, Many, 0)],
     },
-    // 334
+    // 361
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.ServerAddressByClientCIDR",
         fields: &[
@@ -3295,19 +3528,19 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(2, "serverAddress", Str, One, 0),
         ],
     },
-    // 335
+    // 362
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.Status",
         fields: &[
-            f(1, "metadata", Msg(322), One, OMIT),
+            f(1, "metadata", Msg(349), One, OMIT),
             f(2, "status", Str, One, OMIT),
             f(3, "message", Str, One, OMIT),
             f(4, "reason", Str, One, OMIT),
-            f(5, "details", Msg(337), One, PTR | OMIT),
+            f(5, "details", Msg(364), One, PTR | OMIT),
             f(6, "code", I32, One, OMIT),
         ],
     },
-    // 336
+    // 363
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.StatusCause",
         fields: &[
@@ -3316,34 +3549,34 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(3, "field", Str, One, OMIT),
         ],
     },
-    // 337
+    // 364
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.StatusDetails",
         fields: &[
             f(1, "name", Str, One, OMIT),
             f(2, "group", Str, One, OMIT),
             f(3, "kind", Str, One, OMIT),
-            f(4, "causes", Msg(336), Many, OMIT),
+            f(4, "causes", Msg(363), Many, OMIT),
             f(5, "retryAfterSeconds", I32, One, OMIT),
             f(6, "uid", Str, One, OMIT),
         ],
     },
-    // 338
+    // 365
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.TableOptions",
         fields: &[f(1, "includeObject", Str, One, OMIT)],
     },
-    // 339
+    // 366
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.Time",
         fields: &[f(1, "seconds", I64, One, 0), f(2, "nanos", I32, One, 0)],
     },
-    // 340
+    // 367
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.Timestamp",
         fields: &[f(1, "seconds", I64, One, 0), f(2, "nanos", I32, One, 0)],
     },
-    // 341
+    // 368
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.TypeMeta",
         fields: &[
@@ -3351,7 +3584,7 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(2, "apiVersion", Str, One, OMIT),
         ],
     },
-    // 342
+    // 369
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.UpdateOptions",
         fields: &[
@@ -3360,22 +3593,22 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(3, "fieldValidation", Str, One, OMIT),
         ],
     },
-    // 343
+    // 370
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.Verbs",
         fields: &[f(1, "items", Str, Many, 0)],
     },
-    // 344
+    // 371
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.WatchEvent",
-        fields: &[f(1, "type", Str, One, 0), f(2, "object", Msg(345), One, 0)],
+        fields: &[f(1, "type", Str, One, 0), f(2, "object", Msg(372), One, 0)],
     },
-    // 345
+    // 372
     Message {
         name: "k8s.io.apimachinery.pkg.runtime.RawExtension",
         fields: &[f(1, "raw", Bytes, One, 0)],
     },
-    // 346
+    // 373
     Message {
         name: "k8s.io.apimachinery.pkg.runtime.TypeMeta",
         fields: &[
@@ -3383,17 +3616,17 @@ pub(super) static MESSAGES: [Message; 349] = [
             f(2, "kind", Str, One, OMIT),
         ],
     },
-    // 347
+    // 374
     Message {
         name: "k8s.io.apimachinery.pkg.runtime.Unknown",
         fields: &[
-            f(1, "typeMeta", Msg(346), One, INLINE),
+            f(1, "typeMeta", Msg(373), One, INLINE),
             f(2, "raw", Bytes, One, 0),
             f(3, "contentEncoding", Str, One, 0),
             f(4, "contentType", Str, One, 0),
         ],
     },
-    // 348
+    // 375
     Message {
         name: "k8s.io.apimachinery.pkg.util.intstr.IntOrString",
         fields: &[

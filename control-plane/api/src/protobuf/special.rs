@@ -35,7 +35,10 @@ impl Special {
             "k8s.io.apimachinery.pkg.apis.meta.v1.MicroTime" => Special::MicroTime,
             "k8s.io.apimachinery.pkg.apis.meta.v1.Duration" => Special::Duration,
             "k8s.io.apimachinery.pkg.apis.meta.v1.FieldsV1" => Special::FieldsV1,
-            "k8s.io.apimachinery.pkg.apis.meta.v1.Verbs" => Special::Verbs,
+            // ExtraValue (a user's extra attributes) is the same repeated-string wrapper.
+            "k8s.io.apimachinery.pkg.apis.meta.v1.Verbs"
+            | "k8s.io.api.authentication.v1.ExtraValue"
+            | "k8s.io.api.authorization.v1.ExtraValue" => Special::Verbs,
             "k8s.io.apimachinery.pkg.api.resource.Quantity"
             | "k8s.io.apimachinery.pkg.api.resource.QuantityValue" => Special::Quantity,
             "k8s.io.apimachinery.pkg.util.intstr.IntOrString" => Special::IntOrString,

@@ -203,7 +203,7 @@ fn host_path(path: &str, kind: Option<&str>, p: &Path) -> Vec<FieldError> {
     errs
 }
 
-fn container(
+pub(super) fn container(
     c: &Container,
     path: &Path,
     init: bool,

@@ -1,14 +1,17 @@
 //! Who is asking and what they may do: bearer tokens (`tokens`), a small node authorizer
-//! (`authorize`, Kubernetes' Node authorizer over request names) and node admission
+//! (`authorize` over the rule tables in `rules`, Kubernetes' Node authorizer over request
+//! names) and node admission
 //! (`node::admit`, Kubernetes' NodeRestriction over the objects written).
 //!
 //! `kproxy-apiserver node-token NAME` adds a node token; the server picks up new and removed
 //! tokens without a restart.
 
 mod node;
+pub mod rules;
 mod tokens;
 
 pub use self::node::admit;
+pub use self::rules::allows_path;
 pub use self::tokens::{TokenStore, Tokens};
 use crate::registry::Resource;
 
@@ -23,6 +26,16 @@ impl Identity {
         match self {
             Identity::Admin => "kproxy-admin".into(),
             Identity::Node(n) => format!("system:node:{n}"),
+        }
+    }
+
+    /// The groups Kubernetes puts these users in: the admin's system:masters is what
+    /// kube-apiserver lets do everything, a node's system:nodes what the Node authorizer
+    /// serves.
+    pub fn groups(&self) -> [&'static str; 2] {
+        match self {
+            Identity::Admin => ["system:masters", "system:authenticated"],
+            Identity::Node(_) => ["system:nodes", "system:authenticated"],
         }
     }
 }
@@ -40,6 +53,7 @@ pub const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
 
 /// `verb` is Kubernetes' verb (get, list, watch, create, update, patch, delete,
 /// deletecollection); `name` is the object's name (for create, the name in the body).
+/// The rules are the tables in [`rules`], which the rules review lists.
 pub fn authorize(
     id: &Identity,
     verb: &str,
@@ -48,28 +62,17 @@ pub fn authorize(
     name: Option<&str>,
     sub: Option<&str>,
 ) -> Access {
-    let node = match id {
-        Identity::Admin => return Access::Allowed,
-        Identity::Node(n) => n.as_str(),
-    };
-    if matches!(verb, "get" | "list" | "watch") {
-        return Access::Allowed;
-    }
-    let own = name == Some(node);
-    match (res.group, res.plural) {
-        ("", "nodes") if own && verb != "deletecollection" => Access::Allowed,
-        ("coordination.k8s.io", "leases") if own && ns == Some(NODE_LEASE_NAMESPACE) => {
-            Access::Allowed
-        }
-        ("", "pods")
-            if (sub == Some("status") && matches!(verb, "update" | "patch"))
-                || (sub.is_none() && verb == "delete") =>
-        {
-            Access::PodBoundTo(node.to_string())
-        }
-        ("", "events") if verb == "create" || verb == "patch" => Access::Allowed,
-        _ => Access::Denied,
-    }
+    rules::decide(
+        id,
+        &rules::Attributes {
+            verb,
+            group: res.group,
+            resource: res.plural,
+            sub,
+            ns,
+            name,
+        },
+    )
 }
 
 #[cfg(test)]

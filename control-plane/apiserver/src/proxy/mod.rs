@@ -10,6 +10,7 @@
 
 mod node;
 mod pod;
+mod portforward;
 
 use axum::body::Body;
 use axum::http::request::Parts;
@@ -34,6 +35,18 @@ pub async fn serve_pod(
 ) -> ApiResult<axum::response::Response> {
     pod::authorize(id, sub, t.ns.as_deref())?;
     pod::serve(api, t, parts).await
+}
+
+/// `pods/portforward` of `t` for `id` (the admin only, `create` as Kubernetes asks
+/// whatever the method): forwarded to the kubelet of the pod's node.
+pub async fn serve_portforward(
+    api: &Api,
+    id: &Identity,
+    t: &Target,
+    parts: &mut Parts,
+) -> ApiResult<axum::response::Response> {
+    admin_only(id, "create", "pods/portforward", t.ns.as_deref())?;
+    portforward::serve(api, t, parts).await
 }
 
 /// `nodes/{name}[:{port}]/proxy/{path}` for `id`: forwarded to the node.

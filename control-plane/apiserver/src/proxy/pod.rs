@@ -1,4 +1,4 @@
-//! `pods/log` and `pods/exec`, forwarded to the kubelet of the pod's node.
+//! `pods/log`, `pods/exec` and `pods/attach`, forwarded to the kubelet of the pod's node.
 
 use axum::body::Body;
 use axum::http::request::Parts;
@@ -30,6 +30,8 @@ const LOG_PARAMS: &[&str] = &[
     "limitBytes",
 ];
 const EXEC_PARAMS: &[&str] = &["command", "stdin", "stdout", "stderr", "tty"];
+/// PodAttachOptions: the streams, no command.
+const ATTACH_PARAMS: &[&str] = &["stdin", "stdout", "stderr", "tty"];
 
 /// The container a request means, in Kubernetes' words when it cannot tell.
 pub fn container_for(pod: &Value, requested: Option<&str>) -> ApiResult<String> {
@@ -41,8 +43,13 @@ pub fn container_for(pod: &Value, requested: Option<&str>) -> ApiResult<String> 
             .unwrap_or_default()
     };
     let (containers, init) = (names("containers"), names("initContainers"));
+    // Ephemeral containers are valid when named (kubectl debug attaches to them), never the
+    // default.
+    let ephemeral = names("ephemeralContainers");
     match requested {
-        Some(c) if containers.contains(&c) || init.contains(&c) => Ok(c.to_string()),
+        Some(c) if containers.contains(&c) || init.contains(&c) || ephemeral.contains(&c) => {
+            Ok(c.to_string())
+        }
         Some(c) => Err(ApiError::bad_request(format!(
             "container {c} is not valid for pod {pod_name}"
         ))),
@@ -68,8 +75,12 @@ pub fn container_for(pod: &Value, requested: Option<&str>) -> ApiResult<String> 
 
 /// Only the admin reads logs and runs commands; nodes (which may read pods) may not.
 pub fn authorize(id: &Identity, sub: &str, ns: Option<&str>) -> ApiResult<()> {
-    // Kubernetes asks for `create` on pods/exec whatever the HTTP method.
-    let verb = if sub == "exec" { "create" } else { "get" };
+    // Kubernetes asks for `create` on pods/exec and pods/attach whatever the HTTP method.
+    let verb = if matches!(sub, "exec" | "attach") {
+        "create"
+    } else {
+        "get"
+    };
     admin_only(id, verb, &format!("pods/{sub}"), ns)
 }
 
@@ -113,6 +124,7 @@ pub async fn serve(
     let allowed = match (sub, &parts.method) {
         ("log", &Method::GET) => LOG_PARAMS,
         ("exec", &Method::GET | &Method::POST) => EXEC_PARAMS,
+        ("attach", &Method::GET | &Method::POST) => ATTACH_PARAMS,
         _ => return Err(ApiError::method_not_allowed()),
     };
     let pairs = query_pairs(parts.uri.query());
@@ -135,10 +147,9 @@ pub async fn serve(
         ))
     })?;
     let ep = kubelet_endpoint(&node)?;
-    let base = if sub == "log" {
-        "containerLogs"
-    } else {
-        "exec"
+    let base = match sub {
+        "log" => "containerLogs",
+        other => other,
     };
     let mut target = format!("/{base}/{ns}/{name}/{container}");
     let query = forward_query(&pairs, allowed);
@@ -146,7 +157,7 @@ pub async fn serve(
         target = format!("{target}?{query}");
     }
     let mut headers = Vec::new();
-    if sub == "exec" {
+    if sub != "log" {
         // The upgrade handshake is end to end between client and kubelet: its headers
         // travel unchanged (the client's credentials do not).
         if parts.headers.contains_key(header::UPGRADE) {
@@ -170,7 +181,7 @@ pub async fn serve(
             .header(header::CONTENT_TYPE, "text/plain")
             .body(Body::new(resp.into_body()))
             .map_err(ApiError::internal)?),
-        ("exec", StatusCode::SWITCHING_PROTOCOLS) => relay_upgrade(parts, resp),
+        ("exec" | "attach", StatusCode::SWITCHING_PROTOCOLS) => relay_upgrade(parts, resp),
         (_, code) => {
             let body = axum::body::to_bytes(Body::new(resp.into_body()), MAX_ERROR_BODY)
                 .await
@@ -256,6 +267,29 @@ mod tests {
         );
         assert_eq!(container_for(&with_init, Some("setup")).unwrap(), "setup");
         assert!(container_for(&pod(&json!({})), None).is_err());
+    }
+
+    #[test]
+    fn ephemeral_containers_are_valid_when_named() {
+        let p = pod(&json!({
+            "containers": [{"name": "a"}],
+            "ephemeralContainers": [{"name": "debugger-x"}],
+        }));
+        assert_eq!(container_for(&p, Some("debugger-x")).unwrap(), "debugger-x");
+        assert_eq!(container_for(&p, None).unwrap(), "a", "never the default");
+        let node = Identity::Node("n1".into());
+        let e = authorize(&node, "attach", Some("d")).unwrap_err();
+        assert!(
+            e.message.contains("cannot create resource \"pods/attach\""),
+            "{}",
+            e.message
+        );
+        let pairs: Vec<(String, String)> =
+            [("container", "c"), ("stdin", "true"), ("command", "x")]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        assert_eq!(forward_query(&pairs, ATTACH_PARAMS), "stdin=true");
     }
 
     #[test]

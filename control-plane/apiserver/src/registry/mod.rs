@@ -3,6 +3,7 @@
 //! `pod.rs`), and its defaults/validation/columns in kproxy-api; the verbs have no per-kind
 //! code paths beyond the flags and hooks below.
 
+pub mod ephemeral;
 mod namespace;
 mod pod;
 mod service;
@@ -28,7 +29,7 @@ pub struct Subresources {
     pub status: bool,
     /// `/scale` (autoscaling/v1 Scale over `.spec.replicas`).
     pub scale: bool,
-    /// Pods only: `/binding`, `/log`, `/exec`.
+    /// Pods only: `/binding`, `/log`, `/exec`, `/attach`, `/ephemeralcontainers`.
     pub pod: bool,
 }
 

@@ -43,11 +43,11 @@ pub async fn serve(
     match (verb, t.sub.as_deref()) {
         ("list", None) => list::serve(api, req, t).await,
         ("watch", None) => watch::serve(api, req, t).await,
-        ("get", None | Some("status")) if !req.wants_table() => {
+        ("get", None | Some("status" | "ephemeralcontainers")) if !req.wants_table() => {
             // The hot path: stored bytes with the resourceVersion spliced in, no parse.
             Ok(raw_json(object::with_rv(&get_kv(api, t).await?)?))
         }
-        ("get", None | Some("status")) => {
+        ("get", None | Some("status" | "ephemeralcontainers")) => {
             let obj = get(api, t).await?;
             let rev = object::field_value(&obj, "metadata.resourceVersion")
                 .parse()

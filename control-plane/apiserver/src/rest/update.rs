@@ -69,6 +69,9 @@ fn merge_update(res: &Resource, sub: Option<&str>, cur: &Value, mut cand: Value)
         new["status"] = cand["status"].take();
         return new;
     }
+    if sub == Some(crate::registry::ephemeral::SUBRESOURCE) {
+        return crate::registry::ephemeral::merge(cur, &cand);
+    }
     let cm = meta(cur).clone();
     let m = meta_mut(&mut cand);
     for k in [

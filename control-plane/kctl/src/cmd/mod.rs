@@ -10,9 +10,11 @@ pub mod expose;
 pub mod get;
 pub mod lb;
 pub mod logs;
+pub mod port_forward;
 pub mod rollout;
 pub mod scale;
 pub mod set;
+pub mod top;
 pub mod version;
 
 use anyhow::Result;
@@ -48,6 +50,10 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Execute a command in a container.
     Exec(exec::ExecArgs),
+    /// Forward one or more local ports to a pod (or a service's or workload's pod).
+    PortForward(port_forward::PortForwardArgs),
+    /// Display resource (CPU/memory) usage of nodes or pods (the Metrics API).
+    Top(top::TopArgs),
     /// Print the client and server version.
     Version(version::VersionArgs),
     /// Print a shell completion script (bash, zsh, fish, ...).
@@ -77,6 +83,8 @@ pub async fn run(global: &GlobalOpts, command: Command) -> Result<()> {
         Command::Lb(args) => lb::run(&mut ctx, args).await,
         Command::Bench(args) => bench::run(&mut ctx, args).await,
         Command::Exec(args) => exec::run(&mut ctx, args).await,
+        Command::PortForward(args) => port_forward::run(&mut ctx, args).await,
+        Command::Top(args) => top::run(&mut ctx, args).await,
         // Handled before connecting (version) or without a runtime (completion).
         Command::Version(_) | Command::Completion { .. } => Ok(()),
     }

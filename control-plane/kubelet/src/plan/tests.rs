@@ -564,3 +564,45 @@ fn each_container_keeps_its_current_and_previous_attempt() {
     assert_eq!(old_attempts(&observed), ["a-0", "a-1"]);
     assert!(old_attempts(&observed[4..]).is_empty());
 }
+
+#[test]
+fn ephemeral_containers_start_while_the_pod_runs_and_only_then() {
+    let now = at();
+    let p = pod(&json!({
+        "restartPolicy": "Never",
+        "containers": [{"name": "main", "image": "img"}],
+        "ephemeralContainers": [{"name": "debugger", "image": "busybox", "targetContainerName": "main"}],
+    }));
+    let alive = [sandbox(running()), attempt("main", 0, running())];
+    let run = run_of(&p, &alive, now);
+    assert!(starts(&run).is_empty(), "app containers untouched");
+    let eph: Vec<(&str, u32, Option<&str>)> = run
+        .ephemeral
+        .iter()
+        .map(|e| {
+            (
+                e.container.name.as_str(),
+                e.attempt,
+                e.pid_target.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(eph, [("debugger", 0, Some("main-0"))]);
+    // It exited: never again, and the pod's phase ignores it.
+    let ran = [
+        sandbox(running()),
+        attempt("main", 0, running()),
+        attempt("debugger", 0, exited_long_ago(1, now)),
+    ];
+    let run = run_of(&p, &ran, now);
+    assert!(run.ephemeral.is_empty());
+    assert!(matches!(run.sandbox, Sandbox::Keep { .. }));
+    // A finished pod starts none.
+    let done = [
+        sandbox(running()),
+        attempt("main", 0, exited_long_ago(0, now)),
+    ];
+    let run = run_of(&p, &done, now);
+    assert!(run.ephemeral.is_empty());
+    assert!(matches!(run.sandbox, Sandbox::Release { .. }));
+}
