@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod control;
 pub mod kubectl;
 pub mod kubelet;
+pub mod kubelet_server;
 pub mod lab;
 pub mod requests;
 

@@ -233,6 +233,29 @@ fn kubectl_attach_and_run_rm() {
         .wait_gone("default", "cat-rm", Duration::from_secs(30));
 }
 
+/// `kubectl debug pod/web -i` with a busybox container in main's process namespace running
+/// `script`.
+fn debug_web(script: &str) -> [&str; 11] {
+    [
+        "debug",
+        "pod/web",
+        "-i",
+        "--image",
+        BUSYBOX,
+        "--image-pull-policy=Never",
+        "--target=main",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]
+}
+
+/// Pod web's field at JSONPath `path`, as kubectl prints it.
+fn web_jsonpath(k: &Kubectl, path: &str) -> String {
+    k.ok(&["get", "pod", "web", "-o", &format!("jsonpath={{{path}}}")])
+}
+
 #[test]
 fn kubectl_debug_adds_an_ephemeral_container() {
     if !privileged("kubectl_debug_adds_an_ephemeral_container") || !available() {
@@ -245,44 +268,15 @@ fn kubectl_debug_adds_an_ephemeral_container() {
 
     // Interactive: stdin reaches the debug container; --target puts it in main's process
     // namespace, so its ps shows main's sleep.
-    let r = kubectl_with_stdin(
-        k,
-        &[
-            "debug",
-            "pod/web",
-            "-i",
-            "--image",
-            BUSYBOX,
-            "--image-pull-policy=Never",
-            "--target=main",
-            "--",
-            "sh",
-            "-c",
-            "read x; ps; echo hi $x",
-        ],
-        "there\n",
-        LIMIT,
-    );
+    let r = kubectl_with_stdin(k, &debug_web("read x; ps; echo hi $x"), "there\n", LIMIT);
     assert_eq!(r.code, Some(0), "{}", r.err);
     assert!(r.out.contains("sleep 3600"), "{:?}", r.out);
     assert!(r.out.contains("hi there\n"), "{:?}", r.out);
-    let name = k.ok(&[
-        "get",
-        "pod",
-        "web",
-        "-o",
-        "jsonpath={.spec.ephemeralContainers[0].name}",
-    ]);
+    let name = web_jsonpath(k, ".spec.ephemeralContainers[0].name");
     assert!(name.starts_with("debugger-"), "{name}");
     let mut statuses = String::new();
     eventually("the debug container reported terminated", || {
-        statuses = k.ok(&[
-            "get",
-            "pod",
-            "web",
-            "-o",
-            "jsonpath={.status.ephemeralContainerStatuses}",
-        ]);
+        statuses = web_jsonpath(k, ".status.ephemeralContainerStatuses");
         statuses.contains("\"terminated\"")
     });
     let st: serde_json::Value = serde_json::from_str(&statuses).expect("statuses as JSON");
@@ -302,42 +296,18 @@ fn kubectl_debug_adds_an_ephemeral_container() {
     // Not interactive: as with Kubernetes, attach shows what the container writes after it
     // joined (kubectl falls back to the whole log when the container is done first), so
     // what kubectl shows of the container is the end of its log, and the log has it all.
-    let (ok, out, err) = k.run(&[
-        "debug",
-        "pod/web",
-        "-i",
-        "--image",
-        BUSYBOX,
-        "--image-pull-policy=Never",
-        "--target=main",
-        "--",
-        "sh",
-        "-c",
-        "ps; echo hi",
-    ]);
+    let (ok, out, err) = k.run(&debug_web("ps; echo hi"));
     assert!(ok, "{err}");
     let shown: String = out
         .lines()
         .filter(|l| !l.starts_with("Targeting container") && !l.starts_with("Defaulting debug"))
         .flat_map(|l| [l, "\n"])
         .collect();
-    let second = k.ok(&[
-        "get",
-        "pod",
-        "web",
-        "-o",
-        "jsonpath={.spec.ephemeralContainers[1].name}",
-    ]);
+    let second = web_jsonpath(k, ".spec.ephemeralContainers[1].name");
     let log = k.ok(&["logs", "web", "-c", &second]);
     assert!(log.contains("sleep 3600") && log.ends_with("hi\n"), "{log}");
     assert!(log.ends_with(&shown), "{shown:?} is not the end of {log:?}");
-    let names = k.ok(&[
-        "get",
-        "pod",
-        "web",
-        "-o",
-        "jsonpath={.spec.ephemeralContainers[*].name}",
-    ]);
+    let names = web_jsonpath(k, ".spec.ephemeralContainers[*].name");
     assert_eq!(names.split(' ').count(), 2, "{names}");
 
     // Invalid ephemeral containers: the API server's 422 names the field.

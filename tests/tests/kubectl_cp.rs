@@ -7,16 +7,15 @@
 //! Every container is removed when its test ends, also on failure.
 #![forbid(unsafe_code)]
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use kproxy_pod_labels as labels;
-use kproxy_tests::apiserver::{ApiServer, Http, TempDir};
-use kproxy_tests::{eventually, privileged, sh, unique};
-use serde_json::json;
+use kproxy_tests::apiserver::TempDir;
+use kproxy_tests::kubelet_server::{self, NodeCluster};
+use kproxy_tests::sh;
+use serde_json::{Value, json};
 
 const KUBECTL: &str = "/usr/bin/kubectl";
 /// Static busybox with applet links in /bin (sh, tar, ...).
@@ -27,105 +26,13 @@ const NO_TAR_IMAGE: &str = "kproxy/kecho:1";
 const HANG: Duration = Duration::from_mins(2);
 
 fn ready() -> bool {
-    if !privileged("kubectl_cp") {
-        return false;
-    }
-    for image in [IMAGE, NO_TAR_IMAGE] {
-        let ok = Command::new("docker")
-            .args(["image", "inspect", "--format", "{{.Id}}", image])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        assert!(
-            ok,
-            "Docker with image {image} is needed: run `cargo xtask images`"
-        );
-    }
-    assert!(Path::new(KUBECTL).exists(), "{KUBECTL} is needed");
-    true
+    kubelet_server::ready("kubectl_cp", &[IMAGE, NO_TAR_IMAGE])
 }
 
-/// The kubelet's exec server on 127.0.0.1, in-process, until dropped.
-struct KubeletServer {
-    rt: tokio::runtime::Runtime,
-    addr: SocketAddr,
-    _dir: TempDir,
-}
-
-impl KubeletServer {
-    fn start(node: &str, api: &ApiServer) -> Self {
-        let dir = TempDir::new("kpt-cp-kubelet");
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let addr = listener.local_addr().expect("local addr");
-        let cfg = kproxy_kubelet_server::ServerConfig {
-            node_name: node.to_string(),
-            data_dir: dir.path().join("pki"),
-            client_ca_pem: std::fs::read(api.data_dir.join("pki/ca.crt")).expect("cluster CA"),
-        };
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.spawn(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-            let docker = bollard::Docker::connect_with_local_defaults().expect("docker client");
-            if let Err(e) = kproxy_kubelet_server::serve(listener, cfg, docker).await {
-                eprintln!("kubelet server failed: {e:#}");
-            }
-        });
-        eventually("kubelet serving certificate", || {
-            dir.path().join("pki/kubelet.key").exists()
-        });
-        Self {
-            rt,
-            addr,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for KubeletServer {
-    fn drop(&mut self) {
-        let rt = std::mem::replace(
-            &mut self.rt,
-            tokio::runtime::Builder::new_current_thread()
-                .build()
-                .expect("runtime"),
-        );
-        rt.shutdown_timeout(Duration::from_secs(5));
-    }
-}
-
-/// Docker containers made by a test, removed (`docker rm -f`) on drop.
-#[derive(Default)]
-struct Containers(Mutex<Vec<String>>);
-
-impl Drop for Containers {
-    fn drop(&mut self) {
-        let names = std::mem::take(
-            &mut *self
-                .0
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
-        if !names.is_empty() {
-            let _ = Command::new("docker")
-                .args(["rm", "-f"])
-                .args(&names)
-                .output();
-        }
-    }
-}
-
-struct Cluster {
-    dir: TempDir,
-    api: ApiServer,
-    http: Http,
-    node: String,
-    _kubelet: KubeletServer,
-    containers: Containers,
-}
+kproxy_tests::node_cluster!(
+    /// One test's cluster: API server, one node served by the in-process kubelet server.
+    Cluster
+);
 
 struct Run {
     code: Option<i32>,
@@ -133,37 +40,24 @@ struct Run {
     stderr: String,
 }
 
+impl Run {
+    /// Asserts kubectl exited with `code`, saying each of `said` on stderr.
+    fn fails(&self, code: i32, said: &[&str]) {
+        assert_eq!(self.code, Some(code), "{}", self.stderr);
+        for s in said {
+            assert!(self.stderr.contains(s), "{}", self.stderr);
+        }
+    }
+}
+
 impl Cluster {
     fn start() -> Self {
-        let dir = TempDir::new("kpt-cp");
-        let api = ApiServer::start(dir.path(), &["--store", "memory"]);
-        let http = api.http();
-        let node = unique("kpt-cp-node");
-        let kubelet = KubeletServer::start(&node, &api);
-        let port = kubelet.addr.port();
-        let r = http.post(
-            "/api/v1/nodes",
-            &json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}}),
-        );
-        assert_eq!(r.code, 201, "{}", r.body);
-        let status = json!({"status": {
-            "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
-            "daemonEndpoints": {"kubeletEndpoint": {"Port": port}},
-        }});
-        let r = http.patch(
-            &format!("/api/v1/nodes/{node}/status"),
-            "application/merge-patch+json",
-            &status.to_string(),
-        );
-        assert_eq!(r.code, 200, "{}", r.body);
-        Self {
-            dir,
-            api,
-            http,
-            node,
-            _kubelet: kubelet,
-            containers: Containers::default(),
-        }
+        Self(NodeCluster::start(
+            "kpt-cp",
+            "kpt-cp-node",
+            &Value::Null,
+            &json!({}),
+        ))
     }
 
     /// A running pod `name` of one container `main` from `image` (its default command, or
@@ -182,20 +76,12 @@ impl Cluster {
             .expect("uid")
             .to_string();
         let cname = labels::container_name("main", name, "default", &uid, 0);
-        self.containers.0.lock().unwrap().push(cname.clone());
+        self.containers.add(&cname);
         let mut cmd = Command::new("docker");
-        cmd.args(["run", "-d", "--name", &cname]);
-        for (k, v) in [
-            (labels::NODE, self.node.as_str()),
-            (labels::POD_UID, uid.as_str()),
-            (labels::POD_NAME, name),
-            (labels::POD_NAMESPACE, "default"),
-            (labels::KIND, labels::KIND_CONTAINER),
-            (labels::CONTAINER_NAME, "main"),
-            (labels::ATTEMPT, "0"),
-        ] {
-            cmd.args(["--label", &format!("{k}={v}")]);
-        }
+        cmd.args(["run", "-d", "--name", &cname])
+            .args(kubelet_server::container_labels(
+                &self.node, name, &uid, "main", 0,
+            ));
         cmd.arg(image);
         if image == IMAGE {
             // The image is FROM scratch: no /tmp unless the container makes it.
@@ -379,12 +265,9 @@ fn errors_are_kubectls() {
     // No such pod, either way.
     for args in [&["cp", "f", "nope:/tmp/f"][..], &["cp", "nope:/tmp/f", "g"]] {
         let r = c.kubectl(work.path(), args);
-        assert_eq!(r.code, Some(1));
-        assert!(
-            r.stderr
-                .contains("Error from server (NotFound): pods \"nope\" not found"),
-            "{}",
-            r.stderr
+        r.fails(
+            1,
+            &["Error from server (NotFound): pods \"nope\" not found"],
         );
     }
 
@@ -394,17 +277,12 @@ fn errors_are_kubectls() {
         work.path(),
         &["exec", "box", "--", "tar", "cf", "-", "/tmp/missing"],
     );
-    assert_eq!(r.code, Some(1));
-    assert!(
-        r.stderr
-            .contains("tar: /tmp/missing: No such file or directory"),
-        "{}",
-        r.stderr
-    );
-    assert!(
-        r.stderr.contains("command terminated with exit code 1"),
-        "{}",
-        r.stderr
+    r.fails(
+        1,
+        &[
+            "tar: /tmp/missing: No such file or directory",
+            "command terminated with exit code 1",
+        ],
     );
     // ...but `kubectl cp` itself may exit 0, even silently: it stops at the end of the
     // (empty) archive without waiting for the command's status (kubernetes/kubectl#980, the
@@ -419,26 +297,15 @@ fn errors_are_kubectls() {
 
     // A missing local file is kubectl's own check.
     let r = c.kubectl(work.path(), &["cp", "nothere", "box:/tmp/x"]);
-    assert_eq!(r.code, Some(1));
-    assert!(
-        r.stderr
-            .contains("error: nothere doesn't exist in local filesystem"),
-        "{}",
-        r.stderr
-    );
+    r.fails(1, &["error: nothere doesn't exist in local filesystem"]);
     // Into a directory that does not exist: tar's complaint and its exit code.
     let r = c.kubectl(work.path(), &["cp", "f", "box:/no/such/dir/f"]);
-    assert_eq!(r.code, Some(1));
-    assert!(
-        r.stderr
-            .contains("tar: can't change directory to '/no/such/dir': No such file or directory"),
-        "{}",
-        r.stderr
-    );
-    assert!(
-        r.stderr.contains("command terminated with exit code 1"),
-        "{}",
-        r.stderr
+    r.fails(
+        1,
+        &[
+            "tar: can't change directory to '/no/such/dir': No such file or directory",
+            "command terminated with exit code 1",
+        ],
     );
 
     // A container without tar: kubectl exits with the command's code 126, as on Kubernetes
@@ -449,17 +316,12 @@ fn errors_are_kubectls() {
         (&["cp", "notar:/tmp/f", "g"], false),
     ] {
         let r = c.kubectl(work.path(), args);
-        assert_eq!(r.code, Some(126));
+        r.fails(126, &["command terminated with exit code 126"]);
         let said = format!("{}{}", r.stdout, r.stderr);
         assert_eq!(
             said.contains("exec: \"tar\": executable file not found in $PATH"),
             shown,
             "{said}"
-        );
-        assert!(
-            r.stderr.contains("command terminated with exit code 126"),
-            "{}",
-            r.stderr
         );
     }
     assert!(!work.path().join("g").exists());

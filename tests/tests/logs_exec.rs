@@ -9,7 +9,6 @@
 #![forbid(unsafe_code)]
 
 use std::io::{BufRead as _, BufReader, Read, Write as _};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
@@ -17,8 +16,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use kproxy_pod_labels as labels;
-use kproxy_tests::apiserver::{ApiServer, Http, TempDir};
-use kproxy_tests::{bin, eventually, privileged, sh, unique};
+use kproxy_tests::kubelet_server::{self, NodeCluster};
+use kproxy_tests::{bin, eventually, sh, unique};
 use serde_json::{Value, json};
 
 const KUBECTL: &str = "/usr/bin/kubectl";
@@ -31,156 +30,31 @@ const TICKER: &str = "echo first line; sleep 0.1; echo to stderr >&2; i=0; \
                       while true; do i=$((i+1)); echo tick $i; sleep 0.2; done";
 
 fn ready() -> bool {
-    if !privileged("logs_exec") {
-        return false;
-    }
-    let docker = Command::new("docker")
-        .args(["image", "inspect", "--format", "{{.Id}}", IMAGE])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        docker,
-        "Docker with image {IMAGE} is needed: run `cargo xtask setup`"
-    );
-    assert!(
-        Path::new(KUBECTL).exists(),
-        "{KUBECTL} is needed for the kubectl half of these tests"
-    );
-    true
+    kubelet_server::ready("logs_exec", &[IMAGE])
 }
 
-/// The kubelet's log/exec server on 127.0.0.1, in-process, until dropped.
-struct KubeletServer {
-    rt: tokio::runtime::Runtime,
-    addr: SocketAddr,
-    dir: TempDir,
-}
-
-impl KubeletServer {
-    fn start(node: &str, api: &ApiServer) -> Self {
-        let dir = TempDir::new("kpt-kubelet-server");
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let addr = listener.local_addr().expect("local addr");
-        let cfg = kproxy_kubelet_server::ServerConfig {
-            node_name: node.to_string(),
-            data_dir: dir.path().join("pki"),
-            client_ca_pem: std::fs::read(api.data_dir.join("pki/ca.crt")).expect("cluster CA"),
-        };
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.spawn(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-            let docker = bollard::Docker::connect_with_local_defaults().expect("docker client");
-            if let Err(e) = kproxy_kubelet_server::serve(listener, cfg, docker).await {
-                eprintln!("kubelet server failed: {e:#}");
-            }
-        });
-        // The serving certificate is written before the first accept.
-        eventually("kubelet serving certificate", || {
-            dir.path().join("pki/kubelet.key").exists()
-        });
-        Self { rt, addr, dir }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("https://{}{path}", self.addr)
-    }
-}
-
-impl Drop for KubeletServer {
-    fn drop(&mut self) {
-        // Ends the server and its connections (their tasks live on this runtime).
-        let rt = std::mem::replace(
-            &mut self.rt,
-            tokio::runtime::Builder::new_current_thread()
-                .build()
-                .expect("runtime"),
-        );
-        rt.shutdown_timeout(Duration::from_secs(5));
-    }
-}
-
-/// Docker containers made by a test, removed (`docker rm -f`) on drop.
-#[derive(Default)]
-struct Containers(Mutex<Vec<String>>);
-
-impl Drop for Containers {
-    fn drop(&mut self) {
-        let names = std::mem::take(
-            &mut *self
-                .0
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
-        if !names.is_empty() {
-            let _ = Command::new("docker")
-                .args(["rm", "-f"])
-                .args(&names)
-                .output();
-        }
-    }
-}
-
-/// One test's cluster: API server, the kubelet server of node `node`, and its containers.
-struct Cluster {
-    dir: TempDir,
-    api: ApiServer,
-    http: Http,
-    node: String,
-    kubelet: KubeletServer,
-    containers: Containers,
-}
+kproxy_tests::node_cluster!(
+    /// One test's cluster: API server, the kubelet server of node `node`, and its containers.
+    Cluster
+);
 
 impl Cluster {
     fn start() -> Self {
-        let dir = TempDir::new("kpt-logs-exec");
-        let api = ApiServer::start(dir.path(), &["--store", "memory"]);
-        let http = api.http();
-        // Unique per test: kubelet servers of parallel tests share the Docker engine.
-        let node = unique("kpt-node");
-        let kubelet = KubeletServer::start(&node, &api);
-        let c = Self {
-            dir,
-            api,
-            http,
-            node,
-            kubelet,
-            containers: Containers::default(),
-        };
-        let port = c.kubelet.addr.port();
-        c.node_object(
-            &c.node,
-            json!({
+        Self(NodeCluster::start(
+            "kpt-logs-exec",
+            "kpt-node",
+            &Value::Null,
+            &json!({
                 "addresses": [
                     {"type": "InternalIP", "address": "127.0.0.1"},
                     {"type": "Hostname", "address": "localhost"},
                 ],
-                "daemonEndpoints": {"kubeletEndpoint": {"Port": port}},
             }),
-        );
-        c
+        ))
     }
 
-    #[expect(
-        clippy::needless_pass_by_value,
-        reason = "callers write the JSON inline as json! literals"
-    )]
-    fn node_object(&self, name: &str, status: Value) {
-        let r = self.http.post(
-            "/api/v1/nodes",
-            &json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}}),
-        );
-        assert_eq!(r.code, 201, "{}", r.body);
-        let r = self.http.patch(
-            &format!("/api/v1/nodes/{name}/status"),
-            "application/merge-patch+json",
-            &json!({"status": status}).to_string(),
-        );
-        assert_eq!(r.code, 200, "{}", r.body);
+    fn node_object(&self, name: &str, status: &Value) {
+        kubelet_server::register_node(&self.http, &json!({"name": name}), status);
     }
 
     /// Creates the Pod object (on `node`, or unscheduled) with `containers`; returns its uid.
@@ -226,21 +100,13 @@ impl Cluster {
         script: &str,
     ) {
         let name = labels::container_name(container, pod, "default", uid, attempt);
-        self.containers.0.lock().unwrap().push(name.clone());
-        let attempt = attempt.to_string();
+        self.containers.add(&name);
         let mut cmd = Command::new("docker");
-        cmd.args(verb).args(["--name", &name]);
-        for (k, v) in [
-            (labels::NODE, self.node.as_str()),
-            (labels::POD_UID, uid),
-            (labels::POD_NAME, pod),
-            (labels::POD_NAMESPACE, "default"),
-            (labels::KIND, labels::KIND_CONTAINER),
-            (labels::CONTAINER_NAME, container),
-            (labels::ATTEMPT, attempt.as_str()),
-        ] {
-            cmd.args(["--label", &format!("{k}={v}")]);
-        }
+        cmd.args(verb)
+            .args(["--name", &name])
+            .args(kubelet_server::container_labels(
+                &self.node, pod, uid, container, attempt,
+            ));
         cmd.args(["--entrypoint", "/bin/busybox", IMAGE, "sh", "-c", script]);
         sh(&mut cmd);
     }
@@ -380,12 +246,16 @@ impl Client {
         let lines = Arc::new(Mutex::new(Vec::new()));
         let sink = lines.clone();
         let stdout = child.stdout.take().expect("piped stdout");
-        thread::spawn(move || {
+        let reader = thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 sink.lock().unwrap().push(line);
             }
         });
-        Streaming { child, lines }
+        Streaming {
+            child,
+            lines,
+            reader: Some(reader),
+        }
     }
 }
 
@@ -420,6 +290,9 @@ fn truncated(s: &str) -> String {
 struct Streaming {
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
+    /// The stdout reader; joined once the client exits, so `lines` then holds all its output
+    /// (on a loaded machine the reader can lag behind the exit).
+    reader: Option<thread::JoinHandle<()>>,
 }
 
 impl Streaming {
@@ -441,6 +314,9 @@ impl Streaming {
         let started = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
+                if let Some(reader) = self.reader.take() {
+                    reader.join().expect("stdout reader");
+                }
                 return status.code();
             }
             assert!(
@@ -707,7 +583,7 @@ fn errors_name_the_problem() {
     c.container("two", &two, "a", 0, TICKER);
     c.pod("floating", None, &["main"]);
     let ghost = unique("kpt-ghost");
-    c.node_object(&ghost, json!({"addresses": []}));
+    c.node_object(&ghost, &json!({"addresses": []}));
     c.pod("haunted", Some(&ghost), &["main"]);
     c.pod("idle", Some(&c.node), &["main"]);
     let waiting = c.pod("waiting", Some(&c.node), &["main"]);
@@ -894,7 +770,7 @@ fn kubelet_server_requires_the_api_servers_client_certificate() {
     // Another node's containers are not this kubelet's.
     let other = c.pod("elsewhere", Some("some-other-node"), &["main"]);
     let name = labels::container_name("main", "elsewhere", "default", &other, 0);
-    c.containers.0.lock().unwrap().push(name.clone());
+    c.containers.add(&name);
     sh(Command::new("docker").args([
         "run",
         "-d",

@@ -8,16 +8,14 @@
 //! API); every one is removed when its test ends, also on failure.
 #![forbid(unsafe_code)]
 
-use std::net::SocketAddr;
 use std::process::Command;
-use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use kproxy_pod_labels as labels;
-use kproxy_tests::apiserver::{ApiServer, Http, TempDir};
-use kproxy_tests::kubectl::{self, Kubectl};
-use kproxy_tests::{bin, eventually, privileged, sh, unique};
+use kproxy_tests::kubectl::Kubectl;
+use kproxy_tests::kubelet_server::{self, NodeCluster};
+use kproxy_tests::{bin, sh};
 use serde_json::{Value, json};
 
 const IMAGE: &str = "kproxy/httpd:1";
@@ -27,139 +25,26 @@ const FIGURES_WITHIN: Duration = Duration::from_mins(1);
 const MIB: f64 = 1024.0 * 1024.0;
 
 fn ready() -> bool {
-    if !privileged("metrics") || !kubectl::available() {
-        return false;
-    }
-    let docker = Command::new("docker")
-        .args(["image", "inspect", "--format", "{{.Id}}", IMAGE])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        docker,
-        "Docker with image {IMAGE} is needed: run `cargo xtask setup`"
-    );
-    true
+    kubelet_server::ready("metrics", &[IMAGE])
 }
 
-/// The kubelet's server on 127.0.0.1, in-process, until dropped.
-struct KubeletServer {
-    rt: tokio::runtime::Runtime,
-    addr: SocketAddr,
-    _dir: TempDir,
-}
-
-impl KubeletServer {
-    fn start(node: &str, api: &ApiServer) -> Self {
-        let dir = TempDir::new("kpt-metrics-kubelet");
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let addr = listener.local_addr().expect("local addr");
-        let cfg = kproxy_kubelet_server::ServerConfig {
-            node_name: node.to_string(),
-            data_dir: dir.path().join("pki"),
-            client_ca_pem: std::fs::read(api.data_dir.join("pki/ca.crt")).expect("cluster CA"),
-        };
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.spawn(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-            let docker = bollard::Docker::connect_with_local_defaults().expect("docker client");
-            if let Err(e) = kproxy_kubelet_server::serve(listener, cfg, docker).await {
-                eprintln!("kubelet server failed: {e:#}");
-            }
-        });
-        eventually("kubelet serving certificate", || {
-            dir.path().join("pki/kubelet.key").exists()
-        });
-        Self {
-            rt,
-            addr,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for KubeletServer {
-    fn drop(&mut self) {
-        let rt = std::mem::replace(
-            &mut self.rt,
-            tokio::runtime::Builder::new_current_thread()
-                .build()
-                .expect("runtime"),
-        );
-        rt.shutdown_timeout(Duration::from_secs(5));
-    }
-}
-
-/// Docker containers made by a test, removed (`docker rm -f`) on drop.
-#[derive(Default)]
-struct Containers(Mutex<Vec<String>>);
-
-impl Drop for Containers {
-    fn drop(&mut self) {
-        let names = std::mem::take(
-            &mut *self
-                .0
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
-        if !names.is_empty() {
-            let _ = Command::new("docker")
-                .args(["rm", "-f"])
-                .args(&names)
-                .output();
-        }
-    }
-}
-
-/// One test's cluster: API server, one Ready node served by the in-process kubelet server.
-struct Cluster {
-    dir: TempDir,
-    api: ApiServer,
-    http: Http,
-    node: String,
-    _kubelet: KubeletServer,
-    containers: Containers,
-}
+kproxy_tests::node_cluster!(
+    /// One test's cluster: API server, one Ready node served by the in-process kubelet server.
+    Cluster
+);
 
 impl Cluster {
     fn start() -> Self {
-        let dir = TempDir::new("kpt-metrics");
-        let api = ApiServer::start(dir.path(), &["--store", "memory"]);
-        let http = api.http();
-        // Unique per test: kubelet servers of parallel tests share the Docker engine.
-        let node = unique("kpt-mnode");
-        let kubelet = KubeletServer::start(&node, &api);
-        let r = http.post(
-            "/api/v1/nodes",
-            &json!({"apiVersion": "v1", "kind": "Node",
-                    "metadata": {"name": node, "labels": {"kpt-metrics": "yes"}}}),
-        );
-        assert_eq!(r.code, 201, "{}", r.body);
-        let status = json!({"status": {
-            "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
-            "daemonEndpoints": {"kubeletEndpoint": {"Port": kubelet.addr.port()}},
-            "conditions": [{"type": "Ready", "status": "True"}],
-            "capacity": {"cpu": "2", "memory": "4Gi", "pods": "110"},
-            "allocatable": {"cpu": "2", "memory": "4Gi", "pods": "110"},
-        }});
-        let r = http.patch(
-            &format!("/api/v1/nodes/{node}/status"),
-            "application/merge-patch+json",
-            &status.to_string(),
-        );
-        assert_eq!(r.code, 200, "{}", r.body);
-        Self {
-            dir,
-            api,
-            http,
-            node,
-            _kubelet: kubelet,
-            containers: Containers::default(),
-        }
+        Self(NodeCluster::start(
+            "kpt-metrics",
+            "kpt-mnode",
+            &json!({"kpt-metrics": "yes"}),
+            &json!({
+                "conditions": [{"type": "Ready", "status": "True"}],
+                "capacity": {"cpu": "2", "memory": "4Gi", "pods": "110"},
+                "allocatable": {"cpu": "2", "memory": "4Gi", "pods": "110"},
+            }),
+        ))
     }
 
     /// A Pod object on the node (labels `app=<app>`); returns its uid.
@@ -192,20 +77,13 @@ impl Cluster {
         script: &str,
     ) -> String {
         let name = labels::container_name(container, pod, "default", uid, 0);
-        self.containers.0.lock().unwrap().push(name.clone());
+        self.containers.add(&name);
         let mut cmd = Command::new("docker");
-        cmd.args(["run", "-d", "--name", &name]).args(opts);
-        for (k, v) in [
-            (labels::NODE, self.node.as_str()),
-            (labels::POD_UID, uid),
-            (labels::POD_NAME, pod),
-            (labels::POD_NAMESPACE, "default"),
-            (labels::KIND, labels::KIND_CONTAINER),
-            (labels::CONTAINER_NAME, container),
-            (labels::ATTEMPT, "0"),
-        ] {
-            cmd.args(["--label", &format!("{k}={v}")]);
-        }
+        cmd.args(["run", "-d", "--name", &name])
+            .args(opts)
+            .args(kubelet_server::container_labels(
+                &self.node, pod, uid, container, 0,
+            ));
         cmd.args(["--entrypoint", "/bin/busybox", IMAGE, "sh", "-c", script]);
         sh(&mut cmd);
         name

@@ -11,7 +11,7 @@
 
 use std::fs::File;
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::os::fd::AsFd as _;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -20,8 +20,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use kproxy_pod_labels as labels;
-use kproxy_tests::apiserver::{ApiServer, Http, TempDir};
-use kproxy_tests::{bin, eventually, privileged, sh, unique};
+use kproxy_tests::kubelet_server::{self, NodeCluster};
+use kproxy_tests::{bin, eventually, sh, unique};
 use serde_json::{Value, json};
 
 const KUBECTL: &str = "/usr/bin/kubectl";
@@ -30,94 +30,7 @@ const PAUSE: &str = "kproxy/pause:1";
 const BB: &str = "/bin/busybox";
 
 fn ready() -> bool {
-    if !privileged("port_forward") {
-        return false;
-    }
-    for image in [IMAGE, PAUSE] {
-        let ok = Command::new("docker")
-            .args(["image", "inspect", "--format", "{{.Id}}", image])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        assert!(
-            ok,
-            "Docker with image {image} is needed: run `cargo xtask setup`"
-        );
-    }
-    assert!(
-        std::path::Path::new(KUBECTL).exists(),
-        "{KUBECTL} is needed"
-    );
-    true
-}
-
-/// The kubelet's server on 127.0.0.1, in-process, until dropped.
-struct KubeletServer {
-    rt: Option<tokio::runtime::Runtime>,
-    addr: SocketAddr,
-    _dir: TempDir,
-}
-
-impl KubeletServer {
-    fn start(node: &str, api: &ApiServer) -> Self {
-        let dir = TempDir::new("kpt-pf-kubelet");
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let addr = listener.local_addr().expect("local addr");
-        let cfg = kproxy_kubelet_server::ServerConfig {
-            node_name: node.to_string(),
-            data_dir: dir.path().join("pki"),
-            client_ca_pem: std::fs::read(api.data_dir.join("pki/ca.crt")).expect("cluster CA"),
-        };
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.spawn(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-            let docker = bollard::Docker::connect_with_local_defaults().expect("docker client");
-            if let Err(e) = kproxy_kubelet_server::serve(listener, cfg, docker).await {
-                eprintln!("kubelet server failed: {e:#}");
-            }
-        });
-        eventually("kubelet serving certificate", || {
-            dir.path().join("pki/kubelet.key").exists()
-        });
-        Self {
-            rt: Some(rt),
-            addr,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for KubeletServer {
-    fn drop(&mut self) {
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_timeout(Duration::from_secs(5));
-        }
-    }
-}
-
-/// Docker containers made by a test, removed on drop.
-#[derive(Default)]
-struct Containers(Mutex<Vec<String>>);
-
-impl Drop for Containers {
-    fn drop(&mut self) {
-        let names = std::mem::take(
-            &mut *self
-                .0
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
-        if !names.is_empty() {
-            let _ = Command::new("docker")
-                .args(["rm", "-f"])
-                .args(&names)
-                .output();
-        }
-    }
+    kubelet_server::ready("port_forward", &[IMAGE, PAUSE])
 }
 
 /// A running pod: its Docker sandbox and the pid holding its network namespace.
@@ -127,47 +40,19 @@ struct PodHandle {
     app: String,
 }
 
-struct Cluster {
-    dir: TempDir,
-    _api: ApiServer,
-    kubeconfig: PathBuf,
-    http: Http,
-    node: String,
-    _kubelet: KubeletServer,
-    containers: Containers,
-}
+kproxy_tests::node_cluster!(
+    /// One test's cluster: API server, one node served by the in-process kubelet server.
+    Cluster
+);
 
 impl Cluster {
     fn start() -> Self {
-        let dir = TempDir::new("kpt-port-forward");
-        let api = ApiServer::start(dir.path(), &["--store", "memory"]);
-        let http = api.http();
-        let node = unique("kpt-pf-node");
-        let kubelet = KubeletServer::start(&node, &api);
-        let r = http.post(
-            "/api/v1/nodes",
-            &json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}}),
-        );
-        assert_eq!(r.code, 201, "{}", r.body);
-        let status = json!({"status": {
-            "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
-            "daemonEndpoints": {"kubeletEndpoint": {"Port": kubelet.addr.port()}},
-        }});
-        let r = http.patch(
-            &format!("/api/v1/nodes/{node}/status"),
-            "application/merge-patch+json",
-            &status.to_string(),
-        );
-        assert_eq!(r.code, 200, "{}", r.body);
-        Self {
-            kubeconfig: api.kubeconfig.clone(),
-            dir,
-            _api: api,
-            http,
-            node,
-            _kubelet: kubelet,
-            containers: Containers::default(),
-        }
+        Self(NodeCluster::start(
+            "kpt-port-forward",
+            "kpt-pf-node",
+            &Value::Null,
+            &json!({}),
+        ))
     }
 
     /// The Pod object (labels `app=NAME`, container port `http` 80) in `phase`.
@@ -194,7 +79,7 @@ impl Cluster {
     }
 
     fn docker_run(&self, name: &str, args: &[&str]) -> String {
-        self.containers.0.lock().unwrap().push(name.to_string());
+        self.containers.add(name);
         sh(Command::new("docker")
             .args(["run", "-d", "--name", name])
             .args(args))
@@ -207,21 +92,9 @@ impl Cluster {
     /// `big` = `big_mb` MiB of random bytes) and `/www2` on 8080 ("second NAME").
     fn pod(&self, name: &str, big_mb: u32) -> PodHandle {
         let uid = self.pod_object(name, "Running");
-        let label = |k: &str, v: &str| format!("{k}={v}");
-        let common = [
-            label(labels::NODE, &self.node),
-            label(labels::POD_UID, &uid),
-            label(labels::POD_NAME, name),
-            label(labels::POD_NAMESPACE, "default"),
-        ];
         let sandbox_name = labels::sandbox_name(name, "default", &uid);
         let mut args: Vec<String> = vec!["--network".into(), "none".into()];
-        for l in common
-            .iter()
-            .chain([&label(labels::KIND, labels::KIND_SANDBOX)])
-        {
-            args.extend(["--label".into(), l.clone()]);
-        }
+        args.extend(kubelet_server::sandbox_labels(&self.node, name, &uid));
         args.push(PAUSE.into());
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         let sandbox = self.docker_run(&sandbox_name, &argv);
@@ -233,13 +106,9 @@ impl Cluster {
         );
         let app_name = labels::container_name("web", name, "default", &uid, 0);
         let mut args: Vec<String> = vec!["--network".into(), format!("container:{sandbox}")];
-        for l in common.iter().chain([
-            &label(labels::KIND, labels::KIND_CONTAINER),
-            &label(labels::CONTAINER_NAME, "web"),
-            &label(labels::ATTEMPT, "0"),
-        ]) {
-            args.extend(["--label".into(), l.clone()]);
-        }
+        args.extend(kubelet_server::container_labels(
+            &self.node, name, &uid, "web", 0,
+        ));
         args.extend(["--entrypoint".into(), BB.into(), IMAGE.into()]);
         args.extend(["sh".into(), "-c".into(), script]);
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -275,7 +144,7 @@ impl Cluster {
     fn command(&self, program: &PathBuf, args: &[&str]) -> Command {
         let mut cmd = Command::new(program);
         cmd.args(args)
-            .env("KUBECONFIG", &self.kubeconfig)
+            .env("KUBECONFIG", &self.api.kubeconfig)
             .env("HOME", self.dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -410,6 +279,11 @@ fn pod_file(pod: &PodHandle, path: &str) -> Vec<u8> {
     out.stdout
 }
 
+/// What the pod's server at local `port` answers for `/index.html`.
+fn index(port: u16) -> String {
+    text(&get(port, "/index.html").unwrap())
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -432,14 +306,8 @@ fn kubectl_forwards_several_ports_and_connections() {
             env,
         );
         let (web, second) = (f.local_port(80), f.local_port(8080));
-        assert_eq!(
-            text(&get(web, "/index.html").unwrap()),
-            format!("web {}\n", pod.name)
-        );
-        assert_eq!(
-            text(&get(second, "/index.html").unwrap()),
-            format!("second {}\n", pod.name)
-        );
+        assert_eq!(index(web), format!("web {}\n", pod.name));
+        assert_eq!(index(second), format!("second {}\n", pod.name));
         let handles: Vec<_> = (0..8)
             .map(|i| {
                 let port = if i % 2 == 0 { web } else { second };
@@ -473,27 +341,17 @@ fn kubectl_forwards_a_service_to_its_pods_target_port() {
     let pod = c.pod(&unique("pf-svc"), 1);
     c.service("web", &pod.name, 8088, &json!("http"));
     c.service("second", &pod.name, 9000, &json!(8080));
-    let f = c.forward("kubectl", &["svc/web", ":8088"], &[]);
     // kubectl names the pod's port on the line (`-> 80`), having translated the service's.
-    let web = f.local_port(80);
-    assert_eq!(
-        text(&get(web, "/index.html").unwrap()),
-        format!("web {}\n", pod.name)
-    );
-    drop(f);
-    let f = c.forward("kubectl", &["svc/second", ":9000"], &[]);
-    let second = f.local_port(8080);
-    assert_eq!(
-        text(&get(second, "/index.html").unwrap()),
-        format!("second {}\n", pod.name)
-    );
-    drop(f);
-    let f = c.forward("kctl", &["svc/web", ":8088"], &[]);
-    let web = f.local_port(80);
-    assert_eq!(
-        text(&get(web, "/index.html").unwrap()),
-        format!("web {}\n", pod.name)
-    );
+    for (program, service, pod_port, want) in [
+        ("kubectl", "svc/web:8088", 80, "web"),
+        ("kubectl", "svc/second:9000", 8080, "second"),
+        ("kctl", "svc/web:8088", 80, "web"),
+    ] {
+        let (svc, port) = service.split_once(':').unwrap();
+        let f = c.forward(program, &[svc, &format!(":{port}")], &[]);
+        let local = f.local_port(pod_port);
+        assert_eq!(index(local), format!("{want} {}\n", pod.name));
+    }
 }
 
 /// Nothing listens on the port: the kubelet's message, as kubectl shows it.
@@ -585,14 +443,8 @@ fn kctl_forwards_ports_and_large_transfers() {
     let big = pod_file(&pod, "/www/big");
     let f = c.forward("kctl", &[&format!("pod/{}", pod.name), ":80", ":8080"], &[]);
     let (web, second) = (f.local_port(80), f.local_port(8080));
-    assert_eq!(
-        text(&get(web, "/index.html").unwrap()),
-        format!("web {}\n", pod.name)
-    );
-    assert_eq!(
-        text(&get(second, "/index.html").unwrap()),
-        format!("second {}\n", pod.name)
-    );
+    assert_eq!(index(web), format!("web {}\n", pod.name));
+    assert_eq!(index(second), format!("second {}\n", pod.name));
     let handles: Vec<_> = (0..6)
         .map(|_| thread::spawn(move || get(web, "/index.html")))
         .collect();

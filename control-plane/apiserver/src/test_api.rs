@@ -3,12 +3,16 @@
 
 use std::path::PathBuf;
 
-use axum::http::StatusCode;
-use serde_json::Value;
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode, header};
+use serde_json::{Value, json};
+use tower::ServiceExt as _;
 
 use crate::alloc::Ranges;
 use crate::auth::TokenStore;
 use crate::context::{Api, Shared};
+use crate::handler::router;
 use crate::kubelet::KubeletClient;
 
 /// The temporary directory of one test's PKI and tokens, removed with it.
@@ -68,4 +72,92 @@ pub async fn test_api(name: &str, history: usize, nodes: &[&str]) -> TestApi {
 pub struct Answer {
     pub code: StatusCode,
     pub body: Value,
+}
+
+/// A request as `token` (anonymous when empty) with `body` of content type `ct`.
+pub fn request(token: &str, method: Method, uri: &str, ct: &str, body: Vec<u8>) -> Request<Body> {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(header::CONTENT_TYPE, ct);
+    if !token.is_empty() {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    req.body(Body::from(body)).unwrap()
+}
+
+/// A JSON request body; none for `Null`.
+pub fn json_body(body: &Value) -> Vec<u8> {
+    if body.is_null() {
+        Vec::new()
+    } else {
+        body.to_string().into_bytes()
+    }
+}
+
+/// `req` through `app`, to the end of the answer.
+pub async fn answer(app: &Router, req: Request<Body>) -> Answer {
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let code = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    Answer {
+        code,
+        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    }
+}
+
+/// The router over a [`test_api`] with one node, `n1`: the admin's token and n1's.
+pub struct OneNode {
+    pub app: Router,
+    pub admin: String,
+    pub n1: String,
+    _dir: TempDir,
+}
+
+impl OneNode {
+    pub async fn new(name: &str) -> Self {
+        let t = test_api(name, 1000, &["n1"]).await;
+        Self {
+            app: router(t.api),
+            admin: t.admin,
+            n1: t.nodes[0].clone(),
+            _dir: t.dir,
+        }
+    }
+
+    /// A request with a raw body.
+    pub async fn raw(
+        &self,
+        token: &str,
+        method: Method,
+        uri: &str,
+        ct: &str,
+        body: Vec<u8>,
+    ) -> Answer {
+        answer(&self.app, request(token, method, uri, ct, body)).await
+    }
+
+    /// A request with a JSON value's body (none for `Null`) of content type `ct`.
+    pub async fn send(
+        &self,
+        token: &str,
+        method: Method,
+        uri: &str,
+        ct: &str,
+        body: &Value,
+    ) -> Answer {
+        self.raw(token, method, uri, ct, json_body(body)).await
+    }
+}
+
+/// Pod `name` of one container, on `node`.
+pub fn pod(name: &str, node: &str) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox"}]},
+    })
 }

@@ -5,12 +5,12 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::http::{Method, Request, StatusCode, header};
+use axum::http::{Method, Request, StatusCode};
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
 
 use crate::handler::router;
-use crate::test_api::{Answer, TempDir, test_api};
+use crate::test_api::{Answer, TempDir, answer, request, test_api};
 
 /// A router over a fresh memory store, and the admin token it accepts.
 struct Server {
@@ -30,22 +30,11 @@ impl Server {
     }
 
     async fn send(&self, method: Method, uri: &str, content_type: &str, body: Vec<u8>) -> Answer {
-        let req = Request::builder()
-            .method(method)
-            .uri(uri)
-            .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
-            .header(header::CONTENT_TYPE, content_type)
-            .body(Body::from(body))
-            .unwrap();
-        let resp = self.app.clone().oneshot(req).await.unwrap();
-        let code = resp.status();
-        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
-            .await
-            .unwrap();
-        Answer {
-            code,
-            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        }
+        answer(
+            &self.app,
+            request(&self.token, method, uri, content_type, body),
+        )
+        .await
     }
 
     async fn call(&self, method: Method, uri: &str, body: Option<&Value>) -> Answer {

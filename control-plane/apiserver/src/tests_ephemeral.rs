@@ -1,74 +1,34 @@
 //! `pods/ephemeralcontainers` through `handler::router` in-process: what `kubectl debug`
 //! sends, what the subresource leaves alone, and the 422s of Kubernetes' validation.
 
-use axum::Router;
-use axum::body::Body;
-use axum::http::{Method, Request, StatusCode, header};
+use axum::http::{Method, StatusCode};
 use serde_json::{Value, json};
-use tower::ServiceExt as _;
 
-use crate::handler::router;
-use crate::test_api::{Answer, TempDir, test_api};
+use crate::test_api::{Answer, OneNode as Server};
 
 const POD: &str = "/api/v1/namespaces/default/pods/web";
 const EPH: &str = "/api/v1/namespaces/default/pods/web/ephemeralcontainers";
 const SMP: &str = "application/strategic-merge-patch+json";
 
-struct Server {
-    app: Router,
-    admin: String,
-    node: String,
-    _dir: TempDir,
-}
-
 impl Server {
-    async fn new(name: &str) -> Server {
-        let t = test_api(&format!("ephemeral-{name}"), 1000, &["n1"]).await;
-        let s = Server {
-            app: router(t.api),
-            admin: t.admin,
-            node: t.nodes[0].clone(),
-            _dir: t.dir,
-        };
+    /// The router with pod `web` on node n1.
+    async fn with_web(name: &str) -> Server {
+        let s = Server::new(&format!("ephemeral-{name}")).await;
         let pod = json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": "web", "namespace": "default"},
             "spec": {"nodeName": "n1", "containers": [{"name": "main", "image": "kproxy/httpd:1"}]},
         });
-        let r = s
-            .send(
-                &s.admin,
-                Method::POST,
-                "/api/v1/namespaces/default/pods",
-                "application/json",
-                &pod,
-            )
-            .await;
+        let r = s.create(&pod).await;
         assert_eq!(r.code, StatusCode::CREATED, "{}", r.body);
         s
     }
 
-    async fn send(&self, token: &str, method: Method, uri: &str, ct: &str, body: &Value) -> Answer {
-        let req = Request::builder()
-            .method(method)
-            .uri(uri)
-            .header(header::AUTHORIZATION, format!("Bearer {token}"))
-            .header(header::CONTENT_TYPE, ct)
-            .body(if body.is_null() {
-                Body::empty()
-            } else {
-                Body::from(body.to_string())
-            })
-            .unwrap();
-        let resp = self.app.clone().oneshot(req).await.unwrap();
-        let code = resp.status();
-        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+    /// Creates `pod` in namespace default, as the admin.
+    async fn create(&self, pod: &Value) -> Answer {
+        let uri = "/api/v1/namespaces/default/pods";
+        self.send(&self.admin, Method::POST, uri, "application/json", pod)
             .await
-            .unwrap();
-        Answer {
-            code,
-            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        }
     }
 
     async fn patch(&self, body: &Value) -> Answer {
@@ -86,7 +46,7 @@ fn debugger(name: &str) -> Value {
 
 #[tokio::test]
 async fn kubectl_debug_adds_a_container_and_nothing_else() {
-    let s = Server::new("add").await;
+    let s = Server::with_web("add").await;
     let r = s.patch(&debugger("debugger-a")).await;
     assert_eq!(r.code, StatusCode::OK, "{}", r.body);
     let ec = &r.body["spec"]["ephemeralContainers"][0];
@@ -133,7 +93,7 @@ async fn kubectl_debug_adds_a_container_and_nothing_else() {
 
 #[tokio::test]
 async fn invalid_ephemeral_containers_are_422_naming_the_field() {
-    let s = Server::new("invalid").await;
+    let s = Server::with_web("invalid").await;
     let mut ports = debugger("d");
     ports["spec"]["ephemeralContainers"][0]["ports"] = json!([{"containerPort": 80}]);
     let r = s.patch(&ports).await;
@@ -201,15 +161,7 @@ async fn invalid_ephemeral_containers_are_422_naming_the_field() {
         "spec": {"containers": [{"name": "c", "image": "x"}],
                  "ephemeralContainers": [{"name": "d", "image": "x"}]},
     });
-    let r = s
-        .send(
-            &s.admin,
-            Method::POST,
-            "/api/v1/namespaces/default/pods",
-            "application/json",
-            &pod,
-        )
-        .await;
+    let r = s.create(&pod).await;
     assert_eq!(r.code, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(
         r.body["details"]["causes"][0]["field"],
@@ -219,10 +171,8 @@ async fn invalid_ephemeral_containers_are_422_naming_the_field() {
 
 #[tokio::test]
 async fn the_pods_node_may_not_add_one() {
-    let s = Server::new("node").await;
-    let r = s
-        .send(&s.node, Method::PATCH, EPH, SMP, &debugger("d"))
-        .await;
+    let s = Server::with_web("node").await;
+    let r = s.send(&s.n1, Method::PATCH, EPH, SMP, &debugger("d")).await;
     assert_eq!(r.code, StatusCode::FORBIDDEN, "{}", r.body);
     let r = s.send(&s.admin, Method::GET, POD, "", &Value::Null).await;
     assert!(r.body["spec"].get("ephemeralContainers").is_none());

@@ -7,11 +7,10 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use serde_json::{Value, json};
-use tower::ServiceExt as _;
 
 use crate::context::Shared;
 use crate::handler::router;
-use crate::test_api::{Answer, TempDir, test_api};
+use crate::test_api::{Answer, TempDir, answer, json_body, pod, request, test_api};
 
 /// A router over a fresh memory store, with the admin's and two nodes' tokens.
 struct Server {
@@ -38,27 +37,7 @@ impl Server {
     }
 
     async fn send(&self, token: &str, method: Method, uri: &str, ct: &str, body: &Value) -> Answer {
-        let bytes = if body.is_null() {
-            Vec::new()
-        } else {
-            body.to_string().into_bytes()
-        };
-        let req = Request::builder()
-            .method(method)
-            .uri(uri)
-            .header(header::AUTHORIZATION, format!("Bearer {token}"))
-            .header(header::CONTENT_TYPE, ct)
-            .body(Body::from(bytes))
-            .unwrap();
-        let resp = self.app.clone().oneshot(req).await.unwrap();
-        let code = resp.status();
-        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
-            .await
-            .unwrap();
-        Answer {
-            code,
-            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        }
+        answer(&self.app, request(token, method, uri, ct, json_body(body))).await
     }
 
     async fn call(&self, token: &str, method: Method, uri: &str, body: &Value) -> Answer {
@@ -98,15 +77,6 @@ fn lease(name: &str) -> Value {
         "kind": "Lease",
         "metadata": {"name": name},
         "spec": {"holderIdentity": name, "leaseDurationSeconds": 40},
-    })
-}
-
-fn pod(name: &str, node: &str) -> Value {
-    json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name},
-        "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox"}]},
     })
 }
 
@@ -338,17 +308,7 @@ async fn within(s: &Server, limit: Duration, method: Method, uri: &str) -> Answe
         .body(Body::empty())
         .unwrap();
     let app = s.app.clone();
-    let task = tokio::spawn(async move {
-        let resp = app.oneshot(req).await.unwrap();
-        let code = resp.status();
-        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
-            .await
-            .unwrap();
-        Answer {
-            code,
-            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        }
-    });
+    let task = tokio::spawn(async move { answer(&app, req).await });
     tokio::time::timeout(limit, task)
         .await
         .unwrap_or_else(|_| panic!("{uri} did not answer within {limit:?}"))

@@ -4,15 +4,14 @@
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Body;
-use axum::http::{Method, Request, StatusCode, header};
+use axum::http::{Method, StatusCode};
 use futures::StreamExt as _;
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
 
 use crate::context::Shared;
 use crate::handler::router;
-use crate::test_api::{Answer, TempDir, test_api};
+use crate::test_api::{Answer, TempDir, answer, request, test_api};
 
 /// A router over a fresh memory store keeping `history` events, with the admin's and a node's
 /// tokens.
@@ -42,16 +41,6 @@ impl Server {
         }
     }
 
-    fn request(token: &str, method: Method, uri: &str, ct: &str, body: Vec<u8>) -> Request<Body> {
-        Request::builder()
-            .method(method)
-            .uri(uri)
-            .header(header::AUTHORIZATION, format!("Bearer {token}"))
-            .header(header::CONTENT_TYPE, ct)
-            .body(Body::from(body))
-            .unwrap()
-    }
-
     async fn send_as(
         &self,
         token: &str,
@@ -60,20 +49,7 @@ impl Server {
         ct: &str,
         body: Vec<u8>,
     ) -> Answer {
-        let resp = self
-            .app
-            .clone()
-            .oneshot(Self::request(token, method, uri, ct, body))
-            .await
-            .unwrap();
-        let code = resp.status();
-        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
-            .await
-            .unwrap();
-        Answer {
-            code,
-            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        }
+        answer(&self.app, request(token, method, uri, ct, body)).await
     }
 
     async fn send(&self, method: Method, uri: &str, ct: &str, body: Vec<u8>) -> Answer {
@@ -97,7 +73,7 @@ impl Server {
 
     /// A watch's response, its body not read yet.
     async fn open(&self, uri: &str) -> axum::response::Response {
-        let req = Self::request(
+        let req = request(
             &self.admin,
             Method::GET,
             uri,

@@ -2,170 +2,84 @@
 //! `handler::router` in-process, as the admin and as nodes; each answer checked against what
 //! the real request does.
 
-use axum::Router;
-use axum::body::Body;
-use axum::http::{Method, Request, StatusCode, header};
+use axum::http::{Method, StatusCode};
 use serde_json::{Value, json};
-use tower::ServiceExt as _;
 
-use crate::handler::router;
-use crate::test_api::{Answer, TempDir, test_api};
+use crate::test_api::{Answer, OneNode as Server, pod};
 
 const SSAR: &str = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews";
 const SSRR: &str = "/apis/authorization.k8s.io/v1/selfsubjectrulesreviews";
 const SSR: &str = "/apis/authentication.k8s.io/v1/selfsubjectreviews";
 
-struct Server {
-    app: Router,
-    admin: String,
-    n1: String,
-    _dir: TempDir,
-}
-
 impl Server {
-    async fn new(name: &str) -> Server {
-        let t = test_api(&format!("review-{name}"), 1000, &["n1"]).await;
-        Server {
-            app: router(t.api),
-            admin: t.admin,
-            n1: t.nodes[0].clone(),
-            _dir: t.dir,
-        }
-    }
-
-    async fn raw(&self, token: &str, method: Method, uri: &str, ct: &str, body: Vec<u8>) -> Answer {
-        let mut req = Request::builder()
-            .method(method)
-            .uri(uri)
-            .header(header::CONTENT_TYPE, ct);
-        if !token.is_empty() {
-            req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
-        }
-        let resp = self
-            .app
-            .clone()
-            .oneshot(req.body(Body::from(body)).unwrap())
-            .await
-            .unwrap();
-        let code = resp.status();
-        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
-            .await
-            .unwrap();
-        Answer {
-            code,
-            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        }
-    }
-
     async fn call(&self, token: &str, method: Method, uri: &str, body: &Value) -> Answer {
-        let bytes = if body.is_null() {
-            Vec::new()
-        } else {
-            body.to_string().into_bytes()
-        };
-        self.raw(token, method, uri, "application/json", bytes)
+        self.send(token, method, uri, "application/json", body)
             .await
+    }
+
+    /// Posts a review to `uri` (created, as Kubernetes answers); returns the answer's body.
+    async fn review(&self, token: &str, uri: &str, body: &Value) -> Value {
+        let a = self.call(token, Method::POST, uri, body).await;
+        assert_eq!(a.code, StatusCode::CREATED, "{}", a.body);
+        a.body
     }
 
     /// Posts a SelfSubjectAccessReview of these resource attributes; returns its status.
     async fn can_i(&self, token: &str, attrs: Value) -> Value {
-        let a = self
-            .call(
-                token,
-                Method::POST,
-                SSAR,
-                &json!({
-                    "apiVersion": "authorization.k8s.io/v1",
-                    "kind": "SelfSubjectAccessReview",
-                    "spec": {"resourceAttributes": attrs},
-                }),
-            )
-            .await;
-        assert_eq!(a.code, StatusCode::CREATED, "{}", a.body);
-        assert_eq!(a.body["kind"], "SelfSubjectAccessReview");
-        a.body["status"].clone()
+        let body = json!({
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SelfSubjectAccessReview",
+            "spec": {"resourceAttributes": attrs},
+        });
+        let a = self.review(token, SSAR, &body).await;
+        assert_eq!(a["kind"], "SelfSubjectAccessReview");
+        a["status"].clone()
     }
 
     async fn can_get_path(&self, token: &str, path: &str) -> bool {
-        let a = self
-            .call(
-                token,
-                Method::POST,
-                SSAR,
-                &json!({"spec": {"nonResourceAttributes": {"path": path, "verb": "get"}}}),
-            )
-            .await;
-        assert_eq!(a.code, StatusCode::CREATED, "{}", a.body);
-        a.body["status"]["allowed"].as_bool().unwrap()
+        let body = json!({"spec": {"nonResourceAttributes": {"path": path, "verb": "get"}}});
+        let a = self.review(token, SSAR, &body).await;
+        a["status"]["allowed"].as_bool().unwrap()
     }
 
     async fn rules(&self, token: &str, ns: &str) -> Value {
-        let a = self
-            .call(
-                token,
-                Method::POST,
-                SSRR,
-                &json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectRulesReview", "spec": {"namespace": ns}}),
-            )
-            .await;
-        assert_eq!(a.code, StatusCode::CREATED, "{}", a.body);
-        a.body["status"].clone()
+        let body = json!({"apiVersion": "authorization.k8s.io/v1",
+            "kind": "SelfSubjectRulesReview", "spec": {"namespace": ns}});
+        self.review(token, SSRR, &body).await["status"].clone()
     }
 }
 
-fn pod(name: &str, node: &str) -> Value {
-    json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name},
-        "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox"}]},
-    })
+/// The first rule for `resource` of `group` that `also` accepts.
+fn rule_where<'a>(
+    status: &'a Value,
+    group: &str,
+    resource: &str,
+    also: impl Fn(&Value) -> bool,
+) -> Option<&'a Value> {
+    let has =
+        |r: &Value, key: &str, want: &str| r[key].as_array().unwrap().iter().any(|x| x == want);
+    status["resourceRules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| also(r) && has(r, "apiGroups", group) && has(r, "resources", resource))
 }
 
 /// The rule listing `resource` (with its group's rules), if any.
 fn rule_for<'a>(status: &'a Value, group: &str, resource: &str) -> Option<&'a Value> {
-    status["resourceRules"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| {
-            r["apiGroups"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|g| g == group)
-                && r["resources"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .any(|x| x == resource)
-        })
+    rule_where(status, group, resource, |_| true)
 }
 
 /// The rule that names objects of `resource`, if any.
 fn named_rule<'a>(status: &'a Value, group: &str, resource: &str) -> Option<&'a Value> {
-    status["resourceRules"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| {
-            r.get("resourceNames").is_some()
-                && r["apiGroups"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .any(|g| g == group)
-                && r["resources"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .any(|x| x == resource)
-        })
+    rule_where(status, group, resource, |r| {
+        r.get("resourceNames").is_some()
+    })
 }
 
 #[tokio::test]
 async fn admin_may_do_everything() {
-    let s = Server::new("admin").await;
+    let s = Server::new("review-admin").await;
     let st = s
         .can_i(
             &s.admin,
@@ -205,7 +119,7 @@ async fn admin_may_do_everything() {
 
 #[tokio::test]
 async fn node_answers_match_its_requests() {
-    let s = Server::new("node").await;
+    let s = Server::new("review-node").await;
     let pods = "/api/v1/namespaces/default/pods";
     for (name, node) in [("mine", "n1"), ("theirs", "n2")] {
         let a = s.call(&s.admin, Method::POST, pods, &pod(name, node)).await;
@@ -331,7 +245,7 @@ async fn node_answers_match_its_requests() {
 
 #[tokio::test]
 async fn bad_requests() {
-    let s = Server::new("bad").await;
+    let s = Server::new("review-bad").await;
     let none = s
         .call(&s.admin, Method::POST, SSAR, &json!({"spec": {}}))
         .await;
@@ -435,7 +349,7 @@ fn field(num: u8, bytes: &[u8]) -> Vec<u8> {
 #[tokio::test]
 async fn protobuf_body() {
     // What kubectl's typed client sends: "k8s\0" + runtime.Unknown{TypeMeta, raw}.
-    let s = Server::new("protobuf").await;
+    let s = Server::new("review-protobuf").await;
     let attrs = [field(1, b"default"), field(2, b"create"), field(5, b"pods")].concat();
     let review = [field(1, &[]), field(2, &field(1, &attrs))].concat();
     let type_meta = [
@@ -462,7 +376,7 @@ async fn protobuf_body() {
 
 #[tokio::test]
 async fn discovery_lists_the_reviews() {
-    let s = Server::new("discovery").await;
+    let s = Server::new("review-discovery").await;
     let apis = s.call(&s.n1, Method::GET, "/apis", &Value::Null).await;
     let names: Vec<&str> = apis.body["groups"]
         .as_array()

@@ -116,6 +116,21 @@ async fn run(
             return session::finish(&mut tx, protocol, &outcome, &[]).await;
         }
     };
+    // Docker holds an attach to a stopped container open until it is started again (that is
+    // how `docker start -a` works), so a container that exited between the check in `handle`
+    // and the attach would keep the session open for ever. Look again now that the attach is
+    // in place: kubectl then falls back to the container's log.
+    let running = docker
+        .inspect_container(&id, None)
+        .await
+        .ok()
+        .and_then(|i| i.state)
+        .and_then(|s| s.running)
+        .unwrap_or(false);
+    if !running {
+        let outcome = Outcome::Failed("the container is not running: it exited".to_string());
+        return session::finish(&mut tx, protocol, &outcome, &[]).await;
+    }
     let stdin = streams.stdin.then_some(StdinSink {
         writer: results.input,
         close_on_end: stdio.stdin_once,

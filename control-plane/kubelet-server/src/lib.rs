@@ -30,6 +30,7 @@ mod query;
 mod session;
 mod spdy;
 mod stats;
+mod upgrade;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -102,6 +102,33 @@ pub fn ensure_running(target: &Candidate, pod: &str, container: &str) -> Result<
     }
 }
 
+/// This node's Docker containers (stopped ones too) of `namespace/pod` whose kind label is
+/// `kind`, narrowed by the label filters `more`.
+pub async fn pod_containers(
+    docker: &Docker,
+    node: &str,
+    namespace: &str,
+    pod: &str,
+    kind: &str,
+    more: &[String],
+) -> Result<Vec<ContainerSummary>, HttpError> {
+    let mut label = vec![
+        labels::node_filter(node),
+        labels::filter(labels::POD_NAMESPACE, namespace),
+        labels::filter(labels::POD_NAME, pod),
+        labels::filter(labels::KIND, kind),
+    ];
+    label.extend_from_slice(more);
+    docker
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(HashMap::from([("label".to_string(), label)])),
+            ..Default::default()
+        }))
+        .await
+        .map_err(|e| HttpError::docker("listing containers", &e))
+}
+
 /// The Docker container for `namespace/pod`'s `container` on this node.
 pub async fn find(
     docker: &Docker,
@@ -111,24 +138,15 @@ pub async fn find(
     container: &str,
     previous: bool,
 ) -> Result<Candidate, HttpError> {
-    let filters = HashMap::from([(
-        "label".to_string(),
-        vec![
-            labels::node_filter(node),
-            labels::filter(labels::POD_NAMESPACE, namespace),
-            labels::filter(labels::POD_NAME, pod),
-            labels::filter(labels::KIND, labels::KIND_CONTAINER),
-            labels::filter(labels::CONTAINER_NAME, container),
-        ],
-    )]);
-    let list = docker
-        .list_containers(Some(ListContainersOptions {
-            all: true,
-            filters: Some(filters),
-            ..Default::default()
-        }))
-        .await
-        .map_err(|e| HttpError::docker("listing containers", &e))?;
+    let list = pod_containers(
+        docker,
+        node,
+        namespace,
+        pod,
+        labels::KIND_CONTAINER,
+        &[labels::filter(labels::CONTAINER_NAME, container)],
+    )
+    .await?;
     let cands: Vec<Candidate> = list.iter().filter_map(Candidate::from_summary).collect();
     select(&cands, previous)
         .cloned()

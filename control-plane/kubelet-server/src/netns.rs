@@ -28,6 +28,21 @@ impl Dial for PodNetns {
     }
 }
 
+/// Connections to 127.0.0.1 of this namespace: port-forward sessions in unit tests, without
+/// a pod.
+#[cfg(test)]
+#[derive(Clone)]
+pub struct Loopback;
+
+#[cfg(test)]
+impl Dial for Loopback {
+    async fn dial(&self, port: u16) -> Result<TcpStream, String> {
+        TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(|e| format!("dial {port}: {e}"))
+    }
+}
+
 /// Where a pod's ports are reached.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodNetns {

@@ -380,21 +380,10 @@ mod tests {
     use std::time::Duration;
 
     use tokio::io::DuplexStream;
-    use tokio::net::{TcpListener, TcpStream};
+    use tokio::net::TcpListener;
 
     use super::*;
-
-    /// Connections to 127.0.0.1 of this namespace: the session without a pod.
-    #[derive(Clone)]
-    struct Loopback;
-
-    impl Dial for Loopback {
-        async fn dial(&self, port: u16) -> Result<TcpStream, String> {
-            TcpStream::connect(("127.0.0.1", port))
-                .await
-                .map_err(|e| format!("dial {port}: {e}"))
-        }
-    }
+    use crate::netns::Loopback;
 
     /// A SPDY client as kubectl drives one (spdystream's framing, our codec).
     struct Client {

@@ -172,22 +172,11 @@ async fn forward<D: Dial>(
 mod tests {
     use std::time::Duration;
 
-    use tokio::net::{TcpListener, TcpStream};
+    use tokio::net::TcpListener;
     use tokio_tungstenite::tungstenite::protocol::Role;
 
     use super::*;
-
-    /// Connections to 127.0.0.1 of this namespace: the session without a pod.
-    #[derive(Clone)]
-    struct Loopback;
-
-    impl Dial for Loopback {
-        async fn dial(&self, port: u16) -> Result<TcpStream, String> {
-            TcpStream::connect(("127.0.0.1", port))
-                .await
-                .map_err(|e| format!("dial {port}: {e}"))
-        }
-    }
+    use crate::netns::Loopback;
 
     async fn session(
         ports: Vec<u16>,

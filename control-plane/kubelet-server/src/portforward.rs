@@ -9,18 +9,15 @@
 //! Finding the pod and checking the handshake happen before the upgrade, so the client gets
 //! those failures as HTTP errors.
 
-use std::collections::HashMap;
-
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bollard::Docker;
 use bollard::models::ContainerSummaryStateEnum;
-use bollard::query_parameters::{InspectContainerOptions, ListContainersOptions};
+use bollard::query_parameters::InspectContainerOptions;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
 use kproxy_pod_labels as labels;
@@ -28,7 +25,8 @@ use kproxy_pod_labels as labels;
 use crate::AppState;
 use crate::error::HttpError;
 use crate::netns::PodNetns;
-use crate::{pfspdy, pfws, query};
+use crate::upgrade::{self, has_token};
+use crate::{lookup, pfspdy, pfws, query};
 
 /// The SPDY subprotocol of port-forward.
 pub const SPDY_PROTOCOL: &str = "portforward.k8s.io";
@@ -113,26 +111,9 @@ pub async fn handle(
         .into_response())
 }
 
-/// Whether a comma-separated header has `token` (case-insensitive), over all its lines.
-fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
-    headers.get_all(name).iter().any(|v| {
-        v.to_str().is_ok_and(|s| {
-            s.split(',')
-                .any(|part| part.trim().eq_ignore_ascii_case(token))
-        })
-    })
-}
-
 /// The SPDY handshake's protocol negotiation (Kubernetes' `httpstream.Handshake`).
 fn spdy_protocol(headers: &HeaderMap) -> Result<(), HttpError> {
-    let offered: Vec<&str> = headers
-        .get_all(X_STREAM_PROTOCOL_VERSION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .collect();
+    let offered = upgrade::list(headers, X_STREAM_PROTOCOL_VERSION);
     if offered.is_empty() {
         return Err(HttpError::bad_request(
             "unable to upgrade: X-Stream-Protocol-Version is required",
@@ -153,26 +134,7 @@ fn spdy_protocol(headers: &HeaderMap) -> Result<(), HttpError> {
 /// The WebSocket handshake: the accept key and the subprotocol to answer with (none when
 /// the client offered none, as the kubelet allows).
 fn ws_accept(headers: &HeaderMap) -> Result<(String, Option<&'static str>), HttpError> {
-    if headers
-        .get(header::SEC_WEBSOCKET_VERSION)
-        .map(HeaderValue::as_bytes)
-        != Some(b"13")
-    {
-        return Err(HttpError::bad_request(
-            "unsupported WebSocket version (Sec-WebSocket-Version must be 13)",
-        ));
-    }
-    let key = headers
-        .get(header::SEC_WEBSOCKET_KEY)
-        .ok_or_else(|| HttpError::bad_request("missing Sec-WebSocket-Key"))?;
-    let offered: Vec<&str> = headers
-        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .collect();
+    let (accept, offered) = upgrade::ws_key(headers)?;
     let protocol = if offered.is_empty() {
         None
     } else if offered.contains(&pfws::PROTOCOL) {
@@ -184,7 +146,7 @@ fn ws_accept(headers: &HeaderMap) -> Result<(String, Option<&'static str>), Http
             pfws::PROTOCOL
         )));
     };
-    Ok((derive_accept_key(key.as_bytes()), protocol))
+    Ok((accept, protocol))
 }
 
 /// The `port` parameters (each may list several, comma-separated), as the kubelet reads
@@ -224,23 +186,8 @@ async fn sandbox(
     namespace: &str,
     pod: &str,
 ) -> Result<PodNetns, HttpError> {
-    let filters = HashMap::from([(
-        "label".to_string(),
-        vec![
-            labels::node_filter(node),
-            labels::filter(labels::POD_NAMESPACE, namespace),
-            labels::filter(labels::POD_NAME, pod),
-            labels::filter(labels::KIND, labels::KIND_SANDBOX),
-        ],
-    )]);
-    let list = docker
-        .list_containers(Some(ListContainersOptions {
-            all: true,
-            filters: Some(filters),
-            ..Default::default()
-        }))
-        .await
-        .map_err(|e| HttpError::docker("listing containers", &e))?;
+    let list =
+        lookup::pod_containers(docker, node, namespace, pod, labels::KIND_SANDBOX, &[]).await?;
     if list.is_empty() {
         // The kubelet's words when it has no such pod.
         return Err(HttpError::not_found("pod does not exist"));

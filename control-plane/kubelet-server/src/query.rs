@@ -153,21 +153,12 @@ impl ExecOptions {
                 "missing command: give the command and its arguments as repeated command=... parameters",
             ));
         }
-        let (stdin, stdout, mut stderr, tty) = (
-            p.flag("stdin")?,
-            p.flag("stdout")?,
-            p.flag("stderr")?,
-            p.flag("tty")?,
-        );
-        if !stdin && !stdout && !stderr {
-            return Err(HttpError::bad_request(
-                "you must specify at least 1 of stdin, stdout, stderr",
-            ));
-        }
-        // A terminal has one output stream; like the kubelet, drop stderr rather than fail.
-        if tty {
-            stderr = false;
-        }
+        let AttachOptions {
+            stdin,
+            stdout,
+            stderr,
+            tty,
+        } = AttachOptions::parse(pairs)?;
         Ok(Self {
             command,
             stdin,
@@ -206,6 +197,7 @@ impl AttachOptions {
                 "you must specify at least 1 of stdin, stdout, stderr",
             ));
         }
+        // A terminal has one output stream; like the kubelet, drop stderr rather than fail.
         if tty {
             stderr = false;
         }

@@ -5,7 +5,7 @@
 use std::pin::Pin;
 use std::time::Duration;
 
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bollard::Docker;
 use bollard::container::LogOutput;
@@ -16,13 +16,13 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncWrite, AsyncWriteExt as _};
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::channel::{self, Input, Outcome, Protocol};
 use crate::error::HttpError;
+use crate::upgrade;
 
 /// Why a session ended before its outcome reached the client.
 #[derive(Debug, thiserror::Error)]
@@ -92,47 +92,21 @@ pub struct StdinSink {
 /// Checks a WebSocket upgrade request; returns the subprotocol and the Sec-WebSocket-Accept.
 pub fn handshake(headers: &HeaderMap) -> Result<(Protocol, String), HttpError> {
     let supported = Protocol::ALL.map(Protocol::name).join(", ");
-    let has = |name: header::HeaderName, token: &str| {
-        headers.get_all(name).iter().any(|v| {
-            v.to_str().is_ok_and(|s| {
-                s.split(',')
-                    .any(|part| part.trim().eq_ignore_ascii_case(token))
-            })
-        })
-    };
+    let has = |name, token| upgrade::has_token(headers, name, token);
     if !has(header::UPGRADE, "websocket") || !has(header::CONNECTION, "upgrade") {
         return Err(HttpError::bad_request(format!(
             "exec needs a WebSocket upgrade with one of the subprotocols {supported} \
              (SPDY is not supported)"
         )));
     }
-    if headers
-        .get(header::SEC_WEBSOCKET_VERSION)
-        .map(HeaderValue::as_bytes)
-        != Some(b"13")
-    {
-        return Err(HttpError::bad_request(
-            "unsupported WebSocket version (Sec-WebSocket-Version must be 13)",
-        ));
-    }
-    let key = headers
-        .get(header::SEC_WEBSOCKET_KEY)
-        .ok_or_else(|| HttpError::bad_request("missing Sec-WebSocket-Key"))?;
-    let offered: Vec<&str> = headers
-        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .collect();
+    let (accept, offered) = upgrade::ws_key(headers)?;
     let protocol = Protocol::negotiate(offered.iter().copied()).ok_or_else(|| {
         HttpError::bad_request(format!(
             "none of the requested subprotocols [{}] is supported; use one of {supported}",
             offered.join(", ")
         ))
     })?;
-    Ok((protocol, derive_accept_key(key.as_bytes())))
+    Ok((protocol, accept))
 }
 
 pub fn switching_protocols(accept: &str, protocol: Protocol) -> Response {
@@ -305,6 +279,8 @@ where
 }
 #[cfg(test)]
 mod tests {
+    use axum::http::HeaderValue;
+
     use super::*;
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {

@@ -376,20 +376,16 @@ pub fn encode_control(frame: &Frame, enc: &mut HeaderEncoder) -> Vec<u8> {
             stream,
             fin,
             headers,
-        } => {
-            let mut p = (stream & 0x7fff_ffff).to_be_bytes().to_vec();
-            p.extend_from_slice(&enc.encode(headers));
-            (SYN_REPLY, fin_flag(*fin), p)
-        }
+        } => (
+            SYN_REPLY,
+            fin_flag(*fin),
+            stream_block(*stream, headers, enc),
+        ),
         Frame::Headers {
             stream,
             fin,
             headers,
-        } => {
-            let mut p = (stream & 0x7fff_ffff).to_be_bytes().to_vec();
-            p.extend_from_slice(&enc.encode(headers));
-            (HEADERS, fin_flag(*fin), p)
-        }
+        } => (HEADERS, fin_flag(*fin), stream_block(*stream, headers, enc)),
         Frame::RstStream { stream, status } => (RST_STREAM, 0, pair(*stream, *status)),
         Frame::Settings => (SETTINGS, 0, vec![0; 4]),
         Frame::Ping { id } => (PING, 0, id.to_be_bytes().to_vec()),
@@ -404,6 +400,13 @@ pub fn encode_control(frame: &Frame, enc: &mut HeaderEncoder) -> Vec<u8> {
     out.extend_from_slice(&(u32::from(flags) << 24 | len).to_be_bytes());
     out.extend_from_slice(&payload);
     out
+}
+
+/// The payload SYN_REPLY and HEADERS share: the stream id, then the header block.
+fn stream_block(stream: u32, headers: &[(String, String)], enc: &mut HeaderEncoder) -> Vec<u8> {
+    let mut p = (stream & 0x7fff_ffff).to_be_bytes().to_vec();
+    p.extend_from_slice(&enc.encode(headers));
+    p
 }
 
 fn pair(a: u32, b: u32) -> Vec<u8> {
@@ -443,6 +446,18 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     decode_control(kind, flags, &payload, dec).map(Some)
 }
 
+/// The payload SYN_REPLY and HEADERS share: a stream id, then a header block.
+fn stream_headers(
+    p: &[u8],
+    dec: &mut HeaderDecoder,
+    what: &'static str,
+) -> Result<(u32, Headers), SpdyError> {
+    if p.len() < 4 {
+        return Err(SpdyError::Malformed(what));
+    }
+    Ok((be31(p), dec.decode(&p[4..])?))
+}
+
 fn decode_control(
     kind: u16,
     flags: u8,
@@ -469,19 +484,19 @@ fn decode_control(
             }
         }
         SYN_REPLY => {
-            need(4, "SYN_REPLY")?;
+            let (stream, headers) = stream_headers(p, dec, "SYN_REPLY")?;
             Frame::SynReply {
-                stream: be31(p),
+                stream,
                 fin,
-                headers: dec.decode(&p[4..])?,
+                headers,
             }
         }
         HEADERS => {
-            need(4, "HEADERS")?;
+            let (stream, headers) = stream_headers(p, dec, "HEADERS")?;
             Frame::Headers {
-                stream: be31(p),
+                stream,
                 fin,
-                headers: dec.decode(&p[4..])?,
+                headers,
             }
         }
         RST_STREAM => {

@@ -41,6 +41,22 @@ pub struct Observed {
     pub state: RunState,
 }
 
+#[cfg(test)]
+impl Observed {
+    /// Attempt `attempt` of the pod's container `name` (image "img"), for unit tests.
+    pub fn container(name: &str, attempt: u32, state: RunState) -> Self {
+        Self {
+            id: format!("{name}-{attempt}"),
+            sandbox: false,
+            name: name.into(),
+            attempt,
+            image: "img".into(),
+            image_id: "sha256:1".into(),
+            state,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum RunState {
     /// Created, never started.

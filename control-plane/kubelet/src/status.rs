@@ -377,18 +377,6 @@ pub fn pod_status(i: StatusInput) -> PodStatus {
 mod tests {
     use super::*;
 
-    fn obs(name: &str, attempt: u32, state: RunState) -> Observed {
-        Observed {
-            id: format!("{name}-{attempt}"),
-            sandbox: false,
-            name: name.into(),
-            attempt,
-            image: "img".into(),
-            image_id: "sha256:1".into(),
-            state,
-        }
-    }
-
     fn exited(code: i32) -> RunState {
         RunState::Exited {
             code,
@@ -416,8 +404,8 @@ mod tests {
     #[test]
     fn running_container_reports_ready_only_when_probed_ready() {
         let s = spec("web");
-        let cur = obs("web", 2, running());
-        let prev = obs("web", 1, exited(137));
+        let cur = Observed::container("web", 2, running());
+        let prev = Observed::container("web", 1, exited(137));
         let mut v = ContainerView {
             spec: &s,
             current: Some(&cur),
@@ -440,7 +428,7 @@ mod tests {
     #[test]
     fn crash_loop_waits_with_the_crashed_attempt_as_last_state() {
         let s = spec("app");
-        let cur = obs("app", 3, exited(1));
+        let cur = Observed::container("app", 3, exited(1));
         let v = ContainerView {
             spec: &s,
             current: Some(&cur),
@@ -461,9 +449,9 @@ mod tests {
     #[test]
     fn phases_follow_restart_policy() {
         let s = spec("a");
-        let ok = obs("a", 0, exited(0));
-        let bad = obs("a", 0, exited(2));
-        let run = obs("a", 0, running());
+        let ok = Observed::container("a", 0, exited(0));
+        let bad = Observed::container("a", 0, exited(2));
+        let run = Observed::container("a", 0, running());
         let st = |o: Option<&Observed>| {
             container_status(&ContainerView {
                 spec: &s,
@@ -488,7 +476,7 @@ mod tests {
     #[test]
     fn conditions_keep_their_transition_time_while_unchanged() {
         let s = spec("a");
-        let run = obs("a", 0, running());
+        let run = Observed::container("a", 0, running());
         let cs = || {
             vec![container_status(&ContainerView {
                 spec: &s,
@@ -544,7 +532,7 @@ mod tests {
     fn init_containers_gate_the_pod() {
         let init = spec("setup");
         let app = spec("app");
-        let running_init = obs("setup", 0, running());
+        let running_init = Observed::container("setup", 0, running());
         let init_st = container_status(&ContainerView {
             spec: &init,
             current: Some(&running_init),
@@ -596,7 +584,7 @@ mod tests {
     #[test]
     fn unready_containers_are_named() {
         let s = spec("web");
-        let run = obs("web", 0, running());
+        let run = Observed::container("web", 0, running());
         let st = pod_status(StatusInput {
             old: None,
             containers: vec![container_status(&ContainerView {
@@ -632,7 +620,7 @@ mod tests {
     #[test]
     fn ephemeral_statuses_are_never_ready_nor_restarted() {
         let (d, w) = (spec("debugger"), spec("waiting"));
-        let observed = [obs("debugger", 0, exited(0))];
+        let observed = [Observed::container("debugger", 0, exited(0))];
         let waiting = HashMap::from([(
             "waiting".to_string(),
             (
@@ -652,7 +640,7 @@ mod tests {
         assert_eq!(wait.reason.as_deref(), Some("CreateContainerConfigError"));
         let running = ephemeral(
             &[spec("debugger")],
-            &[obs("debugger", 0, running())],
+            &[Observed::container("debugger", 0, running())],
             &HashMap::new(),
         );
         assert!(running[0].state.as_ref().unwrap().running.is_some());

@@ -2,6 +2,7 @@
 
 use axum::body::Body;
 use axum::http::request::Parts;
+use axum::http::response::Builder as ResponseBuilder;
 use axum::http::{HeaderName, HeaderValue, Method, Response, StatusCode, header};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -10,6 +11,7 @@ use serde_json::Value;
 use super::{admin_only, forward, kubelet_endpoint, read, unavailable};
 use crate::auth::Identity;
 use crate::context::{Api, Target, query_pairs};
+use crate::kubelet::Endpoint;
 use crate::object::{self, str_at};
 use crate::status::{ApiError, ApiResult};
 
@@ -84,6 +86,21 @@ pub fn authorize(id: &Identity, sub: &str, ns: Option<&str>) -> ApiResult<()> {
     admin_only(id, verb, &format!("pods/{sub}"), ns)
 }
 
+/// The kubelet endpoint of the node pod `name` (object `pod`) is assigned to.
+pub async fn pod_kubelet(api: &Api, pod: &Value, name: &str) -> ApiResult<Endpoint> {
+    let node_name = str_at(pod, &["spec", "nodeName"])
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| {
+            ApiError::bad_request(format!("pod {name} does not have a host assigned"))
+        })?;
+    let node = read(api, "Node", None, node_name).await?.ok_or_else(|| {
+        unavailable(format!(
+            "node {node_name:?} of pod {name} not found: cannot reach its kubelet"
+        ))
+    })?;
+    kubelet_endpoint(&node)
+}
+
 /// A kubelet's error answer as a Status with the same code and its text as the message
 /// (as Kubernetes' log streamer does).
 pub fn kubelet_error(code: StatusCode, body: &str) -> ApiError {
@@ -136,17 +153,7 @@ pub async fn serve(
         .find(|(k, v)| k == "container" && !v.is_empty())
         .map(|(_, v)| v.as_str());
     let container = container_for(&pod, requested)?;
-    let node_name = str_at(&pod, &["spec", "nodeName"])
-        .filter(|n| !n.is_empty())
-        .ok_or_else(|| {
-            ApiError::bad_request(format!("pod {name} does not have a host assigned"))
-        })?;
-    let node = read(api, "Node", None, node_name).await?.ok_or_else(|| {
-        unavailable(format!(
-            "node {node_name:?} of pod {name} not found: cannot reach its kubelet"
-        ))
-    })?;
-    let ep = kubelet_endpoint(&node)?;
+    let ep = pod_kubelet(api, &pod, name).await?;
     let base = match sub {
         "log" => "containerLogs",
         other => other,
@@ -191,15 +198,8 @@ pub async fn serve(
     }
 }
 
-/// Answers the client's upgrade with the kubelet's 101 and joins the two connections.
-fn relay_upgrade(
-    parts: &mut Parts,
-    mut kubelet_resp: Response<hyper::body::Incoming>,
-) -> ApiResult<axum::response::Response> {
-    let client = parts.extensions.remove::<OnUpgrade>().ok_or_else(|| {
-        ApiError::bad_request("exec needs an HTTP/1.1 connection that can be upgraded")
-    })?;
-    let kubelet = hyper::upgrade::on(&mut kubelet_resp);
+/// The client's 101 answer, with the upgrade headers of the kubelet's.
+pub fn upgrade_answer(kubelet_resp: &Response<hyper::body::Incoming>) -> ResponseBuilder {
     let mut answer = Response::builder().status(StatusCode::SWITCHING_PROTOCOLS);
     for h in [
         header::CONNECTION,
@@ -212,6 +212,19 @@ fn relay_upgrade(
             answer = answer.header(&h, v);
         }
     }
+    answer
+}
+
+/// Answers the client's upgrade with the kubelet's 101 and joins the two connections.
+fn relay_upgrade(
+    parts: &mut Parts,
+    mut kubelet_resp: Response<hyper::body::Incoming>,
+) -> ApiResult<axum::response::Response> {
+    let client = parts.extensions.remove::<OnUpgrade>().ok_or_else(|| {
+        ApiError::bad_request("exec needs an HTTP/1.1 connection that can be upgraded")
+    })?;
+    let kubelet = hyper::upgrade::on(&mut kubelet_resp);
+    let answer = upgrade_answer(&kubelet_resp);
     tokio::spawn(async move {
         let (kubelet, client) = match tokio::try_join!(kubelet, client) {
             Ok(both) => both,

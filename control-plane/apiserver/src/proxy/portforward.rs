@@ -23,10 +23,9 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 
-use super::pod::kubelet_error;
-use super::{forward, kubelet_endpoint, read, unavailable};
+use super::pod::{kubelet_error, pod_kubelet, upgrade_answer};
+use super::{forward, read};
 use crate::context::{Api, Target, query_pairs};
-use crate::object::str_at;
 use crate::status::{ApiError, ApiResult};
 
 /// The prefix of a WebSocket subprotocol that tunnels SPDY (client-go's
@@ -123,17 +122,7 @@ pub async fn serve(
     let pod = read(api, "Pod", Some(ns), name)
         .await?
         .ok_or_else(|| ApiError::not_found("pods", name))?;
-    let node_name = str_at(&pod, &["spec", "nodeName"])
-        .filter(|n| !n.is_empty())
-        .ok_or_else(|| {
-            ApiError::bad_request(format!("pod {name} does not have a host assigned"))
-        })?;
-    let node = read(api, "Node", None, node_name).await?.ok_or_else(|| {
-        unavailable(format!(
-            "node {node_name:?} of pod {name} not found: cannot reach its kubelet"
-        ))
-    })?;
-    let ep = kubelet_endpoint(&node)?;
+    let ep = pod_kubelet(api, &pod, name).await?;
     let mut target = format!("/portForward/{ns}/{name}");
     if !query.is_empty() {
         target = format!("{target}?{query}");
@@ -198,18 +187,7 @@ fn relay(
     client: OnUpgrade,
 ) -> axum::response::Response {
     let kubelet = hyper::upgrade::on(&mut kubelet_resp);
-    let mut answer = Response::builder().status(StatusCode::SWITCHING_PROTOCOLS);
-    for h in [
-        header::CONNECTION,
-        header::UPGRADE,
-        header::SEC_WEBSOCKET_ACCEPT,
-        header::SEC_WEBSOCKET_PROTOCOL,
-        HeaderName::from_static(X_STREAM_PROTOCOL_VERSION),
-    ] {
-        for v in kubelet_resp.headers().get_all(&h) {
-            answer = answer.header(&h, v);
-        }
-    }
+    let answer = upgrade_answer(&kubelet_resp);
     tokio::spawn(async move {
         let (kubelet, client) = match tokio::try_join!(kubelet, client) {
             Ok(both) => both,

@@ -174,11 +174,16 @@ async fn forward(mut conn: TcpStream, pods: &Api<Pod>, pod: &str, remote: u16) -
         }
     };
     tokio::select! {
-        _ = copy => {}
+        copied = copy => {
+            copied.context("copying between the local connection and the pod")?;
+        }
         Some(msg) = failed => bail!("{msg}"),
     }
     drop(upstream);
-    pf.join().await?;
+    // Both directions ended cleanly, and the API server then closes the WebSocket: kube-rs may
+    // still try to send its own close on it ("Sending after closing is not allowed"), which
+    // says nothing about this connection.
+    let _ = pf.join().await;
     Ok(())
 }
 

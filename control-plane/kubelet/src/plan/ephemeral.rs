@@ -101,18 +101,6 @@ mod tests {
         .unwrap()
     }
 
-    fn obs(name: &str, attempt: u32, state: RunState) -> Observed {
-        Observed {
-            id: format!("{name}-{attempt}"),
-            sandbox: false,
-            name: name.into(),
-            attempt,
-            image: "img".into(),
-            image_id: "sha256:1".into(),
-            state,
-        }
-    }
-
     fn running() -> RunState {
         RunState::Running {
             started: Timestamp::UNIX_EPOCH,
@@ -147,7 +135,7 @@ mod tests {
     #[test]
     fn started_once_in_the_targets_process_namespace() {
         let eph = [ec("debugger", Some("main")), ec("plain", None)];
-        let main = obs("main", 2, running());
+        let main = Observed::container("main", 2, running());
         let (s, w) = plan(&eph, std::slice::from_ref(&main));
         assert_eq!(
             s,
@@ -161,16 +149,16 @@ mod tests {
         for state in [running(), exited(0), exited(137)] {
             let seen = [
                 main.clone(),
-                obs("debugger", 0, state),
-                obs("plain", 0, exited(1)),
+                Observed::container("debugger", 0, state),
+                Observed::container("plain", 0, exited(1)),
             ];
             assert_eq!(plan(&eph, &seen).0, []);
         }
         // Created and never started: that attempt again.
         let seen = [
             main.clone(),
-            obs("debugger", 0, RunState::Created),
-            obs("plain", 0, exited(0)),
+            Observed::container("debugger", 0, RunState::Created),
+            Observed::container("plain", 0, exited(0)),
         ];
         assert_eq!(
             plan(&eph, &seen).0,
@@ -181,7 +169,7 @@ mod tests {
     #[test]
     fn waits_for_its_target_to_run() {
         let eph = [ec("debugger", Some("main"))];
-        for seen in [vec![], vec![obs("main", 0, exited(1))]] {
+        for seen in [vec![], vec![Observed::container("main", 0, exited(1))]] {
             let (s, w) = plan(&eph, &seen);
             assert_eq!(s, []);
             assert_eq!(

@@ -49,18 +49,6 @@ fn sandbox(state: RunState) -> Observed {
     }
 }
 
-fn attempt(name: &str, attempt: u32, state: RunState) -> Observed {
-    Observed {
-        id: format!("{name}-{attempt}"),
-        sandbox: false,
-        name: name.into(),
-        attempt,
-        image: "img".into(),
-        image_id: "sha256:1".into(),
-        state,
-    }
-}
-
 fn running() -> RunState {
     RunState::Running {
         started: Timestamp::from_second(1).unwrap(),
@@ -133,7 +121,7 @@ fn a_new_pod_gets_a_sandbox_and_every_container() {
 fn a_running_pod_is_left_alone_and_replumbed_after_a_kubelet_restart() {
     let now = at();
     let p = app_pod("Always", &["a"]);
-    let observed = [attempt("a", 0, running()), sandbox(running())];
+    let observed = [Observed::container("a", 0, running()), sandbox(running())];
     let Plan::Run(run) = plan_of(&p, &observed, true, now) else {
         panic!("a run");
     };
@@ -162,7 +150,10 @@ fn a_running_pod_is_left_alone_and_replumbed_after_a_kubelet_restart() {
 fn a_created_but_never_started_attempt_is_started_as_it_is() {
     let now = at();
     let p = app_pod("Always", &["a"]);
-    let observed = [attempt("a", 3, RunState::Created), sandbox(running())];
+    let observed = [
+        Observed::container("a", 3, RunState::Created),
+        sandbox(running()),
+    ];
     assert_eq!(starts(&run_of(&p, &observed, now)), [("a".into(), 3)]);
 }
 
@@ -181,7 +172,7 @@ fn restart_policy_decides_which_exits_restart() {
     for (policy, code, restarted) in cases {
         let p = app_pod(policy, &["a"]);
         let observed = [
-            attempt("a", 2, exited_long_ago(code, now)),
+            Observed::container("a", 2, exited_long_ago(code, now)),
             sandbox(running()),
         ];
         let run = run_of(&p, &observed, now);
@@ -206,8 +197,8 @@ fn a_pod_is_finished_only_when_every_container_is() {
     let now = at();
     let p = app_pod("Never", &["a", "b"]);
     let observed = [
-        attempt("a", 0, exited_long_ago(0, now)),
-        attempt("b", 0, running()),
+        Observed::container("a", 0, exited_long_ago(0, now)),
+        Observed::container("b", 0, running()),
         sandbox(running()),
     ];
     assert!(matches!(
@@ -224,7 +215,7 @@ fn crash_back_off_grows_per_restart_and_is_capped() {
     for n in 0..8 {
         // Just exited: the whole back-off is ahead.
         let observed = [
-            attempt("a", n, exited(1, Duration::ZERO, now)),
+            Observed::container("a", n, exited(1, Duration::ZERO, now)),
             sandbox(running()),
         ];
         let run = run_of(&p, &observed, now);
@@ -248,7 +239,7 @@ fn crash_back_off_grows_per_restart_and_is_capped() {
     }
     assert_eq!(delays, [10, 20, 40, 80, 160, 300, 300, 300]);
     let observed = [
-        attempt("a", 2, exited(1, Duration::from_secs(15), now)),
+        Observed::container("a", 2, exited(1, Duration::from_secs(15), now)),
         sandbox(running()),
     ];
     let run = run_of(&p, &observed, now);
@@ -258,7 +249,7 @@ fn crash_back_off_grows_per_restart_and_is_capped() {
     );
     assert_eq!(run.wake, now.instant + RESYNC, "the rest of it is longer");
     let observed = [
-        attempt("a", 0, exited(1, Duration::from_secs(4), now)),
+        Observed::container("a", 0, exited(1, Duration::from_secs(4), now)),
         sandbox(running()),
     ];
     let run = run_of(&p, &observed, now);
@@ -268,7 +259,7 @@ fn crash_back_off_grows_per_restart_and_is_capped() {
         "the rest of it"
     );
     let observed = [
-        attempt("a", 2, exited(1, Duration::from_secs(40), now)),
+        Observed::container("a", 2, exited(1, Duration::from_secs(40), now)),
         sandbox(running()),
     ];
     assert_eq!(
@@ -289,7 +280,11 @@ fn a_long_run_resets_the_back_off() {
         started: Some(finished - Duration::from_mins(11)),
         finished,
     };
-    let run = run_of(&p, &[attempt("a", 6, long), sandbox(running())], now);
+    let run = run_of(
+        &p,
+        &[Observed::container("a", 6, long), sandbox(running())],
+        now,
+    );
     assert!(run.waiting["a"].1.starts_with("back-off 10s "), "not 300s");
 }
 
@@ -310,20 +305,20 @@ fn init_containers_run_one_at_a_time_in_order() {
     assert!(!run.initialized);
     assert_eq!(waiting_reason(&run, "app"), Some("PodInitializing"));
 
-    let first_running = [attempt("one", 0, running()), sandbox(running())];
+    let first_running = [Observed::container("one", 0, running()), sandbox(running())];
     let run = run_of(&p, &first_running, now);
     assert!(run.start.is_empty(), "the second waits for the first");
     assert!(!run.initialized);
 
     let first_done = [
-        attempt("one", 0, exited(0, Duration::ZERO, now)),
+        Observed::container("one", 0, exited(0, Duration::ZERO, now)),
         sandbox(running()),
     ];
     assert_eq!(starts(&run_of(&p, &first_done, now)), [("two".into(), 0)]);
 
     let both_done = [
-        attempt("one", 0, exited(0, Duration::ZERO, now)),
-        attempt("two", 0, exited(0, Duration::ZERO, now)),
+        Observed::container("one", 0, exited(0, Duration::ZERO, now)),
+        Observed::container("two", 0, exited(0, Duration::ZERO, now)),
         sandbox(running()),
     ];
     let run = run_of(&p, &both_done, now);
@@ -338,7 +333,7 @@ fn a_failed_init_container_is_retried_unless_the_policy_is_never() {
     for policy in ["Always", "OnFailure"] {
         let p = init_pod(policy);
         let crashed = [
-            attempt("one", 0, exited(1, Duration::ZERO, now)),
+            Observed::container("one", 0, exited(1, Duration::ZERO, now)),
             sandbox(running()),
         ];
         let run = run_of(&p, &crashed, now);
@@ -346,14 +341,14 @@ fn a_failed_init_container_is_retried_unless_the_policy_is_never() {
         assert_eq!(waiting_reason(&run, "one"), Some("CrashLoopBackOff"));
         assert!(!run.initialized && !run.init_failed);
         let later = [
-            attempt("one", 0, exited_long_ago(1, now)),
+            Observed::container("one", 0, exited_long_ago(1, now)),
             sandbox(running()),
         ];
         assert_eq!(starts(&run_of(&p, &later, now)), [("one".into(), 1)]);
     }
     let p = init_pod("Never");
     let failed = [
-        attempt("one", 0, exited_long_ago(1, now)),
+        Observed::container("one", 0, exited_long_ago(1, now)),
         sandbox(running()),
     ];
     let run = run_of(&p, &failed, now);
@@ -376,8 +371,8 @@ fn deletion_stops_everything_within_the_grace_period() {
         now.wall,
     ));
     let observed = [
-        attempt("a", 0, running()),
-        attempt("b", 1, exited_long_ago(1, now)),
+        Observed::container("a", 0, running()),
+        Observed::container("b", 1, exited_long_ago(1, now)),
         sandbox(running()),
     ];
     assert_eq!(
@@ -406,8 +401,8 @@ fn a_dead_sandbox_is_replaced_while_containers_are_wanted() {
     let p = app_pod("Always", &["a", "b"]);
     let dead = sandbox(exited_long_ago(137, now));
     let observed = [
-        attempt("a", 0, running()),
-        attempt("b", 0, exited_long_ago(0, now)),
+        Observed::container("a", 0, running()),
+        Observed::container("b", 0, exited_long_ago(0, now)),
         dead.clone(),
     ];
     assert_eq!(
@@ -419,8 +414,8 @@ fn a_dead_sandbox_is_replaced_while_containers_are_wanted() {
     );
     // After the repair: no sandbox, so a new one, connected again.
     let after = [
-        attempt("a", 0, exited(137, Duration::ZERO, now)),
-        attempt("b", 0, exited_long_ago(0, now)),
+        Observed::container("a", 0, exited(137, Duration::ZERO, now)),
+        Observed::container("b", 0, exited_long_ago(0, now)),
     ];
     let run = run_of(&p, &after, now);
     assert_eq!(run.sandbox, Sandbox::Create { plumb: true });
@@ -428,7 +423,7 @@ fn a_dead_sandbox_is_replaced_while_containers_are_wanted() {
 
     // Nothing wanted: no repair, the network is released.
     let finished = app_pod("Never", &["a"]);
-    let observed = [attempt("a", 0, exited_long_ago(0, now)), dead];
+    let observed = [Observed::container("a", 0, exited_long_ago(0, now)), dead];
     assert_eq!(
         run_of(&finished, &observed, now).sandbox,
         Sandbox::Release {
@@ -441,7 +436,7 @@ fn a_dead_sandbox_is_replaced_while_containers_are_wanted() {
 fn a_vanished_sandbox_is_recreated_around_running_containers() {
     let now = at();
     let p = app_pod("Always", &["a"]);
-    let run = run_of(&p, &[attempt("a", 0, running())], now);
+    let run = run_of(&p, &[Observed::container("a", 0, running())], now);
     assert_eq!(run.sandbox, Sandbox::Create { plumb: true });
     assert!(run.start.is_empty());
 }
@@ -464,7 +459,7 @@ fn the_startup_probe_gates_liveness_readiness_and_ready() {
     let p = probed_pod();
     let spec = &p.spec.as_ref().unwrap().containers;
     let c = &spec[0];
-    let observed = vec![attempt("a", 0, running()), sandbox(running())];
+    let observed = vec![Observed::container("a", 0, running()), sandbox(running())];
     let mut probes = HashMap::new();
     let due = probes_due(spec, &observed, &mut probes, now);
     assert_eq!(
@@ -511,8 +506,8 @@ fn the_startup_probe_gates_liveness_readiness_and_ready() {
 
     // A new attempt starts over; the stopped one is forgotten.
     let restarted = vec![
-        attempt("a", 0, exited(1, Duration::ZERO, at())),
-        attempt("a", 1, running()),
+        Observed::container("a", 0, exited(1, Duration::ZERO, at())),
+        Observed::container("a", 1, running()),
         sandbox(running()),
     ];
     let due = probes_due(spec, &restarted, &mut probes, now);
@@ -553,12 +548,12 @@ fn failed_startup_and_liveness_probes_restart_but_readiness_does_not() {
 fn each_container_keeps_its_current_and_previous_attempt() {
     let now = at();
     let observed = [
-        attempt("a", 0, exited_long_ago(1, now)),
-        attempt("a", 1, exited_long_ago(1, now)),
-        attempt("a", 2, exited_long_ago(1, now)),
-        attempt("a", 3, running()),
-        attempt("b", 0, exited_long_ago(1, now)),
-        attempt("b", 1, running()),
+        Observed::container("a", 0, exited_long_ago(1, now)),
+        Observed::container("a", 1, exited_long_ago(1, now)),
+        Observed::container("a", 2, exited_long_ago(1, now)),
+        Observed::container("a", 3, running()),
+        Observed::container("b", 0, exited_long_ago(1, now)),
+        Observed::container("b", 1, running()),
         sandbox(running()),
     ];
     assert_eq!(old_attempts(&observed), ["a-0", "a-1"]);
@@ -573,7 +568,10 @@ fn ephemeral_containers_start_while_the_pod_runs_and_only_then() {
         "containers": [{"name": "main", "image": "img"}],
         "ephemeralContainers": [{"name": "debugger", "image": "busybox", "targetContainerName": "main"}],
     }));
-    let alive = [sandbox(running()), attempt("main", 0, running())];
+    let alive = [
+        sandbox(running()),
+        Observed::container("main", 0, running()),
+    ];
     let run = run_of(&p, &alive, now);
     assert!(starts(&run).is_empty(), "app containers untouched");
     let eph: Vec<(&str, u32, Option<&str>)> = run
@@ -591,8 +589,8 @@ fn ephemeral_containers_start_while_the_pod_runs_and_only_then() {
     // It exited: never again, and the pod's phase ignores it.
     let ran = [
         sandbox(running()),
-        attempt("main", 0, running()),
-        attempt("debugger", 0, exited_long_ago(1, now)),
+        Observed::container("main", 0, running()),
+        Observed::container("debugger", 0, exited_long_ago(1, now)),
     ];
     let run = run_of(&p, &ran, now);
     assert!(run.ephemeral.is_empty());
@@ -600,7 +598,7 @@ fn ephemeral_containers_start_while_the_pod_runs_and_only_then() {
     // A finished pod starts none.
     let done = [
         sandbox(running()),
-        attempt("main", 0, exited_long_ago(0, now)),
+        Observed::container("main", 0, exited_long_ago(0, now)),
     ];
     let run = run_of(&p, &done, now);
     assert!(run.ephemeral.is_empty());
