@@ -35,6 +35,10 @@ macro_rules! map_name {
         $crate::__with_name! { "kproxy_lb4_be_stats_v1" $($then)* }
     };
     (MAP_SCRATCH $($then:tt)*) => { $crate::__with_name! { "kproxy_scratch_v1" $($then)* } };
+    (MAP_MAGLEV $($then:tt)*) => { $crate::__with_name! { "kproxy_lb4_maglev_v1" $($then)* } };
+    (MAP_AFFINITY_MATCH $($then:tt)*) => {
+        $crate::__with_name! { "kproxy_lb4_affinity_match_v1" $($then)* }
+    };
 }
 
 /// The name of a program (its entry-point function in kproxy-ebpf), by its constant:
@@ -109,6 +113,12 @@ pub mod config {
     /// the sender of ARP replies for LoadBalancer IPs.
     pub const UPLINK_MAC_0: u32 = 4;
     pub const UPLINK_MAC_4: u32 = 5;
+    /// The load-balancing hash seed (low and high 32 bits), chosen once per cluster
+    /// (`--lb-hash-seed`) or at random on the first start and kept with the pinned maps:
+    /// the flow hash mixes it in and the Maglev tables are generated from it, so clients
+    /// cannot aim their flows at one backend and a restart keeps every flow's backend.
+    pub const HASH_SEED_LO: u32 = 6;
+    pub const HASH_SEED_HI: u32 = 7;
     /// Number of slots.
     pub const LEN: u32 = 8;
 }
@@ -278,6 +288,74 @@ pub const MAX_AFFINITY_ENTRIES: u32 = 32_768;
 pub const MAX_SOCK_REVNAT_ENTRIES: u32 = 32_768;
 pub const MAX_L2_ENTRIES: u32 = 4_096;
 
+/// Maglev lookup tables of all frontends that use Maglev, one flat array of
+/// [`MaglevBucket`]s (aya-ebpf 0.2 has no map-of-maps): a frontend's table is
+/// [`maglev_size`] backend ids from entry `ServiceValue::backend_id` of its slot 0 on.
+pub const MAP_MAGLEV: &str = map_name!(MAP_MAGLEV);
+/// ClientIP affinity membership: [`AffinityMatchKey`] → `u32` (1) for each active backend
+/// of each frontend with affinity, so an affine backend is checked in one lookup whatever
+/// the number of backends (Cilium's `cilium_lb_affinity_match`).
+pub const MAP_AFFINITY_MATCH: &str = map_name!(MAP_AFFINITY_MATCH);
+
+/// Entries (backend ids) in [`MAP_MAGLEV`]: 2,097,152, 4 MiB of kernel memory. Tables are
+/// allocated in power-of-two blocks of at least [`MAGLEV_BLOCK_MIN`] entries (each prime
+/// size sits just below its block), e.g. 128 tables of 10 backends (16,381 entries).
+pub const MAGLEV_ENTRIES: u32 = 1 << 21;
+/// Backend ids per [`MaglevBucket`] (array values are rounded up to 8 bytes by the kernel,
+/// so four `u16` ids share one).
+pub const MAGLEV_IDS_PER_BUCKET: u32 = 4;
+/// The smallest table block, in entries.
+pub const MAGLEV_BLOCK_MIN: u32 = 256;
+/// Table sizes (primes, as Maglev needs), by size class: a frontend with N active backends
+/// gets the smallest one ≥ 1,600 × N (see `kproxy::maglev`: ≥ 100 × N keeps the imbalance
+/// between backends ~1 %, the larger factor keeps a removal's disruption near minimal), the
+/// largest beyond 40 backends. Class c fits a block of `MAGLEV_BLOCK_MIN << c` entries.
+pub const MAGLEV_SIZES: [u32; 9] = [251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521];
+/// Where a Maglev frontend's size class sits in [`ServiceValue::flags`] (4 bits).
+pub const MAGLEV_CLASS_SHIFT: u32 = 8;
+/// Capacity of [`MAP_AFFINITY_MATCH`] (not preallocated: only frontends with affinity use it).
+pub const MAX_AFFINITY_MATCH_ENTRIES: u32 = 65_536;
+
+/// The table size of Maglev size class `class` (0 for an unknown class).
+#[must_use]
+pub const fn maglev_size(class: u32) -> u32 {
+    match class {
+        0 => MAGLEV_SIZES[0],
+        1 => MAGLEV_SIZES[1],
+        2 => MAGLEV_SIZES[2],
+        3 => MAGLEV_SIZES[3],
+        4 => MAGLEV_SIZES[4],
+        5 => MAGLEV_SIZES[5],
+        6 => MAGLEV_SIZES[6],
+        7 => MAGLEV_SIZES[7],
+        8 => MAGLEV_SIZES[8],
+        _ => 0,
+    }
+}
+
+/// Four entries of a Maglev table: backend ids (ids are below [`MAX_BACKENDS`], so they
+/// fit a `u16`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MaglevBucket {
+    pub ids: [u16; 4],
+}
+const _: () = assert!(core::mem::size_of::<MaglevBucket>() == 8);
+const _: () = assert!(MAX_BACKENDS <= u16::MAX as u32 + 1);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AffinityMatchKey {
+    pub backend_id: u32,
+    pub revnat_id: u16,
+    #[expect(
+        clippy::pub_underscore_fields,
+        reason = "explicit padding, public so literals can zero it"
+    )]
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<AffinityMatchKey>() == 8);
+
 /// Service flags (in [`ServiceValue::flags`]).
 pub mod svc_flags {
     /// ClientIP session affinity: reuse the client's last backend within the timeout.
@@ -289,6 +367,14 @@ pub mod svc_flags {
     pub const NODEPORT: u32 = 1 << 2;
     /// A LoadBalancer ingress IP: the uplink answers ARP for its address (see `MAP_L2`).
     pub const L2_ANNOUNCE: u32 = 1 << 3;
+    /// Slot 0 only: new flows pick their backend from the frontend's Maglev table (the
+    /// entry `hash % size` of the table at `backend_id`, size class in bits
+    /// [`super::MAGLEV_CLASS_SHIFT`]..+4) instead of slot `1 + hash % count`. Only external
+    /// frontends use it: there the same flow must find the same backend on every node
+    /// and across backend changes.
+    pub const MAGLEV: u32 = 1 << 4;
+    /// The size class bits of a Maglev slot 0.
+    pub const MAGLEV_CLASS_MASK: u32 = 0xf << super::MAGLEV_CLASS_SHIFT;
 }
 
 #[repr(C)]
@@ -326,7 +412,8 @@ impl ServiceKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ServiceValue {
-    /// Slot > 0: the backend id. Slot 0: unused (0).
+    /// Slot > 0: the backend id. Slot 0: the first entry of the frontend's Maglev table
+    /// with [`svc_flags::MAGLEV`], else 0.
     pub backend_id: u32,
     /// Slot 0: backends taking new flows (slots 1..=count). 0 means "refuse new flows".
     pub count: u16,
@@ -543,6 +630,8 @@ mod user {
     unsafe impl aya::Pod for super::SockRevNatKey {}
     unsafe impl aya::Pod for super::SockRevNatValue {}
     unsafe impl aya::Pod for super::LbCounter {}
+    unsafe impl aya::Pod for super::MaglevBucket {}
+    unsafe impl aya::Pod for super::AffinityMatchKey {}
 }
 
 #[cfg(test)]
@@ -560,6 +649,18 @@ mod tests {
             }
         }
         assert!(seen.iter().all(|s| *s));
+    }
+
+    #[test]
+    fn maglev_sizes_fit_their_blocks() {
+        let mut block = MAGLEV_BLOCK_MIN;
+        for (class, size) in (0u32..).zip(MAGLEV_SIZES) {
+            assert_eq!(maglev_size(class), size);
+            assert!(size <= block && size > block / 2, "{size} in {block}");
+            block *= 2;
+        }
+        assert_eq!(maglev_size(9), 0);
+        const { assert!(svc_flags::MAGLEV_CLASS_MASK & (svc_flags::MAGLEV * 2 - 1) == 0) };
     }
 
     #[test]

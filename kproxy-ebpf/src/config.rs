@@ -36,3 +36,11 @@ pub fn socket_lb_in_scope(netns: u64) -> bool {
         | u64::from(part(config::SOCK_LB_NETNS_LO));
     want == 0 || want == netns
 }
+
+/// The load-balancing hash seed (`config::HASH_SEED_*`), folded to 32 bits for the flow
+/// hash; 0 until userspace set it.
+#[inline(always)]
+pub fn hash_seed() -> u32 {
+    let part = |i| CONFIG.get(i).copied().unwrap_or(0);
+    part(config::HASH_SEED_LO) ^ part(config::HASH_SEED_HI)
+}

@@ -2,11 +2,14 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use kproxy_common::{
-    AffinityKey, AffinityValue, Backend, LbCounter, ServiceKey, ServiceValue, backend_state,
-    svc_flags,
+    AffinityKey, AffinityMatchKey, AffinityValue, Backend, LbCounter, MAGLEV_CLASS_SHIFT,
+    MAGLEV_IDS_PER_BUCKET, ServiceKey, ServiceValue, backend_state, maglev_size, svc_flags,
 };
 
-use crate::maps::{AFFINITY, BACKEND_STATS, BACKENDS, SERVICES, SVC_STATS};
+use crate::{
+    config::hash_seed,
+    maps::{AFFINITY, AFFINITY_MATCH, BACKEND_STATS, BACKENDS, MAGLEV, SERVICES, SVC_STATS},
+};
 
 /// The frontend entry (slot 0) for an address/port/protocol, if it is a service.
 #[inline(always)]
@@ -32,7 +35,8 @@ pub fn backend(id: u32) -> Option<Backend> {
 }
 
 /// Picks a backend for a new flow: the client's affine backend if the service has ClientIP
-/// affinity and the entry is fresh and still active, else slot `1 + hash % count`.
+/// affinity and the entry is fresh and still active, else the Maglev table's entry
+/// `hash % size` (frontends flagged MAGLEV) or slot `1 + hash % count`.
 /// `client` identifies the client for affinity (address or netns cookie).
 #[inline(always)]
 pub fn select_backend(
@@ -61,7 +65,7 @@ pub fn select_backend(
             if now.wrapping_sub(a.last_used_ns) <= timeout_ns
                 && let Some(b) = backend(a.backend_id)
                 && b.state == backend_state::ACTIVE
-                && is_in_service(svc_addr, svc_port, proto, svc.count, a.backend_id)
+                && is_in_service(svc.revnat_id, a.backend_id)
             {
                 touch_affinity(&akey, a.backend_id, now);
                 return Some(Selected {
@@ -71,19 +75,35 @@ pub fn select_backend(
             }
         }
     }
-    #[expect(clippy::cast_possible_truncation, reason = "below count, a u16")]
-    let slot = 1 + (hash % u32::from(svc.count)) as u16;
-    let key = ServiceKey::new(svc_addr, svc_port, proto, slot);
-    // SAFETY: copied out immediately.
-    let slot_val = unsafe { SERVICES.get(key) }.copied()?;
-    let backend = backend(slot_val.backend_id)?;
+    let id = if svc.flags & svc_flags::MAGLEV != 0 {
+        maglev_pick(svc, hash)?
+    } else {
+        #[expect(clippy::cast_possible_truncation, reason = "below count, a u16")]
+        let slot = 1 + (hash % u32::from(svc.count)) as u16;
+        let key = ServiceKey::new(svc_addr, svc_port, proto, slot);
+        // SAFETY: copied out immediately.
+        unsafe { SERVICES.get(key) }.copied()?.backend_id
+    };
+    let backend = backend(id)?;
     if affinity {
-        touch_affinity(&akey, slot_val.backend_id, now);
+        touch_affinity(&akey, id, now);
     }
-    Some(Selected {
-        id: slot_val.backend_id,
-        backend,
-    })
+    Some(Selected { id, backend })
+}
+
+/// The backend id at entry `hash % size` of the frontend's Maglev table (which starts at
+/// entry `svc.backend_id` of the flat table array).
+#[inline(always)]
+fn maglev_pick(svc: &ServiceValue, hash: u32) -> Option<u32> {
+    let size = maglev_size((svc.flags >> MAGLEV_CLASS_SHIFT) & 0xf);
+    if size == 0 {
+        return None;
+    }
+    let entry = svc.backend_id.wrapping_add(hash % size);
+    let bucket = MAGLEV.get(entry / MAGLEV_IDS_PER_BUCKET)?;
+    let id = u32::from(bucket.ids[(entry % MAGLEV_IDS_PER_BUCKET) as usize & 3]);
+    // Id 0 is never a backend: an entry userspace did not write.
+    if id == 0 { None } else { Some(id) }
 }
 
 #[inline(always)]
@@ -96,26 +116,18 @@ fn touch_affinity(key: &AffinityKey, backend_id: u32, now: u64) {
     let _ = AFFINITY.insert(key, v, 0);
 }
 
-/// Whether `backend_id` still occupies one of the service's first slots. Affinity must not
-/// resurrect a backend that left the service, so this scans the (bounded) slot range.
+/// Whether `backend_id` is still an active backend of the frontend: affinity must not
+/// resurrect a backend that left the service. One lookup in the membership map userspace
+/// keeps for frontends with affinity, whatever the number of backends.
 #[inline(always)]
-fn is_in_service(addr: u32, port: u16, proto: u8, count: u16, backend_id: u32) -> bool {
-    let mut slot: u16 = 1;
-    // Bounded for the verifier; services with more backends fall back to hashing.
-    while slot <= 64 {
-        if slot > count {
-            return false;
-        }
-        let key = ServiceKey::new(addr, port, proto, slot);
-        // SAFETY: copied out immediately.
-        if let Some(v) = unsafe { SERVICES.get(key) }
-            && v.backend_id == backend_id
-        {
-            return true;
-        }
-        slot += 1;
-    }
-    false
+fn is_in_service(revnat_id: u16, backend_id: u32) -> bool {
+    let key = AffinityMatchKey {
+        backend_id,
+        revnat_id,
+        _pad: 0,
+    };
+    // SAFETY: only the presence is read.
+    unsafe { AFFINITY_MATCH.get(key) }.is_some()
 }
 
 /// Adds to a service's and a backend's counters.
@@ -139,10 +151,24 @@ pub fn count(revnat_id: u16, backend_id: u32, bytes: u64, packets: u64, new_flow
     }
 }
 
-/// A cheap, well-mixing 32-bit hash of a flow (a Jenkins-style finaliser over the tuple).
+/// A cheap, well-mixing 32-bit hash of a flow (a Jenkins-style finaliser over the tuple),
+/// keyed with the cluster's hash seed so a client cannot pick source ports that all land
+/// on one backend.
 #[inline(always)]
 pub fn flow_hash(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8) -> u32 {
-    let mut h = saddr ^ 0x9e37_79b9;
+    seeded_flow_hash(hash_seed(), saddr, daddr, sport, dport, proto)
+}
+
+#[inline(always)]
+pub fn seeded_flow_hash(
+    seed: u32,
+    saddr: u32,
+    daddr: u32,
+    sport: u16,
+    dport: u16,
+    proto: u8,
+) -> u32 {
+    let mut h = mix(saddr ^ seed ^ 0x9e37_79b9);
     h = mix(h ^ daddr);
     h = mix(h ^ ((u32::from(sport) << 16) | u32::from(dport)));
     mix(h ^ u32::from(proto))
@@ -165,7 +191,14 @@ mod tests {
     fn flow_hash_spreads_ports() {
         let mut buckets = [0u32; 3];
         for port in 1000u16..4000 {
-            let h = flow_hash(0x0102_0304, 0x0a60_000a, port.to_be(), 80u16.to_be(), 6);
+            let h = seeded_flow_hash(
+                0x5eed,
+                0x0102_0304,
+                0x0a60_000a,
+                port.to_be(),
+                80u16.to_be(),
+                6,
+            );
             buckets[(h % 3) as usize] += 1;
         }
         for b in buckets {

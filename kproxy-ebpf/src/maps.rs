@@ -5,10 +5,11 @@
 
 use aya_ebpf::maps::{Array, HashMap, LruHashMap, PerCpuArray};
 use kproxy_common::{
-    AffinityKey, AffinityValue, Backend, Counter, CtKey, CtValue, IFSTATS_LEN, LbCounter,
-    MAX_AFFINITY_ENTRIES, MAX_BACKENDS, MAX_CT_ENTRIES, MAX_L2_ENTRIES, MAX_SERVICE_SLOTS,
-    MAX_SERVICES, MAX_SOCK_REVNAT_ENTRIES, RevNat, ServiceKey, ServiceValue, SockRevNatKey,
-    SockRevNatValue, config, map_name,
+    AffinityKey, AffinityMatchKey, AffinityValue, Backend, Counter, CtKey, CtValue, IFSTATS_LEN,
+    LbCounter, MAGLEV_ENTRIES, MAGLEV_IDS_PER_BUCKET, MAX_AFFINITY_ENTRIES,
+    MAX_AFFINITY_MATCH_ENTRIES, MAX_BACKENDS, MAX_CT_ENTRIES, MAX_L2_ENTRIES, MAX_SERVICE_SLOTS,
+    MAX_SERVICES, MAX_SOCK_REVNAT_ENTRIES, MaglevBucket, RevNat, ServiceKey, ServiceValue,
+    SockRevNatKey, SockRevNatValue, config, map_name,
 };
 
 /// A `#[map]` static whose name is the first token: `map_name!(MAP_X => named_map! { .. })`.
@@ -65,4 +66,18 @@ map_name!(MAP_SVC_STATS => named_map! {
 
 map_name!(MAP_BACKEND_STATS => named_map! {
     pub static BACKEND_STATS: PerCpuArray<LbCounter> = PerCpuArray::pinned(MAX_BACKENDS, 0);
+});
+
+map_name!(MAP_MAGLEV => named_map! {
+    pub static MAGLEV: Array<MaglevBucket> =
+        Array::pinned(MAGLEV_ENTRIES / MAGLEV_IDS_PER_BUCKET, 0);
+});
+
+/// `BPF_F_NO_PREALLOC`: only frontends with ClientIP affinity have entries, so the memory
+/// follows use instead of the capacity.
+const BPF_F_NO_PREALLOC: u32 = 1;
+
+map_name!(MAP_AFFINITY_MATCH => named_map! {
+    pub static AFFINITY_MATCH: HashMap<AffinityMatchKey, u32> =
+        HashMap::pinned(MAX_AFFINITY_MATCH_ENTRIES, BPF_F_NO_PREALLOC);
 });

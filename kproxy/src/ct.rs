@@ -110,6 +110,20 @@ impl CtTable {
         Ok(stats)
     }
 
+    /// Deletes every entry (`kproxy ct-flush`): each established flow picks its backend
+    /// again with its next packet, as a fresh node would. Returns how many went.
+    pub fn flush(&mut self) -> Result<usize, MapError> {
+        let mut deleted = 0;
+        for (key, _) in self.entries()? {
+            match self.map.remove(&key) {
+                Ok(()) => deleted += 1,
+                Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(deleted)
+    }
+
     /// Live (unexpired) entries per revnat id, both directions counted.
     pub fn live_per_revnat(&self, now: u32) -> Result<BTreeMap<u16, u64>, MapError> {
         let mut out = BTreeMap::new();

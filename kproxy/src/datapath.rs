@@ -91,6 +91,17 @@ pub struct Datapath {
     bpffs_dir: PathBuf,
     /// Pod interfaces the pod program was attached to (see `pod_links`).
     pod_ifaces: std::collections::BTreeSet<String>,
+    /// Backend selection settings, set by `set_lb` (`maps.rs`).
+    lb: LbSettings,
+}
+
+/// The default algorithm and hash seed the syncer plans with.
+#[derive(Clone, Copy, Debug, Default)]
+struct LbSettings {
+    default: crate::model::LbAlgorithm,
+    seed: u64,
+    /// The pinned Maglev tables were generated from `seed`.
+    tables_valid: bool,
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, DatapathError>

@@ -5,6 +5,7 @@
 pub mod ct;
 pub mod datapath;
 pub mod ebpf_log;
+pub mod maglev;
 pub mod manifest;
 pub mod metrics;
 pub mod model;

@@ -53,6 +53,9 @@ enum Command {
         #[arg(long)]
         maps: bool,
     },
+    /// Delete every connection tracking entry (Cilium's `bpf ct flush`): established flows
+    /// pick a backend again with their next packet.
+    CtFlush,
     /// Switch the eBPF debug events of a running kproxy on or off.
     Debug {
         #[arg(value_enum)]
@@ -95,6 +98,11 @@ async fn main() -> Result<()> {
                 let _ = std::fs::remove_file(kproxy::names::names_path(&cli.bpffs));
             }
             println!("removed {n} pinned objects from {}", cli.bpffs.display());
+            Ok(())
+        }
+        Command::CtFlush => {
+            let n = kproxy::ct::CtTable::open(&cli.bpffs)?.flush()?;
+            println!("deleted {n} connection tracking entries");
             Ok(())
         }
         Command::Debug { state } => {

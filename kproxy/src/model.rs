@@ -24,6 +24,9 @@ pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-
 /// Set on EndpointSlices by the endpoint controller: when the change that produced this
 /// version of the slice happened (a pod turning ready, ...).
 pub const TRIGGER_TIME_ANNOTATION: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+/// Chooses a Service's backend selection for external traffic, `maglev` or `random`
+/// (Cilium's `service.cilium.io/lb-algorithm`); absent, kproxy's `--lb-algorithm` decides.
+pub const LB_ALGORITHM_ANNOTATION: &str = "kproxy.io/lb-algorithm";
 /// Kubernetes' default ClientIP affinity timeout (3 hours).
 pub const DEFAULT_AFFINITY_TIMEOUT_S: u32 = 10_800;
 
@@ -71,6 +74,29 @@ impl fmt::Display for Proto {
             Self::Tcp => "TCP",
             Self::Udp => "UDP",
         })
+    }
+}
+
+/// How new external flows pick a backend (ClusterIP frontends always use `Random`: socket-LB
+/// picks once per connect, where consistency across nodes buys nothing).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LbAlgorithm {
+    /// Slot `1 + hash % count`: any backend change remaps most flows without a CT entry.
+    #[default]
+    Random,
+    /// The frontend's Maglev table: a backend change moves only the flows it must.
+    Maglev,
+}
+
+impl std::str::FromStr for LbAlgorithm {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "random" => Ok(Self::Random),
+            "maglev" => Ok(Self::Maglev),
+            other => Err(format!("{other:?}: expected maglev or random")),
+        }
     }
 }
 
@@ -141,6 +167,9 @@ pub struct Frontend {
     pub affinity_timeout_s: u32,
     /// Every backend the datapath must know, active and terminating.
     pub backends: BTreeMap<BackendAddr, BackendState>,
+    /// The Service's `kproxy.io/lb-algorithm`; `None`: the proxy's default. Only external
+    /// frontends use it.
+    pub algorithm: Option<LbAlgorithm>,
 }
 
 impl Frontend {
@@ -276,7 +305,7 @@ fn strip_meta(meta: &mut ObjectMeta) {
 pub fn compact_service(svc: &mut Service) {
     let meta = &mut svc.metadata;
     strip_meta(meta);
-    meta.annotations = None;
+    retain_keys(&mut meta.annotations, LB_ALGORITHM_ANNOTATION);
     retain_keys(&mut meta.labels, SERVICE_PROXY_NAME_LABEL);
     if let Some(spec) = &mut svc.spec {
         spec.selector = None;
@@ -368,6 +397,24 @@ fn add_service(
         (0, 0)
     };
 
+    let algorithm = match svc
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(LB_ALGORITHM_ANNOTATION))
+    {
+        None => None,
+        Some(value) => match value.parse::<LbAlgorithm>() {
+            Ok(a) => Some(a),
+            Err(err) => {
+                out.problems.push(format!(
+                    "annotation {LB_ALGORITHM_ANNOTATION}: {err}; using kproxy's default"
+                ));
+                None
+            }
+        },
+    };
+
     let cluster_ip = spec
         .cluster_ip
         .as_deref()
@@ -427,6 +474,7 @@ fn add_service(
                         flags: flags | affinity,
                         affinity_timeout_s: timeout,
                         backends: backends.clone(),
+                        algorithm,
                     });
                 }
                 Entry::Occupied(e) => out.problems.push(format!(

@@ -68,6 +68,22 @@ pub struct DatapathOpts {
     /// deleted; the datapath already treats them as gone).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub ct_gc_interval: u64,
+    /// How new external flows (LoadBalancer IPs, externalIPs, NodePorts) pick a backend
+    /// when the Service has no `kproxy.io/lb-algorithm` annotation: `random` (hash of the
+    /// flow modulo the backends) or `maglev` (consistent hashing: a backend change moves
+    /// only the flows it must; a lookup table of ≥ 1,600 entries per backend).
+    #[arg(long, default_value = "random", value_parser = parse_algorithm)]
+    pub lb_algorithm: kproxy::model::LbAlgorithm,
+    /// The cluster's load-balancing hash seed (any string; the same on every node, like
+    /// Cilium's maglev-hash-seed): flows hash alike on every node and Maglev tables are
+    /// identical. Without it, a random seed is chosen on the first start and kept with the
+    /// pinned maps.
+    #[arg(long)]
+    pub lb_hash_seed: Option<String>,
+}
+
+fn parse_algorithm(s: &str) -> Result<kproxy::model::LbAlgorithm, String> {
+    s.parse()
 }
 
 /// Where socket-LB applies (`--socket-lb-scope`).
@@ -137,6 +153,13 @@ pub async fn bring_up(bpffs: &Path, opts: &DatapathOpts) -> Result<Running> {
         .context("setting debug events")?;
     dp.set_lb_in_tc(opts.lb_mode == LbMode::Tc)
         .context("setting the LB mode")?;
+    let cluster_seed = opts
+        .lb_hash_seed
+        .as_deref()
+        .map(|s| kproxy::maglev::hash64(0, s.as_bytes()));
+    dp.set_lb(opts.lb_algorithm, cluster_seed)
+        .context("setting the load-balancing hash seed")?;
+    tracing::info!(lb_algorithm = ?opts.lb_algorithm, seed_given = cluster_seed.is_some(), "backend selection");
     let mut uplink_ips = Vec::new();
     if let Some(uplink) = &opts.uplink {
         let mode = dp

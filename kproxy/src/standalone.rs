@@ -65,6 +65,13 @@ impl Reconciler {
             }
         };
         let planned = started.elapsed();
+        for frontend in self.syncer.maglev_fallbacks() {
+            tracing::warn!(
+                %frontend,
+                max_entries = kproxy_common::MAGLEV_ENTRIES,
+                "no room for its Maglev table (the array is full): new flows pick a random backend"
+            );
+        }
         if let Err(err) = dp.apply(&ops) {
             // Partially applied: the syncer assumed success, so resynchronise it from the
             // maps themselves.

@@ -124,6 +124,8 @@ pub struct Svc {
     pub node_port: Option<u16>,
     pub affinity: bool,
     pub endpoints: Vec<Ep>,
+    /// Service annotations (key, value), e.g. `kproxy.io/lb-algorithm`.
+    pub annotations: Vec<(String, String)>,
 }
 
 impl Svc {
@@ -137,6 +139,7 @@ impl Svc {
             node_port: None,
             affinity: false,
             endpoints,
+            annotations: Vec::new(),
         }
     }
 
@@ -154,11 +157,17 @@ impl Svc {
                 .map(|p| format!(", nodePort: {}", p + off))
                 .unwrap_or_default()
         };
+        let annotations: Vec<String> = self
+            .annotations
+            .iter()
+            .map(|(k, v)| format!("{k:?}: {v:?}"))
+            .collect();
         let _ = write!(
             out,
-            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {n}, namespace: default}}\n\
-             spec:\n  type: {ty}\n  clusterIP: {ip}\n",
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {n}, namespace: default, \
+             annotations: {{{a}}}}}\nspec:\n  type: {ty}\n  clusterIP: {ip}\n",
             n = self.name,
+            a = annotations.join(", "),
             ip = self.cluster_ip
         );
         if let Some(e) = self.external_ip {
@@ -434,4 +443,49 @@ pub fn kproxy_dump(bpffs: &Path) -> Vec<serde_json::Value> {
         .as_array()
         .cloned()
         .unwrap_or_default()
+}
+
+/// Sends one UDP datagram from each source port `from_port..from_port + count` of `cmd`'s
+/// host to `target` (`kpt-net udp-flows`): the backend name that answered each flow, in
+/// port order. The same call later repeats the same 5-tuples.
+#[must_use]
+pub fn udp_flow_backends(
+    mut cmd: Command,
+    target: &str,
+    from_port: u16,
+    count: usize,
+) -> Vec<String> {
+    let out = cmd
+        .args(["udp-flows", target, "--from-port", &from_port.to_string()])
+        .args(["--count", &count.to_string()])
+        .output()
+        .expect("run kpt-net udp-flows");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "udp-flows output: {e}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    assert_eq!(v["lost"], 0, "flows without an answer: {}", v["lost"]);
+    v["names"]
+        .as_array()
+        .expect("names")
+        .iter()
+        .map(|n| n.as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// How many flows answered from another backend in `after` than in `before`.
+#[must_use]
+pub fn flows_moved(before: &[String], after: &[String]) -> usize {
+    before.iter().zip(after).filter(|(b, a)| b != a).count()
+}
+
+/// Deletes kproxy's connection tracking entries (`kproxy ct-flush`), so the next packet of
+/// every flow is balanced afresh, as on a node that never saw it.
+pub fn flush_ct(bpffs: &Path) {
+    sh(Command::new(crate::bin("kproxy"))
+        .arg("--bpffs")
+        .arg(bpffs)
+        .arg("ct-flush"));
 }

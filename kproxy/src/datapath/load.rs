@@ -64,6 +64,7 @@ impl Datapath {
             ebpf,
             bpffs_dir: bpffs_dir.to_path_buf(),
             pod_ifaces: std::collections::BTreeSet::new(),
+            lb: super::LbSettings::default(),
         })
     }
 }
@@ -140,6 +141,8 @@ mod tests {
             abi::MAP_SVC_STATS,
             abi::MAP_BACKEND_STATS,
             abi::MAP_SCRATCH,
+            abi::MAP_MAGLEV,
+            abi::MAP_AFFINITY_MATCH,
             // aya-log's ring buffer (its name is aya-log's, not ours).
             "AYA_LOGS",
         ]);

@@ -1,10 +1,10 @@
 //! Runtime configuration (the config map the programs read per packet) and the
 //! load-balancer maps: applying planned operations, reading them back after a restart.
 
-use aya::maps::{HashMap, MapData};
+use aya::maps::{Array, HashMap, MapData};
 use kproxy_common::{
-    Backend, MAP_BACKENDS, MAP_CONFIG, MAP_L2, MAP_REVNAT, MAP_SERVICES, RevNat, ServiceKey,
-    ServiceValue, config,
+    AffinityMatchKey, Backend, MAP_AFFINITY_MATCH, MAP_BACKENDS, MAP_CONFIG, MAP_L2, MAP_MAGLEV,
+    MAP_REVNAT, MAP_SERVICES, MaglevBucket, RevNat, ServiceKey, ServiceValue, config,
 };
 
 use super::{Datapath, DatapathError};
@@ -55,12 +55,73 @@ impl Datapath {
         self.set_config(config::LB_IN_TC, u32::from(on))
     }
 
+    /// The load-balancing hash seed: `cluster_seed` (`--lb-hash-seed`, the same on every
+    /// node), else the one a previous kproxy kept in the pinned config map, else a new
+    /// random one. It is stored in the config map (the flow hash reads it per packet) and
+    /// remembered with `default` for [`Datapath::restore_syncer`]. Kept across restarts
+    /// because a new seed would move every flow without a CT entry and make every Maglev
+    /// table be written again.
+    pub fn set_lb(
+        &mut self,
+        default: crate::model::LbAlgorithm,
+        cluster_seed: Option<u64>,
+    ) -> Result<u64, DatapathError> {
+        let stored = {
+            let map = self
+                .ebpf
+                .map(MAP_CONFIG)
+                .ok_or(DatapathError::MissingMap(MAP_CONFIG))?;
+            let arr =
+                Array::<&MapData, u32>::try_from(map).map_err(|source| DatapathError::Map {
+                    name: MAP_CONFIG,
+                    source,
+                })?;
+            let part = |i| arr.get(&i, 0).unwrap_or(0);
+            (u64::from(part(config::HASH_SEED_HI)) << 32) | u64::from(part(config::HASH_SEED_LO))
+        };
+        let seed = match cluster_seed {
+            Some(seed) => seed,
+            None if stored != 0 => stored,
+            None => loop {
+                let seed = rand::random::<u64>();
+                if seed != 0 {
+                    break seed;
+                }
+            },
+        };
+        if seed != stored {
+            #[expect(clippy::cast_possible_truncation, reason = "the seed's low 32 bits")]
+            let lo = seed as u32;
+            self.set_config(config::HASH_SEED_LO, lo)?;
+            self.set_config(config::HASH_SEED_HI, (seed >> 32) as u32)?;
+        }
+        self.lb = super::LbSettings {
+            default,
+            seed,
+            tables_valid: seed == stored,
+        };
+        Ok(seed)
+    }
+
     /// Applies planned map operations in order.
     pub fn apply(&mut self, ops: &[MapOp]) -> Result<(), DatapathError> {
-        let [svc, be, rn, l2] =
-            self.ebpf
-                .maps_disjoint_mut([MAP_SERVICES, MAP_BACKENDS, MAP_REVNAT, MAP_L2]);
+        let [svc, be, rn, l2, mg, am] = self.ebpf.maps_disjoint_mut([
+            MAP_SERVICES,
+            MAP_BACKENDS,
+            MAP_REVNAT,
+            MAP_L2,
+            MAP_MAGLEV,
+            MAP_AFFINITY_MATCH,
+        ]);
         let map_err = |name| move |source| DatapathError::Map { name, source };
+        let mut maglev = Array::<&mut MapData, MaglevBucket>::try_from(
+            mg.ok_or(DatapathError::MissingMap(MAP_MAGLEV))?,
+        )
+        .map_err(map_err(MAP_MAGLEV))?;
+        let mut members = HashMap::<&mut MapData, AffinityMatchKey, u32>::try_from(
+            am.ok_or(DatapathError::MissingMap(MAP_AFFINITY_MATCH))?,
+        )
+        .map_err(map_err(MAP_AFFINITY_MATCH))?;
         let mut services = HashMap::<&mut MapData, ServiceKey, ServiceValue>::try_from(
             svc.ok_or(DatapathError::MissingMap(MAP_SERVICES))?,
         )
@@ -101,6 +162,15 @@ impl Datapath {
                 MapOp::DeleteL2 { addr } => {
                     ignore_missing(l2.remove(addr)).map_err(map_err(MAP_L2))?;
                 }
+                MapOp::PutMaglev { bucket, value } => {
+                    maglev.set(*bucket, value, 0).map_err(map_err(MAP_MAGLEV))?;
+                }
+                MapOp::PutAffinityMatch { key } => members
+                    .insert(key, 1, 0)
+                    .map_err(map_err(MAP_AFFINITY_MATCH))?,
+                MapOp::DeleteAffinityMatch { key } => {
+                    ignore_missing(members.remove(key)).map_err(map_err(MAP_AFFINITY_MATCH))?;
+                }
             }
         }
         Ok(())
@@ -110,7 +180,27 @@ impl Datapath {
     /// previous kproxy wrote), so the next plan rewrites nothing that is right already.
     pub fn restore_syncer(&self) -> Result<crate::sync::Syncer, DatapathError> {
         let (s, b, r) = self.read_lb_maps()?;
-        Ok(crate::sync::Syncer::from_maps(s, b, r).with_l2(self.read_l2()?))
+        Ok(crate::sync::Syncer::from_maps(s, b, r)
+            .with_l2(self.read_l2()?)
+            .with_affinity_match(self.read_affinity_match()?)
+            .with_lb(self.lb.default, self.lb.seed, self.lb.tables_valid))
+    }
+
+    /// The affinity membership entries.
+    fn read_affinity_match(&self) -> Result<Vec<AffinityMatchKey>, DatapathError> {
+        let map_err = |source| DatapathError::Map {
+            name: MAP_AFFINITY_MATCH,
+            source,
+        };
+        let map = self
+            .ebpf
+            .map(MAP_AFFINITY_MATCH)
+            .ok_or(DatapathError::MissingMap(MAP_AFFINITY_MATCH))?;
+        HashMap::<&MapData, AffinityMatchKey, u32>::try_from(map)
+            .map_err(map_err)?
+            .keys()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_err)
     }
 
     /// The announced LoadBalancer IPs (network byte order).

@@ -103,6 +103,9 @@ struct NodeProxy {
     /// Services with a frontend another Service still holds: re-planned when frontends
     /// are freed.
     conflicted: BTreeSet<String>,
+    /// Services with a frontend degraded to the random pick for lack of Maglev table
+    /// room: re-planned when a plan frees table blocks.
+    maglev_waiting: BTreeSet<String>,
     claims: Claims,
     /// Slice change trigger times waiting for their Service's map write.
     triggers: HashMap<String, Vec<SystemTime>>,
@@ -157,6 +160,7 @@ pub async fn run(bpffs: &Path, opts: Opts) -> Result<()> {
         base_node_ips,
         dirty: BTreeSet::new(),
         conflicted: BTreeSet::new(),
+        maglev_waiting: BTreeSet::new(),
         claims: Claims::default(),
         triggers: HashMap::new(),
         reported: HashMap::new(),

@@ -186,6 +186,25 @@ impl NodeProxy {
                 } else {
                     self.conflicted.insert(key.to_string());
                 }
+                for frontend in &plan.maglev_fallbacks {
+                    problems.push((
+                        "MaglevTableFull",
+                        format!(
+                            "no room for the Maglev table of frontend {frontend} (the datapath holds {} Maglev entries in all): new flows pick a random backend",
+                            kproxy_common::MAGLEV_ENTRIES
+                        ),
+                    ));
+                }
+                if plan.maglev_fallbacks.is_empty() {
+                    self.maglev_waiting.remove(key);
+                } else {
+                    self.maglev_waiting.insert(key.to_string());
+                }
+                if plan.maglev_freed {
+                    // Table room came free: Services degraded to the random pick retry.
+                    self.dirty
+                        .extend(self.maglev_waiting.iter().filter(|s| *s != key).cloned());
+                }
                 (plan.ops, plan.released)
             }
             Err(err) => {

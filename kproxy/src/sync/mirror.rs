@@ -78,6 +78,28 @@ impl Syncer {
             MapOp::DeleteL2 { addr } => {
                 self.l2.remove(&addr);
             }
+            // Tables are tracked per frontend by the planner, not entry by entry.
+            MapOp::PutMaglev { .. } => {}
+            MapOp::PutAffinityMatch { key } => {
+                if self
+                    .affinity_match
+                    .entry(key.revnat_id)
+                    .or_default()
+                    .insert(key.backend_id)
+                {
+                    self.affinity_match_entries += 1;
+                }
+            }
+            MapOp::DeleteAffinityMatch { key } => {
+                if let Some(ids) = self.affinity_match.get_mut(&key.revnat_id) {
+                    if ids.remove(&key.backend_id) {
+                        self.affinity_match_entries -= 1;
+                    }
+                    if ids.is_empty() {
+                        self.affinity_match.remove(&key.revnat_id);
+                    }
+                }
+            }
         }
     }
 }

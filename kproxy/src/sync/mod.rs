@@ -9,10 +9,13 @@
 //! (yet, or any more):
 //!
 //! 1. backends that are new or whose state changed;
-//! 2. revnat entries of new frontends;
-//! 3. per new or changed frontend: backend slots, then slot 0 (which publishes the count),
-//!    then the slots beyond the new count;
-//! 4. removed frontends: slot 0 first (which unpublishes it), its slots, its revnat entry;
+//! 2. revnat entries of new frontends; affinity membership entries that go;
+//! 3. per new or changed frontend: backend slots, a new Maglev table (in a free block: the
+//!    live one is never rewritten), then slot 0 (which publishes the count and the table),
+//!    then the slots beyond the new count; the old table's block is free after the plan;
+//!    then new affinity membership entries;
+//! 4. removed frontends: slot 0 first (which unpublishes it), its slots, its affinity
+//!    membership, its revnat entry;
 //! 5. backends nothing references any more.
 //!
 //! Ids are freed only after the plan that deletes them, so a plan never reuses an id that an
@@ -30,13 +33,19 @@ mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use kproxy_common::{Backend, MAX_BACKENDS, MAX_SERVICES, RevNat, ServiceKey, ServiceValue};
+use kproxy_common::{
+    AffinityMatchKey, Backend, MAX_BACKENDS, MAX_SERVICES, MaglevBucket, RevNat, ServiceKey,
+    ServiceValue,
+};
 
 pub use self::codec::{
     backend_value, decode_backend, decode_service_key, revnat_value, service_key,
 };
 use self::ids::IdAlloc;
-use crate::model::{BackendAddr, BackendState, Frontend, FrontendKey};
+use crate::{
+    maglev::BlockAlloc,
+    model::{BackendAddr, BackendState, Frontend, FrontendKey, LbAlgorithm},
+};
 
 // Revnat ids are u16 in the maps' values: every id below MAX_SERVICES must fit.
 const _: () = assert!(MAX_SERVICES <= u16::MAX as u32 + 1);
@@ -72,6 +81,17 @@ pub enum MapOp {
     DeleteL2 {
         addr: u32,
     },
+    /// Four entries of the flat Maglev table array.
+    PutMaglev {
+        bucket: u32,
+        value: MaglevBucket,
+    },
+    PutAffinityMatch {
+        key: AffinityMatchKey,
+    },
+    DeleteAffinityMatch {
+        key: AffinityMatchKey,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -90,6 +110,8 @@ pub enum SyncError {
     TooManySlots { needed: usize, max: u32 },
     #[error("{needed} LoadBalancer IPs to announce, the datapath announces at most {max}")]
     TooManyAnnounced { needed: usize, max: u32 },
+    #[error("{needed} affinity membership entries needed, the datapath holds {max}")]
+    TooManyAffinityMembers { needed: usize, max: u32 },
 }
 
 /// What the maps hold, and which ids belong to which frontend and backend.
@@ -120,6 +142,45 @@ pub struct Syncer {
     /// Addresses in the L2 announcement map (network byte order): an address is there
     /// while a programmed LoadBalancer-IP frontend uses it.
     l2: BTreeSet<u32>,
+    /// The algorithm of frontends whose Service does not choose one (`--lb-algorithm`).
+    lb_default: LbAlgorithm,
+    /// The cluster's hash seed the Maglev tables are generated from.
+    seed: u64,
+    /// The Maglev table each frontend's slot 0 publishes.
+    tables: BTreeMap<FrontendKey, Table>,
+    maglev_alloc: BlockAlloc,
+    /// The affinity membership map: revnat id → backend ids.
+    affinity_match: BTreeMap<u16, BTreeSet<u32>>,
+    affinity_match_entries: usize,
+    /// Frontends that should use Maglev but pick at random: the table array had no room
+    /// for their table when they were last planned.
+    maglev_fallbacks: BTreeSet<FrontendKey>,
+}
+
+/// A Maglev table in the flat array.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Table {
+    /// First entry.
+    offset: u32,
+    /// Size class (`kproxy_common::MAGLEV_SIZES`).
+    class: u8,
+    /// What it was generated from ([`table_fingerprint`]); 0 when unknown (restored under
+    /// another seed), which never matches.
+    fingerprint: u64,
+}
+
+/// A digest of everything a Maglev table's content depends on: the seed, the size and the
+/// active backends with their ids.
+fn table_fingerprint(seed: u64, class: u8, active: &[(BackendAddr, u32)]) -> u64 {
+    let mut bytes = Vec::with_capacity(1 + active.len() * 11);
+    bytes.push(class);
+    for (addr, id) in active {
+        bytes.extend_from_slice(&addr.addr.octets());
+        bytes.extend_from_slice(&addr.port.to_be_bytes());
+        bytes.push(addr.proto.ip_proto());
+        bytes.extend_from_slice(&id.to_be_bytes());
+    }
+    crate::maglev::hash64(seed, &bytes) | 1
 }
 
 /// A programmed frontend.
@@ -149,6 +210,11 @@ pub struct ServicePlan {
     pub conflicts: Vec<Conflict>,
     /// How many frontends the service gave up (another service may now claim them).
     pub released: usize,
+    /// Frontends of the service that should use Maglev but got no table (the array is
+    /// full): they pick backends at random until a plan finds room.
+    pub maglev_fallbacks: Vec<FrontendKey>,
+    /// The plan freed Maglev table blocks: a service waiting for room may get it now.
+    pub maglev_freed: bool,
 }
 
 /// A frontend two services claim.
@@ -183,7 +249,36 @@ impl Syncer {
             owned: BTreeMap::new(),
             backend_refs: BTreeMap::new(),
             l2: BTreeSet::new(),
+            lb_default: LbAlgorithm::Random,
+            seed: 0,
+            tables: BTreeMap::new(),
+            maglev_alloc: BlockAlloc::new(),
+            affinity_match: BTreeMap::new(),
+            affinity_match_entries: 0,
+            maglev_fallbacks: BTreeSet::new(),
         }
+    }
+
+    /// The default algorithm and the hash seed. Restored Maglev tables are kept only if
+    /// `tables_valid` (the maps were written under this seed); otherwise the next plan
+    /// writes each one again.
+    #[must_use]
+    pub fn with_lb(mut self, default: LbAlgorithm, seed: u64, tables_valid: bool) -> Self {
+        self.lb_default = default;
+        self.seed = seed;
+        self.restore_tables(tables_valid);
+        self
+    }
+
+    /// Frontends that should use Maglev but pick at random for lack of table room.
+    pub fn maglev_fallbacks(&self) -> impl Iterator<Item = &FrontendKey> {
+        self.maglev_fallbacks.iter()
+    }
+
+    /// Whether a frontend balances new flows with Maglev.
+    fn uses_maglev(&self, frontend: &Frontend) -> bool {
+        frontend.flags & kproxy_common::svc_flags::EXTERNAL != 0
+            && frontend.algorithm.unwrap_or(self.lb_default) == LbAlgorithm::Maglev
     }
 
     /// Number of service map entries (frontends and their backend slots).

@@ -9,15 +9,38 @@ use std::{
 };
 
 use kproxy_common::{
-    MAX_BACKENDS, MAX_L2_ENTRIES, MAX_SERVICE_SLOTS, MAX_SERVICES, ServiceValue, svc_flags,
+    AffinityMatchKey, MAGLEV_CLASS_SHIFT, MAGLEV_IDS_PER_BUCKET, MAX_AFFINITY_MATCH_ENTRIES,
+    MAX_BACKENDS, MAX_L2_ENTRIES, MAX_SERVICE_SLOTS, MAX_SERVICES, MaglevBucket, ServiceValue,
+    svc_flags,
 };
 
 use super::{
-    Changes, Conflict, MapOp, Programmed, ServicePlan, SyncError, Syncer,
+    Changes, Conflict, MapOp, Programmed, ServicePlan, SyncError, Syncer, Table,
     codec::{backend_value, revnat_value, service_key},
-    ref_index,
+    ref_index, table_fingerprint,
 };
-use crate::model::{BackendAddr, BackendState, DesiredState, Frontend, FrontendKey, Proto};
+use crate::{
+    maglev::{self, BlockAlloc},
+    model::{BackendAddr, BackendState, DesiredState, Frontend, FrontendKey, Proto},
+};
+
+/// The ops that write a Maglev table for `active` (backend, id) at entry `offset`.
+fn table_ops(seed: u64, class: u8, offset: u32, active: &[(BackendAddr, u32)]) -> Vec<MapOp> {
+    let addrs: Vec<BackendAddr> = active.iter().map(|(addr, _)| *addr).collect();
+    let entries = maglev::table(seed, &addrs, maglev::size_of_class(class));
+    entries
+        .chunks(MAGLEV_IDS_PER_BUCKET as usize)
+        .zip(offset / MAGLEV_IDS_PER_BUCKET..)
+        .map(|(chunk, bucket)| {
+            let mut value = MaglevBucket::default();
+            for (slot, entry) in value.ids.iter_mut().zip(chunk) {
+                // Ids are below MAX_BACKENDS, which fits a u16 (checked in kproxy-common).
+                *slot = u16::try_from(active[*entry as usize].1).unwrap_or(0);
+            }
+            MapOp::PutMaglev { bucket, value }
+        })
+        .collect()
+}
 
 impl Syncer {
     /// Ops that turn the current maps into `desired` (every frontend of every service), in
@@ -72,11 +95,19 @@ impl Syncer {
                 released += 1;
             }
         }
+        let free_before = self.maglev_alloc.clone();
         let ops = self.plan_changes(&changes, false)?;
+        let maglev_fallbacks = changes
+            .keys()
+            .filter(|key| self.maglev_fallbacks.contains(key))
+            .copied()
+            .collect();
         Ok(ServicePlan {
             ops,
             conflicts,
             released,
+            maglev_fallbacks,
+            maglev_freed: self.maglev_alloc.frees_of(&free_before),
         })
     }
 
@@ -239,14 +270,77 @@ impl Syncer {
             }
         }
 
+        // 2b. Affinity membership: backends that left a frontend go first (an affine client
+        // must not be sent back to them); new members follow their slots (after 3).
+        let mut members_after = self.affinity_match_entries;
+        let mut member_puts = Vec::new();
+        for (key, want) in changes {
+            let Some(revnat_id) = revnat_of(key) else {
+                continue;
+            };
+            let want_ids: BTreeSet<u32> = match want {
+                Some((_, fe)) if fe.flags & svc_flags::AFFINITY != 0 => {
+                    fe.active().filter_map(backend_of).collect()
+                }
+                _ => BTreeSet::new(),
+            };
+            let have = self.affinity_match.get(&revnat_id);
+            for id in have.into_iter().flatten() {
+                if !want_ids.contains(id) {
+                    ops.push(MapOp::DeleteAffinityMatch {
+                        key: member_key(revnat_id, *id),
+                    });
+                    members_after -= 1;
+                }
+            }
+            for id in want_ids {
+                if !have.is_some_and(|h| h.contains(&id)) {
+                    member_puts.push(MapOp::PutAffinityMatch {
+                        key: member_key(revnat_id, id),
+                    });
+                    members_after += 1;
+                }
+            }
+        }
+        if sweep {
+            // Entries of revnat ids no frontend has (a crash between writes).
+            let live: BTreeSet<u16> = self.revnat_ids.values().copied().collect();
+            for (revnat_id, ids) in &self.affinity_match {
+                if !live.contains(revnat_id) && !new_revnat_ids.values().any(|id| id == revnat_id) {
+                    for id in ids {
+                        ops.push(MapOp::DeleteAffinityMatch {
+                            key: member_key(*revnat_id, *id),
+                        });
+                        members_after -= 1;
+                    }
+                }
+            }
+        }
+        if members_after > MAX_AFFINITY_MATCH_ENTRIES as usize {
+            return Err(SyncError::TooManyAffinityMembers {
+                needed: members_after,
+                max: MAX_AFFINITY_MATCH_ENTRIES,
+            });
+        }
+
         // 3. New and changed frontends.
+        let mut maglev_alloc: BlockAlloc = self.maglev_alloc.clone();
+        let mut new_tables: BTreeMap<FrontendKey, Table> = BTreeMap::new();
+        // Frontends whose current table is replaced or dropped: freed after the plan.
+        let mut dropped_tables: Vec<FrontendKey> = Vec::new();
+        // Frontends that want a table the array has no room for: they pick at random.
+        let mut fallbacks: BTreeSet<FrontendKey> = BTreeSet::new();
         let no_slots = BTreeMap::new();
         for (key, want) in changes {
             let (Some((_, frontend)), Some(revnat_id)) = (want, revnat_of(key)) else {
                 continue;
             };
             let current = self.services.get(key).unwrap_or(&no_slots);
-            let ids: Vec<u32> = frontend.active().filter_map(backend_of).collect();
+            let active: Vec<(BackendAddr, u32)> = frontend
+                .active()
+                .filter_map(|addr| Some((*addr, backend_of(addr)?)))
+                .collect();
+            let ids: Vec<u32> = active.iter().map(|(_, id)| *id).collect();
             let count = u16::try_from(ids.len()).map_err(|_| SyncError::TooManyActiveBackends {
                 frontend: *key,
                 count: ids.len(),
@@ -272,7 +366,40 @@ impl Syncer {
                     });
                 }
             }
-            let slot0 = ServiceValue { count, ..base };
+            let mut slot0 = ServiceValue { count, ..base };
+            if count > 0 && self.uses_maglev(frontend) {
+                let class = maglev::size_class(active.len());
+                let fingerprint = table_fingerprint(self.seed, class, &active);
+                let table = match self.tables.get(key) {
+                    Some(t) if t.class == class && t.fingerprint == fingerprint => Some(*t),
+                    old => {
+                        if old.is_some() {
+                            dropped_tables.push(*key);
+                        }
+                        // A full array degrades this frontend to the random pick rather
+                        // than failing the whole plan; a later plan retries.
+                        maglev_alloc.alloc(class).map(|offset| {
+                            ops.extend(table_ops(self.seed, class, offset, &active));
+                            let t = Table {
+                                offset,
+                                class,
+                                fingerprint,
+                            };
+                            new_tables.insert(*key, t);
+                            t
+                        })
+                    }
+                };
+                if let Some(table) = table {
+                    slot0.backend_id = table.offset;
+                    slot0.flags |=
+                        svc_flags::MAGLEV | (u32::from(table.class) << MAGLEV_CLASS_SHIFT);
+                } else {
+                    fallbacks.insert(*key);
+                }
+            } else if self.tables.contains_key(key) {
+                dropped_tables.push(*key);
+            }
             if current.get(&0) != Some(&slot0) {
                 ops.push(MapOp::PutService {
                     key: service_key(key, 0),
@@ -289,6 +416,9 @@ impl Syncer {
                 });
             }
         }
+
+        // New affinity members once their slots are published.
+        ops.extend(member_puts);
 
         // 4. Removed frontends: unpublish (slot 0), then the slots, then the revnat entry.
         let mut deleted_revnats = BTreeSet::new();
@@ -307,6 +437,9 @@ impl Syncer {
                         key: service_key(key, *slot),
                     });
                 }
+            }
+            if self.tables.contains_key(key) {
+                dropped_tables.push(*key);
             }
             if let Some(id) = self.revnat_ids.get(key)
                 && self.revnats.contains_key(id)
@@ -423,6 +556,18 @@ impl Syncer {
         for op in &ops {
             self.apply(op);
         }
+        // Slot 0s point to the new tables now: the old blocks can be reused by later plans.
+        self.maglev_alloc = maglev_alloc;
+        for key in dropped_tables {
+            if let Some(t) = self.tables.remove(&key) {
+                self.maglev_alloc.release(t.offset, t.class);
+            }
+        }
+        self.tables.extend(new_tables);
+        for key in changes.keys() {
+            self.maglev_fallbacks.remove(key);
+        }
+        self.maglev_fallbacks.extend(fallbacks);
         let mut dropped_revnats = Vec::new();
         for (key, want) in changes {
             if want.is_none()
@@ -497,5 +642,13 @@ impl Syncer {
             }
         }
         Ok(ops)
+    }
+}
+
+fn member_key(revnat_id: u16, backend_id: u32) -> AffinityMatchKey {
+    AffinityMatchKey {
+        backend_id,
+        revnat_id,
+        _pad: 0,
     }
 }

@@ -3,10 +3,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use kproxy_common::{
-    Backend, MAX_BACKENDS, MAX_SERVICES, RevNat, ServiceKey, ServiceValue, svc_flags,
+    AffinityMatchKey, Backend, MAGLEV_CLASS_SHIFT, MAX_BACKENDS, MAX_SERVICES, RevNat, ServiceKey,
+    ServiceValue, svc_flags,
 };
 
-use super::{IdAlloc, Programmed, Syncer, codec::decode_backend, ref_index};
+use super::{
+    IdAlloc, Programmed, Syncer, Table, codec::decode_backend, ref_index, table_fingerprint,
+};
 use crate::model::{BackendState, Frontend, FrontendKind};
 
 impl Syncer {
@@ -16,6 +19,62 @@ impl Syncer {
     pub fn with_l2(mut self, addrs: impl IntoIterator<Item = u32>) -> Self {
         self.l2 = addrs.into_iter().collect();
         self
+    }
+
+    /// What the affinity membership map holds (restored next to [`Syncer::from_maps`]);
+    /// entries of revnat ids no frontend has are deleted by the next sweep.
+    #[must_use]
+    pub fn with_affinity_match(mut self, keys: impl IntoIterator<Item = AffinityMatchKey>) -> Self {
+        for key in keys {
+            if self
+                .affinity_match
+                .entry(key.revnat_id)
+                .or_default()
+                .insert(key.backend_id)
+            {
+                self.affinity_match_entries += 1;
+            }
+        }
+        self
+    }
+
+    /// Adopts the Maglev tables the restored slot 0s publish: their blocks are in use, and
+    /// with `valid` (same seed) their content is known from the slots, so an unchanged
+    /// frontend's table is not written again.
+    pub(super) fn restore_tables(&mut self, valid: bool) {
+        self.tables.clear();
+        self.maglev_alloc = crate::maglev::BlockAlloc::new();
+        for (key, slots) in &self.services {
+            let Some(slot0) = slots.get(&0) else { continue };
+            if slot0.flags & svc_flags::MAGLEV == 0 {
+                continue;
+            }
+            let class = u8::try_from((slot0.flags >> MAGLEV_CLASS_SHIFT) & 0xf).unwrap_or(u8::MAX);
+            if !self.maglev_alloc.reserve(slot0.backend_id, class) {
+                // Overlapping or invalid: rewritten by the next plan, in a fresh block.
+                continue;
+            }
+            let active: Vec<_> = (1..=slot0.count)
+                .filter_map(|slot| slots.get(&slot))
+                .filter_map(|v| {
+                    let addr = decode_backend(self.backends.get(&v.backend_id)?)?;
+                    Some((addr, v.backend_id))
+                })
+                .collect();
+            let fingerprint = if valid && active.len() == usize::from(slot0.count) {
+                table_fingerprint(self.seed, class, &active)
+            } else {
+                0
+            };
+            self.tables.insert(
+                *key,
+                Table {
+                    offset: slot0.backend_id,
+                    class,
+                    fingerprint,
+                },
+            );
+        }
     }
 
     /// Rebuild from the contents of pinned maps after a kproxy restart so nothing is
@@ -94,7 +153,9 @@ impl Syncer {
             let frontend = Frontend {
                 service: String::new(),
                 kind,
-                flags: slot0.flags,
+                algorithm: None,
+                // The table bits are the planner's, tracked in `tables`.
+                flags: slot0.flags & !(svc_flags::MAGLEV | svc_flags::MAGLEV_CLASS_MASK),
                 affinity_timeout_s: slot0.affinity_timeout_s,
                 backends,
             };
@@ -112,6 +173,7 @@ impl Syncer {
             }
         }
         s.programmed = programmed;
+        s.restore_tables(false);
         s
     }
 }

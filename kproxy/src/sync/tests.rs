@@ -4,7 +4,8 @@ use std::{
 };
 
 use kproxy_common::{
-    Backend, MAX_BACKENDS, MAX_SERVICES, RevNat, ServiceKey, ServiceValue, backend_state, svc_flags,
+    AffinityMatchKey, Backend, MAGLEV_CLASS_SHIFT, MAX_BACKENDS, MAX_SERVICES, MaglevBucket,
+    RevNat, ServiceKey, ServiceValue, backend_state, maglev_size, svc_flags,
 };
 
 use super::*;
@@ -38,6 +39,7 @@ fn frontend(backends: &[(BackendAddr, BackendState)]) -> Frontend {
         flags: 0,
         affinity_timeout_s: 0,
         backends: backends.iter().copied().collect(),
+        algorithm: None,
     }
 }
 
@@ -55,6 +57,12 @@ struct FakeMaps {
     backends: BTreeMap<u32, Backend>,
     revnats: BTreeMap<u32, RevNat>,
     l2: BTreeSet<u32>,
+    maglev: HashMap<u32, MaglevBucket>,
+    members: BTreeSet<AffinityMatchKey>,
+    /// Published tables (first entry, size) whose ids were checked against the backends
+    /// since the last backend deletion: tables are big, and only a backend deletion or a
+    /// write into a published table (never allowed) can break one.
+    checked_tables: std::cell::RefCell<BTreeSet<(u32, u32)>>,
 }
 
 impl FakeMaps {
@@ -86,6 +94,7 @@ impl FakeMaps {
                 }
                 MapOp::DeleteBackend { id } => {
                     assert!(self.backends.remove(&id).is_some(), "op {i}: {op:?} absent");
+                    self.checked_tables.borrow_mut().clear();
                 }
                 MapOp::PutL2 { addr } => {
                     assert!(self.l2.insert(addr), "op {i}: {op:?} already there");
@@ -93,16 +102,75 @@ impl FakeMaps {
                 MapOp::DeleteL2 { addr } => {
                     assert!(self.l2.remove(&addr), "op {i}: {op:?} absent");
                 }
+                MapOp::PutMaglev { bucket, value } => {
+                    assert!(bucket < kproxy_common::MAGLEV_ENTRIES / 4);
+                    // `checked_tables` is every published table (as of the last op).
+                    for (first, size) in self.checked_tables.borrow().iter() {
+                        assert!(
+                            (bucket + 1) * 4 <= *first || bucket * 4 >= first + size,
+                            "op {i}: {op:?} writes into the published table at {first}"
+                        );
+                    }
+                    self.maglev.insert(bucket, value);
+                    // No reader sees an unpublished block.
+                    continue;
+                }
+                MapOp::PutAffinityMatch { key } => {
+                    assert!(self.members.insert(key), "op {i}: {op:?} already there");
+                }
+                MapOp::DeleteAffinityMatch { key } => {
+                    assert!(self.members.remove(&key), "op {i}: {op:?} absent");
+                }
             }
             self.check_readers(&format!("after op {i} {op:?}"));
         }
     }
 
-    /// A reader of any published frontend finds all its slots, backends and revnat.
+    /// The backend ids of the Maglev table a slot 0 publishes (`None` without one).
+    fn table_of(&self, value: &ServiceValue) -> Option<Vec<u32>> {
+        if value.flags & svc_flags::MAGLEV == 0 {
+            return None;
+        }
+        let size = maglev_size((value.flags >> MAGLEV_CLASS_SHIFT) & 0xf);
+        assert!(size > 0, "bad size class in {value:?}");
+        Some(
+            (value.backend_id..value.backend_id + size)
+                .map(|e| {
+                    self.maglev
+                        .get(&(e / 4))
+                        .map_or(0, |b| u32::from(b.ids[(e % 4) as usize]))
+                })
+                .collect(),
+        )
+    }
+
+    /// A reader of any published frontend finds all its slots, backends and revnat, and
+    /// every entry of its Maglev table names a backend.
     fn check_readers(&self, when: &str) {
+        let mut published = BTreeSet::new();
+        for key in &self.members {
+            assert!(
+                self.backends.contains_key(&key.backend_id),
+                "{when}: affinity member {key:?} without backend"
+            );
+        }
         for (key, value) in &self.services {
             if key.slot != 0 {
                 continue;
+            }
+            if value.flags & svc_flags::MAGLEV != 0 {
+                assert!(value.count > 0, "{when}: a table without backends");
+                let size = maglev_size((value.flags >> MAGLEV_CLASS_SHIFT) & 0xf);
+                let range = (value.backend_id, size);
+                published.insert(range);
+                if !self.checked_tables.borrow().contains(&range) {
+                    for id in self.table_of(value).into_iter().flatten() {
+                        assert!(
+                            self.backends.contains_key(&id),
+                            "{when}: Maglev entry {id} of {key:?} names no backend"
+                        );
+                    }
+                }
             }
             assert!(
                 self.revnats.contains_key(&u32::from(value.revnat_id)),
@@ -121,6 +189,7 @@ impl FakeMaps {
                 );
             }
         }
+        *self.checked_tables.borrow_mut() = published;
     }
 
     /// What a reader sees: frontend → (flags, timeout, active backends, revnat value).
@@ -137,10 +206,8 @@ impl FakeMaps {
                 })
                 .collect();
             let revnat = self.revnats[&u32::from(value.revnat_id)];
-            out.insert(
-                frontend,
-                (value.flags, value.affinity_timeout_s, active, revnat),
-            );
+            let flags = value.flags & !(svc_flags::MAGLEV | svc_flags::MAGLEV_CLASS_MASK);
+            out.insert(frontend, (flags, value.affinity_timeout_s, active, revnat));
         }
         out
     }
@@ -202,6 +269,31 @@ impl FakeMaps {
             .collect();
         assert_eq!(got_backends, backends);
         assert_eq!(self.backends.len(), backends.len(), "one id per backend");
+        // Affinity members: exactly the active backends of frontends with affinity.
+        let mut members = BTreeSet::new();
+        for (key, value) in &self.services {
+            if key.slot == 0 && value.flags & svc_flags::AFFINITY != 0 {
+                for slot in 1..=value.count {
+                    let v = self.services[&ServiceKey { slot, ..*key }];
+                    members.insert(AffinityMatchKey {
+                        backend_id: v.backend_id,
+                        revnat_id: value.revnat_id,
+                        _pad: 0,
+                    });
+                }
+            }
+        }
+        assert_eq!(self.members, members, "affinity membership");
+        // Every Maglev table holds exactly the frontend's active backends.
+        for (key, value) in &self.services {
+            if let Some(table) = self.table_of(value) {
+                let ids: BTreeSet<u32> = table.into_iter().collect();
+                let active: BTreeSet<u32> = (1..=value.count)
+                    .map(|slot| self.services[&ServiceKey { slot, ..*key }].backend_id)
+                    .collect();
+                assert_eq!(ids, active, "Maglev table of {key:?}");
+            }
+        }
     }
 
     fn syncer(&self) -> Syncer {
@@ -211,6 +303,7 @@ impl FakeMaps {
             self.revnats.iter().map(|(k, v)| (*k, *v)),
         )
         .with_l2(self.l2.iter().copied())
+        .with_affinity_match(self.members.iter().copied())
     }
 }
 
@@ -389,12 +482,15 @@ fn flags_and_timeout_in_every_slot() {
     let ops = s.plan(&desired(vec![(f, fe)])).expect("plan");
     let keys: Vec<u16> = ops
         .iter()
-        .map(|op| match op {
-            MapOp::PutService { key, .. } => key.slot,
+        .filter_map(|op| match op {
+            MapOp::PutService { key, .. } => Some(key.slot),
+            MapOp::DeleteAffinityMatch { .. } => None,
             other => panic!("unexpected {other:?}"),
         })
         .collect();
     assert_eq!(keys, [1, 0]);
+    // Without affinity, its membership entry goes (before the slots change).
+    assert!(matches!(ops[0], MapOp::DeleteAffinityMatch { .. }));
 }
 
 #[test]
@@ -720,6 +816,9 @@ fn recovers_from_an_interrupted_plan() {
             backends: base.backends.clone(),
             revnats: base.revnats.clone(),
             l2: base.l2.clone(),
+            maglev: base.maglev.clone(),
+            members: base.members.clone(),
+            checked_tables: std::cell::RefCell::default(),
         };
         maps.apply(&ops[..cut]);
         let mut restarted = maps.syncer();
@@ -1145,4 +1244,267 @@ fn service_plans_match_the_whole_state_plan_on_random_inputs() {
         }
         assert_eq!(r.sweep().expect("sweep"), [], "seed {seed}");
     }
+}
+
+// === Maglev tables and affinity membership ===
+
+const SEED: u64 = 0x5eed_1234;
+
+fn maglev_lb(backends: &[(BackendAddr, BackendState)], affinity: bool) -> (FrontendKey, Frontend) {
+    let (key, fe) = lb_ip(80);
+    let fe = Frontend {
+        algorithm: Some(LbAlgorithm::Maglev),
+        flags: fe.flags | if affinity { svc_flags::AFFINITY } else { 0 },
+        affinity_timeout_s: if affinity { 60 } else { 0 },
+        ..frontend(backends)
+    };
+    (key, fe)
+}
+
+fn with_seed(s: Syncer) -> Syncer {
+    s.with_lb(LbAlgorithm::Random, SEED, true)
+}
+
+/// The published table of `key`, as backend addresses.
+fn table_addrs(maps: &FakeMaps, key: FrontendKey) -> Vec<BackendAddr> {
+    let slot0 = maps.services[&skey(key, 0)];
+    maps.table_of(&slot0)
+        .expect("a Maglev table")
+        .into_iter()
+        .map(|id| decode_backend(&maps.backends[&id]).expect("known proto"))
+        .collect()
+}
+
+fn ten() -> Vec<(BackendAddr, BackendState)> {
+    (1..=10).map(|i| (be(i), A)).collect()
+}
+
+#[test]
+fn maglev_frontends_get_a_table_and_removal_moves_only_its_entries() {
+    let mut s = with_seed(Syncer::new());
+    let mut maps = FakeMaps::default();
+    let (key, fe) = maglev_lb(&ten(), false);
+    sync(&mut s, &mut maps, &desired(vec![(key, fe)]));
+    let before = table_addrs(&maps, key);
+    assert_eq!(before.len(), 16381);
+    let slot0 = maps.services[&skey(key, 0)];
+    assert_eq!((slot0.flags >> MAGLEV_CLASS_SHIFT) & 0xf, 6);
+
+    let nine: Vec<_> = ten().into_iter().filter(|(b, _)| *b != be(4)).collect();
+    let (key, fe) = maglev_lb(&nine, false);
+    sync(&mut s, &mut maps, &desired(vec![(key, fe)]));
+    let after = table_addrs(&maps, key);
+    let moved: Vec<_> = before.iter().zip(&after).filter(|(b, a)| b != a).collect();
+    let own = moved.iter().filter(|(b, _)| **b == be(4)).count();
+    assert_eq!(
+        own,
+        before.iter().filter(|b| **b == be(4)).count(),
+        "all of be(4)'s move"
+    );
+    // Maglev moves a few others too (see maglev::tests): at most 11 % in all.
+    assert!(
+        moved.len() <= 16381 * 11 / 100,
+        "{} moved, {own} of them be(4)'s",
+        moved.len()
+    );
+    // Written into another block: the published table was never rewritten in place.
+    assert_ne!(maps.services[&skey(key, 0)].backend_id, slot0.backend_id);
+    // Unchanged input: nothing to write.
+    let (key, fe) = maglev_lb(&nine, false);
+    assert_eq!(s.plan(&desired(vec![(key, fe)])).expect("plan"), []);
+}
+
+#[test]
+fn only_external_frontends_use_maglev_and_the_default_applies() {
+    let mut s = Syncer::new().with_lb(LbAlgorithm::Maglev, SEED, true);
+    let mut maps = FakeMaps::default();
+    let (lb_key, lb_fe) = lb_ip(80);
+    let lb_fe = Frontend {
+        backends: ten().into_iter().collect(),
+        ..lb_fe
+    };
+    let cluster = Frontend {
+        algorithm: Some(LbAlgorithm::Maglev),
+        ..frontend(&ten())
+    };
+    let random_lb = Frontend {
+        algorithm: Some(LbAlgorithm::Random),
+        ..lb_fe.clone()
+    };
+    let (other_lb, _) = lb_ip(81);
+    sync(
+        &mut s,
+        &mut maps,
+        &desired(vec![
+            (lb_key, lb_fe),
+            (fk(1, 80), cluster),
+            (other_lb, random_lb),
+        ]),
+    );
+    let maglev = |k| maps.services[&skey(k, 0)].flags & svc_flags::MAGLEV != 0;
+    assert!(maglev(lb_key), "the default (maglev) applies to an LB IP");
+    assert!(!maglev(fk(1, 80)), "ClusterIPs keep the hash pick");
+    assert!(!maglev(other_lb), "the annotation overrides the default");
+}
+
+#[test]
+fn a_restart_keeps_maglev_tables_unless_the_seed_changed() {
+    let mut s = with_seed(Syncer::new());
+    let mut maps = FakeMaps::default();
+    let want = desired(vec![maglev_lb(&ten(), true)]);
+    sync(&mut s, &mut maps, &want);
+    let mut same = with_seed(maps.syncer());
+    assert_eq!(
+        same.plan(&want).expect("plan"),
+        [],
+        "same seed: nothing to write"
+    );
+
+    let mut reseeded = maps.syncer().with_lb(LbAlgorithm::Random, SEED + 1, false);
+    let ops = sync(&mut reseeded, &mut maps, &want);
+    let tables = ops
+        .iter()
+        .filter(|op| matches!(op, MapOp::PutMaglev { .. }))
+        .count();
+    assert_eq!(tables, 16381usize.div_ceil(4), "one table rewritten");
+    // And its old block is free again: a third table generation reuses it.
+    assert_eq!(reseeded.plan(&want).expect("plan"), []);
+}
+
+#[test]
+fn maglev_blocks_are_freed_when_frontends_go_or_switch() {
+    let mut s = with_seed(Syncer::new());
+    let mut maps = FakeMaps::default();
+    let (key, fe) = maglev_lb(&ten(), false);
+    sync(&mut s, &mut maps, &desired(vec![(key, fe.clone())]));
+    let random = Frontend {
+        algorithm: Some(LbAlgorithm::Random),
+        ..fe.clone()
+    };
+    sync(&mut s, &mut maps, &desired(vec![(key, random)]));
+    assert_eq!(
+        s.maglev_alloc,
+        crate::maglev::BlockAlloc::new(),
+        "switched off: freed"
+    );
+    sync(&mut s, &mut maps, &desired(vec![(key, fe)]));
+    sync(&mut s, &mut maps, &desired(vec![]));
+    assert_eq!(
+        s.maglev_alloc,
+        crate::maglev::BlockAlloc::new(),
+        "deleted: freed"
+    );
+    assert!(s.tables.is_empty());
+}
+
+#[test]
+fn affinity_membership_covers_any_number_of_backends() {
+    let mut s = with_seed(Syncer::new());
+    let mut maps = FakeMaps::default();
+    let many: Vec<_> = (1..=100).map(|i| (be(i), A)).collect();
+    let (key, fe) = maglev_lb(&many, true);
+    sync(&mut s, &mut maps, &desired(vec![(key, fe)]));
+    assert_eq!(maps.members.len(), 100);
+    // A backend that leaves (or terminates) leaves the membership first.
+    let fewer: Vec<_> = (1..=100)
+        .map(|i| (be(i), if i == 70 { T } else { A }))
+        .collect();
+    let (key, fe) = maglev_lb(&fewer, true);
+    let ops = sync(&mut s, &mut maps, &desired(vec![(key, fe)]));
+    assert!(matches!(ops[0], MapOp::PutBackend { .. }), "{:?}", ops[0]);
+    assert!(
+        matches!(ops[1], MapOp::DeleteAffinityMatch { .. }),
+        "{:?}",
+        ops[1]
+    );
+    assert_eq!(maps.members.len(), 99);
+    sync(&mut s, &mut maps, &desired(vec![]));
+    assert!(maps.members.is_empty());
+}
+
+#[test]
+fn a_crash_in_a_maglev_plan_is_repaired_after_a_restart() {
+    let mut s = with_seed(Syncer::new());
+    let mut base = FakeMaps::default();
+    let before = desired(vec![maglev_lb(&ten(), true)]);
+    let nine: Vec<_> = ten().into_iter().filter(|(b, _)| *b != be(2)).collect();
+    let after = desired(vec![maglev_lb(&nine, true), maglev_lb(&ten(), false)]);
+    let after = DesiredState {
+        frontends: after
+            .frontends
+            .into_iter()
+            .enumerate()
+            .map(|(i, (k, f))| {
+                (
+                    FrontendKey {
+                        port: 80 + u16::try_from(i).unwrap(),
+                        ..k
+                    },
+                    f,
+                )
+            })
+            .collect(),
+    };
+    sync(&mut s, &mut base, &before);
+    let ops = s.plan(&after).expect("plan");
+    for cut in 0..=ops.len() {
+        let mut maps = FakeMaps {
+            services: base.services.clone(),
+            backends: base.backends.clone(),
+            revnats: base.revnats.clone(),
+            l2: base.l2.clone(),
+            maglev: base.maglev.clone(),
+            members: base.members.clone(),
+            checked_tables: std::cell::RefCell::default(),
+        };
+        maps.apply(&ops[..cut]);
+        let mut restarted = with_seed(maps.syncer());
+        sync(&mut restarted, &mut maps, &after);
+        assert_eq!(restarted.plan(&after).expect("plan"), [], "cut {cut}");
+    }
+}
+
+#[test]
+fn a_full_table_array_degrades_to_the_random_pick_and_recovers() {
+    let mut s = with_seed(Syncer::new());
+    let mut maps = FakeMaps::default();
+    // 41 backends take the largest tables (65,521 entries): 32 fill the array.
+    let many: Vec<_> = (1..=41).map(|i| (be(i), A)).collect();
+    let fits = kproxy_common::MAGLEV_ENTRIES / 65_536;
+    let svc = |port: u16| {
+        let (key, fe) = maglev_lb(&many, false);
+        let key = FrontendKey { port, ..key };
+        let name = format!("ns/s{port}");
+        let fe = Frontend {
+            service: name.clone(),
+            ..fe
+        };
+        (name, key, fe)
+    };
+    for port in 1..=u16::try_from(fits).expect("small") {
+        let (name, key, fe) = svc(port);
+        let plan = sync_svc(&mut s, &mut maps, &name, &[(key, fe)]);
+        assert!(plan.maglev_fallbacks.is_empty());
+    }
+    // One more: programmed (the sync does not fail), but with the random pick.
+    let (name, extra, fe) = svc(1000);
+    let plan = sync_svc(&mut s, &mut maps, &name, &[(extra, fe.clone())]);
+    assert_eq!(plan.maglev_fallbacks, [extra]);
+    let slot0 = maps.services[&skey(extra, 0)];
+    assert_eq!(slot0.flags & svc_flags::MAGLEV, 0);
+    assert_eq!(slot0.count, 41);
+    assert_eq!(s.maglev_fallbacks().collect::<Vec<_>>(), [&extra]);
+    // Another service going frees a block; re-planning the waiting one takes it.
+    let plan = sync_svc(&mut s, &mut maps, "ns/s1", &[]);
+    assert!(plan.maglev_freed);
+    let plan = sync_svc(&mut s, &mut maps, &name, &[(extra, fe)]);
+    assert!(plan.maglev_fallbacks.is_empty());
+    assert!(!plan.maglev_freed);
+    assert_ne!(maps.services[&skey(extra, 0)].flags & svc_flags::MAGLEV, 0);
+    assert_eq!(s.maglev_fallbacks().count(), 0);
+    assert_eq!(
+        maps.table_of(&maps.services[&skey(extra, 0)])
+            .map(|t| t.len()),
+        Some(65_521)
+    );
 }

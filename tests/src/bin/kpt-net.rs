@@ -8,6 +8,10 @@
 //!   `{"ok":true,"name":..,"seen_peer":..,"getpeername":..}` or the error.
 //! * `udp ADDR --count N [--sport P]` — N datagrams from N new unconnected sockets (all from
 //!   port P if given); prints the answer and the address the answer came from (recvfrom).
+//! * `udp-flows ADDR --from-port P --count N` — one datagram from each source port P..P+N
+//!   (a new socket each, so each is a flow of its own with a 5-tuple the caller can repeat);
+//!   prints `{"names":[..],"lost":..}`: the name of the backend that answered each port, in
+//!   port order ("" if none did after three tries).
 //! * `hold ADDR --duration-ms D` — one TCP connection, a line every 50 ms, each must echo;
 //!   exits non-zero on the first failure (with the error kind, e.g. `ConnectionReset`),
 //!   prints how many round trips worked.
@@ -72,6 +76,13 @@ fn main() {
             args.iter().any(|a| a == "--connected"),
             arg(&args, "--sport").map_or(0, |p| p.parse().expect("--sport PORT")),
         ),
+        "udp-flows" => udp_flows(
+            &args[1],
+            arg(&args, "--from-port")
+                .and_then(|p| p.parse().ok())
+                .expect("--from-port"),
+            count,
+        ),
         "hold" => hold(
             &args[1],
             arg(&args, "--duration-ms")
@@ -88,7 +99,7 @@ fn main() {
             }
         }
         _ => {
-            eprintln!("usage: kpt-net serve|tcp|udp|hold|conns|rr|bulk|wait-for ...");
+            eprintln!("usage: kpt-net serve|tcp|udp|udp-flows|hold|conns|rr|bulk|wait-for ...");
             2
         }
     };
@@ -236,6 +247,43 @@ fn udp(addr: &str, count: usize, connected: bool, sport: u16) -> i32 {
         }
     }
     i32::from(failures > 0)
+}
+
+fn udp_flows(addr: &str, from_port: u16, count: usize) -> i32 {
+    let target: SocketAddr = addr.parse().expect("ADDR is ip:port");
+    let mut names = vec![String::new(); count];
+    // Batches of sockets: all send, then all read, so 10,000 flows take about a second.
+    for batch in (0..count).collect::<Vec<_>>().chunks(256) {
+        let socks: Vec<(usize, UdpSocket)> = batch
+            .iter()
+            .map(|i| {
+                let port = from_port + u16::try_from(*i).expect("port range");
+                let sock = UdpSocket::bind(("0.0.0.0", port)).expect("bind");
+                sock.set_read_timeout(Some(Duration::from_millis(500))).ok();
+                (*i, sock)
+            })
+            .collect();
+        for _try in 0..3 {
+            let pending: Vec<&(usize, UdpSocket)> =
+                socks.iter().filter(|(i, _)| names[*i].is_empty()).collect();
+            if pending.is_empty() {
+                break;
+            }
+            for (_, sock) in &pending {
+                let _ = sock.send_to(b"hello\n", target);
+            }
+            let mut buf = [0u8; 512];
+            for (i, sock) in &pending {
+                if let Ok((n, _)) = sock.recv_from(&mut buf) {
+                    let text = String::from_utf8_lossy(&buf[..n]);
+                    names[*i] = text.split_whitespace().next().unwrap_or("").to_string();
+                }
+            }
+        }
+    }
+    let lost = names.iter().filter(|n| n.is_empty()).count();
+    emit(&json!({ "names": names, "lost": lost }));
+    i32::from(lost > 0)
 }
 
 fn hold(addr: &str, duration_ms: u64) -> i32 {

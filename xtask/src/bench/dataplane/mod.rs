@@ -18,9 +18,11 @@
 //!
 //! Modules: `topology` builds the lab, `process` runs its programs, `services` and `rules`
 //! write what each mode loads (kproxy manifests, iptables/nftables rule sets), `measure`
-//! takes one figure, `phases` runs the modes, `results` holds the figures and `report` turns
+//! takes one figure, `phases` runs the modes, `disruption` counts the flows a backend
+//! change moves (Maglev vs random, a lab of its own), `results` holds the figures and `report` turns
 //! them into the markdown table and the chart.
 
+mod disruption;
 mod measure;
 mod phases;
 mod process;
@@ -108,6 +110,11 @@ pub fn run(args: &BenchArgs, services: &[usize], bins: &Bins, out_dir: &Path) ->
     b.bulk("direct-host", 0, Side::Host, pod)?;
 
     ebpf_phase(&mut b, services)?;
+    for algorithm in ["maglev", "random"] {
+        check_interrupted()?;
+        let runs = disruption::measure(bins, algorithm)?;
+        b.res.disruption.insert(algorithm, runs);
+    }
     rules_phase(&mut b, services, RuleKind::IptablesNft)?;
     rules_phase(&mut b, services, RuleKind::Nft)?;
     // The plain baseline once more (before legacy iptables, whose hooks stay registered):

@@ -56,6 +56,7 @@ impl Report<'_> {
         self.bulk_table(&mut s);
         self.programming_table(&mut s);
         self.changes_table(&mut s);
+        super::disruption::table(&self.res.disruption, &mut s);
         self.memory(&mut s);
         self.notes(&mut s);
         let _ = writeln!(

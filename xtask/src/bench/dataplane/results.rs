@@ -57,5 +57,7 @@ pub struct Results {
     pub program: BTreeMap<(&'static str, usize), ProgramTime>,
     pub memory: BTreeMap<(&'static str, usize), Memory>,
     pub changes: BTreeMap<&'static str, Vec<Change>>,
+    /// Flows moved by a backend change, per load-balancing algorithm.
+    pub disruption: BTreeMap<&'static str, Vec<super::disruption::Disruption>>,
     pub notes: Vec<String>,
 }
