@@ -297,10 +297,11 @@ pub const MAP_MAGLEV: &str = map_name!(MAP_MAGLEV);
 /// the number of backends (Cilium's `cilium_lb_affinity_match`).
 pub const MAP_AFFINITY_MATCH: &str = map_name!(MAP_AFFINITY_MATCH);
 
-/// Entries (backend ids) in [`MAP_MAGLEV`]: 2,097,152, 4 MiB of kernel memory. Tables are
-/// allocated in power-of-two blocks of at least [`MAGLEV_BLOCK_MIN`] entries (each prime
-/// size sits just below its block), e.g. 128 tables of 10 backends (16,381 entries).
-pub const MAGLEV_ENTRIES: u32 = 1 << 21;
+/// Entries (backend ids) in [`MAP_MAGLEV`]: 1,048,576, 2 MiB of kernel memory (4 MiB took all
+/// maps to 1,041 bytes per configured service, over the 1 KiB budget). Tables are allocated in
+/// power-of-two blocks of at least [`MAGLEV_BLOCK_MIN`] entries (each prime size sits just
+/// below its block), e.g. 64 tables of 10 backends (16,381 entries).
+pub const MAGLEV_ENTRIES: u32 = 1 << 20;
 /// Backend ids per [`MaglevBucket`] (array values are rounded up to 8 bytes by the kernel,
 /// so four `u16` ids share one).
 pub const MAGLEV_IDS_PER_BUCKET: u32 = 4;

@@ -19,7 +19,7 @@ use crate::model::BackendAddr;
 /// but the flows that move besides a removed backend's own shrink with the size (10
 /// backends, mean over seeds: 2.5 % of all flows at 1,021 entries, 1.2 % at 4,093, 0.8 % at
 /// 8,191, 0.5 % at 16,381): 1,600 × N keeps removing 1 of 10 backends at ~10.5 % of flows
-/// moved (target ≤ 11 %); 128 such tables fit the 4 MiB array.
+/// moved (target ≤ 11 %); 64 such tables fit the 2 MiB array.
 const ENTRIES_PER_BACKEND: u32 = 1600;
 
 /// The size class (index into [`MAGLEV_SIZES`]) of a table for `backends` active backends:

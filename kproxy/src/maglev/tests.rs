@@ -31,9 +31,9 @@ fn size_class_is_the_smallest_prime_of_1600_per_backend() {
     assert_eq!(size_of_class(size_class(100_000)), 65521);
     // Still ≥ 100 per backend (Maglev's balance) up to 655 backends.
     assert!(size_of_class(size_class(655)) >= 65_500);
-    // 128 tables of 10 backends fit the array.
+    // 64 tables of 10 backends fit the array.
     let block = MAGLEV_BLOCK_MIN << size_class(10);
-    assert_eq!(MAGLEV_ENTRIES / block, 128);
+    assert_eq!(MAGLEV_ENTRIES / block, 64);
 }
 
 #[test]
