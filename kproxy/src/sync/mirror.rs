@@ -1,11 +1,23 @@
 //! The [`Syncer`]'s copy of the service, backend, revnat and L2 maps, kept as if every
 //! planned op was written.
 
-use kproxy_common::{ServiceKey, ServiceValue};
+use kproxy_common::{AffinityMatchKey, ServiceKey, ServiceValue};
 
 use super::{MapOp, Syncer, codec::decode_service_key};
 
 impl Syncer {
+    /// Records one membership entry (written or read back), counting it once.
+    pub(super) fn mirror_affinity_match(&mut self, key: AffinityMatchKey) {
+        if self
+            .affinity_match
+            .entry(key.revnat_id)
+            .or_default()
+            .insert(key.backend_id)
+        {
+            self.affinity_match_entries += 1;
+        }
+    }
+
     pub(super) fn has_service_key(&self, key: &ServiceKey) -> bool {
         match decode_service_key(key) {
             Some((frontend, slot)) => self
@@ -80,16 +92,7 @@ impl Syncer {
             }
             // Tables are tracked per frontend by the planner, not entry by entry.
             MapOp::PutMaglev { .. } => {}
-            MapOp::PutAffinityMatch { key } => {
-                if self
-                    .affinity_match
-                    .entry(key.revnat_id)
-                    .or_default()
-                    .insert(key.backend_id)
-                {
-                    self.affinity_match_entries += 1;
-                }
-            }
+            MapOp::PutAffinityMatch { key } => self.mirror_affinity_match(key),
             MapOp::DeleteAffinityMatch { key } => {
                 if let Some(ids) = self.affinity_match.get_mut(&key.revnat_id) {
                     if ids.remove(&key.backend_id) {

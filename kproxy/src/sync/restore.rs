@@ -26,14 +26,7 @@ impl Syncer {
     #[must_use]
     pub fn with_affinity_match(mut self, keys: impl IntoIterator<Item = AffinityMatchKey>) -> Self {
         for key in keys {
-            if self
-                .affinity_match
-                .entry(key.revnat_id)
-                .or_default()
-                .insert(key.backend_id)
-            {
-                self.affinity_match_entries += 1;
-            }
+            self.mirror_affinity_match(key);
         }
         self
     }
