@@ -39,6 +39,7 @@ macro_rules! map_name {
     (MAP_AFFINITY_MATCH $($then:tt)*) => {
         $crate::__with_name! { "kproxy_lb4_affinity_match_v1" $($then)* }
     };
+    (MAP_DROPS $($then:tt)*) => { $crate::__with_name! { "kproxy_drops_v1" $($then)* } };
 }
 
 /// The name of a program (its entry-point function in kproxy-ebpf), by its constant:
@@ -228,6 +229,55 @@ pub const fn ifstats_index(hook: Hook, class: PacketClass) -> u32 {
 
 /// Number of slots in [`MAP_IFSTATS`].
 pub const IFSTATS_LEN: u32 = Hook::COUNT * PacketClass::COUNT;
+
+/// Name of the per-CPU drop and error counters: one [`Counter`] per [`DropReason`].
+pub const MAP_DROPS: &str = map_name!(MAP_DROPS);
+
+/// Why the datapath dropped a packet, or passed it on untranslated when it would have
+/// translated it. Each reason is one slot of [`MAP_DROPS`]; new reasons are appended (the
+/// slots are part of the map ABI).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// A service frontend without a ready backend (the packet was refused).
+    NoBackend = 0,
+    /// A map insert failed (connection tracking, fragments, affinity): the flow went on
+    /// without the entry.
+    MapFull = 1,
+    /// The client is outside the service's `loadBalancerSourceRanges`.
+    SourceRange = 2,
+    /// A non-first IP fragment whose first fragment was never seen (or has expired).
+    FragMissing = 3,
+    /// Headers too short or inconsistent to parse.
+    Malformed = 4,
+    /// The connection tracking entry for a new flow could not be written.
+    CtInsertFailed = 5,
+}
+
+impl DropReason {
+    pub const COUNT: u32 = 6;
+    pub const ALL: [Self; Self::COUNT as usize] = [
+        Self::NoBackend,
+        Self::MapFull,
+        Self::SourceRange,
+        Self::FragMissing,
+        Self::Malformed,
+        Self::CtInsertFailed,
+    ];
+
+    /// The reason as shown by `kctl lb --drops` and in the `reason` label of /metrics.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::NoBackend => "no-backend",
+            Self::MapFull => "map-full",
+            Self::SourceRange => "source-range",
+            Self::FragMissing => "fragment-missing",
+            Self::Malformed => "malformed",
+            Self::CtInsertFailed => "ct-insert-failed",
+        }
+    }
+}
 
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_HLEN: usize = 14;

@@ -5,11 +5,11 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use kproxy_common::{
-    CtKey, CtValue, HAIRPIN_ADDR, IPPROTO_TCP, ct_dir, ct_flags, ct_lifetime, svc_flags,
+    CtKey, CtValue, DropReason, HAIRPIN_ADDR, IPPROTO_TCP, ct_dir, ct_flags, ct_lifetime, svc_flags,
 };
 
 use crate::{
-    lb,
+    drops, lb,
     maps::CT,
     packet::{Flow, TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN},
 };
@@ -171,6 +171,7 @@ pub fn ingress_decision(f: &Flow, bytes: u64, external_only: bool) -> Ingress {
     let Some(sel) = lb::select_backend(f.daddr, f.dport, f.proto, &svc, hash, u64::from(f.saddr))
     else {
         lb::count(svc.revnat_id, 0, bytes, 1, false);
+        drops::count(DropReason::NoBackend, bytes);
         return Ingress::Reject;
     };
     let hairpin = sel.backend.addr == f.saddr;

@@ -3,7 +3,7 @@
 //!
 //! Module layout (each imports only modules listed before it):
 //! - `verdict`, `maps`, `packet`: verdict constants, the pinned maps, packet types and parsing;
-//! - `config`, `ifstats`, `scratch`, `lb`: runtime configuration, counters, the reply buffer,
+//! - `config`, `ifstats`, `drops`, `scratch`, `lb`: runtime configuration, counters, the reply buffer,
 //!   service lookup and backend selection;
 //! - `ct`, `nat`, `reject`, `arp`: connection tracking, address rewriting, refusals, ARP;
 //! - `xdp`, `tc`, `sock`: the programs' bodies.
@@ -20,6 +20,7 @@
 mod arp;
 mod config;
 mod ct;
+mod drops;
 mod ifstats;
 mod lb;
 mod maps;

@@ -5,8 +5,8 @@
 
 use aya_ebpf::maps::{Array, HashMap, LruHashMap, PerCpuArray};
 use kproxy_common::{
-    AffinityKey, AffinityMatchKey, AffinityValue, Backend, Counter, CtKey, CtValue, IFSTATS_LEN,
-    LbCounter, MAGLEV_ENTRIES, MAGLEV_IDS_PER_BUCKET, MAX_AFFINITY_ENTRIES,
+    AffinityKey, AffinityMatchKey, AffinityValue, Backend, Counter, CtKey, CtValue, DropReason,
+    IFSTATS_LEN, LbCounter, MAGLEV_ENTRIES, MAGLEV_IDS_PER_BUCKET, MAX_AFFINITY_ENTRIES,
     MAX_AFFINITY_MATCH_ENTRIES, MAX_BACKENDS, MAX_CT_ENTRIES, MAX_L2_ENTRIES, MAX_SERVICE_SLOTS,
     MAX_SERVICES, MAX_SOCK_REVNAT_ENTRIES, MaglevBucket, RevNat, ServiceKey, ServiceValue,
     SockRevNatKey, SockRevNatValue, config, map_name,
@@ -24,6 +24,10 @@ pub(crate) use named_map;
 
 map_name!(MAP_IFSTATS => named_map! {
     pub static IFSTATS: PerCpuArray<Counter> = PerCpuArray::pinned(IFSTATS_LEN, 0);
+});
+
+map_name!(MAP_DROPS => named_map! {
+    pub static DROPS: PerCpuArray<Counter> = PerCpuArray::pinned(DropReason::COUNT, 0);
 });
 
 map_name!(MAP_CONFIG => named_map! {

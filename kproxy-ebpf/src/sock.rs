@@ -8,10 +8,11 @@ use aya_ebpf::{
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     programs::SockAddrContext,
 };
-use kproxy_common::{IPPROTO_TCP, IPPROTO_UDP, SockRevNatKey, SockRevNatValue};
+use kproxy_common::{DropReason, IPPROTO_TCP, IPPROTO_UDP, SockRevNatKey, SockRevNatValue};
 
 use crate::{
     config::socket_lb_in_scope,
+    drops,
     lb::{self, mix},
     maps::SOCK_REVNAT,
     verdict::{SYS_PROCEED, SYS_REJECT},
@@ -45,6 +46,7 @@ pub fn xlate_forward(ctx: &SockAddrContext, udp_only: bool) -> i32 {
     let hash = mix((cookie as u32) ^ ((cookie >> 32) as u32));
     let Some(sel) = lb::select_backend(addr, port, proto, &svc, hash, netns) else {
         lb::count(svc.revnat_id, 0, 0, 1, false);
+        drops::count(DropReason::NoBackend, 0);
         return SYS_REJECT;
     };
     // SAFETY: as above; these fields are writable for connect4/sendmsg4.

@@ -143,6 +143,7 @@ mod tests {
             abi::MAP_SCRATCH,
             abi::MAP_MAGLEV,
             abi::MAP_AFFINITY_MATCH,
+            abi::MAP_DROPS,
             // aya-log's ring buffer (its name is aya-log's, not ours).
             "AYA_LOGS",
         ]);
