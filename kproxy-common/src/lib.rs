@@ -8,6 +8,9 @@
 // The only unsafe code is the `aya::Pod` impls of the `user` feature (see `mod user`).
 #![deny(unsafe_code)]
 
+mod frag;
+pub use frag::{FragKey, FragPorts, MAP_FRAGS, MAX_FRAG_ENTRIES};
+
 // === Map and program names ===
 //
 // kproxy-ebpf can only name a map or a program with a literal token: `#[map(name = "..")]`
@@ -20,7 +23,7 @@
 #[macro_export]
 macro_rules! map_name {
     (MAP_IFSTATS $($then:tt)*) => { $crate::__with_name! { "kproxy_ifstats_v1" $($then)* } };
-    (MAP_CONFIG $($then:tt)*) => { $crate::__with_name! { "kproxy_config_v2" $($then)* } };
+    (MAP_CONFIG $($then:tt)*) => { $crate::__with_name! { "kproxy_config_v3" $($then)* } };
     (MAP_SERVICES $($then:tt)*) => { $crate::__with_name! { "kproxy_lb4_services_v1" $($then)* } };
     (MAP_BACKENDS $($then:tt)*) => { $crate::__with_name! { "kproxy_lb4_backends_v1" $($then)* } };
     (MAP_REVNAT $($then:tt)*) => { $crate::__with_name! { "kproxy_lb4_revnat_v1" $($then)* } };
@@ -39,7 +42,15 @@ macro_rules! map_name {
     (MAP_AFFINITY_MATCH $($then:tt)*) => {
         $crate::__with_name! { "kproxy_lb4_affinity_match_v1" $($then)* }
     };
-    (MAP_DROPS $($then:tt)*) => { $crate::__with_name! { "kproxy_drops_v1" $($then)* } };
+    (MAP_VIPS $($then:tt)*) => { $crate::__with_name! { "kproxy_lb4_vips_v1" $($then)* } };
+    (MAP_HOST_ROUTES $($then:tt)*) => {
+        $crate::__with_name! { "kproxy_host_routes_v1" $($then)* }
+    };
+    (MAP_SRC_RANGE $($then:tt)*) => {
+        $crate::__with_name! { "kproxy_lb4_src_range_v1" $($then)* }
+    };
+    (MAP_DROPS $($then:tt)*) => { $crate::__with_name! { "kproxy_drops_v2" $($then)* } };
+    (MAP_FRAGS $($then:tt)*) => { $crate::__with_name! { "kproxy_lb4_frags_v1" $($then)* } };
 }
 
 /// The name of a program (its entry-point function in kproxy-ebpf), by its constant:
@@ -57,6 +68,12 @@ macro_rules! program_name {
     (PROG_SOCK4_RECVMSG $($then:tt)*) => { $crate::__with_name! { kproxy_sock4_recvmsg $($then)* } };
     (PROG_SOCK4_GETPEERNAME $($then:tt)*) => {
         $crate::__with_name! { kproxy_sock4_getpeername $($then)* }
+    };
+    (PROG_SOCK6_CONNECT $($then:tt)*) => { $crate::__with_name! { kproxy_sock6_connect $($then)* } };
+    (PROG_SOCK6_SENDMSG $($then:tt)*) => { $crate::__with_name! { kproxy_sock6_sendmsg $($then)* } };
+    (PROG_SOCK6_RECVMSG $($then:tt)*) => { $crate::__with_name! { kproxy_sock6_recvmsg $($then)* } };
+    (PROG_SOCK6_GETPEERNAME $($then:tt)*) => {
+        $crate::__with_name! { kproxy_sock6_getpeername $($then)* }
     };
 }
 
@@ -97,6 +114,14 @@ pub const PROG_SOCK4_SENDMSG: &str = program_name!(PROG_SOCK4_SENDMSG);
 pub const PROG_SOCK4_RECVMSG: &str = program_name!(PROG_SOCK4_RECVMSG);
 /// Socket-LB, cgroup/getpeername4.
 pub const PROG_SOCK4_GETPEERNAME: &str = program_name!(PROG_SOCK4_GETPEERNAME);
+/// Socket-LB, cgroup/connect6 (IPv4-mapped destinations only).
+pub const PROG_SOCK6_CONNECT: &str = program_name!(PROG_SOCK6_CONNECT);
+/// Socket-LB, cgroup/sendmsg6 (IPv4-mapped destinations only).
+pub const PROG_SOCK6_SENDMSG: &str = program_name!(PROG_SOCK6_SENDMSG);
+/// Socket-LB, cgroup/recvmsg6 (IPv4-mapped sources only).
+pub const PROG_SOCK6_RECVMSG: &str = program_name!(PROG_SOCK6_RECVMSG);
+/// Socket-LB, cgroup/getpeername6 (IPv4-mapped peers only).
+pub const PROG_SOCK6_GETPEERNAME: &str = program_name!(PROG_SOCK6_GETPEERNAME);
 
 /// Runtime configuration slots in [`MAP_CONFIG`]. Userspace writes them at any time; the
 /// programs read them per packet, so changes take effect without a reload.
@@ -120,8 +145,14 @@ pub mod config {
     /// cannot aim their flows at one backend and a restart keeps every flow's backend.
     pub const HASH_SEED_LO: u32 = 6;
     pub const HASH_SEED_HI: u32 = 7;
+    /// Non-zero: BPF host routing (`--host-routing bpf`): load-balanced packets to local pod
+    /// backends and their replies to the uplink are redirected past the bridge and the
+    /// host's routing (see `MAP_HOST_ROUTES`).
+    pub const HOST_ROUTING: u32 = 8;
+    /// The uplink's ifindex: replies are redirected only when the FIB sends them there.
+    pub const UPLINK_IFINDEX: u32 = 9;
     /// Number of slots.
-    pub const LEN: u32 = 8;
+    pub const LEN: u32 = 10;
 }
 
 /// Packets and bytes, one per CPU in a per-CPU map; userspace sums the CPUs.
@@ -250,12 +281,23 @@ pub enum DropReason {
     FragMissing = 3,
     /// Headers too short or inconsistent to parse.
     Malformed = 4,
-    /// The connection tracking entry for a new flow could not be written.
+    /// The connection tracking entries for a new flow could not be written (the packet is
+    /// dropped: the backend's answer could not be translated back; the client retries).
     CtInsertFailed = 5,
+    /// A kernel helper failed while rewriting the packet (NAT or reverse NAT): it went on
+    /// untranslated.
+    NatFailed = 6,
+    /// A refusal (already counted as [`Self::NoBackend`]) that could not be answered with
+    /// a RST or ICMP error (IP options, a RST itself, a helper error): dropped silently.
+    RejectFailed = 7,
 }
 
+/// Slots of [`MAP_DROPS`]: room for reasons appended later without a new map layout.
+pub const DROPS_LEN: u32 = 16;
+const _: () = assert!(DropReason::COUNT <= DROPS_LEN);
+
 impl DropReason {
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 8;
     pub const ALL: [Self; Self::COUNT as usize] = [
         Self::NoBackend,
         Self::MapFull,
@@ -263,6 +305,8 @@ impl DropReason {
         Self::FragMissing,
         Self::Malformed,
         Self::CtInsertFailed,
+        Self::NatFailed,
+        Self::RejectFailed,
     ];
 
     /// The reason as shown by `kctl lb --drops` and in the `reason` label of /metrics.
@@ -275,6 +319,8 @@ impl DropReason {
             Self::FragMissing => "fragment-missing",
             Self::Malformed => "malformed",
             Self::CtInsertFailed => "ct-insert-failed",
+            Self::NatFailed => "nat-failed",
+            Self::RejectFailed => "reject-failed",
         }
     }
 }
@@ -313,6 +359,15 @@ pub const MAP_CT: &str = map_name!(MAP_CT);
 /// LoadBalancer IPs whose ARP requests the uplink answers (the L2 announcement): address
 /// (network byte order, `u32`) → `u32` (unused, 1).
 pub const MAP_L2: &str = map_name!(MAP_L2);
+/// Service addresses (every frontend address but the node's own, NodePort ones): address
+/// (network byte order, `u32`) → [`vip_flags`]. Echo requests to them are answered.
+pub const MAP_VIPS: &str = map_name!(MAP_VIPS);
+/// Flags of a [`MAP_VIPS`] entry.
+pub mod vip_flags {
+    /// Some frontend on the address is reachable from outside (LoadBalancer IP, externalIP):
+    /// the uplink answers echo requests to it too, not only pods.
+    pub const EXTERNAL: u32 = 1 << 0;
+}
 /// ClientIP session affinity (LRU): [`AffinityKey`] → [`AffinityValue`].
 pub const MAP_AFFINITY: &str = map_name!(MAP_AFFINITY);
 /// Socket-LB reverse translation for UDP (LRU): [`SockRevNatKey`] → [`SockRevNatValue`].
@@ -337,6 +392,10 @@ pub const MAX_CT_ENTRIES: u32 = 131_072;
 pub const MAX_AFFINITY_ENTRIES: u32 = 32_768;
 pub const MAX_SOCK_REVNAT_ENTRIES: u32 = 32_768;
 pub const MAX_L2_ENTRIES: u32 = 4_096;
+/// One address per service at most (not preallocated: the memory follows the services).
+pub const MAX_VIP_ENTRIES: u32 = MAX_SERVICES;
+/// Local pods that answered load-balanced flows; one per pod of the node.
+pub const MAX_HOST_ROUTES: u32 = 4_096;
 
 /// Maglev lookup tables of all frontends that use Maglev, one flat array of
 /// [`MaglevBucket`]s (aya-ebpf 0.2 has no map-of-maps): a frontend's table is
@@ -424,6 +483,10 @@ pub mod svc_flags {
     /// frontends use it: there the same flow must find the same backend on every node
     /// and across backend changes.
     pub const MAGLEV: u32 = 1 << 4;
+    /// Slot 0 only: the frontend has `loadBalancerSourceRanges`; packets from a client
+    /// outside all of them ([`super::MAP_SRC_RANGE`]) are dropped. Frontends without it
+    /// pay no lookup. Above the Maglev class bits, clear of flags added below them.
+    pub const SOURCE_RANGE: u32 = 1 << 16;
     /// The size class bits of a Maglev slot 0.
     pub const MAGLEV_CLASS_MASK: u32 = 0xf << super::MAGLEV_CLASS_SHIFT;
 }
@@ -497,6 +560,25 @@ pub struct Backend {
     pub state: u8,
 }
 const _: () = assert!(core::mem::size_of::<Backend>() == 8);
+
+/// BPF host routing: pod IPv4 address (network byte order) → [`HostRoute`], how to hand a
+/// packet straight to that local pod. The pod program learns entries from the pod's replies
+/// to load-balanced flows; userspace removes those of a pod veth that goes away.
+pub const MAP_HOST_ROUTES: &str = map_name!(MAP_HOST_ROUTES);
+
+/// Where a local pod is: its host-side veth and the Ethernet addresses a routed packet to
+/// it carries.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostRoute {
+    /// The host-side veth's ifindex (`bpf_redirect_peer` target).
+    pub ifindex: u32,
+    /// The pod's MAC (destination of packets to it).
+    pub pod_mac: [u8; 6],
+    /// The MAC the pod routes through (its gateway, the bridge): source of packets to it.
+    pub gw_mac: [u8; 6],
+}
+const _: () = assert!(core::mem::size_of::<HostRoute>() == 16);
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -661,6 +743,32 @@ impl LbCounter {
     }
 }
 
+/// `loadBalancerSourceRanges` of LoadBalancer-IP frontends (LPM trie, Cilium's
+/// `cilium_lb4_source_range`): key `{prefix_len, SrcRangeKey}` → `u32` (1), where
+/// `prefix_len` is [`SRC_RANGE_PREFIX_BASE`] + the CIDR's length, so a lookup with the
+/// client's address and the full length finds a range of that frontend containing it.
+pub const MAP_SRC_RANGE: &str = map_name!(MAP_SRC_RANGE);
+/// Capacity of [`MAP_SRC_RANGE`] (not preallocated: only frontends with ranges use it).
+pub const MAX_SRC_RANGE_ENTRIES: u32 = 16_384;
+/// Key bits before the address: the revnat id and the padding.
+pub const SRC_RANGE_PREFIX_BASE: u32 = 32;
+
+/// The data of a [`MAP_SRC_RANGE`] key (after the LPM trie's `prefix_len`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SrcRangeKey {
+    /// The frontend's revnat id (always matched whole: every prefix length covers it).
+    pub revnat_id: u16,
+    #[expect(
+        clippy::pub_underscore_fields,
+        reason = "explicit padding, public so literals can zero it"
+    )]
+    pub _pad: u16,
+    /// Range address (client address for lookups), network byte order.
+    pub addr: u32,
+}
+const _: () = assert!(core::mem::size_of::<SrcRangeKey>() == 8);
+
 #[cfg(feature = "user")]
 #[expect(
     unsafe_code,
@@ -681,8 +789,12 @@ mod user {
     unsafe impl aya::Pod for super::SockRevNatKey {}
     unsafe impl aya::Pod for super::SockRevNatValue {}
     unsafe impl aya::Pod for super::LbCounter {}
+    unsafe impl aya::Pod for super::HostRoute {}
     unsafe impl aya::Pod for super::MaglevBucket {}
     unsafe impl aya::Pod for super::AffinityMatchKey {}
+    unsafe impl aya::Pod for super::SrcRangeKey {}
+    unsafe impl aya::Pod for super::FragKey {}
+    unsafe impl aya::Pod for super::FragPorts {}
 }
 
 #[cfg(test)]

@@ -17,6 +17,16 @@ pub fn lb_in_tc() -> bool {
     matches!(CONFIG.get(config::LB_IN_TC), Some(v) if *v != 0)
 }
 
+/// BPF host routing: the uplink's ifindex when it is on (`config::HOST_ROUTING`), else
+/// `None`.
+#[inline(always)]
+pub fn host_routing_uplink() -> Option<u32> {
+    match CONFIG.get(config::HOST_ROUTING) {
+        Some(v) if *v != 0 => CONFIG.get(config::UPLINK_IFINDEX).copied(),
+        _ => None,
+    }
+}
+
 /// The uplink's MAC address, once userspace has set it.
 #[inline(always)]
 pub fn uplink_mac() -> Option<[u8; 6]> {

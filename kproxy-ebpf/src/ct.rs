@@ -12,6 +12,7 @@ use crate::{
     drops, lb,
     maps::CT,
     packet::{Flow, TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN},
+    srcrange,
 };
 
 /// What to do with a packet arriving from outside.
@@ -23,6 +24,8 @@ pub enum Ingress {
     Dnat { addr: u32, port: u16, snat: u32 },
     /// An external frontend with no ready backend.
     Reject,
+    /// Drop silently (counted): the flow could not be tracked.
+    Drop,
 }
 
 #[inline(always)]
@@ -78,6 +81,10 @@ fn lifetime(f: &Flow, closing: bool) -> u32 {
 /// Pushes out the expiry of a tracked entry for packet `f`, in place (no map update).
 #[inline(always)]
 fn ct_refresh(entry: *mut CtValue, f: &Flow, now: u32) {
+    // A later fragment has no TCP flags to go by; its first fragment refreshed the entry.
+    if !f.l4_hdr {
+        return;
+    }
     // SAFETY: `entry` points into a CT map value, valid for the program's RCU section;
     // concurrent writers only store the same kind of plain values.
     unsafe {
@@ -110,7 +117,7 @@ fn ct_usable(ct: &CtValue, f: &Flow, now: u32) -> bool {
         Some(b) if b.addr == ct.nat_addr && b.port == ct.nat_port => {}
         _ => return false,
     }
-    matches!(lb::lookup_service(f.daddr, f.dport, f.proto), Some(svc) if svc.revnat_id == ct.revnat_id)
+    matches!(lb::lookup_service(f.daddr, f.dport, f.proto), Some(svc) if svc.revnat_id == ct.revnat_id && srcrange::allowed(&svc, f.saddr))
 }
 
 /// The reply entry of a forward entry for flow `f` (client `f.saddr`, or the hairpin
@@ -167,6 +174,10 @@ pub fn ingress_decision(f: &Flow, bytes: u64, external_only: bool) -> Ingress {
     if external_only && svc.flags & svc_flags::EXTERNAL == 0 {
         return Ingress::Pass;
     }
+    if !srcrange::allowed(&svc, f.saddr) {
+        drops::count(DropReason::SourceRange, bytes);
+        return Ingress::Drop;
+    }
     let hash = lb::flow_hash(f.saddr, f.daddr, f.sport, f.dport, f.proto);
     let Some(sel) = lb::select_backend(f.daddr, f.dport, f.proto, &svc, hash, u64::from(f.saddr))
     else {
@@ -188,12 +199,17 @@ pub fn ingress_decision(f: &Flow, bytes: u64, external_only: bool) -> Ingress {
     };
     let reply = reply_key(f, sel.backend.addr, sel.backend.port, hairpin);
     // Reply entry first: the backend's answer must never find the forward entry alone.
-    let _ = CT.insert(
-        reply,
-        entry(f.daddr, f.dport, if hairpin { f.saddr } else { 0 }),
-        0,
-    );
-    let _ = CT.insert(fwd, entry(sel.backend.addr, sel.backend.port, snat), 0);
+    let reply_entry = entry(f.daddr, f.dport, if hairpin { f.saddr } else { 0 });
+    if CT.insert(reply, reply_entry, 0).is_err()
+        || CT
+            .insert(fwd, entry(sel.backend.addr, sel.backend.port, snat), 0)
+            .is_err()
+    {
+        // The backend's answer could not be translated back: drop, the client retries.
+        let _ = CT.remove(reply);
+        drops::count(DropReason::CtInsertFailed, bytes);
+        return Ingress::Drop;
+    }
     lb::count(svc.revnat_id, sel.id, bytes, 1, true);
     Ingress::Dnat {
         addr: sel.backend.addr,

@@ -2,12 +2,14 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use kproxy_common::{
-    AffinityKey, AffinityMatchKey, AffinityValue, Backend, LbCounter, MAGLEV_CLASS_SHIFT,
-    MAGLEV_IDS_PER_BUCKET, ServiceKey, ServiceValue, backend_state, maglev_size, svc_flags,
+    AffinityKey, AffinityMatchKey, AffinityValue, Backend, DropReason, LbCounter,
+    MAGLEV_CLASS_SHIFT, MAGLEV_IDS_PER_BUCKET, ServiceKey, ServiceValue, backend_state,
+    maglev_size, svc_flags,
 };
 
 use crate::{
     config::hash_seed,
+    drops,
     maps::{AFFINITY, AFFINITY_MATCH, BACKEND_STATS, BACKENDS, MAGLEV, SERVICES, SVC_STATS},
 };
 
@@ -113,7 +115,9 @@ fn touch_affinity(key: &AffinityKey, backend_id: u32, now: u64) {
         _pad: 0,
         last_used_ns: now,
     };
-    let _ = AFFINITY.insert(key, v, 0);
+    if AFFINITY.insert(key, v, 0).is_err() {
+        drops::count(DropReason::MapFull, 0);
+    }
 }
 
 /// Whether `backend_id` is still an active backend of the frontend: affinity must not

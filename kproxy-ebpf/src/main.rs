@@ -2,10 +2,13 @@
 //! and maps its result to the program's verdict, so errors never escape as an abort.
 //!
 //! Module layout (each imports only modules listed before it):
-//! - `verdict`, `maps`, `packet`: verdict constants, the pinned maps, packet types and parsing;
+//! - `verdict`, `maps`, `frag`, `packet`: verdict constants, the pinned maps, fragment
+//!   tracking, packet types and parsing;
 //! - `config`, `ifstats`, `drops`, `scratch`, `lb`: runtime configuration, counters, the reply buffer,
 //!   service lookup and backend selection;
 //! - `ct`, `nat`, `reject`, `arp`: connection tracking, address rewriting, refusals, ARP;
+//! - `icmp`: ICMP errors about translated flows, echo replies for service addresses;
+//! - `host_route`: BPF host routing to and from local pods;
 //! - `xdp`, `tc`, `sock`: the programs' bodies.
 //!
 //! The crate only makes sense for bpfel-unknown-none; on the host (`cargo clippy --workspace`)
@@ -21,14 +24,19 @@ mod arp;
 mod config;
 mod ct;
 mod drops;
+mod frag;
+mod host_route;
+mod icmp;
 mod ifstats;
 mod lb;
 mod maps;
 mod nat;
 mod packet;
+mod partial;
 mod reject;
 mod scratch;
 mod sock;
+mod srcrange;
 mod tc;
 mod verdict;
 mod xdp;
@@ -95,28 +103,57 @@ program_name!(PROG_TC_POD_EGRESS => entry_point! {
 program_name!(PROG_SOCK4_CONNECT => entry_point! {
     #[cgroup_sock_addr(connect4)]
     fn(ctx: SockAddrContext) -> i32 {
-        sock::xlate_forward(&ctx, false)
+        sock::xlate_forward(&ctx, false, false)
     }
 });
 
 program_name!(PROG_SOCK4_SENDMSG => entry_point! {
     #[cgroup_sock_addr(sendmsg4)]
     fn(ctx: SockAddrContext) -> i32 {
-        sock::xlate_forward(&ctx, true)
+        sock::xlate_forward(&ctx, true, false)
     }
 });
 
 program_name!(PROG_SOCK4_RECVMSG => entry_point! {
     #[cgroup_sock_addr(recvmsg4)]
     fn(ctx: SockAddrContext) -> i32 {
-        sock::xlate_reverse(&ctx)
+        sock::xlate_reverse(&ctx, false)
     }
 });
 
 program_name!(PROG_SOCK4_GETPEERNAME => entry_point! {
     #[cgroup_sock_addr(getpeername4)]
     fn(ctx: SockAddrContext) -> i32 {
-        sock::xlate_reverse(&ctx)
+        sock::xlate_reverse(&ctx, false)
+    }
+});
+
+program_name!(PROG_SOCK6_CONNECT => entry_point! {
+    /// IPv6 sockets: only IPv4-mapped destinations (`::ffff:CLUSTER-IP`) are translated.
+    #[cgroup_sock_addr(connect6)]
+    fn(ctx: SockAddrContext) -> i32 {
+        sock::xlate_forward(&ctx, false, true)
+    }
+});
+
+program_name!(PROG_SOCK6_SENDMSG => entry_point! {
+    #[cgroup_sock_addr(sendmsg6)]
+    fn(ctx: SockAddrContext) -> i32 {
+        sock::xlate_forward(&ctx, true, true)
+    }
+});
+
+program_name!(PROG_SOCK6_RECVMSG => entry_point! {
+    #[cgroup_sock_addr(recvmsg6)]
+    fn(ctx: SockAddrContext) -> i32 {
+        sock::xlate_reverse(&ctx, true)
+    }
+});
+
+program_name!(PROG_SOCK6_GETPEERNAME => entry_point! {
+    #[cgroup_sock_addr(getpeername6)]
+    fn(ctx: SockAddrContext) -> i32 {
+        sock::xlate_reverse(&ctx, true)
     }
 });
 

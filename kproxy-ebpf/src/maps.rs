@@ -5,12 +5,13 @@
 
 use aya_ebpf::maps::{Array, HashMap, LruHashMap, PerCpuArray};
 use kproxy_common::{
-    AffinityKey, AffinityMatchKey, AffinityValue, Backend, Counter, CtKey, CtValue, DropReason,
+    AffinityKey, AffinityMatchKey, AffinityValue, Backend, Counter, CtKey, CtValue, DROPS_LEN,
     IFSTATS_LEN, LbCounter, MAGLEV_ENTRIES, MAGLEV_IDS_PER_BUCKET, MAX_AFFINITY_ENTRIES,
     MAX_AFFINITY_MATCH_ENTRIES, MAX_BACKENDS, MAX_CT_ENTRIES, MAX_L2_ENTRIES, MAX_SERVICE_SLOTS,
     MAX_SERVICES, MAX_SOCK_REVNAT_ENTRIES, MaglevBucket, RevNat, ServiceKey, ServiceValue,
     SockRevNatKey, SockRevNatValue, config, map_name,
 };
+use kproxy_common::{FragKey, FragPorts, MAX_FRAG_ENTRIES};
 
 /// A `#[map]` static whose name is the first token: `map_name!(MAP_X => named_map! { .. })`.
 macro_rules! named_map {
@@ -27,7 +28,12 @@ map_name!(MAP_IFSTATS => named_map! {
 });
 
 map_name!(MAP_DROPS => named_map! {
-    pub static DROPS: PerCpuArray<Counter> = PerCpuArray::pinned(DropReason::COUNT, 0);
+    pub static DROPS: PerCpuArray<Counter> = PerCpuArray::pinned(DROPS_LEN, 0);
+});
+
+map_name!(MAP_HOST_ROUTES => named_map! {
+    pub static HOST_ROUTES: HashMap<u32, kproxy_common::HostRoute> =
+        HashMap::pinned(kproxy_common::MAX_HOST_ROUTES, 0);
 });
 
 map_name!(MAP_CONFIG => named_map! {
@@ -44,6 +50,10 @@ map_name!(MAP_BACKENDS => named_map! {
 
 map_name!(MAP_REVNAT => named_map! {
     pub static REVNAT: HashMap<u32, RevNat> = HashMap::pinned(MAX_SERVICES, 0);
+});
+
+map_name!(MAP_FRAGS => named_map! {
+    pub static FRAGS: LruHashMap<FragKey, FragPorts> = LruHashMap::pinned(MAX_FRAG_ENTRIES, 0);
 });
 
 map_name!(MAP_CT => named_map! {

@@ -45,7 +45,7 @@ pub fn csum_replace4(check: u16, old: u32, new: u32) -> u16 {
 }
 
 /// Rewrites the destination address and port in place (XDP: full checksums only; packets
-/// from a real NIC always carry them).
+/// from a real NIC always carry them, and `partial.rs` sends unfinished ones to tc).
 #[inline(always)]
 pub fn dnat_direct(pkt: &Pkt, f: &Flow, addr: u32, port: u16) -> Option<()> {
     let ip: *mut IpHdr = pkt.ptr(ETH_HLEN)?;
@@ -53,6 +53,11 @@ pub fn dnat_direct(pkt: &Pkt, f: &Flow, addr: u32, port: u16) -> Option<()> {
     unsafe {
         (*ip).check = csum_replace4((*ip).check, f.daddr, addr);
         (*ip).daddr = addr;
+    }
+    // A later fragment's "L4" bytes are payload; the first fragment's checksum update
+    // covered the whole datagram.
+    if !f.l4_hdr {
+        return Some(());
     }
     if f.proto == IPPROTO_TCP {
         let tcp: *mut TcpHdr = pkt.ptr(f.l4_off)?;
@@ -82,6 +87,9 @@ pub fn dnat_direct(pkt: &Pkt, f: &Flow, addr: u32, port: u16) -> Option<()> {
 #[inline(always)]
 pub fn nat_skb_addr(ctx: &TcContext, f: &Flow, dst: bool, old: u32, new: u32) -> Result<(), i64> {
     let addr_off = if dst { ETH_HLEN + 16 } else { ETH_HLEN + 12 };
+    if !f.l4_hdr {
+        return nat_skb_ip_only(ctx, addr_off, old, new);
+    }
     let csum_off = f.l4_off + l4_csum_off(f);
     let mangled = if f.proto == IPPROTO_UDP {
         u64::from(BPF_F_MARK_MANGLED_0)
@@ -94,6 +102,15 @@ pub fn nat_skb_addr(ctx: &TcContext, f: &Flow, dst: bool, old: u32, new: u32) ->
         u64::from(new),
         u64::from(BPF_F_PSEUDO_HDR) | mangled | 4,
     )?;
+    ctx.l3_csum_replace(ETH_HLEN + 10, u64::from(old), u64::from(new), 4)?;
+    ctx.store(addr_off, &new, 0)?;
+    Ok(())
+}
+
+/// Rewrites one address of a later IP fragment: the IP header only, its payload has no L4
+/// header to fix (the first fragment's L4 checksum update covered the whole datagram).
+#[inline(always)]
+fn nat_skb_ip_only(ctx: &TcContext, addr_off: usize, old: u32, new: u32) -> Result<(), i64> {
     ctx.l3_csum_replace(ETH_HLEN + 10, u64::from(old), u64::from(new), 4)?;
     ctx.store(addr_off, &new, 0)?;
     Ok(())
@@ -115,6 +132,9 @@ pub fn nat_skb(ctx: &TcContext, f: &Flow, dst: bool, addr: u32, port: u16) -> Re
     } else {
         (f.saddr, f.sport, ETH_HLEN + 12, f.l4_off)
     };
+    if !f.l4_hdr {
+        return nat_skb_ip_only(ctx, addr_off, old_addr, addr);
+    }
     let csum_off = f.l4_off + l4_csum_off(f);
     let mangled = if f.proto == IPPROTO_UDP {
         u64::from(BPF_F_MARK_MANGLED_0)

@@ -1,9 +1,11 @@
 //! Packet types and the parsing shared by the XDP and tc programs: header layouts, the
 //! bounds-checked packet view, and one pass over the headers that yields both the counter
-//! class (every packet) and, for TCP/UDP over unfragmented IPv4, the flow the load balancer
-//! works on.
+//! class (every packet) and, for TCP/UDP over IPv4 (fragments included, see `frag`), the
+//! flow the load balancer works on.
 
 use kproxy_common::{ETH_HLEN, ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP, PacketClass};
+
+use crate::frag;
 
 /// Ethernet header.
 #[repr(C)]
@@ -83,8 +85,12 @@ pub struct Flow {
     pub dport: u16,
     pub proto: u8,
     pub l4_off: usize,
-    /// TCP flags word (host order), 0 for UDP.
+    /// TCP flags word (host order), 0 for UDP and for later fragments.
     pub tcp_flags: u16,
+    /// Whether this packet carries the L4 header: false for an IP fragment after the first,
+    /// whose ports come from the fragment map and whose bytes at `l4_off` are payload
+    /// (translation then rewrites the IP header only).
+    pub l4_hdr: bool,
 }
 
 /// The parts of a packet the counters and debug events need.
@@ -94,6 +100,9 @@ pub struct Summary {
     /// Source and destination address in network byte order (as on the wire); 0 unless IPv4.
     pub saddr: u32,
     pub daddr: u32,
+    /// A TCP/UDP fragment after the first whose first fragment was not seen at this hook:
+    /// it has no flow and passes untranslated (the hook that would balance it counts it).
+    pub frag_missing: bool,
 }
 
 impl Summary {
@@ -102,16 +111,14 @@ impl Summary {
             class,
             saddr: 0,
             daddr: 0,
+            frag_missing: false,
         }
     }
 }
 
-/// More-fragments flag and fragment offset (host order mask).
-const IP_MF_OFFSET: u16 = 0x3fff;
-
 /// Classifies the packet and parses its flow. The flow is `None` for anything the load
-/// balancer leaves alone: non-IPv4, truncated or bad headers, other protocols, and IP
-/// fragments (later fragments carry no ports, so the whole datagram is left alone).
+/// balancer leaves alone: non-IPv4, truncated or bad headers, other protocols, and later IP
+/// fragments whose first fragment this hook has not seen (see `frag`).
 #[inline(always)]
 pub fn inspect(pkt: &Pkt) -> (Summary, Option<Flow>) {
     let Some(eth) = pkt.ptr::<EthHdr>(0) else {
@@ -125,10 +132,11 @@ pub fn inspect(pkt: &Pkt) -> (Summary, Option<Flow>) {
         return (Summary::of(PacketClass::Malformed), None);
     };
     // SAFETY: bounds checked.
-    let (vihl, frag, proto, saddr, daddr) = unsafe {
+    let (vihl, frag, id, proto, saddr, daddr) = unsafe {
         (
             (*ip).version_ihl,
             (*ip).frag_off,
+            (*ip).id,
             (*ip).protocol,
             (*ip).saddr,
             (*ip).daddr,
@@ -142,11 +150,13 @@ pub fn inspect(pkt: &Pkt) -> (Summary, Option<Flow>) {
         class: PacketClass::from_ip_proto(proto),
         saddr,
         daddr,
+        frag_missing: false,
     };
-    if u16::from_be(frag) & IP_MF_OFFSET != 0 {
-        return (summary, None);
-    }
     let l4_off = ETH_HLEN + ihl * 4;
+    let part = frag::part(u16::from_be(frag));
+    if part == frag::Part::Later {
+        return later_fragment(summary, id, proto, l4_off);
+    }
     let ports = match proto {
         IPPROTO_TCP => pkt.ptr::<TcpHdr>(l4_off).map(|tcp| {
             // SAFETY: bounds checked.
@@ -158,6 +168,11 @@ pub fn inspect(pkt: &Pkt) -> (Summary, Option<Flow>) {
         }),
         _ => None,
     };
+    if ports.is_none() && matches!(proto, IPPROTO_TCP | IPPROTO_UDP) {
+        // A TCP/UDP header cut short (or pushed past the end by the IHL).
+        let class = PacketClass::Malformed;
+        return (Summary { class, ..summary }, None);
+    }
     let flow = ports.map(|(sport, dport, tcp_flags)| Flow {
         saddr,
         daddr,
@@ -166,6 +181,40 @@ pub fn inspect(pkt: &Pkt) -> (Summary, Option<Flow>) {
         proto,
         l4_off,
         tcp_flags,
+        l4_hdr: true,
     });
+    if let (frag::Part::First, Some(f)) = (part, &flow) {
+        frag::record(saddr, daddr, id, proto, f.sport, f.dport);
+    }
     (summary, flow)
+}
+
+/// The flow of a TCP/UDP fragment after the first: its ports as its first fragment recorded
+/// them, no L4 header (and no TCP flags) in this packet.
+#[inline(always)]
+fn later_fragment(summary: Summary, id: u16, proto: u8, l4_off: usize) -> (Summary, Option<Flow>) {
+    if !matches!(proto, IPPROTO_TCP | IPPROTO_UDP) {
+        return (summary, None);
+    }
+    let Some((sport, dport)) = frag::ports(summary.saddr, summary.daddr, id, proto) else {
+        let frag_missing = true;
+        return (
+            Summary {
+                frag_missing,
+                ..summary
+            },
+            None,
+        );
+    };
+    let flow = Flow {
+        saddr: summary.saddr,
+        daddr: summary.daddr,
+        sport,
+        dport,
+        proto,
+        l4_off,
+        tcp_flags: 0,
+        l4_hdr: false,
+    };
+    (summary, Some(flow))
 }

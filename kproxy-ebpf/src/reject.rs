@@ -10,9 +10,10 @@ use aya_ebpf::{
     helpers::{bpf_skb_change_tail, bpf_xdp_adjust_meta},
     programs::{TcContext, XdpContext},
 };
-use kproxy_common::{ETH_HLEN, ETH_P_IP, IPPROTO_ICMP, IPPROTO_TCP};
+use kproxy_common::{DropReason, ETH_HLEN, ETH_P_IP, IPPROTO_ICMP, IPPROTO_TCP};
 
 use crate::{
+    drops,
     nat::fold,
     packet::{Flow, TCP_FLAG_ACK, TCP_FLAG_RST, TCP_FLAG_SYN, TcpHdr},
     scratch::{SCRATCH, first_bytes, scratch},
@@ -130,11 +131,26 @@ fn pseudo_sum<const N: usize>(out: &[u8; N], proto: u8, len: u16) -> u32 {
 }
 
 /// Replaces the skb with the refusal of flow `f` (TCP RST or ICMP port unreachable) and
-/// sends it back out of the interface it came in on. Returns the tc verdict.
+/// sends it back out of the interface it came in on. Returns the tc verdict: a refusal that
+/// cannot be answered is dropped (a half-rewritten packet must not go on) and counted.
 #[inline(always)]
-pub fn reject_skb(ctx: &TcContext, f: &Flow) -> Result<i32, i64> {
-    // Only plain 20-byte IPv4 headers are answered; the rest is dropped (rare for SYNs).
-    if f.l4_off != ETH_HLEN + 20 {
+pub fn reject_skb(ctx: &TcContext, f: &Flow) -> i32 {
+    match answer(ctx, f) {
+        Ok(verdict) if verdict != TC_ACT_SHOT => verdict,
+        // A later fragment: not a failure, its first fragment's refusal answered.
+        _ if !f.l4_hdr => TC_ACT_SHOT,
+        _ => {
+            drops::count(DropReason::RejectFailed, u64::from(ctx.len()));
+            TC_ACT_SHOT
+        }
+    }
+}
+
+#[inline(always)]
+fn answer(ctx: &TcContext, f: &Flow) -> Result<i32, i64> {
+    // Only plain 20-byte IPv4 headers are answered; the rest is dropped (rare for SYNs), as
+    // are later fragments (the first fragment's refusal answers the datagram).
+    if f.l4_off != ETH_HLEN + 20 || !f.l4_hdr {
         return Ok(TC_ACT_SHOT);
     }
     let eth: [u8; 14] = ctx.load(0)?;

@@ -5,15 +5,15 @@
 
 use aya_ebpf::programs::TcContext;
 use aya_log_ebpf::debug;
-use kproxy_common::Hook;
+use kproxy_common::{DropReason, Hook};
 
 use crate::{
     arp,
     config::{debug_events_enabled, lb_in_tc},
     ct::{self, Ingress},
-    ifstats, nat,
+    drops, host_route, icmp, ifstats, nat,
     packet::{self, Flow, Pkt},
-    reject,
+    partial, reject,
     verdict::{TC_ACT_OK, TC_ACT_SHOT},
 };
 
@@ -38,19 +38,27 @@ fn tc_pkt(ctx: &TcContext) -> Pkt {
     }
 }
 
+/// Counts a rewrite a kernel helper refused (the packet goes on as it is).
+#[inline(always)]
+fn nat_failed(ctx: &TcContext) {
+    drops::count(DropReason::NatFailed, u64::from(ctx.len()));
+}
+
 /// Per-packet load balancing of a parsed flow in tc (uplink ingress in tc mode, pod veths).
 #[inline(always)]
 fn tc_lb(ctx: &TcContext, flow: &Flow, external_only: bool) -> Result<i32, ()> {
     match ct::ingress_decision(flow, u64::from(ctx.len()), external_only) {
         Ingress::Pass => Ok(TC_ACT_OK),
         Ingress::Dnat { addr, port, snat } => {
-            nat::nat_skb(ctx, flow, true, addr, port).map_err(|_| ())?;
+            nat::nat_skb(ctx, flow, true, addr, port).map_err(|_| nat_failed(ctx))?;
             if snat != 0 {
-                nat::nat_skb_addr(ctx, flow, false, flow.saddr, snat).map_err(|_| ())?;
+                nat::nat_skb_addr(ctx, flow, false, flow.saddr, snat)
+                    .map_err(|_| nat_failed(ctx))?;
             }
             Ok(TC_ACT_OK)
         }
-        Ingress::Reject => reject::reject_skb(ctx, flow).map_err(|_| ()),
+        Ingress::Reject => Ok(reject::reject_skb(ctx, flow)),
+        Ingress::Drop => Ok(TC_ACT_SHOT),
     }
 }
 
@@ -59,7 +67,7 @@ fn tc_lb(ctx: &TcContext, flow: &Flow, external_only: bool) -> Result<i32, ()> {
 fn tc_egress_revnat(ctx: &TcContext, flow: &Flow) -> Result<i32, ()> {
     // Uplink flows never hairpin (clients there are not backends of this node).
     if let Some(ct) = ct::reply_lookup(flow, u64::from(ctx.len())) {
-        nat::nat_skb(ctx, flow, false, ct.nat_addr, ct.nat_port).map_err(|_| ())?;
+        nat::nat_skb(ctx, flow, false, ct.nat_addr, ct.nat_port).map_err(|_| nat_failed(ctx))?;
     }
     Ok(TC_ACT_OK)
 }
@@ -70,9 +78,10 @@ fn pod_revnat(ctx: &TcContext, flow: &Flow) -> Result<bool, ()> {
     let Some(ct) = ct::reply_lookup(flow, u64::from(ctx.len())) else {
         return Ok(false);
     };
-    nat::nat_skb(ctx, flow, false, ct.nat_addr, ct.nat_port).map_err(|_| ())?;
+    nat::nat_skb(ctx, flow, false, ct.nat_addr, ct.nat_port).map_err(|_| nat_failed(ctx))?;
     if ct.hairpin_addr != 0 {
-        nat::nat_skb_addr(ctx, flow, true, flow.daddr, ct.hairpin_addr).map_err(|_| ())?;
+        nat::nat_skb_addr(ctx, flow, true, flow.daddr, ct.hairpin_addr)
+            .map_err(|_| nat_failed(ctx))?;
     }
     Ok(true)
 }
@@ -83,22 +92,36 @@ pub fn uplink_ingress(ctx: &TcContext) -> Result<i32, ()> {
     let (summary, flow) = packet::inspect(&tc_pkt(ctx));
     ifstats::count(Hook::TcIngress, &summary, u64::from(ctx.len()));
     let Some(flow) = flow else {
+        // Errors from outside are translated in XDP unless the LB runs here.
+        let echo = Some(true);
+        if let Some(verdict) = icmp::tc_hook(ctx, summary.class, echo, lb_in_tc()) {
+            return Ok(verdict);
+        }
         if let Some(verdict) = arp::answer(ctx) {
             return Ok(verdict);
         }
         // XDP only marks packets it parsed; drop a marked one we cannot answer.
         return Ok(if reject::tc_marked_reject(ctx) {
+            drops::count(DropReason::RejectFailed, u64::from(ctx.len()));
             TC_ACT_SHOT
         } else {
             TC_ACT_OK
         });
     };
-    if lb_in_tc() {
+    // Also packets XDP left here for their unfinished checksum (see partial.rs).
+    if lb_in_tc() || partial::tc_marked(ctx) {
         // The uplink's external load balancing runs here instead of in XDP.
-        return tc_lb(ctx, &flow, true);
+        let verdict = tc_lb(ctx, &flow, true)?;
+        if verdict == TC_ACT_OK && host_route::tc_translated(ctx, &flow) {
+            return Ok(host_route::to_pod(ctx).unwrap_or(verdict));
+        }
+        return Ok(verdict);
     }
     if reject::tc_marked_reject(ctx) {
-        return reject::reject_skb(ctx, &flow).map_err(|_| ());
+        return Ok(reject::reject_skb(ctx, &flow));
+    }
+    if host_route::tc_marked_translated(ctx) {
+        return Ok(host_route::to_pod(ctx).unwrap_or(TC_ACT_OK));
     }
     Ok(TC_ACT_OK)
 }
@@ -123,19 +146,24 @@ pub fn uplink_egress(ctx: &TcContext) -> Result<i32, ()> {
     }
     match flow {
         Some(flow) => tc_egress_revnat(ctx, &flow),
-        None => Ok(TC_ACT_OK),
+        None => Ok(icmp::tc_hook(ctx, summary.class, None, true).unwrap_or(TC_ACT_OK)),
     }
 }
 
 /// tc ingress on a pod's host-side veth (packets leaving the pod).
 #[inline(always)]
 pub fn pod_ingress(ctx: &TcContext) -> Result<i32, ()> {
-    let Some(flow) = packet::inspect(&tc_pkt(ctx)).1 else {
-        return Ok(TC_ACT_OK);
+    let (summary, flow) = packet::inspect(&tc_pkt(ctx));
+    drops::count_malformed(&summary, u64::from(ctx.len()));
+    if summary.frag_missing {
+        drops::count(DropReason::FragMissing, u64::from(ctx.len()));
+    }
+    let Some(flow) = flow else {
+        return Ok(icmp::tc_hook(ctx, summary.class, Some(false), true).unwrap_or(TC_ACT_OK));
     };
     // A backend pod answering a translated flow?
     if pod_revnat(ctx, &flow)? {
-        return Ok(TC_ACT_OK);
+        return Ok(host_route::reply(ctx, &flow).unwrap_or(TC_ACT_OK));
     }
     tc_lb(ctx, &flow, false)
 }
@@ -143,8 +171,13 @@ pub fn pod_ingress(ctx: &TcContext) -> Result<i32, ()> {
 /// tc egress on a pod's host-side veth (packets going to the pod).
 #[inline(always)]
 pub fn pod_egress(ctx: &TcContext) -> Result<i32, ()> {
-    if let Some(flow) = packet::inspect(&tc_pkt(ctx)).1 {
-        pod_revnat(ctx, &flow)?;
+    match packet::inspect(&tc_pkt(ctx)) {
+        (_, Some(flow)) => {
+            pod_revnat(ctx, &flow)?;
+        }
+        (summary, None) => {
+            icmp::tc_hook(ctx, summary.class, None, true);
+        }
     }
     Ok(TC_ACT_OK)
 }

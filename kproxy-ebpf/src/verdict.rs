@@ -10,8 +10,8 @@ pub const TC_ACT_SHOT: i32 = 2;
 
 /// cgroup/sock_addr: let the syscall proceed.
 pub const SYS_PROCEED: i32 = 1;
-/// cgroup/sock_addr: fail the syscall (EPERM): a service without ready backends refuses new
-/// connections.
+/// cgroup/sock_addr: fail the syscall (EPERM, unless the program set another error with
+/// `bpf_set_retval`: socket-LB sets ECONNREFUSED).
 pub const SYS_REJECT: i32 = 0;
 
 /// Sends the skb back out of the interface it came in on (a reply built in place). Returns

@@ -6,14 +6,14 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use aya_log_ebpf::debug;
-use kproxy_common::Hook;
+use kproxy_common::{DropReason, Hook, PacketClass};
 
 use crate::{
     config::{debug_events_enabled, lb_in_tc},
     ct::{self, Ingress},
-    ifstats, nat,
+    drops, host_route, icmp, ifstats, nat,
     packet::{self, Pkt},
-    reject,
+    partial, reject,
 };
 
 /// The uplink's XDP program; errors pass the packet.
@@ -26,6 +26,11 @@ pub fn uplink(ctx: &XdpContext) -> Result<u32, ()> {
     let (summary, flow) = packet::inspect(&pkt);
     let len = (pkt.end - pkt.data) as u64;
     ifstats::count(Hook::XdpIngress, &summary, len);
+    drops::count_malformed(&summary, len);
+    // Counted here in both LB modes: tc ingress would miss the same first fragment.
+    if summary.frag_missing {
+        drops::count(DropReason::FragMissing, len);
+    }
     if debug_events_enabled() {
         debug!(
             ctx,
@@ -40,21 +45,33 @@ pub fn uplink(ctx: &XdpContext) -> Result<u32, ()> {
         return Ok(XDP_PASS);
     }
     let Some(flow) = flow else {
+        if summary.class == PacketClass::Icmp {
+            icmp::xdp_translate_error(&pkt);
+        }
         return Ok(XDP_PASS);
     };
+    // An unfinished (CHECKSUM_PARTIAL) checksum: only tc can rewrite it right. A later
+    // fragment has no checksum field (and fragmented datagrams carry full checksums).
+    if flow.l4_hdr && partial::looks_partial(&pkt, &flow) {
+        return Ok(partial::xdp_defer(ctx, len));
+    }
     Ok(match ct::ingress_decision(&flow, len, true) {
         Ingress::Pass => XDP_PASS,
         // Uplink clients are never backends of the node, so no hairpin (snat) here.
         Ingress::Dnat { addr, port, .. } => {
-            nat::dnat_direct(&pkt, &flow, addr, port).ok_or(())?;
+            nat::dnat_direct(&pkt, &flow, addr, port)
+                .ok_or_else(|| drops::count(DropReason::NatFailed, len))?;
+            host_route::xdp_mark_translated(ctx);
             XDP_PASS
         }
+        Ingress::Drop => XDP_DROP,
         Ingress::Reject => {
             // tc ingress answers it (see reject.rs); without the mark, drop rather than let
             // the packet wander off to the un-NATed address.
             if reject::xdp_mark_reject(ctx) {
                 XDP_PASS
             } else {
+                drops::count(DropReason::RejectFailed, len);
                 XDP_DROP
             }
         }

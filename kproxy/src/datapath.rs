@@ -4,23 +4,29 @@
 //! - `pod_links`: the tc programs on pod veths, which come and go while kproxy runs;
 //! - `socket_lb`: the cgroup programs (`cgroup_link` does the bpf(2) calls aya lacks);
 //! - `maps`: runtime configuration and the load-balancer maps;
+//! - `host_routing`: BPF host routing on/off and its learned pod routes;
 //! - `pin`: where links are pinned in bpffs, and removing them.
 //!
 //! Links are pinned next to the maps so the datapath keeps working while kproxy is down.
 
 mod cgroup_link;
+mod host_routing;
 mod load;
 mod maps;
 mod pin;
 mod pod_links;
+mod sock_term;
 mod socket_lb;
+mod src_range;
 mod tc;
 mod uplink;
+mod vips;
 
 use std::path::PathBuf;
 
 use aya::{Ebpf, util::KernelVersion};
 
+pub use host_routing::HostRouting;
 pub use pin::cleanup;
 pub use socket_lb::find_cgroup2_root;
 
@@ -91,8 +97,16 @@ pub struct Datapath {
     bpffs_dir: PathBuf,
     /// Pod interfaces the pod program was attached to (see `pod_links`).
     pod_ifaces: std::collections::BTreeSet<String>,
+    /// The cgroup socket-LB is attached to (`attach_cgroup`): whose namespaces' sockets to
+    /// a removed backend are terminated (`sock_term`).
+    sock_cgroup: Option<PathBuf>,
+    /// When each backend was last removed, so a delayed TCP termination only acts once
+    /// the latest removal's grace is over (`socket_lb.rs`).
+    sock_removed_at: sock_term::RemovedAt,
     /// Backend selection settings, set by `set_lb` (`maps.rs`).
     lb: LbSettings,
+    /// BPF host routing is on (`host_routing`).
+    host_routing: bool,
 }
 
 /// The default algorithm and hash seed the syncer plans with.

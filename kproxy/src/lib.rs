@@ -4,7 +4,9 @@
 
 pub mod ct;
 pub mod datapath;
+pub mod drops;
 pub mod ebpf_log;
+pub mod healthcheck;
 pub mod maglev;
 pub mod manifest;
 pub mod metrics;
@@ -14,6 +16,7 @@ pub mod netif;
 pub mod pinned;
 pub mod pod_veths;
 pub mod source;
+pub mod source_ranges;
 pub mod sync;
 
 pub use datapath::{Datapath, XdpAttachMode};

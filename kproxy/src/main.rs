@@ -39,6 +39,9 @@ enum Command {
         /// Output format.
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
+        /// Print the drop and error counters per reason instead.
+        #[arg(long)]
+        drops: bool,
     },
     /// Print the uplink packet counters per hook and packet class.
     Ifstats {
@@ -89,7 +92,20 @@ async fn main() -> Result<()> {
     match cli.command {
         Command::Standalone(opts) => standalone::run(&cli.bpffs, opts).await,
         Command::Node(opts) => node::run(&cli.bpffs, opts).await,
-        Command::Dump { output } => standalone::dump(&cli.bpffs, matches!(output, Output::Json)),
+        Command::Dump {
+            output,
+            drops: true,
+        } => {
+            let rows = pinned::read_drops(&cli.bpffs)?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+                Output::Table => print!("{}", kproxy::drops::render_table(&rows)),
+            }
+            Ok(())
+        }
+        Command::Dump { output, .. } => {
+            standalone::dump(&cli.bpffs, matches!(output, Output::Json))
+        }
         Command::Ifstats { output } => ifstats(&cli.bpffs, output),
         Command::Cleanup { maps } => {
             let n = kproxy::datapath::cleanup(&cli.bpffs, maps)

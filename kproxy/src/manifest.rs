@@ -479,7 +479,12 @@ mod tests {
         assert_eq!(services.len(), 3);
         assert_eq!(slices.len(), 3);
         let nodes = [Ipv4Addr::new(192, 168, 1, 10)];
-        let state = crate::model::build_state(&services, &slices, &nodes);
+        let state = crate::model::build_state(
+            &services,
+            &slices,
+            &nodes,
+            &crate::model::policy::Locality::default(),
+        );
         let web = state
             .frontends
             .get(&crate::model::FrontendKey {

@@ -263,6 +263,9 @@ fn render(ctx: &Ctx) -> String {
         "Packets per backend (per-packet paths)",
         be_packets,
     );
+    if let Ok(rows) = ctx.lb.drops() {
+        crate::drops::register_metrics(reg, &rows);
+    }
     reg.register(
         "uplink_packets",
         "Packets seen on the uplink per hook and class",

@@ -17,6 +17,10 @@ use k8s_openapi::{
 };
 use kproxy_common::{IPPROTO_TCP, IPPROTO_UDP, svc_flags};
 
+use self::policy::{Candidate, Locality, Scope};
+
+pub mod policy;
+
 /// Label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// kube-proxy's label: a Service carrying it is served only by the proxy of that name.
@@ -170,6 +174,9 @@ pub struct Frontend {
     /// The Service's `kproxy.io/lb-algorithm`; `None`: the proxy's default. Only external
     /// frontends use it.
     pub algorithm: Option<LbAlgorithm>,
+    /// `loadBalancerSourceRanges` (LoadBalancer-IP frontends only; empty: any client),
+    /// with [`svc_flags::SOURCE_RANGE`] set when not empty.
+    pub source_ranges: Vec<crate::source_ranges::Cidr>,
 }
 
 impl Frontend {
@@ -194,6 +201,17 @@ impl Frontend {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DesiredState {
     pub frontends: BTreeMap<FrontendKey, Frontend>,
+    /// The `healthCheckNodePort`s this node answers, by port.
+    pub health: BTreeMap<u16, HealthCheck>,
+}
+
+/// What a `healthCheckNodePort` answers for (kube-proxy's service health server).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub namespace: String,
+    pub name: String,
+    /// Ready endpoints on this node, summed over the Service's ports (as kube-proxy counts).
+    pub local_endpoints: usize,
 }
 
 /// An object's namespace, with Kubernetes' default for an absent or empty one.
@@ -206,7 +224,8 @@ pub fn namespace_of(meta: &ObjectMeta) -> &str {
 }
 
 /// Computes the frontends and backends for `services`, with their endpoints from `slices`.
-/// `node_ips` are the addresses NodePorts are reachable on. Objects kproxy cannot serve
+/// `node_ips` are the addresses NodePorts are reachable on, `local` what "this node" means
+/// for traffic policies and topology hints. Objects kproxy cannot serve
 /// (IPv6, SCTP, ExternalName, headless) are skipped; conflicting frontends keep the first
 /// service in namespace/name order.
 #[must_use]
@@ -214,6 +233,7 @@ pub fn build_state(
     services: &[Service],
     slices: &[EndpointSlice],
     node_ips: &[Ipv4Addr],
+    local: &Locality,
 ) -> DesiredState {
     // Index the slices by owning service once, so each service only looks at its own.
     let mut slices_of: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
@@ -243,7 +263,10 @@ pub fn build_state(
             .get(&(ns, name))
             .map(Vec::as_slice)
             .unwrap_or_default();
-        let built = build_service(svc, own_slices, node_ips);
+        let built = build_service(svc, own_slices, node_ips, local);
+        if let Some((port, check)) = built.health {
+            state.health.insert(port, check);
+        }
         for problem in &built.problems {
             tracing::warn!(service = %format_args!("{ns}/{name}"), %problem, "service not fully served");
         }
@@ -317,7 +340,7 @@ pub fn compact_service(svc: &mut Service) {
 
 /// Strips a watched EndpointSlice down to what kproxy reads: names and resourceVersion,
 /// the service-name label, the trigger-time annotation, ports, and each endpoint's
-/// addresses and conditions (no target references, node names, zones or hints).
+/// addresses, conditions, node names and hints (no target references or zones).
 pub fn compact_slice(slice: &mut EndpointSlice) {
     let meta = &mut slice.metadata;
     strip_meta(meta);
@@ -326,8 +349,6 @@ pub fn compact_slice(slice: &mut EndpointSlice) {
     retain_keys(&mut meta.annotations, TRIGGER_TIME_ANNOTATION);
     for ep in &mut slice.endpoints {
         ep.target_ref = None;
-        ep.node_name = None;
-        ep.hints = None;
         ep.zone = None;
         ep.hostname = None;
         ep.deprecated_topology = None;
@@ -341,6 +362,8 @@ pub struct ServiceFrontends {
     /// Invalid ports or endpoint addresses, a frontend claimed twice within the service:
     /// skipped, the rest is served. Worth an Event on the Service.
     pub problems: Vec<String>,
+    /// Its `healthCheckNodePort` and what it answers, if it has one.
+    pub health: Option<(u16, HealthCheck)>,
 }
 
 /// Whether kproxy serves a Service at all: ExternalName services are DNS aliases and
@@ -358,6 +381,7 @@ pub fn build_service(
     svc: &Service,
     slices: &[&EndpointSlice],
     node_ips: &[Ipv4Addr],
+    local: &Locality,
 ) -> ServiceFrontends {
     let mut out = ServiceFrontends::default();
     let (Some(name), Some(spec)) = (svc.metadata.name.as_deref(), &svc.spec) else {
@@ -367,7 +391,7 @@ pub fn build_service(
         return out;
     }
     let ns = namespace_of(&svc.metadata);
-    add_service(&mut out, ns, name, svc, spec, slices, node_ips);
+    add_service(&mut out, ns, name, svc, spec, slices, (node_ips, local));
     out.problems.sort();
     out.problems.dedup();
     out
@@ -380,7 +404,7 @@ fn add_service(
     svc: &Service,
     spec: &ServiceSpec,
     slices: &[&EndpointSlice],
-    node_ips: &[Ipv4Addr],
+    (node_ips, local): (&[Ipv4Addr], &Locality),
 ) {
     let svc_type = spec.type_.as_deref().unwrap_or("ClusterIP");
     let (affinity, timeout) = if spec.session_affinity.as_deref() == Some("ClientIP") {
@@ -440,6 +464,15 @@ fn add_service(
         .filter_map(|ip| parse_ipv4(ip, "status.loadBalancer.ingress", ns, name))
         .collect();
     let has_node_ports = matches!(svc_type, "NodePort" | "LoadBalancer");
+    let lb_source_ranges = crate::source_ranges::parse_all(
+        spec.load_balancer_source_ranges
+            .as_deref()
+            .unwrap_or_default(),
+        &mut out.problems,
+    );
+    let internal_scope = Scope::of(spec.internal_traffic_policy.as_deref());
+    let external_scope = Scope::of(spec.external_traffic_policy.as_deref());
+    let mut local_endpoints = 0;
 
     for port in spec.ports.iter().flatten() {
         let Some(proto) = Proto::from_k8s(port.protocol.as_deref()) else {
@@ -462,16 +495,29 @@ fn add_service(
         } else {
             format!("{ns}/{name}:{port_name}")
         };
-        let backends = backends_for(slices, port_name, proto, &mut out.problems);
+        let cands = candidates_for(slices, port_name, proto, &mut out.problems);
+        local_endpoints += policy::local_ready(&cands, local);
+        let internal = policy::select(&cands, internal_scope, local);
+        let external = policy::select(&cands, external_scope, local);
 
         let mut add = |addr: Ipv4Addr, port: u16, kind: FrontendKind, flags: u32| {
+            let backends = if kind == FrontendKind::ClusterIp {
+                &internal
+            } else {
+                &external
+            };
             let key = FrontendKey { addr, port, proto };
             match out.frontends.entry(key) {
                 Entry::Vacant(e) => {
+                    let (range_flag, source_ranges) = crate::source_ranges::for_frontend(
+                        kind == FrontendKind::LoadBalancerIp,
+                        &lb_source_ranges,
+                    );
                     e.insert(Frontend {
                         service: label.clone(),
                         kind,
-                        flags: flags | affinity,
+                        flags: flags | affinity | range_flag,
+                        source_ranges,
                         affinity_timeout_s: timeout,
                         backends: backends.clone(),
                         algorithm,
@@ -508,17 +554,26 @@ fn add_service(
             }
         }
     }
+    out.health = policy::health_check_port(svc).map(|port| {
+        let check = HealthCheck {
+            namespace: ns.to_string(),
+            name: name.to_string(),
+            local_endpoints,
+        };
+        (port, check)
+    });
 }
 
-/// The backends of the service port named `port_name` (empty for an unnamed port).
-/// Endpoints or ports that cannot be used are skipped and described in `problems`.
-fn backends_for(
-    slices: &[&EndpointSlice],
+/// The endpoints of the service port named `port_name` (empty for an unnamed port), for
+/// the traffic policies to choose from. Endpoints or ports that cannot be used are skipped
+/// and described in `problems`.
+fn candidates_for<'a>(
+    slices: &[&'a EndpointSlice],
     port_name: &str,
     proto: Proto,
     problems: &mut Vec<String>,
-) -> BTreeMap<BackendAddr, BackendState> {
-    let mut out = BTreeMap::new();
+) -> Vec<Candidate<'a>> {
+    let mut out = Vec::new();
     for slice in slices {
         if slice.address_type != "IPv4" {
             continue;
@@ -539,9 +594,23 @@ fn backends_for(
             continue;
         };
         for endpoint in &slice.endpoints {
-            let Some(state) = endpoint_state(endpoint) else {
+            let (ready, serving, terminating) = conditions(endpoint);
+            if !(ready || serving && terminating) {
                 continue;
-            };
+            }
+            let hints = endpoint.hints.as_ref();
+            let zone_hints: Vec<&str> = hints
+                .and_then(|h| h.for_zones.as_ref())
+                .into_iter()
+                .flatten()
+                .map(|z| z.name.as_str())
+                .collect();
+            let node_hints: Vec<&str> = hints
+                .and_then(|h| h.for_nodes.as_ref())
+                .into_iter()
+                .flatten()
+                .map(|n| n.name.as_str())
+                .collect();
             for addr in &endpoint.addresses {
                 let Ok(ip) = addr.parse::<Ipv4Addr>() else {
                     problems.push(format!(
@@ -549,40 +618,33 @@ fn backends_for(
                     ));
                     continue;
                 };
-                let backend = BackendAddr {
-                    addr: ip,
-                    port,
-                    proto,
-                };
-                // The same address can sit in two slices while the controller moves it;
-                // ready wins.
-                out.entry(backend)
-                    .and_modify(|s| {
-                        if state == BackendState::Active {
-                            *s = state;
-                        }
-                    })
-                    .or_insert(state);
+                out.push(Candidate {
+                    backend: BackendAddr {
+                        addr: ip,
+                        port,
+                        proto,
+                    },
+                    ready,
+                    serving,
+                    terminating,
+                    node: endpoint.node_name.as_deref(),
+                    zone_hints: zone_hints.clone(),
+                    node_hints: node_hints.clone(),
+                });
             }
         }
     }
     out
 }
 
-/// Kubernetes' reading of endpoint conditions: nil ready and nil serving mean true, nil
-/// terminating means false. Not ready but terminating and serving keeps existing flows.
-fn endpoint_state(endpoint: &Endpoint) -> Option<BackendState> {
+/// Kubernetes' reading of endpoint conditions (ready, serving, terminating): nil ready and
+/// nil serving mean true, nil terminating means false.
+fn conditions(endpoint: &Endpoint) -> (bool, bool, bool) {
     let cond = endpoint.conditions.as_ref();
     let ready = cond.and_then(|c| c.ready).unwrap_or(true);
     let serving = cond.and_then(|c| c.serving).unwrap_or(true);
     let terminating = cond.and_then(|c| c.terminating).unwrap_or(false);
-    if ready {
-        Some(BackendState::Active)
-    } else if terminating && serving {
-        Some(BackendState::Terminating)
-    } else {
-        None
-    }
+    (ready, serving, terminating)
 }
 
 fn valid_port(port: i32) -> Option<u16> {
@@ -614,7 +676,7 @@ mod tests {
                 slices.push(serde_json::from_value(value).expect("endpoint slice"));
             }
         }
-        build_state(&services, &slices, node_ips)
+        build_state(&services, &slices, node_ips, &Locality::default())
     }
 
     /// Compacting what the watchers cache changes nothing kproxy derives from it.
@@ -670,12 +732,15 @@ endpoints:
             }
         }
         let nodes = [Ipv4Addr::new(192, 168, 1, 10)];
-        let full = build_state(&services, &slices, &nodes);
+        let full = build_state(&services, &slices, &nodes, &Locality::default());
         assert!(full.frontends.len() >= 4, "{full:?}");
         let (mut small_svcs, mut small_slices) = (services.clone(), slices.clone());
         small_svcs.iter_mut().for_each(compact_service);
         small_slices.iter_mut().for_each(compact_slice);
-        assert_eq!(build_state(&small_svcs, &small_slices, &nodes), full);
+        assert_eq!(
+            build_state(&small_svcs, &small_slices, &nodes, &Locality::default()),
+            full
+        );
         // What kproxy reads besides the frontends survives too.
         let svc = &small_svcs[0];
         assert_eq!(svc.metadata.uid.as_deref(), Some("1c0ffee"));
@@ -1043,7 +1108,7 @@ endpoints: [{addresses: [10.244.7.3]}]
         let slices: Vec<EndpointSlice> = docs.map(|v| serde_json::from_value(v).unwrap()).collect();
         assert_eq!(slice_service(&slices[0]), Some("web"));
         let refs: Vec<&EndpointSlice> = slices.iter().collect();
-        let built = build_service(&svc, &refs, &[]);
+        let built = build_service(&svc, &refs, &[], &Locality::default());
         assert_eq!(built.frontends.len(), 1);
         let fe = &built.frontends[&fk([10, 96, 0, 70], 80, Proto::Tcp)];
         assert_eq!(fe.service_name(), "shop/web");
@@ -1060,9 +1125,17 @@ endpoints: [{addresses: [10.244.7.3]}]
         let mut headless = svc.clone();
         headless.spec.as_mut().unwrap().cluster_ip = Some("None".into());
         assert!(!is_proxied(&headless));
-        assert!(build_service(&headless, &refs, &[]).frontends.is_empty());
+        assert!(
+            build_service(&headless, &refs, &[], &Locality::default())
+                .frontends
+                .is_empty()
+        );
         let mut alias = svc;
         alias.spec.as_mut().unwrap().type_ = Some("ExternalName".into());
-        assert!(build_service(&alias, &refs, &[]).frontends.is_empty());
+        assert!(
+            build_service(&alias, &refs, &[], &Locality::default())
+                .frontends
+                .is_empty()
+        );
     }
 }

@@ -5,10 +5,12 @@ use std::path::{Path, PathBuf};
 
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
 use kproxy_common::{
-    Backend, Counter, Hook, LbCounter, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONFIG, MAP_IFSTATS,
-    MAP_REVNAT, MAP_SERVICES, MAP_SVC_STATS, PacketClass, RevNat, ServiceKey, ServiceValue, config,
-    ifstats_index,
+    Backend, Counter, Hook, LbCounter, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONFIG, MAP_DROPS,
+    MAP_IFSTATS, MAP_REVNAT, MAP_SERVICES, MAP_SVC_STATS, PacketClass, RevNat, ServiceKey,
+    ServiceValue, config, ifstats_index,
 };
+
+use crate::drops::{DropStat, sum_drops};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PinnedError {
@@ -47,6 +49,27 @@ fn open_ifstats(dir: &Path) -> Result<PerCpuArray<MapData, Counter>, PinnedError
         name: MAP_IFSTATS,
         source,
     })
+}
+
+fn open_drops(dir: &Path) -> Result<PerCpuArray<MapData, Counter>, PinnedError> {
+    let map = Map::PerCpuArray(open_pinned(dir, MAP_DROPS)?);
+    PerCpuArray::try_from(map).map_err(|source| PinnedError::Map {
+        name: MAP_DROPS,
+        source,
+    })
+}
+
+/// The drop counters, one row per reason, summed over CPUs.
+fn sum_drop_map(map: &PerCpuArray<MapData, Counter>) -> Result<Vec<DropStat>, PinnedError> {
+    sum_drops(|slot| map.get(&slot, 0).map(|v| v.to_vec())).map_err(|source| PinnedError::Map {
+        name: MAP_DROPS,
+        source,
+    })
+}
+
+/// Reads the drop and error counters summed over CPUs (`kproxy dump --drops`).
+pub fn read_drops(dir: &Path) -> Result<Vec<DropStat>, PinnedError> {
+    sum_drop_map(&open_drops(dir)?)
 }
 
 /// Reads the per-interface packet counters summed over CPUs.
@@ -136,6 +159,7 @@ pub struct PinnedLb {
     svc_stats: Map,
     be_stats: Map,
     ifstats: PerCpuArray<MapData, Counter>,
+    drops: PerCpuArray<MapData, Counter>,
 }
 
 impl PinnedLb {
@@ -147,7 +171,13 @@ impl PinnedLb {
             svc_stats: Map::PerCpuArray(open_pinned(dir, MAP_SVC_STATS)?),
             be_stats: Map::PerCpuArray(open_pinned(dir, MAP_BACKEND_STATS)?),
             ifstats: open_ifstats(dir)?,
+            drops: open_drops(dir)?,
         })
+    }
+
+    /// The drop and error counters, one row per reason, summed over CPUs.
+    pub fn drops(&self) -> Result<Vec<DropStat>, PinnedError> {
+        sum_drop_map(&self.drops)
     }
 
     /// The uplink packet counters summed over CPUs.

@@ -25,6 +25,7 @@ use axum::{
 };
 use kproxy::{
     ct::{CtTable, monotonic_s},
+    drops::DropStat,
     names::{Names, ServiceRow, service_table},
     pinned::PinnedLb,
 };
@@ -149,7 +150,9 @@ async fn lb(State(ctx): State<Ctx>) -> Response {
             .ct
             .live_per_revnat(monotonic_s())
             .context("reading the connection tracking table")?;
-        Ok(LbTable::new(&ctx.node, rows, &ct))
+        let mut table = LbTable::new(&ctx.node, rows, &ct);
+        table.drops = ctx.lb.drops()?;
+        Ok(table)
     })
     .await;
     match result.map_err(anyhow::Error::from).and_then(|r| r) {
@@ -178,6 +181,8 @@ pub struct LbTable {
     pub kind: &'static str,
     pub node: String,
     pub frontends: Vec<LbFrontend>,
+    /// The datapath's drop and error counters, one per reason (`kctl lb --drops`).
+    pub drops: Vec<DropStat>,
 }
 
 /// The Service port a frontend belongs to (empty until kproxy has named it).
@@ -285,6 +290,7 @@ impl LbTable {
             kind: "ServiceTable",
             node: node.to_string(),
             frontends,
+            drops: Vec::new(),
         }
     }
 }
@@ -378,6 +384,17 @@ mod tests {
         assert_eq!(fe["backends"][1]["state"], "terminating");
         assert_eq!(fe["backends"][1]["address"], "10.0.0.2");
         assert_eq!(fe["backends"][0]["newFlows"], 2);
+        // The drop counters as `kctl lb --drops` decodes them.
+        let mut t = LbTable::new("n1", vec![], &BTreeMap::new());
+        t.drops = vec![DropStat {
+            reason: "no-backend",
+            packets: 3,
+            bytes: 180,
+        }];
+        assert_eq!(
+            serde_json::to_value(&t).unwrap()["drops"],
+            serde_json::json!([{"reason": "no-backend", "packets": 3, "bytes": 180}])
+        );
         // A frontend without tracked flows reports 0, not a missing field.
         let t = LbTable::new("n1", vec![row], &BTreeMap::from([(9, 1)]));
         let v = serde_json::to_value(&t).unwrap();

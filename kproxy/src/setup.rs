@@ -12,8 +12,13 @@ use tokio::sync::mpsc;
 
 use anyhow::{Context as _, Result};
 use kproxy::{
-    Datapath, XdpAttachMode, datapath::find_cgroup2_root, metrics, names::Names, pinned::PinnedLb,
-    pod_veths::PodVethChange, sync::Syncer,
+    Datapath, XdpAttachMode,
+    datapath::{HostRouting, find_cgroup2_root},
+    metrics,
+    names::Names,
+    pinned::PinnedLb,
+    pod_veths::PodVethChange,
+    sync::Syncer,
 };
 
 /// Where the uplink's external load balancing runs.
@@ -35,6 +40,12 @@ pub struct DatapathOpts {
     /// Which uplink hook load-balances external traffic.
     #[arg(long, value_enum, default_value = "xdp")]
     pub lb_mode: LbMode,
+    /// How load-balanced packets reach local pod backends and their replies the uplink:
+    /// `bpf` redirects them past the bridge, netfilter and routing (`bpf_redirect_peer`,
+    /// `bpf_redirect`), `legacy` leaves them to the kernel (and its netfilter FORWARD
+    /// rules). `bpf` measured faster (docs/ARCHITECTURE.md, "Host routing").
+    #[arg(long, value_enum, default_value = "bpf")]
+    pub host_routing: HostRouting,
     /// A pod's host-side veth: per-packet service translation for traffic leaving the pod
     /// (repeatable).
     #[arg(long = "pod-iface")]
@@ -44,7 +55,7 @@ pub struct DatapathOpts {
     /// (repeatable).
     #[arg(long = "pod-bridge")]
     pub pod_bridges: Vec<String>,
-    /// Do not attach socket-LB (cgroup connect4/sendmsg4/recvmsg4/getpeername4).
+    /// Do not attach socket-LB (cgroup connect/sendmsg/recvmsg/getpeername, 4 and 6).
     #[arg(long)]
     pub no_socket_lb: bool,
     /// Where socket-LB translates connect()/sendmsg(): `all` (every process, attached at
@@ -208,6 +219,9 @@ pub async fn bring_up(bpffs: &Path, opts: &DatapathOpts) -> Result<Running> {
         );
         Some(rx)
     };
+    // After the pod veths are known: it prunes learned routes of veths that went away.
+    dp.set_host_routing(opts.host_routing, opts.uplink.as_deref())
+        .context("setting host routing")?;
     if opts.no_socket_lb {
         // Socket-LB links outlive kproxy (they are pinned); without this a previous run's
         // programs would keep translating after socket-LB was switched off.
@@ -283,6 +297,9 @@ pub fn apply_pod_veth(dp: &mut Datapath, change: PodVethChange) {
         PodVethChange::Detach(iface) => {
             if let Err(err) = dp.detach_pod_iface(&iface) {
                 tracing::error!(%iface, %err, "cannot detach the pod program from a pod veth");
+            }
+            if let Err(err) = dp.prune_host_routes() {
+                tracing::warn!(%iface, %err, "cannot remove the host routes of a pod veth");
             }
         }
     }

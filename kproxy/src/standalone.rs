@@ -11,7 +11,10 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use kproxy::{
-    Datapath, metrics, model,
+    Datapath,
+    healthcheck::HealthServer,
+    metrics,
+    model::{self, policy::Locality},
     names::{Names, load_names, service_table},
     pinned::PinnedLb,
     source::ManifestSource,
@@ -27,6 +30,13 @@ pub struct Opts {
     /// directory of such files (*.yaml, *.yml, *.json); changed files are re-read.
     #[arg(long)]
     manifests: Option<PathBuf>,
+    /// This node's name, matched against endpoints' `nodeName` by the Local traffic
+    /// policies (default: the host name, as kube-proxy's `--hostname-override` default).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// This node's `topology.kubernetes.io/zone`, matched against endpoints' zone hints.
+    #[arg(long)]
+    node_zone: Option<String>,
     #[command(flatten)]
     datapath: DatapathOpts,
 }
@@ -34,6 +44,8 @@ pub struct Opts {
 struct Reconciler {
     syncer: Syncer,
     node_ips: Vec<Ipv4Addr>,
+    local: Locality,
+    health: HealthServer,
     bpffs: PathBuf,
     /// Shared with `/metrics`; also saved to a file for `kproxy dump`.
     names: Arc<RwLock<Names>>,
@@ -54,7 +66,7 @@ impl Reconciler {
             }
         };
         let parsed = started.elapsed();
-        let desired = model::build_state(&services, &slices, &self.node_ips);
+        let desired = model::build_state(&services, &slices, &self.node_ips, &self.local);
         // `plan` commits to the syncer only when it succeeds, so no copy is needed.
         let ops = match self.syncer.plan(&desired) {
             Ok(ops) => ops,
@@ -85,6 +97,7 @@ impl Reconciler {
         metrics::SYNC_OPS.inc_by(ops.len() as u64);
         metrics::observe_sync(took);
         metrics::HEALTH.set_synced();
+        self.health.update(&desired.health, &self.node_ips);
         // The breakdown separates the datapath programming (apply: the map writes) from
         // the standalone file handling (parse, then build + diff).
         tracing::info!(
@@ -101,6 +114,12 @@ impl Reconciler {
     }
 }
 
+/// The kernel's host name, the default node name.
+fn hostname() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    Some(name.trim().to_string()).filter(|n| !n.is_empty())
+}
+
 pub async fn run(bpffs: &Path, opts: Opts) -> Result<()> {
     let running = setup::bring_up(bpffs, &opts.datapath).await?;
     let mut dp = running.dp;
@@ -113,10 +132,15 @@ pub async fn run(bpffs: &Path, opts: Opts) -> Result<()> {
     let mut rec = Reconciler {
         syncer: running.syncer,
         node_ips,
+        local: Locality {
+            node: opts.node_name.clone().or_else(hostname),
+            zone: opts.node_zone.clone(),
+        },
+        health: HealthServer::default(),
         bpffs: bpffs.to_path_buf(),
         names: running.names,
     };
-    tracing::info!(node_ips = ?rec.node_ips, "NodePort addresses");
+    tracing::info!(node_ips = ?rec.node_ips, node = ?rec.local.node, zone = ?rec.local.zone, "NodePort addresses and locality");
 
     let mut source = opts.manifests.as_deref().map(ManifestSource::new);
     if let Some(src) = source.as_mut() {

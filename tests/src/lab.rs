@@ -238,6 +238,10 @@ impl Topology {
             "192.0.2.2/24",
         );
         client.ip(&["route", "add", "default", "via", "192.0.2.2"]);
+        // An external host's packets come from a NIC with full checksums; a veth with
+        // checksum offload would send CHECKSUM_PARTIAL ones, which XDP leaves to tc
+        // (kproxy-ebpf's partial.rs), and the XDP path would go untested.
+        sh(client.cmd("ethtool").args(["-K", "eth0", "tx", "off"]));
         node.ip(&["link", "add", "br0", "type", "bridge"]);
         node.ip(&["addr", "add", "10.244.1.1/24", "dev", "br0"]);
         node.ip(&["link", "set", "br0", "up"]);
@@ -488,4 +492,39 @@ pub fn flush_ct(bpffs: &Path) {
         .arg("--bpffs")
         .arg(bpffs)
         .arg("ct-flush"));
+}
+
+/// The network of [`Lab::add_remote_client`]'s host.
+pub const REMOTE_CLIENT_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+
+impl Lab {
+    /// A second external host, 198.51.100.2, one routed hop behind the client host (a
+    /// client from another network): its traffic reaches the uplink with its own source
+    /// address. The namespace goes when the returned value is dropped.
+    #[must_use]
+    pub fn add_remote_client(&self) -> NetNs {
+        let remote = NetNs::new("kpt-r");
+        veth_pair(
+            &remote,
+            "eth0",
+            &format!("{REMOTE_CLIENT_IP}/24"),
+            &self.client,
+            "rc0",
+            "198.51.100.1/24",
+        );
+        remote.ip(&["route", "add", "default", "via", "198.51.100.1"]);
+        sh(remote.cmd("ethtool").args(["-K", "eth0", "tx", "off"]));
+        sh(self
+            .client
+            .cmd("sysctl")
+            .args(["-qw", "net.ipv4.ip_forward=1"]));
+        self.node.ip(&[
+            "route",
+            "add",
+            "198.51.100.0/24",
+            "via",
+            &CLIENT_IP.to_string(),
+        ]);
+        remote
+    }
 }

@@ -6,6 +6,7 @@
 //! the tests check it against the standard tools.
 
 pub mod apiserver;
+pub mod bigudp;
 pub mod cluster;
 pub mod control;
 pub mod kubectl;

@@ -34,6 +34,8 @@ const APT_PACKAGES: &[&str] = &[
     "iputils-ping",
     "util-linux",
     "procps",
+    // tests/offloads.rs: switches checksum offload on the lab's veths (`ethtool -K`).
+    "ethtool",
     // Container runtime: no registry is reachable, images are built locally.
     "docker.io",
     "containerd",

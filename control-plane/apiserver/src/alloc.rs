@@ -56,7 +56,19 @@ pub fn keys_of(svc: &Value) -> BTreeSet<String> {
             keys.insert(format!("{PORT_PREFIX}{np}"));
         }
     }
+    if let Some(hc) = svc["spec"]["healthCheckNodePort"]
+        .as_u64()
+        .filter(|n| *n > 0)
+    {
+        keys.insert(format!("{PORT_PREFIX}{hc}"));
+    }
     keys
+}
+
+/// Whether a Service gets a `healthCheckNodePort`: a LoadBalancer with
+/// `externalTrafficPolicy: Local` (Kubernetes' `needsHCNodePort`).
+fn wants_health_check_port(svc: &Value) -> bool {
+    svc["spec"]["type"] == "LoadBalancer" && svc["spec"]["externalTrafficPolicy"] == "Local"
 }
 
 fn invalid(field: &str, value: String, detail: String) -> FieldError {
@@ -183,6 +195,8 @@ impl Ranges {
                 p["nodePort"] = json!(np);
             }
         }
+        self.assign_health_check_port(store, svc, old, &old_keys, &mut used, &mut errs)
+            .await?;
         if !errs.is_empty() {
             return Ok(Err(errs));
         }
@@ -199,6 +213,66 @@ impl Ranges {
             expected: None,
         }));
         Ok(Ok(ops))
+    }
+
+    /// The `healthCheckNodePort` from the NodePort range, as Kubernetes allocates it: kept
+    /// from `old` when the client leaves it out, validated when given, allocated when
+    /// missing; removed when the Service no longer needs one (an update from Local to
+    /// Cluster), refused when set on a Service that cannot use it.
+    async fn assign_health_check_port(
+        &self,
+        store: &dyn Store,
+        svc: &mut Value,
+        old: Option<&Value>,
+        old_keys: &BTreeSet<String>,
+        used: &mut BTreeSet<u64>,
+        errs: &mut Vec<FieldError>,
+    ) -> ApiResult<()> {
+        const FIELD: &str = "spec.healthCheckNodePort";
+        let given = svc["spec"]["healthCheckNodePort"].as_u64().unwrap_or(0);
+        let old_hc = old
+            .filter(|o| wants_health_check_port(o))
+            .and_then(|o| o["spec"]["healthCheckNodePort"].as_u64())
+            .unwrap_or(0);
+        if !wants_health_check_port(svc) {
+            if given != 0 && given != old_hc {
+                errs.push(invalid(
+                    FIELD,
+                    given.to_string(),
+                    "may only be set when `type` is 'LoadBalancer' and `externalTrafficPolicy` is 'Local'".into(),
+                ));
+            } else if let Some(spec) = svc["spec"].as_object_mut() {
+                spec.remove("healthCheckNodePort");
+            }
+            return Ok(());
+        }
+        let hc = if given != 0 {
+            let key = format!("{PORT_PREFIX}{given}");
+            let (lo, hi) = self.node_ports;
+            if given < u64::from(lo) || given > u64::from(hi) {
+                errs.push(invalid(
+                    FIELD,
+                    given.to_string(),
+                    format!("provided port is not in the valid range. The range of valid ports is {lo}-{hi}"),
+                ));
+            } else if used.contains(&given)
+                || (!old_keys.contains(&key) && store.get(&key).await?.is_some())
+            {
+                errs.push(invalid(
+                    FIELD,
+                    given.to_string(),
+                    "provided port is already allocated".into(),
+                ));
+            }
+            given
+        } else if old_hc != 0 {
+            old_hc
+        } else {
+            u64::from(self.random_port(store, used).await?)
+        };
+        used.insert(hc);
+        svc["spec"]["healthCheckNodePort"] = json!(hc);
+        Ok(())
     }
 
     async fn random_ip(&self, store: &dyn Store) -> ApiResult<Ipv4Addr> {

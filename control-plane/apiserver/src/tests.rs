@@ -260,6 +260,70 @@ async fn services_get_addresses_from_the_allocator() {
 }
 
 #[tokio::test]
+async fn local_load_balancers_get_a_health_check_node_port() {
+    let s = Server::new("hcport").await;
+    let svc = |name: &str, ty: &str, etp: &str| {
+        json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name},
+            "spec": {"type": ty, "externalTrafficPolicy": etp, "selector": {"app": "a"},
+                     "ports": [{"port": 80}]},
+        })
+    };
+    let lb = s.post(SERVICES, &svc("lb", "LoadBalancer", "Local")).await;
+    assert_eq!(lb.code, StatusCode::CREATED, "{}", lb.body);
+    let hc = lb.body["spec"]["healthCheckNodePort"].as_u64().unwrap();
+    assert!((30000..=32767).contains(&hc), "{hc}");
+    assert_ne!(Some(hc), lb.body["spec"]["ports"][0]["nodePort"].as_u64());
+
+    // Cluster policy or a NodePort Service: none, and asking for one is a 422.
+    let cluster = s.post(SERVICES, &svc("c", "LoadBalancer", "Cluster")).await;
+    assert_eq!(cluster.code, StatusCode::CREATED, "{}", cluster.body);
+    assert!(cluster.body["spec"].get("healthCheckNodePort").is_none());
+    let mut np = svc("np", "NodePort", "Local");
+    np["spec"]["healthCheckNodePort"] = json!(31999);
+    assert_status(
+        &s.post(SERVICES, &np).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "Invalid",
+    );
+
+    // A port already held (by lb) is refused; one out of range too.
+    let mut taken = svc("taken", "LoadBalancer", "Local");
+    taken["spec"]["healthCheckNodePort"] = json!(hc);
+    assert_status(
+        &s.post(SERVICES, &taken).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "Invalid",
+    );
+    taken["spec"]["healthCheckNodePort"] = json!(80);
+    assert_status(
+        &s.post(SERVICES, &taken).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "Invalid",
+    );
+
+    // An update keeps it; switching to Cluster releases it for another Service.
+    let mut kept = lb.body.clone();
+    kept["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("healthCheckNodePort");
+    let kept = s.put(&format!("{SERVICES}/lb"), &kept).await;
+    assert_eq!(kept.code, StatusCode::OK, "{}", kept.body);
+    assert_eq!(kept.body["spec"]["healthCheckNodePort"].as_u64(), Some(hc));
+    let mut to_cluster = kept.body.clone();
+    to_cluster["spec"]["externalTrafficPolicy"] = json!("Cluster");
+    let switched = s.put(&format!("{SERVICES}/lb"), &to_cluster).await;
+    assert_eq!(switched.code, StatusCode::OK, "{}", switched.body);
+    assert!(switched.body["spec"].get("healthCheckNodePort").is_none());
+    let mut again = svc("again", "LoadBalancer", "Local");
+    again["spec"]["healthCheckNodePort"] = json!(hc);
+    let again = s.post(SERVICES, &again).await;
+    assert_eq!(again.code, StatusCode::CREATED, "{}", again.body);
+}
+
+#[tokio::test]
 async fn pods_start_pending_with_their_qos_class() {
     let s = Server::new("pods").await;
     for (name, resources, class) in [

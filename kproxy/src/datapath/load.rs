@@ -64,7 +64,10 @@ impl Datapath {
             ebpf,
             bpffs_dir: bpffs_dir.to_path_buf(),
             pod_ifaces: std::collections::BTreeSet::new(),
+            sock_cgroup: None,
+            sock_removed_at: super::sock_term::RemovedAt::default(),
             lb: super::LbSettings::default(),
+            host_routing: false,
         })
     }
 }
@@ -136,6 +139,7 @@ mod tests {
             abi::MAP_REVNAT,
             abi::MAP_CT,
             abi::MAP_L2,
+            abi::MAP_VIPS,
             abi::MAP_AFFINITY,
             abi::MAP_SOCK_REVNAT,
             abi::MAP_SVC_STATS,
@@ -143,7 +147,10 @@ mod tests {
             abi::MAP_SCRATCH,
             abi::MAP_MAGLEV,
             abi::MAP_AFFINITY_MATCH,
+            abi::MAP_SRC_RANGE,
             abi::MAP_DROPS,
+            abi::MAP_HOST_ROUTES,
+            abi::MAP_FRAGS,
             // aya-log's ring buffer (its name is aya-log's, not ours).
             "AYA_LOGS",
         ]);

@@ -11,7 +11,7 @@ use super::{Datapath, DatapathError};
 use crate::sync::MapOp;
 
 impl Datapath {
-    fn set_config(&mut self, slot: u32, value: u32) -> Result<(), DatapathError> {
+    pub(super) fn set_config(&mut self, slot: u32, value: u32) -> Result<(), DatapathError> {
         let map = self
             .ebpf
             .map_mut(MAP_CONFIG)
@@ -105,14 +105,18 @@ impl Datapath {
 
     /// Applies planned map operations in order.
     pub fn apply(&mut self, ops: &[MapOp]) -> Result<(), DatapathError> {
-        let [svc, be, rn, l2, mg, am] = self.ebpf.maps_disjoint_mut([
+        let [svc, be, rn, l2, mg, am, sr, vp] = self.ebpf.maps_disjoint_mut([
             MAP_SERVICES,
             MAP_BACKENDS,
             MAP_REVNAT,
             MAP_L2,
             MAP_MAGLEV,
             MAP_AFFINITY_MATCH,
+            kproxy_common::MAP_SRC_RANGE,
+            kproxy_common::MAP_VIPS,
         ]);
+        let mut vip_map = super::vips::open(vp)?;
+        let mut ranges = super::src_range::open(sr)?;
         let map_err = |name| move |source| DatapathError::Map { name, source };
         let mut maglev = Array::<&mut MapData, MaglevBucket>::try_from(
             mg.ok_or(DatapathError::MissingMap(MAP_MAGLEV))?,
@@ -138,6 +142,7 @@ impl Datapath {
             l2.ok_or(DatapathError::MissingMap(MAP_L2))?,
         )
         .map_err(map_err(MAP_L2))?;
+        let mut removed = std::collections::BTreeSet::new();
         for op in ops {
             match op {
                 MapOp::PutBackend { id, backend } => backends
@@ -156,12 +161,22 @@ impl Datapath {
                     ignore_missing(revnat.remove(&u32::from(*id))).map_err(map_err(MAP_REVNAT))?;
                 }
                 MapOp::DeleteBackend { id } => {
+                    // The sockets connected to it are terminated below (`sock_term`).
+                    if let Ok(b) = backends.get(id, 0) {
+                        removed.insert(super::sock_term::Removed {
+                            addr: b.addr,
+                            port: b.port,
+                            proto: b.proto,
+                        });
+                    }
                     ignore_missing(backends.remove(id)).map_err(map_err(MAP_BACKENDS))?;
                 }
                 MapOp::PutL2 { addr } => l2.insert(addr, 1, 0).map_err(map_err(MAP_L2))?,
                 MapOp::DeleteL2 { addr } => {
                     ignore_missing(l2.remove(addr)).map_err(map_err(MAP_L2))?;
                 }
+                MapOp::PutVip { addr, flags } => super::vips::put(&mut vip_map, *addr, *flags)?,
+                MapOp::DeleteVip { addr } => super::vips::delete(&mut vip_map, *addr)?,
                 MapOp::PutMaglev { bucket, value } => {
                     maglev.set(*bucket, value, 0).map_err(map_err(MAP_MAGLEV))?;
                 }
@@ -171,7 +186,16 @@ impl Datapath {
                 MapOp::DeleteAffinityMatch { key } => {
                     ignore_missing(members.remove(key)).map_err(map_err(MAP_AFFINITY_MATCH))?;
                 }
+                MapOp::PutSrcRange { prefix_len, key } => {
+                    super::src_range::put(&mut ranges, *prefix_len, *key)?;
+                }
+                MapOp::DeleteSrcRange { prefix_len, key } => {
+                    super::src_range::delete(&mut ranges, *prefix_len, *key)?;
+                }
             }
+        }
+        if !removed.is_empty() {
+            self.terminate_sockets(&removed);
         }
         Ok(())
     }
@@ -182,7 +206,9 @@ impl Datapath {
         let (s, b, r) = self.read_lb_maps()?;
         Ok(crate::sync::Syncer::from_maps(s, b, r)
             .with_l2(self.read_l2()?)
+            .with_vips(self.read_vips()?)
             .with_affinity_match(self.read_affinity_match()?)
+            .with_source_ranges(self.read_source_ranges()?)
             .with_lb(self.lb.default, self.lb.seed, self.lb.tables_valid))
     }
 

@@ -2,33 +2,47 @@
 //! the root) with pinned links.
 
 use std::{
+    collections::BTreeSet,
     os::{fd::AsFd as _, unix::fs::MetadataExt as _},
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
-use aya::programs::{CgroupAttachMode, CgroupSockAddr};
+use aya::{
+    maps::{Array, HashMap, MapData},
+    programs::{CgroupAttachMode, CgroupSockAddr},
+};
 use kproxy_common::{
-    PROG_SOCK4_CONNECT, PROG_SOCK4_GETPEERNAME, PROG_SOCK4_RECVMSG, PROG_SOCK4_SENDMSG,
+    Backend, IPPROTO_UDP, MAP_BACKENDS, MAP_CONFIG, MAP_SOCK_REVNAT, PROG_SOCK4_CONNECT,
+    PROG_SOCK4_GETPEERNAME, PROG_SOCK4_RECVMSG, PROG_SOCK4_SENDMSG, PROG_SOCK6_CONNECT,
+    PROG_SOCK6_GETPEERNAME, PROG_SOCK6_RECVMSG, PROG_SOCK6_SENDMSG, SockRevNatKey, SockRevNatValue,
+    config,
 };
 
 use super::{
     Datapath, DatapathError, cgroup_link, kernel_at_least,
     pin::{pin_link, remove_pin},
     program,
+    sock_term::{self, Removed},
 };
 
 /// Socket-LB programs, attached to the cgroup v2 root: program, pin tag (`link_sock_TAG`)
 /// and the kernel attach type (`enum bpf_attach_type`, linux/bpf.h), which tells whether a
-/// pinned link is the one this program belongs in.
-pub(super) const SOCK_PROGS: [(&str, &str, u32); 4] = [
+/// pinned link is the one this program belongs in. The `*6` programs translate IPv4-mapped
+/// addresses of IPv6 sockets only.
+pub(super) const SOCK_PROGS: [(&str, &str, u32); 8] = [
     (PROG_SOCK4_CONNECT, "connect4", 10), // BPF_CGROUP_INET4_CONNECT
     (PROG_SOCK4_SENDMSG, "sendmsg4", 14), // BPF_CGROUP_UDP4_SENDMSG
     (PROG_SOCK4_RECVMSG, "recvmsg4", 19), // BPF_CGROUP_UDP4_RECVMSG
     (PROG_SOCK4_GETPEERNAME, "getpeername4", 29), // BPF_CGROUP_INET4_GETPEERNAME
+    (PROG_SOCK6_CONNECT, "connect6", 11), // BPF_CGROUP_INET6_CONNECT
+    (PROG_SOCK6_SENDMSG, "sendmsg6", 15), // BPF_CGROUP_UDP6_SENDMSG
+    (PROG_SOCK6_RECVMSG, "recvmsg6", 20), // BPF_CGROUP_UDP6_RECVMSG
+    (PROG_SOCK6_GETPEERNAME, "getpeername6", 30), // BPF_CGROUP_INET6_GETPEERNAME
 ];
 
 impl Datapath {
-    /// Attaches the socket-LB programs (connect4, sendmsg4, recvmsg4, getpeername4) to a
+    /// Attaches the socket-LB programs (`SOCK_PROGS`) to a
     /// cgroup v2 directory, normally the root so every process on the node is covered.
     /// Other programs already attached there keep running: on kernels >= 5.7 aya attaches
     /// through bpf_link, which always coexists with other links (and rejects any mode flag,
@@ -102,9 +116,10 @@ impl Datapath {
             // new link; that must not go unnoticed.
             pin_link(link, &pin).map_err(|source| DatapathError::PinLink { path: pin, source })?;
         }
+        self.sock_cgroup = Some(cgroup.to_path_buf());
         tracing::info!(
             cgroup = %cgroup.display(), reused_pinned_links = reused,
-            "socket-LB attached (connect4, sendmsg4, recvmsg4, getpeername4)"
+            "socket-LB attached (connect, sendmsg, recvmsg, getpeername; IPv4 and IPv4-mapped IPv6)"
         );
         Ok(())
     }
@@ -125,10 +140,148 @@ impl Datapath {
         Ok(removed)
     }
 
+    /// Terminates the sockets socket-LB connected to backends just removed from the maps
+    /// (see `sock_term`); nothing while socket-LB is off. UDP sockets go at once; TCP ones
+    /// after `TCP_GRACE`, and only if the backend is still gone then: requests in flight on
+    /// short connections finish, and a backend that comes straight back (a pod re-created
+    /// at the same address) keeps its connections. Failures are logged: the maps are right
+    /// already, a socket left over only talks to a dead backend as before.
+    pub(super) fn terminate_sockets(&self, removed: &BTreeSet<Removed>) {
+        let Some(cgroup) = &self.sock_cgroup else {
+            return;
+        };
+        // An id deleted while its address stays under another id is no removal.
+        let live = live_backends(&self.bpffs_dir);
+        let (udp_removed, tcp_removed): (BTreeSet<Removed>, BTreeSet<Removed>) = removed
+            .difference(&live)
+            .partition(|r| r.proto == IPPROTO_UDP);
+        if !udp_removed.is_empty() {
+            let (udp, scope) = match self.sock_term_inputs(&udp_removed) {
+                Ok(v) => v,
+                Err(err) => {
+                    tracing::warn!(%err, "cannot read the socket rev-NAT map; UDP sockets kept");
+                    (BTreeSet::new(), None)
+                }
+            };
+            log_terminated(sock_term::terminate(cgroup, scope, udp_removed, udp));
+        }
+        if tcp_removed.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        if let Ok(mut at) = self.sock_removed_at.lock() {
+            // Entries older than the grace are done with.
+            at.retain(|_, t| now.duration_since(*t) < TCP_GRACE * 2);
+            at.extend(tcp_removed.iter().map(|r| (*r, now)));
+        }
+        let scope = self
+            .sock_term_inputs(&BTreeSet::new())
+            .ok()
+            .and_then(|v| v.1);
+        let (cgroup, dir) = (cgroup.clone(), self.bpffs_dir.clone());
+        let removed_at = self.sock_removed_at.clone();
+        let spawned = std::thread::Builder::new()
+            .name("sock-terminate-tcp".into())
+            .spawn(move || {
+                std::thread::sleep(TCP_GRACE);
+                let live = live_backends(&dir);
+                // Only backends still gone whose latest removal is this one: a backend
+                // re-added and removed again meanwhile is left to that removal's thread.
+                let latest = |r: &Removed| {
+                    removed_at
+                        .lock()
+                        .map_or(true, |at| at.get(r).is_none_or(|t| *t <= now))
+                };
+                let gone: BTreeSet<Removed> = tcp_removed
+                    .difference(&live)
+                    .filter(|r| latest(r))
+                    .copied()
+                    .collect();
+                if !gone.is_empty() {
+                    log_terminated(sock_term::terminate(&cgroup, scope, gone, BTreeSet::new()));
+                }
+            });
+        if let Err(err) = spawned {
+            tracing::warn!(%err, "cannot start the TCP socket termination thread");
+        }
+    }
+
+    /// The (cookie, backend address, port) of socket rev-NAT entries for removed UDP
+    /// backends, and socket-LB's namespace scope (its netns cookie, if limited).
+    #[expect(clippy::type_complexity, reason = "a pair read together, used once")]
+    fn sock_term_inputs(
+        &self,
+        removed: &BTreeSet<Removed>,
+    ) -> Result<(BTreeSet<(u64, u32, u16)>, Option<u64>), aya::maps::MapError> {
+        let mut udp = BTreeSet::new();
+        if removed.iter().any(|r| r.proto == IPPROTO_UDP)
+            && let Some(map) = self.ebpf.map(MAP_SOCK_REVNAT)
+        {
+            let revnat = HashMap::<&MapData, SockRevNatKey, SockRevNatValue>::try_from(map)?;
+            for key in revnat.keys() {
+                let k = key?;
+                let r = Removed {
+                    addr: k.addr,
+                    port: k.port,
+                    proto: IPPROTO_UDP,
+                };
+                if removed.contains(&r) {
+                    udp.insert((k.cookie, k.addr, k.port));
+                }
+            }
+        }
+        let mut scope = None;
+        if let Some(map) = self.ebpf.map(MAP_CONFIG) {
+            let cfg = Array::<&MapData, u32>::try_from(map)?;
+            let lo = cfg.get(&config::SOCK_LB_NETNS_LO, 0)?;
+            let hi = cfg.get(&config::SOCK_LB_NETNS_HI, 0)?;
+            let c = (u64::from(hi) << 32) | u64::from(lo);
+            scope = (c != 0).then_some(c);
+        }
+        Ok((udp, scope))
+    }
+
     /// Where the socket-LB link with pin name tag `tag` (see `SOCK_PROGS`) is pinned.
     fn sock_link_pin(&self, tag: &str) -> PathBuf {
         self.bpffs_dir.join(format!("link_sock_{tag}"))
     }
+}
+
+/// How long TCP connections to a removed backend may go on before they are destroyed.
+const TCP_GRACE: Duration = Duration::from_secs(2);
+
+fn log_terminated(result: std::io::Result<sock_term::Terminated>) {
+    match result {
+        Ok(t) if t.destroyed > 0 || t.failed > 0 => tracing::info!(
+            destroyed = t.destroyed,
+            failed = t.failed,
+            namespaces = t.namespaces,
+            "terminated sockets connected to removed backends"
+        ),
+        Ok(_) => {}
+        Err(err) => tracing::warn!(%err, "cannot terminate sockets of removed backends"),
+    }
+}
+
+/// The backends the pinned backends map holds now (empty if it cannot be read: the
+/// removal was decided, its sockets go).
+fn live_backends(dir: &Path) -> BTreeSet<Removed> {
+    let Ok(map) = crate::pinned::open_pinned(dir, MAP_BACKENDS) else {
+        return BTreeSet::new();
+    };
+    let Ok(backends) = HashMap::<MapData, u32, Backend>::try_from(aya::maps::Map::HashMap(map))
+    else {
+        return BTreeSet::new();
+    };
+    backends
+        .iter()
+        .filter_map(Result::ok)
+        .map(|(_, b)| Removed {
+            addr: b.addr,
+            port: b.port,
+            proto: b.proto,
+        })
+        .collect()
 }
 
 /// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup` on unified systems,

@@ -29,7 +29,12 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use kproxy::{Datapath, sync::Syncer};
+use kproxy::{
+    Datapath,
+    healthcheck::HealthServer,
+    model::{HealthCheck, policy::Locality},
+    sync::Syncer,
+};
 use kube::Client;
 use tokio::{
     signal::unix::{SignalKind, signal},
@@ -94,6 +99,11 @@ struct NodeProxy {
     cache: Cache,
     client: Client,
     node_name: String,
+    /// This node's name and its Node's zone label, for traffic policies and hints.
+    local: Locality,
+    /// The healthCheckNodePorts, by Service; `health` serves them.
+    health_checks: HashMap<String, (u16, HealthCheck)>,
+    health: HealthServer,
     proxy_name: Option<String>,
     /// `--node-ip` plus the uplink's addresses; the Node's are added to these.
     base_node_ips: Vec<Ipv4Addr>,
@@ -155,6 +165,12 @@ pub async fn run(bpffs: &Path, opts: Opts) -> Result<()> {
         cache: Cache::default(),
         client,
         node_name: opts.node_name.clone(),
+        local: Locality {
+            node: Some(opts.node_name.clone()),
+            zone: None,
+        },
+        health_checks: HashMap::new(),
+        health: HealthServer::default(),
         proxy_name: opts.proxy_name.clone(),
         node_ips: base_node_ips.clone(),
         base_node_ips,

@@ -137,7 +137,7 @@ impl NodeProxy {
                     model::ServiceFrontends::default()
                 } else {
                     let slices = self.cache.slices_for(key);
-                    model::build_service(svc, &slices, &self.node_ips)
+                    model::build_service(svc, &slices, &self.node_ips, &self.local)
                 }
             }
             None => model::ServiceFrontends::default(),
@@ -158,6 +158,7 @@ impl NodeProxy {
     /// precedence on.
     fn program(&mut self, key: &str, mut built: model::ServiceFrontends) -> Result<usize, ()> {
         let started = Instant::now();
+        let health = built.health.take();
         let mut problems: Vec<(&'static str, String)> = std::mem::take(&mut built.problems)
             .into_iter()
             .map(|p| ("InvalidInput", p))
@@ -221,6 +222,7 @@ impl NodeProxy {
             self.apply_failed(&err.to_string());
             return Err(());
         }
+        self.set_health_check(key, health);
         let n = ops.len();
         metrics::SYNC_OPS.inc_by(n as u64);
         metrics::observe_sync(started.elapsed());
@@ -240,6 +242,18 @@ impl NodeProxy {
         self.names_changed(key, before);
         self.report(key, problems);
         Ok(n)
+    }
+
+    /// Serves (or stops serving) the Service's healthCheckNodePort.
+    fn set_health_check(&mut self, key: &str, check: Option<(u16, model::HealthCheck)>) {
+        let changed = match check {
+            Some(check) => self.health_checks.insert(key.to_string(), check.clone()) != Some(check),
+            None => self.health_checks.remove(key).is_some(),
+        };
+        if changed {
+            let by_port = self.health_checks.values().cloned().collect();
+            self.health.update(&by_port, &self.node_ips);
+        }
     }
 
     fn apply_failed(&mut self, err: &str) {

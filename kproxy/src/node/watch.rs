@@ -174,7 +174,19 @@ impl NodeProxy {
                 self.cache.relist_node.take().flatten()
             }
         };
-        // Only its addresses are used: they are kept as `node_ips`, not the object.
+        // Only its addresses and zone are used: kept as `node_ips` and `local`, not the
+        // object.
+        let zone = node
+            .as_ref()
+            .and_then(|n| n.metadata.labels.as_ref())
+            .and_then(|l| l.get(kproxy::model::policy::ZONE_LABEL))
+            .cloned();
+        if zone != self.local.zone {
+            tracing::info!(?zone, "node zone changed");
+            self.local.zone = zone;
+            // Topology hints may now choose other endpoints for any Service.
+            self.dirty.extend(self.cache.services.keys().cloned());
+        }
         let mut ips = self.base_node_ips.clone();
         let addrs = node
             .as_ref()
@@ -192,6 +204,8 @@ impl NodeProxy {
         if ips != self.node_ips {
             tracing::info!(node_ips = ?ips, "NodePort addresses changed");
             self.node_ips = ips;
+            let checks = self.health_checks.values().cloned().collect();
+            self.health.update(&checks, &self.node_ips);
             // Only NodePort and LoadBalancer Services have frontends on node addresses.
             for (key, svc) in &self.cache.services {
                 let ty = svc.spec.as_ref().and_then(|s| s.type_.as_deref());

@@ -90,9 +90,19 @@ impl Syncer {
             MapOp::DeleteL2 { addr } => {
                 self.l2.remove(&addr);
             }
+            MapOp::PutVip { addr, flags } => {
+                self.vips.insert(addr, flags);
+            }
+            MapOp::DeleteVip { addr } => {
+                self.vips.remove(&addr);
+            }
             // Tables are tracked per frontend by the planner, not entry by entry.
             MapOp::PutMaglev { .. } => {}
             MapOp::PutAffinityMatch { key } => self.mirror_affinity_match(key),
+            MapOp::PutSrcRange { prefix_len, key } => self.mirror_src_range(prefix_len, key, true),
+            MapOp::DeleteSrcRange { prefix_len, key } => {
+                self.mirror_src_range(prefix_len, key, false);
+            }
             MapOp::DeleteAffinityMatch { key } => {
                 if let Some(ids) = self.affinity_match.get_mut(&key.revnat_id) {
                     if ids.remove(&key.backend_id) {

@@ -28,8 +28,10 @@ mod ids;
 mod mirror;
 mod plan;
 mod restore;
+mod srcrange;
 #[cfg(test)]
 mod tests;
+mod vips;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -81,6 +83,14 @@ pub enum MapOp {
     DeleteL2 {
         addr: u32,
     },
+    /// A service address (network byte order) and its `vip_flags`.
+    PutVip {
+        addr: u32,
+        flags: u32,
+    },
+    DeleteVip {
+        addr: u32,
+    },
     /// Four entries of the flat Maglev table array.
     PutMaglev {
         bucket: u32,
@@ -91,6 +101,15 @@ pub enum MapOp {
     },
     DeleteAffinityMatch {
         key: AffinityMatchKey,
+    },
+    /// A `loadBalancerSourceRanges` entry (LPM trie: prefix length and key data).
+    PutSrcRange {
+        prefix_len: u32,
+        key: kproxy_common::SrcRangeKey,
+    },
+    DeleteSrcRange {
+        prefix_len: u32,
+        key: kproxy_common::SrcRangeKey,
     },
 }
 
@@ -110,8 +129,12 @@ pub enum SyncError {
     TooManySlots { needed: usize, max: u32 },
     #[error("{needed} LoadBalancer IPs to announce, the datapath announces at most {max}")]
     TooManyAnnounced { needed: usize, max: u32 },
+    #[error("{needed} service addresses, the datapath holds at most {max}")]
+    TooManyVips { needed: usize, max: u32 },
     #[error("{needed} affinity membership entries needed, the datapath holds {max}")]
     TooManyAffinityMembers { needed: usize, max: u32 },
+    #[error("{needed} loadBalancerSourceRanges entries needed, the datapath holds {max}")]
+    TooManySourceRanges { needed: usize, max: u32 },
 }
 
 /// What the maps hold, and which ids belong to which frontend and backend.
@@ -142,6 +165,8 @@ pub struct Syncer {
     /// Addresses in the L2 announcement map (network byte order): an address is there
     /// while a programmed LoadBalancer-IP frontend uses it.
     l2: BTreeSet<u32>,
+    /// The service-address map (network byte order → `vip_flags`).
+    vips: BTreeMap<u32, u32>,
     /// The algorithm of frontends whose Service does not choose one (`--lb-algorithm`).
     lb_default: LbAlgorithm,
     /// The cluster's hash seed the Maglev tables are generated from.
@@ -152,6 +177,9 @@ pub struct Syncer {
     /// The affinity membership map: revnat id → backend ids.
     affinity_match: BTreeMap<u16, BTreeSet<u32>>,
     affinity_match_entries: usize,
+    /// The source-range map: revnat id → ranges.
+    src_ranges: srcrange::SrcRanges,
+    src_range_entries: usize,
     /// Frontends that should use Maglev but pick at random: the table array had no room
     /// for their table when they were last planned.
     maglev_fallbacks: BTreeSet<FrontendKey>,
@@ -249,12 +277,15 @@ impl Syncer {
             owned: BTreeMap::new(),
             backend_refs: BTreeMap::new(),
             l2: BTreeSet::new(),
+            vips: BTreeMap::new(),
             lb_default: LbAlgorithm::Random,
             seed: 0,
             tables: BTreeMap::new(),
             maglev_alloc: BlockAlloc::new(),
             affinity_match: BTreeMap::new(),
             affinity_match_entries: 0,
+            src_ranges: BTreeMap::new(),
+            src_range_entries: 0,
             maglev_fallbacks: BTreeSet::new(),
         }
     }

@@ -270,6 +270,10 @@ impl Syncer {
             }
         }
 
+        // 2a. Source ranges a frontend gains, before its slot 0 may flag them.
+        let ranges = self.plan_source_ranges(changes, revnat_of, sweep)?;
+        ops.extend(ranges.puts);
+
         // 2b. Affinity membership: backends that left a frontend go first (an affine client
         // must not be sent back to them); new members follow their slots (after 3).
         let mut members_after = self.affinity_match_entries;
@@ -466,6 +470,9 @@ impl Syncer {
             }
         }
 
+        // 4b. Source ranges frontends lost, now that no slot 0 relies on them.
+        ops.extend(ranges.deletes);
+
         // 5. Backends nothing lists any more.
         let mut dead_backends: Vec<(BackendAddr, u32)> = touched
             .iter()
@@ -531,6 +538,8 @@ impl Syncer {
                 max: MAX_L2_ENTRIES,
             });
         }
+        // 6b. Service addresses (echo replies), likewise after their frontends.
+        ops.extend(self.plan_vips(changes, sweep)?);
 
         // Writes come before deletes, so the service map peaks in the middle of the plan.
         let mut entries = self.service_entries;

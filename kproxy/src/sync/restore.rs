@@ -151,6 +151,8 @@ impl Syncer {
                 flags: slot0.flags & !(svc_flags::MAGLEV | svc_flags::MAGLEV_CLASS_MASK),
                 affinity_timeout_s: slot0.affinity_timeout_s,
                 backends,
+                // The ranges are mirrored from their own map (`with_source_ranges`).
+                source_ranges: Vec::new(),
             };
             programmed.insert(
                 *key,

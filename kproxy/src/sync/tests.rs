@@ -5,7 +5,7 @@ use std::{
 
 use kproxy_common::{
     AffinityMatchKey, Backend, MAGLEV_CLASS_SHIFT, MAX_BACKENDS, MAX_SERVICES, MaglevBucket,
-    RevNat, ServiceKey, ServiceValue, backend_state, maglev_size, svc_flags,
+    RevNat, ServiceKey, ServiceValue, backend_state, maglev_size, svc_flags, vip_flags,
 };
 
 use super::*;
@@ -40,12 +40,14 @@ fn frontend(backends: &[(BackendAddr, BackendState)]) -> Frontend {
         affinity_timeout_s: 0,
         backends: backends.iter().copied().collect(),
         algorithm: None,
+        source_ranges: Vec::new(),
     }
 }
 
 fn desired(frontends: Vec<(FrontendKey, Frontend)>) -> DesiredState {
     DesiredState {
         frontends: frontends.into_iter().collect(),
+        ..DesiredState::default()
     }
 }
 
@@ -57,8 +59,10 @@ struct FakeMaps {
     backends: BTreeMap<u32, Backend>,
     revnats: BTreeMap<u32, RevNat>,
     l2: BTreeSet<u32>,
+    vips: BTreeMap<u32, u32>,
     maglev: HashMap<u32, MaglevBucket>,
     members: BTreeSet<AffinityMatchKey>,
+    src_ranges: BTreeSet<(u32, kproxy_common::SrcRangeKey)>,
     /// Published tables (first entry, size) whose ids were checked against the backends
     /// since the last backend deletion: tables are big, and only a backend deletion or a
     /// write into a published table (never allowed) can break one.
@@ -102,6 +106,12 @@ impl FakeMaps {
                 MapOp::DeleteL2 { addr } => {
                     assert!(self.l2.remove(&addr), "op {i}: {op:?} absent");
                 }
+                MapOp::PutVip { addr, flags } => {
+                    assert_ne!(self.vips.insert(addr, flags), Some(flags), "op {i}: {op:?}");
+                }
+                MapOp::DeleteVip { addr } => {
+                    assert!(self.vips.remove(&addr).is_some(), "op {i}: {op:?} absent");
+                }
                 MapOp::PutMaglev { bucket, value } => {
                     assert!(bucket < kproxy_common::MAGLEV_ENTRIES / 4);
                     // `checked_tables` is every published table (as of the last op).
@@ -120,6 +130,17 @@ impl FakeMaps {
                 }
                 MapOp::DeleteAffinityMatch { key } => {
                     assert!(self.members.remove(&key), "op {i}: {op:?} absent");
+                }
+                MapOp::PutSrcRange { prefix_len, key } => {
+                    let entry = (prefix_len, key);
+                    assert!(
+                        self.src_ranges.insert(entry),
+                        "op {i}: {op:?} already there"
+                    );
+                }
+                MapOp::DeleteSrcRange { prefix_len, key } => {
+                    let entry = (prefix_len, key);
+                    assert!(self.src_ranges.remove(&entry), "op {i}: {op:?} absent");
                 }
             }
             self.check_readers(&format!("after op {i} {op:?}"));
@@ -157,6 +178,14 @@ impl FakeMaps {
         for (key, value) in &self.services {
             if key.slot != 0 {
                 continue;
+            }
+            if value.flags & svc_flags::SOURCE_RANGE != 0 {
+                assert!(
+                    self.src_ranges
+                        .iter()
+                        .any(|(_, k)| k.revnat_id == value.revnat_id),
+                    "{when}: {key:?} restricts sources without any range"
+                );
             }
             if value.flags & svc_flags::MAGLEV != 0 {
                 assert!(value.count > 0, "{when}: a table without backends");
@@ -303,6 +332,7 @@ impl FakeMaps {
             self.revnats.iter().map(|(k, v)| (*k, *v)),
         )
         .with_l2(self.l2.iter().copied())
+        .with_vips(self.vips.iter().map(|(a, f)| (*a, *f)))
         .with_affinity_match(self.members.iter().copied())
     }
 }
@@ -392,6 +422,68 @@ fn loadbalancer_ips_are_announced_while_a_frontend_uses_them() {
 }
 
 #[test]
+fn service_addresses_are_listed_while_a_frontend_uses_them() {
+    let vip_ops = |ops: &[MapOp]| -> Vec<MapOp> {
+        ops.iter()
+            .copied()
+            .filter(|op| matches!(op, MapOp::PutVip { .. } | MapOp::DeleteVip { .. }))
+            .collect()
+    };
+    let lb = u32::from(Ipv4Addr::new(172, 30, 0, 1)).to_be();
+    let cluster = u32::from(fk(1, 80).addr).to_be();
+    let node_port = FrontendKey {
+        addr: Ipv4Addr::new(192, 0, 2, 2),
+        port: 30080,
+        proto: Proto::Tcp,
+    };
+    let np = Frontend {
+        kind: FrontendKind::NodePort,
+        flags: svc_flags::EXTERNAL | svc_flags::NODEPORT,
+        ..frontend(&[(be(1), A)])
+    };
+    let mut s = Syncer::new();
+    let mut maps = FakeMaps::default();
+    // Two ports on the LB IP: one external entry; the ClusterIP one internal entry; the
+    // node's own address (NodePort) none: the kernel answers it.
+    let all = desired(vec![
+        lb_ip(80),
+        lb_ip(443),
+        (fk(1, 80), frontend(&[(be(1), A)])),
+        (node_port, np.clone()),
+    ]);
+    let ops = sync(&mut s, &mut maps, &all);
+    assert_eq!(
+        vip_ops(&ops),
+        [
+            MapOp::PutVip {
+                addr: cluster,
+                flags: 0
+            },
+            MapOp::PutVip {
+                addr: lb,
+                flags: vip_flags::EXTERNAL
+            },
+        ]
+    );
+    // A restart rewrites nothing.
+    assert_eq!(maps.syncer().plan(&all).expect("plan"), []);
+    // One LB port left: still listed, nothing written; the ClusterIP goes.
+    let fewer = desired(vec![lb_ip(443), (node_port, np)]);
+    assert_eq!(
+        vip_ops(&sync(&mut s, &mut maps, &fewer)),
+        [MapOp::DeleteVip { addr: cluster }]
+    );
+    // A leftover entry nobody claims is swept.
+    let mut stale = Syncer::new().with_vips([(cluster, 0)]);
+    let mut maps = FakeMaps {
+        vips: [(cluster, 0)].into(),
+        ..FakeMaps::default()
+    };
+    let ops = sync(&mut stale, &mut maps, &desired(vec![]));
+    assert_eq!(ops, [MapOp::DeleteVip { addr: cluster }]);
+}
+
+#[test]
 fn network_byte_order() {
     let key = service_key(&fk(10, 80), 3);
     assert_eq!(key.addr.to_ne_bytes(), [10, 96, 0, 10]);
@@ -447,6 +539,11 @@ fn empty_to_state_in_order() {
                 key: skey(f, 0),
                 value: sval(0, 2, 1)
             },
+            // The service address (echo replies), once its frontend is published.
+            MapOp::PutVip {
+                addr: u32::from(f.addr).to_be(),
+                flags: 0
+            },
         ]
     );
     assert_eq!(s.revnat_ids().collect::<Vec<_>>(), [(1, f)]);
@@ -484,7 +581,7 @@ fn flags_and_timeout_in_every_slot() {
         .iter()
         .filter_map(|op| match op {
             MapOp::PutService { key, .. } => Some(key.slot),
-            MapOp::DeleteAffinityMatch { .. } => None,
+            MapOp::DeleteAffinityMatch { .. } | MapOp::PutVip { .. } => None,
             other => panic!("unexpected {other:?}"),
         })
         .collect();
@@ -634,6 +731,9 @@ fn remove_frontend_order() {
             MapOp::DeleteBackend { id: 2 },
             MapOp::DeleteBackend { id: 3 },
             MapOp::DeleteBackend { id: 4 },
+            MapOp::DeleteVip {
+                addr: u32::from(f2.addr).to_be()
+            },
         ]
     );
     assert_eq!(s.revnat_ids().collect::<Vec<_>>(), [(1, f1)]);
@@ -816,8 +916,10 @@ fn recovers_from_an_interrupted_plan() {
             backends: base.backends.clone(),
             revnats: base.revnats.clone(),
             l2: base.l2.clone(),
+            vips: base.vips.clone(),
             maglev: base.maglev.clone(),
             members: base.members.clone(),
+            src_ranges: base.src_ranges.clone(),
             checked_tables: std::cell::RefCell::default(),
         };
         maps.apply(&ops[..cut]);
@@ -937,7 +1039,8 @@ fn one_change_among_10000_services_is_a_handful_of_ops() {
     }
     let mut s = Syncer::new();
     let first = s.plan(&want).expect("plan");
-    assert_eq!(first.len(), 10_000 * (3 + 1 + 1 + 3));
+    // Per service: 3 backends, revnat, slot 0, 3 slots, the service address.
+    assert_eq!(first.len(), 10_000 * (3 + 1 + 1 + 3 + 1));
     assert_eq!(s.plan(&want).expect("plan"), []);
 
     // One service: one backend replaced by another.
@@ -1444,6 +1547,7 @@ fn a_crash_in_a_maglev_plan_is_repaired_after_a_restart() {
                 )
             })
             .collect(),
+        ..DesiredState::default()
     };
     sync(&mut s, &mut base, &before);
     let ops = s.plan(&after).expect("plan");
@@ -1453,8 +1557,10 @@ fn a_crash_in_a_maglev_plan_is_repaired_after_a_restart() {
             backends: base.backends.clone(),
             revnats: base.revnats.clone(),
             l2: base.l2.clone(),
+            vips: base.vips.clone(),
             maglev: base.maglev.clone(),
             members: base.members.clone(),
+            src_ranges: base.src_ranges.clone(),
             checked_tables: std::cell::RefCell::default(),
         };
         maps.apply(&ops[..cut]);
@@ -1507,4 +1613,68 @@ fn a_full_table_array_degrades_to_the_random_pick_and_recovers() {
             .map(|t| t.len()),
         Some(65_521)
     );
+}
+
+#[test]
+fn source_ranges_follow_their_frontend() {
+    let cidr = |s: &str| s.parse::<crate::source_ranges::Cidr>().expect("cidr");
+    let (key, fe) = lb_ip(80);
+    let with = |ranges: &[&str]| Frontend {
+        flags: fe.flags | svc_flags::SOURCE_RANGE,
+        source_ranges: ranges.iter().map(|r| cidr(r)).collect(),
+        ..fe.clone()
+    };
+    let mut s = Syncer::new();
+    let mut maps = FakeMaps::default();
+    // FakeMaps checks after every op that a flagged slot 0 has a range.
+    sync(
+        &mut s,
+        &mut maps,
+        &desired(vec![(key, with(&["10.0.0.0/8", "192.0.2.0/24"]))]),
+    );
+    assert_eq!(maps.src_ranges.len(), 2);
+    let ops = sync(
+        &mut s,
+        &mut maps,
+        &desired(vec![(key, with(&["192.0.2.0/24", "198.51.100.0/24"]))]),
+    );
+    let kinds: Vec<bool> = ops
+        .iter()
+        .filter_map(|op| match op {
+            MapOp::PutSrcRange { .. } => Some(true),
+            MapOp::DeleteSrcRange { .. } => Some(false),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(kinds, [true, false], "one range added, one removed");
+    let revnat = s.revnat_id(&key).expect("id");
+    assert!(maps.src_ranges.iter().all(|(_, k)| k.revnat_id == revnat));
+    // A restart: the mirror comes back from the map, and an unchanged plan writes nothing.
+    let mut restored = Syncer::from_maps(
+        maps.services.iter().map(|(k, v)| (*k, *v)),
+        maps.backends.iter().map(|(k, v)| (*k, *v)),
+        maps.revnats.iter().map(|(k, v)| (*k, *v)),
+    )
+    .with_source_ranges(maps.src_ranges.iter().copied());
+    let ops = restored
+        .plan(&desired(vec![(
+            key,
+            with(&["192.0.2.0/24", "198.51.100.0/24"]),
+        )]))
+        .expect("plan");
+    assert!(
+        !ops.iter()
+            .any(|op| matches!(op, MapOp::PutSrcRange { .. } | MapOp::DeleteSrcRange { .. })),
+        "{ops:?}"
+    );
+    // Ranges dropped from the Service, then the Service itself.
+    sync(&mut s, &mut maps, &desired(vec![(key, fe.clone())]));
+    assert!(maps.src_ranges.is_empty());
+    sync(
+        &mut s,
+        &mut maps,
+        &desired(vec![(key, with(&["10.0.0.0/8"]))]),
+    );
+    sync(&mut s, &mut maps, &desired(vec![]));
+    assert!(maps.src_ranges.is_empty());
 }

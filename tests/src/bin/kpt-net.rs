@@ -12,6 +12,8 @@
 //!   (a new socket each, so each is a flow of its own with a 5-tuple the caller can repeat);
 //!   prints `{"names":[..],"lost":..}`: the name of the backend that answered each port, in
 //!   port order ("" if none did after three tries).
+//! * `udp-big ADDR --size N --count C [--sport P]` / `frag-tail ADDR --count C` — large
+//!   (fragmented) datagrams and lone later fragments, see `kproxy_tests::bigudp`.
 //! * `hold ADDR --duration-ms D` — one TCP connection, a line every 50 ms, each must echo;
 //!   exits non-zero on the first failure (with the error kind, e.g. `ConnectionReset`),
 //!   prints how many round trips worked.
@@ -83,6 +85,13 @@ fn main() {
                 .expect("--from-port"),
             count,
         ),
+        "udp-big" => kproxy_tests::bigudp::client(
+            &args[1],
+            arg(&args, "--size").map_or(3000, |s| s.parse().expect("--size N")),
+            count,
+            arg(&args, "--sport").map_or(0, |p| p.parse().expect("--sport PORT")),
+        ),
+        "frag-tail" => kproxy_tests::bigudp::send_tails(&args[1], count),
         "hold" => hold(
             &args[1],
             arg(&args, "--duration-ms")
@@ -99,7 +108,9 @@ fn main() {
             }
         }
         _ => {
-            eprintln!("usage: kpt-net serve|tcp|udp|udp-flows|hold|conns|rr|bulk|wait-for ...");
+            eprintln!(
+                "usage: kpt-net serve|tcp|udp|udp-flows|udp-big|frag-tail|hold|conns|rr|bulk|wait-for ..."
+            );
             2
         }
     };
@@ -111,9 +122,11 @@ fn serve(name: &str, port: u16) -> i32 {
     let udp = UdpSocket::bind(("0.0.0.0", port)).expect("bind udp");
     let uname = name.to_string();
     thread::spawn(move || {
-        let mut buf = [0u8; 2048];
-        while let Ok((_, peer)) = udp.recv_from(&mut buf) {
-            let _ = udp.send_to(format!("{uname} {peer}\n").as_bytes(), peer);
+        let mut buf = vec![0u8; 65_536];
+        while let Ok((n, peer)) = udp.recv_from(&mut buf) {
+            let answer = kproxy_tests::bigudp::reply(&uname, peer, &buf[..n])
+                .unwrap_or_else(|| format!("{uname} {peer}\n").into_bytes());
+            let _ = udp.send_to(&answer, peer);
         }
     });
     eprintln!("serving {name} on {port}");

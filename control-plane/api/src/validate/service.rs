@@ -52,6 +52,7 @@ pub(crate) fn service(svc: &Service, old: Option<&Service>) -> Vec<FieldError> {
             Err(e) => errs.push(e),
         }
     }
+    errs.extend(source_ranges(spec, ty, &path));
     if let Some(policy) = spec.external_traffic_policy.as_deref() {
         let p = path.child("externalTrafficPolicy");
         if ty == "NodePort" || ty == "LoadBalancer" {
@@ -89,6 +90,30 @@ pub(crate) fn service(svc: &Service, old: Option<&Service>) -> Vec<FieldError> {
             old.spec.as_ref().unwrap_or(&default),
             &path,
         ));
+    }
+    errs
+}
+
+/// `loadBalancerSourceRanges`: CIDRs (space-padding allowed, a historical leniency), only
+/// on LoadBalancer services. The field path keeps Kubernetes' historical capital L.
+fn source_ranges(spec: &ServiceSpec, ty: &str, path: &Path) -> Vec<FieldError> {
+    let ranges = spec
+        .load_balancer_source_ranges
+        .as_deref()
+        .unwrap_or_default();
+    if ranges.is_empty() {
+        return Vec::new();
+    }
+    let p = path.child("LoadBalancerSourceRanges");
+    let mut errs = Vec::new();
+    if ty != "LoadBalancer" {
+        errs.push(FieldError::forbidden(
+            &p,
+            "may only be used when `type` is 'LoadBalancer'",
+        ));
+    }
+    for (i, value) in ranges.iter().enumerate() {
+        errs.extend(ip::cidr(&p.index(i), value.trim()));
     }
     errs
 }

@@ -993,6 +993,39 @@ fn service_addresses() {
 }
 
 #[test]
+fn service_source_ranges() {
+    let lb = with(service(), "/spec/type", json!("LoadBalancer"));
+    let ok = with(
+        lb.clone(),
+        "/spec/loadBalancerSourceRanges",
+        json!([" 10.0.0.0/8", "fd00::/8"]),
+    );
+    assert_valid("Service", ok);
+    let bad = with(
+        lb,
+        "/spec/loadBalancerSourceRanges",
+        json!(["10.0.0.0/8", "10.0.0.0/33", "nope"]),
+    );
+    assert_eq!(
+        messages("Service", bad),
+        [
+            "spec.LoadBalancerSourceRanges[1]: Invalid value: \"10.0.0.0/33\": must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)",
+            "spec.LoadBalancerSourceRanges[2]: Invalid value: \"nope\": must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)",
+        ]
+    );
+    let cluster_ip = with(
+        service(),
+        "/spec/loadBalancerSourceRanges",
+        json!(["10.0.0.0/8"]),
+    );
+    assert_has(
+        "Service",
+        cluster_ip,
+        "spec.LoadBalancerSourceRanges: Forbidden: may only be used when `type` is 'LoadBalancer'",
+    );
+}
+
+#[test]
 fn service_affinity_and_policies() {
     assert_has(
         "Service",

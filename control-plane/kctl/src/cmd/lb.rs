@@ -1,7 +1,7 @@
 //! `kctl lb [NODE]`: a node's service table (frontends, backends with their state, new
 //! flows, packets, bytes, connection tracking entries), read from `kproxy node`'s endpoint
 //! through the API server's `nodes/NODE:PORT/proxy/lb`, so it works from any machine with
-//! the kubeconfig.
+//! the kubeconfig. `--drops` shows the same answer's datapath drop counters per reason.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -42,15 +42,30 @@ pub struct LbArgs {
     /// Port of kproxy's node endpoint (`kproxy node --serve-addr`).
     #[arg(long, default_value_t = DEFAULT_PORT)]
     pub port: u16,
+    /// Show the datapath's drop and error counters per reason instead of the frontends.
+    #[arg(long)]
+    pub drops: bool,
 }
 
 /// `GET /lb` of kproxy's node endpoint (only what the table needs; `-o json|yaml` prints the
 /// answer as it came).
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct Table {
     #[serde(default)]
     pub frontends: Vec<Frontend>,
+    /// Absent from a kproxy older than the drop counters.
+    #[serde(default)]
+    pub drops: Vec<DropRow>,
+}
+
+/// One reason of the datapath's drop and error counters.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct DropRow {
+    pub reason: String,
+    pub packets: u64,
+    pub bytes: u64,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
@@ -183,6 +198,62 @@ pub fn render(table: &Table, wide: bool, tw: &mut TabWriter) -> String {
     aligned(tw, &text)
 }
 
+/// The drop counters, one row per reason (every reason kproxy reports, zero included).
+pub fn render_drops(rows: &[DropRow], tw: &mut TabWriter) -> String {
+    let mut text = String::from("REASON\tPACKETS\tBYTES\n");
+    for r in rows {
+        text.push_str(&drop_line(r));
+    }
+    aligned(tw, &text)
+}
+
+fn drop_line(r: &DropRow) -> String {
+    format!("{}\t{}\t{}\n", r.reason, r.packets, r.bytes)
+}
+
+/// `kctl lb --drops`: the counters, then with `-w` every second the reasons whose counters
+/// changed (`-o json|yaml`: the whole list again, as one document).
+async fn run_drops(
+    client: &kube::Client,
+    node: &str,
+    args: &LbArgs,
+    path: &str,
+    (mut table, raw): (Table, Value),
+) -> Result<()> {
+    if table.drops.is_empty() {
+        bail!("node {node:?} runs a kproxy without drop counters");
+    }
+    let mut tw = TabWriter::for_tables();
+    let document = |raw: &Value| match args.output {
+        Some(f @ (LbOutput::Json | LbOutput::Yaml)) => watch_document(&raw["drops"], f).map(Some),
+        _ => Ok(None),
+    };
+    match document(&raw)? {
+        Some(doc) => output::emit(&doc)?,
+        None => output::emit(&render_drops(&table.drops, &mut tw))?,
+    }
+    if !args.watch {
+        return Ok(());
+    }
+    loop {
+        tokio::time::sleep(WATCH_EVERY).await;
+        let (now, now_raw) = fetch(client, node, args.port, path).await?;
+        let changed: String = now
+            .drops
+            .iter()
+            .filter(|r| !table.drops.contains(r))
+            .map(drop_line)
+            .collect();
+        if !changed.is_empty() {
+            match document(&now_raw)? {
+                Some(doc) => output::emit(&doc)?,
+                None => output::emit(&aligned(&mut tw, &changed))?,
+            }
+        }
+        table = now;
+    }
+}
+
 /// `text` aligned, without the padding a row's empty last columns would leave (wide backend
 /// rows).
 fn aligned(tw: &mut TabWriter, text: &str) -> String {
@@ -237,6 +308,9 @@ pub async fn run(ctx: &mut Ctx, args: LbArgs) -> Result<()> {
     // The API server answers 503 for a node it cannot reach; the context's client reports
     // it at once (no retries, see `Ctx::connect`).
     let (mut table, mut raw) = fetch(&ctx.client, &node, args.port, &path).await?;
+    if args.drops {
+        return run_drops(&ctx.client, &node, &args, &path, (table, raw)).await;
+    }
     let wide = args.output == Some(LbOutput::Wide);
     let mut tw = TabWriter::for_tables();
     match args.output {
@@ -395,6 +469,7 @@ mod tests {
         let before_raw = raw();
         let now = Table {
             frontends: before.frontends[1..].to_vec(),
+            ..Table::default()
         };
         let now_raw = serde_json::json!({"frontends": [before_raw["frontends"][1].clone()]});
         let changed = changes(&before, &now, false);
@@ -419,11 +494,7 @@ kube-system/dns    10.96.0.20:53   UDP     0/0        0           0         0   
 "
         );
         assert_eq!(
-            render(
-                &Table { frontends: vec![] },
-                false,
-                &mut TabWriter::for_tables()
-            ),
+            render(&Table::default(), false, &mut TabWriter::for_tables()),
             ""
         );
     }
@@ -484,6 +555,32 @@ kube-system/dns    10.96.0.20:53   UDP     0/0        0           0         0   
             line.find("TCP").unwrap()
         };
         assert_eq!(col(&first), col(&later));
+    }
+
+    #[test]
+    fn drops_render_every_reason_and_default_to_none() {
+        let t: Table = serde_json::from_value(serde_json::json!({
+            "kind": "ServiceTable",
+            "frontends": [],
+            "drops": [
+                {"reason": "no-backend", "packets": 12, "bytes": 840},
+                {"reason": "malformed", "packets": 0, "bytes": 0}
+            ]
+        }))
+        .unwrap();
+        assert_eq!(
+            render_drops(&t.drops, &mut TabWriter::for_tables()),
+            "\
+REASON       PACKETS   BYTES
+no-backend   12        840
+malformed    0         0
+"
+        );
+        // A kproxy that predates the counters: no rows, not a decoding error.
+        let old: Table =
+            serde_json::from_value(serde_json::json!({"kind": "ServiceTable", "frontends": []}))
+                .unwrap();
+        assert!(old.drops.is_empty());
     }
 
     #[test]

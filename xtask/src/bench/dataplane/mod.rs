@@ -19,10 +19,12 @@
 //! Modules: `topology` builds the lab, `process` runs its programs, `services` and `rules`
 //! write what each mode loads (kproxy manifests, iptables/nftables rule sets), `measure`
 //! takes one figure, `phases` runs the modes, `disruption` counts the flows a backend
-//! change moves (Maglev vs random, a lab of its own), `results` holds the figures and `report` turns
+//! change moves (Maglev vs random, a lab of its own), `host_routing` compares
+//! `--host-routing legacy` and `bpf`, `results` holds the figures and `report` turns
 //! them into the markdown table and the chart.
 
 mod disruption;
+mod host_routing;
 mod measure;
 mod phases;
 mod process;
@@ -110,6 +112,7 @@ pub fn run(args: &BenchArgs, services: &[usize], bins: &Bins, out_dir: &Path) ->
     b.bulk("direct-host", 0, Side::Host, pod)?;
 
     ebpf_phase(&mut b, services)?;
+    host_routing::phase(&mut b)?;
     for algorithm in ["maglev", "random"] {
         check_interrupted()?;
         let runs = disruption::measure(bins, algorithm)?;

@@ -48,7 +48,7 @@ fn parse_debug_duration(s: &str) -> Option<Duration> {
 
 /// A running kproxy with its own (fresh) bpffs directory. Drop order: the process, then
 /// the pins (which detaches the uplink programs).
-struct Kproxy {
+pub(super) struct Kproxy {
     proc: Proc,
     _bpffs: BpffsDir,
     bpffs_path: PathBuf,
@@ -66,6 +66,17 @@ fn start_kproxy(
     n: usize,
     xdp_mode: &str,
     lb_mode: &str,
+) -> Result<(Kproxy, ProgramTime)> {
+    start_kproxy_with(b, n, xdp_mode, lb_mode, &[])
+}
+
+/// As `start_kproxy`, with extra `kproxy standalone` arguments.
+pub(super) fn start_kproxy_with(
+    b: &mut Bench<'_>,
+    n: usize,
+    xdp_mode: &str,
+    lb_mode: &str,
+    extra: &[&str],
 ) -> Result<(Kproxy, ProgramTime)> {
     // A manifest directory: the measured (last) service in a file of its own, so a change
     // to it re-reads that file only.
@@ -96,7 +107,8 @@ fn start_kproxy(
             lb_mode,
         ])
         .arg("--cgroup")
-        .arg(b.topo.cgroup.path());
+        .arg(b.topo.cgroup.path())
+        .args(extra);
     let t = Instant::now();
     let mut proc = Proc::spawn(cmd)?;
     let synced = proc.wait_line("services synced", 0, Duration::from_mins(3))?;
@@ -180,7 +192,7 @@ fn pinned_map_memlock(dir: &Path) -> Vec<(String, u64)> {
     out
 }
 
-fn stop_kproxy(b: &Bench<'_>, k: Kproxy) -> Result<()> {
+pub(super) fn stop_kproxy(b: &Bench<'_>, k: Kproxy) -> Result<()> {
     drop(k);
     // The uplink must be bare again before the next mode.
     let out = b

@@ -53,6 +53,7 @@ impl Report<'_> {
         self.ratios(&mut s);
         self.hooks_table(&mut s);
         self.latency_table(&mut s);
+        super::host_routing::table(self.res, self.lo, &mut s);
         self.bulk_table(&mut s);
         self.programming_table(&mut s);
         self.changes_table(&mut s);
