@@ -390,7 +390,10 @@ pub const MAX_SERVICE_SLOTS: u32 = 262_144;
 /// pod veths (socket-LB flows need none); LRU evicts the oldest beyond that.
 pub const MAX_CT_ENTRIES: u32 = 131_072;
 pub const MAX_AFFINITY_ENTRIES: u32 = 32_768;
-pub const MAX_SOCK_REVNAT_ENTRIES: u32 = 32_768;
+/// (UDP socket, backend) pairs socket-LB translated: only UDP needs them (TCP's
+/// getpeername reports the backend, as in Cilium), so half the size it had when TCP
+/// connects wrote entries too; LRU evicts the oldest beyond that.
+pub const MAX_SOCK_REVNAT_ENTRIES: u32 = 16_384;
 pub const MAX_L2_ENTRIES: u32 = 4_096;
 /// One address per service at most (not preallocated: the memory follows the services).
 pub const MAX_VIP_ENTRIES: u32 = MAX_SERVICES;

@@ -13,10 +13,7 @@
 
 use aya_ebpf::{
     bindings::{bpf_fib_lookup, bpf_redir_neigh, bpf_redir_neigh__bindgen_ty_1},
-    helpers::{
-        bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer,
-        bpf_xdp_adjust_meta,
-    },
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
     programs::{TcContext, XdpContext},
 };
 use kproxy_common::{ETH_HLEN, HostRoute};
@@ -24,11 +21,10 @@ use kproxy_common::{ETH_HLEN, HostRoute};
 use crate::{
     config::host_routing_uplink,
     maps::HOST_ROUTES,
+    meta::{self, Mark},
     packet::{EthHdr, Flow, IpHdr, Pkt},
 };
 
-/// Metadata value XDP leaves for tc ingress: "translated, may be host-routed".
-const META_TRANSLATED: u32 = 0x6b70_6872;
 const AF_INET: u8 = 2;
 /// `BPF_FIB_LKUP_RET_SUCCESS`, `BPF_FIB_LKUP_RET_NO_NEIGH`.
 const FIB_SUCCESS: i64 = 0;
@@ -40,36 +36,15 @@ const IP_CSUM_OFF: usize = ETH_HLEN + 10;
 /// XDP side: marks a packet XDP translated, so tc ingress may hand it to a local pod.
 #[inline(always)]
 pub fn xdp_mark_translated(ctx: &XdpContext) {
-    if host_routing_uplink().is_none() {
-        return;
+    if host_routing_uplink().is_some() {
+        meta::xdp_set(ctx, Mark::Translated);
     }
-    // SAFETY: grows the metadata area in front of the packet; checked below.
-    if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -4) } != 0 {
-        return;
-    }
-    let meta = ctx.metadata();
-    if meta + 4 > ctx.data() {
-        return;
-    }
-    // SAFETY: bounds checked against data (the end of the metadata area).
-    unsafe { *(meta as *mut u32) = META_TRANSLATED };
 }
 
 /// Whether XDP marked this skb as translated (tc side).
 #[inline(always)]
 pub fn tc_marked_translated(ctx: &TcContext) -> bool {
-    // SAFETY: the context pointer is valid; data_meta/data are packet pointers.
-    let (meta, data) = unsafe {
-        (
-            (*ctx.skb.skb).data_meta as usize,
-            (*ctx.skb.skb).data as usize,
-        )
-    };
-    if meta + 4 > data {
-        return false;
-    }
-    // SAFETY: bounds checked.
-    unsafe { *(meta as *const u32) == META_TRANSLATED }
+    meta::tc_has(ctx, Mark::Translated)
 }
 
 /// Whether tc translated `flow` (its destination in the packet is no longer the parsed one).

@@ -2,8 +2,8 @@
 //! and maps its result to the program's verdict, so errors never escape as an abort.
 //!
 //! Module layout (each imports only modules listed before it):
-//! - `verdict`, `maps`, `frag`, `packet`: verdict constants, the pinned maps, fragment
-//!   tracking, packet types and parsing;
+//! - `verdict`, `maps`, `meta`, `frag`, `packet`: verdict constants, the pinned maps, marks
+//!   XDP leaves for tc, fragment tracking, packet types and parsing;
 //! - `config`, `ifstats`, `drops`, `scratch`, `lb`: runtime configuration, counters, the reply buffer,
 //!   service lookup and backend selection;
 //! - `ct`, `nat`, `reject`, `arp`: connection tracking, address rewriting, refusals, ARP;
@@ -30,6 +30,7 @@ mod icmp;
 mod ifstats;
 mod lb;
 mod maps;
+mod meta;
 mod nat;
 mod packet;
 mod partial;

@@ -14,18 +14,15 @@
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
-    helpers::bpf_xdp_adjust_meta,
     programs::{TcContext, XdpContext},
 };
 use kproxy_common::{DropReason, ETH_HLEN, IPPROTO_TCP};
 
 use crate::{
     drops,
+    meta::{self, Mark},
     packet::{Flow, IpHdr, Pkt, TcpHdr, UdpHdr},
 };
-
-/// Metadata value XDP leaves for tc ingress: "balance this packet in tc".
-const META_LB_IN_TC: u32 = 0x6b70_6370;
 
 /// Whether the flow's L4 checksum field holds just its pseudo-header sum (an unfinished,
 /// `CHECKSUM_PARTIAL` checksum).
@@ -72,14 +69,8 @@ pub fn pseudo_sum(saddr: u32, daddr: u32, proto: u8, l4_len: u16) -> u16 {
 /// packet that goes on untranslated.
 #[inline(always)]
 pub fn xdp_defer(ctx: &XdpContext, len: u64) -> u32 {
-    // SAFETY: grows the metadata area in front of the packet; checked below.
-    if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -4) } == 0 {
-        let meta = ctx.metadata();
-        if meta + 4 <= ctx.data() {
-            // SAFETY: bounds checked against data (the end of the metadata area).
-            unsafe { *(meta as *mut u32) = META_LB_IN_TC };
-            return XDP_PASS;
-        }
+    if meta::xdp_set(ctx, Mark::LbInTc) {
+        return XDP_PASS;
     }
     drops::count(DropReason::NatFailed, len);
     XDP_DROP
@@ -88,18 +79,7 @@ pub fn xdp_defer(ctx: &XdpContext, len: u64) -> u32 {
 /// Whether XDP left this skb to tc ingress's load balancing (tc side).
 #[inline(always)]
 pub fn tc_marked(ctx: &TcContext) -> bool {
-    // SAFETY: the context pointer is valid; data_meta/data are packet pointers.
-    let (meta, data) = unsafe {
-        (
-            (*ctx.skb.skb).data_meta as usize,
-            (*ctx.skb.skb).data as usize,
-        )
-    };
-    if meta + 4 > data {
-        return false;
-    }
-    // SAFETY: bounds checked.
-    unsafe { *(meta as *const u32) == META_LB_IN_TC }
+    meta::tc_has(ctx, Mark::LbInTc)
 }
 
 #[cfg(test)]

@@ -7,53 +7,30 @@
 //! is built in the per-CPU scratch buffer and replaces the packet.
 
 use aya_ebpf::{
-    helpers::{bpf_skb_change_tail, bpf_xdp_adjust_meta},
+    helpers::bpf_skb_change_tail,
     programs::{TcContext, XdpContext},
 };
 use kproxy_common::{DropReason, ETH_HLEN, ETH_P_IP, IPPROTO_ICMP, IPPROTO_TCP};
 
 use crate::{
     drops,
+    meta::{self, Mark},
     nat::fold,
     packet::{Flow, TCP_FLAG_ACK, TCP_FLAG_RST, TCP_FLAG_SYN, TcpHdr},
     scratch::{SCRATCH, first_bytes, scratch},
     verdict::{TC_ACT_SHOT, redirect_back},
 };
 
-/// Metadata value XDP leaves for tc ingress: "refuse this packet".
-pub const META_REJECT: u32 = 0x6b70_7272;
-
 /// Marks the packet for refusal in tc ingress (XDP side).
 #[inline(always)]
 pub fn xdp_mark_reject(ctx: &XdpContext) -> bool {
-    // SAFETY: grows the metadata area in front of the packet; checked below.
-    if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -4) } != 0 {
-        return false;
-    }
-    let meta = ctx.metadata();
-    if meta + 4 > ctx.data() {
-        return false;
-    }
-    // SAFETY: bounds checked against data (the end of the metadata area).
-    unsafe { *(meta as *mut u32) = META_REJECT };
-    true
+    meta::xdp_set(ctx, Mark::Reject)
 }
 
 /// Whether XDP marked this skb for refusal (tc side).
 #[inline(always)]
 pub fn tc_marked_reject(ctx: &TcContext) -> bool {
-    // SAFETY: the context pointer is valid; data_meta/data are packet pointers.
-    let (meta, data) = unsafe {
-        (
-            (*ctx.skb.skb).data_meta as usize,
-            (*ctx.skb.skb).data as usize,
-        )
-    };
-    if meta + 4 > data {
-        return false;
-    }
-    // SAFETY: bounds checked.
-    unsafe { *(meta as *const u32) == META_REJECT }
+    meta::tc_has(ctx, Mark::Reject)
 }
 
 /// One's-complement sum of big-endian 16-bit words of `buf[start..start + len]`.
