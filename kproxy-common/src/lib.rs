@@ -10,6 +10,9 @@
 
 mod frag;
 pub use frag::{FragKey, FragPorts, MAP_FRAGS, MAX_FRAG_ENTRIES};
+mod vips;
+pub use vips::{MAP_VIPS, MAX_VIP_ENTRIES, VIP_BUCKETS, VIP_SLOTS};
+pub use vips::{VipBucket, vip_buckets, vip_flags};
 
 // === Map and program names ===
 //
@@ -42,7 +45,7 @@ macro_rules! map_name {
     (MAP_AFFINITY_MATCH $($then:tt)*) => {
         $crate::__with_name! { "kproxy_lb4_affinity_match_v1" $($then)* }
     };
-    (MAP_VIPS $($then:tt)*) => { $crate::__with_name! { "kproxy_lb4_vips_v1" $($then)* } };
+    (MAP_VIPS $($then:tt)*) => { $crate::__with_name! { "kproxy_lb4_vips_v2" $($then)* } };
     (MAP_HOST_ROUTES $($then:tt)*) => {
         $crate::__with_name! { "kproxy_host_routes_v1" $($then)* }
     };
@@ -359,15 +362,6 @@ pub const MAP_CT: &str = map_name!(MAP_CT);
 /// LoadBalancer IPs whose ARP requests the uplink answers (the L2 announcement): address
 /// (network byte order, `u32`) → `u32` (unused, 1).
 pub const MAP_L2: &str = map_name!(MAP_L2);
-/// Service addresses (every frontend address but the node's own, NodePort ones): address
-/// (network byte order, `u32`) → [`vip_flags`]. Echo requests to them are answered.
-pub const MAP_VIPS: &str = map_name!(MAP_VIPS);
-/// Flags of a [`MAP_VIPS`] entry.
-pub mod vip_flags {
-    /// Some frontend on the address is reachable from outside (LoadBalancer IP, externalIP):
-    /// the uplink answers echo requests to it too, not only pods.
-    pub const EXTERNAL: u32 = 1 << 0;
-}
 /// ClientIP session affinity (LRU): [`AffinityKey`] → [`AffinityValue`].
 pub const MAP_AFFINITY: &str = map_name!(MAP_AFFINITY);
 /// Socket-LB reverse translation for UDP (LRU): [`SockRevNatKey`] → [`SockRevNatValue`].
@@ -395,8 +389,6 @@ pub const MAX_AFFINITY_ENTRIES: u32 = 32_768;
 /// connects wrote entries too; LRU evicts the oldest beyond that.
 pub const MAX_SOCK_REVNAT_ENTRIES: u32 = 16_384;
 pub const MAX_L2_ENTRIES: u32 = 4_096;
-/// One address per service at most (not preallocated: the memory follows the services).
-pub const MAX_VIP_ENTRIES: u32 = MAX_SERVICES;
 /// Local pods that answered load-balanced flows; one per pod of the node.
 pub const MAX_HOST_ROUTES: u32 = 4_096;
 
@@ -490,6 +482,11 @@ pub mod svc_flags {
     /// outside all of them ([`super::MAP_SRC_RANGE`]) are dropped. Frontends without it
     /// pay no lookup. Above the Maglev class bits, clear of flags added below them.
     pub const SOURCE_RANGE: u32 = 1 << 16;
+    /// Slot 0 only: with no backend for a new flow, drop it (counted as no-backend) instead
+    /// of refusing it. Set for a `Local` traffic policy whose endpoints are all on other
+    /// nodes, kube-proxy's "has no local endpoints" DROP; a service without any endpoint is
+    /// still refused.
+    pub const DROP_NO_BACKEND: u32 = 1 << 17;
     /// The size class bits of a Maglev slot 0.
     pub const MAGLEV_CLASS_MASK: u32 = 0xf << super::MAGLEV_CLASS_SHIFT;
 }
@@ -798,6 +795,7 @@ mod user {
     unsafe impl aya::Pod for super::SrcRangeKey {}
     unsafe impl aya::Pod for super::FragKey {}
     unsafe impl aya::Pod for super::FragPorts {}
+    unsafe impl aya::Pod for super::VipBucket {}
 }
 
 #[cfg(test)]

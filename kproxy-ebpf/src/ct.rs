@@ -183,6 +183,9 @@ pub fn ingress_decision(f: &Flow, bytes: u64, external_only: bool) -> Ingress {
     else {
         lb::count(svc.revnat_id, 0, bytes, 1, false);
         drops::count(DropReason::NoBackend, bytes);
+        if svc.flags & svc_flags::DROP_NO_BACKEND != 0 {
+            return Ingress::Drop;
+        }
         return Ingress::Reject;
     };
     let hairpin = sel.backend.addr == f.saddr;

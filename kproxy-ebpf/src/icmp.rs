@@ -17,10 +17,10 @@
 //!
 //! Only plain 20-byte IP headers (outer and quoted) are handled; anything else passes as is.
 
-use aya_ebpf::{maps::HashMap, programs::TcContext};
+use aya_ebpf::{maps::Array, programs::TcContext};
 use kproxy_common::{
-    CtKey, ETH_HLEN, ETH_P_IP, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, MAX_VIP_ENTRIES,
-    PacketClass, ct_dir, map_name, vip_flags,
+    CtKey, ETH_HLEN, ETH_P_IP, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, PacketClass, VIP_BUCKETS,
+    VipBucket, ct_dir, map_name, vip_buckets, vip_flags,
 };
 
 use crate::{
@@ -30,12 +30,20 @@ use crate::{
     verdict::redirect_back,
 };
 
-/// `BPF_F_NO_PREALLOC`: one entry per service address in use, not per possible one.
-const BPF_F_NO_PREALLOC: u32 = 1;
-
 map_name!(MAP_VIPS => named_map! {
-    pub static VIPS: HashMap<u32, u32> = HashMap::pinned(MAX_VIP_ENTRIES, BPF_F_NO_PREALLOC);
+    pub static VIPS: Array<VipBucket> = Array::pinned(VIP_BUCKETS, 0);
 });
+
+/// The [`vip_flags`] of a service address (network byte order): it is in one of its two
+/// buckets.
+#[inline(always)]
+fn vip_lookup(addr: u32) -> Option<u32> {
+    let (a, b) = vip_buckets(addr);
+    if let Some(flags) = VIPS.get(a)?.flags_of(addr) {
+        return Some(u32::from(flags));
+    }
+    VIPS.get(b)?.flags_of(addr).map(u32::from)
+}
 
 const ICMP_ECHO_REPLY: u8 = 0;
 const ICMP_DEST_UNREACH: u8 = 3;
@@ -254,8 +262,7 @@ pub fn tc_answer_echo(ctx: &TcContext, external_only: bool) -> Option<i32> {
     if type_code != [ICMP_ECHO, 0] {
         return None;
     }
-    // SAFETY: copied out immediately.
-    let flags = unsafe { VIPS.get(ip.daddr) }.copied()?;
+    let flags = vip_lookup(ip.daddr)?;
     if external_only && flags & vip_flags::EXTERNAL == 0 {
         return None;
     }

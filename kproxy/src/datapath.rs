@@ -68,6 +68,8 @@ pub enum DatapathError {
     },
     #[error("no cgroup v2 hierarchy is mounted (looked in /proc/self/mountinfo)")]
     NoCgroup2,
+    #[error("VIP table full: bucket pair for {addr}")]
+    VipTableFull { addr: std::net::Ipv4Addr },
     #[error("map {name}: {source}")]
     Map {
         name: &'static str,
@@ -107,6 +109,8 @@ pub struct Datapath {
     lb: LbSettings,
     /// BPF host routing is on (`host_routing`).
     host_routing: bool,
+    /// kproxy's copy of the service-address array (`vips`).
+    vips: vips::VipTable,
 }
 
 /// The default algorithm and hash seed the syncer plans with.

@@ -499,12 +499,21 @@ fn add_service(
         local_endpoints += policy::local_ready(&cands, local);
         let internal = policy::select(&cands, internal_scope, local);
         let external = policy::select(&cands, external_scope, local);
+        let drop_flag = |scope, chosen| {
+            if policy::drops_without_local(&cands, scope, chosen) {
+                svc_flags::DROP_NO_BACKEND
+            } else {
+                0
+            }
+        };
+        let internal_drop = drop_flag(internal_scope, &internal);
+        let external_drop = drop_flag(external_scope, &external);
 
         let mut add = |addr: Ipv4Addr, port: u16, kind: FrontendKind, flags: u32| {
-            let backends = if kind == FrontendKind::ClusterIp {
-                &internal
+            let (backends, drop) = if kind == FrontendKind::ClusterIp {
+                (&internal, internal_drop)
             } else {
-                &external
+                (&external, external_drop)
             };
             let key = FrontendKey { addr, port, proto };
             match out.frontends.entry(key) {
@@ -516,7 +525,7 @@ fn add_service(
                     e.insert(Frontend {
                         service: label.clone(),
                         kind,
-                        flags: flags | affinity | range_flag,
+                        flags: flags | affinity | range_flag | drop,
                         source_ranges,
                         affinity_timeout_s: timeout,
                         backends: backends.clone(),

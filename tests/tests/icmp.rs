@@ -178,6 +178,29 @@ fn pings_answered(xdp_mode: &str, lb_mode: &str) {
     // A ClusterIP is not reachable from outside: no answer for the uplink.
     let out = ping(lab.client_cmd("ping"), VIP);
     assert!(!out.status.success(), "client -> ClusterIP answered");
+
+    // A restarted kproxy finds the addresses where it left them (it reads the pinned
+    // bucket array back) and rewrites nothing.
+    let mut lab = lab;
+    lab.kill_kproxy();
+    let pod_ifaces = ["--pod-iface", "vb0", "--pod-iface", "vb1"];
+    lab.start_kproxy_with(xdp_mode, lb_mode, &pod_ifaces);
+    assert!(lab.kproxy().logged("map_ops=0"), "restart rewrote maps");
+    for (what, cmd, addr) in [
+        (
+            "after restart: pod -> ClusterIP",
+            lab.backends[1].cmd("ping"),
+            VIP,
+        ),
+        (
+            "after restart: client -> LB IP",
+            lab.client_cmd("ping"),
+            LB_IP,
+        ),
+    ] {
+        let out = ping(cmd, addr);
+        assert!(out.status.success(), "{what}");
+    }
 }
 
 #[test]

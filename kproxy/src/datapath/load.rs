@@ -60,6 +60,10 @@ impl Datapath {
             source,
         })?;
         tracing::info!(dir = %bpffs_dir.display(), "eBPF datapath loaded, maps pinned");
+        let vips = super::vips::VipTable::read(
+            ebpf.map(kproxy_common::MAP_VIPS)
+                .ok_or(DatapathError::MissingMap(kproxy_common::MAP_VIPS))?,
+        )?;
         Ok(Self {
             ebpf,
             bpffs_dir: bpffs_dir.to_path_buf(),
@@ -68,6 +72,7 @@ impl Datapath {
             sock_removed_at: super::sock_term::RemovedAt::default(),
             lb: super::LbSettings::default(),
             host_routing: false,
+            vips,
         })
     }
 }

@@ -115,7 +115,7 @@ impl Datapath {
             kproxy_common::MAP_SRC_RANGE,
             kproxy_common::MAP_VIPS,
         ]);
-        let mut vip_map = super::vips::open(vp)?;
+        let mut vips = super::vips::open(vp, &mut self.vips)?;
         let mut ranges = super::src_range::open(sr)?;
         let map_err = |name| move |source| DatapathError::Map { name, source };
         let mut maglev = Array::<&mut MapData, MaglevBucket>::try_from(
@@ -175,8 +175,8 @@ impl Datapath {
                 MapOp::DeleteL2 { addr } => {
                     ignore_missing(l2.remove(addr)).map_err(map_err(MAP_L2))?;
                 }
-                MapOp::PutVip { addr, flags } => super::vips::put(&mut vip_map, *addr, *flags)?,
-                MapOp::DeleteVip { addr } => super::vips::delete(&mut vip_map, *addr)?,
+                MapOp::PutVip { addr, flags } => vips.put(*addr, *flags)?,
+                MapOp::DeleteVip { addr } => vips.delete(*addr)?,
                 MapOp::PutMaglev { bucket, value } => {
                     maglev.set(*bucket, value, 0).map_err(map_err(MAP_MAGLEV))?;
                 }
@@ -206,7 +206,7 @@ impl Datapath {
         let (s, b, r) = self.read_lb_maps()?;
         Ok(crate::sync::Syncer::from_maps(s, b, r)
             .with_l2(self.read_l2()?)
-            .with_vips(self.read_vips()?)
+            .with_vips(self.read_vips())
             .with_affinity_match(self.read_affinity_match()?)
             .with_source_ranges(self.read_source_ranges()?)
             .with_lb(self.lb.default, self.lb.seed, self.lb.tables_valid))

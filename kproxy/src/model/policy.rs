@@ -152,6 +152,20 @@ pub fn select(
 }
 
 /// kube-proxy's local endpoint count for the health check: ready endpoints on this node.
+/// Whether a frontend of `scope` that got `chosen` must drop new flows rather than refuse
+/// them: a `Local` policy with nothing usable on this node while the service has serving
+/// endpoints elsewhere (kube-proxy drops those; it rejects only services without any).
+#[must_use]
+pub fn drops_without_local(
+    cands: &[Candidate<'_>],
+    scope: Scope,
+    chosen: &BTreeMap<BackendAddr, BackendState>,
+) -> bool {
+    scope == Scope::Local
+        && !chosen.values().any(|s| *s == BackendState::Active)
+        && cands.iter().any(|c| c.ready || c.serving)
+}
+
 #[must_use]
 pub fn local_ready(cands: &[Candidate<'_>], here: &Locality) -> usize {
     cands.iter().filter(|c| c.ready && c.is_local(here)).count()

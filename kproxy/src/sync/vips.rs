@@ -66,6 +66,10 @@ impl Syncer {
                 _ => {}
             }
         }
+        // The map is a fixed array of buckets where an address has two to choose from: it
+        // can refuse an address while slots are free elsewhere (the datapath's "VIP table
+        // full" error). Up to MAX_VIP_ENTRIES (75 % of the slots) that does not happen in
+        // practice, so this plan-time check still tells "too many" before any write.
         if entries > MAX_VIP_ENTRIES as usize {
             return Err(SyncError::TooManyVips {
                 needed: entries,

@@ -199,3 +199,20 @@ fn health_check_port_needs_load_balancer_and_local() {
         None
     );
 }
+
+#[test]
+fn local_policy_without_local_endpoints_drops_but_an_empty_service_refuses() {
+    let drops = |cands: &[Candidate<'_>], scope| {
+        drops_without_local(cands, scope, &select(cands, scope, &here()))
+    };
+    // Endpoints only on another node: Local drops, Cluster uses them.
+    let remote = [ready(1, "n2")];
+    assert!(drops(&remote, Scope::Local));
+    assert!(!drops(&remote, Scope::Cluster));
+    // A local endpoint: nothing to drop.
+    assert!(!drops(&[ready(1, "n2"), ready(2, "n1")], Scope::Local));
+    // A serving-but-terminating local endpoint takes new flows (KEP-1669): nothing to drop.
+    assert!(!drops(&[terminating(2, "n1"), ready(1, "n2")], Scope::Local));
+    // No endpoint anywhere: refused, as kube-proxy rejects services without endpoints.
+    assert!(!drops(&[], Scope::Local));
+}
