@@ -100,6 +100,21 @@ impl NetNs {
         cmd
     }
 
+    /// Runs `f` on a thread inside the namespace (setns is per thread): for a test's own
+    /// sockets there.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/run/netns/{}", self.name());
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let file = std::fs::File::open(&path).expect("open netns");
+                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+                f()
+            })
+            .join()
+            .expect("netns thread")
+        })
+    }
+
     /// Runs `ip ARGS` inside the namespace.
     pub fn ip(&self, args: &[&str]) -> String {
         sh(Command::new("ip").args(["-n", &self.name]).args(args))

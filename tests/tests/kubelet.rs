@@ -891,13 +891,16 @@ fn empty_dir_volumes_are_shared_and_removed_with_the_pod() {
     k.create_pod(
         NS,
         "cfg",
-        json!({"containers": [c], "volumes": [{"name": "cfg", "configMap": {"name": "settings"}}]}),
+        json!({"containers": [c], "volumes": [{"name": "cfg", "persistentVolumeClaim": {"claimName": "data"}}]}),
     );
     let p = k.wait_pod(NS, "cfg", "CreateContainerConfigError", |p| {
         waiting(p, "app").is_some_and(|(r, _)| r == "CreateContainerConfigError")
     });
     let (_, message) = waiting(&p, "app").expect("waiting");
-    assert!(message.contains("emptyDir and hostPath"), "{message}");
+    assert!(
+        message.contains("emptyDir, hostPath, configMap and secret"),
+        "{message}"
+    );
 
     k.delete_pod(NS, "vol", None);
     k.wait_gone(NS, "vol", Duration::from_secs(20));

@@ -24,20 +24,6 @@ const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 50);
 const LB_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 150);
 const TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Runs `f` on a thread inside `ns` (setns is per thread): the test's own sockets there.
-fn in_netns<T: Send>(ns: &NetNs, f: impl FnOnce() -> T + Send) -> T {
-    let path = format!("/run/netns/{}", ns.name());
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let file = std::fs::File::open(&path).expect("open netns");
-            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            f()
-        })
-        .join()
-        .expect("netns thread")
-    })
-}
-
 /// Switches transmit checksum offload of `dev` in `ns`.
 fn tx_offload(ns: &NetNs, dev: &str, on: bool) {
     sh(ns
@@ -48,7 +34,7 @@ fn tx_offload(ns: &NetNs, dev: &str, on: bool) {
 /// A TCP connection through the LB IP: the greeting, then `lines` lines of `len` bytes of
 /// varying text echoed back byte for byte. Returns the greeting.
 fn tcp_echo(ns: &NetNs, lines: usize, len: usize) -> Result<String, String> {
-    in_netns(ns, || {
+    ns.run(|| {
         let dst = SocketAddr::V4(SocketAddrV4::new(LB_IP, 80));
         let stream =
             TcpStream::connect_timeout(&dst, TIMEOUT).map_err(|e| format!("connect: {e}"))?;
@@ -89,7 +75,7 @@ fn tcp_echo(ns: &NetNs, lines: usize, len: usize) -> Result<String, String> {
 /// `count` datagrams of `size` bytes through the LB IP, each answered with the hash of what
 /// the backend received, checked against what was sent.
 fn udp_echo(ns: &NetNs, size: usize, count: u8) -> Result<(), String> {
-    in_netns(ns, || {
+    ns.run(|| {
         let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).map_err(|e| e.to_string())?;
         sock.set_read_timeout(Some(TIMEOUT))
             .map_err(|e| e.to_string())?;

@@ -27,20 +27,6 @@ const NODE_PORT: u16 = 30_140;
 /// A datagram from [`udp_echo`]: Ethernet 14 + IPv4 20 + UDP 8 + 5 bytes.
 const UDP_FRAME: u64 = 47;
 
-/// Runs `f` on a thread inside `ns` (setns is per thread): the test's own sockets there.
-fn in_netns<T: Send>(ns: &NetNs, f: impl FnOnce() -> T + Send) -> T {
-    let path = format!("/run/netns/{}", ns.name());
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let file = std::fs::File::open(&path).expect("open netns");
-            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            f()
-        })
-        .join()
-        .expect("netns thread")
-    })
-}
-
 /// `kproxy dump --drops -o json`: packets and bytes of the `source-range` reason.
 fn source_range_drops(lab: &Lab) -> (u64, u64) {
     let out = sh(Command::new(bin("kproxy"))
@@ -74,7 +60,7 @@ fn tc_ingress_packets(lab: &Lab, class: &str) -> u64 {
 /// A TCP connection from a process in `ns` to `dst`: the backend's greeting, or the error
 /// kind.
 fn tcp_greeting(ns: &NetNs, dst: SocketAddrV4) -> Result<String, String> {
-    in_netns(ns, || {
+    ns.run(|| {
         let mut stream =
             TcpStream::connect_timeout(&SocketAddr::V4(dst), Duration::from_millis(1500))
                 .map_err(|e| format!("{:?}", e.kind()))?;
@@ -91,7 +77,7 @@ fn tcp_greeting(ns: &NetNs, dst: SocketAddrV4) -> Result<String, String> {
 
 /// `count` datagrams from `ns` to `dst` (one socket): how many were answered.
 fn udp_echo(ns: &NetNs, dst: SocketAddrV4, count: usize) -> usize {
-    in_netns(ns, || {
+    ns.run(|| {
         let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("bind");
         sock.set_read_timeout(Some(Duration::from_millis(300)))
             .expect("timeout");

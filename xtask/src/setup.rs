@@ -46,6 +46,14 @@ const APT_PACKAGES: &[&str] = &[
     "conntrack",
     // API tests speak raw HTTPS with curl; the kubectl end-to-end test drives kubectl.
     "curl",
+    // The store's etcd engine: etcd-client's build compiles etcd's .proto files with protoc
+    // (setup runs before the workspace builds); the store tests and `--store etcd` run
+    // /usr/bin/etcd (3.4).
+    "protobuf-compiler",
+    "etcd-server",
+    // `cargo xtask bench api --store etcd` measures etcd's own put rate with
+    // `etcdctl check perf`.
+    "etcd-client",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

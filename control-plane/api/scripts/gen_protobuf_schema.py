@@ -29,6 +29,7 @@ PACKAGES = [
     "k8s.io/apimachinery/pkg/runtime",
     "k8s.io/api/core/v1",
     "k8s.io/api/apps/v1",
+    "k8s.io/api/batch/v1",
     "k8s.io/api/discovery/v1",
     "k8s.io/api/coordination/v1",
     "k8s.io/api/autoscaling/v1",

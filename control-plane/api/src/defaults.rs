@@ -5,6 +5,10 @@
 //! never touches a value the client set — a value of the wrong type is left for validation to
 //! reject. Metadata bookkeeping and address allocation are the server's business.
 
+pub mod batch;
+mod daemonset;
+mod secret;
+
 use serde_json::{Map, Value, json};
 
 type Obj = Map<String, Value>;
@@ -36,7 +40,10 @@ pub fn apply_defaults(kind: &str, obj: &mut Value) {
                 template(spec);
             }
         }
+        "Job" => batch::job(root),
+        "DaemonSet" => daemonset::daemon_set(root),
         "Namespace" => namespace(root),
+        "Secret" => secret::secret(root),
         "Node" => node(root),
         "Endpoints" => {
             for subset in objects(root, "subsets") {

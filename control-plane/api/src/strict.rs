@@ -51,10 +51,15 @@ fn typed_roundtrip(kind: &str, obj: &Value) -> Option<Value> {
         "Endpoints" => roundtrip::<core::v1::Endpoints>(obj),
         "Node" => roundtrip::<core::v1::Node>(obj),
         "Event" => roundtrip::<core::v1::Event>(obj),
+        "ConfigMap" => roundtrip::<core::v1::ConfigMap>(obj),
+        "Secret" => roundtrip::<core::v1::Secret>(obj),
+        "ServiceAccount" => roundtrip::<core::v1::ServiceAccount>(obj),
+        "Job" => roundtrip::<k8s_openapi::api::batch::v1::Job>(obj),
         "EndpointSlice" => roundtrip::<discovery::v1::EndpointSlice>(obj),
         "Lease" => roundtrip::<coordination::v1::Lease>(obj),
         "Deployment" => roundtrip::<apps::v1::Deployment>(obj),
         "ReplicaSet" => roundtrip::<apps::v1::ReplicaSet>(obj),
+        "DaemonSet" => roundtrip::<apps::v1::DaemonSet>(obj),
         _ => None,
     }
 }

@@ -4,7 +4,11 @@
 //! Column names are the Table API's ("Name", "Up-to-date", "Nominated Node"); kubectl prints
 //! them upper-cased. Priority 1 columns appear only with `-o wide`.
 
+mod accounts;
+mod batch;
 mod cluster;
+mod config;
+mod daemonset;
 mod network;
 mod pod;
 mod workloads;
@@ -84,10 +88,15 @@ pub fn columns(kind: &str) -> Vec<Column> {
         "EndpointSlice" => network::endpoint_slice_columns(),
         "Deployment" => workloads::deployment_columns(),
         "ReplicaSet" => workloads::replica_set_columns(),
+        "DaemonSet" => daemonset::daemon_set_columns(),
         "Node" => cluster::node_columns(),
         "Namespace" => cluster::namespace_columns(),
         "Lease" => cluster::lease_columns(),
         "Event" => cluster::event_columns(),
+        "Job" => batch::job_columns(),
+        "ServiceAccount" => accounts::service_account_columns(),
+        "ConfigMap" => config::config_map_columns(),
+        "Secret" => config::secret_columns(),
         _ => vec![
             NAME,
             Column {
@@ -107,10 +116,15 @@ pub fn row(kind: &str, obj: &Value, now: Timestamp) -> Vec<Value> {
         "EndpointSlice" => network::endpoint_slice_row(&typed(obj), now),
         "Deployment" => workloads::deployment_row(&typed(obj), now),
         "ReplicaSet" => workloads::replica_set_row(&typed(obj), now),
+        "DaemonSet" => daemonset::daemon_set_row(&typed(obj), now),
         "Node" => cluster::node_row(&typed(obj), now),
         "Namespace" => cluster::namespace_row(&typed(obj), now),
         "Lease" => cluster::lease_row(&typed(obj), now),
         "Event" => cluster::event_row(&typed(obj), now),
+        "Job" => batch::job_row(&typed(obj), now),
+        "ServiceAccount" => accounts::service_account_row(&typed(obj), now),
+        "ConfigMap" => config::config_map_row(&typed(obj), now),
+        "Secret" => config::secret_row(&typed(obj), now),
         _ => {
             let meta = metadata(obj);
             let created = meta.creation_timestamp.map_or(Value::Null, |t| {

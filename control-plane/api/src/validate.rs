@@ -7,7 +7,11 @@
 //! "Required"), so calling [`validate`] before or after [`crate::defaults::apply_defaults`] gives
 //! the same verdict on those fields.
 
+mod accounts;
 mod apps;
+mod batch;
+mod config;
+mod daemonset;
 mod ephemeral;
 mod ip;
 mod meta;
@@ -21,6 +25,8 @@ use std::fmt::Write as _;
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+
+pub use self::config::{MAX_DATA_BYTES, config_key};
 
 /// The kind of problem, as Kubernetes' field.ErrorType.
 #[derive(Clone, Debug, PartialEq)]
@@ -196,6 +202,23 @@ pub fn validate(kind: &str, obj: &Value, old: Option<&Value>) -> Result<(), Inva
         "Node" => run(obj, old, fields_only(simple::node))?,
         "Event" => run(obj, old, fields_only(simple::event))?,
         "Lease" => run(obj, old, fields_only(simple::lease))?,
+        "ServiceAccount" => run(obj, old, fields_only(accounts::service_account))?,
+        "Job" => {
+            let has_selector = !obj
+                .pointer("/spec/selector")
+                .unwrap_or(&Value::Null)
+                .is_null();
+            run(obj, old, |j, o| batch::job(j, o, has_selector))?
+        }
+        "ConfigMap" => run(obj, old, fields_only(config::config_map))?,
+        "Secret" => run(obj, old, fields_only(config::secret))?,
+        "DaemonSet" => {
+            let has_selector = !obj
+                .pointer("/spec/selector")
+                .unwrap_or(&Value::Null)
+                .is_null();
+            run(obj, old, |d, o| daemonset::daemon_set(d, o, has_selector))?
+        }
         "Deployment" | "ReplicaSet" => {
             // A missing selector and `selector: {}` decode alike; Kubernetes tells them apart.
             let has_selector = !obj
@@ -241,10 +264,12 @@ fn fields_only<T>(
 /// The apiVersion each served kind is written in.
 fn api_version_of(kind: &str) -> Option<&'static str> {
     Some(match kind {
-        "Namespace" | "Pod" | "Service" | "Endpoints" | "Node" | "Event" => "v1",
+        "Namespace" | "Pod" | "Service" | "Endpoints" | "Node" | "Event" | "ConfigMap"
+        | "Secret" | "ServiceAccount" => "v1",
         "EndpointSlice" => "discovery.k8s.io/v1",
         "Lease" => "coordination.k8s.io/v1",
-        "Deployment" | "ReplicaSet" => "apps/v1",
+        "Job" => "batch/v1",
+        "Deployment" | "ReplicaSet" | "DaemonSet" => "apps/v1",
         _ => return None,
     })
 }

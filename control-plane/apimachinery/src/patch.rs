@@ -157,7 +157,7 @@ pub(crate) enum Ty {
     PodStatus,
     Container,
     PodTemplateSpec,
-    /// Deployment and ReplicaSet: `spec.template` is a PodTemplateSpec.
+    /// Deployment, ReplicaSet and DaemonSet: `spec.template` is a PodTemplateSpec.
     Workload,
     WorkloadSpec,
     WorkloadStatus,
@@ -175,7 +175,7 @@ impl Ty {
     pub(crate) fn for_kind(kind: &str) -> Ty {
         match kind {
             "Pod" => Ty::Pod,
-            "Deployment" | "ReplicaSet" => Ty::Workload,
+            "Deployment" | "ReplicaSet" | "DaemonSet" => Ty::Workload,
             "Service" => Ty::Service,
             "Node" => Ty::Node,
             "Namespace" => Ty::Namespace,

@@ -159,6 +159,11 @@ async fn dispatch(State(api): State<Shared>, req: Request) -> Response {
             .into_response();
     }
     if parts.method == Method::GET
+        && let Some(resp) = crate::openapi::serve(&path, parts.uri.query(), &parts.headers)
+    {
+        return resp;
+    }
+    if parts.method == Method::GET
         && let Some(doc) = discovery_doc(&api, &path)
     {
         return json(StatusCode::OK, &doc);
@@ -302,6 +307,19 @@ async fn handle(api: &Shared, req: &Req, t: &Target, verb: &'static str) -> ApiR
     let bound_to = match access {
         Access::Allowed => None,
         Access::PodBoundTo(node) => Some(node),
+        Access::ReferencedBy(node) => {
+            crate::auth::graph::check(
+                api.store.as_ref(),
+                &req.id.user(),
+                &node,
+                verb,
+                t.res,
+                t.ns.as_deref(),
+                name.as_deref(),
+            )
+            .await?;
+            None
+        }
         Access::Denied => {
             return Err(ApiError::forbidden(
                 &req.id.user(),
@@ -349,8 +367,6 @@ fn discovery_doc(api: &Api, path: &str) -> Option<Value> {
         ["api", v] => discovery::resource_list("", v),
         ["apis", g] => discovery::group(g),
         ["apis", g, v] => discovery::resource_list(g, v),
-        ["openapi", "v3"] => Some(crate::openapi::root()),
-        ["openapi", "v3", rest @ ..] => crate::openapi::group_version(&rest.join("/")),
         _ => None,
     }
 }

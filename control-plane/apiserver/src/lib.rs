@@ -4,6 +4,7 @@
 
 pub mod alloc;
 pub mod auth;
+pub mod compaction;
 pub mod context;
 pub mod discovery;
 pub mod error;
@@ -25,18 +26,28 @@ pub mod rest;
 pub mod review;
 pub mod server;
 pub mod status;
+pub mod storage;
 pub mod table;
+pub mod watch_cache;
 
 #[cfg(test)]
 mod test_api;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_batch;
+#[cfg(test)]
+mod tests_config;
+#[cfg(test)]
+mod tests_daemonset;
+#[cfg(test)]
 mod tests_ephemeral;
 #[cfg(test)]
 mod tests_identity;
 #[cfg(test)]
 mod tests_limits;
+#[cfg(test)]
+mod tests_openapi;
 #[cfg(test)]
 mod tests_portforward;
 #[cfg(test)]

@@ -19,7 +19,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the API over HTTPS.
-    Serve(server::Options),
+    Serve(Box<server::Options>),
     /// Print a node's bearer token, creating it if needed (the server picks it up live).
     NodeToken {
         node: String,
@@ -94,7 +94,7 @@ fn main() -> Result<()> {
         Command::Serve(opts) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?
-            .block_on(server::run(opts, async {
+            .block_on(server::run(*opts, async {
                 let mut term =
                     tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                         .expect("SIGTERM handler");

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::auth::rules::{self, Attributes};
-use crate::auth::{Access, Identity};
+use crate::auth::{Access, Identity, graph};
 use crate::context::Api;
 use crate::object;
 use crate::status::{ApiError, ApiResult};
@@ -279,6 +279,15 @@ async fn access(api: &Api, id: &Identity, spec: &AccessSpec) -> ApiResult<Value>
             // (Kubernetes: the static node rule, then NodeRestriction admission).
             _ => (true, None),
         },
+        Access::ReferencedBy(node) => {
+            let (ns, name) = (a.ns.unwrap_or_default(), a.name.unwrap_or_default());
+            let store = api.store.as_ref();
+            if graph::node_references(store, &node, ns, a.resource, name).await? {
+                (true, None)
+            } else {
+                (false, Some(graph::no_relationship(&node)))
+            }
+        }
     };
     let mut status = json!({"allowed": allowed});
     if let Some(r) = reason {
@@ -320,11 +329,11 @@ async fn rules_status(api: &Api, id: &Identity, ns: &str) -> ApiResult<Value> {
     if ns.is_empty() {
         return Err(ApiError::bad_request("no namespace on request"));
     }
-    let bound = match id {
+    let (bound, referenced) = match id {
         Identity::Node(node) => bound_pods(api, ns, node).await?,
-        Identity::Admin => Vec::new(),
+        Identity::Admin => (Vec::new(), Vec::new()),
     };
-    let (listed, incomplete) = rules::resource_rules(id, ns, Some(&bound));
+    let (listed, incomplete) = rules::resource_rules_with(id, ns, Some(&bound), Some(&referenced));
     let resource_rules: Vec<Value> = listed
         .into_iter()
         .map(|r| {
@@ -347,18 +356,23 @@ async fn rules_status(api: &Api, id: &Identity, ns: &str) -> ApiResult<Value> {
     }))
 }
 
-/// The names of the pods in `ns` bound to `node`.
-async fn bound_pods(api: &Api, ns: &str, node: &str) -> ApiResult<Vec<String>> {
+/// The names of the pods in `ns` bound to `node`, and the (plural, name) objects they
+/// reference (what the node may get of ConfigMaps and Secrets).
+type BoundPods = (Vec<String>, Vec<(&'static str, String)>);
+
+async fn bound_pods(api: &Api, ns: &str, node: &str) -> ApiResult<BoundPods> {
     let pods = crate::registry::by_kind("Pod").expect("pods are registered");
     let (kvs, _) = api.store.list(&pods.ns_prefix(Some(ns))).await?;
     let mut names = Vec::new();
+    let mut referenced = Vec::new();
     for kv in &kvs {
         let pod = object::from_kv(kv)?;
         if object::field_value(&pod, "spec.nodeName") == node
             && let Some(n) = object::name(&pod)
         {
             names.push(n.to_string());
+            referenced.extend(graph::pod_references(&pod));
         }
     }
-    Ok(names)
+    Ok((names, referenced))
 }

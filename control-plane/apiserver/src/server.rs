@@ -7,8 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kproxy_store::{Op, Store, StoreError, StoreOptions};
-use serde_json::json;
+use kproxy_store::{Store, StoreOptions};
 
 use crate::alloc::Ranges;
 use crate::auth::TokenStore;
@@ -16,16 +15,8 @@ use crate::context::Api;
 use crate::error::{Error, Result};
 use crate::handler::router_with;
 use crate::kubelet::KubeletClient;
-use crate::object;
-use crate::registry::{self, SYSTEM_NAMESPACES};
 
-#[derive(Clone, Debug, clap::ValueEnum)]
-pub enum StoreKind {
-    /// redb file in the data directory, durable before each answer.
-    Redb,
-    /// Nothing on disk (tests, benchmarks of the server alone).
-    Memory,
-}
+pub use crate::storage::StoreKind;
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct Options {
@@ -37,6 +28,8 @@ pub struct Options {
     pub bind: SocketAddr,
     #[arg(long, value_enum, default_value = "redb")]
     pub store: StoreKind,
+    #[command(flatten)]
+    pub etcd: crate::storage::EtcdArgs,
     /// Kubeconfig to merge the `kproxy` context into (default: $KUBECONFIG or ~/.kube/config).
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
@@ -77,41 +70,6 @@ fn parse_range(s: &str) -> Result<(u16, u16), String> {
     Ok((a, b))
 }
 
-/// Creates the system namespaces (once; they are never deleted).
-pub(crate) async fn bootstrap(store: &dyn Store) -> Result<()> {
-    let res = registry::by_kind("Namespace").expect("registered");
-    for ns in SYSTEM_NAMESPACES {
-        let obj = json!({
-            "apiVersion": "v1",
-            "kind": "Namespace",
-            "metadata": {
-                "name": ns,
-                "uid": object::new_uid(),
-                "creationTimestamp": object::now_rfc3339(),
-                "labels": {"kubernetes.io/metadata.name": ns},
-            },
-            "spec": {"finalizers": ["kubernetes"]},
-            "status": {"phase": "Active"},
-        });
-        match store
-            .txn(vec![Op::Create {
-                key: res.key(None, ns),
-                value: object::to_stored(&obj),
-            }])
-            .await
-        {
-            Ok(_) | Err(StoreError::AlreadyExists(_)) => {}
-            Err(e) => {
-                return Err(Error::Store {
-                    what: "creating system namespaces".into(),
-                    source: e.into(),
-                });
-            }
-        }
-    }
-    Ok(())
-}
-
 /// Runs until `shutdown` resolves; logs "API server ready" once the socket accepts connections.
 pub async fn run(opts: Options, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
     // Every connection is a file descriptor: the bound on connections must fit under this.
@@ -125,6 +83,10 @@ pub async fn run(opts: Options, shutdown: impl std::future::Future<Output = ()>)
             "the open-file limit is below --max-connections: accept will fail (and back off) first"
         );
     }
+    let etcd = opts.etcd.config(opts.store).map_err(|e| Error::Store {
+        what: "checking the store flags".into(),
+        source: e.into(),
+    })?;
     std::fs::create_dir_all(&opts.data_dir).map_err(Error::io("creating", &opts.data_dir))?;
     let pki = crate::pki::load_or_create(&opts.data_dir.join("pki"), &[opts.bind.ip()])?;
     let kubelet = KubeletClient::new(&pki.kubelet_client)?;
@@ -132,17 +94,16 @@ pub async fn run(opts: Options, shutdown: impl std::future::Future<Output = ()>)
     let sopts = StoreOptions {
         history: opts.history,
     };
-    let store: Arc<dyn Store> = match opts.store {
-        StoreKind::Redb => {
-            let path = opts.data_dir.join("store.redb");
-            kproxy_store::open_redb(&path, sopts).map_err(|e| Error::Store {
-                what: format!("opening {}", path.display()),
-                source: e.into(),
-            })?
-        }
-        StoreKind::Memory => kproxy_store::memory(sopts),
-    };
-    bootstrap(store.as_ref()).await?;
+    // etcd: serve even while it is unreachable (/readyz says why), after a short wait for it.
+    let store: Arc<dyn Store> = crate::storage::open(
+        opts.store,
+        etcd,
+        &opts.etcd,
+        &opts.data_dir,
+        sopts,
+        Duration::from_secs(5),
+    )
+    .await?;
 
     let listener = tokio::net::TcpListener::bind(opts.bind)
         .await

@@ -196,6 +196,13 @@ impl From<kproxy_store::StoreError> for ApiError {
             kproxy_store::StoreError::Compacted { requested, oldest } => {
                 ApiError::gone(format!("too old resource version: {requested} ({oldest})"))
             }
+            // etcd down: a 503 (kubectl: "Error from server (ServiceUnavailable): ..."), so
+            // clients retry rather than report a server bug.
+            e @ kproxy_store::StoreError::Unavailable { .. } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                causes(&e),
+            ),
             // The whole chain, so clients see the cause ("No space left on device"), as
             // kube-apiserver passes etcd's "mvcc: database space exceeded" on.
             other => ApiError::internal(causes(&other)),

@@ -52,7 +52,7 @@ pub async fn test_api(name: &str, history: usize, nodes: &[&str]) -> TestApi {
         .map(|n| tokens.node_token(n).unwrap())
         .collect();
     let store = kproxy_store::memory(kproxy_store::StoreOptions { history });
-    crate::server::bootstrap(store.as_ref()).await.unwrap();
+    crate::storage::bootstrap(store.as_ref()).await.unwrap();
     let api = Api::new(
         store,
         tokens,

@@ -6,17 +6,21 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod daemonset;
 pub mod deployment;
 pub mod endpointslice;
 pub mod error;
 pub mod events;
 pub mod expectations;
 pub mod health;
+pub mod job;
 pub mod lbipam;
 pub mod nodeipam;
 pub mod nodelifecycle;
+pub mod placement;
 pub mod podcache;
 pub mod replicaset;
+pub mod serviceaccount;
 
 use std::time::Duration;
 

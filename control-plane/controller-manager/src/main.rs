@@ -21,7 +21,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser, Debug)]
 #[command(
     version,
-    about = "kproxy controller manager: Deployments, ReplicaSets, EndpointSlices, LoadBalancer IPs, node IPAM and lifecycle"
+    about = "kproxy controller manager: Deployments, ReplicaSets, DaemonSets, Jobs, ServiceAccounts, EndpointSlices, LoadBalancer IPs, node IPAM and lifecycle"
 )]
 struct Options {
     /// Kubeconfig for the API server (default: $KUBECONFIG, then ~/.kube/config).
@@ -52,7 +52,7 @@ struct Options {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "deployment,replicaset,endpointslice,lbipam,nodeipam,nodelifecycle"
+        default_value = "deployment,replicaset,endpointslice,lbipam,nodeipam,nodelifecycle,job,serviceaccount,daemonset"
     )]
     controllers: Vec<String>,
     /// Where `/healthz` and `/readyz` are served (plain HTTP; port 0 picks a free one).
@@ -93,7 +93,7 @@ async fn main() -> Result<()> {
     let reads_pods = o.controllers.iter().any(|c| {
         matches!(
             c.as_str(),
-            "deployment" | "replicaset" | "endpointslice" | "nodelifecycle"
+            "deployment" | "replicaset" | "endpointslice" | "nodelifecycle" | "job" | "daemonset"
         )
     });
     let pods = if reads_pods {
@@ -114,8 +114,11 @@ async fn main() -> Result<()> {
             "lbipam" => lbipam::run(c, cfg).boxed(),
             "nodeipam" => nodeipam::run(c, cfg).boxed(),
             "nodelifecycle" => nodelifecycle::run(c, cfg, p).boxed(),
+            "job" => kproxy_controller_manager::job::run(c, p).boxed(),
+            "serviceaccount" => kproxy_controller_manager::serviceaccount::run(c).boxed(),
+            "daemonset" => kproxy_controller_manager::daemonset::run(c, p).boxed(),
             other => bail!(
-                "unknown controller {other:?} (known: deployment, replicaset, endpointslice, lbipam, nodeipam, nodelifecycle)"
+                "unknown controller {other:?} (known: deployment, replicaset, endpointslice, lbipam, nodeipam, nodelifecycle, job, serviceaccount, daemonset)"
             ),
         };
         info!(controller = %name, "started");

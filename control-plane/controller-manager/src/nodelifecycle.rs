@@ -40,6 +40,7 @@ use tracing::{info, warn};
 use crate::{
     Config, SyncError as Error, api_err as kube_err,
     events::{Recorder, Type},
+    placement::tolerates,
     podcache::{self, CachedPod, PodCache},
 };
 
@@ -126,30 +127,6 @@ pub fn taints_for(current: &[Taint], ready: Option<&str>, now: Timestamp) -> Opt
         }
     }
     (out != current).then_some(out)
-}
-
-/// Whether a toleration tolerates a taint (Kubernetes' `ToleratesTaint`).
-#[must_use]
-pub fn tolerates(t: &Toleration, taint: &Taint) -> bool {
-    if t.effect
-        .as_deref()
-        .is_some_and(|e| !e.is_empty() && e != taint.effect)
-    {
-        return false;
-    }
-    let key = t.key.as_deref().unwrap_or_default();
-    if !key.is_empty() && key != taint.key {
-        return false;
-    }
-    match t.operator.as_deref().unwrap_or("Equal") {
-        "Exists" => true,
-        "Equal" => {
-            !key.is_empty()
-                && t.value.as_deref().unwrap_or_default()
-                    == taint.value.as_deref().unwrap_or_default()
-        }
-        _ => false,
-    }
 }
 
 /// How long a pod may stay on a node with this NoExecute taint: `None` for ever (a matching

@@ -95,6 +95,9 @@ pub struct CachedPod {
     pub deletion_grace_seconds: Option<i64>,
     /// `spec.nodeName`; an empty name is `None`.
     pub node_name: Option<Arc<str>>,
+    /// The node the pod is bound or pinned to: `spec.nodeName`, else the node its required
+    /// node affinity names (a DaemonSet pod before the scheduler binds it).
+    pub target_node: Option<Arc<str>>,
     pub phase: Phase,
     /// The Ready condition is True.
     pub ready: bool,
@@ -291,6 +294,7 @@ impl Interners {
                 .as_deref()
                 .filter(|n| !n.is_empty())
                 .map(|n| self.str(n)),
+            target_node: crate::placement::target_node(&spec).map(|n| self.str(n)),
             phase: Phase::parse(status.phase.as_deref()),
             ready: ready_cond.is_some_and(|c| c.status == "True"),
             ready_since: ready_cond.and_then(|c| c.last_transition_time.as_ref().map(|t| t.0)),

@@ -80,22 +80,28 @@ pub async fn create<R: PodRuntime>(
         crate::nonroot::verify(pod, c, || crate::nonroot::ImageUser::parse(&user))
             .map_err(config_error)?;
     }
-    let env =
-        crate::env::build(pod, c, Some(&ip.to_string()), &shared.node_ip).map_err(config_error)?;
+    // A missing ConfigMap or Secret is retried at the next resync, when it may exist.
+    let pod_ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let refs = crate::configs::references(pod, [c]);
+    let objects = crate::configs::fetch(&shared.client, pod_ns, &refs)
+        .await
+        .map_err(config_error)?;
+    let env = crate::env::build(pod, c, &objects, Some(&ip.to_string()), &shared.node_ip)
+        .map_err(config_error)?;
     let pod_dir = crate::volumes::pod_dir(&shared.state_dir, uid);
-    let binds = crate::volumes::binds(pod, c, &pod_dir).map_err(config_error)?;
-    let binds = crate::volumes::prepare(&binds).map_err(|e| {
+    let failed_mount = |volume: &str, message: String| {
         // The kubelet's volume manager reports what it could not mount this way.
         events.warning(
             None,
             "FailedMount",
-            &format!(
-                "MountVolume.SetUp failed for volume \"{}\" : {}",
-                e.volume, e.message
-            ),
+            &format!("MountVolume.SetUp failed for volume \"{volume}\" : {message}"),
         );
-        config_error(e.message)
-    })?;
+        config_error(message)
+    };
+    crate::configs::write_volumes(pod, c, &pod_dir, &objects)
+        .map_err(|(volume, message)| failed_mount(&volume, message))?;
+    let binds = crate::volumes::binds(pod, c, &pod_dir).map_err(config_error)?;
+    let binds = crate::volumes::prepare(&binds).map_err(|e| failed_mount(&e.volume, e.message))?;
     info!(container = %c.name, attempt, "starting container");
     let created = shared
         .runtime

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod backoff;
+mod configs;
 mod create;
 mod env;
 mod events;

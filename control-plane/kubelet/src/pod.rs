@@ -44,6 +44,8 @@ pub struct Worker<R = Runtime> {
     written: Option<PodStatus>,
     /// The pod IP once the network was set up by this worker.
     ip: Option<Ipv4Addr>,
+    /// When the pod's configMap and secret volumes were last compared with the API.
+    configs_synced: Option<Instant>,
 }
 
 /// Until when a worker may sleep.
@@ -82,6 +84,7 @@ impl<R: PodRuntime> Worker<R> {
             pulls: Pulls::default(),
             written: None,
             ip: None,
+            configs_synced: None,
         }
     }
 
@@ -247,6 +250,9 @@ impl<R: PodRuntime> Worker<R> {
             .and_then(|s| s.init_containers.as_deref())
             .unwrap_or_default();
         self.probe(&events, app, &mut pass).await?;
+        if sandbox_ready {
+            self.sync_configs(pod, &mut pass).await;
+        }
 
         let (init_statuses, statuses) =
             status::containers(init, app, &pass.observed, &pass.waiting, &self.probes);
@@ -472,6 +478,32 @@ impl<R: PodRuntime> Worker<R> {
             pass.wake = Instant::now();
         }
         Ok(())
+    }
+
+    /// Brings the pod's configMap and secret volumes up to date once per sync period, as the
+    /// kubelet's periodic pod sync does; a failure keeps the files and is retried then.
+    async fn sync_configs(&mut self, pod: &Pod, pass: &mut Pass) {
+        if crate::configs::volume_references(pod).is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let due = self
+            .configs_synced
+            .is_none_or(|t| now.duration_since(t) >= plan::RESYNC);
+        if due {
+            let dir = crate::volumes::pod_dir(&self.shared.state_dir, &self.uid);
+            match crate::configs::refresh(&self.shared.client, pod, &dir).await {
+                Ok(changed) if !changed.is_empty() => {
+                    info!(volumes = ?changed, "configMap/secret volumes updated");
+                }
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "re-reading the pod's configMaps and secrets"),
+            }
+            self.configs_synced = Some(now);
+        }
+        if let Some(t) = self.configs_synced {
+            pass.wake = pass.wake.min(t + plan::RESYNC);
+        }
     }
 
     async fn write_status(&mut self, pod: &Pod, new: PodStatus) -> Result<()> {

@@ -1,7 +1,8 @@
 //! Pod volumes as Docker bind mounts: `emptyDir` (a directory per pod under the kubelet's
-//! state, shared by the pod's containers and removed with the pod) and `hostPath` (its `type`
-//! checked, or the path created, as the kubelet's hostPath plugin does). Other volume types
-//! need objects this node does not serve (ConfigMaps, Secrets, claims), so a container mounting
+//! state, shared by the pod's containers and removed with the pod), `hostPath` (its `type`
+//! checked, or the path created, as the kubelet's hostPath plugin does) and `configMap` /
+//! `secret` (written beside the emptyDirs by [`configs`](crate::configs), mounted read-only).
+//! Other volume types need objects this node does not serve (claims), so a container mounting
 //! one waits with CreateContainerConfigError instead of starting without it.
 //!
 //! A `subPath` is resolved inside its volume with `openat2(RESOLVE_BENEATH)`: a container can
@@ -88,6 +89,8 @@ impl HostPathType {
 pub enum Source {
     EmptyDir,
     HostPath(HostPathType),
+    /// A configMap or secret volume, written before the container is created.
+    Config,
 }
 
 /// A subPath of a volume and the kubelet-owned path it is bind-mounted onto.
@@ -140,6 +143,8 @@ pub fn binds(pod: &Pod, c: &Container, pod_dir: &Path) -> Result<Vec<Bind>, Stri
             .ok_or_else(|| format!("volumeMount {:?}: no volume of that name", m.name))?;
         let (root, source) = if v.empty_dir.is_some() {
             (pod_dir.join("volumes").join(&v.name), Source::EmptyDir)
+        } else if v.config_map.is_some() || v.secret.is_some() {
+            (crate::configs::volume_dir(pod_dir, &v.name), Source::Config)
         } else if let Some(h) = &v.host_path {
             let kind = h.type_.as_deref().unwrap_or("");
             let kind = HostPathType::parse(kind).ok_or_else(|| {
@@ -158,7 +163,7 @@ pub fn binds(pod: &Pod, c: &Container, pod_dir: &Path) -> Result<Vec<Bind>, Stri
             (PathBuf::from(&h.path), Source::HostPath(kind))
         } else {
             return Err(format!(
-                "volume {:?}: only emptyDir and hostPath volumes are supported by this node",
+                "volume {:?}: only emptyDir, hostPath, configMap and secret volumes are supported by this node",
                 v.name
             ));
         };
@@ -178,7 +183,8 @@ pub fn binds(pod: &Pod, c: &Container, pod_dir: &Path) -> Result<Vec<Bind>, Stri
             source,
             sub_path,
             container: m.mount_path.clone(),
-            read_only: m.read_only == Some(true),
+            // The kubelet owns these files: containers only read them.
+            read_only: m.read_only == Some(true) || source == Source::Config,
         });
     }
     Ok(out)
@@ -198,6 +204,11 @@ pub fn prepare(binds: &[Bind]) -> Result<Vec<String>, MountError> {
                 Source::EmptyDir => std::fs::create_dir_all(&b.root)
                     .map_err(|e| err(format!("creating {}: {e}", b.root.display())))?,
                 Source::HostPath(kind) => check_host_path(&b.root, kind).map_err(err)?,
+                Source::Config => {
+                    if !b.root.is_dir() {
+                        return Err(err(format!("{} was not written", b.root.display())));
+                    }
+                }
             }
             let host = match &b.sub_path {
                 Some(sub) => {
@@ -428,7 +439,7 @@ mod tests {
     #[test]
     fn unsupported_or_unsafe_mounts_are_refused() {
         let p = pod(&serde_json::json!([
-            {"name": "cfg", "configMap": {"name": "x"}},
+            {"name": "cfg", "downwardAPI": {}},
             {"name": "scratch", "emptyDir": {}},
             {"name": "odd", "hostPath": {"path": "/run/x", "type": "Fifo"}},
             {"name": "colon", "hostPath": {"path": "/a:/b"}},

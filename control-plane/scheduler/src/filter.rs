@@ -4,11 +4,12 @@
 
 use std::fmt;
 
-use k8s_openapi::api::core::v1::{
-    NodeSelectorRequirement, NodeSelectorTerm, Pod, Taint, Toleration,
+use k8s_openapi::api::core::v1::{Pod, Taint, Toleration};
+pub use kproxy_controller_manager::placement::untolerated_taint;
+use kproxy_controller_manager::{
+    nodelifecycle::{TAINT_NOT_READY, TAINT_UNREACHABLE},
+    placement::{NodeConstraints, tolerates},
 };
-use kproxy_apimachinery::selector::{LabelSelector, Operator, Requirement};
-use kproxy_controller_manager::nodelifecycle::{TAINT_NOT_READY, TAINT_UNREACHABLE, tolerates};
 
 use crate::cache::{NodeFacts, NodeInfo, PodFacts};
 
@@ -47,37 +48,26 @@ impl fmt::Display for Reason {
 }
 
 /// The pod being scheduled: the object (selectors, tolerations), what it occupies, and its
-/// required node affinity parsed once for all the nodes it is checked against.
+/// node selector and required node affinity parsed once for all the nodes it is checked
+/// against.
 #[derive(Debug, Clone)]
 pub struct PodInfo<'a> {
     pub pod: &'a Pod,
     pub facts: &'a PodFacts,
-    /// The valid terms of the required node affinity; `None` when there is none.
-    affinity: Option<Vec<Term<'a>>>,
+    constraints: NodeConstraints<'a>,
 }
 
 impl<'a> PodInfo<'a> {
     #[must_use]
     pub fn new(pod: &'a Pod, facts: &'a PodFacts) -> Self {
-        let affinity = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.affinity.as_ref())
-            .and_then(|a| a.node_affinity.as_ref())
-            .and_then(|n| {
-                n.required_during_scheduling_ignored_during_execution
-                    .as_ref()
-            })
-            .map(|r| {
-                r.node_selector_terms
-                    .iter()
-                    .filter_map(Term::parse)
-                    .collect()
-            });
         PodInfo {
             pod,
             facts,
-            affinity,
+            constraints: pod
+                .spec
+                .as_ref()
+                .map(NodeConstraints::of)
+                .unwrap_or_default(),
         }
     }
 }
@@ -139,81 +129,10 @@ fn tolerates_no_schedule(tolerations: &[Toleration], key: &str) -> bool {
     tolerations.iter().any(|t| tolerates(t, &taint))
 }
 
-/// The first `NoSchedule`/`NoExecute` taint no toleration covers (`PreferNoSchedule` only
-/// affects preference, not feasibility).
-#[must_use]
-pub fn untolerated_taint<'t>(taints: &'t [Taint], tolerations: &[Toleration]) -> Option<&'t Taint> {
-    taints.iter().find(|t| {
-        matches!(t.effect.as_str(), "NoSchedule" | "NoExecute")
-            && !tolerations.iter().any(|tol| tolerates(tol, t))
-    })
-}
-
 /// `spec.nodeSelector` (every pair) and the required node affinity (any term).
 #[must_use]
 pub fn matches_node_affinity(pod: &PodInfo<'_>, node: &NodeFacts) -> bool {
-    let selector = pod.pod.spec.as_ref().and_then(|s| s.node_selector.as_ref());
-    if let Some(sel) = selector
-        && !sel.iter().all(|(k, v)| node.labels.get(k) == Some(v))
-    {
-        return false;
-    }
-    pod.affinity
-        .as_ref()
-        .is_none_or(|terms| terms.iter().any(|t| t.matches(node)))
-}
-
-/// One node selector term: its label expressions (kproxy-apimachinery's selector) and its
-/// field expressions, all of which must hold.
-#[derive(Debug, Clone)]
-struct Term<'a> {
-    labels: LabelSelector,
-    fields: &'a [NodeSelectorRequirement],
-}
-
-impl<'a> Term<'a> {
-    /// `None` for a term that matches nothing: without expressions or fields, or with an
-    /// expression Kubernetes would not parse (kube-scheduler skips such terms).
-    fn parse(t: &'a NodeSelectorTerm) -> Option<Self> {
-        let exprs = t.match_expressions.as_deref().unwrap_or_default();
-        let fields = t.match_fields.as_deref().unwrap_or_default();
-        if exprs.is_empty() && fields.is_empty() {
-            return None;
-        }
-        let requirements = exprs
-            .iter()
-            .map(|r| {
-                let op = match r.operator.as_str() {
-                    "In" => Operator::In,
-                    "NotIn" => Operator::NotIn,
-                    "Exists" => Operator::Exists,
-                    "DoesNotExist" => Operator::DoesNotExist,
-                    "Gt" => Operator::GreaterThan,
-                    "Lt" => Operator::LessThan,
-                    _ => return None,
-                };
-                Requirement::new(&r.key, op, r.values.clone().unwrap_or_default()).ok()
-            })
-            .collect::<Option<Vec<_>>>()?;
-        Some(Term {
-            labels: LabelSelector::from_requirements(requirements),
-            fields,
-        })
-    }
-
-    fn matches(&self, node: &NodeFacts) -> bool {
-        self.labels.matches(&node.labels)
-            && self.fields.iter().all(|r| {
-                // metadata.name is the only field Kubernetes allows here.
-                let named = r.values.iter().flatten().any(|v| *v == node.name);
-                r.key == "metadata.name"
-                    && match r.operator.as_str() {
-                        "In" => named,
-                        "NotIn" => !named,
-                        _ => false,
-                    }
-            })
-    }
+    pod.constraints.matches(&node.name, &node.labels)
 }
 
 /// NodeResourcesFit: pod count, then CPU and memory against allocatable minus what the

@@ -51,6 +51,14 @@ pub enum StoreError {
          batch within a second"
     )]
     PageTimeout { prefix: String },
+    /// The store's backend cannot be reached (etcd down or not reached yet): the request may
+    /// succeed once it is back, so the API answers 503 rather than 500.
+    #[error("storage is unavailable: {what}")]
+    Unavailable {
+        what: String,
+        #[source]
+        source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+    },
     /// A single-op txn did not return exactly one result (a bug in the store).
     #[error("storage backend error: single-op txn returned {count} results")]
     UnexpectedResults { count: usize },

@@ -9,6 +9,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use futures::StreamExt as _;
 use futures::stream::BoxStream;
 use tokio::sync::watch;
 
@@ -153,6 +154,18 @@ enum State {
 
 /// A stream of events under one prefix. Created by [`crate::Store::watch`].
 pub struct Watch {
+    inner: Inner,
+}
+
+enum Inner {
+    /// A cursor into this process's history (memory and redb engines).
+    Cursor(HistoryCursor),
+    /// Events from elsewhere (an etcd watch), already in revision order.
+    Stream(BoxStream<'static, Result<Event, StoreError>>),
+}
+
+/// A watch on the in-process history.
+struct HistoryCursor {
     shared: Arc<Shared>,
     /// Ticks whenever the writer publishes; closed when the store shuts down.
     notify: watch::Receiver<u64>,
@@ -170,6 +183,48 @@ impl Watch {
         prefix: &str,
         after: Revision,
     ) -> Result<Self, StoreError> {
+        Ok(Self {
+            inner: Inner::Cursor(HistoryCursor::register(shared, notify, prefix, after)?),
+        })
+    }
+
+    /// A watch over events produced elsewhere; the stream must end like [`Watch::next`].
+    pub(crate) fn from_stream(stream: BoxStream<'static, Result<Event, StoreError>>) -> Self {
+        Self {
+            inner: Inner::Stream(stream),
+        }
+    }
+
+    /// Next event; None if the store shut down. Err(WatcherLagged) once if the watcher fell
+    /// behind the history bound (after that the watch ends). Cancel-safe: dropping the future
+    /// loses no event.
+    pub async fn next(&mut self) -> Option<Result<Event, StoreError>> {
+        match &mut self.inner {
+            Inner::Cursor(cursor) => cursor.next().await,
+            Inner::Stream(stream) => stream.next().await,
+        }
+    }
+
+    /// This watch as a `Stream` (ends like [`Watch::next`]).
+    pub fn into_stream(self) -> BoxStream<'static, Result<Event, StoreError>> {
+        match self.inner {
+            Inner::Stream(stream) => stream,
+            Inner::Cursor(cursor) => {
+                Box::pin(futures::stream::unfold(cursor, |mut c| async move {
+                    c.next().await.map(|item| (item, c))
+                }))
+            }
+        }
+    }
+}
+
+impl HistoryCursor {
+    fn register(
+        shared: Arc<Shared>,
+        notify: watch::Receiver<u64>,
+        prefix: &str,
+        after: Revision,
+    ) -> Result<Self, StoreError> {
         let cursor = shared.read().start_seq(after)?;
         Ok(Self {
             shared,
@@ -181,10 +236,7 @@ impl Watch {
         })
     }
 
-    /// Next event; None if the store shut down. Err(WatcherLagged) once if the watcher fell
-    /// behind the history bound (after that the watch ends). Cancel-safe: dropping the future
-    /// loses no event.
-    pub async fn next(&mut self) -> Option<Result<Event, StoreError>> {
+    async fn next(&mut self) -> Option<Result<Event, StoreError>> {
         loop {
             if self.state == State::Done {
                 return None;
@@ -227,22 +279,19 @@ impl Watch {
         }
         Scan::More
     }
-
-    /// This watch as a `Stream` (ends like [`Watch::next`]).
-    pub fn into_stream(self) -> BoxStream<'static, Result<Event, StoreError>> {
-        Box::pin(futures::stream::unfold(self, |mut w| async move {
-            w.next().await.map(|item| (item, w))
-        }))
-    }
 }
 
 impl std::fmt::Debug for Watch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Watch")
-            .field("prefix", &self.prefix)
-            .field("after", &self.after)
-            .field("cursor", &self.cursor)
-            .finish_non_exhaustive()
+        match &self.inner {
+            Inner::Cursor(c) => f
+                .debug_struct("Watch")
+                .field("prefix", &c.prefix)
+                .field("after", &c.after)
+                .field("cursor", &c.cursor)
+                .finish_non_exhaustive(),
+            Inner::Stream(_) => f.debug_struct("Watch").finish_non_exhaustive(),
+        }
     }
 }
 

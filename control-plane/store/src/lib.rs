@@ -20,18 +20,26 @@
 //! - A failed commit (a full disk, an I/O error) fails its batch and changes nothing; until the
 //!   engine recovers (the redb engine reopens its file, at most every 500 ms, on the next write
 //!   or [`Store::ready`]) writes fail at once and `ready` reports the cause.
+//! - [`EtcdStore`] is the same trait on an etcd cluster: etcd's revisions, history and
+//!   compaction instead of the in-process ones (see the `etcd` module).
 #![forbid(unsafe_code)]
 
 mod catch;
 mod core;
 mod engine;
 mod error;
+pub mod etcd;
 mod history;
 mod memory;
 mod redb_engine;
 mod types;
 mod writer;
 
+#[cfg(any(test, feature = "testutil"))]
+pub mod testutil;
+
+#[cfg(test)]
+mod etcd_tests;
 #[cfg(test)]
 mod fault_tests;
 #[cfg(test)]
@@ -42,6 +50,7 @@ use std::sync::Arc;
 
 pub use engine::{Change, Engine};
 pub use error::{EngineError, StoreError};
+pub use etcd::{EtcdConfig, EtcdStore};
 pub use history::Watch;
 pub use types::{Event, EventKind, KeyValue, Op, Page, Revision};
 

@@ -1,8 +1,9 @@
 //! `cargo xtask bench api`: the API server under load from kube-rs clients (kpt-apiload), with
 //! the embedded redb store (durable before each answer) and, side by side, the in-memory
-//! store as the reference for what durability costs; then a fresh server under 2,000 idle
-//! connections and a JSON-patch bomb (memory, `/healthz` latency). Results:
-//! target/bench/api.{md,svg}.
+//! store as the reference for what durability costs; with `--store etcd` also on a local etcd
+//! (`etcd`: etcd's own put rate, creates against it, gets from the watch cache); then a fresh
+//! server under 2,000 idle connections and a JSON-patch bomb (memory, `/healthz` latency).
+//! Results: target/bench/api.{md,svg}.
 
 use std::{
     fmt::Write as _,
@@ -29,6 +30,8 @@ pub struct ApiBench {
     pub get_seconds: f64,
     pub watchers: usize,
     pub watch_events: usize,
+    /// Also measure the API server on a local etcd.
+    pub etcd: bool,
 }
 
 struct Figures {
@@ -41,14 +44,18 @@ struct Figures {
     watch: Value,
 }
 
-fn one(b: &ApiBench, target: &Path, store: &'static str, with_watch: bool) -> Result<Figures> {
+fn one(
+    b: &ApiBench,
+    target: &Path,
+    store: &'static str,
+    flags: &[&str],
+    with_watch: bool,
+) -> Result<Figures> {
     let dir = TempDir::new("kproxy-bench-api");
+    let mut args = vec!["--store", store];
+    args.extend_from_slice(flags);
     // ApiServer finds the binary next to the test harness; point it at the release build.
-    let server = ApiServer::start_with(
-        &target.join("release/kproxy-apiserver"),
-        dir.path(),
-        &["--store", store],
-    );
+    let server = ApiServer::start_with(&target.join("release/kproxy-apiserver"), dir.path(), &args);
     let pid = server.daemon.pid();
     let kc = server.kubeconfig.clone();
     let load_bin = target.join("release/kpt-apiload");
@@ -257,8 +264,9 @@ fn pressure(target: &Path) -> Result<Pressure> {
 
 pub fn run(b: &ApiBench, target: &Path, out_dir: &Path) -> Result<()> {
     let started = Instant::now();
-    let redb = one(b, target, "redb", true)?;
-    let mem = one(b, target, "memory", false)?;
+    let redb = one(b, target, "redb", &[], true)?;
+    let mem = one(b, target, "memory", &[], false)?;
+    let etcd = b.etcd.then(|| on_etcd(b, target)).transpose()?;
     let p = pressure(target)?;
     let w = &redb.watch;
     let mut md = String::new();
@@ -282,7 +290,10 @@ pub fn run(b: &ApiBench, target: &Path, out_dir: &Path) -> Result<()> {
         b.objects
     )?;
     writeln!(md, "|---|---:|---:|---:|---:|---:|")?;
-    for f in [&redb, &mem] {
+    for f in [Some(&redb), Some(&mem), etcd.as_ref().map(|e| &e.figures)]
+        .into_iter()
+        .flatten()
+    {
         writeln!(
             md,
             "| {} | {:.0} | {:.0} | {:.1} MiB | {:.1} MiB | {:.1} MiB |",
@@ -376,8 +387,14 @@ pub fn run(b: &ApiBench, target: &Path, out_dir: &Path) -> Result<()> {
         format!("{} in {:.0} ms", p.bomb_status, p.bomb_ms),
         (400..500).contains(&p.bomb_status) && p.bomb_ms < 1000.0,
     )?;
+    if let Some(e) = &etcd {
+        etcd_section(&mut md, b, e)?;
+    }
     std::fs::write(out_dir.join("api.md"), &md)?;
-    std::fs::write(out_dir.join("api.svg"), svg(&redb, &mem))?;
+    std::fs::write(
+        out_dir.join("api.svg"),
+        svg(&redb, &mem, etcd.as_ref().map(|e| &e.figures)),
+    )?;
     println!("\n{md}");
     println!(
         "bench: wrote {} and api.svg",
@@ -387,8 +404,8 @@ pub fn run(b: &ApiBench, target: &Path, out_dir: &Path) -> Result<()> {
 }
 
 /// Grouped bars: creates/s and gets/s per store, the targets dashed.
-fn svg(redb: &Figures, mem: &Figures) -> String {
-    Chart::bars(
+fn svg(redb: &Figures, mem: &Figures, etcd: Option<&Figures>) -> String {
+    let mut chart = Chart::bars(
         "API server: requests per second (kube-rs clients)",
         ["creates/s", "gets/s"],
     )
@@ -403,8 +420,89 @@ fn svg(redb: &Figures, mem: &Figures) -> String {
         "memory",
         "#a0aec0",
         vec![Some(mem.creates_per_s), Some(mem.gets_per_s)],
-    )
-    .rule(Axis::Y, 5000.0, "creates/s target", "red")
-    .rule(Axis::Y, 20000.0, "gets/s target", "#e8590c")
-    .render()
+    );
+    if let Some(e) = etcd {
+        chart = chart.bar_series(
+            "etcd",
+            "#2f855a",
+            vec![Some(e.creates_per_s), Some(e.gets_per_s)],
+        );
+    }
+    chart
+        .rule(Axis::Y, 5000.0, "creates/s target", "red")
+        .rule(Axis::Y, 20000.0, "gets/s target", "#e8590c")
+        .render()
+}
+
+/// The etcd run: the API server's figures and etcd's own put rate, same machine.
+struct OnEtcd {
+    figures: Figures,
+    raw_puts_per_s: Option<f64>,
+}
+
+fn on_etcd(b: &ApiBench, target: &Path) -> Result<OnEtcd> {
+    let etcd = super::etcd::LocalEtcd::start()?;
+    let figures = one(b, target, "etcd", &["--etcd-servers", &etcd.url], true)?;
+    // After the API run, so its keys are not in etcd meanwhile.
+    let raw_puts_per_s = super::etcd::raw_put_rate(&etcd.url)?;
+    Ok(OnEtcd {
+        figures,
+        raw_puts_per_s,
+    })
+}
+
+/// The etcd figures against the targets.
+fn etcd_section(md: &mut String, b: &ApiBench, e: &OnEtcd) -> Result<()> {
+    let f = &e.figures;
+    let w = &f.watch;
+    writeln!(
+        md,
+        "\n## On etcd\n\nA one-member etcd on this machine (data in a scratch directory, as \
+         redb's), the API server with `--store etcd` (GETs from its watch cache). etcd's own put \
+         rate: {}.\n",
+        e.raw_puts_per_s.map_or_else(
+            || "not measured (no etcdctl)".to_string(),
+            |r| format!("{r:.0} writes/s (`etcdctl check perf --load l`, 500 clients)")
+        )
+    )?;
+    writeln!(md, "| target | measured (etcd) | met |\n|---|---:|---|")?;
+    let row = |md: &mut String, name: &str, v: String, ok: bool| {
+        writeln!(md, "| {name} | {v} | {} |", if ok { "yes" } else { "no" })
+    };
+    let ratio = e.raw_puts_per_s.map(|r| f.creates_per_s / r);
+    row(
+        md,
+        "creates/s ≥ 0.7× etcd's own put rate",
+        format!(
+            "{:.0} ({})",
+            f.creates_per_s,
+            ratio.map_or_else(|| "no reference".into(), |r| format!("{r:.2}×"))
+        ),
+        ratio.is_some_and(|r| r >= 0.7),
+    )?;
+    row(
+        md,
+        "≥ 20,000 gets/s",
+        format!("{:.0}", f.gets_per_s),
+        f.gets_per_s >= 20000.0,
+    )?;
+    let all = w["complete"] == w["watchers"] && w["in_order"] == w["watchers"];
+    row(
+        md,
+        &format!("{} watchers get every event in order", b.watchers),
+        format!(
+            "{}/{}, last delivery {:.0} ms",
+            w["complete"],
+            w["watchers"],
+            w["last_delivery_ms"].as_f64().unwrap_or(0.0)
+        ),
+        all,
+    )?;
+    row(
+        md,
+        &format!("RSS ≤ 60 MB with {} pods", b.objects),
+        format!("{:.1} MiB", f.rss_loaded_mib),
+        f.rss_loaded_mib * 1.048_576 <= 60.0,
+    )?;
+    Ok(())
 }

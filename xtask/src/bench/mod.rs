@@ -13,6 +13,7 @@ mod chart;
 mod cluster;
 mod controllers;
 mod dataplane;
+mod etcd;
 mod kubelet;
 mod procfs;
 mod proxy;
@@ -66,6 +67,9 @@ pub struct BenchArgs {
     /// api: changes each watcher must receive.
     #[arg(long, default_value_t = 1000)]
     api_watch_events: usize,
+    /// api: `etcd` also measures the API server on a local etcd, side by side with redb.
+    #[arg(long = "store", value_enum, default_value = "redb")]
+    api_store: ApiStore,
     /// kubelet: pods started one at a time (each next to a bare docker run + veth).
     #[arg(long, default_value_t = 15)]
     kubelet_runs: usize,
@@ -97,6 +101,12 @@ pub struct BenchArgs {
     /// cluster: `kctl bench --duration` in seconds.
     #[arg(long, default_value_t = 6)]
     cluster_bench_seconds: u64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ApiStore {
+    Redb,
+    Etcd,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -194,6 +204,7 @@ fn api(args: &BenchArgs) -> Result<()> {
             get_seconds: args.api_get_seconds,
             watchers: args.api_watchers,
             watch_events: args.api_watch_events,
+            etcd: args.api_store == ApiStore::Etcd,
         },
         &target,
         &out_dir,

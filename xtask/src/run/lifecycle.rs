@@ -284,6 +284,7 @@ pub fn stop_all(comps: &mut [Component], kproxy: &Path, lab: bool) {
 pub fn print_components(comps: &[Component]) {
     let serves = |name: &str| match name {
         "the API server" => "https://127.0.0.1:6443",
+        "etcd" => "http://127.0.0.1:2379 (data /var/lib/kproxy/etcd)",
         "the controller manager" => "health http://127.0.0.1:10257",
         "the scheduler" => "health http://127.0.0.1:10259",
         "the kubelet" => "logs/exec :10250 (via the API server)",

@@ -8,6 +8,7 @@
 //! run, a port taken), `supervisor` runs and restarts the component processes, `lifecycle`
 //! brings the cluster up and down (lab uplink, kubeconfigs, health, `--reset`).
 
+mod etcd;
 mod lifecycle;
 mod preflight;
 mod supervisor;
@@ -15,7 +16,7 @@ mod supervisor;
 use std::{path::PathBuf, process::Command, time::Instant};
 
 use anyhow::{Result, bail};
-use clap::Args;
+use clap::{Args, ValueEnum};
 
 use self::{
     lifecycle::{
@@ -23,7 +24,7 @@ use self::{
         start_all, stop_all,
     },
     preflight::{RunLock, check_ports, preflight},
-    supervisor::{Component, supervise},
+    supervisor::{Component, supervise, wait_ready},
 };
 use crate::{
     setup::{SetupArgs, setup},
@@ -86,6 +87,16 @@ pub struct RunArgs {
     /// (/var/lib/kproxy), its pods' containers and kproxy's pinned maps.
     #[arg(long)]
     reset: bool,
+    /// Where the API server keeps the cluster's objects: its redb file, or a local etcd
+    /// (Debian's etcd-server, supervised with the components, data in /var/lib/kproxy/etcd).
+    #[arg(long, value_enum, default_value = "redb")]
+    store: RunStore,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum RunStore {
+    Redb,
+    Etcd,
 }
 
 pub fn run(args: &RunArgs) -> Result<()> {
@@ -95,6 +106,10 @@ pub fn run(args: &RunArgs) -> Result<()> {
     // From here Ctrl-C / SIGTERM only set a flag: `run` stops what it started, in order.
     install_stop_handlers();
     check_ports()?;
+    let mut etcd = match args.store {
+        RunStore::Etcd => Some(etcd::component()?),
+        RunStore::Redb => None,
+    };
     setup(&SetupArgs::default())?;
     step(
         "run: building the five components and kctl (release, link-time optimised: the first build takes several minutes; includes the eBPF programs)",
@@ -126,17 +141,21 @@ pub fn run(args: &RunArgs) -> Result<()> {
         LAB_UPLINK.to_string()
     };
     let node_kubeconfig = format!("{KUBELET_DATA}/kubeconfig");
+    let mut api_args = vec![
+        "serve",
+        "--data-dir",
+        APISERVER_DATA,
+        "--bind",
+        "127.0.0.1:6443",
+    ];
+    if etcd.is_some() {
+        api_args.extend(["--store", "etcd", "--etcd-servers", etcd::CLIENT_URL]);
+    }
     let mut comps = [
         Component::new(
             "the API server",
             apiserver_bin.clone(),
-            &[
-                "serve",
-                "--data-dir",
-                APISERVER_DATA,
-                "--bind",
-                "127.0.0.1:6443",
-            ],
+            &api_args,
             "apiserver.log",
             "API server ready",
         ),
@@ -205,7 +224,10 @@ pub fn run(args: &RunArgs) -> Result<()> {
     {
         c.env.push(("MIMALLOC_ARENA_EAGER_COMMIT", "0"));
     }
-    let started = start_all(&mut comps, &apiserver_bin, &node, &node_kubeconfig, &uplink);
+    let started = start_etcd(etcd.as_mut())
+        .and_then(|()| start_all(&mut comps, &apiserver_bin, &node, &node_kubeconfig, &uplink));
+    // etcd first: it is stopped last.
+    let mut comps: Vec<Component> = etcd.into_iter().chain(comps).collect();
     if let Err(e) = started {
         stop_all(&mut comps, &kproxy, args.uplink.is_none());
         return Err(e);
@@ -220,4 +242,18 @@ pub fn run(args: &RunArgs) -> Result<()> {
     supervise(&mut comps);
     stop_all(&mut comps, &kproxy, args.uplink.is_none());
     Ok(())
+}
+
+/// Starts etcd (with `--store etcd`) and waits until it serves clients.
+fn start_etcd(comp: Option<&mut Component>) -> Result<()> {
+    let Some(comp) = comp else {
+        return Ok(());
+    };
+    step(&format!(
+        "run: starting etcd on {} (data /var/lib/kproxy/etcd, log {})",
+        etcd::CLIENT_URL,
+        comp.log
+    ));
+    comp.spawn()?;
+    wait_ready(&mut [comp])
 }

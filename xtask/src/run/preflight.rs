@@ -103,7 +103,8 @@ const PORTS: [(&str, &str); 6] = [
     (KPROXY_METRICS, "kproxy's metrics"),
 ];
 
-fn check_free(wanted: &[(&str, &str)]) -> Result<()> {
+/// Refuses to go on if any of `wanted` (address, whose) is taken, naming its owner.
+pub fn check_free(wanted: &[(&str, &str)]) -> Result<()> {
     for &(addr, what) in wanted {
         let sa: SocketAddr = addr.parse().expect("a socket address");
         if let Err(e) = TcpListener::bind(sa) {

@@ -10,6 +10,7 @@
 // - k8s.io/apimachinery/pkg/runtime
 // - k8s.io/api/core/v1
 // - k8s.io/api/apps/v1
+// - k8s.io/api/batch/v1
 // - k8s.io/api/discovery/v1
 // - k8s.io/api/coordination/v1
 // - k8s.io/api/autoscaling/v1
@@ -39,13 +40,13 @@ const fn f(
     }
 }
 
-pub(super) static MESSAGES: [Message; 376] = [
+pub(super) static MESSAGES: [Message; 393] = [
     // 0
     Message {
         name: "k8s.io.api.apps.v1.ControllerRevision",
         fields: &[
-            f(1, "metadata", Msg(353), One, OMIT),
-            f(2, "data", Msg(372), One, OMIT),
+            f(1, "metadata", Msg(370), One, OMIT),
+            f(2, "data", Msg(389), One, OMIT),
             f(3, "revision", I64, One, 0),
         ],
     },
@@ -53,7 +54,7 @@ pub(super) static MESSAGES: [Message; 376] = [
     Message {
         name: "k8s.io.api.apps.v1.ControllerRevisionList",
         fields: &[
-            f(1, "metadata", Msg(349), One, OMIT),
+            f(1, "metadata", Msg(366), One, OMIT),
             f(2, "items", Msg(0), Many, 0),
         ],
     },
@@ -61,7 +62,7 @@ pub(super) static MESSAGES: [Message; 376] = [
     Message {
         name: "k8s.io.api.apps.v1.DaemonSet",
         fields: &[
-            f(1, "metadata", Msg(353), One, OMIT),
+            f(1, "metadata", Msg(370), One, OMIT),
             f(2, "spec", Msg(5), One, OMIT),
             f(3, "status", Msg(6), One, OMIT),
         ],
@@ -72,7 +73,7 @@ pub(super) static MESSAGES: [Message; 376] = [
         fields: &[
             f(1, "type", Str, One, 0),
             f(2, "status", Str, One, 0),
-            f(3, "lastTransitionTime", Msg(366), One, OMIT),
+            f(3, "lastTransitionTime", Msg(383), One, OMIT),
             f(4, "reason", Str, One, OMIT),
             f(5, "message", Str, One, OMIT),
         ],
@@ -81,7 +82,7 @@ pub(super) static MESSAGES: [Message; 376] = [
     Message {
         name: "k8s.io.api.apps.v1.DaemonSetList",
         fields: &[
-            f(1, "metadata", Msg(349), One, OMIT),
+            f(1, "metadata", Msg(366), One, OMIT),
             f(2, "items", Msg(2), Many, 0),
         ],
     },
@@ -89,8 +90,8 @@ pub(super) static MESSAGES: [Message; 376] = [
     Message {
         name: "k8s.io.api.apps.v1.DaemonSetSpec",
         fields: &[
-            f(1, "selector", Msg(346), One, PTR),
-            f(2, "template", Msg(237), One, 0),
+            f(1, "selector", Msg(363), One, PTR),
+            f(2, "template", Msg(254), One, 0),
             f(3, "updateStrategy", Msg(7), One, OMIT),
             f(4, "minReadySeconds", I32, One, OMIT),
             f(6, "revisionHistoryLimit", I32, One, PTR | OMIT),
@@ -124,7 +125,7 @@ pub(super) static MESSAGES: [Message; 376] = [
     Message {
         name: "k8s.io.api.apps.v1.Deployment",
         fields: &[
-            f(1, "metadata", Msg(353), One, OMIT),
+            f(1, "metadata", Msg(370), One, OMIT),
             f(2, "spec", Msg(11), One, OMIT),
             f(3, "status", Msg(12), One, OMIT),
         ],
@@ -137,15 +138,15 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(2, "status", Str, One, 0),
             f(4, "reason", Str, One, OMIT),
             f(5, "message", Str, One, OMIT),
-            f(6, "lastUpdateTime", Msg(366), One, OMIT),
-            f(7, "lastTransitionTime", Msg(366), One, OMIT),
+            f(6, "lastUpdateTime", Msg(383), One, OMIT),
+            f(7, "lastTransitionTime", Msg(383), One, OMIT),
         ],
     },
     // 10
     Message {
         name: "k8s.io.api.apps.v1.DeploymentList",
         fields: &[
-            f(1, "metadata", Msg(349), One, OMIT),
+            f(1, "metadata", Msg(366), One, OMIT),
             f(2, "items", Msg(8), Many, 0),
         ],
     },
@@ -154,8 +155,8 @@ pub(super) static MESSAGES: [Message; 376] = [
         name: "k8s.io.api.apps.v1.DeploymentSpec",
         fields: &[
             f(1, "replicas", I32, One, PTR | OMIT),
-            f(2, "selector", Msg(346), One, PTR),
-            f(3, "template", Msg(237), One, 0),
+            f(2, "selector", Msg(363), One, PTR),
+            f(3, "template", Msg(254), One, 0),
             f(4, "strategy", Msg(13), One, OMIT),
             f(5, "minReadySeconds", I32, One, OMIT),
             f(6, "revisionHistoryLimit", I32, One, PTR | OMIT),
@@ -190,7 +191,7 @@ pub(super) static MESSAGES: [Message; 376] = [
     Message {
         name: "k8s.io.api.apps.v1.ReplicaSet",
         fields: &[
-            f(1, "metadata", Msg(353), One, OMIT),
+            f(1, "metadata", Msg(370), One, OMIT),
             f(2, "spec", Msg(17), One, OMIT),
             f(3, "status", Msg(18), One, OMIT),
         ],
@@ -201,7 +202,7 @@ pub(super) static MESSAGES: [Message; 376] = [
         fields: &[
             f(1, "type", Str, One, 0),
             f(2, "status", Str, One, 0),
-            f(3, "lastTransitionTime", Msg(366), One, OMIT),
+            f(3, "lastTransitionTime", Msg(383), One, OMIT),
             f(4, "reason", Str, One, OMIT),
             f(5, "message", Str, One, OMIT),
         ],
@@ -210,7 +211,7 @@ pub(super) static MESSAGES: [Message; 376] = [
     Message {
         name: "k8s.io.api.apps.v1.ReplicaSetList",
         fields: &[
-            f(1, "metadata", Msg(349), One, OMIT),
+            f(1, "metadata", Msg(366), One, OMIT),
             f(2, "items", Msg(14), Many, 0),
         ],
     },
@@ -219,8 +220,8 @@ pub(super) static MESSAGES: [Message; 376] = [
         name: "k8s.io.api.apps.v1.ReplicaSetSpec",
         fields: &[
             f(1, "replicas", I32, One, PTR | OMIT),
-            f(2, "selector", Msg(346), One, PTR),
-            f(3, "template", Msg(237), One, OMIT),
+            f(2, "selector", Msg(363), One, PTR),
+            f(3, "template", Msg(254), One, OMIT),
             f(4, "minReadySeconds", I32, One, OMIT),
         ],
     },
@@ -241,16 +242,16 @@ pub(super) static MESSAGES: [Message; 376] = [
     Message {
         name: "k8s.io.api.apps.v1.RollingUpdateDaemonSet",
         fields: &[
-            f(1, "maxUnavailable", Msg(375), One, PTR | OMIT),
-            f(2, "maxSurge", Msg(375), One, PTR | OMIT),
+            f(1, "maxUnavailable", Msg(392), One, PTR | OMIT),
+            f(2, "maxSurge", Msg(392), One, PTR | OMIT),
         ],
     },
     // 20
     Message {
         name: "k8s.io.api.apps.v1.RollingUpdateDeployment",
         fields: &[
-            f(1, "maxUnavailable", Msg(375), One, PTR | OMIT),
-            f(2, "maxSurge", Msg(375), One, PTR | OMIT),
+            f(1, "maxUnavailable", Msg(392), One, PTR | OMIT),
+            f(2, "maxSurge", Msg(392), One, PTR | OMIT),
         ],
     },
     // 21
@@ -258,14 +259,14 @@ pub(super) static MESSAGES: [Message; 376] = [
         name: "k8s.io.api.apps.v1.RollingUpdateStatefulSetStrategy",
         fields: &[
             f(1, "partition", I32, One, PTR | OMIT),
-            f(2, "maxUnavailable", Msg(375), One, PTR | OMIT),
+            f(2, "maxUnavailable", Msg(392), One, PTR | OMIT),
         ],
     },
     // 22
     Message {
         name: "k8s.io.api.apps.v1.StatefulSet",
         fields: &[
-            f(1, "metadata", Msg(353), One, OMIT),
+            f(1, "metadata", Msg(370), One, OMIT),
             f(2, "spec", Msg(27), One, OMIT),
             f(3, "status", Msg(28), One, OMIT),
         ],
@@ -276,7 +277,7 @@ pub(super) static MESSAGES: [Message; 376] = [
         fields: &[
             f(1, "type", Str, One, 0),
             f(2, "status", Str, One, 0),
-            f(3, "lastTransitionTime", Msg(366), One, OMIT),
+            f(3, "lastTransitionTime", Msg(383), One, OMIT),
             f(4, "reason", Str, One, OMIT),
             f(5, "message", Str, One, OMIT),
         ],
@@ -285,7 +286,7 @@ pub(super) static MESSAGES: [Message; 376] = [
     Message {
         name: "k8s.io.api.apps.v1.StatefulSetList",
         fields: &[
-            f(1, "metadata", Msg(349), One, OMIT),
+            f(1, "metadata", Msg(366), One, OMIT),
             f(2, "items", Msg(22), Many, 0),
         ],
     },
@@ -307,9 +308,9 @@ pub(super) static MESSAGES: [Message; 376] = [
         name: "k8s.io.api.apps.v1.StatefulSetSpec",
         fields: &[
             f(1, "replicas", I32, One, PTR | OMIT),
-            f(2, "selector", Msg(346), One, PTR),
-            f(3, "template", Msg(237), One, 0),
-            f(4, "volumeClaimTemplates", Msg(199), Many, OMIT),
+            f(2, "selector", Msg(363), One, PTR),
+            f(3, "template", Msg(254), One, 0),
+            f(4, "volumeClaimTemplates", Msg(216), Many, OMIT),
             f(5, "serviceName", Str, One, 0),
             f(6, "podManagementPolicy", Str, One, OMIT),
             f(7, "updateStrategy", Msg(29), One, OMIT),
@@ -368,7 +369,7 @@ pub(super) static MESSAGES: [Message; 376] = [
     Message {
         name: "k8s.io.api.authentication.v1.SelfSubjectReview",
         fields: &[
-            f(1, "metadata", Msg(353), One, OMIT),
+            f(1, "metadata", Msg(370), One, OMIT),
             f(2, "status", Msg(33), One, OMIT),
         ],
     },
@@ -381,7 +382,7 @@ pub(super) static MESSAGES: [Message; 376] = [
     Message {
         name: "k8s.io.api.authentication.v1.TokenRequest",
         fields: &[
-            f(1, "metadata", Msg(353), One, OMIT),
+            f(1, "metadata", Msg(370), One, OMIT),
             f(2, "spec", Msg(35), One, 0),
             f(3, "status", Msg(36), One, OMIT),
         ],
@@ -400,14 +401,14 @@ pub(super) static MESSAGES: [Message; 376] = [
         name: "k8s.io.api.authentication.v1.TokenRequestStatus",
         fields: &[
             f(1, "token", Str, One, 0),
-            f(2, "expirationTimestamp", Msg(366), One, 0),
+            f(2, "expirationTimestamp", Msg(383), One, 0),
         ],
     },
     // 37
     Message {
         name: "k8s.io.api.authentication.v1.TokenReview",
         fields: &[
-            f(1, "metadata", Msg(353), One, OMIT),
+            f(1, "metadata", Msg(370), One, OMIT),
             f(2, "spec", Msg(38), One, 0),
             f(3, "status", Msg(39), One, OMIT),
         ],
@@ -450,7 +451,7 @@ pub(super) static MESSAGES: [Message; 376] = [
         name: "k8s.io.api.authorization.v1.FieldSelectorAttributes",
         fields: &[
             f(1, "rawSelector", Str, One, OMIT),
-            f(2, "requirements", Msg(337), Many, OMIT),
+            f(2, "requirements", Msg(354), Many, OMIT),
         ],
     },
     // 43
@@ -458,14 +459,14 @@ pub(super) static MESSAGES: [Message; 376] = [
         name: "k8s.io.api.authorization.v1.LabelSelectorAttributes",
         fields: &[
             f(1, "rawSelector", Str, One, OMIT),
-            f(2, "requirements", Msg(347), Many, OMIT),
+            f(2, "requirements", Msg(364), Many, OMIT),
         ],
     },
     // 44
     Message {
         name: "k8s.io.api.authorization.v1.LocalSubjectAccessReview",
         fields: &[
-            f(1, "metadata", Msg(353), One, OMIT),
+            f(1, "metadata", Msg(370), One, OMIT),
             f(2, "spec", Msg(54), One, 0),
             f(3, "status", Msg(55), One, OMIT),
         ],
@@ -512,7 +513,7 @@ pub(super) static MESSAGES: [Message; 376] = [
     Message {
         name: "k8s.io.api.authorization.v1.SelfSubjectAccessReview",
         fields: &[
-            f(1, "metadata", Msg(353), One, OMIT),
+            f(1, "metadata", Msg(370), One, OMIT),
             f(2, "spec", Msg(50), One, 0),
             f(3, "status", Msg(55), One, OMIT),
         ],
@@ -529,7 +530,7 @@ pub(super) static MESSAGES: [Message; 376] = [
     Message {
         name: "k8s.io.api.authorization.v1.SelfSubjectRulesReview",
         fields: &[
-            f(1, "metadata", Msg(353), One, OMIT),
+            f(1, "metadata", Msg(370), One, OMIT),
             f(2, "spec", Msg(52), One, 0),
             f(3, "status", Msg(56), One, OMIT),
         ],
@@ -543,7 +544,7 @@ pub(super) static MESSAGES: [Message; 376] = [
     Message {
         name: "k8s.io.api.authorization.v1.SubjectAccessReview",
         fields: &[
-            f(1, "metadata", Msg(353), One, OMIT),
+            f(1, "metadata", Msg(370), One, OMIT),
             f(2, "spec", Msg(54), One, 0),
             f(3, "status", Msg(55), One, OMIT),
         ],
@@ -586,7 +587,7 @@ pub(super) static MESSAGES: [Message; 376] = [
         fields: &[
             f(1, "name", Str, One, 0),
             f(2, "targetAverageUtilization", I32, One, PTR | OMIT),
-            f(3, "targetAverageValue", Msg(325), One, PTR | OMIT),
+            f(3, "targetAverageValue", Msg(342), One, PTR | OMIT),
             f(5, "container", Str, One, 0),
         ],
     },
@@ -596,7 +597,7 @@ pub(super) static MESSAGES: [Message; 376] = [
         fields: &[
             f(1, "name", Str, One, 0),
             f(2, "currentAverageUtilization", I32, One, PTR | OMIT),
-            f(3, "currentAverageValue", Msg(325), One, 0),
+            f(3, "currentAverageValue", Msg(342), One, 0),
             f(4, "container", Str, One, 0),
         ],
     },
@@ -614,9 +615,9 @@ pub(super) static MESSAGES: [Message; 376] = [
         name: "k8s.io.api.autoscaling.v1.ExternalMetricSource",
         fields: &[
             f(1, "metricName", Str, One, 0),
-            f(2, "metricSelector", Msg(346), One, PTR | OMIT),
-            f(3, "targetValue", Msg(325), One, PTR | OMIT),
-            f(4, "targetAverageValue", Msg(325), One, PTR | OMIT),
+            f(2, "metricSelector", Msg(363), One, PTR | OMIT),
+            f(3, "targetValue", Msg(342), One, PTR | OMIT),
+            f(4, "targetAverageValue", Msg(342), One, PTR | OMIT),
         ],
     },
     // 61
@@ -624,16 +625,16 @@ pub(super) static MESSAGES: [Message; 376] = [
         name: "k8s.io.api.autoscaling.v1.ExternalMetricStatus",
         fields: &[
             f(1, "metricName", Str, One, 0),
-            f(2, "metricSelector", Msg(346), One, PTR | OMIT),
-            f(3, "currentValue", Msg(325), One, 0),
-            f(4, "currentAverageValue", Msg(325), One, PTR | OMIT),
+            f(2, "metricSelector", Msg(363), One, PTR | OMIT),
+            f(3, "currentValue", Msg(342), One, 0),
+            f(4, "currentAverageValue", Msg(342), One, PTR | OMIT),
         ],
     },
     // 62
     Message {
         name: "k8s.io.api.autoscaling.v1.HorizontalPodAutoscaler",
         fields: &[
-            f(1, "metadata", Msg(353), One, OMIT),
+            f(1, "metadata", Msg(370), One, OMIT),
             f(2, "spec", Msg(65), One, OMIT),
             f(3, "status", Msg(66), One, OMIT),
         ],
@@ -644,7 +645,7 @@ pub(super) static MESSAGES: [Message; 376] = [
         fields: &[
             f(1, "type", Str, One, 0),
             f(2, "status", Str, One, 0),
-            f(3, "lastTransitionTime", Msg(366), One, OMIT),
+            f(3, "lastTransitionTime", Msg(383), One, OMIT),
             f(4, "reason", Str, One, OMIT),
             f(5, "message", Str, One, OMIT),
         ],
@@ -653,7 +654,7 @@ pub(super) static MESSAGES: [Message; 376] = [
     Message {
         name: "k8s.io.api.autoscaling.v1.HorizontalPodAutoscalerList",
         fields: &[
-            f(1, "metadata", Msg(349), One, OMIT),
+            f(1, "metadata", Msg(366), One, OMIT),
             f(2, "items", Msg(62), Many, 0),
         ],
     },
@@ -672,7 +673,7 @@ pub(super) static MESSAGES: [Message; 376] = [
         name: "k8s.io.api.autoscaling.v1.HorizontalPodAutoscalerStatus",
         fields: &[
             f(1, "observedGeneration", I64, One, PTR | OMIT),
-            f(2, "lastScaleTime", Msg(366), One, PTR | OMIT),
+            f(2, "lastScaleTime", Msg(383), One, PTR | OMIT),
             f(3, "currentReplicas", I32, One, 0),
             f(4, "desiredReplicas", I32, One, 0),
             f(5, "currentCPUUtilizationPercentage", I32, One, PTR | OMIT),
@@ -708,9 +709,9 @@ pub(super) static MESSAGES: [Message; 376] = [
         fields: &[
             f(1, "target", Msg(59), One, 0),
             f(2, "metricName", Str, One, 0),
-            f(3, "targetValue", Msg(325), One, 0),
-            f(4, "selector", Msg(346), One, PTR | OMIT),
-            f(5, "averageValue", Msg(325), One, PTR | OMIT),
+            f(3, "targetValue", Msg(342), One, 0),
+            f(4, "selector", Msg(363), One, PTR | OMIT),
+            f(5, "averageValue", Msg(342), One, PTR | OMIT),
         ],
     },
     // 70
@@ -719,9 +720,9 @@ pub(super) static MESSAGES: [Message; 376] = [
         fields: &[
             f(1, "target", Msg(59), One, 0),
             f(2, "metricName", Str, One, 0),
-            f(3, "currentValue", Msg(325), One, 0),
-            f(4, "selector", Msg(346), One, PTR | OMIT),
-            f(5, "averageValue", Msg(325), One, PTR | OMIT),
+            f(3, "currentValue", Msg(342), One, 0),
+            f(4, "selector", Msg(363), One, PTR | OMIT),
+            f(5, "averageValue", Msg(342), One, PTR | OMIT),
         ],
     },
     // 71
@@ -729,8 +730,8 @@ pub(super) static MESSAGES: [Message; 376] = [
         name: "k8s.io.api.autoscaling.v1.PodsMetricSource",
         fields: &[
             f(1, "metricName", Str, One, 0),
-            f(2, "targetAverageValue", Msg(325), One, 0),
-            f(3, "selector", Msg(346), One, PTR | OMIT),
+            f(2, "targetAverageValue", Msg(342), One, 0),
+            f(3, "selector", Msg(363), One, PTR | OMIT),
         ],
     },
     // 72
@@ -738,8 +739,8 @@ pub(super) static MESSAGES: [Message; 376] = [
         name: "k8s.io.api.autoscaling.v1.PodsMetricStatus",
         fields: &[
             f(1, "metricName", Str, One, 0),
-            f(2, "currentAverageValue", Msg(325), One, 0),
-            f(3, "selector", Msg(346), One, PTR | OMIT),
+            f(2, "currentAverageValue", Msg(342), One, 0),
+            f(3, "selector", Msg(363), One, PTR | OMIT),
         ],
     },
     // 73
@@ -748,7 +749,7 @@ pub(super) static MESSAGES: [Message; 376] = [
         fields: &[
             f(1, "name", Str, One, 0),
             f(2, "targetAverageUtilization", I32, One, PTR | OMIT),
-            f(3, "targetAverageValue", Msg(325), One, PTR | OMIT),
+            f(3, "targetAverageValue", Msg(342), One, PTR | OMIT),
         ],
     },
     // 74
@@ -757,14 +758,14 @@ pub(super) static MESSAGES: [Message; 376] = [
         fields: &[
             f(1, "name", Str, One, 0),
             f(2, "currentAverageUtilization", I32, One, PTR | OMIT),
-            f(3, "currentAverageValue", Msg(325), One, 0),
+            f(3, "currentAverageValue", Msg(342), One, 0),
         ],
     },
     // 75
     Message {
         name: "k8s.io.api.autoscaling.v1.Scale",
         fields: &[
-            f(1, "metadata", Msg(353), One, OMIT),
+            f(1, "metadata", Msg(370), One, OMIT),
             f(2, "spec", Msg(76), One, OMIT),
             f(3, "status", Msg(77), One, OMIT),
         ],
@@ -784,34 +785,199 @@ pub(super) static MESSAGES: [Message; 376] = [
     },
     // 78
     Message {
-        name: "k8s.io.api.coordination.v1.Lease",
+        name: "k8s.io.api.batch.v1.CronJob",
         fields: &[
-            f(1, "metadata", Msg(353), One, OMIT),
+            f(1, "metadata", Msg(370), One, OMIT),
             f(2, "spec", Msg(80), One, OMIT),
+            f(3, "status", Msg(81), One, OMIT),
         ],
     },
     // 79
     Message {
-        name: "k8s.io.api.coordination.v1.LeaseList",
+        name: "k8s.io.api.batch.v1.CronJobList",
         fields: &[
-            f(1, "metadata", Msg(349), One, OMIT),
+            f(1, "metadata", Msg(366), One, OMIT),
             f(2, "items", Msg(78), Many, 0),
         ],
     },
     // 80
     Message {
+        name: "k8s.io.api.batch.v1.CronJobSpec",
+        fields: &[
+            f(1, "schedule", Str, One, 0),
+            f(2, "startingDeadlineSeconds", I64, One, PTR | OMIT),
+            f(3, "concurrencyPolicy", Str, One, OMIT),
+            f(4, "suspend", Bool, One, PTR | OMIT),
+            f(5, "jobTemplate", Msg(87), One, 0),
+            f(6, "successfulJobsHistoryLimit", I32, One, PTR | OMIT),
+            f(7, "failedJobsHistoryLimit", I32, One, PTR | OMIT),
+            f(8, "timeZone", Str, One, PTR | OMIT),
+        ],
+    },
+    // 81
+    Message {
+        name: "k8s.io.api.batch.v1.CronJobStatus",
+        fields: &[
+            f(1, "active", Msg(214), Many, OMIT),
+            f(4, "lastScheduleTime", Msg(383), One, PTR | OMIT),
+            f(5, "lastSuccessfulTime", Msg(383), One, PTR | OMIT),
+        ],
+    },
+    // 82
+    Message {
+        name: "k8s.io.api.batch.v1.Job",
+        fields: &[
+            f(1, "metadata", Msg(370), One, OMIT),
+            f(2, "spec", Msg(85), One, OMIT),
+            f(3, "status", Msg(86), One, OMIT),
+        ],
+    },
+    // 83
+    Message {
+        name: "k8s.io.api.batch.v1.JobCondition",
+        fields: &[
+            f(1, "type", Str, One, 0),
+            f(2, "status", Str, One, 0),
+            f(3, "lastProbeTime", Msg(383), One, OMIT),
+            f(4, "lastTransitionTime", Msg(383), One, OMIT),
+            f(5, "reason", Str, One, OMIT),
+            f(6, "message", Str, One, OMIT),
+        ],
+    },
+    // 84
+    Message {
+        name: "k8s.io.api.batch.v1.JobList",
+        fields: &[
+            f(1, "metadata", Msg(366), One, OMIT),
+            f(2, "items", Msg(82), Many, 0),
+        ],
+    },
+    // 85
+    Message {
+        name: "k8s.io.api.batch.v1.JobSpec",
+        fields: &[
+            f(1, "parallelism", I32, One, PTR | OMIT),
+            f(2, "completions", I32, One, PTR | OMIT),
+            f(3, "activeDeadlineSeconds", I64, One, PTR | OMIT),
+            f(4, "selector", Msg(363), One, PTR | OMIT),
+            f(5, "manualSelector", Bool, One, PTR | OMIT),
+            f(6, "template", Msg(254), One, 0),
+            f(7, "backoffLimit", I32, One, PTR | OMIT),
+            f(8, "ttlSecondsAfterFinished", I32, One, PTR | OMIT),
+            f(9, "completionMode", Str, One, PTR | OMIT),
+            f(10, "suspend", Bool, One, PTR | OMIT),
+            f(11, "podFailurePolicy", Msg(88), One, PTR | OMIT),
+            f(12, "backoffLimitPerIndex", I32, One, PTR | OMIT),
+            f(13, "maxFailedIndexes", I32, One, PTR | OMIT),
+            f(14, "podReplacementPolicy", Str, One, PTR | OMIT),
+            f(15, "managedBy", Str, One, PTR | OMIT),
+            f(16, "successPolicy", Msg(92), One, PTR | OMIT),
+        ],
+    },
+    // 86
+    Message {
+        name: "k8s.io.api.batch.v1.JobStatus",
+        fields: &[
+            f(1, "conditions", Msg(83), Many, OMIT),
+            f(2, "startTime", Msg(383), One, PTR | OMIT),
+            f(3, "completionTime", Msg(383), One, PTR | OMIT),
+            f(4, "active", I32, One, OMIT),
+            f(5, "succeeded", I32, One, OMIT),
+            f(6, "failed", I32, One, OMIT),
+            f(7, "completedIndexes", Str, One, OMIT),
+            f(8, "uncountedTerminatedPods", Msg(94), One, PTR | OMIT),
+            f(9, "ready", I32, One, PTR | OMIT),
+            f(10, "failedIndexes", Str, One, PTR | OMIT),
+            f(11, "terminating", I32, One, PTR | OMIT),
+        ],
+    },
+    // 87
+    Message {
+        name: "k8s.io.api.batch.v1.JobTemplateSpec",
+        fields: &[
+            f(1, "metadata", Msg(370), One, OMIT),
+            f(2, "spec", Msg(85), One, OMIT),
+        ],
+    },
+    // 88
+    Message {
+        name: "k8s.io.api.batch.v1.PodFailurePolicy",
+        fields: &[f(1, "rules", Msg(91), Many, 0)],
+    },
+    // 89
+    Message {
+        name: "k8s.io.api.batch.v1.PodFailurePolicyOnExitCodesRequirement",
+        fields: &[
+            f(1, "containerName", Str, One, PTR | OMIT),
+            f(2, "operator", Str, One, 0),
+            f(3, "values", I32, Many, 0),
+        ],
+    },
+    // 90
+    Message {
+        name: "k8s.io.api.batch.v1.PodFailurePolicyOnPodConditionsPattern",
+        fields: &[f(1, "type", Str, One, 0), f(2, "status", Str, One, 0)],
+    },
+    // 91
+    Message {
+        name: "k8s.io.api.batch.v1.PodFailurePolicyRule",
+        fields: &[
+            f(1, "action", Str, One, 0),
+            f(2, "onExitCodes", Msg(89), One, PTR | OMIT),
+            f(3, "onPodConditions", Msg(90), Many, OMIT),
+        ],
+    },
+    // 92
+    Message {
+        name: "k8s.io.api.batch.v1.SuccessPolicy",
+        fields: &[f(1, "rules", Msg(93), Many, 0)],
+    },
+    // 93
+    Message {
+        name: "k8s.io.api.batch.v1.SuccessPolicyRule",
+        fields: &[
+            f(1, "succeededIndexes", Str, One, PTR | OMIT),
+            f(2, "succeededCount", I32, One, PTR | OMIT),
+        ],
+    },
+    // 94
+    Message {
+        name: "k8s.io.api.batch.v1.UncountedTerminatedPods",
+        fields: &[
+            f(1, "succeeded", Str, Many, OMIT),
+            f(2, "failed", Str, Many, OMIT),
+        ],
+    },
+    // 95
+    Message {
+        name: "k8s.io.api.coordination.v1.Lease",
+        fields: &[
+            f(1, "metadata", Msg(370), One, OMIT),
+            f(2, "spec", Msg(97), One, OMIT),
+        ],
+    },
+    // 96
+    Message {
+        name: "k8s.io.api.coordination.v1.LeaseList",
+        fields: &[
+            f(1, "metadata", Msg(366), One, OMIT),
+            f(2, "items", Msg(95), Many, 0),
+        ],
+    },
+    // 97
+    Message {
         name: "k8s.io.api.coordination.v1.LeaseSpec",
         fields: &[
             f(1, "holderIdentity", Str, One, PTR | OMIT),
             f(2, "leaseDurationSeconds", I32, One, PTR | OMIT),
-            f(3, "acquireTime", Msg(352), One, PTR | OMIT),
-            f(4, "renewTime", Msg(352), One, PTR | OMIT),
+            f(3, "acquireTime", Msg(369), One, PTR | OMIT),
+            f(4, "renewTime", Msg(369), One, PTR | OMIT),
             f(5, "leaseTransitions", I32, One, PTR | OMIT),
             f(6, "strategy", Str, One, PTR | OMIT),
             f(7, "preferredHolder", Str, One, PTR | OMIT),
         ],
     },
-    // 81
+    // 98
     Message {
         name: "k8s.io.api.core.v1.AWSElasticBlockStoreVolumeSource",
         fields: &[
@@ -821,16 +987,16 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(4, "readOnly", Bool, One, OMIT),
         ],
     },
-    // 82
+    // 99
     Message {
         name: "k8s.io.api.core.v1.Affinity",
         fields: &[
-            f(1, "nodeAffinity", Msg(179), One, PTR | OMIT),
-            f(2, "podAffinity", Msg(212), One, PTR | OMIT),
-            f(3, "podAntiAffinity", Msg(214), One, PTR | OMIT),
+            f(1, "nodeAffinity", Msg(196), One, PTR | OMIT),
+            f(2, "podAffinity", Msg(229), One, PTR | OMIT),
+            f(3, "podAntiAffinity", Msg(231), One, PTR | OMIT),
         ],
     },
-    // 83
+    // 100
     Message {
         name: "k8s.io.api.core.v1.AppArmorProfile",
         fields: &[
@@ -838,17 +1004,17 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(2, "localhostProfile", Str, One, PTR | OMIT),
         ],
     },
-    // 84
+    // 101
     Message {
         name: "k8s.io.api.core.v1.AttachedVolume",
         fields: &[f(1, "name", Str, One, 0), f(2, "devicePath", Str, One, 0)],
     },
-    // 85
+    // 102
     Message {
         name: "k8s.io.api.core.v1.AvoidPods",
-        fields: &[f(1, "preferAvoidPods", Msg(241), Many, OMIT)],
+        fields: &[f(1, "preferAvoidPods", Msg(258), Many, OMIT)],
     },
-    // 86
+    // 103
     Message {
         name: "k8s.io.api.core.v1.AzureDiskVolumeSource",
         fields: &[
@@ -860,7 +1026,7 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(6, "kind", Str, One, PTR | OMIT),
         ],
     },
-    // 87
+    // 104
     Message {
         name: "k8s.io.api.core.v1.AzureFilePersistentVolumeSource",
         fields: &[
@@ -870,7 +1036,7 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(4, "secretNamespace", Str, One, PTR),
         ],
     },
-    // 88
+    // 105
     Message {
         name: "k8s.io.api.core.v1.AzureFileVolumeSource",
         fields: &[
@@ -879,15 +1045,15 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(3, "readOnly", Bool, One, OMIT),
         ],
     },
-    // 89
+    // 106
     Message {
         name: "k8s.io.api.core.v1.Binding",
         fields: &[
-            f(1, "metadata", Msg(353), One, OMIT),
-            f(2, "target", Msg(197), One, 0),
+            f(1, "metadata", Msg(370), One, OMIT),
+            f(2, "target", Msg(214), One, 0),
         ],
     },
-    // 90
+    // 107
     Message {
         name: "k8s.io.api.core.v1.CSIPersistentVolumeSource",
         fields: &[
@@ -896,14 +1062,14 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(3, "readOnly", Bool, One, OMIT),
             f(4, "fsType", Str, One, OMIT),
             f(5, "volumeAttributes", Str, Map, OMIT),
-            f(6, "controllerPublishSecretRef", Msg(275), One, PTR | OMIT),
-            f(7, "nodeStageSecretRef", Msg(275), One, PTR | OMIT),
-            f(8, "nodePublishSecretRef", Msg(275), One, PTR | OMIT),
-            f(9, "controllerExpandSecretRef", Msg(275), One, PTR | OMIT),
-            f(10, "nodeExpandSecretRef", Msg(275), One, PTR | OMIT),
+            f(6, "controllerPublishSecretRef", Msg(292), One, PTR | OMIT),
+            f(7, "nodeStageSecretRef", Msg(292), One, PTR | OMIT),
+            f(8, "nodePublishSecretRef", Msg(292), One, PTR | OMIT),
+            f(9, "controllerExpandSecretRef", Msg(292), One, PTR | OMIT),
+            f(10, "nodeExpandSecretRef", Msg(292), One, PTR | OMIT),
         ],
     },
-    // 91
+    // 108
     Message {
         name: "k8s.io.api.core.v1.CSIVolumeSource",
         fields: &[
@@ -911,15 +1077,15 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(2, "readOnly", Bool, One, PTR | OMIT),
             f(3, "fsType", Str, One, PTR | OMIT),
             f(4, "volumeAttributes", Str, Map, OMIT),
-            f(5, "nodePublishSecretRef", Msg(168), One, PTR | OMIT),
+            f(5, "nodePublishSecretRef", Msg(185), One, PTR | OMIT),
         ],
     },
-    // 92
+    // 109
     Message {
         name: "k8s.io.api.core.v1.Capabilities",
         fields: &[f(1, "add", Str, Many, OMIT), f(2, "drop", Str, Many, OMIT)],
     },
-    // 93
+    // 110
     Message {
         name: "k8s.io.api.core.v1.CephFSPersistentVolumeSource",
         fields: &[
@@ -927,11 +1093,11 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(2, "path", Str, One, OMIT),
             f(3, "user", Str, One, OMIT),
             f(4, "secretFile", Str, One, OMIT),
-            f(5, "secretRef", Msg(275), One, PTR | OMIT),
+            f(5, "secretRef", Msg(292), One, PTR | OMIT),
             f(6, "readOnly", Bool, One, OMIT),
         ],
     },
-    // 94
+    // 111
     Message {
         name: "k8s.io.api.core.v1.CephFSVolumeSource",
         fields: &[
@@ -939,47 +1105,47 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(2, "path", Str, One, OMIT),
             f(3, "user", Str, One, OMIT),
             f(4, "secretFile", Str, One, OMIT),
-            f(5, "secretRef", Msg(168), One, PTR | OMIT),
+            f(5, "secretRef", Msg(185), One, PTR | OMIT),
             f(6, "readOnly", Bool, One, OMIT),
         ],
     },
-    // 95
+    // 112
     Message {
         name: "k8s.io.api.core.v1.CinderPersistentVolumeSource",
         fields: &[
             f(1, "volumeID", Str, One, 0),
             f(2, "fsType", Str, One, OMIT),
             f(3, "readOnly", Bool, One, OMIT),
-            f(4, "secretRef", Msg(275), One, PTR | OMIT),
+            f(4, "secretRef", Msg(292), One, PTR | OMIT),
         ],
     },
-    // 96
+    // 113
     Message {
         name: "k8s.io.api.core.v1.CinderVolumeSource",
         fields: &[
             f(1, "volumeID", Str, One, 0),
             f(2, "fsType", Str, One, OMIT),
             f(3, "readOnly", Bool, One, OMIT),
-            f(4, "secretRef", Msg(168), One, PTR | OMIT),
+            f(4, "secretRef", Msg(185), One, PTR | OMIT),
         ],
     },
-    // 97
+    // 114
     Message {
         name: "k8s.io.api.core.v1.ClientIPConfig",
         fields: &[f(1, "timeoutSeconds", I32, One, PTR | OMIT)],
     },
-    // 98
+    // 115
     Message {
         name: "k8s.io.api.core.v1.ClusterTrustBundleProjection",
         fields: &[
             f(1, "name", Str, One, PTR | OMIT),
             f(2, "signerName", Str, One, PTR | OMIT),
-            f(3, "labelSelector", Msg(346), One, PTR | OMIT),
+            f(3, "labelSelector", Msg(363), One, PTR | OMIT),
             f(4, "path", Str, One, 0),
             f(5, "optional", Bool, One, PTR | OMIT),
         ],
     },
-    // 99
+    // 116
     Message {
         name: "k8s.io.api.core.v1.ComponentCondition",
         fields: &[
@@ -989,58 +1155,58 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(4, "error", Str, One, OMIT),
         ],
     },
-    // 100
+    // 117
     Message {
         name: "k8s.io.api.core.v1.ComponentStatus",
         fields: &[
-            f(1, "metadata", Msg(353), One, OMIT),
-            f(2, "conditions", Msg(99), Many, OMIT),
+            f(1, "metadata", Msg(370), One, OMIT),
+            f(2, "conditions", Msg(116), Many, OMIT),
         ],
     },
-    // 101
+    // 118
     Message {
         name: "k8s.io.api.core.v1.ComponentStatusList",
         fields: &[
-            f(1, "metadata", Msg(349), One, OMIT),
-            f(2, "items", Msg(100), Many, 0),
+            f(1, "metadata", Msg(366), One, OMIT),
+            f(2, "items", Msg(117), Many, 0),
         ],
     },
-    // 102
+    // 119
     Message {
         name: "k8s.io.api.core.v1.ConfigMap",
         fields: &[
-            f(1, "metadata", Msg(353), One, OMIT),
+            f(1, "metadata", Msg(370), One, OMIT),
             f(2, "data", Str, Map, OMIT),
             f(3, "binaryData", Bytes, Map, OMIT),
             f(4, "immutable", Bool, One, PTR | OMIT),
         ],
     },
-    // 103
+    // 120
     Message {
         name: "k8s.io.api.core.v1.ConfigMapEnvSource",
         fields: &[
-            f(1, "localObjectReference", Msg(168), One, INLINE),
+            f(1, "localObjectReference", Msg(185), One, INLINE),
             f(2, "optional", Bool, One, PTR | OMIT),
         ],
     },
-    // 104
+    // 121
     Message {
         name: "k8s.io.api.core.v1.ConfigMapKeySelector",
         fields: &[
-            f(1, "localObjectReference", Msg(168), One, INLINE),
+            f(1, "localObjectReference", Msg(185), One, INLINE),
             f(2, "key", Str, One, 0),
             f(3, "optional", Bool, One, PTR | OMIT),
         ],
     },
-    // 105
+    // 122
     Message {
         name: "k8s.io.api.core.v1.ConfigMapList",
         fields: &[
-            f(1, "metadata", Msg(349), One, OMIT),
-            f(2, "items", Msg(102), Many, 0),
+            f(1, "metadata", Msg(366), One, OMIT),
+            f(2, "items", Msg(119), Many, 0),
         ],
     },
-    // 106
+    // 123
     Message {
         name: "k8s.io.api.core.v1.ConfigMapNodeConfigSource",
         fields: &[
@@ -1051,26 +1217,26 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(5, "kubeletConfigKey", Str, One, 0),
         ],
     },
-    // 107
+    // 124
     Message {
         name: "k8s.io.api.core.v1.ConfigMapProjection",
         fields: &[
-            f(1, "localObjectReference", Msg(168), One, INLINE),
-            f(2, "items", Msg(157), Many, OMIT),
+            f(1, "localObjectReference", Msg(185), One, INLINE),
+            f(2, "items", Msg(174), Many, OMIT),
             f(4, "optional", Bool, One, PTR | OMIT),
         ],
     },
-    // 108
+    // 125
     Message {
         name: "k8s.io.api.core.v1.ConfigMapVolumeSource",
         fields: &[
-            f(1, "localObjectReference", Msg(168), One, INLINE),
-            f(2, "items", Msg(157), Many, OMIT),
+            f(1, "localObjectReference", Msg(185), One, INLINE),
+            f(2, "items", Msg(174), Many, OMIT),
             f(3, "defaultMode", I32, One, PTR | OMIT),
             f(4, "optional", Bool, One, PTR | OMIT),
         ],
     },
-    // 109
+    // 126
     Message {
         name: "k8s.io.api.core.v1.Container",
         fields: &[
@@ -1079,28 +1245,28 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(3, "command", Str, Many, OMIT),
             f(4, "args", Str, Many, OMIT),
             f(5, "workingDir", Str, One, OMIT),
-            f(6, "ports", Msg(111), Many, OMIT),
-            f(7, "env", Msg(130), Many, OMIT),
-            f(8, "resources", Msg(262), One, OMIT),
-            f(9, "volumeMounts", Msg(303), Many, OMIT),
-            f(10, "livenessProbe", Msg(243), One, PTR | OMIT),
-            f(11, "readinessProbe", Msg(243), One, PTR | OMIT),
-            f(12, "lifecycle", Msg(158), One, PTR | OMIT),
+            f(6, "ports", Msg(128), Many, OMIT),
+            f(7, "env", Msg(147), Many, OMIT),
+            f(8, "resources", Msg(279), One, OMIT),
+            f(9, "volumeMounts", Msg(320), Many, OMIT),
+            f(10, "livenessProbe", Msg(260), One, PTR | OMIT),
+            f(11, "readinessProbe", Msg(260), One, PTR | OMIT),
+            f(12, "lifecycle", Msg(175), One, PTR | OMIT),
             f(13, "terminationMessagePath", Str, One, OMIT),
             f(14, "imagePullPolicy", Str, One, OMIT),
-            f(15, "securityContext", Msg(277), One, PTR | OMIT),
+            f(15, "securityContext", Msg(294), One, PTR | OMIT),
             f(16, "stdin", Bool, One, OMIT),
             f(17, "stdinOnce", Bool, One, OMIT),
             f(18, "tty", Bool, One, OMIT),
-            f(19, "envFrom", Msg(129), Many, OMIT),
+            f(19, "envFrom", Msg(146), Many, OMIT),
             f(20, "terminationMessagePolicy", Str, One, OMIT),
-            f(21, "volumeDevices", Msg(302), Many, OMIT),
-            f(22, "startupProbe", Msg(243), One, PTR | OMIT),
-            f(23, "resizePolicy", Msg(112), Many, OMIT),
+            f(21, "volumeDevices", Msg(319), Many, OMIT),
+            f(22, "startupProbe", Msg(260), One, PTR | OMIT),
+            f(23, "resizePolicy", Msg(129), Many, OMIT),
             f(24, "restartPolicy", Str, One, PTR | OMIT),
         ],
     },
-    // 110
+    // 127
     Message {
         name: "k8s.io.api.core.v1.ContainerImage",
         fields: &[
@@ -1108,7 +1274,7 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(2, "sizeBytes", I64, One, OMIT),
         ],
     },
-    // 111
+    // 128
     Message {
         name: "k8s.io.api.core.v1.ContainerPort",
         fields: &[
@@ -1119,7 +1285,7 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(5, "hostIP", Str, One, OMIT),
         ],
     },
-    // 112
+    // 129
     Message {
         name: "k8s.io.api.core.v1.ContainerResizePolicy",
         fields: &[
@@ -1127,21 +1293,21 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(2, "restartPolicy", Str, One, 0),
         ],
     },
-    // 113
+    // 130
     Message {
         name: "k8s.io.api.core.v1.ContainerState",
         fields: &[
-            f(1, "waiting", Msg(116), One, PTR | OMIT),
-            f(2, "running", Msg(114), One, PTR | OMIT),
-            f(3, "terminated", Msg(115), One, PTR | OMIT),
+            f(1, "waiting", Msg(133), One, PTR | OMIT),
+            f(2, "running", Msg(131), One, PTR | OMIT),
+            f(3, "terminated", Msg(132), One, PTR | OMIT),
         ],
     },
-    // 114
+    // 131
     Message {
         name: "k8s.io.api.core.v1.ContainerStateRunning",
-        fields: &[f(1, "startedAt", Msg(366), One, OMIT)],
+        fields: &[f(1, "startedAt", Msg(383), One, OMIT)],
     },
-    // 115
+    // 132
     Message {
         name: "k8s.io.api.core.v1.ContainerStateTerminated",
         fields: &[
@@ -1149,12 +1315,12 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(2, "signal", I32, One, OMIT),
             f(3, "reason", Str, One, OMIT),
             f(4, "message", Str, One, OMIT),
-            f(5, "startedAt", Msg(366), One, OMIT),
-            f(6, "finishedAt", Msg(366), One, OMIT),
+            f(5, "startedAt", Msg(383), One, OMIT),
+            f(6, "finishedAt", Msg(383), One, OMIT),
             f(7, "containerID", Str, One, OMIT),
         ],
     },
-    // 116
+    // 133
     Message {
         name: "k8s.io.api.core.v1.ContainerStateWaiting",
         fields: &[
@@ -1162,79 +1328,79 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(2, "message", Str, One, OMIT),
         ],
     },
-    // 117
+    // 134
     Message {
         name: "k8s.io.api.core.v1.ContainerStatus",
         fields: &[
             f(1, "name", Str, One, 0),
-            f(2, "state", Msg(113), One, OMIT),
-            f(3, "lastState", Msg(113), One, OMIT),
+            f(2, "state", Msg(130), One, OMIT),
+            f(3, "lastState", Msg(130), One, OMIT),
             f(4, "ready", Bool, One, 0),
             f(5, "restartCount", I32, One, 0),
             f(6, "image", Str, One, 0),
             f(7, "imageID", Str, One, 0),
             f(8, "containerID", Str, One, OMIT),
             f(9, "started", Bool, One, PTR | OMIT),
-            f(10, "allocatedResources", Msg(325), Map, OMIT),
-            f(11, "resources", Msg(262), One, PTR | OMIT),
-            f(12, "volumeMounts", Msg(304), Many, OMIT),
-            f(13, "user", Msg(118), One, PTR | OMIT),
-            f(14, "allocatedResourcesStatus", Msg(263), Many, OMIT),
+            f(10, "allocatedResources", Msg(342), Map, OMIT),
+            f(11, "resources", Msg(279), One, PTR | OMIT),
+            f(12, "volumeMounts", Msg(321), Many, OMIT),
+            f(13, "user", Msg(135), One, PTR | OMIT),
+            f(14, "allocatedResourcesStatus", Msg(280), Many, OMIT),
             f(15, "stopSignal", Str, One, PTR | OMIT),
         ],
     },
-    // 118
+    // 135
     Message {
         name: "k8s.io.api.core.v1.ContainerUser",
-        fields: &[f(1, "linux", Msg(164), One, PTR | OMIT)],
+        fields: &[f(1, "linux", Msg(181), One, PTR | OMIT)],
     },
-    // 119
+    // 136
     Message {
         name: "k8s.io.api.core.v1.DaemonEndpoint",
         fields: &[f(1, "Port", I32, One, 0)],
     },
-    // 120
+    // 137
     Message {
         name: "k8s.io.api.core.v1.DownwardAPIProjection",
-        fields: &[f(1, "items", Msg(121), Many, OMIT)],
+        fields: &[f(1, "items", Msg(138), Many, OMIT)],
     },
-    // 121
+    // 138
     Message {
         name: "k8s.io.api.core.v1.DownwardAPIVolumeFile",
         fields: &[
             f(1, "path", Str, One, 0),
-            f(2, "fieldRef", Msg(196), One, PTR | OMIT),
-            f(3, "resourceFieldRef", Msg(256), One, PTR | OMIT),
+            f(2, "fieldRef", Msg(213), One, PTR | OMIT),
+            f(3, "resourceFieldRef", Msg(273), One, PTR | OMIT),
             f(4, "mode", I32, One, PTR | OMIT),
         ],
     },
-    // 122
+    // 139
     Message {
         name: "k8s.io.api.core.v1.DownwardAPIVolumeSource",
         fields: &[
-            f(1, "items", Msg(121), Many, OMIT),
+            f(1, "items", Msg(138), Many, OMIT),
             f(2, "defaultMode", I32, One, PTR | OMIT),
         ],
     },
-    // 123
+    // 140
     Message {
         name: "k8s.io.api.core.v1.EmptyDirVolumeSource",
         fields: &[
             f(1, "medium", Str, One, OMIT),
-            f(2, "sizeLimit", Msg(325), One, PTR | OMIT),
+            f(2, "sizeLimit", Msg(342), One, PTR | OMIT),
         ],
     },
-    // 124
+    // 141
     Message {
         name: "k8s.io.api.core.v1.EndpointAddress",
         fields: &[
             f(1, "ip", Str, One, 0),
-            f(2, "targetRef", Msg(197), One, PTR | OMIT),
+            f(2, "targetRef", Msg(214), One, PTR | OMIT),
             f(3, "hostname", Str, One, OMIT),
             f(4, "nodeName", Str, One, PTR | OMIT),
         ],
     },
-    // 125
+    // 142
     Message {
         name: "k8s.io.api.core.v1.EndpointPort",
         fields: &[
@@ -1244,68 +1410,68 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(4, "appProtocol", Str, One, PTR | OMIT),
         ],
     },
-    // 126
+    // 143
     Message {
         name: "k8s.io.api.core.v1.EndpointSubset",
         fields: &[
-            f(1, "addresses", Msg(124), Many, OMIT),
-            f(2, "notReadyAddresses", Msg(124), Many, OMIT),
-            f(3, "ports", Msg(125), Many, OMIT),
+            f(1, "addresses", Msg(141), Many, OMIT),
+            f(2, "notReadyAddresses", Msg(141), Many, OMIT),
+            f(3, "ports", Msg(142), Many, OMIT),
         ],
     },
-    // 127
+    // 144
     Message {
         name: "k8s.io.api.core.v1.Endpoints",
         fields: &[
-            f(1, "metadata", Msg(353), One, OMIT),
-            f(2, "subsets", Msg(126), Many, OMIT),
+            f(1, "metadata", Msg(370), One, OMIT),
+            f(2, "subsets", Msg(143), Many, OMIT),
         ],
     },
-    // 128
+    // 145
     Message {
         name: "k8s.io.api.core.v1.EndpointsList",
         fields: &[
-            f(1, "metadata", Msg(349), One, OMIT),
-            f(2, "items", Msg(127), Many, 0),
+            f(1, "metadata", Msg(366), One, OMIT),
+            f(2, "items", Msg(144), Many, 0),
         ],
     },
-    // 129
+    // 146
     Message {
         name: "k8s.io.api.core.v1.EnvFromSource",
         fields: &[
             f(1, "prefix", Str, One, OMIT),
-            f(2, "configMapRef", Msg(103), One, PTR | OMIT),
-            f(3, "secretRef", Msg(271), One, PTR | OMIT),
+            f(2, "configMapRef", Msg(120), One, PTR | OMIT),
+            f(3, "secretRef", Msg(288), One, PTR | OMIT),
         ],
     },
-    // 130
+    // 147
     Message {
         name: "k8s.io.api.core.v1.EnvVar",
         fields: &[
             f(1, "name", Str, One, 0),
             f(2, "value", Str, One, OMIT),
-            f(3, "valueFrom", Msg(131), One, PTR | OMIT),
+            f(3, "valueFrom", Msg(148), One, PTR | OMIT),
         ],
     },
-    // 131
+    // 148
     Message {
         name: "k8s.io.api.core.v1.EnvVarSource",
         fields: &[
-            f(1, "fieldRef", Msg(196), One, PTR | OMIT),
-            f(2, "resourceFieldRef", Msg(256), One, PTR | OMIT),
-            f(3, "configMapKeyRef", Msg(104), One, PTR | OMIT),
-            f(4, "secretKeyRef", Msg(272), One, PTR | OMIT),
+            f(1, "fieldRef", Msg(213), One, PTR | OMIT),
+            f(2, "resourceFieldRef", Msg(273), One, PTR | OMIT),
+            f(3, "configMapKeyRef", Msg(121), One, PTR | OMIT),
+            f(4, "secretKeyRef", Msg(289), One, PTR | OMIT),
         ],
     },
-    // 132
+    // 149
     Message {
         name: "k8s.io.api.core.v1.EphemeralContainer",
         fields: &[
-            f(1, "ephemeralContainerCommon", Msg(133), One, INLINE),
+            f(1, "ephemeralContainerCommon", Msg(150), One, INLINE),
             f(2, "targetContainerName", Str, One, OMIT),
         ],
     },
-    // 133
+    // 150
     Message {
         name: "k8s.io.api.core.v1.EphemeralContainerCommon",
         fields: &[
@@ -1314,70 +1480,70 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(3, "command", Str, Many, OMIT),
             f(4, "args", Str, Many, OMIT),
             f(5, "workingDir", Str, One, OMIT),
-            f(6, "ports", Msg(111), Many, OMIT),
-            f(7, "env", Msg(130), Many, OMIT),
-            f(8, "resources", Msg(262), One, OMIT),
-            f(9, "volumeMounts", Msg(303), Many, OMIT),
-            f(10, "livenessProbe", Msg(243), One, PTR | OMIT),
-            f(11, "readinessProbe", Msg(243), One, PTR | OMIT),
-            f(12, "lifecycle", Msg(158), One, PTR | OMIT),
+            f(6, "ports", Msg(128), Many, OMIT),
+            f(7, "env", Msg(147), Many, OMIT),
+            f(8, "resources", Msg(279), One, OMIT),
+            f(9, "volumeMounts", Msg(320), Many, OMIT),
+            f(10, "livenessProbe", Msg(260), One, PTR | OMIT),
+            f(11, "readinessProbe", Msg(260), One, PTR | OMIT),
+            f(12, "lifecycle", Msg(175), One, PTR | OMIT),
             f(13, "terminationMessagePath", Str, One, OMIT),
             f(14, "imagePullPolicy", Str, One, OMIT),
-            f(15, "securityContext", Msg(277), One, PTR | OMIT),
+            f(15, "securityContext", Msg(294), One, PTR | OMIT),
             f(16, "stdin", Bool, One, OMIT),
             f(17, "stdinOnce", Bool, One, OMIT),
             f(18, "tty", Bool, One, OMIT),
-            f(19, "envFrom", Msg(129), Many, OMIT),
+            f(19, "envFrom", Msg(146), Many, OMIT),
             f(20, "terminationMessagePolicy", Str, One, OMIT),
-            f(21, "volumeDevices", Msg(302), Many, OMIT),
-            f(22, "startupProbe", Msg(243), One, PTR | OMIT),
-            f(23, "resizePolicy", Msg(112), Many, OMIT),
+            f(21, "volumeDevices", Msg(319), Many, OMIT),
+            f(22, "startupProbe", Msg(260), One, PTR | OMIT),
+            f(23, "resizePolicy", Msg(129), Many, OMIT),
             f(24, "restartPolicy", Str, One, PTR | OMIT),
         ],
     },
-    // 134
+    // 151
     Message {
         name: "k8s.io.api.core.v1.EphemeralVolumeSource",
-        fields: &[f(1, "volumeClaimTemplate", Msg(204), One, PTR | OMIT)],
+        fields: &[f(1, "volumeClaimTemplate", Msg(221), One, PTR | OMIT)],
     },
-    // 135
+    // 152
     Message {
         name: "k8s.io.api.core.v1.Event",
         fields: &[
-            f(1, "metadata", Msg(353), One, 0),
-            f(2, "involvedObject", Msg(197), One, 0),
+            f(1, "metadata", Msg(370), One, 0),
+            f(2, "involvedObject", Msg(214), One, 0),
             f(3, "reason", Str, One, OMIT),
             f(4, "message", Str, One, OMIT),
-            f(5, "source", Msg(138), One, OMIT),
-            f(6, "firstTimestamp", Msg(366), One, OMIT),
-            f(7, "lastTimestamp", Msg(366), One, OMIT),
+            f(5, "source", Msg(155), One, OMIT),
+            f(6, "firstTimestamp", Msg(383), One, OMIT),
+            f(7, "lastTimestamp", Msg(383), One, OMIT),
             f(8, "count", I32, One, OMIT),
             f(9, "type", Str, One, OMIT),
-            f(10, "eventTime", Msg(352), One, OMIT),
-            f(11, "series", Msg(137), One, PTR | OMIT),
+            f(10, "eventTime", Msg(369), One, OMIT),
+            f(11, "series", Msg(154), One, PTR | OMIT),
             f(12, "action", Str, One, OMIT),
-            f(13, "related", Msg(197), One, PTR | OMIT),
+            f(13, "related", Msg(214), One, PTR | OMIT),
             f(14, "reportingComponent", Str, One, 0),
             f(15, "reportingInstance", Str, One, 0),
         ],
     },
-    // 136
+    // 153
     Message {
         name: "k8s.io.api.core.v1.EventList",
         fields: &[
-            f(1, "metadata", Msg(349), One, OMIT),
-            f(2, "items", Msg(135), Many, 0),
+            f(1, "metadata", Msg(366), One, OMIT),
+            f(2, "items", Msg(152), Many, 0),
         ],
     },
-    // 137
+    // 154
     Message {
         name: "k8s.io.api.core.v1.EventSeries",
         fields: &[
             f(1, "count", I32, One, OMIT),
-            f(2, "lastObservedTime", Msg(352), One, OMIT),
+            f(2, "lastObservedTime", Msg(369), One, OMIT),
         ],
     },
-    // 138
+    // 155
     Message {
         name: "k8s.io.api.core.v1.EventSource",
         fields: &[
@@ -1385,12 +1551,12 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(2, "host", Str, One, OMIT),
         ],
     },
-    // 139
+    // 156
     Message {
         name: "k8s.io.api.core.v1.ExecAction",
         fields: &[f(1, "command", Str, Many, OMIT)],
     },
-    // 140
+    // 157
     Message {
         name: "k8s.io.api.core.v1.FCVolumeSource",
         fields: &[
@@ -1401,29 +1567,29 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(5, "wwids", Str, Many, OMIT),
         ],
     },
-    // 141
+    // 158
     Message {
         name: "k8s.io.api.core.v1.FlexPersistentVolumeSource",
         fields: &[
             f(1, "driver", Str, One, 0),
             f(2, "fsType", Str, One, OMIT),
-            f(3, "secretRef", Msg(275), One, PTR | OMIT),
+            f(3, "secretRef", Msg(292), One, PTR | OMIT),
             f(4, "readOnly", Bool, One, OMIT),
             f(5, "options", Str, Map, OMIT),
         ],
     },
-    // 142
+    // 159
     Message {
         name: "k8s.io.api.core.v1.FlexVolumeSource",
         fields: &[
             f(1, "driver", Str, One, 0),
             f(2, "fsType", Str, One, OMIT),
-            f(3, "secretRef", Msg(168), One, PTR | OMIT),
+            f(3, "secretRef", Msg(185), One, PTR | OMIT),
             f(4, "readOnly", Bool, One, OMIT),
             f(5, "options", Str, Map, OMIT),
         ],
     },
-    // 143
+    // 160
     Message {
         name: "k8s.io.api.core.v1.FlockerVolumeSource",
         fields: &[
@@ -1431,7 +1597,7 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(2, "datasetUUID", Str, One, OMIT),
         ],
     },
-    // 144
+    // 161
     Message {
         name: "k8s.io.api.core.v1.GCEPersistentDiskVolumeSource",
         fields: &[
@@ -1441,12 +1607,12 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(4, "readOnly", Bool, One, OMIT),
         ],
     },
-    // 145
+    // 162
     Message {
         name: "k8s.io.api.core.v1.GRPCAction",
         fields: &[f(1, "port", I32, One, 0), f(2, "service", Str, One, PTR)],
     },
-    // 146
+    // 163
     Message {
         name: "k8s.io.api.core.v1.GitRepoVolumeSource",
         fields: &[
@@ -1455,7 +1621,7 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(3, "directory", Str, One, OMIT),
         ],
     },
-    // 147
+    // 164
     Message {
         name: "k8s.io.api.core.v1.GlusterfsPersistentVolumeSource",
         fields: &[
@@ -1465,7 +1631,7 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(4, "endpointsNamespace", Str, One, PTR | OMIT),
         ],
     },
-    // 148
+    // 165
     Message {
         name: "k8s.io.api.core.v1.GlusterfsVolumeSource",
         fields: &[
@@ -1474,33 +1640,33 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(3, "readOnly", Bool, One, OMIT),
         ],
     },
-    // 149
+    // 166
     Message {
         name: "k8s.io.api.core.v1.HTTPGetAction",
         fields: &[
             f(1, "path", Str, One, OMIT),
-            f(2, "port", Msg(375), One, 0),
+            f(2, "port", Msg(392), One, 0),
             f(3, "host", Str, One, OMIT),
             f(4, "scheme", Str, One, OMIT),
-            f(5, "httpHeaders", Msg(150), Many, OMIT),
+            f(5, "httpHeaders", Msg(167), Many, OMIT),
         ],
     },
-    // 150
+    // 167
     Message {
         name: "k8s.io.api.core.v1.HTTPHeader",
         fields: &[f(1, "name", Str, One, 0), f(2, "value", Str, One, 0)],
     },
-    // 151
+    // 168
     Message {
         name: "k8s.io.api.core.v1.HostAlias",
         fields: &[f(1, "ip", Str, One, 0), f(2, "hostnames", Str, Many, OMIT)],
     },
-    // 152
+    // 169
     Message {
         name: "k8s.io.api.core.v1.HostIP",
         fields: &[f(1, "ip", Str, One, 0)],
     },
-    // 153
+    // 170
     Message {
         name: "k8s.io.api.core.v1.HostPathVolumeSource",
         fields: &[
@@ -1508,7 +1674,7 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(2, "type", Str, One, PTR | OMIT),
         ],
     },
-    // 154
+    // 171
     Message {
         name: "k8s.io.api.core.v1.ISCSIPersistentVolumeSource",
         fields: &[
@@ -1520,12 +1686,12 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(6, "readOnly", Bool, One, OMIT),
             f(7, "portals", Str, Many, OMIT),
             f(8, "chapAuthDiscovery", Bool, One, OMIT),
-            f(10, "secretRef", Msg(275), One, PTR | OMIT),
+            f(10, "secretRef", Msg(292), One, PTR | OMIT),
             f(11, "chapAuthSession", Bool, One, OMIT),
             f(12, "initiatorName", Str, One, PTR | OMIT),
         ],
     },
-    // 155
+    // 172
     Message {
         name: "k8s.io.api.core.v1.ISCSIVolumeSource",
         fields: &[
@@ -1537,12 +1703,12 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(6, "readOnly", Bool, One, OMIT),
             f(7, "portals", Str, Many, OMIT),
             f(8, "chapAuthDiscovery", Bool, One, OMIT),
-            f(10, "secretRef", Msg(168), One, PTR | OMIT),
+            f(10, "secretRef", Msg(185), One, PTR | OMIT),
             f(11, "chapAuthSession", Bool, One, OMIT),
             f(12, "initiatorName", Str, One, PTR | OMIT),
         ],
     },
-    // 156
+    // 173
     Message {
         name: "k8s.io.api.core.v1.ImageVolumeSource",
         fields: &[
@@ -1550,7 +1716,7 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(2, "pullPolicy", Str, One, OMIT),
         ],
     },
-    // 157
+    // 174
     Message {
         name: "k8s.io.api.core.v1.KeyToPath",
         fields: &[
@@ -1559,59 +1725,59 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(3, "mode", I32, One, PTR | OMIT),
         ],
     },
-    // 158
+    // 175
     Message {
         name: "k8s.io.api.core.v1.Lifecycle",
         fields: &[
-            f(1, "postStart", Msg(159), One, PTR | OMIT),
-            f(2, "preStop", Msg(159), One, PTR | OMIT),
+            f(1, "postStart", Msg(176), One, PTR | OMIT),
+            f(2, "preStop", Msg(176), One, PTR | OMIT),
             f(3, "stopSignal", Str, One, PTR | OMIT),
         ],
     },
-    // 159
+    // 176
     Message {
         name: "k8s.io.api.core.v1.LifecycleHandler",
         fields: &[
-            f(1, "exec", Msg(139), One, PTR | OMIT),
-            f(2, "httpGet", Msg(149), One, PTR | OMIT),
-            f(3, "tcpSocket", Msg(293), One, PTR | OMIT),
-            f(4, "sleep", Msg(289), One, PTR | OMIT),
+            f(1, "exec", Msg(156), One, PTR | OMIT),
+            f(2, "httpGet", Msg(166), One, PTR | OMIT),
+            f(3, "tcpSocket", Msg(310), One, PTR | OMIT),
+            f(4, "sleep", Msg(306), One, PTR | OMIT),
         ],
     },
-    // 160
+    // 177
     Message {
         name: "k8s.io.api.core.v1.LimitRange",
         fields: &[
-            f(1, "metadata", Msg(353), One, OMIT),
-            f(2, "spec", Msg(163), One, OMIT),
+            f(1, "metadata", Msg(370), One, OMIT),
+            f(2, "spec", Msg(180), One, OMIT),
         ],
     },
-    // 161
+    // 178
     Message {
         name: "k8s.io.api.core.v1.LimitRangeItem",
         fields: &[
             f(1, "type", Str, One, 0),
-            f(2, "max", Msg(325), Map, OMIT),
-            f(3, "min", Msg(325), Map, OMIT),
-            f(4, "default", Msg(325), Map, OMIT),
-            f(5, "defaultRequest", Msg(325), Map, OMIT),
-            f(6, "maxLimitRequestRatio", Msg(325), Map, OMIT),
+            f(2, "max", Msg(342), Map, OMIT),
+            f(3, "min", Msg(342), Map, OMIT),
+            f(4, "default", Msg(342), Map, OMIT),
+            f(5, "defaultRequest", Msg(342), Map, OMIT),
+            f(6, "maxLimitRequestRatio", Msg(342), Map, OMIT),
         ],
     },
-    // 162
+    // 179
     Message {
         name: "k8s.io.api.core.v1.LimitRangeList",
         fields: &[
-            f(1, "metadata", Msg(349), One, OMIT),
-            f(2, "items", Msg(160), Many, 0),
+            f(1, "metadata", Msg(366), One, OMIT),
+            f(2, "items", Msg(177), Many, 0),
         ],
     },
-    // 163
+    // 180
     Message {
         name: "k8s.io.api.core.v1.LimitRangeSpec",
-        fields: &[f(1, "limits", Msg(161), Many, 0)],
+        fields: &[f(1, "limits", Msg(178), Many, 0)],
     },
-    // 164
+    // 181
     Message {
         name: "k8s.io.api.core.v1.LinuxContainerUser",
         fields: &[
@@ -1620,35 +1786,35 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(3, "supplementalGroups", I64, Many, OMIT),
         ],
     },
-    // 165
+    // 182
     Message {
         name: "k8s.io.api.core.v1.List",
         fields: &[
-            f(1, "metadata", Msg(349), One, OMIT),
-            f(2, "items", Msg(372), Many, 0),
+            f(1, "metadata", Msg(366), One, OMIT),
+            f(2, "items", Msg(389), Many, 0),
         ],
     },
-    // 166
+    // 183
     Message {
         name: "k8s.io.api.core.v1.LoadBalancerIngress",
         fields: &[
             f(1, "ip", Str, One, OMIT),
             f(2, "hostname", Str, One, OMIT),
             f(3, "ipMode", Str, One, PTR | OMIT),
-            f(4, "ports", Msg(238), Many, OMIT),
+            f(4, "ports", Msg(255), Many, OMIT),
         ],
     },
-    // 167
+    // 184
     Message {
         name: "k8s.io.api.core.v1.LoadBalancerStatus",
-        fields: &[f(1, "ingress", Msg(166), Many, OMIT)],
+        fields: &[f(1, "ingress", Msg(183), Many, OMIT)],
     },
-    // 168
+    // 185
     Message {
         name: "k8s.io.api.core.v1.LocalObjectReference",
         fields: &[f(1, "name", Str, One, OMIT)],
     },
-    // 169
+    // 186
     Message {
         name: "k8s.io.api.core.v1.LocalVolumeSource",
         fields: &[
@@ -1656,7 +1822,7 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(2, "fsType", Str, One, PTR | OMIT),
         ],
     },
-    // 170
+    // 187
     Message {
         name: "k8s.io.api.core.v1.ModifyVolumeStatus",
         fields: &[
@@ -1664,7 +1830,7 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(2, "status", Str, One, 0),
         ],
     },
-    // 171
+    // 188
     Message {
         name: "k8s.io.api.core.v1.NFSVolumeSource",
         fields: &[
@@ -1673,140 +1839,140 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(3, "readOnly", Bool, One, OMIT),
         ],
     },
-    // 172
+    // 189
     Message {
         name: "k8s.io.api.core.v1.Namespace",
         fields: &[
-            f(1, "metadata", Msg(353), One, OMIT),
-            f(2, "spec", Msg(175), One, OMIT),
-            f(3, "status", Msg(176), One, OMIT),
+            f(1, "metadata", Msg(370), One, OMIT),
+            f(2, "spec", Msg(192), One, OMIT),
+            f(3, "status", Msg(193), One, OMIT),
         ],
     },
-    // 173
+    // 190
     Message {
         name: "k8s.io.api.core.v1.NamespaceCondition",
         fields: &[
             f(1, "type", Str, One, 0),
             f(2, "status", Str, One, 0),
-            f(4, "lastTransitionTime", Msg(366), One, OMIT),
+            f(4, "lastTransitionTime", Msg(383), One, OMIT),
             f(5, "reason", Str, One, OMIT),
             f(6, "message", Str, One, OMIT),
         ],
     },
-    // 174
+    // 191
     Message {
         name: "k8s.io.api.core.v1.NamespaceList",
         fields: &[
-            f(1, "metadata", Msg(349), One, OMIT),
-            f(2, "items", Msg(172), Many, 0),
+            f(1, "metadata", Msg(366), One, OMIT),
+            f(2, "items", Msg(189), Many, 0),
         ],
     },
-    // 175
+    // 192
     Message {
         name: "k8s.io.api.core.v1.NamespaceSpec",
         fields: &[f(1, "finalizers", Str, Many, OMIT)],
     },
-    // 176
+    // 193
     Message {
         name: "k8s.io.api.core.v1.NamespaceStatus",
         fields: &[
             f(1, "phase", Str, One, OMIT),
-            f(2, "conditions", Msg(173), Many, OMIT),
+            f(2, "conditions", Msg(190), Many, OMIT),
         ],
     },
-    // 177
+    // 194
     Message {
         name: "k8s.io.api.core.v1.Node",
         fields: &[
-            f(1, "metadata", Msg(353), One, OMIT),
-            f(2, "spec", Msg(192), One, OMIT),
-            f(3, "status", Msg(193), One, OMIT),
+            f(1, "metadata", Msg(370), One, OMIT),
+            f(2, "spec", Msg(209), One, OMIT),
+            f(3, "status", Msg(210), One, OMIT),
         ],
     },
-    // 178
+    // 195
     Message {
         name: "k8s.io.api.core.v1.NodeAddress",
         fields: &[f(1, "type", Str, One, 0), f(2, "address", Str, One, 0)],
     },
-    // 179
+    // 196
     Message {
         name: "k8s.io.api.core.v1.NodeAffinity",
         fields: &[
             f(
                 1,
                 "requiredDuringSchedulingIgnoredDuringExecution",
-                Msg(189),
+                Msg(206),
                 One,
                 PTR | OMIT,
             ),
             f(
                 2,
                 "preferredDuringSchedulingIgnoredDuringExecution",
-                Msg(242),
+                Msg(259),
                 Many,
                 OMIT,
             ),
         ],
     },
-    // 180
+    // 197
     Message {
         name: "k8s.io.api.core.v1.NodeCondition",
         fields: &[
             f(1, "type", Str, One, 0),
             f(2, "status", Str, One, 0),
-            f(3, "lastHeartbeatTime", Msg(366), One, OMIT),
-            f(4, "lastTransitionTime", Msg(366), One, OMIT),
+            f(3, "lastHeartbeatTime", Msg(383), One, OMIT),
+            f(4, "lastTransitionTime", Msg(383), One, OMIT),
             f(5, "reason", Str, One, OMIT),
             f(6, "message", Str, One, OMIT),
         ],
     },
-    // 181
+    // 198
     Message {
         name: "k8s.io.api.core.v1.NodeConfigSource",
-        fields: &[f(2, "configMap", Msg(106), One, PTR | OMIT)],
+        fields: &[f(2, "configMap", Msg(123), One, PTR | OMIT)],
     },
-    // 182
+    // 199
     Message {
         name: "k8s.io.api.core.v1.NodeConfigStatus",
         fields: &[
-            f(1, "assigned", Msg(181), One, PTR | OMIT),
-            f(2, "active", Msg(181), One, PTR | OMIT),
-            f(3, "lastKnownGood", Msg(181), One, PTR | OMIT),
+            f(1, "assigned", Msg(198), One, PTR | OMIT),
+            f(2, "active", Msg(198), One, PTR | OMIT),
+            f(3, "lastKnownGood", Msg(198), One, PTR | OMIT),
             f(4, "error", Str, One, OMIT),
         ],
     },
-    // 183
+    // 200
     Message {
         name: "k8s.io.api.core.v1.NodeDaemonEndpoints",
-        fields: &[f(1, "kubeletEndpoint", Msg(119), One, OMIT)],
+        fields: &[f(1, "kubeletEndpoint", Msg(136), One, OMIT)],
     },
-    // 184
+    // 201
     Message {
         name: "k8s.io.api.core.v1.NodeFeatures",
         fields: &[f(1, "supplementalGroupsPolicy", Bool, One, PTR | OMIT)],
     },
-    // 185
+    // 202
     Message {
         name: "k8s.io.api.core.v1.NodeList",
         fields: &[
-            f(1, "metadata", Msg(349), One, OMIT),
-            f(2, "items", Msg(177), Many, 0),
+            f(1, "metadata", Msg(366), One, OMIT),
+            f(2, "items", Msg(194), Many, 0),
         ],
     },
-    // 186
+    // 203
     Message {
         name: "k8s.io.api.core.v1.NodeProxyOptions",
         fields: &[f(1, "path", Str, One, OMIT)],
     },
-    // 187
+    // 204
     Message {
         name: "k8s.io.api.core.v1.NodeRuntimeHandler",
         fields: &[
             f(1, "name", Str, One, 0),
-            f(2, "features", Msg(188), One, PTR | OMIT),
+            f(2, "features", Msg(205), One, PTR | OMIT),
         ],
     },
-    // 188
+    // 205
     Message {
         name: "k8s.io.api.core.v1.NodeRuntimeHandlerFeatures",
         fields: &[
@@ -1814,12 +1980,12 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(2, "userNamespaces", Bool, One, PTR | OMIT),
         ],
     },
-    // 189
+    // 206
     Message {
         name: "k8s.io.api.core.v1.NodeSelector",
-        fields: &[f(1, "nodeSelectorTerms", Msg(191), Many, 0)],
+        fields: &[f(1, "nodeSelectorTerms", Msg(208), Many, 0)],
     },
-    // 190
+    // 207
     Message {
         name: "k8s.io.api.core.v1.NodeSelectorRequirement",
         fields: &[
@@ -1828,15 +1994,15 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(3, "values", Str, Many, OMIT),
         ],
     },
-    // 191
+    // 208
     Message {
         name: "k8s.io.api.core.v1.NodeSelectorTerm",
         fields: &[
-            f(1, "matchExpressions", Msg(190), Many, OMIT),
-            f(2, "matchFields", Msg(190), Many, OMIT),
+            f(1, "matchExpressions", Msg(207), Many, OMIT),
+            f(2, "matchFields", Msg(207), Many, OMIT),
         ],
     },
-    // 192
+    // 209
     Message {
         name: "k8s.io.api.core.v1.NodeSpec",
         fields: &[
@@ -1844,36 +2010,36 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(2, "externalID", Str, One, OMIT),
             f(3, "providerID", Str, One, OMIT),
             f(4, "unschedulable", Bool, One, OMIT),
-            f(5, "taints", Msg(294), Many, OMIT),
-            f(6, "configSource", Msg(181), One, PTR | OMIT),
+            f(5, "taints", Msg(311), Many, OMIT),
+            f(6, "configSource", Msg(198), One, PTR | OMIT),
             f(7, "podCIDRs", Str, Many, OMIT),
         ],
     },
-    // 193
+    // 210
     Message {
         name: "k8s.io.api.core.v1.NodeStatus",
         fields: &[
-            f(1, "capacity", Msg(325), Map, OMIT),
-            f(2, "allocatable", Msg(325), Map, OMIT),
+            f(1, "capacity", Msg(342), Map, OMIT),
+            f(2, "allocatable", Msg(342), Map, OMIT),
             f(3, "phase", Str, One, OMIT),
-            f(4, "conditions", Msg(180), Many, OMIT),
-            f(5, "addresses", Msg(178), Many, OMIT),
-            f(6, "daemonEndpoints", Msg(183), One, OMIT),
-            f(7, "nodeInfo", Msg(195), One, OMIT),
-            f(8, "images", Msg(110), Many, OMIT),
+            f(4, "conditions", Msg(197), Many, OMIT),
+            f(5, "addresses", Msg(195), Many, OMIT),
+            f(6, "daemonEndpoints", Msg(200), One, OMIT),
+            f(7, "nodeInfo", Msg(212), One, OMIT),
+            f(8, "images", Msg(127), Many, OMIT),
             f(9, "volumesInUse", Str, Many, OMIT),
-            f(10, "volumesAttached", Msg(84), Many, OMIT),
-            f(11, "config", Msg(182), One, PTR | OMIT),
-            f(12, "runtimeHandlers", Msg(187), Many, OMIT),
-            f(13, "features", Msg(184), One, PTR | OMIT),
+            f(10, "volumesAttached", Msg(101), Many, OMIT),
+            f(11, "config", Msg(199), One, PTR | OMIT),
+            f(12, "runtimeHandlers", Msg(204), Many, OMIT),
+            f(13, "features", Msg(201), One, PTR | OMIT),
         ],
     },
-    // 194
+    // 211
     Message {
         name: "k8s.io.api.core.v1.NodeSwapStatus",
         fields: &[f(1, "capacity", I64, One, PTR | OMIT)],
     },
-    // 195
+    // 212
     Message {
         name: "k8s.io.api.core.v1.NodeSystemInfo",
         fields: &[
@@ -1887,10 +2053,10 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(8, "kubeProxyVersion", Str, One, 0),
             f(9, "operatingSystem", Str, One, 0),
             f(10, "architecture", Str, One, 0),
-            f(11, "swap", Msg(194), One, PTR | OMIT),
+            f(11, "swap", Msg(211), One, PTR | OMIT),
         ],
     },
-    // 196
+    // 213
     Message {
         name: "k8s.io.api.core.v1.ObjectFieldSelector",
         fields: &[
@@ -1898,7 +2064,7 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(2, "fieldPath", Str, One, 0),
         ],
     },
-    // 197
+    // 214
     Message {
         name: "k8s.io.api.core.v1.ObjectReference",
         fields: &[
@@ -1911,82 +2077,82 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(7, "fieldPath", Str, One, OMIT),
         ],
     },
-    // 198
+    // 215
     Message {
         name: "k8s.io.api.core.v1.PersistentVolume",
         fields: &[
-            f(1, "metadata", Msg(353), One, OMIT),
-            f(2, "spec", Msg(208), One, OMIT),
-            f(3, "status", Msg(209), One, OMIT),
+            f(1, "metadata", Msg(370), One, OMIT),
+            f(2, "spec", Msg(225), One, OMIT),
+            f(3, "status", Msg(226), One, OMIT),
         ],
     },
-    // 199
+    // 216
     Message {
         name: "k8s.io.api.core.v1.PersistentVolumeClaim",
         fields: &[
-            f(1, "metadata", Msg(353), One, OMIT),
-            f(2, "spec", Msg(202), One, OMIT),
-            f(3, "status", Msg(203), One, OMIT),
+            f(1, "metadata", Msg(370), One, OMIT),
+            f(2, "spec", Msg(219), One, OMIT),
+            f(3, "status", Msg(220), One, OMIT),
         ],
     },
-    // 200
+    // 217
     Message {
         name: "k8s.io.api.core.v1.PersistentVolumeClaimCondition",
         fields: &[
             f(1, "type", Str, One, 0),
             f(2, "status", Str, One, 0),
-            f(3, "lastProbeTime", Msg(366), One, OMIT),
-            f(4, "lastTransitionTime", Msg(366), One, OMIT),
+            f(3, "lastProbeTime", Msg(383), One, OMIT),
+            f(4, "lastTransitionTime", Msg(383), One, OMIT),
             f(5, "reason", Str, One, OMIT),
             f(6, "message", Str, One, OMIT),
         ],
     },
-    // 201
+    // 218
     Message {
         name: "k8s.io.api.core.v1.PersistentVolumeClaimList",
         fields: &[
-            f(1, "metadata", Msg(349), One, OMIT),
-            f(2, "items", Msg(199), Many, 0),
+            f(1, "metadata", Msg(366), One, OMIT),
+            f(2, "items", Msg(216), Many, 0),
         ],
     },
-    // 202
+    // 219
     Message {
         name: "k8s.io.api.core.v1.PersistentVolumeClaimSpec",
         fields: &[
             f(1, "accessModes", Str, Many, OMIT),
-            f(2, "resources", Msg(307), One, OMIT),
+            f(2, "resources", Msg(324), One, OMIT),
             f(3, "volumeName", Str, One, OMIT),
-            f(4, "selector", Msg(346), One, PTR | OMIT),
+            f(4, "selector", Msg(363), One, PTR | OMIT),
             f(5, "storageClassName", Str, One, PTR | OMIT),
             f(6, "volumeMode", Str, One, PTR | OMIT),
-            f(7, "dataSource", Msg(299), One, PTR | OMIT),
-            f(8, "dataSourceRef", Msg(300), One, PTR | OMIT),
+            f(7, "dataSource", Msg(316), One, PTR | OMIT),
+            f(8, "dataSourceRef", Msg(317), One, PTR | OMIT),
             f(9, "volumeAttributesClassName", Str, One, PTR | OMIT),
         ],
     },
-    // 203
+    // 220
     Message {
         name: "k8s.io.api.core.v1.PersistentVolumeClaimStatus",
         fields: &[
             f(1, "phase", Str, One, OMIT),
             f(2, "accessModes", Str, Many, OMIT),
-            f(3, "capacity", Msg(325), Map, OMIT),
-            f(4, "conditions", Msg(200), Many, OMIT),
-            f(5, "allocatedResources", Msg(325), Map, OMIT),
+            f(3, "capacity", Msg(342), Map, OMIT),
+            f(4, "conditions", Msg(217), Many, OMIT),
+            f(5, "allocatedResources", Msg(342), Map, OMIT),
             f(7, "allocatedResourceStatuses", Str, Map, OMIT),
             f(8, "currentVolumeAttributesClassName", Str, One, PTR | OMIT),
-            f(9, "modifyVolumeStatus", Msg(170), One, PTR | OMIT),
+            f(9, "modifyVolumeStatus", Msg(187), One, PTR | OMIT),
         ],
     },
-    // 204
+    // 221
     Message {
         name: "k8s.io.api.core.v1.PersistentVolumeClaimTemplate",
         fields: &[
-            f(1, "metadata", Msg(353), One, OMIT),
-            f(2, "spec", Msg(202), One, 0),
+            f(1, "metadata", Msg(370), One, OMIT),
+            f(2, "spec", Msg(219), One, 0),
         ],
     },
-    // 205
+    // 222
     Message {
         name: "k8s.io.api.core.v1.PersistentVolumeClaimVolumeSource",
         fields: &[
@@ -1994,135 +2160,135 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(2, "readOnly", Bool, One, OMIT),
         ],
     },
-    // 206
+    // 223
     Message {
         name: "k8s.io.api.core.v1.PersistentVolumeList",
         fields: &[
-            f(1, "metadata", Msg(349), One, OMIT),
-            f(2, "items", Msg(198), Many, 0),
+            f(1, "metadata", Msg(366), One, OMIT),
+            f(2, "items", Msg(215), Many, 0),
         ],
     },
-    // 207
+    // 224
     Message {
         name: "k8s.io.api.core.v1.PersistentVolumeSource",
         fields: &[
-            f(1, "gcePersistentDisk", Msg(144), One, PTR | OMIT),
-            f(2, "awsElasticBlockStore", Msg(81), One, PTR | OMIT),
-            f(3, "hostPath", Msg(153), One, PTR | OMIT),
-            f(4, "glusterfs", Msg(147), One, PTR | OMIT),
-            f(5, "nfs", Msg(171), One, PTR | OMIT),
-            f(6, "rbd", Msg(247), One, PTR | OMIT),
-            f(7, "iscsi", Msg(154), One, PTR | OMIT),
-            f(8, "cinder", Msg(95), One, PTR | OMIT),
-            f(9, "cephfs", Msg(93), One, PTR | OMIT),
-            f(10, "fc", Msg(140), One, PTR | OMIT),
-            f(11, "flocker", Msg(143), One, PTR | OMIT),
-            f(12, "flexVolume", Msg(141), One, PTR | OMIT),
-            f(13, "azureFile", Msg(87), One, PTR | OMIT),
-            f(14, "vsphereVolume", Msg(309), One, PTR | OMIT),
-            f(15, "quobyte", Msg(246), One, PTR | OMIT),
-            f(16, "azureDisk", Msg(86), One, PTR | OMIT),
-            f(17, "photonPersistentDisk", Msg(210), One, PTR | OMIT),
-            f(18, "portworxVolume", Msg(239), One, PTR | OMIT),
-            f(19, "scaleIO", Msg(265), One, PTR | OMIT),
-            f(20, "local", Msg(169), One, PTR | OMIT),
-            f(21, "storageos", Msg(290), One, PTR | OMIT),
-            f(22, "csi", Msg(90), One, PTR | OMIT),
+            f(1, "gcePersistentDisk", Msg(161), One, PTR | OMIT),
+            f(2, "awsElasticBlockStore", Msg(98), One, PTR | OMIT),
+            f(3, "hostPath", Msg(170), One, PTR | OMIT),
+            f(4, "glusterfs", Msg(164), One, PTR | OMIT),
+            f(5, "nfs", Msg(188), One, PTR | OMIT),
+            f(6, "rbd", Msg(264), One, PTR | OMIT),
+            f(7, "iscsi", Msg(171), One, PTR | OMIT),
+            f(8, "cinder", Msg(112), One, PTR | OMIT),
+            f(9, "cephfs", Msg(110), One, PTR | OMIT),
+            f(10, "fc", Msg(157), One, PTR | OMIT),
+            f(11, "flocker", Msg(160), One, PTR | OMIT),
+            f(12, "flexVolume", Msg(158), One, PTR | OMIT),
+            f(13, "azureFile", Msg(104), One, PTR | OMIT),
+            f(14, "vsphereVolume", Msg(326), One, PTR | OMIT),
+            f(15, "quobyte", Msg(263), One, PTR | OMIT),
+            f(16, "azureDisk", Msg(103), One, PTR | OMIT),
+            f(17, "photonPersistentDisk", Msg(227), One, PTR | OMIT),
+            f(18, "portworxVolume", Msg(256), One, PTR | OMIT),
+            f(19, "scaleIO", Msg(282), One, PTR | OMIT),
+            f(20, "local", Msg(186), One, PTR | OMIT),
+            f(21, "storageos", Msg(307), One, PTR | OMIT),
+            f(22, "csi", Msg(107), One, PTR | OMIT),
         ],
     },
-    // 208
+    // 225
     Message {
         name: "k8s.io.api.core.v1.PersistentVolumeSpec",
         fields: &[
-            f(1, "capacity", Msg(325), Map, OMIT),
-            f(2, "persistentVolumeSource", Msg(207), One, INLINE),
+            f(1, "capacity", Msg(342), Map, OMIT),
+            f(2, "persistentVolumeSource", Msg(224), One, INLINE),
             f(3, "accessModes", Str, Many, OMIT),
-            f(4, "claimRef", Msg(197), One, PTR | OMIT),
+            f(4, "claimRef", Msg(214), One, PTR | OMIT),
             f(5, "persistentVolumeReclaimPolicy", Str, One, OMIT),
             f(6, "storageClassName", Str, One, OMIT),
             f(7, "mountOptions", Str, Many, OMIT),
             f(8, "volumeMode", Str, One, PTR | OMIT),
-            f(9, "nodeAffinity", Msg(305), One, PTR | OMIT),
+            f(9, "nodeAffinity", Msg(322), One, PTR | OMIT),
             f(10, "volumeAttributesClassName", Str, One, PTR | OMIT),
         ],
     },
-    // 209
+    // 226
     Message {
         name: "k8s.io.api.core.v1.PersistentVolumeStatus",
         fields: &[
             f(1, "phase", Str, One, OMIT),
             f(2, "message", Str, One, OMIT),
             f(3, "reason", Str, One, OMIT),
-            f(4, "lastPhaseTransitionTime", Msg(366), One, PTR | OMIT),
+            f(4, "lastPhaseTransitionTime", Msg(383), One, PTR | OMIT),
         ],
     },
-    // 210
+    // 227
     Message {
         name: "k8s.io.api.core.v1.PhotonPersistentDiskVolumeSource",
         fields: &[f(1, "pdID", Str, One, 0), f(2, "fsType", Str, One, OMIT)],
     },
-    // 211
+    // 228
     Message {
         name: "k8s.io.api.core.v1.Pod",
         fields: &[
-            f(1, "metadata", Msg(353), One, OMIT),
-            f(2, "spec", Msg(232), One, OMIT),
-            f(3, "status", Msg(233), One, OMIT),
+            f(1, "metadata", Msg(370), One, OMIT),
+            f(2, "spec", Msg(249), One, OMIT),
+            f(3, "status", Msg(250), One, OMIT),
         ],
     },
-    // 212
+    // 229
     Message {
         name: "k8s.io.api.core.v1.PodAffinity",
         fields: &[
             f(
                 1,
                 "requiredDuringSchedulingIgnoredDuringExecution",
-                Msg(213),
+                Msg(230),
                 Many,
                 OMIT,
             ),
             f(
                 2,
                 "preferredDuringSchedulingIgnoredDuringExecution",
-                Msg(310),
+                Msg(327),
                 Many,
                 OMIT,
             ),
         ],
     },
-    // 213
+    // 230
     Message {
         name: "k8s.io.api.core.v1.PodAffinityTerm",
         fields: &[
-            f(1, "labelSelector", Msg(346), One, PTR | OMIT),
+            f(1, "labelSelector", Msg(363), One, PTR | OMIT),
             f(2, "namespaces", Str, Many, OMIT),
             f(3, "topologyKey", Str, One, 0),
-            f(4, "namespaceSelector", Msg(346), One, PTR | OMIT),
+            f(4, "namespaceSelector", Msg(363), One, PTR | OMIT),
             f(5, "matchLabelKeys", Str, Many, OMIT),
             f(6, "mismatchLabelKeys", Str, Many, OMIT),
         ],
     },
-    // 214
+    // 231
     Message {
         name: "k8s.io.api.core.v1.PodAntiAffinity",
         fields: &[
             f(
                 1,
                 "requiredDuringSchedulingIgnoredDuringExecution",
-                Msg(213),
+                Msg(230),
                 Many,
                 OMIT,
             ),
             f(
                 2,
                 "preferredDuringSchedulingIgnoredDuringExecution",
-                Msg(310),
+                Msg(327),
                 Many,
                 OMIT,
             ),
         ],
     },
-    // 215
+    // 232
     Message {
         name: "k8s.io.api.core.v1.PodAttachOptions",
         fields: &[
@@ -2133,29 +2299,29 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(5, "container", Str, One, OMIT),
         ],
     },
-    // 216
+    // 233
     Message {
         name: "k8s.io.api.core.v1.PodCondition",
         fields: &[
             f(1, "type", Str, One, 0),
             f(2, "status", Str, One, 0),
-            f(3, "lastProbeTime", Msg(366), One, OMIT),
-            f(4, "lastTransitionTime", Msg(366), One, OMIT),
+            f(3, "lastProbeTime", Msg(383), One, OMIT),
+            f(4, "lastTransitionTime", Msg(383), One, OMIT),
             f(5, "reason", Str, One, OMIT),
             f(6, "message", Str, One, OMIT),
             f(7, "observedGeneration", I64, One, OMIT),
         ],
     },
-    // 217
+    // 234
     Message {
         name: "k8s.io.api.core.v1.PodDNSConfig",
         fields: &[
             f(1, "nameservers", Str, Many, OMIT),
             f(2, "searches", Str, Many, OMIT),
-            f(3, "options", Msg(218), Many, OMIT),
+            f(3, "options", Msg(235), Many, OMIT),
         ],
     },
-    // 218
+    // 235
     Message {
         name: "k8s.io.api.core.v1.PodDNSConfigOption",
         fields: &[
@@ -2163,7 +2329,7 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(2, "value", Str, One, PTR | OMIT),
         ],
     },
-    // 219
+    // 236
     Message {
         name: "k8s.io.api.core.v1.PodExecOptions",
         fields: &[
@@ -2175,20 +2341,20 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(6, "command", Str, Many, 0),
         ],
     },
-    // 220
+    // 237
     Message {
         name: "k8s.io.api.core.v1.PodIP",
         fields: &[f(1, "ip", Str, One, 0)],
     },
-    // 221
+    // 238
     Message {
         name: "k8s.io.api.core.v1.PodList",
         fields: &[
-            f(1, "metadata", Msg(349), One, OMIT),
-            f(2, "items", Msg(211), Many, 0),
+            f(1, "metadata", Msg(366), One, OMIT),
+            f(2, "items", Msg(228), Many, 0),
         ],
     },
-    // 222
+    // 239
     Message {
         name: "k8s.io.api.core.v1.PodLogOptions",
         fields: &[
@@ -2196,7 +2362,7 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(2, "follow", Bool, One, OMIT),
             f(3, "previous", Bool, One, OMIT),
             f(4, "sinceSeconds", I64, One, PTR | OMIT),
-            f(5, "sinceTime", Msg(366), One, PTR | OMIT),
+            f(5, "sinceTime", Msg(383), One, PTR | OMIT),
             f(6, "timestamps", Bool, One, OMIT),
             f(7, "tailLines", I64, One, PTR | OMIT),
             f(8, "limitBytes", I64, One, PTR | OMIT),
@@ -2204,27 +2370,27 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(10, "stream", Str, One, PTR | OMIT),
         ],
     },
-    // 223
+    // 240
     Message {
         name: "k8s.io.api.core.v1.PodOS",
         fields: &[f(1, "name", Str, One, 0)],
     },
-    // 224
+    // 241
     Message {
         name: "k8s.io.api.core.v1.PodPortForwardOptions",
         fields: &[f(1, "ports", I32, Many, OMIT)],
     },
-    // 225
+    // 242
     Message {
         name: "k8s.io.api.core.v1.PodProxyOptions",
         fields: &[f(1, "path", Str, One, OMIT)],
     },
-    // 226
+    // 243
     Message {
         name: "k8s.io.api.core.v1.PodReadinessGate",
         fields: &[f(1, "conditionType", Str, One, 0)],
     },
-    // 227
+    // 244
     Message {
         name: "k8s.io.api.core.v1.PodResourceClaim",
         fields: &[
@@ -2233,7 +2399,7 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(4, "resourceClaimTemplateName", Str, One, PTR | OMIT),
         ],
     },
-    // 228
+    // 245
     Message {
         name: "k8s.io.api.core.v1.PodResourceClaimStatus",
         fields: &[
@@ -2241,41 +2407,41 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(2, "resourceClaimName", Str, One, PTR | OMIT),
         ],
     },
-    // 229
+    // 246
     Message {
         name: "k8s.io.api.core.v1.PodSchedulingGate",
         fields: &[f(1, "name", Str, One, 0)],
     },
-    // 230
+    // 247
     Message {
         name: "k8s.io.api.core.v1.PodSecurityContext",
         fields: &[
-            f(1, "seLinuxOptions", Msg(264), One, PTR | OMIT),
+            f(1, "seLinuxOptions", Msg(281), One, PTR | OMIT),
             f(2, "runAsUser", I64, One, PTR | OMIT),
             f(3, "runAsNonRoot", Bool, One, PTR | OMIT),
             f(4, "supplementalGroups", I64, Many, OMIT),
             f(5, "fsGroup", I64, One, PTR | OMIT),
             f(6, "runAsGroup", I64, One, PTR | OMIT),
-            f(7, "sysctls", Msg(292), Many, OMIT),
-            f(8, "windowsOptions", Msg(311), One, PTR | OMIT),
+            f(7, "sysctls", Msg(309), Many, OMIT),
+            f(8, "windowsOptions", Msg(328), One, PTR | OMIT),
             f(9, "fsGroupChangePolicy", Str, One, PTR | OMIT),
-            f(10, "seccompProfile", Msg(269), One, PTR | OMIT),
-            f(11, "appArmorProfile", Msg(83), One, PTR | OMIT),
+            f(10, "seccompProfile", Msg(286), One, PTR | OMIT),
+            f(11, "appArmorProfile", Msg(100), One, PTR | OMIT),
             f(12, "supplementalGroupsPolicy", Str, One, PTR | OMIT),
             f(13, "seLinuxChangePolicy", Str, One, PTR | OMIT),
         ],
     },
-    // 231
+    // 248
     Message {
         name: "k8s.io.api.core.v1.PodSignature",
-        fields: &[f(1, "podController", Msg(354), One, PTR | OMIT)],
+        fields: &[f(1, "podController", Msg(371), One, PTR | OMIT)],
     },
-    // 232
+    // 249
     Message {
         name: "k8s.io.api.core.v1.PodSpec",
         fields: &[
-            f(1, "volumes", Msg(301), Many, OMIT),
-            f(2, "containers", Msg(109), Many, 0),
+            f(1, "volumes", Msg(318), Many, OMIT),
+            f(2, "containers", Msg(126), Many, 0),
             f(3, "restartPolicy", Str, One, OMIT),
             f(4, "terminationGracePeriodSeconds", I64, One, PTR | OMIT),
             f(5, "activeDeadlineSeconds", I64, One, PTR | OMIT),
@@ -2287,91 +2453,91 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(11, "hostNetwork", Bool, One, OMIT),
             f(12, "hostPID", Bool, One, OMIT),
             f(13, "hostIPC", Bool, One, OMIT),
-            f(14, "securityContext", Msg(230), One, PTR | OMIT),
-            f(15, "imagePullSecrets", Msg(168), Many, OMIT),
+            f(14, "securityContext", Msg(247), One, PTR | OMIT),
+            f(15, "imagePullSecrets", Msg(185), Many, OMIT),
             f(16, "hostname", Str, One, OMIT),
             f(17, "subdomain", Str, One, OMIT),
-            f(18, "affinity", Msg(82), One, PTR | OMIT),
+            f(18, "affinity", Msg(99), One, PTR | OMIT),
             f(19, "schedulerName", Str, One, OMIT),
-            f(20, "initContainers", Msg(109), Many, OMIT),
+            f(20, "initContainers", Msg(126), Many, OMIT),
             f(21, "automountServiceAccountToken", Bool, One, PTR | OMIT),
-            f(22, "tolerations", Msg(295), Many, OMIT),
-            f(23, "hostAliases", Msg(151), Many, OMIT),
+            f(22, "tolerations", Msg(312), Many, OMIT),
+            f(23, "hostAliases", Msg(168), Many, OMIT),
             f(24, "priorityClassName", Str, One, OMIT),
             f(25, "priority", I32, One, PTR | OMIT),
-            f(26, "dnsConfig", Msg(217), One, PTR | OMIT),
+            f(26, "dnsConfig", Msg(234), One, PTR | OMIT),
             f(27, "shareProcessNamespace", Bool, One, PTR | OMIT),
-            f(28, "readinessGates", Msg(226), Many, OMIT),
+            f(28, "readinessGates", Msg(243), Many, OMIT),
             f(29, "runtimeClassName", Str, One, PTR | OMIT),
             f(30, "enableServiceLinks", Bool, One, PTR | OMIT),
             f(31, "preemptionPolicy", Str, One, PTR | OMIT),
-            f(32, "overhead", Msg(325), Map, OMIT),
-            f(33, "topologySpreadConstraints", Msg(298), Many, OMIT),
-            f(34, "ephemeralContainers", Msg(132), Many, OMIT),
+            f(32, "overhead", Msg(342), Map, OMIT),
+            f(33, "topologySpreadConstraints", Msg(315), Many, OMIT),
+            f(34, "ephemeralContainers", Msg(149), Many, OMIT),
             f(35, "setHostnameAsFQDN", Bool, One, PTR | OMIT),
-            f(36, "os", Msg(223), One, PTR | OMIT),
+            f(36, "os", Msg(240), One, PTR | OMIT),
             f(37, "hostUsers", Bool, One, PTR | OMIT),
-            f(38, "schedulingGates", Msg(229), Many, OMIT),
-            f(39, "resourceClaims", Msg(227), Many, OMIT),
-            f(40, "resources", Msg(262), One, PTR | OMIT),
+            f(38, "schedulingGates", Msg(246), Many, OMIT),
+            f(39, "resourceClaims", Msg(244), Many, OMIT),
+            f(40, "resources", Msg(279), One, PTR | OMIT),
         ],
     },
-    // 233
+    // 250
     Message {
         name: "k8s.io.api.core.v1.PodStatus",
         fields: &[
             f(1, "phase", Str, One, OMIT),
-            f(2, "conditions", Msg(216), Many, OMIT),
+            f(2, "conditions", Msg(233), Many, OMIT),
             f(3, "message", Str, One, OMIT),
             f(4, "reason", Str, One, OMIT),
             f(5, "hostIP", Str, One, OMIT),
             f(6, "podIP", Str, One, OMIT),
-            f(7, "startTime", Msg(366), One, PTR | OMIT),
-            f(8, "containerStatuses", Msg(117), Many, OMIT),
+            f(7, "startTime", Msg(383), One, PTR | OMIT),
+            f(8, "containerStatuses", Msg(134), Many, OMIT),
             f(9, "qosClass", Str, One, OMIT),
-            f(10, "initContainerStatuses", Msg(117), Many, OMIT),
+            f(10, "initContainerStatuses", Msg(134), Many, OMIT),
             f(11, "nominatedNodeName", Str, One, OMIT),
-            f(12, "podIPs", Msg(220), Many, OMIT),
-            f(13, "ephemeralContainerStatuses", Msg(117), Many, OMIT),
+            f(12, "podIPs", Msg(237), Many, OMIT),
+            f(13, "ephemeralContainerStatuses", Msg(134), Many, OMIT),
             f(14, "resize", Str, One, OMIT),
-            f(15, "resourceClaimStatuses", Msg(228), Many, OMIT),
-            f(16, "hostIPs", Msg(152), Many, OMIT),
+            f(15, "resourceClaimStatuses", Msg(245), Many, OMIT),
+            f(16, "hostIPs", Msg(169), Many, OMIT),
             f(17, "observedGeneration", I64, One, OMIT),
         ],
     },
-    // 234
+    // 251
     Message {
         name: "k8s.io.api.core.v1.PodStatusResult",
         fields: &[
-            f(1, "metadata", Msg(353), One, OMIT),
-            f(2, "status", Msg(233), One, OMIT),
+            f(1, "metadata", Msg(370), One, OMIT),
+            f(2, "status", Msg(250), One, OMIT),
         ],
     },
-    // 235
+    // 252
     Message {
         name: "k8s.io.api.core.v1.PodTemplate",
         fields: &[
-            f(1, "metadata", Msg(353), One, OMIT),
-            f(2, "template", Msg(237), One, OMIT),
+            f(1, "metadata", Msg(370), One, OMIT),
+            f(2, "template", Msg(254), One, OMIT),
         ],
     },
-    // 236
+    // 253
     Message {
         name: "k8s.io.api.core.v1.PodTemplateList",
         fields: &[
-            f(1, "metadata", Msg(349), One, OMIT),
-            f(2, "items", Msg(235), Many, 0),
+            f(1, "metadata", Msg(366), One, OMIT),
+            f(2, "items", Msg(252), Many, 0),
         ],
     },
-    // 237
+    // 254
     Message {
         name: "k8s.io.api.core.v1.PodTemplateSpec",
         fields: &[
-            f(1, "metadata", Msg(353), One, OMIT),
-            f(2, "spec", Msg(232), One, OMIT),
+            f(1, "metadata", Msg(370), One, OMIT),
+            f(2, "spec", Msg(249), One, OMIT),
         ],
     },
-    // 238
+    // 255
     Message {
         name: "k8s.io.api.core.v1.PortStatus",
         fields: &[
@@ -2380,7 +2546,7 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(3, "error", Str, One, PTR | OMIT),
         ],
     },
-    // 239
+    // 256
     Message {
         name: "k8s.io.api.core.v1.PortworxVolumeSource",
         fields: &[
@@ -2389,34 +2555,34 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(3, "readOnly", Bool, One, OMIT),
         ],
     },
-    // 240
+    // 257
     Message {
         name: "k8s.io.api.core.v1.Preconditions",
         fields: &[f(1, "uid", Str, One, PTR | OMIT)],
     },
-    // 241
+    // 258
     Message {
         name: "k8s.io.api.core.v1.PreferAvoidPodsEntry",
         fields: &[
-            f(1, "podSignature", Msg(231), One, 0),
-            f(2, "evictionTime", Msg(366), One, OMIT),
+            f(1, "podSignature", Msg(248), One, 0),
+            f(2, "evictionTime", Msg(383), One, OMIT),
             f(3, "reason", Str, One, OMIT),
             f(4, "message", Str, One, OMIT),
         ],
     },
-    // 242
+    // 259
     Message {
         name: "k8s.io.api.core.v1.PreferredSchedulingTerm",
         fields: &[
             f(1, "weight", I32, One, 0),
-            f(2, "preference", Msg(191), One, 0),
+            f(2, "preference", Msg(208), One, 0),
         ],
     },
-    // 243
+    // 260
     Message {
         name: "k8s.io.api.core.v1.Probe",
         fields: &[
-            f(1, "handler", Msg(244), One, INLINE),
+            f(1, "handler", Msg(261), One, INLINE),
             f(2, "initialDelaySeconds", I32, One, OMIT),
             f(3, "timeoutSeconds", I32, One, OMIT),
             f(4, "periodSeconds", I32, One, OMIT),
@@ -2425,25 +2591,25 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(7, "terminationGracePeriodSeconds", I64, One, PTR | OMIT),
         ],
     },
-    // 244
+    // 261
     Message {
         name: "k8s.io.api.core.v1.ProbeHandler",
         fields: &[
-            f(1, "exec", Msg(139), One, PTR | OMIT),
-            f(2, "httpGet", Msg(149), One, PTR | OMIT),
-            f(3, "tcpSocket", Msg(293), One, PTR | OMIT),
-            f(4, "grpc", Msg(145), One, PTR | OMIT),
+            f(1, "exec", Msg(156), One, PTR | OMIT),
+            f(2, "httpGet", Msg(166), One, PTR | OMIT),
+            f(3, "tcpSocket", Msg(310), One, PTR | OMIT),
+            f(4, "grpc", Msg(162), One, PTR | OMIT),
         ],
     },
-    // 245
+    // 262
     Message {
         name: "k8s.io.api.core.v1.ProjectedVolumeSource",
         fields: &[
-            f(1, "sources", Msg(306), Many, 0),
+            f(1, "sources", Msg(323), Many, 0),
             f(2, "defaultMode", I32, One, PTR | OMIT),
         ],
     },
-    // 246
+    // 263
     Message {
         name: "k8s.io.api.core.v1.QuobyteVolumeSource",
         fields: &[
@@ -2455,7 +2621,7 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(6, "tenant", Str, One, OMIT),
         ],
     },
-    // 247
+    // 264
     Message {
         name: "k8s.io.api.core.v1.RBDPersistentVolumeSource",
         fields: &[
@@ -2465,11 +2631,11 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(4, "pool", Str, One, OMIT),
             f(5, "user", Str, One, OMIT),
             f(6, "keyring", Str, One, OMIT),
-            f(7, "secretRef", Msg(275), One, PTR | OMIT),
+            f(7, "secretRef", Msg(292), One, PTR | OMIT),
             f(8, "readOnly", Bool, One, OMIT),
         ],
     },
-    // 248
+    // 265
     Message {
         name: "k8s.io.api.core.v1.RBDVolumeSource",
         fields: &[
@@ -2479,58 +2645,58 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(4, "pool", Str, One, OMIT),
             f(5, "user", Str, One, OMIT),
             f(6, "keyring", Str, One, OMIT),
-            f(7, "secretRef", Msg(168), One, PTR | OMIT),
+            f(7, "secretRef", Msg(185), One, PTR | OMIT),
             f(8, "readOnly", Bool, One, OMIT),
         ],
     },
-    // 249
+    // 266
     Message {
         name: "k8s.io.api.core.v1.RangeAllocation",
         fields: &[
-            f(1, "metadata", Msg(353), One, OMIT),
+            f(1, "metadata", Msg(370), One, OMIT),
             f(2, "range", Str, One, 0),
             f(3, "data", Bytes, One, 0),
         ],
     },
-    // 250
+    // 267
     Message {
         name: "k8s.io.api.core.v1.ReplicationController",
         fields: &[
-            f(1, "metadata", Msg(353), One, OMIT),
-            f(2, "spec", Msg(253), One, OMIT),
-            f(3, "status", Msg(254), One, OMIT),
+            f(1, "metadata", Msg(370), One, OMIT),
+            f(2, "spec", Msg(270), One, OMIT),
+            f(3, "status", Msg(271), One, OMIT),
         ],
     },
-    // 251
+    // 268
     Message {
         name: "k8s.io.api.core.v1.ReplicationControllerCondition",
         fields: &[
             f(1, "type", Str, One, 0),
             f(2, "status", Str, One, 0),
-            f(3, "lastTransitionTime", Msg(366), One, OMIT),
+            f(3, "lastTransitionTime", Msg(383), One, OMIT),
             f(4, "reason", Str, One, OMIT),
             f(5, "message", Str, One, OMIT),
         ],
     },
-    // 252
+    // 269
     Message {
         name: "k8s.io.api.core.v1.ReplicationControllerList",
         fields: &[
-            f(1, "metadata", Msg(349), One, OMIT),
-            f(2, "items", Msg(250), Many, 0),
+            f(1, "metadata", Msg(366), One, OMIT),
+            f(2, "items", Msg(267), Many, 0),
         ],
     },
-    // 253
+    // 270
     Message {
         name: "k8s.io.api.core.v1.ReplicationControllerSpec",
         fields: &[
             f(1, "replicas", I32, One, PTR | OMIT),
             f(2, "selector", Str, Map, OMIT),
-            f(3, "template", Msg(237), One, PTR | OMIT),
+            f(3, "template", Msg(254), One, PTR | OMIT),
             f(4, "minReadySeconds", I32, One, OMIT),
         ],
     },
-    // 254
+    // 271
     Message {
         name: "k8s.io.api.core.v1.ReplicationControllerStatus",
         fields: &[
@@ -2539,24 +2705,24 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(3, "observedGeneration", I64, One, OMIT),
             f(4, "readyReplicas", I32, One, OMIT),
             f(5, "availableReplicas", I32, One, OMIT),
-            f(6, "conditions", Msg(251), Many, OMIT),
+            f(6, "conditions", Msg(268), Many, OMIT),
         ],
     },
-    // 255
+    // 272
     Message {
         name: "k8s.io.api.core.v1.ResourceClaim",
         fields: &[f(1, "name", Str, One, 0), f(2, "request", Str, One, OMIT)],
     },
-    // 256
+    // 273
     Message {
         name: "k8s.io.api.core.v1.ResourceFieldSelector",
         fields: &[
             f(1, "containerName", Str, One, OMIT),
             f(2, "resource", Str, One, 0),
-            f(3, "divisor", Msg(325), One, OMIT),
+            f(3, "divisor", Msg(342), One, OMIT),
         ],
     },
-    // 257
+    // 274
     Message {
         name: "k8s.io.api.core.v1.ResourceHealth",
         fields: &[
@@ -2564,58 +2730,58 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(2, "health", Str, One, OMIT),
         ],
     },
-    // 258
+    // 275
     Message {
         name: "k8s.io.api.core.v1.ResourceQuota",
         fields: &[
-            f(1, "metadata", Msg(353), One, OMIT),
-            f(2, "spec", Msg(260), One, OMIT),
-            f(3, "status", Msg(261), One, OMIT),
+            f(1, "metadata", Msg(370), One, OMIT),
+            f(2, "spec", Msg(277), One, OMIT),
+            f(3, "status", Msg(278), One, OMIT),
         ],
     },
-    // 259
+    // 276
     Message {
         name: "k8s.io.api.core.v1.ResourceQuotaList",
         fields: &[
-            f(1, "metadata", Msg(349), One, OMIT),
-            f(2, "items", Msg(258), Many, 0),
+            f(1, "metadata", Msg(366), One, OMIT),
+            f(2, "items", Msg(275), Many, 0),
         ],
     },
-    // 260
+    // 277
     Message {
         name: "k8s.io.api.core.v1.ResourceQuotaSpec",
         fields: &[
-            f(1, "hard", Msg(325), Map, OMIT),
+            f(1, "hard", Msg(342), Map, OMIT),
             f(2, "scopes", Str, Many, OMIT),
-            f(3, "scopeSelector", Msg(267), One, PTR | OMIT),
+            f(3, "scopeSelector", Msg(284), One, PTR | OMIT),
         ],
     },
-    // 261
+    // 278
     Message {
         name: "k8s.io.api.core.v1.ResourceQuotaStatus",
         fields: &[
-            f(1, "hard", Msg(325), Map, OMIT),
-            f(2, "used", Msg(325), Map, OMIT),
+            f(1, "hard", Msg(342), Map, OMIT),
+            f(2, "used", Msg(342), Map, OMIT),
         ],
     },
-    // 262
+    // 279
     Message {
         name: "k8s.io.api.core.v1.ResourceRequirements",
         fields: &[
-            f(1, "limits", Msg(325), Map, OMIT),
-            f(2, "requests", Msg(325), Map, OMIT),
-            f(3, "claims", Msg(255), Many, OMIT),
+            f(1, "limits", Msg(342), Map, OMIT),
+            f(2, "requests", Msg(342), Map, OMIT),
+            f(3, "claims", Msg(272), Many, OMIT),
         ],
     },
-    // 263
+    // 280
     Message {
         name: "k8s.io.api.core.v1.ResourceStatus",
         fields: &[
             f(1, "name", Str, One, 0),
-            f(2, "resources", Msg(257), Many, OMIT),
+            f(2, "resources", Msg(274), Many, OMIT),
         ],
     },
-    // 264
+    // 281
     Message {
         name: "k8s.io.api.core.v1.SELinuxOptions",
         fields: &[
@@ -2625,13 +2791,13 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(4, "level", Str, One, OMIT),
         ],
     },
-    // 265
+    // 282
     Message {
         name: "k8s.io.api.core.v1.ScaleIOPersistentVolumeSource",
         fields: &[
             f(1, "gateway", Str, One, 0),
             f(2, "system", Str, One, 0),
-            f(3, "secretRef", Msg(275), One, PTR),
+            f(3, "secretRef", Msg(292), One, PTR),
             f(4, "sslEnabled", Bool, One, OMIT),
             f(5, "protectionDomain", Str, One, OMIT),
             f(6, "storagePool", Str, One, OMIT),
@@ -2641,13 +2807,13 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(10, "readOnly", Bool, One, OMIT),
         ],
     },
-    // 266
+    // 283
     Message {
         name: "k8s.io.api.core.v1.ScaleIOVolumeSource",
         fields: &[
             f(1, "gateway", Str, One, 0),
             f(2, "system", Str, One, 0),
-            f(3, "secretRef", Msg(168), One, PTR),
+            f(3, "secretRef", Msg(185), One, PTR),
             f(4, "sslEnabled", Bool, One, OMIT),
             f(5, "protectionDomain", Str, One, OMIT),
             f(6, "storagePool", Str, One, OMIT),
@@ -2657,12 +2823,12 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(10, "readOnly", Bool, One, OMIT),
         ],
     },
-    // 267
+    // 284
     Message {
         name: "k8s.io.api.core.v1.ScopeSelector",
-        fields: &[f(1, "matchExpressions", Msg(268), Many, OMIT)],
+        fields: &[f(1, "matchExpressions", Msg(285), Many, OMIT)],
     },
-    // 268
+    // 285
     Message {
         name: "k8s.io.api.core.v1.ScopedResourceSelectorRequirement",
         fields: &[
@@ -2671,7 +2837,7 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(3, "values", Str, Many, OMIT),
         ],
     },
-    // 269
+    // 286
     Message {
         name: "k8s.io.api.core.v1.SeccompProfile",
         fields: &[
@@ -2679,52 +2845,52 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(2, "localhostProfile", Str, One, PTR | OMIT),
         ],
     },
-    // 270
+    // 287
     Message {
         name: "k8s.io.api.core.v1.Secret",
         fields: &[
-            f(1, "metadata", Msg(353), One, OMIT),
+            f(1, "metadata", Msg(370), One, OMIT),
             f(2, "data", Bytes, Map, OMIT),
             f(3, "type", Str, One, OMIT),
             f(4, "stringData", Str, Map, OMIT),
             f(5, "immutable", Bool, One, PTR | OMIT),
         ],
     },
-    // 271
+    // 288
     Message {
         name: "k8s.io.api.core.v1.SecretEnvSource",
         fields: &[
-            f(1, "localObjectReference", Msg(168), One, INLINE),
+            f(1, "localObjectReference", Msg(185), One, INLINE),
             f(2, "optional", Bool, One, PTR | OMIT),
         ],
     },
-    // 272
+    // 289
     Message {
         name: "k8s.io.api.core.v1.SecretKeySelector",
         fields: &[
-            f(1, "localObjectReference", Msg(168), One, INLINE),
+            f(1, "localObjectReference", Msg(185), One, INLINE),
             f(2, "key", Str, One, 0),
             f(3, "optional", Bool, One, PTR | OMIT),
         ],
     },
-    // 273
+    // 290
     Message {
         name: "k8s.io.api.core.v1.SecretList",
         fields: &[
-            f(1, "metadata", Msg(349), One, OMIT),
-            f(2, "items", Msg(270), Many, 0),
+            f(1, "metadata", Msg(366), One, OMIT),
+            f(2, "items", Msg(287), Many, 0),
         ],
     },
-    // 274
+    // 291
     Message {
         name: "k8s.io.api.core.v1.SecretProjection",
         fields: &[
-            f(1, "localObjectReference", Msg(168), One, INLINE),
-            f(2, "items", Msg(157), Many, OMIT),
+            f(1, "localObjectReference", Msg(185), One, INLINE),
+            f(2, "items", Msg(174), Many, OMIT),
             f(4, "optional", Bool, One, PTR | OMIT),
         ],
     },
-    // 275
+    // 292
     Message {
         name: "k8s.io.api.core.v1.SecretReference",
         fields: &[
@@ -2732,67 +2898,67 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(2, "namespace", Str, One, OMIT),
         ],
     },
-    // 276
+    // 293
     Message {
         name: "k8s.io.api.core.v1.SecretVolumeSource",
         fields: &[
             f(1, "secretName", Str, One, OMIT),
-            f(2, "items", Msg(157), Many, OMIT),
+            f(2, "items", Msg(174), Many, OMIT),
             f(3, "defaultMode", I32, One, PTR | OMIT),
             f(4, "optional", Bool, One, PTR | OMIT),
         ],
     },
-    // 277
+    // 294
     Message {
         name: "k8s.io.api.core.v1.SecurityContext",
         fields: &[
-            f(1, "capabilities", Msg(92), One, PTR | OMIT),
+            f(1, "capabilities", Msg(109), One, PTR | OMIT),
             f(2, "privileged", Bool, One, PTR | OMIT),
-            f(3, "seLinuxOptions", Msg(264), One, PTR | OMIT),
+            f(3, "seLinuxOptions", Msg(281), One, PTR | OMIT),
             f(4, "runAsUser", I64, One, PTR | OMIT),
             f(5, "runAsNonRoot", Bool, One, PTR | OMIT),
             f(6, "readOnlyRootFilesystem", Bool, One, PTR | OMIT),
             f(7, "allowPrivilegeEscalation", Bool, One, PTR | OMIT),
             f(8, "runAsGroup", I64, One, PTR | OMIT),
             f(9, "procMount", Str, One, PTR | OMIT),
-            f(10, "windowsOptions", Msg(311), One, PTR | OMIT),
-            f(11, "seccompProfile", Msg(269), One, PTR | OMIT),
-            f(12, "appArmorProfile", Msg(83), One, PTR | OMIT),
+            f(10, "windowsOptions", Msg(328), One, PTR | OMIT),
+            f(11, "seccompProfile", Msg(286), One, PTR | OMIT),
+            f(12, "appArmorProfile", Msg(100), One, PTR | OMIT),
         ],
     },
-    // 278
+    // 295
     Message {
         name: "k8s.io.api.core.v1.SerializedReference",
-        fields: &[f(1, "reference", Msg(197), One, OMIT)],
+        fields: &[f(1, "reference", Msg(214), One, OMIT)],
     },
-    // 279
+    // 296
     Message {
         name: "k8s.io.api.core.v1.Service",
         fields: &[
-            f(1, "metadata", Msg(353), One, OMIT),
-            f(2, "spec", Msg(286), One, OMIT),
-            f(3, "status", Msg(287), One, OMIT),
+            f(1, "metadata", Msg(370), One, OMIT),
+            f(2, "spec", Msg(303), One, OMIT),
+            f(3, "status", Msg(304), One, OMIT),
         ],
     },
-    // 280
+    // 297
     Message {
         name: "k8s.io.api.core.v1.ServiceAccount",
         fields: &[
-            f(1, "metadata", Msg(353), One, OMIT),
-            f(2, "secrets", Msg(197), Many, OMIT),
-            f(3, "imagePullSecrets", Msg(168), Many, OMIT),
+            f(1, "metadata", Msg(370), One, OMIT),
+            f(2, "secrets", Msg(214), Many, OMIT),
+            f(3, "imagePullSecrets", Msg(185), Many, OMIT),
             f(4, "automountServiceAccountToken", Bool, One, PTR | OMIT),
         ],
     },
-    // 281
+    // 298
     Message {
         name: "k8s.io.api.core.v1.ServiceAccountList",
         fields: &[
-            f(1, "metadata", Msg(349), One, OMIT),
-            f(2, "items", Msg(280), Many, 0),
+            f(1, "metadata", Msg(366), One, OMIT),
+            f(2, "items", Msg(297), Many, 0),
         ],
     },
-    // 282
+    // 299
     Message {
         name: "k8s.io.api.core.v1.ServiceAccountTokenProjection",
         fields: &[
@@ -2801,36 +2967,36 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(3, "path", Str, One, 0),
         ],
     },
-    // 283
+    // 300
     Message {
         name: "k8s.io.api.core.v1.ServiceList",
         fields: &[
-            f(1, "metadata", Msg(349), One, OMIT),
-            f(2, "items", Msg(279), Many, 0),
+            f(1, "metadata", Msg(366), One, OMIT),
+            f(2, "items", Msg(296), Many, 0),
         ],
     },
-    // 284
+    // 301
     Message {
         name: "k8s.io.api.core.v1.ServicePort",
         fields: &[
             f(1, "name", Str, One, OMIT),
             f(2, "protocol", Str, One, OMIT),
             f(3, "port", I32, One, 0),
-            f(4, "targetPort", Msg(375), One, OMIT),
+            f(4, "targetPort", Msg(392), One, OMIT),
             f(5, "nodePort", I32, One, OMIT),
             f(6, "appProtocol", Str, One, PTR | OMIT),
         ],
     },
-    // 285
+    // 302
     Message {
         name: "k8s.io.api.core.v1.ServiceProxyOptions",
         fields: &[f(1, "path", Str, One, OMIT)],
     },
-    // 286
+    // 303
     Message {
         name: "k8s.io.api.core.v1.ServiceSpec",
         fields: &[
-            f(1, "ports", Msg(284), Many, OMIT),
+            f(1, "ports", Msg(301), Many, OMIT),
             f(2, "selector", Str, Map, OMIT),
             f(3, "clusterIP", Str, One, OMIT),
             f(4, "type", Str, One, OMIT),
@@ -2842,7 +3008,7 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(11, "externalTrafficPolicy", Str, One, OMIT),
             f(12, "healthCheckNodePort", I32, One, OMIT),
             f(13, "publishNotReadyAddresses", Bool, One, OMIT),
-            f(14, "sessionAffinityConfig", Msg(288), One, PTR | OMIT),
+            f(14, "sessionAffinityConfig", Msg(305), One, PTR | OMIT),
             f(17, "ipFamilyPolicy", Str, One, PTR | OMIT),
             f(18, "clusterIPs", Str, Many, OMIT),
             f(19, "ipFamilies", Str, Many, OMIT),
@@ -2852,25 +3018,25 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(23, "trafficDistribution", Str, One, PTR | OMIT),
         ],
     },
-    // 287
+    // 304
     Message {
         name: "k8s.io.api.core.v1.ServiceStatus",
         fields: &[
-            f(1, "loadBalancer", Msg(167), One, OMIT),
-            f(2, "conditions", Msg(333), Many, OMIT),
+            f(1, "loadBalancer", Msg(184), One, OMIT),
+            f(2, "conditions", Msg(350), Many, OMIT),
         ],
     },
-    // 288
+    // 305
     Message {
         name: "k8s.io.api.core.v1.SessionAffinityConfig",
-        fields: &[f(1, "clientIP", Msg(97), One, PTR | OMIT)],
+        fields: &[f(1, "clientIP", Msg(114), One, PTR | OMIT)],
     },
-    // 289
+    // 306
     Message {
         name: "k8s.io.api.core.v1.SleepAction",
         fields: &[f(1, "seconds", I64, One, 0)],
     },
-    // 290
+    // 307
     Message {
         name: "k8s.io.api.core.v1.StorageOSPersistentVolumeSource",
         fields: &[
@@ -2878,10 +3044,10 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(2, "volumeNamespace", Str, One, OMIT),
             f(3, "fsType", Str, One, OMIT),
             f(4, "readOnly", Bool, One, OMIT),
-            f(5, "secretRef", Msg(197), One, PTR | OMIT),
+            f(5, "secretRef", Msg(214), One, PTR | OMIT),
         ],
     },
-    // 291
+    // 308
     Message {
         name: "k8s.io.api.core.v1.StorageOSVolumeSource",
         fields: &[
@@ -2889,30 +3055,30 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(2, "volumeNamespace", Str, One, OMIT),
             f(3, "fsType", Str, One, OMIT),
             f(4, "readOnly", Bool, One, OMIT),
-            f(5, "secretRef", Msg(168), One, PTR | OMIT),
+            f(5, "secretRef", Msg(185), One, PTR | OMIT),
         ],
     },
-    // 292
+    // 309
     Message {
         name: "k8s.io.api.core.v1.Sysctl",
         fields: &[f(1, "name", Str, One, 0), f(2, "value", Str, One, 0)],
     },
-    // 293
+    // 310
     Message {
         name: "k8s.io.api.core.v1.TCPSocketAction",
-        fields: &[f(1, "port", Msg(375), One, 0), f(2, "host", Str, One, OMIT)],
+        fields: &[f(1, "port", Msg(392), One, 0), f(2, "host", Str, One, OMIT)],
     },
-    // 294
+    // 311
     Message {
         name: "k8s.io.api.core.v1.Taint",
         fields: &[
             f(1, "key", Str, One, 0),
             f(2, "value", Str, One, OMIT),
             f(3, "effect", Str, One, 0),
-            f(4, "timeAdded", Msg(366), One, PTR | OMIT),
+            f(4, "timeAdded", Msg(383), One, PTR | OMIT),
         ],
     },
-    // 295
+    // 312
     Message {
         name: "k8s.io.api.core.v1.Toleration",
         fields: &[
@@ -2923,31 +3089,31 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(5, "tolerationSeconds", I64, One, PTR | OMIT),
         ],
     },
-    // 296
+    // 313
     Message {
         name: "k8s.io.api.core.v1.TopologySelectorLabelRequirement",
         fields: &[f(1, "key", Str, One, 0), f(2, "values", Str, Many, 0)],
     },
-    // 297
+    // 314
     Message {
         name: "k8s.io.api.core.v1.TopologySelectorTerm",
-        fields: &[f(1, "matchLabelExpressions", Msg(296), Many, OMIT)],
+        fields: &[f(1, "matchLabelExpressions", Msg(313), Many, OMIT)],
     },
-    // 298
+    // 315
     Message {
         name: "k8s.io.api.core.v1.TopologySpreadConstraint",
         fields: &[
             f(1, "maxSkew", I32, One, 0),
             f(2, "topologyKey", Str, One, 0),
             f(3, "whenUnsatisfiable", Str, One, 0),
-            f(4, "labelSelector", Msg(346), One, PTR | OMIT),
+            f(4, "labelSelector", Msg(363), One, PTR | OMIT),
             f(5, "minDomains", I32, One, PTR | OMIT),
             f(6, "nodeAffinityPolicy", Str, One, PTR | OMIT),
             f(7, "nodeTaintsPolicy", Str, One, PTR | OMIT),
             f(8, "matchLabelKeys", Str, Many, OMIT),
         ],
     },
-    // 299
+    // 316
     Message {
         name: "k8s.io.api.core.v1.TypedLocalObjectReference",
         fields: &[
@@ -2956,7 +3122,7 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(3, "name", Str, One, 0),
         ],
     },
-    // 300
+    // 317
     Message {
         name: "k8s.io.api.core.v1.TypedObjectReference",
         fields: &[
@@ -2966,20 +3132,20 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(4, "namespace", Str, One, PTR | OMIT),
         ],
     },
-    // 301
+    // 318
     Message {
         name: "k8s.io.api.core.v1.Volume",
         fields: &[
             f(1, "name", Str, One, 0),
-            f(2, "volumeSource", Msg(308), One, INLINE),
+            f(2, "volumeSource", Msg(325), One, INLINE),
         ],
     },
-    // 302
+    // 319
     Message {
         name: "k8s.io.api.core.v1.VolumeDevice",
         fields: &[f(1, "name", Str, One, 0), f(2, "devicePath", Str, One, 0)],
     },
-    // 303
+    // 320
     Message {
         name: "k8s.io.api.core.v1.VolumeMount",
         fields: &[
@@ -2992,7 +3158,7 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(7, "recursiveReadOnly", Str, One, PTR | OMIT),
         ],
     },
-    // 304
+    // 321
     Message {
         name: "k8s.io.api.core.v1.VolumeMountStatus",
         fields: &[
@@ -3002,67 +3168,67 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(4, "recursiveReadOnly", Str, One, PTR | OMIT),
         ],
     },
-    // 305
+    // 322
     Message {
         name: "k8s.io.api.core.v1.VolumeNodeAffinity",
-        fields: &[f(1, "required", Msg(189), One, PTR | OMIT)],
+        fields: &[f(1, "required", Msg(206), One, PTR | OMIT)],
     },
-    // 306
+    // 323
     Message {
         name: "k8s.io.api.core.v1.VolumeProjection",
         fields: &[
-            f(1, "secret", Msg(274), One, PTR | OMIT),
-            f(2, "downwardAPI", Msg(120), One, PTR | OMIT),
-            f(3, "configMap", Msg(107), One, PTR | OMIT),
-            f(4, "serviceAccountToken", Msg(282), One, PTR | OMIT),
-            f(5, "clusterTrustBundle", Msg(98), One, PTR | OMIT),
+            f(1, "secret", Msg(291), One, PTR | OMIT),
+            f(2, "downwardAPI", Msg(137), One, PTR | OMIT),
+            f(3, "configMap", Msg(124), One, PTR | OMIT),
+            f(4, "serviceAccountToken", Msg(299), One, PTR | OMIT),
+            f(5, "clusterTrustBundle", Msg(115), One, PTR | OMIT),
         ],
     },
-    // 307
+    // 324
     Message {
         name: "k8s.io.api.core.v1.VolumeResourceRequirements",
         fields: &[
-            f(1, "limits", Msg(325), Map, OMIT),
-            f(2, "requests", Msg(325), Map, OMIT),
+            f(1, "limits", Msg(342), Map, OMIT),
+            f(2, "requests", Msg(342), Map, OMIT),
         ],
     },
-    // 308
+    // 325
     Message {
         name: "k8s.io.api.core.v1.VolumeSource",
         fields: &[
-            f(1, "hostPath", Msg(153), One, PTR | OMIT),
-            f(2, "emptyDir", Msg(123), One, PTR | OMIT),
-            f(3, "gcePersistentDisk", Msg(144), One, PTR | OMIT),
-            f(4, "awsElasticBlockStore", Msg(81), One, PTR | OMIT),
-            f(5, "gitRepo", Msg(146), One, PTR | OMIT),
-            f(6, "secret", Msg(276), One, PTR | OMIT),
-            f(7, "nfs", Msg(171), One, PTR | OMIT),
-            f(8, "iscsi", Msg(155), One, PTR | OMIT),
-            f(9, "glusterfs", Msg(148), One, PTR | OMIT),
-            f(10, "persistentVolumeClaim", Msg(205), One, PTR | OMIT),
-            f(11, "rbd", Msg(248), One, PTR | OMIT),
-            f(12, "flexVolume", Msg(142), One, PTR | OMIT),
-            f(13, "cinder", Msg(96), One, PTR | OMIT),
-            f(14, "cephfs", Msg(94), One, PTR | OMIT),
-            f(15, "flocker", Msg(143), One, PTR | OMIT),
-            f(16, "downwardAPI", Msg(122), One, PTR | OMIT),
-            f(17, "fc", Msg(140), One, PTR | OMIT),
-            f(18, "azureFile", Msg(88), One, PTR | OMIT),
-            f(19, "configMap", Msg(108), One, PTR | OMIT),
-            f(20, "vsphereVolume", Msg(309), One, PTR | OMIT),
-            f(21, "quobyte", Msg(246), One, PTR | OMIT),
-            f(22, "azureDisk", Msg(86), One, PTR | OMIT),
-            f(23, "photonPersistentDisk", Msg(210), One, PTR | OMIT),
-            f(24, "portworxVolume", Msg(239), One, PTR | OMIT),
-            f(25, "scaleIO", Msg(266), One, PTR | OMIT),
-            f(26, "projected", Msg(245), One, PTR | OMIT),
-            f(27, "storageos", Msg(291), One, PTR | OMIT),
-            f(28, "csi", Msg(91), One, PTR | OMIT),
-            f(29, "ephemeral", Msg(134), One, PTR | OMIT),
-            f(30, "image", Msg(156), One, PTR | OMIT),
+            f(1, "hostPath", Msg(170), One, PTR | OMIT),
+            f(2, "emptyDir", Msg(140), One, PTR | OMIT),
+            f(3, "gcePersistentDisk", Msg(161), One, PTR | OMIT),
+            f(4, "awsElasticBlockStore", Msg(98), One, PTR | OMIT),
+            f(5, "gitRepo", Msg(163), One, PTR | OMIT),
+            f(6, "secret", Msg(293), One, PTR | OMIT),
+            f(7, "nfs", Msg(188), One, PTR | OMIT),
+            f(8, "iscsi", Msg(172), One, PTR | OMIT),
+            f(9, "glusterfs", Msg(165), One, PTR | OMIT),
+            f(10, "persistentVolumeClaim", Msg(222), One, PTR | OMIT),
+            f(11, "rbd", Msg(265), One, PTR | OMIT),
+            f(12, "flexVolume", Msg(159), One, PTR | OMIT),
+            f(13, "cinder", Msg(113), One, PTR | OMIT),
+            f(14, "cephfs", Msg(111), One, PTR | OMIT),
+            f(15, "flocker", Msg(160), One, PTR | OMIT),
+            f(16, "downwardAPI", Msg(139), One, PTR | OMIT),
+            f(17, "fc", Msg(157), One, PTR | OMIT),
+            f(18, "azureFile", Msg(105), One, PTR | OMIT),
+            f(19, "configMap", Msg(125), One, PTR | OMIT),
+            f(20, "vsphereVolume", Msg(326), One, PTR | OMIT),
+            f(21, "quobyte", Msg(263), One, PTR | OMIT),
+            f(22, "azureDisk", Msg(103), One, PTR | OMIT),
+            f(23, "photonPersistentDisk", Msg(227), One, PTR | OMIT),
+            f(24, "portworxVolume", Msg(256), One, PTR | OMIT),
+            f(25, "scaleIO", Msg(283), One, PTR | OMIT),
+            f(26, "projected", Msg(262), One, PTR | OMIT),
+            f(27, "storageos", Msg(308), One, PTR | OMIT),
+            f(28, "csi", Msg(108), One, PTR | OMIT),
+            f(29, "ephemeral", Msg(151), One, PTR | OMIT),
+            f(30, "image", Msg(173), One, PTR | OMIT),
         ],
     },
-    // 309
+    // 326
     Message {
         name: "k8s.io.api.core.v1.VsphereVirtualDiskVolumeSource",
         fields: &[
@@ -3072,15 +3238,15 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(4, "storagePolicyID", Str, One, OMIT),
         ],
     },
-    // 310
+    // 327
     Message {
         name: "k8s.io.api.core.v1.WeightedPodAffinityTerm",
         fields: &[
             f(1, "weight", I32, One, 0),
-            f(2, "podAffinityTerm", Msg(213), One, 0),
+            f(2, "podAffinityTerm", Msg(230), One, 0),
         ],
     },
-    // 311
+    // 328
     Message {
         name: "k8s.io.api.core.v1.WindowsSecurityContextOptions",
         fields: &[
@@ -3090,21 +3256,21 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(4, "hostProcess", Bool, One, PTR | OMIT),
         ],
     },
-    // 312
+    // 329
     Message {
         name: "k8s.io.api.discovery.v1.Endpoint",
         fields: &[
             f(1, "addresses", Str, Many, 0),
-            f(2, "conditions", Msg(313), One, OMIT),
+            f(2, "conditions", Msg(330), One, OMIT),
             f(3, "hostname", Str, One, PTR | OMIT),
-            f(4, "targetRef", Msg(197), One, PTR | OMIT),
+            f(4, "targetRef", Msg(214), One, PTR | OMIT),
             f(5, "deprecatedTopology", Str, Map, OMIT),
             f(6, "nodeName", Str, One, PTR | OMIT),
             f(7, "zone", Str, One, PTR | OMIT),
-            f(8, "hints", Msg(314), One, PTR | OMIT),
+            f(8, "hints", Msg(331), One, PTR | OMIT),
         ],
     },
-    // 313
+    // 330
     Message {
         name: "k8s.io.api.discovery.v1.EndpointConditions",
         fields: &[
@@ -3113,15 +3279,15 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(3, "terminating", Bool, One, PTR | OMIT),
         ],
     },
-    // 314
+    // 331
     Message {
         name: "k8s.io.api.discovery.v1.EndpointHints",
         fields: &[
-            f(1, "forZones", Msg(319), Many, OMIT),
-            f(2, "forNodes", Msg(318), Many, OMIT),
+            f(1, "forZones", Msg(336), Many, OMIT),
+            f(2, "forNodes", Msg(335), Many, OMIT),
         ],
     },
-    // 315
+    // 332
     Message {
         name: "k8s.io.api.discovery.v1.EndpointPort",
         fields: &[
@@ -3131,115 +3297,115 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(4, "appProtocol", Str, One, PTR | OMIT),
         ],
     },
-    // 316
+    // 333
     Message {
         name: "k8s.io.api.discovery.v1.EndpointSlice",
         fields: &[
-            f(1, "metadata", Msg(353), One, OMIT),
-            f(2, "endpoints", Msg(312), Many, 0),
-            f(3, "ports", Msg(315), Many, 0),
+            f(1, "metadata", Msg(370), One, OMIT),
+            f(2, "endpoints", Msg(329), Many, 0),
+            f(3, "ports", Msg(332), Many, 0),
             f(4, "addressType", Str, One, 0),
         ],
     },
-    // 317
+    // 334
     Message {
         name: "k8s.io.api.discovery.v1.EndpointSliceList",
         fields: &[
-            f(1, "metadata", Msg(349), One, OMIT),
-            f(2, "items", Msg(316), Many, 0),
+            f(1, "metadata", Msg(366), One, OMIT),
+            f(2, "items", Msg(333), Many, 0),
         ],
     },
-    // 318
+    // 335
     Message {
         name: "k8s.io.api.discovery.v1.ForNode",
         fields: &[f(1, "name", Str, One, 0)],
     },
-    // 319
+    // 336
     Message {
         name: "k8s.io.api.discovery.v1.ForZone",
         fields: &[f(1, "name", Str, One, 0)],
     },
-    // 320
+    // 337
     Message {
         name: "k8s.io.api.policy.v1.Eviction",
         fields: &[
-            f(1, "metadata", Msg(353), One, OMIT),
-            f(2, "deleteOptions", Msg(335), One, PTR | OMIT),
+            f(1, "metadata", Msg(370), One, OMIT),
+            f(2, "deleteOptions", Msg(352), One, PTR | OMIT),
         ],
     },
-    // 321
+    // 338
     Message {
         name: "k8s.io.api.policy.v1.PodDisruptionBudget",
         fields: &[
-            f(1, "metadata", Msg(353), One, OMIT),
-            f(2, "spec", Msg(323), One, OMIT),
-            f(3, "status", Msg(324), One, OMIT),
+            f(1, "metadata", Msg(370), One, OMIT),
+            f(2, "spec", Msg(340), One, OMIT),
+            f(3, "status", Msg(341), One, OMIT),
         ],
     },
-    // 322
+    // 339
     Message {
         name: "k8s.io.api.policy.v1.PodDisruptionBudgetList",
         fields: &[
-            f(1, "metadata", Msg(349), One, OMIT),
-            f(2, "items", Msg(321), Many, 0),
+            f(1, "metadata", Msg(366), One, OMIT),
+            f(2, "items", Msg(338), Many, 0),
         ],
     },
-    // 323
+    // 340
     Message {
         name: "k8s.io.api.policy.v1.PodDisruptionBudgetSpec",
         fields: &[
-            f(1, "minAvailable", Msg(375), One, PTR | OMIT),
-            f(2, "selector", Msg(346), One, PTR | OMIT),
-            f(3, "maxUnavailable", Msg(375), One, PTR | OMIT),
+            f(1, "minAvailable", Msg(392), One, PTR | OMIT),
+            f(2, "selector", Msg(363), One, PTR | OMIT),
+            f(3, "maxUnavailable", Msg(392), One, PTR | OMIT),
             f(4, "unhealthyPodEvictionPolicy", Str, One, PTR | OMIT),
         ],
     },
-    // 324
+    // 341
     Message {
         name: "k8s.io.api.policy.v1.PodDisruptionBudgetStatus",
         fields: &[
             f(1, "observedGeneration", I64, One, OMIT),
-            f(2, "disruptedPods", Msg(366), Map, OMIT),
+            f(2, "disruptedPods", Msg(383), Map, OMIT),
             f(3, "disruptionsAllowed", I32, One, 0),
             f(4, "currentHealthy", I32, One, 0),
             f(5, "desiredHealthy", I32, One, 0),
             f(6, "expectedPods", I32, One, 0),
-            f(7, "conditions", Msg(333), Many, OMIT),
+            f(7, "conditions", Msg(350), Many, OMIT),
         ],
     },
-    // 325
+    // 342
     Message {
         name: "k8s.io.apimachinery.pkg.api.resource.Quantity",
         fields: &[f(1, "string", Str, One, 0)],
     },
-    // 326
+    // 343
     Message {
         name: "k8s.io.apimachinery.pkg.api.resource.QuantityValue",
         fields: &[f(1, "string", Str, One, 0)],
     },
-    // 327
+    // 344
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.APIGroup",
         fields: &[
             f(1, "name", Str, One, 0),
-            f(2, "versions", Msg(343), Many, 0),
-            f(3, "preferredVersion", Msg(343), One, OMIT),
-            f(4, "serverAddressByClientCIDRs", Msg(361), Many, OMIT),
+            f(2, "versions", Msg(360), Many, 0),
+            f(3, "preferredVersion", Msg(360), One, OMIT),
+            f(4, "serverAddressByClientCIDRs", Msg(378), Many, OMIT),
         ],
     },
-    // 328
+    // 345
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.APIGroupList",
-        fields: &[f(1, "groups", Msg(327), Many, 0)],
+        fields: &[f(1, "groups", Msg(344), Many, 0)],
     },
-    // 329
+    // 346
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.APIResource",
         fields: &[
             f(1, "name", Str, One, 0),
             f(2, "namespaced", Bool, One, 0),
             f(3, "kind", Str, One, 0),
-            f(4, "verbs", Msg(370), One, 0),
+            f(4, "verbs", Msg(387), One, 0),
             f(5, "shortNames", Str, Many, OMIT),
             f(6, "singularName", Str, One, 0),
             f(7, "categories", Str, Many, OMIT),
@@ -3248,23 +3414,23 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(10, "storageVersionHash", Str, One, OMIT),
         ],
     },
-    // 330
+    // 347
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.APIResourceList",
         fields: &[
             f(1, "groupVersion", Str, One, 0),
-            f(2, "resources", Msg(329), Many, 0),
+            f(2, "resources", Msg(346), Many, 0),
         ],
     },
-    // 331
+    // 348
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.APIVersions",
         fields: &[
             f(1, "versions", Str, Many, 0),
-            f(2, "serverAddressByClientCIDRs", Msg(361), Many, 0),
+            f(2, "serverAddressByClientCIDRs", Msg(378), Many, 0),
         ],
     },
-    // 332
+    // 349
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.ApplyOptions",
         fields: &[
@@ -3273,19 +3439,19 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(3, "fieldManager", Str, One, 0),
         ],
     },
-    // 333
+    // 350
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.Condition",
         fields: &[
             f(1, "type", Str, One, 0),
             f(2, "status", Str, One, 0),
             f(3, "observedGeneration", I64, One, OMIT),
-            f(4, "lastTransitionTime", Msg(366), One, 0),
+            f(4, "lastTransitionTime", Msg(383), One, 0),
             f(5, "reason", Str, One, 0),
             f(6, "message", Str, One, 0),
         ],
     },
-    // 334
+    // 351
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.CreateOptions",
         fields: &[
@@ -3294,12 +3460,12 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(4, "fieldValidation", Str, One, OMIT),
         ],
     },
-    // 335
+    // 352
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.DeleteOptions",
         fields: &[
             f(1, "gracePeriodSeconds", I64, One, PTR | OMIT),
-            f(2, "preconditions", Msg(359), One, PTR | OMIT),
+            f(2, "preconditions", Msg(376), One, PTR | OMIT),
             f(3, "orphanDependents", Bool, One, PTR | OMIT),
             f(4, "propagationPolicy", Str, One, PTR | OMIT),
             f(5, "dryRun", Str, Many, OMIT),
@@ -3312,12 +3478,12 @@ pub(super) static MESSAGES: [Message; 376] = [
             ),
         ],
     },
-    // 336
+    // 353
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.Duration",
         fields: &[f(1, "duration", I64, One, 0)],
     },
-    // 337
+    // 354
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.FieldSelectorRequirement",
         fields: &[
@@ -3326,32 +3492,32 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(3, "values", Str, Many, OMIT),
         ],
     },
-    // 338
+    // 355
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.FieldsV1",
         fields: &[f(1, "Raw", Bytes, One, 0)],
     },
-    // 339
+    // 356
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.GetOptions",
         fields: &[f(1, "resourceVersion", Str, One, OMIT)],
     },
-    // 340
+    // 357
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.GroupKind",
         fields: &[f(1, "group", Str, One, 0), f(2, "kind", Str, One, 0)],
     },
-    // 341
+    // 358
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.GroupResource",
         fields: &[f(1, "group", Str, One, 0), f(2, "resource", Str, One, 0)],
     },
-    // 342
+    // 359
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.GroupVersion",
         fields: &[f(1, "group", Str, One, 0), f(2, "version", Str, One, 0)],
     },
-    // 343
+    // 360
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.GroupVersionForDiscovery",
         fields: &[
@@ -3359,7 +3525,7 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(2, "version", Str, One, 0),
         ],
     },
-    // 344
+    // 361
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.GroupVersionKind",
         fields: &[
@@ -3368,7 +3534,7 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(3, "kind", Str, One, 0),
         ],
     },
-    // 345
+    // 362
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.GroupVersionResource",
         fields: &[
@@ -3377,15 +3543,15 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(3, "resource", Str, One, 0),
         ],
     },
-    // 346
+    // 363
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.LabelSelector",
         fields: &[
             f(1, "matchLabels", Str, Map, OMIT),
-            f(2, "matchExpressions", Msg(347), Many, OMIT),
+            f(2, "matchExpressions", Msg(364), Many, OMIT),
         ],
     },
-    // 347
+    // 364
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.LabelSelectorRequirement",
         fields: &[
@@ -3394,15 +3560,15 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(3, "values", Str, Many, OMIT),
         ],
     },
-    // 348
+    // 365
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.List",
         fields: &[
-            f(1, "metadata", Msg(349), One, OMIT),
-            f(2, "items", Msg(372), Many, 0),
+            f(1, "metadata", Msg(366), One, OMIT),
+            f(2, "items", Msg(389), Many, 0),
         ],
     },
-    // 349
+    // 366
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.ListMeta",
         fields: &[
@@ -3412,7 +3578,7 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(4, "remainingItemCount", I64, One, PTR | OMIT),
         ],
     },
-    // 350
+    // 367
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.ListOptions",
         fields: &[
@@ -3428,25 +3594,25 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(11, "sendInitialEvents", Bool, One, PTR | OMIT),
         ],
     },
-    // 351
+    // 368
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.ManagedFieldsEntry",
         fields: &[
             f(1, "manager", Str, One, OMIT),
             f(2, "operation", Str, One, OMIT),
             f(3, "apiVersion", Str, One, OMIT),
-            f(4, "time", Msg(366), One, PTR | OMIT),
+            f(4, "time", Msg(383), One, PTR | OMIT),
             f(6, "fieldsType", Str, One, OMIT),
-            f(7, "fieldsV1", Msg(338), One, PTR | OMIT),
+            f(7, "fieldsV1", Msg(355), One, PTR | OMIT),
             f(8, "subresource", Str, One, OMIT),
         ],
     },
-    // 352
+    // 369
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.MicroTime",
         fields: &[f(1, "seconds", I64, One, 0), f(2, "nanos", I32, One, 0)],
     },
-    // 353
+    // 370
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta",
         fields: &[
@@ -3457,17 +3623,17 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(5, "uid", Str, One, OMIT),
             f(6, "resourceVersion", Str, One, OMIT),
             f(7, "generation", I64, One, OMIT),
-            f(8, "creationTimestamp", Msg(366), One, OMIT),
-            f(9, "deletionTimestamp", Msg(366), One, PTR | OMIT),
+            f(8, "creationTimestamp", Msg(383), One, OMIT),
+            f(9, "deletionTimestamp", Msg(383), One, PTR | OMIT),
             f(10, "deletionGracePeriodSeconds", I64, One, PTR | OMIT),
             f(11, "labels", Str, Map, OMIT),
             f(12, "annotations", Str, Map, OMIT),
-            f(13, "ownerReferences", Msg(354), Many, OMIT),
+            f(13, "ownerReferences", Msg(371), Many, OMIT),
             f(14, "finalizers", Str, Many, OMIT),
-            f(17, "managedFields", Msg(351), Many, OMIT),
+            f(17, "managedFields", Msg(368), Many, OMIT),
         ],
     },
-    // 354
+    // 371
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.OwnerReference",
         fields: &[
@@ -3479,25 +3645,25 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(7, "blockOwnerDeletion", Bool, One, PTR | OMIT),
         ],
     },
-    // 355
+    // 372
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.PartialObjectMetadata",
-        fields: &[f(1, "metadata", Msg(353), One, OMIT)],
+        fields: &[f(1, "metadata", Msg(370), One, OMIT)],
     },
-    // 356
+    // 373
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.PartialObjectMetadataList",
         fields: &[
-            f(1, "metadata", Msg(349), One, OMIT),
-            f(2, "items", Msg(355), Many, 0),
+            f(1, "metadata", Msg(366), One, OMIT),
+            f(2, "items", Msg(372), Many, 0),
         ],
     },
-    // 357
+    // 374
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.Patch",
         fields: &[],
     },
-    // 358
+    // 375
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.PatchOptions",
         fields: &[
@@ -3507,7 +3673,7 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(4, "fieldValidation", Str, One, OMIT),
         ],
     },
-    // 359
+    // 376
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.Preconditions",
         fields: &[
@@ -3515,12 +3681,12 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(2, "resourceVersion", Str, One, PTR | OMIT),
         ],
     },
-    // 360
+    // 377
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.RootPaths",
         fields: &[f(1, "paths", Str, Many, 0)],
     },
-    // 361
+    // 378
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.ServerAddressByClientCIDR",
         fields: &[
@@ -3528,19 +3694,19 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(2, "serverAddress", Str, One, 0),
         ],
     },
-    // 362
+    // 379
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.Status",
         fields: &[
-            f(1, "metadata", Msg(349), One, OMIT),
+            f(1, "metadata", Msg(366), One, OMIT),
             f(2, "status", Str, One, OMIT),
             f(3, "message", Str, One, OMIT),
             f(4, "reason", Str, One, OMIT),
-            f(5, "details", Msg(364), One, PTR | OMIT),
+            f(5, "details", Msg(381), One, PTR | OMIT),
             f(6, "code", I32, One, OMIT),
         ],
     },
-    // 363
+    // 380
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.StatusCause",
         fields: &[
@@ -3549,34 +3715,34 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(3, "field", Str, One, OMIT),
         ],
     },
-    // 364
+    // 381
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.StatusDetails",
         fields: &[
             f(1, "name", Str, One, OMIT),
             f(2, "group", Str, One, OMIT),
             f(3, "kind", Str, One, OMIT),
-            f(4, "causes", Msg(363), Many, OMIT),
+            f(4, "causes", Msg(380), Many, OMIT),
             f(5, "retryAfterSeconds", I32, One, OMIT),
             f(6, "uid", Str, One, OMIT),
         ],
     },
-    // 365
+    // 382
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.TableOptions",
         fields: &[f(1, "includeObject", Str, One, OMIT)],
     },
-    // 366
+    // 383
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.Time",
         fields: &[f(1, "seconds", I64, One, 0), f(2, "nanos", I32, One, 0)],
     },
-    // 367
+    // 384
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.Timestamp",
         fields: &[f(1, "seconds", I64, One, 0), f(2, "nanos", I32, One, 0)],
     },
-    // 368
+    // 385
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.TypeMeta",
         fields: &[
@@ -3584,7 +3750,7 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(2, "apiVersion", Str, One, OMIT),
         ],
     },
-    // 369
+    // 386
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.UpdateOptions",
         fields: &[
@@ -3593,22 +3759,22 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(3, "fieldValidation", Str, One, OMIT),
         ],
     },
-    // 370
+    // 387
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.Verbs",
         fields: &[f(1, "items", Str, Many, 0)],
     },
-    // 371
+    // 388
     Message {
         name: "k8s.io.apimachinery.pkg.apis.meta.v1.WatchEvent",
-        fields: &[f(1, "type", Str, One, 0), f(2, "object", Msg(372), One, 0)],
+        fields: &[f(1, "type", Str, One, 0), f(2, "object", Msg(389), One, 0)],
     },
-    // 372
+    // 389
     Message {
         name: "k8s.io.apimachinery.pkg.runtime.RawExtension",
         fields: &[f(1, "raw", Bytes, One, 0)],
     },
-    // 373
+    // 390
     Message {
         name: "k8s.io.apimachinery.pkg.runtime.TypeMeta",
         fields: &[
@@ -3616,17 +3782,17 @@ pub(super) static MESSAGES: [Message; 376] = [
             f(2, "kind", Str, One, OMIT),
         ],
     },
-    // 374
+    // 391
     Message {
         name: "k8s.io.apimachinery.pkg.runtime.Unknown",
         fields: &[
-            f(1, "typeMeta", Msg(373), One, INLINE),
+            f(1, "typeMeta", Msg(390), One, INLINE),
             f(2, "raw", Bytes, One, 0),
             f(3, "contentEncoding", Str, One, 0),
             f(4, "contentType", Str, One, 0),
         ],
     },
-    // 375
+    // 392
     Message {
         name: "k8s.io.apimachinery.pkg.util.intstr.IntOrString",
         fields: &[

@@ -99,6 +99,7 @@ mod tests {
             name("policy/v1", "Eviction"),
             Some("k8s.io.api.policy.v1.Eviction")
         );
+        assert_eq!(name("batch/v1", "Job"), Some("k8s.io.api.batch.v1.Job"));
         assert_eq!(
             name("apps/v1", "DeleteOptions"),
             Some("k8s.io.apimachinery.pkg.apis.meta.v1.DeleteOptions")

@@ -178,8 +178,10 @@ fn column_sets_match_kubectl() {
             "Name"
         ]
     );
-    assert_eq!(names("ConfigMap"), ["Name", "Created At"]);
-    assert_eq!(columns("ConfigMap")[1].type_, "date");
+    assert_eq!(names("ConfigMap"), ["Name", "Data", "Age"]);
+    assert_eq!(names("Secret"), ["Name", "Type", "Data", "Age"]);
+    assert_eq!(names("PodTemplate"), ["Name", "Created At"]);
+    assert_eq!(columns("PodTemplate")[1].type_, "date");
     assert_eq!(columns("ReplicaSet")[1].type_, "integer");
     for kind in [
         "Pod",
@@ -772,13 +774,13 @@ fn events() {
 
 #[test]
 fn other_kinds_get_name_and_creation_time() {
-    let cm = json!({"metadata": {"name": "cfg", "creationTimestamp": "2025-05-01T11:55:00Z"}});
+    let pt = json!({"metadata": {"name": "cfg", "creationTimestamp": "2025-05-01T11:55:00Z"}});
     assert_eq!(
-        row("ConfigMap", &cm, now()),
+        row("PodTemplate", &pt, now()),
         [json!("cfg"), json!("2025-05-01T11:55:00Z")]
     );
     assert_eq!(
-        row("ConfigMap", &json!({}), now()),
+        row("PodTemplate", &json!({}), now()),
         [json!(""), Value::Null]
     );
 }

@@ -180,7 +180,7 @@ fn selector_and_template(
 }
 
 /// apps/v1 selectors may not change: the controller would orphan its pods.
-fn selector_immutable(
+pub(super) fn selector_immutable(
     new: &LabelSelector,
     old: Option<&LabelSelector>,
     spec_path: &Path,
@@ -254,7 +254,7 @@ fn int_or_string(v: &IntOrString) -> String {
 }
 
 /// ValidatePositiveIntOrPercent.
-fn int_or_percent(v: &IntOrString, path: &Path) -> Vec<FieldError> {
+pub(super) fn int_or_percent(v: &IntOrString, path: &Path) -> Vec<FieldError> {
     match v {
         IntOrString::Int(n) => non_negative(path, Some(i64::from(*n)))
             .into_iter()
@@ -267,7 +267,7 @@ fn int_or_percent(v: &IntOrString, path: &Path) -> Vec<FieldError> {
 }
 
 /// The number of a `NN%` string.
-fn percent_value(v: &IntOrString) -> Option<u64> {
+pub(super) fn percent_value(v: &IntOrString) -> Option<u64> {
     match v {
         IntOrString::String(s) => {
             let digits = s.strip_suffix('%')?;
@@ -281,7 +281,7 @@ fn percent_value(v: &IntOrString) -> Option<u64> {
 }
 
 /// The number in either form (malformed percentages count as 0, as in Kubernetes).
-fn int_or_percent_value(v: &IntOrString) -> i64 {
+pub(super) fn int_or_percent_value(v: &IntOrString) -> i64 {
     match v {
         IntOrString::Int(n) => i64::from(*n),
         IntOrString::String(_) => {

@@ -6,6 +6,7 @@
 //! `kproxy-apiserver node-token NAME` adds a node token; the server picks up new and removed
 //! tokens without a restart.
 
+pub mod graph;
 mod node;
 pub mod rules;
 mod tokens;
@@ -47,6 +48,8 @@ pub enum Access {
     Allowed,
     Denied,
     PodBoundTo(String),
+    /// Allowed if a pod bound to this node references the object (the handler checks).
+    ReferencedBy(String),
 }
 
 pub const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";

@@ -17,6 +17,8 @@ pub enum Resources {
     /// Every served resource and its status and scale subresources, but no other
     /// subresource (not pods/log, pods/exec or nodes/proxy, which reach kubelets).
     Served,
+    /// [`Resources::Served`] without these core resources (plurals).
+    ServedExcept(&'static [&'static str]),
     /// These resources (`pods`, `pods/status`) of one API group.
     Listed {
         group: &'static str,
@@ -34,6 +36,9 @@ pub enum Names {
     Own,
     /// Only pods whose spec.nodeName is the node; the caller decides with the stored pod.
     BoundPods,
+    /// Only objects a pod bound to the node references (its ConfigMaps and Secrets); the
+    /// caller decides with the stored pods ([`super::graph`]).
+    Referenced,
 }
 
 #[derive(Debug)]
@@ -71,15 +76,25 @@ pub const ADMIN_PATHS: &[PathRule] = &[PathRule {
     urls: &["*"],
 }];
 
-/// A node (Kubernetes' Node authorizer and NodeRestriction, without the object graph): it
-/// reads everything, writes its own Node and Lease, the status of the pods bound to it,
-/// deletes those pods (when they are gone from the node) and records events.
+/// A node (Kubernetes' Node authorizer and NodeRestriction): it reads everything but
+/// ConfigMaps and Secrets, of which it may get those its pods use (the authorizer's graph),
+/// writes its own Node and Lease, the status of the pods bound to it, deletes those pods (when
+/// they are gone from the node) and records events.
 pub const NODE_RULES: &[Rule] = &[
     Rule {
         verbs: READ,
-        resources: Resources::Served,
+        resources: Resources::ServedExcept(super::graph::GUARDED),
         namespace: None,
         names: Names::Any,
+    },
+    Rule {
+        verbs: &["get"],
+        resources: Resources::Listed {
+            group: "",
+            resources: super::graph::GUARDED,
+        },
+        namespace: None,
+        names: Names::Referenced,
     },
     Rule {
         verbs: WRITE_OWN,
@@ -210,7 +225,10 @@ impl Resources {
     fn matches(self, group: &str, resource: &str, sub: Option<&str>) -> bool {
         match self {
             Resources::All => true,
-            Resources::Served => RESOURCES.iter().any(|r| {
+            Resources::ServedExcept(except) if group.is_empty() && except.contains(&resource) => {
+                false
+            }
+            Resources::Served | Resources::ServedExcept(_) => RESOURCES.iter().any(|r| {
                 r.group == group
                     && r.plural == resource
                     && match sub {
@@ -237,9 +255,16 @@ impl Resources {
     fn listed(self) -> Vec<(&'static str, Vec<String>)> {
         match self {
             Resources::All => vec![("*", vec!["*".into()])],
-            Resources::Served => {
+            Resources::Served | Resources::ServedExcept(_) => {
+                let except = match self {
+                    Resources::ServedExcept(e) => e,
+                    _ => &[][..],
+                };
                 let mut out: Vec<(&'static str, Vec<String>)> = Vec::new();
                 for r in RESOURCES {
+                    if r.group.is_empty() && except.contains(&r.plural) {
+                        continue;
+                    }
                     let i = if let Some(i) = out.iter().position(|(g, _)| *g == r.group) {
                         i
                     } else {
@@ -276,6 +301,7 @@ pub fn decide(id: &Identity, a: &Attributes) -> Access {
         Identity::Node(n) => n.as_str(),
     };
     let mut bound = false;
+    let mut referenced = false;
     for rule in rules(id) {
         let covered = verb_matches(rule.verbs, a.verb)
             && rule.resources.matches(a.group, a.resource, a.sub)
@@ -290,10 +316,14 @@ pub fn decide(id: &Identity, a: &Attributes) -> Access {
             }
             Names::Own => {}
             Names::BoundPods => bound = true,
+            // Without a name and namespace there is no object to look up (a list).
+            Names::Referenced => referenced = a.name.is_some() && a.ns.is_some(),
         }
     }
     if bound {
         Access::PodBoundTo(node.to_string())
+    } else if referenced {
+        Access::ReferencedBy(node.to_string())
     } else {
         Access::Denied
     }
@@ -328,6 +358,17 @@ pub fn resource_rules(
     namespace: &str,
     bound_pods: Option<&[String]>,
 ) -> (Vec<Listed>, bool) {
+    resource_rules_with(id, namespace, bound_pods, None)
+}
+
+/// [`resource_rules`] with the (plural, name) objects the node's pods in `namespace`
+/// reference (`None`: not known, so the list is incomplete).
+pub fn resource_rules_with(
+    id: &Identity,
+    namespace: &str,
+    bound_pods: Option<&[String]>,
+    referenced: Option<&[(&'static str, String)]>,
+) -> (Vec<Listed>, bool) {
     let node = match id {
         Identity::Admin => "",
         Identity::Node(n) => n.as_str(),
@@ -341,6 +382,35 @@ pub fn resource_rules(
         let names = match rule.names {
             Names::Any => Vec::new(),
             Names::Own => vec![node.to_string()],
+            Names::Referenced => {
+                let Some(refs) = referenced else {
+                    incomplete = true;
+                    continue;
+                };
+                // One rule per resource: a name list shared by ConfigMaps and Secrets would
+                // grant a Secret named like a referenced ConfigMap.
+                for (group, resources) in rule.resources.listed() {
+                    for resource in resources {
+                        let mut names: Vec<String> = refs
+                            .iter()
+                            .filter(|(p, _)| *p == resource)
+                            .map(|(_, n)| n.clone())
+                            .collect();
+                        names.sort();
+                        names.dedup();
+                        if names.is_empty() {
+                            continue;
+                        }
+                        out.push(Listed {
+                            verbs: rule.verbs.to_vec(),
+                            api_groups: vec![group],
+                            resources: vec![resource],
+                            resource_names: names,
+                        });
+                    }
+                }
+                continue;
+            }
             Names::BoundPods => match bound_pods {
                 // No pod bound: no rule (an empty name list would mean every pod).
                 Some([]) => continue,

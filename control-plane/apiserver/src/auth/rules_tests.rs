@@ -72,7 +72,8 @@ fn authorizer_and_rules_review_agree() {
             Some("kube-system"),
         ] {
             let (listed, incomplete) = resource_rules(&id, ns.unwrap_or_default(), Some(&bound));
-            assert!(!incomplete);
+            // A node's ConfigMap and Secret reads depend on its pods: not listed.
+            assert_eq!(incomplete, id != Identity::Admin);
             for (group, resource, sub) in samples() {
                 for verb in VERBS {
                     for name in ["n1", "n2", "p-bound", "p-other"] {
@@ -86,7 +87,9 @@ fn authorizer_and_rules_review_agree() {
                         };
                         let by_authorizer = match decide(&id, &a) {
                             Access::Allowed => true,
-                            Access::Denied => false,
+                            // A ConfigMap or Secret read is left out of this review
+                            // (incomplete) and checked per request.
+                            Access::Denied | Access::ReferencedBy(_) => false,
                             // The handler's check with the stored pod.
                             Access::PodBoundTo(_) => bound.iter().any(|b| b == name),
                         };

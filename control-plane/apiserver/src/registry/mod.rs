@@ -3,10 +3,12 @@
 //! `pod.rs`), and its defaults/validation/columns in kproxy-api; the verbs have no per-kind
 //! code paths beyond the flags and hooks below.
 
+mod daemonset;
 pub mod ephemeral;
 mod namespace;
 mod pod;
 mod service;
+mod serviceaccount;
 mod table;
 
 use futures::future::BoxFuture;
@@ -64,6 +66,9 @@ pub struct Hooks {
     pub prepare_update: Option<fn(cur: &Value, new: &mut Value)>,
     /// Store-held allocations claimed with the object and released with it.
     pub allocator: Option<Allocator>,
+    /// On create, after defaults and before validation: admission that reads the store and
+    /// may fill in the object (a Pod's service account); an error refuses the create.
+    pub admit_create: Option<AdmitFn>,
     /// How a delete request treats the object (`None`: [`Deletion::Remove`]).
     pub delete: Option<DeleteHook>,
     /// Edits the object when it is marked for deletion (a Namespace turns `Terminating`).
@@ -79,6 +84,7 @@ impl Hooks {
         initial_status: None,
         prepare_update: None,
         allocator: None,
+        admit_create: None,
         delete: None,
         on_mark: None,
         last_finalizer_deletes: true,
@@ -114,6 +120,9 @@ pub struct Allocator {
     /// an address, worth a retry).
     pub owns_key: fn(&str) -> bool,
 }
+
+/// See [`Hooks::admit_create`]: (store, object).
+pub type AdmitFn = for<'a> fn(&'a dyn Store, &'a mut Value) -> BoxFuture<'a, ApiResult<()>>;
 
 /// See [`Allocator::assign`]: (ranges, store, object, old object, the object's key).
 pub type AssignFn = for<'a> fn(

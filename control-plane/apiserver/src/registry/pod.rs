@@ -10,6 +10,7 @@ use crate::status::ApiResult;
 
 pub const HOOKS: Hooks = Hooks {
     initial_status: Some(initial_status),
+    admit_create: Some(super::serviceaccount::admit_pod),
     delete: Some(delete),
     last_finalizer_deletes: false,
     ..Hooks::NONE

@@ -1,6 +1,6 @@
 //! The served resources, in discovery order.
 
-use super::{Hooks, Resource, Subresources, namespace, pod, service};
+use super::{Hooks, Resource, Subresources, daemonset, namespace, pod, service};
 
 const NONE: &[&str] = &[];
 const ALL: &[&str] = &["all"];
@@ -93,6 +93,16 @@ pub static RESOURCES: &[Resource] = &[
         ..res("", "v1", "Endpoints", "endpoints", "endpoints", true)
     },
     Resource {
+        short_names: &["cm"],
+        has_spec: false,
+        ..res("", "v1", "ConfigMap", "configmaps", "configmap", true)
+    },
+    Resource {
+        has_spec: false,
+        fields: &["type"],
+        ..res("", "v1", "Secret", "secrets", "secret", true)
+    },
+    Resource {
         short_names: &["no"],
         sub: Subresources {
             status: true,
@@ -101,6 +111,18 @@ pub static RESOURCES: &[Resource] = &[
         },
         fields: &["spec.unschedulable"],
         ..res("", "v1", "Node", "nodes", "node", false)
+    },
+    Resource {
+        short_names: &["sa"],
+        has_spec: false,
+        ..res(
+            "",
+            "v1",
+            "ServiceAccount",
+            "serviceaccounts",
+            "serviceaccount",
+            true,
+        )
     },
     Resource {
         short_names: &["ev"],
@@ -174,5 +196,26 @@ pub static RESOURCES: &[Resource] = &[
             "replicaset",
             true,
         )
+    },
+    Resource {
+        short_names: &["ds"],
+        categories: ALL,
+        sub: Subresources {
+            status: true,
+            scale: false,
+            pod: false,
+        },
+        hooks: daemonset::HOOKS,
+        ..res("apps", "v1", "DaemonSet", "daemonsets", "daemonset", true)
+    },
+    Resource {
+        categories: ALL,
+        sub: Subresources {
+            status: true,
+            scale: false,
+            pod: false,
+        },
+        hooks: EMPTY_STATUS,
+        ..res("batch", "v1", "Job", "jobs", "job", true)
     },
 ];

@@ -121,6 +121,9 @@ pub async fn create_object(
         }
         kproxy_api::defaults::apply_defaults(t.res.kind, &mut o);
         admit(req, t, &o, None)?;
+        if let Some(admit_create) = t.res.hooks.admit_create {
+            admit_create(api.store.as_ref(), &mut o).await?;
+        }
         kproxy_api::validate::validate(t.res.kind, &o, None)
             .map_err(|e| invalid(t.res, &name, e))?;
         managed::on_create(t.res, w, &mut o);

@@ -1,14 +1,17 @@
-//! `kctl create deployment|namespace|-f`.
+//! `kctl create deployment|namespace|configmap|secret generic|-f`.
 
 use std::collections::BTreeMap;
 
 use anyhow::{Context as _, Result, bail};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
-use k8s_openapi::api::core::v1::{Container, ContainerPort, Namespace, PodSpec, PodTemplateSpec};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, ContainerPort, Namespace, PodSpec, PodTemplateSpec, Secret,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::api::{Api, DynamicObject, PostParams};
 use serde_json::Value;
 
+use super::create_config::{self, Sources};
 use crate::client::Ctx;
 use crate::errors::{self, Reported};
 use crate::manifest::{self, Manifest};
@@ -32,6 +35,41 @@ pub enum CreateWhat {
     /// Create a namespace.
     #[command(visible_alias = "ns")]
     Namespace(NamespaceArgs),
+    /// Create a configmap from local files, directories or literal values.
+    #[command(visible_alias = "cm")]
+    Configmap(ConfigMapArgs),
+    /// Create a secret (`generic`).
+    Secret {
+        #[command(subcommand)]
+        what: SecretWhat,
+    },
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ConfigMapArgs {
+    pub name: String,
+    #[command(flatten)]
+    pub sources: Sources,
+    #[command(flatten)]
+    pub print: DryRunArgs,
+}
+
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum SecretWhat {
+    /// Create a secret from local files, directories or literal values.
+    Generic(SecretArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct SecretArgs {
+    pub name: String,
+    /// The secret's type (default Opaque).
+    #[arg(long = "type")]
+    pub type_: Option<String>,
+    #[command(flatten)]
+    pub sources: Sources,
+    #[command(flatten)]
+    pub print: DryRunArgs,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -96,6 +134,20 @@ pub async fn run(ctx: &mut Ctx, args: CreateArgs) -> Result<()> {
             };
             let api: Api<Namespace> = Api::all(ctx.client.clone());
             create_typed(&api, &ns, "namespace", &n.print).await
+        }
+        Some(CreateWhat::Configmap(c)) => {
+            let mut cm = create_config::build_config_map(&c.name, &c.sources)?;
+            cm.metadata.namespace = ctx.namespace_explicit.then(|| ctx.namespace.clone());
+            let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+            create_typed(&api, &cm, "configmap", &c.print).await
+        }
+        Some(CreateWhat::Secret {
+            what: SecretWhat::Generic(s),
+        }) => {
+            let mut secret = create_config::build_secret(&s.name, s.type_.as_deref(), &s.sources)?;
+            secret.metadata.namespace = ctx.namespace_explicit.then(|| ctx.namespace.clone());
+            let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+            create_typed(&api, &secret, "secret", &s.print).await
         }
         None => create_from_files(ctx, &args.filenames).await,
     }

@@ -9,6 +9,7 @@ macro_rules! put {
     };
 }
 
+mod config;
 mod containers;
 mod generic;
 mod namespace;
@@ -211,6 +212,8 @@ async fn describe_object(
             node::render(obj, pods.as_deref(), &lease, events, &clock)
         }
         ("", "Namespace") => namespace::render(obj, &clock),
+        ("", "ConfigMap") => config::render_config_map(obj, events, &clock),
+        ("", "Secret") => config::render_secret(obj),
         _ => generic::render(obj, events, &clock),
     };
     Ok(text)

@@ -3,6 +3,7 @@
 pub mod apply;
 pub mod bench;
 pub mod create;
+pub mod create_config;
 pub mod delete;
 pub mod describe;
 pub mod exec;

@@ -212,7 +212,10 @@ fn local_policy_without_local_endpoints_drops_but_an_empty_service_refuses() {
     // A local endpoint: nothing to drop.
     assert!(!drops(&[ready(1, "n2"), ready(2, "n1")], Scope::Local));
     // A serving-but-terminating local endpoint takes new flows (KEP-1669): nothing to drop.
-    assert!(!drops(&[terminating(2, "n1"), ready(1, "n2")], Scope::Local));
+    assert!(!drops(
+        &[terminating(2, "n1"), ready(1, "n2")],
+        Scope::Local
+    ));
     // No endpoint anywhere: refused, as kube-proxy rejects services without endpoints.
     assert!(!drops(&[], Scope::Local));
 }
