@@ -57,6 +57,9 @@ use crate::{
     },
 };
 
+/// The owner this controller's pods name (expectations are keyed by it).
+const OWNER: (&str, &str) = ("apps/v1", "DaemonSet");
+
 /// Most API calls of one batch in flight at once.
 const MAX_IN_FLIGHT: usize = 64;
 /// Periodic resync; also lets expired expectations resume a stuck set.
@@ -137,7 +140,7 @@ pub async fn run(client: kube::Client, pods: PodCache) -> crate::error::Result<(
                 is_new,
                 relisted,
             } => {
-                observe_pod(&exp, pod, is_new, false);
+                exp.observe_pod(pod, OWNER, is_new, false);
                 if !relisted {
                     for r in owners_of(pod, &sets) {
                         let _ = tx.unbounded_send(r);
@@ -145,7 +148,7 @@ pub async fn run(client: kube::Client, pods: PodCache) -> crate::error::Result<(
                 }
             }
             podcache::Change::Deleted(pod) => {
-                observe_pod(&exp, pod, false, true);
+                exp.observe_pod(pod, OWNER, false, true);
                 for r in owners_of(pod, &sets) {
                     let _ = tx.unbounded_send(r);
                 }
@@ -185,23 +188,6 @@ pub async fn run(client: kube::Client, pods: PodCache) -> crate::error::Result<(
         ),
     )
     .await
-}
-
-fn is_ds_ref(r: &OwnerReference) -> bool {
-    r.kind == "DaemonSet" && r.api_version == "apps/v1"
-}
-
-/// A new pod of a set is a create observed; a pod gone or terminating, a delete observed.
-fn observe_pod(exp: &Expectations, pod: &CachedPod, is_new: bool, deleted: bool) {
-    let Some(owner) = pod.controller().filter(|r| is_ds_ref(r)) else {
-        return;
-    };
-    let k = format!("{}/{}", pod.namespace, owner.name);
-    if deleted || pod.deletion.is_some() {
-        exp.deletion_observed(&k, &pod.name);
-    } else if is_new {
-        exp.creation_observed(&k);
-    }
 }
 
 fn child(pod: &CachedPod) -> Child<'_> {

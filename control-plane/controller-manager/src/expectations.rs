@@ -12,6 +12,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::podcache::CachedPod;
+
 /// How long unobserved expectations block a controller (kube-controller-manager's
 /// `ExpectationsTimeout`): a lost watch event must not stall it for ever.
 pub const TIMEOUT: Duration = Duration::from_mins(5);
@@ -35,6 +37,24 @@ impl Expectations {
         self.entries
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A pod event, for the controller of `owner` (API version, kind): a new pod it controls
+    /// is a create observed; a pod gone or terminating, a delete observed.
+    pub fn observe_pod(&self, pod: &CachedPod, owner: (&str, &str), is_new: bool, deleted: bool) {
+        let (api_version, kind) = owner;
+        let Some(r) = pod
+            .controller()
+            .filter(|r| r.kind == kind && r.api_version == api_version)
+        else {
+            return;
+        };
+        let key = format!("{}/{}", pod.namespace, r.name);
+        if deleted || pod.deletion.is_some() {
+            self.deletion_observed(&key, &pod.name);
+        } else if is_new {
+            self.creation_observed(&key);
+        }
     }
 
     /// Whether `key` may act on its cache: nothing pending, or pending for longer than

@@ -46,6 +46,9 @@ use crate::{
     },
 };
 
+/// The owner this controller's pods name (expectations are keyed by it).
+const OWNER: (&str, &str) = ("batch/v1", "Job");
+
 /// Most API calls of one batch in flight at once.
 const MAX_IN_FLIGHT: usize = 64;
 /// Periodic resync (expired expectations resume a Job whose pod events were lost).
@@ -76,13 +79,13 @@ pub async fn run(client: kube::Client, pods: PodCache) -> crate::error::Result<(
         move |c: podcache::Change<'_>| match c {
             podcache::Change::Applied { pod, is_new, .. } => {
                 if let Some(r) = owner(pod) {
-                    observe_pod(&exp, pod, is_new, false);
+                    exp.observe_pod(pod, OWNER, is_new, false);
                     let _ = tx.unbounded_send(r);
                 }
             }
             podcache::Change::Deleted(pod) => {
                 if let Some(r) = owner(pod) {
-                    observe_pod(&exp, pod, false, true);
+                    exp.observe_pod(pod, OWNER, false, true);
                     let _ = tx.unbounded_send(r);
                 }
             }
@@ -122,18 +125,6 @@ fn owner(pod: &CachedPod) -> Option<ObjectRef<Job>> {
     pod.controller()
         .filter(|r| r.kind == "Job" && r.api_version == "batch/v1")
         .map(|r| ObjectRef::new(&r.name).within(&pod.namespace))
-}
-
-fn observe_pod(exp: &Expectations, pod: &CachedPod, is_new: bool, deleted: bool) {
-    let Some(job) = pod.controller() else {
-        return;
-    };
-    let k = format!("{}/{}", pod.namespace, job.name);
-    if deleted || pod.deletion.is_some() {
-        exp.deletion_observed(&k, &pod.name);
-    } else if is_new {
-        exp.creation_observed(&k);
-    }
 }
 
 #[expect(

@@ -44,6 +44,9 @@ use crate::{
     podcache::{self, CachedPod, PodCache},
 };
 
+/// The owner this controller's pods name (expectations are keyed by it).
+const OWNER: (&str, &str) = ("apps/v1", "ReplicaSet");
+
 /// Most pods created or deleted per sync (kube-controller-manager's `burstReplicas`).
 const BURST_REPLICAS: usize = 500;
 /// Most API calls of one batch in flight at once.
@@ -86,7 +89,7 @@ pub async fn run(client: kube::Client, pods: PodCache) -> crate::error::Result<(
                 is_new,
                 relisted,
             } => {
-                observe_pod(&exp, pod, is_new, false);
+                exp.observe_pod(pod, OWNER, is_new, false);
                 // A relist ends with `Relisted`, which looks at every set.
                 if !relisted {
                     for r in owners_of(pod, &sets) {
@@ -95,7 +98,7 @@ pub async fn run(client: kube::Client, pods: PodCache) -> crate::error::Result<(
                 }
             }
             podcache::Change::Deleted(pod) => {
-                observe_pod(&exp, pod, false, true);
+                exp.observe_pod(pod, OWNER, false, true);
                 for r in owners_of(pod, &sets) {
                     let _ = tx.unbounded_send(r);
                 }
@@ -133,24 +136,6 @@ pub async fn run(client: kube::Client, pods: PodCache) -> crate::error::Result<(
         ),
     )
     .await
-}
-
-fn is_rs_ref(r: &OwnerReference) -> bool {
-    r.kind == "ReplicaSet" && r.api_version == "apps/v1"
-}
-
-/// Expectations: a new pod of a set is a create observed; a pod gone or terminating is a
-/// delete observed.
-fn observe_pod(exp: &Expectations, pod: &CachedPod, is_new: bool, deleted: bool) {
-    let Some(owner) = pod.controller().filter(|r| is_rs_ref(r)) else {
-        return;
-    };
-    let k = format!("{}/{}", pod.namespace, owner.name);
-    if deleted || pod.deletion.is_some() {
-        exp.deletion_observed(&k, &pod.name);
-    } else if is_new {
-        exp.creation_observed(&k);
-    }
 }
 
 /// The set a pod event concerns: its controller, or for an orphan every set of its namespace
@@ -591,14 +576,14 @@ mod tests {
         let exp = Expectations::default();
         exp.expect_creations("ns1/web-abc", 1);
         let p = pod_of(Some("web-abc"), json!({}));
-        observe_pod(&exp, &p, false, false);
+        exp.observe_pod(&p, OWNER, false, false);
         assert!(!exp.satisfied("ns1/web-abc"), "an update is not a create");
-        observe_pod(&exp, &p, true, false);
+        exp.observe_pod(&p, OWNER, true, false);
         assert!(exp.satisfied("ns1/web-abc"));
         exp.expect_deletions("ns1/web-abc", ["p1".to_string()]);
         let mut terminating = p.clone();
         terminating.deletion = Some(Timestamp::UNIX_EPOCH);
-        observe_pod(&exp, &terminating, false, false);
+        exp.observe_pod(&terminating, OWNER, false, false);
         assert!(
             exp.satisfied("ns1/web-abc"),
             "terminating counts as deleted"
