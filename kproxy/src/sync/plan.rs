@@ -270,8 +270,17 @@ impl Syncer {
             }
         }
 
+        // Revnat ids some frontend has once this plan is made: a sweep deletes the per-id
+        // entries (source ranges, affinity members) of the others only.
+        let live: BTreeSet<u16> = self
+            .revnat_ids
+            .values()
+            .chain(new_revnat_ids.values())
+            .copied()
+            .collect();
+
         // 2a. Source ranges a frontend gains, before its slot 0 may flag them.
-        let ranges = self.plan_source_ranges(changes, revnat_of, sweep)?;
+        let ranges = self.plan_source_ranges(changes, revnat_of, sweep.then_some(&live))?;
         ops.extend(ranges.puts);
 
         // 2b. Affinity membership: backends that left a frontend go first (an affine client
@@ -308,9 +317,8 @@ impl Syncer {
         }
         if sweep {
             // Entries of revnat ids no frontend has (a crash between writes).
-            let live: BTreeSet<u16> = self.revnat_ids.values().copied().collect();
             for (revnat_id, ids) in &self.affinity_match {
-                if !live.contains(revnat_id) && !new_revnat_ids.values().any(|id| id == revnat_id) {
+                if !live.contains(revnat_id) {
                     for id in ids {
                         ops.push(MapOp::DeleteAffinityMatch {
                             key: member_key(*revnat_id, *id),

@@ -34,13 +34,13 @@ fn delete(revnat_id: u16, cidr: Cidr) -> MapOp {
 }
 
 impl Syncer {
-    /// The source-range writes for `changes`; `sweep` also deletes the ranges of revnat
-    /// ids no changed frontend has (a restart, an interrupted run).
+    /// The source-range writes for `changes`; a sweep (`Some(live)`, the revnat ids some
+    /// frontend has) also deletes the ranges of the other ids (a restart, an interrupted run).
     pub(super) fn plan_source_ranges(
         &self,
         changes: &Changes<'_>,
         revnat_of: impl Fn(&FrontendKey) -> Option<u16>,
-        sweep: bool,
+        sweep: Option<&BTreeSet<u16>>,
     ) -> Result<RangeOps, SyncError> {
         let mut ops = RangeOps {
             puts: Vec::new(),
@@ -67,9 +67,9 @@ impl Syncer {
                 entries -= 1;
             }
         }
-        if sweep {
+        if let Some(live) = sweep {
             for (revnat_id, cidrs) in &self.src_ranges {
-                if !seen.contains(revnat_id) {
+                if !seen.contains(revnat_id) && !live.contains(revnat_id) {
                     for cidr in cidrs {
                         ops.deletes.push(delete(*revnat_id, *cidr));
                         entries -= 1;

@@ -334,6 +334,7 @@ impl FakeMaps {
         .with_l2(self.l2.iter().copied())
         .with_vips(self.vips.iter().map(|(a, f)| (*a, *f)))
         .with_affinity_match(self.members.iter().copied())
+        .with_source_ranges(self.src_ranges.iter().copied())
     }
 }
 
@@ -1677,4 +1678,28 @@ fn source_ranges_follow_their_frontend() {
     );
     sync(&mut s, &mut maps, &desired(vec![]));
     assert!(maps.src_ranges.is_empty());
+}
+
+#[test]
+fn a_sweep_keeps_the_source_ranges_of_claimed_frontends() {
+    let cidr = |s: &str| s.parse::<crate::source_ranges::Cidr>().expect("cidr");
+    let (key, fe) = lb_ip(80);
+    let list = [(
+        key,
+        Frontend {
+            flags: fe.flags | svc_flags::SOURCE_RANGE,
+            source_ranges: vec![cidr("192.0.2.0/24")],
+            ..fe
+        },
+    )];
+    let mut s = Syncer::new();
+    let mut maps = FakeMaps::default();
+    sync_svc(&mut s, &mut maps, "ns/lb", &list);
+    assert_eq!(maps.src_ranges.len(), 1);
+    // Node mode sweeps after its first full pass, and after a restart.
+    assert_eq!(s.sweep().expect("sweep"), []);
+    let mut restarted = maps.syncer();
+    assert_eq!(sync_svc(&mut restarted, &mut maps, "ns/lb", &list).ops, []);
+    assert_eq!(restarted.sweep().expect("sweep"), []);
+    assert_eq!(maps.src_ranges.len(), 1);
 }
