@@ -41,16 +41,12 @@ pub fn xdp_mark_translated(ctx: &XdpContext) {
     }
 }
 
-/// Whether XDP marked this skb as translated (tc side).
-#[inline(always)]
-pub fn tc_marked_translated(ctx: &TcContext) -> bool {
-    meta::tc_has(ctx, Mark::Translated)
-}
-
 /// Whether tc translated `flow` (its destination in the packet is no longer the parsed one).
 #[inline(always)]
 pub fn tc_translated(ctx: &TcContext, flow: &Flow) -> bool {
-    matches!(ctx.load::<u32>(ETH_HLEN + 16), Ok(d) if d != flow.daddr)
+    // Host routing off (the common tc-mode case): no packet load.
+    host_routing_uplink().is_some()
+        && matches!(ctx.load::<u32>(ETH_HLEN + 16), Ok(d) if d != flow.daddr)
 }
 
 /// The IPv4 header's TTL, protocol and addresses, when it is there.

@@ -9,7 +9,7 @@ use aya_ebpf::{
 
 /// What XDP asks tc ingress to do with a packet.
 #[repr(u32)]
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Mark {
     /// Refuse it (see `reject`): its service has no ready backend.
     Reject = 0x6b70_7272,
@@ -35,9 +35,9 @@ pub fn xdp_set(ctx: &XdpContext, mark: Mark) -> bool {
     true
 }
 
-/// Whether XDP left `mark` on this skb (tc side).
+/// The mark XDP left on this skb, if any (tc side): one read of the metadata word.
 #[inline(always)]
-pub fn tc_has(ctx: &TcContext, mark: Mark) -> bool {
+pub fn tc_mark(ctx: &TcContext) -> Option<Mark> {
     // SAFETY: the context pointer is valid; data_meta/data are packet pointers.
     let (meta, data) = unsafe {
         (
@@ -46,8 +46,11 @@ pub fn tc_has(ctx: &TcContext, mark: Mark) -> bool {
         )
     };
     if meta + 4 > data {
-        return false;
+        return None;
     }
     // SAFETY: bounds checked.
-    unsafe { *(meta as *const u32) == mark as u32 }
+    let word = unsafe { *(meta as *const u32) };
+    [Mark::Reject, Mark::LbInTc, Mark::Translated]
+        .into_iter()
+        .find(|m| *m as u32 == word)
 }

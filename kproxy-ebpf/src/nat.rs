@@ -91,16 +91,11 @@ pub fn nat_skb_addr(ctx: &TcContext, f: &Flow, dst: bool, old: u32, new: u32) ->
         return nat_skb_ip_only(ctx, addr_off, old, new);
     }
     let csum_off = f.l4_off + l4_csum_off(f);
-    let mangled = if f.proto == IPPROTO_UDP {
-        u64::from(BPF_F_MARK_MANGLED_0)
-    } else {
-        0
-    };
     ctx.l4_csum_replace(
         csum_off,
         u64::from(old),
         u64::from(new),
-        u64::from(BPF_F_PSEUDO_HDR) | mangled | 4,
+        u64::from(BPF_F_PSEUDO_HDR) | mangled(f) | 4,
     )?;
     ctx.l3_csum_replace(ETH_HLEN + 10, u64::from(old), u64::from(new), 4)?;
     ctx.store(addr_off, &new, 0)?;
@@ -116,6 +111,16 @@ fn nat_skb_ip_only(ctx: &TcContext, addr_off: usize, old: u32, new: u32) -> Resu
     Ok(())
 }
 
+/// `BPF_F_MARK_MANGLED_0` for UDP: a zero checksum means "none" and must stay zero.
+#[inline(always)]
+fn mangled(f: &Flow) -> u64 {
+    if f.proto == IPPROTO_UDP {
+        u64::from(BPF_F_MARK_MANGLED_0)
+    } else {
+        0
+    }
+}
+
 /// L4 checksum offset inside the TCP/UDP header.
 #[inline(always)]
 fn l4_csum_off(f: &Flow) -> usize {
@@ -127,30 +132,22 @@ fn l4_csum_off(f: &Flow) -> usize {
 /// `dst` selects the destination (DNAT) or the source (reverse NAT).
 #[inline(always)]
 pub fn nat_skb(ctx: &TcContext, f: &Flow, dst: bool, addr: u32, port: u16) -> Result<(), i64> {
-    let (old_addr, old_port, addr_off, port_off) = if dst {
-        (f.daddr, f.dport, ETH_HLEN + 16, f.l4_off + 2)
+    let (old_addr, old_port, port_off) = if dst {
+        (f.daddr, f.dport, f.l4_off + 2)
     } else {
-        (f.saddr, f.sport, ETH_HLEN + 12, f.l4_off)
+        (f.saddr, f.sport, f.l4_off)
     };
+    nat_skb_addr(ctx, f, dst, old_addr, addr)?;
     if !f.l4_hdr {
-        return nat_skb_ip_only(ctx, addr_off, old_addr, addr);
+        return Ok(());
     }
     let csum_off = f.l4_off + l4_csum_off(f);
-    let mangled = if f.proto == IPPROTO_UDP {
-        u64::from(BPF_F_MARK_MANGLED_0)
-    } else {
-        0
-    };
-    let pseudo = u64::from(BPF_F_PSEUDO_HDR);
     ctx.l4_csum_replace(
         csum_off,
-        u64::from(old_addr),
-        u64::from(addr),
-        pseudo | mangled | 4,
+        u64::from(old_port),
+        u64::from(port),
+        mangled(f) | 2,
     )?;
-    ctx.l3_csum_replace(ETH_HLEN + 10, u64::from(old_addr), u64::from(addr), 4)?;
-    ctx.store(addr_off, &addr, 0)?;
-    ctx.l4_csum_replace(csum_off, u64::from(old_port), u64::from(port), mangled | 2)?;
     ctx.store(port_off, &port, 0)?;
     Ok(())
 }

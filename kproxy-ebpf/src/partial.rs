@@ -14,7 +14,7 @@
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
-    programs::{TcContext, XdpContext},
+    programs::XdpContext,
 };
 use kproxy_common::{DropReason, ETH_HLEN, IPPROTO_TCP};
 
@@ -74,12 +74,6 @@ pub fn xdp_defer(ctx: &XdpContext, len: u64) -> u32 {
     }
     drops::count(DropReason::NatFailed, len);
     XDP_DROP
-}
-
-/// Whether XDP left this skb to tc ingress's load balancing (tc side).
-#[inline(always)]
-pub fn tc_marked(ctx: &TcContext) -> bool {
-    meta::tc_has(ctx, Mark::LbInTc)
 }
 
 #[cfg(test)]

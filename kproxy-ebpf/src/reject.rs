@@ -27,12 +27,6 @@ pub fn xdp_mark_reject(ctx: &XdpContext) -> bool {
     meta::xdp_set(ctx, Mark::Reject)
 }
 
-/// Whether XDP marked this skb for refusal (tc side).
-#[inline(always)]
-pub fn tc_marked_reject(ctx: &TcContext) -> bool {
-    meta::tc_has(ctx, Mark::Reject)
-}
-
 /// One's-complement sum of big-endian 16-bit words of `buf[start..start + len]`.
 #[inline(always)]
 fn sum16<const N: usize>(buf: &[u8; N], start: usize, len: usize, mut sum: u32) -> u32 {

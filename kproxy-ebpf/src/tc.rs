@@ -5,15 +5,17 @@
 
 use aya_ebpf::programs::TcContext;
 use aya_log_ebpf::debug;
-use kproxy_common::{DropReason, Hook};
+use kproxy_common::{DropReason, Hook, PacketClass};
 
 use crate::{
     arp,
     config::{debug_events_enabled, lb_in_tc},
     ct::{self, Ingress},
-    drops, host_route, icmp, ifstats, nat,
+    drops, host_route, icmp, ifstats,
+    meta::{self, Mark},
+    nat,
     packet::{self, Flow, Pkt},
-    partial, reject,
+    reject,
     verdict::{TC_ACT_OK, TC_ACT_SHOT},
 };
 
@@ -91,17 +93,19 @@ fn pod_revnat(ctx: &TcContext, flow: &Flow) -> Result<bool, ()> {
 pub fn uplink_ingress(ctx: &TcContext) -> Result<i32, ()> {
     let (summary, flow) = packet::inspect(&tc_pkt(ctx));
     ifstats::count(Hook::TcIngress, &summary, u64::from(ctx.len()));
+    let mark = meta::tc_mark(ctx);
     let Some(flow) = flow else {
         // Errors from outside are translated in XDP unless the LB runs here.
-        let echo = Some(true);
-        if let Some(verdict) = icmp::tc_hook(ctx, summary.class, echo, lb_in_tc()) {
+        if summary.class == PacketClass::Icmp
+            && let Some(verdict) = icmp::tc_hook(ctx, summary.class, Some(true), lb_in_tc())
+        {
             return Ok(verdict);
         }
         if let Some(verdict) = arp::answer(ctx) {
             return Ok(verdict);
         }
         // XDP only marks packets it parsed; drop a marked one we cannot answer.
-        return Ok(if reject::tc_marked_reject(ctx) {
+        return Ok(if mark == Some(Mark::Reject) {
             drops::count(DropReason::RejectFailed, u64::from(ctx.len()));
             TC_ACT_SHOT
         } else {
@@ -109,7 +113,7 @@ pub fn uplink_ingress(ctx: &TcContext) -> Result<i32, ()> {
         });
     };
     // Also packets XDP left here for their unfinished checksum (see partial.rs).
-    if lb_in_tc() || partial::tc_marked(ctx) {
+    if mark == Some(Mark::LbInTc) || lb_in_tc() {
         // The uplink's external load balancing runs here instead of in XDP.
         let verdict = tc_lb(ctx, &flow, true)?;
         if verdict == TC_ACT_OK && host_route::tc_translated(ctx, &flow) {
@@ -117,10 +121,10 @@ pub fn uplink_ingress(ctx: &TcContext) -> Result<i32, ()> {
         }
         return Ok(verdict);
     }
-    if reject::tc_marked_reject(ctx) {
+    if mark == Some(Mark::Reject) {
         return Ok(reject::reject_skb(ctx, &flow));
     }
-    if host_route::tc_marked_translated(ctx) {
+    if mark == Some(Mark::Translated) {
         return Ok(host_route::to_pod(ctx).unwrap_or(TC_ACT_OK));
     }
     Ok(TC_ACT_OK)

@@ -15,7 +15,7 @@ mod load;
 mod maps;
 mod pin;
 mod pod_links;
-mod sock_term;
+pub mod sock_term;
 mod socket_lb;
 mod src_range;
 mod tc;

@@ -120,26 +120,7 @@ fn parse_scope(s: &str) -> Result<SocketLbScope, String> {
 /// The cookie of the calling thread's network namespace (SO_NETNS_COOKIE, Linux 5.14).
 fn own_netns_cookie() -> std::io::Result<u64> {
     let sock = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
-    let mut cookie = 0u64;
-    #[expect(
-        clippy::cast_possible_truncation,
-        reason = "the size of a u64 fits any socklen_t"
-    )]
-    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-    // SAFETY: a valid socket and an out-buffer of the size passed.
-    let r = unsafe {
-        libc::getsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(&sock),
-            libc::SOL_SOCKET,
-            libc::SO_NETNS_COOKIE,
-            (&raw mut cookie).cast(),
-            &raw mut len,
-        )
-    };
-    if r != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(cookie)
+    kproxy::datapath::sock_term::netns_cookie(std::os::fd::AsFd::as_fd(&sock))
 }
 
 /// A loaded and attached datapath, and the syncer that mirrors its maps.

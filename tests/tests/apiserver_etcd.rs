@@ -5,55 +5,25 @@
 #![forbid(unsafe_code)]
 
 use std::collections::HashSet;
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::Command;
 use std::thread;
 use std::time::Duration;
 
+use kproxy_store::testutil::EtcdCluster;
 use kproxy_tests::apiserver::{ApiServer, Http, TempDir};
-use kproxy_tests::{Daemon, eventually};
+use kproxy_tests::eventually;
 use serde_json::{Value, json};
 
 const SVCS: &str = "/api/v1/namespaces/default/services";
 const EPS: &str = "/api/v1/namespaces/default/endpoints";
 
-/// A port nothing listens on right now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind a free port")
-        .port()
-}
-
-/// A one-member etcd on loopback, its data in `dir`.
-struct Etcd {
-    daemon: Daemon,
-    url: String,
-}
-
-impl Etcd {
-    fn start(dir: &Path, client: u16, peer: u16) -> Self {
-        let url = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let mut cmd = Command::new("/usr/bin/etcd");
-        cmd.arg("--name")
-            .arg("kpt")
-            .arg("--data-dir")
-            .arg(dir)
-            .args([
-                "--listen-client-urls",
-                &url,
-                "--advertise-client-urls",
-                &url,
-            ])
-            .args(["--listen-peer-urls", &peer_url])
-            .args(["--initial-advertise-peer-urls", &peer_url])
-            .args(["--initial-cluster", &format!("kpt={peer_url}")])
-            .args(["--logger", "zap", "--log-outputs", "stderr"]);
-        let daemon = Daemon::spawn_until_logged(cmd, "serving client traffic");
-        Self { daemon, url }
-    }
+/// A one-member etcd from the store's test harness (`kproxy_store::testutil`), with the
+/// runtime its async API needs; None when etcd is not installed (outside CI only).
+fn etcd() -> Option<(tokio::runtime::Runtime, EtcdCluster)> {
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let cluster = rt.block_on(EtcdCluster::single())?;
+    Some((rt, cluster))
 }
 
 fn etcd_flags(url: &str) -> Vec<String> {
@@ -80,12 +50,12 @@ fn node_port_service(name: &str) -> Value {
 
 #[test]
 fn two_servers_share_objects_watches_and_addresses() {
-    let etcd_dir = TempDir::new("kpt-etcd");
-    let etcd = Etcd::start(etcd_dir.path(), free_port(), free_port());
+    let Some((_rt, etcd)) = etcd() else { return };
+    let url = etcd.endpoints()[0].clone();
     // One data directory: both servers serve the same CA, certificate and tokens.
     let dir = TempDir::new("kpt-etcd-api");
     // Small ranges, so that concurrent creates collide often.
-    let mut flags = etcd_flags(&etcd.url);
+    let mut flags = etcd_flags(&url);
     flags.extend(
         [
             "--service-cidr",
@@ -220,11 +190,10 @@ fn two_servers_share_objects_watches_and_addresses() {
 
 #[test]
 fn etcd_down_means_unready_and_503_and_nothing_acknowledged_is_lost() {
-    let etcd_dir = TempDir::new("kpt-etcd");
-    let (client, peer) = (free_port(), free_port());
-    let mut etcd = Etcd::start(etcd_dir.path(), client, peer);
+    let Some((rt, mut etcd)) = etcd() else { return };
+    let url = etcd.endpoints()[0].clone();
     let dir = TempDir::new("kpt-etcd-api");
-    let api = start_api(dir.path(), &etcd_flags(&etcd.url));
+    let api = start_api(dir.path(), &etcd_flags(&url));
     let h = api.http();
     assert_eq!(h.get("/readyz").code, 200);
     let mut acked = Vec::new();
@@ -234,7 +203,7 @@ fn etcd_down_means_unready_and_503_and_nothing_acknowledged_is_lost() {
         acked.push(name);
     }
 
-    etcd.daemon.kill();
+    etcd.member(0).kill();
     eventually("/readyz unready once etcd is gone", || {
         h.get("/readyz").code == 503
     });
@@ -252,13 +221,13 @@ fn etcd_down_means_unready_and_503_and_nothing_acknowledged_is_lost() {
             status["message"]
                 .as_str()
                 .unwrap_or_default()
-                .contains(&etcd.url),
+                .contains(&url),
             "the message names etcd: {status}"
         );
     }
 
     // etcd back (same data, same address): the server reconnects by itself.
-    let etcd = Etcd::start(etcd_dir.path(), client, peer);
+    rt.block_on(etcd.restart(0));
     eventually("/readyz ready again", || h.get("/readyz").code == 200);
     eventually("writes work again", || {
         h.post(EPS, &endpoints("after")).code == 201
@@ -277,13 +246,14 @@ fn etcd_down_means_unready_and_503_and_nothing_acknowledged_is_lost() {
     for name in &acked {
         assert!(names.contains(name), "acknowledged {name} lost");
     }
-    drop(etcd);
 }
 
 #[test]
 fn starts_while_etcd_is_down_and_serves_once_it_is_up() {
-    let (client, peer) = (free_port(), free_port());
-    let url = format!("http://127.0.0.1:{client}");
+    // The harness's etcd, stopped before the server starts and started again after.
+    let Some((rt, mut etcd)) = etcd() else { return };
+    let url = etcd.endpoints()[0].clone();
+    etcd.member(0).kill();
     let dir = TempDir::new("kpt-etcd-api");
     let api = start_api(dir.path(), &etcd_flags(&url));
     let h = api.http();
@@ -293,8 +263,7 @@ fn starts_while_etcd_is_down_and_serves_once_it_is_up() {
     let r = h.get("/api/v1/namespaces/default");
     assert_eq!(r.code, 503, "{}", r.body);
 
-    let etcd_dir = TempDir::new("kpt-etcd");
-    let _etcd = Etcd::start(etcd_dir.path(), client, peer);
+    rt.block_on(etcd.restart(0));
     eventually("/readyz ready once etcd is up", || {
         h.get("/readyz").code == 200
     });

@@ -228,9 +228,4 @@ fn privileged_socket_lb_terminates_sockets_of_removed_backends() {
                 .any(|v| v["errno"] == ECONNABORTED || v["errno"] == ECONNRESET)
         },
     );
-    assert!(
-        !events(&tcp).iter().any(|v| v["done"] == true),
-        "the TCP client finished without noticing: {:?}",
-        events(&tcp)
-    );
 }

@@ -227,8 +227,13 @@ fn privileged_internal_local_terminating_fallback_and_zone_hints() {
 
     let itp = names(&tcp(lab.host_cmd(&kpt()), "10.96.0.21:80", 20));
     assert_eq!(itp, BTreeMap::from([("b0".into(), 20)]));
+    // Socket-LB refuses (ECONNREFUSED) a Local service without a local endpoint.
     let none = tcp(lab.host_cmd(&kpt()), "10.96.0.22:80", 3);
-    assert!(none.iter().all(|r| r["ok"] == false), "{none:?}");
+    assert!(
+        none.iter()
+            .all(|r| r["ok"] == false && r["kind"] == "ConnectionRefused"),
+        "{none:?}"
+    );
 
     let term = names(&tcp(lab.host_cmd(&kpt()), "10.96.0.23:80", 40));
     assert_eq!(

@@ -18,7 +18,7 @@ use std::{
     fs::File,
     io,
     os::{
-        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+        fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
         unix::fs::MetadataExt as _,
     },
     path::{Path, PathBuf},
@@ -61,8 +61,30 @@ const TCP_STATES: u32 = (1 << 1) | (1 << 2) | (1 << 4) | (1 << 5) | (1 << 8) | (
 const UDP_STATES: u32 = 1 << 1;
 /// The third word of an IPv4-mapped IPv6 address, as bytes.
 const V4_MAPPED: [u8; 12] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
-/// `SO_NETNS_COOKIE` (asm-generic/socket.h).
-const SO_NETNS_COOKIE: i32 = 71;
+
+/// The cookie of the network namespace socket `fd` lives in (`SO_NETNS_COOKIE`, Linux 5.14):
+/// the value `bpf_get_netns_cookie` gives the programs.
+///
+/// # Errors
+/// The `getsockopt` error.
+pub fn netns_cookie(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    let mut cookie = 0u64;
+    let mut len = libc::socklen_t::try_from(size_of::<u64>()).expect("small");
+    // SAFETY: valid fd; the kernel writes at most `len` bytes to `cookie`.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &raw mut len,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cookie)
+}
 
 /// A socket from a `sock_diag` dump: its family and the raw `inet_diag_sockid`, which the
 /// destroy request repeats (addresses, ports and cookie).
@@ -205,22 +227,7 @@ impl Diag {
 
     /// The namespace's cookie (`bpf_get_netns_cookie`), to honour socket-LB's netns scope.
     fn netns_cookie(&self) -> io::Result<u64> {
-        let mut cookie = 0u64;
-        let mut len = libc::socklen_t::try_from(size_of::<u64>()).expect("small");
-        // SAFETY: valid fd; the kernel writes at most `len` bytes to `cookie`.
-        let rc = unsafe {
-            libc::getsockopt(
-                self.fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                SO_NETNS_COOKIE,
-                (&raw mut cookie).cast(),
-                &raw mut len,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(cookie)
+        netns_cookie(self.fd.as_fd())
     }
 
     fn send(&mut self, ty: u16, flags: u16, body: &[u8]) -> io::Result<()> {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 
 use super::meta::{self, NameRule, Scope};
-use super::{FieldError, Invalid, Json, Path, Raw, non_negative, one_of, pod};
+use super::{FieldError, Invalid, Json, Path, non_negative, one_of, pod};
 use crate::defaults::batch::{CONTROLLER_UID, JOB_NAME, LEGACY_CONTROLLER_UID, LEGACY_JOB_NAME};
 use crate::labels;
 
@@ -27,38 +27,30 @@ pub(crate) fn job(
         errs.extend(meta::object_meta_update(&job.metadata, &old.metadata));
         let old_spec = old.spec.clone().unwrap_or_default();
         let path = Path::root("spec");
-        let changed = [
-            (
-                "completions",
-                spec.completions != old_spec.completions,
-                to_json(&spec.completions),
-            ),
-            (
-                "selector",
-                spec.selector != old_spec.selector,
-                to_json(&spec.selector),
-            ),
-            (
-                "template",
-                spec.template != old_spec.template,
-                to_json(&spec.template),
-            ),
-        ];
-        for (name, differs, value) in changed {
-            if differs {
-                errs.push(FieldError::invalid(
-                    &path.child(name),
-                    Raw(value),
-                    "field is immutable",
-                ));
-            }
+        // Only the Job's scheduling fields may change (ValidateJobSpecUpdate).
+        if spec.completions != old_spec.completions {
+            errs.push(FieldError::invalid(
+                &path.child("completions"),
+                Json(&spec.completions),
+                "field is immutable",
+            ));
+        }
+        if spec.selector != old_spec.selector {
+            errs.push(FieldError::invalid(
+                &path.child("selector"),
+                Json(&spec.selector),
+                "field is immutable",
+            ));
+        }
+        if spec.template != old_spec.template {
+            errs.push(FieldError::invalid(
+                &path.child("template"),
+                Json(&spec.template),
+                "field is immutable",
+            ));
         }
     }
     Ok(errs)
-}
-
-fn to_json<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_string(v).unwrap_or_else(|_| "<unprintable>".into())
 }
 
 /// ValidateGeneratedSelector: unless `manualSelector`, the template carries the generated

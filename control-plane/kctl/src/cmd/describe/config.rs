@@ -5,17 +5,7 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Event;
 use serde_json::Value;
 
-use super::{
-    Clock, Writer, annotations_multiline, events_section, labels_multiline, str_of, string_map,
-};
-
-fn head(w: &mut Writer, obj: &Value) {
-    let meta = &obj["metadata"];
-    put!(w, 0, "Name:\t{}\n", str_of(&meta["name"]));
-    put!(w, 0, "Namespace:\t{}\n", str_of(&meta["namespace"]));
-    labels_multiline(w, "Labels", &string_map(&meta["labels"]));
-    annotations_multiline(w, "Annotations", &string_map(&meta["annotations"]));
-}
+use super::{Clock, Writer, events_section, header, str_of};
 
 /// The decoded length of a base64 value (0 when it does not decode).
 fn decoded_len(v: &Value) -> usize {
@@ -24,7 +14,7 @@ fn decoded_len(v: &Value) -> usize {
 
 pub(super) fn render_config_map(cm: &Value, events: Option<&[Event]>, clock: &Clock) -> String {
     let mut w = Writer::new();
-    head(&mut w, cm);
+    header(&mut w, cm, true);
     w.write(0, "\nData\n====\n");
     for (k, v) in cm["data"].as_object().into_iter().flatten() {
         put!(w, 0, "{k}:\n----\n");
@@ -41,7 +31,7 @@ pub(super) fn render_config_map(cm: &Value, events: Option<&[Event]>, clock: &Cl
 
 pub(super) fn render_secret(secret: &Value) -> String {
     let mut w = Writer::new();
-    head(&mut w, secret);
+    header(&mut w, secret, true);
     let ty = str_of(&secret["type"]);
     put!(w, 0, "\nType:\t{ty}\n");
     w.write(0, "\nData\n====\n");
