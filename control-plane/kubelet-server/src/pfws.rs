@@ -6,7 +6,10 @@
 //! bytes, then the data channel carries the pod's bytes and the error channel a failure.
 //! When every port's connection has ended the server closes the WebSocket.
 
+use std::time::Duration;
+
 use bytes::{BufMut as _, Bytes, BytesMut};
+use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt as _, StreamExt as _};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::sync::{mpsc, watch};
@@ -24,6 +27,8 @@ pub const PROTOCOL: &str = "v4.channel.k8s.io";
 
 const OUT_QUEUE: usize = 32;
 const IN_QUEUE: usize = 16;
+/// How long the client may take to answer our close frame.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// A message on `channel`.
 pub fn frame(channel: u8, payload: &[u8]) -> Message {
@@ -61,18 +66,19 @@ pub async fn serve<S, D: Dial>(
     let writer = tokio::spawn(async move {
         while let Some(m) = out_rx.recv().await {
             if sink.feed(m).await.is_err() {
-                return;
+                return None;
             }
             if out_rx.is_empty() && sink.flush().await.is_err() {
-                return;
+                return None;
             }
         }
-        let _ = sink
-            .send(Message::Close(Some(CloseFrame {
-                code: CloseCode::Normal,
-                reason: "".into(),
-            })))
-            .await;
+        sink.send(Message::Close(Some(CloseFrame {
+            code: CloseCode::Normal,
+            reason: "".into(),
+        })))
+        .await
+        .ok()
+        .map(|()| sink)
     });
     let mut to_pods = Vec::with_capacity(ports.len());
     let mut tasks = JoinSet::new();
@@ -105,8 +111,10 @@ pub async fn serve<S, D: Dial>(
                 }
             },
             done = tasks.join_next() => if done.is_none() {
-                // Every connection ended: the writer closes the WebSocket.
-                let _ = writer.await;
+                // Every connection ended: the writer sends the close frame.
+                if let Ok(Some(sink)) = writer.await {
+                    let _ = tokio::time::timeout(CLOSE_GRACE, close(sink, incoming)).await;
+                }
                 return;
             },
             _ = stop.changed() => break,
@@ -114,6 +122,27 @@ pub async fn serve<S, D: Dial>(
     }
     tasks.shutdown().await;
     writer.abort();
+}
+
+/// Ends the WebSocket after our close frame went out: the client's close is awaited, then
+/// the stream is shut down (TLS close_notify). Dropping it unannounced instead reads as a
+/// truncation to the API server's TLS (rustls: UnexpectedEof), and a client close still
+/// unread at close() resets the connection, which discards whatever the kernel had yet to
+/// send: the tail of a large transfer.
+async fn close<S>(
+    sink: SplitSink<WebSocketStream<S>, Message>,
+    mut incoming: SplitStream<WebSocketStream<S>>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    while let Some(Ok(m)) = incoming.next().await {
+        if m.is_close() {
+            break;
+        }
+    }
+    if let Ok(mut ws) = sink.reunite(incoming) {
+        let _ = ws.get_mut().shutdown().await;
+    }
 }
 
 /// One port's connection: its data channel is `index`, its error channel `index + 1`.
@@ -230,7 +259,13 @@ mod tests {
             "{msg:?}"
         );
         assert!(next(&mut ws).await.is_close());
-        tokio::time::timeout(Duration::from_secs(10), task)
+        // Our close answers theirs; then the server ends the stream itself, at once.
+        let _ = ws.close(None).await;
+        let ended = tokio::time::timeout(Duration::from_secs(2), ws.next())
+            .await
+            .expect("the server ends the stream after the close handshake");
+        assert!(ended.is_none(), "{ended:?}");
+        tokio::time::timeout(Duration::from_secs(2), task)
             .await
             .unwrap()
             .unwrap();

@@ -11,6 +11,7 @@
 mod node;
 mod pod;
 mod portforward;
+mod relay;
 
 use axum::body::Body;
 use axum::http::request::Parts;

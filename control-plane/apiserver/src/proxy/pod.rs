@@ -5,7 +5,6 @@ use axum::http::request::Parts;
 use axum::http::response::Builder as ResponseBuilder;
 use axum::http::{HeaderName, HeaderValue, Method, Response, StatusCode, header};
 use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
 use super::{admin_only, forward, kubelet_endpoint, read, unavailable};
@@ -225,20 +224,7 @@ fn relay_upgrade(
     })?;
     let kubelet = hyper::upgrade::on(&mut kubelet_resp);
     let answer = upgrade_answer(&kubelet_resp);
-    tokio::spawn(async move {
-        let (kubelet, client) = match tokio::try_join!(kubelet, client) {
-            Ok(both) => both,
-            Err(e) => {
-                tracing::info!(error = %e, "exec upgrade failed");
-                return;
-            }
-        };
-        let (mut kubelet, mut client) = (TokioIo::new(kubelet), TokioIo::new(client));
-        match tokio::io::copy_bidirectional(&mut client, &mut kubelet).await {
-            Ok((up, down)) => tracing::debug!(up, down, "exec relay done"),
-            Err(e) => tracing::debug!(error = %e, "exec relay"),
-        }
-    });
+    super::relay::spawn("exec", kubelet, client);
     answer
         .body(Body::empty())
         .map_err(|e| ApiError::internal(format!("building the upgrade answer: {e}")))

@@ -188,19 +188,7 @@ fn relay(
 ) -> axum::response::Response {
     let kubelet = hyper::upgrade::on(&mut kubelet_resp);
     let answer = upgrade_answer(&kubelet_resp);
-    tokio::spawn(async move {
-        let (kubelet, client) = match tokio::try_join!(kubelet, client) {
-            Ok(both) => both,
-            Err(e) => return tracing::info!(error = %e, "port-forward upgrade failed"),
-        };
-        let (mut kubelet, mut client) = (TokioIo::new(kubelet), TokioIo::new(client));
-        match tokio::io::copy_bidirectional_with_sizes(&mut client, &mut kubelet, CHUNK, CHUNK)
-            .await
-        {
-            Ok((up, down)) => tracing::debug!(up, down, "port-forward relay done"),
-            Err(e) => tracing::debug!(error = %e, "port-forward relay"),
-        }
-    });
+    super::relay::spawn("port-forward", kubelet, client);
     answer.body(Body::empty()).unwrap_or_default()
 }
 
