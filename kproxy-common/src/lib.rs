@@ -12,6 +12,9 @@ mod frag;
 pub use frag::{FragKey, FragPorts, MAP_FRAGS, MAX_FRAG_ENTRIES};
 mod vips;
 pub use vips::{MAP_VIPS, MAX_VIP_ENTRIES, VIP_BUCKETS, VIP_SLOTS};
+mod ct;
+pub use ct::{CtKey, CtValue, HAIRPIN_ADDR, SNAT_PORT_MAX, SNAT_PORT_MIN};
+pub use ct::{ct_dir, ct_flags, ct_lifetime};
 pub use vips::{VipBucket, vip_buckets, vip_flags};
 
 // === Map and program names ===
@@ -21,16 +24,16 @@ pub use vips::{VipBucket, vip_buckets, vip_flags};
 // name is written once, in `map_name!` or `program_name!`, which hand the token to the
 // caller's macro; the `MAP_*` and `PROG_*` constants are made from the same tokens.
 
-/// The name of a map, by its constant: `map_name!(MAP_CT)` is `"kproxy_lb4_ct_v3"`, and
-/// `map_name!(MAP_CT => m! { tokens })` expands to `m! { "kproxy_lb4_ct_v3", tokens }`.
+/// The name of a map, by its constant: `map_name!(MAP_CT)` is `"kproxy_lb4_ct_v4"`, and
+/// `map_name!(MAP_CT => m! { tokens })` expands to `m! { "kproxy_lb4_ct_v4", tokens }`.
 #[macro_export]
 macro_rules! map_name {
     (MAP_IFSTATS $($then:tt)*) => { $crate::__with_name! { "kproxy_ifstats_v1" $($then)* } };
-    (MAP_CONFIG $($then:tt)*) => { $crate::__with_name! { "kproxy_config_v3" $($then)* } };
+    (MAP_CONFIG $($then:tt)*) => { $crate::__with_name! { "kproxy_config_v4" $($then)* } };
     (MAP_SERVICES $($then:tt)*) => { $crate::__with_name! { "kproxy_lb4_services_v1" $($then)* } };
     (MAP_BACKENDS $($then:tt)*) => { $crate::__with_name! { "kproxy_lb4_backends_v1" $($then)* } };
     (MAP_REVNAT $($then:tt)*) => { $crate::__with_name! { "kproxy_lb4_revnat_v1" $($then)* } };
-    (MAP_CT $($then:tt)*) => { $crate::__with_name! { "kproxy_lb4_ct_v3" $($then)* } };
+    (MAP_CT $($then:tt)*) => { $crate::__with_name! { "kproxy_lb4_ct_v4" $($then)* } };
     (MAP_L2 $($then:tt)*) => { $crate::__with_name! { "kproxy_lb4_l2_v1" $($then)* } };
     (MAP_AFFINITY $($then:tt)*) => { $crate::__with_name! { "kproxy_lb4_affinity_v2" $($then)* } };
     (MAP_SOCK_REVNAT $($then:tt)*) => {
@@ -66,6 +69,7 @@ macro_rules! program_name {
     (PROG_TC_EGRESS $($then:tt)*) => { $crate::__with_name! { kproxy_tc_egress $($then)* } };
     (PROG_TC_POD $($then:tt)*) => { $crate::__with_name! { kproxy_tc_pod $($then)* } };
     (PROG_TC_POD_EGRESS $($then:tt)*) => { $crate::__with_name! { kproxy_tc_pod_egress $($then)* } };
+    (PROG_TC_KEEP_LOCAL $($then:tt)*) => { $crate::__with_name! { kproxy_tc_keep_local $($then)* } };
     (PROG_SOCK4_CONNECT $($then:tt)*) => { $crate::__with_name! { kproxy_sock4_connect $($then)* } };
     (PROG_SOCK4_SENDMSG $($then:tt)*) => { $crate::__with_name! { kproxy_sock4_sendmsg $($then)* } };
     (PROG_SOCK4_RECVMSG $($then:tt)*) => { $crate::__with_name! { kproxy_sock4_recvmsg $($then)* } };
@@ -109,6 +113,9 @@ pub const PROG_TC_EGRESS: &str = program_name!(PROG_TC_EGRESS);
 pub const PROG_TC_POD: &str = program_name!(PROG_TC_POD);
 /// tc egress on a pod's host-side veth (packets to the pod).
 pub const PROG_TC_POD_EGRESS: &str = program_name!(PROG_TC_POD_EGRESS);
+/// tc egress on the keep-local device (the route of the service CIDR and LoadBalancer
+/// pools): echo replies for service addresses, refusals for everything else.
+pub const PROG_TC_KEEP_LOCAL: &str = program_name!(PROG_TC_KEEP_LOCAL);
 /// Socket-LB, cgroup/connect4.
 pub const PROG_SOCK4_CONNECT: &str = program_name!(PROG_SOCK4_CONNECT);
 /// Socket-LB, cgroup/sendmsg4.
@@ -128,35 +135,7 @@ pub const PROG_SOCK6_GETPEERNAME: &str = program_name!(PROG_SOCK6_GETPEERNAME);
 
 /// Runtime configuration slots in [`MAP_CONFIG`]. Userspace writes them at any time; the
 /// programs read them per packet, so changes take effect without a reload.
-pub mod config {
-    /// Non-zero: emit aya-log debug events for every classified packet.
-    pub const DEBUG_EVENTS: u32 = 0;
-    /// Non-zero: the uplink's tc ingress program does the external load balancing (when XDP
-    /// is not used for it); zero: XDP does it.
-    pub const LB_IN_TC: u32 = 1;
-    /// Socket-LB scope: the network namespace cookie (low and high 32 bits) whose sockets
-    /// socket-LB translates; 0 in both means every namespace in the attached cgroup.
-    pub const SOCK_LB_NETNS_LO: u32 = 2;
-    pub const SOCK_LB_NETNS_HI: u32 = 3;
-    /// The uplink's MAC address (bytes 0..4 and 4..6, in wire order as a native `u32`),
-    /// the sender of ARP replies for LoadBalancer IPs.
-    pub const UPLINK_MAC_0: u32 = 4;
-    pub const UPLINK_MAC_4: u32 = 5;
-    /// The load-balancing hash seed (low and high 32 bits), chosen once per cluster
-    /// (`--lb-hash-seed`) or at random on the first start and kept with the pinned maps:
-    /// the flow hash mixes it in and the Maglev tables are generated from it, so clients
-    /// cannot aim their flows at one backend and a restart keeps every flow's backend.
-    pub const HASH_SEED_LO: u32 = 6;
-    pub const HASH_SEED_HI: u32 = 7;
-    /// Non-zero: BPF host routing (`--host-routing bpf`): load-balanced packets to local pod
-    /// backends and their replies to the uplink are redirected past the bridge and the
-    /// host's routing (see `MAP_HOST_ROUTES`).
-    pub const HOST_ROUTING: u32 = 8;
-    /// The uplink's ifindex: replies are redirected only when the FIB sends them there.
-    pub const UPLINK_IFINDEX: u32 = 9;
-    /// Number of slots.
-    pub const LEN: u32 = 10;
-}
+pub mod config;
 
 /// Packets and bytes, one per CPU in a per-CPU map; userspace sums the CPUs.
 #[repr(C)]
@@ -293,6 +272,17 @@ pub enum DropReason {
     /// A refusal (already counted as [`Self::NoBackend`]) that could not be answered with
     /// a RST or ICMP error (IP options, a RST itself, a helper error): dropped silently.
     RejectFailed = 7,
+    /// Untranslated traffic to a keep-local range (the service CIDR, LoadBalancer pools)
+    /// that reached the keep-local device: an address no Service uses, or a port the
+    /// Service does not serve; refused with a RST or ICMP error (or dropped if it cannot
+    /// be answered).
+    NotAService = 8,
+    /// A new flow to a backend on another node found no free SNAT source port (see
+    /// [`SNAT_PORT_MIN`]) after a few tries: dropped, the client retries.
+    SnatNoPort = 9,
+    /// A translated packet to be forwarded out of the node (an SNAT flow to a backend on
+    /// another node, or its reply) had no usable route or an expiring TTL: dropped.
+    ForwardFailed = 10,
 }
 
 /// Slots of [`MAP_DROPS`]: room for reasons appended later without a new map layout.
@@ -300,7 +290,7 @@ pub const DROPS_LEN: u32 = 16;
 const _: () = assert!(DropReason::COUNT <= DROPS_LEN);
 
 impl DropReason {
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 11;
     pub const ALL: [Self; Self::COUNT as usize] = [
         Self::NoBackend,
         Self::MapFull,
@@ -310,6 +300,9 @@ impl DropReason {
         Self::CtInsertFailed,
         Self::NatFailed,
         Self::RejectFailed,
+        Self::NotAService,
+        Self::SnatNoPort,
+        Self::ForwardFailed,
     ];
 
     /// The reason as shown by `kctl lb --drops` and in the `reason` label of /metrics.
@@ -324,6 +317,9 @@ impl DropReason {
             Self::CtInsertFailed => "ct-insert-failed",
             Self::NatFailed => "nat-failed",
             Self::RejectFailed => "reject-failed",
+            Self::NotAService => "not-a-service",
+            Self::SnatNoPort => "snat-no-port",
+            Self::ForwardFailed => "forward-failed",
         }
     }
 }
@@ -593,79 +589,6 @@ pub struct RevNat {
     pub _pad: u16,
 }
 const _: () = assert!(core::mem::size_of::<RevNat>() == 8);
-
-/// Connection tracking key: the packet's own 5-tuple as seen at the hook.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct CtKey {
-    pub saddr: u32,
-    pub daddr: u32,
-    pub sport: u16,
-    pub dport: u16,
-    pub proto: u8,
-    /// [`ct_dir`].
-    pub dir: u8,
-    #[expect(
-        clippy::pub_underscore_fields,
-        reason = "explicit padding, public so literals can zero it"
-    )]
-    pub _pad: u16,
-}
-const _: () = assert!(core::mem::size_of::<CtKey>() == 16);
-
-/// Direction of a connection tracking entry.
-pub mod ct_dir {
-    /// Client → frontend; the value says which backend to DNAT to.
-    pub const FORWARD: u8 = 0;
-    /// Backend → client; the value says which frontend to SNAT the reply back to.
-    pub const REPLY: u8 = 1;
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CtValue {
-    /// FORWARD: backend address/port to rewrite the destination to.
-    /// REPLY: frontend address/port to rewrite the source to.
-    pub nat_addr: u32,
-    pub nat_port: u16,
-    pub revnat_id: u16,
-    pub backend_id: u32,
-    /// Hairpin flows (a pod reaching itself through a service), else 0.
-    /// FORWARD: the source address to rewrite to ([`HAIRPIN_ADDR`]), because a pod drops
-    /// packets that carry its own address as source.
-    /// REPLY: the pod's real address, to rewrite the destination back to.
-    pub hairpin_addr: u32,
-    /// When the entry expires, in seconds of the monotonic clock (`bpf_ktime_get_ns`,
-    /// CLOCK_MONOTONIC in userspace). Each packet pushes it out by its state's lifetime
-    /// ([`ct_lifetime`]); an expired entry is a new flow, and garbage collection deletes it.
-    pub expires_s: u32,
-    /// [`ct_flags`].
-    pub flags: u32,
-}
-const _: () = assert!(core::mem::size_of::<CtValue>() == 24);
-
-/// Connection tracking entry flags (in [`CtValue::flags`]).
-pub mod ct_flags {
-    /// A FIN or RST was seen in this direction: the connection is closing, a new SYN on
-    /// the same tuple starts a new flow (and may get another backend).
-    pub const CLOSING: u32 = 1 << 0;
-}
-
-/// Connection tracking lifetimes in seconds, per protocol and state (Cilium's defaults).
-pub mod ct_lifetime {
-    /// TCP before the handshake completed (a packet without ACK seen last).
-    pub const TCP_SYN: u32 = 60;
-    /// Established TCP.
-    pub const TCP_ESTABLISHED: u32 = 21_600;
-    /// TCP after a FIN or RST.
-    pub const TCP_CLOSING: u32 = 10;
-    /// UDP and everything else.
-    pub const NON_TCP: u32 = 60;
-}
-
-/// Source address hairpin flows are translated to (link-local, never on the wire outside
-/// the node; Cilium uses the same idea), network byte order.
-pub const HAIRPIN_ADDR: u32 = u32::from_ne_bytes([169, 254, 42, 1]);
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

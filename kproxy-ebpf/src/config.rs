@@ -1,6 +1,7 @@
 //! The runtime configuration userspace writes into `CONFIG` (slots in
 //! `kproxy_common::config`), read per packet so changes take effect without a reload.
 
+use aya_ebpf::helpers::bpf_get_current_ancestor_cgroup_id;
 use kproxy_common::config;
 
 use crate::maps::CONFIG;
@@ -38,13 +39,33 @@ pub fn uplink_mac() -> Option<[u8; 6]> {
 
 /// Whether socket-LB applies to sockets of network namespace `netns`: every namespace, or
 /// only the one `--socket-lb-scope host` names (namespaces standing for other hosts, and
-/// pods, then take the per-packet paths).
+/// pods, then take the per-packet paths), plus any socket of a process under the
+/// `--socket-lb-cgroup` directory (the node's pods, whatever their namespace).
 #[inline(always)]
 pub fn socket_lb_in_scope(netns: u64) -> bool {
     let part = |i| CONFIG.get(i).copied().unwrap_or(0);
     let want = (u64::from(part(config::SOCK_LB_NETNS_HI)) << 32)
         | u64::from(part(config::SOCK_LB_NETNS_LO));
-    want == 0 || want == netns
+    want == 0 || want == netns || in_socket_lb_cgroup()
+}
+
+/// Whether the calling process is in the cgroup `config::SOCK_LB_CGROUP_*` names (or below
+/// it): its ancestor at that cgroup's depth is that cgroup.
+#[inline(always)]
+fn in_socket_lb_cgroup() -> bool {
+    let part = |i| CONFIG.get(i).copied().unwrap_or(0);
+    let id = (u64::from(part(config::SOCK_LB_CGROUP_HI)) << 32)
+        | u64::from(part(config::SOCK_LB_CGROUP_LO));
+    if id == 0 {
+        return false;
+    }
+    #[expect(
+        clippy::cast_possible_wrap,
+        reason = "a cgroup depth, far below i32::MAX"
+    )]
+    let level = part(config::SOCK_LB_CGROUP_LEVEL) as i32;
+    // SAFETY: helper without memory arguments; 0 when the process is not that deep.
+    unsafe { bpf_get_current_ancestor_cgroup_id(level) == id }
 }
 
 /// The load-balancing hash seed (`config::HASH_SEED_*`), folded to 32 bits for the flow

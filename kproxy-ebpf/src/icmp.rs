@@ -37,7 +37,7 @@ map_name!(MAP_VIPS => named_map! {
 /// The [`vip_flags`] of a service address (network byte order): it is in one of its two
 /// buckets.
 #[inline(always)]
-fn vip_lookup(addr: u32) -> Option<u32> {
+pub fn vip_lookup(addr: u32) -> Option<u32> {
     let (a, b) = vip_buckets(addr);
     if let Some(flags) = VIPS.get(a)?.flags_of(addr) {
         return Some(u32::from(flags));
@@ -47,7 +47,7 @@ fn vip_lookup(addr: u32) -> Option<u32> {
 
 const ICMP_ECHO_REPLY: u8 = 0;
 const ICMP_DEST_UNREACH: u8 = 3;
-const ICMP_ECHO: u8 = 8;
+pub const ICMP_ECHO: u8 = 8;
 const ICMP_TIME_EXCEEDED: u8 = 11;
 const ICMP_PARAMETER_PROB: u8 = 12;
 /// Version 4, 5 words of header.
@@ -169,7 +169,8 @@ fn translate(h: &mut IcmpErr) -> bool {
     for (dir, end) in [(ct_dir::REPLY, Quoted::Dst), (ct_dir::FORWARD, Quoted::Src)] {
         // SAFETY: copied out immediately; hash map values stay valid in the RCU section.
         if let Some(ct) = unsafe { CT.get(reversed_quote(h, dir)) }.copied() {
-            if ct.hairpin_addr != 0 {
+            // Hairpin and SNAT flows (both ends rewritten) are left alone.
+            if ct.snat_addr != 0 {
                 return false;
             }
             rewrite(h, end, ct.nat_addr, ct.nat_port);
@@ -246,6 +247,15 @@ pub fn tc_hook(
 /// verdict, or `None` when the packet is no such request.
 #[inline(always)]
 pub fn tc_answer_echo(ctx: &TcContext, external_only: bool) -> Option<i32> {
+    echo_reply_in_place(ctx, external_only)?;
+    Some(redirect_back(ctx))
+}
+
+/// Turns an echo request to a service address (only external ones when `external_only`)
+/// into its echo reply, in place; `None` when the packet is no such request (untouched).
+/// The caller sends it.
+#[inline(always)]
+pub fn echo_reply_in_place(ctx: &TcContext, external_only: bool) -> Option<()> {
     const IP: usize = ETH_HLEN;
     const ICMP: usize = ETH_HLEN + 20;
     if !is_ipv4(ctx.load::<u16>(12).ok()?) {
@@ -296,7 +306,7 @@ pub fn tc_answer_echo(ctx: &TcContext, external_only: bool) -> Option<i32> {
     ctx.store(IP + 16, &ip.saddr, 0).ok()?;
     ctx.store(ICMP, &reply, 0).ok()?;
     ctx.store(ICMP + 2, &check, 0).ok()?;
-    Some(redirect_back(ctx))
+    Some(())
 }
 
 #[cfg(test)]

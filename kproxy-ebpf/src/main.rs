@@ -8,8 +8,11 @@
 //!   service lookup and backend selection;
 //! - `ct`, `nat`, `reject`, `arp`: connection tracking, address rewriting, refusals, ARP;
 //! - `icmp`: ICMP errors about translated flows, echo replies for service addresses;
+//! - `snat`: external flows to backends on other nodes (source NAT, port allocation);
+//! - `fwd`: sending translated packets on past the kernel's routing (FIB + redirect);
 //! - `host_route`: BPF host routing to and from local pods;
-//! - `xdp`, `tc`, `sock`: the programs' bodies.
+//! - `xdp`, `tc`, `sock`: the programs' bodies; `keep_local` (after `tc`): the keep-local
+//!   device's egress.
 //!
 //! The crate only makes sense for bpfel-unknown-none; on the host (`cargo clippy --workspace`)
 //! it compiles as an ordinary program that says so, which keeps the whole workspace lintable.
@@ -25,9 +28,11 @@ mod config;
 mod ct;
 mod drops;
 mod frag;
+mod fwd;
 mod host_route;
 mod icmp;
 mod ifstats;
+mod keep_local;
 mod lb;
 mod maps;
 mod meta;
@@ -36,6 +41,7 @@ mod packet;
 mod partial;
 mod reject;
 mod scratch;
+mod snat;
 mod sock;
 mod srcrange;
 mod tc;
@@ -98,6 +104,15 @@ program_name!(PROG_TC_POD_EGRESS => entry_point! {
     #[classifier]
     fn(ctx: TcContext) -> i32 {
         tc::pod_egress(&ctx).unwrap_or(TC_ACT_OK)
+    }
+});
+
+program_name!(PROG_TC_KEEP_LOCAL => entry_point! {
+    /// tc egress on the keep-local device, where the service CIDR and LoadBalancer pools are
+    /// routed: echo replies for service addresses, refusals for the rest; nothing passes.
+    #[classifier]
+    fn(ctx: TcContext) -> i32 {
+        keep_local::egress(&ctx)
     }
 });
 

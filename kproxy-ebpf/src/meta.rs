@@ -17,6 +17,8 @@ pub enum Mark {
     LbInTc = 0x6b70_6370,
     /// XDP translated it; it may be host-routed to a local pod (see `host_route`).
     Translated = 0x6b70_6872,
+    /// XDP translated a packet of an SNAT flow; tc sends it out (see `snat`, `fwd`).
+    Forward = 0x6b70_6677,
 }
 
 /// Leaves `mark` in front of the packet (XDP side); false when there is no room.
@@ -50,7 +52,7 @@ pub fn tc_mark(ctx: &TcContext) -> Option<Mark> {
     }
     // SAFETY: bounds checked.
     let word = unsafe { *(meta as *const u32) };
-    [Mark::Reject, Mark::LbInTc, Mark::Translated]
+    [Mark::Reject, Mark::LbInTc, Mark::Translated, Mark::Forward]
         .into_iter()
         .find(|m| *m as u32 == word)
 }

@@ -18,7 +18,7 @@ use crate::{
     nat::fold,
     packet::{Flow, TCP_FLAG_ACK, TCP_FLAG_RST, TCP_FLAG_SYN, TcpHdr},
     scratch::{SCRATCH, first_bytes, scratch},
-    verdict::{TC_ACT_SHOT, redirect_back},
+    verdict::{TC_ACT_SHOT, redirect_back, redirect_ingress},
 };
 
 /// Marks the packet for refusal in tc ingress (XDP side).
@@ -101,13 +101,27 @@ fn pseudo_sum<const N: usize>(out: &[u8; N], proto: u8, len: u16) -> u32 {
     sum16(out, 26, 8, u32::from(proto) + u32::from(len))
 }
 
+/// How a packet is refused.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// A TCP RST, or ICMP port unreachable for UDP: the address serves, the port does not.
+    Port,
+    /// ICMP host unreachable whatever the protocol: nothing serves the address (what the
+    /// kernel answers from an `unreachable` route).
+    Host,
+}
+
+/// ICMP destination unreachable codes (RFC 792).
+const ICMP_HOST_UNREACH: u8 = 1;
+const ICMP_PORT_UNREACH: u8 = 3;
+
 /// Replaces the skb with the refusal of flow `f` (TCP RST or ICMP port unreachable) and
 /// sends it back out of the interface it came in on. Returns the tc verdict: a refusal that
 /// cannot be answered is dropped (a half-rewritten packet must not go on) and counted.
 #[inline(always)]
 pub fn reject_skb(ctx: &TcContext, f: &Flow) -> i32 {
-    match answer(ctx, f) {
-        Ok(verdict) if verdict != TC_ACT_SHOT => verdict,
+    match answer(ctx, f, Refusal::Port) {
+        Ok(true) => redirect_back(ctx),
         // A later fragment: not a failure, its first fragment's refusal answered.
         _ if !f.l4_hdr => TC_ACT_SHOT,
         _ => {
@@ -117,17 +131,30 @@ pub fn reject_skb(ctx: &TcContext, f: &Flow) -> i32 {
     }
 }
 
+/// Replaces a packet leaving through an egress hook with its refusal and hands that to the
+/// same interface's receive path, i.e. to the sender on this host (or, for a forwarded
+/// packet, to the routing back to it). What cannot be answered is dropped; the caller
+/// counted the packet already.
 #[inline(always)]
-fn answer(ctx: &TcContext, f: &Flow) -> Result<i32, i64> {
+pub fn refuse_to_sender(ctx: &TcContext, f: &Flow, how: Refusal) -> i32 {
+    match answer(ctx, f, how) {
+        Ok(true) => redirect_ingress(ctx),
+        _ => TC_ACT_SHOT,
+    }
+}
+
+/// Builds the refusal in place of the packet; whether there is one to send.
+#[inline(always)]
+fn answer(ctx: &TcContext, f: &Flow, how: Refusal) -> Result<bool, i64> {
     // Only plain 20-byte IPv4 headers are answered; the rest is dropped (rare for SYNs), as
     // are later fragments (the first fragment's refusal answers the datagram).
     if f.l4_off != ETH_HLEN + 20 || !f.l4_hdr {
-        return Ok(TC_ACT_SHOT);
+        return Ok(false);
     }
     let eth: [u8; 14] = ctx.load(0)?;
-    if f.proto == IPPROTO_TCP {
+    if f.proto == IPPROTO_TCP && how == Refusal::Port {
         if f.tcp_flags & TCP_FLAG_RST != 0 {
-            return Ok(TC_ACT_SHOT);
+            return Ok(false);
         }
         let tcp: TcpHdr = ctx.load(f.l4_off)?;
         let ip_tot: u16 = u16::from_be(ctx.load::<u16>(ETH_HLEN + 2)?);
@@ -156,14 +183,17 @@ fn answer(ctx: &TcContext, f: &Flow) -> Result<i32, i64> {
         let bytes: &[u8; 54] = first_bytes(out);
         ctx.store(0, bytes, 0)?;
     } else {
-        // ICMP destination unreachable / port unreachable, quoting the IP header and the
-        // first 8 bytes of the datagram (RFC 792).
+        // ICMP destination unreachable, quoting the IP header and the first 8 bytes of the
+        // datagram (RFC 792).
         let quoted: [u8; 28] = ctx.load(ETH_HLEN)?;
         let out = scratch()?;
         *out = [0; SCRATCH];
         reply_headers(out, &eth, f, 56, IPPROTO_ICMP);
         out[34] = 3;
-        out[35] = 3;
+        out[35] = match how {
+            Refusal::Port => ICMP_PORT_UNREACH,
+            Refusal::Host => ICMP_HOST_UNREACH,
+        };
         let mut i = 0;
         while i < 28 && 42 + i < SCRATCH {
             out[42 + i] = quoted[i];
@@ -175,7 +205,7 @@ fn answer(ctx: &TcContext, f: &Flow) -> Result<i32, i64> {
         let bytes: &[u8; 70] = first_bytes(out);
         ctx.store(0, bytes, 0)?;
     }
-    Ok(redirect_back(ctx))
+    Ok(true)
 }
 
 #[inline(always)]

@@ -11,11 +11,12 @@ use crate::{
     arp,
     config::{debug_events_enabled, lb_in_tc},
     ct::{self, Ingress},
-    drops, host_route, icmp, ifstats,
+    drops, fwd, host_route, icmp, ifstats,
     meta::{self, Mark},
     nat,
     packet::{self, Flow, Pkt},
     reject,
+    snat::Uplink,
     verdict::{TC_ACT_OK, TC_ACT_SHOT},
 };
 
@@ -24,7 +25,7 @@ const MAX_HDR: u32 = 14 + 60 + 20;
 
 /// Makes the headers directly readable and returns the packet bounds.
 #[inline(always)]
-fn tc_pkt(ctx: &TcContext) -> Pkt {
+pub fn tc_pkt(ctx: &TcContext) -> Pkt {
     let want = if ctx.len() < MAX_HDR {
         ctx.len()
     } else {
@@ -49,10 +50,21 @@ fn nat_failed(ctx: &TcContext) {
 /// Per-packet load balancing of a parsed flow in tc (uplink ingress in tc mode, pod veths).
 #[inline(always)]
 fn tc_lb(ctx: &TcContext, flow: &Flow, external_only: bool) -> Result<i32, ()> {
-    match ct::ingress_decision(flow, u64::from(ctx.len()), external_only) {
+    let uplink = external_only.then(|| Uplink::tc(ctx));
+    match ct::ingress_decision(flow, u64::from(ctx.len()), uplink) {
         Ingress::Pass => Ok(TC_ACT_OK),
-        Ingress::Dnat { addr, port, snat } => {
+        Ingress::Dnat {
+            addr,
+            port,
+            snat,
+            snat_port,
+        } => {
             nat::nat_skb(ctx, flow, true, addr, port).map_err(|_| nat_failed(ctx))?;
+            // SNAT to a backend on another node: the source too, then out of the node.
+            if snat_port != 0 {
+                nat::nat_skb(ctx, flow, false, snat, snat_port).map_err(|_| nat_failed(ctx))?;
+                return Ok(fwd::forward(ctx));
+            }
             if snat != 0 {
                 nat::nat_skb_addr(ctx, flow, false, flow.saddr, snat)
                     .map_err(|_| nat_failed(ctx))?;
@@ -81,11 +93,23 @@ fn pod_revnat(ctx: &TcContext, flow: &Flow) -> Result<bool, ()> {
         return Ok(false);
     };
     nat::nat_skb(ctx, flow, false, ct.nat_addr, ct.nat_port).map_err(|_| nat_failed(ctx))?;
-    if ct.hairpin_addr != 0 {
-        nat::nat_skb_addr(ctx, flow, true, flow.daddr, ct.hairpin_addr)
+    if ct.snat_addr != 0 {
+        nat::nat_skb_addr(ctx, flow, true, flow.daddr, ct.snat_addr)
             .map_err(|_| nat_failed(ctx))?;
     }
     Ok(true)
+}
+
+/// A backend on another node answering an SNAT flow (uplink ingress, tc): translated back
+/// (source: the frontend, destination: the client) and sent on; `None` if it is none.
+#[inline(always)]
+fn snat_reply(ctx: &TcContext, flow: &Flow) -> Result<Option<i32>, ()> {
+    let Some(ct) = ct::snat_reply(flow, u64::from(ctx.len())) else {
+        return Ok(None);
+    };
+    nat::nat_skb(ctx, flow, false, ct.nat_addr, ct.nat_port).map_err(|_| nat_failed(ctx))?;
+    nat::nat_skb(ctx, flow, true, ct.snat_addr, ct.snat_port).map_err(|_| nat_failed(ctx))?;
+    Ok(Some(fwd::forward(ctx)))
 }
 
 /// tc ingress on the uplink.
@@ -115,6 +139,9 @@ pub fn uplink_ingress(ctx: &TcContext) -> Result<i32, ()> {
     // Also packets XDP left here for their unfinished checksum (see partial.rs).
     if mark == Some(Mark::LbInTc) || lb_in_tc() {
         // The uplink's external load balancing runs here instead of in XDP.
+        if let Some(verdict) = snat_reply(ctx, &flow)? {
+            return Ok(verdict);
+        }
         let verdict = tc_lb(ctx, &flow, true)?;
         if verdict == TC_ACT_OK && host_route::tc_translated(ctx, &flow) {
             return Ok(host_route::to_pod(ctx).unwrap_or(verdict));
@@ -123,6 +150,9 @@ pub fn uplink_ingress(ctx: &TcContext) -> Result<i32, ()> {
     }
     if mark == Some(Mark::Reject) {
         return Ok(reject::reject_skb(ctx, &flow));
+    }
+    if mark == Some(Mark::Forward) {
+        return Ok(fwd::forward(ctx));
     }
     if mark == Some(Mark::Translated) {
         return Ok(host_route::to_pod(ctx).unwrap_or(TC_ACT_OK));

@@ -14,6 +14,7 @@ use crate::{
     drops, host_route, icmp, ifstats, nat,
     packet::{self, Pkt},
     partial, reject,
+    snat::{self, Uplink},
 };
 
 /// The uplink's XDP program; errors pass the packet.
@@ -55,25 +56,40 @@ pub fn uplink(ctx: &XdpContext) -> Result<u32, ()> {
     if flow.l4_hdr && partial::looks_partial(&pkt, &flow) {
         return Ok(partial::xdp_defer(ctx, len));
     }
-    Ok(match ct::ingress_decision(&flow, len, true) {
-        Ingress::Pass => XDP_PASS,
-        // Uplink clients are never backends of the node, so no hairpin (snat) here.
-        Ingress::Dnat { addr, port, .. } => {
-            nat::dnat_direct(&pkt, &flow, addr, port)
-                .ok_or_else(|| drops::count(DropReason::NatFailed, len))?;
-            host_route::xdp_mark_translated(ctx);
-            XDP_PASS
-        }
-        Ingress::Drop => XDP_DROP,
-        Ingress::Reject => {
-            // tc ingress answers it (see reject.rs); without the mark, drop rather than let
-            // the packet wander off to the un-NATed address.
-            if reject::xdp_mark_reject(ctx) {
-                XDP_PASS
-            } else {
-                drops::count(DropReason::RejectFailed, len);
-                XDP_DROP
+    // A backend on another node answering an SNAT flow.
+    if let Some(ct) = ct::snat_reply(&flow, len) {
+        let (src, dst) = ((ct.nat_addr, ct.nat_port), (ct.snat_addr, ct.snat_port));
+        return Ok(snat::xdp_forward(ctx, &pkt, &flow, src, dst, len));
+    }
+    Ok(
+        match ct::ingress_decision(&flow, len, Some(Uplink::xdp(ctx))) {
+            Ingress::Pass => XDP_PASS,
+            Ingress::Dnat {
+                addr,
+                port,
+                snat,
+                snat_port,
+            } if snat_port != 0 => {
+                snat::xdp_forward(ctx, &pkt, &flow, (snat, snat_port), (addr, port), len)
             }
-        }
-    })
+            // Uplink clients are never backends of the node, so no hairpin (snat) here.
+            Ingress::Dnat { addr, port, .. } => {
+                nat::dnat_direct(&pkt, &flow, addr, port)
+                    .ok_or_else(|| drops::count(DropReason::NatFailed, len))?;
+                host_route::xdp_mark_translated(ctx);
+                XDP_PASS
+            }
+            Ingress::Drop => XDP_DROP,
+            Ingress::Reject => {
+                // tc ingress answers it (see reject.rs); without the mark, drop rather than let
+                // the packet wander off to the un-NATed address.
+                if reject::xdp_mark_reject(ctx) {
+                    XDP_PASS
+                } else {
+                    drops::count(DropReason::RejectFailed, len);
+                    XDP_DROP
+                }
+            }
+        },
+    )
 }

@@ -5,12 +5,14 @@
 //! - `socket_lb`: the cgroup programs (`cgroup_link` does the bpf(2) calls aya lacks);
 //! - `maps`: runtime configuration and the load-balancer maps;
 //! - `host_routing`: BPF host routing on/off and its learned pod routes;
+//! - `keep_local`: the program on the keep-local device (the service ranges' route);
 //! - `pin`: where links are pinned in bpffs, and removing them.
 //!
 //! Links are pinned next to the maps so the datapath keeps working while kproxy is down.
 
 mod cgroup_link;
 mod host_routing;
+mod keep_local;
 mod load;
 mod maps;
 mod pin;
@@ -27,8 +29,9 @@ use std::path::PathBuf;
 use aya::{Ebpf, util::KernelVersion};
 
 pub use host_routing::HostRouting;
+pub use keep_local::keep_local_devices;
 pub use pin::cleanup;
-pub use socket_lb::find_cgroup2_root;
+pub use socket_lb::{cgroup_scope, find_cgroup2_root};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {

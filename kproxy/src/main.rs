@@ -1,5 +1,6 @@
 //! The kproxy command: run the datapath on a node, or inspect a running one.
 
+mod keep_local;
 mod node;
 mod serve;
 mod setup;
@@ -50,8 +51,9 @@ enum Command {
         output: Output,
     },
     /// Remove the datapath a stopped kproxy left in place: detach the uplink, pod and
-    /// socket-LB programs (unpin their links) and, with --maps, delete the pinned maps and
-    /// state too.
+    /// socket-LB programs (unpin their links), give the keep-local device's ranges back to
+    /// `unreachable` routes and delete the device, and, with --maps, delete the pinned maps
+    /// and state too.
     Cleanup {
         #[arg(long)]
         maps: bool,
@@ -108,6 +110,9 @@ async fn main() -> Result<()> {
         }
         Command::Ifstats { output } => ifstats(&cli.bpffs, output),
         Command::Cleanup { maps } => {
+            for (dev, ranges) in keep_local::remove_owned(&cli.bpffs).await? {
+                println!("removed the keep-local device {dev}; unreachable routes for {ranges:?}");
+            }
             let n = kproxy::datapath::cleanup(&cli.bpffs, maps)
                 .with_context(|| format!("cleaning up {}", cli.bpffs.display()))?;
             if maps {

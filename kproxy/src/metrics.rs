@@ -40,6 +40,10 @@ pub static SYNC_DURATION: LazyLock<Histogram> =
 /// `endpoints.kubernetes.io/last-change-trigger-time` to the map write that carries it.
 pub static NETWORK_PROGRAMMING: LazyLock<Histogram> =
     LazyLock::new(|| Histogram::new(exponential_buckets(0.001, 2.0, 18)));
+/// Host-gw node routes added, replaced or removed (`kproxy node`).
+pub static NODE_ROUTE_CHANGES: LazyLock<Counter> = LazyLock::new(Counter::default);
+/// kproxy's host-gw node routes after the last reconcile.
+pub static NODE_ROUTES: LazyLock<Gauge> = LazyLock::new(Gauge::default);
 /// kube-proxy's `kubeproxy_sync_proxy_rules_last_timestamp_seconds`.
 pub static LAST_SYNC: LazyLock<Gauge<f64, AtomicU64>> = LazyLock::new(Gauge::default);
 
@@ -174,6 +178,16 @@ fn render(ctx: &Ctx) -> String {
     );
     let reg = root.sub_registry_with_prefix("kproxy");
     reg.register("sync_ops", "eBPF map operations applied", SYNC_OPS.clone());
+    reg.register(
+        "node_route_changes",
+        "Host-gw routes to other nodes' pod CIDRs added, replaced or removed",
+        NODE_ROUTE_CHANGES.clone(),
+    );
+    reg.register(
+        "node_routes",
+        "Host-gw routes to other nodes' pod CIDRs in the main table",
+        NODE_ROUTES.clone(),
+    );
     reg.register(
         "ct_entries",
         "Live connection tracking entries (both directions) after the last collection",

@@ -65,6 +65,11 @@ pub struct DatapathOpts {
     /// (its processes, in any namespace).
     #[arg(long, alias = "cgroup", default_value = "all", value_parser = parse_scope)]
     pub socket_lb_scope: SocketLbScope,
+    /// With `--socket-lb-scope host`: socket-LB also translates sockets of processes under
+    /// this cgroup v2 directory, whatever their network namespace (a node's pods, placed
+    /// there by the kubelet's `--cgroup-parent`). Created when missing.
+    #[arg(long)]
+    pub socket_lb_cgroup: Option<PathBuf>,
     /// Node addresses that serve NodePorts (standalone default: the uplink's IPv4
     /// addresses; node mode adds the Node's InternalIP/ExternalIP and the uplink's).
     #[arg(long = "node-ip")]
@@ -159,6 +164,7 @@ pub async fn bring_up(bpffs: &Path, opts: &DatapathOpts) -> Result<Running> {
             .with_context(|| format!("attaching to uplink {uplink}"))?;
         tracing::info!(%uplink, xdp_mode = ?mode, lb_mode = ?opts.lb_mode, "uplink ready");
         uplink_ips = kproxy::netif::ipv4_addrs(uplink);
+        kproxy::snat::check_local_port_range();
         if let Some(mac) = kproxy::netif::mac_addr(uplink) {
             dp.set_uplink_mac(mac)
                 .context("setting the uplink's MAC for ARP replies")?;
@@ -221,9 +227,27 @@ pub async fn bring_up(bpffs: &Path, opts: &DatapathOpts) -> Result<Running> {
                 (root, netns)
             }
         };
+        let pods = match (&opts.socket_lb_cgroup, &opts.socket_lb_scope) {
+            (Some(dir), SocketLbScope::Host) => Some(
+                kproxy::datapath::cgroup_scope(dir)
+                    .with_context(|| format!("--socket-lb-cgroup {}", dir.display()))?,
+            ),
+            (Some(_), _) => anyhow::bail!("--socket-lb-cgroup needs --socket-lb-scope host"),
+            (None, _) => None,
+        };
         // Before attaching: a pinned link of a previous run may already be live.
         dp.set_socket_lb_netns(netns)
             .context("setting the socket-LB scope")?;
+        // Also when `None`: the config map is pinned and may hold a previous run's cgroup.
+        dp.set_socket_lb_cgroup(pods)
+            .context("setting the socket-LB cgroup scope")?;
+        if let Some((id, level)) = pods {
+            tracing::info!(
+                cgroup_id = id,
+                level,
+                "socket-LB also covers the processes of the --socket-lb-cgroup"
+            );
+        }
         dp.attach_cgroup(&cgroup)
             .with_context(|| format!("attaching socket-LB to {}", cgroup.display()))?;
         tracing::info!(cgroup = %cgroup.display(), netns_cookie = ?netns, "socket-LB scope");

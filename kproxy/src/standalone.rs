@@ -39,6 +39,13 @@ pub struct Opts {
     node_zone: Option<String>,
     #[command(flatten)]
     datapath: DatapathOpts,
+    /// Address ranges served only through translation (service CIDR, LoadBalancer pools),
+    /// routed to the keep-local device so untranslated traffic to them never leaves this
+    /// node (as `kproxy node --keep-local`; none by default here). Repeatable.
+    #[arg(long = "keep-local")]
+    keep_local: Vec<String>,
+    #[command(flatten)]
+    keep_dev: crate::keep_local::KeepDevOpts,
 }
 
 struct Reconciler {
@@ -121,8 +128,10 @@ fn hostname() -> Option<String> {
 }
 
 pub async fn run(bpffs: &Path, opts: Opts) -> Result<()> {
+    let keep_local = crate::keep_local::ranges(&opts.keep_local)?;
     let running = setup::bring_up(bpffs, &opts.datapath).await?;
     let mut dp = running.dp;
+    crate::keep_local::apply(&mut dp, &keep_local, &opts.keep_dev.keep_local_dev).await?;
     let mut pod_veths = running.pod_veths;
     let node_ips = if opts.datapath.node_ips.is_empty() {
         running.uplink_ips

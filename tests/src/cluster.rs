@@ -358,6 +358,12 @@ impl Cluster {
         for cidr in &keep_local.0 {
             kproxy_args.extend(["--keep-local".into(), cidr.into()]);
         }
+        // Plain unreachable routes (what `assert_unreachable_here` checks): tests share the
+        // host's namespace, and one keep-local device per test would outlive a killed one.
+        kproxy_args.extend(["--keep-local-dev".into(), "none".into()]);
+        // One node: no pod CIDR to route; and kproxy's route sweep would remove another
+        // test's host-gw routes (all kproxy routes share one protocol number).
+        kproxy_args.push("--no-node-routes".into());
         kproxy_args.extend([
             "--serve-addr".into(),
             format!("127.0.0.1:{serve_port}").into(),

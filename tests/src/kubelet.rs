@@ -44,6 +44,8 @@ pub struct Kubelet {
     pub port: u16,
     dir: TempDir,
     args: Vec<String>,
+    /// The network namespace the kubelet runs in (`None`: this host's).
+    netns: Option<String>,
     daemon: Option<Daemon>,
     client: Client,
     // Declared last: dropped after the client that spawned tasks on it.
@@ -59,15 +61,28 @@ pub fn free_cidr() -> Ipv4Net {
         .expect("valid CIDR")
 }
 
+/// Where and how [`Kubelet::start_placed`] runs a kubelet (a simulated host).
+#[derive(Default)]
+pub struct Placement<'a> {
+    /// The network namespace to run in (a simulated host); `None`: this host's.
+    pub netns: Option<&'a str>,
+    /// The API server URL as that namespace reaches it (default: `api.url`).
+    pub server: Option<&'a str>,
+    /// The Node's InternalIP (default 127.0.0.1).
+    pub node_ip: Option<std::net::Ipv4Addr>,
+    /// Wait for node IPAM instead of `--pod-cidr`.
+    pub ipam: bool,
+}
+
 /// The node's kubeconfig: the API server, its CA inline, the node's bearer token.
-fn node_kubeconfig(api: &ApiServer, token: &str) -> Value {
+fn node_kubeconfig(api: &ApiServer, server: &str, token: &str) -> Value {
     use base64::Engine as _;
     let ca = std::fs::read(api.data_dir.join("pki/ca.crt")).expect("the API server's CA");
     json!({
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": "kproxy", "cluster": {
-            "server": api.url,
+            "server": server,
             "certificate-authority-data": base64::engine::general_purpose::STANDARD.encode(ca),
         }}],
         "users": [{"name": "node", "user": {"token": token}}],
@@ -80,16 +95,22 @@ impl Kubelet {
     /// Registers a new node with `api` and starts its kubelet; returns once it logged
     /// "kubelet ready". `extra` flags are appended (`--restart-backoff 1` unless given).
     pub fn start(api: &ApiServer, extra: &[&str]) -> Self {
-        Self::start_inner(api, extra, false)
+        Self::start_placed(api, &Placement::default(), extra)
     }
 
     /// Like `start`, without `--pod-cidr`: the kubelet waits for the controller manager's
     /// node IPAM (running against `api`) to assign its Node a pod CIDR.
     pub fn start_with_ipam(api: &ApiServer, extra: &[&str]) -> Self {
-        Self::start_inner(api, extra, true)
+        let place = Placement {
+            ipam: true,
+            ..Placement::default()
+        };
+        Self::start_placed(api, &place, extra)
     }
 
-    fn start_inner(api: &ApiServer, extra: &[&str], ipam: bool) -> Self {
+    /// Starts a kubelet as `place` says (another namespace, address, API server URL).
+    pub fn start_placed(api: &ApiServer, place: &Placement<'_>, extra: &[&str]) -> Self {
+        let ipam = place.ipam;
         let node = unique("node");
         let bridge = unique("kbl");
         assert!(bridge.len() <= 15, "{bridge} is too long for an interface");
@@ -97,8 +118,12 @@ impl Kubelet {
         let dir = TempDir::new("kpt-kubelet");
         let kubeconfig = dir.path().join("kubeconfig");
         let token = api.node_token(&node);
-        std::fs::write(&kubeconfig, node_kubeconfig(api, &token).to_string())
-            .expect("write the node kubeconfig");
+        let server = place.server.unwrap_or(&api.url);
+        std::fs::write(
+            &kubeconfig,
+            node_kubeconfig(api, server, &token).to_string(),
+        )
+        .expect("write the node kubeconfig");
 
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -113,7 +138,9 @@ impl Kubelet {
             "--node-name".into(),
             node.clone(),
             "--node-ip".into(),
-            "127.0.0.1".into(),
+            place
+                .node_ip
+                .map_or_else(|| "127.0.0.1".into(), |ip| ip.to_string()),
             "--bridge".into(),
             bridge.clone(),
             "--data-dir".into(),
@@ -137,6 +164,7 @@ impl Kubelet {
             port: 0,
             dir,
             args,
+            netns: place.netns.map(str::to_string),
             daemon: None,
             client,
             rt,
@@ -156,7 +184,16 @@ impl Kubelet {
     }
 
     fn spawn(&mut self) {
-        let mut cmd = Command::new(bin("kproxy-kubelet"));
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}"))
+                    .arg("--")
+                    .arg(bin("kproxy-kubelet"));
+                c
+            }
+            None => Command::new(bin("kproxy-kubelet")),
+        };
         cmd.args(&self.args).env("RUST_LOG", "info");
         let daemon = self.daemon.insert(Daemon::spawn(cmd));
         let started = Instant::now();

@@ -13,6 +13,7 @@ pub mod kubectl;
 pub mod kubelet;
 pub mod kubelet_server;
 pub mod lab;
+pub mod multinode;
 pub mod requests;
 
 use std::{

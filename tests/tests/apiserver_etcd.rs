@@ -304,3 +304,100 @@ fn bad_store_flags_are_refused_with_a_clear_message() {
         assert!(err.contains(want), "{args:?}: {err}");
     }
 }
+
+/// A gauge's value from a Prometheus text exposition (the first sample of `name`).
+fn gauge(text: &str, name: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (metric, value) = l.rsplit_once(' ')?;
+        let bare = metric.split('{').next()?;
+        (bare == name).then(|| value.trim().parse().ok())?
+    })
+}
+
+/// etcd's own count of open watchers (its /metrics on the client URL).
+fn etcd_watchers(url: &str) -> f64 {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "5", &format!("{url}/metrics")])
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    gauge(&text, "etcd_debugging_mvcc_watcher_total")
+        .unwrap_or_else(|| panic!("etcd's watcher gauge is missing: {text}"))
+}
+
+#[test]
+fn many_watchers_get_every_event_in_order_from_one_etcd_watch() {
+    const WATCHERS: usize = 40;
+    const WRITERS: usize = 4;
+    const PER_WRITER: usize = 40;
+    let Some((_rt, etcd)) = etcd() else { return };
+    let url = etcd.endpoints()[0].clone();
+    let dir = TempDir::new("kpt-etcd-watch");
+    let api = start_api(dir.path(), &etcd_flags(&url));
+    let h = api.http();
+    let rv = h.get(EPS).json()["metadata"]["resourceVersion"]
+        .as_str()
+        .expect("a list resourceVersion")
+        .to_string();
+    let watchers: Vec<_> = (0..WATCHERS)
+        .map(|_| {
+            let (h, rv) = (h.clone(), rv.clone());
+            thread::spawn(move || {
+                h.get(&format!(
+                    "{EPS}?watch=1&resourceVersion={rv}&timeoutSeconds=20"
+                ))
+            })
+        })
+        .collect();
+    eventually("every watch open", || {
+        let m = h.get("/metrics").body;
+        gauge(&m, "apiserver_registered_watchers").unwrap_or(0.0) >= WATCHERS as f64
+    });
+    // Creates, then a label change each, from several clients at once.
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let h = h.clone();
+            thread::spawn(move || {
+                for i in 0..PER_WRITER {
+                    let name = format!("w{w}-{i}");
+                    assert_eq!(h.post(EPS, &endpoints(&name)).code, 201);
+                    let r = h.patch(
+                        &format!("{EPS}/{name}"),
+                        "application/merge-patch+json",
+                        r#"{"metadata":{"labels":{"seen":"yes"}}}"#,
+                    );
+                    assert_eq!(r.code, 200, "{}", r.body);
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().expect("writer");
+    }
+    // However many clients watch, etcd serves one watch: the API server's cache feed.
+    let in_etcd = etcd_watchers(&url);
+    assert!(
+        in_etcd <= 2.0,
+        "{in_etcd} etcd watchers for {WATCHERS} API watches"
+    );
+    let total = WRITERS * PER_WRITER * 2;
+    for w in watchers {
+        let reply = w.join().expect("watch thread");
+        assert_eq!(reply.code, 200, "{}", reply.body);
+        let events: Vec<Value> = reply
+            .body
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).expect("a watch event"))
+            .collect();
+        assert_eq!(events.len(), total, "every event: {}", reply.body);
+        let rvs = kproxy_tests::apiserver::resource_versions(&events);
+        assert!(
+            rvs.windows(2).all(|p| p[0] < p[1]),
+            "in resourceVersion order: {rvs:?}"
+        );
+        let added = events.iter().filter(|e| e["type"] == "ADDED").count();
+        let modified = events.iter().filter(|e| e["type"] == "MODIFIED").count();
+        assert_eq!((added, modified), (total / 2, total / 2));
+    }
+}

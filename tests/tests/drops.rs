@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 30);
 const LB_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 130);
 /// Every reason kproxy reports (the ABI order of `DropReason`).
-const REASONS: [&str; 8] = [
+const REASONS: [&str; 11] = [
     "no-backend",
     "map-full",
     "source-range",
@@ -35,6 +35,9 @@ const REASONS: [&str; 8] = [
     "ct-insert-failed",
     "nat-failed",
     "reject-failed",
+    "not-a-service",
+    "snat-no-port",
+    "forward-failed",
 ];
 /// A UDP datagram with kpt-net's 6-byte payload: Ethernet 14 + IPv4 20 + UDP 8 + 6.
 const UDP_FRAME: u64 = 48;
@@ -307,7 +310,13 @@ async fn privileged_kctl_lb_drops_shows_the_node_counters() {
         .arg(lab.bpffs.path())
         .args(["node", "--kubeconfig"])
         .arg(&kubeconfig)
-        .args(["--node-name", &node, "--keep-local", "none"])
+        .args([
+            "--node-name",
+            &node,
+            "--keep-local",
+            "none",
+            "--no-node-routes",
+        ])
         .arg("--socket-lb-scope")
         .arg(lab.cgroup.path())
         .args([

@@ -298,6 +298,7 @@ async fn privileged_kctl_lb_shows_the_flows_sent_to_a_service() {
             &node,
             "--keep-local",
             "none",
+            "--no-node-routes",
             "--socket-lb-scope",
         ])
         .arg(lab.cgroup.path())

@@ -135,6 +135,11 @@ fn start_kproxy(
             node,
             "--keep-local",
             &keep.0,
+            // Unreachable routes, which `KeepLocal` removes (no device on the host).
+            "--keep-local-dev",
+            "none",
+            // No other node to route; the route sweep would touch other tests' routes.
+            "--no-node-routes",
             "--socket-lb-scope",
         ])
         .arg(lab.cgroup.path())

@@ -50,11 +50,29 @@ pub fn load_or_create(dir: &Path, extra_ips: &[IpAddr]) -> Result<Pki> {
     let ca_pem = std::fs::read_to_string(&ca_path).map_err(Error::io("reading", &ca_path))?;
     // Also for data directories from before the API server talked to kubelets.
     let kubelet_client = kubelet_client(dir)?;
-    let crt_pem = std::fs::read(&crt_path).map_err(Error::io("reading", &crt_path))?;
-    let key_pem = std::fs::read(&key_path).map_err(Error::io("reading", &key_path))?;
-    let chain = rustls_pemfile::certs(&mut crt_pem.as_slice())
+    let mut crt_pem = std::fs::read(&crt_path).map_err(Error::io("reading", &crt_path))?;
+    let mut chain = rustls_pemfile::certs(&mut crt_pem.as_slice())
         .collect::<Result<Vec<_>, _>>()
         .map_err(Error::pem("the serving certificate"))?;
+    // A server that now also binds another address (a LAN address for worker nodes) gets a
+    // serving certificate naming it, signed by the same CA: kubeconfigs stay valid.
+    let missing: Vec<IpAddr> = extra_ips
+        .iter()
+        .copied()
+        .filter(|ip| !ip.is_unspecified() && !covers(chain.first(), *ip))
+        .collect();
+    if !missing.is_empty() {
+        reissue_serving(dir, extra_ips)?;
+        tracing::info!(
+            ?missing,
+            "re-issued the API server certificate for new addresses"
+        );
+        crt_pem = std::fs::read(&crt_path).map_err(Error::io("reading", &crt_path))?;
+        chain = rustls_pemfile::certs(&mut crt_pem.as_slice())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(Error::pem("the serving certificate"))?;
+    }
+    let key_pem = std::fs::read(&key_path).map_err(Error::io("reading", &key_path))?;
     let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
         .map_err(Error::pem("the serving key"))?
         .ok_or(Error::Missing {
@@ -141,13 +159,52 @@ fn kubelet_client(dir: &Path) -> Result<ClientCert> {
     })
 }
 
+/// Whether the serving certificate `cert` names `ip`.
+fn covers(cert: Option<&rustls::pki_types::CertificateDer<'_>>, ip: IpAddr) -> bool {
+    let Some(parsed) = cert.and_then(|c| rustls::server::ParsedCertificate::try_from(c).ok())
+    else {
+        return false;
+    };
+    rustls::client::verify_server_name(
+        &parsed,
+        &rustls::pki_types::ServerName::IpAddress(ip.into()),
+    )
+    .is_ok()
+}
+
 fn generate(dir: &Path, extra_ips: &[IpAddr]) -> Result<()> {
-    let [ca_path, crt_path, key_path] = paths(dir);
+    let ca_path = dir.join("ca.crt");
     let ca_key = KeyPair::generate().map_err(Error::certificate("generating the CA key"))?;
     let ca_cert = ca_params()?
         .self_signed(&ca_key)
         .map_err(Error::certificate("self-signing the CA"))?;
+    write_private(&dir.join("ca.key"), &ca_key.serialize_pem())?;
+    write_serving(dir, &ca_cert, &ca_key, extra_ips)?;
+    // The CA certificate last: its presence marks a complete PKI.
+    std::fs::write(&ca_path, ca_cert.pem()).map_err(Error::io("writing", &ca_path))?;
+    Ok(())
+}
 
+/// A new serving certificate for `extra_ips` from the stored CA key.
+fn reissue_serving(dir: &Path, extra_ips: &[IpAddr]) -> Result<()> {
+    let ca_key_path = dir.join("ca.key");
+    let ca_key_pem =
+        std::fs::read_to_string(&ca_key_path).map_err(Error::io("reading", &ca_key_path))?;
+    let ca_key =
+        KeyPair::from_pem(&ca_key_pem).map_err(Error::certificate("parsing the CA key"))?;
+    let issuer = ca_params()?
+        .self_signed(&ca_key)
+        .map_err(Error::certificate("rebuilding the CA issuer"))?;
+    write_serving(dir, &issuer, &ca_key, extra_ips)
+}
+
+fn write_serving(
+    dir: &Path,
+    ca_cert: &rcgen::Certificate,
+    ca_key: &KeyPair,
+    extra_ips: &[IpAddr],
+) -> Result<()> {
+    let [_, crt_path, key_path] = paths(dir);
     let key = KeyPair::generate().map_err(Error::certificate("generating the serving key"))?;
     let mut params = CertificateParams::new(vec!["localhost".to_string(), "kubernetes".into()])
         .map_err(Error::certificate("the serving certificate's parameters"))?;
@@ -169,14 +226,10 @@ fn generate(dir: &Path, extra_ips: &[IpAddr]) -> Result<()> {
     params.not_before = rcgen::date_time_ymd(2024, 1, 1);
     params.not_after = rcgen::date_time_ymd(2124, 1, 1);
     let cert = params
-        .signed_by(&key, &ca_cert, &ca_key)
+        .signed_by(&key, ca_cert, ca_key)
         .map_err(Error::certificate("signing the serving certificate"))?;
-
-    write_private(&dir.join("ca.key"), &ca_key.serialize_pem())?;
     write_private(&key_path, &key.serialize_pem())?;
     std::fs::write(&crt_path, cert.pem()).map_err(Error::io("writing", &crt_path))?;
-    // The CA certificate last: its presence marks a complete PKI.
-    std::fs::write(&ca_path, ca_cert.pem()).map_err(Error::io("writing", &ca_path))?;
     Ok(())
 }
 
@@ -202,6 +255,7 @@ pub fn write_private(path: &Path, contents: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustls::client::danger::ServerCertVerifier as _;
     use rustls::pki_types::{CertificateDer, UnixTime};
     use rustls::server::WebPkiClientVerifier;
 
@@ -269,6 +323,50 @@ mod tests {
             before.kubelet_client.cert_pem
         );
         verify_client(&after.ca_pem, &after.kubelet_client.cert_pem).expect("chains to the CA");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn serving(dir: &Path) -> Vec<CertificateDer<'static>> {
+        let pem = std::fs::read(dir.join("apiserver.crt")).unwrap();
+        rustls_pemfile::certs(&mut pem.as_slice())
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_new_bind_address_reissues_the_serving_certificate_from_the_same_ca() {
+        let dir = temp_dir("sans");
+        let lan: IpAddr = [198, 51, 100, 7].into();
+        let before = load_or_create(&dir, &["127.0.0.1".parse().unwrap()]).unwrap();
+        assert!(!covers(serving(&dir).first(), lan));
+        let first = serving(&dir);
+        // Same addresses again: nothing is re-issued.
+        load_or_create(&dir, &["127.0.0.1".parse().unwrap()]).unwrap();
+        assert_eq!(serving(&dir), first);
+        let after = load_or_create(&dir, &["127.0.0.1".parse().unwrap(), lan]).unwrap();
+        assert_eq!(after.ca_pem, before.ca_pem, "the CA is kept");
+        let chain = serving(&dir);
+        assert!(covers(chain.first(), lan));
+        assert!(covers(chain.first(), [127, 0, 0, 1].into()));
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls_pemfile::certs(&mut after.ca_pem.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build()
+        .unwrap();
+        verifier
+            .verify_server_cert(
+                &chain[0],
+                &[],
+                &rustls::pki_types::ServerName::IpAddress(lan.into()),
+                &[],
+                UnixTime::now(),
+            )
+            .expect("the re-issued certificate chains to the kept CA");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -23,9 +23,15 @@ pub struct Options {
     /// State: store, CA and serving certificate, tokens.
     #[arg(long, default_value = "/var/lib/kproxy/apiserver")]
     pub data_dir: PathBuf,
-    /// Address to serve HTTPS on.
+    /// Address to serve HTTPS on; repeatable (e.g. loopback and the address worker nodes
+    /// reach). The first one goes into the written kubeconfig. Each address gets its own
+    /// `--max-connections`.
     #[arg(long, default_value = "127.0.0.1:6443")]
-    pub bind: SocketAddr,
+    pub bind: Vec<SocketAddr>,
+    /// More IP addresses the serving certificate names (besides the `--bind` addresses,
+    /// 127.0.0.1 and 10.96.0.1), e.g. the host's address with `--bind 0.0.0.0:6443`.
+    #[arg(long = "tls-san")]
+    pub tls_sans: Vec<std::net::IpAddr>,
     #[arg(long, value_enum, default_value = "redb")]
     pub store: StoreKind,
     #[command(flatten)]
@@ -88,7 +94,13 @@ pub async fn run(opts: Options, shutdown: impl std::future::Future<Output = ()>)
         source: e.into(),
     })?;
     std::fs::create_dir_all(&opts.data_dir).map_err(Error::io("creating", &opts.data_dir))?;
-    let pki = crate::pki::load_or_create(&opts.data_dir.join("pki"), &[opts.bind.ip()])?;
+    let sans: Vec<std::net::IpAddr> = opts
+        .bind
+        .iter()
+        .map(SocketAddr::ip)
+        .chain(opts.tls_sans.iter().copied())
+        .collect();
+    let pki = crate::pki::load_or_create(&opts.data_dir.join("pki"), &sans)?;
     let kubelet = KubeletClient::new(&pki.kubelet_client)?;
     let tokens = TokenStore::open(&opts.data_dir)?;
     let sopts = StoreOptions {
@@ -105,14 +117,18 @@ pub async fn run(opts: Options, shutdown: impl std::future::Future<Output = ()>)
     )
     .await?;
 
-    let listener = tokio::net::TcpListener::bind(opts.bind)
-        .await
-        .map_err(|source| Error::Bind {
-            addr: opts.bind,
-            source,
-        })?;
-    let local = listener.local_addr().map_err(|source| Error::Bind {
-        addr: opts.bind,
+    let mut listeners = Vec::with_capacity(opts.bind.len());
+    for &addr in &opts.bind {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::Bind { addr, source })?;
+        listeners.push(listener);
+    }
+    let first = opts.bind.first().copied().ok_or(Error::Missing {
+        what: "a --bind address",
+    })?;
+    let local = listeners[0].local_addr().map_err(|source| Error::Bind {
+        addr: first,
         source,
     })?;
     let server_url = format!("https://{local}");
@@ -141,7 +157,9 @@ pub async fn run(opts: Options, shutdown: impl std::future::Future<Output = ()>)
     };
     tracing::info!(url = %server_url, revision = api.store.revision(), "API server ready");
     tokio::select! {
-        () = kproxy_node_tls::serve(listener, pki.server_config.clone(), app, &endpoint) => {}
+        _ = futures::future::join_all(listeners.into_iter().map(|l| {
+            kproxy_node_tls::serve(l, pki.server_config.clone(), app.clone(), &endpoint)
+        })) => {}
         () = shutdown => {}
     }
     tracing::info!("API server stopped");

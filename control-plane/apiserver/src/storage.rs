@@ -53,6 +53,10 @@ pub struct EtcdArgs {
     /// stay consistent (each waits until the copy has caught up with etcd).
     #[arg(long = "watch-cache", default_value_t = true, action = clap::ArgAction::Set)]
     pub watch_cache: bool,
+    /// Recent events the watch cache keeps for watches (one etcd watch feeds them all); a
+    /// watch from an older resourceVersion gets 410 Gone.
+    #[arg(long = "watch-cache-events", default_value_t = crate::watch_cache::WINDOW)]
+    pub watch_cache_events: usize,
     /// How often etcd is compacted to its revision of one interval earlier (a Go duration;
     /// 0 never: then etcd's own --auto-compaction must bound its history).
     #[arg(
@@ -154,7 +158,10 @@ pub async fn open(
         connecting.wait(wait).await;
         crate::compaction::spawn(connecting.clone(), args.etcd_compaction_interval);
         if args.watch_cache {
-            return Ok(crate::watch_cache::WatchCache::start(connecting));
+            return Ok(crate::watch_cache::WatchCache::with_window(
+                connecting,
+                args.watch_cache_events,
+            ));
         }
         return Ok(connecting);
     }
@@ -316,6 +323,10 @@ impl Store for Connecting {
 
     fn watch(&self, prefix: &str, after: Revision) -> Result<Watch, StoreError> {
         self.inner()?.watch(prefix, after)
+    }
+
+    fn watch_without_prev(&self, prefix: &str, after: Revision) -> Result<Watch, StoreError> {
+        self.inner()?.watch_without_prev(prefix, after)
     }
 
     async fn ready(&self) -> Result<(), StoreError> {

@@ -41,6 +41,16 @@ pub struct TestApi {
 /// A bootstrapped API over a memory store keeping `history` events; `name` makes the
 /// temporary directory unique per test.
 pub async fn test_api(name: &str, history: usize, nodes: &[&str]) -> TestApi {
+    let store = kproxy_store::memory(kproxy_store::StoreOptions { history });
+    test_api_on(name, store, nodes).await
+}
+
+/// [`test_api`] over `store` (e.g. a watch cache around a memory store).
+pub async fn test_api_on(
+    name: &str,
+    store: std::sync::Arc<dyn kproxy_store::Store>,
+    nodes: &[&str],
+) -> TestApi {
     let dir = std::env::temp_dir().join(format!("kproxy-apiserver-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let pki = crate::pki::load_or_create(&dir.join("pki"), &[]).unwrap();
@@ -51,7 +61,6 @@ pub async fn test_api(name: &str, history: usize, nodes: &[&str]) -> TestApi {
         .iter()
         .map(|n| tokens.node_token(n).unwrap())
         .collect();
-    let store = kproxy_store::memory(kproxy_store::StoreOptions { history });
     crate::storage::bootstrap(store.as_ref()).await.unwrap();
     let api = Api::new(
         store,

@@ -7,7 +7,17 @@
 //! that revision. A cache that is not in sync (starting, re-listing after an error) or does
 //! not catch up soon (writes outside the watched keys also move etcd's revision) sends the read
 //! to the store instead, so the cache only ever makes reads faster, never staler.
-//! Writes, watches and reads at an older revision go to the store.
+//! Writes and reads at an older revision go to the store.
+//!
+//! Watches are served from the cache too, as kube-apiserver's cacher serves them: the feed's one
+//! store watch (on every key, without etcd's per-event previous value: the snapshot has it)
+//! fills a window of recent events ([`EventLog`]) that every API watch reads by cursor, so 100
+//! watchers cost one etcd watch, not 100. A watch from a resourceVersion inside the window
+//! replays from there; one older than the window is `Compacted` (410 Gone "too old resource
+//! version", as Kubernetes); a watcher overtaken by the window's bound gets `WatcherLagged`
+//! (410 as well). A re-list (after the feed failed) starts a new window and ends the watches of
+//! the old one, whose clients resume from their last resourceVersion. While the cache is not in
+//! sync, watches go to the store.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -15,7 +25,9 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use futures::FutureExt as _;
-use kproxy_store::{Event, EventKind, KeyValue, Op, Page, Revision, Store, StoreError, Watch};
+use kproxy_store::{
+    Event, EventKind, EventLog, KeyValue, Op, Page, Revision, Store, StoreError, Watch,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// Every key the API server writes starts with this.
@@ -28,6 +40,9 @@ const CATCH_UP: Duration = Duration::from_millis(250);
 const BATCH: usize = 1024;
 /// Keys read per page while listing (bounds each store response).
 const LIST_PAGE: usize = 1000;
+/// Events the watch window keeps by default (the in-process stores' history bound). Creates
+/// share their value with the cached object; an update or delete also keeps the previous value.
+pub const WINDOW: usize = 100_000;
 /// First and longest wait before re-listing after the store failed.
 const RETRY: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
 
@@ -37,6 +52,8 @@ struct Snapshot {
     kvs: BTreeMap<String, KeyValue>,
     /// False while (re)listing: reads go to the store.
     synced: bool,
+    /// Recent events for API watches (None while not in sync); replaced on every re-list.
+    window: Option<Arc<EventLog>>,
 }
 
 /// A [`Store`] answering current reads from memory (see the module docs).
@@ -51,15 +68,21 @@ pub struct WatchCache {
 }
 
 impl WatchCache {
-    /// Wraps `inner` and starts filling the cache on the current runtime; the feed stops when
-    /// the cache is dropped.
+    /// Wraps `inner` and starts filling the cache on the current runtime, keeping [`WINDOW`]
+    /// events for watches; the feed stops when the cache is dropped.
     pub fn start(inner: Arc<dyn Store>) -> Arc<Self> {
+        Self::with_window(inner, WINDOW)
+    }
+
+    /// [`WatchCache::start`] with a window of `window` events.
+    pub fn with_window(inner: Arc<dyn Store>, window: usize) -> Arc<Self> {
         let (tx, rx) = watch::channel(None);
         let snapshot = Arc::new(RwLock::new(Snapshot::default()));
         let feed = Feed {
             inner: Arc::clone(&inner),
             snapshot: Arc::clone(&snapshot),
             revision: tx,
+            window,
         };
         tokio::spawn(feed.run());
         let (probes, asked) = mpsc::unbounded_channel();
@@ -160,12 +183,35 @@ impl Store for WatchCache {
             .await
     }
 
+    async fn get_cached(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        if let Some(kv) = self.read(|s| s.kvs.get(key).cloned()) {
+            return Ok(kv);
+        }
+        self.inner.get(key).await
+    }
+
     async fn txn(&self, ops: Vec<Op>) -> Result<Vec<KeyValue>, StoreError> {
         self.inner.txn(ops).await
     }
 
     fn watch(&self, prefix: &str, after: Revision) -> Result<Watch, StoreError> {
-        self.inner.watch(prefix, after)
+        let window = self
+            .snapshot
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .window
+            .clone();
+        let Some(window) = window else {
+            return self.inner.watch(prefix, after);
+        };
+        // "From now" as on the store: after every write it has acknowledged, which the window
+        // may not hold yet (the cursor skips what is older when it arrives).
+        let after = if after == 0 {
+            self.inner.revision().max(window.revision())
+        } else {
+            after
+        };
+        window.watch(prefix, after)
     }
 
     async fn ready(&self) -> Result<(), StoreError> {
@@ -204,6 +250,8 @@ struct Feed {
     inner: Arc<dyn Store>,
     snapshot: Arc<RwLock<Snapshot>>,
     revision: watch::Sender<Option<Revision>>,
+    /// Bound of each window.
+    window: usize,
 }
 
 impl Feed {
@@ -234,6 +282,9 @@ impl Feed {
             .unwrap_or_else(PoisonError::into_inner);
         snap.synced = false;
         snap.kvs.clear();
+        // Ends the old window's watches (after what they were sent): events between its last
+        // one and the next list are lost to it.
+        snap.window = None;
         self.revision.send_replace(None);
     }
 
@@ -241,7 +292,7 @@ impl Feed {
     async fn sync(&self) -> Result<(), StoreError> {
         self.unsync();
         let (kvs, listed) = self.list().await?;
-        let mut watch = self.inner.watch(ROOT, listed)?;
+        let mut watch = self.inner.watch_without_prev(ROOT, listed)?;
         {
             let mut snap = self
                 .snapshot
@@ -249,6 +300,7 @@ impl Feed {
                 .unwrap_or_else(PoisonError::into_inner);
             snap.kvs = kvs;
             snap.synced = true;
+            snap.window = Some(Arc::new(EventLog::new(listed, self.window)));
             self.revision.send_replace(Some(listed));
         }
         let mut carry: Option<Event> = None;
@@ -283,17 +335,15 @@ impl Feed {
                 .snapshot
                 .write()
                 .unwrap_or_else(PoisonError::into_inner);
-            for ev in batch {
-                match ev.kind {
-                    EventKind::Put => {
-                        snap.kvs.insert(ev.kv.key.clone(), ev.kv);
-                    }
-                    EventKind::Delete => {
-                        snap.kvs.remove(&ev.kv.key);
-                    }
-                }
+            let events: Vec<Event> = batch
+                .into_iter()
+                .map(|ev| apply(&mut snap.kvs, ev))
+                .collect();
+            // Under the lock, window first: a watch from the revision a reader saw finds every
+            // later event in the window.
+            if let Some(window) = &snap.window {
+                window.publish(last, events);
             }
-            // Under the lock: a reader sees the revision its snapshot is complete up to.
             self.revision.send_replace(Some(last));
         }
     }
@@ -320,6 +370,37 @@ impl Feed {
                 .inner
                 .list_page(ROOT, &next, LIST_PAGE, at, false)
                 .await?;
+        }
+    }
+}
+
+/// Applies one event of the store's watch to the cached keys and returns it as watchers get it:
+/// the previous value from the cache (the feed's watch does not carry it), a delete carrying
+/// the last value at the delete's revision.
+fn apply(kvs: &mut BTreeMap<String, KeyValue>, ev: Event) -> Event {
+    match ev.kind {
+        EventKind::Put => {
+            let prev = kvs.insert(ev.kv.key.clone(), ev.kv.clone());
+            Event {
+                kind: EventKind::Put,
+                kv: ev.kv,
+                prev,
+            }
+        }
+        EventKind::Delete => {
+            let prev = kvs.remove(&ev.kv.key);
+            let kv = match &prev {
+                Some(p) => KeyValue {
+                    mod_revision: ev.kv.mod_revision,
+                    ..p.clone()
+                },
+                None => ev.kv,
+            };
+            Event {
+                kind: EventKind::Delete,
+                kv,
+                prev,
+            }
         }
     }
 }

@@ -57,6 +57,16 @@ struct Options {
     /// The node bridge the pods' veths join.
     #[arg(long, default_value = "kbr0")]
     bridge: String,
+    /// The cluster's pod CIDR (the controller manager's `--cluster-cidr`): pod traffic to it
+    /// (pods of other nodes) is not masqueraded, so it keeps the pod's address. Without it
+    /// only traffic within this node's pod CIDR keeps it.
+    #[arg(long)]
+    cluster_cidr: Option<Ipv4Net>,
+    /// Docker's cgroup parent for every container of this node, sandboxes included (e.g.
+    /// `/kproxy-node-2`): the node's pods share one cgroup, which kproxy's
+    /// `--socket-lb-cgroup` can name.
+    #[arg(long, value_parser = parse_cgroup_parent)]
+    cgroup_parent: Option<String>,
     /// State: IPAM, the serving certificate.
     #[arg(long, default_value = "/var/lib/kproxy/kubelet")]
     data_dir: PathBuf,
@@ -96,6 +106,29 @@ struct Options {
     /// Log files kept per container, the current one included (at least 2).
     #[arg(long, default_value_t = 5)]
     container_log_max_files: u32,
+}
+
+/// A cgroup path for Docker's cgroupfs driver: absolute, no `.`/`..` components (a
+/// systemd slice name such as `kproxy.slice` is taken as it is).
+fn parse_cgroup_parent(s: &str) -> Result<String, String> {
+    let path = std::path::Path::new(s);
+    if !s.contains('/') && path.extension().is_some_and(|e| e == "slice") {
+        return Ok(s.to_string());
+    }
+    if !path.is_absolute()
+        || s.len() < 2
+        || path.components().any(|c| {
+            matches!(
+                c,
+                std::path::Component::CurDir | std::path::Component::ParentDir
+            )
+        })
+    {
+        return Err(format!(
+            "{s:?}: expected an absolute cgroup path such as /kproxy-node-2"
+        ));
+    }
+    Ok(s.trim_end_matches('/').to_string())
 }
 
 fn secs(v: f64, what: &str) -> Result<Duration> {
@@ -174,6 +207,7 @@ async fn main() -> Result<()> {
         docker: docker.clone(),
         node: node_name.clone(),
         logs,
+        cgroup_parent: o.cgroup_parent.clone(),
     };
     if rt.image_origin(runtime::PAUSE_IMAGE).await?.is_none() {
         bail!(
@@ -220,7 +254,8 @@ async fn main() -> Result<()> {
     kproxy_podnet::ensure_bridge(&o.bridge, Ipv4Net::new(gateway, cidr.prefix_len())?)
         .await
         .context("setting up the node bridge")?;
-    kproxy_podnet::enable_forwarding(&o.bridge, cidr).context("allowing pod traffic")?;
+    kproxy_podnet::enable_cluster_forwarding(&o.bridge, cidr, o.cluster_cidr)
+        .context("allowing pod traffic")?;
     let ipam = kproxy_podnet::Ipam::open(o.data_dir.join("ipam.json"), cidr, gateway)?;
 
     let shared = Arc::new(shared::Shared {
@@ -246,7 +281,10 @@ async fn main() -> Result<()> {
         },
         docker,
     );
-    info!(node = %node_name, %node_ip, pod_cidr = %cidr, bridge = %o.bridge, port, "kubelet ready");
+    info!(
+        node = %node_name, %node_ip, pod_cidr = %cidr, bridge = %o.bridge, port,
+        cluster_cidr = ?o.cluster_cidr, cgroup_parent = ?o.cgroup_parent, "kubelet ready"
+    );
     tokio::select! {
         r = manager::run(shared) => r,
         r = server => r.context("the kubelet endpoint"),
@@ -263,5 +301,31 @@ async fn shutdown() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {},
         _ = term.recv() => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_placement_flags_parse() {
+        let o = Options::try_parse_from([
+            "kproxy-kubelet",
+            "--cgroup-parent",
+            "/kproxy-node-2/",
+            "--cluster-cidr",
+            "10.244.0.0/16",
+        ])
+        .unwrap();
+        assert_eq!(o.cgroup_parent.as_deref(), Some("/kproxy-node-2"));
+        assert_eq!(o.cluster_cidr, Some("10.244.0.0/16".parse().unwrap()));
+        let plain = Options::try_parse_from(["kproxy-kubelet"]).unwrap();
+        assert_eq!((plain.cgroup_parent, plain.cluster_cidr), (None, None));
+        for bad in ["relative", "/", "/a/../b", ""] {
+            assert!(parse_cgroup_parent(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(parse_cgroup_parent("kproxy.slice").unwrap(), "kproxy.slice");
+        assert!(Options::try_parse_from(["k", "--cluster-cidr", "10.244.0.0"]).is_err());
     }
 }

@@ -7,7 +7,7 @@
 
 use std::{collections::HashMap, future::Future, time::Duration};
 
-use anyhow::{Context as _, Result, anyhow};
+use anyhow::{Context as _, Result, anyhow, bail};
 use bollard::{
     Docker,
     errors::Error as DockerError,
@@ -159,6 +159,9 @@ pub struct Runtime {
     pub docker: Docker,
     pub node: String,
     pub logs: LogRotation,
+    /// Docker's `HostConfig.CgroupParent` for every container of the node (`--cgroup-parent`):
+    /// the node's pods share one cgroup subtree (socket-LB scope, accounting).
+    pub cgroup_parent: Option<String>,
 }
 
 /// Bounds on each container's log: Docker's json-file driver rotates it at `max_size` bytes
@@ -274,6 +277,16 @@ impl Runtime {
             Err(DockerError::DockerResponseServerError {
                 status_code: 409, ..
             }) => {
+                // Kubelets may share one Docker engine: only a leftover of this node goes.
+                let owner = self
+                    .docker
+                    .inspect_container(name, None)
+                    .await
+                    .ok()
+                    .and_then(|i| i.config?.labels?.remove(labels::NODE));
+                if let Some(other) = owner.filter(|o| *o != self.node) {
+                    bail!("container {name} exists and belongs to node {other}");
+                }
                 self.remove_named(name).await?;
                 Ok(create().await.map_err(|e| anyhow!(docker_message(&e)))?.id)
             }
@@ -409,6 +422,7 @@ impl PodRuntime for Runtime {
                 // The app containers join its IPC namespace too.
                 ipc_mode: Some("shareable".into()),
                 log_config: Some(self.logs.log_config()),
+                cgroup_parent: self.cgroup_parent.clone(),
                 ..Default::default()
             }),
             ..Default::default()
@@ -479,6 +493,7 @@ impl PodRuntime for Runtime {
                 cpu_shares,
                 init: Some(true),
                 log_config: Some(self.logs.log_config()),
+                cgroup_parent: self.cgroup_parent.clone(),
                 memory,
                 nano_cpus,
                 ..Default::default()

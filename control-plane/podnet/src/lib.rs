@@ -9,7 +9,9 @@
 mod bridge;
 mod error;
 mod forward;
+mod gw;
 mod ipam;
+mod keep_dev;
 mod links;
 mod names;
 mod netns;
@@ -19,10 +21,15 @@ mod veth;
 
 pub use bridge::ensure_bridge;
 pub use error::{Error, Result};
-pub use forward::{ForwardRule, disable_forwarding, enable_forwarding, forwarding_rules};
+pub use forward::{
+    ForwardRule, cluster_forwarding_rules, disable_forwarding, enable_cluster_forwarding,
+    enable_forwarding, forwarding_rules,
+};
+pub use gw::{Added, GatewayRoutes};
 pub use ipam::Ipam;
 /// Re-exported: the pod CIDR type of this API.
 pub use ipnet::Ipv4Net;
+pub use keep_dev::{ensure_keep_dev, remove_keep_dev, route_to_keep_dev};
 pub use links::{LinkEvent, LinkState, LinkWatch};
 pub use names::{POD_IFNAME, host_ifname, validate_ifname};
 pub use route::ensure_unreachable;

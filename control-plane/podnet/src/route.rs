@@ -28,7 +28,7 @@ pub async fn ensure_unreachable(cidr: Ipv4Net) -> Result<()> {
         )))
 }
 
-fn unreachable(cidr: Ipv4Net) -> rtnetlink::packet_route::route::RouteMessage {
+pub(crate) fn unreachable(cidr: Ipv4Net) -> rtnetlink::packet_route::route::RouteMessage {
     RouteMessageBuilder::<Ipv4Addr>::new()
         .destination_prefix(cidr.network(), cidr.prefix_len())
         .kind(RouteType::Unreachable)

@@ -125,6 +125,10 @@ impl Store for Offset {
                     key,
                     expected: expected.map(|r| r + self.base),
                 },
+                Op::Check { key, expected } => Op::Check {
+                    key,
+                    expected: expected + self.base,
+                },
                 create @ Op::Create { .. } => create,
             })
             .collect();

@@ -133,6 +133,65 @@ impl Shared {
     }
 }
 
+/// A bounded window of events fed by its owner rather than by a store's writer: the API
+/// server's watch cache serves every API watch from one such window instead of opening one
+/// backend watch per client. Watches read it by cursor, exactly like a store's own history
+/// ([`crate::Store::watch`] semantics: resuming before the window is `Compacted`, a watcher
+/// overtaken by the bound gets `WatcherLagged`); dropping the log ends them once they have
+/// read what was published.
+pub struct EventLog {
+    shared: Arc<Shared>,
+    notify: watch::Sender<u64>,
+}
+
+impl EventLog {
+    /// An empty window complete from `revision` on, keeping at most `bound` events (at
+    /// least 1).
+    pub fn new(revision: Revision, bound: usize) -> Self {
+        let (notify, _) = watch::channel(0);
+        Self {
+            shared: Arc::new(Shared::new(revision, bound)),
+            notify,
+        }
+    }
+
+    /// Appends the events of revisions up to `revision` (in revision order, ops of one txn in
+    /// op order, none at or below the previous publication) and wakes the watches.
+    pub fn publish(&self, revision: Revision, events: Vec<Event>) {
+        let seq = self.shared.publish(revision, events);
+        self.notify.send_replace(seq);
+    }
+
+    /// Events under `prefix` with revision > `after` (0: from the last publication on).
+    pub fn watch(&self, prefix: &str, after: Revision) -> Result<Watch, StoreError> {
+        Watch::register(
+            Arc::clone(&self.shared),
+            self.notify.subscribe(),
+            prefix,
+            after,
+        )
+    }
+
+    /// The oldest revision a watch can resume after.
+    pub fn compacted(&self) -> Revision {
+        self.shared.read().compacted()
+    }
+
+    /// The revision of the last publication.
+    pub fn revision(&self) -> Revision {
+        self.shared.revision()
+    }
+}
+
+impl std::fmt::Debug for EventLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventLog")
+            .field("revision", &self.revision())
+            .field("compacted", &self.compacted())
+            .finish_non_exhaustive()
+    }
+}
+
 /// Events a watch examines per history lock acquisition.
 const SCAN_CHUNK: usize = 1024;
 

@@ -51,7 +51,7 @@ use std::sync::Arc;
 pub use engine::{Change, Engine};
 pub use error::{EngineError, StoreError};
 pub use etcd::{EtcdConfig, EtcdStore};
-pub use history::Watch;
+pub use history::{EventLog, Watch};
 pub use types::{Event, EventKind, KeyValue, Op, Page, Revision};
 
 /// Tuning for a store instance.
@@ -100,6 +100,21 @@ pub trait Store: Send + Sync + 'static {
     /// txn in op order), first from retained history, then live. `after` older than the retained
     /// history → Err(Compacted). `after == 0` means "from now" (only live events).
     fn watch(&self, prefix: &str, after: Revision) -> Result<Watch, StoreError>;
+
+    /// [`Store::watch`] whose events may lack `prev` (and a delete's value: its `kv` may be
+    /// the bare tombstone), for a caller that keeps the previous values itself (the API
+    /// server's watch cache). On etcd this spares etcd a read of the previous revision per
+    /// event. By default the same as `watch`.
+    fn watch_without_prev(&self, prefix: &str, after: Revision) -> Result<Watch, StoreError> {
+        self.watch(prefix, after)
+    }
+
+    /// [`Store::get`], possibly from a copy that may lag the store (the API server's watch
+    /// cache answers without first learning etcd's revision). For a read whose result a
+    /// txn then asserts ([`Op::Check`]), as the namespace of a create. By default `get`.
+    async fn get_cached(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        self.get(key).await
+    }
 
     /// Whether writes commit. After a failed commit (a full disk, an I/O error) this is the
     /// cause until the store has made its storage writable again; asking retries that, as the

@@ -283,6 +283,51 @@ async fn multi_op_txn(be: &Backend) {
     assert_eq!(s.revision(), 2);
 }
 
+async fn check_op(be: &Backend) {
+    let s = be.store().await;
+    s.create("/ns", b("n")).await.expect("create");
+    let mut w = s.watch("/", s.revision()).expect("watch");
+    let create = |key: &str| Op::Create {
+        key: key.into(),
+        value: b("x"),
+    };
+    let check = |expected| Op::Check {
+        key: "/ns".into(),
+        expected,
+    };
+    // The checked key unchanged: the txn commits, the check writes nothing.
+    let out = s
+        .txn(vec![create("/a"), check(1)])
+        .await
+        .expect("txn applies");
+    assert_eq!(out[1].mod_revision, 1);
+    assert_eq!(out[1].value, b("n"));
+    assert_eq!(s.revision(), 2);
+    let ev = expect_event(&mut w).await;
+    assert_eq!((ev.kv.key.as_str(), ev.revision()), ("/a", 2));
+    expect_quiet(&mut w).await;
+    // Changed or gone: nothing applies.
+    s.update("/ns", b("n2"), None).await.expect("update");
+    let err = s
+        .txn(vec![create("/b"), check(1)])
+        .await
+        .expect_err("stale check");
+    assert!(
+        matches!(err, StoreError::Conflict { ref key, expected: 1, actual: 3 } if key == "/ns"),
+        "{err}"
+    );
+    s.delete("/ns", None).await.expect("delete");
+    let err = s
+        .txn(vec![create("/b"), check(3)])
+        .await
+        .expect_err("missing");
+    assert!(
+        matches!(err, StoreError::NotFound(ref k) if k == "/ns"),
+        "{err}"
+    );
+    assert_eq!(s.get("/b").await.expect("get"), None);
+}
+
 async fn delete_semantics(be: &Backend) {
     let s = be.store().await;
     s.create("/a", b("v1")).await.expect("create");
@@ -867,6 +912,7 @@ etcd_tests!(
     create_twice_already_exists,
     update_semantics,
     multi_op_txn,
+    check_op,
     delete_semantics,
     watch_from_now,
     watch_from_past_revision,
@@ -885,6 +931,7 @@ backend_tests!(
     create_twice_already_exists,
     update_semantics,
     multi_op_txn,
+    check_op,
     delete_semantics,
     watch_from_now,
     watch_from_past_revision,

@@ -69,12 +69,20 @@ pub enum Op {
         key: String,
         expected: Option<Revision>,
     },
+    /// Writes nothing: fails with NotFound if missing, with Conflict if the key's
+    /// mod_revision is not `expected` (etcd's compare without a write), so a txn commits only
+    /// if a key it depends on is unchanged. Its result is the key as it is; a txn needs at
+    /// least one write besides its checks to consume a revision.
+    Check { key: String, expected: Revision },
 }
 
 impl Op {
     pub fn key(&self) -> &str {
         match self {
-            Op::Create { key, .. } | Op::Update { key, .. } | Op::Delete { key, .. } => key,
+            Op::Create { key, .. }
+            | Op::Update { key, .. }
+            | Op::Delete { key, .. }
+            | Op::Check { key, .. } => key,
         }
     }
 }

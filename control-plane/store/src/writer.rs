@@ -58,6 +58,11 @@ pub(crate) fn apply_txn(
                 .map_err(|e| StoreError::backend("reading key for txn precondition", e))?,
         };
         let (key, kind, kv, new_state) = match op {
+            Op::Check { key, expected } => {
+                let kv = check(&key, current.as_ref(), Some(expected))?.clone();
+                applied.results.push(kv);
+                continue;
+            }
             Op::Create { key, value } => {
                 if current.is_some() {
                     return Err(StoreError::AlreadyExists(key));
@@ -205,7 +210,10 @@ impl<E: Engine> Writer<E> {
                     events,
                     writes,
                 }) => {
-                    revision += 1;
+                    // Only checks: nothing changed, no revision consumed (as in etcd).
+                    if !writes.is_empty() {
+                        revision += 1;
+                    }
                     overlay.extend(writes);
                     outcomes.push((reply, Ok((results, events))));
                 }

@@ -6,7 +6,9 @@ use aya::{
     EbpfLoader,
     programs::{CgroupSockAddr, SchedClassifier, Xdp},
 };
-use kproxy_common::{PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_TC_POD, PROG_TC_POD_EGRESS, PROG_XDP};
+use kproxy_common::{
+    PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_TC_KEEP_LOCAL, PROG_TC_POD, PROG_TC_POD_EGRESS, PROG_XDP,
+};
 
 use super::{Datapath, DatapathError, program, socket_lb::SOCK_PROGS};
 
@@ -14,11 +16,12 @@ use super::{Datapath, DatapathError, program, socket_lb::SOCK_PROGS};
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/kproxy-ebpf"));
 
 /// The tc classifiers (the socket-LB programs are in `SOCK_PROGS`).
-const TC_PROGS: [&str; 4] = [
+const TC_PROGS: [&str; 5] = [
     PROG_TC_INGRESS,
     PROG_TC_EGRESS,
     PROG_TC_POD,
     PROG_TC_POD_EGRESS,
+    PROG_TC_KEEP_LOCAL,
 ];
 
 impl Datapath {

@@ -37,6 +37,21 @@ impl Datapath {
         self.set_config(config::SOCK_LB_NETNS_LO, lo)
     }
 
+    /// Extends socket-LB's namespace scope to processes under one cgroup v2 directory (its
+    /// id and depth below the root, see `socket_lb::cgroup_scope`), or lifts that (`None`).
+    pub fn set_socket_lb_cgroup(
+        &mut self,
+        cgroup: Option<(u64, u32)>,
+    ) -> Result<(), DatapathError> {
+        let (id, level) = cgroup.unwrap_or((0, 0));
+        #[expect(clippy::cast_possible_truncation, reason = "the id's low 32 bits")]
+        let lo = id as u32;
+        // The id last: a level alone changes nothing while the id is 0.
+        self.set_config(config::SOCK_LB_CGROUP_LEVEL, level)?;
+        self.set_config(config::SOCK_LB_CGROUP_HI, (id >> 32) as u32)?;
+        self.set_config(config::SOCK_LB_CGROUP_LO, lo)
+    }
+
     /// The address ARP replies for LoadBalancer IPs come from (the uplink's MAC).
     pub fn set_uplink_mac(&mut self, mac: [u8; 6]) -> Result<(), DatapathError> {
         self.set_config(
@@ -82,6 +97,7 @@ impl Datapath {
         let seed = match cluster_seed {
             Some(seed) => seed,
             None if stored != 0 => stored,
+            None if legacy_seed(&self.bpffs_dir) != 0 => legacy_seed(&self.bpffs_dir),
             None => loop {
                 let seed = rand::random::<u64>();
                 if seed != 0 {
@@ -281,4 +297,17 @@ fn ignore_missing(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::M
         Err(aya::maps::MapError::KeyNotFound) => Ok(()),
         other => other,
     }
+}
+
+/// The hash seed an older kproxy kept in its config map (`kproxy_config_v3`, the layout
+/// before the socket-LB cgroup slots), so an upgrade keeps every flow's backend; 0 without.
+fn legacy_seed(dir: &std::path::Path) -> u64 {
+    let Ok(map) = crate::pinned::open_pinned(dir, "kproxy_config_v3") else {
+        return 0;
+    };
+    let Ok(arr) = Array::<MapData, u32>::try_from(aya::maps::Map::Array(map)) else {
+        return 0;
+    };
+    let part = |i| arr.get(&i, 0).unwrap_or(0);
+    (u64::from(part(config::HASH_SEED_HI)) << 32) | u64::from(part(config::HASH_SEED_LO))
 }

@@ -14,7 +14,7 @@
 //! TCP socket to the removed backend in those namespaces goes, as in Cilium.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     fs::File,
     io,
     os::{
@@ -279,13 +279,35 @@ impl Diag {
     }
 }
 
+/// Which sockets socket-LB translates (see `config::SOCK_LB_*`): those of the namespace
+/// with cookie `netns` (`None`: every namespace), and those of processes under the cgroup
+/// whose id is `cgroup` (0: none).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Scope {
+    pub netns: Option<u64>,
+    pub cgroup: u64,
+}
+
+/// One network namespace with a process in the walked cgroup tree.
+struct Namespace {
+    path: PathBuf,
+    file: File,
+    /// A process in it is under the scope's cgroup.
+    in_cgroup: bool,
+}
+
 /// The network namespaces of the processes in `cgroup` and its descendants, one open
-/// handle per namespace.
-fn namespaces(cgroup: &Path) -> Vec<(PathBuf, File)> {
-    let mut seen = BTreeSet::new();
-    let mut out = Vec::new();
-    let mut dirs = vec![cgroup.to_path_buf()];
-    while let Some(dir) = dirs.pop() {
+/// handle per namespace; those with a process under the cgroup whose id is `scope_cgroup`
+/// are marked.
+fn namespaces(cgroup: &Path, scope_cgroup: u64) -> Vec<Namespace> {
+    let mut seen = BTreeMap::new();
+    let mut out: Vec<Namespace> = Vec::new();
+    let mut dirs = vec![(cgroup.to_path_buf(), false)];
+    while let Some((dir, above)) = dirs.pop() {
+        // A cgroup's id is its directory's inode number on cgroup v2.
+        let under = above
+            || (scope_cgroup != 0
+                && std::fs::metadata(&dir).is_ok_and(|m| m.ino() == scope_cgroup));
         if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
             for pid in procs.lines() {
                 let path = PathBuf::from(format!("/proc/{pid}/ns/net"));
@@ -294,8 +316,16 @@ fn namespaces(cgroup: &Path) -> Vec<(PathBuf, File)> {
                     continue;
                 };
                 let Ok(meta) = file.metadata() else { continue };
-                if seen.insert((meta.dev(), meta.ino())) {
-                    out.push((path, file));
+                if let Some(&i) = seen.get(&(meta.dev(), meta.ino())) {
+                    let ns: &mut Namespace = &mut out[i];
+                    ns.in_cgroup |= under;
+                } else {
+                    seen.insert((meta.dev(), meta.ino()), out.len());
+                    out.push(Namespace {
+                        path,
+                        file,
+                        in_cgroup: under,
+                    });
                 }
             }
         }
@@ -304,7 +334,7 @@ fn namespaces(cgroup: &Path) -> Vec<(PathBuf, File)> {
                 entries
                     .flatten()
                     .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                    .map(|e| e.path()),
+                    .map(|e| (e.path(), under)),
             );
         }
     }
@@ -319,12 +349,12 @@ pub struct Terminated {
     pub failed: usize,
 }
 
-/// Destroys, in every network namespace with a process in `cgroup` (only the one whose
-/// cookie is `scope`, if set), the sockets `should_destroy` picks. Runs on a thread of its
-/// own, which is discarded afterwards (setns changes the calling thread's namespace).
+/// Destroys, in every network namespace with a process in `cgroup` (only those in `scope`),
+/// the sockets `should_destroy` picks. Runs on a thread of its own, which is discarded
+/// afterwards (setns changes the calling thread's namespace).
 pub fn terminate(
     cgroup: &Path,
-    scope: Option<u64>,
+    scope: Scope,
     removed: BTreeSet<Removed>,
     udp: BTreeSet<(u64, u32, u16)>,
 ) -> io::Result<Terminated> {
@@ -338,13 +368,18 @@ pub fn terminate(
 
 fn terminate_here(
     cgroup: &Path,
-    scope: Option<u64>,
+    scope: Scope,
     removed: &BTreeSet<Removed>,
     udp: &BTreeSet<(u64, u32, u16)>,
 ) -> Terminated {
     let mut done = Terminated::default();
     let protos: BTreeSet<u8> = removed.iter().map(|r| r.proto).collect();
-    for (path, ns) in namespaces(cgroup) {
+    for Namespace {
+        path,
+        file: ns,
+        in_cgroup,
+    } in namespaces(cgroup, scope.cgroup)
+    {
         // SAFETY: setns on this thread only, with a namespace file we hold open.
         if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
             let err = io::Error::last_os_error();
@@ -358,7 +393,8 @@ fn terminate_here(
                 continue;
             }
         };
-        if let Some(want) = scope
+        if let Some(want) = scope.netns
+            && !in_cgroup
             && diag.netns_cookie().ok() != Some(want)
         {
             continue;

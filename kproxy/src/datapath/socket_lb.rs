@@ -160,7 +160,7 @@ impl Datapath {
                 Ok(v) => v,
                 Err(err) => {
                     tracing::warn!(%err, "cannot read the socket rev-NAT map; UDP sockets kept");
-                    (BTreeSet::new(), None)
+                    (BTreeSet::new(), sock_term::Scope::default())
                 }
             };
             log_terminated(sock_term::terminate(cgroup, scope, udp_removed, udp));
@@ -176,8 +176,8 @@ impl Datapath {
         }
         let scope = self
             .sock_term_inputs(&BTreeSet::new())
-            .ok()
-            .and_then(|v| v.1);
+            .map(|v| v.1)
+            .unwrap_or_default();
         let (cgroup, dir) = (cgroup.clone(), self.bpffs_dir.clone());
         let removed_at = self.sock_removed_at.clone();
         let spawned = std::thread::Builder::new()
@@ -207,12 +207,12 @@ impl Datapath {
     }
 
     /// The (cookie, backend address, port) of socket rev-NAT entries for removed UDP
-    /// backends, and socket-LB's namespace scope (its netns cookie, if limited).
+    /// backends, and socket-LB's scope (its netns cookie, if limited, and cgroup).
     #[expect(clippy::type_complexity, reason = "a pair read together, used once")]
     fn sock_term_inputs(
         &self,
         removed: &BTreeSet<Removed>,
-    ) -> Result<(BTreeSet<(u64, u32, u16)>, Option<u64>), aya::maps::MapError> {
+    ) -> Result<(BTreeSet<(u64, u32, u16)>, sock_term::Scope), aya::maps::MapError> {
         let mut udp = BTreeSet::new();
         if removed.iter().any(|r| r.proto == IPPROTO_UDP)
             && let Some(map) = self.ebpf.map(MAP_SOCK_REVNAT)
@@ -230,13 +230,15 @@ impl Datapath {
                 }
             }
         }
-        let mut scope = None;
+        let mut scope = sock_term::Scope::default();
         if let Some(map) = self.ebpf.map(MAP_CONFIG) {
             let cfg = Array::<&MapData, u32>::try_from(map)?;
-            let lo = cfg.get(&config::SOCK_LB_NETNS_LO, 0)?;
-            let hi = cfg.get(&config::SOCK_LB_NETNS_HI, 0)?;
-            let c = (u64::from(hi) << 32) | u64::from(lo);
-            scope = (c != 0).then_some(c);
+            let pair = |lo, hi| -> Result<u64, aya::maps::MapError> {
+                Ok((u64::from(cfg.get(&hi, 0)?) << 32) | u64::from(cfg.get(&lo, 0)?))
+            };
+            let c = pair(config::SOCK_LB_NETNS_LO, config::SOCK_LB_NETNS_HI)?;
+            scope.netns = (c != 0).then_some(c);
+            scope.cgroup = pair(config::SOCK_LB_CGROUP_LO, config::SOCK_LB_CGROUP_HI)?;
         }
         Ok((udp, scope))
     }
@@ -302,4 +304,32 @@ pub fn find_cgroup2_root() -> Result<PathBuf, DatapathError> {
                 .flatten()
         })
         .ok_or(DatapathError::NoCgroup2)
+}
+
+/// The id (its directory's inode number) and depth below the cgroup v2 root of `dir`, a
+/// cgroup v2 directory, for `Datapath::set_socket_lb_cgroup`. The directory is created
+/// when missing (as a container runtime would, with the node's pods as `--cgroup-parent`),
+/// so kproxy may start before the node's first pod.
+pub fn cgroup_scope(dir: &Path) -> Result<(u64, u32), DatapathError> {
+    let err = |source| DatapathError::Cgroup {
+        path: dir.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let canonical = dir.canonicalize().map_err(err)?;
+    let root = find_cgroup2_root()?.canonicalize().map_err(err)?;
+    let below = canonical.strip_prefix(&root).map_err(|_| {
+        err(std::io::Error::other(format!(
+            "not below the cgroup v2 root {}",
+            root.display()
+        )))
+    })?;
+    let level = u32::try_from(below.components().count()).unwrap_or(u32::MAX);
+    if level == 0 {
+        return Err(err(std::io::Error::other(
+            "the cgroup v2 root itself: use --socket-lb-scope all",
+        )));
+    }
+    let id = std::fs::metadata(&canonical).map_err(err)?.ino();
+    Ok((id, level))
 }

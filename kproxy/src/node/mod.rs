@@ -15,8 +15,10 @@
 
 mod cache;
 mod claims;
+mod l2;
 mod names;
 mod program;
+mod routes;
 mod warnings;
 mod watch;
 
@@ -32,6 +34,7 @@ use anyhow::{Context as _, Result};
 use kproxy::{
     Datapath,
     healthcheck::HealthServer,
+    l2lease,
     model::{HealthCheck, policy::Locality},
     sync::Syncer,
 };
@@ -48,7 +51,10 @@ use self::{
     warnings::Reported,
     watch::{Update, spawn_watchers},
 };
-use crate::setup::{self, DatapathOpts};
+use crate::{
+    keep_local,
+    setup::{self, DatapathOpts},
+};
 
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(30);
@@ -66,29 +72,32 @@ pub struct Opts {
     #[arg(long)]
     proxy_name: Option<String>,
     /// Address ranges served only through translation (the service CIDR, LoadBalancer
-    /// pools): kproxy adds an `unreachable` route for each, so traffic to an address no
-    /// Service uses fails at once on this node instead of leaving by the default route.
-    /// Repeatable; `--keep-local none` adds none.
+    /// pools): kproxy routes each to its keep-local device (`--keep-local-dev`), so
+    /// untranslated traffic to them never leaves this node: pings to service addresses are
+    /// answered, the rest refused at once (an address no Service uses gets host
+    /// unreachable). Repeatable; `--keep-local none` adds none.
     #[arg(long = "keep-local", default_values = ["10.96.0.0/12", "172.30.0.0/24"])]
     keep_local: Vec<String>,
+    /// Do not route other nodes' pod CIDRs via their InternalIPs (host-gw, kept from the
+    /// Node objects; see node/routes.rs): another component programs the pod network.
+    #[arg(long)]
+    no_node_routes: bool,
+    /// Seconds of the per-Service Leases that choose the one node announcing a Service's
+    /// LoadBalancer IPs by ARP (kube-system/kproxy-l2-NAMESPACE.NAME); a dead announcer is
+    /// replaced after this long. 0: no election, this node announces every LB IP (a
+    /// single-node cluster).
+    #[arg(long, default_value_t = 2)]
+    l2_lease_duration: u64,
+    /// This node never announces LoadBalancer IPs (not a candidate: as MetalLB's and
+    /// Cilium's node selectors keep control-plane nodes out); other nodes do.
+    #[arg(long)]
+    no_l2_announce: bool,
+    #[command(flatten)]
+    keep_dev: crate::keep_local::KeepDevOpts,
     #[command(flatten)]
     datapath: DatapathOpts,
     #[command(flatten)]
     serve: crate::serve::ServeOpts,
-}
-
-/// The `--keep-local` ranges ("none" alone means no range).
-fn keep_local_ranges(args: &[String]) -> Result<Vec<kproxy_podnet::Ipv4Net>> {
-    if args.iter().any(|a| a == "none") {
-        return Ok(Vec::new());
-    }
-    args.iter()
-        .map(|a| {
-            a.parse::<kproxy_podnet::Ipv4Net>()
-                .map(|n| n.trunc())
-                .with_context(|| format!("--keep-local {a}: not an IPv4 CIDR"))
-        })
-        .collect()
 }
 
 /// The cluster mode's state: the watched objects, what is programmed, and what is left to
@@ -128,21 +137,19 @@ struct NodeProxy {
     started: SystemTime,
     /// The names for `/metrics`, `/lb` and `kproxy dump`, kept by their own task.
     names: mpsc::UnboundedSender<NamesUpdate>,
+    /// The L2 announcement election's view, unless `--l2-lease-duration 0`.
+    l2: Option<l2::L2>,
 }
 
 pub async fn run(bpffs: &Path, opts: Opts) -> Result<()> {
-    let keep_local = keep_local_ranges(&opts.keep_local)?;
+    let keep_local = keep_local::ranges(&opts.keep_local)?;
     let mut running = setup::bring_up(bpffs, &opts.datapath).await?;
     let mut pod_veths = running.pod_veths.take();
-    for cidr in &keep_local {
-        kproxy_podnet::ensure_unreachable(*cidr)
-            .await
-            .with_context(|| format!("keeping {cidr} on this node"))?;
-    }
-    if !keep_local.is_empty() {
-        tracing::info!(ranges = ?keep_local, "unreachable routes keep untranslated service traffic on this node");
-    }
+    keep_local::apply(&mut running.dp, &keep_local, &opts.keep_dev.keep_local_dev).await?;
     let client = client(&opts.kubeconfig).await?;
+    if !opts.no_node_routes {
+        routes::spawn(client.clone(), opts.node_name.clone());
+    }
     crate::serve::spawn(
         &opts.serve,
         &opts.kubeconfig,
@@ -155,6 +162,21 @@ pub async fn run(bpffs: &Path, opts: Opts) -> Result<()> {
     base_node_ips.sort_unstable();
     base_node_ips.dedup();
 
+    let mut election = if opts.l2_lease_duration == 0 {
+        None
+    } else {
+        let held = l2lease::held_at_start(&client, &opts.node_name).await;
+        let election = l2lease::spawn(
+            client.clone(),
+            l2lease::Config {
+                identity: opts.node_name.clone(),
+                duration: Duration::from_secs(opts.l2_lease_duration),
+                uplink: opts.datapath.uplink.clone(),
+            },
+            held.clone(),
+        );
+        Some((election, held))
+    };
     let (tx, mut rx) = mpsc::channel::<Update>(1024);
     spawn_watchers(&client, &opts.node_name, &tx);
     drop(tx);
@@ -194,7 +216,11 @@ pub async fn run(bpffs: &Path, opts: Opts) -> Result<()> {
                     .as_secs(),
             ),
         names: spawn_names(bpffs.to_path_buf(), running.names),
+        l2: election.as_mut().map(|(e, held)| {
+            l2::L2::new(e.wants.clone(), std::mem::take(held), !opts.no_l2_announce)
+        }),
     };
+    let mut election = election.map(|(e, _)| e);
     tracing::info!(node = %opts.node_name, "kproxy ready, waiting for the initial lists");
 
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
@@ -217,14 +243,32 @@ pub async fn run(bpffs: &Path, opts: Opts) -> Result<()> {
                 }
             }
             () = sleep_until(retry) => node.retry_at = None,
+            Some(change) = l2_change(election.as_mut()) => {
+                if let Some(l2) = node.l2.as_mut() {
+                    node.dirty.insert(l2.apply(change));
+                }
+            }
         }
         node.sync();
+    }
+    // The leases stay held, as the datapath stays announcing: a restart within the lease
+    // duration changes nothing; a kproxy that does not come back is replaced after it.
+    if let Some(e) = election {
+        e.abort();
     }
     tracing::info!(
         "stopping: the datapath stays in place (pinned links, maps, connection tracking); \
          `kproxy cleanup` removes it"
     );
     Ok(())
+}
+
+/// The election's next change; never resolves without an election.
+async fn l2_change(e: Option<&mut l2lease::Election>) -> Option<l2lease::Change> {
+    match e {
+        Some(e) => e.changes.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Sleeps until `at`; never resolves for `None`.

@@ -142,6 +142,10 @@ impl NodeProxy {
             }
             None => model::ServiceFrontends::default(),
         };
+        let mut built = built;
+        if let Some(l2) = self.l2.as_mut() {
+            l2.filter(key, &mut built);
+        }
         let created = svc
             .and_then(|s| s.metadata.creation_timestamp.as_ref())
             .map(|t| t.0);

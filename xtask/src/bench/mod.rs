@@ -15,6 +15,7 @@ mod controllers;
 mod dataplane;
 mod etcd;
 mod kubelet;
+mod nodes;
 mod procfs;
 mod proxy;
 
@@ -101,6 +102,10 @@ pub struct BenchArgs {
     /// cluster: `kctl bench --duration` in seconds.
     #[arg(long, default_value_t = 6)]
     cluster_bench_seconds: u64,
+    /// cluster: nodes of the cluster (`cargo xtask run --nodes`); more than one adds the
+    /// cross-node, failover and per-node memory figures.
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -259,6 +264,7 @@ fn cluster(args: &BenchArgs) -> Result<()> {
             starts: args.cluster_starts,
             samples: args.cluster_samples,
             bench_seconds: args.cluster_bench_seconds,
+            nodes: args.nodes,
         },
         &target,
         &out_dir,

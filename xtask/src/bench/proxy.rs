@@ -347,7 +347,7 @@ fn measure(b: &ProxyBench, target: &Path) -> Result<(Figures, Value)> {
         .arg(bpffs.path())
         .args(["node", "--kubeconfig"])
         .arg(&node_kc)
-        .args(["--node-name", &node, "--keep-local", "none"])
+        .args(["--node-name", &node, "--keep-local", "none", "--no-node-routes"])
         // Socket-LB for the probe's cgroup only; no node endpoint (its fixed port would clash
         // with a kproxy of a test running meanwhile).
         .args(["--socket-lb-scope", &cgroup_s, "--no-serve"])

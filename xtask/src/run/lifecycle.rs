@@ -287,7 +287,7 @@ pub fn print_components(comps: &[Component]) {
         "etcd" => "http://127.0.0.1:2379 (data /var/lib/kproxy/etcd)",
         "the controller manager" => "health http://127.0.0.1:10257",
         "the scheduler" => "health http://127.0.0.1:10259",
-        "the kubelet" => "logs/exec :10250 (via the API server)",
+        n if n.starts_with("the kubelet") => "logs/exec :10250 (via the API server)",
         _ => "metrics http://127.0.0.1:9962, kctl lb :10262",
     };
     println!();
@@ -296,7 +296,7 @@ pub fn print_components(comps: &[Component]) {
         println!(
             "  {:<24} pid {pid:<8} {:<40} {}",
             c.name.trim_start_matches("the "),
-            serves(c.name),
+            serves(&c.name),
             c.log
         );
     }

@@ -6,10 +6,12 @@
 //!
 //! Modules: `preflight` refuses what cannot work (not root, no cgroup v2 or eBPF, a second
 //! run, a port taken), `supervisor` runs and restarts the component processes, `lifecycle`
-//! brings the cluster up and down (lab uplink, kubeconfigs, health, `--reset`).
+//! brings the cluster up and down (lab uplink, kubeconfigs, health, `--reset`), `nodes` adds
+//! simulated worker hosts (`--nodes N`).
 
 mod etcd;
 mod lifecycle;
+mod nodes;
 mod preflight;
 mod supervisor;
 
@@ -18,10 +20,11 @@ use std::{path::PathBuf, process::Command, time::Instant};
 use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
 
+pub use self::lifecycle::node_name;
 use self::{
     lifecycle::{
-        create_lab_uplink, link_kctl, node_name, print_components, print_next_steps, reset,
-        start_all, stop_all,
+        create_lab_uplink, link_kctl, print_components, print_next_steps, reset, start_all,
+        stop_all,
     },
     preflight::{RunLock, check_ports, preflight},
     supervisor::{Component, supervise, wait_ready},
@@ -91,6 +94,10 @@ pub struct RunArgs {
     /// (Debian's etcd-server, supervised with the components, data in /var/lib/kproxy/etcd).
     #[arg(long, value_enum, default_value = "redb")]
     store: RunStore,
+    /// Nodes in the cluster: this host (master and worker) plus N-1 simulated worker hosts,
+    /// each a network namespace on the lab LAN with its own kubelet and kproxy.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=nodes::MAX_NODES as i64))]
+    nodes: u16,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -126,8 +133,13 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let kproxy = bin_dir.join("kproxy");
     let apiserver_bin = bin_dir.join("kproxy-apiserver");
     let node = node_name()?;
+    if args.nodes > 1 && args.uplink.is_some() {
+        bail!("--nodes needs the lab uplink: the workers join its LAN (drop --uplink)");
+    }
+    let workers = nodes::workers(&node, usize::from(args.nodes));
     if args.reset {
         reset(&kproxy, &node)?;
+        nodes::remove_containers(&node)?;
     }
     link_kctl(&bin_dir.join("kctl"))?;
 
@@ -136,8 +148,13 @@ pub fn run(args: &RunArgs) -> Result<()> {
             bail!("interface {iface} does not exist");
         }
         iface.clone()
-    } else {
+    } else if workers.is_empty() {
+        // Worker namespaces and the LAN of an earlier `--nodes` run go too.
+        nodes::remove_lan();
         create_lab_uplink()?;
+        LAB_UPLINK.to_string()
+    } else {
+        nodes::create_lan(&workers)?;
         LAB_UPLINK.to_string()
     };
     let node_kubeconfig = format!("{KUBELET_DATA}/kubeconfig");
@@ -150,6 +167,27 @@ pub fn run(args: &RunArgs) -> Result<()> {
     ];
     if etcd.is_some() {
         api_args.extend(["--store", "etcd", "--etcd-servers", etcd::CLIENT_URL]);
+    }
+    // The workers reach the API server on the LAN; its certificate names that address too.
+    if !workers.is_empty() {
+        api_args.extend(["--bind", nodes::LAN_API_BIND]);
+    }
+    let mut kubelet_args = vec![
+        "--kubeconfig",
+        &node_kubeconfig,
+        "--data-dir",
+        KUBELET_DATA,
+        "--node-name",
+        &node,
+    ];
+    // Other nodes route this node's pods via its LAN address and keep pod sources.
+    if !workers.is_empty() {
+        kubelet_args.extend([
+            "--node-ip",
+            LAB_NODE_IP,
+            "--cluster-cidr",
+            nodes::CLUSTER_CIDR,
+        ]);
     }
     let mut comps = [
         Component::new(
@@ -176,14 +214,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         Component::new(
             "the kubelet",
             bin_dir.join("kproxy-kubelet"),
-            &[
-                "--kubeconfig",
-                &node_kubeconfig,
-                "--data-dir",
-                KUBELET_DATA,
-                "--node-name",
-                &node,
-            ],
+            &kubelet_args,
             "kubelet.log",
             "kubelet ready",
         ),
@@ -220,27 +251,45 @@ pub fn run(args: &RunArgs) -> Result<()> {
     // set before the process's first allocation, so it goes in the environment.
     for c in comps
         .iter_mut()
-        .filter(|c| matches!(c.name, "the controller manager" | "the scheduler"))
+        .filter(|c| matches!(c.name.as_str(), "the controller manager" | "the scheduler"))
     {
         c.env.push(("MIMALLOC_ARENA_EAGER_COMMIT", "0"));
     }
+    let mut worker_comps = nodes::components(&bin_dir, &workers, &args.xdp_mode, &node)?;
     let started = start_etcd(etcd.as_mut())
-        .and_then(|()| start_all(&mut comps, &apiserver_bin, &node, &node_kubeconfig, &uplink));
-    // etcd first: it is stopped last.
-    let mut comps: Vec<Component> = etcd.into_iter().chain(comps).collect();
+        .and_then(|()| start_all(&mut comps, &apiserver_bin, &node, &node_kubeconfig, &uplink))
+        .and_then(|()| {
+            if workers.is_empty() {
+                return Ok(());
+            }
+            nodes::start(&mut worker_comps, &apiserver_bin, &kproxy, &workers, &node)
+        });
+    // etcd first: it is stopped last; the workers last: they are stopped first.
+    let mut comps: Vec<Component> = etcd.into_iter().chain(comps).chain(worker_comps).collect();
     if let Err(e) = started {
         stop_all(&mut comps, &kproxy, args.uplink.is_none());
+        nodes::remove(&workers, &kproxy, &node);
         return Err(e);
     }
-    println!(
-        "{READY_LINE} in {:.2} s: node {node} is Ready, all components healthy",
-        t0.elapsed().as_secs_f64()
-    );
+    if workers.is_empty() {
+        println!(
+            "{READY_LINE} in {:.2} s: node {node} is Ready, all components healthy",
+            t0.elapsed().as_secs_f64()
+        );
+    } else {
+        println!(
+            "{READY_LINE} in {:.2} s: all {} nodes are Ready, all components healthy",
+            t0.elapsed().as_secs_f64(),
+            workers.len() + 1
+        );
+    }
     print_components(&comps);
     print_next_steps(&node, args.uplink.is_none());
+    nodes::print_next_steps(&workers);
 
     supervise(&mut comps);
     stop_all(&mut comps, &kproxy, args.uplink.is_none());
+    nodes::remove(&workers, &kproxy, &node);
     Ok(())
 }
 

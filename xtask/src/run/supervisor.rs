@@ -16,12 +16,14 @@ use crate::util::stop_requested;
 
 /// One supervised process: its command line, log and the line that says it is ready.
 pub struct Component {
-    pub name: &'static str,
+    pub name: String,
     pub bin: PathBuf,
     pub args: Vec<String>,
     pub env: Vec<(&'static str, &'static str)>,
     pub log: String,
     pub ready: &'static str,
+    /// A named network namespace (`/run/netns/NAME`) to start in: a simulated node.
+    pub netns: Option<String>,
     pub child: Option<Child>,
     /// Where this start's part of the (appended) log begins.
     pub log_offset: u64,
@@ -35,19 +37,20 @@ pub struct Component {
 
 impl Component {
     pub fn new(
-        name: &'static str,
+        name: impl Into<String>,
         bin: PathBuf,
         args: &[&str],
         log: &str,
         ready: &'static str,
     ) -> Self {
         Self {
-            name,
+            name: name.into(),
             bin,
             args: args.iter().map(|a| (*a).to_string()).collect(),
             env: Vec::new(),
             log: format!("{LOG_DIR}/{log}"),
             ready,
+            netns: None,
             child: None,
             log_offset: 0,
             started: Instant::now(),
@@ -74,11 +77,27 @@ impl Component {
             // Its own process group: the terminal's Ctrl-C reaches only `run`, which stops
             // the components in order.
             .process_group(0);
-        // SAFETY: prctl is async-signal-safe; it makes the component die with `run` (even
-        // if `run` is killed) instead of outliving it unsupervised.
+        // Opened here, entered in the child: only the network namespace changes (unlike
+        // `ip netns exec`, which also remounts /sys and so hides bpffs and the cgroups).
+        let netns = match &self.netns {
+            Some(ns) => Some(
+                std::fs::File::open(format!("/run/netns/{ns}"))
+                    .with_context(|| format!("open network namespace {ns}"))?,
+            ),
+            None => None,
+        };
+        let netns_fd = netns.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
+        // SAFETY: prctl and setns are async-signal-safe; prctl makes the component die with
+        // `run` (even if `run` is killed) instead of outliving it unsupervised; the
+        // namespace's file stays open until after the spawn.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                if let Some(fd) = netns_fd
+                    && libc::setns(fd, libc::CLONE_NEWNET) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
                 Ok(())
             });
         }
@@ -86,6 +105,7 @@ impl Component {
             cmd.spawn()
                 .with_context(|| format!("start {}", self.bin.display()))?,
         );
+        drop(netns);
         self.started = Instant::now();
         Ok(())
     }
@@ -153,7 +173,7 @@ pub fn wait_ready(comps: &mut [&mut Component]) -> Result<()> {
         }
         pending = still;
         if started.elapsed() > Duration::from_secs(30) {
-            let names: Vec<&str> = pending.iter().map(|&i| comps[i].name).collect();
+            let names: Vec<&str> = pending.iter().map(|&i| comps[i].name.as_str()).collect();
             bail!("not ready after 30 s: {}; see {LOG_DIR}/", names.join(", "));
         }
         std::thread::sleep(Duration::from_millis(10));

@@ -53,6 +53,10 @@ pub enum Access {
 }
 
 pub const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
+/// Where service proxies keep the Leases that elect each Service's L2 announcer; nodes may
+/// write the ones named with [`L2_LEASE_PREFIX`] there (kproxy node runs as its node).
+pub const L2_LEASE_NAMESPACE: &str = "kube-system";
+pub const L2_LEASE_PREFIX: &str = "kproxy-l2-";
 
 /// `verb` is Kubernetes' verb (get, list, watch, create, update, patch, delete,
 /// deletecollection); `name` is the object's name (for create, the name in the body).

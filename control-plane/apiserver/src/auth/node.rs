@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use serde_json::{Map, Value};
 
-use super::{Identity, NODE_LEASE_NAMESPACE};
+use super::{Identity, L2_LEASE_NAMESPACE, L2_LEASE_PREFIX, NODE_LEASE_NAMESPACE};
 use crate::object;
 use crate::registry::Resource;
 
@@ -56,6 +56,9 @@ pub fn admit(
             Ok(())
         }
         ("coordination.k8s.io", "Lease") => {
+            if ns == Some(L2_LEASE_NAMESPACE) && name.starts_with(L2_LEASE_PREFIX) {
+                return Ok(());
+            }
             if ns != Some(NODE_LEASE_NAMESPACE) {
                 return Err(format!(
                     "can only access leases in the {NODE_LEASE_NAMESPACE} namespace"
@@ -158,5 +161,19 @@ mod tests {
         );
         let events = lookup("", "v1", "events").unwrap();
         assert!(admit(&n1, events, Some("default"), &n2, None).is_ok());
+    }
+
+    #[test]
+    fn leases_a_node_may_write() {
+        let leases = lookup("coordination.k8s.io", "v1", "leases").unwrap();
+        let n1 = Identity::Node("n1".into());
+        let named = |name: &str| json!({"metadata": {"name": name}});
+        let ok = |ns, name: &str| admit(&n1, leases, Some(ns), &named(name), None).is_ok();
+        assert!(ok(NODE_LEASE_NAMESPACE, "n1"));
+        assert!(!ok(NODE_LEASE_NAMESPACE, "n2"));
+        // Any node may hold an L2 announcement lease, and only those in kube-system.
+        assert!(ok(L2_LEASE_NAMESPACE, "kproxy-l2-default.web"));
+        assert!(!ok(L2_LEASE_NAMESPACE, "kube-scheduler"));
+        assert!(!ok("default", "kproxy-l2-default.web"));
     }
 }

@@ -6,7 +6,7 @@
 //! the two name conditions of Kubernetes' Node authorizer: "the object named after the node"
 //! and "pods bound to the node".
 
-use super::{Access, Identity, NODE_LEASE_NAMESPACE};
+use super::{Access, Identity, L2_LEASE_NAMESPACE, NODE_LEASE_NAMESPACE};
 use crate::registry::RESOURCES;
 
 /// The resources a rule covers.
@@ -122,6 +122,16 @@ pub const NODE_RULES: &[Rule] = &[
         },
         namespace: Some(NODE_LEASE_NAMESPACE),
         names: Names::Own,
+    },
+    // The L2 announcement Leases: any node may hold one (admission keeps nodes to those).
+    Rule {
+        verbs: &["create", "update", "patch"],
+        resources: Resources::Listed {
+            group: "coordination.k8s.io",
+            resources: &["leases"],
+        },
+        namespace: Some(L2_LEASE_NAMESPACE),
+        names: Names::Any,
     },
     Rule {
         verbs: &["update", "patch"],

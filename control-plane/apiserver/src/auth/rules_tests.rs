@@ -145,6 +145,21 @@ fn names_and_namespaces() {
         decide(&n, &lease("update", Some(NODE_LEASE_NAMESPACE), None)),
         Access::Denied
     );
+    // The L2 announcement leases (admission checks their names), never deleted by nodes.
+    assert_eq!(
+        decide(
+            &n,
+            &lease("update", Some("kube-system"), Some("kproxy-l2-a.b"))
+        ),
+        Access::Allowed
+    );
+    assert_eq!(
+        decide(
+            &n,
+            &lease("delete", Some("kube-system"), Some("kproxy-l2-a.b"))
+        ),
+        Access::Denied
+    );
     let (in_lease_ns, _) = resource_rules(&n, NODE_LEASE_NAMESPACE, Some(&[]));
     let (in_default, _) = resource_rules(&n, "default", Some(&[]));
     assert_eq!(in_lease_ns.len(), in_default.len() + 1);

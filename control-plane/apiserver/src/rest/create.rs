@@ -12,21 +12,42 @@ use crate::managed;
 use crate::object::{self, from_kv, meta_mut, set_rv, str_at, to_stored};
 use crate::status::{ApiError, ApiResult};
 
-async fn check_namespace(api: &Api, ns: &str) -> ApiResult<()> {
+/// Checks that namespace `ns` exists and is not terminating, and returns the op that makes the
+/// create's txn assert it is still that version: so the namespace may be read from the watch
+/// cache without first learning etcd's revision (one etcd read less per create) and still no
+/// object lands in a namespace deleted or marked terminating meanwhile (the txn then fails and
+/// the create re-checks with `fresh`, a consistent read). Only a live namespace is taken from
+/// the cache; a missing or terminating one is confirmed by a consistent read.
+async fn check_namespace(api: &Api, ns: &str, fresh: bool) -> ApiResult<Op> {
     let key = crate::registry::by_kind("Namespace")
         .expect("registered")
         .key(None, ns);
-    match api.store.get(&key).await? {
-        None => Err(ApiError::not_found("namespaces", ns)),
-        Some(kv) if object::is_deleting(&from_kv(&kv)?) => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "Forbidden",
-            format!(
-                "unable to create new content in namespace {ns} because it is being terminated"
-            ),
-        )),
-        Some(_) => Ok(()),
-    }
+    let cached = if fresh {
+        None
+    } else {
+        api.store.get_cached(&key).await?
+    };
+    let kv = match cached {
+        Some(kv) if !object::is_deleting(&from_kv(&kv)?) => kv,
+        _ => match api.store.get(&key).await? {
+            None => return Err(ApiError::not_found("namespaces", ns)),
+            Some(kv) if object::is_deleting(&from_kv(&kv)?) => {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "Forbidden",
+                    format!(
+                        "unable to create new content in namespace {ns} because it is being \
+                         terminated"
+                    ),
+                ));
+            }
+            Some(kv) => kv,
+        },
+    };
+    Ok(Op::Check {
+        key,
+        expected: kv.mod_revision,
+    })
 }
 
 /// POST: creates the object in the body.
@@ -84,9 +105,11 @@ pub async fn create_object(
         }];
         return Err(ApiError::invalid(t.res.kind, t.res.group, "", &errs));
     }
-    if let Some(ns) = t.ns.as_deref().filter(|_| t.res.namespaced) {
-        check_namespace(api, ns).await?;
-    }
+    let ns = t.ns.as_deref().filter(|_| t.res.namespaced);
+    let mut ns_check = match ns {
+        Some(ns) => Some(check_namespace(api, ns, false).await?),
+        None => None,
+    };
     let named = object::name(&obj).is_some();
     for _ in 0..RETRIES {
         let mut o = obj.clone();
@@ -139,6 +162,7 @@ pub async fn create_object(
                 value: to_stored(&o),
             },
         );
+        ops.extend(ns_check.clone());
         match api.store.txn(ops).await {
             Ok(kvs) => {
                 set_rv(&mut o, kvs[0].mod_revision);
@@ -150,6 +174,13 @@ pub async fn create_object(
                 return Err(ApiError::already_exists(&t.res.group_resource(), &name));
             }
             Err(e) if is_alloc_conflict(t.res, &e) => {}
+            // The namespace changed since it was checked (or the cached copy was behind).
+            Err(StoreError::Conflict { key: k, .. } | StoreError::NotFound(k))
+                if ns_check.as_ref().is_some_and(|c| c.key() == k) =>
+            {
+                let ns = ns.unwrap_or_default();
+                ns_check = Some(check_namespace(api, ns, true).await?);
+            }
             Err(e) => return Err(e.into()),
         }
     }

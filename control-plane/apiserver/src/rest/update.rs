@@ -102,6 +102,14 @@ fn merge_update(res: &Resource, sub: Option<&str>, cur: &Value, mut cand: Value)
 /// Read-modify-write with optimistic concurrency. `edit` turns the current object into the
 /// candidate; a resourceVersion in the candidate is a precondition (409 when stale), without
 /// one the write is retried against the newer object.
+///
+/// The first attempt starts from the store's possibly lagging copy ([`Store::get_cached`]: the
+/// watch cache on etcd, no etcd round trip): the write's compare on that copy's mod_revision
+/// fails if it was stale, and whatever was decided from it without writing (an error, a no-op,
+/// a dry run) is decided again on a consistent read, as kube-apiserver's GuaranteedUpdate does
+/// with its cached object.
+///
+/// [`Store::get_cached`]: kproxy_store::Store::get_cached
 pub async fn update(
     api: &Api,
     req: &Req,
@@ -114,14 +122,98 @@ pub async fn update(
     let name = t.name.as_deref().unwrap_or_default();
     let key = t.res.key(t.ns.as_deref(), name);
     let gr = t.res.group_resource();
+    let mut fresh = false;
     for _ in 0..RETRIES {
-        let kv = api
-            .store
-            .get(&key)
-            .await?
-            .ok_or_else(|| ApiError::not_found(&gr, name))?;
-        let cur = from_kv(&kv)?;
-        if let Some(node) = &bound_to
+        let read = if fresh {
+            api.store.get(&key).await?
+        } else {
+            api.store.get_cached(&key).await?
+        };
+        let Some(kv) = read else {
+            if fresh {
+                return Err(ApiError::not_found(&gr, name));
+            }
+            fresh = true;
+            continue;
+        };
+        let at = Attempt {
+            api,
+            req,
+            t,
+            sub,
+            bound_to: bound_to.as_deref(),
+            writer,
+        };
+        let (mut new, ops, want_rv) = match at.prepare(&key, &kv, edit).await {
+            Ok(Step::Write { new, ops, want_rv }) => (new, ops, want_rv),
+            Ok(Step::Unchanged(v) | Step::DryRun(v)) if fresh => return Ok(v),
+            Err(e) if fresh => return Err(e),
+            Ok(_) | Err(_) => {
+                fresh = true;
+                continue;
+            }
+        };
+        match api.store.txn(ops).await {
+            Ok(kvs) => {
+                set_rv(&mut new, kvs[0].mod_revision);
+                return Ok(new);
+            }
+            Err(StoreError::Conflict { .. }) if want_rv.is_none() || !fresh => {}
+            Err(StoreError::Conflict { .. }) => return Err(ApiError::conflict(&gr, name)),
+            Err(StoreError::NotFound(_)) if !fresh => {}
+            Err(StoreError::NotFound(_)) => return Err(ApiError::not_found(&gr, name)),
+            Err(e) if is_alloc_conflict(t.res, &e) => {}
+            Err(e) => return Err(e.into()),
+        }
+        fresh = true;
+    }
+    Err(ApiError::conflict(&gr, name))
+}
+
+/// What one attempt of [`update`] makes of the object it read, before writing.
+enum Step {
+    /// Nothing changes: the object as it is.
+    Unchanged(Value),
+    /// A dry run's answer.
+    DryRun(Value),
+    /// The new object and the txn that writes it; `want_rv` is the client's precondition.
+    Write {
+        new: Value,
+        ops: Vec<Op>,
+        want_rv: Option<String>,
+    },
+}
+
+/// The request one [`update`] serves.
+struct Attempt<'a> {
+    api: &'a Api,
+    req: &'a Req,
+    t: &'a Target,
+    sub: Option<&'a str>,
+    bound_to: Option<&'a str>,
+    writer: Option<&'a managed::Writer>,
+}
+
+impl Attempt<'_> {
+    /// The edit applied to `kv` (the object at `key`), checked, as the write to make.
+    async fn prepare(
+        &self,
+        key: &str,
+        kv: &kproxy_store::KeyValue,
+        edit: &(dyn Fn(&Value) -> ApiResult<Value> + Sync),
+    ) -> ApiResult<Step> {
+        let Attempt {
+            api,
+            req,
+            t,
+            sub,
+            bound_to,
+            writer,
+        } = *self;
+        let name = t.name.as_deref().unwrap_or_default();
+        let gr = t.res.group_resource();
+        let cur = from_kv(kv)?;
+        if let Some(node) = bound_to
             && object::field_value(&cur, "spec.nodeName") != *node
         {
             return Err(ApiError::forbidden(
@@ -176,7 +268,7 @@ pub async fn update(
         }
         if without_rv(&new) == without_rv(&cur) {
             // Kubernetes does not write no-op updates; the resourceVersion stays.
-            return Ok(cur);
+            return Ok(Step::Unchanged(cur));
         }
         let mut ops = Vec::new();
         if object::is_deleting(&new)
@@ -185,39 +277,28 @@ pub async fn update(
         {
             // The last finalizer is gone: the pending delete completes now.
             ops.push(Op::Delete {
-                key: key.clone(),
+                key: key.to_owned(),
                 expected: Some(kv.mod_revision),
             });
             if let Some(alloc) = t.res.hooks.allocator {
                 ops.extend((alloc.release)(&cur));
             }
         } else {
-            ops = allocate(api, t.res, name, &mut new, Some(&cur), &key).await?;
+            ops = allocate(api, t.res, name, &mut new, Some(&cur), key).await?;
             ops.insert(
                 0,
                 Op::Update {
-                    key: key.clone(),
+                    key: key.to_owned(),
                     value: to_stored(&new),
                     expected: Some(kv.mod_revision),
                 },
             );
         }
         if req.dry_run() {
-            return Ok(new);
+            return Ok(Step::DryRun(new));
         }
-        match api.store.txn(ops).await {
-            Ok(kvs) => {
-                set_rv(&mut new, kvs[0].mod_revision);
-                return Ok(new);
-            }
-            Err(StoreError::Conflict { .. }) if want_rv.is_none() => {}
-            Err(StoreError::Conflict { .. }) => return Err(ApiError::conflict(&gr, name)),
-            Err(StoreError::NotFound(_)) => return Err(ApiError::not_found(&gr, name)),
-            Err(e) if is_alloc_conflict(t.res, &e) => {}
-            Err(e) => return Err(e.into()),
-        }
+        Ok(Step::Write { new, ops, want_rv })
     }
-    Err(ApiError::conflict(&gr, name))
 }
 
 #[cfg(test)]

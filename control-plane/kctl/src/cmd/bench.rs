@@ -66,6 +66,10 @@ pub struct BenchArgs {
     /// (default: kproxy-client when it exists).
     #[arg(long, value_name = "NAME")]
     pub client_netns: Option<String>,
+    /// Run the load client pod on this node instead of an endpoint's (in a cluster of
+    /// several nodes: same-node against cross-node pod → pod).
+    #[arg(long, value_name = "NODE")]
+    pub client_node: Option<String>,
     /// Output format.
     #[arg(short = 'o', long, value_enum)]
     pub output: Option<BenchOutput>,
@@ -428,7 +432,10 @@ pub async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<()> {
         .await
         .with_context(|| format!("listing the EndpointSlices of service {name}"))?
         .items;
-    let plan = plan(&svc, &slices, args.port.as_deref())?;
+    let mut plan = plan(&svc, &slices, args.port.as_deref())?;
+    if let Some(node) = &args.client_node {
+        plan.node.clone_from(node);
+    }
     let in_pod = LoadConfig {
         connections: args.connections,
         duration: args.duration,

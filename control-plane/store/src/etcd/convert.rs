@@ -182,6 +182,8 @@ pub(crate) fn map_err(
                 status.code(),
                 tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
             ) || msg.contains("no leader")
+                // tonic's status for a connection broken mid-request (etcd killed).
+                || msg == "transport error"
                 || msg.contains("leader changed")
                 || msg.contains("request timed out")
         }
@@ -252,6 +254,9 @@ pub(crate) fn txn_result(
                 kv.mod_revision = rev;
                 Ok(kv)
             }
+            (Op::Check { key, .. }, TxnOpResponse::Get(get)) => {
+                store_kv(keys, get.kvs().first().ok_or_else(|| unexpected(key))?)
+            }
             (op, _) => Err(unexpected(op.key())),
         })
         .collect()
@@ -267,7 +272,9 @@ fn failed_compare(ops: &[Op], responses: &[TxnOpResponse]) -> StoreError {
         let key = op.key().to_owned();
         match (op, current) {
             (Op::Create { .. }, Some(_)) => return StoreError::AlreadyExists(key),
-            (Op::Update { .. } | Op::Delete { .. }, None) => return StoreError::NotFound(key),
+            (Op::Update { .. } | Op::Delete { .. } | Op::Check { .. }, None) => {
+                return StoreError::NotFound(key);
+            }
             (
                 Op::Update {
                     expected: Some(expected),
@@ -276,7 +283,8 @@ fn failed_compare(ops: &[Op], responses: &[TxnOpResponse]) -> StoreError {
                 | Op::Delete {
                     expected: Some(expected),
                     ..
-                },
+                }
+                | Op::Check { expected, .. },
                 Some(kv),
             ) if store_rev(kv.mod_revision()) != *expected => {
                 return StoreError::Conflict {

@@ -162,6 +162,31 @@ impl EtcdStore {
     }
 }
 
+impl EtcdStore {
+    fn open_watch(&self, prefix: &str, after: Revision, prev: bool) -> Result<Watch, StoreError> {
+        let compacted = self.shared.compacted();
+        if after != 0 && after < compacted {
+            return Err(StoreError::Compacted {
+                requested: after,
+                oldest: compacted,
+            });
+        }
+        // "From now" is the newest revision this store has seen: every write it acknowledged.
+        let after = if after == 0 {
+            self.shared.revision()
+        } else {
+            after
+        };
+        Ok(Watch::from_stream(watch::stream(
+            self.shared.clone(),
+            prefix,
+            after,
+            prev,
+            self.closing.subscribe(),
+        )))
+    }
+}
+
 impl Drop for EtcdStore {
     fn drop(&mut self) {
         self.closing.send_replace(Some(self.shared.revision()));
@@ -403,25 +428,11 @@ impl Store for EtcdStore {
     }
 
     fn watch(&self, prefix: &str, after: Revision) -> Result<Watch, StoreError> {
-        let compacted = self.shared.compacted();
-        if after != 0 && after < compacted {
-            return Err(StoreError::Compacted {
-                requested: after,
-                oldest: compacted,
-            });
-        }
-        // "From now" is the newest revision this store has seen: every write it acknowledged.
-        let after = if after == 0 {
-            self.shared.revision()
-        } else {
-            after
-        };
-        Ok(Watch::from_stream(watch::stream(
-            self.shared.clone(),
-            prefix,
-            after,
-            self.closing.subscribe(),
-        )))
+        self.open_watch(prefix, after, true)
+    }
+
+    fn watch_without_prev(&self, prefix: &str, after: Revision) -> Result<Watch, StoreError> {
+        self.open_watch(prefix, after, false)
     }
 
     async fn ready(&self) -> Result<(), StoreError> {
@@ -496,6 +507,11 @@ fn build_txn(keys: &Keys, ops: &[Op]) -> Txn {
                     full.clone(),
                     Some(etcd_client::DeleteOptions::new().with_prev_key()),
                 ));
+            }
+            // A read in the success branch keeps one response per op.
+            Op::Check { expected, .. } => {
+                when.push(exists_at(full.clone(), Some(*expected)));
+                then.push(TxnOp::get(full.clone(), None));
             }
         }
         otherwise.push(TxnOp::get(full, None));

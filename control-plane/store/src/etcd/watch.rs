@@ -22,11 +22,14 @@ const DRAIN_QUIET: Duration = Duration::from_millis(500);
 
 /// Events under `prefix` with revision > `after`, as a stream that ends after `Compacted`,
 /// a cancellation by etcd, or once the store is dropped (after delivering the events up to the
-/// store's last revision, or what etcd still sends before it falls quiet).
+/// store's last revision, or what etcd still sends before it falls quiet). With `prev` the
+/// events carry etcd's previous value (`prev_kv`, one read of the previous revision per event
+/// inside etcd).
 pub(crate) fn stream(
     shared: Arc<Shared>,
     prefix: &str,
     after: Revision,
+    prev: bool,
     closing: signal::Receiver<Option<Revision>>,
 ) -> BoxStream<'static, Result<Event, StoreError>> {
     let (key, end) = shared.keys.range(prefix, "");
@@ -35,6 +38,7 @@ pub(crate) fn stream(
         key,
         end,
         after,
+        prev,
         stream: None,
         pending: VecDeque::new(),
         closing,
@@ -53,6 +57,8 @@ struct State {
     end: Vec<u8>,
     /// Every event at or below this revision has been delivered (or was not asked for).
     after: Revision,
+    /// Whether to ask etcd for each event's previous value.
+    prev: bool,
     stream: Option<WatchStream>,
     /// Events received from etcd, not yet handed out.
     pending: VecDeque<Event>,
@@ -116,9 +122,10 @@ impl State {
     /// (the watch stays open, quiet); gives up only once the store is gone.
     async fn open(&mut self) {
         loop {
-            let mut opts = WatchOptions::new()
-                .with_range(self.end.clone())
-                .with_prev_key();
+            let mut opts = WatchOptions::new().with_range(self.end.clone());
+            if self.prev {
+                opts = opts.with_prev_key();
+            }
             if self.after > 0 {
                 opts = opts.with_start_revision(etcd_rev(self.after + 1));
             }
