@@ -2,7 +2,9 @@
 //! kernel and Docker (`kproxy_tests::multinode::MultiCluster`). A three-replica kecho
 //! Deployment (one pod per node) behind a LoadBalancer Service (externalTrafficPolicy
 //! Cluster); the host node is kept out of the L2 announcement (`--no-l2-announce`), so a
-//! worker announces the EXTERNAL-IP. Then, under a request loop from the client namespace:
+//! worker announces the EXTERNAL-IP. The NodePort of every node and the EXTERNAL-IP reach
+//! the pods of all three nodes from the client namespace. Then, under a request loop from
+//! the client namespace:
 //!
 //! - the announcing worker dies (its kubelet and kproxy killed, its link down): the other
 //!   worker takes the Service's lease over and sends gratuitous ARP, so the client moves at
@@ -159,6 +161,30 @@ fn privileged_a_dead_announcer_fails_over_and_its_pods_move() {
     eventually("the EXTERNAL-IP answering the client", || {
         c.client.run(|| greet(addr)).is_some()
     });
+
+    // The NodePort of every node answers the client, from pods of every node (remote ones
+    // through the node's SNAT).
+    let node_port = c
+        .kubelet
+        .block_on(services.get(&app))
+        .ok()
+        .and_then(|s| s.spec?.ports?.first()?.node_port)
+        .and_then(|p| u16::try_from(p).ok())
+        .expect("a NodePort");
+    let node_ips: Vec<Ipv4Addr> = std::iter::once(c.lan.addr(1))
+        .chain(c.workers.iter().map(|w| w.ip))
+        .collect();
+    for ip in node_ips {
+        let at = SocketAddr::from((ip, node_port));
+        let answered: BTreeSet<String> =
+            c.client.run(|| (0..45).filter_map(|_| greet(at)).collect());
+        eprintln!("NodePort {at}: answered by {answered:?}");
+        assert_eq!(
+            answered.len(),
+            3,
+            "NodePort {at} reaches the pods of all three nodes"
+        );
+    }
 
     // The announcer is a worker: the host is no candidate.
     let leases: Api<Lease> = Api::namespaced(c.kubelet.client(), "kube-system");
