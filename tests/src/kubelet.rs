@@ -17,7 +17,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    core::v1::{ContainerStatus, Pod},
+};
 /// The kubelet's Docker labels (`kproxy_pod_labels`), under the names the tests use.
 pub use kproxy_pod_labels::{
     ATTEMPT as ATTEMPT_LABEL, CONTAINER_NAME as CONTAINER_NAME_LABEL, KIND as KIND_LABEL,
@@ -547,6 +550,39 @@ pub fn pod_ip(pod: &Pod) -> Option<Ipv4Addr> {
 #[must_use]
 pub fn uid(pod: &Pod) -> String {
     pod.metadata.uid.clone().expect("a stored pod has a uid")
+}
+
+/// A Deployment of `replicas` pods labelled `app: NAME`, one container `container` of a local
+/// image serving HTTP on `port`, ready when `GET /` answers (checked every second), stopped
+/// within a second.
+#[must_use]
+pub fn http_deployment(
+    name: &str,
+    replicas: u32,
+    container: &str,
+    image: &str,
+    port: u16,
+) -> Deployment {
+    serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {
+                    "terminationGracePeriodSeconds": 1,
+                    "containers": [{
+                        "name": container, "image": image, "imagePullPolicy": "Never",
+                        "ports": [{"containerPort": port}],
+                        "readinessProbe": {"httpGet": {"path": "/", "port": port}, "periodSeconds": 1},
+                    }],
+                },
+            },
+        },
+    }))
+    .expect("a Deployment")
 }
 
 /// Running, with every container ready and the Ready condition True.

@@ -45,7 +45,7 @@ use k8s_openapi::api::{
 use kproxy_tests::{
     cluster::{Cluster, assert_route, assert_unreachable_here, run},
     eventually,
-    kubelet::{Kubelet, container_status, docker_id, inspect, is_ready, pod_ip},
+    kubelet::{Kubelet, container_status, docker_id, http_deployment, inspect, is_ready, pod_ip},
     privileged, unique,
 };
 use kube::api::{Api, ListParams, PostParams};
@@ -170,26 +170,7 @@ fn privileged_service_answers_from_host_pod_and_outside() {
     // The Deployment and its LoadBalancer Service, through the API.
     let app = unique("web");
     let deployments: Api<Deployment> = Api::namespaced(kubelet.client(), NS);
-    let deployment: Deployment = serde_json::from_value(json!({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": app},
-        "spec": {
-            "replicas": 3,
-            "selector": {"matchLabels": {"app": app}},
-            "template": {
-                "metadata": {"labels": {"app": app}},
-                "spec": {
-                    "terminationGracePeriodSeconds": 1,
-                    "containers": [{
-                        "name": "httpd", "image": "kproxy/httpd:1", "imagePullPolicy": "Never",
-                        "ports": [{"containerPort": 80}],
-                        "readinessProbe": {"httpGet": {"path": "/", "port": 80}, "periodSeconds": 1},
-                    }],
-                },
-            },
-        },
-    }))
-    .expect("a Deployment");
+    let deployment = http_deployment(&app, 3, "httpd", "kproxy/httpd:1", 80);
     kubelet
         .block_on(deployments.create(&PostParams::default(), &deployment))
         .expect("create the Deployment");

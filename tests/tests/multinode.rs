@@ -34,7 +34,7 @@ use k8s_openapi::api::{
 use kproxy_tests::{
     cluster::{assert_unreachable_here, run},
     eventually,
-    kubelet::{container_status, docker_id, is_ready, pod_ip},
+    kubelet::{container_status, docker_id, http_deployment, is_ready, pod_ip},
     multinode::MultiCluster,
     privileged, unique,
 };
@@ -151,26 +151,13 @@ fn privileged_three_nodes_route_pods_and_services_across_nodes() {
 
     let app = unique("echo");
     let deployments: Api<Deployment> = Api::namespaced(c.kubelet.client(), NS);
-    let deployment: Deployment = serde_json::from_value(json!({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": app},
-        "spec": {
-            "replicas": REPLICAS,
-            "selector": {"matchLabels": {"app": app}},
-            "template": {
-                "metadata": {"labels": {"app": app}},
-                "spec": {
-                    "terminationGracePeriodSeconds": 1,
-                    "containers": [{
-                        "name": "echo", "image": "kproxy/kecho:1", "imagePullPolicy": "Never",
-                        "ports": [{"containerPort": 8080}],
-                        "readinessProbe": {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1},
-                    }],
-                },
-            },
-        },
-    }))
-    .expect("a Deployment");
+    let deployment = http_deployment(
+        &app,
+        u32::try_from(REPLICAS).expect("few"),
+        "echo",
+        "kproxy/kecho:1",
+        8080,
+    );
     c.kubelet
         .block_on(deployments.create(&PostParams::default(), &deployment))
         .expect("create the Deployment");

@@ -37,7 +37,7 @@ use k8s_openapi::api::{
 use kproxy_tests::{
     cluster::run,
     eventually,
-    kubelet::is_ready,
+    kubelet::{http_deployment, is_ready},
     multinode::{MultiCluster, MultiOptions},
     privileged, unique,
 };
@@ -100,26 +100,7 @@ fn privileged_a_dead_announcer_fails_over_and_its_pods_move() {
     let mut c = MultiCluster::start_with("kpt-mnfo", 3, &options);
     c.wait_ready();
     let app = unique("fo");
-    let deployment: Deployment = serde_json::from_value(json!({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": app},
-        "spec": {
-            "replicas": 3,
-            "selector": {"matchLabels": {"app": app}},
-            "template": {
-                "metadata": {"labels": {"app": app}},
-                "spec": {
-                    "terminationGracePeriodSeconds": 1,
-                    "containers": [{
-                        "name": "echo", "image": "kproxy/kecho:1", "imagePullPolicy": "Never",
-                        "ports": [{"containerPort": 8080}],
-                        "readinessProbe": {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1},
-                    }],
-                },
-            },
-        },
-    }))
-    .expect("a Deployment");
+    let deployment = http_deployment(&app, 3, "echo", "kproxy/kecho:1", 8080);
     let deployments: Api<Deployment> = Api::namespaced(c.kubelet.client(), NS);
     c.kubelet
         .block_on(deployments.create(&PostParams::default(), &deployment))
