@@ -25,8 +25,8 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use super::{
-    APISERVER_DATA, CONTROL_KUBECONFIG, KPROXY_METRICS, LAB_NETNS, LAB_NODE_ADDR, LAB_NODE_IP,
-    LAB_PEER, LAB_UPLINK, LB_POOL, LOG_DIR, STATE_DIR,
+    APISERVER_DATA, CONTROL_KUBECONFIG, KPROXY_METRICS, LAB_NETNS, LAB_NODE_ADDR, LAB_PEER,
+    LAB_UPLINK, LB_POOL, LOG_DIR, STATE_DIR,
     supervisor::{Component, wait_ready},
 };
 use crate::util::{run_cmd, step, stop_requested};
@@ -159,9 +159,10 @@ pub fn create_lan(workers: &[Worker]) -> Result<()> {
     ])?;
     ip(&["-n", LAB_NETNS, "link", "set", LAB_PEER, "up"])?;
     ip(&["-n", LAB_NETNS, "link", "set", "lo", "up"])?;
-    // The LoadBalancer pool is routed to node 1 from the client host, as a router in front
-    // of a cluster would.
-    ip(&["-n", LAB_NETNS, "route", "add", LB_POOL, "via", LAB_NODE_IP])?;
+    // The LoadBalancer pool is on-link for the client host, as a MetalLB / Cilium L2 pool on
+    // the nodes' segment: the client asks by ARP, and the node holding a Service's L2 lease
+    // answers (with one node, `run` routes the pool via that node instead).
+    ip(&["-n", LAB_NETNS, "route", "add", LB_POOL, "dev", LAB_PEER])?;
 
     for w in workers {
         ip(&["netns", "add", &w.netns])?;
