@@ -256,7 +256,11 @@ async fn main() -> Result<()> {
         .context("setting up the node bridge")?;
     kproxy_podnet::enable_cluster_forwarding(&o.bridge, cidr, o.cluster_cidr)
         .context("allowing pod traffic")?;
-    let ipam = kproxy_podnet::Ipam::open(o.data_dir.join("ipam.json"), cidr, gateway)?;
+    let (ipam, aside) =
+        kproxy_podnet::Ipam::open_for_assigned(o.data_dir.join("ipam.json"), cidr, gateway)?;
+    if let Some(old) = aside {
+        tracing::warn!(%old, pod_cidr = %cidr, "the node's pod CIDR changed: the old IPAM state is set aside");
+    }
 
     let shared = Arc::new(shared::Shared {
         runtime: rt,

@@ -34,6 +34,31 @@ pub struct Ipam {
 }
 
 impl Ipam {
+    /// [`Ipam::open`], except that state kept for another pod CIDR is set aside (renamed to
+    /// `<file>.<old CIDR>`) and a fresh one started: the control plane gave the node another
+    /// range (a new cluster, or its Node re-created), so the old addresses mean nothing and
+    /// the pods holding them belong to no pod of this cluster. Returns the old CIDR then.
+    pub fn open_for_assigned(
+        path: impl Into<PathBuf>,
+        cidr: Ipv4Net,
+        gateway: Ipv4Addr,
+    ) -> Result<(Self, Option<Ipv4Net>)> {
+        let path = path.into();
+        match Self::open(&path, cidr, gateway) {
+            Err(Error::CidrMismatch { stored, .. }) => {
+                let mut aside = path.clone().into_os_string();
+                aside.push(format!(".{}", stored.to_string().replace('/', "_")));
+                fs::rename(&path, &aside).map_err(|source| Error::Io {
+                    what: "setting aside IPAM state of another pod CIDR",
+                    path: path.clone(),
+                    source,
+                })?;
+                Ok((Self::open(path, cidr, gateway)?, Some(stored)))
+            }
+            other => other.map(|ipam| (ipam, None)),
+        }
+    }
+
     /// Opens (or creates) the state file for `cidr`, whose `gateway` (the bridge address)
     /// is never allocated, nor are the network and broadcast addresses.
     pub fn open(path: impl Into<PathBuf>, cidr: Ipv4Net, gateway: Ipv4Addr) -> Result<Self> {
@@ -374,6 +399,30 @@ mod tests {
             assert!(err.contains(want), "{content}: {err}");
             assert!(err.contains("ipam.json"), "error names the file: {err}");
         }
+    }
+
+    #[test]
+    fn state_of_another_pod_cidr_is_set_aside_for_an_assigned_one() {
+        let dir = TempDir::new("aside");
+        let old = net("10.9.0.0/24");
+        let mut ipam = Ipam::open(dir.file(), old, ip("10.9.0.1")).unwrap();
+        ipam.allocate("a").unwrap();
+        drop(ipam);
+        let (cidr, gw) = (net("10.2.0.0/24"), ip("10.2.0.1"));
+        assert!(
+            Ipam::open(dir.file(), cidr, gw).is_err(),
+            "open still refuses"
+        );
+        let (mut ipam, aside) = Ipam::open_for_assigned(dir.file(), cidr, gw).unwrap();
+        assert_eq!(aside, Some(old));
+        assert!(cidr.contains(&ipam.allocate("b").unwrap()));
+        let mut kept = dir.file().into_os_string();
+        kept.push(".10.9.0.0_24");
+        assert!(PathBuf::from(kept).exists(), "the old state is kept beside");
+        // The same range again: nothing set aside.
+        drop(ipam);
+        let (_, aside) = Ipam::open_for_assigned(dir.file(), cidr, gw).unwrap();
+        assert_eq!(aside, None);
     }
 
     #[test]
