@@ -123,7 +123,7 @@ impl Election {
         self.task.abort();
     }
 
-    /// Releases the leases held and ends the task (bounded: a second at most).
+    /// Releases the leases held and ends the task (bounded: two seconds at most).
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());

@@ -456,12 +456,7 @@ impl Cluster {
     /// `program ARGS...` as a host process inside the socket-LB cgroup.
     #[must_use]
     pub fn host_cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut cmd = Command::new("sh");
-        cmd.arg("-c")
-            .arg(r#"echo $$ > "$0/cgroup.procs" && exec "$@""#)
-            .arg(self.cgroup.path())
-            .arg(program);
-        cmd
+        self.cgroup.cmd(program)
     }
 
     /// `program ARGS...` in the client namespace (outside the socket-LB cgroup: its traffic

@@ -35,6 +35,17 @@ pub struct Cgroup {
 }
 
 impl Cgroup {
+    /// `program ARGS...` as a process of this cgroup (it moves itself in, then execs).
+    #[must_use]
+    pub fn cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(r#"echo $$ > "$0/cgroup.procs" && exec "$@""#)
+            .arg(&self.path)
+            .arg(program);
+        cmd
+    }
+
     /// A new, uniquely named cgroup under the cgroup v2 root.
     #[must_use]
     #[expect(

@@ -502,12 +502,7 @@ impl MultiCluster {
     /// `program ARGS...` as a host process of node 1, inside its socket-LB cgroup.
     #[must_use]
     pub fn host_cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut cmd = Command::new("sh");
-        cmd.arg("-c")
-            .arg(r#"echo $$ > "$0/cgroup.procs" && exec "$@""#)
-            .arg(self.cgroup.path())
-            .arg(program);
-        cmd
+        self.cgroup.cmd(program)
     }
 
     #[must_use]

@@ -121,14 +121,7 @@ fn kubelet_client(dir: &Path) -> Result<ClientCert> {
     let crt_path = dir.join(KUBELET_CLIENT_CRT);
     let key_path = dir.join(KUBELET_CLIENT_KEY);
     if !crt_path.exists() || !key_path.exists() {
-        let ca_key_path = dir.join("ca.key");
-        let ca_key_pem =
-            std::fs::read_to_string(&ca_key_path).map_err(Error::io("reading", &ca_key_path))?;
-        let ca_key =
-            KeyPair::from_pem(&ca_key_pem).map_err(Error::certificate("parsing the CA key"))?;
-        let issuer = ca_params()?
-            .self_signed(&ca_key)
-            .map_err(Error::certificate("rebuilding the CA issuer"))?;
+        let (issuer, ca_key) = stored_issuer(dir)?;
         let key =
             KeyPair::generate().map_err(Error::certificate("generating the kubelet client key"))?;
         let mut params = CertificateParams::new(Vec::<String>::new()).map_err(
@@ -187,6 +180,12 @@ fn generate(dir: &Path, extra_ips: &[IpAddr]) -> Result<()> {
 
 /// A new serving certificate for `extra_ips` from the stored CA key.
 fn reissue_serving(dir: &Path, extra_ips: &[IpAddr]) -> Result<()> {
+    let (issuer, ca_key) = stored_issuer(dir)?;
+    write_serving(dir, &issuer, &ca_key, extra_ips)
+}
+
+/// The CA as an issuer again, rebuilt from its stored key.
+fn stored_issuer(dir: &Path) -> Result<(rcgen::Certificate, KeyPair)> {
     let ca_key_path = dir.join("ca.key");
     let ca_key_pem =
         std::fs::read_to_string(&ca_key_path).map_err(Error::io("reading", &ca_key_path))?;
@@ -195,7 +194,7 @@ fn reissue_serving(dir: &Path, extra_ips: &[IpAddr]) -> Result<()> {
     let issuer = ca_params()?
         .self_signed(&ca_key)
         .map_err(Error::certificate("rebuilding the CA issuer"))?;
-    write_serving(dir, &issuer, &ca_key, extra_ips)
+    Ok((issuer, ca_key))
 }
 
 fn write_serving(

@@ -10,7 +10,6 @@ use std::{
     fmt::Write as _,
     io::{BufRead as _, BufReader, Write as _},
     net::{Ipv4Addr, SocketAddr},
-    os::fd::AsRawFd as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::mpsc,
@@ -29,7 +28,7 @@ use super::{
 };
 use crate::{
     run::{CONTROL_KUBECONFIG, LAB_NETNS, READY_LINE},
-    util::{cargo, http_get, percentile, step, stop_requested},
+    util::{cargo, percentile, step, stop_requested},
 };
 
 pub struct ClusterBench {
@@ -113,41 +112,6 @@ impl Drop for Running {
             self.stop();
         }
     }
-}
-
-/// Polls `addr` every 2 ms from the network namespace at `netns` (or this one) until a page
-/// contains `needle`; the time it took, `None` after `limit`.
-fn until_answered(
-    addr: SocketAddr,
-    needle: String,
-    netns: Option<PathBuf>,
-    since: Instant,
-    limit: Duration,
-) -> Result<Option<Duration>> {
-    thread::spawn(move || -> Result<Option<Duration>> {
-        if let Some(path) = netns {
-            let f =
-                std::fs::File::open(&path).with_context(|| format!("open {}", path.display()))?;
-            // SAFETY: a valid namespace fd; setns changes only this thread's namespace.
-            if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(std::io::Error::last_os_error())
-                    .with_context(|| format!("setns {}", path.display()));
-            }
-        }
-        while since.elapsed() < limit {
-            if crate::util::stop_requested() {
-                bail!("interrupted");
-            }
-            let page = http_get(addr, "/", Duration::from_millis(300));
-            if page.is_ok_and(|(status, body)| status == 200 && body.contains(&needle)) {
-                return Ok(Some(since.elapsed()));
-            }
-            thread::sleep(Duration::from_millis(2));
-        }
-        Ok(None)
-    })
-    .join()
-    .map_err(|_| anyhow!("the polling thread panicked"))?
 }
 
 fn deployment(name: &str, replicas: i32) -> Result<Deployment> {
@@ -442,7 +406,7 @@ async fn measure(b: &ClusterBench, bin_dir: &Path) -> Result<Figures> {
             let t0 = Instant::now();
             deployments.create(&pp, &deployment(&name, 1)?).await?;
             names.push((true, name.clone()));
-            let took = until_answered(
+            let took = super::netns::until_answered(
                 SocketAddr::from((ip, 80)),
                 format!("pod: {name}-"),
                 None,
@@ -466,7 +430,7 @@ async fn measure(b: &ClusterBench, bin_dir: &Path) -> Result<Figures> {
             .and_then(|s| s.cluster_ip)
             .ok_or_else(|| anyhow!("no ClusterIP"))?
             .parse()?;
-        until_answered(
+        super::netns::until_answered(
             SocketAddr::from((ip, 80)),
             format!("pod: {app}-"),
             None,
@@ -498,7 +462,7 @@ async fn measure(b: &ClusterBench, bin_dir: &Path) -> Result<Figures> {
                 }
                 tokio::time::sleep(Duration::from_millis(2)).await;
             };
-            let took = until_answered(
+            let took = super::netns::until_answered(
                 SocketAddr::from((lb_ip, 80)),
                 format!("pod: {app}-"),
                 Some(netns.clone()),

@@ -15,6 +15,7 @@ mod controllers;
 mod dataplane;
 mod etcd;
 mod kubelet;
+mod netns;
 mod nodes;
 mod procfs;
 mod proxy;

@@ -10,7 +10,7 @@
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
-    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
+    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::{
@@ -137,41 +137,16 @@ pub async fn measure(
 
 /// Waits until `addr` answers with a page containing `needle`, from `netns` or here.
 fn wait_answer(addr: SocketAddr, needle: &str, netns: Option<&str>) -> Result<()> {
-    let needle = needle.to_string();
     let netns = netns.map(|n| PathBuf::from(format!("/run/netns/{n}")));
-    in_netns(netns, move || {
-        let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_mins(1) {
-            if http_get(addr, "/", Duration::from_millis(300))
-                .is_ok_and(|(s, body)| s == 200 && body.contains(&needle))
-            {
-                return Ok(());
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        bail!("{addr} did not answer within a minute")
-    })
-}
-
-/// Runs `f` on a thread of its own in the network namespace at `netns` (or this one).
-fn in_netns<T: Send + 'static>(
-    netns: Option<PathBuf>,
-    f: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
-    thread::spawn(move || {
-        if let Some(path) = netns {
-            let file =
-                std::fs::File::open(&path).with_context(|| format!("open {}", path.display()))?;
-            // SAFETY: a valid namespace fd; setns changes only this thread's namespace.
-            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(std::io::Error::last_os_error())
-                    .with_context(|| format!("setns {}", path.display()));
-            }
-        }
-        f()
-    })
-    .join()
-    .map_err(|_| anyhow!("a measuring thread panicked"))?
+    super::netns::until_answered(
+        addr,
+        needle.to_string(),
+        netns,
+        Instant::now(),
+        Duration::from_mins(1),
+    )?
+    .map(|_| ())
+    .ok_or_else(|| anyhow!("{addr} did not answer within a minute"))
 }
 
 async fn cluster_ip(services: &Api<Service>, name: &str) -> Result<Ipv4Addr> {
@@ -324,7 +299,7 @@ async fn failover(
         let stop = Arc::clone(&stop);
         let netns = Some(PathBuf::from(format!("/run/netns/{LAB_NETNS}")));
         thread::spawn(move || {
-            in_netns(netns, move || {
+            super::netns::in_netns(netns, move || {
                 let mut log = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
                     let ok = http_get(addr, "/", Duration::from_millis(200))
