@@ -151,6 +151,40 @@ async fn create_get_list_update_delete() {
 }
 
 #[tokio::test]
+async fn get_honours_resource_version() {
+    let s = Server::new("get-rv").await;
+    let created = s.post(LEASES, &lease("l1", "a")).await;
+    let rv: u64 = created.body["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let l1 = format!("{LEASES}/l1");
+    // "0" (any), the object's own and an older one: all "not older than", answered.
+    for asked in ["0".to_string(), rv.to_string(), (rv - 1).to_string()] {
+        let got = s.get(&format!("{l1}?resourceVersion={asked}")).await;
+        assert_eq!(got.code, StatusCode::OK, "rv {asked}: {}", got.body);
+        assert_eq!(got.body["spec"]["holderIdentity"], "a");
+    }
+    assert_eq!(
+        s.get(&format!("{LEASES}/nope?resourceVersion=0"))
+            .await
+            .code,
+        StatusCode::NOT_FOUND
+    );
+    // Not a number: 400; beyond the store's revision: 504 "Too large resource version".
+    let bad = s.get(&format!("{l1}?resourceVersion=abc")).await;
+    assert_status(&bad, StatusCode::BAD_REQUEST, "BadRequest");
+    let future = s.get(&format!("{l1}?resourceVersion={}", rv + 1000)).await;
+    assert_status(&future, StatusCode::GATEWAY_TIMEOUT, "Timeout");
+    assert_eq!(
+        future.body["details"]["causes"][0]["reason"], "ResourceVersionTooLarge",
+        "{}",
+        future.body
+    );
+}
+
+#[tokio::test]
 async fn errors_are_status_objects() {
     let s = Server::new("errors").await;
     let missing = s.get(&format!("{LEASES}/nope")).await;

@@ -183,6 +183,20 @@ impl Store for WatchCache {
             .await
     }
 
+    async fn get_not_older_than(
+        &self,
+        key: &str,
+        revision: Revision,
+    ) -> Result<Option<KeyValue>, StoreError> {
+        // `at` only moves once the snapshot holds that revision's events.
+        if self.at() >= revision.max(1)
+            && let Some(kv) = self.read(|s| s.kvs.get(key).cloned())
+        {
+            return Ok(kv);
+        }
+        self.get(key).await
+    }
+
     async fn get_cached(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
         if let Some(kv) = self.read(|s| s.kvs.get(key).cloned()) {
             return Ok(kv);

@@ -116,6 +116,20 @@ pub trait Store: Send + Sync + 'static {
         self.get(key).await
     }
 
+    /// [`Store::get`] of a state at least as new as `revision` (a GET's resourceVersion in
+    /// Kubernetes: "not older than"; 0 is any state), so a store keeping a copy may answer from
+    /// it without first learning the current revision, as kube-apiserver's watch cache does.
+    /// By default `get`: the current state is never older. The caller tells a `revision`
+    /// beyond [`Store::revision`] apart afterwards.
+    async fn get_not_older_than(
+        &self,
+        key: &str,
+        revision: Revision,
+    ) -> Result<Option<KeyValue>, StoreError> {
+        let _ = revision;
+        self.get(key).await
+    }
+
     /// Whether writes commit. After a failed commit (a full disk, an I/O error) this is the
     /// cause until the store has made its storage writable again; asking retries that, as the
     /// next write does. Reads keep working meanwhile.

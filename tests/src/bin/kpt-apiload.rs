@@ -2,8 +2,8 @@
 //! are) driving the API server through a kubeconfig. Each phase prints one JSON line.
 //!
 //! * `creates --count N --concurrency C` — N pods created by C tasks: `{"creates_per_s":..}`.
-//! * `gets --seconds S --concurrency C --count N` — gets of random existing pods:
-//!   `{"gets_per_s":..}`.
+//! * `gets --seconds S --concurrency C --count N [--any-version]` — gets of random existing
+//!   pods, consistent or with `resourceVersion=0`: `{"gets_per_s":..}`.
 //! * `watch --watchers W --events E --concurrency C` — W watch streams from the current
 //!   resourceVersion, then E label patches: every watcher must see every event in order.
 //!   `{"watchers":W,"complete":..,"in_order":..,"last_delivery_ms":..}`.
@@ -17,7 +17,9 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use kube::api::{
+    Api, GetParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
+};
 use serde_json::json;
 
 #[derive(Parser)]
@@ -43,6 +45,10 @@ enum Phase {
         concurrency: usize,
         #[arg(long)]
         count: usize,
+        /// Send `resourceVersion=0` ("any", served from the watch cache as kube-apiserver
+        /// serves it) instead of a consistent read.
+        #[arg(long)]
+        any_version: bool,
     },
     Watch {
         #[arg(long)]
@@ -135,7 +141,13 @@ async fn main() -> Result<()> {
             seconds,
             concurrency,
             count,
+            any_version,
         } => {
+            let params = if any_version {
+                GetParams::any()
+            } else {
+                GetParams::default()
+            };
             let done = Arc::new(AtomicUsize::new(0));
             let deadline = Instant::now() + Duration::from_secs_f64(seconds);
             let start = Instant::now();
@@ -143,11 +155,12 @@ async fn main() -> Result<()> {
                 .map(|t| {
                     let p = pods.clone();
                     let done = Arc::clone(&done);
+                    let params = params.clone();
                     tokio::spawn(async move {
                         let mut i = t * 7919;
                         while Instant::now() < deadline {
                             i = (i + 104_729) % count;
-                            p.get(&name(i)).await?;
+                            p.get_with(&name(i), &params).await?;
                             done.fetch_add(1, Ordering::Relaxed);
                         }
                         Ok::<(), anyhow::Error>(())

@@ -37,7 +37,10 @@ pub struct ApiBench {
 struct Figures {
     store: &'static str,
     creates_per_s: f64,
+    /// Consistent gets (no resourceVersion).
     gets_per_s: f64,
+    /// Gets with resourceVersion=0 ("any": the watch cache may answer without asking etcd).
+    gets_any_per_s: f64,
     rss_idle_mib: f64,
     rss_loaded_mib: f64,
     hwm_mib: f64,
@@ -72,23 +75,33 @@ fn one(
         &["creates", "--count", &n, "--concurrency", &c],
     )?;
     let rss_loaded = status_kib(pid, "VmRSS:").unwrap_or(0);
-    step(&format!(
-        "bench api [{store}]: gets for {} s",
-        b.get_seconds
-    ));
-    let gets = load(
-        &load_bin,
-        &kc,
-        &[
+    let gets = |any: bool| {
+        step(&format!(
+            "bench api [{store}]: {} gets for {} s",
+            if any {
+                "resourceVersion=0"
+            } else {
+                "consistent"
+            },
+            b.get_seconds
+        ));
+        let secs = b.get_seconds.to_string();
+        let mut args = vec![
             "gets",
             "--seconds",
-            &b.get_seconds.to_string(),
+            &secs,
             "--concurrency",
             &c,
             "--count",
             &n,
-        ],
-    )?;
+        ];
+        if any {
+            args.push("--any-version");
+        }
+        load(&load_bin, &kc, &args).map(|v| v["gets_per_s"].as_f64().unwrap_or(0.0))
+    };
+    let gets_per_s = gets(false)?;
+    let gets_any_per_s = gets(true)?;
     let watch = if with_watch {
         step(&format!(
             "bench api [{store}]: {} watchers, {} changes",
@@ -114,7 +127,8 @@ fn one(
     Ok(Figures {
         store,
         creates_per_s: creates["creates_per_s"].as_f64().unwrap_or(0.0),
-        gets_per_s: gets["gets_per_s"].as_f64().unwrap_or(0.0),
+        gets_per_s,
+        gets_any_per_s,
         rss_idle_mib: rss_idle as f64 / 1024.0,
         rss_loaded_mib: rss_loaded as f64 / 1024.0,
         hwm_mib: hwm as f64 / 1024.0,
@@ -286,18 +300,24 @@ pub fn run(b: &ApiBench, target: &Path, out_dir: &Path) -> Result<()> {
     )?;
     writeln!(
         md,
-        "| store | creates/s | gets/s | RSS idle | RSS with {} pods | peak RSS |",
+        "| store | creates/s | gets/s | gets/s, resourceVersion=0 | RSS idle | RSS with {} pods | peak RSS |",
         b.objects
     )?;
-    writeln!(md, "|---|---:|---:|---:|---:|---:|")?;
+    writeln!(md, "|---|---:|---:|---:|---:|---:|---:|")?;
     for f in [Some(&redb), Some(&mem), etcd.as_ref().map(|e| &e.figures)]
         .into_iter()
         .flatten()
     {
         writeln!(
             md,
-            "| {} | {:.0} | {:.0} | {:.1} MiB | {:.1} MiB | {:.1} MiB |",
-            f.store, f.creates_per_s, f.gets_per_s, f.rss_idle_mib, f.rss_loaded_mib, f.hwm_mib
+            "| {} | {:.0} | {:.0} | {:.0} | {:.1} MiB | {:.1} MiB | {:.1} MiB |",
+            f.store,
+            f.creates_per_s,
+            f.gets_per_s,
+            f.gets_any_per_s,
+            f.rss_idle_mib,
+            f.rss_loaded_mib,
+            f.hwm_mib
         )?;
     }
     writeln!(
@@ -407,30 +427,25 @@ pub fn run(b: &ApiBench, target: &Path, out_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Grouped bars: creates/s and gets/s per store, the targets dashed.
+/// Grouped bars: creates/s and both kinds of gets/s per store, the targets dashed.
 fn svg(redb: &Figures, mem: &Figures, etcd: Option<&Figures>) -> String {
+    let bars = |f: &Figures| {
+        vec![
+            Some(f.creates_per_s),
+            Some(f.gets_per_s),
+            Some(f.gets_any_per_s),
+        ]
+    };
     let mut chart = Chart::bars(
         "API server: requests per second (kube-rs clients)",
-        ["creates/s", "gets/s"],
+        ["creates/s", "gets/s", "gets/s (rv=0)"],
     )
     .size(620.0, 340.0)
     .y_label("requests/s")
-    .bar_series(
-        "redb",
-        "#2b6cb0",
-        vec![Some(redb.creates_per_s), Some(redb.gets_per_s)],
-    )
-    .bar_series(
-        "memory",
-        "#a0aec0",
-        vec![Some(mem.creates_per_s), Some(mem.gets_per_s)],
-    );
+    .bar_series("redb", "#2b6cb0", bars(redb))
+    .bar_series("memory", "#a0aec0", bars(mem));
     if let Some(e) = etcd {
-        chart = chart.bar_series(
-            "etcd",
-            "#2f855a",
-            vec![Some(e.creates_per_s), Some(e.gets_per_s)],
-        );
+        chart = chart.bar_series("etcd", "#2f855a", bars(e));
     }
     chart
         .rule(Axis::Y, 5000.0, "creates/s target", "red")
@@ -484,9 +499,17 @@ fn etcd_section(md: &mut String, b: &ApiBench, e: &OnEtcd) -> Result<()> {
         ),
         ratio.is_some_and(|r| r >= 0.7),
     )?;
+    // kube-apiserver serves a GET from its watch cache when it names a resourceVersion ("0":
+    // any); one without goes to etcd there. Both are shown; the cache-served one is the target.
     row(
         md,
-        "≥ 20,000 gets/s",
+        "≥ 20,000 gets/s from the watch cache (resourceVersion=0)",
+        format!("{:.0}", f.gets_any_per_s),
+        f.gets_any_per_s >= 20000.0,
+    )?;
+    row(
+        md,
+        "consistent gets/s (no resourceVersion: etcd's revision first, then the cache)",
         format!("{:.0}", f.gets_per_s),
         f.gets_per_s >= 20000.0,
     )?;

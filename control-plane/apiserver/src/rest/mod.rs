@@ -45,10 +45,12 @@ pub async fn serve(
         ("watch", None) => watch::serve(api, req, t).await,
         ("get", None | Some("status" | "ephemeralcontainers")) if !req.wants_table() => {
             // The hot path: stored bytes with the resourceVersion spliced in, no parse.
-            Ok(raw_json(object::with_rv(&get_kv(api, t).await?)?))
+            Ok(raw_json(object::with_rv(
+                &get_kv_as_asked(api, req, t).await?,
+            )?))
         }
         ("get", None | Some("status" | "ephemeralcontainers")) => {
-            let obj = get(api, t).await?;
+            let obj = from_kv(&get_kv_as_asked(api, req, t).await?)?;
             let rev = object::field_value(&obj, "metadata.resourceVersion")
                 .parse()
                 .ok();
@@ -81,6 +83,29 @@ async fn get_kv(api: &Api, t: &Target) -> ApiResult<kproxy_store::KeyValue> {
         .get(&t.res.key(t.ns.as_deref(), name))
         .await?
         .ok_or_else(|| ApiError::not_found(&t.res.group_resource(), name))
+}
+
+/// A GET's read as its `resourceVersion` asks, with Kubernetes' semantics: none is the
+/// current state (a consistent read), "0" any state (from the watch cache without asking etcd,
+/// as kube-apiserver serves it), N a state not older than N; N beyond the store's revision is
+/// 504 "Too large resource version", as the real server answers once its cache cannot get there.
+async fn get_kv_as_asked(api: &Api, req: &Req, t: &Target) -> ApiResult<kproxy_store::KeyValue> {
+    let Some(rv) = req.q("resourceVersion") else {
+        return get_kv(api, t).await;
+    };
+    let want: kproxy_store::Revision = rv
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv:?}")))?;
+    let name = t.name.as_deref().unwrap_or_default();
+    let kv = api
+        .store
+        .get_not_older_than(&t.res.key(t.ns.as_deref(), name), want)
+        .await?;
+    let current = api.store.revision();
+    if want > current {
+        return Err(ApiError::too_large_resource_version(want, current));
+    }
+    kv.ok_or_else(|| ApiError::not_found(&t.res.group_resource(), name))
 }
 
 async fn get(api: &Api, t: &Target) -> ApiResult<Value> {

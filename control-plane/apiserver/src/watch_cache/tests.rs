@@ -602,3 +602,32 @@ async fn writes_from_a_lagging_copy_answer_as_from_the_store() {
         None
     );
 }
+
+#[tokio::test]
+async fn reads_not_older_than_a_revision_come_from_memory() {
+    let (store, counting, cache) = setup(10).await;
+    let key = "/registry/pods/ns/p0003";
+    let kv = cache.update(key, Bytes::from("v1"), None).await.unwrap();
+    let mut rx = cache.revision.clone();
+    rx.wait_for(|r| r.is_some_and(|r| r >= kv.mod_revision))
+        .await
+        .unwrap();
+    let before = counting.reads();
+
+    // "0" (any) and a revision the cache holds: answered from memory, no store read.
+    for rev in [0, kv.mod_revision] {
+        let got = cache.get_not_older_than(key, rev).await.unwrap().unwrap();
+        assert_eq!(got.value, "v1");
+    }
+    assert_eq!(counting.reads(), before);
+
+    // A revision beyond the cache: a consistent read of the store's current state.
+    store.update(key, Bytes::from("v2"), None).await.unwrap();
+    let beyond = store.revision() + 5;
+    let got = cache
+        .get_not_older_than(key, beyond)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.value, "v2");
+}
