@@ -119,9 +119,8 @@ pub async fn run(opts: Options, shutdown: impl std::future::Future<Output = ()>)
 
     let mut listeners = Vec::with_capacity(opts.bind.len());
     for &addr in &opts.bind {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| Error::Bind { addr, source })?;
+        let listener =
+            kproxy_node_tls::listen(addr).map_err(|source| Error::Bind { addr, source })?;
         listeners.push(listener);
     }
     let first = opts.bind.first().copied().ok_or(Error::Missing {

@@ -216,8 +216,7 @@ async fn main() -> Result<()> {
         );
     }
 
-    let listener = tokio::net::TcpListener::bind((node_ip, o.port))
-        .await
+    let listener = kproxy_node_tls::listen((node_ip, o.port).into())
         .with_context(|| format!("binding the kubelet endpoint {node_ip}:{}", o.port))?;
     let port = listener.local_addr()?.port();
 

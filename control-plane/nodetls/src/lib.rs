@@ -20,7 +20,7 @@ use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, SanType};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 
-pub use serve::{Endpoint, HANDSHAKE_TIMEOUT, hold, raise_open_files_limit, serve};
+pub use serve::{Endpoint, HANDSHAKE_TIMEOUT, hold, listen, raise_open_files_limit, serve};
 
 mod serve;
 

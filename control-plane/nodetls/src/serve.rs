@@ -75,6 +75,24 @@ pub fn raise_open_files_limit() -> Option<u64> {
     Some(soft)
 }
 
+/// Connections the kernel queues for a TLS endpoint before it accepts them. std's and mio's
+/// 128 made a burst of 2,000 connects wait out SYN retransmits (1 s each) once the queue was
+/// full; Go servers such as kube-apiserver listen with the system's maximum, as this does
+/// (the kernel caps it at `net.core.somaxconn`).
+const BACKLOG: u32 = 4096;
+
+/// A listening TCP socket on `addr` for [`serve`], with a [`BACKLOG`]-deep accept queue.
+pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
 /// Serves `app` over TLS on `listener` until the future is dropped (which also ends every
 /// open connection).
 pub async fn serve(
