@@ -228,6 +228,11 @@ impl State {
     /// One look at every lease: create, renew, take over or wait; release what is no longer
     /// wanted; drop what could not be renewed in time.
     async fn round(&mut self, candidacy: &Candidacy) {
+        if candidacy.is_empty() && self.held.is_empty() {
+            // Nothing to win, renew or release: no read (every node would otherwise list the
+            // leases 8 times a duration).
+            return;
+        }
         let leases: HashMap<String, Lease> = match self.api.list(&selector()).await {
             Ok(list) => list
                 .items

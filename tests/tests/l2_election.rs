@@ -189,3 +189,50 @@ async fn nodes_may_write_only_announcement_leases() {
         "{err:?}"
     );
 }
+
+/// Lease lists the API server has answered so far (its request counter).
+async fn lease_lists(api: &ApiServer) -> u64 {
+    let http = api.http();
+    let m = tokio::task::spawn_blocking(move || http.get("/metrics"))
+        .await
+        .unwrap();
+    assert_eq!(m.code, 200, "{}", m.body);
+    m.body
+        .lines()
+        .filter(|l| {
+            l.starts_with("apiserver_request_total{")
+                && l.contains("verb=\"list\"")
+                && l.contains("resource=\"leases\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_wants_nothing_reads_nothing() {
+    let dir = TempDir::new("l2-idle");
+    let api = ApiServer::start(dir.path(), &[]);
+    let node = unique("l2i");
+    let mut e = start(node_client(&api, dir.path(), &node).await, &node);
+
+    // A candidate for nothing and holding nothing: no lease list in 8 rounds (1 s).
+    let before = lease_lists(&api).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        lease_lists(&api).await,
+        before,
+        "an idle election listed leases"
+    );
+
+    // A candidacy starts the rounds: the lease is won, so lists were made.
+    let service = format!("default/{}", unique("idle"));
+    e.wants
+        .send_replace([(service.clone(), vec![Ipv4Addr::new(198, 18, 0, 11)])].into());
+    let won = next(&mut e, Duration::from_secs(3)).await;
+    assert!(
+        won.as_ref().is_some_and(|c| c.held && c.service == service),
+        "{won:?}"
+    );
+    assert!(lease_lists(&api).await > before);
+    e.stop().await;
+}

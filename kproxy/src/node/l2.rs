@@ -34,15 +34,20 @@ impl L2 {
     /// Local policy drops them here for lack of local endpoints), and keeps the announcement
     /// only if this node holds the Service's lease.
     pub(super) fn filter(&mut self, service: &str, built: &mut ServiceFrontends) {
-        let mut addrs: Vec<Ipv4Addr> = built
-            .frontends
-            .iter()
-            .filter(|_| self.candidate)
-            .filter(|(_, fe)| {
-                fe.flags & svc_flags::L2_ANNOUNCE != 0 && fe.flags & svc_flags::DROP_NO_BACKEND == 0
-            })
-            .map(|(key, _)| key.addr)
-            .collect();
+        // A node that never announces wants nothing, so it never writes a lease.
+        let mut addrs: Vec<Ipv4Addr> = if self.candidate {
+            built
+                .frontends
+                .iter()
+                .filter(|(_, fe)| {
+                    fe.flags & svc_flags::L2_ANNOUNCE != 0
+                        && fe.flags & svc_flags::DROP_NO_BACKEND == 0
+                })
+                .map(|(key, _)| key.addr)
+                .collect()
+        } else {
+            Vec::new()
+        };
         addrs.sort_unstable();
         addrs.dedup();
         self.wants.send_if_modified(|wants| {
