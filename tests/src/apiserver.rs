@@ -6,7 +6,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::{Daemon, bin, eventually, unique};
+use crate::{Daemon, bin, etcd::LocalEtcd, eventually, unique};
 
 /// A scratch directory removed on drop.
 pub struct TempDir(PathBuf);
@@ -34,6 +34,24 @@ pub struct ApiServer {
     pub url: String,
     pub data_dir: PathBuf,
     pub kubeconfig: PathBuf,
+    /// The server's etcd under `KPROXY_TEST_STORE=etcd` (dropped after the server).
+    _etcd: Option<LocalEtcd>,
+}
+
+/// Whether the suites run on etcd (`KPROXY_TEST_STORE=etcd`, see [`etcd_for`]).
+#[must_use]
+pub fn on_etcd() -> bool {
+    std::env::var("KPROXY_TEST_STORE").is_ok_and(|s| s == "etcd")
+}
+
+/// `KPROXY_TEST_STORE=etcd` runs every test server that names no `--store` on a local etcd
+/// of its own (data in the server's data directory, so a restart keeps it), so the same
+/// end-to-end suites check both stores; redb otherwise.
+fn etcd_for(data_dir: &Path, extra: &[&str]) -> Option<LocalEtcd> {
+    (on_etcd() && !extra.contains(&"--store")).then(|| {
+        LocalEtcd::start(&data_dir.join("etcd"))
+            .unwrap_or_else(|e| panic!("KPROXY_TEST_STORE=etcd: {e:#}"))
+    })
 }
 
 impl ApiServer {
@@ -45,6 +63,7 @@ impl ApiServer {
     /// Like `start`, with an explicit binary (the benchmarks use the release build).
     pub fn start_with(binary: &Path, data_dir: &Path, extra: &[&str]) -> Self {
         let kubeconfig = data_dir.join("kubeconfig");
+        let etcd = etcd_for(data_dir, extra);
         let mut cmd = Command::new(binary);
         cmd.arg("serve")
             .arg("--data-dir")
@@ -58,6 +77,9 @@ impl ApiServer {
             .arg(&kubeconfig)
             .args(extra)
             .env("RUST_LOG", "info");
+        if let Some(e) = &etcd {
+            cmd.args(["--store", "etcd", "--etcd-servers", &e.url]);
+        }
         let daemon = Daemon::spawn(cmd);
         let mut url = String::new();
         eventually("API server ready", || {
@@ -77,6 +99,7 @@ impl ApiServer {
             url,
             data_dir: data_dir.to_path_buf(),
             kubeconfig,
+            _etcd: etcd,
         }
     }
 

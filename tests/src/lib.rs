@@ -9,6 +9,7 @@ pub mod apiserver;
 pub mod bigudp;
 pub mod cluster;
 pub mod control;
+pub mod etcd;
 pub mod kubectl;
 pub mod kubelet;
 pub mod kubelet_server;

@@ -669,7 +669,8 @@ fn service_addresses_are_allocated_once_and_released() {
 
 #[test]
 fn watch_resume_bookmarks_and_gone() {
-    let (_d, _s, h) = server(&["--history", "20"]);
+    // The window is the store's history on redb and the watch cache's on etcd.
+    let (_d, _s, h) = server(&["--history", "20", "--watch-cache-events", "20"]);
     let start = h.get(PODS).json()["metadata"]["resourceVersion"]
         .as_str()
         .unwrap()

@@ -245,6 +245,13 @@ fn bad_parameters_are_rejected() {
 
 #[test]
 fn expired_token_is_gone_with_an_inconsistent_continuation() {
+    if kproxy_tests::apiserver::on_etcd() {
+        // A continuation expires when its revision is compacted: --history bounds the
+        // in-process stores; etcd's compaction runs on its own interval (the store's etcd
+        // tests cover a compacted page read).
+        eprintln!("NOTE: not on etcd: the snapshot is pushed out of the in-process history");
+        return;
+    }
     let (_d, _s, h) = server(&["--history", "20"]);
     create_pods(&h, PODS, 6);
     let p1 = list(&h, &format!("{PODS}?limit=2"));

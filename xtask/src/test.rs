@@ -20,6 +20,20 @@ pub struct TestArgs {
     cargo_test_args: Vec<String>,
 }
 
+/// The API server's end-to-end suites that run a second time with every test server on a
+/// local etcd of its own (`kproxy_tests::apiserver::ApiServer`), so both stores pass them.
+const ETCD_SUITES: &[&str] = &[
+    "apiserver",
+    "apiserver_connections",
+    "apiserver_identity",
+    "apiserver_paging",
+    "kube_client",
+    "kubectl",
+    "kubectl_auth",
+    "kubectl_explain",
+    "server_side_apply",
+];
+
 pub fn test(args: &TestArgs) -> Result<()> {
     let started = Instant::now();
     setup(&SetupArgs::default())?;
@@ -52,6 +66,18 @@ pub fn test(args: &TestArgs) -> Result<()> {
             .args(["test", "--workspace", "--no-fail-fast"])
             .args(&args.cargo_test_args),
     )?;
+    if args.cargo_test_args.is_empty() {
+        step(&format!(
+            "test: the API server's end-to-end suites again, on etcd (KPROXY_TEST_STORE=etcd: {})",
+            ETCD_SUITES.join(", ")
+        ));
+        run_cmd(
+            cargo()
+                .args(["test", "-p", "kproxy-tests", "--no-fail-fast"])
+                .args(ETCD_SUITES.iter().flat_map(|t| ["--test", t]))
+                .env("KPROXY_TEST_STORE", "etcd"),
+        )?;
+    }
     println!("test: all passed in {:.1?}", started.elapsed());
     Ok(())
 }

@@ -460,10 +460,10 @@ struct OnEtcd {
 }
 
 fn on_etcd(b: &ApiBench, target: &Path) -> Result<OnEtcd> {
-    let etcd = super::etcd::LocalEtcd::start()?;
-    let figures = one(b, target, "etcd", &["--etcd-servers", &etcd.url], true)?;
+    let etcd = super::etcd::BenchEtcd::start()?;
+    let figures = one(b, target, "etcd", &["--etcd-servers", etcd.url()], true)?;
     // After the API run, so its keys are not in etcd meanwhile.
-    let raw_puts_per_s = super::etcd::raw_put_rate(&etcd.url)?;
+    let raw_puts_per_s = super::etcd::raw_put_rate(etcd.url())?;
     Ok(OnEtcd {
         figures,
         raw_puts_per_s,

@@ -3,58 +3,31 @@
 //! put rate on this machine through `etcdctl check perf` (500 clients at the `l` load), the
 //! reference the API server's creates on etcd are held against.
 
-use std::{net::TcpListener, process::Command};
+use std::process::Command;
 
 use anyhow::{Context as _, Result, bail};
-use kproxy_tests::{Daemon, apiserver::TempDir};
+use kproxy_tests::{apiserver::TempDir, etcd::LocalEtcd};
 
 use crate::util::step;
 
-const ETCD: &str = "/usr/bin/etcd";
 const ETCDCTL: &str = "/usr/bin/etcdctl";
 
-/// A scratch etcd, stopped and removed on drop.
-pub struct LocalEtcd {
-    _daemon: Daemon,
-    pub url: String,
+/// A scratch etcd with its data directory, both gone on drop.
+pub struct BenchEtcd {
+    etcd: LocalEtcd,
+    // After `etcd` (field order): etcd stops before its directory is removed.
     _dir: TempDir,
 }
 
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-impl LocalEtcd {
+impl BenchEtcd {
     pub fn start() -> Result<Self> {
-        if !std::path::Path::new(ETCD).exists() {
-            bail!("{ETCD} is missing: `cargo xtask setup` installs Debian's etcd-server");
-        }
         let dir = TempDir::new("kproxy-bench-etcd");
-        let url = format!("http://127.0.0.1:{}", free_port()?);
-        let peer = format!("http://127.0.0.1:{}", free_port()?);
-        let mut cmd = Command::new(ETCD);
-        cmd.args(["--name", "bench", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .args([
-                "--listen-client-urls",
-                &url,
-                "--advertise-client-urls",
-                &url,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-            ])
-            .args(["--initial-cluster", &format!("bench={peer}")])
-            .args(["--logger", "zap", "--log-outputs", "stderr"]);
-        let daemon = Daemon::spawn_until_logged(cmd, "serving client traffic");
-        Ok(Self {
-            _daemon: daemon,
-            url,
-            _dir: dir,
-        })
+        let etcd = LocalEtcd::start(&dir.path().join("data"))?;
+        Ok(Self { etcd, _dir: dir })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.etcd.url
     }
 }
 
