@@ -225,6 +225,39 @@ async fn idle_and_half_sent_connections_neither_starve_healthz_nor_stay_open() {
 
 /// A request whose body never finishes holds its in-flight slot: the next one of the same
 /// kind (mutating or not) gets 429, as kube-apiserver answers beyond --max-requests-inflight.
+/// Holds the one in-flight slot of `method` requests with a request on `path` whose body of
+/// `len` bytes never finishes, and returns it with the head and body of the 429 that a second
+/// such request (`second_body`) then gets. A held request that met another one in flight was
+/// refused itself and holds nothing: it is opened again (slower stores widen that window).
+async fn hold_slot(
+    s: &Server,
+    method: &str,
+    path: &str,
+    token: &str,
+    len: usize,
+    second_body: &str,
+) -> (TlsStream<TcpStream>, String, String) {
+    let started = Instant::now();
+    loop {
+        let mut held = s.connect().await.unwrap();
+        held.write_all(raw(method, path, Some(token), len, "close").as_bytes())
+            .await
+            .unwrap();
+        held.write_all(b"{").await.unwrap();
+        for _ in 0..10 {
+            let (code, head, body) = s.request(method, path, Some(token), second_body).await;
+            if code == 429 {
+                return (held, head, body);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "a second {method} never got 429"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_beyond_the_in_flight_limit_get_429() {
     let s = start(&[
@@ -239,17 +272,7 @@ async fn requests_beyond_the_in_flight_limit_get_429() {
     let events = "/api/v1/namespaces/default/events";
     let event = r#"{"apiVersion":"v1","kind":"Event","metadata":{"name":"e1"},"involvedObject":{"kind":"Node","name":"n1"},"reason":"Test","message":"m","type":"Normal"}"#;
 
-    let mut held_write = s.connect().await.unwrap();
-    held_write
-        .write_all(raw("POST", events, Some(&node), 1000, "close").as_bytes())
-        .await
-        .unwrap();
-    held_write.write_all(b"{").await.unwrap();
-    let (head, body) = until_some("a second create gets 429", || async {
-        let (code, head, body) = s.request("POST", events, Some(&node), event).await;
-        (code == 429).then_some((head, body))
-    })
-    .await;
+    let (held_write, head, body) = hold_slot(&s, "POST", events, &node, 1000, event).await;
     assert!(
         head.to_ascii_lowercase().contains("retry-after: 1"),
         "{head}"
@@ -265,17 +288,7 @@ async fn requests_beyond_the_in_flight_limit_get_429() {
     assert_ne!(code, 429, "{body}");
     assert_eq!(s.healthz().await.0, 200);
 
-    let mut held_read = s.connect().await.unwrap();
-    held_read
-        .write_all(raw("GET", events, Some(&node), 10, "close").as_bytes())
-        .await
-        .unwrap();
-    held_read.write_all(b"{").await.unwrap();
-    until_some("a second read gets 429", || async {
-        let (code, _, _) = s.request("GET", "/api/v1/nodes", Some(&node), "").await;
-        (code == 429).then_some(())
-    })
-    .await;
+    let (held_read, _, _) = hold_slot(&s, "GET", events, &node, 10, "").await;
     assert_eq!(s.healthz().await.0, 200);
 
     // Finishing the held requests frees their slots.

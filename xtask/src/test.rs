@@ -73,7 +73,9 @@ pub fn test(args: &TestArgs) -> Result<()> {
         ));
         run_cmd(
             cargo()
-                .args(["test", "-p", "kproxy-tests", "--no-fail-fast"])
+                // --workspace, as above: `-p` alone would unify features differently and
+                // rebuild dependencies.
+                .args(["test", "--workspace", "--no-fail-fast"])
                 .args(ETCD_SUITES.iter().flat_map(|t| ["--test", t]))
                 .env("KPROXY_TEST_STORE", "etcd"),
         )?;
