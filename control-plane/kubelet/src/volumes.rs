@@ -298,13 +298,26 @@ pub fn check_host_path(path: &Path, kind: HostPathType) -> Result<(), String> {
     }
 }
 
+/// Times [`open_beneath`] retries a lookup the kernel could not vouch for.
+const BENEATH_ATTEMPTS: usize = 64;
+
 /// Opens `path` below `root` without leaving it: absolute symlinks and `..` that climb out
-/// fail with EXDEV instead of being followed.
+/// fail with EXDEV instead of being followed. A `..` resolved while any rename or mount
+/// happened on the host makes the kernel answer EAGAIN (it cannot tell the walk stayed
+/// inside); openat2(2) says to retry, which this does (seen under parallel tests' mounts).
 fn open_beneath(root: &OwnedFd, path: &Path) -> nix::Result<OwnedFd> {
-    let how = OpenHow::new()
-        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
-        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-    nix::fcntl::openat2(root, path, how)
+    let how = || {
+        OpenHow::new()
+            .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS)
+    };
+    let mut tries = 1;
+    loop {
+        match nix::fcntl::openat2(root, path, how()) {
+            Err(Errno::EAGAIN) if tries < BENEATH_ATTEMPTS => tries += 1,
+            other => return other,
+        }
+    }
 }
 
 fn describe(e: Errno) -> String {
