@@ -77,39 +77,46 @@ pub async fn serve(
     }
 }
 
-async fn get_kv(api: &Api, t: &Target) -> ApiResult<kproxy_store::KeyValue> {
+/// The object `t` names, read as `at_least` asks with Kubernetes' GET semantics: None is the
+/// current state (a consistent read); Some(0) any state (from the watch cache without asking
+/// etcd, as kube-apiserver serves it); Some(N) a state not older than N, and N beyond the
+/// store's revision is 504 "Too large resource version", as the real server answers once its
+/// cache cannot get there.
+async fn get_kv(
+    api: &Api,
+    t: &Target,
+    at_least: Option<kproxy_store::Revision>,
+) -> ApiResult<kproxy_store::KeyValue> {
     let name = t.name.as_deref().unwrap_or_default();
-    api.store
-        .get(&t.res.key(t.ns.as_deref(), name))
-        .await?
-        .ok_or_else(|| ApiError::not_found(&t.res.group_resource(), name))
-}
-
-/// A GET's read as its `resourceVersion` asks, with Kubernetes' semantics: none is the
-/// current state (a consistent read), "0" any state (from the watch cache without asking etcd,
-/// as kube-apiserver serves it), N a state not older than N; N beyond the store's revision is
-/// 504 "Too large resource version", as the real server answers once its cache cannot get there.
-async fn get_kv_as_asked(api: &Api, req: &Req, t: &Target) -> ApiResult<kproxy_store::KeyValue> {
-    let Some(rv) = req.q("resourceVersion") else {
-        return get_kv(api, t).await;
+    let key = t.res.key(t.ns.as_deref(), name);
+    let kv = match at_least {
+        None => api.store.get(&key).await?,
+        Some(want) => {
+            let kv = api.store.get_not_older_than(&key, want).await?;
+            let current = api.store.revision();
+            if want > current {
+                return Err(ApiError::too_large_resource_version(want, current));
+            }
+            kv
+        }
     };
-    let want: kproxy_store::Revision = rv
-        .parse()
-        .map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv:?}")))?;
-    let name = t.name.as_deref().unwrap_or_default();
-    let kv = api
-        .store
-        .get_not_older_than(&t.res.key(t.ns.as_deref(), name), want)
-        .await?;
-    let current = api.store.revision();
-    if want > current {
-        return Err(ApiError::too_large_resource_version(want, current));
-    }
     kv.ok_or_else(|| ApiError::not_found(&t.res.group_resource(), name))
 }
 
+/// A GET's read as its `resourceVersion` asks (see [`get_kv`]); not a number is 400.
+async fn get_kv_as_asked(api: &Api, req: &Req, t: &Target) -> ApiResult<kproxy_store::KeyValue> {
+    let at_least = req
+        .q("resourceVersion")
+        .map(|rv| {
+            rv.parse()
+                .map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv:?}")))
+        })
+        .transpose()?;
+    get_kv(api, t, at_least).await
+}
+
 async fn get(api: &Api, t: &Target) -> ApiResult<Value> {
-    from_kv(&get_kv(api, t).await?)
+    from_kv(&get_kv(api, t, None).await?)
 }
 
 /// Checks (or fills in) apiVersion and kind of a request body.
