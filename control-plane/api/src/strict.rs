@@ -65,7 +65,8 @@ fn typed_roundtrip(kind: &str, obj: &Value) -> Option<Value> {
 }
 
 fn roundtrip<T: DeserializeOwned + Serialize>(obj: &Value) -> Option<Value> {
-    let typed: T = serde_json::from_value(obj.clone()).ok()?;
+    // From the borrowed Value: no copy of the object before decoding it.
+    let typed = T::deserialize(obj).ok()?;
     serde_json::to_value(typed).ok()
 }
 

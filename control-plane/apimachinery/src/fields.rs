@@ -343,20 +343,43 @@ impl Shape {
 fn key_of(keys: Keys, item: &Value) -> Option<String> {
     let m = item.as_object()?;
     let first = m.get(keys.first).filter(|v| !v.is_null())?;
-    let mut pairs = vec![(keys.first, first.clone())];
-    if let Some((name, default)) = keys.second {
-        match (m.get(name).filter(|v| !v.is_null()), default) {
-            (Some(v), _) => pairs.push((name, v.clone())),
-            (None, Some(d)) => pairs.push((name, Value::String(d.to_string()))),
+    let default: Value;
+    let mut pairs = Vec::with_capacity(2);
+    pairs.push((keys.first, first));
+    if let Some((name, d)) = keys.second {
+        match (m.get(name).filter(|v| !v.is_null()), d) {
+            (Some(v), _) => pairs.push((name, v)),
+            (None, Some(d)) => {
+                default = Value::String(d.to_string());
+                pairs.push((name, &default));
+            }
             (None, None) => return None,
         }
     }
-    pairs.sort_by(|a, b| a.0.cmp(b.0));
-    let body: Vec<String> = pairs
-        .iter()
-        .map(|(k, v)| format!("{}:{v}", Value::String((*k).to_string())))
-        .collect();
-    Some(format!("k:{{{}}}", body.join(",")))
+    pairs.sort_by_key(|p| p.0);
+    // Written straight into one string (this runs for every list item of every write). The
+    // key names are the schema's own identifiers: nothing in them needs escaping.
+    let mut out = String::with_capacity(48);
+    out.push_str("k:{");
+    for (i, (k, v)) in pairs.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push('"');
+        out.push_str(k);
+        out.push_str("\":");
+        let _ = write!(out, "{v}");
+    }
+    out.push('}');
+    Some(out)
+}
+
+/// `f:name`, a field's member name in fieldsV1.
+fn member(name: &str) -> String {
+    let mut m = String::with_capacity(name.len() + 2);
+    m.push_str("f:");
+    m.push_str(name);
+    m
 }
 
 /// The keys of every item, or `None` when an item lacks one or two share one (then the list is
@@ -399,7 +422,7 @@ fn set_of(shape: Shape, v: &Value, all: bool) -> FieldSet {
                     continue;
                 }
                 if let Some(cs) = s.field(k) {
-                    out.insert(format!("f:{k}"), set_of(cs, cv, all));
+                    out.insert(member(k), set_of(cs, cv, all));
                 }
             }
             out
@@ -445,7 +468,7 @@ fn added_json(shape: Shape, v: &Value) -> Value {
                     continue;
                 }
                 if let Some(cs) = s.field(k) {
-                    out.insert(format!("f:{k}"), added_json(cs, cv));
+                    out.insert(member(k), added_json(cs, cv));
                 }
             }
         }
@@ -489,7 +512,7 @@ pub fn created_fields_v1(
     let root = Shape::Root(Ty::for_kind(kind));
     let mut out = Map::new();
     for (k, v) in obj.as_object()? {
-        let elem = format!("f:{k}");
+        let elem = member(k);
         if v.is_null() || !keep_top(&elem) {
             continue;
         }
@@ -561,15 +584,15 @@ fn diff_at(shape: Shape, old: &Value, new: &Value, d: &mut Diff) {
                     }
                     None => cd.changed = set_of(cs, nv, true),
                 }
-                d.changed.insert(format!("f:{k}"), cd.changed);
-                d.removed.insert(format!("f:{k}"), cd.removed);
+                d.changed.insert(member(k), cd.changed);
+                d.removed.insert(member(k), cd.removed);
             }
             for (k, ov) in o {
                 if ov.is_null() || n.get(k).is_some_and(|v| !v.is_null()) {
                     continue;
                 }
                 if let Some(cs) = s.field(k) {
-                    d.removed.insert(format!("f:{k}"), set_of(cs, ov, true));
+                    d.removed.insert(member(k), set_of(cs, ov, true));
                 }
             }
         }

@@ -121,14 +121,9 @@ pub fn json(code: StatusCode, v: &Value) -> Response {
         .into_response()
 }
 
-/// A 200 with an already-encoded JSON body.
-pub fn raw_json(body: Vec<u8>) -> Response {
-    (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/json")],
-        body,
-    )
-        .into_response()
+/// An already-encoded JSON body.
+pub fn raw_json(code: StatusCode, body: Vec<u8>) -> Response {
+    (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 #[cfg(test)]

@@ -45,7 +45,14 @@ struct Figures {
     rss_loaded_mib: f64,
     hwm_mib: f64,
     watch: Value,
+    /// Creates/s from [`REFERENCE_CLIENTS`] clients (the etcd run only; after everything else,
+    /// so neither RSS figure includes their connections).
+    creates_per_s_reference_clients: Option<f64>,
 }
+
+/// `etcdctl check perf --load l`'s client count: etcd's own put rate is measured with this
+/// many, so the etcd run also creates with this many for a like-for-like ratio.
+const REFERENCE_CLIENTS: usize = 500;
 
 fn one(
     b: &ApiBench,
@@ -53,6 +60,7 @@ fn one(
     store: &'static str,
     flags: &[&str],
     with_watch: bool,
+    with_reference_clients: bool,
 ) -> Result<Figures> {
     let dir = TempDir::new("kproxy-bench-api");
     let mut args = vec!["--store", store];
@@ -124,6 +132,30 @@ fn one(
         Value::Null
     };
     let hwm = status_kib(pid, "VmHWM:").unwrap_or(0);
+    let creates_per_s_reference_clients = if with_reference_clients {
+        step(&format!(
+            "bench api [{store}]: {} more creates from {REFERENCE_CLIENTS} clients (as etcdctl \
+             check perf)",
+            b.objects
+        ));
+        let c = REFERENCE_CLIENTS.to_string();
+        let v = load(
+            &load_bin,
+            &kc,
+            &[
+                "--namespace",
+                "kpt-bench-clients",
+                "creates",
+                "--count",
+                &n,
+                "--concurrency",
+                &c,
+            ],
+        )?;
+        v["creates_per_s"].as_f64()
+    } else {
+        None
+    };
     Ok(Figures {
         store,
         creates_per_s: creates["creates_per_s"].as_f64().unwrap_or(0.0),
@@ -133,6 +165,7 @@ fn one(
         rss_loaded_mib: rss_loaded as f64 / 1024.0,
         hwm_mib: hwm as f64 / 1024.0,
         watch,
+        creates_per_s_reference_clients,
     })
 }
 
@@ -278,8 +311,8 @@ fn pressure(target: &Path) -> Result<Pressure> {
 
 pub fn run(b: &ApiBench, target: &Path, out_dir: &Path) -> Result<()> {
     let started = Instant::now();
-    let redb = one(b, target, "redb", &[], true)?;
-    let mem = one(b, target, "memory", &[], false)?;
+    let redb = one(b, target, "redb", &[], true, false)?;
+    let mem = one(b, target, "memory", &[], false, false)?;
     let etcd = b.etcd.then(|| on_etcd(b, target)).transpose()?;
     let p = pressure(target)?;
     let w = &redb.watch;
@@ -461,7 +494,14 @@ struct OnEtcd {
 
 fn on_etcd(b: &ApiBench, target: &Path) -> Result<OnEtcd> {
     let etcd = super::etcd::BenchEtcd::start()?;
-    let figures = one(b, target, "etcd", &["--etcd-servers", etcd.url()], true)?;
+    let figures = one(
+        b,
+        target,
+        "etcd",
+        &["--etcd-servers", etcd.url()],
+        true,
+        true,
+    )?;
     // After the API run, so its keys are not in etcd meanwhile.
     let raw_puts_per_s = super::etcd::raw_put_rate(etcd.url())?;
     Ok(OnEtcd {
@@ -488,16 +528,31 @@ fn etcd_section(md: &mut String, b: &ApiBench, e: &OnEtcd) -> Result<()> {
     let row = |md: &mut String, name: &str, v: String, ok: bool| {
         writeln!(md, "| {name} | {v} | {} |", if ok { "yes" } else { "no" })
     };
-    let ratio = e.raw_puts_per_s.map(|r| f.creates_per_s / r);
+    // The ratio holds creates from as many clients as etcd's own rate was measured with; the
+    // bench's usual client count is shown beside it (fewer requests in flight: etcd batches
+    // fewer writes per fsync).
+    let ratio = |creates: f64| e.raw_puts_per_s.map(|r| creates / r);
+    let shown = |creates: f64| {
+        format!(
+            "{creates:.0} ({})",
+            ratio(creates).map_or_else(|| "no reference".into(), |r| format!("{r:.2}×"))
+        )
+    };
+    let reference = f.creates_per_s_reference_clients.unwrap_or(0.0);
     row(
         md,
-        "creates/s ≥ 0.7× etcd's own put rate",
-        format!(
-            "{:.0} ({})",
-            f.creates_per_s,
-            ratio.map_or_else(|| "no reference".into(), |r| format!("{r:.2}×"))
+        &format!("creates/s ≥ 0.7× etcd's own put rate ({REFERENCE_CLIENTS} clients each)"),
+        shown(reference),
+        ratio(reference).is_some_and(|r| r >= 0.7),
+    )?;
+    row(
+        md,
+        &format!(
+            "creates/s from {} clients, against the same rate",
+            b.concurrency
         ),
-        ratio.is_some_and(|r| r >= 0.7),
+        shown(f.creates_per_s),
+        ratio(f.creates_per_s).is_some_and(|r| r >= 0.7),
     )?;
     // kube-apiserver serves a GET from its watch cache when it names a resourceVersion ("0":
     // any); one without goes to etcd there. Both are shown; the cache-served one is the target.

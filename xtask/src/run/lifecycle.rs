@@ -99,7 +99,7 @@ pub fn reset(kproxy: &Path, node: &str) -> Result<()> {
     let removed = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
-        .block_on(remove_pod_containers(node))?;
+        .block_on(remove_pod_containers(|n| n == node))?;
     println!("run --reset: removed {removed} pod containers");
     match std::fs::remove_dir_all(STATE_DIR) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -110,13 +110,12 @@ pub fn reset(kproxy: &Path, node: &str) -> Result<()> {
     Ok(())
 }
 
-/// Removes every container this node's kubelet made (labelled with the node: other
-/// kubelets on this Docker engine, such as the tests', keep theirs).
-async fn remove_pod_containers(node: &str) -> Result<usize> {
+/// Removes every container a kubelet made for a node that `which` names (each is labelled
+/// with its node: other kubelets on this Docker engine, such as the tests', keep theirs).
+pub async fn remove_pod_containers(which: impl Fn(&str) -> bool) -> Result<usize> {
     use bollard::query_parameters::{ListContainersOptionsBuilder, RemoveContainerOptionsBuilder};
     let docker = crate::images::connect().await?;
-    let label = kproxy_pod_labels::node_filter(node);
-    let filters = std::collections::HashMap::from([("label", vec![label.as_str()])]);
+    let filters = std::collections::HashMap::from([("label", vec![kproxy_pod_labels::NODE])]);
     let list = docker
         .list_containers(Some(
             ListContainersOptionsBuilder::new()
@@ -125,10 +124,17 @@ async fn remove_pod_containers(node: &str) -> Result<usize> {
                 .build(),
         ))
         .await
-        .context("list the kubelet's containers")?;
+        .context("list the kubelets' containers")?;
     let mut n = 0;
     for c in list {
-        let Some(id) = c.id else { continue };
+        let ours = c
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(kproxy_pod_labels::NODE))
+            .is_some_and(|node| which(node));
+        let Some(id) = c.id.filter(|_| ours) else {
+            continue;
+        };
         docker
             .remove_container(
                 &id,

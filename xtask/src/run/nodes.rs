@@ -450,6 +450,12 @@ pub fn remove_containers(host_node: &str) -> Result<()> {
     Ok(())
 }
 
+/// Removes every container of a worker node (`<host>-node-K`) on this Docker engine.
+async fn remove_worker_containers(host_node: &str) -> Result<usize> {
+    let prefix = format!("{host_node}-node-");
+    super::lifecycle::remove_pod_containers(|node| node.starts_with(&prefix)).await
+}
+
 /// What to try with several nodes.
 pub fn print_next_steps(workers: &[Worker]) {
     let Some(w) = workers.first() else {
@@ -470,43 +476,6 @@ pub fn print_next_steps(workers: &[Worker]) {
         "  logs: {LOG_DIR}/{}-kubelet.log, {LOG_DIR}/{}-kproxy.log, ...\n",
         w.name, w.name
     );
-}
-
-/// Removes every container of a worker node (`<host>-node-K`) on this Docker engine.
-async fn remove_worker_containers(host_node: &str) -> Result<usize> {
-    use bollard::query_parameters::{ListContainersOptionsBuilder, RemoveContainerOptionsBuilder};
-    let docker = crate::images::connect().await?;
-    let filters = std::collections::HashMap::from([("label", vec![kproxy_pod_labels::NODE])]);
-    let list = docker
-        .list_containers(Some(
-            ListContainersOptionsBuilder::new()
-                .all(true)
-                .filters(&filters)
-                .build(),
-        ))
-        .await
-        .context("list the kubelets' containers")?;
-    let prefix = format!("{host_node}-node-");
-    let mut n = 0;
-    for c in list {
-        let worker = c
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(kproxy_pod_labels::NODE))
-            .is_some_and(|node| node.starts_with(&prefix));
-        let Some(id) = c.id.filter(|_| worker) else {
-            continue;
-        };
-        docker
-            .remove_container(
-                &id,
-                Some(RemoveContainerOptionsBuilder::new().force(true).build()),
-            )
-            .await
-            .with_context(|| format!("remove container {id}"))?;
-        n += 1;
-    }
-    Ok(n)
 }
 
 /// After the components stopped: each worker's pins (cleaned inside its namespace), its

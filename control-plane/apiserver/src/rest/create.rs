@@ -2,12 +2,13 @@
 //! validated and given its kind's initial status and allocations.
 
 use axum::http::StatusCode;
-use kproxy_store::{Op, StoreError};
+use axum::response::Response;
+use kproxy_store::{KeyValue, Op, StoreError};
 use serde_json::{Value, json};
 
 use super::delete::spawn_collect_if_orphaned;
 use super::{RETRIES, admit, allocate, check_type, invalid, is_alloc_conflict, strict_fields};
-use crate::context::{Api, Req, Target};
+use crate::context::{Api, Req, Target, json as json_resp, raw_json};
 use crate::managed;
 use crate::object::{self, from_kv, meta_mut, set_rv, str_at, to_stored};
 use crate::status::{ApiError, ApiResult};
@@ -28,7 +29,7 @@ async fn check_namespace(api: &Api, ns: &str, fresh: bool) -> ApiResult<Op> {
         api.store.get_cached(&key).await?
     };
     let kv = match cached {
-        Some(kv) if !object::is_deleting(&from_kv(&kv)?) => kv,
+        Some(kv) if !object::stored_is_deleting(&kv)? => kv,
         _ => match api.store.get(&key).await? {
             None => return Err(ApiError::not_found("namespaces", ns)),
             Some(kv) if object::is_deleting(&from_kv(&kv)?) => {
@@ -50,19 +51,37 @@ async fn check_namespace(api: &Api, ns: &str, fresh: bool) -> ApiResult<Op> {
     })
 }
 
-/// POST: creates the object in the body.
-pub async fn create(api: &Api, req: &Req, t: &Target) -> ApiResult<Value> {
+/// POST: creates the object in the body; the answer is the stored bytes with their
+/// resourceVersion (no second serialisation), or the object itself on a dry run.
+pub async fn create(api: &Api, req: &Req, t: &Target) -> ApiResult<Response> {
     let obj = object::parse_body(req.content_type(), &req.body)?;
     let w = managed::Writer::update(req, t.res, None)?;
-    create_object(api, req, t, obj, &w).await
+    let mut stored = None;
+    let obj = create_object_as(api, req, t, obj, &w, &mut stored).await?;
+    Ok(match stored {
+        Some(kv) => raw_json(StatusCode::CREATED, object::with_rv(&kv)?),
+        None => json_resp(StatusCode::CREATED, &obj),
+    })
 }
 
 pub async fn create_object(
     api: &Api,
     req: &Req,
     t: &Target,
+    obj: Value,
+    w: &managed::Writer,
+) -> ApiResult<Value> {
+    create_object_as(api, req, t, obj, w, &mut None).await
+}
+
+/// The create itself; `stored` receives what was written (None on a dry run).
+async fn create_object_as(
+    api: &Api,
+    req: &Req,
+    t: &Target,
     mut obj: Value,
     w: &managed::Writer,
+    stored: &mut Option<KeyValue>,
 ) -> ApiResult<Value> {
     check_type(t.res, &mut obj)?;
     strict_fields(req, t.res, &obj)?;
@@ -155,18 +174,26 @@ pub async fn create_object(
         if req.dry_run() {
             return Ok(o);
         }
+        let value = to_stored(&o);
         ops.insert(
             0,
             Op::Create {
                 key: key.clone(),
-                value: to_stored(&o),
+                value: value.clone(),
             },
         );
         ops.extend(ns_check.clone());
         match api.store.txn(ops).await {
             Ok(kvs) => {
-                set_rv(&mut o, kvs[0].mod_revision);
+                let rev = kvs[0].mod_revision;
+                set_rv(&mut o, rev);
                 spawn_collect_if_orphaned(api, t.res, &key, &o);
+                *stored = Some(KeyValue {
+                    key,
+                    value,
+                    create_revision: rev,
+                    mod_revision: rev,
+                });
                 return Ok(o);
             }
             Err(StoreError::AlreadyExists(k)) if k == key && !named => {}

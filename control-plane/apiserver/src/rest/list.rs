@@ -54,5 +54,5 @@ pub async fn serve(api: &Api, req: &Req, t: &Target) -> ApiResult<Response> {
         body.extend_from_slice(&object::with_rv(kv)?);
     }
     body.extend_from_slice(b"]}");
-    Ok(raw_json(body))
+    Ok(raw_json(StatusCode::OK, body))
 }

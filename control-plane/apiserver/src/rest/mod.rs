@@ -45,9 +45,10 @@ pub async fn serve(
         ("watch", None) => watch::serve(api, req, t).await,
         ("get", None | Some("status" | "ephemeralcontainers")) if !req.wants_table() => {
             // The hot path: stored bytes with the resourceVersion spliced in, no parse.
-            Ok(raw_json(object::with_rv(
-                &get_kv_as_asked(api, req, t).await?,
-            )?))
+            Ok(raw_json(
+                StatusCode::OK,
+                object::with_rv(&get_kv_as_asked(api, req, t).await?)?,
+            ))
         }
         ("get", None | Some("status" | "ephemeralcontainers")) => {
             let obj = from_kv(&get_kv_as_asked(api, req, t).await?)?;
@@ -65,10 +66,7 @@ pub async fn serve(
         // As in Kubernetes, objects are created by POSTing to their collection; a name in the
         // path would be one more name to keep equal to the body's.
         ("create", None) if t.name.is_some() => Err(ApiError::method_not_allowed()),
-        ("create", None) => {
-            let obj = create::create(api, req, t).await?;
-            Ok(json_resp(StatusCode::CREATED, &obj))
-        }
+        ("create", None) => create::create(api, req, t).await,
         ("create", Some("binding")) => binding::bind(api, req, t).await,
         ("update" | "patch", sub) => patch::serve(api, req, t, verb, sub, bound_to).await,
         ("delete", None) => delete::serve(api, req, t, bound_to.as_deref()).await,
