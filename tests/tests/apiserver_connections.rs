@@ -223,8 +223,6 @@ async fn idle_and_half_sent_connections_neither_starve_healthz_nor_stay_open() {
     assert_eq!(code, 200, "after: {took:?}");
 }
 
-/// A request whose body never finishes holds its in-flight slot: the next one of the same
-/// kind (mutating or not) gets 429, as kube-apiserver answers beyond --max-requests-inflight.
 /// Holds the one in-flight slot of `method` requests with a request on `path` whose body of
 /// `len` bytes never finishes, and returns it with the head and body of the 429 that a second
 /// such request (`second_body`) then gets. A held request that met another one in flight was
@@ -258,6 +256,8 @@ async fn hold_slot(
     }
 }
 
+/// A request whose body never finishes holds its in-flight slot: the next one of the same
+/// kind (mutating or not) gets 429, as kube-apiserver answers beyond --max-requests-inflight.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_beyond_the_in_flight_limit_get_429() {
     let s = start(&[

@@ -100,25 +100,25 @@ pub fn set_rv(obj: &mut Value, rev: u64) {
 /// resourceVersion in by splicing bytes instead of parsing and re-serialising (see `with_rv`).
 pub fn to_stored(obj: &Value) -> bytes::Bytes {
     // Written member by member: no copy of the metadata just to leave one key out.
-    fn members<'a>(out: &mut Vec<u8>, m: impl Iterator<Item = (&'a String, &'a Value)>) {
-        for (i, (k, v)) in m.enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            serde_json::to_writer(&mut *out, k).expect("a string always serialises");
-            out.push(b':');
-            serde_json::to_writer(&mut *out, v).expect("a Value always serialises");
-        }
+    fn member(out: &mut Vec<u8>, k: &str, v: &Value) {
+        serde_json::to_writer(&mut *out, k).expect("a string always serialises");
+        out.push(b':');
+        serde_json::to_writer(&mut *out, v).expect("a Value always serialises");
     }
     let mut out = Vec::with_capacity(1024);
     out.extend_from_slice(b"{\"metadata\":{");
     let meta = obj["metadata"].as_object().into_iter().flatten();
-    members(&mut out, meta.filter(|(k, _)| *k != "resourceVersion"));
+    for (i, (k, v)) in meta.filter(|(k, _)| *k != "resourceVersion").enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        member(&mut out, k, v);
+    }
     out.push(b'}');
     let rest = obj.as_object().into_iter().flatten();
     for (k, v) in rest.filter(|(k, _)| *k != "metadata") {
         out.push(b',');
-        members(&mut out, std::iter::once((k, v)));
+        member(&mut out, k, v);
     }
     out.push(b'}');
     bytes::Bytes::from(out)

@@ -10,7 +10,7 @@ use super::delete::spawn_collect_if_orphaned;
 use super::{RETRIES, admit, allocate, check_type, invalid, is_alloc_conflict, strict_fields};
 use crate::context::{Api, Req, Target, json as json_resp, raw_json};
 use crate::managed;
-use crate::object::{self, from_kv, meta_mut, set_rv, str_at, to_stored};
+use crate::object::{self, meta_mut, set_rv, str_at, to_stored};
 use crate::status::{ApiError, ApiResult};
 
 /// Checks that namespace `ns` exists and is not terminating, and returns the op that makes the
@@ -32,7 +32,7 @@ async fn check_namespace(api: &Api, ns: &str, fresh: bool) -> ApiResult<Op> {
         Some(kv) if !object::stored_is_deleting(&kv)? => kv,
         _ => match api.store.get(&key).await? {
             None => return Err(ApiError::not_found("namespaces", ns)),
-            Some(kv) if object::is_deleting(&from_kv(&kv)?) => {
+            Some(kv) if object::stored_is_deleting(&kv)? => {
                 return Err(ApiError::new(
                     StatusCode::FORBIDDEN,
                     "Forbidden",
@@ -56,11 +56,9 @@ async fn check_namespace(api: &Api, ns: &str, fresh: bool) -> ApiResult<Op> {
 pub async fn create(api: &Api, req: &Req, t: &Target) -> ApiResult<Response> {
     let obj = object::parse_body(req.content_type(), &req.body)?;
     let w = managed::Writer::update(req, t.res, None)?;
-    let mut stored = None;
-    let obj = create_object_as(api, req, t, obj, &w, &mut stored).await?;
-    Ok(match stored {
-        Some(kv) => raw_json(StatusCode::CREATED, object::with_rv(&kv)?),
-        None => json_resp(StatusCode::CREATED, &obj),
+    Ok(match create_stored(api, req, t, obj, &w).await? {
+        (_, Some(kv)) => raw_json(StatusCode::CREATED, object::with_rv(&kv)?),
+        (obj, None) => json_resp(StatusCode::CREATED, &obj),
     })
 }
 
@@ -71,18 +69,17 @@ pub async fn create_object(
     obj: Value,
     w: &managed::Writer,
 ) -> ApiResult<Value> {
-    create_object_as(api, req, t, obj, w, &mut None).await
+    Ok(create_stored(api, req, t, obj, w).await?.0)
 }
 
-/// The create itself; `stored` receives what was written (None on a dry run).
-async fn create_object_as(
+/// The create itself: the object, and what the store wrote (None on a dry run).
+async fn create_stored(
     api: &Api,
     req: &Req,
     t: &Target,
     mut obj: Value,
     w: &managed::Writer,
-    stored: &mut Option<KeyValue>,
-) -> ApiResult<Value> {
+) -> ApiResult<(Value, Option<KeyValue>)> {
     check_type(t.res, &mut obj)?;
     strict_fields(req, t.res, &obj)?;
     kproxy_api::strict::prune_unknown(t.res.kind, &mut obj);
@@ -172,29 +169,23 @@ async fn create_object_as(
         let key = t.res.key(t.ns.as_deref(), &name);
         let mut ops = allocate(api, t.res, &name, &mut o, None, &key).await?;
         if req.dry_run() {
-            return Ok(o);
+            return Ok((o, None));
         }
-        let value = to_stored(&o);
         ops.insert(
             0,
             Op::Create {
                 key: key.clone(),
-                value: value.clone(),
+                value: to_stored(&o),
             },
         );
         ops.extend(ns_check.clone());
         match api.store.txn(ops).await {
-            Ok(kvs) => {
-                let rev = kvs[0].mod_revision;
-                set_rv(&mut o, rev);
+            Ok(mut kvs) => {
+                // The first op's result is the object as written.
+                let created = kvs.swap_remove(0);
+                set_rv(&mut o, created.mod_revision);
                 spawn_collect_if_orphaned(api, t.res, &key, &o);
-                *stored = Some(KeyValue {
-                    key,
-                    value,
-                    create_revision: rev,
-                    mod_revision: rev,
-                });
-                return Ok(o);
+                return Ok((o, Some(created)));
             }
             Err(StoreError::AlreadyExists(k)) if k == key && !named => {}
             Err(StoreError::AlreadyExists(k)) if k == key => {
