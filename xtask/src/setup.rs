@@ -54,6 +54,8 @@ const APT_PACKAGES: &[&str] = &[
     // `cargo xtask bench api --store etcd` measures etcd's own put rate with
     // `etcdctl check perf`.
     "etcd-client",
+    // The API server's allocator (tikv-jemalloc-sys) builds jemalloc with make.
+    "make",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

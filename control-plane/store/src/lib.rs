@@ -92,8 +92,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Page, StoreError>;
 
     /// Atomic multi-key transaction: either every op applies (all at ONE new revision, as in etcd)
-    /// or none does. Returns one KeyValue per op (for Delete: the deleted kv with mod_revision =
-    /// the new revision). Durable before it returns Ok. An empty `ops` is a no-op.
+    /// or none does. Returns one KeyValue per write op, in order (for Delete: the deleted kv
+    /// with mod_revision = the new revision; an [`Op::Check`] has none). Durable before it
+    /// returns Ok. An empty `ops` is a no-op.
     async fn txn(&self, ops: Vec<Op>) -> Result<Vec<KeyValue>, StoreError>;
 
     /// Events on keys under `prefix` with revision > `after`, in revision order (ops within one

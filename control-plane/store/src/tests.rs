@@ -295,13 +295,17 @@ async fn check_op(be: &Backend) {
         key: "/ns".into(),
         expected,
     };
-    // The checked key unchanged: the txn commits, the check writes nothing.
+    // The checked key unchanged: the txn commits, the check writes nothing and has no result.
     let out = s
-        .txn(vec![create("/a"), check(1)])
+        .txn(vec![check(1), create("/a")])
         .await
         .expect("txn applies");
-    assert_eq!(out[1].mod_revision, 1);
-    assert_eq!(out[1].value, b("n"));
+    assert_eq!(out.len(), 1);
+    assert_eq!((out[0].key.as_str(), out[0].mod_revision), ("/a", 2));
+    assert_eq!(
+        s.get("/ns").await.expect("get").map(|kv| kv.mod_revision),
+        Some(1)
+    );
     assert_eq!(s.revision(), 2);
     let ev = expect_event(&mut w).await;
     assert_eq!((ev.kv.key.as_str(), ev.revision()), ("/a", 2));

@@ -71,8 +71,8 @@ pub enum Op {
     },
     /// Writes nothing: fails with NotFound if missing, with Conflict if the key's
     /// mod_revision is not `expected` (etcd's compare without a write), so a txn commits only
-    /// if a key it depends on is unchanged. Its result is the key as it is; a txn needs at
-    /// least one write besides its checks to consume a revision.
+    /// if a key it depends on is unchanged. It has no result (etcd then reads nothing back for
+    /// it); a txn needs at least one write besides its checks to consume a revision.
     Check { key: String, expected: Revision },
 }
 

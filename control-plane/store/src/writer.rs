@@ -30,7 +30,7 @@ pub(crate) struct Request {
     pub reply: Reply,
 }
 
-/// What a txn produced: its per-op results, its events, and its writes (in op order).
+/// What a txn produced: its write ops' results, its events, and its writes (in op order).
 #[derive(Debug)]
 pub(crate) struct Applied {
     pub results: Vec<KeyValue>,
@@ -59,8 +59,7 @@ pub(crate) fn apply_txn(
         };
         let (key, kind, kv, new_state) = match op {
             Op::Check { key, expected } => {
-                let kv = check(&key, current.as_ref(), Some(expected))?.clone();
-                applied.results.push(kv);
+                check(&key, current.as_ref(), Some(expected))?;
                 continue;
             }
             Op::Create { key, value } => {

@@ -231,7 +231,9 @@ pub(crate) fn txn_result(
     if !resp.succeeded() {
         return Err(failed_compare(ops, &responses));
     }
+    // The success branch has one response per write op (a check only compares).
     ops.iter()
+        .filter(|op| !matches!(op, Op::Check { .. }))
         .zip(&responses)
         .map(|(op, r)| match (op, r) {
             (Op::Create { key, value }, _) => Ok(KeyValue {
@@ -253,9 +255,6 @@ pub(crate) fn txn_result(
                 let mut kv = store_kv(keys, prev)?;
                 kv.mod_revision = rev;
                 Ok(kv)
-            }
-            (Op::Check { key, .. }, TxnOpResponse::Get(get)) => {
-                store_kv(keys, get.kvs().first().ok_or_else(|| unexpected(key))?)
             }
             (op, _) => Err(unexpected(op.key())),
         })

@@ -508,10 +508,9 @@ fn build_txn(keys: &Keys, ops: &[Op]) -> Txn {
                     Some(etcd_client::DeleteOptions::new().with_prev_key()),
                 ));
             }
-            // A read in the success branch keeps one response per op.
+            // Only a compare: nothing to read back when it holds.
             Op::Check { expected, .. } => {
                 when.push(exists_at(full.clone(), Some(*expected)));
-                then.push(TxnOp::get(full.clone(), None));
             }
         }
         otherwise.push(TxnOp::get(full, None));
