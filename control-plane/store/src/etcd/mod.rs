@@ -82,6 +82,8 @@ pub struct EtcdStore {
 pub(crate) struct Shared {
     /// One client per member; `current` picks the one in use.
     clients: Vec<Client>,
+    /// Each member's KV client, made once: a request clones this rather than the whole client.
+    kvs: Vec<KvClient>,
     current: AtomicUsize,
     keys: Keys,
     /// For error messages: which etcd this is.
@@ -136,8 +138,13 @@ impl EtcdStore {
                 .map_err(|e| convert::config_error("connecting to etcd", e))?;
             clients.push(client);
         }
+        let kvs = clients
+            .iter()
+            .map(|c| c.kv_client().max_decoding_message_size(MAX_MESSAGE))
+            .collect();
         let shared = Arc::new(Shared {
             clients,
+            kvs,
             current: AtomicUsize::new(0),
             keys: Keys::new(cfg.prefix),
             endpoints: cfg.endpoints.join(","),
@@ -259,9 +266,8 @@ impl Shared {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let (member, client) = self.client();
-            let kv = client.kv_client().max_decoding_message_size(MAX_MESSAGE);
-            match f(kv).await {
+            let member = self.current.load(Ordering::Acquire) % self.kvs.len();
+            match f(self.kvs[member].clone()).await {
                 Ok(v) => return Ok(v),
                 Err(e) if attempt < attempts && convert::not_applied(&e) => {
                     tracing::debug!(action, attempt, error = %e, "etcd member refused; retrying");
@@ -413,10 +419,10 @@ impl Store for EtcdStore {
         }
         let s = &*self.shared;
         convert::check_distinct_keys(&ops)?;
-        let txn = build_txn(&s.keys, &ops);
         let resp = s
             .call("committing a transaction to etcd", |mut c| {
-                let txn = txn.clone();
+                // Built per attempt: one copy of the values, none kept for a retry.
+                let txn = build_txn(&s.keys, &ops);
                 async move { c.txn(txn).await }
             })
             .await?;
