@@ -213,22 +213,20 @@ pub fn random_suffix(n: usize) -> String {
 
 pub fn new_uid() -> String {
     use rand::Rng as _;
-    let b: [u8; 16] = rand::rng().random();
-    let h = b.iter().fold(String::with_capacity(32), |mut h, x| {
-        use std::fmt::Write as _;
-        let _ = write!(h, "{x:02x}");
-        h
-    });
-    // Version 4 layout, as Kubernetes' uids are.
-    format!(
-        "{}-{}-4{}-{:x}{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[13..16],
-        (u8::from_str_radix(&h[16..17], 16).unwrap_or(0) & 0x3) | 0x8,
-        &h[17..20],
-        &h[20..32]
-    )
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut b: [u8; 16] = rand::rng().random();
+    // Version 4 layout (version nibble 4, variant bits 10), as Kubernetes' uids are.
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let mut s = String::with_capacity(36);
+    for (i, x) in b.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            s.push('-');
+        }
+        s.push(char::from(HEX[usize::from(x >> 4)]));
+        s.push(char::from(HEX[usize::from(x & 0xf)]));
+    }
+    s
 }
 
 #[cfg(test)]
@@ -315,6 +313,14 @@ mod tests {
         let u = new_uid();
         assert_eq!(u.len(), 36);
         assert_eq!(&u[14..15], "4");
+        for (i, c) in u.char_indices() {
+            if matches!(i, 8 | 13 | 18 | 23) {
+                assert_eq!(c, '-', "{u}");
+            } else {
+                assert!(c.is_ascii_hexdigit() && !c.is_ascii_uppercase(), "{u}");
+            }
+        }
+        assert!("89ab".contains(&u[19..20]), "variant bits 10: {u}");
         assert_ne!(new_uid(), u);
         assert_eq!(random_suffix(5).len(), 5);
     }

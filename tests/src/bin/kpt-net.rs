@@ -21,8 +21,9 @@
 //! Load generators for `cargo xtask bench` (one JSON line each; `--bind IP` sets the source
 //! address, the port is still chosen at connect time):
 //!
-//! * `conns ADDR --duration-ms D --concurrency C [--bind IP]` — C threads open new
-//!   connections for D ms: connect, send a line, read the greeting and the echo, close.
+//! * `conns ADDR --duration-ms D --concurrency C [--bind IP] [--max-conns N]` — C threads
+//!   open new connections for D ms (or until N were tried): connect, send a line, read the
+//!   greeting and the echo, close.
 //!   `{"conns_per_s":..,"conns":..,"errors":..,"elapsed_ms":..}`.
 //! * `rr ADDR --duration-ms D [--bind IP]` — request/response latency on one kept-alive
 //!   connection: `{"p50_us":..,"p99_us":..,"count":..}`.
@@ -353,6 +354,8 @@ struct Load {
     duration: Duration,
     concurrency: usize,
     timeout: Duration,
+    /// At most this many connections (`conns`), whatever the duration.
+    max_conns: u64,
 }
 
 impl Load {
@@ -372,6 +375,7 @@ impl Load {
             duration: Duration::from_millis(num("--duration-ms", 3000)),
             concurrency: usize::try_from(num("--concurrency", 4)).expect("concurrency"),
             timeout: Duration::from_millis(num("--timeout-ms", 30_000)),
+            max_conns: num("--max-conns", u64::MAX),
         }
     }
 }
@@ -488,12 +492,14 @@ fn conns(load: &Load) -> i32 {
     let ok = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let first_error = Arc::new(std::sync::Mutex::new(None::<String>));
+    let tried = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let deadline = started + load.duration;
     let workers: Vec<_> = (0..load.concurrency.max(1))
         .map(|_| {
             let (ok, errors, first_error) = (ok.clone(), errors.clone(), first_error.clone());
-            let (target, bind) = (load.target, load.bind);
+            let (target, bind, max, tried) =
+                (load.target, load.bind, load.max_conns, tried.clone());
             thread::spawn(move || {
                 let mut buf = [0u8; 512];
                 let one = |buf: &mut [u8]| -> std::io::Result<()> {
@@ -503,7 +509,7 @@ fn conns(load: &Load) -> i32 {
                     // The greeting, then the echo.
                     read_lines(&mut s, 2, buf)
                 };
-                while Instant::now() < deadline {
+                while Instant::now() < deadline && tried.fetch_add(1, Ordering::Relaxed) < max {
                     match one(&mut buf) {
                         Ok(()) => {
                             ok.fetch_add(1, Ordering::Relaxed);
