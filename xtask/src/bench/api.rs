@@ -538,12 +538,12 @@ fn etcd_section(md: &mut String, b: &ApiBench, e: &OnEtcd) -> Result<()> {
             ratio(creates).map_or_else(|| "no reference".into(), |r| format!("{r:.2}×"))
         )
     };
-    let reference = f.creates_per_s_reference_clients.unwrap_or(0.0);
+    let reference = f.creates_per_s_reference_clients;
     row(
         md,
         &format!("creates/s ≥ 0.7× etcd's own put rate ({REFERENCE_CLIENTS} clients each)"),
-        shown(reference),
-        ratio(reference).is_some_and(|r| r >= 0.7),
+        reference.map_or_else(|| "not measured".into(), shown),
+        reference.and_then(&ratio).is_some_and(|r| r >= 0.7),
     )?;
     row(
         md,

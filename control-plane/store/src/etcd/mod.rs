@@ -233,8 +233,13 @@ async fn find_compacted(shared: &Shared) -> Result<(), StoreError> {
 impl Shared {
     /// The client of the member requests go to now, and its index.
     pub(crate) fn client(&self) -> (usize, Client) {
-        let i = self.current.load(Ordering::Acquire) % self.clients.len();
+        let i = self.member();
         (i, self.clients[i].clone())
+    }
+
+    /// The index of the member requests go to now.
+    fn member(&self) -> usize {
+        self.current.load(Ordering::Acquire) % self.clients.len()
     }
 
     /// Moves on from member `failed` (if no other request did already).
@@ -266,7 +271,7 @@ impl Shared {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let member = self.current.load(Ordering::Acquire) % self.kvs.len();
+            let member = self.member();
             match f(self.kvs[member].clone()).await {
                 Ok(v) => return Ok(v),
                 Err(e) if attempt < attempts && convert::not_applied(&e) => {
