@@ -275,7 +275,8 @@ pub fn on_create(res: &Resource, w: &Writer, obj: &mut Value) {
         let created = fields::created_fields_v1(res.kind, obj, |k| in_scope(res, None, k));
         if let Some(f) = created {
             let e = managed::encode_entry(&w.manager, Some(&now), f);
-            meta_mut(obj).insert("managedFields".into(), json!([e]));
+            // Not `json!([e])`: that copies the entry through serde's Value serializer.
+            meta_mut(obj).insert("managedFields".into(), Value::Array(vec![e]));
         }
         return;
     }

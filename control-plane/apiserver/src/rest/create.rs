@@ -69,7 +69,76 @@ pub async fn create_object(
     obj: Value,
     w: &managed::Writer,
 ) -> ApiResult<Value> {
-    Ok(create_stored(api, req, t, obj, w).await?.0)
+    let (mut obj, written) = create_stored(api, req, t, obj, w).await?;
+    if let Some(kv) = written {
+        set_rv(&mut obj, kv.mod_revision);
+    }
+    Ok(obj)
+}
+
+/// One attempt's object, ready to write: its key, stored bytes and its kind's allocations.
+struct Built {
+    obj: Value,
+    key: String,
+    value: bytes::Bytes,
+    allocations: Vec<Op>,
+}
+
+/// Names (from `generate` when the object has no name), stamps, defaults, admits, validates
+/// and allocates the object of one attempt.
+async fn build(
+    api: &Api,
+    req: &Req,
+    t: &Target,
+    mut o: Value,
+    w: &managed::Writer,
+    generate: Option<&str>,
+) -> ApiResult<Built> {
+    if object::name(&o).is_none() {
+        let g = generate.unwrap_or_default();
+        meta_mut(&mut o).insert(
+            "name".into(),
+            json!(format!("{g}{}", object::random_suffix(5))),
+        );
+    }
+    let name = object::name(&o).unwrap_or_default().to_string();
+    {
+        let m = meta_mut(&mut o);
+        m.insert("uid".into(), json!(object::new_uid()));
+        m.insert("creationTimestamp".into(), json!(object::now_rfc3339()));
+        for k in [
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "resourceVersion",
+            "selfLink",
+        ] {
+            m.remove(k);
+        }
+        if t.res.has_spec {
+            m.insert("generation".into(), json!(1));
+        } else {
+            m.remove("generation");
+        }
+    }
+    if let Some(status) = t.res.hooks.initial_status {
+        o["status"] = status(&o);
+    }
+    kproxy_api::defaults::apply_defaults(t.res.kind, &mut o);
+    admit(req, t, &o, None)?;
+    if let Some(admit_create) = t.res.hooks.admit_create {
+        admit_create(api.store.as_ref(), &mut o).await?;
+    }
+    kproxy_api::validate::validate(t.res.kind, &o, None).map_err(|e| invalid(t.res, &name, e))?;
+    managed::on_create(t.res, w, &mut o);
+    let key = t.res.key(t.ns.as_deref(), &name);
+    let allocations = allocate(api, t.res, &name, &mut o, None, &key).await?;
+    let value = to_stored(&o);
+    Ok(Built {
+        obj: o,
+        key,
+        value,
+        allocations,
+    })
 }
 
 /// The create itself: the object, and what the store wrote (None on a dry run).
@@ -127,69 +196,46 @@ async fn create_stored(
         None => None,
     };
     let named = object::name(&obj).is_some();
+    // A retry after another generated name or address was taken starts again from the
+    // request's object; any other retry (the namespace changed) resends the object as built.
+    // So a named object of a kind without allocations, the common create, is never copied.
+    let rebuild = !named || t.res.hooks.allocator.is_some();
+    let mut request = Some(obj);
+    let mut built: Option<Built> = None;
     for _ in 0..RETRIES {
-        let mut o = obj.clone();
-        if !named {
-            let g = generate.as_deref().unwrap_or_default();
-            meta_mut(&mut o).insert(
-                "name".into(),
-                json!(format!("{g}{}", object::random_suffix(5))),
-            );
-        }
-        let name = object::name(&o).unwrap_or_default().to_string();
-        {
-            let m = meta_mut(&mut o);
-            m.insert("uid".into(), json!(object::new_uid()));
-            m.insert("creationTimestamp".into(), json!(object::now_rfc3339()));
-            for k in [
-                "deletionTimestamp",
-                "deletionGracePeriodSeconds",
-                "resourceVersion",
-                "selfLink",
-            ] {
-                m.remove(k);
-            }
-            if t.res.has_spec {
-                m.insert("generation".into(), json!(1));
+        let b = if let Some(b) = built.take() {
+            b
+        } else {
+            let o = if rebuild {
+                request.clone()
             } else {
-                m.remove("generation");
+                request.take()
+            };
+            let o = o.expect("the request's object is kept while a retry may rebuild");
+            let b = build(api, req, t, o, w, generate.as_deref()).await?;
+            if req.dry_run() {
+                return Ok((b.obj, None));
             }
-        }
-        if let Some(status) = t.res.hooks.initial_status {
-            o["status"] = status(&o);
-        }
-        kproxy_api::defaults::apply_defaults(t.res.kind, &mut o);
-        admit(req, t, &o, None)?;
-        if let Some(admit_create) = t.res.hooks.admit_create {
-            admit_create(api.store.as_ref(), &mut o).await?;
-        }
-        kproxy_api::validate::validate(t.res.kind, &o, None)
-            .map_err(|e| invalid(t.res, &name, e))?;
-        managed::on_create(t.res, w, &mut o);
-        let key = t.res.key(t.ns.as_deref(), &name);
-        let mut ops = allocate(api, t.res, &name, &mut o, None, &key).await?;
-        if req.dry_run() {
-            return Ok((o, None));
-        }
-        ops.insert(
-            0,
-            Op::Create {
-                key: key.clone(),
-                value: to_stored(&o),
-            },
-        );
+            b
+        };
+        let mut ops = Vec::with_capacity(b.allocations.len() + 2);
+        ops.push(Op::Create {
+            key: b.key.clone(),
+            value: b.value.clone(),
+        });
+        ops.extend(b.allocations.iter().cloned());
         ops.extend(ns_check.clone());
         match api.store.txn(ops).await {
             Ok(mut kvs) => {
                 // The first op's result is the object as written.
                 let created = kvs.swap_remove(0);
-                set_rv(&mut o, created.mod_revision);
-                spawn_collect_if_orphaned(api, t.res, &key, &o);
-                return Ok((o, Some(created)));
+                spawn_collect_if_orphaned(api, t.res, &b.key, &b.obj);
+                return Ok((b.obj, Some(created)));
             }
-            Err(StoreError::AlreadyExists(k)) if k == key && !named => {}
-            Err(StoreError::AlreadyExists(k)) if k == key => {
-                return Err(ApiError::already_exists(&t.res.group_resource(), &name));
+            Err(StoreError::AlreadyExists(k)) if k == b.key && !named => {}
+            Err(StoreError::AlreadyExists(k)) if k == b.key => {
+                let name = object::name(&b.obj).unwrap_or_default();
+                return Err(ApiError::already_exists(&t.res.group_resource(), name));
             }
             Err(e) if is_alloc_conflict(t.res, &e) => {}
             // The namespace changed since it was checked (or the cached copy was behind).
@@ -198,6 +244,9 @@ async fn create_stored(
             {
                 let ns = ns.unwrap_or_default();
                 ns_check = Some(check_namespace(api, ns, true).await?);
+                if !rebuild {
+                    built = Some(b);
+                }
             }
             Err(e) => return Err(e.into()),
         }
