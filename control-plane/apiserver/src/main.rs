@@ -5,9 +5,9 @@ use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use kproxy_apiserver::{auth::TokenStore, kubeconfig, server};
 
-/// jemalloc, returning freed pages at once (`.cargo/config.toml`): glibc's malloc and free were
-/// a third of the API server's CPU per create, and mimalloc held more memory (see
-/// docs/ARCHITECTURE.md, API server measurements).
+/// jemalloc, one arena returning freed pages after 100 ms (`.cargo/config.toml`): glibc's
+/// malloc and free were a third of the API server's CPU per create, and mimalloc held more
+/// memory (see docs/ARCHITECTURE.md, API server measurements).
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
