@@ -631,3 +631,80 @@ async fn reads_not_older_than_a_revision_come_from_memory() {
         .unwrap();
     assert_eq!(got.value, "v2");
 }
+
+#[tokio::test]
+async fn creates_in_a_namespace_changed_since_its_copy_retry_and_land_once() {
+    use axum::http::{Method, StatusCode};
+    use serde_json::json;
+
+    use crate::test_api::{answer, json_body, request, test_api_on};
+
+    let lagging = Arc::new(Lagging {
+        inner: kproxy_store::memory(StoreOptions::default()),
+        frozen: std::sync::Mutex::default(),
+    });
+    let t = test_api_on("watch-cache-stale-ns", lagging.clone(), &[]).await;
+    let (app, admin) = (crate::handler::router(t.api), t.admin.clone());
+    let send = |method: Method, uri: &str, ct: &'static str, body: serde_json::Value| {
+        let (app, admin, uri) = (app.clone(), admin.clone(), uri.to_owned());
+        async move { answer(&app, request(&admin, method, &uri, ct, json_body(&body))).await }
+    };
+    let a = send(
+        Method::POST,
+        "/api/v1/namespaces",
+        "application/json",
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "moving"}}),
+    )
+    .await;
+    assert_eq!(a.code, StatusCode::CREATED, "{}", a.body);
+    let ns_key = crate::registry::by_kind("Namespace")
+        .unwrap()
+        .key(None, "moving");
+    lagging.freeze(&ns_key).await;
+    // The namespace changes (a label) after its copy was taken: every create's namespace
+    // check fails once and is retried with a consistent read.
+    let a = send(
+        Method::PATCH,
+        "/api/v1/namespaces/moving",
+        "application/merge-patch+json",
+        json!({"metadata": {"labels": {"team": "a"}}}),
+    )
+    .await;
+    assert_eq!(a.code, StatusCode::OK, "{}", a.body);
+    let eps = "/api/v1/namespaces/moving/endpoints";
+    // Named: the object built for the first attempt is sent again.
+    let a = send(
+        Method::POST,
+        eps,
+        "application/json",
+        json!({"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "named"}}),
+    )
+    .await;
+    assert_eq!(a.code, StatusCode::CREATED, "{}", a.body);
+    // generateName: built again from the request.
+    let b = send(
+        Method::POST,
+        eps,
+        "application/json",
+        json!({"apiVersion": "v1", "kind": "Endpoints", "metadata": {"generateName": "gen-"}}),
+    )
+    .await;
+    assert_eq!(b.code, StatusCode::CREATED, "{}", b.body);
+    let gen_name = b.body["metadata"]["name"].as_str().unwrap().to_owned();
+    assert!(gen_name.starts_with("gen-"), "{gen_name}");
+    // Each landed once, as answered: the stored bytes are the answer's, uid and all.
+    let list = send(Method::GET, eps, "application/json", json!(null)).await;
+    let items = list.body["items"].as_array().unwrap();
+    let names: Vec<&str> = items
+        .iter()
+        .map(|i| i["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, [gen_name.as_str(), "named"]);
+    for (answered, stored) in [(&b.body, &items[0]), (&a.body, &items[1])] {
+        assert_eq!(answered["metadata"]["uid"], stored["metadata"]["uid"]);
+        assert_eq!(
+            answered["metadata"]["resourceVersion"],
+            stored["metadata"]["resourceVersion"]
+        );
+    }
+}
