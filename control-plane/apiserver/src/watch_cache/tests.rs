@@ -475,23 +475,70 @@ impl Store for Lagging {
     }
 }
 
+/// An API server on a [`Lagging`] store, asked as its admin.
+struct LaggingApi {
+    lagging: Arc<Lagging>,
+    app: axum::Router,
+    admin: String,
+    _dir: crate::test_api::TempDir,
+}
+
+impl LaggingApi {
+    async fn new(name: &str) -> Self {
+        let lagging = Arc::new(Lagging {
+            inner: kproxy_store::memory(StoreOptions::default()),
+            frozen: std::sync::Mutex::default(),
+        });
+        let t = crate::test_api::test_api_on(name, lagging.clone(), &[]).await;
+        Self {
+            lagging,
+            app: crate::handler::router(t.api),
+            admin: t.admin,
+            _dir: t.dir,
+        }
+    }
+
+    async fn send(
+        &self,
+        method: axum::http::Method,
+        uri: &str,
+        ct: &str,
+        body: serde_json::Value,
+    ) -> crate::test_api::Answer {
+        use crate::test_api::{answer, json_body, request};
+        let req = request(&self.admin, method, uri, ct, json_body(&body));
+        answer(&self.app, req).await
+    }
+
+    /// Creates namespace `name` and freezes the copy's view of it.
+    async fn frozen_namespace(&self, name: &str) {
+        let a = self
+            .send(
+                axum::http::Method::POST,
+                "/api/v1/namespaces",
+                "application/json",
+                serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}),
+            )
+            .await;
+        assert_eq!(a.code, axum::http::StatusCode::CREATED, "{}", a.body);
+        let key = crate::registry::by_kind("Namespace")
+            .unwrap()
+            .key(None, name);
+        self.lagging.freeze(&key).await;
+    }
+}
+
 #[tokio::test]
 async fn writes_from_a_lagging_copy_answer_as_from_the_store() {
     use axum::http::{Method, StatusCode};
     use serde_json::json;
 
-    use crate::test_api::{answer, json_body, request, test_api_on};
-
     const EPS: &str = "/api/v1/namespaces/default/endpoints";
-    let lagging = Arc::new(Lagging {
-        inner: kproxy_store::memory(StoreOptions::default()),
-        frozen: std::sync::Mutex::default(),
-    });
-    let t = test_api_on("watch-cache-lagging", lagging.clone(), &[]).await;
-    let (app, admin) = (crate::handler::router(t.api), t.admin.clone());
+    let api = LaggingApi::new("watch-cache-lagging").await;
+    let lagging = &api.lagging;
     let send = |method: Method, uri: String, ct: &'static str, body: serde_json::Value| {
-        let (app, admin) = (app.clone(), admin.clone());
-        async move { answer(&app, request(&admin, method, &uri, ct, json_body(&body))).await }
+        let api = &api;
+        async move { api.send(method, &uri, ct, body).await }
     };
     let merge = "application/merge-patch+json";
     // The namespace is missing from the copy: the create confirms it with a consistent read.
@@ -560,18 +607,7 @@ async fn writes_from_a_lagging_copy_answer_as_from_the_store() {
     assert_eq!(a.body["metadata"]["labels"], json!({"c": "3"}));
 
     // A namespace terminating since the copy was taken takes no new object.
-    let a = send(
-        Method::POST,
-        "/api/v1/namespaces".into(),
-        "application/json",
-        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team"}}),
-    )
-    .await;
-    assert_eq!(a.code, StatusCode::CREATED, "{}", a.body);
-    let ns_key = crate::registry::by_kind("Namespace")
-        .unwrap()
-        .key(None, "team");
-    lagging.freeze(&ns_key).await;
+    api.frozen_namespace("team").await;
     let a = send(
         Method::DELETE,
         "/api/v1/namespaces/team".into(),
@@ -637,30 +673,12 @@ async fn creates_in_a_namespace_changed_since_its_copy_retry_and_land_once() {
     use axum::http::{Method, StatusCode};
     use serde_json::json;
 
-    use crate::test_api::{answer, json_body, request, test_api_on};
-
-    let lagging = Arc::new(Lagging {
-        inner: kproxy_store::memory(StoreOptions::default()),
-        frozen: std::sync::Mutex::default(),
-    });
-    let t = test_api_on("watch-cache-stale-ns", lagging.clone(), &[]).await;
-    let (app, admin) = (crate::handler::router(t.api), t.admin.clone());
-    let send = |method: Method, uri: &str, ct: &'static str, body: serde_json::Value| {
-        let (app, admin, uri) = (app.clone(), admin.clone(), uri.to_owned());
-        async move { answer(&app, request(&admin, method, &uri, ct, json_body(&body))).await }
+    let api = LaggingApi::new("watch-cache-stale-ns").await;
+    let send = |method: Method, uri: &'static str, ct: &'static str, body: serde_json::Value| {
+        let api = &api;
+        async move { api.send(method, uri, ct, body).await }
     };
-    let a = send(
-        Method::POST,
-        "/api/v1/namespaces",
-        "application/json",
-        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "moving"}}),
-    )
-    .await;
-    assert_eq!(a.code, StatusCode::CREATED, "{}", a.body);
-    let ns_key = crate::registry::by_kind("Namespace")
-        .unwrap()
-        .key(None, "moving");
-    lagging.freeze(&ns_key).await;
+    api.frozen_namespace("moving").await;
     // The namespace changes (a label) after its copy was taken: every create's namespace
     // check fails once and is retried with a consistent read.
     let a = send(
@@ -672,25 +690,17 @@ async fn creates_in_a_namespace_changed_since_its_copy_retry_and_land_once() {
     .await;
     assert_eq!(a.code, StatusCode::OK, "{}", a.body);
     let eps = "/api/v1/namespaces/moving/endpoints";
-    // Named: the object built for the first attempt is sent again.
-    let a = send(
-        Method::POST,
-        eps,
-        "application/json",
-        json!({"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "named"}}),
-    )
-    .await;
-    assert_eq!(a.code, StatusCode::CREATED, "{}", a.body);
-    // generateName: built again from the request.
-    let b = send(
-        Method::POST,
-        eps,
-        "application/json",
-        json!({"apiVersion": "v1", "kind": "Endpoints", "metadata": {"generateName": "gen-"}}),
-    )
-    .await;
-    assert_eq!(b.code, StatusCode::CREATED, "{}", b.body);
-    let gen_name = b.body["metadata"]["name"].as_str().unwrap().to_owned();
+    // Named: the object built for the first attempt is sent again; generateName: built
+    // again from the request.
+    let mut answers = Vec::new();
+    for meta in [json!({"name": "named"}), json!({"generateName": "gen-"})] {
+        let body = json!({"apiVersion": "v1", "kind": "Endpoints", "metadata": meta});
+        let a = send(Method::POST, eps, "application/json", body).await;
+        assert_eq!(a.code, StatusCode::CREATED, "{}", a.body);
+        answers.push(a.body);
+    }
+    let (a, b) = (&answers[0], &answers[1]);
+    let gen_name = b["metadata"]["name"].as_str().unwrap().to_owned();
     assert!(gen_name.starts_with("gen-"), "{gen_name}");
     // Each landed once, as answered: the stored bytes are the answer's, uid and all.
     let list = send(Method::GET, eps, "application/json", json!(null)).await;
@@ -700,7 +710,7 @@ async fn creates_in_a_namespace_changed_since_its_copy_retry_and_land_once() {
         .map(|i| i["metadata"]["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, [gen_name.as_str(), "named"]);
-    for (answered, stored) in [(&b.body, &items[0]), (&a.body, &items[1])] {
+    for (answered, stored) in [(b, &items[0]), (a, &items[1])] {
         assert_eq!(answered["metadata"]["uid"], stored["metadata"]["uid"]);
         assert_eq!(
             answered["metadata"]["resourceVersion"],
