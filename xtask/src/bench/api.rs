@@ -54,13 +54,21 @@ struct Figures {
 /// many, so the etcd run also creates with this many for a like-for-like ratio.
 const REFERENCE_CLIENTS: usize = 500;
 
+/// What a run measures besides creates, gets and RSS.
+#[derive(Clone, Copy)]
+struct Extras {
+    /// The watch fan-out.
+    watch: bool,
+    /// Creates from [`REFERENCE_CLIENTS`] clients, last.
+    reference_clients: bool,
+}
+
 fn one(
     b: &ApiBench,
     target: &Path,
     store: &'static str,
     flags: &[&str],
-    with_watch: bool,
-    with_reference_clients: bool,
+    extras: Extras,
 ) -> Result<Figures> {
     let dir = TempDir::new("kproxy-bench-api");
     let mut args = vec!["--store", store];
@@ -110,7 +118,7 @@ fn one(
     };
     let gets_per_s = gets(false)?;
     let gets_any_per_s = gets(true)?;
-    let watch = if with_watch {
+    let watch = if extras.watch {
         step(&format!(
             "bench api [{store}]: {} watchers, {} changes",
             b.watchers, b.watch_events
@@ -132,7 +140,7 @@ fn one(
         Value::Null
     };
     let hwm = status_kib(pid, "VmHWM:").unwrap_or(0);
-    let creates_per_s_reference_clients = if with_reference_clients {
+    let creates_per_s_reference_clients = if extras.reference_clients {
         step(&format!(
             "bench api [{store}]: {} more creates from {REFERENCE_CLIENTS} clients (as etcdctl \
              check perf)",
@@ -311,8 +319,26 @@ fn pressure(target: &Path) -> Result<Pressure> {
 
 pub fn run(b: &ApiBench, target: &Path, out_dir: &Path) -> Result<()> {
     let started = Instant::now();
-    let redb = one(b, target, "redb", &[], true, false)?;
-    let mem = one(b, target, "memory", &[], false, false)?;
+    let redb = one(
+        b,
+        target,
+        "redb",
+        &[],
+        Extras {
+            watch: true,
+            reference_clients: false,
+        },
+    )?;
+    let mem = one(
+        b,
+        target,
+        "memory",
+        &[],
+        Extras {
+            watch: false,
+            reference_clients: false,
+        },
+    )?;
     let etcd = b.etcd.then(|| on_etcd(b, target)).transpose()?;
     let p = pressure(target)?;
     let w = &redb.watch;
@@ -499,8 +525,10 @@ fn on_etcd(b: &ApiBench, target: &Path) -> Result<OnEtcd> {
         target,
         "etcd",
         &["--etcd-servers", etcd.url()],
-        true,
-        true,
+        Extras {
+            watch: true,
+            reference_clients: true,
+        },
     )?;
     // After the API run, so its keys are not in etcd meanwhile.
     let raw_puts_per_s = super::etcd::raw_put_rate(etcd.url())?;
