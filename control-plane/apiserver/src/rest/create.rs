@@ -197,8 +197,9 @@ async fn create_stored(
     };
     let named = object::name(&obj).is_some();
     // A retry after another generated name or address was taken starts again from the
-    // request's object; any other retry (the namespace changed) resends the object as built.
-    // So a named object of a kind without allocations, the common create, is never copied.
+    // request's object, so only those creates keep a copy of it; a retry after the namespace
+    // changed resends the object as built. So a named object of a kind without allocations,
+    // the common create, is never copied.
     let rebuild = !named || t.res.hooks.allocator.is_some();
     let mut request = Some(obj);
     let mut built: Option<Built> = None;
@@ -244,9 +245,7 @@ async fn create_stored(
             {
                 let ns = ns.unwrap_or_default();
                 ns_check = Some(check_namespace(api, ns, true).await?);
-                if !rebuild {
-                    built = Some(b);
-                }
+                built = Some(b);
             }
             Err(e) => return Err(e.into()),
         }
