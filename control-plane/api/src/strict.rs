@@ -2,100 +2,138 @@
 //! field the kind's schema lacks would otherwise be dropped silently when the object is decoded.
 
 use k8s_openapi::api::{apps, coordination, core, discovery};
-use serde::{Serialize, de::DeserializeOwned};
+use serde::de::DeserializeOwned;
+use serde_ignored::Path;
 use serde_json::Value;
 
 /// Paths (`spec.replicass`, `spec.template.spec.containers[0].imag`) present in `obj` that the
 /// typed object does not keep. Empty for kinds without a schema here or objects that do not
 /// decode (validation reports those).
 pub fn unknown_fields(kind: &str, obj: &Value) -> Vec<String> {
-    let mut out = Vec::new();
-    if let Some(round) = typed_roundtrip(kind, obj) {
-        diff(obj, &round, "", &mut out);
-    }
-    out
+    ignored(kind, obj)
+        .into_iter()
+        .map(|path| {
+            let mut out = String::new();
+            for seg in path {
+                match seg {
+                    Seg::Key(k) => {
+                        if !out.is_empty() {
+                            out.push('.');
+                        }
+                        out.push_str(&k);
+                    }
+                    Seg::Index(i) => {
+                        out.push('[');
+                        out.push_str(itoa::Buffer::new().format(i));
+                        out.push(']');
+                    }
+                }
+            }
+            out
+        })
+        .collect()
 }
 
 /// Removes the fields `unknown_fields` reports, as decoding into the typed object does in
 /// Kubernetes (fieldValidation Ignore/Warn): what is stored is what the schema knows.
 pub fn prune_unknown(kind: &str, obj: &mut Value) {
-    if let Some(round) = typed_roundtrip(kind, obj) {
-        prune(obj, &round);
-    }
-}
-
-fn prune(given: &mut Value, kept: &Value) {
-    match (given, kept) {
-        (Value::Object(g), Value::Object(k)) => {
-            g.retain(|key, v| v.is_null() || k.contains_key(key));
-            for (key, v) in g.iter_mut() {
-                if let Some(kv) = k.get(key) {
-                    prune(v, kv);
-                }
-            }
+    for path in ignored(kind, obj) {
+        let Some((Seg::Key(last), parent)) = path.split_last() else {
+            continue;
+        };
+        if let Some(Value::Object(m)) = at_mut(obj, parent) {
+            m.remove(last.as_str());
         }
-        (Value::Array(g), Value::Array(k)) => {
-            for (gv, kv) in g.iter_mut().zip(k) {
-                prune(gv, kv);
-            }
-        }
-        _ => {}
     }
 }
 
-fn typed_roundtrip(kind: &str, obj: &Value) -> Option<Value> {
-    match kind {
-        "Namespace" => roundtrip::<core::v1::Namespace>(obj),
-        "Pod" => roundtrip::<core::v1::Pod>(obj),
-        "Service" => roundtrip::<core::v1::Service>(obj),
-        "Endpoints" => roundtrip::<core::v1::Endpoints>(obj),
-        "Node" => roundtrip::<core::v1::Node>(obj),
-        "Event" => roundtrip::<core::v1::Event>(obj),
-        "ConfigMap" => roundtrip::<core::v1::ConfigMap>(obj),
-        "Secret" => roundtrip::<core::v1::Secret>(obj),
-        "ServiceAccount" => roundtrip::<core::v1::ServiceAccount>(obj),
-        "Job" => roundtrip::<k8s_openapi::api::batch::v1::Job>(obj),
-        "EndpointSlice" => roundtrip::<discovery::v1::EndpointSlice>(obj),
-        "Lease" => roundtrip::<coordination::v1::Lease>(obj),
-        "Deployment" => roundtrip::<apps::v1::Deployment>(obj),
-        "ReplicaSet" => roundtrip::<apps::v1::ReplicaSet>(obj),
-        "DaemonSet" => roundtrip::<apps::v1::DaemonSet>(obj),
-        _ => None,
-    }
+/// One step of a field path.
+#[derive(Debug, PartialEq)]
+enum Seg {
+    Key(String),
+    Index(usize),
 }
 
-fn roundtrip<T: DeserializeOwned + Serialize>(obj: &Value) -> Option<Value> {
+/// The fields of `obj` that decoding into the kind's typed object skips, in the order they
+/// appear; null ones are left out (null is "unset" in JSON, so dropping it loses nothing).
+/// One decode that reports what it skips: no second value to compare with.
+fn ignored(kind: &str, obj: &Value) -> Vec<Vec<Seg>> {
+    let found = match kind {
+        "Namespace" => skipped::<core::v1::Namespace>(obj),
+        "Pod" => skipped::<core::v1::Pod>(obj),
+        "Service" => skipped::<core::v1::Service>(obj),
+        "Endpoints" => skipped::<core::v1::Endpoints>(obj),
+        "Node" => skipped::<core::v1::Node>(obj),
+        "Event" => skipped::<core::v1::Event>(obj),
+        "ConfigMap" => skipped::<core::v1::ConfigMap>(obj),
+        "Secret" => skipped::<core::v1::Secret>(obj),
+        "ServiceAccount" => skipped::<core::v1::ServiceAccount>(obj),
+        "Job" => skipped::<k8s_openapi::api::batch::v1::Job>(obj),
+        "EndpointSlice" => skipped::<discovery::v1::EndpointSlice>(obj),
+        "Lease" => skipped::<coordination::v1::Lease>(obj),
+        "Deployment" => skipped::<apps::v1::Deployment>(obj),
+        "ReplicaSet" => skipped::<apps::v1::ReplicaSet>(obj),
+        "DaemonSet" => skipped::<apps::v1::DaemonSet>(obj),
+        _ => Vec::new(),
+    };
+    found
+        .into_iter()
+        .filter(|path| at(obj, path).is_some_and(|v| !v.is_null()))
+        .collect()
+}
+
+/// The skipped fields' paths; none when `obj` does not decode.
+fn skipped<T: DeserializeOwned>(obj: &Value) -> Vec<Vec<Seg>> {
+    let mut found = Vec::new();
     // From the borrowed Value: no copy of the object before decoding it.
-    let typed = T::deserialize(obj).ok()?;
-    serde_json::to_value(typed).ok()
+    let decoded: Result<T, _> = serde_ignored::deserialize(obj, |path| {
+        let mut segs = Vec::new();
+        segments(&path, &mut segs);
+        found.push(segs);
+    });
+    match decoded {
+        Ok(_) => found,
+        Err(_) => Vec::new(),
+    }
 }
 
-fn diff(given: &Value, kept: &Value, path: &str, out: &mut Vec<String>) {
-    match (given, kept) {
-        (Value::Object(g), Value::Object(k)) => {
-            for (key, v) in g {
-                // null is "unset" in JSON; the typed object drops it legitimately.
-                if v.is_null() {
-                    continue;
-                }
-                let p = if path.is_empty() {
-                    key.clone()
-                } else {
-                    format!("{path}.{key}")
-                };
-                match k.get(key) {
-                    None => out.push(p),
-                    Some(kv) => diff(v, kv, &p, out),
-                }
-            }
+fn segments(path: &Path<'_>, out: &mut Vec<Seg>) {
+    match path {
+        Path::Root => {}
+        Path::Seq { parent, index } => {
+            segments(parent, out);
+            out.push(Seg::Index(*index));
         }
-        (Value::Array(g), Value::Array(k)) => {
-            for (i, (gv, kv)) in g.iter().zip(k).enumerate() {
-                diff(gv, kv, &format!("{path}[{i}]"), out);
-            }
+        Path::Map { parent, key } => {
+            segments(parent, out);
+            out.push(Seg::Key(key.clone()));
         }
-        _ => {}
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => {
+            segments(parent, out);
+        }
     }
+}
+
+fn at<'v>(mut v: &'v Value, path: &[Seg]) -> Option<&'v Value> {
+    for seg in path {
+        v = match seg {
+            Seg::Key(k) => v.get(k.as_str())?,
+            Seg::Index(i) => v.get(*i)?,
+        };
+    }
+    Some(v)
+}
+
+fn at_mut<'v>(mut v: &'v mut Value, path: &[Seg]) -> Option<&'v mut Value> {
+    for seg in path {
+        v = match seg {
+            Seg::Key(k) => v.get_mut(k.as_str())?,
+            Seg::Index(i) => v.get_mut(*i)?,
+        };
+    }
+    Some(v)
 }
 
 #[cfg(test)]
@@ -133,6 +171,30 @@ mod tests {
             json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
             "spec": {"containers": [{"name": "c", "image": "i"}], "nodeName": "n"}})
         );
+    }
+
+    #[test]
+    fn pruning_keeps_nulls_and_everything_known() {
+        let mut p = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "zzz": null, "labels": {"b": "1", "a": "2"}, "bad": {"x": 1}},
+            "spec": {"nodeName": "n", "extra": [1], "containers": [{"name": "c", "image": "i"}]}});
+        assert_eq!(
+            unknown_fields("Pod", &p),
+            ["metadata.bad", "spec.extra"],
+            "an unknown null is unset, not unknown"
+        );
+        prune_unknown("Pod", &mut p);
+        assert_eq!(
+            p,
+            json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "zzz": null, "labels": {"b": "1", "a": "2"}},
+            "spec": {"nodeName": "n", "containers": [{"name": "c", "image": "i"}]}})
+        );
+        // An object that does not decode is left for validation to report.
+        let mut bad = json!({"kind": "Pod", "apiVersion": "v1", "spec": {"containers": 3, "x": 1}});
+        let before = bad.clone();
+        prune_unknown("Pod", &mut bad);
+        assert_eq!(bad, before);
     }
 
     #[test]

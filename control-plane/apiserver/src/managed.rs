@@ -8,7 +8,7 @@ use kproxy_apimachinery::managed::{self, Conflicts, ManagedFields, Manager, Oper
 use serde_json::{Map, Value, json};
 
 use crate::context::{Req, Target};
-use crate::object::{self, meta, meta_mut};
+use crate::object::{self, meta, meta_mut, str_at};
 use crate::registry::Resource;
 use crate::status::{ApiError, ApiResult};
 
@@ -269,7 +269,9 @@ pub fn apply_edit(res: &Resource, w: &Writer, cur: &Value) -> ApiResult<Value> {
 /// A new object's entries: client-sent ones when readable, plus the creator's.
 pub fn on_create(res: &Resource, w: &Writer, obj: &mut Value) {
     let sent = meta_mut(obj).remove("managedFields");
-    let now = object::now_rfc3339();
+    // The create's own time (set just before): one clock read and format per create.
+    let now = str_at(obj, &["metadata", "creationTimestamp"])
+        .map_or_else(object::now_rfc3339, String::from);
     if w.apply.is_none() && sent.is_none() {
         // The common create: one entry, its fieldsV1 built straight from the object.
         let created = fields::created_fields_v1(res.kind, obj, |k| in_scope(res, None, k));
