@@ -27,10 +27,16 @@ const ETCD_SUITES: &[&str] = &[
     "apiserver_connections",
     "apiserver_identity",
     "apiserver_paging",
+    "configmaps_secrets",
+    "controllers_services",
+    "controllers_workloads",
+    "daemonsets",
+    "jobs",
     "kube_client",
     "kubectl",
     "kubectl_auth",
     "kubectl_explain",
+    "scheduler",
     "server_side_apply",
 ];
 
