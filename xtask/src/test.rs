@@ -20,8 +20,9 @@ pub struct TestArgs {
     cargo_test_args: Vec<String>,
 }
 
-/// The API server's end-to-end suites that run a second time with every test server on a
-/// local etcd of its own (`kproxy_tests::apiserver::ApiServer`), so both stores pass them.
+/// The API server's end-to-end suites and the workload suites (scheduler, controllers) that
+/// run a second time with every test server on a local etcd of its own
+/// (`kproxy_tests::apiserver::ApiServer`), so both stores pass them.
 const ETCD_SUITES: &[&str] = &[
     "apiserver",
     "apiserver_connections",

@@ -6,6 +6,8 @@ use serde::de::DeserializeOwned;
 use serde_ignored::Path;
 use serde_json::Value;
 
+use crate::validate::Path as FieldPath;
+
 /// Paths (`spec.replicass`, `spec.template.spec.containers[0].imag`) present in `obj` that the
 /// typed object does not keep. Empty for kinds without a schema here or objects that do not
 /// decode (validation reports those).
@@ -13,23 +15,12 @@ pub fn unknown_fields(kind: &str, obj: &Value) -> Vec<String> {
     ignored(kind, obj)
         .into_iter()
         .map(|path| {
-            let mut out = String::new();
-            for seg in path {
-                match seg {
-                    Seg::Key(k) => {
-                        if !out.is_empty() {
-                            out.push('.');
-                        }
-                        out.push_str(&k);
-                    }
-                    Seg::Index(i) => {
-                        out.push('[');
-                        out.push_str(itoa::Buffer::new().format(i));
-                        out.push(']');
-                    }
-                }
-            }
-            out
+            path.iter()
+                .fold(FieldPath::root(""), |p, seg| match seg {
+                    Seg::Key(k) => p.child(k),
+                    Seg::Index(i) => p.index(*i),
+                })
+                .to_string()
         })
         .collect()
 }
@@ -48,7 +39,6 @@ pub fn prune_unknown(kind: &str, obj: &mut Value) {
 }
 
 /// One step of a field path.
-#[derive(Debug, PartialEq)]
 enum Seg {
     Key(String),
     Index(usize),

@@ -8,7 +8,7 @@ use kproxy_apimachinery::managed::{self, Conflicts, ManagedFields, Manager, Oper
 use serde_json::{Map, Value, json};
 
 use crate::context::{Req, Target};
-use crate::object::{self, meta, meta_mut, str_at};
+use crate::object::{self, meta, meta_mut};
 use crate::registry::Resource;
 use crate::status::{ApiError, ApiResult};
 
@@ -266,17 +266,15 @@ pub fn apply_edit(res: &Resource, w: &Writer, cur: &Value) -> ApiResult<Value> {
     Ok(merged)
 }
 
-/// A new object's entries: client-sent ones when readable, plus the creator's.
-pub fn on_create(res: &Resource, w: &Writer, obj: &mut Value) {
+/// A new object's entries: client-sent ones when readable, plus the creator's, at `now` (the
+/// create's time, its creationTimestamp).
+pub fn on_create(res: &Resource, w: &Writer, obj: &mut Value, now: &str) {
     let sent = meta_mut(obj).remove("managedFields");
-    // The create's own time (set just before): one clock read and format per create.
-    let now = str_at(obj, &["metadata", "creationTimestamp"])
-        .map_or_else(object::now_rfc3339, String::from);
     if w.apply.is_none() && sent.is_none() {
         // The common create: one entry, its fieldsV1 built straight from the object.
         let created = fields::created_fields_v1(res.kind, obj, |k| in_scope(res, None, k));
         if let Some(f) = created {
-            let e = managed::encode_entry(&w.manager, Some(&now), f);
+            let e = managed::encode_entry(&w.manager, Some(now), f);
             // Not `json!([e])`: that copies the entry through serde's Value serializer.
             meta_mut(obj).insert("managedFields".into(), Value::Array(vec![e]));
         }
@@ -286,11 +284,11 @@ pub fn on_create(res: &Resource, w: &Writer, obj: &mut Value) {
     match &w.apply {
         None => {
             let d = scoped_diff(res, None, fields::diff(res.kind, &empty_object(), obj));
-            mf.update(&w.manager, &d, &now);
+            mf.update(&w.manager, &d, now);
         }
         Some(a) => {
             // Nothing to conflict with: the object is new.
-            let _ = mf.apply(&w.manager, a.fields.clone(), &Diff::default(), true, &now);
+            let _ = mf.apply(&w.manager, a.fields.clone(), &Diff::default(), true, now);
         }
     }
     set_managed(obj, &mf);

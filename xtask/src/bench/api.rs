@@ -57,8 +57,13 @@ const REFERENCE_CLIENTS: usize = 500;
 /// The like-for-like creates are this many times `objects`: etcd's rate is a 60 s average,
 /// and a burst of 10,000 (2–2.5 s here) swung with whatever else the shared machine did in
 /// those seconds (0.69–0.90× over six runs of one build) and paid its 500 TLS handshakes
-/// out of a tenth of the usual count.
+/// out of a third of the creates.
 const REFERENCE_ROUNDS: usize = 3;
+
+/// How many like-for-like creates the etcd run makes.
+fn reference_creates(b: &ApiBench) -> usize {
+    b.objects * REFERENCE_ROUNDS
+}
 
 /// What a run measures besides creates, gets and RSS.
 #[derive(Clone, Copy)]
@@ -147,7 +152,7 @@ fn one(
     };
     let hwm = status_kib(pid, "VmHWM:").unwrap_or(0);
     let creates_per_s_reference_clients = if extras.reference_clients {
-        let count = b.objects * REFERENCE_ROUNDS;
+        let count = reference_creates(b);
         step(&format!(
             "bench api [{store}]: {count} more creates from {REFERENCE_CLIENTS} clients (as \
              etcdctl check perf)"
@@ -581,7 +586,7 @@ fn etcd_section(md: &mut String, b: &ApiBench, e: &OnEtcd) -> Result<()> {
         &format!(
             "creates/s ≥ 0.7× etcd's own put rate ({REFERENCE_CLIENTS} clients each; {} \
              creates)",
-            b.objects * REFERENCE_ROUNDS
+            reference_creates(b)
         ),
         reference.map_or_else(|| "not measured".into(), shown),
         reference.and_then(&ratio).is_some_and(|r| r >= 0.7),

@@ -102,10 +102,12 @@ async fn build(
         );
     }
     let name = object::name(&o).unwrap_or_default().to_string();
+    // One clock read: the creationTimestamp and the creator's managedFields entry share it.
+    let now = object::now_rfc3339();
     {
         let m = meta_mut(&mut o);
         m.insert("uid".into(), json!(object::new_uid()));
-        m.insert("creationTimestamp".into(), json!(object::now_rfc3339()));
+        m.insert("creationTimestamp".into(), json!(now));
         for k in [
             "deletionTimestamp",
             "deletionGracePeriodSeconds",
@@ -129,7 +131,7 @@ async fn build(
         admit_create(api.store.as_ref(), &mut o).await?;
     }
     kproxy_api::validate::validate(t.res.kind, &o, None).map_err(|e| invalid(t.res, &name, e))?;
-    managed::on_create(t.res, w, &mut o);
+    managed::on_create(t.res, w, &mut o, &now);
     let key = t.res.key(t.ns.as_deref(), &name);
     let allocations = allocate(api, t.res, &name, &mut o, None, &key).await?;
     let value = to_stored(&o);
